@@ -1,0 +1,74 @@
+"""The one way coldclone runs external commands (mdadm, iscsiadm, qemu-img, blkid ...).
+
+Every call is logged with its argv, exit code and stderr; a failure raises
+CommandError naming the command, so no caller has to invent its own message.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .errors import CommandError
+
+log = logging.getLogger("coldclone.cmd")
+
+# Which Debian package provides a tool, for the "not found" message.
+PACKAGE_OF = {
+    "qemu-img": "qemu-utils",
+    "iscsiadm": "open-iscsi",
+    "mdadm": "mdadm",
+    "blkid": "util-linux",
+    "partx": "util-linux",
+    "losetup": "util-linux",
+    "parted": "parted",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.xfs": "xfsprogs",
+    "mkfs.vfat": "dosfstools",
+    "sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+}
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: list[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float | None = None,
+    hint: str = "",
+    quiet: bool = False,
+) -> Result:
+    """Run argv (never through a shell) and return its output as text.
+
+    check=False returns failures instead of raising. ``quiet`` lowers the log
+    level for commands polled in loops.
+    """
+    argv = [str(a) for a in argv]
+    if shutil.which(argv[0]) is None:
+        pkg = PACKAGE_OF.get(argv[0].rsplit("/", 1)[-1])
+        where = f" (install the Debian package {pkg})" if pkg else ""
+        raise CommandError(argv, None, f"{argv[0]}: command not found{where}", hint)
+    try:
+        proc = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as e:
+        log.error("timeout after %ss: %s", timeout, argv)
+        raise CommandError(argv, None, f"timed out after {timeout} s", hint) from e
+    level = logging.DEBUG if quiet else logging.INFO
+    log.log(level, "ran %s -> exit %d%s", argv, proc.returncode,
+            f"; stderr: {proc.stderr.strip()[-500:]}" if proc.stderr.strip() else "")
+    if check and proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, proc.stderr or proc.stdout, hint)
+    return Result(argv, proc.returncode, proc.stdout, proc.stderr)
