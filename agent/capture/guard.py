@@ -1,0 +1,120 @@
+"""The read-only guard: source disks are sacred.
+
+Before a single byte is read, every source block device and each of its
+partitions is set read-only in the kernel (BLKROSET), so not even a stray
+mount or another tool can write to it while we work. Each device's previous
+state is remembered and restored on release; every change is logged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import SourceError
+
+log = logging.getLogger("coldclone.guard")
+
+BLKROSET = 0x125D
+BLKROGET = 0x125E
+
+
+def get_ro(path: str) -> bool:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = fcntl.ioctl(fd, BLKROGET, struct.pack("i", 0))
+        return struct.unpack("i", buf)[0] != 0
+    finally:
+        os.close(fd)
+
+
+def set_ro(path: str, ro: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKROSET, struct.pack("i", 1 if ro else 0))
+    finally:
+        os.close(fd)
+
+
+def partitions_of(path: str) -> list[str]:
+    """/dev paths of the partitions the kernel knows for a whole-disk device."""
+    name = os.path.basename(os.path.realpath(path)).replace("/", "!")
+    sysdir = f"/sys/class/block/{name}"
+    out = []
+    try:
+        entries = sorted(os.listdir(sysdir))
+    except OSError:
+        return out
+    for entry in entries:
+        if os.path.exists(os.path.join(sysdir, entry, "partition")):
+            dev = "/dev/" + entry.replace("!", "/")
+            if os.path.exists(dev):
+                out.append(dev)
+    return out
+
+
+@dataclass
+class ReadOnlyGuard:
+    """Context manager: set devices read-only, restore their previous state after."""
+
+    devices: list[str]
+    include_partitions: bool = True
+    _saved: list[tuple[str, bool]] = field(default_factory=list)
+
+    def __enter__(self) -> "ReadOnlyGuard":
+        try:
+            for dev in self.devices:
+                targets = [dev] + (partitions_of(dev) if self.include_partitions else [])
+                for path in targets:
+                    self._guard_one(path)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _guard_one(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise SourceError(f"source {path}: {e.strerror}; check the device name") from None
+        if not stat.S_ISBLK(st.st_mode):
+            raise SourceError(
+                f"source {path} is not a block device; coldclone captures disks "
+                f"(e.g. /dev/sda, /dev/md127, /dev/cciss/c0d0)"
+            )
+        try:
+            was = get_ro(path)
+            set_ro(path, True)
+            now = get_ro(path)
+        except OSError as e:
+            raise SourceError(
+                f"cannot set {path} read-only in the kernel (BLKROSET: {e.strerror}); "
+                f"refusing to read a source that is not write-protected (run as root)"
+            ) from None
+        if not now:
+            raise SourceError(f"{path} did not become read-only (BLKROSET ignored); refusing to continue")
+        self._saved.append((path, was))
+        log.info("guard: %s set read-only in the kernel (was %s)", path, "ro" if was else "rw")
+
+    def release(self) -> None:
+        while self._saved:
+            path, was = self._saved.pop()
+            if was:
+                log.info("guard: %s left read-only (it was read-only before)", path)
+                continue
+            try:
+                set_ro(path, False)
+                log.info("guard: %s restored to read-write", path)
+            except OSError as e:
+                log.warning("guard: could not restore %s to read-write: %s", path, e.strerror)
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @property
+    def guarded(self) -> list[str]:
+        return [p for p, _ in self._saved]

@@ -1,0 +1,247 @@
+"""One capture, start to end: guard the sources, stream every disk, get the receiver's verdict.
+
+Front ends (headless CLI, TUI) call run_capture() and get typed events
+through `on_event`; they never see the protocol or the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import __version__
+from .. import protocol as P
+from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError
+from ..transport.base import Connection
+from . import events as E
+from .guard import ReadOnlyGuard
+from .source import SourceDisk, probe
+from .stream import DiskStats, StreamOptions, stream_disk
+
+log = logging.getLogger("coldclone.capture")
+
+# How long to wait for the receiver's verdict after the last byte: it still
+# has to read back, convert and compare every disk.
+FINAL_REPLY_TIMEOUT = 6 * 3600
+
+
+@dataclass
+class CaptureResult:
+    capture_id: str
+    target: str
+    location: str
+    disks: list[dict]
+    elapsed: float
+    bytes_read: int
+    wire_bytes: int
+    zero_bytes: int
+    total_size: int
+    manifest: dict = field(default_factory=dict)
+
+
+def new_capture_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "server"
+    return f"{host}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class _Replies:
+    """The receiver's replies, with the first error kept for when a send fails."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.error: dict | None = None
+        self.closed = False
+
+    def poll(self) -> None:
+        """Raise at once if the receiver has already reported an error."""
+        while True:
+            try:
+                msg = self.conn.pump.queue.get_nowait()
+            except queue.Empty:
+                return
+            self._take(msg)
+
+    def _take(self, msg: dict | None) -> dict | None:
+        if msg is None:
+            self.closed = True
+            return None
+        if msg.get("event") == "error":
+            self.error = msg
+            raise self.as_error()
+        return msg
+
+    def as_error(self) -> ServerError:
+        m = self.error or {}
+        return ServerError(f"conversion server: {m.get('message', 'failed')}", code=m.get("code", "server_error"))
+
+    def wait_for(self, events: tuple[str, ...], timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServerError(f"no answer from the conversion server within {timeout:.0f} s", code="timeout")
+            try:
+                msg = self.conn.pump.queue.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            msg = self._take(msg)
+            if msg is None:
+                raise self.gone()
+            if msg.get("event") in events:
+                return msg
+
+    def after_send_failure(self, exc: BaseException) -> ColdcloneError:
+        """A send failed: the receiver usually said why before it hung up; give it a moment."""
+        try:
+            self.wait_for(("__never__",), timeout=5)
+        except ServerError as e:
+            if e.code != "timeout":
+                return e
+        except ColdcloneError as e:
+            return e
+        return ConnectionError_(f"connection to the conversion server lost while sending ({exc}); "
+                                f"check the network, then capture again")
+
+    def gone(self) -> ColdcloneError:
+        """The receiver's output ended without a verdict: say what we know."""
+        if self.error:
+            return self.as_error()
+        err = self.conn.stderr_text().strip()
+        status = self.conn.exit_status(timeout=2)
+        if err:
+            last = " | ".join(err.splitlines()[-3:])
+            if "not found" in err and "coldclone-receive" in err:
+                return ServerError(
+                    f"coldclone-receive is not installed on the conversion server ({last}); install it "
+                    f"there (pip install coldclone) and use a forced-command key", code="no_receiver")
+            return ServerError(f"conversion server ended the session (exit {status}): {last}", code="server_error")
+        return ConnectionError_(
+            f"connection to the conversion server lost (receiver exit status {status}); "
+            f"check the network and the server, then capture again")
+
+
+def run_capture(
+    disk_paths: list[str],
+    connect: Callable[[], Connection],
+    opts: StreamOptions,
+    *,
+    capture_id: str | None = None,
+    image_format: str = "qcow2",
+    on_event: Callable[[object], None] = lambda e: None,
+    cancel: threading.Event | None = None,
+    source_facts: dict | None = None,
+) -> CaptureResult:
+    opts.validate()
+    if not disk_paths:
+        from ..errors import UsageError
+        raise UsageError("no source disk given: name at least one with --disk /dev/X")
+    sources: list[SourceDisk] = [probe(p) for p in disk_paths]
+    names = [s.name for s in sources]
+    dups = {n for n in names if names.count(n) > 1}
+    if dups:
+        from ..errors import UsageError
+        raise UsageError(f"disk {', '.join(sorted(dups))} named twice")
+    capture_id = capture_id or new_capture_id()
+    total = sum(s.size for s in sources)
+    t0 = time.monotonic()
+
+    with ReadOnlyGuard([s.path for s in sources]) as guard:
+        log.info("read-only guard on: %s", ", ".join(guard.guarded))
+        conn = connect()
+        replies = _Replies(conn)
+        sent = {"wire": 0}
+
+        def send(data: bytes) -> None:
+            replies.poll()
+            try:
+                conn.send(data)
+            except (BrokenPipeError, OSError, ValueError) as e:
+                raise replies.after_send_failure(e) from None
+            sent["wire"] += len(data)
+
+        try:
+            hello = {
+                "capture_id": capture_id,
+                "agent_version": __version__,
+                "format": image_format,
+                "source": {"hostname": socket.gethostname(), **(source_facts or {})},
+                "disks": names,
+            }
+            send(P.preamble() + P.encode_json(P.T_HELLO, hello))
+            ready = replies.wait_for(("ready",), timeout=60)
+            location = ready.get("path", "")
+            on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
+            done_before = 0
+            totals = DiskStats()
+            for src in sources:
+                on_event(E.DiskStarted(src.name, src.path, src.size))
+                send(P.encode_json(P.T_DISK, {
+                    "name": src.name, "size": src.size, "block_size": opts.block_size,
+                    "logical_sector_size": src.logical_sector_size,
+                    "physical_sector_size": src.physical_sector_size,
+                    "mode": opts.mode, "codec": opts.codec if opts.codec == "none" else f"zstd:{opts.level}",
+                    "source": src.facts(),
+                }))
+
+                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before) -> None:
+                    on_event(E.Progress(
+                        disk=src.name, disk_done=pos, disk_size=src.size, total_done=base + pos,
+                        total_size=total, bytes_read=totals.bytes_read + st.bytes_read,
+                        wire_bytes=sent["wire"], zero_bytes=totals.zero_bytes + st.zero_bytes,
+                        elapsed=time.monotonic() - t0))
+
+                digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel)
+                send(P.encode_end(digest, st.as_dict()))
+                for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
+                    setattr(totals, k, getattr(totals, k) + getattr(st, k))
+                done_before += src.size
+                on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
+            send(P.encode_json(P.T_FINISH, {}))
+            conn.close_write()
+            on_event(E.ServerNote("all data sent; the server is verifying and converting"))
+            final = replies.wait_for(("complete",), timeout=FINAL_REPLY_TIMEOUT)
+        except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
+            _abort(conn, replies, e)
+            raise
+        finally:
+            conn.close()
+
+    manifest = final.get("manifest", {})
+    result = CaptureResult(
+        capture_id=capture_id,
+        target=conn.description,
+        location=final.get("path", location),
+        disks=manifest.get("disks", []),
+        elapsed=time.monotonic() - t0,
+        bytes_read=totals.bytes_read,
+        wire_bytes=sent["wire"],
+        zero_bytes=totals.zero_bytes,
+        total_size=total,
+        manifest=manifest,
+    )
+    on_event(E.CaptureFinished(result))
+    return result
+
+
+def _abort(conn: Connection, replies: _Replies, err: BaseException) -> None:
+    """Tell the receiver to discard the partial capture (best effort)."""
+    if isinstance(err, ServerError) and replies.error:
+        return  # the receiver failed first and has cleaned up already
+    reason = str(err) or type(err).__name__
+    try:
+        conn.send(P.encode_json(P.T_ABORT, {"reason": reason[:2000]}))
+        conn.close_write()
+        replies.wait_for(("__never__",), timeout=10)
+    except (ColdcloneError, OSError, ValueError):
+        pass
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))

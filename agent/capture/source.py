@@ -1,0 +1,87 @@
+"""What the agent knows about one source disk at capture time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import stat
+import struct
+from dataclasses import asdict, dataclass
+
+from ..errors import SourceError
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKPBSZGET = 0x127B
+
+
+@dataclass
+class SourceDisk:
+    path: str            # as the operator named it, e.g. /dev/cciss/c0d0
+    kernel_name: str     # as sysfs names it, e.g. cciss!c0d0
+    name: str            # as the stream and the image file name it, e.g. cciss-c0d0
+    size: int
+    logical_sector_size: int
+    physical_sector_size: int
+    model: str = ""
+    serial: str = ""
+    wwid: str = ""
+    rotational: bool | None = None
+
+    def facts(self) -> dict:
+        return asdict(self)
+
+
+def _ioctl_int(fd: int, req: int, fmt: str) -> int:
+    buf = fcntl.ioctl(fd, req, struct.pack(fmt, 0))
+    return struct.unpack(fmt, buf)[0]
+
+
+def _sysfs(kernel_name: str, rel: str) -> str:
+    try:
+        with open(f"/sys/class/block/{kernel_name}/{rel}") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def stream_name(kernel_name: str) -> str:
+    """A file-name-safe disk name: cciss!c0d0 -> cciss-c0d0."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)
+
+
+def probe(path: str) -> SourceDisk:
+    """Facts of a source block device, from the kernel (ioctls) and sysfs."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SourceError(f"source disk {path}: {e.strerror}; check the name with `coldclone discover`") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise SourceError(f"source {path} is not a block device (coldclone captures whole disks such as /dev/sda)")
+    real = os.path.realpath(path)
+    kernel_name = real[len("/dev/"):].replace("/", "!") if real.startswith("/dev/") else os.path.basename(real)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = _ioctl_int(fd, BLKGETSIZE64, "Q")
+        lss = _ioctl_int(fd, BLKSSZGET, "i")
+        pss = _ioctl_int(fd, BLKPBSZGET, "I")
+    except OSError as e:
+        raise SourceError(f"cannot query {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size == 0:
+        raise SourceError(f"source {path} has size 0 (empty card reader or removed disk?); nothing to capture")
+    rot = _sysfs(kernel_name, "queue/rotational")
+    return SourceDisk(
+        path=path,
+        kernel_name=kernel_name,
+        name=stream_name(kernel_name),
+        size=size,
+        logical_sector_size=lss,
+        physical_sector_size=pss,
+        model=_sysfs(kernel_name, "device/model"),
+        serial=_sysfs(kernel_name, "device/serial") or _sysfs(kernel_name, "serial"),
+        wwid=_sysfs(kernel_name, "device/wwid") or _sysfs(kernel_name, "wwid"),
+        rotational=(rot == "1") if rot else None,
+    )

@@ -1,0 +1,217 @@
+"""Turn one source disk into protocol records: read, split zero/data, hash, compress.
+
+Reading is sequential in one thread (old spinning disks hate seeks);
+hashing and compression of each chunk run in a small pool (hashlib and
+zstandard release the GIL, so two cores are really used); the caller's
+thread sends the results in disk order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zstandard
+
+from .. import protocol as P
+from ..errors import CancelledError, SourceError
+from .source import SourceDisk
+
+log = logging.getLogger("coldclone.stream")
+
+
+@dataclass
+class StreamOptions:
+    mode: str = "nonzero"              # nonzero | full  (used: later, filesystem-aware)
+    chunk_size: int = P.DEFAULT_CHUNK_SIZE
+    block_size: int = P.DEFAULT_BLOCK_SIZE
+    codec: str = "zstd"                # zstd | none
+    level: int = 1
+    workers: int = 2
+
+    def validate(self) -> None:
+        from ..errors import UsageError
+
+        if self.mode not in ("nonzero", "full"):
+            raise UsageError(f"mode {self.mode!r}: choose nonzero (skip all-zero blocks) or full (every byte)")
+        bs = self.block_size
+        if bs < 4096 or bs & (bs - 1):
+            raise UsageError(f"block size {bs}: must be a power of two of at least 4096")
+        if self.chunk_size < bs or self.chunk_size % bs or self.chunk_size > P.MAX_DATA:
+            raise UsageError(
+                f"chunk size {self.chunk_size}: must be a multiple of the block size {bs} "
+                f"and at most {P.MAX_DATA >> 20} MiB"
+            )
+        if self.codec not in ("zstd", "none"):
+            raise UsageError(f"compression {self.codec!r}: choose zstd or none")
+        if self.codec == "zstd" and not 1 <= self.level <= 19:
+            raise UsageError(f"zstd level {self.level}: choose 1 (fast) to 19 (small)")
+
+
+@dataclass
+class DiskStats:
+    bytes_read: int = 0
+    data_bytes: int = 0      # uncompressed bytes sent in DATA records
+    zero_bytes: int = 0      # bytes sent as ZERO records (never read onto the wire)
+    payload_bytes: int = 0   # DATA payload bytes after compression
+    wire_bytes: int = 0      # every stream byte of this disk, framing included
+    data_records: int = 0
+    zero_records: int = 0
+    read_seconds: float = 0.0
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class _Chunk:
+    offset: int
+    length: int
+    wire: bytes = b""
+    tree: list = field(default_factory=list)  # (offset, length, zero, digests)
+    data_bytes: int = 0
+    zero_bytes: int = 0
+    payload_bytes: int = 0
+    data_records: int = 0
+    zero_records: int = 0
+
+
+class _Codec:
+    def __init__(self, codec: str, level: int):
+        self.codec = codec
+        self.level = level
+        self._local = threading.local()
+
+    def compress(self, data: memoryview) -> tuple[int, bytes]:
+        if self.codec == "none":
+            return P.CODEC_NONE, bytes(data)
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+        out = c.compress(data)
+        # Incompressible data goes as it is: never pay the expansion.
+        if len(out) >= len(data):
+            return P.CODEC_NONE, bytes(data)
+        return P.CODEC_ZSTD, out
+
+
+def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec) -> _Chunk:
+    ch = _Chunk(offset, len(buf))
+    parts = []
+    for ext in P.split_extents(buf, offset, opts.block_size, skip_zero=opts.mode != "full"):
+        if ext.zero:
+            parts.append(P.encode_zero(ext.offset, ext.length))
+            ch.zero_bytes += ext.length
+            ch.zero_records += 1
+            ch.tree.append((ext.offset, ext.length, True, None))
+        else:
+            c, payload = codec.compress(ext.data)
+            parts.append(P.encode_data(ext.offset, ext.length, c, P.record_digest(ext.digests), payload))
+            ch.data_bytes += ext.length
+            ch.payload_bytes += len(payload)
+            ch.data_records += 1
+            ch.tree.append((ext.offset, ext.length, False, ext.digests))
+    ch.wire = b"".join(parts)
+    return ch
+
+
+def stream_disk(
+    src: SourceDisk,
+    send: Callable[[bytes], None],
+    opts: StreamOptions,
+    on_chunk: Callable[[int, DiskStats], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[bytes, DiskStats]:
+    """Send the DISK body records for src through send(); return (disk digest, stats).
+
+    The caller sends the DISK header before and the END record after.
+    """
+    stats = DiskStats()
+    tree = P.BlockTree(src.size, opts.block_size)
+    codec = _Codec(opts.codec, opts.level)
+    t0 = time.monotonic()
+    try:
+        fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError(f"cannot open {src.path} read-only: {e.strerror}") from None
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except OSError:
+        pass
+    inflight: queue.Queue = queue.Queue(maxsize=opts.workers * 2)
+    stop = threading.Event()
+
+    def reader(pool: ThreadPoolExecutor) -> None:
+        off = 0
+        try:
+            while off < src.size and not stop.is_set():
+                n = min(opts.chunk_size, src.size - off)
+                r0 = time.monotonic()
+                try:
+                    buf = os.pread(fd, n, off)
+                except OSError as e:
+                    sector = off // max(src.logical_sector_size, 1)
+                    raise SourceError(
+                        f"read error on {src.path} in the {n >> 10} KiB from byte {off} "
+                        f"(sector {sector}): {e.strerror}. The disk may have unreadable sectors; "
+                        f"check `dmesg`, and the controller's logs for a failing drive"
+                    ) from None
+                if len(buf) != n:
+                    raise SourceError(
+                        f"short read on {src.path} at byte {off}: got {len(buf)} of {n} bytes "
+                        f"(the device is smaller than the {src.size} bytes it reported?)"
+                    )
+                stats.read_seconds += time.monotonic() - r0
+                stats.bytes_read += n
+                inflight.put(pool.submit(_process, buf, off, opts, codec))
+                off += n
+        except BaseException as e:  # handed to the sending thread, which raises it
+            fut: Future = Future()
+            fut.set_exception(e)
+            inflight.put(fut)
+            return
+        inflight.put(None)
+
+    with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cc-chunk") as pool:
+        rt = threading.Thread(target=reader, args=(pool,), name="cc-reader", daemon=True)
+        rt.start()
+        try:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("capture cancelled by the operator")
+                fut = inflight.get()
+                if fut is None:
+                    break
+                ch: _Chunk = fut.result()
+                for off, length, zero, digests in ch.tree:
+                    if zero:
+                        tree.add_zero(off, length)
+                    else:
+                        tree.add_digests(off, length, digests)
+                send(ch.wire)
+                stats.data_bytes += ch.data_bytes
+                stats.zero_bytes += ch.zero_bytes
+                stats.payload_bytes += ch.payload_bytes
+                stats.wire_bytes += len(ch.wire)
+                stats.data_records += ch.data_records
+                stats.zero_records += ch.zero_records
+                if on_chunk:
+                    on_chunk(ch.offset + ch.length, stats)
+        finally:
+            stop.set()
+            # Unblock the reader if it waits on a full queue, then let it end.
+            while rt.is_alive():
+                try:
+                    inflight.get_nowait()
+                except queue.Empty:
+                    rt.join(0.05)
+            os.close(fd)
+    stats.elapsed = time.monotonic() - t0
+    return tree.digest(), stats

@@ -1,0 +1,207 @@
+"""`coldclone`: the agent's command line (headless front end over the core).
+
+Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 usage error,
+3 connection / authentication / host key, 4 source read error,
+5 conversion server failure, 6 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import threading
+import time
+
+from . import __version__
+from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError, UsageError
+
+log = logging.getLogger("coldclone")
+
+SIZE_RE = re.compile(r"^(\d+)([KMG]i?B?)?$", re.I)
+
+
+def parse_size(text: str) -> int:
+    m = SIZE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"size {text!r}: write a number with an optional K, M or G suffix (e.g. 4M)")
+    n = int(m.group(1))
+    unit = (m.group(2) or "").upper()[:1]
+    return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+def parse_compress(text: str) -> tuple[str, int]:
+    if text == "none":
+        return "none", 0
+    m = re.match(r"^zstd(?::(\d+))?$", text)
+    if not m:
+        raise UsageError(f"compression {text!r}: use zstd, zstd:LEVEL (1-19) or none")
+    return "zstd", int(m.group(1) or 1)
+
+
+class ProgressPrinter:
+    """One line every `interval` seconds: bytes, rates, ETA; then a summary."""
+
+    def __init__(self, interval: float = 5.0, out=sys.stdout):
+        from .estimate.rate import RateMeter
+
+        self.interval = interval
+        self.out = out
+        self.last = 0.0
+        self.read_rate = RateMeter()
+        self.wire_rate = RateMeter()
+
+    def __call__(self, ev) -> None:
+        from .capture import events as E
+        from .estimate.rate import human_bytes as hb, human_seconds as hs
+
+        if isinstance(ev, E.CaptureStarted):
+            self._p(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), {hb(ev.total_bytes)}")
+            for d in ev.disks:
+                self._p(f"  {d.path}: {hb(d.size)} {d.model}".rstrip())
+        elif isinstance(ev, E.DiskStarted):
+            self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
+        elif isinstance(ev, E.Progress):
+            now = time.monotonic()
+            r = self.read_rate.update(now, ev.total_done)
+            w = self.wire_rate.update(now, ev.wire_bytes)
+            if now - self.last >= self.interval:
+                self.last = now
+                pct = 100.0 * ev.total_done / max(ev.total_size, 1)
+                self._p(
+                    f"{ev.disk}: {pct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} "
+                    f"read {(r or 0) / 1e6:.1f} MB/s wire {(w or 0) / 1e6:.1f} MB/s "
+                    f"skipped {hb(ev.zero_bytes)} ETA {hs(self.read_rate.eta(ev.total_size - ev.total_done))}"
+                )
+        elif isinstance(ev, E.DiskFinished):
+            self._p(f"disk {ev.name} sent: digest {ev.digest[:16]}...")
+        elif isinstance(ev, E.ServerNote):
+            self._p(ev.text)
+
+    def _p(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def print_summary(result, out=sys.stdout) -> None:
+    from .estimate.rate import human_bytes as hb, human_seconds as hs
+
+    el = max(result.elapsed, 1e-9)
+    print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s)", file=out)
+    print(f"  where:   {result.location}", file=out)
+    print(f"  read:    {hb(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s", file=out)
+    print(f"  wire:    {hb(result.wire_bytes)} ({100.0 * result.wire_bytes / max(result.total_size, 1):.1f}% "
+          f"of {hb(result.total_size)}), skipped {hb(result.zero_bytes)} of zeros", file=out)
+    for d in result.disks:
+        checks = ", ".join(k for k, v in d.get("verified", {}).items() if v)
+        print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
+
+
+def _connector(args):
+    from .transport.url import parse_target
+
+    url = parse_target(args.to)
+    if url.scheme == "file":
+        from .transport.local import LocalConnection
+
+        return lambda: LocalConnection(url.path)
+    from .transport import ssh
+
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
+    if not args.identity and password is None:
+        raise UsageError("ssh target needs --identity KEY (or --password-env VAR)")
+    known = args.known_hosts or ssh.default_known_hosts()
+    return lambda: ssh.connect(url, identity=args.identity, hostkey=args.hostkey, known_hosts=known,
+                               password=password, timeout=args.timeout)
+
+
+def cmd_capture(args) -> int:
+    from .capture.session import run_capture
+    from .capture.stream import StreamOptions
+
+    codec, level = parse_compress(args.compress)
+    opts = StreamOptions(mode=args.mode, chunk_size=parse_size(args.chunk_size),
+                         block_size=parse_size(args.block_size), codec=codec, level=level or 1,
+                         workers=args.workers)
+    connect = _connector(args)
+    cancel = threading.Event()
+    printer = ProgressPrinter(args.progress_interval)
+    result = run_capture(args.disk, connect, opts, capture_id=args.capture_id, image_format=args.format,
+                         on_event=printer, cancel=cancel)
+    print_summary(result)
+    return EXIT_OK
+
+
+def cmd_digest(args) -> int:
+    from .protocol import digest_file
+
+    for p in args.path:
+        print(f"{digest_file(p, parse_size(args.block_size))}  {p}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="coldclone", description="Capture a server's disks into verified qcow2 images.")
+    ap.add_argument("--version", action="version", version=f"coldclone {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log every step (commands, guard, host key)")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("capture", help="capture disks to a conversion server (headless)")
+    c.add_argument("--disk", action="append", required=True, metavar="/dev/X",
+                   help="source disk (repeat for several)")
+    c.add_argument("--to", required=True, metavar="URL", help="ssh://user@host[:port]/path or file:///path")
+    c.add_argument("--identity", metavar="KEY", help="private key for the conversion server")
+    c.add_argument("--hostkey", metavar="SHA256:...", help="pin the server's host key fingerprint")
+    c.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
+    c.add_argument("--password-env", metavar="VAR", help="read an SSH password from this variable (discouraged)")
+    c.add_argument("--mode", default="nonzero", choices=["nonzero", "full"],
+                   help="nonzero: skip all-zero blocks (default); full: send every byte")
+    c.add_argument("--compress", default="zstd:1", help="zstd[:LEVEL] or none (default zstd:1)")
+    c.add_argument("--chunk-size", default="4M", help="read size (default 4M)")
+    c.add_argument("--block-size", default="64K", help="zero-skip and digest granularity (default 64K)")
+    c.add_argument("--workers", type=int, default=2, help="threads hashing and compressing (default 2)")
+    c.add_argument("--format", default="qcow2", choices=["qcow2", "raw"], help="image format on the server")
+    c.add_argument("--capture-id", help="name of the capture directory (default host-date-random)")
+    c.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS")
+    c.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
+    c.set_defaults(func=cmd_capture)
+
+    d = sub.add_parser("digest", help="print the coldclone disk digest of a device or raw image")
+    d.add_argument("path", nargs="+")
+    d.add_argument("--block-size", default="64K")
+    d.set_defaults(func=cmd_digest)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ColdcloneError as e:
+        print(f"coldclone: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("coldclone: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as e:  # a bug: say so plainly, with the traceback in the log
+        log.exception("internal error")
+        print(f"coldclone: internal error: {e!r} (run with -v and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

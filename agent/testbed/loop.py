@@ -1,0 +1,50 @@
+"""Loop devices with their partitions visible (the host kernel may not scan them itself)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+from ..runcmd import run
+
+
+def attach(image: str, read_only: bool = False) -> str:
+    argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [image]
+    dev = run(argv).stdout.strip()
+    # parted may already have added the partitions (BLKPG); -u adds or updates.
+    run(["partx", "-u", dev], check=False)
+    if not partitions(dev):
+        run(["partx", "-a", dev], check=False)
+    return dev
+
+
+def partitions(dev: str) -> list[str]:
+    return sorted(glob.glob(dev + "p[0-9]*"), key=lambda p: int(p.rsplit("p", 1)[1]))
+
+
+def detach(dev: str) -> None:
+    run(["partx", "-d", dev], check=False, quiet=True)
+    for _ in range(50):
+        if run(["losetup", "-d", dev], check=False, quiet=True).returncode == 0:
+            return
+        time.sleep(0.1)
+
+
+class LoopDevice:
+    def __init__(self, image: str, read_only: bool = False):
+        self.image = image
+        self.read_only = read_only
+        self.dev = ""
+
+    def __enter__(self) -> "LoopDevice":
+        self.dev = attach(self.image, self.read_only)
+        return self
+
+    @property
+    def parts(self) -> list[str]:
+        return partitions(self.dev)
+
+    def __exit__(self, *exc) -> None:
+        if self.dev and os.path.exists(self.dev):
+            detach(self.dev)

@@ -1,0 +1,174 @@
+"""A throwaway OpenSSH sshd on 127.0.0.1 whose key runs coldclone-receive as a forced command.
+
+Exactly the set-up DESIGN.md asks of a real conversion server:
+    command="coldclone-receive --root DIR",restrict ssh-ed25519 ...
+The receiver runs as an unprivileged user when the venv is reachable by
+one, else as root through `PermitRootLogin forced-commands-only`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..runcmd import run
+
+TEST_USER = "coldclone-rx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _world_traversable(path: str) -> bool:
+    p = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(p).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if p == "/":
+            return True
+        p = os.path.dirname(p)
+
+
+def ensure_user(name: str = TEST_USER) -> None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name])
+    # '!' (locked) makes sshd refuse the account without PAM; '*' only forbids passwords.
+    run(["usermod", "-p", "*", name])
+
+
+def fingerprint_of(pubfile: str) -> str:
+    out = run(["ssh-keygen", "-l", "-E", "sha256", "-f", pubfile]).stdout.split()
+    return out[1]
+
+
+class Sshd:
+    def __init__(self, receiver_root: str | None = None, workdir: str | None = None,
+                 receiver_args: str = "", baseline_key: bool = False):
+        self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-sshd-")
+        os.chmod(self.workdir, 0o755)
+        self.receiver_root = receiver_root or os.path.join(self.workdir, "receiver")
+        self.receiver_args = receiver_args
+        self.baseline_key = baseline_key
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        bin_dir = os.path.dirname(sys.executable)
+        self.receiver = os.path.join(bin_dir, "coldclone-receive")
+        self.user = TEST_USER if _world_traversable(self.receiver) and _world_traversable(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) else "root"
+
+    # paths
+    def p(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    @property
+    def client_key(self) -> str:
+        return self.p("client_ed25519")
+
+    @property
+    def baseline_client_key(self) -> str:
+        return self.p("baseline_ed25519")
+
+    @property
+    def known_hosts(self) -> str:
+        return self.p("known_hosts")
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}/"
+
+    def forced_command(self) -> str:
+        extra = f" {self.receiver_args}" if self.receiver_args else ""
+        return f"{self.receiver} --root {self.receiver_root}{extra}"
+
+    def start(self) -> "Sshd":
+        if self.user != "root":
+            ensure_user(self.user)
+        os.makedirs(self.receiver_root, exist_ok=True)
+        if self.user != "root":
+            shutil.chown(self.receiver_root, self.user)
+        os.makedirs("/run/sshd", exist_ok=True)
+        for key in ("host_ed25519", "client_ed25519") + (("baseline_ed25519",) if self.baseline_key else ()):
+            if not os.path.exists(self.p(key)):
+                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key, "-f", self.p(key)])
+        pub = open(self.p("client_ed25519.pub")).read().strip()
+        lines = [f'command="{self.forced_command()}",restrict {pub}']
+        if self.baseline_key:
+            # Only `make bench` has this: a plain key for the dd | ssh baselines.
+            lines.append(open(self.p("baseline_ed25519.pub")).read().strip())
+        with open(self.p("authorized_keys"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(self.p("authorized_keys"), 0o644)
+        self.port = free_port()
+        cfg = f"""\
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.p('host_ed25519')}
+PidFile {self.p('sshd.pid')}
+AuthorizedKeysFile {self.p('authorized_keys')}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin {'forced-commands-only' if self.user == 'root' and not self.baseline_key else 'prohibit-password'}
+AllowUsers {self.user}
+MaxStartups 64
+MaxSessions 64
+LogLevel VERBOSE
+"""
+        with open(self.p("sshd_config"), "w") as f:
+            f.write(cfg)
+        host_pub = open(self.p("host_ed25519.pub")).read().split()
+        with open(self.known_hosts, "w") as f:
+            f.write(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.fingerprint = fingerprint_of(self.p("host_ed25519.pub"))
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        self.log = open(self.p("sshd.log"), "wb")
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", self.p("sshd_config")],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {open(self.p('sshd.log')).read()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening within 15 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def __enter__(self) -> "Sshd":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def ssh_argv(self, key: str | None = None) -> list[str]:
+        """OpenSSH client argv for this server (used by the benchmark baselines)."""
+        return ["ssh", "-i", key or self.baseline_client_key, "-p", str(self.port),
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", f"{self.user}@127.0.0.1"]

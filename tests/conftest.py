@@ -1,0 +1,65 @@
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if is_root():
+        return
+    skip = pytest.mark.skip(reason="needs root (loop devices, sshd, mounts)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(4 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def coldclone(*args, timeout=300):
+    """Run the real `coldclone` console script; return CompletedProcess (text)."""
+    return subprocess.run([os.path.join(BIN, "coldclone"), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH sshd on 127.0.0.1 with a forced-command coldclone-receive key."""
+    from agent.testbed.sshd import Sshd
+
+    work = tmp_path_factory.mktemp("sshd")
+    os.chmod(work, 0o755)
+    s = Sshd(workdir=str(work)).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def rx_dir(sshd, request):
+    """A fresh directory inside the sshd receiver's confined root, owned by its user."""
+    d = os.path.join(sshd.receiver_root, request.node.name.replace("[", "-").replace("]", ""))
+    if os.path.exists(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    shutil.chown(d, sshd.user)
+    return d
+
+
+def ssh_args(sshd, path=""):
+    return ["--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}", "--identity", sshd.client_key,
+            "--known-hosts", sshd.known_hosts]
