@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,21 +39,21 @@ def coldclone(*args, timeout=300):
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
+def sshd():
     """A real OpenSSH sshd on 127.0.0.1 with a forced-command coldclone-receive key."""
     from agent.testbed.sshd import Sshd
 
-    work = tmp_path_factory.mktemp("sshd")
-    os.chmod(work, 0o755)
-    s = Sshd(workdir=str(work)).start()
+    s = Sshd().start()
     yield s
     s.stop()
+    shutil.rmtree(s.workdir, ignore_errors=True)
 
 
 @pytest.fixture
 def rx_dir(sshd, request):
     """A fresh directory inside the sshd receiver's confined root, owned by its user."""
-    d = os.path.join(sshd.receiver_root, request.node.name.replace("[", "-").replace("]", ""))
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+    d = os.path.join(sshd.receiver_root, f"{safe}-{hashlib.sha1(request.node.name.encode()).hexdigest()[:6]}")
     if os.path.exists(d):
         shutil.rmtree(d)
     os.makedirs(d)

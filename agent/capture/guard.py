@@ -67,16 +67,20 @@ class ReadOnlyGuard:
 
     def __enter__(self) -> "ReadOnlyGuard":
         try:
+            targets = []
             for dev in self.devices:
-                targets = [dev] + (partitions_of(dev) if self.include_partitions else [])
-                for path in targets:
-                    self._guard_one(path)
+                targets += [dev] + (partitions_of(dev) if self.include_partitions else [])
+            # Read every previous state before changing any: a partition reports
+            # read-only as soon as its disk is, and must not be left so afterwards.
+            before = {path: self._state(path) for path in targets}
+            for path in targets:
+                self._guard_one(path, before[path])
         except BaseException:
             self.release()
             raise
         return self
 
-    def _guard_one(self, path: str) -> None:
+    def _state(self, path: str) -> bool:
         try:
             st = os.stat(path)
         except OSError as e:
@@ -87,7 +91,12 @@ class ReadOnlyGuard:
                 f"(e.g. /dev/sda, /dev/md127, /dev/cciss/c0d0)"
             )
         try:
-            was = get_ro(path)
+            return get_ro(path)
+        except OSError as e:
+            raise SourceError(f"cannot query {path}: {e.strerror}") from None
+
+    def _guard_one(self, path: str, was: bool) -> None:
+        try:
             set_ro(path, True)
             now = get_ro(path)
         except OSError as e:

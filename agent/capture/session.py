@@ -79,7 +79,10 @@ class _Replies:
 
     def as_error(self) -> ServerError:
         m = self.error or {}
-        return ServerError(f"conversion server: {m.get('message', 'failed')}", code=m.get("code", "server_error"))
+        text = m.get("message", "failed")
+        if not text.startswith("conversion server"):
+            text = "conversion server: " + text
+        return ServerError(text, code=m.get("code", "server_error"))
 
     def wait_for(self, events: tuple[str, ...], timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -117,7 +120,7 @@ class _Replies:
         status = self.conn.exit_status(timeout=2)
         if err:
             last = " | ".join(err.splitlines()[-3:])
-            if "not found" in err and "coldclone-receive" in err:
+            if status == 127 or ("coldclone-receive" in err and ("not found" in err or "No such file" in err)):
                 return ServerError(
                     f"coldclone-receive is not installed on the conversion server ({last}); install it "
                     f"there (pip install coldclone) and use a forced-command key", code="no_receiver")

@@ -58,7 +58,7 @@ def fingerprint_of(pubfile: str) -> str:
 class Sshd:
     def __init__(self, receiver_root: str | None = None, workdir: str | None = None,
                  receiver_args: str = "", baseline_key: bool = False):
-        self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-sshd-")
+        self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-sshd-", dir="/tmp")
         os.chmod(self.workdir, 0o755)
         self.receiver_root = receiver_root or os.path.join(self.workdir, "receiver")
         self.receiver_args = receiver_args
@@ -67,8 +67,11 @@ class Sshd:
         self.proc: subprocess.Popen | None = None
         bin_dir = os.path.dirname(sys.executable)
         self.receiver = os.path.join(bin_dir, "coldclone-receive")
-        self.user = TEST_USER if _world_traversable(self.receiver) and _world_traversable(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) else "root"
+        # sshd reads authorized_keys and runs the receiver as the login user:
+        # everything it touches must be reachable by that user.
+        reachable = all(_world_traversable(p) for p in (
+            self.receiver, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), self.workdir))
+        self.user = TEST_USER if reachable else "root"
 
     # paths
     def p(self, name: str) -> str:
@@ -99,7 +102,10 @@ class Sshd:
             ensure_user(self.user)
         os.makedirs(self.receiver_root, exist_ok=True)
         if self.user != "root":
-            shutil.chown(self.receiver_root, self.user)
+            try:
+                shutil.chown(self.receiver_root, self.user)
+            except OSError:
+                pass  # a read-only root stays as it is: that is what some tests want
         os.makedirs("/run/sshd", exist_ok=True)
         for key in ("host_ed25519", "client_ed25519") + (("baseline_ed25519",) if self.baseline_key else ()):
             if not os.path.exists(self.p(key)):

@@ -84,7 +84,8 @@ def build(image: str, size: int = 2048 * MiB, table: str = "gpt", files_mb: int 
     with open(image, "wb") as f:
         f.truncate(size)
     label = "gpt" if table == "gpt" else "msdos"
-    boot_end, swap_end = 257, 513  # MiB
+    part_mb = max(32, min(256, size // MiB // 8))  # /boot and swap, each
+    boot_end, swap_end = 1 + part_mb, 1 + 2 * part_mb
     run(["parted", "-s", "-a", "optimal", image, "mklabel", label,
          "mkpart", "primary", "ext4", "1MiB", f"{boot_end}MiB",
          "mkpart", "primary", "linux-swap", f"{boot_end}MiB", f"{swap_end}MiB",
