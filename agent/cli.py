@@ -70,9 +70,10 @@ class ProgressPrinter:
             if now - self.last >= self.interval:
                 self.last = now
                 pct = 100.0 * ev.total_done / max(ev.total_size, 1)
+                rate = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
                 self._p(
                     f"{ev.disk}: {pct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} "
-                    f"read {(r or 0) / 1e6:.1f} MB/s wire {(w or 0) / 1e6:.1f} MB/s "
+                    f"read {rate(r)} MB/s wire {rate(w)} MB/s "
                     f"skipped {hb(ev.zero_bytes)} ETA {hs(self.read_rate.eta(ev.total_size - ev.total_done))}"
                 )
         elif isinstance(ev, E.DiskFinished):
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(name)s: %(message)s")
+    # The operator always sees which devices were write-protected, and that they were released.
+    logging.getLogger("coldclone.guard").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.command:
         ap.print_help()
         return 2

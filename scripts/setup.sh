@@ -32,7 +32,11 @@ stamp=.venv/.coldclone-stamp
 if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: building .venv"
     $PY -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    log=.venv/setup.log
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log above, also in $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi

@@ -107,19 +107,19 @@ class ReadOnlyGuard:
         if not now:
             raise SourceError(f"{path} did not become read-only (BLKROSET ignored); refusing to continue")
         self._saved.append((path, was))
-        log.info("guard: %s set read-only in the kernel (was %s)", path, "ro" if was else "rw")
+        log.info("%s set read-only in the kernel (was %s)", path, "ro" if was else "rw")
 
     def release(self) -> None:
         while self._saved:
             path, was = self._saved.pop()
             if was:
-                log.info("guard: %s left read-only (it was read-only before)", path)
+                log.info("%s left read-only (it was read-only before)", path)
                 continue
             try:
                 set_ro(path, False)
-                log.info("guard: %s restored to read-write", path)
+                log.info("%s restored to read-write", path)
             except OSError as e:
-                log.warning("guard: could not restore %s to read-write: %s", path, e.strerror)
+                log.warning("could not restore %s to read-write: %s", path, e.strerror)
 
     def __exit__(self, *exc) -> None:
         self.release()

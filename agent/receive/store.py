@@ -19,7 +19,7 @@ PARTIAL = ".partial"
 
 
 def validate_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name or name.endswith(PARTIAL):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name or name.endswith(PARTIAL):
         raise ServerError(
             f"refused {what} {name!r}: names may hold only letters, digits, '.', '_' and '-', "
             f"must not start with '.' or contain '..', at most 128 characters",

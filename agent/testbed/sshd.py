@@ -59,6 +59,7 @@ class Sshd:
     def __init__(self, receiver_root: str | None = None, workdir: str | None = None,
                  receiver_args: str = "", baseline_key: bool = False):
         self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-sshd-", dir="/tmp")
+        os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         self.receiver_root = receiver_root or os.path.join(self.workdir, "receiver")
         self.receiver_args = receiver_args

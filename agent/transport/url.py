@@ -25,8 +25,18 @@ class TargetURL:
         return f"file://{self.path}"
 
 
+def redact(text: str) -> str:
+    """The URL with any password replaced, fit for messages and logs."""
+    u = urlsplit(text)
+    if u.password is None:
+        return text
+    host = u.netloc.rsplit("@", 1)[1]
+    return u._replace(netloc=f"{u.username}:****@{host}").geturl()
+
+
 def parse_target(text: str) -> TargetURL:
     u = urlsplit(text)
+    text = redact(text)
     if u.scheme not in SCHEMES:
         if u.scheme == "nfs":
             raise UsageError(f"target {text!r}: NFS targets are not supported yet; use ssh://user@host/path")

@@ -251,7 +251,7 @@ def test_usage_errors_exit_2():
     r = coldclone("capture", "--disk", "/dev/loop0", "--to", "ftp://x/y")
     assert r.returncode == 2 and "ssh://user@host" in r.stderr
     r = coldclone("capture", "--disk", "/dev/loop0", "--to", "ssh://u:secret@h/x", "--identity", "k")
-    assert r.returncode == 2 and "never put a password" in r.stderr and "secret" not in r.stderr.replace("ssh://u:secret@h/x", "")
+    assert r.returncode == 2 and "never put a password" in r.stderr and "secret" not in r.stderr
     r = coldclone("capture", "--disk", "/dev/loop0", "--to", "file:///tmp", "--compress", "lz4")
     assert r.returncode == 2 and "zstd" in r.stderr
 

@@ -1,0 +1,88 @@
+"""Receiver confinement rules, CLI value parsing, progress arithmetic."""
+
+import os
+
+import pytest
+
+from agent.cli import parse_compress, parse_size
+from agent.errors import ServerError, UsageError
+from agent.estimate.rate import RateMeter, human_bytes, human_seconds
+from agent.receive.store import resolve_root, validate_name
+from agent.capture.source import stream_name
+from agent.capture.stream import StreamOptions
+
+
+@pytest.mark.parametrize("name", ["sda", "cciss-c0d0", "md127", "nvme0n1", "host-20261123T093000-ab12", "a.b_c-d"])
+def test_good_names(name):
+    assert validate_name(name, "disk name") == name
+
+
+@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "/abs", ".hidden", "a b", "x" * 129, "a..b",
+                                  "cap.partial", None, 5, "sda\n", "é"])
+def test_bad_names(name):
+    with pytest.raises(ServerError) as e:
+        validate_name(name, "disk name")
+    assert e.value.code == "bad_name"
+
+
+def test_resolve_root_confines(tmp_path):
+    root = tmp_path / "root"
+    (root / "batch").mkdir(parents=True)
+    assert resolve_root(str(root), None) == str(root)
+    assert resolve_root(str(root), "/") == str(root)
+    assert resolve_root(str(root), str(root)) == str(root)
+    assert resolve_root(str(root), "batch") == str(root / "batch")
+    assert resolve_root(str(root), str(root / "batch")) == str(root / "batch")
+    for bad in ("/etc", "../", str(root) + "/../x", str(root) + "-other"):
+        with pytest.raises(ServerError, match="confined"):
+            resolve_root(str(root), bad)
+    os.symlink("/etc", root / "link")
+    with pytest.raises(ServerError, match="confined"):
+        resolve_root(str(root), "link")
+
+
+def test_stream_names_from_kernel_names():
+    assert stream_name("cciss!c0d0") == "cciss-c0d0"
+    assert stream_name("sda") == "sda"
+
+
+def test_sizes_and_compression():
+    assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("1G") == 1 << 30
+    assert parse_size("512") == 512 and parse_size("4MiB") == 4 << 20
+    assert parse_compress("zstd") == ("zstd", 1) and parse_compress("zstd:9") == ("zstd", 9)
+    assert parse_compress("none") == ("none", 0)
+    for bad in ("4X", "-1", ""):
+        with pytest.raises(UsageError):
+            parse_size(bad)
+    with pytest.raises(UsageError, match="zstd"):
+        parse_compress("gzip")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(mode="used"), "mode"),
+    (dict(block_size=3000), "power of two"),
+    (dict(chunk_size=100 << 20), "at most"),
+    (dict(chunk_size=(4 << 20) + 4096), "multiple"),
+    (dict(codec="lz4"), "compression"),
+    (dict(level=22), "zstd level"),
+])
+def test_stream_options_validated(kw, match):
+    with pytest.raises(UsageError, match=match):
+        StreamOptions(**kw).validate()
+
+
+def test_rate_meter_converges_on_steady_rate():
+    m = RateMeter(half_life=5)
+    v = 0
+    for i in range(200):
+        # 100 MB/s with jitter in the sampling interval
+        t = i * 0.5 + (0.1 if i % 3 == 0 else 0)
+        v = int(t * 100e6)
+        m.update(t, v)
+    assert abs(m.rate - 100e6) / 100e6 < 0.02
+    assert abs(m.eta(1_000_000_000) - 10) < 0.3
+
+
+def test_human_units():
+    assert human_bytes(0) == "0 B" and human_bytes(1536) == "1.5 KiB" and human_bytes(3 << 30) == "3.0 GiB"
+    assert human_seconds(None) == "--:--" and human_seconds(65) == "01:05" and human_seconds(3725) == "1:02:05"
