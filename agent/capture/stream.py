@@ -145,7 +145,9 @@ def stream_disk(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except OSError:
         pass
-    inflight: queue.Queue = queue.Queue(maxsize=opts.workers * 2)
+    # Deep enough that the disk never idles while a burst of data chunks is
+    # hashed and compressed (16 x 4 MiB in flight at most).
+    inflight: queue.Queue = queue.Queue(maxsize=max(4, opts.workers * 8))
     stop = threading.Event()
 
     def reader(pool: ThreadPoolExecutor) -> None:
