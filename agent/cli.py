@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -132,8 +133,22 @@ def cmd_capture(args) -> int:
     connect = _connector(args)
     cancel = threading.Event()
     printer = ProgressPrinter(args.progress_interval)
-    result = run_capture(args.disk, connect, opts, capture_id=args.capture_id, image_format=args.format,
-                         on_event=printer, cancel=cancel)
+
+    def on_sigint(signum, frame):
+        # First Ctrl-C: stop at the next record boundary, so the receiver gets a
+        # clean ABORT and discards the partial capture. Second: stop now.
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("coldclone: cancelling after the current chunk (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = run_capture(args.disk, connect, opts, capture_id=args.capture_id, image_format=args.format,
+                             on_event=printer, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print_summary(result)
     return EXIT_OK
 
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coldclone: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("coldclone: cancelled", file=sys.stderr)
+        print("coldclone: error: cancelled by the operator", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as e:  # a bug: say so plainly, with the traceback in the log
         log.exception("internal error")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import secrets
 import socket
 import threading
@@ -118,16 +119,19 @@ class _Replies:
             return self.as_error()
         err = self.conn.stderr_text().strip()
         status = self.conn.exit_status(timeout=2)
-        if err:
-            last = " | ".join(err.splitlines()[-3:])
-            if status == 127 or ("coldclone-receive" in err and ("not found" in err or "No such file" in err)):
-                return ServerError(
-                    f"coldclone-receive is not installed on the conversion server ({last}); install it "
-                    f"there (pip install coldclone) and use a forced-command key", code="no_receiver")
+        last = " | ".join(err.splitlines()[-3:])
+        # A shell's complaint, not a line of the receiver's own log.
+        if status == 127 or re.search(r"^(?!coldclone-receive: ).*coldclone-receive.*(not found|No such file)",
+                                      err, re.M):
+            return ServerError(
+                f"coldclone-receive is not installed on the conversion server ({last}); install it "
+                f"there (pip install coldclone) and use a forced-command key", code="no_receiver")
+        if status is not None and status >= 0 and err:
             return ServerError(f"conversion server ended the session (exit {status}): {last}", code="server_error")
         return ConnectionError_(
-            f"connection to the conversion server lost (receiver exit status {status}); "
-            f"check the network and the server, then capture again")
+            f"connection to the conversion server lost (no verdict from the receiver"
+            f"{'; its last words: ' + last if last else ''}); check the network and the server, "
+            f"then capture again")
 
 
 def run_capture(

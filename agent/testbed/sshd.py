@@ -83,6 +83,10 @@ class Sshd:
         return self.p("client_ed25519")
 
     @property
+    def client_rsa_key(self) -> str:
+        return self.p("client_rsa")
+
+    @property
     def baseline_client_key(self) -> str:
         return self.p("baseline_ed25519")
 
@@ -108,11 +112,13 @@ class Sshd:
             except OSError:
                 pass  # a read-only root stays as it is: that is what some tests want
         os.makedirs("/run/sshd", exist_ok=True)
-        for key in ("host_ed25519", "client_ed25519") + (("baseline_ed25519",) if self.baseline_key else ()):
+        keys = ["host_ed25519", "client_ed25519", "client_rsa"] + (["baseline_ed25519"] if self.baseline_key else [])
+        for key in keys:
             if not os.path.exists(self.p(key)):
-                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key, "-f", self.p(key)])
-        pub = open(self.p("client_ed25519.pub")).read().strip()
-        lines = [f'command="{self.forced_command()}",restrict {pub}']
+                ktype = ["-t", "rsa", "-b", "3072"] if key.endswith("rsa") else ["-t", "ed25519"]
+                run(["ssh-keygen", "-q", *ktype, "-N", "", "-C", key, "-f", self.p(key)])
+        lines = [f'command="{self.forced_command()}",restrict {open(self.p(k + ".pub")).read().strip()}'
+                 for k in ("client_ed25519", "client_rsa")]
         if self.baseline_key:
             # Only `make bench` has this: a plain key for the dd | ssh baselines.
             lines.append(open(self.p("baseline_ed25519.pub")).read().strip())

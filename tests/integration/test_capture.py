@@ -147,3 +147,20 @@ def test_two_disks_in_one_capture(sshd, rx_dir, tmp_path, source_disk):
         assert [d["source"]["path"] for d in m["disks"]] == [loop.dev, loop2.dev]
         for d, dev in zip(m["disks"], (loop.dev, loop2.dev)):
             run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", dev, os.path.join(rx_dir, "two", d["image"])])
+
+
+def test_rsa_identity_and_raw_format(sshd, rx_dir, tmp_path):
+    img = tmp_path / "small.img"
+    with open(img, "wb") as f:
+        f.truncate(16 * MiB)
+        f.seek(3 * MiB)
+        f.write(os.urandom(2 * MiB))
+    with LoopDevice(str(img)) as loop:
+        r = coldclone("capture", "--disk", loop.dev, "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
+                      "--identity", sshd.client_rsa_key, "--hostkey", sshd.fingerprint,
+                      "--capture-id", "rsa", "--format", "raw")
+        assert r.returncode == 0, r.stderr
+        raw = os.path.join(rx_dir, "rsa", os.path.basename(loop.dev) + ".raw")
+        run(["cmp", loop.dev, raw])
+    # The raw image is sparse: the zero blocks were never written.
+    assert os.stat(raw).st_blocks * 512 < 3 * MiB
