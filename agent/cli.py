@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
     c.set_defaults(func=cmd_capture)
 
+    sub.add_parser("discover", help="list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)",
+                   add_help=False)
+
     d = sub.add_parser("digest", help="print the coldclone disk digest of a device or raw image")
     d.add_argument("path", nargs="+")
     d.add_argument("--block-size", default="64K")
@@ -195,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "discover":
+        # discover owns its flags (agent/discover/cli.py); same exit-code contract.
+        from .discover.cli import main as discover_main
+
+        return discover_main(argv[1:])
     ap = build_parser()
     try:
         args = ap.parse_args(argv)
