@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup test unit integration demo bench clean
+.PHONY: setup test unit integration demo bench iso vm clean
 
 setup:
 	@sh scripts/setup.sh
@@ -22,6 +22,14 @@ demo: setup
 
 bench: setup
 	$(PY) -m agent.testbed.bench $(BENCH_ARGS)
+
+# The live ISO (root; about 4 min cold, under 1 min warm): livecd/build/coldclone.iso
+iso:
+	livecd/build.sh
+
+# Boot tests of the ISO in QEMU (skip when the ISO has not been built)
+vm: setup
+	$(PYTEST) -q -s -m vm tests/vm
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

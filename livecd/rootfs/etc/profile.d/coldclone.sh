@@ -1,0 +1,1 @@
+case ":$PATH:" in *:/opt/coldclone/bin:*) ;; *) PATH="/opt/coldclone/bin:$PATH" ;; esac

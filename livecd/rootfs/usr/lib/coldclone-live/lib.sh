@@ -1,0 +1,40 @@
+# Shared helpers for the coldclone live-image scripts (sourced, POSIX sh).
+
+# The kernel command line as the running system sees it (may include words that
+# coldclone-fwcfg.service appended from QEMU's fw_cfg, see docs/livecd.md).
+cc_cmdline() { cat /proc/cmdline; }
+
+# cc_arg KEY -> value of KEY=value on the command line (last one wins); status 1 if absent.
+cc_arg() {
+    _v=""; _found=1
+    for _w in $(cc_cmdline); do
+        case "$_w" in
+            "$1"=*) _v="${_w#*=}"; _found=0 ;;
+            "$1") _v=""; _found=0 ;;
+        esac
+    done
+    [ "$_found" = 0 ] && printf '%s' "$_v"
+    return $_found
+}
+
+# The terminals a message for the operator must reach: tty1 (VGA/BMC virtual console)
+# and every serial console named by console= on the command line.
+cc_ttys() {
+    _t="/dev/tty1"
+    for _w in $(cc_cmdline); do
+        case "$_w" in
+            console=ttyS*|console=ttyAMA*|console=hvc*)
+                _d="${_w#console=}"; _d="${_d%%,*}"
+                case " $_t " in *" /dev/$_d "*) ;; *) _t="$_t /dev/$_d" ;; esac ;;
+        esac
+    done
+    for _d in $_t; do [ -c "$_d" ] && printf '%s\n' "$_d"; done
+}
+
+# cc_say MESSAGE... -> every operator terminal, and the journal (stdout of the unit).
+cc_say() {
+    printf '%s\n' "$*"
+    for _d in $(cc_ttys); do
+        printf '\r\n%s\r\n' "$*" > "$_d" 2>/dev/null || true
+    done
+}

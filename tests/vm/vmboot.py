@@ -1,0 +1,258 @@
+"""Boot the coldclone live ISO in QEMU and watch its serial console.
+
+Used by tests/vm/test_boot.py and by livecd/boot-smoke.sh (``python3 tests/vm/vmboot.py``).
+Standard library only, so it runs with the system python3 as well as the project venv.
+
+Boot paths (``mode``):
+  kernel     QEMU -kernel/-initrd/-append with livecd/build/{vmlinuz,initrd.img} and the ISO
+             as a CD-ROM (live-boot finds the squashfs there). Any kernel command line.
+  bios       SeaBIOS -> ISO El Torito -> isolinux -> default menu entry.
+  uefi       OVMF -> ISO El Torito EFI image -> GRUB EFI -> default menu entry.
+  bios-usb   the ISO as a raw USB stick: SeaBIOS -> isohybrid MBR -> isolinux.
+  uefi-usb   the ISO as a raw USB stick: OVMF -> GPT EFI partition -> GRUB EFI.
+For the last four the boot menu is left alone; the extra words reach the live system through
+QEMU's fw_cfg (``-fw_cfg name=opt/coldclone/cmdline,string=...``), which the image's
+coldclone-fwcfg.service appends to /proc/cmdline (see docs/livecd.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("COLDCLONE_BUILD", os.path.join(REPO, "livecd", "build"))
+ISO = os.path.join(BUILD, "coldclone.iso")
+VMLINUZ = os.path.join(BUILD, "vmlinuz")
+INITRD = os.path.join(BUILD, "initrd.img")
+QEMU = "qemu-system-x86_64"
+# the default entry of both boot menus (keep in sync with livecd/build.sh CMDLINE)
+BASE_CMDLINE = "boot=live components quiet console=tty0 console=ttyS0,115200"
+OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd",
+                   "/usr/share/OVMF/OVMF.fd")
+MODES = ("kernel", "bios", "uefi", "bios-usb", "uefi-usb")
+SMOKE_LINE = "COLDCLONE-SMOKE-OK"
+
+
+def ovmf_path() -> str | None:
+    for p in OVMF_CANDIDATES:
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def missing_prerequisites(mode: str) -> str | None:
+    """Why this boot cannot run here (for pytest.skip), or None."""
+    if not os.path.exists(ISO):
+        return f"live ISO not built ({ISO}); build it with: sudo livecd/build.sh (make iso)"
+    if mode == "kernel" and not (os.path.exists(VMLINUZ) and os.path.exists(INITRD)):
+        return f"{VMLINUZ} / {INITRD} missing; rebuild with livecd/build.sh"
+    if not shutil.which(QEMU):
+        return f"{QEMU} not installed (apt-get install qemu-system-x86)"
+    if mode.startswith("uefi") and not ovmf_path():
+        return "OVMF firmware not installed (apt-get install ovmf)"
+    return None
+
+
+_accel_cache: str | None = None
+
+
+def pick_accel() -> str:
+    """'kvm' if /dev/kvm really runs a guest here, else 'tcg'. COLDCLONE_VM_ACCEL overrides."""
+    global _accel_cache
+    forced = os.environ.get("COLDCLONE_VM_ACCEL")
+    if forced:
+        return forced
+    if _accel_cache:
+        return _accel_cache
+    _accel_cache = "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK) and shutil.which(QEMU):
+        # SeaBIOS writes its banner to the debug port within milliseconds when the vCPU runs
+        with tempfile.TemporaryDirectory() as d:
+            dbg = os.path.join(d, "debugcon")
+            try:
+                p = subprocess.Popen(
+                    [QEMU, "-accel", "kvm", "-display", "none", "-nodefaults", "-m", "64",
+                     "-no-reboot", "-chardev", f"file,id=dbg,path={dbg}",
+                     "-device", "isa-debugcon,iobase=0x402,chardev=dbg"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except OSError:
+                return _accel_cache
+            deadline = time.monotonic() + 5
+            ok = False
+            while time.monotonic() < deadline and p.poll() is None:
+                try:
+                    with open(dbg, "rb") as f:
+                        if b"SeaBIOS" in f.read():
+                            ok = True
+                            break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.1)
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            if ok:
+                _accel_cache = "kvm"
+    return _accel_cache
+
+
+@dataclass
+class BootResult:
+    mode: str
+    accel: str
+    argv: list[str]
+    log_path: str
+    found: bool = False
+    found_line: str = ""
+    marker_seconds: float | None = None
+    exited: bool = False
+    exit_code: int | None = None
+    exit_seconds: float | None = None
+    console: str = field(default="", repr=False)
+
+    def summary(self) -> str:
+        m = f"{self.marker_seconds:.1f}s" if self.marker_seconds is not None else "never"
+        e = f"{self.exit_seconds:.1f}s (rc {self.exit_code})" if self.exited else "no (killed)"
+        return (f"[{self.mode}/{self.accel}] marker: {m}; QEMU exited by itself: {e}; "
+                f"serial log: {self.log_path}")
+
+
+def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
+              memory_mib: int = 2048) -> list[str]:
+    argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", "2",
+            "-display", "none", "-vga", "std", "-monitor", "none",
+            "-serial", f"file:{serial_log}", "-no-reboot",
+            "-nic", "user,model=virtio-net-pci"]
+    if accel == "kvm":
+        argv += ["-cpu", "host"]
+    if mode.startswith("uefi"):
+        argv += ["-machine", "q35", "-bios", ovmf_path()]
+    fwcfg = ["-fw_cfg", "name=opt/coldclone/cmdline,string=" + extra_cmdline.replace(",", ",,")]
+    cdrom = ["-drive", f"file={ISO},media=cdrom,readonly=on,if=ide,index=2"]
+    usb = ["-device", "qemu-xhci,id=xhci",
+           "-drive", f"if=none,id=stick,format=raw,readonly=on,file={ISO}",
+           "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]
+    if mode == "kernel":
+        argv += ["-kernel", VMLINUZ, "-initrd", INITRD,
+                 "-append", f"{BASE_CMDLINE} {extra_cmdline}".strip()] + cdrom
+    elif mode in ("bios", "uefi"):
+        argv += cdrom + ["-boot", "d"] + fwcfg
+    elif mode in ("bios-usb", "uefi-usb"):
+        argv += usb + fwcfg
+    else:
+        raise ValueError(f"unknown boot mode {mode!r} (one of {', '.join(MODES)})")
+    return argv
+
+
+def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout: float = 240,
+         log_dir: str | None = None, accel: str | None = None,
+         until_exit: bool = True) -> BootResult:
+    """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
+
+    With ``until_exit=False`` QEMU is killed as soon as ``expect`` appeared (for boots that do
+    not power off). QEMU is killed after ``timeout`` seconds at the latest.
+    """
+    accel = accel or pick_accel()
+    log_dir = log_dir or tempfile.mkdtemp(prefix="coldclone-vm-")
+    os.makedirs(log_dir, exist_ok=True)
+    serial_log = os.path.join(log_dir, f"serial-{mode}.log")
+    open(serial_log, "wb").close()
+    argv = qemu_argv(mode, extra_cmdline, serial_log, accel)
+    res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log)
+    stderr_path = os.path.join(log_dir, f"qemu-{mode}-{accel}.stderr")
+    t0 = time.monotonic()
+    with open(stderr_path, "wb") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        try:
+            while True:
+                rc = p.poll()
+                now = time.monotonic() - t0
+                if expect and not res.found:
+                    with open(serial_log, "rb") as f:
+                        text = f.read().decode("utf-8", "replace")
+                    for line in text.splitlines():
+                        if expect in line:
+                            res.found, res.found_line, res.marker_seconds = True, line.strip(), now
+                            break
+                if rc is not None:
+                    res.exited, res.exit_code, res.exit_seconds = True, rc, now
+                    break
+                if res.found and not until_exit:
+                    break
+                if now > timeout:
+                    break
+                time.sleep(0.25)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with open(serial_log, "rb") as f:
+        res.console = f.read().decode("utf-8", "replace")
+    if expect and not res.found and expect in res.console:
+        res.found = True
+        res.found_line = next(l for l in res.console.splitlines() if expect in l).strip()
+        res.marker_seconds = res.exit_seconds
+    with open(stderr_path, "rb") as f:
+        qerr = f.read().decode("utf-8", "replace").strip()
+    if qerr:
+        res.console += f"\n--- qemu stderr ---\n{qerr}\n"
+    return res
+
+
+def smoke(mode: str, timeout: float = 240, log_dir: str | None = None,
+          accel: str | None = None) -> BootResult:
+    """Boot with coldclone.smoke=<random marker>: the image prints a marker line and powers off."""
+    global _accel_cache
+    marker = uuid.uuid4().hex[:12]
+    args = (mode, f"coldclone.smoke={marker}")
+    expect = f"{SMOKE_LINE} marker={marker}"
+    chosen = accel or pick_accel()
+    if chosen == "kvm" and not accel and not os.environ.get("COLDCLONE_VM_ACCEL"):
+        # /dev/kvm may start a guest and still not boot it: a KVM boot takes seconds, so give
+        # it a shorter leash and fall back to TCG (for the rest of the session) if it fails
+        res = boot(*args, expect=expect, timeout=min(timeout, 90), log_dir=log_dir, accel="kvm")
+        if res.found and res.exited:
+            return res
+        print(f"[{mode}] KVM boot failed ({res.summary()}); retrying with TCG", file=sys.stderr)
+        _accel_cache = chosen = "tcg"
+    return boot(*args, expect=expect, timeout=timeout, log_dir=log_dir, accel=chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Smoke-boot the coldclone live ISO in QEMU.")
+    ap.add_argument("modes", nargs="*", default=["kernel", "bios", "uefi"],
+                    help=f"boot paths to try: {', '.join(MODES)} or 'all' (default: kernel bios uefi)")
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("COLDCLONE_VM_TIMEOUT", 240)))
+    ap.add_argument("--accel", choices=("kvm", "tcg"), help="default: kvm if it works, else tcg")
+    ap.add_argument("--log-dir", default=os.path.join(BUILD, "vm-logs"))
+    ap.add_argument("--print-argv", action="store_true", help="print the QEMU command lines")
+    a = ap.parse_args(argv)
+    modes = list(MODES) if a.modes == ["all"] else a.modes
+    failed = 0
+    for mode in modes:
+        why = missing_prerequisites(mode)
+        if why:
+            print(f"[{mode}] SKIP: {why}")
+            continue
+        res = smoke(mode, timeout=a.timeout, log_dir=a.log_dir, accel=a.accel)
+        if a.print_argv:
+            print("  " + " ".join(res.argv))
+        ok = res.found and res.exited and res.exit_code == 0
+        print(("PASS " if ok else "FAIL ") + res.summary())
+        if res.found:
+            print("  " + res.found_line)
+        else:
+            print("  last console lines:\n    " + "\n    ".join(res.console.splitlines()[-25:]))
+        failed += not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
