@@ -14,16 +14,20 @@ from .model import IscsidConf, IscsiInitiator, Secret
 SECRET_KEY = re.compile(r"(^|\.)password(_in)?$")
 
 
-def parse_initiatorname(text: str) -> IscsiInitiator:
-    out = IscsiInitiator()
+def key_values(text: str):
+    """(key, value) of each `key = value` line; comments and blank lines skipped."""
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
+        if sep:
+            yield key.strip(), value.strip()
+
+
+def parse_initiatorname(text: str) -> IscsiInitiator:
+    out = IscsiInitiator()
+    for key, value in key_values(text):
         if key == "InitiatorName":
             out.name = value
         elif key == "InitiatorAlias":
@@ -33,14 +37,7 @@ def parse_initiatorname(text: str) -> IscsiInitiator:
 
 def parse_iscsid_conf(text: str) -> IscsidConf:
     conf = IscsidConf()
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
+    for key, value in key_values(text):
         if SECRET_KEY.search(key):
             conf.secrets[key] = Secret(value)
         else:
