@@ -48,27 +48,41 @@ def run(
     timeout: float | None = None,
     hint: str = "",
     quiet: bool = False,
+    secrets: tuple[str, ...] = (),
 ) -> Result:
     """Run argv (never through a shell) and return its output as text.
 
     check=False returns failures instead of raising. ``quiet`` lowers the log
-    level for commands polled in loops.
+    level for commands polled in loops. Every value in ``secrets`` (a CHAP
+    password passed to iscsiadm, say) is shown as **** in the log and in errors.
     """
     argv = [str(a) for a in argv]
+    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s])
+
+
+def _mask(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "****")
+    return text
+
+
+def _run(argv, input, timeout, hint, quiet, check, secrets) -> Result:
+    shown = [_mask(a, secrets) for a in argv]
     if shutil.which(argv[0]) is None:
         pkg = PACKAGE_OF.get(argv[0].rsplit("/", 1)[-1])
         where = f" (install the Debian package {pkg})" if pkg else ""
-        raise CommandError(argv, None, f"{argv[0]}: command not found{where}", hint)
+        raise CommandError(shown, None, f"{argv[0]}: command not found{where}", hint)
     try:
         proc = subprocess.run(
             argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
-    except subprocess.TimeoutExpired as e:
-        log.error("timeout after %ss: %s", timeout, argv)
-        raise CommandError(argv, None, f"timed out after {timeout} s", hint) from e
+    except subprocess.TimeoutExpired:
+        log.error("timeout after %ss: %s", timeout, shown)
+        raise CommandError(shown, None, f"timed out after {timeout} s", hint) from None
+    stderr = _mask(proc.stderr, secrets)
     level = logging.DEBUG if quiet else logging.INFO
-    log.log(level, "ran %s -> exit %d%s", argv, proc.returncode,
-            f"; stderr: {proc.stderr.strip()[-500:]}" if proc.stderr.strip() else "")
+    log.log(level, "ran %s -> exit %d%s", shown, proc.returncode,
+            f"; stderr: {stderr.strip()[-500:]}" if stderr.strip() else "")
     if check and proc.returncode != 0:
-        raise CommandError(argv, proc.returncode, proc.stderr or proc.stdout, hint)
-    return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        raise CommandError(shown, proc.returncode, stderr or _mask(proc.stdout, secrets), hint)
+    return Result(shown, proc.returncode, proc.stdout, stderr)

@@ -15,6 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from .. import devnames
 from ..errors import SourceError
 
 log = logging.getLogger("coldclone.guard")
@@ -42,8 +43,7 @@ def set_ro(path: str, ro: bool) -> None:
 
 def partitions_of(path: str) -> list[str]:
     """/dev paths of the partitions the kernel knows for a whole-disk device."""
-    name = os.path.basename(os.path.realpath(path)).replace("/", "!")
-    sysdir = f"/sys/class/block/{name}"
+    sysdir = f"/sys/class/block/{devnames.kernel_name(path)}"
     out = []
     try:
         entries = sorted(os.listdir(sysdir))
@@ -51,7 +51,7 @@ def partitions_of(path: str) -> list[str]:
         return out
     for entry in entries:
         if os.path.exists(os.path.join(sysdir, entry, "partition")):
-            dev = "/dev/" + entry.replace("!", "/")
+            dev = devnames.dev_path(entry)
             if os.path.exists(dev):
                 out.append(dev)
     return out

@@ -7,7 +7,6 @@ through `on_event`; they never see the protocol or the transport.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import re
 import secrets
@@ -101,17 +100,29 @@ class _Replies:
             if msg.get("event") in events:
                 return msg
 
+    def drain(self, timeout: float) -> ColdcloneError | None:
+        """Read replies until the receiver hangs up: its error if it gave one, else why it went.
+
+        None if it is still talking after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.conn.pump.queue.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            try:
+                if self._take(msg) is None:
+                    return self.gone()
+            except ServerError as e:
+                return e
+        return None
+
     def after_send_failure(self, exc: BaseException) -> ColdcloneError:
         """A send failed: the receiver usually said why before it hung up; give it a moment."""
-        try:
-            self.wait_for(("__never__",), timeout=5)
-        except ServerError as e:
-            if e.code != "timeout":
-                return e
-        except ColdcloneError as e:
-            return e
-        return ConnectionError_(f"connection to the conversion server lost while sending ({exc}); "
-                                f"check the network, then capture again")
+        return self.drain(timeout=5) or ConnectionError_(
+            f"connection to the conversion server lost while sending ({exc}); "
+            f"check the network, then capture again")
 
     def gone(self) -> ColdcloneError:
         """The receiver's output ended without a verdict: say what we know."""
@@ -245,10 +256,6 @@ def _abort(conn: Connection, replies: _Replies, err: BaseException) -> None:
     try:
         conn.send(P.encode_json(P.T_ABORT, {"reason": reason[:2000]}))
         conn.close_write()
-        replies.wait_for(("__never__",), timeout=10)
+        replies.drain(timeout=10)  # let it remove the half-written images before we hang up
     except (ColdcloneError, OSError, ValueError):
         pass
-
-
-def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2)))

@@ -9,6 +9,8 @@ import stat
 import struct
 from dataclasses import asdict, dataclass
 
+from .. import devnames
+from ..discover.udevdb import read_attr
 from ..errors import SourceError
 
 BLKGETSIZE64 = 0x80081272
@@ -39,11 +41,7 @@ def _ioctl_int(fd: int, req: int, fmt: str) -> int:
 
 
 def _sysfs(kernel_name: str, rel: str) -> str:
-    try:
-        with open(f"/sys/class/block/{kernel_name}/{rel}") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    return read_attr(f"/sys/class/block/{kernel_name}", rel) or ""
 
 
 def stream_name(kernel_name: str) -> str:
@@ -59,9 +57,11 @@ def probe(path: str) -> SourceDisk:
         raise SourceError(f"source disk {path}: {e.strerror}; check the name with `coldclone discover`") from None
     if not stat.S_ISBLK(st.st_mode):
         raise SourceError(f"source {path} is not a block device (coldclone captures whole disks such as /dev/sda)")
-    real = os.path.realpath(path)
-    kernel_name = real[len("/dev/"):].replace("/", "!") if real.startswith("/dev/") else os.path.basename(real)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    kernel_name = devnames.kernel_name(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError(f"cannot open source {path} read-only: {e.strerror} (run coldclone as root)") from None
     try:
         size = _ioctl_int(fd, BLKGETSIZE64, "Q")
         lss = _ioctl_int(fd, BLKSSZGET, "i")

@@ -7,6 +7,8 @@ runs the very same code on a recorded machine.
 
 from __future__ import annotations
 
+from .. import devnames
+
 import logging
 import os
 import re
@@ -361,7 +363,7 @@ def _flags(table_type: str, value: str | None) -> list[str]:
 
 
 def _disp(kname: str) -> str:
-    return kname.replace("!", "/")
+    return devnames.display(kname)
 
 
 def _name_sort_key(name: str):

@@ -8,6 +8,8 @@ minimal kernels, without udevd at all.
 
 from __future__ import annotations
 
+from .. import devnames
+
 import re
 
 # Controller drivers (PCI driver or scsi_host proc_name) of hardware RAID
@@ -336,14 +338,14 @@ def dev_path(info: dict) -> str | None:
     if node:
         return node if node.startswith("/dev/") else "/dev/" + node
     name = kernel_name(info)
-    return "/dev/" + name.replace("!", "/") if name else None
+    return devnames.dev_path(name) if name else None
 
 
 def display_name(info: dict) -> str:
     path = dev_path(info)
     if path and path.startswith("/dev/"):
         return path[len("/dev/"):]
-    return kernel_name(info).replace("!", "/")
+    return devnames.display(kernel_name(info))
 
 
 def devlinks(info: dict) -> list[str]:

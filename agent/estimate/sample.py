@@ -81,9 +81,10 @@ def sample_disk(path: str, mode: str = "nonzero", samples: int = 64, sample_size
     finally:
         os.close(fd)
     if mode == "full":
-        frac_sent, to_send = 1.0, int(size * (frac * ratio + (1 - frac) * 0.001))
+        # Zero blocks are sent too, as zstd frames of a few hundred bytes per 4 MiB.
+        to_send = int(size * (frac * ratio + (1 - frac) * 0.001))
     else:
-        frac_sent, to_send = frac, int(size * frac * ratio)
+        to_send = int(size * frac * ratio)
     t_read = size / rate if rate else float("inf")
     # CPU seconds per sampled byte, spread over the hashing/compression workers
     # (two here; the capture's reader and sender take the rest of a core).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -12,10 +13,10 @@ from ..runcmd import run
 def attach(image: str, read_only: bool = False) -> str:
     argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [image]
     dev = run(argv).stdout.strip()
-    # parted may already have added the partitions (BLKPG); -u adds or updates.
+    # parted may already have added some partitions (BLKPG): -u updates those,
+    # -a adds the rest (MBR logical partitions among them).
     run(["partx", "-u", dev], check=False)
-    if not partitions(dev):
-        run(["partx", "-a", dev], check=False)
+    run(["partx", "-a", dev], check=False)
     return dev
 
 
@@ -48,3 +49,10 @@ class LoopDevice:
     def __exit__(self, *exc) -> None:
         if self.dev and os.path.exists(self.dev):
             detach(self.dev)
+
+
+@contextlib.contextmanager
+def attached(image, read_only: bool = False):
+    """`with attached(img) as dev:` the /dev/loopN path, detached afterwards whatever happens."""
+    with LoopDevice(str(image), read_only) as loop:
+        yield loop.dev

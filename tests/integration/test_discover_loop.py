@@ -5,8 +5,6 @@ include_loop=True. The host kernel parses no partition tables itself: after
 losetup, `partx` tells it about the partitions (parted may already have).
 """
 
-import contextlib
-import hashlib
 import os
 import subprocess
 
@@ -15,6 +13,8 @@ import pytest
 from agent.discover import populate
 from agent.discover.model import Filesystem, Partition, PartitionTable
 from agent.runcmd import run
+from agent.testbed.loop import attached as loop
+from tests.conftest import sha256_of as sha256
 
 pytestmark = [
     pytest.mark.root,
@@ -35,27 +35,7 @@ MBR_UUIDS = {
 }
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * MiB), b""):
-            h.update(block)
-    return h.hexdigest()
 
-
-@contextlib.contextmanager
-def loop(image, read_only=False):
-    """Attach image, make its partitions known to the kernel, always detach."""
-    argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [str(image)]
-    dev = run(argv, timeout=30).stdout.strip()
-    try:
-        # parted may have added them already via BLKPG: -u updates, -a adds the rest.
-        run(["partx", "-u", dev], check=False, timeout=30)
-        run(["partx", "-a", dev], check=False, timeout=30)
-        yield dev
-    finally:
-        run(["partx", "-d", dev], check=False, timeout=30)
-        run(["losetup", "-d", dev], check=False, timeout=30)
 
 
 def part(dev, n):

@@ -3,7 +3,6 @@ partitions, swap, fstab with /dev/cciss names. Discovery finds it, inspection
 mounts it `ro,noload` and reports; the device's bytes do not change."""
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -15,6 +14,8 @@ from agent.discover import populate
 from agent.discover.cli import main as discover_main
 from agent.inspect.disk import inspect_disk
 from agent.runcmd import run
+from agent.testbed.loop import attached as loop
+from tests.conftest import sha256_of as sha256
 
 pytestmark = [
     pytest.mark.root,
@@ -28,25 +29,7 @@ ROOT_UUID = "6e6e6e6e-0000-4000-8000-000000000002"
 SWAP_UUID = "6e6e6e6e-0000-4000-8000-000000000003"
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * MiB), b""):
-            h.update(block)
-    return h.hexdigest()
 
-
-@contextlib.contextmanager
-def loop(image, read_only=False):
-    argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [str(image)]
-    dev = run(argv, timeout=30).stdout.strip()
-    try:
-        run(["partx", "-u", dev], check=False, timeout=30)
-        run(["partx", "-a", dev], check=False, timeout=30)
-        yield dev
-    finally:
-        run(["partx", "-d", dev], check=False, timeout=30)
-        run(["losetup", "-d", dev], check=False, timeout=30)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,16 @@ pytestmark = pytest.mark.root
 MiB = 1 << 20
 
 
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A real 8 MiB source disk for the tests that must fail before reading it."""
+    img = tmp_path_factory.mktemp("small") / "small.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * MiB)
+    with LoopDevice(str(img)) as loop:
+        yield loop.dev
+
+
 def raw_session(sshd, path=""):
     url = parse_target(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}")
     return SshConnection(url, identity=sshd.client_key, known_hosts=sshd.known_hosts)
@@ -173,24 +183,28 @@ def test_symlink_planted_in_root_is_not_followed(sshd, rx_dir):
         shutil.rmtree(outside)
 
 
+def test_source_that_is_not_a_block_device(sshd, rx_dir):
+    r = coldclone("capture", "--disk", "/dev/null", *ssh_args(sshd, rx_dir))
+    assert r.returncode == 4 and "/dev/null is not a block device" in r.stderr
+    assert os.listdir(rx_dir) == []
+
+
 def test_requested_path_outside_forced_root_refused(sshd, tmp_path):
-    r = coldclone("capture", "--disk", "/dev/null", *ssh_args(sshd, "/etc"))
-    # /dev/null is not a block device: the agent refuses before connecting.
-    assert r.returncode == 4 and "not a block device" in r.stderr
     img = tmp_path / "d.img"
     with open(img, "wb") as f:
         f.truncate(MiB)
+    before = sorted(os.listdir("/etc"))
     with LoopDevice(str(img)) as loop:
         r = coldclone("capture", "--disk", loop.dev, *ssh_args(sshd, "/etc"))
     assert r.returncode == 5, r.stderr
-    assert "confined to" in r.stderr
-    assert not os.path.exists("/etc/" + "coldclone")
+    assert f"confined to {os.path.realpath(sshd.receiver_root)}" in r.stderr
+    assert sorted(os.listdir("/etc")) == before
 
 
-def test_unknown_host_key(sshd, rx_dir, tmp_path):
+def test_unknown_host_key(sshd, rx_dir, tmp_path, small_disk):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
                   "--identity", sshd.client_key, "--known-hosts", str(empty))
     assert r.returncode == 3, r.stderr
     assert "unknown host key" in r.stderr
@@ -198,13 +212,13 @@ def test_unknown_host_key(sshd, rx_dir, tmp_path):
     assert os.listdir(rx_dir) == []
 
 
-def test_changed_host_key(sshd, rx_dir, tmp_path):
+def test_changed_host_key(sshd, rx_dir, tmp_path, small_disk):
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     kt, b64 = open(f"{other}.pub").read().split()[:2]
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} {kt} {b64}\n")
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
                   "--identity", sshd.client_key, "--known-hosts", str(kh))
     assert r.returncode == 3, r.stderr
     assert "HOST KEY CHANGED" in r.stderr and sshd.fingerprint in r.stderr
@@ -231,28 +245,28 @@ def test_pinned_host_key_mismatch_and_match(sshd, rx_dir, tmp_path):
         assert os.path.exists(os.path.join(rx_dir, "pinned", "manifest.json"))
 
 
-def test_key_not_authorized(sshd, rx_dir, tmp_path):
+def test_key_not_authorized(sshd, rx_dir, tmp_path, small_disk):
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}",
                   "--identity", str(stranger), "--known-hosts", sshd.known_hosts)
     assert r.returncode == 3 and "refused key" in r.stderr and "authorized_keys" in r.stderr
 
 
-def test_nothing_listening(tmp_path):
+def test_nothing_listening(tmp_path, small_disk):
     from agent.testbed.sshd import free_port
 
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
                   "--identity", "/nonexistent", "--hostkey", "SHA256:x")
     assert r.returncode == 3 and "cannot connect to 127.0.0.1" in r.stderr
 
 
-def test_usage_errors_exit_2():
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", "ftp://x/y")
+def test_usage_errors_exit_2(small_disk):
+    r = coldclone("capture", "--disk", small_disk, "--to", "ftp://x/y")
     assert r.returncode == 2 and "ssh://user@host" in r.stderr
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", "ssh://u:secret@h/x", "--identity", "k")
+    r = coldclone("capture", "--disk", small_disk, "--to", "ssh://u:secret@h/x", "--identity", "k")
     assert r.returncode == 2 and "never put a password" in r.stderr and "secret" not in r.stderr
-    r = coldclone("capture", "--disk", "/dev/loop0", "--to", "file:///tmp", "--compress", "lz4")
+    r = coldclone("capture", "--disk", small_disk, "--to", "file:///tmp", "--compress", "lz4")
     assert r.returncode == 2 and "zstd" in r.stderr
 
 
