@@ -25,7 +25,7 @@ bench: setup
 
 # The live ISO (root; about 4 min cold, under 1 min warm): livecd/build/coldclone.iso
 iso:
-	livecd/build.sh
+	IDENTITY="$(IDENTITY)" HOSTKEY="$(HOSTKEY)" livecd/build.sh
 
 # Boot tests of the ISO in QEMU (skip when the ISO has not been built)
 vm: setup

@@ -100,26 +100,16 @@ def print_summary(result, out=sys.stdout) -> None:
         print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
 
 
-def _connector(args):
-    from .transport.url import parse_target
-
-    url = parse_target(args.to)
-    if url.scheme == "file":
-        from .transport.local import LocalConnection
-
-        return lambda: LocalConnection(url.path)
-    from .transport import ssh
+def _target(args):
+    from .transport.open import open_target
 
     password = None
     if args.password_env:
         password = os.environ.get(args.password_env)
         if password is None:
             raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
-    if not args.identity and password is None:
-        raise UsageError("ssh target needs --identity KEY (or --password-env VAR)")
-    known = args.known_hosts or ssh.default_known_hosts()
-    return lambda: ssh.connect(url, identity=args.identity, hostkey=args.hostkey, known_hosts=known,
-                               password=password, timeout=args.timeout)
+    return open_target(args.to, identity=args.identity, hostkey=args.hostkey,
+                       known_hosts=args.known_hosts, password=password, timeout=args.timeout)
 
 
 def cmd_capture(args) -> int:
@@ -130,7 +120,7 @@ def cmd_capture(args) -> int:
     opts = StreamOptions(mode=args.mode, chunk_size=parse_size(args.chunk_size),
                          block_size=parse_size(args.block_size), codec=codec, level=level or 1,
                          workers=args.workers)
-    connect = _connector(args)
+    target = _target(args)
     cancel = threading.Event()
     printer = ProgressPrinter(args.progress_interval)
 
@@ -145,10 +135,11 @@ def cmd_capture(args) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = run_capture(args.disk, connect, opts, capture_id=args.capture_id, image_format=args.format,
+        result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id, image_format=args.format,
                              on_event=printer, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
+        target.close()
     print_summary(result)
     return EXIT_OK
 
@@ -159,6 +150,15 @@ def cmd_digest(args) -> int:
     for p in args.path:
         print(f"{digest_file(p, parse_size(args.block_size))}  {p}")
     return EXIT_OK
+
+
+# subcommand -> (module with main(argv), help line)
+DELEGATED = {
+    "discover": (".discover.cli", "list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)"),
+    "estimate": (".estimate.cli", "predict how long a capture will take (the server's downtime)"),
+    "headless": (".headless", "unattended capture configured on the kernel command line"),
+    "tui": (".tui.app", "the operator's text interface"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
     c.set_defaults(func=cmd_capture)
 
-    sub.add_parser("discover", help="list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)",
-                   add_help=False)
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
 
     d = sub.add_parser("digest", help="print the coldclone disk digest of a device or raw image")
     d.add_argument("path", nargs="+")
@@ -199,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "discover":
-        # discover owns its flags (agent/discover/cli.py); same exit-code contract.
-        from .discover.cli import main as discover_main
+    if argv and argv[0] in DELEGATED:
+        # These own their flags; same exit-code contract (docs/cli.md).
+        import importlib
 
-        return discover_main(argv[1:])
+        return importlib.import_module(DELEGATED[argv[0]][0], __package__).main(argv[1:])
     ap = build_parser()
     try:
         args = ap.parse_args(argv)

@@ -16,6 +16,10 @@
 # so a rebuild only re-installs the agent, re-applies rootfs/ and re-packs squashfs + ISO.
 # Environment: MIRROR= / SECURITY_MIRROR= (default: taken from the host's apt sources),
 #   SQUASHFS_COMP=zstd|xz (default zstd: fast build and boot; xz: smaller ISO).
+#   IDENTITY=path/to/private_key  baked in as /etc/coldclone/identity (mode 0600), the default
+#                                 for coldclone.identity=
+#   HOSTKEY=SHA256:...            baked in as /etc/coldclone/hostkey, the default for
+#                                 coldclone.hostkey=
 set -euo pipefail
 
 T0=$(date +%s)
@@ -57,6 +61,10 @@ for a in "$@"; do
     esac
 done
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, mounts)"
+# one build at a time per build dir (tests and `make demo` may ask for the ISO concurrently)
+mkdir -p "$BUILD"
+exec 9>"$BUILD/.lock"
+flock 9
 
 # --- mirrors (the host's own, so the build works where only that mirror is reachable) ---
 apt_uri() {  # $1: regex a URI must match; prints the matching http(s) URIs of the host's apt sources
@@ -263,6 +271,18 @@ cp -a --no-preserve=ownership "$HERE/rootfs/." "$CHROOT/"
 mkdir -p "$CHROOT/usr/share/doc/coldclone"
 [ -e "$REPO/docs/livecd.md" ] && cp "$REPO/docs/livecd.md" "$CHROOT/usr/share/doc/coldclone/"
 cp "$LOCK" "$CHROOT/usr/share/doc/coldclone/requirements.lock"
+mkdir -p "$CHROOT/etc/coldclone"
+if [ -n "${IDENTITY:-}" ]; then
+    [ -r "$IDENTITY" ] || die "IDENTITY=$IDENTITY: no such readable file"
+    grep -q "PRIVATE KEY" "$IDENTITY" || die "IDENTITY=$IDENTITY does not look like a private key"
+    install -m 0600 "$IDENTITY" "$CHROOT/etc/coldclone/identity"
+    log "baked in the conversion-server identity (/etc/coldclone/identity)"
+fi
+if [ -n "${HOSTKEY:-}" ]; then
+    case "$HOSTKEY" in SHA256:?*) ;; *) die "HOSTKEY must look like SHA256:... (ssh-keygen -lf the server's host key)";; esac
+    printf '%s\n' "$HOSTKEY" > "$CHROOT/etc/coldclone/hostkey"
+    log "baked in the conversion server's host key pin $HOSTKEY"
+fi
 echo "LANG=C.UTF-8" > "$CHROOT/etc/default/locale"
 echo "LANG=C.UTF-8" > "$CHROOT/etc/locale.conf"
 : > "$CHROOT/etc/machine-id"; rm -f "$CHROOT/var/lib/dbus/machine-id"
