@@ -125,7 +125,8 @@ class BootResult:
 
 
 def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
-              memory_mib: int = 2048) -> list[str]:
+              memory_mib: int = 2048, extra_args: list[str] | None = None) -> list[str]:
+    """``extra_args``: more QEMU arguments (source disks, controllers, USB buses)."""
     argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", "2",
             "-display", "none", "-vga", "std", "-monitor", "none",
             "-serial", f"file:{serial_log}", "-no-reboot",
@@ -148,12 +149,13 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
         argv += usb + fwcfg
     else:
         raise ValueError(f"unknown boot mode {mode!r} (one of {', '.join(MODES)})")
-    return argv
+    return argv + list(extra_args or [])
 
 
 def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout: float = 240,
          log_dir: str | None = None, accel: str | None = None,
-         until_exit: bool = True) -> BootResult:
+         until_exit: bool = True, extra_args: list[str] | None = None,
+         memory_mib: int = 2048, name: str | None = None) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
 
     With ``until_exit=False`` QEMU is killed as soon as ``expect`` appeared (for boots that do
@@ -162,11 +164,11 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     accel = accel or pick_accel()
     log_dir = log_dir or tempfile.mkdtemp(prefix="coldclone-vm-")
     os.makedirs(log_dir, exist_ok=True)
-    serial_log = os.path.join(log_dir, f"serial-{mode}.log")
+    serial_log = os.path.join(log_dir, f"serial-{name or mode}.log")
     open(serial_log, "wb").close()
-    argv = qemu_argv(mode, extra_cmdline, serial_log, accel)
+    argv = qemu_argv(mode, extra_cmdline, serial_log, accel, memory_mib=memory_mib, extra_args=extra_args)
     res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log)
-    stderr_path = os.path.join(log_dir, f"qemu-{mode}-{accel}.stderr")
+    stderr_path = os.path.join(log_dir, f"qemu-{name or mode}-{accel}.stderr")
     t0 = time.monotonic()
     with open(stderr_path, "wb") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
