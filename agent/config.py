@@ -123,7 +123,12 @@ def _mode(value: str) -> str:
 def _hostkey(value: str) -> str:
     from .transport.ssh import normalize_pin
 
-    return normalize_pin(value)
+    pin = normalize_pin(value)
+    if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", pin):
+        raise UsageError(f"{PREFIX}hostkey={value!r} is not a SHA256 fingerprint: copy it from "
+                         f"`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the conversion "
+                         f"server (SHA256: and 43 characters)")
+    return pin
 
 
 def _compress(value: str) -> str:
@@ -238,7 +243,9 @@ def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
             else:
                 raise _unknown(key)
         except UsageError as e:
-            errors.append(str(e))
+            msg = str(e)
+            # Messages from shared parsers (target URL, host key pin) do not know the key.
+            errors.append(msg if f"{PREFIX}{key}" in msg else f"{PREFIX}{key}: {msg}")
     if errors:
         raise UsageError("; ".join(errors) if len(errors) == 1 else
                          "the kernel command line has %d problems:\n  - %s" % (len(errors), "\n  - ".join(errors)))

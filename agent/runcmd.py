@@ -49,6 +49,7 @@ def run(
     hint: str = "",
     quiet: bool = False,
     secrets: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Result:
     """Run argv (never through a shell) and return its output as text.
 
@@ -57,7 +58,7 @@ def run(
     password passed to iscsiadm, say) is shown as **** in the log and in errors.
     """
     argv = [str(a) for a in argv]
-    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s])
+    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s], env)
 
 
 def _mask(text: str, secrets: list[str]) -> str:
@@ -66,7 +67,7 @@ def _mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _run(argv, input, timeout, hint, quiet, check, secrets) -> Result:
+def _run(argv, input, timeout, hint, quiet, check, secrets, env=None) -> Result:
     shown = [_mask(a, secrets) for a in argv]
     if shutil.which(argv[0]) is None:
         pkg = PACKAGE_OF.get(argv[0].rsplit("/", 1)[-1])
@@ -74,7 +75,7 @@ def _run(argv, input, timeout, hint, quiet, check, secrets) -> Result:
         raise CommandError(shown, None, f"{argv[0]}: command not found{where}", hint)
     try:
         proc = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False, env=env
         )
     except subprocess.TimeoutExpired:
         log.error("timeout after %ss: %s", timeout, shown)

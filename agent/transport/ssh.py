@@ -75,7 +75,7 @@ def verify_host_key(url: TargetURL, key: paramiko.PKey, pin: str | None, known_h
                 f"HOST KEY MISMATCH for {url.host}:{url.port}: pinned {want}, but the server "
                 f"presents {key.get_name()} {fp}. Someone may be intercepting the connection, or "
                 f"the server was reinstalled. Nothing was sent. If the server's key really "
-                f"changed, verify it and pin the new one with --hostkey {fp}"
+                f"changed, verify it and pin the new one with --hostkey {fp} (kernel command line: coldclone.hostkey={fp})"
             )
         return f"pinned fingerprint {fp}"
     if not known_hosts:

@@ -1,0 +1,124 @@
+"""The kernel command line -> CaptureConfig: every key checked, every mistake named."""
+
+import pytest
+
+from agent.config import CaptureConfig, describe, from_cmdline
+from agent.errors import UsageError
+
+BASE = "BOOT_IMAGE=/live/vmlinuz boot=live components quiet console=ttyS0,115200"
+SERVER = "coldclone.server=ssh://cc@10.0.0.5:2222/srv/coldclone coldclone.identity=/run/live/medium/id"
+
+
+def parse(words: str, **kw) -> CaptureConfig:
+    return from_cmdline(f"{BASE} {words}", baked_root=kw.get("baked_root", "/nonexistent"))
+
+
+def test_full_command_line():
+    cfg = parse(f"{SERVER} coldclone.hostkey=SHA256:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq "
+                "coldclone.disks=sda,md127,cciss/c0d0 coldclone.exclude=sdc coldclone.mode=full "
+                "coldclone.iscsi=off coldclone.iscsi_ip=192.168.10.21/24 coldclone.on_done=shell "
+                "coldclone.pre=https://pxe/pre.sh coldclone.estimate_only coldclone.calibrate=0 "
+                "coldclone.format=raw coldclone.compress=zstd:3 coldclone.capture_id=web-01").check()
+    assert cfg.server == "ssh://cc@10.0.0.5:2222/srv/coldclone"
+    assert cfg.identity == "/run/live/medium/id"
+    assert cfg.hostkey == "SHA256:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq"
+    assert cfg.disks == ["sda", "md127", "cciss/c0d0"] and cfg.exclude == ["sdc"]
+    assert (cfg.mode, cfg.iscsi, cfg.iscsi_ip, cfg.on_done) == ("full", "off", "192.168.10.21/24", "shell")
+    assert cfg.pre == "https://pxe/pre.sh" and cfg.estimate_only and cfg.calibrate == 0
+    assert (cfg.format, cfg.compress, cfg.capture_id) == ("raw", "zstd:3", "web-01")
+
+
+def test_defaults_and_foreign_words_ignored():
+    cfg = parse(SERVER + " ip=dhcp root=/dev/sda1 coldclone_not_ours=1").check()
+    assert cfg.disks is None and cfg.mode == "nonzero" and cfg.on_done == "poweroff"
+    assert cfg.iscsi == "auto" and cfg.format == "qcow2" and not cfg.estimate_only
+
+
+def test_typo_in_key_is_named_with_a_suggestion():
+    with pytest.raises(UsageError) as e:
+        parse("coldclone.sever=ssh://cc@h/p coldclone.identity=/k")
+    msg = str(e.value)
+    assert "coldclone.sever" in msg and "did you mean coldclone.server?" in msg
+
+
+def test_bad_values_are_named_with_what_is_accepted():
+    cases = {
+        "coldclone.on_done=poweroof": "did you mean poweroff?",
+        "coldclone.mode=sparse": "use nonzero or full",
+        "coldclone.mode=used": "not available in this version",
+        "coldclone.iscsi=yes": "use auto or off",
+        "coldclone.iscsi_ip=somewhere": "ADDRESS/PREFIX",
+        "coldclone.calibrate=lots": "number of seconds",
+        "coldclone.calibrate=1000": "between 0 and 120",
+        "coldclone.server=ftp://h/p": "expected ssh://",
+        "coldclone.server=ssh://h/p": "no user",
+        "coldclone.identity=http://pxe/key": "only fetched over https",
+        "coldclone.identity=id_rsa": "absolute path",
+        "coldclone.pre=hook.sh": "absolute path on the live system",
+        "coldclone.disks=": "needs a value",
+        "coldclone.disks=sda,,sdb": "comma-separated",
+        "coldclone.capture_id=../etc": "letters, digits",
+        "coldclone.hostkey=abc": "SHA256",
+        "coldclone.estimate_only=maybe": "=1 / =0",
+        "coldclone.format=vmdk": "use qcow2 or raw",
+    }
+    for words, expected in cases.items():
+        key = words.split("=")[0]
+        rest = "" if key in ("coldclone.server", "coldclone.identity") else SERVER
+        with pytest.raises(UsageError) as e:
+            parse(f"{rest} {words}")
+        assert expected in str(e.value), (words, str(e.value))
+        assert words.split("=")[0] in str(e.value), (words, str(e.value))
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(UsageError) as e:
+        parse("coldclone.sever=x coldclone.mode=fast coldclone.on_done=halt")
+    msg = str(e.value)
+    assert "3 problems" in msg
+    assert "coldclone.sever" in msg and "coldclone.mode" in msg and "coldclone.on_done" in msg
+
+
+def test_conflicting_duplicate_is_refused_but_repeat_is_fine():
+    assert parse(f"{SERVER} coldclone.mode=full coldclone.mode=full").mode == "full"
+    with pytest.raises(UsageError, match="given twice"):
+        parse(f"{SERVER} coldclone.mode=full coldclone.mode=nonzero")
+
+
+def test_cross_key_checks():
+    with pytest.raises(UsageError, match="coldclone.server= is missing"):
+        parse("coldclone.mode=full").check()
+    with pytest.raises(UsageError, match="needs a key"):
+        parse("coldclone.server=ssh://cc@h/p").check()
+    # estimate only needs no server; a file target needs no key
+    assert parse("coldclone.estimate_only").check().estimate_only
+    assert parse("coldclone.server=file:///mnt/usb/images").check().server == "file:///mnt/usb/images"
+
+
+def test_quoted_values_and_unbalanced_quote():
+    cfg = parse('coldclone.server=file:///mnt/usb coldclone.pre="/run/live/medium/hooks/pre.sh"')
+    assert cfg.pre == "/run/live/medium/hooks/pre.sh"
+    with pytest.raises(UsageError, match="unbalanced quote"):
+        parse('coldclone.pre="/x')
+
+
+def test_live_system_keys_are_not_typos():
+    assert parse("coldclone.smoke=abc coldclone.smoke_done=shell coldclone.server=file:///x").check()
+
+
+def test_baked_identity_and_hostkey(tmp_path):
+    (tmp_path / "etc/coldclone").mkdir(parents=True)
+    (tmp_path / "etc/coldclone/identity").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "etc/coldclone/hostkey").write_text("SHA256:bakedbakedbakedbakedbakedbakedbakedbakedbak\n")
+    cfg = parse("coldclone.server=ssh://cc@h/p", baked_root=str(tmp_path)).check()
+    assert cfg.identity == str(tmp_path / "etc/coldclone/identity")
+    assert cfg.hostkey == "SHA256:bakedbakedbakedbakedbakedbakedbakedbakedbak"
+    # what the operator types at boot wins over what was baked in
+    cfg = parse("coldclone.server=ssh://cc@h/p coldclone.identity=/k", baked_root=str(tmp_path))
+    assert cfg.identity == "/k"
+
+
+def test_describe_shows_no_secrets_and_names_disks():
+    lines = describe(parse(SERVER + " coldclone.disks=sda"))
+    assert "disks=sda" in lines and "server=ssh://cc@10.0.0.5:2222/srv/coldclone" in lines
+    assert "disks=all" in describe(parse(SERVER))
