@@ -8,7 +8,8 @@ PYTEST := .venv/bin/pytest
 setup:
 	@sh scripts/setup.sh
 
-test: setup
+# Everything, the vm tier included: the ISO is built (or refreshed, ~1 min warm) first.
+test: setup iso
 	$(PYTEST) -q tests
 
 unit: setup
@@ -17,14 +18,17 @@ unit: setup
 integration: setup
 	$(PYTEST) -q tests/integration
 
+# With a built ISO (make iso) the demo boots it in QEMU and captures headless; without one,
+# it runs the same capture from this host.
 demo: setup
-	$(PY) -m agent.testbed.demo
+	@if [ -f livecd/build/coldclone.iso ] && [ -z "$(HOST_DEMO)" ]; then \
+		$(PY) -m agent.testbed.vmdemo; else $(PY) -m agent.testbed.demo; fi
 
 bench: setup
 	$(PY) -m agent.testbed.bench $(BENCH_ARGS)
 
 # The live ISO (root; about 4 min cold, under 1 min warm): livecd/build/coldclone.iso
-iso:
+iso: setup
 	IDENTITY="$(IDENTITY)" HOSTKEY="$(HOSTKEY)" livecd/build.sh
 
 # Boot tests of the ISO in QEMU (skip when the ISO has not been built)
