@@ -106,13 +106,16 @@ def run_hook(name: str, spec: str | None, env: dict[str, str]) -> None:
 
 # ---- steps ----------------------------------------------------------------------------
 
-def resolve_identity(cfg: CaptureConfig) -> None:
+def resolve_identity(cfg: CaptureConfig) -> str | None:
+    """Fetch an https identity into a private file; return that file (removed after the run)."""
     if cfg.identity and cfg.identity.startswith("https://"):
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         url = cfg.identity
-        cfg.identity = fetch(url, os.path.join(RUN_DIR, "identity"), what="identity (private key)")
+        cfg.identity = fetch(url, os.path.join(RUN_DIR, f"identity-{os.getpid()}"),
+                             what="identity (private key)")
         say(f"identity fetched from {url}")
-    elif cfg.identity and not os.path.exists(cfg.identity):
+        return cfg.identity
+    if cfg.identity and not os.path.exists(cfg.identity):
         raise UsageError(f"{PREFIX}identity={cfg.identity}: no such file on the live system; "
                          f"check the path (the boot medium is at /run/live/medium) or use an https:// URL")
 
@@ -249,7 +252,7 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
     env = {"COLDCLONE_SERVER": cfg.server or "", "COLDCLONE_CAPTURE_ID": cfg.capture_id or ""}
     run_hook("pre", cfg.pre, {**env, "COLDCLONE_PHASE": "pre"})
     setup_network(cfg)
-    resolve_identity(cfg)
+    fetched_identity = resolve_identity(cfg)
     target = None
     attachment = None
     try:
@@ -295,6 +298,8 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
                 say(f"iSCSI logout: {e}")
         if target is not None:
             target.close()
+        if fetched_identity:
+            os.unlink(fetched_identity)
 
 
 def build_parser() -> argparse.ArgumentParser:

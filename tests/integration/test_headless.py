@@ -131,3 +131,75 @@ def test_failing_pre_hook_stops_before_anything_is_sent(sshd, rx_dir, source, tm
     assert r.returncode == 2
     assert "the pre hook" in r.stdout and "exit 7" in r.stdout and "no VLAN 12 on this NIC" in r.stdout
     assert os.listdir(rx_dir) == []
+
+
+def _self_signed(tmp_path):
+    """A CA-less self-signed certificate for 127.0.0.1 (trusted via REQUESTS_CA_BUNDLE)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "web.crt", tmp_path / "web.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return str(crt), str(pem)
+
+
+def test_identity_fetched_over_https(sshd, rx_dir, source, tmp_path):
+    """coldclone.identity=https://...: the key comes from a web server (PXE fleets), verified TLS."""
+    import http.server
+    import shutil
+    import ssl
+    import threading
+
+    webroot = tmp_path / "www"
+    webroot.mkdir()
+    shutil.copy(sshd.client_key, webroot / "id")
+    crt, pem = _self_signed(tmp_path)
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(webroot), **kw)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, pem)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    name = os.path.basename(source.dev)
+    try:
+        words = server_words(sshd, rx_dir, disks=name, capture_id="hl-https",
+                             identity=f"https://127.0.0.1:{port}/id")
+        env_bin = ["env", f"REQUESTS_CA_BUNDLE={crt}"]
+        import subprocess
+        from tests.conftest import BIN
+        r = subprocess.run([*env_bin, os.path.join(BIN, "coldclone"), "headless", "--include-loop",
+                            "--baked-root", "/nonexistent", "--cmdline", words],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"identity fetched from https://127.0.0.1:{port}/id" in r.stdout
+        run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", source.dev,
+             os.path.join(rx_dir, "hl-https", f"{name}.qcow2")])
+        # the key is never printed
+        key_body = open(sshd.client_key).read().splitlines()[1]
+        assert key_body not in r.stdout + r.stderr
+        # an untrusted certificate is refused with a plain message, nothing sent
+        r = coldclone("headless", "--include-loop", "--baked-root", "/nonexistent", "--cmdline",
+                      server_words(sshd, rx_dir, disks=name, capture_id="hl-https2",
+                                   identity=f"https://127.0.0.1:{port}/id"))
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "could not fetch the identity (private key)" in r.stdout and "CERTIFICATE_VERIFY_FAILED" in r.stdout
+        assert not os.path.exists(os.path.join(rx_dir, "hl-https2"))
+    finally:
+        httpd.shutdown()
