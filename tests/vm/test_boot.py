@@ -84,3 +84,6 @@ def test_headless_failure_leaves_a_root_shell_on_serial():
     assert res.found, f"no root shell on the serial console:\n{tail}"
     assert "the headless capture FAILED" in res.console, tail
     assert "/var/log/coldclone/headless.log" in res.console, tail
+    # the runner named the key before doing anything else
+    assert "unknown kernel command line key coldclone.no_such_key" in res.console, tail
+    assert "COLDCLONE-HEADLESS-FAILED exit=2" in res.console, tail
