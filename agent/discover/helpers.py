@@ -143,6 +143,18 @@ class RamHelper(DeviceHelper):
         return "unknown"
 
 
+class FloppyHelper(DeviceHelper):
+    priority = 75
+    kind = "floppy"
+
+    @staticmethod
+    def match(info):
+        return rules.is_floppy(info)
+
+    def transport(self, info):
+        return "floppy"
+
+
 class CdromHelper(DeviceHelper):
     priority = 70
     kind = "cdrom"
@@ -284,7 +296,7 @@ class GenericDiskHelper(DeviceHelper):
 
 
 HELPERS = sorted(
-    (MultipathMapHelper, DmHelper, MdHelper, LoopHelper, RamHelper, CdromHelper,
+    (MultipathMapHelper, DmHelper, MdHelper, LoopHelper, RamHelper, FloppyHelper, CdromHelper,
      HwRaidLogicalDriveHelper, IscsiLunHelper, FcLunHelper, UsbDiskHelper, NvmeHelper,
      VirtioHelper, SataHelper, SasHelper, ScsiDiskHelper, GenericDiskHelper),
     key=lambda h: -h.priority,

@@ -16,7 +16,7 @@ TRANSPORTS = ("sata", "sas", "scsi", "nvme", "virtio", "usb", "iscsi", "fc", "un
 CONTROLLER_KINDS = ("hardware-raid", "hba", "ahci", "nvme", "usb", "virtio", "iscsi", "unknown")
 
 # Values of Disk.kind: what the block device is, independent of how it is attached.
-DISK_KINDS = ("disk", "raid-logical-drive", "md", "multipath", "dm", "loop", "cdrom", "ram")
+DISK_KINDS = ("disk", "raid-logical-drive", "md", "multipath", "dm", "loop", "cdrom", "floppy", "ram")
 
 
 @dataclass

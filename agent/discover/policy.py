@@ -105,6 +105,8 @@ def apply_policy(inv: Inventory, snapshot: dict, mounts: list[Mount], *,
     for d in inv.disks:
         if d.kind == "cdrom":
             d.exclude("optical drive")
+        elif d.kind == "floppy":
+            d.exclude("floppy drive")
         elif d.kind == "ram":
             d.exclude("RAM disk")
         elif d.kind == "multipath":

@@ -214,7 +214,7 @@ class Populator:
             disk = build_disk(info, self.ctx)
             disk_infos[disk.name] = info
             try:
-                if not (rules.is_cdrom(info) or rules.is_ram(info)) and disk.size > 0:
+                if not (rules.is_cdrom(info) or rules.is_ram(info) or rules.is_floppy(info)) and disk.size > 0:
                     disk.partition_table = self.partition_table(info, disk)
                     if disk.partition_table is None:
                         disk.filesystem, _ = self.filesystem(info)

@@ -135,6 +135,12 @@ def is_ram(info: dict) -> bool:
     return re.match(r"(ram|zram)\d+", info.get("sys_name", "")) is not None
 
 
+def is_floppy(info: dict) -> bool:
+    # Legacy floppy controllers (QEMU and many old servers' BIOS still show fd0): block major 2.
+    return (re.match(r"fd\d+$", info.get("sys_name", "")) is not None
+            or str((info.get("attrs") or {}).get("dev", "")).startswith("2:"))
+
+
 def is_cdrom(info: dict) -> bool:
     # SCSI peripheral type 5 is CD/DVD; udev says ID_CDROM=1.
     return (re.match(r"sr\d+|scd\d+", info.get("sys_name", "")) is not None

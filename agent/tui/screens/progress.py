@@ -1,0 +1,207 @@
+"""Screen 5: the capture running. Per-disk bars, throughput sparkline, ETA, bytes skipped,
+a log; cancel asks first, then the capture stops at a record boundary and the receiver
+discards the partial images (run_capture sends ABORT).
+
+The capture runs in a thread worker; it posts CaptureEvent / CaptureEnded messages and
+checks the cancel flag, so the screen never waits on a disk or the network.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, RichLog, Static
+
+
+from ...capture import events as E
+from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
+from ...estimate.rate import RateMeter, human_bytes, human_seconds
+from ..messages import CaptureEnded, CaptureEvent
+from ..widgets.bars import DiskBar, Spark
+from ..widgets.plain import Plain
+
+# Progress events arrive per chunk (hundreds a second on fast disks); the screen
+# needs a few a second, and a 9600-baud serial console far fewer.
+PROGRESS_EVERY = 0.25
+
+
+class ProgressScreen(Screen):
+    BINDINGS = [Binding("escape,c", "cancel", "Cancel capture")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel = threading.Event()
+        self.read_rate = RateMeter(half_life=5.0)
+        self.wire_rate = RateMeter(half_life=5.0)
+        self.bars: dict[str, DiskBar] = {}
+        self.finished = False
+        self.last_progress: E.Progress | None = None
+
+    def compose(self) -> ComposeResult:
+        plan = self.app.plan
+        ascii_only = self.app.ascii_only
+        yield Header(show_clock=False, icon="")
+        yield Plain(f"To {plan.target.describe()}, mode {plan.mode}", id="prog-what")
+        with Vertical(id="bars"):
+            for d in plan.disks():
+                b = DiskBar(d.name, d.size, ascii_only)
+                self.bars[d.name] = b
+                yield b
+        yield Plain("", id="prog-stats", classes="heading")
+        yield Plain("Throughput (read, MB/s):", id="spark-label")
+        yield Spark(ascii_only, id="spark")
+        yield RichLog(id="log", wrap=True, markup=False, max_lines=500)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "coldclone  5 Capture"
+        self.stats()
+        if self.app.start_capture_worker:
+            self.run_capture()
+
+    # ------------------------------------------------------------ the worker
+    @work(thread=True, exclusive=True, group="capture", exit_on_error=False)
+    def run_capture(self) -> None:
+        from ...capture.stream import StreamOptions
+
+        svc, plan = self.app.services, self.app.plan
+        choice = plan.target
+        last = [0.0]
+
+        def on_event(ev) -> None:
+            if isinstance(ev, E.Progress):
+                now = time.monotonic()
+                if now - last[0] < PROGRESS_EVERY and ev.disk_done < ev.disk_size:
+                    return
+                last[0] = now
+            self.post_message(CaptureEvent(ev))
+
+        target = None
+        try:
+            target = svc.open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey,
+                                     known_hosts=choice.known_hosts)
+            facts = {}
+            if plan.inventory is not None:
+                from ...discover.model import to_dict
+
+                facts["inventory"] = to_dict(plan.inventory)
+            if plan.estimate is not None and hasattr(plan.estimate, "to_dict"):
+                facts["estimate"] = plan.estimate.to_dict()
+            capture_id = plan.capture_id or (svc.capture_id() if svc.capture_id else None)
+            result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
+                                     capture_id=capture_id, on_event=on_event, cancel=self.cancel,
+                                     source_facts=facts)
+        except CancelledError as e:
+            self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
+                                           exit_code=EXIT_CANCELLED, cancelled=True))
+            return
+        except ColdcloneError as e:
+            cancelled = self.cancel.is_set()
+            self.post_message(CaptureEnded(error=str(e), exit_code=EXIT_CANCELLED if cancelled else e.exit_code,
+                                           cancelled=cancelled))
+            return
+        except Exception as e:  # a bug: the operator still gets a screen, not a traceback
+            self.post_message(CaptureEnded(error=f"internal error: {e!r}", exit_code=EXIT_INTERNAL))
+            return
+        finally:
+            if target is not None:
+                target.close()
+        self.post_message(CaptureEnded(result=result))
+
+    # ------------------------------------------------------------ messages
+    def on_capture_event(self, message: CaptureEvent) -> None:
+        self.apply(message.event)
+
+    def apply(self, ev) -> None:
+        """Show one core event (also called directly by tests with recorded events)."""
+        log = self.query_one("#log", RichLog)
+        if isinstance(ev, E.CaptureStarted):
+            self.app.plan.capture_id = ev.capture_id
+            log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "
+                      f"{human_bytes(ev.total_bytes)}")
+        elif isinstance(ev, E.DiskStarted):
+            # The stream names disks by path (cciss/c0d0 -> cciss-c0d0): map it once here.
+            bar = self._bar_for(ev.path) or self.bars.get(ev.name)
+            if bar is not None:
+                self.bars[ev.name] = bar
+                bar.state = "reading"
+            log.write(f"{ev.name} ({ev.path}, {human_bytes(ev.size)}) started")
+        elif isinstance(ev, E.Progress):
+            bar = self.bars.get(ev.disk)
+            if bar is not None:
+                bar.done = ev.disk_done
+            r = self.read_rate.update(ev.elapsed, ev.bytes_read)
+            self.wire_rate.update(ev.elapsed, ev.wire_bytes)
+            if r is not None:
+                self.query_one("#spark", Spark).push(r / 1e6)
+            self.last_progress = ev
+            self.stats()
+        elif isinstance(ev, E.DiskFinished):
+            bar = self.bars.get(ev.name)
+            if bar is not None:
+                bar.done = bar.disk_size
+                bar.state = "sent"
+            log.write(f"{ev.name} sent, digest {ev.digest[:16]}...")
+        elif isinstance(ev, E.ServerNote):
+            for bar in self.bars.values():
+                bar.state = "verifying"
+            log.write(ev.text)
+
+    def _bar_for(self, path: str):
+        for d in self.app.plan.disks():
+            if (d.dev_path or f"/dev/{d.name}") == path:
+                return self.bars.get(d.name)
+        return None
+
+    def stats(self) -> None:
+        ev = self.last_progress
+        if ev is None:
+            self.query_one("#prog-stats", Static).update("Starting: write-protecting the source disks, "
+                                                          "connecting ...")
+            return
+        rate = self.read_rate.rate
+        wire = self.wire_rate.rate
+        eta = self.read_rate.eta(ev.total_size - ev.total_done)
+        mbs = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
+        pct = 100.0 * ev.total_done / max(ev.total_size, 1)
+        self.query_one("#prog-stats", Static).update(
+            f"Total {pct:5.1f}%  {human_bytes(ev.total_done)} of {human_bytes(ev.total_size)}  "
+            f"elapsed {human_seconds(ev.elapsed)}  ETA {human_seconds(eta)}\n"
+            f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}")
+
+    def on_capture_ended(self, message: CaptureEnded) -> None:
+        self.finished = True
+        plan = self.app.plan
+        plan.result, plan.error, plan.exit_code = message.result, message.error, message.exit_code
+        if message.cancelled:
+            plan.error = ("cancelled by the operator; the conversion server was told to discard "
+                          "the partial capture" + (f" ({message.error})" if message.error else ""))
+        from .done import DoneScreen
+
+        # A cancel question still open is moot now: close it, then replace this screen.
+        while self.app.screen is not self and len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        self.app.switch_screen(DoneScreen())
+
+    # ------------------------------------------------------------ actions
+    def action_cancel(self) -> None:
+        if self.finished or self.cancel.is_set():
+            return
+        from .confirm import Confirm
+
+        self.app.push_screen(Confirm(
+            "Cancel the capture?",
+            ["The capture stops after the current chunk; the conversion server",
+             "discards the partial images. You can capture again afterwards."],
+            yes="Cancel capture", no="Keep going"), self._cancel_answer)
+
+    def _cancel_answer(self, yes: bool | None) -> None:
+        if yes and not self.finished:
+            self.cancel.set()
+            self.query_one("#log", RichLog).write("cancelling: stopping at the next record boundary ...")

@@ -1,0 +1,321 @@
+"""The core calls the TUI makes, gathered in one object so tests can swap the machine.
+
+`Services.real()` wires the running machine (udev discovery, read-only
+inspection, iscsiadm, sshd, the capture engine). `Services.replay()` runs the
+same screens on a recorded machine: a udev snapshot (tests/fixtures/udev) and
+optionally a recorded source-OS tree, recorded iSCSI identities and a recorded
+estimate; everything not recorded (target, capture) stays real.
+
+Parts of the core that are not in this build (another engineer's module not
+merged yet, a missing tool) are None here with the reason in `missing`; the
+screens then show one plain "not available" line instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ColdcloneError, ConnectionError_, UsageError
+
+log = logging.getLogger("coldclone.tui")
+
+
+@dataclass
+class HostKeyInfo:
+    """The conversion server's host key, shown to the operator before anything is trusted."""
+
+    host: str
+    port: int
+    key_type: str
+    fingerprint: str        # SHA256:...
+
+
+@dataclass
+class TargetChoice:
+    """Where the images go, as the operator set it on the Target screen."""
+
+    kind: str                       # ssh | local | nfs | file
+    url: str                        # ssh://user@host:port/path, file:///..., nfs://...
+    identity: str | None = None
+    hostkey: str | None = None      # the fingerprint the operator confirmed
+    known_hosts: str | None = None
+    local_disk: str | None = None   # /dev/sdX when kind == local (excluded from the sources)
+
+    def describe(self) -> str:
+        from ..transport.url import redact
+
+        return redact(self.url) + (f" (host key {self.hostkey})" if self.hostkey else "")
+
+
+@dataclass
+class Readiness:
+    """What inspection of the source OS found (None os_name: no OS found on the disks)."""
+
+    os_name: str | None
+    findings: list = field(default_factory=list)     # agent.inspect.model.Finding
+    source: Any = None                                # agent.inspect.model.SourceOS
+    error: str | None = None
+
+
+@dataclass
+class Defaults:
+    """Prefilled form values (kernel command line / baked into the ISO)."""
+
+    server: str | None = None
+    identity: str | None = None
+    hostkey: str | None = None
+    known_hosts: str | None = None
+    mode: str = "nonzero"
+    ip: str | None = None
+    on_done: str = "poweroff"
+    calibrate: float = 3.0
+    problems: list[str] = field(default_factory=list)
+
+
+def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
+    try:
+        mod = importlib.import_module(module)
+        return getattr(mod, attr)
+    except (ImportError, AttributeError) as e:
+        missing[feature] = f"{feature} is not available in this build ({module}.{attr}: {e})"
+        return None
+
+
+def probe_hostkey(host: str, port: int = 22, timeout: float = 10.0) -> HostKeyInfo:
+    """Fetch the server's host key without trusting or authenticating anything."""
+    import paramiko
+
+    from ..transport.ssh import fingerprint
+
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise ConnectionError_(f"cannot reach {host}:{port}: {e.strerror or e}; check the address, "
+                               f"the network setup (n) and that sshd runs there") from None
+    t = paramiko.Transport(sock)
+    try:
+        t.banner_timeout = timeout
+        t.start_client(timeout=timeout)
+        key = t.get_remote_server_key()
+        return HostKeyInfo(host, port, key.get_name(), fingerprint(key))
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise ConnectionError_(f"{host}:{port} does not speak SSH ({e}); is this the conversion server?") from None
+    finally:
+        t.close()
+
+
+def test_ssh(choice: TargetChoice, timeout: float = 10.0) -> str:
+    """Host key check plus key authentication, without starting a capture on the server."""
+    import paramiko
+
+    from ..transport.ssh import load_identity, verify_host_key
+    from ..transport.url import parse_target
+
+    url = parse_target(choice.url)
+    if not choice.identity:
+        raise UsageError("give the private key for the conversion server (Key field)")
+    if not choice.hostkey and not choice.known_hosts:
+        raise UsageError("confirm the server's host key first (t shows it, y confirms)")
+    pkey = load_identity(choice.identity)
+    try:
+        sock = socket.create_connection((url.host, url.port), timeout=timeout)
+    except OSError as e:
+        raise ConnectionError_(f"cannot reach {url.host}:{url.port}: {e.strerror or e}") from None
+    t = paramiko.Transport(sock)
+    try:
+        t.start_client(timeout=timeout)
+        how = verify_host_key(url, t.get_remote_server_key(), choice.hostkey, choice.known_hosts)
+        try:
+            t.auth_publickey(url.user, pkey)
+        except paramiko.AuthenticationException:
+            raise ConnectionError_(f"{url.user}@{url.host} refused the key {choice.identity}: install its "
+                                   f"public key in ~{url.user}/.ssh/authorized_keys on the conversion "
+                                   f"server (with the coldclone-receive forced command)") from None
+        return f"SSH OK: {url.user}@{url.host}:{url.port}, host key trusted by {how}, key accepted"
+    except paramiko.SSHException as e:
+        raise ConnectionError_(f"SSH to {url.host}:{url.port} failed: {e}") from None
+    finally:
+        t.close()
+
+
+def test_local(choice: TargetChoice, open_target) -> str:
+    """A local or NFS target: open it and check we can write there."""
+    target = open_target(choice.url)
+    try:
+        path = target.local_path or ""
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} is not a directory: mount the target disk there first")
+        probe = os.path.join(path, ".coldclone-write-test")
+        try:
+            with open(probe, "w") as f:
+                f.write("ok\n")
+            os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"cannot write in {path}: {e.strerror}") from None
+        st = os.statvfs(path)
+        from ..estimate.rate import human_bytes
+
+        return f"writable: {path}, {human_bytes(st.f_bavail * st.f_frsize)} free"
+    finally:
+        target.close()
+
+
+def power(action: str) -> None:
+    from ..runcmd import run
+
+    if action in ("poweroff", "reboot"):
+        run(["systemctl", action])
+
+
+@dataclass
+class Services:
+    discover: Callable[[], Any]                              # -> Inventory
+    readiness: Callable[[Any], Readiness] | None             # Inventory -> Readiness (mounts, slow)
+    find_identities: Callable[[Any], list] | None            # Inventory -> [SourceIscsiConfig]
+    iscsi_attach: Callable[..., Any] | None                  # (identity, targets, iscsi_ip, say)
+    estimate: Callable[..., Any] | None                      # estimate_capture(...)
+    local_disks: Callable[[Any], list] | None                # Inventory -> candidate target disks
+    prepare_local_disk: Callable[..., Any] | None            # localdisk.prepare(dev, format_confirm=, ...)
+    probe_hostkey: Callable[..., HostKeyInfo]
+    test_ssh: Callable[[TargetChoice], str]
+    open_target: Callable[..., Any]                          # agent.transport.open.open_target
+    run_capture: Callable[..., Any]                          # agent.capture.session.run_capture
+    list_nics: Callable[[Any], list]
+    apply_network: Callable[[str], list[str]]
+    power: Callable[[str], None]
+    defaults: Defaults = field(default_factory=Defaults)
+    missing: dict[str, str] = field(default_factory=dict)
+    # Fixed values make snapshots deterministic; None: the real ones.
+    calibrate_seconds: float = 3.0
+    capture_id: Callable[[], str] | None = None
+
+    def why_missing(self, feature: str) -> str:
+        return self.missing.get(feature, f"{feature} is not available in this build")
+
+    # ------------------------------------------------------------- constructors
+    @classmethod
+    def _base(cls, discover, readiness, defaults: Defaults, **over) -> "Services":
+        from .. import netsetup
+        from ..capture.session import run_capture
+        from ..transport.open import open_target
+
+        missing: dict[str, str] = {}
+        find_identities = _optional("agent.iscsi.auto", "find_identities", missing, "iSCSI")
+        attach_core = _optional("agent.iscsi.auto", "attach", missing, "iSCSI")
+        estimate = _optional("agent.estimate.plan", "estimate_capture", missing, "estimate")
+        local_disks = _optional("agent.transport.localdisk", "candidates", missing, "local disk target")
+        prepare = _optional("agent.transport.localdisk", "prepare", missing, "local disk target")
+
+        def attach_with(identity, targets, iscsi_ip, say):
+            # Targets the operator added by hand join the source's own node records.
+            return attach_core(dataclasses.replace(identity, targets=list(targets)),
+                               iscsi_ip=iscsi_ip, say=say)
+
+        attach = attach_with if attach_core is not None else None
+
+        def apply_network(text: str) -> list[str]:
+            return netsetup.apply(netsetup.parse_ip_spec(text))
+
+        kw = dict(discover=discover, readiness=readiness, find_identities=find_identities,
+                  iscsi_attach=attach, estimate=estimate, local_disks=local_disks,
+                  prepare_local_disk=prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
+                  open_target=open_target, run_capture=run_capture,
+                  list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
+                  power=power, defaults=defaults, missing=missing)
+        kw.update(over)
+        return cls(**kw)
+
+    @classmethod
+    def real(cls, *, include_loop: bool = False, only: list[str] | None = None,
+             cmdline: str | None = None, **over) -> "Services":
+        """The running machine. `only`: preselect these disks (the rest stay listed)."""
+        from ..discover.populate import discover
+
+        defaults = defaults_from_cmdline(cmdline)
+
+        def do_discover():
+            return discover(include_loop=include_loop, only=only)
+
+        over.setdefault("calibrate_seconds", defaults.calibrate)
+        return cls._base(do_discover, inspect_inventory, defaults, **over)
+
+    @classmethod
+    def replay(cls, snapshot: str | Path, *, sourceos: str | Path | None = None,
+               boot_root: str | Path | None = None, identities: list | None = None,
+               estimate: Any = None, defaults: Defaults | None = None, **over) -> "Services":
+        """A recorded machine: udev snapshot, optional source-OS tree, iSCSI identities, estimate."""
+        from ..discover import snapshot as snap
+        from ..discover.populate import from_snapshot
+
+        data = snap.load(snapshot)
+
+        def do_discover():
+            return from_snapshot(data)
+
+        readiness = None
+        if sourceos is not None:
+            def replay_readiness(inv, root=str(sourceos), boot=boot_root):
+                from ..inspect.tree import inspect_tree
+
+                src = inspect_tree(root, boot_root=str(boot) if boot else None,
+                                   disk_count=len(inv.capture_set()))
+                return Readiness(src.os.pretty_name or src.os.name, src.findings, src)
+            readiness = replay_readiness
+        if identities is not None:
+            over.setdefault("find_identities", lambda inv: list(identities))
+        if estimate is not None:
+            over.setdefault("estimate", lambda *a, **k: estimate)
+        svc = cls._base(do_discover, readiness, defaults or Defaults(), **over)
+        if identities is not None:
+            svc.missing.pop("iSCSI", None)
+        if estimate is not None:
+            svc.missing.pop("estimate", None)
+        return svc
+
+
+def inspect_inventory(inv) -> Readiness:
+    """Mount each captured disk's filesystems read-only until one holds an OS; its findings."""
+    try:
+        from ..inspect.disk import inspect_disk
+    except ImportError as e:
+        return Readiness(None, error=f"inspection is not available in this build ({e})")
+    errors = []
+    for d in inv.capture_set():
+        if d.partition_table is None and d.filesystem is None:
+            continue
+        try:
+            src = inspect_disk(d, inv)
+        except ColdcloneError as e:
+            errors.append(f"{d.name}: {e}")
+            continue
+        if src is not None:
+            return Readiness(src.os.pretty_name or src.os.name or "unknown OS", src.findings, src)
+    return Readiness(None, error="; ".join(errors) or None)
+
+
+def defaults_from_cmdline(cmdline: str | None = None) -> Defaults:
+    """Prefill from coldclone.* words (and the key baked into the ISO); never fatal here."""
+    from .. import config
+
+    d = Defaults()
+    try:
+        text = cmdline if cmdline is not None else config.read_kernel_cmdline()
+    except OSError:
+        text = ""
+    try:
+        cfg = config.from_cmdline(text)
+    except ColdcloneError as e:
+        d.problems.append(str(e))
+        cfg = config.CaptureConfig()
+        config._apply_baked(cfg, "/")
+    d.server, d.identity, d.hostkey = cfg.server, cfg.identity, cfg.hostkey
+    d.known_hosts, d.mode, d.ip, d.on_done = cfg.known_hosts, cfg.mode, cfg.ip, cfg.on_done
+    d.calibrate = cfg.calibrate
+    return d

@@ -1,0 +1,44 @@
+"""What the operator has decided so far: one object the screens fill in turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .services import Readiness, TargetChoice
+
+MODES = {
+    "used": "filesystem used blocks only",
+    "nonzero": "every block that is not all zeros (default)",
+    "full": "every byte, zeros included",
+}
+# What the capture engine can do in this version (StreamOptions.validate).
+CAPTURE_MODES = ("nonzero", "full")
+
+
+@dataclass
+class CapturePlan:
+    inventory: Any = None                     # agent.discover.model.Inventory
+    selected: list[str] = field(default_factory=list)   # disk names, inventory order
+    readiness: Readiness | None = None
+    target: TargetChoice | None = None
+    target_ok: str | None = None              # the successful test's message
+    mode: str = "nonzero"
+    estimate: Any = None                      # CaptureEstimate
+    iscsi: Any = None                         # IscsiAttachment (logged in)
+    prepared: Any = None                      # localdisk.PreparedTarget (mounted target disk)
+    capture_id: str | None = None
+    result: Any = None                        # CaptureResult
+    error: str | None = None
+    exit_code: int = 0
+
+    def disks(self) -> list:
+        if self.inventory is None:
+            return []
+        return [d for d in self.inventory.disks if d.name in self.selected]
+
+    def disk_paths(self) -> list[str]:
+        return [d.dev_path or f"/dev/{d.name}" for d in self.disks()]
+
+    def reset_selection(self) -> None:
+        self.selected = [d.name for d in self.inventory.capture_set()] if self.inventory else []

@@ -1,0 +1,64 @@
+"""Fixed estimate, capture events and result for the screens that show them (snapshots must
+not depend on this machine's speed or clock). Built from the real core classes."""
+
+from __future__ import annotations
+
+from agent.capture import events as E
+from agent.capture.session import CaptureResult
+from agent.capture.source import SourceDisk
+from agent.estimate.plan import CaptureEstimate, DiskEstimate
+
+GiB = 1 << 30
+SDA = 298_999_349_248          # megaraid_sas.json: PERC H730P logical drives
+SDB = 1_796_906_942_464
+TARGET = "ssh://coldclone@10.0.0.5:22/srv/coldclone"
+
+
+def estimate(mode: str = "nonzero") -> CaptureEstimate:
+    disks = [
+        DiskEstimate("/dev/sda", "sda", SDA, SDA, 41 * GiB, 52 * GiB, 1_010.0, "link"),
+        DiskEstimate("/dev/sdb", "sdb", SDB, SDB, 310 * GiB, 402 * GiB, 6_220.0, "read"),
+    ]
+    return CaptureEstimate(mode=mode, target=TARGET, link=None, link_rate=117e6,
+                           link_rate_source="table (1 GbE)", disks=disks, total_seconds=7_230.0,
+                           finish_time="2026-11-23T15:05:00", bottleneck="limited by the 1 GbE link (~117 MB/s)")
+
+
+def sources() -> list[SourceDisk]:
+    return [SourceDisk("/dev/sda", "sda", "sda", SDA, 512, 512, "PERC H730P Mini"),
+            SourceDisk("/dev/sdb", "sdb", "sdb", SDB, 512, 512, "PERC H730P Mini")]
+
+
+def events() -> list:
+    """sda done, sdb a third in: what the Progress screen shows 25 minutes into a capture."""
+    out: list = [E.CaptureStarted("srv01-20261123T130000-ab12", TARGET, sources(), SDA + SDB),
+                 E.DiskStarted("sda", "/dev/sda", SDA)]
+    t, read, wire, zero = 0.0, 0, 0, 0
+    step = SDA // 10
+    for i in range(1, 11):
+        t += 100.0
+        read += step
+        wire += step // 6
+        zero += step // 2
+        out.append(E.Progress("sda", i * step, SDA, i * step, SDA + SDB, read, wire, zero, t))
+    out.append(E.DiskFinished("sda", "3f9a" * 16, {}))
+    out.append(E.DiskStarted("sdb", "/dev/sdb", SDB))
+    step = SDB // 30
+    for i in range(1, 11):
+        t += 45.0 + (i % 3) * 10
+        read += step
+        wire += step // 8
+        zero += step // 3
+        out.append(E.Progress("sdb", i * step, SDB, SDA + i * step, SDA + SDB, read, wire, zero, t))
+    return out
+
+
+def result() -> CaptureResult:
+    disks = [{"name": n, "image": f"{n}.qcow2", "digest": d * 16,
+              "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
+                           "qemu_img_compare": True}}
+             for n, d in (("sda", "3f9a"), ("sdb", "c01d"))]
+    return CaptureResult(capture_id="srv01-20261123T130000-ab12", target=TARGET,
+                         location="/srv/coldclone/srv01-20261123T130000-ab12", disks=disks,
+                         elapsed=6_912.4, bytes_read=SDA + SDB, wire_bytes=298 * GiB,
+                         zero_bytes=1_402 * GiB, total_size=SDA + SDB)

@@ -1,0 +1,208 @@
+"""The whole flow driven through the screens with the keyboard (textual Pilot): a real loop
+device with a real partition table and filesystems, discovered on this machine, captured to
+a real OpenSSH sshd on 127.0.0.1 whose host key the operator confirms on the Target screen;
+the qcow2 the receiver wrote must equal the loop device (qemu-img compare)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+
+from agent.runcmd import run
+from agent.testbed import synthdisk
+from agent.testbed.loop import LoopDevice
+from agent.tui.app import build_app
+from agent.tui.services import Services
+from tests.conftest import sha256_of
+
+pytestmark = pytest.mark.root
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def loop_disk(tmp_path_factory):
+    img = str(tmp_path_factory.mktemp("tui-src") / "server.img")
+    synthdisk.build(img, size=256 * MiB, table="gpt", files_mb=24, remnant_mb=8)
+    with LoopDevice(img) as loop:
+        yield loop
+
+
+async def wait_for(pilot, cond, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; "
+                                 f"screen {type(pilot.app.screen).__name__}")
+        await pilot.pause(0.1)
+
+
+async def type_into(pilot, wid: str, text: str) -> None:
+    w = pilot.app.screen.query_one(f"#{wid}")
+    w.value = ""
+    w.focus()
+    await pilot.press(*text) if text else None
+
+
+async def drive_to_capture(pilot, sshd, rx_dir, loop_dev):
+    from agent.tui.screens.estimate import EstimateScreen
+    from agent.tui.screens.progress import ProgressScreen
+    from agent.tui.screens.target import TargetScreen
+
+    app = pilot.app
+    await wait_for(pilot, lambda: app.plan.inventory is not None, 60, "discovery")
+    name = os.path.basename(loop_dev)
+    assert app.plan.selected == [name], app.plan.selected
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), 5, "the Target screen")
+    await type_into(pilot, "host", "127.0.0.1")
+    await type_into(pilot, "port", str(sshd.port))
+    await type_into(pilot, "user", sshd.user)
+    await type_into(pilot, "path", rx_dir)
+    await type_into(pilot, "identity", sshd.client_key)
+    # Next is refused before a test, and the first test only shows the host key.
+    await pilot.press("ctrl+n")
+    assert isinstance(app.screen, TargetScreen)
+    await pilot.press("ctrl+t")
+    await wait_for(pilot, lambda: app.screen.key_info is not None, 20, "the host key")
+    assert app.screen.key_info.fingerprint == sshd.fingerprint
+    assert app.plan.target_ok is None
+    await pilot.press("ctrl+y")          # the operator compared it: it matches
+    await wait_for(pilot, lambda: app.plan.target_ok, 30, "the SSH test")
+    assert app.plan.target.hostkey == sshd.fingerprint
+    await pilot.press("ctrl+n")
+    await wait_for(pilot, lambda: isinstance(app.screen, EstimateScreen), 5, "the Estimate screen")
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.press("s")
+    await pilot.pause()
+    await pilot.press("y")
+    await wait_for(pilot, lambda: isinstance(app.screen, ProgressScreen), 5, "the Progress screen")
+
+
+def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
+    from agent.tui.screens.done import DoneScreen
+
+    before = sha256_of(loop_disk.dev)
+    services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="")
+    services.calibrate_seconds = 1.0
+    services.capture_id = lambda: "tui-pilot-1"
+    app = build_app(services, ascii_only=True)
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await drive_to_capture(pilot, sshd, rx_dir, loop_disk.dev)
+            await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "the Done screen")
+            text = str(app.screen.query_one("#done-text").render())
+            assert "CAPTURE COMPLETE" in str(app.screen.query_one("#done-verdict").render())
+            assert "tui-pilot-1" in text and "qemu_img_compare" in text
+            await pilot.press("s")       # shell: the app exits
+
+    asyncio.run(scenario())
+    assert app.plan.error is None, app.plan.error
+    result = app.plan.result
+    cap = os.path.join(rx_dir, "tui-pilot-1")
+    image = os.path.join(cap, os.path.basename(loop_disk.dev) + ".qcow2")
+    run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", loop_disk.dev, image])
+    assert sha256_of(loop_disk.dev) == before
+    manifest = json.load(open(os.path.join(cap, "manifest.json")))
+    assert manifest["status"] == "complete"
+    # The inventory the operator saw and the estimate go into the manifest.
+    assert manifest["source"]["inventory"]["disks"]
+    assert result.disks[0]["verified"]["qemu_img_compare"] is True
+
+
+def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_path):
+    from agent.tui.screens.done import DoneScreen
+
+    img = str(tmp_path / "big.img")
+    with open(img, "wb") as f:
+        f.truncate(768 * MiB)
+        # Incompressible data: the capture takes long enough to be cancelled midway.
+        for i in range(0, 768, 4):
+            f.seek(i * MiB)
+            f.write(os.urandom(2 * MiB))
+    with LoopDevice(img) as loop:
+        services = Services.real(include_loop=True, only=[loop.dev], cmdline="")
+        services.calibrate_seconds = 0.0
+        services.capture_id = lambda: "tui-cancel-1"
+        app = build_app(services, ascii_only=True)
+
+        async def scenario():
+            async with app.run_test(size=(80, 24)) as pilot:
+                await drive_to_capture(pilot, sshd, rx_dir, loop.dev)
+                screen = app.screen
+                await wait_for(pilot, lambda: screen.last_progress is not None, 60, "progress")
+                await pilot.press("c")
+                await pilot.pause()
+                await pilot.press("y")
+                await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 120, "the Done screen")
+                assert "CAPTURE NOT DONE" in str(app.screen.query_one("#done-verdict").render())
+
+        asyncio.run(scenario())
+    assert app.plan.result is None
+    assert app.plan.exit_code == 6, app.plan.error
+    assert "cancelled" in app.plan.error
+    # The receiver discarded the partial capture: no half-written image stays behind.
+    left = os.path.join(rx_dir, "tui-cancel-1")
+    assert not os.path.exists(left) or not any(f.endswith((".qcow2", ".raw")) for f in os.listdir(left)), \
+        os.listdir(left)
+
+
+def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk):
+    """The Local USB/eSATA disk choice: the disk is picked in the list, mounted by
+    agent.transport.localdisk.prepare (its ext4 kept, not formatted), the images land in
+    coldclone/ on it, and the disk is unmounted when the TUI exits."""
+    from agent.transport.localdisk import TargetDisk
+    from agent.tui.screens.done import DoneScreen
+    from agent.tui.screens.estimate import EstimateScreen
+    from agent.tui.screens.progress import ProgressScreen
+    from agent.tui.screens.target import TargetScreen
+
+    timg = str(tmp_path / "usb-target.img")
+    with open(timg, "wb") as f:
+        f.truncate(512 * MiB)
+    run(["mkfs.ext4", "-q", "-L", "images", timg])
+    with LoopDevice(timg) as target:
+        usb = TargetDisk(os.path.basename(target.dev), target.dev, 512 * MiB, "Expansion Desk", "USB 3.0",
+                         [(target.dev, "ext4", "images")], target.dev)
+        services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="",
+                                 local_disks=lambda inv: [usb])
+        services.calibrate_seconds = 0.0
+        services.capture_id = lambda: "tui-usb-1"
+        app = build_app(services, ascii_only=True)
+        seen = {}
+
+        async def scenario():
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(pilot, lambda: app.plan.inventory is not None, 60, "discovery")
+                await pilot.press("enter")
+                await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), 5, "Target")
+                app.screen.query_one("#kind").focus()
+                await pilot.press("right", "enter")
+                await pilot.pause()
+                await pilot.press("ctrl+t")
+                await wait_for(pilot, lambda: app.plan.target_ok, 30, "the target disk test")
+                assert app.plan.target.local_disk == target.dev
+                assert app.plan.target_ok.startswith("writable: ")
+                await pilot.press("ctrl+n")
+                await wait_for(pilot, lambda: isinstance(app.screen, EstimateScreen), 5, "Estimate")
+                await app.workers.wait_for_complete()
+                await pilot.press("s")
+                await pilot.pause()
+                await pilot.press("y")
+                await wait_for(pilot, lambda: isinstance(app.screen, (ProgressScreen, DoneScreen)), 5, "Progress")
+                await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "Done")
+                assert app.plan.result is not None, app.plan.error
+                images = os.path.join(app.plan.prepared.path, "tui-usb-1")
+                seen["mount"] = app.plan.prepared.mountpoint
+                run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", loop_disk.dev,
+                     os.path.join(images, os.path.basename(loop_disk.dev) + ".qcow2")])
+                await pilot.press("s")
+
+        asyncio.run(scenario())
+        mounts = open("/proc/mounts").read()
+        assert seen["mount"] not in mounts and target.dev not in mounts, "target disk left mounted"

@@ -1,0 +1,210 @@
+"""Every screen pinned at 80x24 (pytest-textual-snapshot) on recorded machines:
+hardware RAID (cciss, megaraid_sas), md, iSCSI, and a USB target disk.
+
+ASCII drawing (ascii_only=True) throughout: it is what a serial console gets, and the
+glyph choice is process-wide. Update after an intended change: pytest tests/tui --snapshot-update
+"""
+
+from __future__ import annotations
+
+from agent.iscsi.sourceconfig import read_source_config
+from agent.tui.app import build_app
+from agent.tui.services import TargetChoice
+from tests.tui import recorded
+from tests.tui.conftest import ISCSI_TREES, replay, settle
+
+SIZE = (80, 24)
+SSH = TargetChoice("ssh", recorded.TARGET, identity="/etc/coldclone/identity",
+                   hostkey="SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E")
+
+
+def app_for(services, **kw):
+    return build_app(services, ascii_only=True, **kw)
+
+
+def test_inventory_cciss_hw_raid_with_readiness(snap_compare):
+    """HP Smart Array (cciss) logical drives, the source OS (RHEL 6) inspected: its findings."""
+    app = app_for(replay("cciss", sourceos="rhel6-cciss"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_inventory_megaraid_details(snap_compare):
+    app = app_for(replay("megaraid_sas"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_inventory_md_members(snap_compare):
+    """md arrays are not captured themselves; the cursor on a member shows its slots."""
+    app = app_for(replay("md", sourceos="debian7-lvm"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        for _ in range(4):
+            await pilot.press("down")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_inventory_iscsi_luns(snap_compare):
+    app = app_for(replay("iscsi"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("down", "down")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_inventory_usb_target_deselect(snap_compare):
+    """usb3: the mounted target disk is refused; one disk deselected by the operator."""
+    app = app_for(replay("usb3"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("down", "space", "down")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_iscsi_identity_from_source_os(snap_compare):
+    ident = read_source_config(str(ISCSI_TREES / "rhel7"), device="/dev/sda2")
+    app = app_for(replay("iscsi", identities=[ident]))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_target_ssh_host_key_to_confirm(snap_compare):
+    app = app_for(replay("megaraid_sas"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press(*"10.0.0.5")
+        await pilot.press("tab", "tab", "tab", *"srv/coldclone", "ctrl+t")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_target_local_disk(snap_compare):
+    def local_disks(inv):
+        return [d for d in inv.disks if d.transport == "usb" and d.kind == "disk"]
+
+    app = app_for(replay("usb3", local_disks=local_disks))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        app.screen.query_one("#kind").focus()
+        await pilot.press("right", "enter")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_estimate(snap_compare):
+    app = app_for(replay("megaraid_sas", estimate=recorded.estimate()))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        from agent.tui.screens.estimate import EstimateScreen
+
+        app.plan.target, app.plan.target_ok = SSH, "SSH OK"
+        await app.push_screen(EstimateScreen())
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_estimate_confirm(snap_compare):
+    app = app_for(replay("megaraid_sas", estimate=recorded.estimate()))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        from agent.tui.screens.estimate import EstimateScreen
+
+        app.plan.target, app.plan.target_ok = SSH, "SSH OK"
+        await app.push_screen(EstimateScreen())
+        await settle(pilot)
+        await pilot.press("s")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+async def _progress(app, pilot):
+    from agent.tui.screens.progress import ProgressScreen
+
+    await settle(pilot)
+    app.plan.target, app.plan.target_ok = SSH, "SSH OK"
+    screen = ProgressScreen()
+    app.switch_to_progress(screen)
+    await pilot.pause()
+    for ev in recorded.events():
+        screen.apply(ev)
+    await pilot.pause()
+
+
+def test_progress(snap_compare):
+    app = app_for(replay("megaraid_sas"), start_capture_worker=False)
+    assert snap_compare(app, terminal_size=SIZE, run_before=lambda pilot: _progress(app, pilot))
+
+
+def test_progress_cancel_asks(snap_compare):
+    app = app_for(replay("megaraid_sas"), start_capture_worker=False)
+
+    async def run_before(pilot):
+        await _progress(app, pilot)
+        await pilot.press("c")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_done(snap_compare):
+    app = app_for(replay("cciss", sourceos="rhel6-cciss"), start_capture_worker=False)
+
+    async def run_before(pilot):
+        from agent.tui.screens.done import DoneScreen
+
+        await settle(pilot)
+        app.plan.target, app.plan.result = SSH, recorded.result()
+        app.switch_screen(DoneScreen())
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_done_cancelled(snap_compare):
+    app = app_for(replay("megaraid_sas"), start_capture_worker=False)
+
+    async def run_before(pilot):
+        from agent.tui.screens.done import DoneScreen
+
+        await settle(pilot)
+        app.plan.target, app.plan.capture_id = SSH, "srv01-20261123T130000-ab12"
+        app.plan.error = ("cancelled by the operator; the conversion server was told to discard "
+                          "the partial capture")
+        app.plan.exit_code = 6
+        app.switch_screen(DoneScreen())
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_network(snap_compare):
+    app = app_for(replay("megaraid_sas"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("n")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

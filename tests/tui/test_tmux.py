@@ -1,0 +1,124 @@
+"""The real `coldclone tui` in a real terminal: tmux at 80x24 with TERM=vt100 (what a
+serial-over-LAN console offers). Keys go in with send-keys, the screen comes back with
+capture-pane; first a recorded machine's inventory, then a capture of a real loop device
+to a file:// target watched on the Progress and Done screens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from agent.runcmd import run
+from agent.testbed.loop import LoopDevice
+from tests.conftest import BIN, sha256_of
+from tests.tui.conftest import UDEV
+
+MiB = 1 << 20
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (scripts/setup.sh)")
+
+
+class Tmux:
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.name = f"cc-tui-{uuid.uuid4().hex[:8]}"
+        cmd = " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(argv)
+        # remain-on-exit keeps the last screen (and an error) readable after the app ends
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24",
+                        f"exec env {cmd}"], check=True)
+        subprocess.run(["tmux", "set-option", "-t", self.name, "remain-on-exit", "on"], check=True)
+
+    def pane(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
+                              text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        for k in keys:
+            subprocess.run(["tmux", "send-keys", "-t", self.name, k], check=True)
+            time.sleep(0.3)
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            screen = self.pane()
+            if text in screen:
+                return screen
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} not on the screen after {timeout:.0f}s:\n{self.pane()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+ENV = {"TERM": "vt100", "LANG": "C.UTF-8", "COLDCLONE_NO_TUI": "1"}
+
+
+def test_inventory_on_a_vt100_80x24():
+    t = Tmux([os.path.join(BIN, "coldclone"), "tui", "--replay", str(UDEV / "megaraid_sas.json")], ENV)
+    try:
+        screen = t.wait_for("Next: target")
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert "1 Inventory" in screen
+        assert "2 controllers (1 hardware RAID)" in screen
+        assert "[x]  sda" in screen and "PERC H730P Mini" in screen and "megaraid_sas" in screen
+        assert "HW RAID LD" in screen
+        assert "-   sr0" in screen                      # the live medium is never offered
+        assert "Capture 2 disks, 1.9 TiB: sda, sdb" in screen
+        # vt100: ASCII only, no block or box-drawing characters
+        assert all(ord(c) < 128 for c in screen), [c for c in screen if ord(c) >= 128]
+        t.keys("down", "space")
+        t.wait_for("Capture 1 disk, 278.5 GiB: sda")
+        t.keys("q")
+        t.wait_for("Leave coldclone for a shell?")
+        t.keys("y")
+        t.wait_for("Pane is dead", timeout=10)
+    finally:
+        t.close()
+
+
+@pytest.mark.root
+def test_capture_progress_and_done_on_a_vt100(tmp_path):
+    img = str(tmp_path / "src.img")
+    with open(img, "wb") as f:
+        f.truncate(512 * MiB)
+        for i in range(0, 512, 8):
+            f.seek(i * MiB)
+            f.write(os.urandom(MiB))
+    out = tmp_path / "images"
+    out.mkdir()
+    with LoopDevice(img) as loop:
+        before = sha256_of(loop.dev)
+        t = Tmux([os.path.join(BIN, "coldclone"), "tui", "--include-loop", "--disks", loop.dev,
+                  "--to", f"file://{out}", "--calibrate", "0"], ENV)
+        try:
+            name = os.path.basename(loop.dev)
+            t.wait_for(f"Capture 1 disk, 512.0 MiB: {name}", timeout=60)
+            t.keys("Enter")
+            t.wait_for("3 Target")
+            t.keys("C-t")
+            t.wait_for("writable:", timeout=30)
+            t.keys("C-n")
+            t.wait_for("4 Estimate")
+            t.wait_for("Bottleneck:", timeout=60)
+            t.keys("s")
+            t.wait_for("Start capture (y)")
+            t.keys("y")
+            screen = t.wait_for("5 Capture", timeout=20)
+            t.wait_for("ETA", timeout=30)
+            screen = t.wait_for("skipped (zeros)", timeout=30)
+            assert name in screen
+            done = t.wait_for("CAPTURE COMPLETE AND VERIFIED", timeout=300)
+            assert "6 Done" in done and "qemu_img_compare" in done.replace("\n", "")
+            assert all(ord(c) < 128 for c in done)
+            t.keys("s")
+            t.wait_for("Pane is dead", timeout=10)
+        finally:
+            t.close()
+        caps = [d for d in out.iterdir() if d.is_dir()]
+        assert len(caps) == 1, caps
+        run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", loop.dev, str(caps[0] / f"{name}.qcow2")])
+        assert sha256_of(loop.dev) == before
