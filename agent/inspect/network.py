@@ -99,6 +99,46 @@ def parse_nm_keyfile(text: str, path: str = "") -> NmConnection:
                         ipv4_method=get("ipv4", "method"))
 
 
+def parse_nm_ipv4(text: str) -> tuple[list[str], str | None]:
+    """ADDRESS/PREFIX list and gateway of a keyfile (for the iSCSI original-address login)."""
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    cp.optionxform = str
+    try:
+        cp.read_string(text)
+    except configparser.Error:
+        return [], None
+    return nm_ipv4(cp)
+
+
+def nm_ipv4(cp: configparser.ConfigParser) -> tuple[list[str], str | None]:
+    """ADDRESS/PREFIX list and gateway of a keyfile's [ipv4] section.
+
+    NetworkManager has written three spellings over the years:
+    address1=10.0.0.5/24,10.0.0.1 (gateway after a comma), addresses1=10.0.0.5;24;10.0.0.1;
+    (0.9.x), and a separate gateway= key.
+    """
+    if not cp.has_section("ipv4"):
+        return [], None
+    addresses: list[str] = []
+    gateway = cp.get("ipv4", "gateway", fallback=None) or None
+    keys = sorted((k for k in cp.options("ipv4") if re.fullmatch(r"address(es)?\d*", k)),
+                  key=lambda k: int(re.sub(r"\D", "", k) or 0))
+    for key in keys:
+        value = cp.get("ipv4", key).strip()
+        if ";" in value:
+            bits = [b.strip() for b in value.split(";") if b.strip()]
+            if bits:
+                addresses.append(f"{bits[0]}/{bits[1]}" if len(bits) > 1 else bits[0])
+            if len(bits) > 2 and bits[2] != "0.0.0.0":
+                gateway = gateway or bits[2]
+        elif value:
+            parts = [p.strip() for p in value.split(",")]
+            addresses.append(parts[0])
+            if len(parts) > 1 and parts[1]:
+                gateway = gateway or parts[1]
+    return addresses, gateway
+
+
 def parse_net_rules(text: str) -> list[NetRule]:
     rules = []
     for no, raw in enumerate(text.splitlines(), 1):
@@ -158,6 +198,18 @@ def read_nm(root: str) -> list[NmConnection]:
             text = files.read_text(root, f"{rel_dir}/{name}")
             if text is not None:
                 out.append(parse_nm_keyfile(text, f"/{rel_dir}/{name}"))
+    return out
+
+
+def read_nm_ipv4(root: str) -> list[tuple[NmConnection, list[str], str | None]]:
+    """Each keyfile's connection with its IPv4 addresses (ADDRESS/PREFIX) and gateway."""
+    out = []
+    for rel_dir in ("etc/NetworkManager/system-connections",):
+        for name in files.listdir(root, rel_dir):
+            text = files.read_text(root, f"{rel_dir}/{name}")
+            if text is not None:
+                addresses, gateway = parse_nm_ipv4(text)
+                out.append((parse_nm_keyfile(text, f"/{rel_dir}/{name}"), addresses, gateway))
     return out
 
 
