@@ -14,7 +14,6 @@ import re
 import signal
 import sys
 import threading
-import time
 
 from . import __version__
 from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError, UsageError
@@ -42,62 +41,8 @@ def parse_compress(text: str) -> tuple[str, int]:
     return "zstd", int(m.group(1) or 1)
 
 
-class ProgressPrinter:
-    """One line every `interval` seconds: bytes, rates, ETA; then a summary."""
-
-    def __init__(self, interval: float = 5.0, out=sys.stdout):
-        from .estimate.rate import RateMeter
-
-        self.interval = interval
-        self.out = out
-        self.last = 0.0
-        self.read_rate = RateMeter()
-        self.wire_rate = RateMeter()
-
-    def __call__(self, ev) -> None:
-        from .capture import events as E
-        from .estimate.rate import human_bytes as hb, human_seconds as hs
-
-        if isinstance(ev, E.CaptureStarted):
-            self._p(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), {hb(ev.total_bytes)}")
-            for d in ev.disks:
-                self._p(f"  {d.path}: {hb(d.size)} {d.model}".rstrip())
-        elif isinstance(ev, E.DiskStarted):
-            self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
-        elif isinstance(ev, E.Progress):
-            now = time.monotonic()
-            r = self.read_rate.update(now, ev.total_done)
-            w = self.wire_rate.update(now, ev.wire_bytes)
-            if now - self.last >= self.interval:
-                self.last = now
-                pct = 100.0 * ev.total_done / max(ev.total_size, 1)
-                rate = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
-                self._p(
-                    f"{ev.disk}: {pct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} "
-                    f"read {rate(r)} MB/s wire {rate(w)} MB/s "
-                    f"skipped {hb(ev.zero_bytes)} ETA {hs(self.read_rate.eta(ev.total_size - ev.total_done))}"
-                )
-        elif isinstance(ev, E.DiskFinished):
-            self._p(f"disk {ev.name} sent: digest {ev.digest[:16]}...")
-        elif isinstance(ev, E.ServerNote):
-            self._p(ev.text)
-
-    def _p(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
-
-
-def print_summary(result, out=sys.stdout) -> None:
-    from .estimate.rate import human_bytes as hb, human_seconds as hs
-
-    el = max(result.elapsed, 1e-9)
-    print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s)", file=out)
-    print(f"  where:   {result.location}", file=out)
-    print(f"  read:    {hb(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s", file=out)
-    print(f"  wire:    {hb(result.wire_bytes)} ({100.0 * result.wire_bytes / max(result.total_size, 1):.1f}% "
-          f"of {hb(result.total_size)}), skipped {hb(result.zero_bytes)} of zeros", file=out)
-    for d in result.disks:
-        checks = ", ".join(k for k, v in d.get("verified", {}).items() if v)
-        print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
+# Progress lines and the closing summary live with the estimator (ETA, rates, bottleneck).
+from .estimate.progress import ProgressPrinter, print_summary  # noqa: E402,F401
 
 
 def _target(args):
@@ -135,8 +80,9 @@ def cmd_capture(args) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id, image_format=args.format,
-                             on_event=printer, cancel=cancel)
+        with printer.ticking():
+            result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
+                                 image_format=args.format, on_event=printer, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
         target.close()

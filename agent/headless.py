@@ -32,7 +32,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -147,7 +146,7 @@ def take_inventory(cfg: CaptureConfig, *, include_loop: bool, target_path: str |
     unknown = [w for w in inv.warnings if w.startswith("selected disk ")]
     if unknown:
         raise UsageError(f"{PREFIX}disks=: " + "; ".join(unknown) + " (see the inventory above; "
-                         f"names such as sda, md127, cciss/c0d0 or /dev paths)")
+                         "names such as sda, md127, cciss/c0d0 or /dev paths)")
     for spec in cfg.exclude:
         name = spec[len("/dev/"):] if spec.startswith("/dev/") else spec
         disk = inv.disk(name)
@@ -167,10 +166,8 @@ def print_inventory(inv) -> None:
 
 
 def make_estimate(cfg: CaptureConfig, inv, paths: list[str], target):
-    try:
-        from .estimate import plan
-    except ImportError:
-        return None
+    from .estimate import plan
+
     try:
         est = plan.estimate_capture(inv, paths, cfg.server, cfg.mode,
                                     calibrate_seconds=cfg.calibrate,
@@ -196,24 +193,14 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
 
     codec, level = parse_compress(cfg.compress)
     opts = StreamOptions(mode=cfg.mode, codec=codec, level=level or 1)
-    try:
-        from .estimate.progress import ProgressPrinter
-    except ImportError:
-        from .cli import ProgressPrinter
-    printer = ProgressPrinter(cfg.progress)
-    kwargs = {}
-    if est is not None:
-        kwargs["estimate"] = est.to_dict()
-    try:
+    from .estimate.progress import ProgressPrinter
+
+    printer = ProgressPrinter(cfg.progress, estimate=est)
+    with printer.ticking():   # lines keep coming while the server verifies and converts
         return run_capture(paths, target.connect, opts, capture_id=cfg.capture_id,
                            image_format=cfg.format, on_event=printer, cancel=cancel,
-                           source_facts={"inventory": to_dict(inv)}, **kwargs)
-    except TypeError as e:
-        if "estimate" not in str(e):
-            raise
-        return run_capture(paths, target.connect, opts, capture_id=cfg.capture_id,
-                           image_format=cfg.format, on_event=printer, cancel=cancel,
-                           source_facts={"inventory": to_dict(inv)})
+                           source_facts={"inventory": to_dict(inv)},
+                           estimate=est.to_dict() if est is not None else None)
 
 
 def apply_on_done(action: str, live: bool) -> None:
@@ -260,8 +247,9 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
             target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
                                  known_hosts=cfg.known_hosts, timeout=cfg.timeout)
         attachment = attach_iscsi(cfg, None)
-        inv = take_inventory(cfg, include_loop=include_loop,
-                             target_path=target.local_path if target else None)
+        # A local target disk must never be offered as a source; an NFS mount is no disk.
+        local_disk = target.local_path if target and target.url.scheme == "file" else None
+        inv = take_inventory(cfg, include_loop=include_loop, target_path=local_disk)
         print_inventory(inv)
         disks = inv.capture_set()
         if not disks:
@@ -279,13 +267,9 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
             say("no host key pin given: the server's key must be in known_hosts, or the "
                 "capture is refused; give coldclone.hostkey=SHA256:...")
         result = do_capture(cfg, inv, paths, target, est, cancel)
-        try:
-            from .estimate.progress import print_summary
-        except ImportError:
-            from .cli import print_summary
-        print_summary(result)
-        if est is not None:
-            say(f"predicted {est.total_seconds:.0f} s, took {result.elapsed:.0f} s")
+        from .estimate.progress import print_summary
+
+        print_summary(result, estimate=est)
         run_hook("post", cfg.post, {**env, "COLDCLONE_PHASE": "post",
                                     "COLDCLONE_CAPTURE_ID": result.capture_id,
                                     "COLDCLONE_LOCATION": result.location})

@@ -155,6 +155,7 @@ def run_capture(
     on_event: Callable[[object], None] = lambda e: None,
     cancel: threading.Event | None = None,
     source_facts: dict | None = None,
+    estimate: dict | None = None,
 ) -> CaptureResult:
     opts.validate()
     if not disk_paths:
@@ -192,6 +193,8 @@ def run_capture(
                 "source": {"hostname": socket.gethostname(), **(source_facts or {})},
                 "disks": names,
             }
+            if estimate is not None:
+                hello["estimate"] = estimate   # the receiver puts it in the manifest, next to the actual time
             send(P.preamble() + P.encode_json(P.T_HELLO, hello))
             ready = replies.wait_for(("ready",), timeout=60)
             location = ready.get("path", "")

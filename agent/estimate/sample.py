@@ -1,97 +1,149 @@
-"""A quick pre-capture estimate from evenly spread samples of the disk.
+"""What a disk holds, from samples: share of non-zero blocks, how well it compresses, CPU cost.
 
-Reads N samples (default 64 x 1 MiB) spread over the disk, and from them
-predicts the share of non-zero blocks, the zstd ratio of that data, and the
-sequential read rate; from those, the bytes to read and to send under a mode,
-and the time. Link speeds, calibration against the target and per-transport
-models come on top of this (agent/estimate, issue 6).
+Samples are stratified: the disk is cut into N equal strata and one sample is
+read at a random (seeded) place in each. Evenly spaced samples alias with
+regular on-disk layouts (ext4 puts bitmaps and inode tables at the start of
+every 128 MiB block group) and used to over- or under-count data badly.
+
+Each sample goes through the same work the capture does per chunk
+(agent.capture.stream: zero test and sha256 per block, zstd per data run), so
+the CPU cost per byte is measured, not guessed.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zstandard
 
 from .. import protocol as P
 
+MiB = 1 << 20
+
 
 @dataclass
-class Estimate:
-    disk: str
+class ContentSample:
     size: int
-    mode: str
     samples: int
-    nonzero_fraction: float
-    compress_ratio: float      # compressed / raw, of the non-zero data
-    read_rate: float           # bytes/s, measured sequential read
-    bytes_to_read: int
-    bytes_to_send: int
-    seconds: float
-    bottleneck: str
+    sampled_bytes: int
+    nonzero_fraction: float      # of the disk's blocks, in the chosen mode's terms
+    compress_ratio: float        # payload / raw bytes of the data blocks (1.0: incompressible)
+    cpu_per_byte: float          # CPU seconds per disk byte (zero test, sha256, zstd), one thread
+    sample_seconds: float        # wall time the sampling took
+    # The sampled buffers themselves: the calibration probe runs them through the capture's own
+    # processing and sends them, so it measures CPU and link together on this disk's content.
+    buffers: list = field(default_factory=list, repr=False)
 
-    def lines(self) -> list[str]:
-        from .rate import human_bytes as hb, human_seconds as hs
-
-        return [
-            f"{self.disk}: {hb(self.size)}, ~{100 * self.nonzero_fraction:.0f}% non-zero "
-            f"(from {self.samples} samples), data compresses to ~{100 * self.compress_ratio:.0f}%",
-            f"  read {hb(self.bytes_to_read)} at ~{self.read_rate / 1e6:.0f} MB/s, send ~{hb(self.bytes_to_send)}: "
-            f"about {hs(self.seconds)} ({self.bottleneck})",
-        ]
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "sampled_bytes": self.sampled_bytes,
+                "nonzero_fraction": round(self.nonzero_fraction, 4),
+                "compress_ratio": round(self.compress_ratio, 4),
+                "cpu_per_byte": self.cpu_per_byte, "sample_seconds": round(self.sample_seconds, 3)}
 
 
-def sample_disk(path: str, mode: str = "nonzero", samples: int = 64, sample_size: int = 1 << 20,
-                level: int = 1, block_size: int = P.DEFAULT_BLOCK_SIZE, read_probe: float = 2.0,
-                link_rate: float | None = None, workers: int = 2) -> Estimate:
+def disk_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, sample_size: int = 256 << 10,
+                   codec: str = "zstd", level: int = 1, block_size: int = P.DEFAULT_BLOCK_SIZE,
+                   keep_bytes: int = 64 * MiB, seed: int = 0) -> ContentSample:
+    """Read `samples` x `sample_size` bytes spread over the disk and measure what the capture would do."""
+    t0 = time.monotonic()
+    skip_zero = mode != "full"
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    rng = random.Random(seed)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
-        n = max(1, min(samples, size // sample_size or 1))
-        step = max(size // n, sample_size)
-        nonzero = raw = comp = 0
+        sample_size = max(block_size, sample_size - sample_size % block_size)
+        n = max(1, min(samples, size // sample_size))
+        stratum = size / n
+        data = raw = payload_total = kept = 0
         cpu = 0.0
-        cctx = zstandard.ZstdCompressor(level=level)
+        buffers = []
         for i in range(n):
-            off = min(i * step, max(size - sample_size, 0))
+            lo = int(i * stratum)
+            span = max(0, int(stratum) - sample_size)
+            off = lo + (rng.randrange(span + 1) if span else 0)
             off -= off % block_size
-            buf = os.pread(fd, min(sample_size, size - off), off)
-            # Time the same work the capture does per chunk: zero test, sha256, zstd.
+            length = min(sample_size, size - off)
+            if length <= 0:
+                continue
+            buf = os.pread(fd, length, off)
             c0 = time.thread_time()
-            for ext in P.split_extents(buf, off, block_size):
-                if not ext.zero:
-                    nonzero += ext.length
-                    c = len(cctx.compress(ext.data))
-                    comp += min(c, ext.length)
+            for ext in P.split_extents(buf, off, block_size, skip_zero=skip_zero):
+                if ext.zero:
+                    continue
+                data += ext.length
+                out = cctx.compress(ext.data) if codec == "zstd" else b""
+                # Incompressible runs go as they are, as in the capture.
+                payload_total += len(out) if codec == "zstd" and len(out) < ext.length else ext.length
             cpu += time.thread_time() - c0
+            if kept < keep_bytes and len(buf) % block_size == 0:
+                buffers.append(buf)
+                kept += len(buf)
             raw += len(buf)
-        frac = nonzero / raw if raw else 0.0
-        ratio = comp / nonzero if nonzero else 1.0
-        # Sequential read rate: read from the middle for a bounded time.
-        t0 = time.monotonic()
-        got, off = 0, (size // 2) - (size // 2) % (4 << 20)
-        while time.monotonic() - t0 < read_probe and off + got < size:
-            b = os.pread(fd, min(4 << 20, size - off - got), off + got)
-            if not b:
-                break
-            got += len(b)
-        rate = got / max(time.monotonic() - t0, 1e-6)
     finally:
         os.close(fd)
-    if mode == "full":
-        # Zero blocks are sent too, as zstd frames of a few hundred bytes per 4 MiB.
-        to_send = int(size * (frac * ratio + (1 - frac) * 0.001))
-    else:
-        to_send = int(size * frac * ratio)
-    t_read = size / rate if rate else float("inf")
-    # CPU seconds per sampled byte, spread over the hashing/compression workers
-    # (two here; the capture's reader and sender take the rest of a core).
-    t_cpu = (cpu / raw) * size / max(1, min(workers, os.cpu_count() or 1)) if raw else 0.0
-    t_link = to_send / link_rate if link_rate else 0.0
-    times = {"reading the source disk": t_read, "hashing and compression (CPU)": t_cpu,
-             "the network link": t_link}
-    bottleneck = max(times, key=times.get)
-    return Estimate(os.path.basename(path), size, mode, n, frac, ratio, rate, size, to_send,
-                    times[bottleneck], "limited by " + bottleneck)
+    return ContentSample(
+        size=size, samples=n, sampled_bytes=raw,
+        nonzero_fraction=data / raw if raw else 0.0,
+        compress_ratio=payload_total / data if data else 1.0,
+        cpu_per_byte=cpu / raw if raw else 0.0,
+        sample_seconds=time.monotonic() - t0,
+        buffers=buffers)
+
+
+def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB, segments: int = 16) -> tuple[float, int, float]:
+    """Sequential read rate of the source (bytes/s) over `seconds`, in a few places of the disk.
+
+    Spinning disks read their outer tracks about twice as fast as the inner ones, so the
+    time is split over `segments` places. Cached pages are dropped first (fadvise), so a
+    region the sampler just read does not count at memory speed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    got = 0
+    spent = 0.0
+    t = os.times()
+    c0 = t.user + t.system
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        for k in range(segments):
+            off = int(size * (2 * k + 1) / (2 * segments))
+            off -= off % chunk
+            try:
+                os.posix_fadvise(fd, off, int(seconds * 4000 * MiB / segments), os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds / segments and off < size:
+                b = os.pread(fd, min(chunk, size - off), off)
+                if not b:
+                    break
+                got += len(b)
+                off += len(b)
+            spent += time.monotonic() - t0
+    finally:
+        os.close(fd)
+    t = os.times()
+    cpu = t.user + t.system - c0
+    return (got / spent if spent > 0 else 0.0), got, (cpu / got if got else 0.0)
+
+
+def sample_disk(path: str, mode: str = "nonzero", **kw):
+    """Kept for callers of the first sampler (make demo): the estimate of one disk, table rates.
+
+    New code calls agent.estimate.plan.estimate_capture, which also calibrates against the target.
+    """
+    from .plan import estimate_capture
+
+    return estimate_capture(None, [path], kw.get("target"), mode, calibrate_seconds=kw.get("calibrate_seconds", 2.0),
+                            connect=kw.get("connect"))

@@ -34,6 +34,7 @@ from .store import CaptureDir, Store, resolve_root, validate_name
 log = logging.getLogger("coldclone.receive")
 
 FORMATS = ("qcow2", "raw")
+PROBE_SYNC_BYTES = 16 << 20
 
 
 def _now() -> str:
@@ -69,6 +70,13 @@ class Receiver:
         self.started = _now()
         self.t0 = time.monotonic()
         self.reader: P.Reader | None = None
+        # Calibration probe (HELLO "probe": true; docs/protocol.md): the records are checked and
+        # written as in a capture, into an unnamed file that vanishes when the probe ends.
+        self.probe = False
+        self.probe_fd: int | None = None
+        self.probe_t0: float | None = None
+        self.probe_synced = 0
+        self.probe_sync_seconds = 0.0
 
     # ------------------------------------------------------------ replies
     def say(self, event: str, **fields) -> None:
@@ -96,7 +104,12 @@ class Receiver:
                 elif rec.type == P.T_END:
                     self._end(rec)
                 elif rec.type == P.T_FINISH:
+                    if self.probe:
+                        self._probe_finish()
+                        return 0
                     self._finish()
+                    return 0
+                elif rec.type == P.T_ABORT and self.probe:
                     return 0
                 elif rec.type == P.T_ABORT:
                     reason = str(rec.meta.get("reason", "no reason given"))
@@ -124,6 +137,9 @@ class Receiver:
     # ------------------------------------------------------------- records
     def _hello(self, meta: dict) -> None:
         self.hello = meta
+        if meta.get("probe") is True:
+            self._probe_hello()
+            return
         fmt = meta.get("format", "qcow2")
         if fmt not in FORMATS:
             raise ServerError(f"refused image format {fmt!r}: choose qcow2 or raw", code="usage")
@@ -146,9 +162,13 @@ class Receiver:
         if any(d["name"] == name for d in self.disks):
             raise ServerError(f"refused: disk {name} sent twice in one capture", code="bad_name")
         raw_name = name + ".raw"
-        fd = self.cap.create(raw_name)
-        self.files.append(raw_name)
-        os.ftruncate(fd, size)
+        if self.probe:
+            fd = os.dup(self.probe_fd)
+            self.probe_t0 = time.monotonic()
+        else:
+            fd = self.cap.create(raw_name)
+            self.files.append(raw_name)
+            os.ftruncate(fd, size)
         self.disk = DiskState(meta, name, size, bs, fd, raw_name, P.BlockTree(size, bs))
         log.info("disk %s: %d bytes", name, size)
 
@@ -191,6 +211,13 @@ class Receiver:
         c["data_bytes"] += rec.length
         c["payload_bytes"] += len(rec.payload)
         c["data_records"] += 1
+        if self.probe and c["data_bytes"] - self.probe_synced >= PROBE_SYNC_BYTES:
+            # The page cache would take a short probe at memory speed: sync as we go, so the
+            # probe measures what the disk sustains over a whole capture.
+            t = time.monotonic()
+            os.fdatasync(d.fd)
+            self.probe_sync_seconds += time.monotonic() - t
+            self.probe_synced = c["data_bytes"]
 
     def _end(self, rec: P.Record) -> None:
         d = self.disk
@@ -285,10 +312,67 @@ class Receiver:
             "disks": self.disks,
             "totals": totals,
         }
+        if isinstance(self.hello.get("estimate"), dict):
+            # Predicted vs actual: what the agent estimated before the capture, next to how long
+            # this end took from the first byte to the manifest (the agent adds its connect time).
+            est = self.hello["estimate"]
+            manifest["estimate"] = est
+            predicted = est.get("total_seconds")
+            manifest["estimate_vs_actual"] = {
+                "predicted_seconds": predicted,
+                "actual_seconds": manifest["receive_seconds"],
+                "ratio": (round(manifest["receive_seconds"] / predicted, 3)
+                          if isinstance(predicted, (int, float)) and predicted > 0 else None),
+            }
         self.cap.write_atomic("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)
         self.say("complete", path=path, manifest=manifest)
+
+    # -------------------------------------------------------- probe mode
+    def _probe_hello(self) -> None:
+        """A calibration probe: no capture directory, nothing named in the root, ever."""
+        self.probe = True
+        store = Store(resolve_root(self.forced_root, self.requested_root))
+        try:
+            # O_TMPFILE: a file without a name, on the filesystem the images would go to.
+            self.probe_fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=store.fd)
+        except OSError:
+            # Filesystems without O_TMPFILE (NFS): a dot-name unlinked at once (NFS keeps it
+            # as .nfsXXXX while open and removes it at close).
+            name = f".coldclone-probe-{os.getpid()}-{time.monotonic_ns()}"
+            self.probe_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                    0o600, dir_fd=store.fd)
+            os.unlink(name, dir_fd=store.fd)
+        log.info("calibration probe into %s (nothing is kept)", store.root)
+        self.say("ready", capture_id=None, path=store.root, probe=True,
+                 receiver_version=__version__, protocol=P.VERSION)
+
+    def _probe_finish(self) -> None:
+        """How fast this end took the probe's records: verified, written and on the disk (fsync)."""
+        d = self.disk
+        if d is None or self.probe_t0 is None:
+            raise P.ProtocolError("probe FINISH without a DISK")
+        t = time.monotonic()
+        os.fsync(d.fd)
+        self.probe_sync_seconds += time.monotonic() - t
+        seconds = time.monotonic() - self.probe_t0
+        # Read back and hash what was written, as END does for a capture: its rate feeds the
+        # estimate of the time the server verifies and converts after the last byte.
+        t, off = time.monotonic(), 0
+        while off < d.tree.pos:
+            buf = os.pread(d.fd, min(P.DEFAULT_CHUNK_SIZE, d.tree.pos - off), off)
+            if not buf:
+                break
+            P.block_digests(buf, d.block_size)
+            off += len(buf)
+        readback = time.monotonic() - t
+        os.close(d.fd)
+        os.close(self.probe_fd)
+        self.disk = None
+        self.say("probe", bytes=self.reader.consumed, covered=d.tree.pos, counts=d.counts,
+                 seconds=round(seconds, 4), sync_seconds=round(self.probe_sync_seconds, 4),
+                 readback_bytes=off, readback_seconds=round(readback, 4))
 
     # ------------------------------------------------------------ failure
     def _fail(self, code: str, message: str) -> None:

@@ -21,7 +21,8 @@ import tempfile
 import time
 
 from ..estimate.rate import human_bytes as hb
-from ..estimate.sample import sample_disk
+from ..estimate.plan import estimate_capture
+from ..transport.open import open_target
 from ..runcmd import run
 from . import synthdisk
 from .loop import LoopDevice
@@ -72,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"source server disk attached as {loop.dev}; conversion server: sshd on 127.0.0.1:{sshd.port}, "
                 f"key forced to `coldclone-receive --root {receiver_root}`, host key {sshd.fingerprint}")
             before = sha256(loop.dev)
-            say("\n-- estimate (sampled before the capture) --")
-            est = sample_disk(loop.dev)
+            say("\n-- estimate (sampled disk + 3 s calibration against the conversion server) --")
+            with open_target(sshd.url, identity=sshd.client_key, hostkey=sshd.fingerprint) as tgt:
+                est = estimate_capture(None, [loop.dev], sshd.url, "nonzero", calibrate_seconds=3.0,
+                                       connect=tgt.connect)
             for line in est.lines():
                 say(line)
             say("\n-- capture (coldclone capture, headless) --")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"source sha256 before and after: {before[:16]}... (unchanged)")
             rec = disk["received"]
             say("\n-- figures --")
-            say(f"estimate: {est.seconds:.1f} s, ~{hb(est.bytes_to_send)} to send; "
+            say(f"estimate: {est.total_seconds:.1f} s, ~{hb(est.bytes_to_send)} to send; "
                 f"actual: {took:.1f} s, {hb(m['totals']['stream_bytes'])} on the wire")
             say(f"throughput: {sd.size / took / 1e6:.0f} MB/s of disk captured "
                 f"({rec['data_bytes'] / took / 1e6:.0f} MB/s of non-zero data)")

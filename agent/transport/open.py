@@ -36,14 +36,13 @@ class Target:
 def open_target(text: str, *, identity: str | None = None, hostkey: str | None = None,
                 known_hosts: str | None = None, password: str | None = None,
                 timeout: float = 20.0) -> Target:
+    from .local import LocalConnection
+
     url = parse_target(text)
     if url.scheme == "file":
-        from .local import LocalConnection
-
         return Target(url, lambda: LocalConnection(url.path), local_path=url.path)
     if url.scheme == "nfs":
         from . import nfs
-        from .local import LocalConnection
 
         mountpoint, unmount = nfs.mount(url)
         path = nfs.capture_root(url, mountpoint)

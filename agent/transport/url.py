@@ -1,4 +1,5 @@
-"""Where the images go, as the operator writes it: ssh://user@host:port/path, file:///path."""
+"""Where the images go, as the operator writes it: ssh://user@host:port/path, file:///path,
+nfs://host[:port]/export/path[?vers=4.2]."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
 
-SCHEMES = ("ssh", "file")
+SCHEMES = ("ssh", "file", "nfs")
+NFS_VERSIONS = ("3", "4", "4.0", "4.1", "4.2")
 
 
 @dataclass(frozen=True)
@@ -17,11 +19,16 @@ class TargetURL:
     user: str = ""
     host: str = ""
     port: int = 22
+    nfs_version: str | None = None   # nfs only: vers= of the mount; None lets mount.nfs negotiate
 
     def __str__(self) -> str:
         if self.scheme == "ssh":
             port = f":{self.port}" if self.port != 22 else ""
             return f"ssh://{self.user}@{self.host}{port}{self.path}"
+        if self.scheme == "nfs":
+            port = f":{self.port}" if self.port != 2049 else ""
+            query = f"?vers={self.nfs_version}" if self.nfs_version else ""
+            return f"nfs://{self.host}{port}{self.path}{query}"
         return f"file://{self.path}"
 
 
@@ -38,16 +45,16 @@ def parse_target(text: str) -> TargetURL:
     u = urlsplit(text)
     text = redact(text)
     if u.scheme not in SCHEMES:
-        if u.scheme == "nfs":
-            raise UsageError(f"target {text!r}: NFS targets are not supported yet; use ssh://user@host/path")
         raise UsageError(
-            f"target {text!r}: expected ssh://user@host[:port]/path or file:///path "
+            f"target {text!r}: expected ssh://user@host[:port]/path, file:///path or nfs://host/export/path "
             f"(got scheme {u.scheme or 'none'!r})"
         )
     if u.scheme == "file":
         if u.netloc not in ("", "localhost") or not u.path.startswith("/"):
             raise UsageError(f"target {text!r}: a file target is file:///absolute/path (three slashes)")
         return TargetURL("file", unquote(u.path))
+    if u.scheme == "nfs":
+        return _parse_nfs(u, text)
     if not u.hostname:
         raise UsageError(f"target {text!r}: no host; expected ssh://user@host[:port]/path")
     if not u.username:
@@ -62,3 +69,27 @@ def parse_target(text: str) -> TargetURL:
     except ValueError:
         raise UsageError(f"target {text!r}: the port is not a number between 1 and 65535") from None
     return TargetURL("ssh", unquote(u.path), user=unquote(u.username), host=u.hostname, port=port)
+
+
+def _parse_nfs(u, text: str) -> TargetURL:
+    """nfs://host[:port]/export/path[?vers=N]: the path is mounted as host:/export/path."""
+    if not u.hostname:
+        raise UsageError(f"target {text!r}: no host; expected nfs://host/export/path")
+    if u.username or u.password:
+        raise UsageError(f"target {text!r}: an NFS target has no user; expected nfs://host/export/path")
+    path = unquote(u.path)
+    if not path.startswith("/") or path == "/":
+        raise UsageError(f"target {text!r}: name the export, e.g. nfs://{u.hostname}/srv/images")
+    if any(part == ".." for part in path.split("/")):
+        raise UsageError(f"target {text!r}: '..' is not allowed in the export path")
+    try:
+        port = u.port or 2049
+    except ValueError:
+        raise UsageError(f"target {text!r}: the port is not a number between 1 and 65535") from None
+    vers = None
+    for item in filter(None, u.query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "vers" or value not in NFS_VERSIONS:
+            raise UsageError(f"target {text!r}: the only option is vers= ({', '.join(NFS_VERSIONS)})")
+        vers = value
+    return TargetURL("nfs", path.rstrip("/") or "/", host=u.hostname, port=port, nfs_version=vers)

@@ -17,13 +17,27 @@ def test_ssh_url_parsed():
     assert parse_target("file:///mnt/usb/images").path == "/mnt/usb/images"
 
 
+def test_nfs_url_parsed():
+    u = parse_target("nfs://10.0.2.2/srv/exports/coldclone/batch-1")
+    assert (u.scheme, u.host, u.port, u.path, u.nfs_version) == ("nfs", "10.0.2.2", 2049,
+                                                                 "/srv/exports/coldclone/batch-1", None)
+    assert str(u) == "nfs://10.0.2.2/srv/exports/coldclone/batch-1"
+    u = parse_target("nfs://filer.example.net:20490/vol/images/?vers=4.2")
+    assert (u.host, u.port, u.path, u.nfs_version) == ("filer.example.net", 20490, "/vol/images", "4.2")
+    assert str(u) == "nfs://filer.example.net:20490/vol/images?vers=4.2"
+
+
 @pytest.mark.parametrize("text,match", [
     ("conv:/srv", "expected ssh://"),
     ("ssh://conv/srv", "no user"),
     ("ssh://u@:22/srv", "no host"),
     ("ssh://u@h:99999/srv", "port"),
     ("ssh://u:hunter2@h/srv", "never put a password"),
-    ("nfs://h/export", "NFS targets are not supported yet"),
+    ("nfs://h/", "name the export"),
+    ("nfs://u@h/export", "has no user"),
+    ("nfs://h/export/../etc", "'..' is not allowed"),
+    ("nfs://h/export?vers=9", "the only option is vers="),
+    ("smb://h/share", "expected ssh://"),
     ("file://relative/path", "three slashes"),
 ])
 def test_bad_urls_explain_themselves(text, match):

@@ -1,0 +1,154 @@
+"""The estimate made after calibration is within 25% of the real capture time on a slow link.
+
+The link: a veth pair into a network namespace of our own, with a kernel
+token-bucket filter (tc tbf) limiting the agent -> server direction; the
+conversion server: the real OpenSSH sshd with the forced-command receiver,
+listening inside the namespace. The source: a 2 GiB synthetic server disk
+whose used part is mostly incompressible (deleted-file remnants of random data).
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from agent.runcmd import run
+from agent.testbed import synthdisk
+from agent.testbed.loop import LoopDevice
+from agent.testbed.sshd import Sshd
+
+pytestmark = pytest.mark.root
+MiB = 1 << 20
+RATE_MBIT = 320            # 40 MB/s: a USB 2.0 .. NFS-on-1GbE class link
+ACCURACY = 0.25
+
+
+class ShapedServer:
+    """sshd in a network namespace, reached over a veth pair rate-limited with tc tbf."""
+
+    def __init__(self, rate_mbit: int):
+        tag = f"{os.getpid() % 10000}"
+        self.ns = f"ccest{tag}"
+        self.host_if, self.ns_if = f"cce{tag}a", f"cce{tag}b"
+        n = os.getpid() % 250 + 1
+        self.host_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.rate_mbit = rate_mbit
+        self.sshd = Sshd()
+        self.proc = None
+
+    def start(self) -> "ShapedServer":
+        run(["ip", "netns", "add", self.ns])
+        run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if, "netns", self.ns])
+        run(["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
+        run(["ip", "link", "set", self.host_if, "up"])
+        run(["ip", "-n", self.ns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if])
+        run(["ip", "-n", self.ns, "link", "set", self.ns_if, "up"])
+        run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        # Agent -> server: the direction the images travel. 100 ms of queue keeps TCP busy.
+        run(["tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", f"{self.rate_mbit}mbit",
+             "burst", "256kb", "latency", "100ms"])
+        # Keys, authorized_keys and a config from the testbed sshd; then the same server
+        # listening inside the namespace.
+        self.sshd.start()
+        cfg = open(self.sshd.p("sshd_config")).read()
+        cfg = cfg.replace(f"Port {self.sshd.port}", "Port 22").replace(
+            "ListenAddress 127.0.0.1", f"ListenAddress {self.ns_ip}").replace(
+            f"PidFile {self.sshd.p('sshd.pid')}", f"PidFile {self.sshd.p('sshd-ns.pid')}")
+        with open(self.sshd.p("sshd_ns_config"), "w") as f:
+            f.write(cfg)
+        self.log = open(self.sshd.p("sshd-ns.log"), "wb")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, shutil.which("sshd") or "/usr/sbin/sshd",
+                                      "-D", "-e", "-f", self.sshd.p("sshd_ns_config")],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        import socket
+
+        while True:
+            try:
+                socket.create_connection((self.ns_ip, 22), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("sshd in the namespace did not start: "
+                                       + open(self.sshd.p("sshd-ns.log")).read())
+                time.sleep(0.1)
+        return self
+
+    def url(self, path: str) -> str:
+        return f"ssh://{self.sshd.user}@{self.ns_ip}{path}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.sshd.stop()
+        run(["ip", "link", "del", self.host_if], check=False)
+        run(["ip", "netns", "del", self.ns], check=False)
+        shutil.rmtree(self.sshd.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shaped():
+    if not shutil.which("tc"):
+        pytest.skip("tc (iproute2) is not installed")
+    s = ShapedServer(RATE_MBIT)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    img = str(tmp_path_factory.mktemp("acc") / "server.img")
+    sd = synthdisk.build(img, size=2048 * MiB, table="gpt", files_mb=150, remnant_mb=640)
+    with LoopDevice(img) as loop:
+        yield loop, sd
+
+
+def test_calibrated_estimate_within_25_percent(shaped, source):
+    from agent.capture.session import run_capture
+    from agent.capture.stream import StreamOptions
+    from agent.estimate.plan import estimate_capture
+    from agent.transport.open import open_target
+
+    loop, sd = source
+    rx = os.path.join(shaped.sshd.receiver_root, "accuracy")
+    os.makedirs(rx, exist_ok=True)
+    shutil.chown(rx, shaped.sshd.user)
+    url = shaped.url(rx)
+    with open_target(url, identity=shaped.sshd.client_key, hostkey=shaped.sshd.fingerprint) as target:
+        table = estimate_capture(None, [loop.dev], url, "nonzero", calibrate_seconds=0)
+        est = estimate_capture(None, [loop.dev], url, "nonzero", calibrate_seconds=6.0, connect=target.connect)
+        assert est.calibrated, est.notes
+        assert os.listdir(rx) == [], "the calibration probe must leave nothing on the server"
+        t0 = time.monotonic()
+        res = run_capture([loop.dev], target.connect, StreamOptions(), capture_id="accuracy-1",
+                          estimate=est.to_dict())
+        actual = time.monotonic() - t0
+    err = (est.total_seconds - actual) / actual
+    print()
+    print("\n".join(est.lines()))
+    print(f"link limited to {RATE_MBIT} Mbit/s ({RATE_MBIT / 8:.0f} MB/s) by tc tbf")
+    print(f"table estimate (no calibration): {table.total_seconds:.1f} s  [{table.bottleneck}]")
+    print(f"calibrated estimate: {est.total_seconds:.1f} s; actual capture: {actual:.1f} s "
+          f"(error {100 * err:+.1f}%); wire {res.wire_bytes / 1e6:.0f} MB, predicted "
+          f"{est.bytes_to_send / 1e6:.0f} MB")
+    d = res.manifest["disks"][0]
+    print(f"receiver: {d['timings']}, agent stream {d['agent'].get('elapsed')} s; "
+          f"predicted stages {est.disks[0].stages}")
+    # The probe went through the throttled path: never faster than the tbf limit. (Slower is
+    # possible: on a busy 2-core machine SSH's CPU can be the limit, and then the capture's too.)
+    measured = est.calibration["probe"]["rate"]
+    assert 0.3 * RATE_MBIT / 8e-6 < measured < 1.1 * RATE_MBIT / 8e-6, measured
+    assert est.disks[0].bottleneck in ("link", "cpu"), est.disks[0].stages
+    assert abs(err) <= ACCURACY, f"estimate {est.total_seconds:.1f} s vs actual {actual:.1f} s"
+    m = res.manifest
+    assert m["estimate"]["calibrated"] is True
+    assert m["estimate_vs_actual"]["predicted_seconds"] == round(est.total_seconds, 1)
