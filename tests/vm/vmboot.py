@@ -78,7 +78,9 @@ def pick_accel() -> str:
             dbg = os.path.join(d, "debugcon")
             try:
                 p = subprocess.Popen(
-                    [QEMU, "-accel", "kvm", "-display", "none", "-nodefaults", "-m", "64",
+                    # -cpu host as in the real boots: here KVM starts SeaBIOS without it but
+                    # the host CPU model aborts ("failed to set MSR 0x10a")
+                    [QEMU, "-accel", "kvm", "-cpu", "host", "-display", "none", "-nodefaults", "-m", "64",
                      "-no-reboot", "-chardev", f"file,id=dbg,path={dbg}",
                      "-device", "isa-debugcon,iobase=0x402,chardev=dbg"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -116,6 +118,10 @@ class BootResult:
     exit_code: int | None = None
     exit_seconds: float | None = None
     console: str = field(default="", repr=False)
+    # seconds after QEMU started at which each ``marks`` string first appeared on the console
+    mark_seconds: dict[str, float] = field(default_factory=dict)
+    aborted_on: str | None = None     # the ``abort_on`` string that ended the boot early
+    timed_out: bool = False
 
     def summary(self) -> str:
         m = f"{self.marker_seconds:.1f}s" if self.marker_seconds is not None else "never"
@@ -155,11 +161,16 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
 def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout: float = 240,
          log_dir: str | None = None, accel: str | None = None,
          until_exit: bool = True, extra_args: list[str] | None = None,
-         memory_mib: int = 2048, name: str | None = None) -> BootResult:
+         memory_mib: int = 2048, name: str | None = None,
+         marks: tuple[str, ...] = (), abort_on: tuple[str, ...] = (),
+         abort_grace: float = 0.0) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
 
     With ``until_exit=False`` QEMU is killed as soon as ``expect`` appeared (for boots that do
     not power off). QEMU is killed after ``timeout`` seconds at the latest.
+    ``marks``: console strings whose first appearance is timed (``BootResult.mark_seconds``).
+    ``abort_on``: console strings that end the boot early (a failure that will not power off),
+    ``abort_grace`` seconds after they appear, so what follows them reaches the log.
     """
     accel = accel or pick_accel()
     log_dir = log_dir or tempfile.mkdtemp(prefix="coldclone-vm-")
@@ -170,25 +181,38 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log)
     stderr_path = os.path.join(log_dir, f"qemu-{name or mode}-{accel}.stderr")
     t0 = time.monotonic()
+    abort_at: float | None = None
     with open(stderr_path, "wb") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
             while True:
                 rc = p.poll()
                 now = time.monotonic() - t0
-                if expect and not res.found:
+                if (expect and not res.found) or marks or abort_on:
                     with open(serial_log, "rb") as f:
                         text = f.read().decode("utf-8", "replace")
-                    for line in text.splitlines():
-                        if expect in line:
-                            res.found, res.found_line, res.marker_seconds = True, line.strip(), now
-                            break
+                    if expect and not res.found:
+                        for line in text.splitlines():
+                            if expect in line:
+                                res.found, res.found_line, res.marker_seconds = True, line.strip(), now
+                                break
+                    for m in marks:
+                        if m not in res.mark_seconds and m in text:
+                            res.mark_seconds[m] = now
+                    if abort_at is None:
+                        for a in abort_on:
+                            if a in text:
+                                res.aborted_on, abort_at = a, now + abort_grace
+                                break
                 if rc is not None:
                     res.exited, res.exit_code, res.exit_seconds = True, rc, now
                     break
                 if res.found and not until_exit:
                     break
+                if abort_at is not None and now >= abort_at:
+                    break
                 if now > timeout:
+                    res.timed_out = True
                     break
                 time.sleep(0.25)
         finally:

@@ -1,0 +1,365 @@
+"""Harness for headless captures of the live ISO in QEMU (tests/vm, agent/testbed/vmdemo.py).
+
+What a headless VM test needs, all real:
+  * a conversion server: OpenSSH sshd on the host's 127.0.0.1 with the forced-command
+    coldclone-receive key (agent/testbed/sshd.py); the guest reaches it as 10.0.2.2:PORT
+    through QEMU's user network; its host key is pinned on the kernel command line;
+  * the agent's identity handed to the guest by QEMU, not baked into the ISO:
+    ``-fw_cfg name=opt/coldclone/identity,file=KEY`` and
+    ``coldclone.identity=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/identity/raw``
+    (the image's coldclone-fwcfg.service loads qemu_fw_cfg early);
+  * source disks: raw image files with an installer-made layout (agent/testbed/synthdisk.py),
+    attached as virtio, behind QEMU's megasas (LSI MegaRAID) controller, or as usb-storage on
+    an EHCI or xHCI bus;
+  * the console contract of ``coldclone headless``: ``coldclone: `` lines, the inventory
+    and the estimate as JSON between marker lines, and a last line
+    ``COLDCLONE-HEADLESS-OK capture_id=..`` or ``COLDCLONE-HEADLESS-FAILED exit=N: ...``;
+  * the verdict on bytes: ``qemu-img compare`` of the received qcow2 with the source image,
+    and the source image's sha256 unchanged by the run.
+Standard library plus the agent's testbed (root: loop devices, sshd).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from agent.runcmd import run
+from agent.testbed import synthdisk
+from agent.testbed.sshd import Sshd
+
+try:
+    from . import vmboot
+except ImportError:  # run as a plain module (agent/testbed/vmdemo.py puts tests/vm on sys.path)
+    import vmboot  # type: ignore[no-redef]
+
+MiB = 1 << 20
+HOST_FROM_GUEST = "10.0.2.2"          # QEMU user networking: the host's 127.0.0.1
+FWCFG_DIR = "/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone"
+
+# the console contract of `coldclone headless` (docs/cli.md)
+INVENTORY_BEGIN, INVENTORY_END = "COLDCLONE-INVENTORY-JSON-BEGIN", "COLDCLONE-INVENTORY-JSON-END"
+ESTIMATE_BEGIN, ESTIMATE_END = "COLDCLONE-ESTIMATE-JSON-BEGIN", "COLDCLONE-ESTIMATE-JSON-END"
+OK_LINE, FAILED_LINE = "COLDCLONE-HEADLESS-OK", "COLDCLONE-HEADLESS-FAILED"
+# printed by the image's headless-run before `coldclone headless` starts: the boot is over
+STARTING_LINE = "coldclone: headless capture starting"
+# the rescue shell's autologin prompt (coldclone-rescue.service after a failed run)
+ROOT_PROMPT = "root@coldclone"
+
+_KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(4 * MiB), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the server
+class HostServer:
+    """The conversion server as the guest sees it: sshd on 127.0.0.1, reached as 10.0.2.2."""
+
+    def __init__(self, workdir: str | None = None, receiver_root: str | None = None):
+        # a workdir made here is removed when the `with` block ends (keys, logs, captures)
+        self.own_workdir = workdir is None and receiver_root is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-vmsshd-", dir="/var/tmp")
+        os.makedirs(self.workdir, exist_ok=True)
+        os.chmod(self.workdir, 0o755)     # the receiving user must reach its root
+        self.sshd = Sshd(workdir=os.path.join(self.workdir, "sshd"), receiver_root=receiver_root)
+
+    def start(self) -> "HostServer":
+        self.sshd.start()
+        return self
+
+    def stop(self) -> None:
+        self.sshd.stop()
+
+    def __enter__(self) -> "HostServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.own_workdir and not os.environ.get("COLDCLONE_VM_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def port(self) -> int:
+        return self.sshd.port
+
+    @property
+    def fingerprint(self) -> str:
+        return self.sshd.fingerprint
+
+    @property
+    def identity(self) -> str:
+        return self.sshd.client_key
+
+    @property
+    def receiver_root(self) -> str:
+        return self.sshd.receiver_root
+
+    def new_dir(self, name: str) -> str:
+        """A fresh directory in the receiver's confined root, owned by the receiving user."""
+        d = os.path.join(self.receiver_root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        shutil.chown(d, self.sshd.user)
+        return d
+
+    def url(self, path: str = "/", port: int | None = None) -> str:
+        return f"ssh://{self.sshd.user}@{HOST_FROM_GUEST}:{port or self.port}{path}"
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            with open(self.sshd.p("sshd.log"), errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+# --------------------------------------------------------------------------- QEMU pieces
+def fwcfg_file(name: str, path: str) -> tuple[list[str], str]:
+    """QEMU args handing ``path`` to the guest, and where the guest reads it."""
+    if "," in path:
+        raise ValueError(f"{path}: QEMU option values must not hold commas")
+    return ["-fw_cfg", f"name=opt/coldclone/{name},file={path}"], f"{FWCFG_DIR}/{name}/raw"
+
+
+@dataclass
+class SourceDisk:
+    """A raw image file the guest sees as a disk; ``serial`` identifies it in the inventory."""
+
+    image: str
+    serial: str
+    bus: str = "virtio"           # virtio | megasas | usb-ehci | usb-xhci | scsi
+    sha256: str = ""
+    layout: synthdisk.SynthDisk | None = None
+
+    def seal(self) -> "SourceDisk":
+        self.sha256 = sha256_of(self.image)
+        return self
+
+
+def disk_args(disks: list[SourceDisk]) -> list[str]:
+    """QEMU arguments attaching ``disks`` with their controllers (one of each kind at most)."""
+    args: list[str] = []
+    have: set[str] = set()
+    for i, d in enumerate(disks):
+        drive = ["-drive", f"file={d.image},format=raw,if=none,id=src{i},cache=unsafe"]
+        if d.bus == "virtio":
+            args += drive + ["-device", f"virtio-blk-pci,drive=src{i},serial={d.serial}"]
+        elif d.bus == "megasas":
+            if "megasas" not in have:
+                args += ["-device", "megasas-gen2,id=raid"]
+                have.add("megasas")
+            args += drive + ["-device", f"scsi-hd,drive=src{i},bus=raid.0,serial={d.serial}"]
+        elif d.bus == "usb-ehci":
+            if "ehci" not in have:
+                args += ["-device", "usb-ehci,id=ehci"]
+                have.add("ehci")
+            args += drive + ["-device", f"usb-storage,bus=ehci.0,drive=src{i},serial={d.serial}"]
+        elif d.bus == "usb-xhci":
+            if "xhci" not in have:
+                args += ["-device", "qemu-xhci,id=ccxhci"]
+                have.add("xhci")
+            args += drive + ["-device", f"usb-storage,bus=ccxhci.0,drive=src{i},serial={d.serial}"]
+        else:
+            raise ValueError(f"unknown bus {d.bus!r}")
+    return args
+
+
+def os_disk(path: str, serial: str = "cc-os", table: str = "gpt", size_mb: int = 512,
+            files_mb: int = 48, remnant_mb: int = 16, bus: str = "virtio") -> SourceDisk:
+    """A source server disk: partition table, /boot ext4, swap, / ext4 with files and fstab."""
+    sd = synthdisk.build(path, size=size_mb * MiB, table=table, files_mb=files_mb, remnant_mb=remnant_mb)
+    return SourceDisk(path, serial, bus=bus, layout=sd).seal()
+
+
+def blank_disk(path: str, serial: str, size_mb: int = 64, bus: str = "virtio") -> SourceDisk:
+    with open(path, "wb") as f:
+        f.truncate(size_mb * MiB)
+    return SourceDisk(path, serial, bus=bus).seal()
+
+
+def pattern_disk(path: str, serial: str, size_mb: int = 32, bus: str = "virtio") -> SourceDisk:
+    """A small disk with recognisable non-zero data every 4 MiB, zeros between (no loop device)."""
+    with open(path, "wb") as f:
+        f.truncate(size_mb * MiB)
+        for i in range(0, size_mb, 4):
+            f.seek(i * MiB)
+            f.write((f"{serial}:{i:06d}:".encode() * 512)[:64 * 1024])
+    return SourceDisk(path, serial, bus=bus).seal()
+
+
+# --------------------------------------------------------------------------- the console
+@dataclass
+class Console:
+    """What `coldclone headless` said on the serial console."""
+
+    text: str
+    lines: list[str] = field(default_factory=list)          # the `coldclone: ` lines
+    inventory: dict | None = None
+    estimate: dict | None = None
+    inventory_problem: str = ""       # why ``inventory`` is None
+    estimate_problem: str = ""
+    ok: bool = False
+    capture_id: str | None = None
+    failed: bool = False
+    exit_code: int | None = None
+    message: str = ""
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.text.splitlines()[-n:])
+
+    def excerpt(self, needle: str, before: int = 5, after: int = 15) -> str:
+        ls = self.text.splitlines()
+        for i, line in enumerate(ls):
+            if needle in line:
+                return "\n".join(ls[max(0, i - before): i + after])
+        return self.tail()
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)   # terminal escapes of getty/systemd
+
+
+def _json_block(lines: list[str], begin: str, end: str) -> tuple[dict | None, str]:
+    """The JSON between the marker lines, or why not; kernel lines that cut into it are dropped."""
+    try:
+        i = next(k for k, l in enumerate(lines) if l.strip().endswith(begin))
+    except StopIteration:
+        return None, f"no {begin} line on the console"
+    try:
+        j = next(k for k in range(i + 1, len(lines)) if end in lines[k])
+    except StopIteration:
+        return None, f"{begin} without {end} on the console"
+    body = lines[i + 1:j]
+    for attempt in (body, [l for l in body if not _KERNEL_LINE.match(l)]):
+        try:
+            return json.loads("\n".join(attempt)), ""
+        except ValueError:
+            continue
+    return None, f"the JSON between {begin} and {end} does not parse:\n" + "\n".join(body)[:3000]
+
+
+def parse_console(text: str) -> Console:
+    text = _clean(text)
+    lines = text.splitlines()
+    c = Console(text=text)
+    c.lines = [l.strip() for l in lines if l.strip().startswith("coldclone: ")]
+    c.inventory, c.inventory_problem = _json_block(lines, INVENTORY_BEGIN, INVENTORY_END)
+    c.estimate, c.estimate_problem = _json_block(lines, ESTIMATE_BEGIN, ESTIMATE_END)
+    for l in lines:
+        s = l.strip()
+        m = re.search(OK_LINE + r"\s+capture_id=(\S+)", s)
+        if m:
+            c.ok, c.capture_id = True, m.group(1)
+        m = re.search(FAILED_LINE + r"\s+exit=(\d+):?\s*(.*)", s)
+        if m and not c.failed:
+            c.failed, c.exit_code, c.message = True, int(m.group(1)), m.group(2)
+    return c
+
+
+# --------------------------------------------------------------------------- one run
+@dataclass
+class Run:
+    """One boot of the ISO: QEMU's result, the parsed console and the times that matter."""
+
+    boot: vmboot.BootResult
+    console: Console
+    boot_seconds: float | None        # QEMU start -> the headless runner starts
+    done_seconds: float | None        # QEMU start -> OK / FAILED line
+    capture_seconds: float | None     # runner start -> OK / FAILED line (hooks, discovery, capture)
+
+    def times(self) -> str:
+        f = lambda v: f"{v:.1f} s" if v is not None else "n/a"  # noqa: E731
+        off = f"{self.boot.exit_seconds:.1f} s" if self.boot.exited else "no"
+        return (f"[{self.boot.mode}/{self.boot.accel}] boot {f(self.boot_seconds)}, headless run "
+                f"{f(self.capture_seconds)} (OK/FAILED at {f(self.done_seconds)}), "
+                f"QEMU exited by itself: {off}; serial log {self.boot.log_path}")
+
+    def explain(self, n: int = 60) -> str:
+        return f"{self.times()}\n--- console tail ---\n{self.console.tail(n)}"
+
+
+def headless_cmdline(server: HostServer, path: str, capture_id: str, identity_path: str,
+                     extra: str = "") -> str:
+    words = [f"coldclone.server={server.url(path)}",
+             f"coldclone.identity={identity_path}",
+             f"coldclone.hostkey={server.fingerprint}",
+             f"coldclone.capture_id={capture_id}",
+             "coldclone.progress=5"]
+    return " ".join(words + ([extra] if extra else []))
+
+
+def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = None,
+                  timeout: float = 480, name: str | None = None, log_dir: str | None = None,
+                  expect_failure: bool = False, memory_mib: int = 2048) -> Run:
+    """Boot the ISO with ``cmdline`` appended; wait for the guest to power off by itself.
+
+    A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
+    the latest): a failed run does not power off, it leaves a root shell.
+    """
+    def once(accel: str) -> vmboot.BootResult:
+        return vmboot.boot(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
+                           timeout=timeout, log_dir=log_dir, accel=accel,
+                           until_exit=not expect_failure, extra_args=extra_args,
+                           memory_mib=memory_mib, name=name,
+                           marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
+                           abort_on=(() if expect_failure else (FAILED_LINE,)),
+                           abort_grace=45 if not expect_failure else 0)
+
+    accel = vmboot.pick_accel()
+    res = once(accel)
+    if accel == "kvm" and res.exited and res.exit_code != 0 and (res.exit_seconds or 0) < 15 \
+            and not os.environ.get("COLDCLONE_VM_ACCEL"):
+        # /dev/kvm that opens but cannot run this guest (as vmboot.smoke handles it): QEMU
+        # aborts at once; TCG for the rest of the session
+        vmboot._accel_cache = "tcg"
+        res = once("tcg")
+    con = parse_console(res.console)
+    ms = res.mark_seconds
+    start = ms.get(STARTING_LINE)
+    done = ms.get(OK_LINE, ms.get(FAILED_LINE))
+    return Run(boot=res, console=con, boot_seconds=start, done_seconds=done,
+               capture_seconds=(done - start) if (start is not None and done is not None) else None)
+
+
+# --------------------------------------------------------------------------- verdicts
+def manifest(receiver_dir: str, capture_id: str) -> dict:
+    with open(os.path.join(receiver_dir, capture_id, "manifest.json")) as f:
+        return json.load(f)
+
+
+def manifest_disk(m: dict, name: str) -> dict:
+    for d in m["disks"]:
+        if d["name"] == name:
+            return d
+    raise AssertionError(f"disk {name} not in the manifest (has {[d['name'] for d in m['disks']]})")
+
+
+def qemu_img_compare(raw: str, qcow2: str) -> None:
+    """Raises CommandError (with qemu-img's words) unless the images hold the same bytes."""
+    run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", raw, qcow2])
+
+
+def inventory_disk_by_serial(inv: dict, serial: str) -> dict:
+    for d in inv.get("disks", []):
+        if d.get("serial") == serial or serial in " ".join(d.get("by_id") or []):
+            return d
+    raise AssertionError(f"no disk with serial {serial} in the inventory: "
+                         f"{[(d.get('name'), d.get('serial')) for d in inv.get('disks', [])]}")
+
+
+def controller_of(inv: dict, disk: dict) -> dict | None:
+    for c in inv.get("controllers", []):
+        if c.get("id") == disk.get("controller"):
+            return c
+    return None

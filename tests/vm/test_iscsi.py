@@ -1,0 +1,228 @@
+"""Software iSCSI with the source server's own identity, end to end in QEMU.
+
+A real target (tgtd on the host's 127.0.0.1, the guest's 10.0.2.2) exports a LUN
+whose ACL admits only the source server's initiator name, with CHAP. The guest's
+local disk holds that server's OS root: /etc/iscsi/initiatorname.iscsi, an
+iscsid.conf with the CHAP secret, a node record (open-iscsi's current layout)
+and an ifcfg file. `coldclone headless` reads them read-only, logs in with that
+identity through the live ISO's kernel initiator, and captures both the local
+disk and the LUN; qemu-img compare proves both images. With the ACL bound to
+another name, or a wrong secret, the run fails with the plain error for that
+case and no capture is completed.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from agent.runcmd import run
+from agent.testbed.loop import attached, partitions
+from agent.testbed.tgt import Chap, Tgtd, TgtTarget, free_port
+from tests.vm import guest, vmboot
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
+
+MiB = 1 << 20
+SOURCE_NAME = "iqn.1994-05.com.redhat:db01-prod"
+TARGET = "iqn.2026-11.test.coldclone:db01-data"
+CHAP_USER = "db01chap"
+CHAP_SECRET = "Sup3r-Secret-01"
+LUN_SERIAL = "cc-lun1"
+
+
+def _skip_reason() -> str | None:
+    why = vmboot.missing_prerequisites("kernel")
+    if why:
+        return why
+    if shutil.which("tgtd") is None:
+        return "tgt not installed (apt-get install tgt)"
+    return None
+
+
+def write_source_os(root: str, portal_port: int, secret: str) -> None:
+    """A RHEL 7 root as the source server left it: its iSCSI identity and network."""
+    def put(rel: str, text: str, mode: int = 0o644) -> None:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+
+    put("etc/redhat-release", "Red Hat Enterprise Linux Server release 7.9 (Maipo)\n")
+    put("etc/os-release", 'NAME="Red Hat Enterprise Linux Server"\nVERSION_ID="7.9"\nID="rhel"\n'
+        'PRETTY_NAME="Red Hat Enterprise Linux Server 7.9 (Maipo)"\n')
+    put("etc/fstab", "UUID=0b0c5e1e-0000-4000-8000-000000000001 / ext4 defaults 1 1\n"
+        "/dev/sdb1 /data ext4 _netdev 0 0\n")
+    put("sbin/init", "#!/bin/sh\n", 0o755)
+    put("etc/iscsi/initiatorname.iscsi", f"InitiatorName={SOURCE_NAME}\nInitiatorAlias=db01\n")
+    put("etc/iscsi/iscsid.conf",
+        "# Open-iSCSI configuration of db01\n"
+        "node.startup = automatic\n"
+        "node.session.auth.authmethod = CHAP\n"
+        f"node.session.auth.username = {CHAP_USER}\n"
+        f"node.session.auth.password = {secret}\n"
+        "node.conn[0].timeo.login_timeout = 15\n", 0o600)
+    put(f"var/lib/iscsi/nodes/{TARGET}/{guest.HOST_FROM_GUEST},{portal_port},1/default",
+        "# BEGIN RECORD 6.2.0.874-22\n"
+        f"node.name = {TARGET}\nnode.tpgt = 1\nnode.startup = automatic\n"
+        "iface.iscsi_ifacename = default\niface.net_ifacename = <empty>\n"
+        "iface.hwaddress = <empty>\niface.transport_name = tcp\n"
+        f"node.discovery_address = {guest.HOST_FROM_GUEST}\nnode.discovery_port = {portal_port}\n"
+        "node.discovery_type = send_targets\n"
+        "node.session.auth.authmethod = CHAP\n"
+        f"node.session.auth.username = {CHAP_USER}\n"
+        f"node.session.auth.password = {secret}\n"
+        f"node.conn[0].address = {guest.HOST_FROM_GUEST}\nnode.conn[0].port = {portal_port}\n"
+        "node.conn[0].startup = manual\n# END RECORD\n", 0o600)
+    put("etc/sysconfig/network-scripts/ifcfg-eth1",
+        "# storage network\nDEVICE=eth1\nHWADDR=52:54:00:12:34:56\nBOOTPROTO=static\n"
+        "IPADDR=192.168.10.21\nPREFIX=24\nONBOOT=yes\n")
+    with open(os.path.join(root, "var/lib/payload.bin"), "wb") as f:
+        f.write(os.urandom(6 * MiB))
+
+
+def build_source_disk(path: str, portal_port: int, secret: str) -> guest.SourceDisk:
+    """64 MiB, msdos table, one ext4 partition holding the OS root."""
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    run(["parted", "-s", path, "mklabel", "msdos", "mkpart", "primary", "ext4", "1MiB", "100%"])
+    with attached(path) as dev:
+        part = partitions(dev)[0]
+        run(["mkfs.ext4", "-q", "-F", "-L", "db01-root", part])
+        mnt = tempfile.mkdtemp(prefix="coldclone-iscsi-src-")
+        run(["mount", part, mnt])
+        try:
+            write_source_os(mnt, portal_port, secret)
+        finally:
+            run(["umount", mnt])
+            os.rmdir(mnt)
+    return guest.SourceDisk(path, "cc-os", bus="virtio").seal()
+
+
+@pytest.fixture(scope="module")
+def server():
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    with guest.HostServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def lun_image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lun")
+    return guest.pattern_disk(str(d / "lun1.img"), LUN_SERIAL, size_mb=32)
+
+
+def _boot(server, tmp_path, name, *, acl_name=SOURCE_NAME, source_secret=CHAP_SECRET,
+          lun_image=None, expect_failure=False, portal_down=False, iscsi_ip="dhcp"):
+    tgt = Tgtd().start()
+    try:
+        tgt.add_target(TgtTarget(iqn=TARGET, luns=[lun_image.image], initiator_names=[acl_name],
+                                 incoming=Chap(CHAP_USER, CHAP_SECRET)))
+        # portal_down: the source's records name a port where nothing listens.
+        port = free_port() if portal_down else tgt.port
+        src = build_source_disk(str(tmp_path / "db01-os.img"), port, source_secret)
+        rx = server.new_dir(name)
+        fw, key_path = guest.fwcfg_file("identity", server.identity)
+        cmdline = guest.headless_cmdline(server, rx, name, key_path,
+                                         f"coldclone.iscsi_ip={iscsi_ip} coldclone.on_done=poweroff "
+                                         # QEMU's pc machine has an empty floppy drive (fd0)
+                                         "coldclone.disks=vda,sda")
+        t0 = time.monotonic()
+        r = guest.boot_headless("kernel", cmdline, extra_args=fw + guest.disk_args([src]),
+                                timeout=600, name=name, expect_failure=expect_failure)
+        r.wall = time.monotonic() - t0
+        r.portal_port = port
+        r.tgt_show = tgt.show()
+        r.tgt_log = open(tgt.log_path, errors="replace").read()
+    finally:
+        tgt.stop()
+    return r, src, rx
+
+
+def _no_complete_capture(rx: str) -> None:
+    for d, _, files in os.walk(rx):
+        if "manifest.json" in files:
+            with open(os.path.join(d, "manifest.json")) as f:
+                assert json.load(f).get("status") != "complete", f"{d} holds a complete capture"
+        assert not [f for f in files if f.endswith(".qcow2")], f"{d}: {files}"
+
+
+def test_login_with_the_source_identity_captures_disk_and_lun(server, lun_image, tmp_path):
+    # iscsi_ip=original: the source's ifcfg-eth1 names the MAC QEMU gives the guest's NIC, so
+    # its address is added there (next to the DHCP one that reaches 10.0.2.2) and removed
+    # at logout.
+    r, src, rx = _boot(server, tmp_path, "iscsi-ok", lun_image=lun_image, iscsi_ip="original")
+    con = r.console
+    print(r.times(), f"wall {r.wall:.1f} s")
+    assert con.ok, r.explain(120)
+    text = "\n".join(con.lines)
+    assert f"live initiator name set to {SOURCE_NAME}" in text, r.explain(120)
+    assert "uses the source server's own address 192.168.10.21/24 on ens3" in text, r.explain(120)
+    assert "the original server must be OFF" in text
+    assert "'ip', 'addr', 'del', '192.168.10.21/24', 'dev', 'ens3'] -> exit 0" in con.text
+    assert CHAP_SECRET not in con.text, "the CHAP secret reached the console"
+    # discovery reports the LUN as an iSCSI disk: IQN, portal, LUN
+    inv = con.inventory
+    sessions = inv["iscsi_sessions"]
+    assert len(sessions) == 1, sessions
+    s = sessions[0]
+    assert s["target"] == TARGET and s["initiator"] == SOURCE_NAME, s
+    assert s["portal"] == f"{guest.HOST_FROM_GUEST}:{r.portal_port}", s
+    lun_disk = next(d for d in inv["disks"] if d["transport"] == "iscsi")
+    assert s["luns"] == {"1": lun_disk["name"]}, s
+    assert lun_disk["size"] == 32 * MiB
+    # both disks captured, byte for byte
+    m = guest.manifest(rx, con.capture_id)
+    os_disk = guest.inventory_disk_by_serial(inv, "cc-os")
+    guest.qemu_img_compare(src.image, os.path.join(rx, con.capture_id,
+                                                   guest.manifest_disk(m, os_disk["name"])["image"]))
+    guest.qemu_img_compare(lun_image.image, os.path.join(
+        rx, con.capture_id, guest.manifest_disk(m, lun_disk["name"])["image"]))
+    # nothing of the source changed; the session was logged out after the capture
+    assert guest.sha256_of(src.image) == src.sha256
+    assert guest.sha256_of(lun_image.image) == lun_image.sha256
+    assert f"'-p', '{guest.HOST_FROM_GUEST}:{r.portal_port}', '--logout'] -> exit 0" in con.text, \
+        r.explain(80)
+
+
+def test_acl_bound_to_another_name_fails_plainly(server, lun_image, tmp_path):
+    r, src, rx = _boot(server, tmp_path, "iscsi-acl", lun_image=lun_image,
+                       acl_name="iqn.1994-05.com.redhat:some-other-host", expect_failure=True)
+    con = r.console
+    print(r.times(), f"wall {r.wall:.1f} s")
+    assert con.failed and con.exit_code == 4, r.explain(120)
+    assert "refuses initiator " + SOURCE_NAME in con.message, r.explain(120)
+    assert "access control list" in con.message
+    assert CHAP_SECRET not in con.text
+    _no_complete_capture(rx)
+    assert guest.sha256_of(src.image) == src.sha256
+
+
+def test_wrong_chap_secret_fails_plainly(server, lun_image, tmp_path):
+    r, src, rx = _boot(server, tmp_path, "iscsi-chap", lun_image=lun_image,
+                       source_secret="Not-The-Secret-7", expect_failure=True)
+    con = r.console
+    print(r.times(), f"wall {r.wall:.1f} s")
+    assert con.failed and con.exit_code == 4, r.explain(120)
+    assert "CHAP authentication failed" in con.message, r.explain(120)
+    assert TARGET in con.message and CHAP_USER in con.message
+    assert "Not-The-Secret-7" not in con.text and CHAP_SECRET not in con.text
+    _no_complete_capture(rx)
+    assert guest.sha256_of(src.image) == src.sha256
+
+
+def test_unreachable_portal_fails_plainly(server, lun_image, tmp_path):
+    r, src, rx = _boot(server, tmp_path, "iscsi-down", lun_image=lun_image, portal_down=True,
+                       expect_failure=True)
+    con = r.console
+    print(r.times(), f"wall {r.wall:.1f} s")
+    assert con.failed and con.exit_code == 4, r.explain(120)
+    assert f"{guest.HOST_FROM_GUEST}:{r.portal_port} is unreachable" in con.message, r.explain(120)
+    assert "Check the cabling" in con.message
+    _no_complete_capture(rx)

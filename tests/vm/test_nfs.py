@@ -1,0 +1,146 @@
+"""Headless capture to an NFS export, in QEMU: the guest mounts nfs://10.0.2.2:PORT/... itself.
+
+The NFS server is nfs-ganesha (userspace, NFSv4 only) on the host's 127.0.0.1, which
+QEMU's user networking shows the guest as 10.0.2.2 (the host kernel here has no NFS
+server or client of its own). The guest's live system mounts the export with mount.nfs,
+calibrates against it (the probe must leave nothing there), captures, converts to qcow2
+locally (raw until the ISO carries qemu-utils), and powers off; the test compares the image
+on the export with the source.
+
+Needs: apt-get install nfs-ganesha nfs-ganesha-vfs, and a built ISO (make iso).
+Run: pytest -m vm tests/vm/test_nfs.py -s
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from agent.runcmd import run as run_cmd
+from agent.testbed.sshd import free_port
+
+from . import guest
+from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
+
+GANESHA_CONF = """\
+NFS_CORE_PARAM {{
+    Protocols = 4;
+    NFS_Port = {port};
+    Bind_addr = 127.0.0.1;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}}
+NFSV4 {{
+    Graceless = true;
+    RecoveryBackend = fs;
+    Lease_Lifetime = 20;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {export};
+    Pseudo = /export;
+    Protocols = 4;
+    Transports = TCP;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = EVENT; }}
+"""
+
+
+class Ganesha:
+    """nfs-ganesha on 127.0.0.1:port exporting one directory as /export (NFSv4, rw, no squash)."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.export = os.path.join(workdir, "export")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Ganesha":
+        import socket
+
+        os.makedirs(self.export, exist_ok=True)
+        os.chmod(self.export, 0o755)
+        conf = os.path.join(self.workdir, "ganesha.conf")
+        with open(conf, "w") as f:
+            f.write(GANESHA_CONF.format(port=self.port, export=self.export))
+        self.log = os.path.join(self.workdir, "ganesha.log")
+        self.proc = subprocess.Popen([shutil.which("ganesha.nfsd"), "-F", "-L", self.log, "-f", conf,
+                                      "-p", os.path.join(self.workdir, "ganesha.pid")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nfs-ganesha did not start: " + open(self.log).read()[-3000:])
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def ganesha(tmp_path_factory):
+    if not shutil.which("ganesha.nfsd"):
+        pytest.skip("nfs-ganesha is not installed (apt-get install nfs-ganesha nfs-ganesha-vfs)")
+    d = str(tmp_path_factory.mktemp("nfs"))
+    os.chmod(d, 0o755)
+    g = Ganesha(d).start()
+    yield g
+    g.stop()
+
+
+def test_headless_capture_to_nfs_equals_source(ganesha, tmp_path):
+    _skip_unless_ready("bios")
+    src = guest.os_disk(str(tmp_path / "nfs-os.img"), serial="cc-os", table="gpt", size_mb=256,
+                        files_mb=24, remnant_mb=8)
+    caps = os.path.join(ganesha.export, "captures")
+    os.makedirs(caps)
+    url = f"nfs://10.0.2.2:{ganesha.port}/export/captures?vers=4.2"
+    cmdline = " ".join([f"coldclone.server={url}", "coldclone.capture_id=vm-nfs", "coldclone.progress=5",
+                        "coldclone.disks=vda", "coldclone.format=raw",
+                        "coldclone.calibrate=2"])
+    run = guest.boot_headless("bios", cmdline, extra_args=guest.disk_args([src]), timeout=TIMEOUT,
+                              name="vm-nfs", log_dir=LOG_DIR)
+    print(f"\n{run.times()}")
+    con = run.console
+    assert not run.boot.timed_out, f"no result within {TIMEOUT:.0f} s:\n{run.explain()}"
+    assert con.ok, f"the headless run did not succeed:\n{run.explain()}\n--- ganesha ---\n" \
+                   + open(ganesha.log).read()[-2000:]
+    assert con.capture_id == "vm-nfs"
+    # The estimate named NFS over the guest's NIC and was calibrated against the export.
+    est = con.estimate
+    assert est and est["link"]["kind"] == "nfs", est
+    assert est["calibrated"] is True, est.get("notes")
+    # Nothing but the capture on the export: no probe file, no .nfsXXXX left behind.
+    assert os.listdir(caps) == ["vm-nfs"], os.listdir(caps)
+    m = guest.manifest(caps, "vm-nfs")
+    assert m["status"] == "complete"
+    name = guest.inventory_disk_by_serial(con.inventory, "cc-os")["name"]
+    d = guest.manifest_disk(m, name)
+    # raw: the live ISO has no qemu-img yet (qemu-utils), which a qcow2 on a local/NFS target needs.
+    assert d["format"] == "raw" and d["verified"]["readback_digest"]
+    run_cmd(["qemu-img", "compare", "-f", "raw", "-F", "raw", src.image, os.path.join(caps, "vm-nfs", d["image"])])
+    assert guest.sha256_of(src.image) == src.sha256
+    assert m["estimate"]["link"]["kind"] == "nfs"
+    ev = m["estimate_vs_actual"]
+    print(f"NFS capture: predicted {ev['predicted_seconds']} s, receiver took {ev['actual_seconds']} s "
+          f"(TCG guest); {d['size'] >> 20} MiB -> {d['image']}")
