@@ -195,7 +195,7 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
     opts = StreamOptions(mode=cfg.mode, codec=codec, level=level or 1)
     from .estimate.progress import ProgressPrinter
 
-    printer = ProgressPrinter(cfg.progress, estimate=est)
+    printer = ProgressPrinter(cfg.progress, estimate=est, prefix="coldclone: ")
     with printer.ticking():   # lines keep coming while the server verifies and converts
         return run_capture(paths, target.connect, opts, capture_id=cfg.capture_id,
                            image_format=cfg.format, on_event=printer, cancel=cancel,
@@ -267,9 +267,13 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
             say("no host key pin given: the server's key must be in known_hosts, or the "
                 "capture is refused; give coldclone.hostkey=SHA256:...")
         result = do_capture(cfg, inv, paths, target, est, cancel)
+        import io
+
         from .estimate.progress import print_summary
 
-        print_summary(result, estimate=est)
+        summary = io.StringIO()
+        print_summary(result, out=summary, estimate=est)
+        say(summary.getvalue())
         run_hook("post", cfg.post, {**env, "COLDCLONE_PHASE": "post",
                                     "COLDCLONE_CAPTURE_ID": result.capture_id,
                                     "COLDCLONE_LOCATION": result.location})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -61,7 +62,12 @@ def probe(path: str) -> SourceDisk:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise SourceError(f"cannot open source {path} read-only: {e.strerror} (run coldclone as root)") from None
+        if e.errno in (errno.ENXIO, errno.ENOMEDIUM):
+            raise SourceError(f"cannot open source {path}: no medium in the drive (an empty card "
+                              f"reader, floppy or virtual-media slot); leave it out with "
+                              f"coldclone.exclude= / do not pass it with --disk") from None
+        hint = " (run coldclone as root)" if e.errno in (errno.EACCES, errno.EPERM) else ""
+        raise SourceError(f"cannot open source {path} read-only: {e.strerror}{hint}") from None
     try:
         size = _ioctl_int(fd, BLKGETSIZE64, "Q")
         lss = _ioctl_int(fd, BLKSSZGET, "i")

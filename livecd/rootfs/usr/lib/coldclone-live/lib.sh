@@ -17,6 +17,19 @@ cc_arg() {
     return $_found
 }
 
+# cc_headless -> status 0 when the command line asks for an unattended run: any coldclone.*
+# key except the smoke-test ones. Deliberately wide: a mistyped key (coldclone.sever=) must
+# reach `coldclone headless`, which names it, rather than silently start the TUI.
+cc_headless() {
+    for _w in $(cc_cmdline); do
+        case "$_w" in
+            coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
+            coldclone.*) return 0 ;;
+        esac
+    done
+    return 1
+}
+
 # The terminals a message for the operator must reach: tty1 (VGA/BMC virtual console)
 # and every serial console named by console= on the command line.
 cc_ttys() {
