@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .discover.udevdb import read_attr
 from .errors import UsageError
 from .runcmd import run
 
@@ -120,13 +121,6 @@ def parse_ip_spec(text: str) -> IpSpec:
     return spec
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
 
 def _int(text: str | None) -> int | None:
     try:
@@ -153,7 +147,7 @@ def list_nics(inventory=None, sys_net: str = SYS_NET, with_addresses: bool = Tru
     out = []
     if inventory is not None and getattr(inventory, "nics", None):
         for n in inventory.nics:
-            carrier = _read(os.path.join(sys_net, n.name, "carrier"))
+            carrier = read_attr(os.path.join(sys_net, n.name), "carrier")
             out.append(NicState(n.name, n.mac, n.speed_mbps, n.operstate,
                                 None if carrier is None else carrier == "1", addrs.get(n.name, [])))
         return out
@@ -166,9 +160,9 @@ def list_nics(inventory=None, sys_net: str = SYS_NET, with_addresses: bool = Tru
         # Only real hardware: loopback, bridges, ifb and tunnels have no device link.
         if name == "lo" or not os.path.exists(os.path.join(base, "device")):
             continue
-        carrier = _read(os.path.join(base, "carrier"))
-        out.append(NicState(name, _read(os.path.join(base, "address")), _int(_read(os.path.join(base, "speed"))),
-                            _read(os.path.join(base, "operstate")),
+        carrier = read_attr(base, "carrier")
+        out.append(NicState(name, read_attr(base, "address"), _int(read_attr(base, "speed")),
+                            read_attr(base, "operstate"),
                             None if carrier is None else carrier == "1", addrs.get(name, [])))
     return out
 

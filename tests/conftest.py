@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from agent.testbed.files import sha256_of  # noqa: F401  (tests import it from here)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
@@ -23,13 +25,6 @@ def pytest_collection_modifyitems(config, items):
         if "root" in item.keywords:
             item.add_marker(skip)
 
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(4 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def coldclone(*args, timeout=300):

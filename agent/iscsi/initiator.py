@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from ..discover.udevdb import read_attr
 from ..errors import CommandError, UsageError
 from ..runcmd import Result, run
 from . import errors as E
@@ -368,26 +369,18 @@ def forget_discovery(portal: str) -> None:
 
 # --- the LUNs in sysfs ---------------------------------------------------------------
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
 
 def find_session(iqn: str, portal: str, sysfs: str = SYSFS) -> str | None:
     """The sysfs device dir of the session logged in to iqn at portal (…/hostN/sessionM)."""
     for sdir in sorted(glob.glob(os.path.join(sysfs, "class/iscsi_session/session*"))):
-        if _read(os.path.join(sdir, "targetname")) != iqn:
+        if read_attr(sdir, "targetname") != iqn:
             continue
         dev = os.path.realpath(os.path.join(sdir, "device"))
         name = os.path.basename(sdir)
         conn_ok = False
         for cdir in glob.glob(os.path.join(sysfs, f"class/iscsi_connection/connection{name[7:]}:*")):
-            addr = _read(os.path.join(cdir, "persistent_address")) or _read(
-                os.path.join(cdir, "address"))
-            port = _read(os.path.join(cdir, "persistent_port")) or _read(os.path.join(cdir, "port"))
+            addr = read_attr(cdir, "persistent_address") or read_attr(cdir, "address")
+            port = read_attr(cdir, "persistent_port") or read_attr(cdir, "port")
             if addr and make_portal(addr, int(port or 3260)) == portal:
                 conn_ok = True
         if conn_ok or not glob.glob(os.path.join(sysfs, "class/iscsi_connection/*")):

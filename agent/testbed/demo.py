@@ -11,7 +11,6 @@ its manifest stay, and their path is printed).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -25,18 +24,12 @@ from ..estimate.plan import estimate_capture
 from ..transport.open import open_target
 from ..runcmd import run
 from . import synthdisk
+from .files import sha256_of as sha256
 from .loop import LoopDevice
 from .sshd import Sshd
 
 MiB = 1 << 20
 
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(4 * MiB), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def say(text: str = "") -> None:

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from ..runcmd import run
+from .procs import stop_process
 
 TEST_USER = "coldclone-rx"
 
@@ -165,12 +166,7 @@ LogLevel VERBOSE
         raise RuntimeError("sshd did not start listening within 15 s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 10)
         if getattr(self, "log", None):
             self.log.close()
 

@@ -18,6 +18,7 @@ from agent.runcmd import run
 from agent.testbed import synthdisk
 from agent.testbed.loop import LoopDevice
 from agent.testbed.sshd import Sshd
+from agent.testbed.procs import stop_process
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -80,12 +81,7 @@ class ShapedServer:
         return f"ssh://{self.sshd.user}@{self.ns_ip}{path}"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 10)
         self.sshd.stop()
         run(["ip", "link", "del", self.host_if], check=False)
         run(["ip", "netns", "del", self.ns], check=False)

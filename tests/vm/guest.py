@@ -20,7 +20,6 @@ Standard library plus the agent's testbed (root: loop devices, sshd).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 
 from agent.runcmd import run
 from agent.testbed import synthdisk
+from agent.testbed.files import sha256_of  # noqa: F401  (the vm tests use guest.sha256_of)
 from agent.testbed.sshd import Sshd
 
 try:
@@ -52,13 +52,6 @@ ROOT_PROMPT = "root@coldclone"
 
 _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(4 * MiB), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the server

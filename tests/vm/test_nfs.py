@@ -24,6 +24,7 @@ from agent.testbed.sshd import free_port
 
 from . import guest
 from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready
+from agent.testbed.procs import stop_process
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -88,13 +89,7 @@ class Ganesha:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
 
 
 @pytest.fixture(scope="module")
