@@ -8,6 +8,7 @@ space, as on any disk that has lived a while).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -134,3 +135,11 @@ def build(image: str, size: int = 2048 * MiB, table: str = "gpt", files_mb: int 
             os.rmdir(mnt)
         sd.layout = [("boot", "ext4", p1), ("swap", "swap", p2), ("root", "ext4", p3)]
     return sd
+
+
+@contextlib.contextmanager
+def on_loop(image: str, **layout):
+    """Build a server disk image and attach it: yields (LoopDevice, SynthDisk)."""
+    sd = build(image, **layout)
+    with LoopDevice(image) as loop:
+        yield loop, sd

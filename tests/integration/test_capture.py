@@ -22,9 +22,8 @@ MiB = 1 << 20
 def source_disk(tmp_path_factory):
     """A source server disk: GPT, /boot ext4, swap, root ext4 with real files and deleted remnants."""
     img = str(tmp_path_factory.mktemp("src") / "server.img")
-    sd = synthdisk.build(img, size=512 * MiB, table="gpt", files_mb=60, remnant_mb=16)
-    with LoopDevice(img) as loop:
-        yield loop, sd
+    with synthdisk.on_loop(img, size=512 * MiB, table="gpt", files_mb=60, remnant_mb=16) as pair:
+        yield pair
 
 
 def test_capture_over_ssh_equals_source(sshd, rx_dir, source_disk):

@@ -13,7 +13,6 @@ import pytest
 
 from agent.runcmd import run
 from agent.testbed import synthdisk
-from agent.testbed.loop import LoopDevice
 from tests.conftest import coldclone, sha256_of
 
 pytestmark = pytest.mark.root
@@ -23,8 +22,7 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     img = str(tmp_path_factory.mktemp("hl") / "server.img")
-    synthdisk.build(img, size=256 * MiB, table="gpt", files_mb=24, remnant_mb=4)
-    with LoopDevice(img) as loop:
+    with synthdisk.on_loop(img, size=256 * MiB, table="gpt", files_mb=24, remnant_mb=4) as (loop, _):
         yield loop
 
 

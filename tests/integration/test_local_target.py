@@ -25,9 +25,8 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     img = str(tmp_path_factory.mktemp("src") / "server.img")
-    sd = synthdisk.build(img, size=384 * MiB, table="msdos", files_mb=40, remnant_mb=16)
-    with LoopDevice(img) as loop:
-        yield loop, sd
+    with synthdisk.on_loop(img, size=384 * MiB, table="msdos", files_mb=40, remnant_mb=16) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def loop_disk(tmp_path_factory):
     img = str(tmp_path_factory.mktemp("tui-src") / "server.img")
-    synthdisk.build(img, size=256 * MiB, table="gpt", files_mb=24, remnant_mb=8)
-    with LoopDevice(img) as loop:
+    with synthdisk.on_loop(img, size=256 * MiB, table="gpt", files_mb=24, remnant_mb=8) as (loop, _):
         yield loop
 
 
