@@ -1,0 +1,78 @@
+"""netsetup.apply on a real interface: a veth pair with one end in a network namespace.
+
+The live system's static set-up (coldclone.ip= / the TUI's network screen) must give the NIC
+the address and the default route, so the conversion server becomes reachable.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from agent.runcmd import run
+
+pytestmark = pytest.mark.root
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def netns():
+    ns, host_if, peer = f"ccnet{os.getpid()}", f"cch{os.getpid()}"[:15], "ccpeer0"
+    run(["ip", "netns", "add", ns])
+    try:
+        run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer, "netns", ns])
+        run(["ip", "addr", "add", "10.77.0.1/24", "dev", host_if])
+        run(["ip", "link", "set", host_if, "up"])
+        yield ns, peer
+    finally:
+        run(["ip", "link", "del", host_if], check=False)
+        run(["ip", "netns", "del", ns], check=False)
+
+
+def in_ns(ns, code):
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_static_address_gateway_and_dns(netns, tmp_path):
+    ns, peer = netns
+    resolv = tmp_path / "resolv.conf"
+    r = in_ns(ns, "from agent import netsetup\n"
+                  f"spec = netsetup.parse_ip_spec('{peer}:10.77.0.2/24,gw=10.77.0.1,dns=10.77.0.53')\n"
+                  f"print('\\n'.join(netsetup.apply(spec, resolv_conf='{resolv}')))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{peer}: link up", f"{peer}: address 10.77.0.2/24",
+                                     "default route via 10.77.0.1", f"DNS 10.77.0.53 ({resolv})"]
+    addrs = run(["ip", "netns", "exec", ns, "ip", "-o", "-4", "addr", "show", "dev", peer]).stdout
+    assert "inet 10.77.0.2/24" in addrs
+    route = run(["ip", "netns", "exec", ns, "ip", "route", "show", "default"]).stdout
+    assert route.startswith(f"default via 10.77.0.1 dev {peer}")
+    assert "nameserver 10.77.0.53" in resolv.read_text()
+    # the address really works: a TCP service on the host end answers
+    with socket.socket() as srv:
+        srv.bind(("10.77.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        r = in_ns(ns, f"import socket; socket.create_connection(('10.77.0.1', {port}), 5).close(); print('ok')")
+        assert r.stdout.strip() == "ok", r.stderr
+    # applied again (the operator changes their mind): the old address goes, no duplicates
+    r = in_ns(ns, "from agent import netsetup\n"
+                  f"netsetup.apply(netsetup.parse_ip_spec('{peer}:10.77.0.3/24'))")
+    assert r.returncode == 0, r.stderr
+    addrs = run(["ip", "netns", "exec", ns, "ip", "-o", "-4", "addr", "show", "dev", peer]).stdout
+    assert "10.77.0.3/24" in addrs and "10.77.0.2/" not in addrs
+
+
+def test_unknown_interface_is_named(netns):
+    ns, peer = netns
+    r = in_ns(ns, "from agent import netsetup\n"
+                  "from agent.errors import UsageError\n"
+                  f"nics = [netsetup.NicState('{peer}', None, None, 'up', True)]\n"
+                  "try:\n"
+                  "    netsetup.apply(netsetup.parse_ip_spec('eth9:10.77.0.2/24'), nics=nics)\n"
+                  "except UsageError as e:\n"
+                  "    print(e)\n")
+    assert r.returncode == 0, r.stderr
+    assert f"network interface eth9 does not exist here (this machine has: {peer})" in r.stdout
