@@ -4,6 +4,11 @@ Before a single byte is read, every source block device and each of its
 partitions is set read-only in the kernel (BLKROSET), so not even a stray
 mount or another tool can write to it while we work. Each device's previous
 state is remembered and restored on release; every change is logged.
+
+One capture at a time per disk: a second guard on the same device (the TUI on
+tty1 and on the serial console, say) would save "read-only" as the previous
+state and restore the wrong one, so each disk is locked (flock, by device
+number, so /dev/sda and a /dev/disk/by-id link are the same disk).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ log = logging.getLogger("coldclone.guard")
 
 BLKROSET = 0x125D
 BLKROGET = 0x125E
+LOCK_DIR = "/run/coldclone/locks"
 
 
 def get_ro(path: str) -> bool:
@@ -63,10 +69,14 @@ class ReadOnlyGuard:
 
     devices: list[str]
     include_partitions: bool = True
+    lock_dir: str = LOCK_DIR
     _saved: list[tuple[str, bool]] = field(default_factory=list)
+    _locks: list[int] = field(default_factory=list)
 
     def __enter__(self) -> "ReadOnlyGuard":
         try:
+            for dev in self.devices:
+                self._lock(dev)
             targets = []
             for dev in self.devices:
                 targets += [dev] + (partitions_of(dev) if self.include_partitions else [])
@@ -79,6 +89,26 @@ class ReadOnlyGuard:
             self.release()
             raise
         return self
+
+    def _lock(self, dev: str) -> None:
+        try:
+            rdev = os.stat(dev).st_rdev
+        except OSError:
+            return  # _state() names the missing device
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+        lock = os.path.join(self.lock_dir, f"dev-{os.major(rdev)}-{os.minor(rdev)}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SourceError(
+                f"{dev} is being captured by another coldclone (pid {holder}, perhaps on another "
+                f"console); wait for that capture to finish or cancel it there") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._locks.append(fd)
 
     def _state(self, path: str) -> bool:
         try:
@@ -120,6 +150,8 @@ class ReadOnlyGuard:
                 log.info("%s restored to read-write", path)
             except OSError as e:
                 log.warning("could not restore %s to read-write: %s", path, e.strerror)
+        while self._locks:
+            os.close(self._locks.pop())   # closing drops the flock
 
     def __exit__(self, *exc) -> None:
         self.release()

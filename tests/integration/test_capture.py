@@ -72,6 +72,27 @@ def test_guard_blocks_writes_while_on(source_disk):
     assert not get_ro(loop.dev) and not get_ro(part)
 
 
+def test_one_capture_at_a_time_per_disk(source_disk, tmp_path):
+    """A second guard on the same disk (another console's TUI) is refused by name, even through
+    another path to the same device, and cannot spoil the first guard's restore."""
+    from agent.errors import SourceError
+
+    loop, _ = source_disk
+    alias = tmp_path / "by-id-link"
+    alias.symlink_to(loop.dev)
+    with ReadOnlyGuard([loop.dev]):
+        for path in (loop.dev, str(alias)):
+            with pytest.raises(SourceError) as e:
+                with ReadOnlyGuard([path]):
+                    pass
+            assert f"is being captured by another coldclone (pid {os.getpid()}" in str(e.value)
+        assert get_ro(loop.dev)
+    assert not get_ro(loop.dev) and not get_ro(loop.parts[0])
+    with ReadOnlyGuard([loop.dev]):   # released: free again
+        assert get_ro(loop.dev)
+    assert not get_ro(loop.dev)
+
+
 def test_guard_leaves_read_only_device_read_only(source_disk):
     loop, _ = source_disk
     from agent.capture.guard import set_ro
