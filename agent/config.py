@@ -193,7 +193,7 @@ _KEYS = {
 }
 _FLAGS = ("estimate_only", "debug")
 # Read by the live system's own scripts, not by the agent; known so they are not typos.
-LIVE_KEYS = ("smoke", "smoke_done")
+LIVE_KEYS = ("smoke", "smoke_done", "tui")
 
 ALL_KEYS = tuple(_KEYS) + _FLAGS
 

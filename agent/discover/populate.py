@@ -211,6 +211,8 @@ class Populator:
         for info in self.infos:
             if rules.is_partition(info):
                 continue
+            if rules.is_loop(info) and rules.int_or((info.get("attrs") or {}).get("size"), 0) == 0:
+                continue   # an unattached loop device: no disk at all, only noise on 80x24
             disk = build_disk(info, self.ctx)
             disk_infos[disk.name] = info
             try:

@@ -194,6 +194,13 @@ def test_dev_path_of_cciss_without_devnode():
 
 # --- policy ---------------------------------------------------------------------
 
+def test_unattached_loop_devices_are_not_listed():
+    snap = {"block": [{"sys_name": f"loop{i}", "sys_path": f"/sys/devices/virtual/block/loop{i}",
+                       "devtype": "disk", "devnode": f"/dev/loop{i}", "properties": {},
+                       "attrs": {"size": "0"}, "parents": []} for i in range(8)], "mounts": ""}
+    assert populate.from_snapshot(snap, include_loop=True).disks == []
+
+
 def test_loop_devices_only_with_include_loop():
     snap = {"block": [{"sys_name": "loop3", "sys_path": "/sys/devices/virtual/block/loop3",
                        "devtype": "disk", "devnode": "/dev/loop3",

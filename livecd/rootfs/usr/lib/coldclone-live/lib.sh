@@ -18,12 +18,13 @@ cc_arg() {
 }
 
 # cc_headless -> status 0 when the command line asks for an unattended run: any coldclone.*
-# key except the smoke-test ones. Deliberately wide: a mistyped key (coldclone.sever=) must
-# reach `coldclone headless`, which names it, rather than silently start the TUI.
+# key except coldclone.tui (interactive, the default) and the smoke-test ones. Deliberately
+# wide: a mistyped key (coldclone.sever=) must reach `coldclone headless`, which names it,
+# rather than silently start the TUI.
 cc_headless() {
     for _w in $(cc_cmdline); do
         case "$_w" in
-            coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
+            coldclone.tui|coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
             coldclone.*) return 0 ;;
         esac
     done
