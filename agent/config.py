@@ -223,7 +223,7 @@ def cmdline_words(text: str) -> list[tuple[str, str | None]]:
 def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
     """Parse the coldclone.* words; every error is collected and reported at once."""
     cfg = CaptureConfig()
-    _apply_baked(cfg, baked_root)
+    apply_baked(cfg, baked_root)
     errors: list[str] = []
     seen: dict[str, str | None] = {}
     for key, value in cmdline_words(text):
@@ -252,7 +252,7 @@ def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
     return cfg
 
 
-def _apply_baked(cfg: CaptureConfig, root: str) -> None:
+def apply_baked(cfg: CaptureConfig, root: str) -> None:
     identity = os.path.join(root, BAKED_IDENTITY.lstrip("/"))
     if os.path.exists(identity):
         cfg.identity = identity

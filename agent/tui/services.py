@@ -314,7 +314,7 @@ def defaults_from_cmdline(cmdline: str | None = None) -> Defaults:
     except ColdcloneError as e:
         d.problems.append(str(e))
         cfg = config.CaptureConfig()
-        config._apply_baked(cfg, "/")
+        config.apply_baked(cfg, "/")
     d.server, d.identity, d.hostkey = cfg.server, cfg.identity, cfg.hostkey
     d.known_hosts, d.mode, d.ip, d.on_done = cfg.known_hosts, cfg.mode, cfg.ip, cfg.on_done
     d.calibrate = cfg.calibrate
