@@ -31,6 +31,9 @@ SOURCE_NAME = "iqn.1994-05.com.redhat:db01-prod"
 TARGET = "iqn.2026-11.test.coldclone:db01-data"
 CHAP_USER = "db01chap"
 CHAP_SECRET = "Sup3r-Secret-01"
+# mutual CHAP: the account the target proves itself with (RFC 3720: differs from ours)
+TARGET_USER = "db01array"
+TARGET_SECRET = "Array-Secret-02"
 LUN_SERIAL = "cc-lun1"
 
 
@@ -43,7 +46,8 @@ def _skip_reason() -> str | None:
     return None
 
 
-def write_source_os(root: str, portal_port: int, secret: str) -> None:
+def write_source_os(root: str, portal_port: int, secret: str,
+                    mutual: tuple[str, str] | None = None) -> None:
     """A RHEL 7 root as the source server left it: its iSCSI identity and network."""
     def put(rel: str, text: str, mode: int = 0o644) -> None:
         path = os.path.join(root, rel)
@@ -59,12 +63,16 @@ def write_source_os(root: str, portal_port: int, secret: str) -> None:
         "/dev/sdb1 /data ext4 _netdev 0 0\n")
     put("sbin/init", "#!/bin/sh\n", 0o755)
     put("etc/iscsi/initiatorname.iscsi", f"InitiatorName={SOURCE_NAME}\nInitiatorAlias=db01\n")
+    back = ""
+    if mutual:
+        back = (f"node.session.auth.username_in = {mutual[0]}\n"
+                f"node.session.auth.password_in = {mutual[1]}\n")
     put("etc/iscsi/iscsid.conf",
         "# Open-iSCSI configuration of db01\n"
         "node.startup = automatic\n"
         "node.session.auth.authmethod = CHAP\n"
         f"node.session.auth.username = {CHAP_USER}\n"
-        f"node.session.auth.password = {secret}\n"
+        f"node.session.auth.password = {secret}\n" + back +
         "node.conn[0].timeo.login_timeout = 15\n", 0o600)
     put(f"var/lib/iscsi/nodes/{TARGET}/{guest.HOST_FROM_GUEST},{portal_port},1/default",
         "# BEGIN RECORD 6.2.0.874-22\n"
@@ -75,7 +83,7 @@ def write_source_os(root: str, portal_port: int, secret: str) -> None:
         "node.discovery_type = send_targets\n"
         "node.session.auth.authmethod = CHAP\n"
         f"node.session.auth.username = {CHAP_USER}\n"
-        f"node.session.auth.password = {secret}\n"
+        f"node.session.auth.password = {secret}\n" + back +
         f"node.conn[0].address = {guest.HOST_FROM_GUEST}\nnode.conn[0].port = {portal_port}\n"
         "node.conn[0].startup = manual\n# END RECORD\n", 0o600)
     put("etc/sysconfig/network-scripts/ifcfg-eth1",
@@ -85,7 +93,8 @@ def write_source_os(root: str, portal_port: int, secret: str) -> None:
         f.write(os.urandom(6 * MiB))
 
 
-def build_source_disk(path: str, portal_port: int, secret: str) -> guest.SourceDisk:
+def build_source_disk(path: str, portal_port: int, secret: str,
+                      mutual: tuple[str, str] | None = None) -> guest.SourceDisk:
     """64 MiB, msdos table, one ext4 partition holding the OS root."""
     with open(path, "wb") as f:
         f.truncate(64 * MiB)
@@ -96,7 +105,7 @@ def build_source_disk(path: str, portal_port: int, secret: str) -> guest.SourceD
         mnt = tempfile.mkdtemp(prefix="coldclone-iscsi-src-")
         run(["mount", part, mnt])
         try:
-            write_source_os(mnt, portal_port, secret)
+            write_source_os(mnt, portal_port, secret, mutual)
         finally:
             run(["umount", mnt])
             os.rmdir(mnt)
@@ -119,20 +128,22 @@ def lun_image(tmp_path_factory):
 
 
 def _boot(server, tmp_path, name, *, acl_name=SOURCE_NAME, source_secret=CHAP_SECRET,
-          lun_image=None, expect_failure=False, portal_down=False, iscsi_ip="dhcp"):
+          lun_image=None, expect_failure=False, portal_down=False, iscsi_ip="dhcp",
+          mutual: tuple[str, str] | None = None, disks="vda,sda"):
     tgt = Tgtd().start()
     try:
         tgt.add_target(TgtTarget(iqn=TARGET, luns=[lun_image.image], initiator_names=[acl_name],
-                                 incoming=Chap(CHAP_USER, CHAP_SECRET)))
+                                 incoming=Chap(CHAP_USER, CHAP_SECRET),
+                                 outgoing=Chap(TARGET_USER, TARGET_SECRET) if mutual else None))
         # portal_down: the source's records name a port where nothing listens.
         port = free_port() if portal_down else tgt.port
-        src = build_source_disk(str(tmp_path / "db01-os.img"), port, source_secret)
+        src = build_source_disk(str(tmp_path / "db01-os.img"), port, source_secret, mutual)
         rx = server.new_dir(name)
         fw, key_path = guest.fwcfg_file("identity", server.identity)
         cmdline = guest.headless_cmdline(server, rx, name, key_path,
                                          f"coldclone.iscsi_ip={iscsi_ip} coldclone.on_done=poweroff "
                                          # QEMU's pc machine has an empty floppy drive (fd0)
-                                         "coldclone.disks=vda,sda")
+                                         f"coldclone.disks={disks}")
         t0 = time.monotonic()
         r = guest.boot_headless("kernel", cmdline, extra_args=fw + guest.disk_args([src]),
                                 timeout=600, name=name, expect_failure=expect_failure)
@@ -189,6 +200,29 @@ def test_login_with_the_source_identity_captures_disk_and_lun(server, lun_image,
     assert guest.sha256_of(lun_image.image) == lun_image.sha256
     assert f"'-p', '{guest.HOST_FROM_GUEST}:{r.portal_port}', '--logout'] -> exit 0" in con.text, \
         r.explain(80)
+
+
+def test_mutual_chap_login_captures_the_lun(server, lun_image, tmp_path):
+    """The source's iscsid.conf and node record also carry username_in/password_in: the array
+    must prove itself back. tgtd has the matching outgoing account; only the LUN is captured."""
+    r, src, rx = _boot(server, tmp_path, "iscsi-mutual", lun_image=lun_image,
+                       mutual=(TARGET_USER, TARGET_SECRET), disks="sda")
+    con = r.console
+    print(r.times(), f"wall {r.wall:.1f} s")
+    assert con.ok, r.explain(120)
+    assert f"mutual (target user {TARGET_USER} secret ****)" in con.text, r.explain(120)
+    assert CHAP_SECRET not in con.text and TARGET_SECRET not in con.text
+    # the live initiator asks the array to prove itself: open-iscsi got the target's account
+    assert f"'node.session.auth.username_in', '-v', '{TARGET_USER}'] -> exit 0" in con.text
+    assert "'node.session.auth.password_in', '-v', '****'] -> exit 0" in con.text
+    inv = con.inventory
+    lun_disk = next(d for d in inv["disks"] if d["transport"] == "iscsi")
+    m = guest.manifest(rx, con.capture_id)
+    assert [d["name"] for d in m["disks"]] == [lun_disk["name"]], m["disks"]
+    guest.qemu_img_compare(lun_image.image, os.path.join(
+        rx, con.capture_id, guest.manifest_disk(m, lun_disk["name"])["image"]))
+    assert guest.sha256_of(lun_image.image) == lun_image.sha256
+    assert guest.sha256_of(src.image) == src.sha256
 
 
 def test_acl_bound_to_another_name_fails_plainly(server, lun_image, tmp_path):

@@ -52,3 +52,18 @@ cc_say() {
         printf '\r\n%s\r\n' "$*" > "$_d" 2>/dev/null || true
     done
 }
+
+# cc_fanout LOG TTY... -> copy stdin, line by line, to stdout (the journal), LOG and each TTY.
+# A terminal is reopened for every line: a long-lived fd (tee) goes dead for good when
+# anything vhangups the tty (a getty starting or stopping), and the console would then show
+# nothing for the rest of the run. Appending opens: harmless on a tty, testable on a file.
+cc_fanout() {
+    _log="$1"; shift
+    while IFS= read -r _line || [ -n "$_line" ]; do
+        printf '%s\n' "$_line"
+        printf '%s\n' "$_line" >> "$_log"
+        for _d in "$@"; do
+            { printf '%s\r\n' "$_line" >> "$_d"; } 2>/dev/null || true
+        done
+    done
+}
