@@ -1,8 +1,59 @@
-"""Stopping the throwaway daemons (sshd, tgtd, ganesha) the testbed starts."""
+"""Starting and stopping the throwaway daemons (sshd, tgtd, nfs-ganesha) the testbed runs.
+
+They live for a whole test or module, so they cannot go through agent.runcmd.run (which
+runs a command to completion); this is their one way in and out."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
+from typing import Callable
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now, for a daemon about to bind it."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(argv: list[str], name: str, addr: tuple[str, int], log: str, *,
+                 output: str | None = None, ready: Callable[[], bool] | None = None,
+                 timeout: float = 15.0) -> subprocess.Popen:
+    """Start a foreground daemon and wait until it accepts TCP connections on addr (and
+    ready() says yes, when given). Its stdout/stderr go to output (None: discarded, for a
+    daemon that writes its own log). If it exits or is not up within timeout, it is
+    stopped and the error carries the tail of log."""
+    out = open(output, "ab") if output else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if output:
+            out.close()       # the child holds its own copy
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}: {_tail(log)}")
+        try:
+            socket.create_connection(addr, timeout=0.5).close()
+            if ready is None or ready():
+                return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"{name} did not start listening on {addr[0]}:{addr[1]} "
+                               f"within {timeout:.0f} s: {_tail(log)}")
+        time.sleep(0.1)
+
+
+def _tail(path: str, n: int = 3000) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:] or "(its log is empty)"
+    except OSError as e:
+        return f"(no log: {e})"
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:

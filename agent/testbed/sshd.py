@@ -11,22 +11,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 from ..runcmd import run
-from .procs import stop_process
+from .procs import free_port, start_daemon, stop_process
 
 TEST_USER = "coldclone-rx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _world_traversable(path: str) -> bool:
@@ -151,24 +143,13 @@ LogLevel VERBOSE
             f.write(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         self.fingerprint = fingerprint_of(self.p("host_ed25519.pub"))
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        self.log = open(self.p("sshd.log"), "wb")
-        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", self.p("sshd_config")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {open(self.p('sshd.log')).read()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not start listening within 15 s")
+        log = self.p("sshd.log")
+        self.proc = start_daemon([sshd, "-D", "-e", "-f", self.p("sshd_config")], "sshd",
+                                 ("127.0.0.1", self.port), log, output=log)
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, 10)
-        if getattr(self, "log", None):
-            self.log.close()
 
     def __enter__(self) -> "Sshd":
         return self.start()

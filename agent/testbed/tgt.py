@@ -16,16 +16,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 from ..runcmd import run
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from .procs import free_port, start_daemon
 
 
 def _free_control_port() -> int:
@@ -91,25 +85,13 @@ class Tgtd:
         if not os.path.exists(tgtd):
             raise RuntimeError("tgtd is not installed (apt-get install tgt)")
         self.control_port = _free_control_port()
-        self._log = open(self.log_path, "wb")
-        # -f: foreground, its own process we can stop; logs to stderr.
-        self.proc = subprocess.Popen(
-            [tgtd, "-f", "-C", str(self.control_port), "--iscsi",
-             f"portal={self.host}:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tgtd exited: {open(self.log_path).read()[-2000:]}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                if self.adm("--mode", "sys", "--op", "show", check=False).returncode == 0:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("tgtd did not start listening within 15 s")
+        # -f: foreground, its own process we can stop; logs to stderr. Up means the portal
+        # listens and the control port answers tgtadm.
+        self.proc = start_daemon(
+            [tgtd, "-f", "-C", str(self.control_port), "--iscsi", f"portal={self.host}:{self.port}"],
+            "tgtd", (self.host, self.port), self.log_path, output=self.log_path,
+            ready=lambda: self.adm("--mode", "sys", "--op", "show", check=False).returncode == 0)
+        return self
 
     def add_target(self, t: TgtTarget) -> TgtTarget:
         t.tid = len(self.targets) + 1
@@ -153,9 +135,6 @@ class Tgtd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> "Tgtd":
         return self.start()

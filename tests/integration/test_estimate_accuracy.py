@@ -9,7 +9,6 @@ whose used part is mostly incompressible (deleted-file remnants of random data).
 
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from agent.runcmd import run
 from agent.testbed import synthdisk
 from agent.testbed.loop import LoopDevice
 from agent.testbed.sshd import Sshd
-from agent.testbed.procs import stop_process
+from agent.testbed.procs import start_daemon, stop_process
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -59,22 +58,10 @@ class ShapedServer:
             f"PidFile {self.sshd.p('sshd.pid')}", f"PidFile {self.sshd.p('sshd-ns.pid')}")
         with open(self.sshd.p("sshd_ns_config"), "w") as f:
             f.write(cfg)
-        self.log = open(self.sshd.p("sshd-ns.log"), "wb")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, shutil.which("sshd") or "/usr/sbin/sshd",
-                                      "-D", "-e", "-f", self.sshd.p("sshd_ns_config")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        import socket
-
-        while True:
-            try:
-                socket.create_connection((self.ns_ip, 22), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("sshd in the namespace did not start: "
-                                       + open(self.sshd.p("sshd-ns.log")).read())
-                time.sleep(0.1)
+        log = self.sshd.p("sshd-ns.log")
+        self.proc = start_daemon(["ip", "netns", "exec", self.ns, shutil.which("sshd") or "/usr/sbin/sshd",
+                                  "-D", "-e", "-f", self.sshd.p("sshd_ns_config")],
+                                 "sshd in the namespace", (self.ns_ip, 22), log, output=log)
         return self
 
     def url(self, path: str) -> str:

@@ -254,7 +254,7 @@ def test_key_not_authorized(sshd, rx_dir, tmp_path, small_disk):
 
 
 def test_nothing_listening(tmp_path, small_disk):
-    from agent.testbed.sshd import free_port
+    from agent.testbed.procs import free_port
 
     r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
                   "--identity", "/nonexistent", "--hostkey", "SHA256:x")

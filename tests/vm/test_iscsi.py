@@ -21,7 +21,8 @@ import pytest
 
 from agent.runcmd import run
 from agent.testbed.loop import attached, partitions
-from agent.testbed.tgt import Chap, Tgtd, TgtTarget, free_port
+from agent.testbed.procs import free_port
+from agent.testbed.tgt import Chap, Tgtd, TgtTarget
 from tests.vm import guest, vmboot
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
