@@ -36,32 +36,49 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def add_source_args(ap: argparse.ArgumentParser, size_mb: int, files_mb: int, remnant_mb: int,
+                    out: str) -> None:
+    """The synthetic server's shape and where the images stay: the same for both demos."""
+    ap.add_argument("--size-mb", type=int, default=size_mb)
+    ap.add_argument("--files-mb", type=int, default=files_mb)
+    ap.add_argument("--remnant-mb", type=int, default=remnant_mb)
+    ap.add_argument("--table", choices=["gpt", "msdos"], default="gpt")
+    ap.add_argument("--out", default=out, help="where the captured images stay")
+
+
+def workspace(out: str, prefix: str) -> tuple[str, str]:
+    """(scratch dir, receiver root under out). Both world-traversable: the receiver runs as
+    the throwaway sshd's user, not root. The caller removes the scratch dir."""
+    os.makedirs(out, exist_ok=True)
+    os.chmod(out, 0o755)
+    work = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    os.chmod(work, 0o755)
+    receiver_root = os.path.join(out, "captures")
+    os.makedirs(receiver_root, exist_ok=True)
+    return work, receiver_root
+
+
+def describe_source(sd: synthdisk.SynthDisk, built_in: float) -> str:
+    return (f"source disk: {hb(sd.size)} {sd.table.upper()}: /boot ext4, swap, / ext4 with "
+            f"{hb(sd.files_bytes)} of real files and {hb(sd.remnant_bytes)} of deleted-file remnants "
+            f"(built in {built_in:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-demo")
-    ap.add_argument("--size-mb", type=int, default=2048)
-    ap.add_argument("--files-mb", type=int, default=300)
-    ap.add_argument("--remnant-mb", type=int, default=64)
-    ap.add_argument("--table", choices=["gpt", "msdos"], default="gpt")
-    ap.add_argument("--out", default="/var/tmp/coldclone-demo", help="where the captured images stay")
+    add_source_args(ap, size_mb=2048, files_mb=300, remnant_mb=64, out="/var/tmp/coldclone-demo")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         say("make demo needs root (loop devices, a throwaway sshd): run it as root")
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    os.chmod(args.out, 0o755)
-    work = tempfile.mkdtemp(prefix="coldclone-demo-", dir="/var/tmp")
-    os.chmod(work, 0o755)
-    receiver_root = os.path.join(args.out, "captures")
-    os.makedirs(receiver_root, exist_ok=True)
+    work, receiver_root = workspace(args.out, "coldclone-demo-")
     try:
         say("== coldclone demo: a synthetic source server, captured to a local conversion server ==")
         t = time.monotonic()
         img = os.path.join(work, "source-server.img")
         sd = synthdisk.build(img, size=args.size_mb * MiB, table=args.table, files_mb=args.files_mb,
                              remnant_mb=args.remnant_mb)
-        say(f"source disk: {hb(sd.size)} {sd.table.upper()}: /boot ext4, swap, / ext4 with "
-            f"{hb(sd.files_bytes)} of real files and {hb(sd.remnant_bytes)} of deleted-file remnants "
-            f"(built in {time.monotonic() - t:.1f} s)")
+        say(describe_source(sd, time.monotonic() - t))
         with LoopDevice(img) as loop, Sshd(receiver_root=receiver_root, workdir=os.path.join(work, "sshd")) as sshd:
             say(f"source server disk attached as {loop.dev}; conversion server: sshd on 127.0.0.1:{sshd.port}, "
                 f"key forced to `coldclone-receive --root {receiver_root}`, host key {sshd.fingerprint}")

@@ -21,18 +21,15 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 
 from ..estimate.rate import human_bytes as hb
+from . import demo
+from .demo import say
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _harness():
@@ -86,12 +83,8 @@ class ConsoleTail(threading.Thread):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-vmdemo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["bios", "uefi"], default="bios", help="firmware to boot the ISO with")
-    ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--files-mb", type=int, default=150)
-    ap.add_argument("--remnant-mb", type=int, default=32)
-    ap.add_argument("--table", choices=["gpt", "msdos"], default="gpt")
     ap.add_argument("--timeout", type=float, default=900, help="seconds for the whole VM run")
-    ap.add_argument("--out", default="/var/tmp/coldclone-vmdemo", help="where the captured images stay")
+    demo.add_source_args(ap, size_mb=1024, files_mb=150, remnant_mb=32, out="/var/tmp/coldclone-vmdemo")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         say("the VM demo needs root (loop devices to build the source disk, a throwaway sshd): run it as root")
@@ -100,15 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     why = vmboot.missing_prerequisites(args.mode)
     if why:
         say(f"no VM demo: {why}\n-> running the loop-device demo instead\n")
-        from . import demo
-
         return demo.main([])
-    os.makedirs(args.out, exist_ok=True)
-    os.chmod(args.out, 0o755)
-    work = tempfile.mkdtemp(prefix="coldclone-vmdemo-", dir="/var/tmp")
-    os.chmod(work, 0o755)
-    receiver_root = os.path.join(args.out, "captures")
-    os.makedirs(receiver_root, exist_ok=True)
+    work, receiver_root = demo.workspace(args.out, "coldclone-vmdemo-")
     try:
         say("== coldclone VM demo: the live ISO in QEMU captures a synthetic server headless ==")
         t = time.monotonic()
@@ -116,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                             table=args.table, size_mb=args.size_mb, files_mb=args.files_mb,
                             remnant_mb=args.remnant_mb)
         sd = src.layout
-        say(f"source disk: {hb(sd.size)} {sd.table.upper()}: /boot ext4, swap, / ext4 with "
-            f"{hb(sd.files_bytes)} of real files and {hb(sd.remnant_bytes)} of deleted-file remnants "
-            f"(built in {time.monotonic() - t:.1f} s), sha256 {src.sha256[:16]}...")
+        say(f"{demo.describe_source(sd, time.monotonic() - t)}, sha256 {src.sha256[:16]}...")
         with guest.HostServer(workdir=os.path.join(work, "server"), receiver_root=receiver_root) as srv:
             os.chmod(receiver_root, 0o755)
             capture_id = "vmdemo-" + time.strftime("%Y%m%dT%H%M%S")
