@@ -10,12 +10,14 @@ operator typed is ever replaced by a silent default.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import shlex
 from dataclasses import dataclass, field, fields
 
 from .errors import UsageError
+from .netsetup import parse_ip_spec
 
 PREFIX = "coldclone."
 MODES = ("nonzero", "full")
@@ -138,10 +140,21 @@ def _compress(value: str) -> str:
 
 
 def _iscsi_ip(value: str) -> str:
-    if value in ("original", "dhcp") or re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}/\d{1,2}", value):
+    if value in ("original", "dhcp"):
         return value
+    try:
+        if "/" in value and ipaddress.IPv4Interface(value).network.prefixlen < 32:
+            return value
+    except ValueError:
+        pass
     raise UsageError(f"{PREFIX}iscsi_ip={value!r}: use original (the source server's own address), "
                      f"dhcp, or ADDRESS/PREFIX such as 192.168.10.21/24")
+
+
+def _ip(value: str) -> str:
+    # checked now, with every other key, not after the pre hook has run
+    parse_ip_spec(value, what=f"{PREFIX}ip=")
+    return value
 
 
 def _hook(key: str, value: str) -> str:
@@ -182,7 +195,7 @@ _KEYS = {
     "capture_id": lambda v: _capture_id(v),
     "iscsi": lambda v: _choice("iscsi", v, ISCSI),
     "iscsi_ip": lambda v: _iscsi_ip(v),
-    "ip": lambda v: v,
+    "ip": lambda v: _ip(v),
     "on_done": lambda v: _choice("on_done", v, ON_DONE),
     "pre": lambda v: _hook("pre", v),
     "post": lambda v: _hook("post", v),
@@ -270,7 +283,8 @@ def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
 
 
 def describe(cfg: CaptureConfig) -> list[str]:
-    """The configuration as the operator should see it (no secrets: keys are paths or URLs)."""
+    """The configuration as the operator should see it: URLs (server, identity, hooks) lose
+    their passwords and tokens."""
     from .transport.url import redact
 
     lines = []
@@ -282,7 +296,7 @@ def describe(cfg: CaptureConfig) -> list[str]:
             v = "all" if v is None else ",".join(v)
         elif isinstance(v, list):
             v = ",".join(v)
-        elif f.name == "server":
+        elif isinstance(v, str):
             v = redact(v)
         lines.append(f"{f.name}={v}")
     return lines

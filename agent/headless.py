@@ -39,6 +39,7 @@ from .config import PREFIX, CaptureConfig, describe, from_cmdline, read_kernel_c
 from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError,
                      ConnectionError_, SourceError, UsageError)
 from .runcmd import run
+from .transport.url import redact, url_secrets
 
 log = logging.getLogger("coldclone.headless")
 
@@ -68,14 +69,19 @@ def fetch(url: str, dest: str, *, what: str, mode: int = 0o600) -> str:
     """Download an http(s) URL to dest (private). Keys only ever come over https."""
     import requests
 
+    shown = redact(url)
     if url.startswith("http://"):
-        say(f"WARNING: fetching the {what} over plain http ({url}); anyone on that network "
+        say(f"WARNING: fetching the {what} over plain http ({shown}); anyone on that network "
             f"could change it. Prefer https://")
     try:
         r = requests.get(url, timeout=30)
         r.raise_for_status()
     except requests.RequestException as e:
-        raise ConnectionError_(f"could not fetch the {what} from {url}: {e}; check the URL, "
+        # requests quotes the URL (or its path and query) in its own words
+        reason = str(e)
+        for secret in url_secrets(url):
+            reason = reason.replace(secret, "****")
+        raise ConnectionError_(f"could not fetch the {what} from {shown}: {reason}; check the URL, "
                                f"the network (ip=, DHCP) and the web server") from None
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
@@ -93,6 +99,7 @@ def run_hook(name: str, spec: str | None, env: dict[str, str]) -> None:
     elif not os.path.isfile(spec):
         raise HookError(f"{PREFIX}{name}={spec}: no such file on the live system; put the script "
                         f"on the boot medium or serve it over http(s)")
+    spec = redact(spec)
     say(f"running the {name} hook {spec}")
     res = run(["/bin/sh", path], check=False, env={**os.environ, **env}, timeout=3600)
     for line in (res.stdout or "").splitlines()[-20:]:
@@ -112,7 +119,7 @@ def resolve_identity(cfg: CaptureConfig) -> str | None:
         url = cfg.identity
         cfg.identity = fetch(url, os.path.join(RUN_DIR, f"identity-{os.getpid()}"),
                              what="identity (private key)")
-        say(f"identity fetched from {url}")
+        say(f"identity fetched from {redact(url)}")
         return cfg.identity
     if cfg.identity and not os.path.exists(cfg.identity):
         raise UsageError(f"{PREFIX}identity={cfg.identity}: no such file on the live system; "

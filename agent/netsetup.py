@@ -60,8 +60,9 @@ class NicState:
         return f"{self.name} {self.mac or '-'} {speed} {self.operstate or '-'}"
 
 
-def _bad(text: str, why: str) -> UsageError:
-    return UsageError(f"network setting {text!r}: {why}. Write dhcp, IFACE:dhcp, or "
+def _bad(what: str, text: str, why: str) -> UsageError:
+    sep = "" if what.endswith("=") else " "
+    return UsageError(f"{what}{sep}{text!r}: {why}. Write dhcp, IFACE:dhcp, or "
                       f"[IFACE:]ADDRESS/PREFIX[,gw=GATEWAY][,dns=SERVER], "
                       f"e.g. eth0:192.168.10.21/24,gw=192.168.10.1,dns=192.168.10.2")
 
@@ -74,47 +75,48 @@ def _is_interface(text: str) -> bool:
     return True
 
 
-def parse_ip_spec(text: str) -> IpSpec:
+def parse_ip_spec(text: str, what: str = "network setting") -> IpSpec:
+    """what: how the error names the setting (the kernel command line key, for config)."""
     raw = text
     text = text.strip()
     if not text:
-        raise _bad(raw, "it is empty")
+        raise _bad(what, raw, "it is empty")
     iface = None
     # IPv6 addresses contain ':' too: only split off an interface name when what
     # precedes the first ',' is not an address by itself.
     head, sep, rest = text.partition(":")
     if sep and not _is_interface(text.split(",")[0]):
         if not IFACE_RE.fullmatch(head) or re.fullmatch(r"[\d.]+", head):
-            raise _bad(raw, f"{head!r} is not an interface name")
+            raise _bad(what, raw, f"{head!r} is not an interface name")
         iface, text = head, rest
     if text.lower() == "dhcp":
         return IpSpec(dhcp=True, iface=iface)
     addr, *opts = [p.strip() for p in text.split(",")]
     if "/" not in addr:
-        raise _bad(raw, f"{addr!r} has no prefix length (write it as ADDRESS/PREFIX, e.g. {addr}/24)")
+        raise _bad(what, raw, f"{addr!r} has no prefix length (write it as ADDRESS/PREFIX, e.g. {addr}/24)")
     try:
         net = ipaddress.ip_interface(addr)
     except ValueError:
-        raise _bad(raw, f"{addr!r} is not an IPv4/IPv6 address with a prefix") from None
+        raise _bad(what, raw, f"{addr!r} is not an IPv4/IPv6 address with a prefix") from None
     if net.network.prefixlen == net.max_prefixlen and net.version == 4:
-        raise _bad(raw, f"prefix /{net.network.prefixlen} leaves no network (did you mean /24?)")
+        raise _bad(what, raw, f"prefix /{net.network.prefixlen} leaves no network (did you mean /24?)")
     spec = IpSpec(dhcp=False, iface=iface, address=str(net))
     for opt in opts:
         key, eq, value = opt.partition("=")
         key = key.strip().lower()
         if not eq or not value:
-            raise _bad(raw, f"{opt!r} should be gw=ADDRESS or dns=ADDRESS")
+            raise _bad(what, raw, f"{opt!r} should be gw=ADDRESS or dns=ADDRESS")
         if key not in ("gw", "gateway", "dns"):
-            raise _bad(raw, f"unknown option {key!r} (gw= and dns= are known)")
+            raise _bad(what, raw, f"unknown option {key!r} (gw= and dns= are known)")
         try:
             ip = ipaddress.ip_address(value.strip())
         except ValueError:
-            raise _bad(raw, f"{key}={value!r} is not an IP address") from None
+            raise _bad(what, raw, f"{key}={value!r} is not an IP address") from None
         if key in ("gw", "gateway"):
             if spec.gateway:
-                raise _bad(raw, "gw= is given twice")
+                raise _bad(what, raw, "gw= is given twice")
             if ip not in net.network:
-                raise _bad(raw, f"gateway {ip} is not inside {net.network}")
+                raise _bad(what, raw, f"gateway {ip} is not inside {net.network}")
             spec.gateway = str(ip)
         else:
             spec.dns.append(str(ip))

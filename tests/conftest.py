@@ -27,10 +27,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 
-def coldclone(*args, timeout=300):
-    """Run the real `coldclone` console script; return CompletedProcess (text)."""
+def coldclone(*args, timeout=300, env=None):
+    """Run the real `coldclone` console script; return CompletedProcess (text). env: extra
+    variables on top of ours."""
     return subprocess.run([os.path.join(BIN, "coldclone"), *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **env} if env else None)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ nfs://host[:port]/export/path[?vers=4.2]."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import UsageError
 
@@ -32,13 +32,36 @@ class TargetURL:
         return f"file://{self.path}"
 
 
+# query keys whose values are settings, not credentials (nfs://...?vers=4.2)
+PLAIN_QUERY_KEYS = ("vers",)
+
+
 def redact(text: str) -> str:
-    """The URL with any password replaced, fit for messages and logs."""
+    """The URL with its password and query values (tokens, pre-signed signatures) replaced
+    by ****, fit for messages and logs. Text that is not a URL comes back unchanged."""
     u = urlsplit(text)
-    if u.password is None:
+    if not u.scheme or not u.netloc:
         return text
-    host = u.netloc.rsplit("@", 1)[1]
-    return u._replace(netloc=f"{u.username}:****@{host}").geturl()
+    if u.password is not None:
+        host = u.netloc.rsplit("@", 1)[1]
+        u = u._replace(netloc=f"{u.username}:****@{host}")
+    if u.query:
+        pairs = [(k, v if k in PLAIN_QUERY_KEYS else "****")
+                 for k, v in parse_qsl(u.query, keep_blank_values=True)]
+        u = u._replace(query=urlencode(pairs, safe="*.").replace("%2A", "*"))
+    return u.geturl()
+
+
+def url_secrets(text: str) -> list[str]:
+    """The parts of a URL redact() hides, to mask them wherever else they turn up (a
+    library's error message quoting the URL or just its path and query)."""
+    u = urlsplit(text)
+    out = [u.password] if u.password else []
+    # values shorter than 4 characters are no credential, and replacing them would garble
+    # the message they are masked in
+    out += [v for k, v in parse_qsl(u.query, keep_blank_values=True)
+            if len(v) >= 4 and k not in PLAIN_QUERY_KEYS]
+    return out
 
 
 def parse_target(text: str) -> TargetURL:

@@ -39,9 +39,9 @@ def server_words(sshd, rx_dir, **extra):
     return " ".join(f"coldclone.{k}" if v is None else f"coldclone.{k}={v}" for k, v in words.items())
 
 
-def headless(cmdline, timeout=300):
+def headless(cmdline, timeout=300, env=None):
     return coldclone("headless", "--include-loop", "--baked-root", "/nonexistent",
-                     "--cmdline", f"boot=live quiet {cmdline}", timeout=timeout)
+                     "--cmdline", f"boot=live quiet {cmdline}", timeout=timeout, env=env)
 
 
 def json_block(out: str, tag: str):
@@ -176,17 +176,16 @@ def test_identity_fetched_over_https(sshd, rx_dir, source, tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     port = httpd.server_address[1]
     name = os.path.basename(source.dev)
+    token = "Tok3n-SECRET-42"     # a pre-signed URL's credential: never shown
+    trusted = {"REQUESTS_CA_BUNDLE": crt}
     try:
         words = server_words(sshd, rx_dir, disks=name, capture_id="hl-https",
-                             identity=f"https://127.0.0.1:{port}/id")
-        env_bin = ["env", f"REQUESTS_CA_BUNDLE={crt}"]
-        import subprocess
-        from tests.conftest import BIN
-        r = subprocess.run([*env_bin, os.path.join(BIN, "coldclone"), "headless", "--include-loop",
-                            "--baked-root", "/nonexistent", "--cmdline", words],
-                           capture_output=True, text=True, timeout=300)
+                             identity=f"https://127.0.0.1:{port}/id?token={token}")
+        r = headless(words, env=trusted)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"identity fetched from https://127.0.0.1:{port}/id" in r.stdout
+        assert f"identity fetched from https://127.0.0.1:{port}/id?token=****" in r.stdout
+        assert f"identity=https://127.0.0.1:{port}/id?token=****" in r.stdout   # the configuration line
+        assert token not in r.stdout + r.stderr
         run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", source.dev,
              os.path.join(rx_dir, "hl-https", f"{name}.qcow2")])
         # the key is never printed
@@ -199,5 +198,13 @@ def test_identity_fetched_over_https(sshd, rx_dir, source, tmp_path):
         assert r.returncode == 3, r.stdout + r.stderr
         assert "could not fetch the identity (private key)" in r.stdout and "CERTIFICATE_VERIFY_FAILED" in r.stdout
         assert not os.path.exists(os.path.join(rx_dir, "hl-https2"))
+        # a URL the server does not have: the error names it, without its token
+        r = headless(server_words(sshd, rx_dir, disks=name, capture_id="hl-https3",
+                                  identity=f"https://127.0.0.1:{port}/gone?token={token}"), env=trusted)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert (f"could not fetch the identity (private key) from https://127.0.0.1:{port}/gone?token=****: "
+                "404 Client Error") in r.stdout, r.stdout
+        assert token not in r.stdout + r.stderr
+        assert not os.path.exists(os.path.join(rx_dir, "hl-https3"))
     finally:
         httpd.shutdown()

@@ -48,6 +48,12 @@ def test_bad_values_are_named_with_what_is_accepted():
         "coldclone.mode=used": "not available in this version",
         "coldclone.iscsi=yes": "use auto or off",
         "coldclone.iscsi_ip=somewhere": "ADDRESS/PREFIX",
+        "coldclone.iscsi_ip=300.1.1.1/24": "ADDRESS/PREFIX",
+        "coldclone.iscsi_ip=10.0.0.5/40": "ADDRESS/PREFIX",
+        "coldclone.iscsi_ip=10.0.0.5/32": "ADDRESS/PREFIX",
+        "coldclone.ip=eth0:10.0.0.5": "has no prefix length",
+        "coldclone.ip=10.0.0.5/24,gw=10.9.9.9": "is not inside 10.0.0.0/24",
+        "coldclone.ip=10.0.0.5/24,mtu=9000": "unknown option",
         "coldclone.calibrate=lots": "number of seconds",
         "coldclone.calibrate=1000": "between 0 and 120",
         "coldclone.server=ftp://h/p": "expected ssh://",
@@ -103,7 +109,17 @@ def test_quoted_values_and_unbalanced_quote():
 
 
 def test_live_system_keys_are_not_typos():
-    assert parse("coldclone.smoke=abc coldclone.smoke_done=shell coldclone.server=file:///x").check()
+    cfg = parse("coldclone.smoke=abc coldclone.smoke_done=shell coldclone.tui "
+                "coldclone.server=file:///x").check()
+    assert cfg.server == "file:///x"
+
+
+def test_network_keys_that_are_right_pass_through():
+    cfg = parse(SERVER + " coldclone.ip=eth1:192.168.10.21/24,gw=192.168.10.1,dns=192.168.10.2 "
+                "coldclone.iscsi_ip=10.20.0.7/16").check()
+    assert cfg.ip == "eth1:192.168.10.21/24,gw=192.168.10.1,dns=192.168.10.2"
+    assert cfg.iscsi_ip == "10.20.0.7/16"
+    assert parse(SERVER + " coldclone.ip=dhcp").ip == "dhcp"
 
 
 def test_baked_identity_and_hostkey(tmp_path):
@@ -122,3 +138,11 @@ def test_describe_shows_no_secrets_and_names_disks():
     lines = describe(parse(SERVER + " coldclone.disks=sda"))
     assert "disks=sda" in lines and "server=ssh://cc@10.0.0.5:2222/srv/coldclone" in lines
     assert "disks=all" in describe(parse(SERVER))
+    # URLs lose their tokens wherever they are (a server password is refused outright)
+    lines = describe(parse(SERVER.split()[0] + " "
+                           "coldclone.identity=https://pxe/id?token=T0ken-1 "
+                           "coldclone.pre=https://pxe/pre.sh?X-Amz-Signature=S1gnature"))
+    text = "\n".join(lines)
+    assert "T0ken-1" not in text and "S1gnature" not in text, text
+    assert "identity=https://pxe/id?token=****" in lines, lines
+    assert "pre=https://pxe/pre.sh?X-Amz-Signature=****" in lines, lines
