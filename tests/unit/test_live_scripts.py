@@ -28,7 +28,9 @@ def sh(script: str, cmdline: str = "", stdin: str = "", *args: str) -> subproces
     # a misspelt key must reach `coldclone headless`, which names it
     ("boot=live coldclone.sever=ssh://cc@10.0.0.5/srv", True),
     ("boot=live coldclone.estimate_only", True),
-    ("boot=live coldclone.tui coldclone.disks=sda", True),
+    # coldclone.tui wins: the TUI starts, prefilled from the other keys
+    ("boot=live coldclone.tui coldclone.server=ssh://cc@10.0.0.5/srv", False),
+    ("boot=live coldclone.server=ssh://cc@10.0.0.5/srv coldclone.tui=1", False),
     # not ours: a word that merely contains the prefix
     ("boot=live xcoldclone.server=1", False),
 ])

@@ -18,17 +18,19 @@ cc_arg() {
 }
 
 # cc_headless -> status 0 when the command line asks for an unattended run: any coldclone.*
-# key except coldclone.tui (interactive, the default) and the smoke-test ones. Deliberately
-# wide: a mistyped key (coldclone.sever=) must reach `coldclone headless`, which names it,
-# rather than silently start the TUI.
+# key except the smoke-test ones. Deliberately wide: a mistyped key (coldclone.sever=) must
+# reach `coldclone headless`, which names it, rather than silently start the TUI.
+# coldclone.tui wins over everything: the TUI starts, prefilled from the other keys.
 cc_headless() {
+    _unattended=1
     for _w in $(cc_cmdline); do
         case "$_w" in
-            coldclone.tui|coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
-            coldclone.*) return 0 ;;
+            coldclone.tui|coldclone.tui=*) return 1 ;;
+            coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
+            coldclone.*) _unattended=0 ;;
         esac
     done
-    return 1
+    return $_unattended
 }
 
 # The terminals a message for the operator must reach: tty1 (VGA/BMC virtual console)
