@@ -77,6 +77,13 @@ class ColdcloneApp(App):
         return PLAIN_KEYS.get(key, key)
 
     def on_unmount(self) -> None:
+        # iSCSI sessions end and the source server's own address (iscsi_ip=original) leaves
+        # the live NIC: the original server may be powered on again after the capture.
+        if self.plan.iscsi is not None:
+            try:
+                self.plan.iscsi.logout(log.info)
+            except Exception as e:
+                log.warning("iSCSI logout: %s", e)
         # A target disk we mounted is unmounted (synced) before the operator pulls it.
         if self.plan.prepared is not None:
             try:

@@ -75,7 +75,8 @@ def test_headless_capture_equals_source(sshd, rx_dir, source, tmp_path):
 
 def test_estimate_only_captures_nothing(sshd, rx_dir, source):
     name = os.path.basename(source.dev)
-    r = headless(f"coldclone.estimate_only coldclone.disks={name} coldclone.iscsi=off coldclone.calibrate=0")
+    # a real server on the line: a runner that ignored estimate_only would capture into rx_dir
+    r = headless(server_words(sshd, rx_dir, estimate_only=None, disks=name))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "nothing captured" in r.stdout and "COLDCLONE-HEADLESS-OK capture_id=-" in r.stdout
     assert json_block(r.stdout, "INVENTORY")["disks"]

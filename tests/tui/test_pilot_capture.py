@@ -110,7 +110,10 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
     manifest = json.load(open(os.path.join(cap, "manifest.json")))
     assert manifest["status"] == "complete"
     # The inventory the operator saw and the estimate go into the manifest.
-    assert manifest["source"]["inventory"]["disks"]
+    name = os.path.basename(loop_disk.dev)
+    assert name in [d["name"] for d in manifest["source"]["inventory"]["disks"]]
+    assert [d["name"] for d in manifest["estimate"]["disks"]] == [name], manifest["estimate"]
+    assert manifest["estimate_vs_actual"]["actual_seconds"] > 0, manifest["estimate_vs_actual"]
     assert result.disks[0]["verified"]["qemu_img_compare"] is True
 
 
@@ -145,10 +148,12 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
     assert app.plan.result is None
     assert app.plan.exit_code == 6, app.plan.error
     assert "cancelled" in app.plan.error
-    # The receiver discarded the partial capture: no half-written image stays behind.
-    left = os.path.join(rx_dir, "tui-cancel-1")
-    assert not os.path.exists(left) or not any(f.endswith((".qcow2", ".raw")) for f in os.listdir(left)), \
-        os.listdir(left)
+    # Nothing is marked complete, and the receiver discarded the half-written image: only
+    # the failure record stays in the .partial directory.
+    assert not os.path.exists(os.path.join(rx_dir, "tui-cancel-1"))
+    partial = os.path.join(rx_dir, "tui-cancel-1.partial")
+    assert os.listdir(partial) == ["failure.json"], os.listdir(partial)
+    assert json.load(open(os.path.join(partial, "failure.json")))["code"] == "aborted"
 
 
 def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk):
@@ -161,6 +166,7 @@ def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk)
     from agent.tui.screens.progress import ProgressScreen
     from agent.tui.screens.target import TargetScreen
 
+    before = sha256_of(loop_disk.dev)
     timg = str(tmp_path / "usb-target.img")
     with open(timg, "wb") as f:
         f.truncate(512 * MiB)
@@ -205,3 +211,4 @@ def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk)
         asyncio.run(scenario())
         mounts = open("/proc/mounts").read()
         assert seen["mount"] not in mounts and target.dev not in mounts, "target disk left mounted"
+    assert sha256_of(loop_disk.dev) == before

@@ -163,7 +163,7 @@ def test_estimate_capture_on_a_file_without_calibration(tmp_path):
     js = json.loads(json.dumps(est.to_dict()))
     assert js["disks"][0]["path"] == p and js["total_seconds"] == round(est.total_seconds, 1)
     assert any("downtime" in line for line in est.lines())
-    # Over a USB 2.0 target (a file on a disk behind a USB 2.0 link) the link is named.
+    # mode full: every byte is read and the zeros are still sent (compressed to almost nothing)
     full = estimate_capture(None, [p], None, "full", calibrate_seconds=0)
     assert full.disks[0].nonzero_fraction == 1.0 and full.disks[0].bytes_to_send < size * 0.3
 

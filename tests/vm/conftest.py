@@ -22,7 +22,7 @@ TIMEOUT = float(os.environ.get("COLDCLONE_VM_TIMEOUT", 480))
 LOG_DIR = os.environ.get("COLDCLONE_VM_LOGS", os.path.join(vmboot.BUILD, "vm-logs"))
 KEEP = bool(os.environ.get("COLDCLONE_VM_KEEP"))
 
-# The pre hook of the BIOS boot: the host kernel here has no md, so the RAID1 is created in
+# The pre hook of the UEFI boot: the host kernel here has no md, so the RAID1 is created in
 # the guest, from the two blank virtio disks (by serial), before discovery; a filesystem with
 # files on it; then read-only, so nothing writes the members after the capture read them.
 MD_PRE_HOOK = """#!/bin/sh

@@ -91,12 +91,12 @@ class ProgressScreen(Screen):
                 from ...discover.model import to_dict
 
                 facts["inventory"] = to_dict(plan.inventory)
-            if plan.estimate is not None and hasattr(plan.estimate, "to_dict"):
-                facts["estimate"] = plan.estimate.to_dict()
+            # the receiver records predicted vs actual in the manifest, as for headless
+            estimate = plan.estimate.to_dict() if hasattr(plan.estimate, "to_dict") else None
             capture_id = plan.capture_id or (svc.capture_id() if svc.capture_id else None)
             result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
                                      capture_id=capture_id, on_event=on_event, cancel=self.cancel,
-                                     source_facts=facts)
+                                     source_facts=facts, estimate=estimate)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
                                            exit_code=EXIT_CANCELLED, cancelled=True))
