@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
-        # These own their flags; same exit-code contract (docs/cli.md).
+        # These own their flags; same exit-code contract (docs/cli.md), and the same last word
+        # on what they did not catch themselves.
         import importlib
 
-        return importlib.import_module(DELEGATED[argv[0]][0], __package__).main(argv[1:])
+        sub = importlib.import_module(DELEGATED[argv[0]][0], __package__)
+        return _plainly(lambda: sub.main(argv[1:]))
     ap = build_parser()
     try:
         args = ap.parse_args(argv)
@@ -162,14 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         ap.print_help()
         return 2
+    return _plainly(lambda: args.func(args))
+
+
+def _plainly(call) -> int:
+    """Run a command; whatever escapes it is said in one line, never as a bare traceback."""
     try:
-        return args.func(args)
+        return call()
     except ColdcloneError as e:
         print(f"coldclone: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("coldclone: error: cancelled by the operator", file=sys.stderr)
         return EXIT_CANCELLED
+    except OSError as e:       # str() keeps the path
+        log.debug("system error", exc_info=True)
+        print(f"coldclone: error: {e} (run with -v for details)", file=sys.stderr)
+        return EXIT_INTERNAL
     except Exception as e:  # a bug: say so plainly, with the traceback in the log
         log.exception("internal error")
         print(f"coldclone: internal error: {e!r} (run with -v and report it)", file=sys.stderr)

@@ -218,14 +218,18 @@ def _unknown(key: str) -> UsageError:
                       f"(known: {', '.join(ALL_KEYS)})")
 
 
-def cmdline_words(text: str) -> list[tuple[str, str | None]]:
-    """The coldclone.* words of a kernel command line, as (key, value or None)."""
+def kernel_words(text: str) -> list[str]:
+    """A kernel command line split into words, quotes honoured as the kernel does."""
     try:
-        words = shlex.split(text)
+        return shlex.split(text)
     except ValueError as e:
         raise UsageError(f"kernel command line: {e} (an unbalanced quote?)") from None
+
+
+def cmdline_words(text: str) -> list[tuple[str, str | None]]:
+    """The coldclone.* words of a kernel command line, as (key, value or None)."""
     out = []
-    for w in words:
+    for w in kernel_words(text):
         if not w.startswith(PREFIX):
             continue
         key, eq, value = w[len(PREFIX):].partition("=")
@@ -278,8 +282,11 @@ def apply_baked(cfg: CaptureConfig, root: str) -> None:
 
 
 def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
-    with open(path) as f:
-        return f.read()
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read the kernel command line from {path}: {e.strerror}") from None
 
 
 def describe(cfg: CaptureConfig) -> list[str]:

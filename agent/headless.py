@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from .config import PREFIX, CaptureConfig, describe, from_cmdline, read_kernel_cmdline
+from .config import PREFIX, CaptureConfig, describe, from_cmdline, kernel_words, read_kernel_cmdline
 from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError,
                      ConnectionError_, SourceError, UsageError)
 from .runcmd import run
@@ -135,15 +135,10 @@ def setup_network(cfg: CaptureConfig) -> None:
         say(line)
 
 
-def attach_iscsi(cfg: CaptureConfig, inventory):
-    if cfg.iscsi == "off":
-        return None
-    try:
-        from .iscsi import auto
-    except ImportError:
-        say("iSCSI: software iSCSI login is not available in this build")
-        return None
-    return auto.auto_attach(cfg, inventory, say)
+def attach_iscsi(cfg: CaptureConfig):
+    from .iscsi import auto
+
+    return auto.auto_attach(cfg, None, say)
 
 
 def take_inventory(cfg: CaptureConfig, *, include_loop: bool, target_path: str | None):
@@ -210,7 +205,7 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
                            estimate=est.to_dict() if est is not None else None)
 
 
-def apply_on_done(action: str, live: bool) -> None:
+def apply_on_done(action: str, live: bool, cmdline: str) -> None:
     say(f"on_done={action}")
     if not live:
         return
@@ -220,14 +215,14 @@ def apply_on_done(action: str, live: bool) -> None:
         run(["systemctl", "--no-block", "reboot"], check=False)
     else:
         say("leaving a root shell on the consoles (log: /var/log/coldclone/headless.log)")
-        units = [f"coldclone-shell@{t}.service" for t in operator_ttys(read_kernel_cmdline())]
+        units = [f"coldclone-shell@{t}.service" for t in operator_ttys(cmdline)]
         run(["systemctl", "--no-block", "start", *units], check=False)
 
 
 def operator_ttys(cmdline: str) -> list[str]:
     """tty1 and every serial console named by console= (as the live scripts' cc_ttys)."""
     ttys = ["tty1"]
-    for word in cmdline.split():
+    for word in kernel_words(cmdline):
         if word.startswith("console="):
             dev = word[len("console="):].split(",")[0]
             if dev.startswith(("ttyS", "ttyAMA", "hvc")) and dev not in ttys:
@@ -253,7 +248,12 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
         if cfg.server:
             target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
                                  known_hosts=cfg.known_hosts, timeout=cfg.timeout)
-        attachment = attach_iscsi(cfg, None)
+        if cfg.server and cfg.server.startswith("ssh://") and not (cfg.hostkey or cfg.known_hosts):
+            # said before the first connection (the calibration probe): the refusal would be
+            # right but late
+            say("no host key pin given: the server's key must be in known_hosts, or the "
+                "capture is refused; give coldclone.hostkey=SHA256:...")
+        attachment = attach_iscsi(cfg)
         # A local target disk must never be offered as a source; an NFS mount is no disk.
         local_disk = target.local_path if target and target.url.scheme == "file" else None
         inv = take_inventory(cfg, include_loop=include_loop, target_path=local_disk)
@@ -269,10 +269,6 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
         if cfg.estimate_only:
             say(f"{PREFIX}estimate_only: nothing captured")
             return None
-        if cfg.server and cfg.server.startswith("ssh://") and not (cfg.hostkey or cfg.known_hosts):
-            # Checked before connecting: the refusal below would be right but late.
-            say("no host key pin given: the server's key must be in known_hosts, or the "
-                "capture is refused; give coldclone.hostkey=SHA256:...")
         result = do_capture(cfg, inv, paths, target, est, cancel)
         import io
 
@@ -331,13 +327,17 @@ def main(argv: list[str]) -> int:
         result = headless(cfg, include_loop=args.include_loop, cancel=cancel)
         print(f"COLDCLONE-HEADLESS-OK capture_id={result.capture_id if result else '-'} "
               f"seconds={time.monotonic() - t0:.1f}", flush=True)
-        apply_on_done(cfg.on_done, args.live)
+        apply_on_done(cfg.on_done, args.live, text)
         return EXIT_OK
     except (ColdcloneError, KeyboardInterrupt, Exception) as e:
         if isinstance(e, ColdcloneError):
             code, msg = e.exit_code, str(e)
         elif isinstance(e, KeyboardInterrupt):
             code, msg = EXIT_CANCELLED, "cancelled"
+        elif isinstance(e, OSError):
+            # str() keeps the path ("[Errno 13] Permission denied: '/run/coldclone/locks'")
+            log.exception("system error")
+            code, msg = EXIT_INTERNAL, f"{e} (the log has the details)"
         else:
             log.exception("internal error")
             code, msg = EXIT_INTERNAL, f"internal error: {e!r} (the log has the traceback; please report it)"

@@ -55,9 +55,6 @@ def _inventory(args):
         target = args.to[len("file://"):]
     try:
         return discover(include_loop=args.include_loop or any("/loop" in d for d in args.disk), target=target)
-    except ColdcloneError:
-        if not args.disk:
-            raise
     except Exception as e:  # discovery is a help here, not a must, when the disks are named
         if not args.disk:
             raise
