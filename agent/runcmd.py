@@ -29,6 +29,7 @@ PACKAGE_OF = {
     "mkfs.vfat": "dosfstools",
     "sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
+    "dhclient": "isc-dhcp-client",
 }
 
 

@@ -20,7 +20,7 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-def _clip(text: str | None, width: int) -> str:
+def clip(text: str | None, width: int) -> str:
     text = text or "-"
     return text if len(text) <= width else text[: width - 1] + "~"
 
@@ -33,8 +33,8 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
     ctrl = inv.controller(d.controller)
     ctrl_text = ctrl.driver if ctrl and ctrl.driver else (d.controller or "-")
     capture = "yes" if d.capture_default else "no"
-    lines = [f"{_clip(d.name, 14):<14} {human_size(d.size):>7} {_clip(d.transport, 7):<7} "
-             f"{_clip(d.kind, 9):<9} {_clip(d.model, 20):<20} {_clip(ctrl_text, 12):<12} "
+    lines = [f"{clip(d.name, 14):<14} {human_size(d.size):>7} {clip(d.transport, 7):<7} "
+             f"{clip(d.kind, 9):<9} {clip(d.model, 20):<20} {clip(ctrl_text, 12):<12} "
              f"{capture:<3}".rstrip()]
     if not d.capture_default and d.exclude_reason:
         lines += _wrap(f"not captured: {d.exclude_reason}", "    ")
@@ -50,8 +50,8 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
             fs = p.filesystem
             lines.append(
                 f"    {p.number:>3} {human_size(p.start):>7} {human_size(p.size):>7} "
-                f"{_clip(p.type, 8):<8} {_clip(fs.type if fs else '', 11):<11} "
-                f"{_clip(fs.label if fs else '', 12):<12} {_clip(','.join(p.flags), 14)}"
+                f"{clip(p.type, 8):<8} {clip(fs.type if fs else '', 11):<11} "
+                f"{clip(fs.label if fs else '', 12):<12} {clip(','.join(p.flags), 14)}"
                 .rstrip())
     elif d.filesystem:
         lines.append(f"    filesystem {d.filesystem.type}"
@@ -68,8 +68,8 @@ def render(inv: Inventory) -> str:
     if inv.controllers:
         out += ["", "CONTROLLER    DRIVER         KIND           PCI ID     SCSI HOSTS"]
         for c in inv.controllers:
-            out.append(f"{_clip(c.id, 13):<13} {_clip(c.driver, 14):<14} {c.kind:<14} "
-                       f"{_clip(c.pci_id, 10):<10} {_clip(' '.join(c.scsi_hosts), 25)}"
+            out.append(f"{clip(c.id, 13):<13} {clip(c.driver, 14):<14} {c.kind:<14} "
+                       f"{clip(c.pci_id, 10):<10} {clip(' '.join(c.scsi_hosts), 25)}"
                        .rstrip())
     for a in inv.raid_arrays:
         out += [""]
@@ -92,8 +92,8 @@ def render(inv: Inventory) -> str:
         out += ["", "NIC          MAC                SPEED       DRIVER     STATE"]
         for n in inv.nics:
             speed = f"{n.speed_mbps} Mb/s" if n.speed_mbps else "-"
-            out.append(f"{_clip(n.name, 12):<12} {_clip(n.mac, 18):<18} {speed:<11} "
-                       f"{_clip(n.driver, 10):<10} {n.operstate or '-'}".rstrip())
+            out.append(f"{clip(n.name, 12):<12} {clip(n.mac, 18):<18} {speed:<11} "
+                       f"{clip(n.driver, 10):<10} {n.operstate or '-'}".rstrip())
     if inv.live_medium:
         out += ["", f"live medium: {inv.live_medium}"]
     for w in inv.warnings:

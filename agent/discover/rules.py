@@ -137,8 +137,7 @@ def is_ram(info: dict) -> bool:
 
 def is_floppy(info: dict) -> bool:
     # Legacy floppy controllers (QEMU and many old servers' BIOS still show fd0): block major 2.
-    return (re.match(r"fd\d+$", info.get("sys_name", "")) is not None
-            or str((info.get("attrs") or {}).get("dev", "")).startswith("2:"))
+    return re.match(r"fd\d+$", info.get("sys_name", "")) is not None or props(info).get("MAJOR") == "2"
 
 
 def is_cdrom(info: dict) -> bool:

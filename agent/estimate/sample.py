@@ -44,14 +44,6 @@ class ContentSample:
                 "cpu_per_byte": self.cpu_per_byte, "sample_seconds": round(self.sample_seconds, 3)}
 
 
-def disk_size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, sample_size: int = 256 << 10,
                    codec: str = "zstd", level: int = 1, block_size: int = P.DEFAULT_BLOCK_SIZE,
                    keep_bytes: int = 64 * MiB, seed: int = 0) -> ContentSample:
@@ -137,13 +129,3 @@ def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB, segmen
     cpu = t.user + t.system - c0
     return (got / spent if spent > 0 else 0.0), got, (cpu / got if got else 0.0)
 
-
-def sample_disk(path: str, mode: str = "nonzero", **kw):
-    """Kept for callers of the first sampler (make demo): the estimate of one disk, table rates.
-
-    New code calls agent.estimate.plan.estimate_capture, which also calibrates against the target.
-    """
-    from .plan import estimate_capture
-
-    return estimate_capture(None, [path], kw.get("target"), mode, calibrate_seconds=kw.get("calibrate_seconds", 2.0),
-                            connect=kw.get("connect"))

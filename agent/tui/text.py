@@ -6,19 +6,8 @@ so every screen describes a disk the same way.
 
 from __future__ import annotations
 
-from ..discover.render import human_size
+from ..discover.render import clip, human_size
 from ..estimate.rate import human_bytes, human_seconds
-
-RAID_DRIVERS = {
-    "megaraid_sas": "MegaRAID/PERC", "hpsa": "Smart Array", "cciss": "Smart Array",
-    "smartpqi": "Smart Array", "aacraid": "Adaptec", "mpt3sas": "LSI SAS", "mptsas": "LSI SAS",
-}
-
-
-def clip(text: str | None, width: int) -> str:
-    text = text or "-"
-    return text if len(text) <= width else text[: width - 1] + "~"
-
 
 def controller_label(disk, inv) -> str:
     ctrl = inv.controller(disk.controller)

@@ -43,7 +43,7 @@ DEBIAN_TO_RPM = {
     "live-boot-initramfs-tools": ["dracut-config-generic"],
     "systemd-sysv": ["systemd"],
     "ifupdown": ["NetworkManager"],
-    "isc-dhcp-client": ["NetworkManager"],
+    "isc-dhcp-client": ["dhcp-client"],     # dhclient itself: netsetup and iscsi_ip=dhcp run it
     "udev": ["systemd-udev"],
     "kmod": ["kmod"],
     "zstd": ["zstd"],
