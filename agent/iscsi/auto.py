@@ -87,11 +87,9 @@ def manual_identity(initiator_name: str, portal: str, iqn: str | None = None, *,
     """An identity typed by the operator (the TUI's "add a target by hand"), or a
     found one with one more target. Without an IQN, discovery at portal decides."""
     from ..inspect.model import Secret
-    from .model import Chap, make_portal
+    from .model import Chap, make_portal, split_portal
 
-    host, _, port = portal.rpartition(":") if portal.count(":") == 1 or portal.startswith("[") \
-        else (portal, "", "")
-    portal = make_portal(host or portal, int(port) if port.isdigit() else None)
+    portal = make_portal(*split_portal(portal))
     chap = (Chap(username=chap_user, password=Secret(chap_secret), authmethod="CHAP")
             if chap_user and chap_secret else None)
     cfg = base or SourceIscsiConfig(root="(typed by the operator)", initiator_name=initiator_name)

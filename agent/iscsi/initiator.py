@@ -23,7 +23,7 @@ from ..discover.udevdb import read_attr
 from ..errors import CommandError, UsageError
 from ..runcmd import Result, run
 from . import errors as E
-from .model import Chap, IscsiTarget, NetInterface, make_portal
+from .model import Chap, IscsiTarget, NetInterface, make_portal, split_portal
 
 log = logging.getLogger("coldclone.iscsi")
 
@@ -180,7 +180,7 @@ def setup_network(mode: str, original: NetInterface | None, portals: list[str],
     setup.local = str(iface.ip)
     gw = original.gateway if (mode == "original" and original) else None
     for p in portals:
-        host = p.rpartition(":")[0].strip("[]")
+        host = split_portal(p)[0]
         try:
             if gw and ipaddress.IPv4Address(host) not in iface.network:
                 route = f"{host}/32"

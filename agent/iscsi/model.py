@@ -82,15 +82,30 @@ class IscsiTarget:
 
     @property
     def host(self) -> str:
-        h, _, _ = self.portal.rpartition(":")
-        return h.strip("[]")
+        return split_portal(self.portal)[0]
 
     @property
     def port(self) -> int:
         try:
-            return int(self.portal.rpartition(":")[2])
+            return split_portal(self.portal)[1] or DEFAULT_PORT
         except ValueError:
             return DEFAULT_PORT
+
+
+def split_portal(text: str) -> tuple[str, int | None]:
+    """'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 address -> (host, port or None).
+    The one reading of a portal: records, discovery output and what the operator types."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if port and not port.isdigit():
+        raise ValueError(f"portal {text!r}: the port must be a number")
+    return host, int(port) if port else None
 
 
 def make_portal(host: str, port: int | None) -> str:

@@ -12,7 +12,7 @@ import logging
 
 from ..inspect import files, iscsi as ins_iscsi, network, osrelease
 from ..inspect.model import IscsidConf
-from .model import Chap, IscsiTarget, NetInterface, SourceIscsiConfig, make_portal
+from .model import Chap, IscsiTarget, NetInterface, SourceIscsiConfig, make_portal, split_portal
 
 log = logging.getLogger("coldclone.iscsi")
 
@@ -155,7 +155,7 @@ def pick_interface(cands: list[NetInterface], targets: list[IscsiTarget],
                 return c
             if t.hwaddress and c.mac == t.hwaddress:
                 return c
-    hosts = [t.host for t in targets] + [p.rpartition(":")[0].strip("[]") for p in portals]
+    hosts = [t.host for t in targets] + [split_portal(p)[0] for p in portals]
     for h in hosts:
         for c in cands:
             if _same_subnet(c, h):

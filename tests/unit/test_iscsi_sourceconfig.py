@@ -151,3 +151,25 @@ def test_portals_order_and_dedup():
                             targets=[IscsiTarget("iqn.t:1", "10.0.0.1:3260"),
                                      IscsiTarget("iqn.t:2", "10.0.0.2:3260")])
     assert cfg.portals() == ["10.0.0.1:3260", "10.0.0.2:3260"]
+
+
+def test_one_reading_of_a_portal():
+    from agent.iscsi.model import IscsiTarget, make_portal, split_portal
+
+    cases = {
+        "10.0.0.5": ("10.0.0.5", None),
+        "10.0.0.5:3261": ("10.0.0.5", 3261),
+        "array.example:3260": ("array.example", 3260),
+        "[fe80::1]:3261": ("fe80::1", 3261),
+        "[fe80::1]": ("fe80::1", None),
+        "fe80::1": ("fe80::1", None),          # bare IPv6: every ':' belongs to the address
+        " 10.0.0.5:3260 ": ("10.0.0.5", 3260),
+    }
+    for text, want in cases.items():
+        assert split_portal(text) == want, text
+    assert make_portal(*split_portal("[fe80::1]:3261")) == "[fe80::1]:3261"
+    assert make_portal(*split_portal("fe80::1")) == "[fe80::1]:3260"
+    t = IscsiTarget(iqn="iqn.2026-11.test:t", portal="[fe80::1]:3261")
+    assert (t.host, t.port) == ("fe80::1", 3261)
+    with pytest.raises(ValueError, match="port must be a number"):
+        split_portal("10.0.0.5:iscsi")

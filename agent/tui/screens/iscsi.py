@@ -129,7 +129,7 @@ class IscsiScreen(Screen):
     def action_add(self) -> None:
         try:
             from ...inspect.model import Secret
-            from ...iscsi.model import Chap, IscsiTarget, make_portal
+            from ...iscsi.model import Chap, IscsiTarget, make_portal, split_portal
         except ImportError as e:
             self._log(f"adding targets is not available in this build ({e})")
             return
@@ -140,9 +140,10 @@ class IscsiScreen(Screen):
         if not portal or not iqn.startswith(("iqn.", "eui.", "naa.")):
             self._log("give the portal (host or host:port) and the target name (iqn.YYYY-MM....)")
             return
-        host, _, port = portal.rpartition(":") if portal.count(":") == 1 else (portal, "", "")
-        if port and not port.isdigit():
-            self._log(f"portal {portal!r}: the port must be a number")
+        try:
+            host, port = split_portal(portal)
+        except ValueError as e:
+            self._log(str(e))
             return
         old = next((t for t in self._targets() if t.iqn == iqn), None)
         auth = Chap(username=user, password=Secret(secret), authmethod="CHAP") if user and secret else None
@@ -151,7 +152,7 @@ class IscsiScreen(Screen):
         elif user and not secret:
             self._log("give the CHAP secret for that user (or leave the user empty: no CHAP)")
             return
-        new = IscsiTarget(iqn=iqn, portal=make_portal(host or portal, int(port) if port else None), auth=auth)
+        new = IscsiTarget(iqn=iqn, portal=make_portal(host, port), auth=auth)
         own = [t.iqn for t in getattr(self.identity, "targets", []) or []]
         if iqn in own:
             self.edited[iqn] = new
