@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import CommandError, UsageError
+from ..capture.guard import partitions_of
+from ..discover.probe import Probes
 from ..runcmd import run
+from .mountpoint import make_mountpoint, mounted_at, unmount
 
 log = logging.getLogger("coldclone.localdisk")
 
-MOUNT_BASE = "/run/coldclone"
 FORMATS = ("ext4", "xfs")
 # Filesystems we write images onto as they are. FAT cannot hold a file over 4 GiB.
 WRITABLE_FS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
@@ -112,24 +113,6 @@ class PreparedTarget:
         self.close()
 
 
-def _mounted_at(dev: str) -> str | None:
-    real = os.path.realpath(dev)
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and os.path.realpath(parts[0]) == real:
-                    return parts[1].replace("\\040", " ")
-    except OSError:
-        pass
-    return None
-
-
-def _blkid_type(dev: str) -> str | None:
-    res = run(["blkid", "-p", "-s", "TYPE", "-o", "value", dev], check=False, quiet=True)
-    return res.stdout.strip() or None
-
-
 def _partition_node(dev: str, number: int = 1) -> str:
     sep = "p" if dev[-1].isdigit() else ""
     return f"{dev}{sep}{number}"
@@ -185,19 +168,18 @@ def prepare(dev, *, format_confirm: str | None = None, fstype: str = "ext4",
         if os.path.realpath(format_confirm) != real:
             raise UsageError(f"formatting {dev} needs its own name as confirmation (got {format_confirm!r}); "
                              f"everything on {dev} will be erased")
-        busy = [p for p in [dev] + _partitions_of(dev) if _mounted_at(p)]
+        busy = [p for p in [dev] + partitions_of(dev) if mounted_at(p)]
         if busy:
-            raise UsageError(f"will not format {dev}: {', '.join(busy)} is mounted (at {_mounted_at(busy[0])}); "
+            raise UsageError(f"will not format {dev}: {', '.join(busy)} is mounted (at {mounted_at(busy[0])}); "
                              f"unmount it first")
         part = format_disk(dev, fstype)
         formatted = True
     else:
         part = _find_filesystem(dev)
-    where = _mounted_at(part)
+    where = mounted_at(part)
     undo = None      # only a mount made here is undone by close()
     if where is None:
-        os.makedirs(MOUNT_BASE, exist_ok=True)
-        where = tempfile.mkdtemp(prefix="target-", dir=MOUNT_BASE)
+        where = make_mountpoint("target-")
         try:
             run(["mount", "-o", "rw,noatime", part, where])
         except CommandError:
@@ -205,35 +187,17 @@ def prepare(dev, *, format_confirm: str | None = None, fstype: str = "ext4",
             raise
 
         def undo(where=where) -> None:
-            run(["sync"], check=False, quiet=True)
-            for _ in range(10):
-                if run(["umount", where], check=False, quiet=True).returncode == 0:
-                    break
-                time.sleep(0.5)
-            try:
-                os.rmdir(where)
-            except OSError:
-                pass
+            unmount(where, f"the target disk {dev}")
     path = os.path.join(where, IMAGES_DIR)
     os.makedirs(path, exist_ok=True)
     log.info("target disk %s: images go to %s%s", dev, path, " (formatted)" if formatted else "")
     return PreparedTarget(part, where, path, formatted, undo)
 
 
-def _partitions_of(dev: str) -> list[str]:
-    name = os.path.basename(os.path.realpath(dev))
-    base = f"/sys/class/block/{name}"
-    try:
-        return [f"/dev/{p}" for p in sorted(os.listdir(base)) if p.startswith(name) and
-                os.path.exists(os.path.join(base, p, "partition"))]
-    except OSError:
-        return []
-
-
 def _find_filesystem(dev: str) -> str:
     found = []
-    for cand in _partitions_of(dev) + [dev]:
-        t = _blkid_type(cand)
+    for cand in partitions_of(dev) + [dev]:
+        t = (Probes().blkid(cand) or {}).get("TYPE")
         if t:
             found.append((cand, t))
             if t in WRITABLE_FS:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-import time
 from typing import Callable
 
 from ..errors import CommandError, ConnectionError_, ServerError
 from ..runcmd import run
+from .mountpoint import make_mountpoint
+from .mountpoint import unmount as _unmount
 from .url import TargetURL
 
 log = logging.getLogger("coldclone.nfs")
 
 MOUNT_TIMEOUT = 90.0
-MOUNT_BASE = "/run/coldclone"
 
 
 def mount_options(url: TargetURL) -> str:
@@ -84,8 +83,7 @@ def _check_writable(url: TargetURL, mountpoint: str) -> None:
 
 def mount(url: TargetURL) -> tuple[str, Callable[[], None]]:
     """Mount the export; return (mount point, a callable that unmounts it)."""
-    os.makedirs(MOUNT_BASE, exist_ok=True)
-    mountpoint = tempfile.mkdtemp(prefix="nfs-", dir=MOUNT_BASE)
+    mountpoint = make_mountpoint("nfs-")
     spec = f"{url.host}:{url.path}"
     try:
         run(["mount", "-t", "nfs", "-o", mount_options(url), spec, mountpoint], timeout=MOUNT_TIMEOUT)
@@ -95,16 +93,7 @@ def mount(url: TargetURL) -> tuple[str, Callable[[], None]]:
     log.info("mounted %s at %s", spec, mountpoint)
 
     def unmount() -> None:
-        for _ in range(10):
-            if run(["umount", mountpoint], check=False, quiet=True).returncode == 0:
-                break
-            time.sleep(0.5)
-        else:
-            run(["umount", "-l", mountpoint], check=False)
-        try:
-            os.rmdir(mountpoint)
-        except OSError:
-            pass
+        _unmount(mountpoint, f"the NFS export {spec}")
 
     try:
         _check_writable(url, mountpoint)
