@@ -200,11 +200,33 @@ def test_attach_refuses_the_live_root():
         attach(SourceIscsiConfig(root="/", initiator_name="iqn.2000-01.a:b"), say=lambda s: None)
 
 
-def test_attachment_logout_is_idempotent():
-    att = IscsiAttachment(identity=SourceIscsiConfig(root="/x", initiator_name="iqn.2000-01.a:b"))
-    att.logout()
-    att.logout()
-    assert att.logged_out and att.paths == []
+def test_attachment_logout_reaches_every_target_once(monkeypatch):
+    # iscsiadm needs the kernel initiator, which this host lacks: record the calls instead
+    calls = []
+
+    def logout(t):
+        calls.append(("logout", t.iqn))
+        if t.iqn.endswith(":broken"):
+            raise CommandError(["iscsiadm"], 21, "no session", "")
+
+    monkeypatch.setattr(initiator, "logout", logout)
+    monkeypatch.setattr(initiator, "forget_discovery", lambda p: calls.append(("forget", p)))
+
+    class Net:
+        def undo(self):
+            calls.append(("undo", "net"))
+
+    targets = [IscsiTarget(iqn="iqn.2000-01.a:broken", portal="10.0.0.9:3260"),
+               IscsiTarget(iqn="iqn.2000-01.a:data", portal="10.0.0.9:3260")]
+    att = IscsiAttachment(identity=SourceIscsiConfig(root="/x", initiator_name="iqn.2000-01.a:b"),
+                          targets=targets, portals=["10.0.0.9:3260"], net=Net())
+    said = []
+    att.logout(said.append)
+    att.logout(said.append)          # the TUI's exit and headless's finally may both call it
+    # a failed logout does not stop the others; discovery records and the borrowed address go too
+    assert calls == [("logout", "iqn.2000-01.a:broken"), ("logout", "iqn.2000-01.a:data"),
+                     ("forget", "10.0.0.9:3260"), ("undo", "net")]
+    assert said == ["iSCSI: logged out of iqn.2000-01.a:data at 10.0.0.9:3260"]
 
 
 def test_manual_identity_typed_by_the_operator():
