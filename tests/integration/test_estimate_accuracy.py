@@ -16,6 +16,7 @@ import pytest
 from agent.runcmd import run
 from agent.testbed import synthdisk
 from agent.testbed.loop import LoopDevice
+from agent.testbed.netns import VethNamespace
 from agent.testbed.sshd import Sshd
 from agent.testbed.procs import start_daemon, stop_process
 
@@ -37,15 +38,11 @@ class ShapedServer:
         self.rate_mbit = rate_mbit
         self.sshd = Sshd()
         self.proc = None
+        self.link: VethNamespace | None = None
 
     def start(self) -> "ShapedServer":
-        run(["ip", "netns", "add", self.ns])
-        run(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if, "netns", self.ns])
-        run(["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
-        run(["ip", "link", "set", self.host_if, "up"])
-        run(["ip", "-n", self.ns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if])
-        run(["ip", "-n", self.ns, "link", "set", self.ns_if, "up"])
-        run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        self.link = VethNamespace(self.ns, self.host_if, self.ns_if, f"{self.host_ip}/30",
+                                  f"{self.ns_ip}/30").up()
         # Agent -> server: the direction the images travel. 100 ms of queue keeps TCP busy.
         run(["tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", f"{self.rate_mbit}mbit",
              "burst", "256kb", "latency", "100ms"])
@@ -70,8 +67,8 @@ class ShapedServer:
     def stop(self) -> None:
         stop_process(self.proc, 10)
         self.sshd.stop()
-        run(["ip", "link", "del", self.host_if], check=False)
-        run(["ip", "netns", "del", self.ns], check=False)
+        if self.link is not None:
+            self.link.down()
         shutil.rmtree(self.sshd.workdir, ignore_errors=True)
 
 

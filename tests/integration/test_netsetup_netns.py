@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from agent.runcmd import run
+from agent.testbed.netns import VethNamespace
 
 pytestmark = pytest.mark.root
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,16 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture
 def netns():
-    ns, host_if, peer = f"ccnet{os.getpid()}", f"cch{os.getpid()}"[:15], "ccpeer0"
-    run(["ip", "netns", "add", ns])
-    try:
-        run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer, "netns", ns])
-        run(["ip", "addr", "add", "10.77.0.1/24", "dev", host_if])
-        run(["ip", "link", "set", host_if, "up"])
-        yield ns, peer
-    finally:
-        run(["ip", "link", "del", host_if], check=False)
-        run(["ip", "netns", "del", ns], check=False)
+    # the inside end stays down and bare: netsetup is what configures it
+    with VethNamespace(f"ccnet{os.getpid()}", f"cch{os.getpid()}"[:15], "ccpeer0", "10.77.0.1/24") as v:
+        yield v.ns, v.ns_if
 
 
 def in_ns(ns, code):
