@@ -32,15 +32,6 @@ def parse_size(text: str) -> int:
     return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
 
 
-def parse_compress(text: str) -> tuple[str, int]:
-    if text == "none":
-        return "none", 0
-    m = re.match(r"^zstd(?::(\d+))?$", text)
-    if not m:
-        raise UsageError(f"compression {text!r}: use zstd, zstd:LEVEL (1-19) or none")
-    return "zstd", int(m.group(1) or 1)
-
-
 # Progress lines and the closing summary live with the estimator (ETA, rates, bottleneck).
 from .estimate.progress import ProgressPrinter, print_summary  # noqa: E402,F401
 
@@ -60,6 +51,8 @@ def _target(args):
 def cmd_capture(args) -> int:
     from .capture.session import run_capture
     from .capture.stream import StreamOptions
+
+    from .capture.stream import parse_compress
 
     codec, level = parse_compress(args.compress)
     opts = StreamOptions(mode=args.mode, chunk_size=parse_size(args.chunk_size),

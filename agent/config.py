@@ -134,8 +134,9 @@ def _hostkey(value: str) -> str:
 
 
 def _compress(value: str) -> str:
-    if value != "none" and not re.fullmatch(r"zstd(:([1-9]|1[0-9]))?", value):
-        raise UsageError(f"{PREFIX}compress={value!r}: use zstd, zstd:LEVEL (1-19) or none")
+    from .capture.stream import parse_compress
+
+    parse_compress(value)
     return value
 
 

@@ -189,12 +189,11 @@ def make_estimate(cfg: CaptureConfig, inv, paths: list[str], target):
 
 def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: threading.Event):
     from .capture.session import run_capture
-    from .capture.stream import StreamOptions
-    from .cli import parse_compress
+    from .capture.stream import StreamOptions, parse_compress
     from .discover.model import to_dict
 
     codec, level = parse_compress(cfg.compress)
-    opts = StreamOptions(mode=cfg.mode, codec=codec, level=level or 1)
+    opts = StreamOptions(mode=cfg.mode, codec=codec, level=level)
     from .estimate.progress import ProgressPrinter
 
     printer = ProgressPrinter(cfg.progress, estimate=est, prefix="coldclone: ")

@@ -20,10 +20,22 @@ from typing import Callable
 import zstandard
 
 from .. import protocol as P
-from ..errors import CancelledError, SourceError
+from ..errors import CancelledError, SourceError, UsageError
 from .source import SourceDisk
 
 log = logging.getLogger("coldclone.stream")
+
+
+def parse_compress(text: str) -> tuple[str, int]:
+    """The one reading of a compression setting: zstd, zstd:LEVEL (1-19) or none (the CLI's
+    --compress, the kernel command line's coldclone.compress=)."""
+    if text == "none":
+        return "none", 0
+    codec, _, level = text.partition(":")
+    if codec != "zstd" or (level and not level.isdigit()):
+        raise UsageError(f"compression {text!r}: use zstd, zstd:LEVEL (1-19) or none")
+    StreamOptions(codec="zstd", level=int(level or 1)).validate()
+    return "zstd", int(level or 1)
 
 
 @dataclass

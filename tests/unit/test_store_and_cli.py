@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from agent.cli import parse_compress, parse_size
+from agent.capture.stream import parse_compress
+from agent.cli import parse_size
 from agent.errors import ServerError, UsageError
 from agent.estimate.rate import RateMeter, human_bytes, human_seconds
 from agent.receive.store import resolve_root, validate_name
@@ -56,6 +57,8 @@ def test_sizes_and_compression():
             parse_size(bad)
     with pytest.raises(UsageError, match="zstd"):
         parse_compress("gzip")
+    with pytest.raises(UsageError, match="choose 1 .fast. to 19"):
+        parse_compress("zstd:22")
 
 
 @pytest.mark.parametrize("kw,match", [
