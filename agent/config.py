@@ -182,21 +182,21 @@ def _capture_id(value: str) -> str:
     return value
 
 
-# key -> (parser of the value, takes a value). A value-less key is a flag.
+# key -> the parser of its value (raises UsageError). Keys without a value are in _FLAGS.
 _KEYS = {
-    "server": lambda v: _server(v),
-    "identity": lambda v: _identity(v),
-    "hostkey": lambda v: _hostkey(v),
+    "server": _server,
+    "identity": _identity,
+    "hostkey": _hostkey,
     "known_hosts": lambda v: v,
     "disks": lambda v: None if v == "all" else _word_list("disks", v),
     "exclude": lambda v: _word_list("exclude", v),
-    "mode": lambda v: _mode(v),
-    "compress": lambda v: _compress(v),
+    "mode": _mode,
+    "compress": _compress,
     "format": lambda v: _choice("format", v, FORMATS),
-    "capture_id": lambda v: _capture_id(v),
+    "capture_id": _capture_id,
     "iscsi": lambda v: _choice("iscsi", v, ISCSI),
-    "iscsi_ip": lambda v: _iscsi_ip(v),
-    "ip": lambda v: _ip(v),
+    "iscsi_ip": _iscsi_ip,
+    "ip": _ip,
     "on_done": lambda v: _choice("on_done", v, ON_DONE),
     "pre": lambda v: _hook("pre", v),
     "post": lambda v: _hook("post", v),

@@ -102,7 +102,3 @@ def mount(url: TargetURL) -> tuple[str, Callable[[], None]]:
         raise
     return mountpoint, unmount
 
-
-def capture_root(url: TargetURL, mountpoint: str) -> str:
-    """Where the receiver writes: the mounted path itself (the URL's whole path is mounted)."""
-    return mountpoint

@@ -44,8 +44,8 @@ def open_target(text: str, *, identity: str | None = None, hostkey: str | None =
     if url.scheme == "nfs":
         from . import nfs
 
-        mountpoint, unmount = nfs.mount(url)
-        path = nfs.capture_root(url, mountpoint)
+        # the URL's whole path is mounted: the receiver writes at the mount point itself
+        path, unmount = nfs.mount(url)
         return Target(url, lambda: LocalConnection(path), local_path=path, _cleanups=[unmount])
     from . import ssh
 
