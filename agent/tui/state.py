@@ -40,5 +40,16 @@ class CapturePlan:
     def disk_paths(self) -> list[str]:
         return [d.dev_path or f"/dev/{d.name}" for d in self.disks()]
 
+    def exclude_target_disk(self) -> None:
+        """The chosen target disk is never a source: out of the inventory's capture set and
+        out of the selection, as discovery does for a target given up front."""
+        if self.inventory is None or not (self.target and self.target.local_disk):
+            return
+        d = self.inventory.disk(self.target.local_disk.removeprefix("/dev/"))
+        if d is not None:
+            d.exclude("capture target")
+            if d.name in self.selected:
+                self.selected.remove(d.name)
+
     def reset_selection(self) -> None:
         self.selected = [d.name for d in self.inventory.capture_set()] if self.inventory else []

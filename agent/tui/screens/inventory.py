@@ -82,22 +82,13 @@ class InventoryScreen(Screen):
         plan = self.app.plan
         plan.inventory = inv
         plan.reset_selection()
-        if plan.target and plan.target.local_disk:
-            self._drop_target_disk()
+        plan.exclude_target_disk()
         self.show()
 
     def _ready(self, ready) -> None:
         self.app.plan.readiness = ready
         self.show_warnings()
 
-    def _drop_target_disk(self) -> None:
-        plan = self.app.plan
-        name = plan.target.local_disk.removeprefix("/dev/")
-        d = plan.inventory.disk(name)
-        if d is not None:
-            d.exclude("capture target")
-            if d.name in plan.selected:
-                plan.selected.remove(d.name)
 
     # ------------------------------------------------------------ drawing
     def show(self) -> None:

@@ -274,14 +274,8 @@ class TargetScreen(Screen):
 
     def _tested(self, choice: TargetChoice, msg: str) -> None:
         plan = self.app.plan
-        if choice.local_disk and plan.inventory is not None:
-            # Never a source: the target disk leaves the selection for good.
-            d = plan.inventory.disk(choice.local_disk.removeprefix("/dev/"))
-            if d is not None:
-                d.exclude("capture target")
-                if d.name in plan.selected:
-                    plan.selected.remove(d.name)
-        self.app.plan.target = choice
+        plan.target = choice
+        plan.exclude_target_disk()
         self.app.plan.target_ok = msg
         self.app.plan.estimate = None
         self._status(msg + "  Next (^N).")
