@@ -104,6 +104,19 @@ def manual_identity(initiator_name: str, portal: str, iqn: str | None = None, *,
     return cfg
 
 
+def live_identity(etc_root: str = "/") -> SourceIscsiConfig:
+    """When the source OS holds no iSCSI identity: the live system's own initiator name,
+    for targets the operator types (their ACL must then admit that name)."""
+    from ..errors import UsageError
+    from ..inspect.iscsi import read_initiator
+
+    own = read_initiator(etc_root)
+    if own is None or not own.name:
+        raise UsageError(f"no initiator name in {os.path.join(etc_root, 'etc/iscsi/initiatorname.iscsi')}: "
+                         f"install open-iscsi, or capture with the source's identity")
+    return SourceIscsiConfig(root="(the live system's own name)", initiator_name=own.name, alias=own.alias)
+
+
 # --- logging in ---------------------------------------------------------------------
 
 @dataclass

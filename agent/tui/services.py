@@ -195,6 +195,8 @@ class Services:
     # Fixed values make snapshots deterministic; None: the real ones.
     calibrate_seconds: float = 3.0
     capture_id: Callable[[], str] | None = None
+    # the live system's own iSCSI identity, for typed targets when the source OS has none
+    live_identity: Callable[[], Any] | None = None
 
     def why_missing(self, feature: str) -> str:
         return self.missing.get(feature, f"{feature} is not available in this build")
@@ -209,6 +211,7 @@ class Services:
         missing: dict[str, str] = {}
         find_identities = _optional("agent.iscsi.auto", "find_identities", missing, "iSCSI")
         attach_core = _optional("agent.iscsi.auto", "attach", missing, "iSCSI")
+        live_identity = _optional("agent.iscsi.auto", "live_identity", missing, "iSCSI")
         estimate = _optional("agent.estimate.plan", "estimate_capture", missing, "estimate")
         local_disks = _optional("agent.transport.localdisk", "candidates", missing, "local disk target")
         prepare = _optional("agent.transport.localdisk", "prepare", missing, "local disk target")
@@ -228,7 +231,7 @@ class Services:
                   prepare_local_disk=prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
                   open_target=open_target, run_capture=run_capture,
                   list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
-                  power=power, defaults=defaults, missing=missing)
+                  power=power, defaults=defaults, missing=missing, live_identity=live_identity)
         kw.update(over)
         return cls(**kw)
 

@@ -254,3 +254,33 @@ def test_ctrl_c_asks_and_never_kills():
         assert type(app.screen).__name__ == "InventoryScreen"
 
     drive(app, scenario)
+
+
+def test_no_source_identity_logs_in_as_the_live_system_to_a_typed_ipv6_target():
+    from agent.iscsi.model import SourceIscsiConfig
+
+    calls = []
+    live = SourceIscsiConfig(root="(the live system's own name)", initiator_name="iqn.2026-11.live:cc")
+    app = build_app(replay("iscsi", identities=[], live_identity=lambda: live,
+                           iscsi_attach=lambda i, targets, ip, say: calls.append((i, targets))),
+                    ascii_only=True)
+
+    async def scenario(pilot):
+        await pilot.press("i")
+        await settle(pilot)
+        assert "this live system's own initiator name" in await shown(pilot)
+        for wid, text in (("add-portal", "[fe80::1]:3261"), ("add-iqn", "iqn.2001-05.com.example:v6")):
+            app.screen.query_one(f"#{wid}").focus()
+            await pilot.press(*text)
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert "[fe80::1]:3261" in await shown(pilot)
+        await pilot.press("ctrl+l")
+        await settle(pilot)
+        text = await shown(pilot)
+        assert "logging in as this live system" in text and "iqn.2026-11.live:cc" in text, text
+
+    drive(app, scenario)
+    (identity, targets), = calls
+    assert identity is live
+    assert [(t.iqn, t.portal, t.auth) for t in targets] == [("iqn.2001-05.com.example:v6", "[fe80::1]:3261", None)]

@@ -84,8 +84,8 @@ class IscsiScreen(Screen):
 
     def _found(self, found: list) -> None:
         if not found:
-            self._ident_text("No iSCSI initiator configuration in the source OS. Add a target by hand "
-                             "(the initiator name then is the live system's own).")
+            self._ident_text("No iSCSI initiator configuration in the source OS. Add a target by hand: "
+                             "the login then uses this live system's own initiator name.")
             return
         self.identity = found[0]
         lines = self.identity.describe() if hasattr(self.identity, "describe") else [str(self.identity)]
@@ -169,13 +169,21 @@ class IscsiScreen(Screen):
         if svc.iscsi_attach is None:
             self._log(svc.why_missing("iSCSI"))
             return
-        if not self._targets():
+        # a source with only discovery (sendtargets) records logs in to what discovery finds
+        if not self._targets() and not getattr(self.identity, "discovery_portals", None):
             self._log("no target to log in to: add one")
             return
         if self.identity is None:
-            self._log("no iSCSI identity in the source OS: the array's ACL knows the source's "
-                      "initiator name, not ours. Log in by hand from the shell (iscsiadm).")
-            return
+            if svc.live_identity is None:
+                self._log(svc.why_missing("iSCSI"))
+                return
+            try:
+                self.identity = svc.live_identity()
+            except ColdcloneError as e:
+                self._log(str(e))
+                return
+            self._log(f"no identity in the source OS: logging in as this live system, "
+                      f"{self.identity.initiator_name} (the array's ACL must admit it)")
         ip = self.query_one("#iscsi-ip", Input).value.strip() or "original"
         self._log(f"logging in to {len(self._targets())} target(s) ...")
         self.login(ip)
