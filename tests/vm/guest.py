@@ -300,23 +300,13 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
     A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
     the latest): a failed run does not power off, it leaves a root shell.
     """
-    def once(accel: str) -> vmboot.BootResult:
-        return vmboot.boot(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
-                           timeout=timeout, log_dir=log_dir, accel=accel,
-                           until_exit=not expect_failure, extra_args=extra_args,
-                           memory_mib=memory_mib, name=name,
-                           marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
-                           abort_on=(() if expect_failure else (FAILED_LINE,)),
-                           abort_grace=45 if not expect_failure else 0)
-
-    accel = vmboot.pick_accel()
-    res = once(accel)
-    if accel == "kvm" and res.exited and res.exit_code != 0 and (res.exit_seconds or 0) < 15 \
-            and not os.environ.get("COLDCLONE_VM_ACCEL"):
-        # /dev/kvm that opens but cannot run this guest (as vmboot.smoke handles it): QEMU
-        # aborts at once; TCG for the rest of the session
-        vmboot._accel_cache = "tcg"
-        res = once("tcg")
+    res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
+                                timeout=timeout, log_dir=log_dir,
+                                until_exit=not expect_failure, extra_args=extra_args,
+                                memory_mib=memory_mib, name=name,
+                                marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
+                                abort_on=(() if expect_failure else (FAILED_LINE,)),
+                                abort_grace=45 if not expect_failure else 0)
     con = parse_console(res.console)
     ms = res.mark_seconds
     start = ms.get(STARTING_LINE)

@@ -72,13 +72,9 @@ def test_headless_failure_leaves_a_root_shell_on_serial():
     why = vmboot.missing_prerequisites("kernel")
     if why:
         pytest.skip(why)
-    accel = vmboot.pick_accel()
     extra = "coldclone.sever=ssh://nobody@192.0.2.1/srv/coldclone"
-    res = vmboot.boot("kernel", extra, expect="root@coldclone",
-                      timeout=TIMEOUT, log_dir=LOG_DIR, accel=accel, until_exit=False)
-    if not res.found and accel == "kvm":
-        res = vmboot.boot("kernel", extra, expect="root@coldclone",
-                          timeout=TIMEOUT, log_dir=LOG_DIR, accel="tcg", until_exit=False)
+    res = vmboot.boot_any_accel("kernel", extra, expect="root@coldclone",
+                                timeout=TIMEOUT, log_dir=LOG_DIR, until_exit=False)
     print("\n" + res.summary())
     tail = "\n".join(res.console.splitlines()[-40:])
     # in headless mode serial-getty is off: a root prompt can only come from the rescue shell

@@ -23,7 +23,9 @@ from agent.runcmd import run
 from agent.testbed.loop import attached, partitions
 from agent.testbed.procs import free_port
 from agent.testbed.tgt import Chap, Tgtd, TgtTarget
-from tests.vm import guest, vmboot
+from tests.vm import guest
+
+from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -36,15 +38,6 @@ CHAP_SECRET = "Sup3r-Secret-01"
 TARGET_USER = "db01array"
 TARGET_SECRET = "Array-Secret-02"
 LUN_SERIAL = "cc-lun1"
-
-
-def _skip_reason() -> str | None:
-    why = vmboot.missing_prerequisites("kernel")
-    if why:
-        return why
-    if shutil.which("tgtd") is None:
-        return "tgt not installed (apt-get install tgt)"
-    return None
 
 
 def write_source_os(root: str, portal_port: int, secret: str,
@@ -114,12 +107,12 @@ def build_source_disk(path: str, portal_port: int, secret: str,
 
 
 @pytest.fixture(scope="module")
-def server():
-    why = _skip_reason()
-    if why:
-        pytest.skip(why)
-    with guest.HostServer() as s:
-        yield s
+def server(vm_server):
+    """The session's conversion server (sshd + receiver), once tgtd is known to be here."""
+    _skip_unless_ready("kernel")
+    if shutil.which("tgtd") is None:
+        pytest.skip("tgt not installed (apt-get install tgt)")
+    return vm_server
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +140,8 @@ def _boot(server, tmp_path, name, *, acl_name=SOURCE_NAME, source_secret=CHAP_SE
                                          f"coldclone.disks={disks}")
         t0 = time.monotonic()
         r = guest.boot_headless("kernel", cmdline, extra_args=fw + guest.disk_args([src]),
-                                timeout=600, name=name, expect_failure=expect_failure)
+                                timeout=TIMEOUT, name=name, log_dir=LOG_DIR,
+                                expect_failure=expect_failure)
         r.wall = time.monotonic() - t0
         r.portal_port = port
         r.tgt_show = tgt.show()

@@ -6,7 +6,6 @@ Run: pytest -m vm tests/vm/test_tui_serial.py -s   (prints the boot-to-TUI time)
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -15,9 +14,8 @@ import pytest
 from agent.runcmd import run
 
 from . import vmboot
+from .conftest import LOG_DIR, TIMEOUT
 
-TIMEOUT = float(os.environ.get("COLDCLONE_VM_TIMEOUT", 240))
-LOG_DIR = os.environ.get("COLDCLONE_VM_LOGS", os.path.join(vmboot.BUILD, "vm-logs"))
 MiB = 1 << 20
 # fw_cfg needs a non-empty string; coldclone.tui is a known word that changes nothing
 CMDLINE = "coldclone.tui"
@@ -45,11 +43,7 @@ def test_tui_inventory_on_serial_console(tmp_path):
                 name="tui-serial", extra_args=["-drive", f"file={disk},if=none,id=src,format=raw",
                                                "-device", "virtio-blk-pci,drive=src,serial=CCTUI0001"])
     t0 = time.monotonic()
-    res = vmboot.boot("bios", CMDLINE, **args)
-    if res.accel == "kvm" and res.exited and not res.found and (res.exit_seconds or 0) < 10:
-        # /dev/kvm opens but cannot run this guest (nested virtualisation): TCG then
-        t0 = time.monotonic()
-        res = vmboot.boot("bios", CMDLINE, accel="tcg", **args)
+    res = vmboot.boot_any_accel("bios", CMDLINE, **args)
     wall = time.monotonic() - t0
     text = plain(res.console)
     print("\n" + res.summary())

@@ -232,6 +232,20 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     return res
 
 
+def boot_any_accel(mode: str, extra_cmdline: str = "", **kw) -> BootResult:
+    """boot() with the best accelerator: KVM when it works, else TCG. A /dev/kvm that opens
+    but cannot run this guest makes QEMU give up within seconds: then TCG, for the rest of
+    the session. COLDCLONE_VM_ACCEL pins the choice (no fallback)."""
+    global _accel_cache
+    accel = pick_accel()
+    res = boot(mode, extra_cmdline, accel=accel, **kw)
+    if (accel == "kvm" and not os.environ.get("COLDCLONE_VM_ACCEL") and not res.found
+            and res.exited and (res.exit_seconds or 0) < 15):
+        _accel_cache = "tcg"
+        res = boot(mode, extra_cmdline, accel="tcg", **kw)
+    return res
+
+
 def smoke(mode: str, timeout: float = 240, log_dir: str | None = None,
           accel: str | None = None) -> BootResult:
     """Boot with coldclone.smoke=<random marker>: the image prints a marker line and powers off."""
