@@ -58,6 +58,13 @@ def workspace(out: str, prefix: str) -> tuple[str, str]:
     return work, receiver_root
 
 
+def say_where(qcow2: str, capture_dir: str) -> None:
+    """The demos' last words: the verified image, its manifest, and how to remove them."""
+    say(f"verified qcow2: {qcow2} ({hb(os.path.getsize(qcow2))}), manifest: "
+        f"{os.path.join(capture_dir, 'manifest.json')}")
+    say(f"(remove with: rm -rf {capture_dir})")
+
+
 def describe_source(sd: synthdisk.SynthDisk, built_in: float) -> str:
     return (f"source disk: {hb(sd.size)} {sd.table.upper()}: /boot ext4, swap, / ext4 with "
             f"{hb(sd.files_bytes)} of real files and {hb(sd.remnant_bytes)} of deleted-file remnants "
@@ -119,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({rec['data_bytes'] / took / 1e6:.0f} MB/s of non-zero data)")
             say(f"on the wire: {hb(m['totals']['stream_bytes'])} = {100 * m['totals']['stream_bytes'] / sd.size:.1f}% "
                 f"of the disk; {hb(rec['zero_bytes'])} of zero blocks never sent")
-            say(f"verified qcow2: {qcow2} ({hb(os.path.getsize(qcow2))}), manifest: {cap}/manifest.json")
-            say(f"(remove with: rm -rf {cap})")
+            say_where(qcow2, cap)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

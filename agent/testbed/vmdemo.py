@@ -172,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"throughput: {sd.size / cap_s / 1e6:.0f} MB/s of disk captured, "
                     f"{wire / cap_s / 1e6:.1f} MB/s on the wire ({hb(wire)} = "
                     f"{100 * wire / sd.size:.1f}% of the disk; zero blocks are never sent)")
-            say(f"verified qcow2: {qcow2} ({hb(os.path.getsize(qcow2))}), manifest: "
-                f"{os.path.join(receiver_root, capture_id, 'manifest.json')}")
-            say(f"(remove with: rm -rf {os.path.join(receiver_root, capture_id)})")
+            demo.say_where(qcow2, os.path.join(receiver_root, capture_id))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
