@@ -204,18 +204,28 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
                            estimate=est.to_dict() if est is not None else None)
 
 
-def apply_on_done(action: str, live: bool, cmdline: str) -> None:
+# --live: the command that carries out on_done, one argument per line. The live image's
+# headless-run runs it only after every line of ours has reached the consoles; run from
+# here, a power-off would stop the unit (and its console copy) before the last lines.
+ON_DONE_FILE = os.path.join(RUN_DIR, "on-done")
+
+
+def on_done_command(action: str, cmdline: str) -> list[str]:
+    if action in ("poweroff", "reboot"):
+        return ["systemctl", "--no-block", action]
+    return ["systemctl", "--no-block", "start",
+            *[f"coldclone-shell@{t}.service" for t in operator_ttys(cmdline)]]
+
+
+def apply_on_done(action: str, live: bool, cmdline: str, path: str = ON_DONE_FILE) -> None:
     say(f"on_done={action}")
+    if action == "shell":
+        say("leaving a root shell on the consoles (log: /var/log/coldclone/headless.log)")
     if not live:
         return
-    if action == "poweroff":
-        run(["systemctl", "--no-block", "poweroff"], check=False)
-    elif action == "reboot":
-        run(["systemctl", "--no-block", "reboot"], check=False)
-    else:
-        say("leaving a root shell on the consoles (log: /var/log/coldclone/headless.log)")
-        units = [f"coldclone-shell@{t}.service" for t in operator_ttys(cmdline)]
-        run(["systemctl", "--no-block", "start", *units], check=False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(on_done_command(action, cmdline)) + "\n")
 
 
 def operator_ttys(cmdline: str) -> list[str]:

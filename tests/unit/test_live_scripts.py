@@ -67,3 +67,20 @@ def test_ttys_are_tty1_and_each_serial_console_once():
     want = [d for d in ("/dev/tty1", "/dev/ttyS0") if os.path.exists(d)]
     assert want, "this host has neither /dev/tty1 nor /dev/ttyS0: nothing to check"
     assert r.stdout.splitlines() == want
+
+
+def test_on_done_is_written_for_headless_run_not_done_mid_output(tmp_path):
+    # --live: the command goes to a file that headless-run runs once the consoles have every
+    # line; without --live (a host run) nothing is written or done
+    from agent.headless import apply_on_done
+
+    cmdline = "boot=live console=tty0 console=ttyS0,115200 coldclone.on_done=shell"
+    f = tmp_path / "on-done"
+    apply_on_done("poweroff", True, cmdline, path=str(f))
+    assert f.read_text().splitlines() == ["systemctl", "--no-block", "poweroff"]
+    apply_on_done("shell", True, cmdline, path=str(f))
+    assert f.read_text().splitlines() == ["systemctl", "--no-block", "start",
+                                          "coldclone-shell@tty1.service", "coldclone-shell@ttyS0.service"]
+    g = tmp_path / "not-live"
+    apply_on_done("reboot", False, cmdline, path=str(g))
+    assert not g.exists()
