@@ -22,10 +22,10 @@ integration: setup
 # it runs the same capture from this host.
 demo: setup
 	@if [ -f livecd/build/coldclone.iso ] && [ -z "$(HOST_DEMO)" ]; then \
-		$(PY) -m agent.testbed.vmdemo; else $(PY) -m agent.testbed.demo; fi
+		$(PY) -m tests.testbed.vmdemo; else $(PY) -m tests.testbed.demo; fi
 
 bench: setup
-	$(PY) -m agent.testbed.bench $(BENCH_ARGS)
+	$(PY) -m tests.testbed.bench $(BENCH_ARGS)
 
 # The live ISO (root; about 4 min cold, under 1 min warm): livecd/build/coldclone.iso
 iso: setup

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agent.testbed.files import sha256_of  # noqa: F401  (tests import it from here)
+from tests.testbed.files import sha256_of  # noqa: F401  (tests import it from here)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -50,7 +50,7 @@ def coldclone(*args, timeout=300, env=None):
 @pytest.fixture(scope="session")
 def sshd():
     """A real OpenSSH sshd on 127.0.0.1 with a forced-command coldclone-receive key."""
-    from agent.testbed.sshd import Sshd
+    from tests.testbed.sshd import Sshd
 
     s = Sshd().start()
     yield s

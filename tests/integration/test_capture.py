@@ -10,8 +10,8 @@ import pytest
 from agent import protocol as P
 from agent.capture.guard import ReadOnlyGuard, get_ro
 from agent.runcmd import run
-from agent.testbed import synthdisk
-from agent.testbed.loop import LoopDevice
+from tests.testbed import synthdisk
+from tests.testbed.loop import LoopDevice
 from tests.conftest import coldclone, sha256_of, ssh_args
 
 pytestmark = pytest.mark.root

@@ -13,7 +13,7 @@ import pytest
 from agent.discover import populate
 from agent.discover.model import Filesystem, Partition, PartitionTable
 from agent.runcmd import run
-from agent.testbed.loop import attached as loop
+from tests.testbed.loop import attached as loop
 from tests.conftest import sha256_of as sha256
 
 pytestmark = [

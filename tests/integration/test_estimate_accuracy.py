@@ -14,11 +14,11 @@ import time
 import pytest
 
 from agent.runcmd import run
-from agent.testbed import synthdisk
-from agent.testbed.loop import LoopDevice
-from agent.testbed.netns import VethNamespace
-from agent.testbed.sshd import Sshd
-from agent.testbed.procs import start_daemon, stop_process
+from tests.testbed import synthdisk
+from tests.testbed.loop import LoopDevice
+from tests.testbed.netns import VethNamespace
+from tests.testbed.sshd import Sshd
+from tests.testbed.procs import start_daemon, stop_process
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20

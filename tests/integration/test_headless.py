@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from agent.runcmd import run
-from agent.testbed import synthdisk
+from tests.testbed import synthdisk
 from tests.conftest import coldclone, sha256_of
 
 pytestmark = pytest.mark.root

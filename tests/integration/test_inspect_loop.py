@@ -14,7 +14,7 @@ from agent.discover import populate
 from agent.discover.cli import main as discover_main
 from agent.inspect.disk import inspect_disk
 from agent.runcmd import run
-from agent.testbed.loop import attached as loop
+from tests.testbed.loop import attached as loop
 from tests.conftest import sha256_of as sha256
 
 pytestmark = [

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.testbed.loop import LoopDevice
+from tests.testbed.loop import LoopDevice
 from tests.conftest import BIN, ssh_args
 
 pytestmark = pytest.mark.root

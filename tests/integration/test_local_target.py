@@ -13,8 +13,8 @@ import pytest
 from agent import protocol as P
 from agent.errors import UsageError
 from agent.runcmd import run
-from agent.testbed import synthdisk
-from agent.testbed.loop import LoopDevice
+from tests.testbed import synthdisk
+from tests.testbed.loop import LoopDevice
 from agent.transport import localdisk
 from tests.conftest import coldclone, sha256_of
 

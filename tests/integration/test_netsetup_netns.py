@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from agent.runcmd import run
-from agent.testbed.netns import VethNamespace
+from tests.testbed.netns import VethNamespace
 
 pytestmark = pytest.mark.root
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

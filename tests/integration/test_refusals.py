@@ -12,8 +12,8 @@ import pytest
 import zstandard
 
 from agent import protocol as P
-from agent.testbed.loop import LoopDevice
-from agent.testbed.sshd import Sshd
+from tests.testbed.loop import LoopDevice
+from tests.testbed.sshd import Sshd
 from agent.transport.ssh import SshConnection
 from agent.transport.url import parse_target
 from tests.conftest import coldclone, ssh_args
@@ -254,7 +254,7 @@ def test_key_not_authorized(sshd, rx_dir, tmp_path, small_disk):
 
 
 def test_nothing_listening(tmp_path, small_disk):
-    from agent.testbed.procs import free_port
+    from tests.testbed.procs import free_port
 
     r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
                   "--identity", "/nonexistent", "--hostkey", "SHA256:x")

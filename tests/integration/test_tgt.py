@@ -1,6 +1,6 @@
 """The tgtd testbed really runs: a target with a file-backed LUN, an ACL bound to
 one initiator name and incoming CHAP. No kernel initiator is needed: the
-security phase of the iSCSI login is spoken by agent.testbed.tgt.login_probe,
+security phase of the iSCSI login is spoken by tests.testbed.tgt.login_probe,
 which shows the login status tgtd answers for each failure the agent classifies.
 """
 
@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from agent.testbed.tgt import Chap, Tgtd, TgtTarget, login_probe
+from tests.testbed.tgt import Chap, Tgtd, TgtTarget, login_probe
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(shutil.which("tgtd") is None, reason="tgt not installed "

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from agent.runcmd import run
-from agent.testbed import synthdisk
-from agent.testbed.loop import LoopDevice
+from tests.testbed import synthdisk
+from tests.testbed.loop import LoopDevice
 from agent.tui.app import build_app
 from agent.tui.services import Services
 from tests.conftest import sha256_of

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from agent.runcmd import run
-from agent.testbed.loop import LoopDevice
+from tests.testbed.loop import LoopDevice
 from tests.conftest import BIN, sha256_of
 from tests.tui.conftest import UDEV
 

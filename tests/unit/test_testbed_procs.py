@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from agent.testbed.procs import free_port, start_daemon, stop_process
+from tests.testbed.procs import free_port, start_daemon, stop_process
 
 
 def test_a_daemon_that_exits_is_named_with_its_log(tmp_path):

@@ -1,14 +1,14 @@
-"""Harness for headless captures of the live ISO in QEMU (tests/vm, agent/testbed/vmdemo.py).
+"""Harness for headless captures of the live ISO in QEMU (tests/vm, tests/testbed/vmdemo.py).
 
 What a headless VM test needs, all real:
   * a conversion server: OpenSSH sshd on the host's 127.0.0.1 with the forced-command
-    coldclone-receive key (agent/testbed/sshd.py); the guest reaches it as 10.0.2.2:PORT
+    coldclone-receive key (tests/testbed/sshd.py); the guest reaches it as 10.0.2.2:PORT
     through QEMU's user network; its host key is pinned on the kernel command line;
   * the agent's identity handed to the guest by QEMU, not baked into the ISO:
     ``-fw_cfg name=opt/coldclone/identity,file=KEY`` and
     ``coldclone.identity=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/identity/raw``
     (the image's coldclone-fwcfg.service loads qemu_fw_cfg early);
-  * source disks: raw image files with an installer-made layout (agent/testbed/synthdisk.py),
+  * source disks: raw image files with an installer-made layout (tests/testbed/synthdisk.py),
     attached as virtio, behind QEMU's megasas (LSI MegaRAID) controller, or as usb-storage on
     an EHCI or xHCI bus;
   * the console contract of ``coldclone headless``: ``coldclone: `` lines, the inventory
@@ -28,13 +28,13 @@ import tempfile
 from dataclasses import dataclass, field
 
 from agent.runcmd import run
-from agent.testbed import synthdisk
-from agent.testbed.files import sha256_of  # noqa: F401  (the vm tests use guest.sha256_of)
-from agent.testbed.sshd import Sshd
+from tests.testbed import synthdisk
+from tests.testbed.files import sha256_of  # noqa: F401  (the vm tests use guest.sha256_of)
+from tests.testbed.sshd import Sshd
 
 try:
     from . import vmboot
-except ImportError:  # run as a plain module (agent/testbed/vmdemo.py puts tests/vm on sys.path)
+except ImportError:  # run as a plain module (tests/testbed/vmdemo.py puts tests/vm on sys.path)
     import vmboot  # type: ignore[no-redef]
 
 MiB = 1 << 20

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from agent.testbed.procs import free_port
+from tests.testbed.procs import free_port
 
 from . import guest
 from .conftest import LOG_DIR, TIMEOUT, Capture

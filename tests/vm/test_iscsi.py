@@ -20,9 +20,9 @@ import time
 import pytest
 
 from agent.runcmd import run
-from agent.testbed.loop import attached, partitions
-from agent.testbed.procs import free_port
-from agent.testbed.tgt import Chap, Tgtd, TgtTarget
+from tests.testbed.loop import attached, partitions
+from tests.testbed.procs import free_port
+from tests.testbed.tgt import Chap, Tgtd, TgtTarget
 from tests.vm import guest
 
 from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready

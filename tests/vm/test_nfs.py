@@ -22,7 +22,7 @@ from agent.runcmd import run as run_cmd
 
 from . import guest
 from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready
-from agent.testbed.procs import free_port, start_daemon, stop_process
+from tests.testbed.procs import free_port, start_daemon, stop_process
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from ..runcmd import run
+from agent.runcmd import run
 from .procs import free_port, start_daemon
 
 

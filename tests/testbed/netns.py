@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..runcmd import run
+from agent.runcmd import run
 
 
 @dataclass

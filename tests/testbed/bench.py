@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-from ..estimate.rate import human_bytes as hb
-from ..runcmd import run
+from agent.estimate.rate import human_bytes as hb
+from agent.runcmd import run
 from . import synthdisk
 from .loop import LoopDevice
 from .sshd import Sshd

@@ -7,7 +7,7 @@ import glob
 import os
 import time
 
-from ..runcmd import run
+from agent.runcmd import run
 
 
 def attach(image: str, read_only: bool = False) -> str:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from ..runcmd import run
+from agent.runcmd import run
 from .loop import LoopDevice
 
 MiB = 1 << 20

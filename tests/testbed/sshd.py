@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 
-from ..runcmd import run
+import agent
+from agent.runcmd import run
 from .procs import free_port, start_daemon, stop_process
 
 TEST_USER = "coldclone-rx"
@@ -64,7 +65,7 @@ class Sshd:
         # sshd reads authorized_keys and runs the receiver as the login user:
         # everything it touches must be reachable by that user.
         reachable = all(_world_traversable(p) for p in (
-            self.receiver, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), self.workdir))
+            self.receiver, os.path.dirname(os.path.abspath(agent.__file__)), self.workdir))
         self.user = TEST_USER if reachable else "root"
 
     # paths

@@ -9,10 +9,10 @@ agent's key handed to the guest through QEMU's fw_cfg. The guest powers off by i
 demo prints the estimate the agent made, the throughput, and verifies the qcow2 against the
 source image with qemu-img compare.
 
-    python -m agent.testbed.vmdemo [--mode bios|uefi] [--size-mb N] [--files-mb N]
+    python -m tests.testbed.vmdemo [--mode bios|uefi] [--size-mb N] [--files-mb N]
 
 Needs root, the built ISO (make iso), qemu-system-x86_64 and qemu-img. Falls back to the
-loop-device demo (agent.testbed.demo) when there is no ISO.
+loop-device demo (tests.testbed.demo) when there is no ISO.
 """
 
 from __future__ import annotations
@@ -24,21 +24,13 @@ import sys
 import threading
 import time
 
-from ..estimate.rate import human_bytes as hb
+from agent.estimate.rate import human_bytes as hb
+from tests.vm import guest, vmboot
+
 from . import demo
 from .demo import say
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
-
-
-def _harness():
-    """tests/vm/guest.py is the one harness for VM runs; the demo uses it as the tests do."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    from tests.vm import guest, vmboot
-
-    return guest, vmboot
 
 
 class ConsoleTail(threading.Thread):
@@ -91,12 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host_demo = ["--size-mb", str(args.size_mb), "--files-mb", str(args.files_mb),
                  "--remnant-mb", str(args.remnant_mb), "--table", args.table, "--out", args.out]
-    try:
-        guest, vmboot = _harness()
-    except ImportError as e:    # an installed copy: the harness lives in the source tree's tests/
-        say(f"no VM demo: the VM harness (tests/vm) is not here ({e})\n"
-            f"-> running the loop-device demo instead\n")
-        return demo.main(host_demo)
     why = vmboot.missing_prerequisites(args.mode)
     if why:
         say(f"no VM demo: {why}\n-> running the loop-device demo instead\n")

@@ -19,10 +19,10 @@ import sys
 import tempfile
 import time
 
-from ..estimate.rate import human_bytes as hb
-from ..estimate.plan import estimate_capture
-from ..transport.open import open_target
-from ..runcmd import run
+from agent.estimate.rate import human_bytes as hb
+from agent.estimate.plan import estimate_capture
+from agent.transport.open import open_target
+from agent.runcmd import run
 from . import synthdisk
 from .files import sha256_of as sha256
 from .loop import LoopDevice
