@@ -47,7 +47,7 @@ class ColdcloneApp(App):
                  start_capture_worker: bool = True):
         super().__init__()
         self.services = services
-        self.plan = CapturePlan(mode=services.defaults.mode)
+        self.plan = CapturePlan(mode=services.config.mode)
         self.ascii_only = ascii_console() if ascii_only is None else ascii_only
         # Snapshot tests feed recorded events to the Progress screen instead.
         self.start_capture_worker = start_capture_worker
@@ -189,11 +189,11 @@ def _main(argv: list[str] | None) -> int:
         from ..transport.url import parse_target
 
         parse_target(args.to)   # a typo is a usage error now, not a surprise on the Target screen
-        services.defaults.server = args.to
+        services.config.server = args.to
     if args.identity:
-        services.defaults.identity = args.identity
+        services.config.identity = args.identity
     if args.calibrate is not None:
-        services.calibrate_seconds = args.calibrate
+        services.config.calibrate = args.calibrate
     if sys.stdout.isatty():
         _fix_terminal_size()
     app = build_app(services, ascii_only=args.ascii)

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import config
+from ..config import CaptureConfig
 from ..errors import ColdcloneError, ConnectionError_, UsageError
+from ..job import CaptureJob
 
 log = logging.getLogger("coldclone.tui")
 
@@ -62,21 +65,6 @@ class Readiness:
     findings: list = field(default_factory=list)     # agent.inspect.model.Finding
     source: Any = None                                # agent.inspect.model.SourceOS
     error: str | None = None
-
-
-@dataclass
-class Defaults:
-    """Prefilled form values (kernel command line / baked into the ISO)."""
-
-    server: str | None = None
-    identity: str | None = None
-    hostkey: str | None = None
-    known_hosts: str | None = None
-    mode: str = "nonzero"
-    ip: str | None = None
-    on_done: str = "poweroff"
-    calibrate: float = 3.0
-    problems: list[str] = field(default_factory=list)
 
 
 def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
@@ -186,14 +174,16 @@ class Services:
     probe_hostkey: Callable[..., HostKeyInfo]
     test_ssh: Callable[[TargetChoice], str]
     open_target: Callable[..., Any]                          # agent.transport.open.open_target
-    run_capture: Callable[..., Any]                          # agent.capture.session.run_capture
+    run_capture: Callable[..., Any]                          # (CaptureConfig, prepared=, notify=, cancel=) -> result
     list_nics: Callable[[Any], list]
     apply_network: Callable[[str], list[str]]
     power: Callable[[str], None]
-    defaults: Defaults = field(default_factory=Defaults)
+    # The one capture configuration (agent/config.py), prefilled from the kernel command line
+    # and the ISO's baked key; the screens change it, the capture job runs it.
+    config: CaptureConfig = field(default_factory=CaptureConfig)
+    config_problems: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
     # Fixed values make snapshots deterministic; None: the real ones.
-    calibrate_seconds: float = 3.0
     capture_id: Callable[[], str] | None = None
     # the live system's own iSCSI identity, for typed targets when the source OS has none
     live_identity: Callable[[], Any] | None = None
@@ -203,9 +193,8 @@ class Services:
 
     # ------------------------------------------------------------- constructors
     @classmethod
-    def _base(cls, discover, readiness, defaults: Defaults, **over) -> "Services":
+    def _base(cls, discover, readiness, **over) -> "Services":
         from .. import netsetup
-        from ..capture.session import run_capture
         from ..transport.open import open_target
 
         missing: dict[str, str] = {}
@@ -229,9 +218,9 @@ class Services:
         kw = dict(discover=discover, readiness=readiness, find_identities=find_identities,
                   iscsi_attach=attach, estimate=estimate, local_disks=local_disks,
                   prepare_local_disk=prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
-                  open_target=open_target, run_capture=run_capture,
+                  open_target=open_target, run_capture=run_job,
                   list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
-                  power=power, defaults=defaults, missing=missing, live_identity=live_identity)
+                  power=power, missing=missing, live_identity=live_identity)
         kw.update(over)
         return cls(**kw)
 
@@ -241,18 +230,19 @@ class Services:
         """The running machine. `only`: preselect these disks (the rest stay listed)."""
         from ..discover.populate import discover
 
-        defaults = defaults_from_cmdline(cmdline)
+        cfg, problems = config_from_cmdline(cmdline)
 
         def do_discover():
             return discover(include_loop=include_loop, only=only)
 
-        over.setdefault("calibrate_seconds", defaults.calibrate)
-        return cls._base(do_discover, inspect_inventory, defaults, **over)
+        over.setdefault("config", cfg)
+        over.setdefault("config_problems", problems)
+        return cls._base(do_discover, inspect_inventory, **over)
 
     @classmethod
     def replay(cls, snapshot: str | Path, *, sourceos: str | Path | None = None,
                boot_root: str | Path | None = None, identities: list | None = None,
-               estimate: Any = None, defaults: Defaults | None = None, **over) -> "Services":
+               estimate: Any = None, **over) -> "Services":
         """A recorded machine: udev snapshot, optional source-OS tree, iSCSI identities, estimate."""
         from ..discover import snapshot as snap
         from ..discover.populate import from_snapshot
@@ -275,7 +265,7 @@ class Services:
             over.setdefault("find_identities", lambda inv: list(identities))
         if estimate is not None:
             over.setdefault("estimate", lambda *a, **k: estimate)
-        svc = cls._base(do_discover, readiness, defaults or Defaults(), **over)
+        svc = cls._base(do_discover, readiness, **over)
         if identities is not None:
             svc.missing.pop("iSCSI", None)
         if estimate is not None:
@@ -303,22 +293,21 @@ def inspect_inventory(inv) -> Readiness:
     return Readiness(None, error="; ".join(errors) or None)
 
 
-def defaults_from_cmdline(cmdline: str | None = None) -> Defaults:
-    """Prefill from coldclone.* words (and the key baked into the ISO); never fatal here."""
-    from .. import config
-
-    d = Defaults()
+def config_from_cmdline(cmdline: str | None = None) -> tuple[CaptureConfig, list[str]]:
+    """Prefill from coldclone.* words (and the key baked into the ISO); never fatal here: the
+    problems are shown on the Inventory screen."""
     try:
         text = cmdline if cmdline is not None else config.read_kernel_cmdline()
-    except OSError:
+    except ColdcloneError:
         text = ""
     try:
-        cfg = config.from_cmdline(text)
+        return config.from_cmdline(text), []
     except ColdcloneError as e:
-        d.problems.append(str(e))
         cfg = config.CaptureConfig()
         config.apply_baked(cfg, "/")
-    d.server, d.identity, d.hostkey = cfg.server, cfg.identity, cfg.hostkey
-    d.known_hosts, d.mode, d.ip, d.on_done = cfg.known_hosts, cfg.mode, cfg.ip, cfg.on_done
-    d.calibrate = cfg.calibrate
-    return d
+        return cfg, [str(e)]
+
+
+def run_job(cfg: CaptureConfig, **kw):
+    """The TUI's capture: the one capture job, with the steps its screens did handed in."""
+    return CaptureJob(cfg, **kw).run()

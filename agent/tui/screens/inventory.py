@@ -148,7 +148,7 @@ class InventoryScreen(Screen):
             out.append("Source OS: none found on the selected disks" + (f" ({ready.error})" if ready.error else ""))
         for w in (plan.inventory.warnings if plan.inventory else []):
             out.append(f"warning: {w}")
-        for p in svc.defaults.problems:
+        for p in svc.config_problems:
             out.append(f"kernel command line: {p}")
         self.query_one("#warnings", Static).update("\n".join(out) or "No warnings.")
 

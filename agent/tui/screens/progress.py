@@ -8,6 +8,7 @@ checks the cancel flag, so the screen never waits on a disk or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -20,8 +21,10 @@ from textual.widgets import Footer, Header, RichLog, Static
 
 
 from ...capture import events as E
+from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
 from ...estimate.rate import RateMeter, human_bytes, human_seconds
+from ...job import Note, Prepared
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
@@ -68,8 +71,6 @@ class ProgressScreen(Screen):
     # ------------------------------------------------------------ the worker
     @work(thread=True, exclusive=True, group="capture", exit_on_error=False)
     def run_capture(self) -> None:
-        from ...capture.stream import StreamOptions
-
         svc, plan = self.app.services, self.app.plan
         choice = plan.target
         last = [0.0]
@@ -86,17 +87,18 @@ class ProgressScreen(Screen):
         try:
             target = svc.open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey,
                                      known_hosts=choice.known_hosts)
-            facts = {}
-            if plan.inventory is not None:
-                from ...discover.model import to_dict
-
-                facts["inventory"] = to_dict(plan.inventory)
-            # the receiver records predicted vs actual in the manifest, as for headless
-            estimate = plan.estimate.to_dict() if hasattr(plan.estimate, "to_dict") else None
-            capture_id = plan.capture_id or (svc.capture_id() if svc.capture_id else None)
-            result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
-                                     capture_id=capture_id, on_event=on_event, cancel=self.cancel,
-                                     source_facts=facts, estimate=estimate)
+            # The screens did the network, iSCSI, discovery and estimate steps; the capture job
+            # does the rest with the operator's choices on top of the kernel command line's
+            # (compress=, format= ...). Hooks are for unattended runs.
+            cfg = dataclasses.replace(
+                svc.config, server=choice.url, identity=choice.identity, hostkey=choice.hostkey,
+                known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
+                capture_id=plan.capture_id or (svc.capture_id() if svc.capture_id else None),
+                iscsi=IscsiMode.OFF, ip=None, pre=None, post=None, fail=None, estimate_only=False)
+            prepared = Prepared(target=target, discovered=True, inventory=plan.inventory,
+                                sources=plan.disk_paths(), estimated=True, estimate=plan.estimate,
+                                iscsi_done=True)
+            result = svc.run_capture(cfg, prepared=prepared, notify=on_event, cancel=self.cancel)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
                                            exit_code=EXIT_CANCELLED, cancelled=True))
@@ -121,7 +123,9 @@ class ProgressScreen(Screen):
     def apply(self, ev) -> None:
         """Show one core event (also called directly by tests with recorded events)."""
         log = self.query_one("#log", RichLog)
-        if isinstance(ev, E.CaptureStarted):
+        if isinstance(ev, Note):
+            log.write(ev.text)
+        elif isinstance(ev, E.CaptureStarted):
             self.app.plan.capture_id = ev.capture_id
             log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "
                       f"{human_bytes(ev.total_bytes)}")
