@@ -12,12 +12,16 @@ import contextlib
 import io
 import json
 import sys
+import threading
+import time
 
 from .capture import events as E
 from .discover.model import to_dict
 from .discover.render import render
-from .estimate.progress import ProgressPrinter, print_summary
+from .estimate.progress import EtaEstimator
+from .estimate.rate import RateMeter
 from .job import Captured, Estimated, Inventoried, Note
+from .units import human_bytes as hb, human_rate, human_seconds as hs
 
 
 def emit_json(tag: str, obj, out=None) -> None:
@@ -26,6 +30,148 @@ def emit_json(tag: str, obj, out=None) -> None:
     print(f"COLDCLONE-{tag}-JSON-BEGIN", file=out, flush=True)
     print(json.dumps(obj, indent=1, sort_keys=True, default=str), file=out, flush=True)
     print(f"COLDCLONE-{tag}-JSON-END", file=out, flush=True)
+
+
+class ProgressPrinter:
+    """Headless progress: a line every `interval` seconds, whatever the capture is doing.
+
+    Call it with every event (it is run_capture's on_event); use `with printer.ticking():`
+    around the capture so the cadence holds while the server verifies and converts.
+    """
+
+    def __init__(self, interval: float = 5.0, out=sys.stdout, estimate=None, prefix: str = ""):
+        self.interval = interval
+        self.out = out
+        self.prefix = prefix
+        self.estimate = estimate
+        self.last = 0.0
+        self.read_rate = RateMeter()
+        self.wire_rate = RateMeter()
+        self.eta = EtaEstimator(estimate)
+        self.t0 = time.monotonic()
+        self.phase = "starting"
+        self._ev = None
+        self._eta_value: float | None = None
+        self._eta_at = 0.0
+        self._lock = threading.Lock()
+        self.bottleneck = getattr(estimate, "bottleneck", None) or (
+            estimate.get("bottleneck") if isinstance(estimate, dict) else None)
+
+    def __call__(self, ev) -> None:
+        with self._lock:
+            if isinstance(ev, E.CaptureStarted):
+                self.t0 = time.monotonic()
+                self.phase = "sending"
+                self._p(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), {hb(ev.total_bytes)}")
+                for d in ev.disks:
+                    self._p(f"  {d.path}: {hb(d.size)} {d.model}".rstrip())
+                if self.estimate is not None:
+                    total = getattr(self.estimate, "total_seconds", None)
+                    if total is None and isinstance(self.estimate, dict):
+                        total = self.estimate.get("total_seconds")
+                    self._p(f"  estimate: ~{hs(total)}, {self.bottleneck}")
+            elif isinstance(ev, E.DiskStarted):
+                self.phase = "sending"
+                self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
+            elif isinstance(ev, E.Progress):
+                now = time.monotonic()
+                self._ev = ev
+                self.read_rate.update(now, ev.total_done)
+                self.wire_rate.update(now, ev.wire_bytes)
+                self._eta_value = self.eta.update(now, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
+                                                  ev.total_size, ev.wire_bytes)
+                self._eta_at = now
+                if now - self.last >= self.interval:
+                    self._line(now)
+            elif isinstance(ev, E.DiskFinished):
+                self._p(f"disk {ev.name} sent: digest {ev.digest[:16]}...")
+                self.phase = "server"
+            elif isinstance(ev, E.ServerNote):
+                self.phase = "server"
+                self._p(ev.text)
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Seconds left now: the last ETA less the time since it was computed."""
+        if self._eta_value is None:
+            return None
+        now = time.monotonic() if now is None else now
+        return max(0.0, self._eta_value - (now - self._eta_at))
+
+    def status(self, now: float | None = None) -> dict:
+        """What the progress line says, as data (for the TUI)."""
+        now = time.monotonic() if now is None else now
+        ev = self._ev
+        return {
+            "phase": self.phase, "elapsed": now - self.t0, "eta": self.eta_seconds(now),
+            "disk": ev.disk if ev else None,
+            "disk_done": ev.disk_done if ev else 0, "disk_size": ev.disk_size if ev else 0,
+            "total_done": ev.total_done if ev else 0, "total_size": ev.total_size if ev else 0,
+            "read_rate": self.read_rate.rate, "wire_rate": self.wire_rate.rate,
+            "wire_bytes": ev.wire_bytes if ev else 0, "zero_bytes": ev.zero_bytes if ev else 0,
+            "bottleneck": self.bottleneck,
+        }
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        ev = self._ev
+        if ev is None:
+            self._p(f"{self.phase}: {hs(now - self.t0)} elapsed")
+            return
+        dpct = 100.0 * ev.disk_done / max(ev.disk_size, 1)
+        tpct = 100.0 * ev.total_done / max(ev.total_size, 1)
+        eta = self.eta_seconds(now)
+        tail = f" [{self.bottleneck}]" if self.bottleneck else ""
+        if self.phase == "server":
+            self._p(f"server verifying and converting: {hs(now - self.t0)} elapsed, ETA {hs(eta)}{tail}")
+            return
+        self._p(f"{ev.disk}: {dpct:5.1f}% | total {tpct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} | "
+                f"read {human_rate(self.read_rate.rate)} MB/s wire {human_rate(self.wire_rate.rate)} MB/s | "
+                f"skipped {hb(ev.zero_bytes)} | elapsed {hs(now - self.t0)} ETA {hs(eta)}{tail}")
+
+    def tick(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self.last >= self.interval and self.phase != "starting":
+                self._line(now)
+
+    @contextlib.contextmanager
+    def ticking(self):
+        """A steady cadence: a line every interval even when no event comes (server phase)."""
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(min(1.0, self.interval)):
+                self.tick()
+
+        t = threading.Thread(target=run, name="cc-progress", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join(2)
+
+    def _p(self, line: str) -> None:
+        print(self.prefix + line, file=self.out, flush=True)
+
+
+def print_summary(result, out=sys.stdout, estimate=None) -> None:
+    el = max(result.elapsed, 1e-9)
+    print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s)", file=out)
+    print(f"  where:   {result.location}", file=out)
+    print(f"  read:    {hb(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s", file=out)
+    print(f"  wire:    {hb(result.wire_bytes)} ({100.0 * result.wire_bytes / max(result.total_size, 1):.1f}% "
+          f"of {hb(result.total_size)}), skipped {hb(result.zero_bytes)} of zeros", file=out)
+    if estimate is not None:
+        pred = getattr(estimate, "total_seconds", None)
+        if pred is None and isinstance(estimate, dict):
+            pred = estimate.get("total_seconds")
+        if pred:
+            print(f"  estimate: {pred:.1f} s predicted, {result.elapsed:.1f} s actual "
+                  f"({100.0 * (result.elapsed - pred) / pred:+.0f}%)", file=out)
+    for d in result.disks:
+        checks = ", ".join(k for k, v in d.get("verified", {}).items() if v)
+        print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
 
 
 class JobConsole:

@@ -43,7 +43,7 @@ class TargetDisk:
     usable: str | None = None      # a device holding a filesystem we can write to, if any
 
     def describe(self) -> str:
-        from ..estimate.rate import human_bytes
+        from ..units import human_bytes
 
         fs = ", ".join(f"{d} {t}{' ' + repr(lbl) if lbl else ''}" for d, t, lbl in self.filesystems) or "no filesystem"
         return f"{self.dev_path}: {human_bytes(self.size)} {self.model} via {self.link or 'unknown link'} ({fs})"

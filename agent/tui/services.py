@@ -148,7 +148,7 @@ def test_local(choice: TargetChoice, open_target) -> str:
         except OSError as e:
             raise UsageError(f"cannot write in {path}: {e.strerror}") from None
         st = os.statvfs(path)
-        from ..estimate.rate import human_bytes
+        from ..units import human_bytes
 
         return f"writable: {path}, {human_bytes(st.f_bavail * st.f_frsize)} free"
     finally:

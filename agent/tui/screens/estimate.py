@@ -11,7 +11,7 @@ from textual.widgets import Button, DataTable, Footer, Header, RadioSet, Static
 
 
 from ...errors import ColdcloneError
-from ...estimate.rate import human_bytes
+from ...units import human_bytes
 from .. import text
 from ..state import CAPTURE_MODES, MODES
 from ..widgets.choice import Choice

@@ -23,7 +23,9 @@ from textual.widgets import Footer, Header, RichLog, Static
 from ...capture import events as E
 from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
-from ...estimate.rate import RateMeter, human_bytes, human_seconds
+from ...estimate.progress import EtaEstimator
+from ...estimate.rate import RateMeter
+from ...units import human_bytes, human_seconds
 from ...job import Note, Prepared
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
@@ -42,6 +44,10 @@ class ProgressScreen(Screen):
         self.cancel = threading.Event()
         self.read_rate = RateMeter(half_life=5.0)
         self.wire_rate = RateMeter(half_life=5.0)
+        # the same model-based ETA as the console lines (estimate.progress.EtaEstimator),
+        # made when the screen mounts and the plan's estimate is known
+        self.eta: EtaEstimator | None = None
+        self.eta_left: float | None = None
         self.bars: dict[str, DiskBar] = {}
         self.finished = False
         self.last_progress: E.Progress | None = None
@@ -64,6 +70,7 @@ class ProgressScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = "coldclone  5 Capture"
+        self.eta = EtaEstimator(self.app.plan.estimate)
         self.stats()
         if self.app.start_capture_worker:
             self.run_capture()
@@ -142,6 +149,10 @@ class ProgressScreen(Screen):
                 bar.done = ev.disk_done
             r = self.read_rate.update(ev.elapsed, ev.bytes_read)
             self.wire_rate.update(ev.elapsed, ev.wire_bytes)
+            if self.eta is None:
+                self.eta = EtaEstimator(self.app.plan.estimate)
+            self.eta_left = self.eta.update(ev.elapsed, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
+                                            ev.total_size, ev.wire_bytes)
             if r is not None:
                 self.query_one("#spark", Spark).push(r / 1e6)
             self.last_progress = ev
@@ -171,7 +182,7 @@ class ProgressScreen(Screen):
             return
         rate = self.read_rate.rate
         wire = self.wire_rate.rate
-        eta = self.read_rate.eta(ev.total_size - ev.total_done)
+        eta = self.eta_left
         mbs = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
         pct = 100.0 * ev.total_done / max(ev.total_size, 1)
         self.query_one("#prog-stats", Static).update(

@@ -13,7 +13,7 @@ from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header,
 
 
 from ...errors import ColdcloneError
-from ...estimate.rate import human_bytes
+from ...units import human_bytes
 from ..services import TargetChoice
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
