@@ -17,15 +17,16 @@ import dataclasses
 import importlib
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import config
 from ..config import CaptureConfig
-from ..errors import ColdcloneError, ConnectionError_, UsageError
+from ..errors import ColdcloneError, UsageError
 from ..job import CaptureJob
+from ..transport.ssh import handshake, server_host_key
+from ..transport.url import TargetURL, parse_target
 
 log = logging.getLogger("coldclone.tui")
 
@@ -78,59 +79,22 @@ def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
 
 def probe_hostkey(host: str, port: int = 22, timeout: float = 10.0) -> HostKeyInfo:
     """Fetch the server's host key without trusting or authenticating anything."""
-    import paramiko
-
-    from ..transport.ssh import fingerprint
-
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        raise ConnectionError_(f"cannot reach {host}:{port}: {e.strerror or e}; check the address, "
-                               f"the network setup (n) and that sshd runs there") from None
-    t = paramiko.Transport(sock)
-    try:
-        t.banner_timeout = timeout
-        t.start_client(timeout=timeout)
-        key = t.get_remote_server_key()
-        return HostKeyInfo(host, port, key.get_name(), fingerprint(key))
-    except (paramiko.SSHException, OSError, EOFError) as e:
-        raise ConnectionError_(f"{host}:{port} does not speak SSH ({e}); is this the conversion server?") from None
-    finally:
-        t.close()
+    key_type, fp = server_host_key(TargetURL("ssh", "/", host=host, port=port), timeout)
+    return HostKeyInfo(host, port, key_type, fp)
 
 
 def test_ssh(choice: TargetChoice, timeout: float = 10.0) -> str:
-    """Host key check plus key authentication, without starting a capture on the server."""
-    import paramiko
-
-    from ..transport.ssh import load_identity, verify_host_key
-    from ..transport.url import parse_target
-
+    """Host key check plus key authentication, without starting a capture on the server:
+    the capture's own handshake (transport.ssh.handshake), stopped before the receiver."""
     url = parse_target(choice.url)
     if not choice.identity:
         raise UsageError("give the private key for the conversion server (Key field)")
     if not choice.hostkey and not choice.known_hosts:
         raise UsageError("confirm the server's host key first (t shows it, y confirms)")
-    pkey = load_identity(choice.identity)
-    try:
-        sock = socket.create_connection((url.host, url.port), timeout=timeout)
-    except OSError as e:
-        raise ConnectionError_(f"cannot reach {url.host}:{url.port}: {e.strerror or e}") from None
-    t = paramiko.Transport(sock)
-    try:
-        t.start_client(timeout=timeout)
-        how = verify_host_key(url, t.get_remote_server_key(), choice.hostkey, choice.known_hosts)
-        try:
-            t.auth_publickey(url.user, pkey)
-        except paramiko.AuthenticationException:
-            raise ConnectionError_(f"{url.user}@{url.host} refused the key {choice.identity}: install its "
-                                   f"public key in ~{url.user}/.ssh/authorized_keys on the conversion "
-                                   f"server (with the coldclone-receive forced command)") from None
-        return f"SSH OK: {url.user}@{url.host}:{url.port}, host key trusted by {how}, key accepted"
-    except paramiko.SSHException as e:
-        raise ConnectionError_(f"SSH to {url.host}:{url.port} failed: {e}") from None
-    finally:
-        t.close()
+    t, how = handshake(url, identity=choice.identity, hostkey=choice.hostkey,
+                       known_hosts=choice.known_hosts, timeout=timeout)
+    t.close()
+    return f"SSH OK: {url.user}@{url.host}:{url.port}, host key trusted by {how}, key accepted"
 
 
 def test_local(choice: TargetChoice, open_target) -> str:

@@ -130,9 +130,7 @@ class EstimateScreen(Screen):
 
     def _confirmed(self, yes: bool | None) -> None:
         if yes:
-            from .progress import ProgressScreen
-
-            self.app.switch_to_progress(ProgressScreen())
+            self.app.start_capture()
 
     def action_back(self) -> None:
         self.app.pop_screen()

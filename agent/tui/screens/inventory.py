@@ -181,19 +181,13 @@ class InventoryScreen(Screen):
         if not self.app.plan.disks():
             self._refuse("Select at least one disk to capture (space)")
             return
-        from .target import TargetScreen
-
-        self.app.push_screen(TargetScreen())
+        self.app.show_target()
 
     def action_iscsi(self) -> None:
-        from .iscsi import IscsiScreen
-
-        self.app.push_screen(IscsiScreen())
+        self.app.show_iscsi()
 
     def action_network(self) -> None:
-        from .network import NetworkScreen
-
-        self.app.push_screen(NetworkScreen())
+        self.app.show_network()
 
     def action_rescan(self) -> None:
         self.app.plan.inventory = None

@@ -197,12 +197,7 @@ class ProgressScreen(Screen):
         if message.cancelled:
             plan.error = ("cancelled by the operator; the conversion server was told to discard "
                           "the partial capture" + (f" ({message.error})" if message.error else ""))
-        from .done import DoneScreen
-
-        # A cancel question still open is moot now: close it, then replace this screen.
-        while self.app.screen is not self and len(self.app.screen_stack) > 1:
-            self.app.pop_screen()
-        self.app.switch_screen(DoneScreen())
+        self.app.show_done(self)
 
     # ------------------------------------------------------------ actions
     def action_cancel(self) -> None:

@@ -294,9 +294,7 @@ class TargetScreen(Screen):
             self._status("Test the connection first (^T): no capture goes to an untested target",
                          error=True)
             return
-        from .estimate import EstimateScreen
-
-        self.app.push_screen(EstimateScreen())
+        self.app.show_estimate()
 
     def action_back(self) -> None:
         self.app.pop_screen()
