@@ -62,7 +62,7 @@ def cmd_digest(args) -> int:
 
 # subcommand -> (module with main(argv), help line)
 DELEGATED = {
-    "discover": (".discover.cli", "list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)"),
+    "discover": (".commands.discover", "list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)"),
     "estimate": (".commands.estimate", "predict how long a capture will take (the server's downtime)"),
     "headless": (".headless", "unattended capture configured on the kernel command line"),
     "tui": (".tui.app", "the operator's text interface"),
