@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import CommandError, UsageError
-from ..capture.guard import partitions_of
+from ..devnames import partitions_of
 from ..discover.probe import Probes
 from ..runcmd import run
 from .mountpoint import make_mountpoint, mounted_at, unmount
