@@ -205,7 +205,7 @@ class CaptureJob:
             return
         from . import netsetup
 
-        for line in netsetup.apply(netsetup.parse_ip_spec(self.cfg.ip)):
+        for line in netsetup.apply(netsetup.parse_ip_spec(self.cfg.ip)).lines:
             self.say(line)
 
     def _identity(self) -> None:

@@ -177,7 +177,7 @@ class Services:
         attach = attach_with if attach_core is not None else None
 
         def apply_network(text: str) -> list[str]:
-            return netsetup.apply(netsetup.parse_ip_spec(text))
+            return netsetup.apply(netsetup.parse_ip_spec(text)).lines
 
         kw = dict(discover=discover, readiness=readiness, find_identities=find_identities,
                   iscsi_attach=attach, estimate=estimate, local_disks=local_disks,
