@@ -97,7 +97,9 @@ class Session:
                 why = "the agent's end of the session closed"
             if why:
                 self._pending = why
-                os.kill(os.getpid(), signal.SIGHUP)
+                # To the main thread itself: a signal to the process may land on this thread,
+                # which would not interrupt the main thread's blocked read.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGHUP)
                 return
 
     def stop(self) -> None:

@@ -118,6 +118,8 @@ class _Sink:
                     out += chunk
         except zstandard.ZstdError as e:
             raise corrupt(str(e)) from None
+        if len(out) > rec.length:
+            raise corrupt(f"it holds more than the {rec.length} bytes the record declares")
         return bytes(out)
 
     def extent(self, rec: P.Record) -> None:
@@ -177,6 +179,11 @@ class _Sink:
         self.close_disk()
         return None
 
+    def close(self) -> None:
+        """Every descriptor let go, whatever happened (the receiver runs once per process, but
+        in-process callers such as the tests run many)."""
+        self.close_disk()
+
 
 class CaptureSink(_Sink):
     def __init__(self, rx: "Receiver", hello: P.Hello):
@@ -186,8 +193,12 @@ class CaptureSink(_Sink):
         self.hello = hello
         self.disks: list[dict] = []
         self.files: list[str] = []
-        store = Store(resolve_root(rx.forced_root, rx.requested_root))
-        self.cap: CaptureDir = store.make_capture_dir(hello.capture_id)
+        self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
+        try:
+            self.cap: CaptureDir = self.store.make_capture_dir(hello.capture_id)
+        except BaseException:
+            self.store.close()
+            raise
         log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
                        receiver_version=__version__, protocol=P.VERSION))
@@ -351,6 +362,11 @@ class CaptureSink(_Sink):
         cap.unlock()
         return cap.path
 
+    def close(self) -> None:
+        super().close()
+        self.cap.close()
+        self.store.close()
+
 
 class ProbeSink(_Sink):
     """A calibration probe: no capture directory, nothing named in the root, ever."""
@@ -360,7 +376,8 @@ class ProbeSink(_Sink):
         self.t0: float | None = None
         self.synced = 0
         self.sync_seconds = 0.0
-        store = Store(resolve_root(rx.forced_root, rx.requested_root))
+        self.store = store = Store(resolve_root(rx.forced_root, rx.requested_root))
+        self.fd = -1
         try:
             # O_TMPFILE: a file without a name, on the filesystem the images would go to.
             self.fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=store.fd)
@@ -407,14 +424,20 @@ class ProbeSink(_Sink):
             P.block_digests(buf, d.header.block_size)
             off += len(buf)
         readback = time.monotonic() - t
-        self.close_disk()
-        os.close(self.fd)
+        self.close()
         self.rx.say(P.Reply(P.Event.PROBE, bytes=self.rx.reader.consumed, covered=d.tree.pos, counts=d.counts,
                             seconds=round(seconds, 4), sync_seconds=round(self.sync_seconds, 4),
                             readback_bytes=off, readback_seconds=round(readback, 4)))
 
     def abort(self, reason: str) -> int:
         return 0   # a probe leaves nothing behind; ABORT just ends it
+
+    def close(self) -> None:
+        super().close()
+        if self.fd >= 0:
+            os.close(self.fd)   # the unnamed file disappears
+            self.fd = -1
+        self.store.close()
 
 
 class Receiver:
@@ -460,6 +483,9 @@ class Receiver:
             log.exception("internal error")
             self._fail("internal", f"internal error in coldclone-receive ({type(e).__name__}: {e}); "
                                    f"the receiver's log (stderr) has the details")
+        finally:
+            if self.sink is not None:
+                self.sink.close()
         return 1
 
     def _loop(self, stream: BinaryIO) -> int:

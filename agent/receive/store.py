@@ -103,13 +103,22 @@ class Store:
             raise ServerError(
                 f"receiver root {root} cannot be opened: {e.strerror}; create it and give the "
                 f"receiving user write access", code="root_unusable") from None
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise ServerError(
-                f"receiver root {root} is not writable by this user (uid {os.getuid()}); "
-                f"chown/chmod it or start coldclone-receive with another --root", code="root_unusable")
-        st = os.statvfs(root)
-        if st.f_flag & os.ST_RDONLY:
-            raise ServerError(f"receiver root {root} is on a read-only filesystem", code="root_unusable")
+        try:
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise ServerError(
+                    f"receiver root {root} is not writable by this user (uid {os.getuid()}); "
+                    f"chown/chmod it or start coldclone-receive with another --root", code="root_unusable")
+            st = os.statvfs(root)
+            if st.f_flag & os.ST_RDONLY:
+                raise ServerError(f"receiver root {root} is on a read-only filesystem", code="root_unusable")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def make_capture_dir(self, capture_id: str) -> "CaptureDir":
         validate_capture_id(capture_id)
@@ -133,7 +142,11 @@ class Store:
                               code="root_unusable") from None
         dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
         cap = CaptureDir(self, capture_id, staging, dfd)
-        cap.lock()
+        try:
+            cap.lock()
+        except BaseException:
+            cap.close()
+            raise
         return cap
 
 
@@ -151,6 +164,15 @@ class CaptureDir:
                                dir_fd=self.fd)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         os.write(self.lock_fd, f"{os.getpid()}\n".encode())
+
+    def close(self) -> None:
+        """Let go of the directory (the lock with it: a capture still locked here is abandoned)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def unlock(self) -> None:
         """The capture is over (complete, or failed with failure.json): nothing left to own."""
@@ -255,6 +277,13 @@ def gc(root: str, clean: bool = True) -> list[PartialState]:
     A live capture (its receiver still holds the lock) is never touched.
     """
     store = Store(os.path.realpath(root))
+    try:
+        return _gc(store, clean)
+    finally:
+        store.close()
+
+
+def _gc(store: Store, clean: bool) -> list[PartialState]:
     out = []
     for name in sorted(os.listdir(store.root)):
         if not name.endswith(PARTIAL) or not os.path.isdir(os.path.join(store.root, name)) \
