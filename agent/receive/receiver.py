@@ -191,7 +191,8 @@ class CaptureSink(_Sink):
         if hello.format not in P.ImageFormat.ALL:
             raise ServerError(f"refused image format {hello.format!r}: choose qcow2 or raw", code="usage")
         self.hello = hello
-        self.disks: list[dict] = []
+        self.disks: list[dict] = []          # manifest entries, one per verified disk
+        self.ends: list[P.DiskEnd] = []     # and the agent's END for each
         self.files: list[str] = []
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
@@ -294,6 +295,7 @@ class CaptureSink(_Sink):
                          "qemu_img_compare": fmt == P.ImageFormat.QCOW2},
         }
         self.disks.append(entry)
+        self.ends.append(end)
         self.disk = None
         log.info("disk %s verified: %s", d.name, img_name)
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
@@ -307,7 +309,7 @@ class CaptureSink(_Sink):
         totals = {k: sum(d["received"][k] for d in self.disks) for k in self.disks[0]["received"]}
         totals["size"] = sum(d["size"] for d in self.disks)
         totals["stream_bytes"] = self.rx.reader.consumed
-        totals["bytes_read"] = sum(d["agent"].get("bytes_read", 0) for d in self.disks)
+        totals["bytes_read"] = sum(e.bytes_read or 0 for e in self.ends)
         hello = self.hello
         manifest = {
             "manifest_version": 1,
