@@ -190,6 +190,14 @@ def run_capture(
             sent["wire"] += len(data)
 
         writer = P.StreamWriter(send)
+        if estimate is not None:
+            try:
+                P.dumps(estimate)
+            except (TypeError, ValueError) as e:
+                # The estimate is advice for the manifest: one that is not strict JSON (NaN, an
+                # infinite rate) must not stop the capture.
+                log.warning("estimate left out of the manifest: %s", e)
+                estimate = None
         try:
             # The estimate goes to the manifest, next to the actual time.
             writer.hello(P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,

@@ -117,12 +117,14 @@ def run_receiver(root: str, blob: bytes, *args: str, timeout: float = 60, close:
             if close:
                 proc.stdin.close()
         except (BrokenPipeError, OSError):
-            pass
+            pass   # the receiver stopped reading (it refused the stream): its reply says why
 
-    threading.Thread(target=feed, daemon=True).start()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
     try:
         return finish(proc, t0, timeout)
     finally:
+        feeder.join(10)   # the receiver has exited: the write ends (EPIPE) at once
         if not proc.stdin.closed:
             try:
                 proc.stdin.close()
