@@ -198,3 +198,37 @@ def test_manifest_is_strict_json(tmp_path):
     run = run_receiver(str(tmp_path), blob)
     err = clean(run, "protocol")
     assert "NaN is not a JSON number" in err["message"]
+
+
+def test_same_id_race_reports_exists(tmp_path):
+    """Two sessions racing for one capture id: the loser is told `exists`, never `root_unusable`."""
+    import threading
+
+    from agent.errors import ServerError
+    from agent.receive.store import Store
+
+    codes = []
+    for i in range(40):
+        stores = [Store(str(tmp_path)), Store(str(tmp_path))]
+        go = threading.Barrier(2)
+        made = []
+
+        def take(store):
+            go.wait()
+            try:
+                made.append(store.make_capture_dir(f"race-{i}"))
+            except ServerError as e:
+                codes.append(e.code)
+
+        threads = [threading.Thread(target=take, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(made) == 1
+        for cap in made:
+            cap.unlock()
+            cap.close()
+        for s in stores:
+            s.close()
+    assert set(codes) == {"exists"} and len(codes) == 40
