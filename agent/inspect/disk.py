@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..discover.model import Disk, Inventory, Partition
-from ..errors import CommandError
+from ..errors import CommandError, SourceError
 from .fstab import disk_of_spec, parse_fstab, partition_number
 from .files import read_text
 from .model import SourceOS
@@ -78,6 +78,7 @@ def inspect_disk(disk: Disk, inventory: Inventory | None = None) -> SourceOS | N
                 with mounted_ro(boot.dev_path, boot.filesystem.type) as boot_mnt:
                     return inspect_tree(mnt, boot_root=boot_mnt, devices=devices,
                                         disk_count=disk_count)
-        except CommandError as e:
-            log.warning("%s: %s", part.dev_path, e)
+        except (CommandError, SourceError) as e:
+            # Not mountable, or refused (in use, cannot be made read-only): said, not fatal.
+            log.warning("%s: not inspected: %s", part.dev_path, e)
     return None
