@@ -75,7 +75,8 @@ def cmd_capture(args) -> int:
     try:
         with printer.ticking():
             result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
-                                 image_format=args.format, on_event=printer, cancel=cancel)
+                                 image_format=args.format, on_event=printer, cancel=cancel,
+                                 allow_mounted=args.allow_mounted_source)
     finally:
         signal.signal(signal.SIGINT, previous)
         target.close()
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--capture-id", help="name of the capture directory (default host-date-random)")
     c.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS")
     c.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
+    c.add_argument("--allow-mounted-source", action="store_true",
+                   help="capture even if a source is mounted read-write or open for writing "
+                        "(the image may be inconsistent; the manifest records it)")
     c.set_defaults(func=cmd_capture)
 
     for name, (_, text) in DELEGATED.items():

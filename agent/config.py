@@ -49,6 +49,7 @@ class CaptureConfig:
     post: str | None = None
     fail: str | None = None
     estimate_only: bool = False
+    allow_mounted: bool = False        # capture a source mounted read-write / open for writing
     calibrate: float = 3.0             # seconds of calibration probe before the estimate; 0: skip
     progress: float = 10.0             # seconds between headless progress lines
     timeout: float = 20.0              # connect timeout, seconds
@@ -205,7 +206,7 @@ _KEYS = {
     "progress": lambda v: _seconds("progress", v, 1, 3600),
     "timeout": lambda v: _seconds("timeout", v, 1, 600),
 }
-_FLAGS = ("estimate_only", "debug")
+_FLAGS = ("estimate_only", "allow_mounted", "debug")
 # Read by the live system's own scripts, not by the agent; known so they are not typos.
 LIVE_KEYS = ("smoke", "smoke_done", "tui")
 

@@ -201,7 +201,8 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
         return run_capture(paths, target.connect, opts, capture_id=cfg.capture_id,
                            image_format=cfg.format, on_event=printer, cancel=cancel,
                            source_facts={"inventory": to_dict(inv)},
-                           estimate=est.to_dict() if est is not None else None)
+                           estimate=est.to_dict() if est is not None else None,
+                           allow_mounted=cfg.allow_mounted)
 
 
 # --live: the command that carries out on_done, one argument per line. The live image's

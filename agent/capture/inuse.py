@@ -89,13 +89,13 @@ class InUse:
     use: Use
     device: str
     mountpoint: str = ""   # MOUNTED_RW
-    ns_pid: int = 0        # MOUNTED_RW: a process in that mount namespace
+    ns_pid: int = 0        # MOUNTED_RW: a process in that mount namespace (0: our own)
     pid: int = 0           # OPEN_FOR_WRITE
     comm: str = ""
 
     def describe(self) -> str:
         if self.use is Use.MOUNTED_RW:
-            where = "" if self.ns_pid in (0, 1) else f" in the mount namespace of pid {self.ns_pid}"
+            where = "" if self.ns_pid == 0 else f" in the mount namespace of pid {self.ns_pid}"
             return f"{self.device} is mounted read-write at {self.mountpoint}{where}"
         return f"{self.device} is open for writing by pid {self.pid} ({self.comm})"
 
@@ -141,8 +141,11 @@ def scan(devices: list[str], *, proc: str = "/proc") -> list[InUse]:
             wanted[rdev] = d
     found: list[InUse] = []
     seen_ns: set[str] = set()
+    mounts_seen: set[tuple[str, str]] = set()
     me = os.getpid()
-    for pid in _pids(proc):
+    # Our own namespace first (ns_pid 0: named without a namespace), then every other one;
+    # a mount propagated into several namespaces is reported once.
+    for pid in [me] + _pids(proc):
         try:
             ns = os.readlink(f"{proc}/{pid}/ns/mnt")
         except OSError:
@@ -158,10 +161,10 @@ def scan(devices: list[str], *, proc: str = "/proc") -> list[InUse]:
                     rdev = os.makedev(m.major, m.minor)
                     if rdev not in wanted and m.source.startswith("/dev/"):
                         rdev = _rdev_of(m.source) or rdev
-                    if rdev in wanted:
-                        f = InUse(Use.MOUNTED_RW, wanted[rdev], mountpoint=m.mountpoint, ns_pid=pid)
-                        if f not in found:
-                            found.append(f)
+                    if rdev in wanted and (wanted[rdev], m.mountpoint) not in mounts_seen:
+                        mounts_seen.add((wanted[rdev], m.mountpoint))
+                        found.append(InUse(Use.MOUNTED_RW, wanted[rdev], mountpoint=m.mountpoint,
+                                           ns_pid=0 if pid == me else pid))
         if pid == me:
             continue
         fddir = f"{proc}/{pid}/fd"

@@ -21,7 +21,8 @@ from .. import protocol as P
 from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError
 from ..transport.base import Connection
 from . import events as E
-from .guard import ReadOnlyGuard
+from . import inuse
+from .guard import ReadOnlyGuard, device_tree
 from .source import SourceDisk, probe
 from .stream import DiskStats, StreamOptions, stream_disk
 
@@ -156,6 +157,7 @@ def run_capture(
     cancel: threading.Event | None = None,
     source_facts: dict | None = None,
     estimate: dict | None = None,
+    allow_mounted: bool = False,
 ) -> CaptureResult:
     opts.validate()
     if not disk_paths:
@@ -170,9 +172,23 @@ def run_capture(
     capture_id = capture_id or new_capture_id()
     total = sum(s.size for s in sources)
     t0 = time.monotonic()
+    what = "capture " + ", ".join(disk_paths)
+    tree = device_tree([s.path for s in sources])
+    # Before the guard: setting a device read-only under a read-write mount would make the
+    # running filesystem fail its own writes.
+    in_use = inuse.check(tree, what=what, allow=allow_mounted)
+    source_facts = dict(source_facts or {})
+    if allow_mounted:
+        # The manifest says the operator chose to capture a source that may be changing.
+        source_facts["allow_mounted_source"] = {"in_use": [f.describe() for f in in_use]}
 
     with ReadOnlyGuard([s.path for s in sources]) as guard:
         log.info("read-only guard on: %s", ", ".join(guard.guarded))
+        # Again with the guard on, closing the window between the check and BLKROSET (no
+        # read-write mount or write-open can start now).
+        late = [f for f in inuse.check(tree, what=what, allow=allow_mounted) if f not in in_use]
+        if late:
+            source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
         conn = connect()
         replies = _Replies(conn)
         sent = {"wire": 0}
@@ -190,7 +206,7 @@ def run_capture(
                 "capture_id": capture_id,
                 "agent_version": __version__,
                 "format": image_format,
-                "source": {"hostname": socket.gethostname(), **(source_facts or {})},
+                "source": {"hostname": socket.gethostname(), **source_facts},
                 "disks": names,
             }
             if estimate is not None:

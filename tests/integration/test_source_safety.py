@@ -1,6 +1,8 @@
 """Nothing coldclone does writes to a source (issue 13): inspection of crashed filesystems
 leaves every byte as it was, and a source in use for writing is refused by name."""
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -8,8 +10,11 @@ import sys
 import pytest
 
 from agent.capture.guard import get_ro
-from tests.conftest import coldclone, sha256_of
-from tests.testbed import dirtyfs
+from agent.capture.inuse import SourceInUseError
+from agent.inspect.mount import mounted_ro
+from agent.runcmd import run
+from tests.conftest import coldclone, sha256_of, ssh_args
+from tests.testbed import dirtyfs, synthdisk
 
 pytestmark = pytest.mark.root
 
@@ -49,3 +54,100 @@ def test_inspecting_xfs_with_dirty_log_changes_nothing(tmp_path):
         assert sha256_of(loop.dev) == disk_before
         assert dirtyfs.xfs_log_is_dirty(part)
         assert not get_ro(loop.dev) and not get_ro(part)
+
+
+# --- a source in use for writing is refused (unless the operator overrides it) ------------
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A small source server disk: /boot ext4 (p1), swap (p2), root ext4 (p3)."""
+    img = str(tmp_path_factory.mktemp("safety") / "small.img")
+    with synthdisk.on_loop(img, size=256 * MiB, table="gpt", files_mb=8, remnant_mb=0) as (loop, _):
+        yield loop
+
+
+@contextlib.contextmanager
+def mounted_rw(dev, where):
+    os.makedirs(where, exist_ok=True)
+    # commit=600: the idle filesystem does not write its journal while a test runs
+    run(["mount", "-o", "rw,commit=600", dev, str(where)])
+    try:
+        yield str(where)
+    finally:
+        run(["umount", str(where)], check=False)
+
+
+def assert_untouched(loop):
+    """Refused before the guard: nothing was set read-only."""
+    assert not get_ro(loop.dev) and not any(get_ro(p) for p in loop.parts)
+
+
+def test_rw_mounted_source_is_refused_naming_the_mount(sshd, rx_dir, small_disk, tmp_path):
+    root = small_disk.parts[2]
+    with mounted_rw(root, tmp_path / "live-root") as mnt:
+        r = coldclone("capture", "--disk", small_disk.dev, *ssh_args(sshd, rx_dir), "--capture-id", "mounted")
+        assert r.returncode == 4, r.stderr
+        assert f"refusing to capture {small_disk.dev}: {root} is mounted read-write at {mnt}: " \
+               f"unmount it (umount {mnt})" in r.stderr
+        assert "--allow-mounted-source" in r.stderr and "coldclone.allow_mounted=1" in r.stderr
+        assert os.listdir(rx_dir) == [], "refused before anything was sent"
+        assert_untouched(small_disk)
+        # Inspection of any partition of that disk is refused the same way, before mounting.
+        with pytest.raises(SourceInUseError) as e:
+            with mounted_ro(small_disk.parts[0], "ext4"):
+                pass
+        assert f"{root} is mounted read-write at {mnt}" in str(e.value)
+        assert_untouched(small_disk)
+
+
+def test_rw_mount_in_another_mount_namespace_is_refused(sshd, rx_dir, small_disk, tmp_path):
+    """A container's mounts are not in ours: every namespace is scanned."""
+    where = tmp_path / "in-container"
+    where.mkdir()
+    ns = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f"mount -o rw,commit=600 {small_disk.parts[0]} {where} && echo up && exec sleep 120"],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert ns.stdout.readline().strip() == "up"
+        assert str(where) not in open("/proc/self/mounts").read()     # not visible here
+        r = coldclone("capture", "--disk", small_disk.dev, *ssh_args(sshd, rx_dir), "--capture-id", "ns")
+        assert r.returncode == 4, r.stderr
+        assert f"{small_disk.parts[0]} is mounted read-write at {where} in the mount namespace of pid " in r.stderr
+        assert_untouched(small_disk)
+    finally:
+        ns.kill()
+        ns.wait()
+
+
+def test_source_held_open_for_writing_is_refused_naming_the_process(sshd, rx_dir, small_disk):
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "print('open', flush=True); time.sleep(120)", small_disk.parts[1]],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        comm = open(f"/proc/{holder.pid}/comm").read().strip()
+        r = coldclone("capture", "--disk", small_disk.dev, *ssh_args(sshd, rx_dir), "--capture-id", "held")
+        assert r.returncode == 4, r.stderr
+        assert f"{small_disk.parts[1]} is open for writing by pid {holder.pid} ({comm}): " \
+               f"stop that process (kill {holder.pid})" in r.stderr
+        assert os.listdir(rx_dir) == []
+        assert_untouched(small_disk)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_override_captures_and_the_manifest_says_so(sshd, rx_dir, small_disk, tmp_path):
+    root = small_disk.parts[2]
+    with mounted_rw(root, tmp_path / "live-root") as mnt:
+        r = coldclone("capture", "--disk", small_disk.dev, *ssh_args(sshd, rx_dir), "--capture-id", "ovr",
+                      "--allow-mounted-source")
+        assert r.returncode == 0, r.stderr
+        assert f"{root} is mounted read-write at {mnt}: captured anyway (--allow-mounted-source)" in r.stderr
+    m = json.load(open(os.path.join(rx_dir, "ovr", "manifest.json")))
+    assert m["source"]["allow_mounted_source"] == {"in_use": [f"{root} is mounted read-write at {mnt}"]}
+    assert_untouched(small_disk)

@@ -54,7 +54,7 @@ def test_fdinfo_without_flags_is_an_error():
 
 def test_refusal_names_mount_process_and_what_to_do():
     err = inuse.SourceInUseError([
-        InUse(Use.MOUNTED_RW, "/dev/sdb1", mountpoint="/mnt/data", ns_pid=1),
+        InUse(Use.MOUNTED_RW, "/dev/sdb1", mountpoint="/mnt/data", ns_pid=0),
         InUse(Use.MOUNTED_RW, "/dev/sdb2", mountpoint="/var/lib/x", ns_pid=4242),
         InUse(Use.OPEN_FOR_WRITE, "/dev/sdb", pid=777, comm="dd"),
     ], "capture /dev/sdb")
