@@ -11,12 +11,11 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 
 from . import __version__
-from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError, UsageError
+from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, CancelledError, ColdcloneError, UsageError
 
 log = logging.getLogger("coldclone")
 
@@ -50,6 +49,7 @@ def _target(args):
 
 def cmd_capture(args) -> int:
     from .capture.session import run_capture
+    from .capture.stop import StopOnSignal
     from .capture.stream import StreamOptions
 
     from .capture.stream import parse_compress
@@ -62,25 +62,38 @@ def cmd_capture(args) -> int:
     cancel = threading.Event()
     printer = ProgressPrinter(args.progress_interval)
 
-    def on_sigint(signum, frame):
-        # First Ctrl-C: stop at the next record boundary, so the receiver gets a
-        # clean ABORT and discards the partial capture. Second: stop now.
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        print("coldclone: cancelling after the current chunk (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+    def on_first(signame: str) -> None:
+        if signame == "SIGINT":
+            print("coldclone: cancelling after the current chunk (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with printer.ticking():
-            result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
-                                 image_format=args.format, on_event=printer, cancel=cancel,
-                                 allow_mounted=args.allow_mounted_source)
+        with StopOnSignal(cancel, on_first) as stop, printer.ticking():
+            try:
+                result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
+                                     image_format=args.format, on_event=printer, cancel=cancel,
+                                     allow_mounted=args.allow_mounted_source)
+            except (CancelledError, KeyboardInterrupt):
+                if stop.signame:
+                    raise stop.error() from None
+                raise
     finally:
-        signal.signal(signal.SIGINT, previous)
         target.close()
     print_summary(result)
+    return EXIT_OK
+
+
+def cmd_release(args) -> int:
+    """Give back what a killed coldclone left read-only; never what a running one guards."""
+    from .capture.guard import held, release_stale
+
+    lines = release_stale()
+    for rec in held():
+        pids = ", ".join(sorted({str(o.pid) for o in rec.owners if o.alive()}))
+        lines.append(f"{rec.dev} left read-only: coldclone pid {pids} is still using it "
+                     f"(stop that capture to release it)")
+    for line in lines or ["nothing to release: no device is guarded"]:
+        print(f"coldclone: {line}")
     return EXIT_OK
 
 
@@ -132,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
+
+    r = sub.add_parser("release", help="restore the read-only state of disks a killed coldclone left guarded")
+    r.set_defaults(func=cmd_release)
 
     d = sub.add_parser("digest", help="print the coldclone disk digest of a device or raw image")
     d.add_argument("path", nargs="+")

@@ -30,14 +30,14 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 from .config import PREFIX, CaptureConfig, describe, from_cmdline, kernel_words, read_kernel_cmdline
-from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError,
+from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, CancelledError, ColdcloneError,
                      ConnectionError_, SourceError, UsageError)
+from .capture.stop import StopOnSignal
 from .runcmd import run
 from .transport.url import redact, url_secrets
 
@@ -325,9 +325,14 @@ def main(argv: list[str]) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.WARNING)
-    cfg = None
     cancel = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: cancel.set())  # systemctl stop: ABORT cleanly
+    # systemctl stop (SIGTERM), Ctrl-C, a console hang-up: ABORT cleanly, release the guard
+    with StopOnSignal(cancel) as stop:
+        return _run(args, cancel, stop)
+
+
+def _run(args, cancel: threading.Event, stop: StopOnSignal) -> int:
+    cfg = None
     t0 = time.monotonic()
     try:
         text = args.cmdline if args.cmdline is not None else read_kernel_cmdline(args.cmdline_file)
@@ -340,6 +345,8 @@ def main(argv: list[str]) -> int:
         apply_on_done(cfg.on_done, args.live, text)
         return EXIT_OK
     except (ColdcloneError, KeyboardInterrupt, Exception) as e:
+        if stop.signame and isinstance(e, (CancelledError, KeyboardInterrupt)):
+            e = stop.error()
         if isinstance(e, ColdcloneError):
             code, msg = e.exit_code, str(e)
         elif isinstance(e, KeyboardInterrupt):

@@ -267,9 +267,7 @@ def _sweep(reg: Registry) -> list[str]:
                 reg.save(rec)
             continue
         dead = ", ".join(str(o.pid) for o in rec.owners) or "none"
-        line = _restore(rec, f" (left by coldclone pid {dead}, which is gone)")
-        log.info("%s", line)
-        done.append(line)
+        done.append(_restore(rec, f" (left by coldclone pid {dead}, which is gone)"))
         reg.remove(rec.devno)
     return done
 
@@ -301,7 +299,8 @@ class ReadOnlyGuard:
             targets = device_tree(self.devices) if self.include_partitions else self.devices
             reg = Registry(self.guard_dir)
             with reg.locked():
-                _sweep(reg)   # a killed agent's leftovers get their true state back first
+                for line in _sweep(reg):   # a killed agent's leftovers get their true state back first
+                    log.info("%s", line)
                 me = Owner.me()
                 # Read every previous state before changing any: a partition reports
                 # read-only as soon as its disk is, and must not be left so afterwards.

@@ -85,9 +85,13 @@ class _Replies:
             text = "conversion server: " + text
         return ServerError(text, code=m.get("code", "server_error"))
 
-    def wait_for(self, events: tuple[str, ...], timeout: float) -> dict:
+    def wait_for(self, events: tuple[str, ...], timeout: float,
+                 cancel: threading.Event | None = None) -> dict:
         deadline = time.monotonic() + timeout
         while True:
+            # A stop (Ctrl-C, SIGTERM) while the server verifies must not wait hours for it.
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("capture cancelled by the operator")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ServerError(f"no answer from the conversion server within {timeout:.0f} s", code="timeout")
@@ -212,7 +216,7 @@ def run_capture(
             if estimate is not None:
                 hello["estimate"] = estimate   # the receiver puts it in the manifest, next to the actual time
             send(P.preamble() + P.encode_json(P.T_HELLO, hello))
-            ready = replies.wait_for(("ready",), timeout=60)
+            ready = replies.wait_for(("ready",), timeout=60, cancel=cancel)
             location = ready.get("path", "")
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
             done_before = 0
@@ -243,7 +247,7 @@ def run_capture(
             send(P.encode_json(P.T_FINISH, {}))
             conn.close_write()
             on_event(E.ServerNote("all data sent; the server is verifying and converting"))
-            final = replies.wait_for(("complete",), timeout=FINAL_REPLY_TIMEOUT)
+            final = replies.wait_for(("complete",), timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
         except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
             _abort(conn, replies, e)
             raise
