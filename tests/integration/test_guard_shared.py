@@ -210,3 +210,25 @@ def test_signal_mid_capture_aborts_and_releases(sshd, rx_dir, busy_disk, sig):
     assert json.load(open(os.path.join(partial, "failure.json")))["code"] == "aborted"
     assert not any(get_ro(d) for d in tree(busy_disk))
     assert records_for(busy_disk) == []
+
+
+def test_headless_sigterm_mid_capture_aborts_and_releases(sshd, rx_dir, busy_disk):
+    """systemctl stop of the live system's unit: the same clean stop as `coldclone capture`."""
+    words = {"server": f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{rx_dir}", "identity": sshd.client_key,
+             "hostkey": sshd.fingerprint, "calibrate": "0", "progress": "1", "iscsi": "off",
+             "disks": os.path.basename(busy_disk.dev), "capture_id": "hl-term"}
+    cmdline = " ".join(f"coldclone.{k}={v}" for k, v in words.items())
+    proc = subprocess.Popen([os.path.join(BIN, "coldclone"), "headless", "--include-loop", "--baked-root",
+                             "/nonexistent", "--cmdline", f"boot=live quiet {cmdline}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = os.path.join(rx_dir, "hl-term.partial")
+    wait_streaming(proc, partial)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 6, out + err
+    assert "COLDCLONE-HEADLESS-FAILED exit=6: capture cancelled by SIGTERM: ABORT sent to the conversion " \
+           "server" in out
+    assert os.listdir(partial) == ["failure.json"]
+    assert json.load(open(os.path.join(partial, "failure.json")))["code"] == "aborted"
+    assert not any(get_ro(d) for d in tree(busy_disk))
+    assert records_for(busy_disk) == []

@@ -146,3 +146,17 @@ def test_describe_shows_no_secrets_and_names_disks():
     assert "T0ken-1" not in text and "S1gnature" not in text, text
     assert "identity=https://pxe/id?token=****" in lines, lines
     assert "pre=https://pxe/pre.sh?X-Amz-Signature=****" in lines, lines
+
+
+def test_allow_mounted_is_an_explicit_flag():
+    assert not parse(SERVER).check().allow_mounted
+    assert parse(SERVER + " coldclone.allow_mounted=1").check().allow_mounted
+    assert parse(SERVER + " coldclone.allow_mounted").check().allow_mounted
+    assert not parse(SERVER + " coldclone.allow_mounted=0").check().allow_mounted
+    assert "allow_mounted=True" in describe(parse(SERVER + " coldclone.allow_mounted=1"))
+    with pytest.raises(UsageError) as e:
+        parse(SERVER + " coldclone.allow_mounted=maybe")
+    assert "coldclone.allow_mounted='maybe'" in str(e.value)
+    with pytest.raises(UsageError) as e:
+        parse(SERVER + " coldclone.allow_mount=1")
+    assert "did you mean coldclone.allow_mounted?" in str(e.value)
