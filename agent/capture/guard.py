@@ -76,10 +76,11 @@ def _partition_names(name: str, sysfs: str = SYS_BLOCK) -> list[str]:
 
 def tree_names(names: list[str], sysfs: str = SYS_BLOCK) -> list[str]:
     """Kernel names of the whole device tree of each name: its disk (a partition's parent),
-    every partition of that disk, and, recursively, their holders (md, dm ...).
+    every partition of that disk, and, recursively, what is built on them (holders: md,
+    dm ...) and what they are built from (slaves: an md array's member partitions, and so
+    their disks).
 
-    Disks come before their partitions and holders after what they hold. A write to any of
-    them reaches the source's bytes, so all of them are guarded together.
+    A write to any of them reaches the source's bytes, so all of them are guarded together.
     """
     out: list[str] = []
 
@@ -87,21 +88,26 @@ def tree_names(names: list[str], sysfs: str = SYS_BLOCK) -> list[str]:
         if name not in out:
             out.append(name)
 
-    for name in names:
+    def listing(name: str, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(os.path.join(sysfs, name, rel)))
+        except OSError:
+            return []
+
+    def whole(name: str) -> str:
         if os.path.exists(os.path.join(sysfs, name, "partition")):
             # /sys/class/block/sda1 links into .../block/sda/sda1: the parent is the disk.
-            name = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(sysfs, name))))
-        add(name)
-        for part in _partition_names(name, sysfs):
-            add(part)
+            return os.path.basename(os.path.dirname(os.path.realpath(os.path.join(sysfs, name))))
+        return name
+
+    for name in names:
+        add(whole(name))
     i = 0
-    while i < len(out):   # holders of holders (dm on md on partitions) are appended as found
-        try:
-            holders = sorted(os.listdir(os.path.join(sysfs, out[i], "holders")))
-        except OSError:
-            holders = []
-        for h in holders:
-            add(h)
+    while i < len(out):   # grows as relatives are found; each name is expanded once
+        name = out[i]
+        disk = whole(name)
+        for rel in [disk] + _partition_names(disk, sysfs) + listing(name, "holders") + listing(name, "slaves"):
+            add(rel)
         i += 1
     return out
 
@@ -282,7 +288,6 @@ class ReadOnlyGuard:
     """Context manager: the device tree of `devices` read-only while any guard holds it."""
 
     devices: list[str]
-    include_partitions: bool = True   # False: only the devices named (and their holders)
     exclusive: bool = True            # one capture at a time per named device
     lock_dir: str = LOCK_DIR
     guard_dir: str = GUARD_DIR
@@ -296,7 +301,7 @@ class ReadOnlyGuard:
                     self._lock(dev)
             for dev in self.devices:
                 self._check_block(dev)
-            targets = device_tree(self.devices) if self.include_partitions else self.devices
+            targets = device_tree(self.devices)
             reg = Registry(self.guard_dir)
             with reg.locked():
                 for line in _sweep(reg):   # a killed agent's leftovers get their true state back first

@@ -79,6 +79,10 @@ def _fake_sysfs(root):
     (block / "dm-0" / "holders").mkdir(parents=True)
     os.symlink("../../../md127", block / "sda" / "sda2" / "holders" / "md127")
     os.symlink("../../dm-0", block / "md127" / "holders" / "dm-0")
+    (block / "md127" / "slaves").mkdir()
+    os.symlink("../../sda/sda2", block / "md127" / "slaves" / "sda2")
+    (block / "dm-0" / "slaves").mkdir()
+    os.symlink("../../md127", block / "dm-0" / "slaves" / "md127")
     cls = root / "class" / "block"
     cls.mkdir(parents=True)
     for name, target in (("sda", block / "sda"), ("sda1", block / "sda" / "sda1"),
@@ -97,7 +101,13 @@ def test_tree_of_a_partition_is_its_whole_disk(tmp_path):
     """A write to the disk reaches the partition's bytes: guarding a partition guards it all."""
     sysfs = _fake_sysfs(tmp_path)
     assert tree_names(["sda1"], sysfs) == ["sda", "sda1", "sda2", "md127", "dm-0"]
-    assert tree_names(["md127"], sysfs) == ["md127", "dm-0"]
+
+
+def test_tree_of_a_holder_reaches_down_to_its_disks(tmp_path):
+    """Capturing md127 while its member disk is written directly would change the array."""
+    sysfs = _fake_sysfs(tmp_path)
+    assert set(tree_names(["dm-0"], sysfs)) == {"sda", "sda1", "sda2", "md127", "dm-0"}
+    assert tree_names(["md127"], sysfs)[:2] == ["md127", "dm-0"]
 
 
 def test_guard_record_round_trip():
