@@ -192,7 +192,10 @@ def scan(devices: list[str], *, proc: str = "/proc") -> list[InUse]:
 def check(devices: list[str], *, what: str, allow: bool = False) -> list[InUse]:
     """Refuse (SourceInUseError) when any device is written to; with allow, return what was
     found so the caller can record the override."""
-    found = scan(devices)
+    return check_found(scan(devices), what=what, allow=allow)
+
+
+def check_found(found: list[InUse], *, what: str, allow: bool) -> list[InUse]:
     if found and not allow:
         raise SourceInUseError(found, what)
     for f in found:

@@ -190,8 +190,9 @@ def run_capture(
         log.info("read-only guard on: %s", ", ".join(guard.guarded))
         # Again with the guard on, closing the window between the check and BLKROSET (no
         # read-write mount or write-open can start now).
-        late = [f for f in inuse.check(tree, what=what, allow=allow_mounted) if f not in in_use]
+        late = [f for f in inuse.scan(tree) if f not in in_use]
         if late:
+            inuse.check_found(late, what=what, allow=allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
         conn = connect()
         replies = _Replies(conn)
