@@ -75,6 +75,17 @@ def parse_fdinfo_flags(text: str) -> int:
     raise ValueError("no flags: line in fdinfo")
 
 
+def parse_swaps(text: str) -> list[str]:
+    """The devices and files in use as swap, from /proc/swaps (paths octal-escaped as in
+    mountinfo): the kernel writes to them at any time."""
+    out = []
+    for line in text.splitlines()[1:]:   # the first line is the column header
+        fields = line.split()
+        if fields:
+            out.append(_unescape(fields[0]))
+    return out
+
+
 def opened_for_write(flags: int) -> bool:
     return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
 
@@ -82,6 +93,7 @@ def opened_for_write(flags: int) -> bool:
 class Use(enum.Enum):
     MOUNTED_RW = "mounted read-write"
     OPEN_FOR_WRITE = "open for writing"
+    SWAP = "in use as swap"
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,15 @@ class InUse:
         if self.use is Use.MOUNTED_RW:
             where = "" if self.ns_pid == 0 else f" in the mount namespace of pid {self.ns_pid}"
             return f"{self.device} is mounted read-write at {self.mountpoint}{where}"
+        if self.use is Use.SWAP:
+            return f"{self.device} is in use as swap"
         return f"{self.device} is open for writing by pid {self.pid} ({self.comm})"
 
     def remedy(self) -> str:
         if self.use is Use.MOUNTED_RW:
             return f"unmount it (umount {self.mountpoint})"
+        if self.use is Use.SWAP:
+            return f"turn it off (swapoff {self.device})"
         return f"stop that process (kill {self.pid})"
 
 
@@ -133,13 +149,17 @@ def _rdev_of(path: str) -> int | None:
 
 
 def scan(devices: list[str], *, proc: str = "/proc") -> list[InUse]:
-    """Every read-write mount (any mount namespace) and every write-open of the devices."""
+    """Every read-write mount (any mount namespace), swap and write-open of the devices."""
     wanted: dict[int, str] = {}
     for d in devices:
         rdev = _rdev_of(d)
         if rdev is not None:
             wanted[rdev] = d
     found: list[InUse] = []
+    for path in parse_swaps(_read(f"{proc}/swaps") or ""):
+        rdev = _rdev_of(path)
+        if rdev in wanted:
+            found.append(InUse(Use.SWAP, wanted[rdev]))
     seen_ns: set[str] = set()
     mounts_seen: set[tuple[str, str]] = set()
     me = os.getpid()

@@ -151,3 +151,17 @@ def test_override_captures_and_the_manifest_says_so(sshd, rx_dir, small_disk, tm
     m = json.load(open(os.path.join(rx_dir, "ovr", "manifest.json")))
     assert m["source"]["allow_mounted_source"] == {"in_use": [f"{root} is mounted read-write at {mnt}"]}
     assert_untouched(small_disk)
+
+
+def test_source_swap_in_use_is_refused(sshd, rx_dir, small_disk):
+    """A live system that turned on the source's swap partition writes to it at any time."""
+    swap = small_disk.parts[1]
+    run(["swapon", swap])
+    try:
+        r = coldclone("capture", "--disk", small_disk.dev, *ssh_args(sshd, rx_dir), "--capture-id", "swap")
+        assert r.returncode == 4, r.stderr
+        assert f"{swap} is in use as swap: turn it off (swapoff {swap})" in r.stderr
+        assert os.listdir(rx_dir) == []
+        assert_untouched(small_disk)
+    finally:
+        run(["swapoff", swap], check=False)

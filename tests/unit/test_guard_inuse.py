@@ -47,6 +47,14 @@ def test_fdinfo_flags(flags, write):
     assert inuse.opened_for_write(inuse.parse_fdinfo_flags(text)) is write
 
 
+def test_parse_swaps():
+    text = ("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+            "/dev/sda2                               partition\t8388604\t\t0\t\t-2\n"
+            "/swap\\040file                          file\t\t1048572\t\t0\t\t-3\n")
+    assert inuse.parse_swaps(text) == ["/dev/sda2", "/swap file"]
+    assert inuse.parse_swaps("Filename Type Size Used Priority\n") == []
+
+
 def test_fdinfo_without_flags_is_an_error():
     with pytest.raises(ValueError):
         inuse.parse_fdinfo_flags("pos:\t0\n")
@@ -57,12 +65,14 @@ def test_refusal_names_mount_process_and_what_to_do():
         InUse(Use.MOUNTED_RW, "/dev/sdb1", mountpoint="/mnt/data", ns_pid=0),
         InUse(Use.MOUNTED_RW, "/dev/sdb2", mountpoint="/var/lib/x", ns_pid=4242),
         InUse(Use.OPEN_FOR_WRITE, "/dev/sdb", pid=777, comm="dd"),
+        InUse(Use.SWAP, "/dev/sdb5"),
     ], "capture /dev/sdb")
     text = str(err)
     assert text.startswith("refusing to capture /dev/sdb: ")
     assert "/dev/sdb1 is mounted read-write at /mnt/data: unmount it (umount /mnt/data)" in text
     assert "/dev/sdb2 is mounted read-write at /var/lib/x in the mount namespace of pid 4242" in text
     assert "/dev/sdb is open for writing by pid 777 (dd): stop that process (kill 777)" in text
+    assert "/dev/sdb5 is in use as swap: turn it off (swapoff /dev/sdb5)" in text
     assert "--allow-mounted-source" in text and "coldclone.allow_mounted=1" in text
     assert err.exit_code == 4
 
