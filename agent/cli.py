@@ -73,9 +73,9 @@ def cmd_capture(args) -> int:
                 result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
                                      image_format=args.format, on_event=printer, cancel=cancel,
                                      allow_mounted=args.allow_mounted_source)
-            except (CancelledError, KeyboardInterrupt):
+            except (CancelledError, KeyboardInterrupt) as e:
                 if stop.signame:
-                    raise stop.error() from None
+                    raise stop.error(e) from None
                 raise
     finally:
         target.close()

@@ -346,7 +346,7 @@ def _run(args, cancel: threading.Event, stop: StopOnSignal) -> int:
         return EXIT_OK
     except (ColdcloneError, KeyboardInterrupt, Exception) as e:
         if stop.signame and isinstance(e, (CancelledError, KeyboardInterrupt)):
-            e = stop.error()
+            e = stop.error(e)
         if isinstance(e, ColdcloneError):
             code, msg = e.exit_code, str(e)
         elif isinstance(e, KeyboardInterrupt):

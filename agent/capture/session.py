@@ -47,6 +47,15 @@ class CaptureResult:
     manifest: dict = field(default_factory=dict)
 
 
+class CaptureCancelled(CancelledError):
+    """The capture was stopped (Ctrl-C, a signal, the TUI's cancel). aborted_on_server: the
+    receiver had the capture open and was sent ABORT (it discards the partial capture)."""
+
+    def __init__(self, message: str, *, aborted_on_server: bool):
+        super().__init__(message)
+        self.aborted_on_server = aborted_on_server
+
+
 def new_capture_id() -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "server"
     return f"{host}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
@@ -176,6 +185,8 @@ def run_capture(
     capture_id = capture_id or new_capture_id()
     total = sum(s.size for s in sources)
     t0 = time.monotonic()
+    if cancel is not None and cancel.is_set():   # stopped before anything started
+        raise CaptureCancelled("capture cancelled before it started", aborted_on_server=False)
     what = "capture " + ", ".join(disk_paths)
     tree = device_tree([s.path for s in sources])
     # Before the guard: setting a device read-only under a read-write mount would make the
@@ -251,6 +262,9 @@ def run_capture(
             final = replies.wait_for(("complete",), timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
         except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
             _abort(conn, replies, e)
+            if isinstance(e, (CancelledError, KeyboardInterrupt)):
+                raise CaptureCancelled(str(e) or "capture cancelled by the operator",
+                                       aborted_on_server=True) from None
             raise
         finally:
             conn.close()

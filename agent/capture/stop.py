@@ -42,9 +42,12 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def error(self) -> CancelledError:
+    def error(self, cause: BaseException) -> CancelledError:
         """What to tell the operator once the capture has stopped because of the signal."""
+        from .session import CaptureCancelled
+
+        server = ("ABORT sent to the conversion server (it discards the partial capture) and "
+                  if isinstance(cause, CaptureCancelled) and cause.aborted_on_server else "")
         return CancelledError(
-            f"capture cancelled by {self.signame}: ABORT sent to the conversion server (it discards "
-            f"the partial capture) and the source disks are back in the read-only state they had "
-            f"before; capture again to start over")
+            f"capture cancelled by {self.signame}: {server}the source disks are back in the "
+            f"read-only state they had before; capture again to start over")
