@@ -135,8 +135,8 @@ def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk):
            f"which is gone)" in r.stdout
     assert not any(get_ro(d) for d in tree(busy_disk))
     assert records_for(busy_disk) == []
-    assert coldclone("release").stdout.strip() == "coldclone: nothing to release: no device is guarded" \
-        or busy_disk.dev not in coldclone("release").stdout
+    # done once: a second release has nothing to say about this disk
+    assert busy_disk.dev not in coldclone("release").stdout
 
 
 def guard_in_child(dev):

@@ -165,3 +165,23 @@ def test_source_swap_in_use_is_refused(sshd, rx_dir, small_disk):
         assert_untouched(small_disk)
     finally:
         run(["swapoff", swap], check=False)
+
+
+def test_inspection_of_a_disk_in_use_says_why(small_disk):
+    """discover --inspect names the writer instead of a bare "no operating system found".
+    (A disk mounted read-write here is already left out by discovery; a writer it cannot
+    see is a process holding the disk open.)"""
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "print('open', flush=True); time.sleep(120)", small_disk.dev],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        r = coldclone("discover", "--include-loop", "--inspect", "--disks", os.path.basename(small_disk.dev))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 0, r.stderr
+    assert f"coldclone discover: {os.path.basename(small_disk.dev)} not inspected: refusing to inspect " \
+           f"{small_disk.parts[0]}: {small_disk.dev} is open for writing by pid {holder.pid}" in r.stderr
+    assert_untouched(small_disk)
