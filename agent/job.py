@@ -325,7 +325,8 @@ class CaptureJob:
                              image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
                              source_facts=facts, estimate=est.to_dict() if est is not None else None,
                              # the receiver's disk-space preflight: non-zero bytes per disk
-                             data_estimates={d.path: d.data_bytes for d in est.disks} if est else None)
+                             data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
+                             allow_mounted=cfg.allow_mounted)
         self.notify(Captured(result, self.estimate))
         return result
 
