@@ -62,7 +62,9 @@ def resolve_disk(spec: str, inv: Inventory, snapshot: dict, mounts: list[Mount],
 def apply_policy(inv: Inventory, snapshot: dict, mounts: list[Mount], *,
                  include_loop: bool = False, target: str | None = None,
                  boot_device: str | None = None, resolve_paths: bool = False,
-                 only: list[str] | None = None) -> None:
+                 only: list[str] | None = None, allow_mounted: bool = False) -> None:
+    """allow_mounted: the operator's override (coldclone.allow_mounted): a disk mounted
+    read-write stays offered; the capture records the override in its manifest."""
     # Most specific reasons first: Disk.exclude keeps the first one given.
     live_spec = boot_device or live_medium_source(mounts)
     if live_spec:
@@ -86,7 +88,8 @@ def apply_policy(inv: Inventory, snapshot: dict, mounts: list[Mount], *,
         if disk is None:
             continue
         if not m.read_only:
-            disk.exclude(f"mounted read-write by the running system ({m.target})")
+            if not allow_mounted:
+                disk.exclude(f"mounted read-write by the running system ({m.target})")
         elif disk.kind in ("loop", "dm"):
             # The live system's own squashfs loop / overlay: never a source.
             disk.exclude(f"part of the running live system (mounted at {m.target})")

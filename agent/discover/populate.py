@@ -382,19 +382,21 @@ def _disk_sort_key(disk: Disk):
 
 def from_snapshot(snapshot: dict, *, probes=None, include_loop: bool = False,
                   target: str | None = None, boot_device: str | None = None,
-                  resolve_paths: bool = False, only: list[str] | None = None) -> Inventory:
+                  resolve_paths: bool = False, only: list[str] | None = None,
+                  allow_mounted: bool = False) -> Inventory:
     inv = Populator(snapshot, probes).run()
     apply_policy(inv, snapshot, mountsmod.parse_mounts(snapshot.get("mounts", "")),
                  include_loop=include_loop, target=target, boot_device=boot_device,
-                 resolve_paths=resolve_paths, only=only)
+                 resolve_paths=resolve_paths, only=only, allow_mounted=allow_mounted)
     return inv
 
 
 def discover(*, include_loop: bool = False, target: str | None = None,
-             boot_device: str | None = None, only: list[str] | None = None) -> Inventory:
+             boot_device: str | None = None, only: list[str] | None = None,
+             allow_mounted: bool = False) -> Inventory:
     """Inventory of the running machine."""
     from . import snapshot as snap
 
     return from_snapshot(snap.take(), probes=Probes(), include_loop=include_loop,
                          target=target, boot_device=boot_device, resolve_paths=True,
-                         only=only)
+                         only=only, allow_mounted=allow_mounted)
