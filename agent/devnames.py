@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 def dev_path(kernel_name: str) -> str:
@@ -19,3 +20,9 @@ def kernel_name(path: str) -> str:
     if real.startswith("/dev/"):
         return real[len("/dev/"):].replace("/", "!")
     return os.path.basename(real)
+
+
+def stream_name(kernel_name: str) -> str:
+    """A disk's id as the stream, the estimate and the image file name it, file-name safe:
+    cciss!c0d0 -> cciss-c0d0."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)
