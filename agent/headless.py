@@ -142,19 +142,19 @@ def attach_iscsi(cfg: CaptureConfig):
 
 
 def take_inventory(cfg: CaptureConfig, *, include_loop: bool, target_path: str | None):
+    from .discover.model import Why
     from .discover.populate import discover
 
     inv = discover(include_loop=include_loop, target=target_path, only=cfg.disks)
-    unknown = [w for w in inv.warnings if w.startswith("selected disk ")]
-    if unknown:
-        raise UsageError(f"{PREFIX}disks=: " + "; ".join(unknown) + " (see the inventory above; "
-                         "names such as sda, md127, cciss/c0d0 or /dev paths)")
+    if inv.unknown_selected:
+        raise UsageError(f"{PREFIX}disks=: " + "; ".join(
+            f"selected disk {spec} is not a known disk" for spec in inv.unknown_selected)
+            + " (see the inventory above; names such as sda, md127, cciss/c0d0 or /dev paths)")
     for spec in cfg.exclude:
-        name = spec[len("/dev/"):] if spec.startswith("/dev/") else spec
-        disk = inv.disk(name)
+        disk = inv.resolve(spec)
         if disk is None:
             raise UsageError(f"{PREFIX}exclude={spec}: no such disk (see the inventory above)")
-        disk.exclude(f"excluded by {PREFIX}exclude=")
+        disk.exclude(Why.EXCLUDED, f"excluded by {PREFIX}exclude=")
     return inv
 
 

@@ -6,7 +6,8 @@ so every screen describes a disk the same way.
 
 from __future__ import annotations
 
-from ..discover.render import clip, human_size
+from ..discover.policy import member_note
+from ..discover.render import clip, human_size, path_list
 from ..estimate.rate import human_bytes, human_seconds
 
 def controller_label(disk, inv) -> str:
@@ -114,9 +115,13 @@ def disk_details(disk, inv, selected: bool) -> list[str]:
         lines.append(f"iSCSI LUN {lun} of {sess.target} via {sess.portal}")
     if disk.link:
         lines.append(f"link: {disk.link.label} ({disk.link.name})")
+    if len(disk.paths) > 1:
+        lines.append(f"paths: {path_list(disk, inv)}; captured once, through {disk.name}")
+    # Memberships are said above, with more detail: leave out the notes that say them.
+    said = {member_note(a, m) for a in inv.raid_arrays for m in a.members
+            if inv.resolve(m.disk) is disk}
     for note in disk.notes:
-        # Memberships and the iSCSI origin are said above, with more detail.
-        if not note.startswith("member of ") and not (got and note.startswith("iSCSI ")):
+        if note not in said and not (got and note.startswith("iSCSI ")):
             lines.append(note)
     table = disk.partition_table
     if table:
