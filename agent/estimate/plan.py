@@ -292,10 +292,6 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
         read_rate=read_rate, read_rate_source=read_src, sample=sample.to_dict())
 
 
-def _inventory_disk(inventory, path: str):
-    return inventory.resolve(path) if inventory is not None else None
-
-
 def default_disks(inventory) -> list[str]:
     if inventory is None:
         return []
@@ -383,15 +379,16 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
         except ColdcloneError as e:
             notes.append(f"calibration probe failed ({e}); rates from the table")
             calibration["probe_error"] = str(e)
+    inv_disks = {p: inventory.resolve(p) if inventory is not None else None for p in disk_paths}
     for p in disk_paths:
         if p not in read_rates:
-            read_rates[p] = L.source_read_default(_inventory_disk(inventory, p))
+            read_rates[p] = L.source_read_default(inv_disks[p])
 
     disks = []
     for p in disk_paths:
         rate, src = read_rates[p]
         shared_cpu = (read_cpu.get(p, 0.0) + pipe_cpu) if pipe_cpu is not None else None
-        disks.append(_per_disk(p, _inventory_disk(inventory, p), samples_by_path[p], rate, src, link_rate,
+        disks.append(_per_disk(p, inv_disks[p], samples_by_path[p], rate, src, link_rate,
                                readback, eff_workers, image_format, sample_mode, pipe_rate, shared_cpu,
                                write_rate))
     total = SETUP_SECONDS + sum(d.seconds for d in disks)

@@ -7,7 +7,7 @@ so every screen describes a disk the same way.
 from __future__ import annotations
 
 from ..discover.policy import member_note
-from ..discover.render import clip, human_size, path_list
+from ..discover.render import clip, human_size
 from ..estimate.rate import human_bytes, human_seconds
 
 def controller_label(disk, inv) -> str:
@@ -44,6 +44,8 @@ def origin(disk, inv) -> str:
         return f"md {arr.level}" if arr else "md array"
     if disk.kind == "multipath":
         return "multipath"
+    if len(disk.paths) > 1:
+        return f"{len(disk.paths)} paths"
     members = raid_memberships(disk, inv)
     if members:
         return "in " + ",".join(sorted({m[0] for m in members}))
@@ -116,7 +118,8 @@ def disk_details(disk, inv, selected: bool) -> list[str]:
     if disk.link:
         lines.append(f"link: {disk.link.label} ({disk.link.name})")
     if len(disk.paths) > 1:
-        lines.append(f"paths: {path_list(disk, inv)}; captured once, through {disk.name}")
+        lines.append(f"paths: {', '.join(p.name for p in disk.paths)} (one disk; captured once, "
+                     f"through {disk.name})")
     # Memberships are said above, with more detail: leave out the notes that say them.
     said = {member_note(a, m) for a in inv.raid_arrays for m in a.members
             if inv.resolve(m.disk) is disk}

@@ -193,3 +193,15 @@ def test_inventory_copies_keep_their_references():
     inv = discover("multipath")
     twin = copy.deepcopy(inv)
     assert twin == inv and twin.multipaths[0].disk is twin.disks[2]
+
+
+def test_the_tui_shows_one_row_and_its_paths():
+    from agent.tui import text
+
+    inv = discover("multipath_nomap")
+    lun = inv.disks[0]
+    assert text.disk_row(lun, inv, True) == ("[x]", "sda", "32.0M", "QEMU HARDDISK", "virtio-pci",
+                                             "2 paths", "ext4")
+    details = text.disk_details(lun, inv, True)
+    assert "paths: sda, sdb (one disk; captured once, through sda)" in details
+    assert all(len(line) <= 78 for line in details), details
