@@ -102,7 +102,7 @@ def test_the_same_serial_with_another_size_is_another_disk():
 
 @pytest.mark.parametrize("spec", [
     "sda", "/dev/sda", "sdb", "/dev/sdb", "sda1", "/dev/sdb1", "sdb1",
-    "/dev/disk/by-id/wwn-0x5000c50015ea71ac", "by-id/scsi-SQEMU_QEMU_HARDDISK_cc-mp-lun",
+    "/dev/disk/by-id/wwn-0x5000c50015ea71ac", "by-id/scsi-35000c50015ea71ac",
     "/dev/disk/by-path/pci-0000:00:05.0-scsi-0:0:0:0", "by-path/pci-0000:00:05.0-scsi-0:0:0:0-part1",
 ])
 def test_every_name_of_the_lun_resolves_to_the_one_disk(spec):
