@@ -30,6 +30,7 @@ from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .config import PREFIX, CaptureConfig, describe
+from .discover.model import Why
 from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_USAGE, ColdcloneError, ConnectionError_,
                      SourceError, UsageError)
 from .runcmd import run
@@ -278,24 +279,23 @@ class CaptureJob:
             self.inventory, self.sources = inv, list(named)
             self.notify(Inventoried(inv, list(self.sources)))
             return
-        unknown = [w for w in inv.warnings if w.startswith("selected disk ")]
-        if unknown:
-            raise UsageError(f"{PREFIX}disks=: " + "; ".join(unknown) + " (see the inventory above; "
-                             "names such as sda, md127, cciss/c0d0 or /dev paths)")
+        if inv.unknown_selected:
+            raise UsageError(f"{PREFIX}disks=: " + "; ".join(
+                f"selected disk {spec} is not a known disk" for spec in inv.unknown_selected)
+                + " (see the inventory above; names such as sda, md127, cciss/c0d0 or /dev paths)")
         for spec in cfg.exclude:
-            name = spec[len("/dev/"):] if spec.startswith("/dev/") else spec
-            disk = inv.disk(name)
+            disk = inv.resolve(spec)
             if disk is None:
                 raise UsageError(f"{PREFIX}exclude={spec}: no such disk (see the inventory above)")
-            disk.exclude(f"excluded by {PREFIX}exclude=")
+            disk.exclude(Why.EXCLUDED, f"excluded by {PREFIX}exclude=")
         self.inventory = inv
         disks = inv.capture_set()
         self.sources = [d.dev_path or "/dev/" + d.name for d in disks]
         self.notify(Inventoried(inv, list(self.sources)))
         if not disks:
-            named_disks = set(cfg.disks or [])
+            named_disks = [inv.resolve(spec) for spec in cfg.disks or []]
             why = [f"{d.name}: {d.exclude_reason}" for d in inv.disks
-                   if d.exclude_reason and (d.name in named_disks or d.dev_path in named_disks)]
+                   if d.exclude_reason and any(d is n for n in named_disks)]
             raise SourceError("no disk to capture: discovery found none that may be captured"
                               + (f" ({'; '.join(why)})" if why else "")
                               + f" (see the inventory; check {PREFIX}disks= / {PREFIX}exclude=, "
