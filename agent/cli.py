@@ -16,6 +16,7 @@ import sys
 import threading
 
 from . import __version__
+from .config import MODES
 from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError, UsageError
 
 log = logging.getLogger("coldclone")
@@ -114,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hostkey", metavar="SHA256:...", help="pin the server's host key fingerprint")
     c.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
     c.add_argument("--password-env", metavar="VAR", help="read an SSH password from this variable (discouraged)")
-    c.add_argument("--mode", default="nonzero", choices=["nonzero", "full"],
-                   help="nonzero: skip all-zero blocks (default); full: send every byte")
+    c.add_argument("--mode", default="nonzero", choices=list(MODES),
+                   help="used: only the blocks the filesystems use (free space becomes holes); "
+                        "nonzero: skip all-zero blocks (default); full: send every byte")
     c.add_argument("--compress", default="zstd:1", help="zstd[:LEVEL] or none (default zstd:1)")
     c.add_argument("--chunk-size", default="4M", help="read size (default 4M)")
     c.add_argument("--block-size", default="64K", help="zero-skip and digest granularity (default 64K)")

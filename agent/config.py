@@ -20,7 +20,7 @@ from .errors import UsageError
 from .netsetup import parse_ip_spec
 
 PREFIX = "coldclone."
-MODES = ("nonzero", "full")
+MODES = ("used", "nonzero", "full")   # as agent.capture.stream.MODES
 ON_DONE = ("poweroff", "reboot", "shell")
 FORMATS = ("qcow2", "raw")
 ISCSI = ("auto", "off")
@@ -116,9 +116,6 @@ def _server(value: str) -> str:
 
 
 def _mode(value: str) -> str:
-    if value == "used":
-        raise UsageError(f"{PREFIX}mode=used (filesystem used blocks only) is not available in "
-                         f"this version; use mode=nonzero (skips all-zero blocks, the default) or mode=full")
     return _choice("mode", value, MODES)
 
 

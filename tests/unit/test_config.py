@@ -44,8 +44,7 @@ def test_typo_in_key_is_named_with_a_suggestion():
 def test_bad_values_are_named_with_what_is_accepted():
     cases = {
         "coldclone.on_done=poweroof": "did you mean poweroff?",
-        "coldclone.mode=sparse": "use nonzero or full",
-        "coldclone.mode=used": "not available in this version",
+        "coldclone.mode=sparse": "use used or nonzero or full",
         "coldclone.iscsi=yes": "use auto or off",
         "coldclone.iscsi_ip=somewhere": "ADDRESS/PREFIX",
         "coldclone.iscsi_ip=300.1.1.1/24": "ADDRESS/PREFIX",
