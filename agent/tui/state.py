@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..capture.stream import MODES as STREAM_MODES
 from .services import Readiness, TargetChoice
 
 MODES = {
@@ -13,8 +12,6 @@ MODES = {
     "nonzero": "every block that is not all zeros (default)",
     "full": "every byte, zeros included",
 }
-# What the capture engine can do (StreamOptions.validate): all three since mode=used.
-CAPTURE_MODES = STREAM_MODES
 
 
 @dataclass

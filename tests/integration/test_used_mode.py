@@ -111,3 +111,43 @@ def test_used_mode_filesystem(sshd, rx_dir, tmp_path, fs, table):
                 ta = useddisk.tree_digest(a, extracted=fs == "vfat")
                 tb = useddisk.tree_digest(b, extracted=fs == "vfat")
         assert len(ta) > 50 and ta == tb
+
+
+def test_used_mode_lvm(sshd, rx_dir, tmp_path):
+    """Root on an LV: its extents are found from the PV's metadata and mapped by partclone; the
+    unallocated gap (old data) is not read; an LV in two pieces falls back to nonzero."""
+    d = useddisk.build_lvm(str(tmp_path / "lvm.img"))
+    with LoopDevice(d.image) as loop:
+        pv = {int(p.rsplit("p", 1)[1]): p for p in loop.parts}[d.pv_part]
+        before = sha256_of(loop.dev)
+        m, q = capture(sshd, rx_dir, loop.dev, "lvm", "used")
+        assert sha256_of(loop.dev) == before, "the source changed"
+        pva = area(m, f"partition {d.pv_part}")
+        assert pva["content"] == "LVM2_member" and "VG ccvg" in pva["notes"][0]
+        root = area(m, "LV ccvg/root")
+        assert root["content"] == "ext4" and root["tool"] == "partclone.extfs"
+        assert root["skipped_bytes"] > d.deleted_bytes * 0.5
+        assert area(m, "LV ccvg/swap")["content"] == "swap"
+        assert "2 pieces" in area(m, "LV ccvg/var")["fallback"]
+        by = m["disks"][0]["agent"]["used_map"]["bytes_by_reason"]
+        assert by["unallocated"] >= d.gap[1] * useddisk.EXTENT
+
+        raw = to_raw(q, tmp_path)
+        umap = plan_disk(loop.dev, d.size, P.DEFAULT_BLOCK_SIZE)
+        assert_extents(loop.dev, raw, umap)
+        skipped = [e for e in umap.extents if e.why == Why.UNALLOCATED]
+        assert skipped, umap.extents
+        with LoopDevice(raw, read_only=True) as img:
+            ipv = {int(p.rsplit("p", 1)[1]): p for p in img.parts}[d.pv_part]
+            # The gap's old data stayed home; the LVM label and metadata came along.
+            gap_off = d.pe_start + d.gap[0] * useddisk.EXTENT
+            with open(ipv, "rb") as i, open(pv, "rb") as s:
+                assert os.pread(i.fileno(), MiB, gap_off) == bytes(MiB) != os.pread(s.fileno(), MiB, gap_off)
+                assert os.pread(i.fileno(), d.pe_start, 0) == os.pread(s.fileno(), d.pe_start, 0)
+            off, ln = d.lv_range("root")
+            from agent.capture.usedmap import range_loop
+            with range_loop(ipv, off, ln) as iroot, range_loop(pv, off, ln) as sroot:
+                run(useddisk.CHECK["ext4"] + [iroot])
+                with useddisk.file_tree(sroot, "ext4") as a, useddisk.file_tree(iroot, "ext4") as b:
+                    ta, tb = useddisk.tree_digest(a), useddisk.tree_digest(b)
+        assert len(ta) > 50 and ta == tb

@@ -192,3 +192,106 @@ def tree_digest(root: str, extracted: bool = False) -> dict[str, tuple]:
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                         st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_mtime_ns, what)
     return out
+
+
+# ------------------------------------------------------------------ LVM
+
+LVM_CONFIG = "backup { backup = 0 archive = 0 } devices { obtain_device_list_from_udev = 0 }"
+EXTENT = 4 * MiB
+
+
+@dataclass
+class LvmDisk:
+    image: str
+    size: int
+    pv_part: int               # partition number of the PV
+    pe_start: int              # bytes from the PV's start to extent 0
+    lvs: dict                  # name -> [(first PE, count), ...] in LV order
+    gap: tuple[int, int]       # (first PE, count) left unallocated, holding stale random data
+    files_bytes: int = 0
+    deleted_bytes: int = 0
+
+    def lv_range(self, name: str) -> tuple[int, int]:
+        """(offset in the PV, size) of a one-segment LV."""
+        ((first, count),) = self.lvs[name]
+        return self.pe_start + first * EXTENT, count * EXTENT
+
+
+def _lvm(argv: list[str], pv: str) -> str:
+    return run(argv + ["--devices", pv, "--config", LVM_CONFIG],
+               env={**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}).stdout
+
+
+def _lv_text(name: str, segs: list[tuple[int, int]]) -> str:
+    body, le = [], 0
+    for i, (first, count) in enumerate(segs, 1):
+        body.append(f'segment{i} {{ start_extent = {le} extent_count = {count} type = "striped" '
+                    f'stripe_count = 1 stripes = [ "pv0", {first} ] }}')
+        le += count
+    uid = hashlib.sha256(name.encode()).hexdigest()[:32]
+    uid = "-".join([uid[:6], uid[6:10], uid[10:14], uid[14:18], uid[18:22], uid[22:26], uid[26:32]])
+    return (f'{name} {{ id = "{uid}" status = ["READ", "WRITE", "VISIBLE"] flags = [] '
+            f'segment_count = {len(segs)} ' + " ".join(body) + " }")
+
+
+@contextlib.contextmanager
+def writable_range(dev: str, offset: int, size: int):
+    loop = run(["losetup", "-f", "--show", "--offset", str(offset), "--sizelimit", str(size), dev]).stdout.strip()
+    try:
+        yield loop
+    finally:
+        run(["losetup", "-d", loop], check=False)
+
+
+def build_lvm(image: str, size: int = 448 * MiB, files_mb: int = 24, deleted_mb: int = 64) -> LvmDisk:
+    """GPT: BIOS boot, /boot ext4, an LVM PV (VG ccvg) with root (ext4, one segment), swap and
+    var (two segments: needs assembling, so it falls back) and an unallocated gap of old data.
+
+    There is no device-mapper here: the LVs are written into the VG metadata with vgcfgrestore
+    (real lvm2 writes its own format) and their filesystems made through loop devices over
+    their extents.
+    """
+    if os.path.exists(image):
+        os.unlink(image)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    run(["parted", "-s", image, "mklabel", "gpt",
+         "mkpart", "bios", "1MiB", "2MiB", "set", "1", "bios_grub", "on",
+         "mkpart", "boot", "ext4", "2MiB", "66MiB",
+         "mkpart", "lvm", "66MiB", "100%", "set", "3", "lvm", "on"])
+    lvs = {"root": [(4, 80)], "swap": [(84, 4)], "var": [(88, 2), (91, 2)]}
+    d = LvmDisk(image, size, pv_part=3, pe_start=0, lvs=lvs, gap=(0, 4))
+    with LoopDevice(image) as loop:
+        part = {int(p.rsplit("p", 1)[1]): p for p in loop.parts}
+        _random_file(part[1], 1 * MiB)
+        run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", part[2]])
+        pv = part[3]
+        _lvm(["pvcreate", "-ff", "-y", "--dataalignment", "1m", pv], pv)
+        _lvm(["vgcreate", "-s", "4m", "ccvg", pv], pv)
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = os.path.join(tmp, "vg")
+            _lvm(["vgcfgbackup", "-f", meta, "ccvg"], pv)
+            text = open(meta).read()
+            cut = text.rindex("}")
+            lv_text = "logical_volumes { " + " ".join(_lv_text(n, s) for n, s in lvs.items()) + " }\n"
+            with open(meta, "w") as f:
+                f.write(text[:cut] + lv_text + text[cut:])
+            _lvm(["vgcfgrestore", "-f", meta, "ccvg"], pv)
+        d.pe_start = int(_lvm(["pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start", pv],
+                              pv).split()[0])
+        # Stale data in the gap (an LV removed long ago).
+        with open(pv, "r+b") as f:
+            f.seek(d.pe_start + d.gap[0] * EXTENT)
+            f.write(os.urandom(d.gap[1] * EXTENT))
+        off, ln = d.lv_range("root")
+        with writable_range(pv, off, ln) as root:
+            run(MKFS["ext4"] + [root])
+            d.files_bytes, d.deleted_bytes = populate(root, "ext4", files_mb, deleted_mb)
+        off, ln = d.lv_range("swap")
+        with writable_range(pv, off, ln) as swap:
+            run(["mkswap", "-L", "lvswap", swap])
+        for first, count in lvs["var"]:
+            with open(pv, "r+b") as f:
+                f.seek(d.pe_start + first * EXTENT)
+                f.write(os.urandom(count * EXTENT))
+    return d
