@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
@@ -184,6 +185,34 @@ def partclone_map(path: str, offset: int, size: int, tool: str) -> list[tuple[in
     return rows
 
 
+# ext3/4 superblock (at byte 1024): s_feature_incompat at 0x60, RECOVER = the journal holds
+# transactions not yet written home. btrfs superblock (at 64 KiB): log_root at byte 96.
+EXT_SB, EXT_INCOMPAT, EXT_RECOVER = 1024, 0x60, 0x4
+BTRFS_SB, BTRFS_LOG_ROOT = 64 << 10, 96
+
+
+def pending_log(path: str, fd: int, offset: int, size: int, fstype: str) -> str:
+    """Why the filesystem's own bitmaps cannot be trusted yet ("" when they can).
+
+    A journal or log that still has to be replayed (a server that crashed or lost power) may
+    point at blocks its on-disk bitmaps still call free: skipping those would lose the data
+    the replay on the target writes home.
+    """
+    if fstype in ("ext3", "ext4"):
+        (incompat,) = struct.unpack("<I", os.pread(fd, 4, offset + EXT_SB + EXT_INCOMPAT))
+        return "its journal needs recovery" if incompat & EXT_RECOVER else ""
+    if fstype == "btrfs":
+        (log_root,) = struct.unpack("<Q", os.pread(fd, 8, offset + BTRFS_SB + BTRFS_LOG_ROOT))
+        return "its log tree is not replayed" if log_root else ""
+    if fstype == "xfs":
+        with range_loop(path, offset, size) as dev:
+            res = run(["xfs_logprint", "-t", dev], check=False, timeout=600, quiet=True)
+        # xfs_logprint prints the log's state as "state: <CLEAN>" or "state: <DIRTY>".
+        if res.returncode != 0 or "state: <CLEAN>" not in res.stdout:
+            return "its log is dirty (or unreadable)"
+    return ""
+
+
 def blkid_type(path: str, offset: int, size: int) -> dict[str, str]:
     res = run(["blkid", "-p", "-o", "export", "--offset", str(offset), "--size", str(size), path],
               check=False, timeout=60, quiet=True)
@@ -215,6 +244,13 @@ def _map_area(path: str, fd: int, area: AreaMap, out: list[Interval], areas: lis
     area.content = fstype or "unknown"
     if fstype in PARTCLONE:
         area.tool = PARTCLONE[fstype]
+        try:
+            pending = pending_log(path, fd, start, area.size, fstype)
+        except (CommandError, OSError, struct.error) as e:
+            pending = f"its journal state is unreadable ({e})"
+        if pending:
+            return fall_back(f"{fstype}: {pending}; sent as nonzero (its free-space bitmaps may "
+                             f"not yet show blocks the replay writes)")
         try:
             rows = partclone_map(path, start, area.size, area.tool)
         except (CommandError, SourceError, OSError) as e:

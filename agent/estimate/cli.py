@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from ..config import MODES
 from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError, UsageError
 
 log = logging.getLogger("coldclone.estimate")
@@ -33,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostkey", metavar="SHA256:...", help="pin the server's host key fingerprint")
     p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
     p.add_argument("--password-env", metavar="VAR", help="read an SSH password from this variable (discouraged)")
-    p.add_argument("--mode", default="nonzero", choices=["nonzero", "full", "used"],
-                   help="nonzero: skip all-zero blocks (default); full: send every byte")
+    p.add_argument("--mode", default="nonzero", choices=list(MODES),
+                   help="used: only the blocks the filesystems use (the capture's own used map); "
+                        "nonzero: skip all-zero blocks (default); full: send every byte")
     p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"], help="image format on the server")
     p.add_argument("--workers", type=int, default=2, help="hashing/compression threads the capture will use")
     p.add_argument("--calibrate", type=float, default=3.0, metavar="SECONDS",

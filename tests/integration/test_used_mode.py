@@ -94,6 +94,12 @@ def test_used_mode_filesystem(sshd, rx_dir, tmp_path, fs, table):
         umap = plan_disk(loop.dev, os.path.getsize(d.image), P.DEFAULT_BLOCK_SIZE)
         assert umap.skipped_bytes == disk["agent"]["skipped_bytes"]
         assert_extents(loop.dev, raw, umap)
+        # The estimate's used mode reads what the capture read: the same map.
+        r = coldclone("estimate", "--disk", loop.dev, "--mode", "used", "--calibrate", "0", "--json")
+        assert r.returncode == 0, r.stderr
+        (est,) = json.loads(r.stdout)["disks"]
+        assert abs(est["bytes_to_read"] - disk["agent"]["bytes_read"]) <= P.DEFAULT_BLOCK_SIZE
+        assert "map" in est["stages"]
         with LoopDevice(raw, read_only=True) as img:
             ipart = {int(p.rsplit("p", 1)[1]): p for p in img.parts}
             # Swap: the header page (label, UUID) kept, the old pages not.
@@ -151,3 +157,33 @@ def test_used_mode_lvm(sshd, rx_dir, tmp_path):
                 with useddisk.file_tree(sroot, "ext4") as a, useddisk.file_tree(iroot, "ext4") as b:
                     ta, tb = useddisk.tree_digest(a), useddisk.tree_digest(b)
         assert len(ta) > 50 and ta == tb
+
+
+def test_pending_journal_falls_back(tmp_path):
+    """A filesystem whose journal or log still has to be replayed (the server crashed) is sent
+    as nonzero: its bitmaps may call free the blocks the replay writes home."""
+    img = str(tmp_path / "crashed.img")
+    with open(img, "wb") as f:
+        f.truncate(720 * MiB)
+    run(["parted", "-s", img, "mklabel", "gpt", "mkpart", "a", "1MiB", "301MiB",
+         "mkpart", "b", "301MiB", "100%"])
+    with LoopDevice(img) as loop:
+        ext, xfs = loop.parts
+        run(["mkfs.ext4", "-q", "-F", ext])
+        run(["debugfs", "-w", "-R", "feature needs_recovery", ext])
+        run(["mkfs.xfs", "-q", "-f", xfs])
+        mnt = str(tmp_path / "m")
+        os.mkdir(mnt)
+        run(["mount", xfs, mnt])
+        try:
+            with open(os.path.join(mnt, "f"), "wb") as f:
+                f.write(os.urandom(MiB))
+                os.fsync(f.fileno())      # the transaction reaches the on-disk log ...
+            run(["xfs_io", "-x", "-c", "shutdown", mnt])   # ... and no checkpoint: the log stays dirty
+        finally:
+            run(["umount", mnt])
+        umap = plan_disk(loop.dev, 720 * MiB, P.DEFAULT_BLOCK_SIZE)
+    a, b = umap.areas
+    assert a.content == "ext4" and "journal needs recovery" in a.fallback
+    assert b.content == "xfs" and "log is dirty" in b.fallback
+    assert not any(e.why in (Why.FREE, Why.USED) for e in umap.extents)
