@@ -16,11 +16,11 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 
+from .capture.stream import MODES  # the capture engine's modes: one declaration
 from .errors import UsageError
 from .netsetup import parse_ip_spec
 
 PREFIX = "coldclone."
-MODES = ("used", "nonzero", "full")   # as agent.capture.stream.MODES
 ON_DONE = ("poweroff", "reboot", "shell")
 FORMATS = ("qcow2", "raw")
 ISCSI = ("auto", "off")

@@ -4,6 +4,9 @@ Reading is sequential in one thread (old spinning disks hate seeks);
 hashing and compression of each chunk run in a small pool (hashlib and
 zstandard release the GIL, so two cores are really used); the caller's
 thread sends the results in disk order.
+
+What is read is one plan of extents: the whole disk for modes nonzero and full, the used-block
+map for mode=used (agent.capture.usedmap), whose skipped extents go as ZERO records unread.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import protocol as P
+from ..capture.stream import MODES  # the capture engine's modes: one declaration
 from ..errors import ColdcloneError, UsageError
 from . import links as L
 from .rate import human_bytes as hb
@@ -50,8 +51,6 @@ COMPARE_RATE = 2000 * MB
 # Once per capture: SSH handshake, read-only guard, the receiver's start, the verdict's round
 # trip (0.6-0.9 s measured here over a 50 MB/s link).
 SETUP_SECONDS = 1.0
-
-MODES = ("nonzero", "full", "used")
 
 
 @dataclass
