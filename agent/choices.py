@@ -16,8 +16,8 @@ class Mode(StrEnum):
     FULL = "full"          # every byte
 
 
-# What the capture engine can do in this version; the others are listed but refused.
-CAPTURE_MODES: tuple[Mode, ...] = (Mode.NONZERO, Mode.FULL)
+# What the capture engine can do, in the order the TUI offers them.
+CAPTURE_MODES: tuple[Mode, ...] = (Mode.USED, Mode.NONZERO, Mode.FULL)
 
 MODE_HELP = {
     Mode.USED: "filesystem used blocks only",

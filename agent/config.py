@@ -212,9 +212,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("disks", _disks, "`all` or `sda,md127,cciss/c0d0,/dev/sdb` (an md array stands for its member "
            "disks); an unknown name is an error", "`all` (what discovery offers)"),
     Option("exclude", _word_list, "disks to leave out, same syntax", "-"),
-    Option("mode", _mode, "`nonzero` (skip all-zero blocks) or `full` (`used` is not available yet)",
+    Option("mode", _mode, "`used` (only the blocks the filesystems use, from partclone's maps: "
+           "docs/capture-used.md), `nonzero` (skip all-zero blocks) or `full` (every byte)",
            "`nonzero`", flag="--mode", metavar="MODE",
-           help="nonzero: skip all-zero blocks (default); full: send every byte"),
+           help="used: only the blocks the filesystems use; nonzero: skip all-zero blocks (default); "
+                "full: send every byte"),
     Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `none`", "`zstd:1`", flag="--compress",
            metavar="zstd[:N]|none", help="compression of DATA records (default zstd:1)"),
     Option("format", _enum(ImageFormat), "`qcow2` or `raw`", "`qcow2`", flag="--format",

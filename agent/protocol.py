@@ -481,14 +481,19 @@ class DiskEnd:
     zero_records: int | None = None
     read_seconds: float | None = None
     elapsed: float | None = None
+    skipped_bytes: int | None = None     # mode=used: free space never read (holes in the image)
+    map_seconds: float | None = None     # mode=used: building the used-block map
+    used_map: dict | None = None         # mode=used: per area what was read and why (manifest)
 
     INTS = ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes", "data_records",
-            "zero_records")
-    FLOATS = ("read_seconds", "elapsed")
+            "zero_records", "skipped_bytes")
+    FLOATS = ("read_seconds", "elapsed", "map_seconds")
+    MAPPINGS = ("used_map",)
 
     def stats(self) -> dict:
         """The counts the agent gave, for the manifest (absent ones left out)."""
-        return {k: getattr(self, k) for k in self.INTS + self.FLOATS if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in self.INTS + self.FLOATS + self.MAPPINGS
+                if getattr(self, k) is not None}
 
     def encode(self) -> bytes:
         return encode_end(self.digest, self.stats())
@@ -496,7 +501,8 @@ class DiskEnd:
     @classmethod
     def decode(cls, digest: bytes, obj: dict) -> "DiskEnd":
         f = _Fields(obj, "END")
-        return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS})
+        return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS},
+                   **{k: (f.mapping(k) if f.present(k) else None) for k in cls.MAPPINGS})
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ PACKAGE_OF = {
     "sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
     "dhclient": "isc-dhcp-client",
+    "xfs_logprint": "xfsprogs",
+    **{f"partclone.{fs}": "partclone" for fs in ("extfs", "xfs", "btrfs", "fat", "ntfs")},
 }
 
 

@@ -4,6 +4,9 @@ Reading is sequential in one thread (old spinning disks hate seeks);
 hashing and compression of each chunk run in a small pool (hashlib and
 zstandard release the GIL, so two cores are really used); the caller's
 thread sends the results in disk order.
+
+What is read is one plan of extents: the whole disk for modes nonzero and full, the used-block
+map for mode=used (agent.capture.usedmap), whose skipped extents go as ZERO records unread.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Callable
 import zstandard
 
 from .. import protocol as P
+from ..choices import CAPTURE_MODES as MODES
 from ..errors import CancelledError, SourceError, UsageError
 from .source import SourceDisk
+from .usedmap import Extent, UsedMap, plan_disk, whole_disk
 
 log = logging.getLogger("coldclone.stream")
 
@@ -40,7 +45,7 @@ def parse_compress(text: str) -> tuple[str, int]:
 
 @dataclass
 class StreamOptions:
-    mode: str = "nonzero"              # nonzero | full  (used: later, filesystem-aware)
+    mode: str = "nonzero"              # used | nonzero | full
     chunk_size: int = P.DEFAULT_CHUNK_SIZE
     block_size: int = P.DEFAULT_BLOCK_SIZE
     codec: str = "zstd"                # zstd | none
@@ -54,8 +59,9 @@ class StreamOptions:
     def validate(self) -> None:
         from ..errors import UsageError
 
-        if self.mode not in ("nonzero", "full"):
-            raise UsageError(f"mode {self.mode!r}: choose nonzero (skip all-zero blocks) or full (every byte)")
+        if self.mode not in MODES:
+            raise UsageError(f"mode {self.mode!r}: choose used (only the blocks filesystems use), "
+                             f"nonzero (skip all-zero blocks) or full (every byte)")
         bs = self.block_size
         if bs < 4096 or bs & (bs - 1):
             raise UsageError(f"block size {bs}: must be a power of two of at least 4096")
@@ -79,11 +85,18 @@ class DiskStats:
     wire_bytes: int = 0      # every stream byte of this disk, framing included
     data_records: int = 0
     zero_records: int = 0
+    skipped_bytes: int = 0   # mode=used: bytes never read (free blocks, swap, unallocated PV extents)
     read_seconds: float = 0.0
+    map_seconds: float = 0.0  # mode=used: building the used-block map
     elapsed: float = 0.0
+    used_map: UsedMap | None = None
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+               if k != "used_map"}
+        if self.used_map is not None:
+            out["used_map"] = self.used_map.as_dict()   # the receiver keeps it in the manifest
+        return out
 
 
 @dataclass
@@ -97,6 +110,7 @@ class _Chunk:
     payload_bytes: int = 0
     data_records: int = 0
     zero_records: int = 0
+    skipped_bytes: int = 0
 
 
 class _Codec:
@@ -116,6 +130,14 @@ class _Codec:
         if len(out) >= len(data):
             return P.CODEC_NONE, bytes(data)
         return P.CODEC_ZSTD, out
+
+
+def _skipped(ext: Extent) -> _Chunk:
+    """A range mode=used does not read: sent as a ZERO record, a hole in the image."""
+    ch = _Chunk(ext.offset, ext.length, wire=P.encode_zero(ext.offset, ext.length),
+                zero_bytes=ext.length, zero_records=1, skipped_bytes=ext.length)
+    ch.tree.append((ext.offset, ext.length, True, None))
+    return ch
 
 
 def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec) -> _Chunk:
@@ -153,6 +175,12 @@ def stream_disk(
     tree = P.BlockTree(src.size, opts.block_size)
     codec = _Codec(opts.codec, opts.level)
     t0 = time.monotonic()
+    if opts.mode == "used":
+        stats.used_map = plan_disk(src.path, src.size, opts.block_size)
+        plan = stats.used_map.extents
+        stats.map_seconds = time.monotonic() - t0
+    else:
+        plan = whole_disk(src.size)
     try:
         fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -167,35 +195,46 @@ def stream_disk(
     stop = threading.Event()
 
     def reader(pool: ThreadPoolExecutor) -> None:
-        off = 0
         try:
-            while off < src.size and not stop.is_set():
-                n = min(opts.chunk_size, src.size - off)
-                r0 = time.monotonic()
-                try:
-                    buf = os.pread(fd, n, off)
-                except OSError as e:
-                    sector = off // max(src.logical_sector_size, 1)
-                    raise SourceError(
-                        f"read error on {src.path} in the {n >> 10} KiB from byte {off} "
-                        f"(sector {sector}): {e.strerror}. The disk may have unreadable sectors; "
-                        f"check `dmesg`, and the controller's logs for a failing drive"
-                    ) from None
-                if len(buf) != n:
-                    raise SourceError(
-                        f"short read on {src.path} at byte {off}: got {len(buf)} of {n} bytes "
-                        f"(the device is smaller than the {src.size} bytes it reported?)"
-                    )
-                stats.read_seconds += time.monotonic() - r0
-                stats.bytes_read += n
-                inflight.put(pool.submit(_process, buf, off, opts, codec))
-                off += n
+            for ext in plan:
+                if stop.is_set():
+                    break
+                if ext.sent:
+                    read_extent(pool, ext)
+                else:
+                    done: Future = Future()
+                    done.set_result(_skipped(ext))
+                    inflight.put(done)
         except BaseException as e:  # handed to the sending thread, which raises it
             fut: Future = Future()
             fut.set_exception(e)
             inflight.put(fut)
             return
         inflight.put(None)
+
+    def read_extent(pool: ThreadPoolExecutor, ext: Extent) -> None:
+        off = ext.offset
+        while off < ext.end and not stop.is_set():
+            n = min(opts.chunk_size, ext.end - off)
+            r0 = time.monotonic()
+            try:
+                buf = os.pread(fd, n, off)
+            except OSError as e:
+                sector = off // max(src.logical_sector_size, 1)
+                raise SourceError(
+                    f"read error on {src.path} in the {n >> 10} KiB from byte {off} "
+                    f"(sector {sector}): {e.strerror}. The disk may have unreadable sectors; "
+                    f"check `dmesg`, and the controller's logs for a failing drive"
+                ) from None
+            if len(buf) != n:
+                raise SourceError(
+                    f"short read on {src.path} at byte {off}: got {len(buf)} of {n} bytes "
+                    f"(the device is smaller than the {src.size} bytes it reported?)"
+                )
+            stats.read_seconds += time.monotonic() - r0
+            stats.bytes_read += n
+            inflight.put(pool.submit(_process, buf, off, opts, codec))
+            off += n
 
     with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cc-chunk") as pool:
         rt = threading.Thread(target=reader, args=(pool,), name="cc-reader", daemon=True)
@@ -220,6 +259,7 @@ def stream_disk(
                 stats.wire_bytes += len(ch.wire)
                 stats.data_records += ch.data_records
                 stats.zero_records += ch.zero_records
+                stats.skipped_bytes += ch.skipped_bytes
                 if on_chunk:
                     on_chunk(ch.offset + ch.length, stats)
         finally:

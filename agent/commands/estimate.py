@@ -1,7 +1,7 @@
 """`coldclone estimate`: how long a capture will take (the server's downtime), without capturing.
 
     coldclone estimate [--disk /dev/X ...] [--to URL [--identity KEY] [--hostkey SHA256:...]
-                       [--known-hosts FILE]] [--mode nonzero|full] [--format qcow2|raw]
+                       [--known-hosts FILE]] [--mode used|nonzero|full] [--format qcow2|raw]
                        [--calibrate SECONDS] [--json] [--include-loop]
 
 Without --disk: the disks discovery offers for capture. Without --to: no link

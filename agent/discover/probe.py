@@ -134,6 +134,7 @@ def read_partition_table(dev_path: str) -> PartitionTable | None:
     import parted
 
     _ped.register_exn_handler(_never_fix)
+    device = None
     try:
         device = parted.getDevice(dev_path)
         try:
@@ -167,4 +168,9 @@ def read_partition_table(dev_path: str) -> PartitionTable | None:
         parts.sort(key=lambda q: q.number)
         return PartitionTable(type=disk.type, partitions=parts, source="parted")
     finally:
+        # libparted keeps every device it opened, size included, for the process's lifetime:
+        # the same path read again after the device changed size (a loop device reused, a LUN
+        # grown, a disk swapped) would read a GPT backup header past the stale end and crash.
+        if device is not None:
+            device.removeFromCache()
         _ped.clear_exn_handler()

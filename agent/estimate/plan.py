@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import devnames
+from .. import protocol as P
+from ..choices import CAPTURE_MODES as MODES
 from ..errors import ColdcloneError, UsageError
 from . import links as L
 from ..units import human_bytes as hb, human_minutes, human_seconds as hs
@@ -49,8 +51,6 @@ COMPARE_RATE = 2000 * MB
 # Once per capture: SSH handshake, read-only guard, the receiver's start, the verdict's round
 # trip (0.6-0.9 s measured here over a 50 MB/s link).
 SETUP_SECONDS = 1.0
-
-MODES = ("nonzero", "full", "used")
 
 
 @dataclass
@@ -247,40 +247,59 @@ def target_link(target: str | None, inventory=None, local_path: str | None = Non
 def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read_src: str,
               link_rate: float | None, readback_rate: float, workers: int, image_format: str,
               mode: str, pipe_rate: float | None = None, shared_cpu: float | None = None,
-              write_rate: float | None = None) -> DiskEstimate:
+              write_rate: float | None = None, map_seconds: float = 0.0) -> DiskEstimate:
     size = sample.size
+    to_read = int(size * sample.read_fraction)   # mode=used reads only its map's sent extents
     data = int(size * sample.nonzero_fraction)
     # DATA records carry a 50-byte head per run; ZERO records 21 bytes: a fraction of a percent.
     to_send = int(data * sample.compress_ratio) + (size // (4 << 20) + 1) * 80
     stages = {
-        "read": size / read_rate if read_rate else 0.0,
+        "read": to_read / read_rate if read_rate else 0.0,
         "cpu": size * sample.cpu_per_byte / max(1, workers),
         "link": to_send / link_rate if link_rate else 0.0,
     }
     if pipe_rate:
         # The probe ran this content through processing, link and server together: its pace in
         # source bytes bounds the disk too.
-        stages["link"] = max(stages["link"], size / pipe_rate)
+        stages["link"] = max(stages["link"], to_read / pipe_rate)
     if write_rate:
         # The target's disk, measured by the probe's syncs: it writes the non-zero data.
         stages["write"] = data / write_rate
     if shared_cpu:
         # Reading, hashing, compressing and sending were timed apart, but in the capture they
         # share this machine's CPUs: all their CPU seconds, spread over every core, bound it too.
-        stages["cpu"] = max(stages["cpu"], size * shared_cpu / (os.cpu_count() or 1))
+        stages["cpu"] = max(stages["cpu"], to_read * shared_cpu / (os.cpu_count() or 1))
     post = data / readback_rate
     if image_format == "qcow2":
         post += data / CONVERT_RATE + data / COMPARE_RATE
     stream_key = max(stages, key=stages.get)
-    seconds = stages[stream_key] + post
+    seconds = stages[stream_key] + post + map_seconds
     stages["server"] = post
+    if map_seconds:
+        stages["map"] = map_seconds   # mode=used: partclone maps the filesystems before reading
     return DiskEstimate(
         # The disk id the capture streams it under (cciss/c0d0 -> cciss-c0d0): the live ETA
         # finds this disk's model by it.
-        path=path, name=devnames.stream_name(devnames.kernel_name(path)), size=size, bytes_to_read=size, bytes_to_send=to_send,
+        path=path, name=devnames.stream_name(devnames.kernel_name(path)), size=size, bytes_to_read=to_read,
+        bytes_to_send=to_send,
         data_bytes=data, seconds=seconds, bottleneck=stream_key if stages[stream_key] >= post else "server",
         stages=stages, nonzero_fraction=sample.nonzero_fraction, compress_ratio=sample.compress_ratio,
         read_rate=read_rate, read_rate_source=read_src, sample=sample.to_dict())
+
+
+def _used_ranges(path: str) -> tuple[list[tuple[int, int]], float]:
+    """The sent extents of the capture's own used map of path (agent.capture.usedmap), and the
+    seconds building it took (the capture spends them again)."""
+    from ..capture.usedmap import plan_disk
+
+    t0 = time.monotonic()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    umap = plan_disk(path, size, P.DEFAULT_BLOCK_SIZE)
+    return [(e.offset, e.length) for e in umap.extents if e.sent], time.monotonic() - t0
 
 
 def default_disks(inventory) -> list[str]:
@@ -305,12 +324,11 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
     over it) always runs.
     """
     if mode not in MODES:
-        raise UsageError(f"mode {mode!r}: choose nonzero (skip all-zero blocks) or full (every byte)")
+        raise UsageError(f"mode {mode!r}: choose used (only the blocks filesystems use), "
+                         f"nonzero (skip all-zero blocks) or full (every byte)")
     notes: list[str] = []
-    sample_mode = mode
-    if mode == "used":
-        sample_mode = "nonzero"
-        notes.append("mode 'used' is estimated as 'nonzero' (filesystem-aware capture is not there yet)")
+    # Used mode reads what the capture's own used map sends; within it zero blocks go as in nonzero.
+    sample_mode = "nonzero" if mode == "used" else mode
     disk_paths = list(disk_paths) or default_disks(inventory)
     if not disk_paths:
         raise UsageError("no disk to estimate: name one with --disk /dev/X (coldclone discover lists them)")
@@ -321,9 +339,15 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
     calibrated = False
 
     samples_by_path: dict[str, ContentSample] = {}
+    map_seconds: dict[str, float] = {}
     for p in disk_paths:
         try:
-            samples_by_path[p] = sample_content(p, mode=sample_mode, samples=samples, level=level, codec=codec)
+            ranges = None
+            if mode == "used":
+                say(f"mapping the filesystems' used blocks on {p}")
+                ranges, map_seconds[p] = _used_ranges(p)
+            samples_by_path[p] = sample_content(p, mode=sample_mode, samples=samples, level=level, codec=codec,
+                                                ranges=ranges)
         except OSError as e:
             from ..errors import SourceError
             raise SourceError(f"cannot sample {p} for the estimate: {e.strerror or e}") from None
@@ -381,7 +405,7 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
         shared_cpu = (read_cpu.get(p, 0.0) + pipe_cpu) if pipe_cpu is not None else None
         disks.append(_per_disk(p, inv_disks[p], samples_by_path[p], rate, src, link_rate,
                                readback, eff_workers, image_format, sample_mode, pipe_rate, shared_cpu,
-                               write_rate))
+                               write_rate, map_seconds.get(p, 0.0)))
     total = SETUP_SECONDS + sum(d.seconds for d in disks)
 
     # The overall bottleneck: the stage that costs the most time over all disks.
@@ -396,7 +420,8 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
     for k in ALTERNATIVE_KEYS:
         spec = L.TABLE[k]
         t = SETUP_SECONDS + sum(_per_disk(d.path, None, samples_by_path[d.path], d.read_rate, "", spec.effective, readback,
-                          eff_workers, image_format, sample_mode).seconds for d in disks)
+                          eff_workers, image_format, sample_mode,
+                          map_seconds=map_seconds.get(d.path, 0.0)).seconds for d in disks)
         alternatives.append(Alternative(spec.label, spec.effective, t))
 
     now = time.time()

@@ -12,6 +12,8 @@ the CPU cost per byte is measured, not guessed.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import random
 import time
@@ -33,6 +35,7 @@ class ContentSample:
     compress_ratio: float        # payload / raw bytes of the data blocks (1.0: incompressible)
     cpu_per_byte: float          # CPU seconds per disk byte (zero test, sha256, zstd), one thread
     sample_seconds: float        # wall time the sampling took
+    read_fraction: float = 1.0   # of the disk's bytes the capture reads (mode=used: the used map's share)
     # The sampled buffers themselves: the calibration probe runs them through the capture's own
     # processing and sends them, so it measures CPU and link together on this disk's content.
     buffers: list = field(default_factory=list, repr=False)
@@ -41,13 +44,20 @@ class ContentSample:
         return {"samples": self.samples, "sampled_bytes": self.sampled_bytes,
                 "nonzero_fraction": round(self.nonzero_fraction, 4),
                 "compress_ratio": round(self.compress_ratio, 4),
-                "cpu_per_byte": self.cpu_per_byte, "sample_seconds": round(self.sample_seconds, 3)}
+                "cpu_per_byte": self.cpu_per_byte, "sample_seconds": round(self.sample_seconds, 3),
+                "read_fraction": round(self.read_fraction, 4)}
 
 
 def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, sample_size: int = 256 << 10,
                    codec: str = "zstd", level: int = 1, block_size: int = P.DEFAULT_BLOCK_SIZE,
-                   keep_bytes: int = 64 * MiB, seed: int = 0) -> ContentSample:
-    """Read `samples` x `sample_size` bytes spread over the disk and measure what the capture would do."""
+                   keep_bytes: int = 64 * MiB, seed: int = 0,
+                   ranges: list[tuple[int, int]] | None = None) -> ContentSample:
+    """Read `samples` x `sample_size` bytes spread over the disk and measure what the capture would do.
+
+    `ranges` (offset, length): only what the capture will read (mode=used: the used map's sent
+    extents); the strata are cut over those ranges laid end to end, and the fractions and CPU
+    cost are still per byte of the whole disk.
+    """
     t0 = time.monotonic()
     skip_zero = mode != "full"
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
@@ -55,18 +65,27 @@ def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, samp
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
+        spans = ranges if ranges is not None else [(0, size)]
+        starts = list(itertools.accumulate((ln for _, ln in spans), initial=0))
+        covered = starts[-1]
         sample_size = max(block_size, sample_size - sample_size % block_size)
-        n = max(1, min(samples, size // sample_size))
-        stratum = size / n
+        n = max(1, min(samples, covered // sample_size))
+        stratum = covered / n
         data = raw = payload_total = kept = 0
         cpu = 0.0
         buffers = []
         for i in range(n):
             lo = int(i * stratum)
             span = max(0, int(stratum) - sample_size)
-            off = lo + (rng.randrange(span + 1) if span else 0)
+            v = lo + (rng.randrange(span + 1) if span else 0)
+            # From the ranges laid end to end back to the disk, never past the range's end.
+            k = max(0, bisect.bisect_right(starts, v) - 1)
+            if k >= len(spans):
+                continue
+            r_off, r_len = spans[k]
+            off = r_off + (v - starts[k])
             off -= off % block_size
-            length = min(sample_size, size - off)
+            length = min(sample_size, size - off, r_off + r_len - off)
             if length <= 0:
                 continue
             buf = os.pread(fd, length, off)
@@ -85,12 +104,14 @@ def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, samp
             raw += len(buf)
     finally:
         os.close(fd)
+    share = covered / size if size else 1.0
     return ContentSample(
         size=size, samples=n, sampled_bytes=raw,
-        nonzero_fraction=data / raw if raw else 0.0,
+        nonzero_fraction=share * data / raw if raw else 0.0,
         compress_ratio=payload_total / data if data else 1.0,
-        cpu_per_byte=cpu / raw if raw else 0.0,
+        cpu_per_byte=share * cpu / raw if raw else 0.0,
         sample_seconds=time.monotonic() - t0,
+        read_fraction=share,
         buffers=buffers)
 
 

@@ -8,14 +8,6 @@ from typing import Any
 from ..discover.model import Why
 from .services import Readiness, TargetChoice
 
-MODES = {
-    "used": "filesystem used blocks only",
-    "nonzero": "every block that is not all zeros (default)",
-    "full": "every byte, zeros included",
-}
-# What the capture engine can do in this version (StreamOptions.validate).
-CAPTURE_MODES = ("nonzero", "full")
-
 
 @dataclass
 class CapturePlan:

@@ -202,3 +202,22 @@ def test_grown_gpt_disk_is_read_not_fixed(tmp_path):
     assert sha256(image) == before
     assert [(p.number, p.start, p.size, p.name) for p in disk.partition_table.partitions] == [
         (1, 1 * MiB, 14 * MiB, "one")]
+
+
+def test_partition_table_of_a_device_that_changed_size(tmp_path):
+    """The same path read again after its device changed size (a loop device reused; a LUN
+    grown; a disk swapped): libparted must not use the size it cached (it crashed the process
+    reading a GPT backup header past the stale end)."""
+    from agent.discover.probe import read_partition_table
+
+    images = []
+    for mb, end in ((400, 100), (448, 300)):
+        img = str(tmp_path / f"d{mb}.img")
+        with open(img, "wb") as f:
+            f.truncate(mb * MiB)
+        run(["parted", "-s", img, "mklabel", "gpt", "mkpart", "a", "1MiB", f"{end}MiB"])
+        images.append((img, end))
+    for img, end in images + images[:1]:
+        with loop(img) as dev:
+            table = read_partition_table(dev)
+            assert table.type == "gpt" and [p.size for p in table.partitions] == [(end - 1) * MiB]

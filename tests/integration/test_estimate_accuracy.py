@@ -13,63 +13,14 @@ import time
 
 import pytest
 
-from agent.runcmd import run
 from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
-from tests.testbed.netns import VethNamespace
-from tests.testbed.sshd import Sshd
-from tests.testbed.procs import start_daemon, stop_process
+from tests.testbed.netns import ShapedServer
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
 RATE_MBIT = 320            # 40 MB/s: a USB 2.0 .. NFS-on-1GbE class link
 ACCURACY = 0.25
-
-
-class ShapedServer:
-    """sshd in a network namespace, reached over a veth pair rate-limited with tc tbf."""
-
-    def __init__(self, rate_mbit: int):
-        tag = f"{os.getpid() % 10000}"
-        self.ns = f"ccest{tag}"
-        self.host_if, self.ns_if = f"cce{tag}a", f"cce{tag}b"
-        n = os.getpid() % 250 + 1
-        self.host_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
-        self.rate_mbit = rate_mbit
-        self.sshd = Sshd()
-        self.proc = None
-        self.link: VethNamespace | None = None
-
-    def start(self) -> "ShapedServer":
-        self.link = VethNamespace(self.ns, self.host_if, self.ns_if, f"{self.host_ip}/30",
-                                  f"{self.ns_ip}/30").up()
-        # Agent -> server: the direction the images travel. 100 ms of queue keeps TCP busy.
-        run(["tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", f"{self.rate_mbit}mbit",
-             "burst", "256kb", "latency", "100ms"])
-        # Keys, authorized_keys and a config from the testbed sshd; then the same server
-        # listening inside the namespace.
-        self.sshd.start()
-        cfg = open(self.sshd.p("sshd_config")).read()
-        cfg = cfg.replace(f"Port {self.sshd.port}", "Port 22").replace(
-            "ListenAddress 127.0.0.1", f"ListenAddress {self.ns_ip}").replace(
-            f"PidFile {self.sshd.p('sshd.pid')}", f"PidFile {self.sshd.p('sshd-ns.pid')}")
-        with open(self.sshd.p("sshd_ns_config"), "w") as f:
-            f.write(cfg)
-        log = self.sshd.p("sshd-ns.log")
-        self.proc = start_daemon(["ip", "netns", "exec", self.ns, shutil.which("sshd") or "/usr/sbin/sshd",
-                                  "-D", "-e", "-f", self.sshd.p("sshd_ns_config")],
-                                 "sshd in the namespace", (self.ns_ip, 22), log, output=log)
-        return self
-
-    def url(self, path: str) -> str:
-        return f"ssh://{self.sshd.user}@{self.ns_ip}{path}"
-
-    def stop(self) -> None:
-        stop_process(self.proc, 10)
-        self.sshd.stop()
-        if self.link is not None:
-            self.link.down()
-        shutil.rmtree(self.sshd.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -78,15 +78,17 @@ def _random_file(path: str, nbytes: int) -> None:
 
 
 def build(image: str, size: int = 2048 * MiB, table: str = "gpt", files_mb: int = 300,
-          remnant_mb: int = 64) -> SynthDisk:
-    """Write a source server disk image at `image` (sparse file)."""
+          remnant_mb: int = 64, swap_mb: int | None = None) -> SynthDisk:
+    """Write a source server disk image at `image` (sparse file). swap_mb: the swap partition's
+    size (default: as /boot's)."""
     if os.path.exists(image):
         os.unlink(image)
     with open(image, "wb") as f:
         f.truncate(size)
     label = "gpt" if table == "gpt" else "msdos"
     part_mb = max(32, min(256, size // MiB // 8))  # /boot and swap, each
-    boot_end, swap_end = 1 + part_mb, 1 + 2 * part_mb
+    boot_end = 1 + part_mb
+    swap_end = boot_end + (swap_mb or part_mb)
     run(["parted", "-s", "-a", "optimal", image, "mklabel", label,
          "mkpart", "primary", "ext4", "1MiB", f"{boot_end}MiB",
          "mkpart", "primary", "linux-swap", f"{boot_end}MiB", f"{swap_end}MiB",

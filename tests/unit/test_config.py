@@ -44,8 +44,7 @@ def test_typo_in_key_is_named_with_a_suggestion():
 def test_bad_values_are_named_with_what_is_accepted():
     cases = {
         "coldclone.on_done=poweroof": "did you mean poweroff?",
-        "coldclone.mode=sparse": "use nonzero or full",
-        "coldclone.mode=used": "not available in this version",
+        "coldclone.mode=sparse": "use used or nonzero or full",
         "coldclone.iscsi=yes": "use auto or off",
         "coldclone.iscsi_ip=somewhere": "ADDRESS/PREFIX",
         "coldclone.iscsi_ip=300.1.1.1/24": "ADDRESS/PREFIX",
@@ -181,7 +180,7 @@ def test_cli_flags_use_the_declared_parsers():
     add_flags(ap, ("mode", "compress", "timeout", "chunk_size"))
     cfg = config_from_args(ap.parse_args(["--mode", "full", "--chunk-size", "8M"]))
     assert cfg.mode == "full" and cfg.chunk_size == 8 << 20 and cfg.compress == "zstd:1"
-    with pytest.raises(argparse.ArgumentError, match="--mode='sparse' is not valid: use nonzero or full"):
+    with pytest.raises(argparse.ArgumentError, match="--mode='sparse' is not valid: use used or nonzero or full"):
         ap.parse_args(["--mode", "sparse"])
     with pytest.raises(argparse.ArgumentError, match="--timeout='0.1': must be between 1 and 600"):
         ap.parse_args(["--timeout", "0.1"])

@@ -60,6 +60,7 @@ DEBIAN_TO_RPM = {
     "xfsprogs": ["xfsprogs"],
     "ntfs-3g": ["ntfs-3g"],
     "dosfstools": ["dosfstools"],
+    "partclone": ["partclone"],
     "nfs-common": ["nfs-utils"],
     "pciutils": ["pciutils"],
     "ethtool": ["ethtool"],

@@ -63,7 +63,7 @@ def test_sizes_and_compression():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(mode="used"), "mode"),
+    (dict(mode="sparse"), "choose used .* nonzero .* or full"),
     (dict(block_size=3000), "power of two"),
     (dict(chunk_size=100 << 20), "at most"),
     (dict(chunk_size=(4 << 20) + 4096), "multiple"),

@@ -10,14 +10,15 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, RadioSet, Static
 
 
+from ...choices import CAPTURE_MODES, MODE_HELP as MODES
 from ...errors import ColdcloneError
 from ...units import human_bytes
 from .. import text
-from ..state import CAPTURE_MODES, MODES
+
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
 
-MODE_ORDER = ("used", "nonzero", "full")
+MODE_ORDER = CAPTURE_MODES   # the radio buttons in the capture engine's order
 
 
 class EstimateScreen(Screen):
@@ -33,9 +34,7 @@ class EstimateScreen(Screen):
         yield Plain("", id="est-what")
         with RadioSet(id="mode"):
             for m in MODE_ORDER:
-                label = f"{m}: {MODES[m]}" + ("" if m in CAPTURE_MODES else " (not in this version)")
-                yield Choice(label, value=(m == plan.mode), id=f"mode-{m}",
-                                  disabled=m not in CAPTURE_MODES)
+                yield Choice(f"{m}: {MODES[m]}", value=(m == plan.mode), id=f"mode-{m}")
         table = DataTable(id="est-disks", cursor_type="none")
         table.add_columns("Disk", "Size", "Read", "Send", "Time", "Bottleneck")
         yield table
