@@ -59,6 +59,7 @@ def cmd_capture(args) -> int:
                          block_size=parse_size(args.block_size), codec=codec, level=level or 1,
                          workers=args.workers)
     target = _target(args)
+    readiness = _inspect(args.disk)
     cancel = threading.Event()
     printer = ProgressPrinter(args.progress_interval)
 
@@ -75,12 +76,32 @@ def cmd_capture(args) -> int:
     try:
         with printer.ticking():
             result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
-                                 image_format=args.format, on_event=printer, cancel=cancel)
+                                 image_format=args.format, on_event=printer, cancel=cancel,
+                                 readiness=readiness)
     finally:
         signal.signal(signal.SIGINT, previous)
         target.close()
     print_summary(result)
+    for line in readiness.summary():
+        print(f"coldclone: {line}")
     return EXIT_OK
+
+
+def _inspect(disks: list[str]):
+    """The readiness report of the named disks (discovery, then read-only inspection)."""
+    from .discover.populate import discover
+    from .inspect.report import ReadinessReport, inspect_for_capture
+
+    try:
+        # a loop device named on purpose is a source like any other (tests, image files)
+        inv = discover(include_loop=any("/loop" in d or d.startswith("loop") for d in disks),
+                       only=disks)
+    except Exception as e:  # advice: discovery trouble here must not stop the capture
+        return ReadinessReport(error=f"discovery for inspection failed: {e}")
+    report = inspect_for_capture(inv)
+    for line in report.summary():
+        print(f"coldclone: {line}", flush=True)
+    return report
 
 
 def cmd_digest(args) -> int:

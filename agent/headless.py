@@ -167,6 +167,17 @@ def print_inventory(inv) -> None:
     emit_json("INVENTORY", to_dict(inv))
 
 
+def inspect_source(inv):
+    """The readiness report (read-only mounts of the source OS), said in a few lines; advice
+    like the estimate, so a failure to inspect never stops the capture."""
+    from .inspect.report import inspect_for_capture
+
+    report = inspect_for_capture(inv)
+    for line in report.summary():
+        say(line)
+    return report
+
+
 def make_estimate(cfg: CaptureConfig, inv, paths: list[str], target):
     from .estimate import plan
 
@@ -187,7 +198,8 @@ def make_estimate(cfg: CaptureConfig, inv, paths: list[str], target):
     return est
 
 
-def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: threading.Event):
+def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: threading.Event,
+               readiness=None):
     from .capture.session import run_capture
     from .capture.stream import StreamOptions, parse_compress
     from .discover.model import to_dict
@@ -201,7 +213,8 @@ def do_capture(cfg: CaptureConfig, inv, paths: list[str], target, est, cancel: t
         return run_capture(paths, target.connect, opts, capture_id=cfg.capture_id,
                            image_format=cfg.format, on_event=printer, cancel=cancel,
                            source_facts={"inventory": to_dict(inv)},
-                           estimate=est.to_dict() if est is not None else None)
+                           estimate=est.to_dict() if est is not None else None,
+                           readiness=readiness)
 
 
 # --live: the command that carries out on_done, one argument per line. The live image's
@@ -274,11 +287,12 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
                               f"the RAID controller's logical drives, and iSCSI)")
         paths = [d.dev_path or "/dev/" + d.name for d in disks]
         say("will capture: " + ", ".join(paths))
+        readiness = inspect_source(inv)
         est = make_estimate(cfg, inv, paths, target)
         if cfg.estimate_only:
             say(f"{PREFIX}estimate_only: nothing captured")
             return None
-        result = do_capture(cfg, inv, paths, target, est, cancel)
+        result = do_capture(cfg, inv, paths, target, est, cancel, readiness=readiness)
         import io
 
         from .estimate.progress import print_summary
@@ -286,6 +300,9 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
         summary = io.StringIO()
         print_summary(result, out=summary, estimate=est)
         say(summary.getvalue())
+        # the last word before on_done: what the cloud image will need (the manifest has it all)
+        for line in readiness.summary():
+            say(line)
         run_hook("post", cfg.post, {**env, "COLDCLONE_PHASE": "post",
                                     "COLDCLONE_CAPTURE_ID": result.capture_id,
                                     "COLDCLONE_LOCATION": result.location})

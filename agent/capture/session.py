@@ -156,7 +156,9 @@ def run_capture(
     cancel: threading.Event | None = None,
     source_facts: dict | None = None,
     estimate: dict | None = None,
+    readiness=None,
 ) -> CaptureResult:
+    """readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
     opts.validate()
     if not disk_paths:
         from ..errors import UsageError
@@ -195,6 +197,8 @@ def run_capture(
             }
             if estimate is not None:
                 hello["estimate"] = estimate   # the receiver puts it in the manifest, next to the actual time
+            if readiness is not None:
+                hello["readiness"] = readiness.to_dict()
             send(P.preamble() + P.encode_json(P.T_HELLO, hello))
             ready = replies.wait_for(("ready",), timeout=60)
             location = ready.get("path", "")

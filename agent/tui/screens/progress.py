@@ -96,7 +96,8 @@ class ProgressScreen(Screen):
             capture_id = plan.capture_id or (svc.capture_id() if svc.capture_id else None)
             result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
                                      capture_id=capture_id, on_event=on_event, cancel=self.cancel,
-                                     source_facts=facts, estimate=estimate)
+                                     source_facts=facts, estimate=estimate,
+                                     readiness=plan.readiness)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
                                            exit_code=EXIT_CANCELLED, cancelled=True))
