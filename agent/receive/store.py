@@ -43,6 +43,24 @@ def resolve_root(forced_root: str, requested: str | None) -> str:
     return req
 
 
+def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace dir/name in one step (temp file, fsync, rename): a reader sees the old file
+    or the new one, never half of it. Used for manifest.json by the receiver and by the
+    stages after it (publish)."""
+    tmp = "." + validate_name(name, "file name") + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                 dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -109,14 +127,7 @@ class CaptureDir:
             raise ServerError(f"cannot create {self.file_path(name)}: {e.strerror}", code="io") from None
 
     def write_atomic(self, name: str, data: bytes) -> None:
-        tmp = "." + validate_name(name, "file name") + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=self.fd)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        write_atomic_at(self.fd, name, data)
 
     def unlink(self, name: str) -> None:
         try:
