@@ -303,6 +303,11 @@ def headless(cfg: CaptureConfig, *, include_loop: bool = False, cancel: threadin
         # the last word before on_done: what the cloud image will need (the manifest has it all)
         for line in readiness.summary():
             say(line)
+        from .publish.manifest import PublishRecord
+
+        pub = PublishRecord.from_manifest(result.manifest)
+        if pub is not None:
+            say(f"published to Glance ({pub.cloud}): image {pub.image_id}")
         run_hook("post", cfg.post, {**env, "COLDCLONE_PHASE": "post",
                                     "COLDCLONE_CAPTURE_ID": result.capture_id,
                                     "COLDCLONE_LOCATION": result.location})

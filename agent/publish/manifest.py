@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import ColdcloneError, UsageError
 from ..inspect.report import ReadinessReport
@@ -48,6 +48,18 @@ class PublishRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "PublishRecord | None":
+        """The manifest's `publish` section, when the capture was published (front ends say
+        the image id); a section of another shape is ignored, not guessed at."""
+        data = manifest.get("publish") if isinstance(manifest, dict) else None
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except TypeError:
+            return None
 
 
 @dataclass
