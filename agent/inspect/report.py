@@ -128,7 +128,7 @@ def _from_dict(tp, value, where: str):
         hints = typing.get_type_hints(tp)
         kw = {}
         for f in dataclasses.fields(tp):
-            if f.name in value and f.name != "source":
+            if f.name in value and f.compare:   # compare=False: not serialised (source)
                 kw[f.name] = _from_dict(hints[f.name], value[f.name], f"{where}.{f.name}")
         try:
             return tp(**kw)
