@@ -256,11 +256,11 @@ def virtio_drivers(root: str, boot_root: str | None) -> InitramfsDrivers | None:
     try:
         names = initramfs_names(real)
     except (OSError, ValueError, EOFError, lzma.LZMAError) as e:
-        return InitramfsDrivers(path=shown, error=f"could not list {shown}: {e}")
+        return InitramfsDrivers(path=shown, error=f"could not list its files: {e}")
     except Exception as e:  # zstandard raises its own ZstdError
-        return InitramfsDrivers(path=shown, error=f"could not list {shown}: {e}")
+        return InitramfsDrivers(path=shown, error=f"could not list its files: {e}")
     if not names:
-        return InitramfsDrivers(path=shown, error=f"{shown} holds no files")
+        return InitramfsDrivers(path=shown, error="it holds no files (an empty or placeholder file)")
     have = {re.sub(r"\.ko(\.\w+)?$", "", os.path.basename(n)).replace("-", "_")
             for n in names + builtin.splitlines() if ".ko" in n}
     present = [d for d in VIRTIO_DRIVERS if d in have]

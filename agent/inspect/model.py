@@ -202,6 +202,15 @@ class SourceOS:
         out = textwrap.wrap(f"OS: {self.os.pretty_name or self.os.name or 'unknown'}"
                             f" ({self.os.source or 'no release file'})", width,
                             subsequent_indent="    ")
+        out += textwrap.wrap(f"Boot: {self.boot_loader.value}, firmware {self.firmware.value}"
+                             + (f", resume={', '.join(self.resume)}" if self.resume else ""),
+                             width, subsequent_indent="    ")
+        if self.initramfs is not None:
+            ini = self.initramfs
+            out += textwrap.wrap(f"Initramfs {ini.path}: " + (
+                ini.error or "virtio " + (", ".join(ini.present) or "none")
+                + (f" (missing {', '.join(ini.missing)})" if ini.missing else "")),
+                width, subsequent_indent="    ")
         if self.iscsi_initiator and self.iscsi_initiator.name:
             out.append(f"iSCSI initiator: {self.iscsi_initiator.name}"[:width])
         if self.iscsid and self.iscsid.secrets:
