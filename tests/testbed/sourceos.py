@@ -108,6 +108,10 @@ def debian_uefi(image: str, size: int = 96 * MiB) -> str:
          "mkpart", "root", "ext4", "17", str(end - 8),
          "mkpart", "swap", "linux-swap", str(end - 8), str(end)], timeout=60)
     with attached(image) as dev:
+        # A loop number another test left read-only (BLKROSET on its partitions) may come
+        # back to us: building the image needs the partitions writable.
+        for node in [dev] + [f"{dev}p{n}" for n in (1, 2, 3)]:
+            run(["blockdev", "--setrw", node], check=False, quiet=True)
         run(["mkfs.vfat", "-i", ESP_UUID.replace("-", ""), f"{dev}p1"], timeout=60)
         run(["mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, f"{dev}p2"], timeout=60)
         run(["mkswap", "-U", SWAP_UUID, f"{dev}p3"], timeout=60)

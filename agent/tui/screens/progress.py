@@ -82,6 +82,17 @@ class ProgressScreen(Screen):
                 last[0] = now
             self.post_message(CaptureEvent(ev))
 
+        readiness = plan.readiness
+        if readiness is None and svc.readiness is not None and plan.inventory is not None:
+            # The operator went on before the inventory's inspection finished: every capture
+            # carries its readiness report, so inspect here (read-only, a few seconds).
+            from ...inspect.report import ReadinessReport
+
+            try:
+                readiness = svc.readiness(plan.inventory)
+            except Exception as e:  # advice: never stops the capture
+                readiness = ReadinessReport(error=f"inspection failed: {e}")
+            self.app.call_from_thread(setattr, plan, "readiness", readiness)   # the Done screen's
         target = None
         try:
             target = svc.open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey,
@@ -97,7 +108,7 @@ class ProgressScreen(Screen):
             result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
                                      capture_id=capture_id, on_event=on_event, cancel=self.cancel,
                                      source_facts=facts, estimate=estimate,
-                                     readiness=plan.readiness)
+                                     readiness=readiness)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
                                            exit_code=EXIT_CANCELLED, cancelled=True))
