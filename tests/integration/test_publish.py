@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from agent.runcmd import run
-from tests.conftest import BIN, sha256_of
+from tests.conftest import BIN, coldclone, sha256_of, ssh_args
 from tests.integration.test_headless import headless, server_words
 from tests.testbed import glance as tglance
 from tests.testbed import sourceos
@@ -60,9 +60,14 @@ def glance(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def capture(sshd, tmp_path_factory):
-    """A real headless capture of the Debian UEFI disk: (capture dir, disk name, source sha256)."""
-    img = sourceos.debian_uefi(str(tmp_path_factory.mktemp("deb") / "debian12-uefi.img"))
+def debian_img(tmp_path_factory):
+    return sourceos.debian_uefi(str(tmp_path_factory.mktemp("deb") / "debian12-uefi.img"))
+
+
+@pytest.fixture(scope="module")
+def capture(sshd, tmp_path_factory, debian_img):
+    """A real headless capture of the Debian UEFI disk: (capture dir, disk name, its stdout)."""
+    img = debian_img
     rx = str(tmp_path_factory.mktemp("rx"))
     rx_dir = os.path.join(sshd.receiver_root, "publish-" + os.path.basename(os.path.dirname(rx)))
     shutil.rmtree(rx_dir, ignore_errors=True)
@@ -104,6 +109,19 @@ def test_capture_manifest_carries_the_readiness_report(capture):
     assert out.count(f"coldclone: readiness: Debian GNU/Linux 12 (bookworm) on {name}; "
                      f"firmware uefi, boot loader grub2, cloud-init no") == 2
     assert "coldclone: readiness: [high] initramfs-virtio: conversion will rebuild" in out
+
+
+def test_cli_capture_carries_the_readiness_report_too(sshd, rx_dir, debian_img):
+    before = sha256_of(debian_img)
+    with attached(debian_img) as dev:
+        r = coldclone("capture", "--disk", dev, *ssh_args(sshd, rx_dir), "--capture-id", "cli-1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sha256_of(debian_img) == before
+    name = os.path.basename(dev)
+    assert (f"coldclone: readiness: Debian GNU/Linux 12 (bookworm) on {name}; firmware uefi, "
+            f"boot loader grub2, cloud-init no") in r.stdout
+    ready = json.load(open(os.path.join(rx_dir, "cli-1", "manifest.json")))["readiness"]
+    assert (ready["disk"], ready["firmware"], ready["resume"]) == (name, "uefi", ["/dev/sda3"])
 
 
 def test_publish_uploads_with_every_property_and_the_same_bytes(glance, capture):
