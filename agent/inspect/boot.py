@@ -10,6 +10,7 @@ import gzip
 import lzma
 import os
 import re
+from dataclasses import dataclass, field
 
 from . import files, grub
 from .fstab import classify_spec
@@ -53,20 +54,28 @@ def boot_loader(root: str, boot_root: str | None) -> tuple[BootLoader, list[str]
     return BootLoader.UNKNOWN, []
 
 
-def firmware_from_tree(fstab: list[FstabEntry]) -> tuple[Firmware, list[str]]:
+@dataclass
+class FirmwareVerdict:
+    firmware: Firmware
+    evidence: list[str] = field(default_factory=list)
+    hybrid: bool = False       # a GPT disk with both an ESP and a BIOS boot partition
+
+
+def firmware_from_tree(fstab: list[FstabEntry]) -> FirmwareVerdict:
     """An OS that mounts an ESP on /boot/efi was installed for UEFI."""
     esp = next((e for e in fstab if e.mountpoint in ("/boot/efi", "/efi")), None)
     if esp is not None:
-        return Firmware.UEFI, [f"/etc/fstab:{esp.line}: {esp.spec} {esp.mountpoint} {esp.fstype}"]
-    return Firmware.UNKNOWN, []
+        return FirmwareVerdict(Firmware.UEFI, [f"/etc/fstab:{esp.line}: {esp.spec} "
+                                               f"{esp.mountpoint} {esp.fstype}"])
+    return FirmwareVerdict(Firmware.UNKNOWN)
 
 
-def firmware_from_disk(disk) -> tuple[Firmware, list[str]]:
+def firmware_from_disk(disk) -> FirmwareVerdict:
     """From the partition table discovery read: an EFI system partition means UEFI; a GPT
     disk with a BIOS boot partition, or an MBR disk without an ESP, means BIOS."""
     table = disk.partition_table if disk is not None else None
     if table is None:
-        return Firmware.UNKNOWN, []
+        return FirmwareVerdict(Firmware.UNKNOWN)
     esp = bios = None
     for p in table.partitions:
         tid = (p.type_id or "").lower()
@@ -76,25 +85,29 @@ def firmware_from_disk(disk) -> tuple[Firmware, list[str]]:
             bios = p
     name = disk.dev_path or disk.name
     if esp is not None and bios is None:
-        return Firmware.UEFI, [f"{name}: {table.type} partition {esp.number} is an EFI system "
-                               f"partition"]
+        return FirmwareVerdict(Firmware.UEFI, [f"{name}: {table.type} partition {esp.number} "
+                                               f"is an EFI system partition"])
     if bios is not None and esp is None:
-        return Firmware.BIOS, [f"{name}: GPT partition {bios.number} is a BIOS boot partition"]
+        return FirmwareVerdict(Firmware.BIOS, [f"{name}: GPT partition {bios.number} is a BIOS "
+                                               f"boot partition"])
     if esp is None and table.type in ("msdos", "dos"):
-        return Firmware.BIOS, [f"{name}: MBR partition table without an EFI system partition"]
-    return Firmware.UNKNOWN, [f"{name}: {table.type} partition table with both an ESP and a "
-                              f"BIOS boot partition" if esp is not None else
-                              f"{name}: {table.type} partition table without an ESP"]
+        return FirmwareVerdict(Firmware.BIOS, [f"{name}: MBR partition table without an EFI "
+                                               f"system partition"])
+    if esp is not None:
+        return FirmwareVerdict(Firmware.UNKNOWN, [f"{name}: {table.type} partition table with "
+                                                  f"both an ESP and a BIOS boot partition"],
+                               hybrid=True)
+    return FirmwareVerdict(Firmware.UNKNOWN, [f"{name}: {table.type} partition table without "
+                                              f"an ESP"])
 
 
-def decide_firmware(tree: tuple[Firmware, list[str]],
-                    disk: tuple[Firmware, list[str]]) -> tuple[Firmware, list[str]]:
-    """The disk's verdict, unless it cannot tell (a hybrid disk): then the OS's fstab."""
-    fw = disk[0] if disk[0] is not Firmware.UNKNOWN else tree[0]
-    if fw is Firmware.UNKNOWN and disk[1] and tree[0] is Firmware.UNKNOWN:
-        # GPT with both partitions and no /boot/efi mount: grub-pc boots it through BIOS
-        fw = Firmware.BIOS if "both" in disk[1][0] else Firmware.UNKNOWN
-    return fw, disk[1] + tree[1]
+def decide_firmware(tree: FirmwareVerdict, disk: FirmwareVerdict) -> FirmwareVerdict:
+    """The disk's verdict, unless it cannot tell: then the OS's fstab. A hybrid disk whose OS
+    mounts no ESP boots through grub-pc, i.e. BIOS."""
+    fw = disk.firmware if disk.firmware is not Firmware.UNKNOWN else tree.firmware
+    if fw is Firmware.UNKNOWN and disk.hybrid:
+        fw = Firmware.BIOS
+    return FirmwareVerdict(fw, disk.evidence + tree.evidence)
 
 
 def resume_devices(root: str, boot_root: str | None) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import boot, cloudinit, files, grub, iscsi, lvm, network, osrelease, readiness
 from .fstab import parse_fstab
-from .model import SourceOS
+from .model import Firmware, SourceOS
 
 
 def looks_like_root(path: str) -> bool:
@@ -37,7 +37,7 @@ QEMU_GA = ("usr/bin/qemu-ga", "usr/sbin/qemu-ga")
 def inspect_tree(root: str, *, boot_root: str | None = None,
                  devices: dict[str, str] | None = None,
                  disk_count: int | None = None,
-                 disk_firmware: tuple | None = None) -> SourceOS:
+                 disk_firmware: boot.FirmwareVerdict | None = None) -> SourceOS:
     """Everything inspection knows about the OS under root, with its findings.
 
     boot_root: the separate /boot filesystem, mounted elsewhere. devices: what
@@ -65,8 +65,9 @@ def inspect_tree(root: str, *, boot_root: str | None = None,
     src.kernel_roots = [r for _, r in roots]
     src.cloud_init, src.cloud_init_evidence = cloudinit.detect(root)
     src.boot_loader, src.boot_loader_evidence = boot.boot_loader(root, boot_root)
-    src.firmware, src.firmware_evidence = boot.decide_firmware(
-        boot.firmware_from_tree(src.fstab), disk_firmware or (src.firmware, []))
+    fw = boot.decide_firmware(boot.firmware_from_tree(src.fstab),
+                              disk_firmware or boot.FirmwareVerdict(Firmware.UNKNOWN))
+    src.firmware, src.firmware_evidence = fw.firmware, fw.evidence
     resume = boot.resume_devices(root, boot_root)
     src.resume = list(dict.fromkeys(r for _, r in resume))
     src.initramfs = boot.virtio_drivers(root, boot_root)

@@ -104,15 +104,21 @@ def _part(n, type_id=None, flags=()):
 
 def test_firmware_from_the_partition_table():
     esp = _part(1, boot.ESP_GUID)
-    assert boot.firmware_from_disk(_disk("gpt", [esp, _part(2)]))[0] is Firmware.UEFI
-    assert boot.firmware_from_disk(_disk("gpt", [_part(1, flags=["bios_grub"]), _part(2)]))[0] \
-        is Firmware.BIOS
-    assert boot.firmware_from_disk(_disk("msdos", [_part(1, "0x83")]))[0] is Firmware.BIOS
+    uefi = boot.firmware_from_disk(_disk("gpt", [esp, _part(2)]))
+    assert (uefi.firmware, uefi.evidence) == (Firmware.UEFI, [
+        "/dev/sda: gpt partition 1 is an EFI system partition"])
+    assert boot.firmware_from_disk(_disk("gpt", [_part(1, flags=["bios_grub"]), _part(2)])) \
+        .firmware is Firmware.BIOS
+    assert boot.firmware_from_disk(_disk("msdos", [_part(1, "0x83")])).firmware is Firmware.BIOS
+    assert boot.firmware_from_disk(_disk("gpt", [_part(1)])).firmware is Firmware.UNKNOWN
     hybrid = boot.firmware_from_disk(_disk("gpt", [esp, _part(2, boot.BIOS_BOOT_GUID)]))
-    assert hybrid[0] is Firmware.UNKNOWN
+    assert hybrid.firmware is Firmware.UNKNOWN and hybrid.hybrid
     # a hybrid disk: the OS's fstab decides (no /boot/efi: grub-pc, BIOS)
-    assert boot.decide_firmware((Firmware.UNKNOWN, []), hybrid)[0] is Firmware.BIOS
-    assert boot.decide_firmware((Firmware.UEFI, ["fstab"]), hybrid)[0] is Firmware.UEFI
+    none = boot.FirmwareVerdict(Firmware.UNKNOWN)
+    assert boot.decide_firmware(none, hybrid).firmware is Firmware.BIOS
+    assert boot.decide_firmware(boot.FirmwareVerdict(Firmware.UEFI, ["fstab"]), hybrid) \
+        .firmware is Firmware.UEFI
+    assert boot.decide_firmware(none, none).firmware is Firmware.UNKNOWN
 
 
 def test_report_round_trips_through_the_manifest(debian):
