@@ -3,13 +3,17 @@
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup test unit integration demo bench iso vm clean
+.PHONY: setup lint test unit integration demo bench iso vm clean
 
 setup:
 	@sh scripts/setup.sh
 
+# The layer rules (.importlinter; docs/architecture.md explains them).
+lint: setup
+	.venv/bin/lint-imports
+
 # Everything, the vm tier included: the ISO is built (or refreshed, ~1 min warm) first.
-test: setup iso
+test: setup lint iso
 	COLDCLONE_NO_SKIP=1 $(PYTEST) -q tests
 
 unit: setup

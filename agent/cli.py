@@ -9,59 +9,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import signal
 import sys
 import threading
 
 from . import __version__
-from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError, UsageError
+from .choices import IscsiMode
+from .config import add_flags, config_from_args, parse_size
+from .console import JobConsole
+from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError
+from .job import CaptureJob
 
 log = logging.getLogger("coldclone")
 
-SIZE_RE = re.compile(r"^(\d+)([KMG]i?B?)?$", re.I)
-
-
-def parse_size(text: str) -> int:
-    m = SIZE_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"size {text!r}: write a number with an optional K, M or G suffix (e.g. 4M)")
-    n = int(m.group(1))
-    unit = (m.group(2) or "").upper()[:1]
-    return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
-
-
-# Progress lines and the closing summary live with the estimator (ETA, rates, bottleneck).
-from .estimate.progress import ProgressPrinter, print_summary  # noqa: E402,F401
-
-
-def _target(args):
-    from .transport.open import open_target
-
-    password = None
-    if args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
-    return open_target(args.to, identity=args.identity, hostkey=args.hostkey,
-                       known_hosts=args.known_hosts, password=password, timeout=args.timeout)
+# Flags `coldclone capture` shares with the kernel command line keys (agent/config.py OPTIONS).
+CAPTURE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "compress",
+                 "chunk_size", "block_size", "workers", "format", "capture_id", "calibrate", "progress",
+                 "timeout")
 
 
 def cmd_capture(args) -> int:
-    from .capture.session import run_capture
-    from .capture.stream import StreamOptions
-
-    from .capture.stream import parse_compress
-
-    codec, level = parse_compress(args.compress)
-    opts = StreamOptions(mode=args.mode, chunk_size=parse_size(args.chunk_size),
-                         block_size=parse_size(args.block_size), codec=codec, level=level or 1,
-                         workers=args.workers)
-    target = _target(args)
-    readiness = _inspect(args.disk)
+    # The disks named are captured: no iSCSI login, no hooks (those are the live system's).
+    cfg = config_from_args(args, disks=args.disk, iscsi=IscsiMode.OFF)
     cancel = threading.Event()
-    printer = ProgressPrinter(args.progress_interval)
+    console = JobConsole(cfg.progress, notes=sys.stderr)
 
     def on_sigint(signum, frame):
         # First Ctrl-C: stop at the next record boundary, so the receiver gets a
@@ -74,34 +45,11 @@ def cmd_capture(args) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with printer.ticking():
-            result = run_capture(args.disk, target.connect, opts, capture_id=args.capture_id,
-                                 image_format=args.format, on_event=printer, cancel=cancel,
-                                 readiness=readiness)
+        CaptureJob(cfg, notify=console, cancel=cancel, discovery_optional=True).run()
     finally:
         signal.signal(signal.SIGINT, previous)
-        target.close()
-    print_summary(result)
-    for line in readiness.summary():
-        print(f"coldclone: {line}")
+        console.close()
     return EXIT_OK
-
-
-def _inspect(disks: list[str]):
-    """The readiness report of the named disks (discovery, then read-only inspection)."""
-    from .discover.populate import discover
-    from .inspect.report import ReadinessReport, inspect_for_capture
-
-    try:
-        # a loop device named on purpose is a source like any other (tests, image files)
-        inv = discover(include_loop=any("/loop" in d or d.startswith("loop") for d in disks),
-                       only=disks)
-    except Exception as e:  # advice: discovery trouble here must not stop the capture
-        return ReadinessReport(error=f"discovery for inspection failed: {e}")
-    report = inspect_for_capture(inv)
-    for line in report.summary():
-        print(f"coldclone: {line}", flush=True)
-    return report
 
 
 def cmd_digest(args) -> int:
@@ -114,8 +62,8 @@ def cmd_digest(args) -> int:
 
 # subcommand -> (module with main(argv), help line)
 DELEGATED = {
-    "discover": (".discover.cli", "list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)"),
-    "estimate": (".estimate.cli", "predict how long a capture will take (the server's downtime)"),
+    "discover": (".commands.discover", "list disks, controllers, RAID, iSCSI/FC, multipath (--json, --inspect)"),
+    "estimate": (".commands.estimate", "predict how long a capture will take (the server's downtime)"),
     "headless": (".headless", "unattended capture configured on the kernel command line"),
     "tui": (".tui.app", "the operator's text interface"),
 }
@@ -130,21 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("capture", help="capture disks to a conversion server (headless)")
     c.add_argument("--disk", action="append", required=True, metavar="/dev/X",
                    help="source disk (repeat for several)")
-    c.add_argument("--to", required=True, metavar="URL", help="ssh://user@host[:port]/path or file:///path")
-    c.add_argument("--identity", metavar="KEY", help="private key for the conversion server")
-    c.add_argument("--hostkey", metavar="SHA256:...", help="pin the server's host key fingerprint")
-    c.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
-    c.add_argument("--password-env", metavar="VAR", help="read an SSH password from this variable (discouraged)")
-    c.add_argument("--mode", default="nonzero", choices=["nonzero", "full"],
-                   help="nonzero: skip all-zero blocks (default); full: send every byte")
-    c.add_argument("--compress", default="zstd:1", help="zstd[:LEVEL] or none (default zstd:1)")
-    c.add_argument("--chunk-size", default="4M", help="read size (default 4M)")
-    c.add_argument("--block-size", default="64K", help="zero-skip and digest granularity (default 64K)")
-    c.add_argument("--workers", type=int, default=2, help="threads hashing and compressing (default 2)")
-    c.add_argument("--format", default="qcow2", choices=["qcow2", "raw"], help="image format on the server")
-    c.add_argument("--capture-id", help="name of the capture directory (default host-date-random)")
-    c.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS")
-    c.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
+    add_flags(c, CAPTURE_FLAGS, required=("server",))
     c.set_defaults(func=cmd_capture)
 
     for name, (_, text) in DELEGATED.items():

@@ -9,50 +9,287 @@ operator typed is ever replaced by a silent default.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import ipaddress
 import os
 import re
 import shlex
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Callable
 
+from .capture.stream import parse_compress
+from .choices import CAPTURE_MODES, ImageFormat, IscsiMode, Mode, OnDone, words
 from .errors import UsageError
 from .netsetup import parse_ip_spec
+from .transport.ssh import normalize_pin
+from .transport.url import parse_target, redact
 
 PREFIX = "coldclone."
-MODES = ("nonzero", "full")
-ON_DONE = ("poweroff", "reboot", "shell")
-FORMATS = ("qcow2", "raw")
-ISCSI = ("auto", "off")
 # Defaults a build can bake into the ISO (make iso IDENTITY=... HOSTKEY=...).
 BAKED_IDENTITY = "/etc/coldclone/identity"
 BAKED_HOSTKEY = "/etc/coldclone/hostkey"
 
 
+# --- value parsers: (name as the operator typed it, value) -> value, or a UsageError naming it.
+# `name` is `coldclone.KEY` on the kernel command line and `--flag` on the CLI, so one parser
+# gives both front ends the same message.
+
+def _word_list(name: str, value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",")]
+    if not value or any(not v for v in items):
+        raise UsageError(f"{name}={value!r}: write a comma-separated list such as sda,sdb")
+    for v in items:
+        if not re.fullmatch(r"[A-Za-z0-9_./:!-]+", v):
+            raise UsageError(f"{name}: {v!r} is not a disk name (e.g. sda, md127, cciss/c0d0, /dev/sdb)")
+    return items
+
+
+def _disks(name: str, value: str) -> list[str] | None:
+    return None if value == "all" else _word_list(name, value)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        hint = difflib.get_close_matches(value, choices, n=1)
+        more = f" (did you mean {hint[0]}?)" if hint else ""
+        raise UsageError(f"{name}={value!r} is not valid{more}: use {' or '.join(choices)}")
+    return value
+
+
+def _enum(enum: type[StrEnum]):
+    return lambda name, value: enum(_choice(name, value, words(enum)))
+
+
+def _seconds(lo: float, hi: float):
+    def parse(name: str, value: str) -> float:
+        try:
+            v = float(value)
+        except ValueError:
+            raise UsageError(f"{name}={value!r}: write a number of seconds ({lo:g}-{hi:g})") from None
+        if not lo <= v <= hi:
+            raise UsageError(f"{name}={value!r}: must be between {lo:g} and {hi:g} seconds")
+        return v
+    return parse
+
+
+def _count(lo: int, hi: int):
+    def parse(name: str, value: str) -> int:
+        if not value.isdigit() or not lo <= int(value) <= hi:
+            raise UsageError(f"{name}={value!r}: write a whole number from {lo} to {hi}")
+        return int(value)
+    return parse
+
+
+def _flag(name: str, value: str | None) -> bool:
+    if value is None or value.lower() in ("1", "yes", "true", "on"):
+        return True
+    if value.lower() in ("0", "no", "false", "off"):
+        return False
+    raise UsageError(f"{name}={value!r}: write {name} alone, or =1 / =0")
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _server(name: str, value: str) -> str:
+    parse_target(value)  # raises a UsageError naming what is wrong with it
+    return value
+
+
+def _mode(name: str, value: str) -> Mode:
+    if value == Mode.USED and Mode.USED not in CAPTURE_MODES:
+        raise UsageError(f"{name}=used (filesystem used blocks only) is not available in "
+                         f"this version; use mode=nonzero (skips all-zero blocks, the default) or mode=full")
+    return Mode(_choice(name, value, tuple(CAPTURE_MODES)))
+
+
+def _hostkey(name: str, value: str) -> str:
+    pin = normalize_pin(value)
+    if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", pin):
+        raise UsageError(f"{name}={value!r} is not a SHA256 fingerprint: copy it from "
+                         f"`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the conversion "
+                         f"server (SHA256: and 43 characters)")
+    return pin
+
+
+def _compress(name: str, value: str) -> str:
+    parse_compress(value)
+    return value
+
+
+def _iscsi_ip(name: str, value: str) -> str:
+    if value in ("original", "dhcp"):
+        return value
+    try:
+        if "/" in value and ipaddress.IPv4Interface(value).network.prefixlen < 32:
+            return value
+    except ValueError:
+        pass
+    raise UsageError(f"{name}={value!r}: use original (the source server's own address), "
+                     f"dhcp, or ADDRESS/PREFIX such as 192.168.10.21/24")
+
+
+def _ip(name: str, value: str) -> str:
+    # checked now, with every other key, not after the pre hook has run
+    parse_ip_spec(value, what=f"{name}=")
+    return value
+
+
+def _hook(name: str, value: str) -> str:
+    if value.startswith(("/", "http://", "https://")):
+        return value
+    hook = name.rpartition(".")[2].lstrip("-")
+    raise UsageError(f"{name}={value!r}: a hook is an absolute path on the live system "
+                     f"(e.g. /run/live/medium/hooks/{hook}.sh) or an http(s):// URL")
+
+
+def _identity(name: str, value: str) -> str:
+    if value.startswith("https://") or value.startswith("/"):
+        return value
+    if value.startswith("http://"):
+        raise UsageError(f"{name}={value!r}: a private key is only fetched over https://, "
+                         f"never plain http (anyone on the wire could copy it)")
+    raise UsageError(f"{name}={value!r}: give an absolute path on the live medium "
+                     f"(e.g. /run/live/medium/coldclone/id_ed25519) or an https:// URL")
+
+
+def _capture_id(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value) or ".." in value:
+        raise UsageError(f"{name}={value!r}: letters, digits, '.', '_' and '-' only "
+                         f"(at most 128, starting with a letter or digit)")
+    return value
+
+
+SIZE_RE = re.compile(r"^(\d+)([KMG]i?B?)?$", re.I)
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    m = SIZE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"{name} {text!r}: write a number with an optional K, M or G suffix (e.g. 4M)")
+    n = int(m.group(1))
+    unit = (m.group(2) or "").upper()[:1]
+    return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+def _size(name: str, value: str) -> int:
+    return parse_size(value, name)
+
+
+# --- the declaration: every option once. The kernel command line parser, the CLI flags
+# (add_flags), the TUI's defaults (CaptureConfig()) and the key table in docs/cli.md
+# (markdown_table, checked by tests/unit/test_config.py) all come from here.
+
+@dataclass(frozen=True)
+class Option:
+    key: str                          # the CaptureConfig field, and coldclone.KEY
+    parse: Callable[[str, str], Any] | None   # None: a flag (alone, =1 or =0)
+    value: str                        # docs: what the value is
+    default: str                      # docs: the default as the operator sees it
+    flag: str | None = None           # the CLI flag (`coldclone capture`, `coldclone estimate`)
+    metavar: str | None = None
+    kernel: bool = True               # a coldclone.* kernel key (False: CLI only)
+    help: str = ""                    # the CLI's help line (default: `value`)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("server", _server, "`ssh://user@host[:port]/path`, `file:///path`, `nfs://host/export/path`",
+           "required (unless `estimate_only`)", flag="--to", metavar="URL",
+           help="where the images go: ssh://user@host[:port]/path, file:///path or nfs://host/export/path"),
+    Option("identity", _identity, "private key: an absolute path on the live system (the boot medium is "
+           "`/run/live/medium`) or an `https://` URL (never plain http)",
+           "`/etc/coldclone/identity` if baked in with `make iso IDENTITY=...`", flag="--identity",
+           metavar="KEY", help="private key for the conversion server (a path or an https:// URL)"),
+    Option("hostkey", _hostkey, "`SHA256:...` (43 characters) pin of the conversion server's host key",
+           "`/etc/coldclone/hostkey` if baked in with `make iso HOSTKEY=...`; without a pin or known_hosts "
+           "entry the capture is refused", flag="--hostkey", metavar="SHA256:...",
+           help="pin the server's host key fingerprint"),
+    Option("known_hosts", _text, "a known_hosts file on the live system", "-", flag="--known-hosts",
+           metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)"),
+    Option("disks", _disks, "`all` or `sda,md127,cciss/c0d0,/dev/sdb` (an md array stands for its member "
+           "disks); an unknown name is an error", "`all` (what discovery offers)"),
+    Option("exclude", _word_list, "disks to leave out, same syntax", "-"),
+    Option("mode", _mode, "`nonzero` (skip all-zero blocks) or `full` (`used` is not available yet)",
+           "`nonzero`", flag="--mode", metavar="MODE",
+           help="nonzero: skip all-zero blocks (default); full: send every byte"),
+    Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `none`", "`zstd:1`", flag="--compress",
+           metavar="zstd[:N]|none", help="compression of DATA records (default zstd:1)"),
+    Option("format", _enum(ImageFormat), "`qcow2` or `raw`", "`qcow2`", flag="--format",
+           metavar="qcow2|raw", help="image format on the server"),
+    Option("capture_id", _capture_id, "name of the capture directory", "`<hostname>-<date>-<random>`",
+           flag="--capture-id", metavar="ID", help="name of the capture directory (default host-date-random)"),
+    Option("iscsi", _enum(IscsiMode), "`auto` (log in with the source OS's own initiator name and CHAP) "
+           "or `off`", "`auto`"),
+    Option("iscsi_ip", _iscsi_ip, "`original` (add the source's own address), `dhcp`, or `ADDRESS/PREFIX`",
+           "`original`"),
+    Option("ip", _ip, "the live system's network when DHCP is not there: `dhcp` or "
+           "`[IFACE:]ADDRESS/PREFIX[,gw=GW][,dns=DNS]` (plain `ip=`, live-boot's syntax, also works)",
+           "DHCP on every NIC"),
+    Option("on_done", _enum(OnDone), "`poweroff`, `reboot`, `shell`", "`poweroff`"),
+    Option("pre", _hook, "hook run with `/bin/sh` before anything else (a failure stops the run): an "
+           "absolute path or an http(s) URL (plain http is allowed with a warning); environment "
+           "`COLDCLONE_PHASE`, `COLDCLONE_SERVER`, `COLDCLONE_CAPTURE_ID`", "-"),
+    Option("post", _hook, "hook run after a verified capture, as `pre`; also `COLDCLONE_LOCATION`", "-"),
+    Option("fail", _hook, "hook run after any failure, as `pre`; also `COLDCLONE_EXIT` and "
+           "`COLDCLONE_MESSAGE`", "-"),
+    Option("estimate_only", None, "flag: discover and estimate, capture nothing", "off"),
+    Option("calibrate", _seconds(0, 120), "seconds of calibration probe before the estimate, `0` skips it",
+           "`3`", flag="--calibrate", metavar="SECONDS",
+           help="time spent measuring the source and the target (0: table rates only)"),
+    Option("progress", _seconds(0.1, 3600), "seconds between progress lines", "`10`",
+           flag="--progress-interval", metavar="SECONDS"),
+    Option("timeout", _seconds(1, 600), "connect timeout, seconds", "`20`", flag="--timeout",
+           metavar="SECONDS", help="connect timeout in seconds"),
+    Option("debug", None, "flag: log every command", "off"),
+    # Tuning of the capture pipeline: CLI only (the defaults are measured, see make bench).
+    Option("chunk_size", _size, "read size", "`4M`", flag="--chunk-size", metavar="SIZE", kernel=False),
+    Option("block_size", _size, "zero-skip and digest granularity", "`64K`", flag="--block-size",
+           metavar="SIZE", kernel=False),
+    Option("workers", _count(1, 64), "hashing/compression threads", "`2`", flag="--workers", metavar="N",
+           kernel=False),
+    Option("password_env", _text, "an environment variable holding an SSH password (discouraged: use "
+           "a key)", "-", flag="--password-env", metavar="VAR", kernel=False,
+           help="read an SSH password from this variable (discouraged)"),
+)
+OPTION = {o.key: o for o in OPTIONS}
+KERNEL_KEYS = tuple(o.key for o in OPTIONS if o.kernel)
+# Read by the live system's own scripts, not by the agent; known so they are not typos.
+LIVE_KEYS = ("smoke", "smoke_done", "tui")
+ALL_KEYS = KERNEL_KEYS
+
+
 @dataclass
 class CaptureConfig:
-    server: str | None = None          # ssh://user@host[:port]/path, file:///path, nfs://host/export/path
-    identity: str | None = None        # private key: a path, or an https:// URL fetched at start
-    hostkey: str | None = None         # SHA256:... pin of the conversion server's host key
+    """One capture's configuration, whichever front end filled it (fields: OPTIONS)."""
+    server: str | None = None
+    identity: str | None = None
+    hostkey: str | None = None
     known_hosts: str | None = None
     disks: list[str] | None = None     # None: every disk discovery offers
     exclude: list[str] = field(default_factory=list)
-    mode: str = "nonzero"
+    mode: Mode = Mode.NONZERO
     compress: str = "zstd:1"
-    format: str = "qcow2"
+    format: ImageFormat = ImageFormat.QCOW2
     capture_id: str | None = None
-    iscsi: str = "auto"
-    iscsi_ip: str = "original"         # original | dhcp | ADDRESS/PREFIX
-    ip: str | None = None              # network of the live system: dhcp | [IFACE:]ADDRESS/PREFIX[,gw=..][,dns=..]
-    on_done: str = "poweroff"
-    pre: str | None = None             # hooks: a path on the live medium, or an http(s) URL
+    iscsi: IscsiMode = IscsiMode.AUTO
+    iscsi_ip: str = "original"
+    ip: str | None = None
+    on_done: OnDone = OnDone.POWEROFF
+    pre: str | None = None
     post: str | None = None
     fail: str | None = None
     estimate_only: bool = False
-    calibrate: float = 3.0             # seconds of calibration probe before the estimate; 0: skip
-    progress: float = 10.0             # seconds between headless progress lines
-    timeout: float = 20.0              # connect timeout, seconds
+    calibrate: float = 3.0
+    progress: float = 10.0
+    timeout: float = 20.0
     debug: bool = False
+    chunk_size: int = 4 << 20
+    block_size: int = 64 << 10
+    workers: int = 2
+    password_env: str | None = None
 
     def check(self) -> "CaptureConfig":
         """Cross-key checks, once every key is in."""
@@ -60,8 +297,6 @@ class CaptureConfig:
             raise UsageError(f"{PREFIX}server= is missing: say where the images go, "
                              f"e.g. {PREFIX}server=ssh://coldclone@10.0.0.5/srv/coldclone")
         if self.server:
-            from .transport.url import parse_target
-
             url = parse_target(self.server)
             if url.scheme == "ssh" and not self.identity:
                 raise UsageError(f"{PREFIX}server={self.server} needs a key: give {PREFIX}identity= "
@@ -72,144 +307,44 @@ class CaptureConfig:
         return self
 
 
-def _word_list(key: str, value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",")]
-    if not value or any(not v for v in items):
-        raise UsageError(f"{PREFIX}{key}={value!r}: write a comma-separated list such as sda,sdb")
-    for v in items:
-        if not re.fullmatch(r"[A-Za-z0-9_./:!-]+", v):
-            raise UsageError(f"{PREFIX}{key}: {v!r} is not a disk name (e.g. sda, md127, cciss/c0d0, /dev/sdb)")
-    return items
+def markdown_table() -> str:
+    """The kernel command line keys as docs/cli.md shows them (a test keeps the two equal)."""
+    rows = ["| key | value | default |", "|---|---|---|"]
+    rows += [f"| `{o.key}` | {o.value} | {o.default} |" for o in OPTIONS if o.kernel]
+    return "\n".join(rows)
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        hint = difflib.get_close_matches(value, choices, n=1)
-        more = f" (did you mean {hint[0]}?)" if hint else ""
-        raise UsageError(f"{PREFIX}{key}={value!r} is not valid{more}: use {' or '.join(choices)}")
-    return value
+def add_flags(parser: argparse.ArgumentParser, keys: tuple[str, ...], *, required: tuple[str, ...] = ()) -> None:
+    """Declare the CLI flags of these options on an argparse parser, from OPTIONS: the same
+    parser, default and help as the kernel key. Flags stay unset (None) unless typed, so
+    config_from_args keeps the declaration's default."""
+    for key in keys:
+        o = OPTION[key]
+        if o.parse is None:
+            parser.add_argument(o.flag, dest=key, action="store_true", default=None, help=o.help or o.value)
+            continue
+
+        def typed(value: str, o=o):
+            try:
+                return o.parse(o.flag, value)
+            except UsageError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+
+        typed.__name__ = key    # argparse names the type in its message
+        parser.add_argument(o.flag, dest=key, type=typed, default=None, metavar=o.metavar,
+                            required=key in required, help=(o.help or o.value).replace("%", "%%"))
 
 
-def _seconds(key: str, value: str, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise UsageError(f"{PREFIX}{key}={value!r}: write a number of seconds ({lo:g}-{hi:g})") from None
-    if not lo <= v <= hi:
-        raise UsageError(f"{PREFIX}{key}={value!r}: must be between {lo:g} and {hi:g} seconds")
-    return v
-
-
-def _flag(key: str, value: str | None) -> bool:
-    if value is None or value.lower() in ("1", "yes", "true", "on"):
-        return True
-    if value.lower() in ("0", "no", "false", "off"):
-        return False
-    raise UsageError(f"{PREFIX}{key}={value!r}: write {PREFIX}{key} alone, or =1 / =0")
-
-
-def _server(value: str) -> str:
-    from .transport.url import parse_target
-
-    parse_target(value)  # raises a UsageError naming what is wrong with it
-    return value
-
-
-def _mode(value: str) -> str:
-    if value == "used":
-        raise UsageError(f"{PREFIX}mode=used (filesystem used blocks only) is not available in "
-                         f"this version; use mode=nonzero (skips all-zero blocks, the default) or mode=full")
-    return _choice("mode", value, MODES)
-
-
-def _hostkey(value: str) -> str:
-    from .transport.ssh import normalize_pin
-
-    pin = normalize_pin(value)
-    if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", pin):
-        raise UsageError(f"{PREFIX}hostkey={value!r} is not a SHA256 fingerprint: copy it from "
-                         f"`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the conversion "
-                         f"server (SHA256: and 43 characters)")
-    return pin
-
-
-def _compress(value: str) -> str:
-    from .capture.stream import parse_compress
-
-    parse_compress(value)
-    return value
-
-
-def _iscsi_ip(value: str) -> str:
-    if value in ("original", "dhcp"):
-        return value
-    try:
-        if "/" in value and ipaddress.IPv4Interface(value).network.prefixlen < 32:
-            return value
-    except ValueError:
-        pass
-    raise UsageError(f"{PREFIX}iscsi_ip={value!r}: use original (the source server's own address), "
-                     f"dhcp, or ADDRESS/PREFIX such as 192.168.10.21/24")
-
-
-def _ip(value: str) -> str:
-    # checked now, with every other key, not after the pre hook has run
-    parse_ip_spec(value, what=f"{PREFIX}ip=")
-    return value
-
-
-def _hook(key: str, value: str) -> str:
-    if value.startswith(("/", "http://", "https://")):
-        return value
-    raise UsageError(f"{PREFIX}{key}={value!r}: a hook is an absolute path on the live system "
-                     f"(e.g. /run/live/medium/hooks/{key}.sh) or an http(s):// URL")
-
-
-def _identity(value: str) -> str:
-    if value.startswith("https://") or value.startswith("/"):
-        return value
-    if value.startswith("http://"):
-        raise UsageError(f"{PREFIX}identity={value!r}: a private key is only fetched over https://, "
-                         f"never plain http (anyone on the wire could copy it)")
-    raise UsageError(f"{PREFIX}identity={value!r}: give an absolute path on the live medium "
-                     f"(e.g. /run/live/medium/coldclone/id_ed25519) or an https:// URL")
-
-
-def _capture_id(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value) or ".." in value:
-        raise UsageError(f"{PREFIX}capture_id={value!r}: letters, digits, '.', '_' and '-' only "
-                         f"(at most 128, starting with a letter or digit)")
-    return value
-
-
-# key -> the parser of its value (raises UsageError). Keys without a value are in _FLAGS.
-_KEYS = {
-    "server": _server,
-    "identity": _identity,
-    "hostkey": _hostkey,
-    "known_hosts": lambda v: v,
-    "disks": lambda v: None if v == "all" else _word_list("disks", v),
-    "exclude": lambda v: _word_list("exclude", v),
-    "mode": _mode,
-    "compress": _compress,
-    "format": lambda v: _choice("format", v, FORMATS),
-    "capture_id": _capture_id,
-    "iscsi": lambda v: _choice("iscsi", v, ISCSI),
-    "iscsi_ip": _iscsi_ip,
-    "ip": _ip,
-    "on_done": lambda v: _choice("on_done", v, ON_DONE),
-    "pre": lambda v: _hook("pre", v),
-    "post": lambda v: _hook("post", v),
-    "fail": lambda v: _hook("fail", v),
-    "calibrate": lambda v: _seconds("calibrate", v, 0, 120),
-    "progress": lambda v: _seconds("progress", v, 1, 3600),
-    "timeout": lambda v: _seconds("timeout", v, 1, 600),
-}
-_FLAGS = ("estimate_only", "debug")
-# Read by the live system's own scripts, not by the agent; known so they are not typos.
-LIVE_KEYS = ("smoke", "smoke_done", "tui")
-
-ALL_KEYS = tuple(_KEYS) + _FLAGS
+def config_from_args(args: argparse.Namespace, **extra) -> CaptureConfig:
+    """A CaptureConfig from the flags add_flags declared (and extra fields a front end sets)."""
+    cfg = CaptureConfig()
+    for o in OPTIONS:
+        v = getattr(args, o.key, None)
+        if v is not None:
+            setattr(cfg, o.key, v)
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    return cfg
 
 
 def _unknown(key: str) -> UsageError:
@@ -252,14 +387,16 @@ def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
         try:
             if key in LIVE_KEYS:
                 continue
-            if key in _FLAGS:
-                setattr(cfg, key, _flag(key, value))
-            elif key in _KEYS:
-                if value is None or value == "":
-                    raise UsageError(f"{PREFIX}{key} needs a value: write {PREFIX}{key}=...")
-                setattr(cfg, key, _KEYS[key](value))
-            else:
+            o = OPTION.get(key)
+            if o is None or not o.kernel:
                 raise _unknown(key)
+            name = f"{PREFIX}{key}"
+            if o.parse is None:
+                setattr(cfg, key, _flag(name, value))
+            else:
+                if value is None or value == "":
+                    raise UsageError(f"{name} needs a value: write {name}=...")
+                setattr(cfg, key, o.parse(name, value))
         except UsageError as e:
             msg = str(e)
             # Messages from shared parsers (target URL, host key pin) do not know the key.
@@ -293,10 +430,10 @@ def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
 def describe(cfg: CaptureConfig) -> list[str]:
     """The configuration as the operator should see it: URLs (server, identity, hooks) lose
     their passwords and tokens."""
-    from .transport.url import redact
-
     lines = []
     for f in fields(cfg):
+        if not OPTION[f.name].kernel:
+            continue
         v = getattr(cfg, f.name)
         if v in (None, [], False) and f.name not in ("disks",):
             continue
@@ -308,3 +445,7 @@ def describe(cfg: CaptureConfig) -> list[str]:
             v = redact(v)
         lines.append(f"{f.name}={v}")
     return lines
+
+
+if __name__ == "__main__":     # python -m agent.config --markdown: the table for docs/cli.md
+    print(markdown_table())

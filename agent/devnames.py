@@ -19,3 +19,19 @@ def kernel_name(path: str) -> str:
     if real.startswith("/dev/"):
         return real[len("/dev/"):].replace("/", "!")
     return os.path.basename(real)
+
+
+def partitions_of(path: str) -> list[str]:
+    """/dev paths of the partitions the kernel knows for a whole-disk device."""
+    sysdir = f"/sys/class/block/{kernel_name(path)}"
+    out = []
+    try:
+        entries = sorted(os.listdir(sysdir))
+    except OSError:
+        return out
+    for entry in entries:
+        if os.path.exists(os.path.join(sysdir, entry, "partition")):
+            dev = dev_path(entry)
+            if os.path.exists(dev):
+                out.append(dev)
+    return out

@@ -1,9 +1,9 @@
-"""The live system's own network: DHCP or a static address on a chosen NIC.
-
-Operators often stand on a server segment without DHCP, so both the TUI's
-network screen and the headless runner (coldclone.ip=) come here:
-``apply(parse_ip_spec(text))``. The source server's disks are not touched;
-only the running live system's interfaces, routes and /etc/resolv.conf.
+"""The live system's own network, one service with undo: DHCP or a static address on a
+chosen NIC (coldclone.ip=, the TUI's network screen: ``apply(parse_ip_spec(text))``), and
+the source server's own address borrowed for iSCSI (``borrow_address``). Each returns a
+NetworkChange that says what was done and can take it back (the borrowed address must leave
+the NIC when the capture ends: the original server may be powered on again). The source
+server's disks are not touched; only the live system's interfaces, routes, resolv.conf.
 
 Spec grammar (docs/cli.md, coldclone.ip=):
     dhcp | IFACE:dhcp | [IFACE:]ADDRESS/PREFIX[,gw=GATEWAY][,dns=SERVER]...
@@ -11,6 +11,7 @@ Spec grammar (docs/cli.md, coldclone.ip=):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -53,6 +54,14 @@ class NicState:
     operstate: str | None
     carrier: bool | None
     addresses: list[str] = field(default_factory=list)   # "10.0.2.15/24"
+
+    @property
+    def up(self) -> bool:
+        return self.operstate == "up" or bool(self.carrier)
+
+    @property
+    def ipv4(self) -> list[str]:
+        return [a for a in self.addresses if ":" not in a]
 
     @property
     def label(self) -> str:
@@ -132,7 +141,7 @@ def _int(text: str | None) -> int | None:
     return v if v and v > 0 else None
 
 
-def _addresses() -> dict[str, list[str]]:
+def addresses_by_iface() -> dict[str, list[str]]:
     """Current addresses per interface (`ip -o addr show`)."""
     res = run(["ip", "-o", "addr", "show"], check=False, quiet=True)
     out: dict[str, list[str]] = {}
@@ -145,7 +154,7 @@ def _addresses() -> dict[str, list[str]]:
 
 def list_nics(inventory=None, sys_net: str = SYS_NET, with_addresses: bool = True) -> list[NicState]:
     """The physical NICs: from discovery's Nic records when given, else /sys/class/net."""
-    addrs = _addresses() if with_addresses else {}
+    addrs = addresses_by_iface() if with_addresses else {}
     out = []
     if inventory is not None and getattr(inventory, "nics", None):
         for n in inventory.nics:
@@ -185,38 +194,134 @@ def choose_iface(spec: IpSpec, nics: list[NicState]) -> str:
                      "(check `ip link` in the shell)")
 
 
-def apply(spec: IpSpec, *, nics: list[NicState] | None = None, resolv_conf: str = RESOLV_CONF) -> list[str]:
-    """Configure the live system's network; return what was done, one line each."""
+@dataclass
+class NetworkChange:
+    """What one network step did to the live system, and how to take it back."""
+    iface: str
+    lines: list[str] = field(default_factory=list)          # what was done, one line each
+    local: str | None = None                                 # the address we now speak from
+    added: list[str] = field(default_factory=list)          # addresses we added
+    removed: list[str] = field(default_factory=list)        # addresses we flushed
+    routes: list[str] = field(default_factory=list)         # routes we added ("DEST via GW")
+    old_default: str | None = None                          # the default route we replaced
+    resolv: tuple[str, str | None] | None = None            # (path, previous text)
+    leased: bool = False                                     # dhclient holds a lease
+
+    def undo(self) -> None:
+        """Take back what this change did (safe to call twice)."""
+        for r in self.routes:
+            run(["ip", "route", "del", *r.split()], check=False, quiet=True, timeout=20)
+        if self.old_default is not None:
+            run(["ip", "route", "replace", *self.old_default.split()], check=False, quiet=True, timeout=20)
+        for a in self.added:
+            run(["ip", "addr", "del", a, "dev", self.iface], check=False, quiet=True, timeout=20)
+        for a in self.removed:
+            run(["ip", "addr", "add", a, "dev", self.iface], check=False, quiet=True, timeout=20)
+        if self.leased:
+            run(["dhclient", "-r", self.iface], check=False, quiet=True, timeout=DHCP_TIMEOUT + 15)
+        if self.resolv is not None:
+            path, text = self.resolv
+            if text is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            else:
+                _replace_file(path, text)
+        self.routes, self.added, self.removed, self.old_default = [], [], [], None
+        self.leased, self.resolv = False, None
+
+
+def _default_route(iface: str) -> str | None:
+    out = run(["ip", "route", "show", "default"], check=False, quiet=True).stdout.strip()
+    return out.splitlines()[0] if out else None
+
+
+def lease(iface: str, change: NetworkChange) -> None:
+    """DHCP on iface, the one way (the same dhclient flags for coldclone.ip=dhcp and iSCSI).
+    Release first so a stale lease from boot does not hide a failed renewal."""
+    run(["dhclient", "-r", iface], check=False, quiet=True)
+    run(["dhclient", "-1", "-v", iface], timeout=DHCP_TIMEOUT + 15,
+        hint=f"no DHCP server answered on {iface}: give a static address instead "
+             f"(e.g. {iface}:192.168.10.21/24,gw=192.168.10.1)")
+    change.leased = True
+    got = addresses_by_iface().get(iface, [])
+    change.local = next((a.split("/")[0] for a in got if ":" not in a), None)
+    change.lines.append(f"{iface}: DHCP lease {', '.join(got) or '(no address?)'}")
+
+
+def apply(spec: IpSpec, *, nics: list[NicState] | None = None, resolv_conf: str = RESOLV_CONF) -> NetworkChange:
+    """Configure the live system's network; the change says what was done (`lines`)."""
     nics = list_nics() if nics is None else nics
     iface = choose_iface(spec, nics)
-    done = []
+    change = NetworkChange(iface)
     run(["ip", "link", "set", "dev", iface, "up"])
-    done.append(f"{iface}: link up")
+    change.lines.append(f"{iface}: link up")
     if spec.dhcp:
-        # Release first so a stale lease from boot does not hide a failed renewal.
-        run(["dhclient", "-r", iface], check=False, quiet=True)
-        run(["dhclient", "-1", "-v", iface], timeout=DHCP_TIMEOUT + 15,
-            hint=f"no DHCP server answered on {iface}: give a static address instead "
-                 f"(e.g. {iface}:192.168.10.21/24,gw=192.168.10.1)")
-        got = _addresses().get(iface, [])
-        done.append(f"{iface}: DHCP lease {', '.join(got) or '(no address?)'}")
-        return done
+        lease(iface, change)
+        return change
+    change.removed = [a for a in addresses_by_iface().get(iface, []) if a != spec.address]
     run(["ip", "addr", "flush", "dev", iface, "scope", "global"])
     run(["ip", "addr", "add", spec.address, "dev", iface])
-    done.append(f"{iface}: address {spec.address}")
+    change.added.append(spec.address)
+    change.local = spec.address.split("/")[0]
+    change.lines.append(f"{iface}: address {spec.address}")
     if spec.gateway:
+        change.old_default = _default_route(iface) or None
         run(["ip", "route", "replace", "default", "via", spec.gateway, "dev", iface])
-        done.append(f"default route via {spec.gateway}")
+        change.lines.append(f"default route via {spec.gateway}")
     if spec.dns:
+        try:
+            with open(resolv_conf) as f:
+                previous: str | None = f.read()
+        except OSError:
+            previous = None
+        change.resolv = (resolv_conf, previous)
         write_resolv_conf(spec.dns, resolv_conf)
-        done.append(f"DNS {', '.join(spec.dns)} ({resolv_conf})")
-    return done
+        change.lines.append(f"DNS {', '.join(spec.dns)} ({resolv_conf})")
+    return change
 
 
-def write_resolv_conf(servers: list[str], path: str = RESOLV_CONF) -> None:
-    text = "# written by coldclone (network setup)\n" + "".join(f"nameserver {s}\n" for s in servers)
+def choose_by_mac(nics: list[NicState], want_mac: str | None) -> NicState | None:
+    """The NIC with this MAC (the same server the source OS ran on), else the first one up."""
+    if want_mac:
+        for n in nics:
+            if (n.mac or "").lower() == want_mac.lower():
+                return n
+    return next((n for n in nics if n.up), nics[0] if nics else None)
+
+
+def borrow_address(nic: NicState, cidr: str, *, gateway: str | None = None,
+                   reach: list[str] = ()) -> NetworkChange:
+    """Add an address next to what the NIC has (the conversion server stays reachable),
+    with host routes via `gateway` to the hosts in `reach` outside its network; undo()
+    removes exactly what was added."""
+    iface = ipaddress.IPv4Interface(cidr)
+    change = NetworkChange(nic.name, local=str(iface.ip))
+    run(["ip", "link", "set", "dev", nic.name, "up"], timeout=20)
+    if str(iface) not in nic.addresses:
+        run(["ip", "addr", "add", str(iface), "dev", nic.name], timeout=20,
+            hint=f"could not add {iface} to {nic.name}")
+        change.added.append(str(iface))
+    change.lines.append(f"{nic.name}: address {iface} added")
+    for host in reach:
+        try:
+            outside = gateway and ipaddress.IPv4Address(host) not in iface.network
+        except ValueError:
+            continue
+        if outside:
+            route = f"{host}/32 via {gateway} dev {nic.name}"
+            if run(["ip", "route", "replace", *route.split()], check=False, timeout=20).returncode == 0:
+                change.routes.append(route)
+                change.lines.append(f"route to {host} via {gateway}")
+    return change
+
+
+def _replace_file(path: str, text: str) -> None:
     # resolv.conf may be a symlink into /run (systemd-resolved); replace the link, not its target.
     tmp = path + ".coldclone"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def write_resolv_conf(servers: list[str], path: str = RESOLV_CONF) -> None:
+    _replace_file(path, "# written by coldclone (network setup)\n" + "".join(f"nameserver {s}\n" for s in servers))

@@ -20,7 +20,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from .. import devnames
+from ..devnames import partitions_of
 from ..errors import SourceError
 
 log = logging.getLogger("coldclone.guard")
@@ -45,22 +45,6 @@ def set_ro(path: str, ro: bool) -> None:
         fcntl.ioctl(fd, BLKROSET, struct.pack("i", 1 if ro else 0))
     finally:
         os.close(fd)
-
-
-def partitions_of(path: str) -> list[str]:
-    """/dev paths of the partitions the kernel knows for a whole-disk device."""
-    sysdir = f"/sys/class/block/{devnames.kernel_name(path)}"
-    out = []
-    try:
-        entries = sorted(os.listdir(sysdir))
-    except OSError:
-        return out
-    for entry in entries:
-        if os.path.exists(os.path.join(sysdir, entry, "partition")):
-            dev = devnames.dev_path(entry)
-            if os.path.exists(dev):
-                out.append(dev)
-    return out
 
 
 @dataclass

@@ -31,8 +31,7 @@ from typing import Callable
 
 from ..errors import ColdcloneError, UsageError
 from . import links as L
-from .rate import human_bytes as hb
-from .rate import human_seconds as hs
+from ..units import human_bytes as hb, human_minutes, human_seconds as hs
 from .sample import ContentSample, measure_read_rate, sample_content
 
 log = logging.getLogger("coldclone.estimate")
@@ -136,7 +135,7 @@ class CaptureEstimate:
             how = "measured" if self.calibrated and self.link_rate else "assumed"
             rate = f", {how} ~{self.link_rate / MB:.0f} MB/s" if self.link_rate else ""
             out.append(f"  link: {self.link.label}{rate} ({self.link_rate_source})")
-        out.append(f"downtime: ~{hs(self.total_seconds)} ({_minutes(self.total_seconds)}), "
+        out.append(f"downtime: ~{hs(self.total_seconds)} ({human_minutes(self.total_seconds)}), "
                    f"{self.bottleneck}; done around {self.finish_time[11:16]}")
         if not self.calibrated:
             out.append("  (not calibrated: rates from the table in docs/estimate.md)")
@@ -159,14 +158,6 @@ class CaptureEstimate:
             "calibration": self.calibration, "workers": self.workers, "made_at": self.made_at,
             "alternatives": [a.to_dict() for a in self.alternatives], "notes": list(self.notes),
         }
-
-
-def _minutes(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 STAGE_TEXT = {"read": "reading the source", "cpu": "hashing and compression (CPU)",

@@ -1,21 +1,35 @@
-"""Live throughput and ETA: an exponentially smoothed rate over time, not over samples,
-so the figure means the same whether progress comes every 10 ms or every 10 s."""
+"""The one rate smoother: an exponentially smoothed rate over time, not over samples, so the
+figure means the same whether progress comes every 10 ms or every 10 s.
+
+With `share` the half-life grows with the time elapsed (a share of it, between `half_life`
+and `max_half_life`): quick at first, steady later, which is what an ETA needs. Without it
+the half-life is fixed, which is what a live "MB/s" display needs.
+"""
 
 from __future__ import annotations
 
-import math
-
 
 class RateMeter:
-    def __init__(self, half_life: float = 10.0):
-        self.half_life = half_life
+    def __init__(self, half_life: float = 10.0, *, share: float = 0.0, max_half_life: float | None = None):
+        self.half_life, self.share, self.max_half_life = half_life, share, max_half_life
         self.rate: float | None = None
+        self._t0: float | None = None
         self._last_t: float | None = None
-        self._last_v = 0
+        self._last_v = 0.0
 
-    def update(self, t: float, value: int) -> float | None:
+    @classmethod
+    def adaptive(cls, share: float = 0.25, lo: float = 3.0, hi: float = 120.0) -> "RateMeter":
+        """The ETA's smoother: half-life a quarter of the elapsed time, 3 s to 2 min."""
+        return cls(lo, share=share, max_half_life=hi)
+
+    def _hl(self, t: float) -> float:
+        hl = max(self.half_life, self.share * (t - self._t0))
+        return min(hl, self.max_half_life) if self.max_half_life else hl
+
+    def update(self, t: float, value: float) -> float | None:
         if self._last_t is None:
-            self._last_t, self._last_v = t, value
+            self._t0 = self._last_t = t
+            self._last_v = value
             return self.rate
         dt = t - self._last_t
         if dt <= 0:
@@ -24,29 +38,12 @@ class RateMeter:
         if self.rate is None:
             self.rate = inst
         else:
-            a = 1 - math.pow(0.5, dt / self.half_life)
+            a = 1 - 0.5 ** (dt / self._hl(t))
             self.rate += a * (inst - self.rate)
         self._last_t, self._last_v = t, value
         return self.rate
 
-    def eta(self, remaining: int) -> float | None:
+    def eta(self, remaining: float) -> float | None:
         if not self.rate or self.rate <= 0:
             return None
         return remaining / self.rate
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_seconds(s: float | None) -> str:
-    if s is None or s != s:
-        return "--:--"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"

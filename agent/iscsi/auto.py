@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from .. import netsetup
 from ..errors import CommandError
 from ..runcmd import run
 from . import errors as E
@@ -124,7 +125,7 @@ class IscsiAttachment:
     identity: SourceIscsiConfig
     targets: list[IscsiTarget] = field(default_factory=list)    # logged in
     luns: list[dict] = field(default_factory=list)  # {path, name, iqn, portal, lun}
-    net: initiator.NetSetup | None = None
+    net: netsetup.NetworkChange | None = None    # the borrowed address, taken back at logout
     portals: list[str] = field(default_factory=list)   # discovery records we created
     logged_out: bool = False
 

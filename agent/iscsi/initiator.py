@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import glob
 import ipaddress
-import json
 import logging
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 
+
+from .. import netsetup
 from ..discover.udevdb import read_attr
 from ..errors import CommandError, UsageError
 from ..runcmd import Result, run
@@ -85,80 +85,31 @@ def restart_iscsid() -> None:
 
 # --- network --------------------------------------------------------------------
 
-@dataclass
-class LiveNic:
-    name: str
-    mac: str | None
-    up: bool
-    addresses: list[str] = field(default_factory=list)   # ADDRESS/PREFIX (IPv4)
-
-
-def live_nics() -> list[LiveNic]:
-    links = json.loads(run(["ip", "-j", "addr", "show"], timeout=20, quiet=True).stdout or "[]")
-    out = []
-    for ln in links:
-        if ln.get("link_type") != "ether":
-            continue
-        addrs = [f"{a['local']}/{a['prefixlen']}" for a in ln.get("addr_info", [])
-                 if a.get("family") == "inet"]
-        out.append(LiveNic(name=ln["ifname"], mac=(ln.get("address") or "").lower() or None,
-                           up="UP" in (ln.get("flags") or []), addresses=addrs))
-    return out
-
-
-def choose_nic(nics: list[LiveNic], want_mac: str | None) -> LiveNic | None:
-    """The NIC with the source's MAC (the same server), else the first one that is up."""
-    if want_mac:
-        for n in nics:
-            if n.mac == want_mac.lower():
-                return n
-    for n in nics:
-        if n.up:
-            return n
-    return nics[0] if nics else None
-
-
-@dataclass
-class NetSetup:
-    nic: str | None = None
-    added: list[str] = field(default_factory=list)         # addresses we added (removed at logout)
-    routes: list[str] = field(default_factory=list)        # routes we added
-    local: str | None = None                                # the address we speak from
-
-    def undo(self) -> None:
-        for r in self.routes:
-            run(["ip", "route", "del", r], check=False, timeout=20)
-        for a in self.added:
-            run(["ip", "addr", "del", a, "dev", self.nic], check=False, timeout=20)
-        self.routes, self.added = [], []
-
-
 def setup_network(mode: str, original: NetInterface | None, portals: list[str],
-                  say=print) -> NetSetup:
-    """Give the live system an address from which the array accepts us.
+                  say=print) -> netsetup.NetworkChange:
+    """Give the live system an address from which the array accepts us, through the one
+    live-network service (agent/netsetup.py); the change's undo() runs at logout.
 
     mode: original (the source's own address, added to the NIC with its MAC),
     dhcp (use / obtain a DHCP lease) or ADDRESS/PREFIX.
     """
-    nics = live_nics()
-    nic = choose_nic(nics, original.mac if original else None)
+    nic = netsetup.choose_by_mac(netsetup.list_nics(), original.mac if original else None)
     if nic is None:
         raise E.unreachable_error(None, ", ".join(portals) or "?",
                                   detail="the live system has no Ethernet interface")
-    setup = NetSetup(nic=nic.name)
     if mode == "original" and (original is None or not original.address):
         say("iSCSI: the source configuration has no static address for the storage "
             "network; using DHCP (set coldclone.iscsi_ip=ADDRESS/PREFIX to choose one)")
         mode = "dhcp"
     if mode == "dhcp":
+        change = netsetup.NetworkChange(nic.name)
         run(["ip", "link", "set", "dev", nic.name, "up"], check=False, timeout=20)
-        if not nic.addresses:
+        if nic.ipv4:
+            change.local = nic.ipv4[0].split("/")[0]
+        else:
             say(f"iSCSI: asking DHCP for an address on {nic.name}")
-            run(["dhclient", "-1", nic.name], timeout=90,
-                hint=f"no DHCP answer on {nic.name}: give coldclone.iscsi_ip=ADDRESS/PREFIX")
-            nic = next((n for n in live_nics() if n.name == nic.name), nic)
-        setup.local = nic.addresses[0].split("/")[0] if nic.addresses else None
-        return setup
+            netsetup.lease(nic.name, change)
+        return change
     cidr = original.cidr if mode == "original" else mode
     try:
         iface = ipaddress.IPv4Interface(cidr)
@@ -171,27 +122,11 @@ def setup_network(mode: str, original: NetInterface | None, portals: list[str],
         say("WARNING: the original server must be OFF (it is, if this live CD runs on it); "
             "if it runs elsewhere, the address conflict will disrupt its storage sessions.")
         say("!" * 72)
-    run(["ip", "link", "set", "dev", nic.name, "up"], timeout=20)
-    if str(iface) not in nic.addresses:
-        # Added next to whatever the NIC has: the conversion server stays reachable.
-        run(["ip", "addr", "add", str(iface), "dev", nic.name], timeout=20,
-            hint=f"could not add {iface} to {nic.name}")
-        setup.added.append(str(iface))
-    setup.local = str(iface.ip)
-    gw = original.gateway if (mode == "original" and original) else None
-    for p in portals:
-        host = split_portal(p)[0]
-        try:
-            if gw and ipaddress.IPv4Address(host) not in iface.network:
-                route = f"{host}/32"
-                r = run(["ip", "route", "replace", route, "via", gw, "dev", nic.name],
-                        check=False, timeout=20)
-                if r.returncode == 0:
-                    setup.routes.append(route)
-        except ValueError:
-            continue
+    change = netsetup.borrow_address(nic, str(iface),
+                                     gateway=original.gateway if (mode == "original" and original) else None,
+                                     reach=[split_portal(p)[0] for p in portals])
     say(f"iSCSI: {nic.name} has {iface} (mode {mode})")
-    return setup
+    return change
 
 
 # --- iscsiadm -------------------------------------------------------------------

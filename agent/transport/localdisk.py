@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import CommandError, UsageError
-from ..capture.guard import partitions_of
+from ..devnames import partitions_of
 from ..discover.probe import Probes
 from ..runcmd import run
 from .mountpoint import make_mountpoint, mounted_at, unmount
@@ -43,7 +43,7 @@ class TargetDisk:
     usable: str | None = None      # a device holding a filesystem we can write to, if any
 
     def describe(self) -> str:
-        from ..estimate.rate import human_bytes
+        from ..units import human_bytes
 
         fs = ", ".join(f"{d} {t}{' ' + repr(lbl) if lbl else ''}" for d, t, lbl in self.filesystems) or "no filesystem"
         return f"{self.dev_path}: {human_bytes(self.size)} {self.model} via {self.link or 'unknown link'} ({fs})"

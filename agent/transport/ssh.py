@@ -120,6 +120,92 @@ def load_identity(path: str, passphrase: str | None = None) -> paramiko.PKey:
         raise ConnectionError_(f"cannot load identity key {path}: {e} (ed25519, ECDSA and RSA keys in OpenSSH format work)") from None
 
 
+def _open_socket(url: TargetURL, timeout: float) -> socket.socket:
+    try:
+        sock = socket.create_connection((url.host, url.port), timeout=timeout)
+    except socket.gaierror as e:
+        raise ConnectionError_(f"cannot resolve {url.host}: {e.strerror}; check the host name or use an IP address") from None
+    except socket.timeout:
+        raise ConnectionError_(
+            f"no answer from {url.host}:{url.port} within {timeout:.0f} s; check the network "
+            f"(address, cable, VLAN, firewall)"
+        ) from None
+    except OSError as e:
+        raise ConnectionError_(
+            f"cannot connect to {url.host}:{url.port}: {e.strerror}; is sshd running there and is the port right?"
+        ) from None
+    sock.settimeout(None)
+    return sock
+
+
+def _start_client(url: TargetURL, timeout: float) -> paramiko.Transport:
+    t = paramiko.Transport(_open_socket(url, timeout))
+    opts = t.get_security_options()
+    opts.ciphers = tuple(c for c in CIPHERS if c in opts.ciphers) or opts.ciphers
+    try:
+        t.banner_timeout = timeout
+        t.start_client(timeout=timeout)
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        t.close()
+        raise ConnectionError_(f"SSH handshake with {url.host}:{url.port} failed: {e}; "
+                               f"is this the conversion server's sshd?") from None
+    return t
+
+
+def server_host_key(url: TargetURL, timeout: float = 10.0) -> tuple[str, str]:
+    """(key type, SHA256 fingerprint) of the server's host key, trusting and sending nothing:
+    what an operator compares with the server's `ssh-keygen -lf` before confirming it."""
+    t = _start_client(url, timeout)
+    try:
+        key = t.get_remote_server_key()
+        return key.get_name(), fingerprint(key)
+    finally:
+        t.close()
+
+
+def handshake(url: TargetURL, *, identity: str | None = None, hostkey: str | None = None,
+              known_hosts: str | None = None, password: str | None = None,
+              timeout: float = 20.0) -> tuple[paramiko.Transport, str]:
+    """The one SSH handshake: connect, verify the host key (pin or known_hosts), authenticate.
+    Returns the transport and how the host key was trusted. A capture opens the receiver on
+    it; the TUI's connection test stops there."""
+    t = _start_client(url, timeout)
+    key = t.get_remote_server_key()
+    try:
+        how = verify_host_key(url, key, hostkey, known_hosts)
+    except HostKeyError:
+        t.close()
+        raise
+    log.info("host key of %s:%d trusted by %s", url.host, url.port, how)
+    try:
+        if identity:
+            pkey = load_identity(identity)
+            t.auth_publickey(url.user, pkey)
+        elif password is not None:
+            log.warning(
+                "password authentication to %s: prefer a key installed with a forced command "
+                "(command=\"coldclone-receive --root ...\",restrict), so a lost ISO gives no shell",
+                url.host,
+            )
+            t.auth_password(url.user, password)
+        else:
+            raise ConnectionError_("no credentials: give --identity KEY (or --password-env VAR)")
+    except paramiko.AuthenticationException:
+        t.close()
+        what = f"key {identity}" if identity else "the password"
+        raise ConnectionError_(
+            f"{url.user}@{url.host} refused {what}: put the public key in that user's "
+            f"authorized_keys on the conversion server (with command=\"coldclone-receive --root ...\",restrict)"
+        ) from None
+    except paramiko.SSHException as e:
+        t.close()
+        raise ConnectionError_(f"SSH authentication to {url.host} failed: {e}") from None
+    except BaseException:
+        t.close()
+        raise
+    return t, how
+
+
 class SshConnection(Connection):
     def __init__(
         self,
@@ -133,58 +219,8 @@ class SshConnection(Connection):
     ):
         self.url = url
         self.description = str(url)
-        try:
-            sock = socket.create_connection((url.host, url.port), timeout=timeout)
-        except socket.gaierror as e:
-            raise ConnectionError_(f"cannot resolve {url.host}: {e.strerror}; check the host name or use an IP address") from None
-        except socket.timeout:
-            raise ConnectionError_(
-                f"no answer from {url.host}:{url.port} within {timeout:.0f} s; check the network "
-                f"(address, cable, VLAN, firewall)"
-            ) from None
-        except OSError as e:
-            raise ConnectionError_(
-                f"cannot connect to {url.host}:{url.port}: {e.strerror}; is sshd running there and is the port right?"
-            ) from None
-        sock.settimeout(None)
-        self.transport = t = paramiko.Transport(sock)
-        opts = t.get_security_options()
-        opts.ciphers = tuple(c for c in CIPHERS if c in opts.ciphers) or opts.ciphers
-        try:
-            t.start_client(timeout=timeout)
-        except (paramiko.SSHException, EOFError, OSError) as e:
-            t.close()
-            raise ConnectionError_(f"SSH handshake with {url.host}:{url.port} failed: {e}") from None
-        key = t.get_remote_server_key()
-        try:
-            how = verify_host_key(url, key, hostkey, known_hosts)
-        except HostKeyError:
-            t.close()
-            raise
-        log.info("host key of %s:%d trusted by %s", url.host, url.port, how)
-        try:
-            if identity:
-                pkey = load_identity(identity)
-                t.auth_publickey(url.user, pkey)
-            elif password is not None:
-                log.warning(
-                    "password authentication to %s: prefer a key installed with a forced command "
-                    "(command=\"coldclone-receive --root ...\",restrict), so a lost ISO gives no shell",
-                    url.host,
-                )
-                t.auth_password(url.user, password)
-            else:
-                raise ConnectionError_("no credentials: give --identity KEY (or --password-env VAR)")
-        except paramiko.AuthenticationException:
-            t.close()
-            what = f"key {identity}" if identity else "the password"
-            raise ConnectionError_(
-                f"{url.user}@{url.host} refused {what}: put the public key in that user's "
-                f"authorized_keys on the conversion server (with command=\"coldclone-receive --root ...\",restrict)"
-            ) from None
-        except paramiko.SSHException as e:
-            t.close()
-            raise ConnectionError_(f"SSH authentication to {url.host} failed: {e}") from None
+        self.transport = t = handshake(url, identity=identity, hostkey=hostkey, known_hosts=known_hosts,
+                                       password=password, timeout=timeout)[0]
         try:
             self.chan = t.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET)
             cmd = "coldclone-receive"

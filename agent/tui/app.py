@@ -17,6 +17,14 @@ from textual.app import App
 from textual.binding import Binding
 
 from ..errors import EXIT_CANCELLED, EXIT_OK
+from .screens.confirm import Confirm
+from .screens.done import DoneScreen
+from .screens.estimate import EstimateScreen
+from .screens.inventory import InventoryScreen
+from .screens.iscsi import IscsiScreen
+from .screens.network import NetworkScreen
+from .screens.progress import ProgressScreen
+from .screens.target import TargetScreen
 from .services import Services
 from .state import CapturePlan
 from .widgets.glyphs import ascii_console
@@ -47,15 +55,13 @@ class ColdcloneApp(App):
                  start_capture_worker: bool = True):
         super().__init__()
         self.services = services
-        self.plan = CapturePlan(mode=services.defaults.mode)
+        self.plan = CapturePlan(mode=services.config.mode)
         self.ascii_only = ascii_console() if ascii_only is None else ascii_only
         # Snapshot tests feed recorded events to the Progress screen instead.
         self.start_capture_worker = start_capture_worker
         self.rescan_needed = False
 
     def on_mount(self) -> None:
-        from .screens.inventory import InventoryScreen
-
         if self.ascii_only:
             self._plain_glyphs()   # class-wide: one console, one app per process
         self.push_screen(InventoryScreen())
@@ -91,6 +97,23 @@ class ColdcloneApp(App):
             except Exception as e:
                 log.warning("unmounting the target disk: %s", e)
 
+    # ---- navigation: the app owns the screen flow; a screen says what the operator chose
+    # (screens never import each other).
+    def show_target(self) -> None:
+        self.push_screen(TargetScreen())
+
+    def show_iscsi(self) -> None:
+        self.push_screen(IscsiScreen())
+
+    def show_network(self) -> None:
+        self.push_screen(NetworkScreen())
+
+    def show_estimate(self) -> None:
+        self.push_screen(EstimateScreen())
+
+    def start_capture(self) -> None:
+        self.switch_to_progress(ProgressScreen())
+
     def switch_to_progress(self, screen) -> None:
         # Inventory/Target/Estimate are left behind: there is no way back into a running capture's
         # inputs, only forward to Done (or cancel).
@@ -98,10 +121,16 @@ class ColdcloneApp(App):
             self.pop_screen()
         self.switch_screen(screen)
 
-    def action_request_quit(self) -> None:
-        from .screens.confirm import Confirm
-        from .screens.progress import ProgressScreen
+    def show_done(self, progress) -> None:
+        # A question still open over the Progress screen (cancel?) is moot now: close it first.
+        while self.screen is not progress and len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.switch_screen(DoneScreen())
 
+    def start_again(self) -> None:
+        self.switch_screen(InventoryScreen())
+
+    def action_request_quit(self) -> None:
         if isinstance(self.screen, ProgressScreen) and not self.screen.finished:
             self.screen.action_cancel()
             return
@@ -189,11 +218,11 @@ def _main(argv: list[str] | None) -> int:
         from ..transport.url import parse_target
 
         parse_target(args.to)   # a typo is a usage error now, not a surprise on the Target screen
-        services.defaults.server = args.to
+        services.config.server = args.to
     if args.identity:
-        services.defaults.identity = args.identity
+        services.config.identity = args.identity
     if args.calibrate is not None:
-        services.calibrate_seconds = args.calibrate
+        services.config.calibrate = args.calibrate
     if sys.stdout.isatty():
         _fix_terminal_size()
     app = build_app(services, ascii_only=args.ascii)

@@ -17,13 +17,17 @@ import dataclasses
 import importlib
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ColdcloneError, ConnectionError_, UsageError
+from .. import config
+from ..config import CaptureConfig
+from ..errors import ColdcloneError, UsageError
 from ..inspect.report import ReadinessReport, inspect_inventory  # noqa: F401 (Services.real)
+from ..job import CaptureJob
+from ..transport.ssh import handshake, server_host_key
+from ..transport.url import TargetURL, parse_target
 
 log = logging.getLogger("coldclone.tui")
 
@@ -60,21 +64,6 @@ class TargetChoice:
 Readiness = ReadinessReport
 
 
-@dataclass
-class Defaults:
-    """Prefilled form values (kernel command line / baked into the ISO)."""
-
-    server: str | None = None
-    identity: str | None = None
-    hostkey: str | None = None
-    known_hosts: str | None = None
-    mode: str = "nonzero"
-    ip: str | None = None
-    on_done: str = "poweroff"
-    calibrate: float = 3.0
-    problems: list[str] = field(default_factory=list)
-
-
 def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
     try:
         mod = importlib.import_module(module)
@@ -86,59 +75,22 @@ def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
 
 def probe_hostkey(host: str, port: int = 22, timeout: float = 10.0) -> HostKeyInfo:
     """Fetch the server's host key without trusting or authenticating anything."""
-    import paramiko
-
-    from ..transport.ssh import fingerprint
-
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        raise ConnectionError_(f"cannot reach {host}:{port}: {e.strerror or e}; check the address, "
-                               f"the network setup (n) and that sshd runs there") from None
-    t = paramiko.Transport(sock)
-    try:
-        t.banner_timeout = timeout
-        t.start_client(timeout=timeout)
-        key = t.get_remote_server_key()
-        return HostKeyInfo(host, port, key.get_name(), fingerprint(key))
-    except (paramiko.SSHException, OSError, EOFError) as e:
-        raise ConnectionError_(f"{host}:{port} does not speak SSH ({e}); is this the conversion server?") from None
-    finally:
-        t.close()
+    key_type, fp = server_host_key(TargetURL("ssh", "/", host=host, port=port), timeout)
+    return HostKeyInfo(host, port, key_type, fp)
 
 
 def test_ssh(choice: TargetChoice, timeout: float = 10.0) -> str:
-    """Host key check plus key authentication, without starting a capture on the server."""
-    import paramiko
-
-    from ..transport.ssh import load_identity, verify_host_key
-    from ..transport.url import parse_target
-
+    """Host key check plus key authentication, without starting a capture on the server:
+    the capture's own handshake (transport.ssh.handshake), stopped before the receiver."""
     url = parse_target(choice.url)
     if not choice.identity:
         raise UsageError("give the private key for the conversion server (Key field)")
     if not choice.hostkey and not choice.known_hosts:
         raise UsageError("confirm the server's host key first (t shows it, y confirms)")
-    pkey = load_identity(choice.identity)
-    try:
-        sock = socket.create_connection((url.host, url.port), timeout=timeout)
-    except OSError as e:
-        raise ConnectionError_(f"cannot reach {url.host}:{url.port}: {e.strerror or e}") from None
-    t = paramiko.Transport(sock)
-    try:
-        t.start_client(timeout=timeout)
-        how = verify_host_key(url, t.get_remote_server_key(), choice.hostkey, choice.known_hosts)
-        try:
-            t.auth_publickey(url.user, pkey)
-        except paramiko.AuthenticationException:
-            raise ConnectionError_(f"{url.user}@{url.host} refused the key {choice.identity}: install its "
-                                   f"public key in ~{url.user}/.ssh/authorized_keys on the conversion "
-                                   f"server (with the coldclone-receive forced command)") from None
-        return f"SSH OK: {url.user}@{url.host}:{url.port}, host key trusted by {how}, key accepted"
-    except paramiko.SSHException as e:
-        raise ConnectionError_(f"SSH to {url.host}:{url.port} failed: {e}") from None
-    finally:
-        t.close()
+    t, how = handshake(url, identity=choice.identity, hostkey=choice.hostkey,
+                       known_hosts=choice.known_hosts, timeout=timeout)
+    t.close()
+    return f"SSH OK: {url.user}@{url.host}:{url.port}, host key trusted by {how}, key accepted"
 
 
 def test_local(choice: TargetChoice, open_target) -> str:
@@ -156,7 +108,7 @@ def test_local(choice: TargetChoice, open_target) -> str:
         except OSError as e:
             raise UsageError(f"cannot write in {path}: {e.strerror}") from None
         st = os.statvfs(path)
-        from ..estimate.rate import human_bytes
+        from ..units import human_bytes
 
         return f"writable: {path}, {human_bytes(st.f_bavail * st.f_frsize)} free"
     finally:
@@ -182,14 +134,16 @@ class Services:
     probe_hostkey: Callable[..., HostKeyInfo]
     test_ssh: Callable[[TargetChoice], str]
     open_target: Callable[..., Any]                          # agent.transport.open.open_target
-    run_capture: Callable[..., Any]                          # agent.capture.session.run_capture
+    run_capture: Callable[..., Any]                          # (CaptureConfig, prepared=, notify=, cancel=) -> result
     list_nics: Callable[[Any], list]
     apply_network: Callable[[str], list[str]]
     power: Callable[[str], None]
-    defaults: Defaults = field(default_factory=Defaults)
+    # The one capture configuration (agent/config.py), prefilled from the kernel command line
+    # and the ISO's baked key; the screens change it, the capture job runs it.
+    config: CaptureConfig = field(default_factory=CaptureConfig)
+    config_problems: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
     # Fixed values make snapshots deterministic; None: the real ones.
-    calibrate_seconds: float = 3.0
     capture_id: Callable[[], str] | None = None
     # the live system's own iSCSI identity, for typed targets when the source OS has none
     live_identity: Callable[[], Any] | None = None
@@ -199,9 +153,8 @@ class Services:
 
     # ------------------------------------------------------------- constructors
     @classmethod
-    def _base(cls, discover, readiness, defaults: Defaults, **over) -> "Services":
+    def _base(cls, discover, readiness, **over) -> "Services":
         from .. import netsetup
-        from ..capture.session import run_capture
         from ..transport.open import open_target
 
         missing: dict[str, str] = {}
@@ -220,14 +173,14 @@ class Services:
         attach = attach_with if attach_core is not None else None
 
         def apply_network(text: str) -> list[str]:
-            return netsetup.apply(netsetup.parse_ip_spec(text))
+            return netsetup.apply(netsetup.parse_ip_spec(text)).lines
 
         kw = dict(discover=discover, readiness=readiness, find_identities=find_identities,
                   iscsi_attach=attach, estimate=estimate, local_disks=local_disks,
                   prepare_local_disk=prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
-                  open_target=open_target, run_capture=run_capture,
+                  open_target=open_target, run_capture=run_job,
                   list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
-                  power=power, defaults=defaults, missing=missing, live_identity=live_identity)
+                  power=power, missing=missing, live_identity=live_identity)
         kw.update(over)
         return cls(**kw)
 
@@ -237,18 +190,19 @@ class Services:
         """The running machine. `only`: preselect these disks (the rest stay listed)."""
         from ..discover.populate import discover
 
-        defaults = defaults_from_cmdline(cmdline)
+        cfg, problems = config_from_cmdline(cmdline)
 
         def do_discover():
             return discover(include_loop=include_loop, only=only)
 
-        over.setdefault("calibrate_seconds", defaults.calibrate)
-        return cls._base(do_discover, inspect_inventory, defaults, **over)
+        over.setdefault("config", cfg)
+        over.setdefault("config_problems", problems)
+        return cls._base(do_discover, inspect_inventory, **over)
 
     @classmethod
     def replay(cls, snapshot: str | Path, *, sourceos: str | Path | None = None,
                boot_root: str | Path | None = None, identities: list | None = None,
-               estimate: Any = None, defaults: Defaults | None = None, **over) -> "Services":
+               estimate: Any = None, **over) -> "Services":
         """A recorded machine: udev snapshot, optional source-OS tree, iSCSI identities, estimate."""
         from ..discover import snapshot as snap
         from ..discover.populate import from_snapshot
@@ -272,7 +226,7 @@ class Services:
             over.setdefault("find_identities", lambda inv: list(identities))
         if estimate is not None:
             over.setdefault("estimate", lambda *a, **k: estimate)
-        svc = cls._base(do_discover, readiness, defaults or Defaults(), **over)
+        svc = cls._base(do_discover, readiness, **over)
         if identities is not None:
             svc.missing.pop("iSCSI", None)
         if estimate is not None:
@@ -280,22 +234,21 @@ class Services:
         return svc
 
 
-def defaults_from_cmdline(cmdline: str | None = None) -> Defaults:
-    """Prefill from coldclone.* words (and the key baked into the ISO); never fatal here."""
-    from .. import config
-
-    d = Defaults()
+def config_from_cmdline(cmdline: str | None = None) -> tuple[CaptureConfig, list[str]]:
+    """Prefill from coldclone.* words (and the key baked into the ISO); never fatal here: the
+    problems are shown on the Inventory screen."""
     try:
         text = cmdline if cmdline is not None else config.read_kernel_cmdline()
-    except OSError:
+    except ColdcloneError:
         text = ""
     try:
-        cfg = config.from_cmdline(text)
+        return config.from_cmdline(text), []
     except ColdcloneError as e:
-        d.problems.append(str(e))
         cfg = config.CaptureConfig()
         config.apply_baked(cfg, "/")
-    d.server, d.identity, d.hostkey = cfg.server, cfg.identity, cfg.hostkey
-    d.known_hosts, d.mode, d.ip, d.on_done = cfg.known_hosts, cfg.mode, cfg.ip, cfg.on_done
-    d.calibrate = cfg.calibrate
-    return d
+        return cfg, [str(e)]
+
+
+def run_job(cfg: CaptureConfig, **kw):
+    """The TUI's capture: the one capture job, with the steps its screens did handed in."""
+    return CaptureJob(cfg, **kw).run()

@@ -7,7 +7,7 @@ so every screen describes a disk the same way.
 from __future__ import annotations
 
 from ..discover.render import clip, human_size
-from ..estimate.rate import human_bytes, human_seconds
+from ..units import human_bytes, human_seconds
 
 def controller_label(disk, inv) -> str:
     ctrl = inv.controller(disk.controller)

@@ -173,7 +173,7 @@ def test_loop_as_capture_target_and_as_boot_device(mbr_image):
 def test_cli_json_and_table(mbr_image, capsys):
     import json
 
-    from agent.discover.cli import main
+    from agent.commands.discover import main
 
     with loop(mbr_image, read_only=True) as dev:
         assert main(["--json", "--include-loop"]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.discover import populate
-from agent.discover.cli import main as discover_main
+from agent.commands.discover import main as discover_main
 from agent.inspect.disk import inspect_disk
 from agent.runcmd import run
 from tests.testbed.loop import attached as loop

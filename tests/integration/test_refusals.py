@@ -256,9 +256,23 @@ def test_key_not_authorized(sshd, rx_dir, tmp_path, small_disk):
 def test_nothing_listening(tmp_path, small_disk):
     from tests.testbed.procs import free_port
 
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
+                  "--identity", str(key), "--hostkey", "SHA256:" + "x" * 43)
+    assert r.returncode == 3 and "cannot connect to 127.0.0.1" in r.stderr
+
+
+def test_missing_identity_and_malformed_pin_are_usage_errors(small_disk):
+    """Said before anything connects: the CLI flags are checked by the kernel keys' parsers."""
+    from tests.testbed.procs import free_port
+
+    r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
+                  "--identity", "/nonexistent", "--hostkey", "SHA256:" + "x" * 43)
+    assert r.returncode == 2 and "identity /nonexistent: no such file" in r.stderr, r.stderr
     r = coldclone("capture", "--disk", small_disk, "--to", f"ssh://u@127.0.0.1:{free_port()}/x",
                   "--identity", "/nonexistent", "--hostkey", "SHA256:x")
-    assert r.returncode == 3 and "cannot connect to 127.0.0.1" in r.stderr
+    assert r.returncode == 2 and "not a SHA256 fingerprint" in r.stderr, r.stderr
 
 
 def test_usage_errors_exit_2(small_disk):

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from agent.estimate.rate import human_bytes as hb
+from agent.units import human_bytes as hb
 from agent.runcmd import run
 from . import synthdisk
 from .loop import LoopDevice

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from agent.estimate.rate import human_bytes as hb
+from agent.units import human_bytes as hb
 from agent.estimate.plan import estimate_capture
 from agent.transport.open import open_target
 from agent.runcmd import run

@@ -13,6 +13,10 @@ from agent.runcmd import run
 def attach(image: str, read_only: bool = False) -> str:
     argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [image]
     dev = run(argv).stdout.strip()
+    if not read_only:
+        # A kernel read-only flag (BLKROSET) outlives a detach: a test (or a killed agent)
+        # that left this loop number read-only must not make the next image unwritable.
+        run(["blockdev", "--setrw", dev])
     # parted may already have added some partitions (BLKPG): -u updates those,
     # -a adds the rest (MBR logical partitions among them).
     run(["partx", "-u", dev], check=False)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from agent.estimate.rate import human_bytes as hb
+from agent.units import human_bytes as hb
 from tests.vm import guest, vmboot
 
 from . import demo

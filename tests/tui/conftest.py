@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.netsetup import NicState
-from agent.tui.services import Defaults, HostKeyInfo, Services
+from agent.config import CaptureConfig
+from agent.tui.services import HostKeyInfo, Services
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 UDEV = FIXTURES / "udev"
@@ -33,8 +34,7 @@ def replay(machine: str, *, sourceos: str | None = None, boot: str | None = None
     over.setdefault("probe_hostkey", lambda host, port=22, timeout=10.0: HOSTKEY)
     over.setdefault("list_nics", lambda inv: list(NICS))
     over.setdefault("power", PowerLog())
-    over.setdefault("calibrate_seconds", 0.0)
-    over.setdefault("defaults", Defaults())
+    over.setdefault("config", CaptureConfig(calibrate=0.0))
     return Services.replay(UDEV / f"{machine}.json", sourceos=root, boot_root=boot, **over)
 
 

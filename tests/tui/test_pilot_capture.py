@@ -87,7 +87,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
 
     before = sha256_of(loop_disk.dev)
     services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="")
-    services.calibrate_seconds = 1.0
+    services.config.calibrate = 1.0
     services.capture_id = lambda: "tui-pilot-1"
     app = build_app(services, ascii_only=True)
 
@@ -129,7 +129,7 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
             f.write(os.urandom(2 * MiB))
     with LoopDevice(img) as loop:
         services = Services.real(include_loop=True, only=[loop.dev], cmdline="")
-        services.calibrate_seconds = 0.0
+        services.config.calibrate = 0.0
         services.capture_id = lambda: "tui-cancel-1"
         app = build_app(services, ascii_only=True)
 
@@ -176,7 +176,7 @@ def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk)
                          [(target.dev, "ext4", "images")], target.dev)
         services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="",
                                  local_disks=lambda inv: [usb])
-        services.calibrate_seconds = 0.0
+        services.config.calibrate = 0.0
         services.capture_id = lambda: "tui-usb-1"
         app = build_app(services, ascii_only=True)
         seen = {}

@@ -146,3 +146,42 @@ def test_describe_shows_no_secrets_and_names_disks():
     assert "T0ken-1" not in text and "S1gnature" not in text, text
     assert "identity=https://pxe/id?token=****" in lines, lines
     assert "pre=https://pxe/pre.sh?X-Amz-Signature=****" in lines, lines
+
+
+def test_docs_table_is_the_declaration():
+    """docs/cli.md's kernel key table is generated from config.OPTIONS (markdown_table):
+    a key added, renamed or re-described in one place and not the other fails here."""
+    import os
+
+    from agent.config import markdown_table
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "cli.md")).read()
+    assert markdown_table() in doc, ("docs/cli.md's key table differs from agent/config.py's OPTIONS; "
+                                     "paste the output of `python -m agent.config --markdown`")
+
+
+def test_every_config_field_is_declared_once():
+    from dataclasses import fields
+
+    from agent.config import OPTIONS, CaptureConfig
+
+    assert [o.key for o in OPTIONS] == [f.name for f in fields(CaptureConfig)]
+    for o in OPTIONS:
+        if o.flag:
+            assert o.flag.startswith("--") and o.metavar or o.parse is None, o
+
+
+def test_cli_flags_use_the_declared_parsers():
+    """The CLI flag and the kernel key share one parser: the same refusal, named by the flag."""
+    import argparse
+
+    from agent.config import add_flags, config_from_args
+
+    ap = argparse.ArgumentParser(exit_on_error=False)
+    add_flags(ap, ("mode", "compress", "timeout", "chunk_size"))
+    cfg = config_from_args(ap.parse_args(["--mode", "full", "--chunk-size", "8M"]))
+    assert cfg.mode == "full" and cfg.chunk_size == 8 << 20 and cfg.compress == "zstd:1"
+    with pytest.raises(argparse.ArgumentError, match="--mode='sparse' is not valid: use nonzero or full"):
+        ap.parse_args(["--mode", "sparse"])
+    with pytest.raises(argparse.ArgumentError, match="--timeout='0.1': must be between 1 and 600"):
+        ap.parse_args(["--timeout", "0.1"])

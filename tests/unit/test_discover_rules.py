@@ -299,7 +299,7 @@ def test_selected_disks_by_path_and_unknown():
 def test_cli_from_snapshot(capsys):
     import json
 
-    from agent.discover.cli import main
+    from agent.commands.discover import main
 
     assert main(["--from-snapshot", str(FIXTURES / "cciss.json")]) == 0
     table = capsys.readouterr().out

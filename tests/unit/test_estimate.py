@@ -11,7 +11,8 @@ from agent.discover.model import Link
 from agent.estimate import links as L
 from agent.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
                                  estimate_capture, target_link)
-from agent.estimate.progress import AdaptiveRate, EtaEstimator
+from agent.estimate.progress import EtaEstimator
+from agent.estimate.rate import RateMeter
 from agent.estimate.sample import ContentSample, sample_content
 from agent.transport.localdisk import candidates
 
@@ -254,7 +255,7 @@ def test_eta_follows_a_rate_change():
 
 
 def test_adaptive_rate_smooths_more_as_time_goes_on():
-    r = AdaptiveRate()
+    r = RateMeter.adaptive()
     r.update(0.0, 0)
     r.update(1.0, 100)
     assert r.rate == 100
@@ -263,7 +264,6 @@ def test_adaptive_rate_smooths_more_as_time_goes_on():
     before = r.rate
     r.update(200.0, 100 * 199 + 1000)      # one 10x burst late in the run barely moves it
     assert before == pytest.approx(100) and r.rate < 115
-    from agent.estimate.rate import RateMeter
 
     m = RateMeter()                        # the display meter (10 s half-life) moves more
     for i in range(200):
@@ -281,7 +281,7 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     from agent.capture import events as E
     from agent.capture.session import CaptureResult
     from agent.capture.source import SourceDisk
-    from agent.estimate import progress as PR
+    from agent import console as PR   # the line renderer: ProgressPrinter, print_summary
 
     clock = {"t": 1000.0}
     monkeypatch.setattr(PR.time, "monotonic", lambda: clock["t"])

@@ -7,7 +7,8 @@ import pytest
 from agent.capture.stream import parse_compress
 from agent.cli import parse_size
 from agent.errors import ServerError, UsageError
-from agent.estimate.rate import RateMeter, human_bytes, human_seconds
+from agent.estimate.rate import RateMeter
+from agent.units import human_bytes, human_seconds
 from agent.receive.store import resolve_root, validate_name
 from agent.capture.source import stream_name
 from agent.capture.stream import StreamOptions

@@ -103,8 +103,6 @@ class DoneScreen(Screen):
         self.app.exit(0)
 
     def action_again(self) -> None:
-        from .inventory import InventoryScreen
-
         plan = self.app.plan
         plan.result, plan.error, plan.exit_code, plan.capture_id = None, None, 0, None
-        self.app.switch_screen(InventoryScreen())
+        self.app.start_again()

@@ -11,7 +11,7 @@ from textual.widgets import Button, DataTable, Footer, Header, RadioSet, Static
 
 
 from ...errors import ColdcloneError
-from ...estimate.rate import human_bytes
+from ...units import human_bytes
 from .. import text
 from ..state import CAPTURE_MODES, MODES
 from ..widgets.choice import Choice
@@ -71,7 +71,7 @@ class EstimateScreen(Screen):
                 f"Estimate: {svc.why_missing('estimate')}. You can still start the capture.")
             return
         self.query_one("#est-total", Static).update(
-            f"Estimating (about {svc.calibrate_seconds:.0f} s of calibration against the target) ...")
+            f"Estimating (about {svc.config.calibrate:.0f} s of calibration against the target) ...")
         self.run_estimate()
 
     @work(thread=True, exclusive=True, group="estimate")
@@ -83,7 +83,7 @@ class EstimateScreen(Screen):
             target = svc.open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey,
                                      known_hosts=choice.known_hosts)
             est = svc.estimate(plan.inventory, plan.disk_paths(), choice.url, plan.mode,
-                               calibrate_seconds=svc.calibrate_seconds, connect=target.connect,
+                               calibrate_seconds=svc.config.calibrate, connect=target.connect,
                                local_path=target.local_path)
         except ColdcloneError as e:
             self.app.call_from_thread(self._failed, f"Estimate failed: {e}")
@@ -130,9 +130,7 @@ class EstimateScreen(Screen):
 
     def _confirmed(self, yes: bool | None) -> None:
         if yes:
-            from .progress import ProgressScreen
-
-            self.app.switch_to_progress(ProgressScreen())
+            self.app.start_capture()
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -148,7 +148,7 @@ class InventoryScreen(Screen):
             out.append("Source OS: none found on the selected disks" + (f" ({ready.error})" if ready.error else ""))
         for w in (plan.inventory.warnings if plan.inventory else []):
             out.append(f"warning: {w}")
-        for p in svc.defaults.problems:
+        for p in svc.config_problems:
             out.append(f"kernel command line: {p}")
         self.query_one("#warnings", Static).update("\n".join(out) or "No warnings.")
 
@@ -181,19 +181,13 @@ class InventoryScreen(Screen):
         if not self.app.plan.disks():
             self._refuse("Select at least one disk to capture (space)")
             return
-        from .target import TargetScreen
-
-        self.app.push_screen(TargetScreen())
+        self.app.show_target()
 
     def action_iscsi(self) -> None:
-        from .iscsi import IscsiScreen
-
-        self.app.push_screen(IscsiScreen())
+        self.app.show_iscsi()
 
     def action_network(self) -> None:
-        from .network import NetworkScreen
-
-        self.app.push_screen(NetworkScreen())
+        self.app.show_network()
 
     def action_rescan(self) -> None:
         self.app.plan.inventory = None

@@ -34,7 +34,7 @@ class NetworkScreen(Screen):
         yield Plain(HELP, id="net-help")
         with Horizontal(classes="row"):
             yield Label("Set", classes="lbl")
-            yield Input(self.app.services.defaults.ip or "dhcp", id="ip-spec")
+            yield Input(self.app.services.config.ip or "dhcp", id="ip-spec")
             yield Button("Apply (Enter)", id="apply")
         yield RichLog(id="net-log", wrap=True, markup=False, max_lines=200)
         yield Footer()

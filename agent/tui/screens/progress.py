@@ -8,6 +8,7 @@ checks the cancel flag, so the screen never waits on a disk or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -20,8 +21,12 @@ from textual.widgets import Footer, Header, RichLog, Static
 
 
 from ...capture import events as E
+from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
-from ...estimate.rate import RateMeter, human_bytes, human_seconds
+from ...estimate.progress import EtaEstimator
+from ...estimate.rate import RateMeter
+from ...units import human_bytes, human_seconds
+from ...job import Inspected, Note, Prepared
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
@@ -39,6 +44,10 @@ class ProgressScreen(Screen):
         self.cancel = threading.Event()
         self.read_rate = RateMeter(half_life=5.0)
         self.wire_rate = RateMeter(half_life=5.0)
+        # the same model-based ETA as the console lines (estimate.progress.EtaEstimator),
+        # made when the screen mounts and the plan's estimate is known
+        self.eta: EtaEstimator | None = None
+        self.eta_left: float | None = None
         self.bars: dict[str, DiskBar] = {}
         self.finished = False
         self.last_progress: E.Progress | None = None
@@ -61,6 +70,7 @@ class ProgressScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = "coldclone  5 Capture"
+        self.eta = EtaEstimator(self.app.plan.estimate)
         self.stats()
         if self.app.start_capture_worker:
             self.run_capture()
@@ -68,8 +78,6 @@ class ProgressScreen(Screen):
     # ------------------------------------------------------------ the worker
     @work(thread=True, exclusive=True, group="capture", exit_on_error=False)
     def run_capture(self) -> None:
-        from ...capture.stream import StreamOptions
-
         svc, plan = self.app.services, self.app.plan
         choice = plan.target
         last = [0.0]
@@ -82,33 +90,25 @@ class ProgressScreen(Screen):
                 last[0] = now
             self.post_message(CaptureEvent(ev))
 
-        readiness = plan.readiness
-        if readiness is None and svc.readiness is not None and plan.inventory is not None:
-            # The operator went on before the inventory's inspection finished: every capture
-            # carries its readiness report, so inspect here (read-only, a few seconds).
-            from ...inspect.report import ReadinessReport
-
-            try:
-                readiness = svc.readiness(plan.inventory)
-            except Exception as e:  # advice: never stops the capture
-                readiness = ReadinessReport(error=f"inspection failed: {e}")
-            self.app.call_from_thread(setattr, plan, "readiness", readiness)   # the Done screen's
         target = None
         try:
             target = svc.open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey,
                                      known_hosts=choice.known_hosts)
-            facts = {}
-            if plan.inventory is not None:
-                from ...discover.model import to_dict
-
-                facts["inventory"] = to_dict(plan.inventory)
-            # the receiver records predicted vs actual in the manifest, as for headless
-            estimate = plan.estimate.to_dict() if hasattr(plan.estimate, "to_dict") else None
-            capture_id = plan.capture_id or (svc.capture_id() if svc.capture_id else None)
-            result = svc.run_capture(plan.disk_paths(), target.connect, StreamOptions(mode=plan.mode),
-                                     capture_id=capture_id, on_event=on_event, cancel=self.cancel,
-                                     source_facts=facts, estimate=estimate,
-                                     readiness=readiness)
+            # The screens did the network, iSCSI, discovery and estimate steps; the capture job
+            # does the rest with the operator's choices on top of the kernel command line's
+            # (compress=, format= ...). Hooks are for unattended runs.
+            cfg = dataclasses.replace(
+                svc.config, server=choice.url, identity=choice.identity, hostkey=choice.hostkey,
+                known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
+                capture_id=plan.capture_id or (svc.capture_id() if svc.capture_id else None),
+                iscsi=IscsiMode.OFF, ip=None, pre=None, post=None, fail=None, estimate_only=False)
+            # The Inventory screen's inspection when it finished; else the job inspects (every
+            # capture carries its readiness report) and says so with an Inspected event.
+            prepared = Prepared(target=target, discovered=True, inventory=plan.inventory,
+                                sources=plan.disk_paths(), estimated=True, estimate=plan.estimate,
+                                iscsi_done=True, inspected=plan.readiness is not None,
+                                readiness=plan.readiness)
+            result = svc.run_capture(cfg, prepared=prepared, notify=on_event, cancel=self.cancel)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
                                            exit_code=EXIT_CANCELLED, cancelled=True))
@@ -133,7 +133,13 @@ class ProgressScreen(Screen):
     def apply(self, ev) -> None:
         """Show one core event (also called directly by tests with recorded events)."""
         log = self.query_one("#log", RichLog)
-        if isinstance(ev, E.CaptureStarted):
+        if isinstance(ev, Note):
+            log.write(ev.text)
+        elif isinstance(ev, Inspected):
+            self.app.plan.readiness = ev.report     # the Done screen's
+            for line in ev.report.summary()[:1]:
+                log.write(line)
+        elif isinstance(ev, E.CaptureStarted):
             self.app.plan.capture_id = ev.capture_id
             log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "
                       f"{human_bytes(ev.total_bytes)}")
@@ -150,6 +156,10 @@ class ProgressScreen(Screen):
                 bar.done = ev.disk_done
             r = self.read_rate.update(ev.elapsed, ev.bytes_read)
             self.wire_rate.update(ev.elapsed, ev.wire_bytes)
+            if self.eta is None:
+                self.eta = EtaEstimator(self.app.plan.estimate)
+            self.eta_left = self.eta.update(ev.elapsed, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
+                                            ev.total_size, ev.wire_bytes)
             if r is not None:
                 self.query_one("#spark", Spark).push(r / 1e6)
             self.last_progress = ev
@@ -179,7 +189,7 @@ class ProgressScreen(Screen):
             return
         rate = self.read_rate.rate
         wire = self.wire_rate.rate
-        eta = self.read_rate.eta(ev.total_size - ev.total_done)
+        eta = self.eta_left
         mbs = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
         pct = 100.0 * ev.total_done / max(ev.total_size, 1)
         self.query_one("#prog-stats", Static).update(
@@ -194,12 +204,7 @@ class ProgressScreen(Screen):
         if message.cancelled:
             plan.error = ("cancelled by the operator; the conversion server was told to discard "
                           "the partial capture" + (f" ({message.error})" if message.error else ""))
-        from .done import DoneScreen
-
-        # A cancel question still open is moot now: close it, then replace this screen.
-        while self.app.screen is not self and len(self.app.screen_stack) > 1:
-            self.app.pop_screen()
-        self.app.switch_screen(DoneScreen())
+        self.app.show_done(self)
 
     # ------------------------------------------------------------ actions
     def action_cancel(self) -> None:

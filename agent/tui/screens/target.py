@@ -13,7 +13,7 @@ from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header,
 
 
 from ...errors import ColdcloneError
-from ...estimate.rate import human_bytes
+from ...units import human_bytes
 from ..services import TargetChoice
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
@@ -43,7 +43,7 @@ class TargetScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        d = self.app.services.defaults
+        d = self.app.services.config
         host, port, user, path = _ssh_fields(d.server)
         yield Header(show_clock=False, icon="")
         with RadioSet(id="kind"):
@@ -95,12 +95,12 @@ class TargetScreen(Screen):
         self.title = "coldclone  3 Target"
         self.key_info = None          # HostKeyInfo shown, not yet confirmed
         self.candidates: list = []
-        self.confirmed: str | None = self.app.services.defaults.hostkey
+        self.confirmed: str | None = self.app.services.config.hostkey
         self.query_one("#confirm", Button).display = False
         if self.confirmed:
             self._hostkey_line(f"Host key pinned on the kernel command line: {self.confirmed}")
         self._fill_local()
-        server = self.app.services.defaults.server or ""
+        server = self.app.services.config.server or ""
         if server.startswith("file://"):
             self.query_one("#local-path", Input).value = server[len("file://"):]
             self.query_one("#kind-local", RadioButton).value = True
@@ -174,7 +174,7 @@ class TargetScreen(Screen):
                 path = "/" + path
             url = f"ssh://{user}@{host}:{port}{path}" if user else f"ssh://{host}:{port}{path}"
             return TargetChoice("ssh", url, identity=self._val("identity") or None,
-                                hostkey=self.confirmed, known_hosts=self.app.services.defaults.known_hosts)
+                                hostkey=self.confirmed, known_hosts=self.app.services.config.known_hosts)
         if kind == "nfs":
             url = self._val("nfs-url")
             if not url.startswith("nfs://"):
@@ -294,9 +294,7 @@ class TargetScreen(Screen):
             self._status("Test the connection first (^T): no capture goes to an untested target",
                          error=True)
             return
-        from .estimate import EstimateScreen
-
-        self.app.push_screen(EstimateScreen())
+        self.app.show_estimate()
 
     def action_back(self) -> None:
         self.app.pop_screen()

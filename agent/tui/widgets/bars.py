@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ...estimate.rate import human_bytes
+from ...units import human_bytes
 from .glyphs import glyphs
 
 

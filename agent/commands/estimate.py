@@ -15,12 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError, UsageError
+from ..config import add_flags, config_from_args
+from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError
+from ..estimate.plan import estimate_capture
+from ..job import cfg_password
+from ..transport.open import open_target
 
 log = logging.getLogger("coldclone.estimate")
+
+
+# Flags shared with `coldclone capture` and the kernel command line keys (agent/config.py).
+ESTIMATE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "format",
+                  "workers", "calibrate", "timeout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,20 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Predict how long a capture takes: the server's downtime.")
     p.add_argument("--disk", action="append", default=[], metavar="/dev/X",
                    help="source disk (repeat for several; default: what `coldclone discover` offers)")
-    p.add_argument("--to", metavar="URL", help="ssh://user@host[:port]/path, file:///path or nfs://host/export/path")
-    p.add_argument("--identity", metavar="KEY", help="private key for the conversion server")
-    p.add_argument("--hostkey", metavar="SHA256:...", help="pin the server's host key fingerprint")
-    p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
-    p.add_argument("--password-env", metavar="VAR", help="read an SSH password from this variable (discouraged)")
-    p.add_argument("--mode", default="nonzero", choices=["nonzero", "full", "used"],
-                   help="nonzero: skip all-zero blocks (default); full: send every byte")
-    p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"], help="image format on the server")
-    p.add_argument("--workers", type=int, default=2, help="hashing/compression threads the capture will use")
-    p.add_argument("--calibrate", type=float, default=3.0, metavar="SECONDS",
-                   help="time spent measuring the source and the target (default 3; 0: table rates only)")
+    add_flags(p, ESTIMATE_FLAGS)
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.add_argument("--include-loop", action="store_true", help="offer loop devices as sources (tests)")
-    p.add_argument("--timeout", type=float, default=20.0, help="connect timeout in seconds")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -51,8 +48,8 @@ def _inventory(args):
     from ..discover.populate import discover
 
     target = None
-    if args.to and args.to.startswith("file://"):
-        target = args.to[len("file://"):]
+    if args.server and args.server.startswith("file://"):
+        target = args.server[len("file://"):]
     try:
         return discover(include_loop=args.include_loop or any("/loop" in d for d in args.disk), target=target)
     except Exception as e:  # discovery is a help here, not a must, when the disks are named
@@ -70,34 +67,19 @@ def main(argv: list[str]) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
+    cfg = config_from_args(args)
     target = None
     try:
-        if args.calibrate < 0:
-            raise UsageError("--calibrate SECONDS: give 0 (no measuring) or a positive number of seconds")
-        if args.to:
-            from ..transport.url import parse_target
-
-            parse_target(args.to)   # a bad URL is a usage error before anything is looked at
         inv = _inventory(args)
         connect = local_path = None
-        if args.to:
-            if args.calibrate > 0:
-                from ..transport.open import open_target
-
-                password = None
-                if args.password_env:
-                    password = os.environ.get(args.password_env)
-                    if password is None:
-                        raise UsageError(f"--password-env {args.password_env}: that variable is not set")
-                target = open_target(args.to, identity=args.identity, hostkey=args.hostkey,
-                                     known_hosts=args.known_hosts, password=password, timeout=args.timeout)
-                connect, local_path = target.connect, target.local_path
-        from .plan import estimate_capture
-
+        if cfg.server and cfg.calibrate > 0:
+            target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
+                                 known_hosts=cfg.known_hosts, password=cfg_password(cfg), timeout=cfg.timeout)
+            connect, local_path = target.connect, target.local_path
         note = None if args.json else (lambda text: print(f"coldclone: {text}", file=sys.stderr, flush=True))
-        est = estimate_capture(inv, args.disk, args.to, args.mode, calibrate_seconds=args.calibrate,
-                               connect=connect, local_path=local_path, workers=args.workers,
-                               image_format=args.format, on_note=note)
+        est = estimate_capture(inv, args.disk, cfg.server, cfg.mode, calibrate_seconds=cfg.calibrate,
+                               connect=connect, local_path=local_path, workers=cfg.workers,
+                               image_format=cfg.format, on_note=note)
     except ColdcloneError as e:
         print(f"coldclone: error: {e}", file=sys.stderr)
         return e.exit_code

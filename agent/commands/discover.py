@@ -17,10 +17,10 @@ import logging
 import sys
 
 from ..errors import ColdcloneError, EXIT_OK, EXIT_USAGE
-from . import populate, snapshot
-from .model import to_dict
-from .probe import NoProbes, Probes
-from .render import render
+from ..discover import populate, snapshot
+from ..discover.model import to_dict
+from ..discover.probe import NoProbes, Probes
+from ..discover.render import render
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""The `coldclone SUBCOMMAND` front ends that own their flags (agent/cli.py dispatches)."""

@@ -1,0 +1,361 @@
+"""One capture job for every front end.
+
+`coldclone capture`, `coldclone headless` and the TUI only build a CaptureConfig and render
+the events this job posts; the order of a run lives here, once (as virt-p2v's GUI and kernel
+command line both end in one start_conversion):
+
+    pre hook -> network (ip=) -> identity (path or https URL) -> target -> iSCSI login
+    -> discovery -> estimate -> capture -> post hook
+    always, at the end: iSCSI logout, target closed, a fetched identity removed
+    on any failure: the fail hook, with the exit code and the message
+
+What happens after (power off, reboot, a shell, the TUI's Done screen) is the front end's:
+only the live system may power the machine off, and only after its consoles have the last
+line. A front end that already did a step interactively (the TUI logs in to iSCSI, takes
+the inventory and estimates on its own screens) hands the result in (`Prepared`), and the
+job skips that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from .capture.session import CaptureResult, run_capture
+from .capture.source import probe
+from .capture.stream import StreamOptions, parse_compress
+from .config import PREFIX, CaptureConfig, describe
+from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_USAGE, ColdcloneError, ConnectionError_,
+                     SourceError, UsageError)
+from .runcmd import run
+from .transport.open import Target, open_target
+from .transport.url import redact, url_secrets
+
+log = logging.getLogger("coldclone.job")
+
+RUN_DIR = "/run/coldclone"
+
+
+# ---- the events a front end renders --------------------------------------------------
+
+@dataclass(frozen=True)
+class Note:
+    """A plain line for the operator (hooks, network, iSCSI, host-key advice)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Inventoried:
+    inventory: Any          # discover.model.Inventory
+    sources: list[str]      # the device paths that will be captured, inventory order
+
+
+@dataclass(frozen=True)
+class Estimated:
+    estimate: Any           # estimate.plan.CaptureEstimate
+
+
+@dataclass(frozen=True)
+class Captured:
+    result: CaptureResult
+    estimate: Any           # CaptureEstimate or None
+
+
+# The capture's own progress events (capture.events: CaptureStarted, DiskStarted, Progress,
+# DiskFinished, ServerNote, CaptureFinished) reach the front end unchanged.
+
+
+@dataclass
+class Prepared:
+    """Steps a front end has already done itself (the TUI's screens): the job takes their
+    results as they are (an estimate the screen could not make stays None)."""
+    target: Target | None = None
+    discovered: bool = False
+    inventory: Any = None
+    sources: list[str] = field(default_factory=list)    # the operator's pick (device paths)
+    estimated: bool = False
+    estimate: Any = None
+    iscsi_done: bool = False
+
+
+class HookError(ColdcloneError):
+    exit_code = EXIT_USAGE
+
+
+def describe_failure(e: BaseException) -> tuple[int, str]:
+    """The exit code and the operator's message for whatever ended a run (one reading, used by
+    the fail hook and by every front end's last line)."""
+    if isinstance(e, ColdcloneError):
+        return e.exit_code, str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_CANCELLED, "cancelled"
+    if isinstance(e, OSError):
+        # str() keeps the path ("[Errno 13] Permission denied: '/run/coldclone/locks'")
+        return EXIT_INTERNAL, f"{e} (the log has the details)"
+    return EXIT_INTERNAL, f"internal error: {e!r} (the log has the traceback; please report it)"
+
+
+# ---- hooks and the identity: fetched over the network ----------------------------------
+
+def fetch(url: str, dest: str, *, what: str, say: Callable[[str], None], mode: int = 0o600) -> str:
+    """Download an http(s) URL to dest (private). Keys only ever come over https."""
+    import requests
+
+    shown = redact(url)
+    if url.startswith("http://"):
+        say(f"WARNING: fetching the {what} over plain http ({shown}); anyone on that network "
+            f"could change it. Prefer https://")
+    try:
+        r = requests.get(url, timeout=30)
+        r.raise_for_status()
+    except requests.RequestException as e:
+        # requests quotes the URL (or its path and query) in its own words
+        reason = str(e)
+        for secret in url_secrets(url):
+            reason = reason.replace(secret, "****")
+        raise ConnectionError_(f"could not fetch the {what} from {shown}: {reason}; check the URL, "
+                               f"the network (ip=, DHCP) and the web server") from None
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(r.content)
+    return dest
+
+
+def run_hook(name: str, spec: str | None, env: dict[str, str], say: Callable[[str], None]) -> None:
+    if not spec:
+        return
+    path = spec
+    if spec.startswith(("http://", "https://")):
+        os.makedirs(RUN_DIR, exist_ok=True)
+        path = fetch(spec, os.path.join(RUN_DIR, f"hook-{name}"), what=f"{name} hook", say=say, mode=0o700)
+    elif not os.path.isfile(spec):
+        raise HookError(f"{PREFIX}{name}={spec}: no such file on the live system; put the script "
+                        f"on the boot medium or serve it over http(s)")
+    spec = redact(spec)
+    say(f"running the {name} hook {spec}")
+    res = run(["/bin/sh", path], check=False, env={**os.environ, **env}, timeout=3600)
+    for line in (res.stdout or "").splitlines()[-20:]:
+        say(f"  {name}: {line}")
+    if res.returncode != 0:
+        tail = " | ".join((res.stderr or "").strip().splitlines()[-5:])
+        raise HookError(f"the {name} hook {spec} failed (exit {res.returncode})"
+                        + (f": {tail}" if tail else "") + f"; fix it or remove {PREFIX}{name}=")
+
+
+# ---- the job -------------------------------------------------------------------------
+
+@dataclass
+class CaptureJob:
+    cfg: CaptureConfig
+    notify: Callable[[object], None] = lambda ev: None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    include_loop: bool = False          # offer loop devices (tests; implied by a named /dev/loopN)
+    prepared: Prepared = field(default_factory=Prepared)
+    discovery_optional: bool = False    # named disks: capture them even if discovery fails
+
+    # filled while running
+    target: Target | None = None
+    inventory: Any = None
+    estimate: Any = None
+    sources: list[str] = field(default_factory=list)
+    _attachment: Any = None
+    _fetched_identity: str | None = None
+
+    def say(self, text: str) -> None:
+        self.notify(Note(text))
+
+    def run(self) -> CaptureResult | None:
+        """The whole run; the CaptureResult, or None when only estimating."""
+        cfg = self.cfg
+        try:
+            try:
+                self.say("configuration: " + " ".join(describe(cfg)))
+                run_hook("pre", cfg.pre, {**self._env(), "COLDCLONE_PHASE": "pre"}, self.say)
+                self._network()
+                self._identity()
+                self._open_target()
+                self._iscsi()
+                self._discover()
+                self._estimate()
+                if cfg.estimate_only:
+                    self.say(f"{PREFIX}estimate_only: nothing captured")
+                    return None
+                result = self._capture()
+                run_hook("post", cfg.post, {**self._env(), "COLDCLONE_PHASE": "post",
+                                            "COLDCLONE_CAPTURE_ID": result.capture_id,
+                                            "COLDCLONE_LOCATION": result.location}, self.say)
+                return result
+            finally:
+                self._close()
+        except BaseException as e:
+            if isinstance(e, (Exception, KeyboardInterrupt)) and not isinstance(e, ColdcloneError):
+                log.exception("the capture job failed")
+            self._fail_hook(e)
+            raise
+
+    # -- steps, in order
+    def _env(self) -> dict[str, str]:
+        return {"COLDCLONE_SERVER": self.cfg.server or "", "COLDCLONE_CAPTURE_ID": self.cfg.capture_id or ""}
+
+    def _network(self) -> None:
+        if not self.cfg.ip:
+            return
+        from . import netsetup
+
+        for line in netsetup.apply(netsetup.parse_ip_spec(self.cfg.ip)).lines:
+            self.say(line)
+
+    def _identity(self) -> None:
+        cfg = self.cfg
+        if cfg.identity and cfg.identity.startswith("https://"):
+            os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+            url = cfg.identity
+            path = fetch(url, os.path.join(RUN_DIR, f"identity-{os.getpid()}"),
+                         what="identity (private key)", say=self.say)
+            self._fetched_identity = path
+            self.cfg = cfg = replace(cfg, identity=path)
+            self.say(f"identity fetched from {redact(url)}")
+        elif cfg.identity and not os.path.exists(cfg.identity):
+            raise UsageError(f"identity {cfg.identity}: no such file; check the path (on the live "
+                             f"system the boot medium is at /run/live/medium) or use an https:// URL")
+
+    def _open_target(self) -> None:
+        cfg = self.cfg
+        self.target = self.prepared.target
+        if self.target is None and cfg.server:
+            self.target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
+                                      known_hosts=cfg.known_hosts, password=cfg_password(cfg),
+                                      timeout=cfg.timeout)
+        if cfg.server and cfg.server.startswith("ssh://") and not (cfg.hostkey or cfg.known_hosts):
+            # said before the first connection (the calibration probe): the refusal would be
+            # right but late
+            self.say("no host key pin given: the server's key must be in known_hosts, or the "
+                     "capture is refused; give coldclone.hostkey=SHA256:...")
+
+    def _iscsi(self) -> None:
+        if self.prepared.iscsi_done:
+            return
+        from .iscsi import auto
+
+        self._attachment = auto.auto_attach(self.cfg, None, self.say)
+
+    def _discover(self) -> None:
+        cfg = self.cfg
+        named = [d for d in (cfg.disks or []) if d.startswith("/")]
+        for path in named:
+            probe(path)     # a named device that is missing or no block device: said as such, first
+        if self.prepared.discovered:
+            self.inventory, self.sources = self.prepared.inventory, list(self.prepared.sources)
+            self.notify(Inventoried(self.inventory, list(self.sources)))
+            return
+        from .discover.populate import discover
+
+        # A local target disk must never be offered as a source; an NFS mount is no disk.
+        local = self.target.local_path if self.target and self.target.url.scheme == "file" else None
+        include_loop = self.include_loop or any(os.path.basename(p).startswith("loop") for p in named)
+        try:
+            inv = discover(include_loop=include_loop, target=local, only=cfg.disks)
+        except Exception as e:
+            if not (self.discovery_optional and named and len(named) == len(cfg.disks or [])):
+                raise
+            # `coldclone capture --disk /dev/X` on a machine discovery cannot read: the named
+            # disks are still captured, without their inventory
+            log.warning("discovery failed (%s); capturing the named disks without an inventory", e)
+            self.say(f"discovery failed ({e}); capturing {', '.join(named)} without an inventory")
+            self.sources = list(named)
+            self.notify(Inventoried(None, list(self.sources)))
+            return
+        unknown = [w for w in inv.warnings if w.startswith("selected disk ")]
+        if unknown:
+            raise UsageError(f"{PREFIX}disks=: " + "; ".join(unknown) + " (see the inventory above; "
+                             "names such as sda, md127, cciss/c0d0 or /dev paths)")
+        for spec in cfg.exclude:
+            name = spec[len("/dev/"):] if spec.startswith("/dev/") else spec
+            disk = inv.disk(name)
+            if disk is None:
+                raise UsageError(f"{PREFIX}exclude={spec}: no such disk (see the inventory above)")
+            disk.exclude(f"excluded by {PREFIX}exclude=")
+        self.inventory = inv
+        disks = inv.capture_set()
+        self.sources = [d.dev_path or "/dev/" + d.name for d in disks]
+        self.notify(Inventoried(inv, list(self.sources)))
+        if not disks:
+            why = [f"{d.name}: {d.exclude_reason}" for d in inv.disks
+                   if d.exclude_reason and cfg.disks and d.exclude_reason != "not among the selected disks"]
+            raise SourceError("no disk to capture: discovery found none that may be captured"
+                              + (f" ({'; '.join(why)})" if why else "")
+                              + f" (see the inventory; check {PREFIX}disks= / {PREFIX}exclude=, "
+                              f"the RAID controller's logical drives, and iSCSI)")
+
+    def _estimate(self) -> None:
+        if self.prepared.estimated:
+            self.estimate = self.prepared.estimate
+            return
+        from .estimate import plan
+
+        cfg, target = self.cfg, self.target
+        codec, _ = parse_compress(cfg.compress)
+        try:
+            self.estimate = plan.estimate_capture(
+                self.inventory, self.sources, cfg.server, cfg.mode, calibrate_seconds=cfg.calibrate,
+                connect=target.connect if target else None,
+                local_path=target.local_path if target else None, workers=cfg.workers,
+                image_format=cfg.format)
+        except ColdcloneError:
+            raise
+        except Exception as e:  # an estimate is advice: a bug in it must not stop a capture
+            log.exception("estimate failed")
+            self.say(f"estimate unavailable ({e!r}); capturing anyway")
+            return
+        self.notify(Estimated(self.estimate))
+
+    def _capture(self) -> CaptureResult:
+        from .discover.model import to_dict
+
+        cfg = self.cfg
+        codec, level = parse_compress(cfg.compress)
+        opts = StreamOptions(mode=cfg.mode, chunk_size=cfg.chunk_size, block_size=cfg.block_size,
+                             codec=codec, level=level or 1, workers=cfg.workers)
+        facts = {"inventory": to_dict(self.inventory)} if self.inventory is not None else {}
+        result = run_capture(self.sources, self.target.connect, opts, capture_id=cfg.capture_id,
+                             image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
+                             source_facts=facts,
+                             estimate=self.estimate.to_dict() if self.estimate is not None else None)
+        self.notify(Captured(result, self.estimate))
+        return result
+
+    def _close(self) -> None:
+        if self._attachment is not None:
+            try:
+                self._attachment.logout()
+            except ColdcloneError as e:
+                self.say(f"iSCSI logout: {e}")
+            self._attachment = None
+        if self.target is not None and self.target is not self.prepared.target:
+            self.target.close()
+        if self._fetched_identity:
+            os.unlink(self._fetched_identity)
+            self._fetched_identity = None
+
+    def _fail_hook(self, e: BaseException) -> None:
+        if not self.cfg.fail:
+            return
+        code, msg = describe_failure(e)
+        try:
+            run_hook("fail", self.cfg.fail, {"COLDCLONE_PHASE": "fail", "COLDCLONE_EXIT": str(code),
+                                             "COLDCLONE_MESSAGE": msg[:2000]}, self.say)
+        except ColdcloneError as he:
+            self.say(f"error: {he}")
+
+
+def cfg_password(cfg: CaptureConfig) -> str | None:
+    """An SSH password from the environment variable the CLI named (--password-env)."""
+    if not cfg.password_env:
+        return None
+    password = os.environ.get(cfg.password_env)
+    if password is None:
+        raise UsageError(f"--password-env {cfg.password_env}: that environment variable is not set")
+    return password
