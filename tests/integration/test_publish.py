@@ -118,7 +118,7 @@ def test_cli_capture_carries_the_readiness_report_too(sshd, rx_dir, debian_img):
     assert r.returncode == 0, r.stdout + r.stderr
     assert sha256_of(debian_img) == before
     name = os.path.basename(dev)
-    assert (f"coldclone: readiness: Debian GNU/Linux 12 (bookworm) on {name}; firmware uefi, "
+    assert (f"readiness: Debian GNU/Linux 12 (bookworm) on {name}; firmware uefi, "
             f"boot loader grub2, cloud-init no") in r.stdout
     ready = json.load(open(os.path.join(rx_dir, "cli-1", "manifest.json")))["readiness"]
     assert (ready["disk"], ready["firmware"], ready["resume"]) == (name, "uefi", ["/dev/sda3"])
