@@ -231,6 +231,125 @@ def split_extents(buf, offset: int, block_size: int, skip_zero: bool = True) -> 
     return out
 
 
+# ------------------------------------------------------------------- JSON
+# One way to write JSON on the wire and on disk: NaN and Infinity are not JSON (a manifest holding
+# them is unreadable elsewhere), so they are refused when written and when read.
+
+MAX_JSON_DEPTH = 32
+# Sanity limits on a disk, checked in its header before anything is allocated or hashed: a DISK of
+# 2^62 bytes with one ZERO record would otherwise keep a receiver hashing zero digests for days.
+MAX_DISK_SIZE = 1 << 50          # 1 PiB
+MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
+U63 = (1 << 63) - 1
+
+
+def dumps(obj, **kw) -> str:
+    """json.dumps as everything in coldclone writes it (wire, manifest, failure records)."""
+    return json.dumps(obj, allow_nan=False, **kw)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth_ok(obj) -> bool:
+    """No deeper than MAX_JSON_DEPTH, checked without recursion (the input chose the depth)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > MAX_JSON_DEPTH:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return True
+
+
+def loads_object(body: bytes | str, what: str) -> dict:
+    """A JSON object from the wire, or a ProtocolError naming what is wrong with it."""
+    try:
+        obj = json.loads(body, parse_constant=_no_constant) if body else {}
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as e:  # UnicodeDecodeError is a ValueError too
+        raise ProtocolError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} is not a JSON object")
+    if not _depth_ok(obj):
+        raise ProtocolError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return obj
+
+
+class _Fields:
+    """Typed reads of one decoded JSON object; each wrong type or range is a ProtocolError."""
+
+    def __init__(self, obj: dict, what: str):
+        self.obj = obj
+        self.what = what
+
+    def _bad(self, key: str, want: str):
+        return ProtocolError(f"{self.what}: field {key!r} must be {want}, got {self.obj[key]!r:.80}")
+
+    def present(self, key: str) -> bool:
+        return self.obj.get(key) is not None
+
+    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        if not self.present(key):
+            if required:
+                raise ProtocolError(f"{self.what}: field {key!r} is missing")
+            return default
+        v = self.obj[key]
+        if not isinstance(v, str) or len(v) > 4096:
+            raise self._bad(key, "a string (at most 4096 characters)")
+        return v
+
+    def int(self, key: str, lo: int = 0, hi: int = U63, default: int | None = None,
+            required: bool = False) -> int | None:
+        if not self.present(key):
+            if required:
+                raise ProtocolError(f"{self.what}: field {key!r} is missing")
+            return default
+        v = self.obj[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self._bad(key, f"an integer from {lo} to {hi}")
+        return v
+
+    def float(self, key: str, default: float | None = None) -> float | None:
+        if not self.present(key):
+            return default
+        v = self.obj[key]
+        # NaN/Infinity never get here (loads_object refuses them); negatives make no sense in counts.
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise self._bad(key, "a non-negative number")
+        return float(v)
+
+    def bool(self, key: str, default: bool = False) -> bool:
+        if not self.present(key):
+            return default
+        v = self.obj[key]
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false")
+        return v
+
+    def mapping(self, key: str) -> dict:
+        """A free-form JSON object (source facts, an estimate): JSON already validated, kept as is."""
+        if not self.present(key):
+            return {}
+        v = self.obj[key]
+        if not isinstance(v, dict):
+            raise self._bad(key, "a JSON object")
+        return v
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        if not self.present(key):
+            return ()
+        v = self.obj[key]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._bad(key, "a list of strings")
+        return tuple(v)
+
+
 # ----------------------------------------------------------------- encode
 
 
@@ -243,7 +362,7 @@ def frame(rtype: int, body: bytes) -> bytes:
 
 
 def encode_json(rtype: int, obj: dict) -> bytes:
-    return frame(rtype, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+    return frame(rtype, dumps(obj, sort_keys=True, separators=(",", ":")).encode())
 
 
 def encode_data(offset: int, length: int, codec: int, digest: bytes, payload: bytes) -> bytes:
@@ -256,7 +375,174 @@ def encode_zero(offset: int, length: int) -> bytes:
 
 
 def encode_end(digest: bytes, stats: dict) -> bytes:
-    return frame(T_END, digest + json.dumps(stats, sort_keys=True).encode())
+    return frame(T_END, digest + dumps(stats, sort_keys=True).encode())
+
+
+# ------------------------------------------------------ typed metadata
+# Each JSON record has one frozen model with one encoder (to_json/encode) and one decoder
+# (decode), which checks every field's type and range. Unknown keys are ignored, so a newer agent
+# may add fields without a version bump.
+
+
+class ImageFormat:
+    QCOW2 = "qcow2"
+    RAW = "raw"
+    ALL = (QCOW2, RAW)
+
+
+@dataclass(frozen=True)
+class Hello:
+    capture_id: str | None
+    agent_version: str = ""
+    format: str = ImageFormat.QCOW2
+    source: dict = field(default_factory=dict)     # free-form source facts, for the manifest
+    disks: tuple[str, ...] = ()
+    probe: bool = False
+    estimate: dict | None = None                   # the agent's `coldclone estimate --json`
+    readiness: dict | None = None                  # inspect.report.ReadinessReport.to_dict()
+
+    def to_json(self) -> dict:
+        obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
+               "source": self.source, "disks": list(self.disks)}
+        if self.probe:
+            obj["probe"] = True
+        if self.estimate is not None:
+            obj["estimate"] = self.estimate
+        if self.readiness is not None:
+            obj["readiness"] = self.readiness
+        return obj
+
+    def encode(self) -> bytes:
+        return encode_json(T_HELLO, self.to_json())
+
+    @classmethod
+    def decode(cls, obj: dict) -> "Hello":
+        f = _Fields(obj, "HELLO")
+        probe = f.bool("probe")
+        fmt = f.str("format", ImageFormat.QCOW2)
+        return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
+                   format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
+                   estimate=f.mapping("estimate") if f.present("estimate") else None,
+                   readiness=f.mapping("readiness") if f.present("readiness") else None)
+
+
+@dataclass(frozen=True)
+class DiskHeader:
+    name: str
+    size: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+    logical_sector_size: int | None = None
+    physical_sector_size: int | None = None
+    mode: str | None = None
+    codec: str | None = None
+    source: dict = field(default_factory=dict)
+    # The agent's estimate of the non-zero bytes it will send (None: unknown): the receiver checks
+    # before accepting the disk that its filesystem has room for them as raw data plus the image.
+    data_bytes_estimate: int | None = None
+
+    def to_json(self) -> dict:
+        obj = {"name": self.name, "size": self.size, "block_size": self.block_size,
+               "logical_sector_size": self.logical_sector_size,
+               "physical_sector_size": self.physical_sector_size, "mode": self.mode, "codec": self.codec,
+               "source": self.source}
+        if self.data_bytes_estimate is not None:
+            obj["data_bytes_estimate"] = self.data_bytes_estimate
+        return obj
+
+    def encode(self) -> bytes:
+        return encode_json(T_DISK, self.to_json())
+
+    @classmethod
+    def decode(cls, obj: dict) -> "DiskHeader":
+        f = _Fields(obj, "DISK")
+        name = f.str("name", required=True)
+        size = f.int("size", 1, MAX_DISK_SIZE, required=True)
+        bs = f.int("block_size", 512, MAX_DATA, default=DEFAULT_BLOCK_SIZE)
+        if bs & (bs - 1):
+            raise ProtocolError(f"DISK {name}: block size {bs} is not a power of two")
+        if -(-size // bs) > MAX_BLOCKS:
+            raise ProtocolError(
+                f"DISK {name}: {size} bytes in blocks of {bs} is more than {MAX_BLOCKS} blocks; "
+                f"use a larger block size")
+        return cls(name=name, size=size, block_size=bs,
+                   logical_sector_size=f.int("logical_sector_size", 1, 1 << 20),
+                   physical_sector_size=f.int("physical_sector_size", 1, 1 << 20),
+                   mode=f.str("mode"), codec=f.str("codec"), source=f.mapping("source"),
+                   data_bytes_estimate=f.int("data_bytes_estimate", 0, MAX_DISK_SIZE))
+
+
+@dataclass(frozen=True)
+class DiskEnd:
+    """END: the agent's whole-disk digest and its own counts for the disk."""
+
+    digest: bytes
+    bytes_read: int | None = None
+    data_bytes: int | None = None
+    zero_bytes: int | None = None
+    payload_bytes: int | None = None
+    wire_bytes: int | None = None
+    data_records: int | None = None
+    zero_records: int | None = None
+    read_seconds: float | None = None
+    elapsed: float | None = None
+
+    INTS = ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes", "data_records",
+            "zero_records")
+    FLOATS = ("read_seconds", "elapsed")
+
+    def stats(self) -> dict:
+        """The counts the agent gave, for the manifest (absent ones left out)."""
+        return {k: getattr(self, k) for k in self.INTS + self.FLOATS if getattr(self, k) is not None}
+
+    def encode(self) -> bytes:
+        return encode_end(self.digest, self.stats())
+
+    @classmethod
+    def decode(cls, digest: bytes, obj: dict) -> "DiskEnd":
+        f = _Fields(obj, "END")
+        return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS})
+
+
+@dataclass(frozen=True)
+class Abort:
+    reason: str = "no reason given"
+
+    def encode(self) -> bytes:
+        return encode_json(T_ABORT, {"reason": self.reason[:2000]})
+
+    @classmethod
+    def decode(cls, obj: dict) -> "Abort":
+        return cls(_Fields(obj, "ABORT").str("reason", "no reason given"))
+
+
+def encode_finish() -> bytes:
+    return encode_json(T_FINISH, {})
+
+
+class StreamWriter:
+    """The one writer of a stream's framing records (capture, calibration probe, tests).
+
+    DATA and ZERO records come from capture.stream (encode_data / encode_zero); this writes
+    the preamble and the metadata records around them through `send`.
+    """
+
+    def __init__(self, send):
+        self.send = send
+
+    def hello(self, hello: Hello) -> None:
+        self.send(preamble() + hello.encode())
+
+    def disk(self, header: DiskHeader) -> None:
+        self.send(header.encode())
+
+    def end(self, end: DiskEnd) -> None:
+        self.send(end.encode())
+
+    def finish(self) -> None:
+        self.send(encode_finish())
+
+    def abort(self, reason: str) -> None:
+        self.send(Abort(reason).encode())
 
 
 # ----------------------------------------------------------------- decode
@@ -265,7 +551,7 @@ def encode_end(digest: bytes, stats: dict) -> bytes:
 @dataclass
 class Record:
     type: int
-    # JSON records
+    # JSON records: the decoded object as sent (the typed models decode it: Hello.decode ...)
     meta: dict | None = None
     # DATA / ZERO
     offset: int = 0
@@ -306,7 +592,7 @@ class Reader:
         return data
 
     def read_preamble(self) -> int:
-        magic, version, _flags = PREAMBLE.unpack(self._read(PREAMBLE.size, "preamble"))
+        magic, version, flags = PREAMBLE.unpack(self._read(PREAMBLE.size, "preamble"))
         if magic != MAGIC:
             raise ProtocolError(f"not a coldclone stream (magic {magic!r})")
         if version != VERSION:
@@ -314,6 +600,10 @@ class Reader:
                 f"protocol version {version} from the agent, this receiver speaks {VERSION}: "
                 f"use matching coldclone versions on both ends"
             )
+        if flags:
+            raise ProtocolError(
+                f"preamble flags {flags:#06x} set, but every flag is reserved in protocol version "
+                f"{VERSION}: use matching coldclone versions on both ends")
         return version
 
     def read(self) -> Record:
@@ -345,12 +635,7 @@ class Reader:
             digest, body = body[:32], body[32:]
             if len(digest) != 32:
                 raise ProtocolError("END record without a digest")
-        try:
-            meta = json.loads(body) if body else {}
-        except ValueError as e:
-            raise ProtocolError(f"{TYPE_NAMES[rtype]} record is not valid JSON: {e}") from None
-        if not isinstance(meta, dict):
-            raise ProtocolError(f"{TYPE_NAMES[rtype]} record is not a JSON object")
+        meta = loads_object(body, f"{TYPE_NAMES[rtype]} record")
         return Record(rtype, meta=meta, digest=digest, wire_bytes=self.consumed - start)
 
     def __iter__(self) -> Iterator[Record]:
@@ -362,13 +647,90 @@ class Reader:
 # The receiver's answers: one JSON object per line on its stdout.
 
 
-def reply(event: str, **fields) -> bytes:
-    return (json.dumps({"event": event, **fields}, sort_keys=True) + "\n").encode()
+class Event:
+    READY = "ready"
+    DISK_OK = "disk_ok"
+    COMPLETE = "complete"
+    ERROR = "error"
+    PROBE = "probe"
+    NOISE = "noise"      # a line that is not a reply (a shell's complaint, a banner)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One reply line. Which fields an event carries: docs/protocol.md, "Replies"."""
+
+    event: str
+    capture_id: str | None = None
+    path: str | None = None
+    receiver_version: str | None = None
+    protocol: int | None = None
+    probe: bool = False
+    name: str | None = None
+    digest: str | None = None
+    image: str | None = None
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    code: str | None = None
+    message: str | None = None
+    bytes: int | None = None
+    covered: int | None = None
+    seconds: float | None = None
+    sync_seconds: float | None = None
+    readback_bytes: int | None = None
+    readback_seconds: float | None = None
+    text: str | None = None
+
+    # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
+    FIELDS = {
+        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe"),
+        Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
+        Event.COMPLETE: ("path", "manifest"),
+        Event.ERROR: ("code", "message", "path"),
+        Event.PROBE: ("bytes", "covered", "counts", "seconds", "sync_seconds", "readback_bytes",
+                      "readback_seconds"),
+        Event.NOISE: ("text",),
+    }
+    _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
+    _INT = ("protocol", "bytes", "covered", "readback_bytes")
+    _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
+    _MAP = ("counts", "timings", "manifest")
+
+    def to_json(self) -> dict:
+        obj = {"event": self.event}
+        for k in self.FIELDS.get(self.event, ()):
+            v = getattr(self, k)
+            if k == "probe" and not v:
+                continue   # only a probe's ready says so (an old agent ignores the key)
+            obj[k] = v
+        return obj
+
+    def encode(self) -> bytes:
+        return (dumps(self.to_json(), sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def decode(cls, line: bytes) -> "Reply":
+        """A reply line; a line that is not a reply object comes back as Event.NOISE with its text."""
+        try:
+            return cls.from_json(loads_object(line, "reply"))
+        except ProtocolError:
+            return cls(Event.NOISE, text=line.decode(errors="replace").strip()[:2000])
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Reply":
+        """The typed reply of a decoded line (as the transport's pump queues them)."""
+        try:
+            f = _Fields(obj, f"reply {obj.get('event')!r:.40}")
+            vals = {k: f.str(k) for k in cls._STR}
+            vals.update({k: f.int(k) for k in cls._INT})
+            vals.update({k: f.float(k) for k in cls._FLOAT})
+            vals.update({k: f.mapping(k) for k in cls._MAP})
+            return cls(event=f.str("event", required=True), probe=f.bool("probe"), **vals)
+        except ProtocolError as e:
+            return cls(Event.NOISE, text=f"{e}: {dumps(obj)[:300]}")
 
 
 def parse_reply(line: bytes) -> dict:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return {"event": "noise", "text": line.decode(errors="replace").strip()}
-    return obj if isinstance(obj, dict) else {"event": "noise", "text": str(obj)}
+    """A reply line as the JSON object it is (the transport's pump queues these)."""
+    return Reply.decode(line).to_json()

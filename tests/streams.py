@@ -19,14 +19,17 @@ def disk_records(data: bytes, block_size=P.DEFAULT_BLOCK_SIZE, compress=None) ->
     return out, tree.digest()
 
 
-def capture_stream(capture_id: str, disks: dict[str, bytes], compress=None, fmt="qcow2") -> bytes:
-    parts = [P.preamble(), P.encode_json(P.T_HELLO, {"capture_id": capture_id, "format": fmt,
-                                                     "agent_version": "test", "disks": list(disks)})]
+def capture_stream(capture_id: str, disks: dict[str, bytes], compress=None, fmt="qcow2",
+                   data_estimates: dict[str, int] | None = None) -> bytes:
+    """A whole capture stream, written by the agent's own StreamWriter."""
+    parts: list[bytes] = []
+    w = P.StreamWriter(parts.append)
+    w.hello(P.Hello(capture_id=capture_id, format=fmt, agent_version="test", disks=tuple(disks)))
     for name, data in disks.items():
-        parts.append(P.encode_json(P.T_DISK, {"name": name, "size": len(data),
-                                              "block_size": P.DEFAULT_BLOCK_SIZE, "mode": "nonzero"}))
+        w.disk(P.DiskHeader(name=name, size=len(data), block_size=P.DEFAULT_BLOCK_SIZE, mode="nonzero",
+                            data_bytes_estimate=(data_estimates or {}).get(name)))
         recs, digest = disk_records(data, compress=compress)
         parts += recs
-        parts.append(P.encode_end(digest, {"bytes_read": len(data)}))
-    parts.append(P.encode_json(P.T_FINISH, {}))
+        w.end(P.DiskEnd(digest, bytes_read=len(data)))
+    w.finish()
     return b"".join(parts)

@@ -56,7 +56,7 @@ class _Replies:
 
     def __init__(self, conn: Connection):
         self.conn = conn
-        self.error: dict | None = None
+        self.error: P.Reply | None = None
         self.closed = False
 
     def poll(self) -> None:
@@ -68,23 +68,24 @@ class _Replies:
                 return
             self._take(msg)
 
-    def _take(self, msg: dict | None) -> dict | None:
+    def _take(self, msg: dict | None) -> P.Reply | None:
         if msg is None:
             self.closed = True
             return None
-        if msg.get("event") == "error":
-            self.error = msg
+        reply = P.Reply.from_json(msg)
+        if reply.event == P.Event.ERROR:
+            self.error = reply
             raise self.as_error()
-        return msg
+        return reply
 
     def as_error(self) -> ServerError:
-        m = self.error or {}
-        text = m.get("message", "failed")
+        m = self.error or P.Reply(P.Event.ERROR)
+        text = m.message or "failed"
         if not text.startswith("conversion server"):
             text = "conversion server: " + text
-        return ServerError(text, code=m.get("code", "server_error"))
+        return ServerError(text, code=m.code or "server_error")
 
-    def wait_for(self, events: tuple[str, ...], timeout: float) -> dict:
+    def wait_for(self, events: tuple[str, ...], timeout: float) -> P.Reply:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -97,7 +98,7 @@ class _Replies:
             msg = self._take(msg)
             if msg is None:
                 raise self.gone()
-            if msg.get("event") in events:
+            if msg.event in events:
                 return msg
 
     def drain(self, timeout: float) -> ColdcloneError | None:
@@ -156,9 +157,12 @@ def run_capture(
     cancel: threading.Event | None = None,
     source_facts: dict | None = None,
     estimate: dict | None = None,
+    data_estimates: dict[str, int] | None = None,
     readiness=None,
 ) -> CaptureResult:
-    """readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
+    """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
+    each DISK header so the receiver can refuse up front when its disk cannot hold them.
+    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
     opts.validate()
     if not disk_paths:
         from ..errors import UsageError
@@ -187,33 +191,34 @@ def run_capture(
                 raise replies.after_send_failure(e) from None
             sent["wire"] += len(data)
 
+        writer = P.StreamWriter(send)
+        if estimate is not None:
+            try:
+                P.dumps(estimate)
+            except (TypeError, ValueError) as e:
+                # The estimate is advice for the manifest: one that is not strict JSON (NaN, an
+                # infinite rate) must not stop the capture.
+                log.warning("estimate left out of the manifest: %s", e)
+                estimate = None
         try:
-            hello = {
-                "capture_id": capture_id,
-                "agent_version": __version__,
-                "format": image_format,
-                "source": {"hostname": socket.gethostname(), **(source_facts or {})},
-                "disks": names,
-            }
-            if estimate is not None:
-                hello["estimate"] = estimate   # the receiver puts it in the manifest, next to the actual time
-            if readiness is not None:
-                hello["readiness"] = readiness.to_dict()
-            send(P.preamble() + P.encode_json(P.T_HELLO, hello))
-            ready = replies.wait_for(("ready",), timeout=60)
-            location = ready.get("path", "")
+            # The estimate goes to the manifest, next to the actual time.
+            writer.hello(P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
+                                 source={"hostname": socket.gethostname(), **(source_facts or {})},
+                                 disks=tuple(names), estimate=estimate,
+                                 readiness=readiness.to_dict() if readiness is not None else None))
+            ready = replies.wait_for((P.Event.READY,), timeout=60)
+            location = ready.path or ""
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
             done_before = 0
             totals = DiskStats()
             for src in sources:
                 on_event(E.DiskStarted(src.name, src.path, src.size))
-                send(P.encode_json(P.T_DISK, {
-                    "name": src.name, "size": src.size, "block_size": opts.block_size,
-                    "logical_sector_size": src.logical_sector_size,
-                    "physical_sector_size": src.physical_sector_size,
-                    "mode": opts.mode, "codec": opts.codec if opts.codec == "none" else f"zstd:{opts.level}",
-                    "source": src.facts(),
-                }))
+                writer.disk(P.DiskHeader(
+                    name=src.name, size=src.size, block_size=opts.block_size,
+                    logical_sector_size=src.logical_sector_size,
+                    physical_sector_size=src.physical_sector_size,
+                    mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
+                    data_bytes_estimate=(data_estimates or {}).get(src.path)))
 
                 def on_chunk(pos: int, st: DiskStats, src=src, base=done_before) -> None:
                     on_event(E.Progress(
@@ -223,26 +228,26 @@ def run_capture(
                         elapsed=time.monotonic() - t0))
 
                 digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel)
-                send(P.encode_end(digest, st.as_dict()))
+                writer.end(P.DiskEnd(digest, **st.as_dict()))
                 for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
                     setattr(totals, k, getattr(totals, k) + getattr(st, k))
                 done_before += src.size
                 on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
-            send(P.encode_json(P.T_FINISH, {}))
+            writer.finish()
             conn.close_write()
             on_event(E.ServerNote("all data sent; the server is verifying and converting"))
-            final = replies.wait_for(("complete",), timeout=FINAL_REPLY_TIMEOUT)
+            final = replies.wait_for((P.Event.COMPLETE,), timeout=FINAL_REPLY_TIMEOUT)
         except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
             _abort(conn, replies, e)
             raise
         finally:
             conn.close()
 
-    manifest = final.get("manifest", {})
+    manifest = final.manifest
     result = CaptureResult(
         capture_id=capture_id,
         target=conn.description,
-        location=final.get("path", location),
+        location=final.path or location,
         disks=manifest.get("disks", []),
         elapsed=time.monotonic() - t0,
         bytes_read=totals.bytes_read,
@@ -261,7 +266,7 @@ def _abort(conn: Connection, replies: _Replies, err: BaseException) -> None:
         return  # the receiver failed first and has cleaned up already
     reason = str(err) or type(err).__name__
     try:
-        conn.send(P.encode_json(P.T_ABORT, {"reason": reason[:2000]}))
+        P.StreamWriter(conn.send).abort(reason)
         conn.close_write()
         replies.drain(timeout=10)  # let it remove the half-written images before we hang up
     except (ColdcloneError, OSError, ValueError):

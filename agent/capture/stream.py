@@ -47,6 +47,10 @@ class StreamOptions:
     level: int = 1
     workers: int = 2
 
+    def codec_label(self) -> str:
+        """How the DISK header and the manifest name the compression: none or zstd:LEVEL."""
+        return "none" if self.codec == "none" else f"zstd:{self.level}"
+
     def validate(self) -> None:
         from ..errors import UsageError
 

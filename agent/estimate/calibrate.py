@@ -100,23 +100,22 @@ def probe_target(connect: Callable, buffers: list, seconds: float, opts=None) ->
     c0 = cpu_now()
     conn = connect()
     replies = _Replies(conn)
+    writer = P.StreamWriter(conn.send)
     try:
-        hello = {"capture_id": None, "agent_version": __version__, "format": "raw", "probe": True,
-                 "source": {}, "disks": ["probe"]}
-        conn.send(P.preamble() + P.encode_json(P.T_HELLO, hello))
-        ready = replies.wait_for(("ready",), timeout=60)
-        if not ready.get("probe"):
+        writer.hello(P.Hello(capture_id=None, agent_version=__version__, format=P.ImageFormat.RAW, probe=True,
+                             disks=("probe",)))
+        ready = replies.wait_for((P.Event.READY,), timeout=60)
+        if not ready.probe:
             # A receiver from before the probe existed made a real capture directory: abort it
             # (it then removes its images) and estimate from the table instead.
-            conn.send(P.encode_json(P.T_ABORT, {"reason": "calibration probe not supported"}))
+            writer.abort("calibration probe not supported")
             conn.close_write()
             replies.drain(timeout=10)
             raise ServerError("the conversion server's coldclone-receive predates calibration probes; "
                               "upgrade it there, or skip calibration (--calibrate 0)", code="no_probe")
-        conn.send(P.encode_json(P.T_DISK, {
-            "name": "probe", "size": PROBE_DISK_SIZE, "block_size": opts.block_size,
-            "logical_sector_size": 512, "physical_sector_size": 512, "mode": opts.mode,
-            "codec": opts.codec if opts.codec == "none" else f"zstd:{opts.level}", "source": {}}))
+        writer.disk(P.DiskHeader(
+            name="probe", size=PROBE_DISK_SIZE, block_size=opts.block_size, logical_sector_size=512,
+            physical_sector_size=512, mode=opts.mode, codec=opts.codec_label()))
         t0 = time.monotonic()
         off = sent = data = 0
         i = 0
@@ -137,9 +136,9 @@ def probe_target(connect: Callable, buffers: list, seconds: float, opts=None) ->
                 sent += len(ch.wire)
                 data += ch.data_bytes
         disk_bytes = off
-        conn.send(P.encode_json(P.T_FINISH, {}))
+        writer.finish()
         conn.close_write()
-        done = replies.wait_for(("probe",), timeout=max(60.0, 20 * seconds))
+        done = replies.wait_for((P.Event.PROBE,), timeout=max(60.0, 20 * seconds))
         t1 = time.monotonic()
     except ColdcloneError:
         raise
@@ -148,17 +147,17 @@ def probe_target(connect: Callable, buffers: list, seconds: float, opts=None) ->
     finally:
         conn.close()
     cpu = cpu_now() - c0
-    readback_s = float(done.get("readback_seconds") or 0.0)
+    readback_s = done.readback_seconds or 0.0
     # The receiver's disk waits are taken out of the link's time: in a capture, writeback runs
     # alongside the transfer (page cache), so the disk is a stage of its own, not a pause in it.
-    sync_s = float(done.get("sync_seconds") or 0.0)
+    sync_s = done.sync_seconds or 0.0
     elapsed = max(t1 - t0 - readback_s - sync_s, 1e-6)
-    rb_bytes = int(done.get("readback_bytes") or 0)
+    rb_bytes = done.readback_bytes or 0
     result = ProbeResult(
         disk_bytes=disk_bytes, wire_bytes=sent, data_bytes=data, seconds=elapsed, rate=sent / elapsed,
         disk_rate=disk_bytes / elapsed,
         readback_rate=rb_bytes / readback_s if readback_s > 0 and rb_bytes > (1 << 20) else None,
-        receiver_seconds=float(done.get("seconds") or 0.0), cpu_seconds=cpu, sync_seconds=sync_s,
+        receiver_seconds=done.seconds or 0.0, cpu_seconds=cpu, sync_seconds=sync_s,
         write_rate=data / sync_s if sync_s > 0.01 and data else None)
     log.info("calibration probe: %d wire bytes (%d of disk) in %.2f s = %.1f MB/s on the wire",
              sent, disk_bytes, elapsed, result.rate / 1e6)

@@ -4,18 +4,36 @@ Names from the wire are validated (no '/', no '..', no leading dot, a short
 safe alphabet), and every file is created relative to a directory file
 descriptor with O_NOFOLLOW | O_EXCL, so neither a crafted name nor a symlink
 planted in the root can make us write outside it.
+
+A capture directory is never a root: a root inside a capture (`<id>.partial` or a
+complete `<id>`) would let one session nest a capture in another one's images.
+The names a capture directory holds (manifest.json, failure.json, images, temp
+files) are never capture ids, for the same reason.
+
+While a receiver works in `<id>.partial` it holds an flock on `<id>.partial/.coldclone-receive.lock`
+(which holds its pid): a `.partial` whose lock is free belongs to a receiver that
+died (kill -9, power loss), and `coldclone-receive --gc` reports and cleans it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
+from dataclasses import dataclass
 
 from ..errors import ServerError
+from ..protocol import dumps
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PARTIAL = ".partial"
+LOCK = ".coldclone-receive.lock"
+MANIFEST = "manifest.json"
+FAILURE = "failure.json"
+# What a capture directory holds, by name or suffix: never a capture id.
+RESERVED_NAMES = (MANIFEST, FAILURE)
+RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock")
 
 
 def validate_name(name: object, what: str) -> str:
@@ -28,19 +46,52 @@ def validate_name(name: object, what: str) -> str:
     return name
 
 
+def validate_capture_id(capture_id: object) -> str:
+    name = validate_name(capture_id, "capture id")
+    if name in RESERVED_NAMES or name.endswith(RESERVED_SUFFIXES):
+        raise ServerError(
+            f"refused capture id {name!r}: {', '.join(RESERVED_NAMES)} and names ending in "
+            f"{', '.join(RESERVED_SUFFIXES)} are reserved for the files of a capture; choose another id",
+            code="bad_name")
+    return name
+
+
+def is_capture_dir(path: str) -> bool:
+    """A directory some capture owns: staging (`.partial`), or holding a manifest, failure or lock."""
+    if os.path.basename(path).endswith(PARTIAL):
+        return True
+    return any(os.path.lexists(os.path.join(path, n)) for n in (MANIFEST, FAILURE, LOCK))
+
+
 def resolve_root(forced_root: str, requested: str | None) -> str:
-    """The directory a capture goes to: the forced root, or a directory inside it the agent asked for."""
+    """The directory a capture goes to: the forced root, or a directory inside it the agent asked for.
+
+    Never inside a capture: not `<id>.partial`, not a complete `<id>`, nor below either.
+    """
     root = os.path.realpath(forced_root)
     if not requested or requested == "/":
-        return root
-    req = os.path.realpath(requested if os.path.isabs(requested) else os.path.join(root, requested))
+        req = root
+    else:
+        req = os.path.realpath(requested if os.path.isabs(requested) else os.path.join(root, requested))
     if req != root and not req.startswith(root + os.sep):
         raise ServerError(
             f"refused: the agent asked for {requested!r}, but this key is confined to {root}; "
             f"use ssh://user@host/ or a path inside {root}",
             code="outside_root",
         )
-    return req
+    # Every directory from / down to the one asked for: the forced --root itself must not be
+    # inside a capture either (a mistyped authorized_keys line).
+    d = req
+    while True:
+        if is_capture_dir(d):
+            raise ServerError(
+                f"refused: {req} is inside the capture directory {d}; a capture is never a root "
+                f"for another one: use ssh://user@host/ or another directory of the root",
+                code="outside_root")
+        parent = os.path.dirname(d)
+        if parent == d:
+            return req
+        d = parent
 
 
 def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -51,14 +102,21 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
                  dir_fd=dir_fd)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    os.fsync(dir_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        # A disk that filled up while writing the manifest keeps no half-written temp file.
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 class Store:
@@ -70,16 +128,25 @@ class Store:
             raise ServerError(
                 f"receiver root {root} cannot be opened: {e.strerror}; create it and give the "
                 f"receiving user write access", code="root_unusable") from None
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise ServerError(
-                f"receiver root {root} is not writable by this user (uid {os.getuid()}); "
-                f"chown/chmod it or start coldclone-receive with another --root", code="root_unusable")
-        st = os.statvfs(root)
-        if st.f_flag & os.ST_RDONLY:
-            raise ServerError(f"receiver root {root} is on a read-only filesystem", code="root_unusable")
+        try:
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise ServerError(
+                    f"receiver root {root} is not writable by this user (uid {os.getuid()}); "
+                    f"chown/chmod it or start coldclone-receive with another --root", code="root_unusable")
+            st = os.statvfs(root)
+            if st.f_flag & os.ST_RDONLY:
+                raise ServerError(f"receiver root {root} is on a read-only filesystem", code="root_unusable")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def make_capture_dir(self, capture_id: str) -> "CaptureDir":
-        validate_name(capture_id, "capture id")
+        validate_capture_id(capture_id)
         for name in (capture_id, capture_id + PARTIAL):
             try:
                 os.stat(name, dir_fd=self.fd, follow_symlinks=False)
@@ -91,11 +158,21 @@ class Store:
         staging = capture_id + PARTIAL
         try:
             os.mkdir(staging, 0o750, dir_fd=self.fd)
-            dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileExistsError:
+            # Another session took the same id between the check above and here.
+            raise ServerError(f"capture {capture_id} already exists in {self.root} ({staging}); "
+                              f"start a new capture (a new id)", code="exists") from None
         except OSError as e:
             raise ServerError(f"cannot create {os.path.join(self.root, staging)}: {e.strerror}",
                               code="root_unusable") from None
-        return CaptureDir(self, capture_id, staging, dfd)
+        dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        cap = CaptureDir(self, capture_id, staging, dfd)
+        try:
+            cap.lock()
+        except BaseException:
+            cap.close()
+            raise
+        return cap
 
 
 class CaptureDir:
@@ -104,6 +181,33 @@ class CaptureDir:
         self.capture_id = capture_id
         self.staging = staging
         self.fd = fd
+        self.lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Mark the capture as owned by this live process (flock, held until exit; pid for people)."""
+        self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                               dir_fd=self.fd)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.write(self.lock_fd, f"{os.getpid()}\n".encode())
+
+    def close(self) -> None:
+        """Let go of the directory (the lock with it: a capture still locked here is abandoned)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def unlock(self) -> None:
+        """The capture is over (complete, or failed with failure.json): nothing left to own."""
+        if self.lock_fd is not None:
+            try:
+                os.unlink(LOCK, dir_fd=self.fd)
+            except OSError:
+                pass
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     @property
     def path(self) -> str:
@@ -130,15 +234,99 @@ class CaptureDir:
         write_atomic_at(self.fd, name, data)
 
     def unlink(self, name: str) -> None:
+        # Our own temp files are dot-names ("." + a valid name + ".tmp"): the rule for names from
+        # the wire holds for the part after the dot.
+        validate_name(name[1:] if name.startswith(".") and name.endswith(".tmp") else name, "file name")
         try:
-            os.unlink(validate_name(name, "file name"), dir_fd=self.fd)
+            os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
             pass
 
     def complete(self) -> str:
         """The one step that marks a capture complete: staging dir renamed to its final name."""
+        self.unlock()
         os.fsync(self.fd)
         os.rename(self.staging, self.capture_id, src_dir_fd=self.store.fd, dst_dir_fd=self.store.fd)
         os.fsync(self.store.fd)
         self.staging = self.capture_id
         return self.final_path
+
+
+# ----------------------------------------------------------------- gc
+
+
+@dataclass(frozen=True)
+class PartialState:
+    path: str
+    state: str          # live | dead | failed | unknown
+    pid: int | None
+    detail: str
+
+
+def _partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
+    """What a `.partial` is, and (for a dead one) the lock's fd still held by us."""
+    path = os.path.join(root, name)
+    dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        try:
+            lfd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            if os.path.lexists(os.path.join(path, FAILURE)):
+                return PartialState(path, "failed", None, "failed; failure.json tells why"), None
+            return PartialState(path, "unknown", None, "no lock and no failure.json (an older receiver?)"), None
+        try:
+            fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lfd)
+            return PartialState(path, "live", None, "a running receiver holds its lock"), None
+        text = os.pread(lfd, 32, 0).decode(errors="replace").strip()
+        if not text.isdigit():
+            # The lock file is created, then locked, then the pid written: this one is just starting.
+            os.close(lfd)
+            return PartialState(path, "live", None, "being created"), None
+        return PartialState(path, "dead", int(text), f"receiver pid {text} is gone"), lfd
+    finally:
+        os.close(dfd)
+
+
+def gc(root: str, clean: bool = True) -> list[PartialState]:
+    """Every `.partial` in root, with its state; a dead one's images are removed and failure.json written.
+
+    A live capture (its receiver still holds the lock) is never touched.
+    """
+    store = Store(os.path.realpath(root))
+    try:
+        return _gc(store, clean)
+    finally:
+        store.close()
+
+
+def _gc(store: Store, clean: bool) -> list[PartialState]:
+    out = []
+    for name in sorted(os.listdir(store.root)):
+        if not name.endswith(PARTIAL) or not os.path.isdir(os.path.join(store.root, name)) \
+                or os.path.islink(os.path.join(store.root, name)):
+            continue
+        st, lfd = _partial_state(store.fd, store.root, name)
+        if st.state == "dead" and clean:
+            dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store.fd)
+            try:
+                removed = []
+                for f in os.listdir(dfd):
+                    if f not in (LOCK, FAILURE):
+                        os.unlink(f, dir_fd=dfd)
+                        removed.append(f)
+                cap = CaptureDir(store, name[:-len(PARTIAL)], name, dfd)
+                record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id,
+                          "error": f"the receiver (pid {st.pid}) died without finishing; found by "
+                                   f"coldclone-receive --gc", "removed": removed}
+                cap.write_atomic(FAILURE, dumps(record, indent=2).encode() + b"\n")
+                os.unlink(LOCK, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            st = PartialState(st.path, "dead", st.pid, f"{st.detail}; cleaned: {', '.join(removed) or 'nothing'} "
+                                                        f"removed, failure.json written")
+        if lfd is not None:
+            os.close(lfd)
+        out.append(st)
+    return out

@@ -14,16 +14,11 @@ BS = P.DEFAULT_BLOCK_SIZE
 
 
 def _records(n_chunks=6, size=1 << 40, probe=True, estimate=None, end=False):
-    out = [P.preamble()]
-    hello = {"capture_id": None if probe else "cap-1", "agent_version": "t", "format": "raw",
-             "source": {}, "disks": ["d"]}
-    if probe:
-        hello["probe"] = True
-    if estimate is not None:
-        hello["estimate"] = estimate
-    out.append(P.encode_json(P.T_HELLO, hello))
-    out.append(P.encode_json(P.T_DISK, {"name": "d", "size": size, "block_size": BS, "mode": "nonzero",
-                                        "codec": "none", "source": {}}))
+    out = []
+    w = P.StreamWriter(out.append)
+    w.hello(P.Hello(capture_id=None if probe else "cap-1", agent_version="t", format="raw", disks=("d",),
+                    probe=probe, estimate=estimate))
+    w.disk(P.DiskHeader(name="d", size=size, block_size=BS, mode="nonzero", codec="none"))
     tree = P.BlockTree(size, BS)
     off = 0
     for i in range(n_chunks):
@@ -36,8 +31,8 @@ def _records(n_chunks=6, size=1 << 40, probe=True, estimate=None, end=False):
         tree.add_zero(off, 4 * BS)
         off += 4 * BS
     if end:
-        out.append(P.encode_end(tree.digest(), {}))
-    out.append(P.encode_json(P.T_FINISH, {}))
+        w.end(P.DiskEnd(tree.digest()))
+    w.finish()
     return b"".join(out)
 
 
@@ -71,7 +66,7 @@ def test_probe_with_a_corrupt_record_fails_and_leaves_nothing(tmp_path):
 
 def test_probe_abort_leaves_nothing(tmp_path):
     data = _records(n_chunks=2)
-    cut = data[:data.rindex(P.encode_json(P.T_FINISH, {}))] + P.encode_json(P.T_ABORT, {"reason": "x"})
+    cut = data[:data.rindex(P.encode_finish())] + P.Abort("x").encode()
     out = io.BytesIO()
     assert Receiver(str(tmp_path), out).run(io.BytesIO(cut)) == 0
     assert os.listdir(tmp_path) == []

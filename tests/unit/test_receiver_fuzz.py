@@ -1,0 +1,227 @@
+"""Seeded, bounded fuzzing of the real receiver (in process, on a real directory).
+
+Two generators: mutations of valid capture and probe streams (flipped, cut, spliced, with a
+record's JSON replaced), and streams built record by record from hostile field values. For every
+case: no traceback (an unexpected exception would surface as the `internal` error code), at most
+one error reply and it is the last, nothing written outside the root, bounded memory.
+"""
+
+import io
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+import tracemalloc
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from agent import protocol as P
+from agent.receive.receiver import Receiver
+
+BS = 4096
+MiB = 1 << 20
+MEM_LIMIT = 200 * MiB
+CASES = 1500          # per generator: 3000 in all
+STATS = {"cases": 0, "peak": 0, "codes": {}, "seconds": 0.0, "rss_start": 0, "rss_max": 0}
+
+
+def rss() -> int:
+    """This process's resident memory now (bytes)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def _disk(seed: int) -> bytes:
+    rnd = bytearray(os.urandom(4 * BS)) if seed else bytearray(b"coldclone" * 1821)[:4 * BS]
+    return bytes(rnd) + bytes(4 * BS) + b"\x01" * BS + bytes(3 * BS)
+
+
+def _stream(probe=False, fmt="raw", zstd=False) -> bytes:
+    data = _disk(0)
+    parts = []
+    w = P.StreamWriter(parts.append)
+    w.hello(P.Hello(capture_id=None if probe else "fz", probe=probe, format=fmt, disks=("sda",),
+                    source={"hostname": "h", "facts": [1, 2.5, None, {"a": "b"}]}))
+    w.disk(P.DiskHeader(name="sda", size=len(data), block_size=BS, data_bytes_estimate=len(data)))
+    tree = P.BlockTree(len(data), BS)
+    c = zstandard.ZstdCompressor(level=1)
+    for ext in P.split_extents(data, 0, BS):
+        if ext.zero:
+            parts.append(P.encode_zero(ext.offset, ext.length))
+            tree.add_zero(ext.offset, ext.length)
+        else:
+            raw = bytes(ext.data)
+            payload, codec = (c.compress(raw), P.CODEC_ZSTD) if zstd else (raw, P.CODEC_NONE)
+            parts.append(P.encode_data(ext.offset, ext.length, codec, P.record_digest(ext.digests), payload))
+            tree.add_digests(ext.offset, ext.length, ext.digests)
+    if not probe:
+        w.end(P.DiskEnd(tree.digest(), bytes_read=len(data)))
+    w.finish()
+    return b"".join(parts)
+
+
+BASES = [_stream(), _stream(zstd=True), _stream(probe=True), _stream(fmt="qcow2", zstd=True)]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    STATS["rss_start"] = rss()
+    STATS["fds"] = len(os.listdir("/proc/self/fd"))
+    # tmpfs where there is one: thousands of failure.json fsyncs on a real disk would measure the disk.
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    box = tempfile.mkdtemp(prefix="coldclone-fuzz-", dir=shm) if shm else str(tmp_path_factory.mktemp("fuzz"))
+    os.mkdir(os.path.join(box, "root"))
+    with open(os.path.join(box, "sentinel"), "w") as f:
+        f.write("untouched")
+    yield str(box)
+    shutil.rmtree(box, ignore_errors=True)
+    print(f"\nreceiver fuzz: {STATS['cases']} cases in {STATS['seconds']:.1f} s, peak traced memory per case "
+          f"{STATS['peak'] / MiB:.1f} MiB, RSS {STATS['rss_start'] / MiB:.0f} MiB before, at most {STATS['rss_max'] / MiB:.0f} "
+          f"MiB after a case (peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MiB), "
+          f"outcomes {dict(sorted(STATS['codes'].items()))}")
+
+
+def run_case(box: str, blob: bytes) -> None:
+    root = os.path.join(box, "root")
+    out = io.BytesIO()
+    t0 = time.monotonic()
+    tracemalloc.start()
+    try:
+        rc = Receiver(root, out).run(io.BytesIO(blob))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    STATS["seconds"] += time.monotonic() - t0
+    STATS["cases"] += 1
+    STATS["peak"] = max(STATS["peak"], peak)
+    assert peak < MEM_LIMIT, f"{peak >> 20} MiB traced for one stream"
+    now = rss()
+    STATS["rss_max"] = max(STATS["rss_max"], now)
+    assert now - STATS["rss_start"] < MEM_LIMIT, f"RSS grew from {STATS['rss_start'] >> 20} to {now >> 20} MiB"
+    assert len(os.listdir("/proc/self/fd")) <= STATS["fds"] + 2, "file descriptors leaked"
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert all(isinstance(r, dict) and isinstance(r.get("event"), str) for r in replies), replies
+    errors = [r for r in replies if r["event"] == "error"]
+    assert rc in (0, 1)
+    if rc == 1:
+        assert len(errors) == 1 and replies[-1] is errors[0], replies
+        assert errors[0]["code"] != "internal", errors[0]["message"]
+        key = errors[0]["code"]
+    else:
+        assert not errors, replies
+        key = replies[-1]["event"]
+    STATS["codes"][key] = STATS["codes"].get(key, 0) + 1
+    # Nothing outside the root; inside it only capture directories and their own files.
+    assert sorted(os.listdir(box)) == ["root", "sentinel"]
+    assert open(os.path.join(box, "sentinel")).read() == "untouched"
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            assert not os.path.islink(p), p
+            assert os.path.realpath(p).startswith(os.path.realpath(root) + os.sep), p
+    for name in os.listdir(root):
+        shutil.rmtree(os.path.join(root, name))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+KEYS = ["capture_id", "agent_version", "format", "source", "disks", "probe", "estimate", "name", "size",
+        "block_size", "logical_sector_size", "physical_sector_size", "mode", "codec", "data_bytes_estimate",
+        "bytes_read", "elapsed", "reason"]
+json_objects = st.dictionaries(st.sampled_from(KEYS), json_values | st.sampled_from(
+    ["fz", "sda", "qcow2", "raw", "manifest.json", "../x", 4096, 65536, 1 << 62, 1 << 64, -1, 0, True]), max_size=8)
+
+
+@st.composite
+def mutated(draw):
+    blob = bytearray(draw(st.sampled_from(BASES)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "splice", "json"]))
+        pos = draw(st.integers(0, max(len(blob) - 1, 0)))
+        if op == "flip" and blob:
+            blob[pos] ^= draw(st.integers(1, 255))
+        elif op == "cut":
+            del blob[pos:]
+        elif op == "insert":
+            blob[pos:pos] = draw(st.binary(min_size=1, max_size=16))
+        elif op == "splice":
+            end = draw(st.integers(pos, len(blob)))
+            blob[pos:pos] = blob[pos:end][:256]
+        elif op == "json":
+            kind = draw(st.sampled_from([P.T_HELLO, P.T_DISK, P.T_FINISH, P.T_ABORT]))
+            blob[pos:pos] = P.frame(kind, json.dumps(draw(json_objects)).encode())
+    return bytes(blob)
+
+
+u64 = st.one_of(st.integers(0, 1 << 20), st.sampled_from([0, BS, 1 << 62, (1 << 64) - 1, (1 << 63)]))
+u32 = st.one_of(st.integers(0, 1 << 20), st.sampled_from([0, BS, (1 << 32) - 1]))
+
+
+@st.composite
+def built(draw):
+    parts = [P.preamble() if draw(st.integers(0, 20)) else
+             P.PREAMBLE.pack(P.MAGIC, P.VERSION, draw(st.integers(0, 0xFFFF)))]
+    hello = draw(json_objects)
+    if draw(st.booleans()):
+        hello.update(capture_id="fz", format=draw(st.sampled_from(["raw", "qcow2", "vmdk"])))
+    if draw(st.integers(0, 3)) == 0:
+        hello["probe"] = True
+    parts.append(P.frame(P.T_HELLO, json.dumps(hello).encode()))
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["disk", "data", "zero", "end", "finish", "abort", "raw"]))
+        if kind == "disk":
+            d = draw(json_objects)
+            if draw(st.booleans()):
+                d.update(name="sda", size=draw(u64), block_size=draw(st.sampled_from([512, BS, 3000, 1 << 30])))
+            parts.append(P.frame(P.T_DISK, json.dumps(d).encode()))
+        elif kind == "data":
+            payload = draw(st.binary(max_size=64))
+            if draw(st.booleans()):
+                payload = zstandard.ZstdCompressor().compress(bytes(draw(st.integers(0, 2 * BS))))
+            parts.append(P.encode_data(draw(u64), draw(u32), draw(st.integers(0, 2)), draw(st.binary(min_size=32, max_size=32)),
+                                       payload))
+        elif kind == "zero":
+            parts.append(P.encode_zero(draw(u64), draw(u64)))
+        elif kind == "end":
+            parts.append(P.frame(P.T_END, draw(st.binary(max_size=40)) + json.dumps(draw(json_objects)).encode()))
+        elif kind == "finish":
+            parts.append(P.encode_finish())
+        elif kind == "abort":
+            parts.append(P.frame(P.T_ABORT, json.dumps(draw(json_objects)).encode()))
+        else:
+            parts.append(P.FRAME.pack(draw(st.integers(0, 9)), draw(u32)) + draw(st.binary(max_size=32)))
+    return b"".join(parts)
+
+
+FUZZ = settings(max_examples=CASES, derandomize=True, deadline=None, database=None, print_blob=True,
+                suppress_health_check=list(HealthCheck))
+
+
+@FUZZ
+@given(blob=mutated())
+def test_fuzz_mutated_streams(sandbox, blob):
+    run_case(sandbox, blob)
+
+
+@FUZZ
+@given(blob=built())
+def test_fuzz_built_streams(sandbox, blob):
+    run_case(sandbox, blob)
+
+
+def test_the_bases_are_accepted(sandbox):
+    """The unmutated streams complete (so the mutations start from streams that get far)."""
+    for blob in BASES:
+        out = io.BytesIO()
+        assert Receiver(os.path.join(sandbox, "root"), out).run(io.BytesIO(blob)) == 0, out.getvalue()
+        for name in os.listdir(os.path.join(sandbox, "root")):
+            shutil.rmtree(os.path.join(sandbox, "root", name))
