@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 
@@ -17,15 +16,16 @@ from . import __version__
 from .choices import IscsiMode
 from .config import add_flags, config_from_args, parse_size
 from .console import JobConsole
-from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, ColdcloneError
+from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, CancelledError, ColdcloneError
+from .capture.stop import StopOnSignal
 from .job import CaptureJob
 
 log = logging.getLogger("coldclone")
 
 # Flags `coldclone capture` shares with the kernel command line keys (agent/config.py OPTIONS).
 CAPTURE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "compress",
-                 "chunk_size", "block_size", "workers", "format", "capture_id", "calibrate", "progress",
-                 "timeout")
+                 "chunk_size", "block_size", "workers", "format", "capture_id", "allow_mounted",
+                 "calibrate", "progress", "timeout")
 
 
 def cmd_capture(args) -> int:
@@ -34,21 +34,35 @@ def cmd_capture(args) -> int:
     cancel = threading.Event()
     console = JobConsole(cfg.progress, notes=sys.stderr)
 
-    def on_sigint(signum, frame):
-        # First Ctrl-C: stop at the next record boundary, so the receiver gets a
-        # clean ABORT and discards the partial capture. Second: stop now.
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        print("coldclone: cancelling after the current chunk (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+    def on_first(signame: str) -> None:
+        if signame == "SIGINT":
+            print("coldclone: cancelling after the current chunk (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        CaptureJob(cfg, notify=console, cancel=cancel, discovery_optional=True).run()
+        with StopOnSignal(cancel, on_first) as stop:
+            try:
+                CaptureJob(cfg, notify=console, cancel=cancel, discovery_optional=True).run()
+            except (CancelledError, KeyboardInterrupt) as e:
+                if stop.signame:
+                    raise stop.error(e) from None
+                raise
     finally:
-        signal.signal(signal.SIGINT, previous)
         console.close()
+    return EXIT_OK
+
+
+def cmd_release(args) -> int:
+    """Give back what a killed coldclone left read-only; never what a running one guards."""
+    from .capture.guard import held, release_stale
+
+    lines = release_stale()
+    for rec in held():
+        pids = ", ".join(sorted({str(o.pid) for o in rec.owners if o.alive()}))
+        lines.append(f"{rec.dev} left read-only: coldclone pid {pids} is still using it "
+                     f"(stop that capture to release it)")
+    for line in lines or ["nothing to release: no device is guarded"]:
+        print(f"coldclone: {line}")
     return EXIT_OK
 
 
@@ -83,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
+
+    r = sub.add_parser("release", help="restore the read-only state of disks a killed coldclone left guarded")
+    r.set_defaults(func=cmd_release)
 
     d = sub.add_parser("digest", help="print the coldclone disk digest of a device or raw image")
     d.add_argument("path", nargs="+")

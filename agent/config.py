@@ -236,6 +236,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail", _hook, "hook run after any failure, as `pre`; also `COLDCLONE_EXIT` and "
            "`COLDCLONE_MESSAGE`", "-"),
     Option("estimate_only", None, "flag: discover and estimate, capture nothing", "off"),
+    Option("allow_mounted", None, "flag: capture even a source that is mounted read-write or open for "
+           "writing (refused otherwise, naming the mount or the process); the image may be "
+           "inconsistent and the manifest records the override", "off", flag="--allow-mounted-source",
+           help="capture even if a source is mounted read-write or open for writing "
+                "(the image may be inconsistent; the manifest records it)"),
     Option("calibrate", _seconds(0, 120), "seconds of calibration probe before the estimate, `0` skips it",
            "`3`", flag="--calibrate", metavar="SECONDS",
            help="time spent measuring the source and the target (0: table rates only)"),
@@ -282,6 +287,7 @@ class CaptureConfig:
     post: str | None = None
     fail: str | None = None
     estimate_only: bool = False
+    allow_mounted: bool = False
     calibrate: float = 3.0
     progress: float = 10.0
     timeout: float = 20.0

@@ -21,17 +21,19 @@ def kernel_name(path: str) -> str:
     return os.path.basename(real)
 
 
-def partitions_of(path: str) -> list[str]:
-    """/dev paths of the partitions the kernel knows for a whole-disk device."""
-    sysdir = f"/sys/class/block/{kernel_name(path)}"
-    out = []
+SYS_BLOCK = "/sys/class/block"
+
+
+def partition_names(name: str, sysfs: str = SYS_BLOCK) -> list[str]:
+    """Kernel names of the partitions the kernel knows for a whole-disk device."""
+    sysdir = os.path.join(sysfs, name)
     try:
         entries = sorted(os.listdir(sysdir))
     except OSError:
-        return out
-    for entry in entries:
-        if os.path.exists(os.path.join(sysdir, entry, "partition")):
-            dev = dev_path(entry)
-            if os.path.exists(dev):
-                out.append(dev)
-    return out
+        return []
+    return [e for e in entries if os.path.exists(os.path.join(sysdir, e, "partition"))]
+
+
+def partitions_of(path: str) -> list[str]:
+    """/dev paths of the partitions the kernel knows for a whole-disk device."""
+    return [p for p in (dev_path(n) for n in partition_names(kernel_name(path))) if os.path.exists(p)]

@@ -29,14 +29,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 
 from .config import CaptureConfig, from_cmdline, kernel_words, read_kernel_cmdline
-from .errors import EXIT_OK, EXIT_USAGE  # noqa: F401  (EXIT_USAGE: docs)
+from .capture.stop import StopOnSignal
+from .errors import EXIT_OK, EXIT_USAGE, CancelledError
 from .console import JobConsole
 from .job import CaptureJob, describe_failure
 
@@ -119,9 +119,13 @@ def main(argv: list[str]) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.WARNING)
-    cfg = None
     cancel = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: cancel.set())  # systemctl stop: ABORT cleanly
+    # systemctl stop (SIGTERM), Ctrl-C, a console hang-up: ABORT cleanly, release the guard
+    with StopOnSignal(cancel) as stop:
+        return _run(args, cancel, stop)
+
+
+def _run(args, cancel: threading.Event, stop: StopOnSignal) -> int:
     t0 = time.monotonic()
     try:
         text = args.cmdline if args.cmdline is not None else read_kernel_cmdline(args.cmdline_file)
@@ -135,6 +139,8 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     except (KeyboardInterrupt, Exception) as e:
         # the job has run the fail hook already (it needs the configuration, which a typo lacks)
+        if stop.signame and isinstance(e, (CancelledError, KeyboardInterrupt)):
+            e = stop.error(e)
         code, msg = describe_failure(e)
         say(f"error: {msg}")
         print(f"COLDCLONE-HEADLESS-FAILED exit={code}: {msg.splitlines()[0] if msg else ''}", flush=True)

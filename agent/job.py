@@ -350,7 +350,7 @@ class CaptureJob:
                              source_facts=facts, estimate=est.to_dict() if est is not None else None,
                              # the receiver's disk-space preflight: non-zero bytes per disk
                              data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
-                             readiness=self.readiness)
+                             allow_mounted=cfg.allow_mounted, readiness=self.readiness)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 

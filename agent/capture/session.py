@@ -21,7 +21,8 @@ from .. import protocol as P
 from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError
 from ..transport.base import Connection
 from . import events as E
-from .guard import ReadOnlyGuard
+from . import inuse
+from .guard import ReadOnlyGuard, device_tree
 from .source import SourceDisk, probe
 from .stream import DiskStats, StreamOptions, stream_disk
 
@@ -44,6 +45,15 @@ class CaptureResult:
     zero_bytes: int
     total_size: int
     manifest: dict = field(default_factory=dict)
+
+
+class CaptureCancelled(CancelledError):
+    """The capture was stopped (Ctrl-C, a signal, the TUI's cancel). aborted_on_server: the
+    receiver had the capture open and was sent ABORT (it discards the partial capture)."""
+
+    def __init__(self, message: str, *, aborted_on_server: bool):
+        super().__init__(message)
+        self.aborted_on_server = aborted_on_server
 
 
 def new_capture_id() -> str:
@@ -85,9 +95,13 @@ class _Replies:
             text = "conversion server: " + text
         return ServerError(text, code=m.code or "server_error")
 
-    def wait_for(self, events: tuple[str, ...], timeout: float) -> P.Reply:
+    def wait_for(self, events: tuple[str, ...], timeout: float,
+                 cancel: threading.Event | None = None) -> P.Reply:
         deadline = time.monotonic() + timeout
         while True:
+            # A stop (Ctrl-C, SIGTERM) while the server verifies must not wait hours for it.
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("capture cancelled by the operator")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ServerError(f"no answer from the conversion server within {timeout:.0f} s", code="timeout")
@@ -158,6 +172,7 @@ def run_capture(
     source_facts: dict | None = None,
     estimate: dict | None = None,
     data_estimates: dict[str, int] | None = None,
+    allow_mounted: bool = False,
     readiness=None,
 ) -> CaptureResult:
     """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
@@ -176,9 +191,26 @@ def run_capture(
     capture_id = capture_id or new_capture_id()
     total = sum(s.size for s in sources)
     t0 = time.monotonic()
+    if cancel is not None and cancel.is_set():   # stopped before anything started
+        raise CaptureCancelled("capture cancelled before it started", aborted_on_server=False)
+    what = "capture " + ", ".join(disk_paths)
+    tree = device_tree([s.path for s in sources])
+    # Before the guard: setting a device read-only under a read-write mount would make the
+    # running filesystem fail its own writes.
+    in_use = inuse.check(tree, what=what, allow=allow_mounted)
+    source_facts = dict(source_facts or {})
+    if allow_mounted:
+        # The manifest says the operator chose to capture a source that may be changing.
+        source_facts["allow_mounted_source"] = {"in_use": [f.describe() for f in in_use]}
 
     with ReadOnlyGuard([s.path for s in sources]) as guard:
         log.info("read-only guard on: %s", ", ".join(guard.guarded))
+        # Again with the guard on, closing the window between the check and BLKROSET (no
+        # read-write mount or write-open can start now).
+        late = [f for f in inuse.scan(tree) if f not in in_use]
+        if late:
+            inuse.check_found(late, what=what, allow=allow_mounted)
+            source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
         conn = connect()
         replies = _Replies(conn)
         sent = {"wire": 0}
@@ -206,7 +238,7 @@ def run_capture(
                                  source={"hostname": socket.gethostname(), **(source_facts or {})},
                                  disks=tuple(names), estimate=estimate,
                                  readiness=readiness.to_dict() if readiness is not None else None))
-            ready = replies.wait_for((P.Event.READY,), timeout=60)
+            ready = replies.wait_for((P.Event.READY,), timeout=60, cancel=cancel)
             location = ready.path or ""
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
             done_before = 0
@@ -236,9 +268,12 @@ def run_capture(
             writer.finish()
             conn.close_write()
             on_event(E.ServerNote("all data sent; the server is verifying and converting"))
-            final = replies.wait_for((P.Event.COMPLETE,), timeout=FINAL_REPLY_TIMEOUT)
+            final = replies.wait_for((P.Event.COMPLETE,), timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
         except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
             _abort(conn, replies, e)
+            if isinstance(e, (CancelledError, KeyboardInterrupt)):
+                raise CaptureCancelled(str(e) or "capture cancelled by the operator",
+                                       aborted_on_server=True) from None
             raise
         finally:
             conn.close()

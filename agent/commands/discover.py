@@ -74,8 +74,14 @@ def main(argv: list[str]) -> int:
         if args.inspect:
             from ..inspect.disk import inspect_disk
 
+            from ..capture.inuse import SourceInUseError
+
             for disk in inv.capture_set():
-                reports[disk.name] = inspect_disk(disk, inventory=inv)
+                try:
+                    reports[disk.name] = inspect_disk(disk, inventory=inv)
+                except SourceInUseError as e:   # this disk only: the others are still reported
+                    print(f"coldclone discover: {disk.name} not inspected: {e}", file=sys.stderr)
+                    reports[disk.name] = None
     except (ColdcloneError, OSError, ValueError) as e:
         print(f"coldclone discover: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)

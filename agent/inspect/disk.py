@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 
+from ..capture.inuse import SourceInUseError
 from ..discover.model import Disk, Inventory, Partition
-from ..errors import CommandError
+from ..errors import CommandError, SourceError
 from .boot import firmware_from_disk
 from .fstab import disk_of_spec, parse_fstab, partition_number
 from .files import read_text
@@ -62,7 +63,10 @@ def _boot_partition(fstab_text: str, disk: Disk, root: Partition) -> Partition |
 
 
 def inspect_disk(disk: Disk, inventory: Inventory | None = None) -> SourceOS | None:
-    """The OS on disk, or None when no partition holds a root filesystem."""
+    """The OS on disk, or None when no partition holds a root filesystem.
+
+    SourceInUseError when the disk is mounted read-write or open for writing: it is not
+    inspected at all (the front end shows why)."""
     disk_count = None
     if inventory is not None:
         disk_count = len(inventory.capture_set())
@@ -81,6 +85,9 @@ def inspect_disk(disk: Disk, inventory: Inventory | None = None) -> SourceOS | N
                 with mounted_ro(boot.dev_path, boot.filesystem.type) as boot_mnt:
                     return inspect_tree(mnt, boot_root=boot_mnt, devices=devices,
                                         disk_count=disk_count, disk_firmware=firmware)
-        except CommandError as e:
-            log.warning("%s: %s", part.dev_path, e)
+        except SourceInUseError:
+            raise   # the whole disk is in use: no other partition may be mounted either
+        except (CommandError, SourceError) as e:
+            # Not mountable, or cannot be made read-only: said, and the next one is tried.
+            log.warning("%s: not inspected: %s", part.dev_path, e)
     return None

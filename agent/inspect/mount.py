@@ -1,7 +1,11 @@
 """Mounting a source filesystem read-only, the only way coldclone mounts one.
 
 ext3/ext4 get `noload` and xfs `norecovery`: a plain `ro` mount still replays
-the journal, which writes to the source disk.
+the journal, which writes to the source disk. Even then a read-only mount of a
+*writable* device is not enough (ext4 still runs orphan cleanup, writing the
+superblock and inodes), so the device's whole tree is set read-only in the
+kernel first (the shared guard) and a device that is not read-only is never
+mounted.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import logging
 import os
 import tempfile
 
-from ..errors import CommandError
+from ..capture import inuse
+from ..capture.guard import ReadOnlyGuard, device_tree, get_ro
+from ..errors import CommandError, SourceError
 from ..runcmd import run
 
 log = logging.getLogger("coldclone.inspect")
@@ -32,7 +38,28 @@ def ro_options(fstype: str) -> str:
 
 @contextlib.contextmanager
 def mounted_ro(device: str, fstype: str, *, timeout: float = 60):
-    """Mount device read-only on a fresh temporary directory; always unmount."""
+    """Mount device read-only on a fresh temporary directory; always unmount.
+
+    Refused (SourceError) when the device's disk is mounted read-write or open for writing
+    anywhere (the inspection would read a moving filesystem), or cannot be made read-only.
+    """
+    inuse.check(device_tree([device]), what=f"inspect {device}")
+    # Not exclusive: inspecting a disk that another coldclone is capturing is harmless,
+    # and the shared guard keeps the disk read-only until both are done.
+    with ReadOnlyGuard([device], exclusive=False):
+        try:
+            ro = get_ro(device)
+        except OSError as e:
+            raise SourceError(f"cannot query {device}: {e.strerror}") from None
+        if not ro:
+            raise SourceError(f"refusing to mount {device}: it is not read-only in the kernel "
+                              f"(a read-only mount of a writable device still writes to it)")
+        with _mount(device, fstype, timeout) as mnt:
+            yield mnt
+
+
+@contextlib.contextmanager
+def _mount(device: str, fstype: str, timeout: float):
     mnt = tempfile.mkdtemp(prefix="coldclone-src-")
     mounted = False
     try:

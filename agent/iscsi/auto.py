@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import netsetup
-from ..errors import CommandError
+from ..errors import CommandError, SourceError
 from ..runcmd import run
 from . import errors as E
 from . import initiator
@@ -72,7 +72,7 @@ def find_identities(inventory=None, *, roots: list[str] | None = None) -> list[S
                 if not looks_like_root(mnt):
                     continue
                 cfg = read_source_config(mnt, device=dev)
-        except CommandError as e:
+        except (CommandError, SourceError) as e:   # refused: in use, or not read-only
             log.warning("%s: not inspected for iSCSI: %s", dev, e)
             continue
         if cfg is not None:

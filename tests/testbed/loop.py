@@ -14,8 +14,9 @@ def attach(image: str, read_only: bool = False) -> str:
     argv = ["losetup", "-f", "--show"] + (["-r"] if read_only else []) + [image]
     dev = run(argv).stdout.strip()
     if not read_only:
-        # A kernel read-only flag (BLKROSET) outlives a detach: a test (or a killed agent)
-        # that left this loop number read-only must not make the next image unwritable.
+        # A loop device's own read-only flag (BLKROSET) outlives its detach: a killed run
+        # (a guard's kill -9 test) leaves it set, and the next image on that loop would be
+        # read-only. losetup resets only the driver's flag, so clear ours.
         run(["blockdev", "--setrw", dev])
     # parted may already have added some partitions (BLKPG): -u updates those,
     # -a adds the rest (MBR logical partitions among them).

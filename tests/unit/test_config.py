@@ -185,3 +185,17 @@ def test_cli_flags_use_the_declared_parsers():
         ap.parse_args(["--mode", "sparse"])
     with pytest.raises(argparse.ArgumentError, match="--timeout='0.1': must be between 1 and 600"):
         ap.parse_args(["--timeout", "0.1"])
+
+
+def test_allow_mounted_is_an_explicit_flag():
+    assert not parse(SERVER).check().allow_mounted
+    assert parse(SERVER + " coldclone.allow_mounted=1").check().allow_mounted
+    assert parse(SERVER + " coldclone.allow_mounted").check().allow_mounted
+    assert not parse(SERVER + " coldclone.allow_mounted=0").check().allow_mounted
+    assert "allow_mounted=True" in describe(parse(SERVER + " coldclone.allow_mounted=1"))
+    with pytest.raises(UsageError) as e:
+        parse(SERVER + " coldclone.allow_mounted=maybe")
+    assert "coldclone.allow_mounted='maybe'" in str(e.value)
+    with pytest.raises(UsageError) as e:
+        parse(SERVER + " coldclone.allow_mount=1")
+    assert "did you mean coldclone.allow_mounted?" in str(e.value)
