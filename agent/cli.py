@@ -42,7 +42,7 @@ def cmd_capture(args) -> int:
     try:
         with StopOnSignal(cancel, on_first) as stop:
             try:
-                CaptureJob(cfg, notify=console, cancel=cancel, discovery_optional=True).run()
+                CaptureJob(cfg, notify=console, cancel=cancel, capture_named=True).run()
             except (CancelledError, KeyboardInterrupt) as e:
                 if stop.signame:
                     raise stop.error(e) from None

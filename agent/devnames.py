@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 def dev_path(kernel_name: str) -> str:
@@ -37,3 +38,9 @@ def partition_names(name: str, sysfs: str = SYS_BLOCK) -> list[str]:
 def partitions_of(path: str) -> list[str]:
     """/dev paths of the partitions the kernel knows for a whole-disk device."""
     return [p for p in (dev_path(n) for n in partition_names(kernel_name(path))) if os.path.exists(p)]
+
+
+def stream_name(kernel_name: str) -> str:
+    """A disk's id as the stream, the estimate and the image file name it, file-name safe:
+    cciss!c0d0 -> cciss-c0d0."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)

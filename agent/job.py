@@ -24,10 +24,13 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from .capture import inuse
+from .capture.guard import device_tree
 from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .config import PREFIX, CaptureConfig, describe
+from .discover.model import Why
 from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_USAGE, ColdcloneError, ConnectionError_,
                      SourceError, UsageError)
 from .runcmd import run
@@ -162,7 +165,9 @@ class CaptureJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     include_loop: bool = False          # offer loop devices (tests; implied by a named /dev/loopN)
     prepared: Prepared = field(default_factory=Prepared)
-    discovery_optional: bool = False    # named disks: capture them even if discovery fails
+    # `coldclone capture --disk`: exactly the devices named are captured (a partition, an md
+    # array, a disk discovery would not offer); discovery only describes them for the manifest.
+    capture_named: bool = False
 
     # filled while running
     target: Target | None = None
@@ -257,6 +262,10 @@ class CaptureJob:
         named = [d for d in (cfg.disks or []) if d.startswith("/")]
         for path in named:
             probe(path)     # a named device that is missing or no block device: said as such, first
+        if named:
+            # A named disk in use (mounted read-write, swap, open for writing) is refused by
+            # name, with the override, before discovery quietly leaves it out.
+            inuse.check(device_tree(named), what="capture " + ", ".join(named), allow=cfg.allow_mounted)
         if self.prepared.discovered:
             self.inventory, self.sources = self.prepared.inventory, list(self.prepared.sources)
             self.notify(Inventoried(self.inventory, list(self.sources)))
@@ -267,34 +276,36 @@ class CaptureJob:
         local = self.target.local_path if self.target and self.target.url.scheme == "file" else None
         include_loop = self.include_loop or any(os.path.basename(p).startswith("loop") for p in named)
         try:
-            inv = discover(include_loop=include_loop, target=local, only=cfg.disks)
+            inv = discover(include_loop=include_loop, target=local, only=cfg.disks,
+                           allow_mounted=cfg.allow_mounted)
         except Exception as e:
-            if not (self.discovery_optional and named and len(named) == len(cfg.disks or [])):
+            if not self.capture_named:
                 raise
-            # `coldclone capture --disk /dev/X` on a machine discovery cannot read: the named
-            # disks are still captured, without their inventory
+            # on a machine discovery cannot read, the named devices are still captured
             log.warning("discovery failed (%s); capturing the named disks without an inventory", e)
             self.say(f"discovery failed ({e}); capturing {', '.join(named)} without an inventory")
-            self.sources = list(named)
-            self.notify(Inventoried(None, list(self.sources)))
+            inv = None
+        if self.capture_named:
+            self.inventory, self.sources = inv, list(named)
+            self.notify(Inventoried(inv, list(self.sources)))
             return
-        unknown = [w for w in inv.warnings if w.startswith("selected disk ")]
-        if unknown:
-            raise UsageError(f"{PREFIX}disks=: " + "; ".join(unknown) + " (see the inventory above; "
-                             "names such as sda, md127, cciss/c0d0 or /dev paths)")
+        if inv.unknown_selected:
+            raise UsageError(f"{PREFIX}disks=: " + "; ".join(
+                f"selected disk {spec} is not a known disk" for spec in inv.unknown_selected)
+                + " (see the inventory above; names such as sda, md127, cciss/c0d0 or /dev paths)")
         for spec in cfg.exclude:
-            name = spec[len("/dev/"):] if spec.startswith("/dev/") else spec
-            disk = inv.disk(name)
+            disk = inv.resolve(spec)
             if disk is None:
                 raise UsageError(f"{PREFIX}exclude={spec}: no such disk (see the inventory above)")
-            disk.exclude(f"excluded by {PREFIX}exclude=")
+            disk.exclude(Why.EXCLUDED, f"excluded by {PREFIX}exclude=")
         self.inventory = inv
         disks = inv.capture_set()
         self.sources = [d.dev_path or "/dev/" + d.name for d in disks]
         self.notify(Inventoried(inv, list(self.sources)))
         if not disks:
+            named_disks = [inv.resolve(spec) for spec in cfg.disks or []]
             why = [f"{d.name}: {d.exclude_reason}" for d in inv.disks
-                   if d.exclude_reason and cfg.disks and d.exclude_reason != "not among the selected disks"]
+                   if d.exclude_reason and any(d is n for n in named_disks)]
             raise SourceError("no disk to capture: discovery found none that may be captured"
                               + (f" ({'; '.join(why)})" if why else "")
                               + f" (see the inventory; check {PREFIX}disks= / {PREFIX}exclude=, "

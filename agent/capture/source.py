@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import stat
 import struct
 from dataclasses import asdict, dataclass
 
 from .. import devnames
+from ..devnames import stream_name
 from ..discover.udevdb import read_attr
 from ..errors import SourceError
 
@@ -43,11 +43,6 @@ def _ioctl_int(fd: int, req: int, fmt: str) -> int:
 
 def _sysfs(kernel_name: str, rel: str) -> str:
     return read_attr(f"/sys/class/block/{kernel_name}", rel) or ""
-
-
-def stream_name(kernel_name: str) -> str:
-    """A file-name-safe disk name: cciss!c0d0 -> cciss-c0d0."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)
 
 
 def probe(path: str) -> SourceDisk:

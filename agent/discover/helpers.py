@@ -127,6 +127,7 @@ class LoopHelper(DeviceHelper):
         disk = super().build(info, ctx)
         backing = rules.attr(info, "loop/backing_file")
         if backing:
+            disk.backing_file = backing
             disk.notes.append(f"backing file {backing}")
         return disk
 

@@ -7,7 +7,11 @@ Sizes and offsets are bytes everywhere, so nobody has to guess a sector size.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import os
 from dataclasses import dataclass, field
+
+from .. import devnames
 
 # Values of Disk.transport; the estimator maps them to expected throughput.
 TRANSPORTS = ("sata", "sas", "scsi", "nvme", "virtio", "usb", "iscsi", "fc", "unknown")
@@ -68,6 +72,47 @@ class Link:
     label: str                # "USB 2.0", "SATA 3.0 Gbps", "1000 Mb/s"
 
 
+class Why(str, enum.Enum):
+    """Why the policy leaves a disk out of the default capture set: the code programs test,
+    with the human text (Disk.exclude_reason) beside it. Values are stable (the manifest)."""
+
+    LIVE_MEDIUM = "live-medium"           # the live system booted from it
+    CAPTURE_TARGET = "capture-target"     # the images are written onto it
+    MOUNTED_RW = "mounted-rw"             # the running system writes to it
+    LIVE_SYSTEM = "live-system"           # the live system's own squashfs loop / overlay
+    OPTICAL = "optical"
+    FLOPPY = "floppy"
+    RAM = "ram"
+    MULTIPATH_MAP = "multipath-map"       # captured through one of its paths instead
+    DEVICE_MAPPER = "device-mapper"       # the disks under it are captured
+    MD_ARRAY = "md-array"                 # its member disks are captured
+    LOOP = "loop"                         # loop devices only on request
+    NO_MEDIUM = "no-medium"
+    ZERO_SIZE = "zero-size"
+    NOT_SELECTED = "not-selected"         # the operator chose other disks
+    EXCLUDED = "excluded"                 # the operator excluded it by name
+
+    def part_of_live_system(self) -> bool:
+        return self in (Why.LIVE_MEDIUM, Why.LIVE_SYSTEM)
+
+
+@dataclass
+class DiskPath:
+    """One way to reach a disk: a LUN seen through two HBAs has two paths (sdb, sdc)."""
+
+    name: str                 # sdb
+    dev_path: str | None
+    kernel_name: str
+    controller: str | None = None     # Controller.id of the HBA this path goes through
+    by_id: list[str] = field(default_factory=list)
+    by_path: list[str] = field(default_factory=list)
+    sys_path: str = ""
+
+    def names(self) -> list[str]:
+        return [n for n in (self.name, self.kernel_name, self.dev_path, *self.by_id,
+                            *self.by_path) if n]
+
+
 @dataclass
 class Disk:
     name: str                 # /dev-relative name: sda, cciss/c0d0, md0
@@ -93,13 +138,33 @@ class Disk:
     partition_table: PartitionTable | None = None
     filesystem: Filesystem | None = None   # a filesystem on the whole disk
     capture_default: bool = True
-    exclude_reason: str | None = None
+    exclude_reason: str | None = None      # the human text of exclude_code
     notes: list[str] = field(default_factory=list)
+    exclude_code: Why | None = None
+    # Every path to this disk when it is reached through more than one (multipath, with or
+    # without a dm map); the disk itself is captured through paths[0], its own name.
+    paths: list[DiskPath] = field(default_factory=list)
+    backing_file: str | None = None        # a loop device's image file
 
-    def exclude(self, reason: str) -> None:
+    @property
+    def id(self) -> str:
+        """The disk's stable id, as the stream, the estimate and the image file name it:
+        cciss!c0d0 -> cciss-c0d0 (file-name safe)."""
+        return devnames.stream_name(self.kernel_name)
+
+    def names(self) -> list[str]:
+        """Every name this disk answers to, its other paths' names included."""
+        own = [self.name, self.kernel_name, self.dev_path, "/dev/" + self.name, self.id,
+               *self.by_id, *self.by_path]
+        parts = [p.dev_path for p in (self.partition_table.partitions
+                                      if self.partition_table else [])]
+        return [n for n in own + parts + [n for p in self.paths for n in p.names()] if n]
+
+    def exclude(self, code: Why, reason: str) -> None:
         # First reason wins: it is the most specific one the policy found.
         if self.capture_default:
             self.capture_default = False
+            self.exclude_code = code
             self.exclude_reason = reason
 
 
@@ -137,10 +202,22 @@ class IscsiSession:
 
 @dataclass
 class Multipath:
+    """One LUN reached through several paths: the Disk (captured once, through its first
+    path) and the dm-multipath map when one is assembled. Both are references to disks of
+    the inventory; the manifest names them."""
+
     wwid: str
-    paths: list[str]          # disk names of every path
-    chosen: str               # the one path that is captured
-    map_name: str | None = None   # dm-multipath map (mpatha) when one is assembled
+    disk: Disk = field(metadata={"ref": True})
+    map: Disk | None = field(default=None, metadata={"ref": True})
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.name for p in self.disk.paths]
+
+    @property
+    def chosen(self) -> str:
+        """The path the LUN is captured through: the Disk's own name."""
+        return self.disk.name
 
 
 @dataclass
@@ -162,12 +239,43 @@ class Inventory:
     nics: list[Nic] = field(default_factory=list)
     live_medium: str | None = None    # the disk the live system booted from
     warnings: list[str] = field(default_factory=list)
+    # Names in the operator's disks= that are no disk here (also said in warnings).
+    unknown_selected: list[str] = field(default_factory=list)
+    # Device nodes discovery saw that no Disk lists (partitions the table does not hold, the
+    # partitions of a multipath disk's other paths) -> the name of their disk.
+    aliases: dict[str, str] = field(default_factory=dict, compare=False, repr=False,
+                                    metadata={"internal": True})
+    # Taken from the running machine (not a recording): links in /dev may be followed.
+    live: bool = field(default=False, compare=False, repr=False, metadata={"internal": True})
 
-    def disk(self, name: str) -> Disk | None:
+    def resolve(self, spec: str | None) -> Disk | None:
+        """The disk that `spec` names: sda, /dev/sda, cciss/c0d0, cciss!c0d0, cciss-c0d0,
+        /dev/cciss/c0d0, a /dev/disk/by-id|by-path link (or by-id/...), a partition, or any
+        path of a multipath disk. The one answer to "which disk is this" in the agent."""
+        if not spec:
+            return None
+        index: dict[str, Disk] = {}
         for d in self.disks:
-            if name in (d.name, d.kernel_name, d.dev_path):
-                return d
+            for n in d.names():
+                index.setdefault(n, d)
+        for n, owner in self.aliases.items():
+            if owner in index:
+                index.setdefault(n, index[owner])
+        candidates = [spec]
+        if not spec.startswith("/"):
+            candidates += ["/dev/" + spec, "/dev/disk/" + spec]
+        for c in candidates:
+            if c in index:
+                return index[c]
+        # A link this inventory does not list (udev made it after discovery, or a symlink of
+        # the operator's own): on the running machine it points at a node we know.
+        if self.live and spec.startswith("/dev/") and os.path.islink(spec):
+            return index.get(os.path.realpath(spec))
         return None
+
+    def disk(self, name: str | None) -> Disk | None:
+        """The same answer as resolve()."""
+        return self.resolve(name)
 
     def controller(self, cid: str | None) -> Controller | None:
         for c in self.controllers:
@@ -180,9 +288,19 @@ class Inventory:
 
 
 def to_dict(obj):
-    """Dataclasses -> JSON-ready dicts (dict keys become strings, as JSON wants)."""
+    """Dataclasses -> JSON-ready dicts (dict keys become strings, as JSON wants). A field
+    marked as a reference to another disk becomes that disk's name; internal indexes stay out."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("internal"):
+                continue
+            out[f.name] = (value.name if value is not None else None) if f.metadata.get("ref") \
+                else to_dict(value)
+        return out
+    if isinstance(obj, enum.Enum):
+        return obj.value
     if isinstance(obj, dict):
         return {str(k): to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

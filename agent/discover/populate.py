@@ -16,8 +16,8 @@ import re
 from . import mounts as mountsmod
 from . import rules
 from .helpers import build_disk
-from .model import (Controller, Disk, Filesystem, Inventory, IscsiSession, Multipath, Nic,
-                    Partition, PartitionTable, RaidArray, RaidMember)
+from .model import (Controller, Disk, DiskPath, Filesystem, Inventory, IscsiSession, Multipath,
+                    Nic, Partition, PartitionTable, RaidArray, RaidMember)
 from .policy import apply_policy
 from .probe import MSDOS_EXTENDED_IDS, NoProbes, Probes, filesystem_from
 
@@ -230,7 +230,8 @@ class Populator:
                                     key=lambda s: (s.session, s.target))
         inv.raid_arrays = [self.raid_array(i) for i in self.infos if rules.is_md(i)
                            and not rules.is_partition(i)]
-        inv.multipaths = self.multipaths(inv, disk_infos)
+        inv.multipaths = self.group_paths(inv, disk_infos)
+        inv.aliases = self.partition_aliases()
         inv.nics = self.nics()
         inv.warnings = self.ctx.warnings
         return inv
@@ -302,39 +303,74 @@ class Populator:
             missing_slots=missing,
         )
 
-    def multipaths(self, inv: Inventory, disk_infos: dict) -> list[Multipath]:
-        groups: dict[str, list[str]] = {}
-        maps: dict[str, str] = {}
+    def group_paths(self, inv: Inventory, disk_infos: dict) -> list[Multipath]:
+        """Paths that reach one LUN become one Disk, captured once through its first path,
+        the others listed as its paths (Disk.paths) and gone from inv.disks.
+
+        The live system runs no multipathd, so most multipath LUNs come without a dm map: the
+        slaves of a map are one LUN, and so are disks with the same identity (path_identity:
+        a real WWN, or a real serial with the same model, and the same size either way).
+        """
+        groups: dict[str, list[Disk]] = {}
+        wwids: dict[str, str] = {}
+        maps: dict[str, Disk] = {}
+        alias: dict[str, str] = {}          # a path's identity -> the group of its map
         for disk in inv.disks:
-            info = disk_infos[disk.name]
-            if disk.kind == "multipath":
-                wwid = rules.dm_uuid(info).removeprefix("mpath-")
-                maps[wwid] = disk.name
-                for slave in info.get("slaves") or []:
-                    groups.setdefault(wwid, [])
-                    name = _disp(slave)
-                    if name not in groups[wwid]:
-                        groups[wwid].append(name)
+            if disk.kind != "multipath":
+                continue
+            wwid = rules.dm_uuid(disk_infos[disk.name]).removeprefix("mpath-")
+            key = "map " + wwid
+            maps[key], wwids[key] = disk, wwid
+            group = groups.setdefault(key, [])
+            for slave in disk_infos[disk.name].get("slaves") or []:
+                path = next((d for d in inv.disks if d.name == _disp(slave)), None)
+                if path is not None and path not in group:
+                    group.append(path)
+                    ident = path_identity(path)
+                    if ident:
+                        alias[ident] = key
+        in_map = {d.name for group in groups.values() for d in group}
         for disk in inv.disks:
-            # Only SAN transports: cheap USB enclosures share serials like "0123456789".
-            if disk.kind not in ("disk", "raid-logical-drive") or disk.transport not in (
-                    "fc", "iscsi", "sas", "scsi"):
+            ident = None if disk.name in in_map else path_identity(disk)
+            if ident:
+                key = alias.get(ident, ident)
+                groups.setdefault(key, []).append(disk)
+                wwids.setdefault(key, rules.multipath_key(disk_infos[disk.name])
+                                 or disk.wwn or disk.serial or ident)
+        out, merged = [], {}
+        for key, paths in groups.items():
+            if not paths or (len(paths) < 2 and key not in maps):
                 continue
-            key = rules.multipath_key(disk_infos[disk.name])
-            if not key:
-                continue
-            wwid = key
-            groups.setdefault(wwid, [])
-            if disk.name not in groups[wwid]:
-                groups[wwid].append(disk.name)
-        out = []
-        for wwid, paths in groups.items():
-            if len(paths) < 2 and wwid not in maps:
-                continue
-            paths = sorted(paths, key=_name_sort_key)
-            out.append(Multipath(wwid=wwid, paths=paths, chosen=paths[0] if paths else "",
-                                 map_name=maps.get(wwid)))
+            paths.sort(key=_disk_sort_key)
+            disk = paths[0]
+            disk.paths = [DiskPath(name=p.name, dev_path=p.dev_path, kernel_name=p.kernel_name,
+                                   controller=p.controller, by_id=list(p.by_id),
+                                   by_path=list(p.by_path), sys_path=p.sys_path)
+                          for p in paths]
+            for other in paths[1:]:
+                inv.disks.remove(other)
+                merged[other.name] = disk.name
+            out.append(Multipath(wwid=wwids[key], disk=disk, map=maps.get(key)))
+        # Relations name the one Disk, not a path that is no disk of its own any more.
+        for s in inv.iscsi_sessions:
+            s.luns = {lun: merged.get(name, name) for lun, name in s.luns.items()}
+        for arr in inv.raid_arrays:
+            for m in arr.members:
+                m.disk = merged.get(m.disk, m.disk) if m.disk else m.disk
         return sorted(out, key=lambda m: m.wwid)
+
+    def partition_aliases(self) -> dict[str, str]:
+        """Names of partition devices -> their disk's name, for the partitions no partition
+        table lists (not read, or the table of a multipath disk's other path)."""
+        out: dict[str, str] = {}
+        for info in self.infos:
+            if rules.is_partition(info):
+                disk = self.disk_of_partition(info["sys_name"])
+                if disk:
+                    for n in [rules.dev_path(info), info.get("sys_name"), *rules.devlinks(info)]:
+                        if n:
+                            out.setdefault(n, disk)
+        return out
 
     def nics(self) -> list[Nic]:
         out = []
@@ -376,25 +412,46 @@ def _name_sort_key(name: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", name)]
 
 
+def path_identity(disk: Disk) -> str | None:
+    """What makes two block devices one disk (two paths to it), or None: never grouped.
+
+    A real WWN, or a real serial with the same model; the same size either way. Empty,
+    all-zero and placeholder values never group (rules.real_identifier), and USB disks
+    never do: USB-SATA bridges report made-up or shared serials, and USB has no multipath.
+    Only whole disks and hardware-RAID logical drives are paths; md, dm, loop are not.
+    """
+    if disk.kind not in ("disk", "raid-logical-drive") or disk.transport == "usb" or disk.size <= 0:
+        return None
+    wwn = rules.real_identifier(disk.wwn)
+    if wwn:
+        return f"wwn {wwn} size {disk.size}"
+    serial = rules.real_identifier(disk.serial)
+    if serial and disk.model:
+        return f"serial {serial} model {disk.model} size {disk.size}"
+    return None
+
+
 def _disk_sort_key(disk: Disk):
     return _name_sort_key(disk.name)
 
 
 def from_snapshot(snapshot: dict, *, probes=None, include_loop: bool = False,
                   target: str | None = None, boot_device: str | None = None,
-                  resolve_paths: bool = False, only: list[str] | None = None) -> Inventory:
+                  resolve_paths: bool = False, only: list[str] | None = None,
+                  allow_mounted: bool = False) -> Inventory:
     inv = Populator(snapshot, probes).run()
     apply_policy(inv, snapshot, mountsmod.parse_mounts(snapshot.get("mounts", "")),
                  include_loop=include_loop, target=target, boot_device=boot_device,
-                 resolve_paths=resolve_paths, only=only)
+                 resolve_paths=resolve_paths, only=only, allow_mounted=allow_mounted)
     return inv
 
 
 def discover(*, include_loop: bool = False, target: str | None = None,
-             boot_device: str | None = None, only: list[str] | None = None) -> Inventory:
+             boot_device: str | None = None, only: list[str] | None = None,
+             allow_mounted: bool = False) -> Inventory:
     """Inventory of the running machine."""
     from . import snapshot as snap
 
     return from_snapshot(snap.take(), probes=Probes(), include_loop=include_loop,
                          target=target, boot_device=boot_device, resolve_paths=True,
-                         only=only)
+                         only=only, allow_mounted=allow_mounted)

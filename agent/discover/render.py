@@ -40,6 +40,8 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
         lines += _wrap(f"not captured: {d.exclude_reason}", "    ")
     if d.link:
         lines.append(f"    link: {d.link.label} ({d.link.name})")
+    if len(d.paths) > 1:
+        lines += _wrap(f"paths: {path_list(d, inv)}; captured once, through {d.name}", "    ")
     for note in d.notes:
         lines += _wrap(note, "    ")
     table = d.partition_table
@@ -58,6 +60,16 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
                      + (f" label {d.filesystem.label}" if d.filesystem.label else "")
                      + (f" UUID {d.filesystem.uuid}" if d.filesystem.uuid else ""))
     return lines
+
+
+def path_list(d: Disk, inv: Inventory) -> str:
+    """sdb (0000:05:00.0 qla2xxx), sdc (0000:05:00.1 qla2xxx): each path and its HBA."""
+    out = []
+    for p in d.paths:
+        ctrl = inv.controller(p.controller)
+        via = " ".join(filter(None, [p.controller, ctrl.driver if ctrl else None]))
+        out.append(f"{p.name} ({via})" if via else p.name)
+    return ", ".join(out)
 
 
 def render(inv: Inventory) -> str:
@@ -86,8 +98,8 @@ def render(inv: Inventory) -> str:
         for lun, disk in sorted(s.luns.items()):
             out.append(f"    LUN {lun}: {disk}")
     for m in inv.multipaths:
-        out += [""] + _wrap(f"multipath {m.wwid}" + (f" ({m.map_name})" if m.map_name else "")
-                            + f": paths {', '.join(m.paths)}; captured via {m.chosen}", "")
+        out += [""] + _wrap(f"multipath {m.wwid}" + (f" ({m.map.name})" if m.map else "")
+                            + f": paths {', '.join(m.paths)}; captured via {m.disk.name}", "")
     if inv.nics:
         out += ["", "NIC          MAC                SPEED       DRIVER     STATE"]
         for n in inv.nics:

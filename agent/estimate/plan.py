@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import devnames
 from ..errors import ColdcloneError, UsageError
 from . import links as L
 from ..units import human_bytes as hb, human_minutes, human_seconds as hs
@@ -230,7 +231,7 @@ def target_link(target: str | None, inventory=None, local_path: str | None = Non
         return L.nic_link(dev or "", _nic_speed(inventory, dev) if dev else None, url.scheme)
     path = local_path or url.path
     kname = _disk_of_path(path)
-    disk = inventory.disk(kname) if (inventory is not None and kname) else None
+    disk = inventory.resolve(kname) if (inventory is not None and kname) else None
     if disk is not None and disk.link is not None:
         link = L.classify_disk_link(disk.link)
         if link is not None:
@@ -274,22 +275,12 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
     seconds = stages[stream_key] + post
     stages["server"] = post
     return DiskEstimate(
-        path=path, name=os.path.basename(path), size=size, bytes_to_read=size, bytes_to_send=to_send,
+        # The disk id the capture streams it under (cciss/c0d0 -> cciss-c0d0): the live ETA
+        # finds this disk's model by it.
+        path=path, name=devnames.stream_name(devnames.kernel_name(path)), size=size, bytes_to_read=size, bytes_to_send=to_send,
         data_bytes=data, seconds=seconds, bottleneck=stream_key if stages[stream_key] >= post else "server",
         stages=stages, nonzero_fraction=sample.nonzero_fraction, compress_ratio=sample.compress_ratio,
         read_rate=read_rate, read_rate_source=read_src, sample=sample.to_dict())
-
-
-def _inventory_disk(inventory, path: str):
-    if inventory is None:
-        return None
-    from .. import devnames
-
-    try:
-        kname = devnames.kernel_name(path)
-    except Exception:
-        kname = os.path.basename(path)
-    return inventory.disk(kname) or inventory.disk(path) or inventory.disk(os.path.basename(path))
 
 
 def default_disks(inventory) -> list[str]:
@@ -379,15 +370,16 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
         except ColdcloneError as e:
             notes.append(f"calibration probe failed ({e}); rates from the table")
             calibration["probe_error"] = str(e)
+    inv_disks = {p: inventory.resolve(p) if inventory is not None else None for p in disk_paths}
     for p in disk_paths:
         if p not in read_rates:
-            read_rates[p] = L.source_read_default(_inventory_disk(inventory, p))
+            read_rates[p] = L.source_read_default(inv_disks[p])
 
     disks = []
     for p in disk_paths:
         rate, src = read_rates[p]
         shared_cpu = (read_cpu.get(p, 0.0) + pipe_cpu) if pipe_cpu is not None else None
-        disks.append(_per_disk(p, _inventory_disk(inventory, p), samples_by_path[p], rate, src, link_rate,
+        disks.append(_per_disk(p, inv_disks[p], samples_by_path[p], rate, src, link_rate,
                                readback, eff_workers, image_format, sample_mode, pipe_rate, shared_cpu,
                                write_rate))
     total = SETUP_SECONDS + sum(d.seconds for d in disks)

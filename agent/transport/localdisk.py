@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..errors import CommandError, UsageError
 from ..devnames import partitions_of
+from ..discover.model import Why
 from ..discover.probe import Probes
 from ..runcmd import run
 from .mountpoint import make_mountpoint, mounted_at, unmount
@@ -74,8 +75,7 @@ def candidates(inventory, sources: list[str] | None = None) -> list[TargetDisk]:
     for d in inventory.disks:
         if d.kind != "disk" or not d.dev_path or d.read_only or d.size <= 0:
             continue
-        reason = d.exclude_reason or ""
-        if d.name == inventory.live_medium or reason.startswith(("the live system", "part of the running live")):
+        if d.name == inventory.live_medium or (d.exclude_code and d.exclude_code.part_of_live_system()):
             continue
         if d.dev_path in src or d.name in src or os.path.realpath(d.dev_path) in src:
             continue
@@ -159,9 +159,8 @@ def prepare(dev, *, format_confirm: str | None = None, fstype: str = "ext4",
     if any(os.path.realpath(s) == real for s in sources):
         raise UsageError(f"target disk {dev} is also a source disk: the images cannot go onto a disk being captured")
     if inventory is not None:
-        d = inventory.disk(os.path.basename(real)) or inventory.disk(dev)
-        if d is not None and (d.name == inventory.live_medium or
-                              (d.exclude_reason or "").startswith("the live system")):
+        d = inventory.resolve(dev) or inventory.resolve(real)
+        if d is not None and (d.name == inventory.live_medium or d.exclude_code == Why.LIVE_MEDIUM):
             raise UsageError(f"target disk {dev} is the live medium this system booted from; pick another disk")
     formatted = False
     if format_confirm is not None:

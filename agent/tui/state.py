@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..discover.model import Why
 from .services import Readiness, TargetChoice
 
 MODES = {
@@ -45,9 +46,9 @@ class CapturePlan:
         out of the selection, as discovery does for a target given up front."""
         if self.inventory is None or not (self.target and self.target.local_disk):
             return
-        d = self.inventory.disk(self.target.local_disk.removeprefix("/dev/"))
+        d = self.inventory.resolve(self.target.local_disk)
         if d is not None:
-            d.exclude("capture target")
+            d.exclude(Why.CAPTURE_TARGET, "capture target")
             if d.name in self.selected:
                 self.selected.remove(d.name)
 

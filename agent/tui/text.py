@@ -6,6 +6,7 @@ so every screen describes a disk the same way.
 
 from __future__ import annotations
 
+from ..discover.policy import member_note
 from ..discover.render import clip, human_size
 from ..units import human_bytes, human_seconds
 
@@ -43,6 +44,8 @@ def origin(disk, inv) -> str:
         return f"md {arr.level}" if arr else "md array"
     if disk.kind == "multipath":
         return "multipath"
+    if len(disk.paths) > 1:
+        return f"{len(disk.paths)} paths"
     members = raid_memberships(disk, inv)
     if members:
         return "in " + ",".join(sorted({m[0] for m in members}))
@@ -114,9 +117,14 @@ def disk_details(disk, inv, selected: bool) -> list[str]:
         lines.append(f"iSCSI LUN {lun} of {sess.target} via {sess.portal}")
     if disk.link:
         lines.append(f"link: {disk.link.label} ({disk.link.name})")
+    if len(disk.paths) > 1:
+        lines.append(f"paths: {', '.join(p.name for p in disk.paths)} (one disk; captured once, "
+                     f"through {disk.name})")
+    # Memberships are said above, with more detail: leave out the notes that say them.
+    said = {member_note(a, m) for a in inv.raid_arrays for m in a.members
+            if inv.resolve(m.disk) is disk}
     for note in disk.notes:
-        # Memberships and the iSCSI origin are said above, with more detail.
-        if not note.startswith("member of ") and not (got and note.startswith("iSCSI ")):
+        if note not in said and not (got and note.startswith("iSCSI ")):
             lines.append(note)
     table = disk.partition_table
     if table:

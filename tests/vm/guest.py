@@ -130,9 +130,10 @@ class SourceDisk:
 
     image: str
     serial: str
-    bus: str = "virtio"           # virtio | megasas | usb-ehci | usb-xhci | scsi
+    bus: str = "virtio"           # virtio | megasas | usb-ehci | usb-xhci | two-hbas
     sha256: str = ""
     layout: synthdisk.SynthDisk | None = None
+    wwn: str = ""                 # the WWN a SCSI disk reports (two-hbas needs one)
 
     def seal(self) -> "SourceDisk":
         self.sha256 = sha256_of(self.image)
@@ -162,6 +163,20 @@ def disk_args(disks: list[SourceDisk]) -> list[str]:
                 args += ["-device", "qemu-xhci,id=ccxhci"]
                 have.add("xhci")
             args += drive + ["-device", f"usb-storage,bus=ccxhci.0,drive=src{i},serial={d.serial}"]
+        elif d.bus == "two-hbas":
+            # One LUN through two HBAs, as a dual-pathed SAN LUN looks to a live system that
+            # runs no multipathd: the same image behind two virtio-scsi controllers, with the
+            # same serial and WWN; share-rw and no file locking let QEMU open it twice.
+            if not d.wwn:
+                raise ValueError(f"{d.image}: a disk on two HBAs needs a wwn")
+            for hba in ("hba1", "hba2"):
+                if hba not in have:
+                    args += ["-device", f"virtio-scsi-pci,id={hba}"]
+                    have.add(hba)
+                args += ["-drive", f"file={d.image},format=raw,if=none,id=src{i}{hba},"
+                                   f"cache=unsafe,file.locking=off",
+                         "-device", f"scsi-hd,drive=src{i}{hba},bus={hba}.0,serial={d.serial},"
+                                    f"wwn={d.wwn},share-rw=on"]
         else:
             raise ValueError(f"unknown bus {d.bus!r}")
     return args

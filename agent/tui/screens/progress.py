@@ -60,7 +60,8 @@ class ProgressScreen(Screen):
         with Vertical(id="bars"):
             for d in plan.disks():
                 b = DiskBar(d.name, d.size, ascii_only)
-                self.bars[d.name] = b
+                # Keyed by the disk id, the name the capture's events carry (cciss-c0d0).
+                self.bars[d.id] = b
                 yield b
         yield Plain("", id="prog-stats", classes="heading")
         yield Plain("Throughput (read, MB/s):", id="spark-label")
@@ -144,10 +145,8 @@ class ProgressScreen(Screen):
             log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "
                       f"{human_bytes(ev.total_bytes)}")
         elif isinstance(ev, E.DiskStarted):
-            # The stream names disks by path (cciss/c0d0 -> cciss-c0d0): map it once here.
-            bar = self._bar_for(ev.path) or self.bars.get(ev.name)
+            bar = self.bars.get(ev.name)
             if bar is not None:
-                self.bars[ev.name] = bar
                 bar.state = "reading"
             log.write(f"{ev.name} ({ev.path}, {human_bytes(ev.size)}) started")
         elif isinstance(ev, E.Progress):
@@ -174,12 +173,6 @@ class ProgressScreen(Screen):
             for bar in self.bars.values():
                 bar.state = "verifying"
             log.write(ev.text)
-
-    def _bar_for(self, path: str):
-        for d in self.app.plan.disks():
-            if (d.dev_path or f"/dev/{d.name}") == path:
-                return self.bars.get(d.name)
-        return None
 
     def stats(self) -> None:
         ev = self.last_progress
