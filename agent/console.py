@@ -20,7 +20,7 @@ from .discover.model import to_dict
 from .discover.render import render
 from .estimate.progress import EtaEstimator
 from .estimate.rate import RateMeter
-from .job import Captured, Estimated, Inventoried, Note
+from .job import Captured, Estimated, Inspected, Inventoried, Note
 from .units import human_bytes as hb, human_rate, human_seconds as hs
 
 
@@ -203,6 +203,8 @@ class JobConsole:
                 emit_json("INVENTORY", to_dict(ev.inventory), self.out)
             if ev.sources:
                 self.say("will capture: " + ", ".join(ev.sources))
+        elif isinstance(ev, Inspected):
+            self.say("\n".join(ev.report.summary()))
         elif isinstance(ev, Estimated):
             self.estimate = ev.estimate
             self.say("\n".join(ev.estimate.lines()))
@@ -213,6 +215,15 @@ class JobConsole:
             summary = io.StringIO()
             print_summary(ev.result, out=summary, estimate=ev.estimate)
             self.say(summary.getvalue().rstrip("\n"))
+            # the last word: what the cloud image will need (the manifest has it all), and
+            # the Glance image when the conversion server published it already
+            if ev.readiness is not None:
+                self.say("\n".join(ev.readiness.summary()))
+            from .publish.manifest import PublishRecord
+
+            pub = PublishRecord.from_manifest(ev.result.manifest)
+            if pub is not None:
+                self.say(f"published to Glance ({pub.cloud}): image {pub.image_id}")
         else:   # the capture's own progress events
             if isinstance(ev, E.CaptureStarted):
                 self.printer = ProgressPrinter(self.interval, out=self.out, estimate=self.estimate,

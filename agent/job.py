@@ -5,7 +5,7 @@ the events this job posts; the order of a run lives here, once (as virt-p2v's GU
 command line both end in one start_conversion):
 
     pre hook -> network (ip=) -> identity (path or https URL) -> target -> iSCSI login
-    -> discovery -> estimate -> capture -> post hook
+    -> discovery -> inspection (readiness, read-only) -> estimate -> capture -> post hook
     always, at the end: iSCSI logout, target closed, a fetched identity removed
     on any failure: the fail hook, with the exit code and the message
 
@@ -57,6 +57,11 @@ class Inventoried:
 
 
 @dataclass(frozen=True)
+class Inspected:
+    report: Any             # inspect.report.ReadinessReport (goes into the manifest)
+
+
+@dataclass(frozen=True)
 class Estimated:
     estimate: Any           # estimate.plan.CaptureEstimate
 
@@ -65,6 +70,7 @@ class Estimated:
 class Captured:
     result: CaptureResult
     estimate: Any           # CaptureEstimate or None
+    readiness: Any = None   # ReadinessReport or None
 
 
 # The capture's own progress events (capture.events: CaptureStarted, DiskStarted, Progress,
@@ -82,6 +88,8 @@ class Prepared:
     estimated: bool = False
     estimate: Any = None
     iscsi_done: bool = False
+    inspected: bool = False
+    readiness: Any = None       # ReadinessReport the Inventory screen made
 
 
 class HookError(ColdcloneError):
@@ -165,6 +173,7 @@ class CaptureJob:
     target: Target | None = None
     inventory: Any = None
     estimate: Any = None
+    readiness: Any = None
     sources: list[str] = field(default_factory=list)
     _attachment: Any = None
     _fetched_identity: str | None = None
@@ -184,6 +193,7 @@ class CaptureJob:
                 self._open_target()
                 self._iscsi()
                 self._discover()
+                self._inspect()
                 self._estimate()
                 if cfg.estimate_only:
                     self.say(f"{PREFIX}estimate_only: nothing captured")
@@ -301,6 +311,20 @@ class CaptureJob:
                               + f" (see the inventory; check {PREFIX}disks= / {PREFIX}exclude=, "
                               f"the RAID controller's logical drives, and iSCSI)")
 
+    def _inspect(self) -> None:
+        """The readiness report every capture carries (manifest `readiness`): the source OS
+        inspected read-only. Advice, like the estimate: a failure is in the report, not raised."""
+        from .inspect.report import ReadinessReport, inspect_for_capture
+
+        if self.prepared.inspected and self.prepared.readiness is not None:
+            self.readiness = self.prepared.readiness
+        elif self.inventory is None:
+            self.readiness = ReadinessReport(error="no inventory (discovery failed), so no "
+                                                   "source OS was inspected")
+        else:
+            self.readiness = inspect_for_capture(self.inventory)
+        self.notify(Inspected(self.readiness))
+
     def _estimate(self) -> None:
         if self.prepared.estimated:
             self.estimate = self.prepared.estimate
@@ -337,8 +361,8 @@ class CaptureJob:
                              source_facts=facts, estimate=est.to_dict() if est is not None else None,
                              # the receiver's disk-space preflight: non-zero bytes per disk
                              data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
-                             allow_mounted=cfg.allow_mounted)
-        self.notify(Captured(result, self.estimate))
+                             allow_mounted=cfg.allow_mounted, readiness=self.readiness)
+        self.notify(Captured(result, self.estimate, self.readiness))
         return result
 
     def _close(self) -> None:

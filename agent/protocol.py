@@ -399,6 +399,7 @@ class Hello:
     disks: tuple[str, ...] = ()
     probe: bool = False
     estimate: dict | None = None                   # the agent's `coldclone estimate --json`
+    readiness: dict | None = None                  # inspect.report.ReadinessReport.to_dict()
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -407,6 +408,8 @@ class Hello:
             obj["probe"] = True
         if self.estimate is not None:
             obj["estimate"] = self.estimate
+        if self.readiness is not None:
+            obj["readiness"] = self.readiness
         return obj
 
     def encode(self) -> bytes:
@@ -419,7 +422,8 @@ class Hello:
         fmt = f.str("format", ImageFormat.QCOW2)
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
-                   estimate=f.mapping("estimate") if f.present("estimate") else None)
+                   estimate=f.mapping("estimate") if f.present("estimate") else None,
+                   readiness=f.mapping("readiness") if f.present("readiness") else None)
 
 
 @dataclass(frozen=True)

@@ -173,9 +173,11 @@ def run_capture(
     estimate: dict | None = None,
     data_estimates: dict[str, int] | None = None,
     allow_mounted: bool = False,
+    readiness=None,
 ) -> CaptureResult:
     """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
-    each DISK header so the receiver can refuse up front when its disk cannot hold them."""
+    each DISK header so the receiver can refuse up front when its disk cannot hold them.
+    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
     opts.validate()
     if not disk_paths:
         from ..errors import UsageError
@@ -234,7 +236,8 @@ def run_capture(
             # The estimate goes to the manifest, next to the actual time.
             writer.hello(P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
                                  source={"hostname": socket.gethostname(), **(source_facts or {})},
-                                 disks=tuple(names), estimate=estimate))
+                                 disks=tuple(names), estimate=estimate,
+                                 readiness=readiness.to_dict() if readiness is not None else None))
             ready = replies.wait_for((P.Event.READY,), timeout=60, cancel=cancel)
             location = ready.path or ""
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))

@@ -8,6 +8,7 @@ import logging
 from ..capture.inuse import SourceInUseError
 from ..discover.model import Disk, Inventory, Partition
 from ..errors import CommandError, SourceError
+from .boot import firmware_from_disk
 from .fstab import disk_of_spec, parse_fstab, partition_number
 from .files import read_text
 from .model import SourceOS
@@ -77,11 +78,13 @@ def inspect_disk(disk: Disk, inventory: Inventory | None = None) -> SourceOS | N
                 fstab_text = read_text(mnt, "etc/fstab") or ""
                 devices = _replacements(fstab_text, disk)
                 boot = _boot_partition(fstab_text, disk, part)
+                firmware = firmware_from_disk(disk)
                 if boot is None:
-                    return inspect_tree(mnt, devices=devices, disk_count=disk_count)
+                    return inspect_tree(mnt, devices=devices, disk_count=disk_count,
+                                        disk_firmware=firmware)
                 with mounted_ro(boot.dev_path, boot.filesystem.type) as boot_mnt:
                     return inspect_tree(mnt, boot_root=boot_mnt, devices=devices,
-                                        disk_count=disk_count)
+                                        disk_count=disk_count, disk_firmware=firmware)
         except SourceInUseError:
             raise   # the whole disk is in use: no other partition may be mounted either
         except (CommandError, SourceError) as e:

@@ -20,13 +20,18 @@ def parse_device_map(text: str) -> dict[str, str]:
 
 def kernel_roots(text: str) -> list[str]:
     """root= values on kernel lines (grub.conf `kernel`, grub.cfg `linux`, GRUB_CMDLINE)."""
+    return kernel_args(text, "root")
+
+
+def kernel_args(text: str, key: str) -> list[str]:
+    """KEY= values on kernel lines (root=, resume=), each once, in order."""
     out = []
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("#"):
             continue
         if re.match(r"(kernel|linux|linux16|linuxefi|GRUB_CMDLINE_LINUX\w*\s*=)", line):
-            for m in re.finditer(r"\broot=(\S+?)[\"']?(?=\s|$)", line):
+            for m in re.finditer(r"(?<![\w.])" + re.escape(key) + r"=(\S+?)[\"']?(?=\s|$)", line):
                 if m.group(1) not in out:
                     out.append(m.group(1))
     return out
@@ -52,6 +57,11 @@ def read_device_map(root: str, boot_root: str | None = None) -> tuple[dict[str, 
 
 def read_kernel_roots(root: str, boot_root: str | None = None) -> list[tuple[str, str]]:
     """(file, root=value) pairs."""
+    return read_kernel_args(root, boot_root, "root")
+
+
+def read_kernel_args(root: str, boot_root: str | None, key: str) -> list[tuple[str, str]]:
+    """(file, value) pairs of KEY= on the kernel lines of every boot loader configuration."""
     out = []
     for rel in GRUB_CONFIGS:
         if rel.startswith("boot/") and boot_root is not None:
@@ -61,6 +71,6 @@ def read_kernel_roots(root: str, boot_root: str | None = None) -> list[tuple[str
         else:
             text = files.read_text(root, rel)
         if text:
-            for value in kernel_roots(text):
+            for value in kernel_args(text, key):
                 out.append(("/" + rel, value))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import textwrap
 from dataclasses import dataclass, field
 
@@ -135,6 +136,35 @@ class Finding:
     detail: str              # what will bite in a KVM / OpenStack cloud
     fix: str                 # the concrete change
     evidence: list[str] = field(default_factory=list)   # file:line - text
+    # What coldclone-convert does about it on the conversion server (None: a person must
+    # decide, e.g. which disks become Cinder volumes).
+    conversion: str | None = None
+
+
+class Firmware(str, enum.Enum):
+    """How the source boots: decides hw_firmware_type (and q35) of the Glance image."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+    UNKNOWN = "unknown"
+
+
+class BootLoader(str, enum.Enum):
+    GRUB2 = "grub2"
+    GRUB_LEGACY = "grub-legacy"     # RHEL/CentOS 5-6 grub.conf / menu.lst
+    EXTLINUX = "extlinux"
+    SYSTEMD_BOOT = "systemd-boot"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class InitramfsDrivers:
+    """The virtio drivers an initramfs carries (as modules or built into the kernel)."""
+
+    path: str                                   # /boot/initrd.img-6.1.0-13-amd64
+    present: list[str] = field(default_factory=list)   # virtio_blk, virtio_scsi ...
+    missing: list[str] = field(default_factory=list)
+    error: str | None = None                    # why the file list could not be read
 
 
 @dataclass
@@ -153,6 +183,13 @@ class SourceOS:
     kernel_roots: list[str] = field(default_factory=list)      # root= of boot entries
     cloud_init: bool = False
     cloud_init_evidence: list[str] = field(default_factory=list)
+    boot_loader: BootLoader = BootLoader.UNKNOWN
+    boot_loader_evidence: list[str] = field(default_factory=list)
+    firmware: Firmware = Firmware.UNKNOWN
+    firmware_evidence: list[str] = field(default_factory=list)
+    resume: list[str] = field(default_factory=list)            # resume= / RESUME= values
+    initramfs: InitramfsDrivers | None = None                  # newest kernel's initramfs
+    qemu_guest_agent: bool = False
     findings: list[Finding] = field(default_factory=list)
 
     def finding(self, fid: str) -> Finding | None:
@@ -165,6 +202,15 @@ class SourceOS:
         out = textwrap.wrap(f"OS: {self.os.pretty_name or self.os.name or 'unknown'}"
                             f" ({self.os.source or 'no release file'})", width,
                             subsequent_indent="    ")
+        out += textwrap.wrap(f"Boot: {self.boot_loader.value}, firmware {self.firmware.value}"
+                             + (f", resume={', '.join(self.resume)}" if self.resume else ""),
+                             width, subsequent_indent="    ")
+        if self.initramfs is not None:
+            ini = self.initramfs
+            out += textwrap.wrap(f"Initramfs {ini.path}: " + (
+                ini.error or "virtio " + (", ".join(ini.present) or "none")
+                + (f" (missing {', '.join(ini.missing)})" if ini.missing else "")),
+                width, subsequent_indent="    ")
         if self.iscsi_initiator and self.iscsi_initiator.name:
             out.append(f"iSCSI initiator: {self.iscsi_initiator.name}"[:width])
         if self.iscsid and self.iscsid.secrets:
@@ -189,6 +235,8 @@ class SourceOS:
 def _to_dict(obj):
     if isinstance(obj, Secret):
         return MASK
+    if isinstance(obj, enum.Enum):
+        return obj.value
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):

@@ -11,6 +11,20 @@ from . import fstab as fstabmod
 from . import lvm
 from .model import Finding, SourceOS
 
+# What coldclone-convert (virt-v2v plus our libguestfs fix-ups) does about a finding, in
+# words that follow "conversion will". Findings not listed need a person's decision.
+CONVERSION = {
+    "fstab-device-names": "rewrite these fstab entries to UUID= names",
+    "bootloader-root-device": "rewrite root= on the kernel lines to UUID=",
+    "grub-device-map": "rewrite device.map for the virtio disk (hd0) /dev/vda",
+    "resume-device": "rewrite resume= to the swap partition's UUID=",
+    "persistent-net-rules": "remove the MAC-bound udev net rules",
+    "ifcfg-hwaddr": "remove the HWADDR= lines",
+    "nm-mac-address": "remove mac-address= from the NetworkManager connections",
+    "interfaces-hwaddress": "remove the hwaddress lines",
+    "initramfs-virtio": "rebuild the initramfs with the virtio drivers (virt-v2v)",
+}
+
 # Interface names that only exist on the old hardware (biosdevname / systemd
 # names of onboard or PCI-slot NICs); a virtio NIC gets eth0 / ens3 / enp1s0.
 HW_NIC_NAME = re.compile(r"^(em\d+|p\d+p\d+|eno\d+\w*|enp\d+s\d+f\d+\w*|ens\d+f\d+\w*|ib\d+)$")
@@ -232,6 +246,45 @@ def network_findings(src: SourceOS) -> list[Finding]:
     return out
 
 
+def resume_findings(resume: list[tuple[str, str]], devices: dict[str, str]) -> list[Finding]:
+    bad = [(f, r) for f, r in resume
+           if fstabmod.classify_spec(r) in ("cciss", "hd", "sd", "nvme", "by-id")]
+    if not bad:
+        return []
+    fixes = sorted({f"resume={r} -> resume={devices.get(r, 'UUID=<uuid of the swap>')}"
+                    for _, r in bad})
+    return [Finding(
+        id="resume-device", severity="high",
+        title="resume= names the swap partition by a hardware name",
+        detail="The initramfs waits for the resume device before mounting root; a name "
+               "the virtual disk does not have stalls the boot (\"Gave up waiting for "
+               "suspend/resume device\") or drops it to a shell.",
+        fix="Use UUID= for resume (kernel line, /etc/default/grub and "
+            "/etc/initramfs-tools/conf.d/resume, then update-initramfs): " + "; ".join(fixes) + ".",
+        evidence=[_ev(f, None, f"resume={r}") for f, r in bad])]
+
+
+def initramfs_findings(src: SourceOS) -> list[Finding] | None:
+    """From the initramfs's own file list; None when it could not be read (then the
+    release-based guess in platform_findings stands)."""
+    ini = src.initramfs
+    if ini is None or ini.error:
+        return None
+    needed = [d for d in ("virtio_blk", "virtio_scsi") if d in ini.missing]
+    if len(needed) < 2 and "virtio_pci" not in ini.missing:
+        return []
+    return [Finding(
+        id="initramfs-virtio", severity="high",
+        title=f"the initramfs {ini.path} has no virtio disk driver",
+        detail="The kernel cannot find its root disk on a virtio-blk/virtio-scsi controller "
+               "and stops in the initramfs (\"ALERT! ... does not exist\").",
+        fix="Rebuild it with the virtio drivers (Debian: add virtio_pci virtio_blk "
+            "virtio_scsi virtio_net to /etc/initramfs-tools/modules, update-initramfs -u; "
+            "RHEL: dracut -f --add-drivers \"virtio_pci virtio_blk virtio_scsi virtio_net\").",
+        evidence=[f"{ini.path}: present {', '.join(ini.present) or 'none'}; missing "
+                  f"{', '.join(ini.missing)}"])]
+
+
 def platform_findings(src: SourceOS) -> list[Finding]:
     out = []
     if not src.cloud_init:
@@ -247,7 +300,10 @@ def platform_findings(src: SourceOS) -> list[Finding]:
                 f"server: virt-customize -a image.qcow2 --install cloud-init.",
             evidence=src.cloud_init_evidence or ["no /usr/bin/cloud-init, no cloudinit module"]))
     major = src.os.major
-    if src.os.family == "redhat" and major is not None and major <= 7:
+    from_file = initramfs_findings(src)
+    if from_file is not None:
+        out += from_file
+    elif src.os.family == "redhat" and major is not None and major <= 7:
         cmd = ("mkinitrd --with=virtio_pci --with=virtio_blk --with=virtio_net -f "
                "/boot/initrd-$(uname -r).img $(uname -r)" if major <= 5 else
                "dracut -f --add-drivers \"virtio_pci virtio_blk virtio_scsi virtio_net\" "
@@ -297,11 +353,16 @@ def iscsi_findings(src: SourceOS, node_records: list[str]) -> list[Finding]:
 def build_findings(src: SourceOS, *, roots: list[tuple[str, str]] | None = None,
                    devmap_path: str | None = None, devices: dict[str, str] | None = None,
                    disk_count: int | None = None,
-                   node_records: list[str] | None = None) -> list[Finding]:
+                   node_records: list[str] | None = None,
+                   resume: list[tuple[str, str]] | None = None) -> list[Finding]:
     devices = devices or {}
-    return (fstab_findings(src, devices)
-            + boot_findings(src, roots or [], devmap_path, devices)
-            + storage_findings(src, disk_count)
-            + network_findings(src)
-            + iscsi_findings(src, node_records or [])
-            + platform_findings(src))
+    out = (fstab_findings(src, devices)
+           + boot_findings(src, roots or [], devmap_path, devices)
+           + resume_findings(resume or [], devices)
+           + storage_findings(src, disk_count)
+           + network_findings(src)
+           + iscsi_findings(src, node_records or [])
+           + platform_findings(src))
+    for f in out:
+        f.conversion = CONVERSION.get(f.id)
+    return out

@@ -3,9 +3,9 @@ plain tree): read-only, never following links out of the tree."""
 
 from __future__ import annotations
 
-from . import cloudinit, files, grub, iscsi, lvm, network, osrelease, readiness
+from . import boot, cloudinit, files, grub, iscsi, lvm, network, osrelease, readiness
 from .fstab import parse_fstab
-from .model import SourceOS
+from .model import Firmware, SourceOS
 
 
 def looks_like_root(path: str) -> bool:
@@ -31,14 +31,19 @@ def iscsi_node_records(root: str) -> list[str]:
     return out
 
 
+QEMU_GA = ("usr/bin/qemu-ga", "usr/sbin/qemu-ga")
+
+
 def inspect_tree(root: str, *, boot_root: str | None = None,
                  devices: dict[str, str] | None = None,
-                 disk_count: int | None = None) -> SourceOS:
+                 disk_count: int | None = None,
+                 disk_firmware: boot.FirmwareVerdict | None = None) -> SourceOS:
     """Everything inspection knows about the OS under root, with its findings.
 
     boot_root: the separate /boot filesystem, mounted elsewhere. devices: what
     to suggest instead of hardware names (/dev/cciss/c0d0p1 -> UUID=...).
-    disk_count: how many disks discovery says the OS spans.
+    disk_count: how many disks discovery says the OS spans. disk_firmware: what the
+    partition table says (boot.firmware_from_disk), which the OS's own files only refine.
     """
     src = SourceOS(root=root)
     src.os = osrelease.read_os(root)
@@ -59,7 +64,15 @@ def inspect_tree(root: str, *, boot_root: str | None = None,
     roots = grub.read_kernel_roots(root, boot_root)
     src.kernel_roots = [r for _, r in roots]
     src.cloud_init, src.cloud_init_evidence = cloudinit.detect(root)
+    src.boot_loader, src.boot_loader_evidence = boot.boot_loader(root, boot_root)
+    fw = boot.decide_firmware(boot.firmware_from_tree(src.fstab),
+                              disk_firmware or boot.FirmwareVerdict(Firmware.UNKNOWN))
+    src.firmware, src.firmware_evidence = fw.firmware, fw.evidence
+    resume = boot.resume_devices(root, boot_root)
+    src.resume = list(dict.fromkeys(r for _, r in resume))
+    src.initramfs = boot.virtio_drivers(root, boot_root)
+    src.qemu_guest_agent = any(files.exists(root, rel) for rel in QEMU_GA)
     src.findings = readiness.build_findings(
         src, roots=roots, devmap_path=devmap_path, devices=devices, disk_count=disk_count,
-        node_records=iscsi_node_records(root))
+        node_records=iscsi_node_records(root), resume=resume)
     return src

@@ -31,7 +31,7 @@ import zstandard
 
 from .. import __version__
 from .. import protocol as P
-from ..errors import ServerError
+from ..errors import ColdcloneError, ServerError
 from . import image
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
@@ -337,6 +337,14 @@ class CaptureSink(_Sink):
                 "ratio": (round(manifest["receive_seconds"] / predicted, 3)
                           if isinstance(predicted, (int, float)) and predicted > 0 else None),
             }
+        if hello.readiness is not None:
+            # typed on the way in: what conversion and publishing read back is a valid report
+            from ..inspect.report import ReadinessReport
+
+            try:
+                manifest["readiness"] = ReadinessReport.from_dict(hello.readiness).to_dict()
+            except ColdcloneError as e:
+                log.warning("the agent's readiness report is malformed (%s); left out", e)
         self.cap.write_atomic(MANIFEST, P.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)

@@ -94,6 +94,31 @@ def resolve_root(forced_root: str, requested: str | None) -> str:
         d = parent
 
 
+def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace dir/name in one step (temp file, fsync, rename): a reader sees the old file
+    or the new one, never half of it. Used for manifest.json by the receiver and by the
+    stages after it (publish)."""
+    tmp = "." + validate_name(name, "file name") + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        # A disk that filled up while writing the manifest keeps no half-written temp file.
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -206,24 +231,7 @@ class CaptureDir:
             raise ServerError(f"cannot create {self.file_path(name)}: {e.strerror}", code="io") from None
 
     def write_atomic(self, name: str, data: bytes) -> None:
-        tmp = "." + validate_name(name, "file name") + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=self.fd)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            # A disk that filled up while writing the manifest keeps no half-written temp file.
-            try:
-                os.unlink(tmp, dir_fd=self.fd)
-            except OSError:
-                pass
-            raise
+        write_atomic_at(self.fd, name, data)
 
     def unlink(self, name: str) -> None:
         # Our own temp files are dot-names ("." + a valid name + ".tmp"): the rule for names from

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from .. import config
 from ..config import CaptureConfig
 from ..errors import ColdcloneError, UsageError
+from ..inspect.report import ReadinessReport, inspect_inventory  # noqa: F401 (Services.real)
 from ..job import CaptureJob
 from ..transport.ssh import handshake, server_host_key
 from ..transport.url import TargetURL, parse_target
@@ -58,14 +59,9 @@ class TargetChoice:
         return redact(self.url) + (f" (host key {self.hostkey})" if self.hostkey else "")
 
 
-@dataclass
-class Readiness:
-    """What inspection of the source OS found (None os_name: no OS found on the disks)."""
-
-    os_name: str | None
-    findings: list = field(default_factory=list)     # agent.inspect.model.Finding
-    source: Any = None                                # agent.inspect.model.SourceOS
-    error: str | None = None
+# What inspection of the source OS found (None os_name: no OS found on the disks): the
+# core's report, which the capture also puts into the manifest.
+Readiness = ReadinessReport
 
 
 def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
@@ -219,11 +215,12 @@ class Services:
         readiness = None
         if sourceos is not None:
             def replay_readiness(inv, root=str(sourceos), boot=boot_root):
+                from ..inspect.report import from_source
                 from ..inspect.tree import inspect_tree
 
                 src = inspect_tree(root, boot_root=str(boot) if boot else None,
                                    disk_count=len(inv.capture_set()))
-                return Readiness(src.os.pretty_name or src.os.name, src.findings, src)
+                return from_source(src, None)
             readiness = replay_readiness
         if identities is not None:
             over.setdefault("find_identities", lambda inv: list(identities))
@@ -235,26 +232,6 @@ class Services:
         if estimate is not None:
             svc.missing.pop("estimate", None)
         return svc
-
-
-def inspect_inventory(inv) -> Readiness:
-    """Mount each captured disk's filesystems read-only until one holds an OS; its findings."""
-    try:
-        from ..inspect.disk import inspect_disk
-    except ImportError as e:
-        return Readiness(None, error=f"inspection is not available in this build ({e})")
-    errors = []
-    for d in inv.capture_set():
-        if d.partition_table is None and d.filesystem is None:
-            continue
-        try:
-            src = inspect_disk(d, inv)
-        except ColdcloneError as e:
-            errors.append(f"{d.name}: {e}")
-            continue
-        if src is not None:
-            return Readiness(src.os.pretty_name or src.os.name or "unknown OS", src.findings, src)
-    return Readiness(None, error="; ".join(errors) or None)
 
 
 def config_from_cmdline(cmdline: str | None = None) -> tuple[CaptureConfig, list[str]]:

@@ -71,9 +71,9 @@ def test_steps_run_in_order_and_the_capture_is_the_source(tmp_path, source):
     result = CaptureJob(cfg, notify=events.append, include_loop=True).run()
 
     order = kinds(events)
-    # config, the pre hook, iSCSI (off), discovery, estimate, the capture, the post hook
+    # config, the pre hook, iSCSI (off), discovery, inspection, estimate, the capture, the post hook
     steps = [k for k in order if k not in ("Progress", "DiskStarted", "DiskFinished", "ServerNote")]
-    assert steps == ["Note:configuration:", "Note:running", "Note:iSCSI:", "Inventoried", "Estimated", "CaptureStarted",
+    assert steps == ["Note:configuration:", "Note:running", "Note:iSCSI:", "Inventoried", "Inspected", "Estimated", "CaptureStarted",
                      "CaptureFinished", "Captured", "Note:running"], order
     assert [ln.split()[0] for ln in log.read_text().splitlines()] == ["pre", "post"]
     assert f"at={result.location}" in log.read_text()

@@ -212,3 +212,42 @@ def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk)
         mounts = open("/proc/mounts").read()
         assert seen["mount"] not in mounts and target.dev not in mounts, "target disk left mounted"
     assert sha256_of(loop_disk.dev) == before
+
+
+@pytest.fixture(scope="module")
+def debian_disk(tmp_path_factory):
+    from tests.testbed import sourceos
+    from tests.testbed.loop import attached
+
+    img = sourceos.debian_uefi(str(tmp_path_factory.mktemp("tui-deb") / "debian12-uefi.img"))
+    with attached(img) as dev:
+        yield dev
+
+
+def test_tui_capture_carries_the_readiness_report(sshd, rx_dir, debian_disk):
+    """The TUI's capture puts the inventory's readiness report into the manifest, and the Done
+    screen says what it found (firmware, boot loader, what conversion will do)."""
+    from agent.tui.screens.done import DoneScreen
+
+    services = Services.real(include_loop=True, only=[debian_disk], cmdline="")
+    services.calibrate_seconds = 1.0
+    services.capture_id = lambda: "tui-readiness-1"
+    app = build_app(services, ascii_only=True)
+    texts = []
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await drive_to_capture(pilot, sshd, rx_dir, debian_disk)
+            await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "the Done screen")
+            texts.append(str(app.screen.query_one("#done-text").render()))
+            await pilot.press("s")
+
+    asyncio.run(scenario())
+    assert app.plan.error is None, app.plan.error
+    manifest = json.load(open(os.path.join(rx_dir, "tui-readiness-1", "manifest.json")))
+    ready = manifest["readiness"]
+    assert ready["os_name"] == "Debian GNU/Linux 12 (bookworm)"
+    assert (ready["firmware"], ready["boot_loader"]) == ("uefi", "grub2")
+    assert ready["disk"] == os.path.basename(debian_disk)
+    assert "firmware uefi, boot loader grub2, root /dev/sda2 (sd)" in texts[0]
+    assert "conversion will rewrite resume=" in texts[0]

@@ -182,6 +182,28 @@ def test_done(snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def test_done_published(snap_compare):
+    """A capture whose manifest came back with a publish section: the Glance image id is said."""
+    app = app_for(replay("cciss", sourceos="rhel6-cciss"), start_capture_worker=False)
+
+    async def run_before(pilot):
+        from agent.tui.screens.done import DoneScreen
+
+        await settle(pilot)
+        res = recorded.result()
+        res.manifest = {"publish": {
+            "cloud": "dc2", "image_id": "5b1e7c1e-9f3d-4c7e-a1b2-0c0ffee00042",
+            "image_name": "srv01-20261123T130000-ab12-sda-kvm", "image_file": "sda.kvm.qcow2",
+            "image_kind": "converted", "disk": "sda", "checksum": "9e107d9d372bb6826bd81d3542a419d6",
+            "os_hash_algo": "sha512", "os_hash_value": "00" * 64, "size": 1 << 30,
+            "published": "2026-11-23T15:10:00Z", "reused": False}}
+        app.plan.target, app.plan.result = SSH, res
+        app.switch_screen(DoneScreen())
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 def test_done_cancelled(snap_compare):
     app = app_for(replay("megaraid_sas"), start_capture_worker=False)
 

@@ -51,13 +51,25 @@ class DoneScreen(Screen):
                 out.append(f"Capture id: {plan.capture_id}")
             out.append("The source disks were not changed. Fix the cause and capture again (a).")
         ready = plan.readiness
+        if plan.result is not None:
+            from ...publish.manifest import PublishRecord
+
+            pub = PublishRecord.from_manifest(plan.result.manifest)
+            if pub is not None:
+                out.append(f"Published to Glance ({pub.cloud}): image {pub.image_id} "
+                           f"({pub.image_kind} image, checksum {pub.checksum})")
         out.append("")
         if ready is not None and ready.os_name:
             out.append(f"Before booting the image in KVM/OpenStack ({ready.os_name}):")
+            out.append(f"  firmware {ready.firmware.value}, boot loader {ready.boot_loader.value}"
+                       + (f", root {ready.root.spec} ({ready.root.kind})" if ready.root else "")
+                       + f", cloud-init {'yes' if ready.cloud_init else 'no'}")
             order = {"high": 0, "medium": 1, "low": 2}
             for f in sorted(ready.findings, key=lambda f: (order.get(f.severity, 3), f.id)):
                 out.append("  " + text.finding_line(f))
-                out.append(f"    fix: {f.fix}")
+                # what coldclone-convert does about it, else what a person has to do
+                out.append(f"    conversion will {f.conversion}" if f.conversion else
+                           f"    fix: {f.fix}")
             if not ready.findings:
                 out.append("  no findings: the image should boot as is")
         else:

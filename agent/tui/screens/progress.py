@@ -26,7 +26,7 @@ from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneEr
 from ...estimate.progress import EtaEstimator
 from ...estimate.rate import RateMeter
 from ...units import human_bytes, human_seconds
-from ...job import Note, Prepared
+from ...job import Inspected, Note, Prepared
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
@@ -103,9 +103,12 @@ class ProgressScreen(Screen):
                 known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
                 capture_id=plan.capture_id or (svc.capture_id() if svc.capture_id else None),
                 iscsi=IscsiMode.OFF, ip=None, pre=None, post=None, fail=None, estimate_only=False)
+            # The Inventory screen's inspection when it finished; else the job inspects (every
+            # capture carries its readiness report) and says so with an Inspected event.
             prepared = Prepared(target=target, discovered=True, inventory=plan.inventory,
                                 sources=plan.disk_paths(), estimated=True, estimate=plan.estimate,
-                                iscsi_done=True)
+                                iscsi_done=True, inspected=plan.readiness is not None,
+                                readiness=plan.readiness)
             result = svc.run_capture(cfg, prepared=prepared, notify=on_event, cancel=self.cancel)
         except CancelledError as e:
             self.post_message(CaptureEnded(error=str(e) or "cancelled by the operator",
@@ -133,6 +136,10 @@ class ProgressScreen(Screen):
         log = self.query_one("#log", RichLog)
         if isinstance(ev, Note):
             log.write(ev.text)
+        elif isinstance(ev, Inspected):
+            self.app.plan.readiness = ev.report     # the Done screen's
+            for line in ev.report.summary()[:1]:
+                log.write(line)
         elif isinstance(ev, E.CaptureStarted):
             self.app.plan.capture_id = ev.capture_id
             log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "

@@ -1,0 +1,1 @@
+"""coldclone-publish: a verified capture into OpenStack Glance (conversion-server side)."""
