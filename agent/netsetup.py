@@ -210,15 +210,15 @@ class NetworkChange:
     def undo(self) -> None:
         """Take back what this change did (safe to call twice)."""
         for r in self.routes:
-            run(["ip", "route", "del", *r.split()], check=False, quiet=True, timeout=20)
+            run(["ip", "route", "del", *r.split()], check=False, timeout=20)
         if self.old_default is not None:
-            run(["ip", "route", "replace", *self.old_default.split()], check=False, quiet=True, timeout=20)
+            run(["ip", "route", "replace", *self.old_default.split()], check=False, timeout=20)
         for a in self.added:
-            run(["ip", "addr", "del", a, "dev", self.iface], check=False, quiet=True, timeout=20)
+            run(["ip", "addr", "del", a, "dev", self.iface], check=False, timeout=20)
         for a in self.removed:
-            run(["ip", "addr", "add", a, "dev", self.iface], check=False, quiet=True, timeout=20)
+            run(["ip", "addr", "add", a, "dev", self.iface], check=False, timeout=20)
         if self.leased:
-            run(["dhclient", "-r", self.iface], check=False, quiet=True, timeout=DHCP_TIMEOUT + 15)
+            run(["dhclient", "-r", self.iface], check=False, timeout=DHCP_TIMEOUT + 15)
         if self.resolv is not None:
             path, text = self.resolv
             if text is None:
