@@ -13,12 +13,14 @@ import sys
 import threading
 
 from . import __version__
+from .capture.guard import held, release_stale
+from .capture.stop import StopOnSignal
 from .choices import IscsiMode
 from .config import add_flags, config_from_args, parse_size
 from .console import JobConsole
 from .errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, CancelledError, ColdcloneError
-from .capture.stop import StopOnSignal
 from .job import CaptureJob
+from .protocol import digest_file
 
 log = logging.getLogger("coldclone")
 
@@ -54,8 +56,6 @@ def cmd_capture(args) -> int:
 
 def cmd_release(args) -> int:
     """Give back what a killed coldclone left read-only; never what a running one guards."""
-    from .capture.guard import held, release_stale
-
     lines = release_stale()
     for rec in held():
         pids = ", ".join(sorted({str(o.pid) for o in rec.owners if o.alive()}))
@@ -67,8 +67,6 @@ def cmd_release(args) -> int:
 
 
 def cmd_digest(args) -> int:
-    from .protocol import digest_file
-
     for p in args.path:
         print(f"{digest_file(p, parse_size(args.block_size))}  {p}")
     return EXIT_OK

@@ -21,7 +21,10 @@ from .discover.render import render
 from .estimate.progress import EtaEstimator
 from .estimate.rate import RateMeter
 from .job import Captured, Estimated, Inspected, Inventoried, Note
-from .units import human_bytes as hb, human_rate, human_seconds as hs
+from .publish.manifest import PublishRecord
+from .units import human_bytes as hb
+from .units import human_rate
+from .units import human_seconds as hs
 
 
 def emit_json(tag: str, obj, out=None) -> None:
@@ -219,8 +222,6 @@ class JobConsole:
             # the Glance image when the conversion server published it already
             if ev.readiness is not None:
                 self.say("\n".join(ev.readiness.summary()))
-            from .publish.manifest import PublishRecord
-
             pub = PublishRecord.from_manifest(ev.result.manifest)
             if pub is not None:
                 self.say(f"published to Glance ({pub.cloud}): image {pub.image_id}")

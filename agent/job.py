@@ -24,15 +24,27 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from . import netsetup
 from .capture import inuse
 from .capture.guard import device_tree
 from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .config import PREFIX, CaptureConfig, describe
-from .discover.model import Why
-from .errors import (EXIT_CANCELLED, EXIT_INTERNAL, EXIT_USAGE, ColdcloneError, ConnectionError_,
-                     SourceError, UsageError)
+from .discover.model import Why, to_dict
+from .discover.populate import discover
+from .errors import (
+    EXIT_CANCELLED,
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    ColdcloneError,
+    ConnectionError_,
+    SourceError,
+    UsageError,
+)
+from .estimate import plan
+from .inspect.report import ReadinessReport, inspect_for_capture
+from .iscsi import auto
 from .runcmd import run
 from .transport.open import Target, open_target
 from .transport.url import redact, url_secrets
@@ -218,8 +230,6 @@ class CaptureJob:
     def _network(self) -> None:
         if not self.cfg.ip:
             return
-        from . import netsetup
-
         for line in netsetup.apply(netsetup.parse_ip_spec(self.cfg.ip)).lines:
             self.say(line)
 
@@ -253,8 +263,6 @@ class CaptureJob:
     def _iscsi(self) -> None:
         if self.prepared.iscsi_done:
             return
-        from .iscsi import auto
-
         self._attachment = auto.auto_attach(self.cfg, None, self.say)
 
     def _discover(self) -> None:
@@ -270,8 +278,6 @@ class CaptureJob:
             self.inventory, self.sources = self.prepared.inventory, list(self.prepared.sources)
             self.notify(Inventoried(self.inventory, list(self.sources)))
             return
-        from .discover.populate import discover
-
         # A local target disk must never be offered as a source; an NFS mount is no disk.
         local = self.target.local_path if self.target and self.target.url.scheme == "file" else None
         include_loop = self.include_loop or any(os.path.basename(p).startswith("loop") for p in named)
@@ -314,8 +320,6 @@ class CaptureJob:
     def _inspect(self) -> None:
         """The readiness report every capture carries (manifest `readiness`): the source OS
         inspected read-only. Advice, like the estimate: a failure is in the report, not raised."""
-        from .inspect.report import ReadinessReport, inspect_for_capture
-
         if self.prepared.inspected and self.prepared.readiness is not None:
             self.readiness = self.prepared.readiness
         elif self.inventory is None:
@@ -329,8 +333,6 @@ class CaptureJob:
         if self.prepared.estimated:
             self.estimate = self.prepared.estimate
             return
-        from .estimate import plan
-
         cfg, target = self.cfg, self.target
         codec, _ = parse_compress(cfg.compress)
         try:
@@ -348,8 +350,6 @@ class CaptureJob:
         self.notify(Estimated(self.estimate))
 
     def _capture(self) -> CaptureResult:
-        from .discover.model import to_dict
-
         cfg = self.cfg
         codec, level = parse_compress(cfg.compress)
         opts = StreamOptions(mode=cfg.mode, chunk_size=cfg.chunk_size, block_size=cfg.block_size,

@@ -18,7 +18,7 @@ from typing import Callable
 
 from .. import __version__
 from .. import protocol as P
-from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError
+from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError, UsageError
 from ..transport.base import Connection
 from . import events as E
 from . import inuse
@@ -180,13 +180,11 @@ def run_capture(
     readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
     opts.validate()
     if not disk_paths:
-        from ..errors import UsageError
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
     sources: list[SourceDisk] = [probe(p) for p in disk_paths]
     names = [s.name for s in sources]
     dups = {n for n in names if names.count(n) > 1}
     if dups:
-        from ..errors import UsageError
         raise UsageError(f"disk {', '.join(sorted(dups))} named twice")
     capture_id = capture_id or new_capture_id()
     total = sum(s.size for s in sources)

@@ -12,6 +12,7 @@ import signal
 import threading
 
 from ..errors import CancelledError
+from .session import CaptureCancelled
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -44,8 +45,6 @@ class StopOnSignal:
 
     def error(self, cause: BaseException) -> CancelledError:
         """What to tell the operator once the capture has stopped because of the signal."""
-        from .session import CaptureCancelled
-
         server = ("ABORT sent to the conversion server (it discards the partial capture) and "
                   if isinstance(cause, CaptureCancelled) and cause.aborted_on_server else "")
         return CancelledError(

@@ -57,8 +57,6 @@ class StreamOptions:
         return "none" if self.codec == "none" else f"zstd:{self.level}"
 
     def validate(self) -> None:
-        from ..errors import UsageError
-
         if self.mode not in MODES:
             raise UsageError(f"mode {self.mode!r}: choose used (only the blocks filesystems use), "
                              f"nonzero (skip all-zero blocks) or full (every byte)")

@@ -18,6 +18,7 @@ import logging
 import sys
 
 from ..config import add_flags, config_from_args
+from ..discover.populate import discover
 from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..estimate.plan import estimate_capture
 from ..job import cfg_password
@@ -45,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inventory(args):
     """Discovery, for the disks' links and the default disk set; optional when --disk is given."""
-    from ..discover.populate import discover
-
     target = None
     if args.server and args.server.startswith("file://"):
         target = args.server[len("file://"):]

@@ -7,17 +7,29 @@ runs the very same code on a recorded machine.
 
 from __future__ import annotations
 
-from .. import devnames
-
 import logging
 import os
 import re
 
+from .. import devnames
 from . import mounts as mountsmod
 from . import rules
+from . import snapshot as snap
 from .helpers import build_disk
-from .model import (Controller, Disk, DiskPath, Filesystem, Inventory, IscsiSession, Multipath,
-                    Nic, Partition, PartitionTable, RaidArray, RaidMember)
+from .model import (
+    Controller,
+    Disk,
+    DiskPath,
+    Filesystem,
+    Inventory,
+    IscsiSession,
+    Multipath,
+    Nic,
+    Partition,
+    PartitionTable,
+    RaidArray,
+    RaidMember,
+)
 from .policy import apply_policy
 from .probe import MSDOS_EXTENDED_IDS, NoProbes, Probes, filesystem_from
 
@@ -450,8 +462,6 @@ def discover(*, include_loop: bool = False, target: str | None = None,
              boot_device: str | None = None, only: list[str] | None = None,
              allow_mounted: bool = False) -> Inventory:
     """Inventory of the running machine."""
-    from . import snapshot as snap
-
     return from_snapshot(snap.take(), probes=Probes(), include_loop=include_loop,
                          target=target, boot_device=boot_device, resolve_paths=True,
                          only=only, allow_mounted=allow_mounted)

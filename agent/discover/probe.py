@@ -17,6 +17,7 @@ import uuid as uuidlib
 from ..errors import CommandError
 from ..runcmd import run
 from .model import Filesystem, Partition, PartitionTable
+from .rules import decode_udev_enc
 
 log = logging.getLogger("coldclone.discover")
 
@@ -41,7 +42,6 @@ def filesystem_from(values: dict[str, str], prefix: str = "") -> Filesystem | No
         return None
     label = values.get(prefix + "LABEL")
     if prefix and values.get(prefix + "LABEL_ENC"):
-        from .rules import decode_udev_enc
         label = decode_udev_enc(values[prefix + "LABEL_ENC"])
     return Filesystem(type=fstype, label=label or None, uuid=values.get(prefix + "UUID") or None)
 

@@ -21,6 +21,8 @@ from typing import Callable
 
 from .. import __version__
 from .. import protocol as P
+from ..capture.session import _Replies  # the same reply handling as a capture
+from ..capture.stream import StreamOptions, _Codec, _process
 from ..errors import ColdcloneError, ServerError
 
 log = logging.getLogger("coldclone.estimate")
@@ -89,9 +91,6 @@ def probe_target(connect: Callable, buffers: list, seconds: float, opts=None) ->
     machine's CPU, the link and the server together, on this disk's own content.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from ..capture.session import _Replies   # the same reply handling as a capture
-    from ..capture.stream import StreamOptions, _Codec, _process
 
     opts = opts or StreamOptions()
     buffers = _chunks(_fill([b for b in buffers if len(b) % opts.block_size == 0], opts.block_size),

@@ -31,10 +31,17 @@ from typing import Callable
 
 from .. import devnames
 from .. import protocol as P
+from ..capture.stream import StreamOptions
+from ..capture.usedmap import plan_disk
 from ..choices import CAPTURE_MODES as MODES
 from ..errors import ColdcloneError, UsageError
+from ..runcmd import run
+from ..transport.url import parse_target
+from ..units import human_bytes as hb
+from ..units import human_minutes
+from ..units import human_seconds as hs
 from . import links as L
-from ..units import human_bytes as hb, human_minutes, human_seconds as hs
+from .calibrate import probe_target
 from .sample import ContentSample, measure_read_rate, sample_content
 
 log = logging.getLogger("coldclone.estimate")
@@ -174,8 +181,6 @@ def _stage_text(key: str) -> str:
 
 def _route_dev(host: str) -> str | None:
     """The interface the kernel would use to reach host (`ip route get`)."""
-    from ..runcmd import run
-
     try:
         addr = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
     except (socket.gaierror, IndexError):
@@ -220,8 +225,6 @@ def target_link(target: str | None, inventory=None, local_path: str | None = Non
     """Which link the capture's bytes leave through, for a target URL."""
     if not target:
         return None
-    from ..transport.url import parse_target
-
     url = parse_target(target)
     if url.scheme in ("ssh", "nfs"):
         dev = _route_dev(url.host)
@@ -290,8 +293,6 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
 def _used_ranges(path: str) -> tuple[list[tuple[int, int]], float]:
     """The sent extents of the capture's own used map of path (agent.capture.usedmap), and the
     seconds building it took (the capture spends them again)."""
-    from ..capture.usedmap import plan_disk
-
     t0 = time.monotonic()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -375,9 +376,6 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
     pipe_cpu = None
     write_rate = None
     if probing:
-        from ..capture.stream import StreamOptions
-        from .calibrate import probe_target
-
         budget = calibrate_seconds - read_total
         buffers = [b for s in samples_by_path.values() for b in s.buffers]
         say(f"probing the target for {budget:.1f} s")

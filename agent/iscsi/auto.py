@@ -16,12 +16,17 @@ import os
 from dataclasses import dataclass, field
 
 from .. import netsetup
-from ..errors import CommandError, SourceError
+from ..discover.populate import discover
+from ..errors import CommandError, SourceError, UsageError
+from ..inspect.iscsi import read_initiator
+from ..inspect.model import Secret
+from ..inspect.mount import MOUNTABLE, mounted_ro
+from ..inspect.tree import looks_like_root
 from ..runcmd import run
 from . import errors as E
 from . import initiator
 from .errors import IscsiAclError, IscsiError, IscsiUnreachableError
-from .model import IscsiTarget, SourceIscsiConfig
+from .model import Chap, IscsiTarget, SourceIscsiConfig, make_portal, split_portal
 from .sourceconfig import read_source_config
 
 log = logging.getLogger("coldclone.iscsi")
@@ -31,8 +36,6 @@ log = logging.getLogger("coldclone.iscsi")
 
 def _filesystems(inventory) -> list[tuple[str, str]]:
     """(device, fstype) of every mountable filesystem on a local (non-iSCSI) disk."""
-    from ..inspect.mount import MOUNTABLE
-
     out = []
     for disk in inventory.disks:
         if disk.transport == "iscsi" or disk.kind in ("cdrom", "loop", "ram"):
@@ -60,12 +63,7 @@ def find_identities(inventory=None, *, roots: list[str] | None = None) -> list[S
         return out
     if inventory is None:
         # The headless runner logs in before its own discovery: look at the disks now.
-        from ..discover.populate import discover
-
         inventory = discover()
-    from ..inspect.mount import mounted_ro
-    from ..inspect.tree import looks_like_root
-
     for dev, fstype in _filesystems(inventory):
         try:
             with mounted_ro(dev, fstype) as mnt:
@@ -87,9 +85,6 @@ def manual_identity(initiator_name: str, portal: str, iqn: str | None = None, *,
                     base: SourceIscsiConfig | None = None) -> SourceIscsiConfig:
     """An identity typed by the operator (the TUI's "add a target by hand"), or a
     found one with one more target. Without an IQN, discovery at portal decides."""
-    from ..inspect.model import Secret
-    from .model import Chap, make_portal, split_portal
-
     portal = make_portal(*split_portal(portal))
     chap = (Chap(username=chap_user, password=Secret(chap_secret), authmethod="CHAP")
             if chap_user and chap_secret else None)
@@ -108,9 +103,6 @@ def manual_identity(initiator_name: str, portal: str, iqn: str | None = None, *,
 def live_identity(etc_root: str = "/") -> SourceIscsiConfig:
     """When the source OS holds no iSCSI identity: the live system's own initiator name,
     for targets the operator types (their ACL must then admit that name)."""
-    from ..errors import UsageError
-    from ..inspect.iscsi import read_initiator
-
     own = read_initiator(etc_root)
     if own is None or not own.name:
         raise UsageError(f"no initiator name in {os.path.join(etc_root, 'etc/iscsi/initiatorname.iscsi')}: "

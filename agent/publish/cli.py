@@ -15,6 +15,7 @@ import os
 import sys
 
 from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError
+from .glance import publish
 
 
 def say(text: str) -> None:
@@ -38,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         print("coldclone-publish: error: no cloud: give --cloud NAME (a cloud in clouds.yaml) "
               "or set OS_CLOUD", file=sys.stderr)
         return EXIT_USAGE
-    from .glance import publish
-
     try:
         rec = publish(args.capture_dir, args.cloud, say=say, wait_seconds=args.wait)
     except ColdcloneError as e:

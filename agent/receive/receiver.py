@@ -32,6 +32,7 @@ import zstandard
 from .. import __version__
 from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
+from ..inspect.report import ReadinessReport
 from . import image
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
@@ -339,8 +340,6 @@ class CaptureSink(_Sink):
             }
         if hello.readiness is not None:
             # typed on the way in: what conversion and publishing read back is a valid report
-            from ..inspect.report import ReadinessReport
-
             try:
                 manifest["readiness"] = ReadinessReport.from_dict(hello.readiness).to_dict()
             except ColdcloneError as e:

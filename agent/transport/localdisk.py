@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import CommandError, UsageError
 from ..devnames import partitions_of
 from ..discover.model import Why
 from ..discover.probe import Probes
+from ..errors import CommandError, UsageError
 from ..runcmd import run
+from ..units import human_bytes
 from .mountpoint import make_mountpoint, mounted_at, unmount
 
 log = logging.getLogger("coldclone.localdisk")
@@ -44,8 +45,6 @@ class TargetDisk:
     usable: str | None = None      # a device holding a filesystem we can write to, if any
 
     def describe(self) -> str:
-        from ..units import human_bytes
-
         fs = ", ".join(f"{d} {t}{' ' + repr(lbl) if lbl else ''}" for d, t, lbl in self.filesystems) or "no filesystem"
         return f"{self.dev_path}: {human_bytes(self.size)} {self.model} via {self.link or 'unknown link'} ({fs})"
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UsageError
+from . import nfs, ssh
 from .base import Connection
+from .local import LocalConnection
 from .url import TargetURL, parse_target
 
 
@@ -36,19 +38,13 @@ class Target:
 def open_target(text: str, *, identity: str | None = None, hostkey: str | None = None,
                 known_hosts: str | None = None, password: str | None = None,
                 timeout: float = 20.0) -> Target:
-    from .local import LocalConnection
-
     url = parse_target(text)
     if url.scheme == "file":
         return Target(url, lambda: LocalConnection(url.path), local_path=url.path)
     if url.scheme == "nfs":
-        from . import nfs
-
         # the URL's whole path is mounted: the receiver writes at the mount point itself
         path, unmount = nfs.mount(url)
         return Target(url, lambda: LocalConnection(path), local_path=path, _cleanups=[unmount])
-    from . import ssh
-
     if not identity and password is None:
         raise UsageError("an ssh target needs a key (--identity KEY / coldclone.identity=) or a password")
     known = known_hosts or ssh.default_known_hosts()

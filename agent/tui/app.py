@@ -16,7 +16,8 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from ..errors import EXIT_CANCELLED, EXIT_OK
+from ..errors import EXIT_CANCELLED, EXIT_OK, ColdcloneError
+from ..transport.url import parse_target
 from .screens.confirm import Confirm
 from .screens.done import DoneScreen
 from .screens.estimate import EstimateScreen
@@ -195,8 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import ColdcloneError
-
     try:
         return _main(argv)
     except ColdcloneError as e:
@@ -215,8 +214,6 @@ def _main(argv: list[str] | None) -> int:
     else:
         services = Services.real(include_loop=args.include_loop, only=only)
     if args.to:
-        from ..transport.url import parse_target
-
         parse_target(args.to)   # a typo is a usage error now, not a surprise on the Target screen
         services.config.server = args.to
     if args.identity:

@@ -21,13 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import config
+from .. import config, netsetup
 from ..config import CaptureConfig
+from ..discover import snapshot as snap
+from ..discover.populate import discover, from_snapshot
 from ..errors import ColdcloneError, UsageError
-from ..inspect.report import ReadinessReport, inspect_inventory  # noqa: F401 (Services.real)
+from ..inspect.report import ReadinessReport, from_source, inspect_inventory  # noqa: F401 (Services.real)
+from ..inspect.tree import inspect_tree
 from ..job import CaptureJob
+from ..runcmd import run
+from ..transport.open import open_target
 from ..transport.ssh import handshake, server_host_key
-from ..transport.url import TargetURL, parse_target
+from ..transport.url import TargetURL, parse_target, redact
 
 log = logging.getLogger("coldclone.tui")
 
@@ -54,8 +59,6 @@ class TargetChoice:
     local_disk: str | None = None   # /dev/sdX when kind == local (excluded from the sources)
 
     def describe(self) -> str:
-        from ..transport.url import redact
-
         return redact(self.url) + (f" (host key {self.hostkey})" if self.hostkey else "")
 
 
@@ -116,8 +119,6 @@ def test_local(choice: TargetChoice, open_target) -> str:
 
 
 def power(action: str) -> None:
-    from ..runcmd import run
-
     if action in ("poweroff", "reboot"):
         run(["systemctl", action])
 
@@ -154,9 +155,6 @@ class Services:
     # ------------------------------------------------------------- constructors
     @classmethod
     def _base(cls, discover, readiness, **over) -> "Services":
-        from .. import netsetup
-        from ..transport.open import open_target
-
         missing: dict[str, str] = {}
         find_identities = _optional("agent.iscsi.auto", "find_identities", missing, "iSCSI")
         attach_core = _optional("agent.iscsi.auto", "attach", missing, "iSCSI")
@@ -188,8 +186,6 @@ class Services:
     def real(cls, *, include_loop: bool = False, only: list[str] | None = None,
              cmdline: str | None = None, **over) -> "Services":
         """The running machine. `only`: preselect these disks (the rest stay listed)."""
-        from ..discover.populate import discover
-
         cfg, problems = config_from_cmdline(cmdline)
 
         def do_discover():
@@ -204,9 +200,6 @@ class Services:
                boot_root: str | Path | None = None, identities: list | None = None,
                estimate: Any = None, **over) -> "Services":
         """A recorded machine: udev snapshot, optional source-OS tree, iSCSI identities, estimate."""
-        from ..discover import snapshot as snap
-        from ..discover.populate import from_snapshot
-
         data = snap.load(snapshot)
 
         def do_discover():
@@ -215,9 +208,6 @@ class Services:
         readiness = None
         if sourceos is not None:
             def replay_readiness(inv, root=str(sourceos), boot=boot_root):
-                from ..inspect.report import from_source
-                from ..inspect.tree import inspect_tree
-
                 src = inspect_tree(root, boot_root=str(boot) if boot else None,
                                    disk_count=len(inv.capture_set()))
                 return from_source(src, None)

@@ -8,9 +8,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header
 
-
+from ...publish.manifest import PublishRecord
 from .. import text
 from ..widgets.plain import Plain
+from .confirm import Confirm
 
 
 class DoneScreen(Screen):
@@ -52,8 +53,6 @@ class DoneScreen(Screen):
             out.append("The source disks were not changed. Fix the cause and capture again (a).")
         ready = plan.readiness
         if plan.result is not None:
-            from ...publish.manifest import PublishRecord
-
             pub = PublishRecord.from_manifest(plan.result.manifest)
             if pub is not None:
                 out.append(f"Published to Glance ({pub.cloud}): image {pub.image_id} "
@@ -85,8 +84,6 @@ class DoneScreen(Screen):
             self.action_next(event.button.id)
 
     def action_next(self, what: str) -> None:
-        from .confirm import Confirm
-
         if what == "shell":
             self.app.exit(0 if self.app.plan.result is not None else self.app.plan.exit_code)
             return

@@ -9,14 +9,14 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, RadioSet, Static
 
-
-from ...choices import CAPTURE_MODES, MODE_HELP as MODES
+from ...choices import CAPTURE_MODES
+from ...choices import MODE_HELP as MODES
 from ...errors import ColdcloneError
 from ...units import human_bytes
 from .. import text
-
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
+from .confirm import Confirm
 
 MODE_ORDER = CAPTURE_MODES   # the radio buttons in the capture engine's order
 
@@ -113,8 +113,6 @@ class EstimateScreen(Screen):
         self.action_back() if event.button.id == "back" else self.action_start()
 
     def action_start(self) -> None:
-        from .confirm import Confirm
-
         plan = self.app.plan
         total = sum(d.size for d in plan.disks())
         details = [f"  {d.dev_path or d.name}  {human_bytes(d.size)}  {d.model or ''}".rstrip()

@@ -10,8 +10,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog
 
-
 from ...errors import ColdcloneError
+from ...netsetup import parse_ip_spec
 from ..widgets.plain import Plain, cells
 
 HELP = ("dhcp  |  IFACE:dhcp  |  [IFACE:]ADDRESS/PREFIX[,gw=GATEWAY][,dns=SERVER]\n"
@@ -83,8 +83,6 @@ class NetworkScreen(Screen):
         self.action_apply()
 
     def action_apply(self) -> None:
-        from ...netsetup import parse_ip_spec
-
         text = self.query_one("#ip-spec", Input).value
         try:
             parse_ip_spec(text)

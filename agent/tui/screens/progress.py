@@ -19,17 +19,17 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static
 
-
 from ...capture import events as E
 from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
 from ...estimate.progress import EtaEstimator
 from ...estimate.rate import RateMeter
-from ...units import human_bytes, human_seconds
 from ...job import Inspected, Note, Prepared
+from ...units import human_bytes, human_seconds
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
+from .confirm import Confirm
 
 # Progress events arrive per chunk (hundreds a second on fast disks); the screen
 # needs a few a second, and a 9600-baud serial console far fewer.
@@ -203,8 +203,6 @@ class ProgressScreen(Screen):
     def action_cancel(self) -> None:
         if self.finished or self.cancel.is_set():
             return
-        from .confirm import Confirm
-
         self.app.push_screen(Confirm(
             "Cancel the capture?",
             ["The capture stops after the current chunk; the conversion server",

@@ -8,11 +8,21 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header, Input, Label,
-                             RadioButton, RadioSet, Static)
+from textual.widgets import (
+    Button,
+    ContentSwitcher,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    RadioButton,
+    RadioSet,
+    Static,
+)
 
-
-from ...errors import ColdcloneError
+from ...errors import ColdcloneError, UsageError
+from ...transport.url import parse_target
 from ...units import human_bytes
 from ..services import TargetChoice
 from ..widgets.choice import Choice
@@ -24,8 +34,6 @@ KINDS = ("ssh", "local", "nfs")
 def _ssh_fields(default: str | None):
     """host, port, user, path from a prefilled ssh:// URL (kernel command line)."""
     if default and default.startswith("ssh://"):
-        from ...transport.url import parse_target
-
         try:
             u = parse_target(default)
             return u.host, str(u.port), u.user or "coldclone", u.path or "/"
@@ -160,8 +168,6 @@ class TargetScreen(Screen):
 
     def choice(self) -> TargetChoice:
         """The form as a TargetChoice; raises UsageError on what is missing."""
-        from ...errors import UsageError
-
         kind = self.kind
         if kind == "ssh":
             host, port, user = self._val("host"), self._val("port") or "22", self._val("user")
@@ -251,8 +257,6 @@ class TargetScreen(Screen):
         """Mount the chosen disk's filesystem (or format it, when its name was typed)."""
         svc, plan = self.app.services, self.app.plan
         if svc.prepare_local_disk is None:
-            from ...errors import UsageError
-
             raise UsageError(svc.why_missing("local disk target"))
         fmt = self._val("format") or None
         if plan.prepared is not None:
