@@ -16,11 +16,13 @@ import json
 import logging
 import sys
 
-from ..errors import ColdcloneError, EXIT_OK, EXIT_USAGE
+from ..capture.inuse import SourceInUseError
 from ..discover import populate, snapshot
 from ..discover.model import to_dict
 from ..discover.probe import NoProbes, Probes
 from ..discover.render import render
+from ..errors import EXIT_OK, EXIT_USAGE, ColdcloneError
+from ..inspect.disk import inspect_disk
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,10 +74,6 @@ def main(argv: list[str]) -> int:
                                      or None)
         reports = {}
         if args.inspect:
-            from ..inspect.disk import inspect_disk
-
-            from ..capture.inuse import SourceInUseError
-
             for disk in inv.capture_set():
                 try:
                     reports[disk.name] = inspect_disk(disk, inventory=inv)

@@ -34,7 +34,7 @@ from .. import protocol as P
 from ..capture.stream import StreamOptions
 from ..capture.usedmap import plan_disk
 from ..choices import CAPTURE_MODES as MODES
-from ..errors import ColdcloneError, UsageError
+from ..errors import ColdcloneError, SourceError, UsageError
 from ..runcmd import run
 from ..transport.url import parse_target
 from ..units import human_bytes as hb
@@ -350,7 +350,6 @@ def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode:
             samples_by_path[p] = sample_content(p, mode=sample_mode, samples=samples, level=level, codec=codec,
                                                 ranges=ranges)
         except OSError as e:
-            from ..errors import SourceError
             raise SourceError(f"cannot sample {p} for the estimate: {e.strerror or e}") from None
 
     # Source read rates: timed when calibrating, else what such a disk usually reads.

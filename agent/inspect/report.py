@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..errors import ColdcloneError
+from .disk import inspect_disk
 from .model import BootLoader, Finding, Firmware, InitramfsDrivers, OsInfo, SourceOS, _to_dict
 
 REPORT_VERSION = 1
@@ -180,10 +181,6 @@ def inspect_inventory(inv) -> ReadinessReport:
     """Mount each captured disk's filesystems read-only until one holds an OS; its report.
 
     The one inspection every capture runs (headless, `coldclone capture`, the TUI)."""
-    try:
-        from .disk import inspect_disk
-    except ImportError as e:
-        return ReadinessReport(error=f"inspection is not available in this build ({e})")
     errors = []
     for d in inv.capture_set():
         if d.partition_table is None and d.filesystem is None:

@@ -14,7 +14,6 @@ screens then show one plain "not available" line instead of failing.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,13 +25,17 @@ from ..config import CaptureConfig
 from ..discover import snapshot as snap
 from ..discover.populate import discover, from_snapshot
 from ..errors import ColdcloneError, UsageError
+from ..estimate.plan import estimate_capture
 from ..inspect.report import ReadinessReport, from_source, inspect_inventory  # noqa: F401 (Services.real)
 from ..inspect.tree import inspect_tree
+from ..iscsi import auto as iscsi_auto
 from ..job import CaptureJob
 from ..runcmd import run
+from ..transport import localdisk
 from ..transport.open import open_target
 from ..transport.ssh import handshake, server_host_key
 from ..transport.url import TargetURL, parse_target, redact
+from ..units import human_bytes
 
 log = logging.getLogger("coldclone.tui")
 
@@ -65,15 +68,6 @@ class TargetChoice:
 # What inspection of the source OS found (None os_name: no OS found on the disks): the
 # core's report, which the capture also puts into the manifest.
 Readiness = ReadinessReport
-
-
-def _optional(module: str, attr: str, missing: dict[str, str], feature: str):
-    try:
-        mod = importlib.import_module(module)
-        return getattr(mod, attr)
-    except (ImportError, AttributeError) as e:
-        missing[feature] = f"{feature} is not available in this build ({module}.{attr}: {e})"
-        return None
 
 
 def probe_hostkey(host: str, port: int = 22, timeout: float = 10.0) -> HostKeyInfo:
@@ -111,8 +105,6 @@ def test_local(choice: TargetChoice, open_target) -> str:
         except OSError as e:
             raise UsageError(f"cannot write in {path}: {e.strerror}") from None
         st = os.statvfs(path)
-        from ..units import human_bytes
-
         return f"writable: {path}, {human_bytes(st.f_bavail * st.f_frsize)} free"
     finally:
         target.close()
@@ -155,30 +147,24 @@ class Services:
     # ------------------------------------------------------------- constructors
     @classmethod
     def _base(cls, discover, readiness, **over) -> "Services":
+        # Every part of the core is in every build; `missing` stays for what a machine lacks
+        # (a test can also mark a feature missing to see the screens' "not available" path).
         missing: dict[str, str] = {}
-        find_identities = _optional("agent.iscsi.auto", "find_identities", missing, "iSCSI")
-        attach_core = _optional("agent.iscsi.auto", "attach", missing, "iSCSI")
-        live_identity = _optional("agent.iscsi.auto", "live_identity", missing, "iSCSI")
-        estimate = _optional("agent.estimate.plan", "estimate_capture", missing, "estimate")
-        local_disks = _optional("agent.transport.localdisk", "candidates", missing, "local disk target")
-        prepare = _optional("agent.transport.localdisk", "prepare", missing, "local disk target")
 
-        def attach_with(identity, targets, iscsi_ip, say):
+        def attach(identity, targets, iscsi_ip, say):
             # Targets the operator added by hand join the source's own node records.
-            return attach_core(dataclasses.replace(identity, targets=list(targets)),
-                               iscsi_ip=iscsi_ip, say=say)
-
-        attach = attach_with if attach_core is not None else None
+            return iscsi_auto.attach(dataclasses.replace(identity, targets=list(targets)),
+                                     iscsi_ip=iscsi_ip, say=say)
 
         def apply_network(text: str) -> list[str]:
             return netsetup.apply(netsetup.parse_ip_spec(text)).lines
 
-        kw = dict(discover=discover, readiness=readiness, find_identities=find_identities,
-                  iscsi_attach=attach, estimate=estimate, local_disks=local_disks,
-                  prepare_local_disk=prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
+        kw = dict(discover=discover, readiness=readiness, find_identities=iscsi_auto.find_identities,
+                  iscsi_attach=attach, estimate=estimate_capture, local_disks=localdisk.candidates,
+                  prepare_local_disk=localdisk.prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
                   open_target=open_target, run_capture=run_job,
                   list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
-                  power=power, missing=missing, live_identity=live_identity)
+                  power=power, missing=missing, live_identity=iscsi_auto.live_identity)
         kw.update(over)
         return cls(**kw)
 

@@ -9,9 +9,9 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-
 from ...errors import ColdcloneError
 from .. import text
+from ..services import Readiness
 from ..widgets.plain import Plain, cells
 
 
@@ -70,8 +70,6 @@ class InventoryScreen(Screen):
             try:
                 ready = svc.readiness(inv)
             except Exception as e:
-                from ..services import Readiness
-
                 ready = Readiness(None, error=f"inspection failed: {e}")
             self.app.call_from_thread(self._ready, ready)
 

@@ -11,8 +11,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog, Static
 
-
 from ...errors import ColdcloneError
+from ...inspect.model import Secret
+from ...iscsi.model import Chap, IscsiTarget, make_portal, split_portal
 from ..text import clip
 from ..widgets.plain import Plain, cells
 
@@ -127,12 +128,6 @@ class IscsiScreen(Screen):
 
     # ------------------------------------------------------------ actions
     def action_add(self) -> None:
-        try:
-            from ...inspect.model import Secret
-            from ...iscsi.model import Chap, IscsiTarget, make_portal, split_portal
-        except ImportError as e:
-            self._log(f"adding targets is not available in this build ({e})")
-            return
         portal = self.query_one("#add-portal", Input).value.strip()
         iqn = self.query_one("#add-iqn", Input).value.strip()
         user = self.query_one("#add-user", Input).value.strip()

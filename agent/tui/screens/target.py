@@ -24,7 +24,7 @@ from textual.widgets import (
 from ...errors import ColdcloneError, UsageError
 from ...transport.url import parse_target
 from ...units import human_bytes
-from ..services import TargetChoice
+from ..services import TargetChoice, test_local
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
 
@@ -231,8 +231,6 @@ class TargetScreen(Screen):
         svc = self.app.services
         try:
             if choice.kind == "ssh":
-                from ...transport.url import parse_target
-
                 url = parse_target(choice.url)
                 if not choice.hostkey:
                     info = svc.probe_hostkey(url.host, url.port)
@@ -240,8 +238,6 @@ class TargetScreen(Screen):
                     return
                 msg = svc.test_ssh(choice)
             else:
-                from ..services import test_local
-
                 if choice.kind == "local":
                     choice = self._prepare(choice)
                 msg = test_local(choice, svc.open_target)
