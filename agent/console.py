@@ -56,6 +56,8 @@ class ProgressPrinter:
         self._ev = None
         self._eta_value: float | None = None
         self._eta_at = 0.0
+        self._moved_at = time.monotonic()      # when a byte was last read or sent
+        self._moved = (0, 0)
         self._lock = threading.Lock()
         self.bottleneck = getattr(estimate, "bottleneck", None) or (
             estimate.get("bottleneck") if isinstance(estimate, dict) else None)
@@ -76,9 +78,12 @@ class ProgressPrinter:
             elif isinstance(ev, E.DiskStarted):
                 self.phase = "sending"
                 self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
+                self._moved_at = time.monotonic()
             elif isinstance(ev, E.Progress):
                 now = time.monotonic()
                 self._ev = ev
+                if (ev.total_done, ev.wire_bytes) != self._moved:
+                    self._moved, self._moved_at = (ev.total_done, ev.wire_bytes), now
                 self.read_rate.update(now, ev.total_done)
                 self.wire_rate.update(now, ev.wire_bytes)
                 self._eta_value = self.eta.update(now, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
@@ -93,12 +98,21 @@ class ProgressPrinter:
                 self.phase = "server"
                 self._p(ev.text)
 
+    STALL_AFTER = 10.0   # seconds without a byte read or sent before a line says "stalled"
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds nothing has moved while sending (0 when data flows or the server works)."""
+        idle = now - self._moved_at
+        return idle if self.phase == "sending" and idle >= self.STALL_AFTER else 0.0
+
     def eta_seconds(self, now: float | None = None) -> float | None:
-        """Seconds left now: the last ETA less the time since it was computed."""
+        """Seconds left now: the last ETA less the time since it was computed. While nothing
+        moves the countdown stops (the finish slips by the stall), instead of reaching 00:00."""
         if self._eta_value is None:
             return None
         now = time.monotonic() if now is None else now
-        return max(0.0, self._eta_value - (now - self._eta_at))
+        clock = min(now, self._moved_at + self.STALL_AFTER) if self.phase == "sending" else now
+        return max(0.0, self._eta_value - max(0.0, clock - self._eta_at))
 
     def status(self, now: float | None = None) -> dict:
         """What the progress line says, as data (for the TUI)."""
@@ -111,7 +125,7 @@ class ProgressPrinter:
             "total_done": ev.total_done if ev else 0, "total_size": ev.total_size if ev else 0,
             "read_rate": self.read_rate.rate, "wire_rate": self.wire_rate.rate,
             "wire_bytes": ev.wire_bytes if ev else 0, "zero_bytes": ev.zero_bytes if ev else 0,
-            "bottleneck": self.bottleneck,
+            "bottleneck": self.bottleneck, "stalled_for": self.stalled_for(now),
         }
 
     def _line(self, now: float) -> None:
@@ -127,9 +141,12 @@ class ProgressPrinter:
         if self.phase == "server":
             self._p(f"server verifying and converting: {hs(now - self.t0)} elapsed, ETA {hs(eta)}{tail}")
             return
+        stalled = self.stalled_for(now)
+        flow = (f"STALLED for {stalled:.0f} s: nothing read or sent (the source disk, the link or "
+                f"the server is stuck)" if stalled else
+                f"read {human_rate(self.read_rate.rate)} MB/s wire {human_rate(self.wire_rate.rate)} MB/s")
         self._p(f"{ev.disk}: {dpct:5.1f}% | total {tpct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} | "
-                f"read {human_rate(self.read_rate.rate)} MB/s wire {human_rate(self.wire_rate.rate)} MB/s | "
-                f"skipped {hb(ev.zero_bytes)} | elapsed {hs(now - self.t0)} ETA {hs(eta)}{tail}")
+                f"{flow} | skipped {hb(ev.zero_bytes)} | elapsed {hs(now - self.t0)} ETA {hs(eta)}{tail}")
 
     def tick(self) -> None:
         with self._lock:

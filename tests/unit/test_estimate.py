@@ -313,3 +313,42 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     buf = io.StringIO()
     PR.print_summary(res, out=buf, estimate=plan)
     assert "estimate: 200.0 s predicted, 230.0 s actual (+15%)" in buf.getvalue()
+
+
+def test_progress_says_stalled_and_the_eta_stops_counting_down(monkeypatch):
+    """Nothing read or sent for a while: the line says STALLED for N s (not the last rate and
+    ETA 00:00), the ETA stops counting down so the finish slips, and it recovers when data moves."""
+    import io
+
+    from agent import console as PR
+    from agent.capture import events as E
+    from agent.capture.source import SourceDisk
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(PR.time, "monotonic", lambda: clock["t"])
+    size = 1 * GB
+    out = io.StringIO()
+    p = PR.ProgressPrinter(5.0, out=out)
+    p(E.CaptureStarted("cap-s", "file:///x", [SourceDisk("/dev/sda", "sda", "sda", size, 512, 512)], size))
+    p(E.DiskStarted("sda", "/dev/sda", size))
+    step = size // 100
+    for i in range(1, 21):            # 20% in 20 s: 80 s left at that pace
+        clock["t"] += 1.0
+        p(E.Progress("sda", i * step, size, i * step, size, i * step, i * step, 0, clock["t"] - 1000))
+    eta_at_last_move = p.eta_seconds()
+    assert 60 < eta_at_last_move < 100
+    assert p.stalled_for(clock["t"]) == 0.0
+    clock["t"] += 40.0                # the link hangs: no event at all for 40 s
+    p.tick()
+    last = out.getvalue().splitlines()[-1]
+    assert "STALLED for 40 s: nothing read or sent" in last, last
+    assert "MB/s" not in last.split("|")[2]
+    # the countdown stopped STALL_AFTER seconds after the last byte, not 40 s later
+    assert p.eta_seconds() == pytest.approx(eta_at_last_move - p.STALL_AFTER)
+    assert p.status()["stalled_for"] == pytest.approx(40.0)
+    clock["t"] += 1.0                 # data moves again
+    p(E.Progress("sda", 21 * step, size, 21 * step, size, 21 * step, 21 * step, 0, clock["t"] - 1000))
+    assert p.stalled_for(clock["t"]) == 0.0
+    clock["t"] += 5.0
+    p.tick()
+    assert "STALLED" not in out.getvalue().splitlines()[-1]
