@@ -104,7 +104,7 @@ class Guest:
         argv = ["guestfish", "--listen", "--ro" if self.readonly else "--rw"]
         for img in self.images:
             argv += ["--format=qcow2", "-a", img]
-        out = run(argv, env=self.accel.env(), timeout=60).stdout
+        out = run(argv, env=self.accel.env(), timeout=60, leaves_server=True).stdout
         m = re.search(r"GUESTFISH_PID=(\d+)", out)
         if not m:
             raise CommandError(argv, 0, f"guestfish --listen printed no GUESTFISH_PID: {out.strip()!r}")
