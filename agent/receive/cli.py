@@ -39,13 +39,20 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="directory the captures are written into (and confined to)")
     ap.add_argument("--keep-raw", action="store_true", help="keep the raw image next to the qcow2")
+    ap.add_argument("--convert", action="store_true",
+                    help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
+                         "one conversion at a time per root; its output in <capture>/conversion.out)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="coldclone-receive: %(message)s")
     rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
                   keep_raw=args.keep_raw)
-    return rx.run(sys.stdin.buffer)
+    rc = rx.run(sys.stdin.buffer)
+    if rc == 0 and args.convert and rx.cap is not None:
+        from ..convert.cli import queue
+        queue(rx.cap.final_path)
+    return rc
 
 
 if __name__ == "__main__":

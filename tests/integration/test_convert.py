@@ -167,3 +167,28 @@ def test_refuses_what_is_not_a_complete_capture(root, tmp_path):
     r = convert(str(partial))
     assert r.returncode == 2 and "unfinished capture" in r.stderr
     assert not os.listdir(partial)
+
+
+def test_receiver_convert_queues_the_conversion(root, tmp_path):
+    """`coldclone-receive --convert`: the receiver answers `complete` and exits at once; the
+    conversion runs detached after it and records its outcome in the manifest."""
+    from tests.streams import capture_stream
+
+    guestdisk.ext4_disk(str(tmp_path / "d.img"), {"notes.txt": "no OS here\n"}, size_mib=32)
+    stream = capture_stream("queued01", {"sdd": open(tmp_path / "d.img", "rb").read()})
+    t = time.monotonic()
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert"],
+                       input=stream, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert time.monotonic() - t < 30          # it did not wait for the appliance
+    cap = os.path.join(root, "queued01")
+    assert [json.loads(l)["event"] for l in r.stdout.splitlines()][-1] == "complete"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        m = json.load(open(os.path.join(cap, "manifest.json")))
+        if "conversion" in m:
+            break
+        time.sleep(2)
+    assert m["conversion"]["result"] == "not_converted", open(os.path.join(cap, "conversion.out")).read()
+    assert m["status"] == "complete"
+    assert "not converted: no operating system" in open(os.path.join(cap, "conversion.out")).read()

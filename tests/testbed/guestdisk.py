@@ -11,9 +11,9 @@ import os
 import shutil
 import tempfile
 
+from agent import protocol as P
 from agent.receive.receiver import Receiver
 from agent.runcmd import run
-from tests.streams import capture_stream
 
 MiB = 1 << 20
 
@@ -38,16 +38,42 @@ def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | 
         shutil.rmtree(src)
 
 
+def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:
+    """The records the agent would send for these raw images, read and sent chunk by chunk
+    (DATA records stay under the protocol's limit, and a 2 GiB disk is never all in memory)."""
+    bs = P.DEFAULT_BLOCK_SIZE
+    out.write(P.preamble())
+    out.write(P.encode_json(P.T_HELLO, {"capture_id": capture_id, "format": "qcow2",
+                                        "agent_version": "test", "disks": list(disks)}))
+    for name, path in disks.items():
+        size = os.path.getsize(path)
+        out.write(P.encode_json(P.T_DISK, {"name": name, "size": size, "block_size": bs, "mode": "nonzero"}))
+        tree = P.BlockTree(size, bs)
+        with open(path, "rb") as f:
+            off = 0
+            while off < size:
+                data = f.read(P.DEFAULT_CHUNK_SIZE)
+                for ext in P.split_extents(data, off, bs):
+                    if ext.zero:
+                        out.write(P.encode_zero(ext.offset, ext.length))
+                        tree.add_zero(ext.offset, ext.length)
+                    else:
+                        out.write(P.encode_data(ext.offset, ext.length, P.CODEC_NONE,
+                                                P.record_digest(ext.digests), bytes(ext.data)))
+                        tree.add_digests(ext.offset, ext.length, ext.digests)
+                off += len(data)
+        out.write(P.encode_end(tree.digest(), {"bytes_read": size}))
+    out.write(P.encode_json(P.T_FINISH, {}))
+
+
 def make_capture(root: str, capture_id: str, disks: dict[str, str]) -> str:
     """A complete capture dir made by the real receiver from these raw disk images (name -> path),
     so its manifest.json is exactly what coldclone-receive writes."""
-    data = {}
-    for name, path in disks.items():
-        with open(path, "rb") as f:
-            data[name] = f.read()
-    stream = capture_stream(capture_id, data)
-    out = io.BytesIO()
-    rc = Receiver(root, out).run(io.BytesIO(stream))
+    with tempfile.TemporaryFile(dir=root) as stream:
+        _write_stream(stream, capture_id, disks)
+        stream.seek(0)
+        out = io.BytesIO()
+        rc = Receiver(root, out).run(stream)
     replies = [json.loads(l) for l in out.getvalue().splitlines() if l.strip()]
     assert rc == 0, replies
     return os.path.join(root, capture_id)
