@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES="qemu-utils openssh-server openssh-client parted e2fsprogs dosfstools
  xfsprogs util-linux fdisk libparted-dev pkg-config gcc python3-venv python3-dev
  zstd pv tmux coreutils procps qemu-system-x86 ovmf tgt iproute2
- nfs-ganesha nfs-ganesha-vfs"
+ nfs-ganesha nfs-ganesha-vfs
+ virt-v2v libguestfs-tools nbdkit linux-image-amd64"
 
 missing=""
 for p in $APT_PACKAGES; do

@@ -235,9 +235,11 @@ def _libvirt_xml(name: str, images: list[str]) -> str:
             f"<os><type arch='x86_64'>hvm</type></os><devices>{disks}</devices></domain>\n")
 
 
-def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel) -> list[str]:
+def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
     """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several);
-    returns the output image paths in disk order. Its full log goes to virt-v2v.log."""
+    returns the output image paths in disk order. Its full log goes to virt-v2v.log, and its own
+    warnings (e.g. it could not update the boot loader's configuration) are passed on verbatim
+    into `warnings`."""
     outdir = cap.file_path("convert-v2v.tmp")
     shutil.rmtree(outdir, ignore_errors=True)
     os.mkdir(outdir, 0o750)
@@ -254,6 +256,8 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel) -> list[str]:
     res = run(argv, env=env, check=False, timeout=4 * 3600)
     with open(cap.file_path("virt-v2v.log"), "w") as f:
         f.write(res.stdout + res.stderr)
+    warnings += [line.strip() for line in (res.stdout + res.stderr).splitlines()
+                 if line.startswith("virt-v2v: warning:")]
     if res.returncode != 0:
         tail = " | ".join(res.stderr.strip().splitlines()[-3:])
         raise CommandError(res.argv, res.returncode,
@@ -304,7 +308,7 @@ def _convert_locked(cap, manifest, disks, engine, method, accel) -> Conversion:
         conv.os, conv.fixes, conv.warnings = fix_guest([cap.file_path(s) for s in staged], accel, timings)
         if engine is Engine.VIRT_V2V:
             t = time.monotonic()
-            outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel)
+            outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel, conv.warnings)
             timings["virt_v2v_seconds"] = round(time.monotonic() - t, 3)
             for out, final in zip(outs, finals):
                 os.rename(out, cap.file_path(final))
