@@ -17,7 +17,7 @@ import sys
 
 from ..errors import EXIT_SERVER, EXIT_USAGE, UsageError
 from ..runcmd import spawn
-from .convert import convert
+from .convert import convert, read_capture
 from .model import CopyMethod, Engine, Outcome
 
 EXIT_NOT_CONVERTED = 7
@@ -51,21 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         print("coldclone-convert: --overlay needs --engine fixups (virt-v2v always writes a new image)",
               file=sys.stderr)
         return EXIT_USAGE
-    log_handler = None
-    if os.path.isfile(os.path.join(args.capture_dir, "manifest.json")) and os.access(args.capture_dir, os.W_OK):
-        # Every fix is in the manifest and, with the tools' own lines, in conversion.log.
-        log_handler = logging.FileHandler(os.path.join(args.capture_dir, "conversion.log"))
-        log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(log_handler)
+    try:
+        read_capture(args.capture_dir)     # refuse before writing anything into the directory
+    except UsageError as e:
+        print(f"coldclone-convert: {e}", file=sys.stderr)
+        return e.exit_code
+    # Every fix is in the manifest and, with the tools' own lines, in conversion.log.
+    log_handler = logging.FileHandler(os.path.join(args.capture_dir, "conversion.log"))
+    log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_handler)
     try:
         conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY)
     except UsageError as e:
         print(f"coldclone-convert: {e}", file=sys.stderr)
         return e.exit_code
     finally:
-        if log_handler:
-            logging.getLogger().removeHandler(log_handler)
-            log_handler.close()
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
     print(f"coldclone-convert: {conv.message}")
     for fx in conv.fixes:
         print(f"  fixed {fx.render()}")

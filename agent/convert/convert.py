@@ -26,6 +26,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
 
 from ..errors import ColdcloneError, CommandError, ServerError, UsageError
 from ..receive import image as qimage
@@ -118,9 +119,10 @@ def stage_image(cap: CaptureDir, disk: CaptureDisk, dest: str, method: CopyMetho
     if method is CopyMethod.OVERLAY:
         # A relative backing name: the capture directory can be moved as a whole.
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", disk.image, out])
+    elif disk.format == "raw":
+        qimage.convert_to_qcow2(src, out)
     else:
-        qimage.convert_to_qcow2(src, out) if disk.format == "raw" else \
-            run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, out])
+        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, out])
 
 
 # --- fix-ups ------------------------------------------------------------------------------------
@@ -225,8 +227,9 @@ def fix_guest(images: list[str], accel: Accel, timings: dict[str, float]) -> tup
 
 # --- virt-v2v -----------------------------------------------------------------------------------
 
-def _libvirt_xml(name: str, images: list[str]) -> str:
-    from xml.sax.saxutils import quoteattr
+def libvirt_xml(name: str, images: list[str]) -> str:
+    """The input description virt-v2v needs to take several disks as one guest (-i disk takes
+    one); SATA targets, as the source server's disks were."""
     disks = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file={quoteattr(os.path.abspath(img))}/><target dev='sd{chr(ord('a') + i)}' bus='sata'/></disk>"
@@ -249,7 +252,7 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: lis
     else:
         xml = os.path.join(outdir, "input.xml")
         with open(xml, "w") as f:
-            f.write(_libvirt_xml(name, staged))
+            f.write(libvirt_xml(name, staged))
         src = ["-i", "libvirtxml", xml]
     argv = ["virt-v2v", "-v", *src, "--root", "first", "-o", "local", "-os", outdir, "-of", "qcow2", "-on", name]
     env = dict(accel.env(), LIBGUESTFS_CACHEDIR=os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp"))
