@@ -57,6 +57,7 @@ def run(
     secrets: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     leaves_server: bool = False,
+    output_file: str | None = None,
 ) -> Result:
     """Run argv (never through a shell) and return its output as text.
 
@@ -65,9 +66,12 @@ def run(
     password passed to iscsiadm, say) is shown as **** in the log and in errors.
     ``leaves_server``: the command forks a server that outlives it (guestfish --listen) and
     keeps its stderr; that goes to a file here, or we would wait for the server's end.
+    ``output_file``: stdout and stderr (merged, in order) go to this file as they come, for
+    long runs (virt-v2v) someone may watch; the Result holds that text as stderr.
     """
     argv = [str(a) for a in argv]
-    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s], env, leaves_server)
+    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s], env, leaves_server,
+                output_file)
 
 
 def spawn(argv: list[str], log_path: str, env: dict[str, str] | None = None) -> int:
@@ -90,18 +94,21 @@ def _mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _run(argv, input, timeout, hint, quiet, check, secrets, env=None, leaves_server=False) -> Result:
+def _run(argv, input, timeout, hint, quiet, check, secrets, env=None, leaves_server=False,
+         output_file=None) -> Result:
     shown = [_mask(a, secrets) for a in argv]
     if shutil.which(argv[0]) is None:
         pkg = PACKAGE_OF.get(argv[0].rsplit("/", 1)[-1])
         where = f" (install the Debian package {pkg})" if pkg else ""
         raise CommandError(shown, None, f"{argv[0]}: command not found{where}", hint)
-    errfile = tempfile.TemporaryFile() if leaves_server else None
+    errfile = open(output_file, "w+b") if output_file else tempfile.TemporaryFile() if leaves_server else None
     try:
         proc = subprocess.run(
-            argv, input=input, stdout=subprocess.PIPE, stderr=errfile or subprocess.PIPE, text=True,
-            timeout=timeout, check=False, env=env
+            argv, input=input, stdout=errfile if output_file else subprocess.PIPE,
+            stderr=errfile or subprocess.PIPE, text=True, timeout=timeout, check=False, env=env
         )
+        if output_file:
+            proc.stdout = ""
         if errfile is not None:
             errfile.seek(0)
             proc.stderr = errfile.read().decode(errors="replace")

@@ -256,11 +256,10 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: lis
         src = ["-i", "libvirtxml", xml]
     argv = ["virt-v2v", "-v", *src, "--root", "first", "-o", "local", "-os", outdir, "-of", "qcow2", "-on", name]
     env = dict(accel.env(), LIBGUESTFS_CACHEDIR=os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp"))
-    res = run(argv, env=env, check=False, timeout=4 * 3600)
-    with open(cap.file_path("virt-v2v.log"), "w") as f:
-        f.write(res.stdout + res.stderr)
-    warnings += [line.strip() for line in (res.stdout + res.stderr).splitlines()
-                 if line.startswith("virt-v2v: warning:")]
+    # The log is written as virt-v2v goes (its "[ 123.4] Converting ..." stage lines say where
+    # the time goes), so a long run under TCG can be watched.
+    res = run(argv, env=env, check=False, timeout=4 * 3600, output_file=cap.file_path("virt-v2v.log"))
+    warnings += [line.strip() for line in res.stderr.splitlines() if line.startswith("virt-v2v: warning:")]
     if res.returncode != 0:
         tail = " | ".join(res.stderr.strip().splitlines()[-3:])
         raise CommandError(res.argv, res.returncode,
