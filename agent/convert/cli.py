@@ -16,19 +16,10 @@ import os
 import sys
 
 from ..errors import EXIT_SERVER, EXIT_USAGE, UsageError
-from ..runcmd import spawn
 from .convert import convert, read_capture
 from .model import CopyMethod, Engine, Outcome
 
 EXIT_NOT_CONVERTED = 7
-
-
-def queue(capture_path: str) -> int:
-    """Start `coldclone-convert capture_path` detached (for `coldclone-receive --convert`): the
-    agent's SSH session ends with the capture, the conversion waits its turn on the root's lock."""
-    here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
-    exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path], os.path.join(capture_path, "conversion.out"))
 
 
 def main(argv: list[str] | None = None) -> int:

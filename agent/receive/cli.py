@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 
+from ..runcmd import spawn
 from .receiver import Receiver
 
 
@@ -50,9 +51,17 @@ def main(argv: list[str] | None = None) -> int:
                   keep_raw=args.keep_raw)
     rc = rx.run(sys.stdin.buffer)
     if rc == 0 and args.convert and rx.cap is not None:
-        from ..convert.cli import queue
-        queue(rx.cap.final_path)
+        queue_conversion(rx.cap.final_path)
     return rc
+
+
+def queue_conversion(capture_path: str) -> int:
+    """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
+    capture, the conversion waits its turn on the root's lock. By command, not by import: the
+    converter builds on this package, not the other way round."""
+    here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
+    exe = here if os.access(here, os.X_OK) else "coldclone-convert"
+    return spawn([exe, capture_path], os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":
