@@ -34,6 +34,7 @@ PACKAGE_OF = {
     "dhclient": "isc-dhcp-client",
     "guestfish": "libguestfs-tools",
     "virt-v2v": "virt-v2v",
+    "nbdcopy": "libnbd-bin",
     "qemu-system-x86_64": "qemu-system-x86",
 }
 
