@@ -238,6 +238,25 @@ def libvirt_xml(name: str, images: list[str]) -> str:
             f"<os><type arch='x86_64'>hvm</type></os><devices>{disks}</devices></domain>\n")
 
 
+# Tools virt-v2v 2.x runs at its very end (copying), which its Debian package does not pull in:
+# without them a run fails after the whole (tens of minutes) conversion.
+V2V_TOOLS = {"virt-v2v": "virt-v2v", "nbdkit": "nbdkit", "nbdcopy": "libnbd-bin",
+             "nbdinfo": "libnbd-bin", "qemu-nbd": "qemu-utils"}
+
+
+def v2v_missing_tools() -> list[str]:
+    """'tool (Debian package)' for each tool virt-v2v needs that is not installed."""
+    return [f"{tool} ({pkg})" for tool, pkg in V2V_TOOLS.items() if shutil.which(tool) is None]
+
+
+def check_v2v_tools() -> None:
+    """Refuse in a second, before any appliance, what would fail at virt-v2v's very end."""
+    missing = v2v_missing_tools()
+    if missing:
+        raise CommandError(["virt-v2v"], None, f"virt-v2v cannot run here: missing {', '.join(missing)}; "
+                                               f"install them (scripts/setup.sh lists them) or use --engine fixups")
+
+
 def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
     """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several);
     returns the output image paths in disk order. Its full log goes to virt-v2v.log, and its own
@@ -303,6 +322,8 @@ def _convert_locked(cap, manifest, disks, engine, method, accel) -> Conversion:
     try:
         for d in disks:
             cap.unlink(d.name + KVM_SUFFIX)      # a new conversion replaces an older one
+        if engine is Engine.VIRT_V2V:
+            check_v2v_tools()
         t = time.monotonic()
         for d, s in zip(disks, staged):
             stage_image(cap, d, s, stage_method)
