@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup lint test unit integration demo bench iso vm clean
+.PHONY: setup lint test unit integration demo bench iso vm convert-slow clean
 
 setup:
 	@sh scripts/setup.sh
@@ -38,6 +38,11 @@ iso: setup
 # Boot tests of the ISO in QEMU (skip when the ISO has not been built)
 vm: setup
 	$(PYTEST) -q -s -m vm tests/vm
+
+# A real Debian disk through virt-v2v and a virtio boot: tens of minutes under TCG, so not in
+# `make test` (the `slow` marker is deselected by default).
+convert-slow: setup
+	$(PYTEST) -q -s -m slow tests/integration/test_convert_v2v.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -7,8 +7,10 @@ CommandError naming the command, so no caller has to invent its own message.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 from .errors import CommandError
@@ -32,6 +34,10 @@ PACKAGE_OF = {
     "dhclient": "isc-dhcp-client",
     "xfs_logprint": "xfsprogs",
     **{f"partclone.{fs}": "partclone" for fs in ("extfs", "xfs", "btrfs", "fat", "ntfs")},
+    "guestfish": "libguestfs-tools",
+    "virt-v2v": "virt-v2v",
+    "nbdcopy": "libnbd-bin",
+    "qemu-system-x86_64": "qemu-system-x86",
 }
 
 
@@ -53,15 +59,36 @@ def run(
     quiet: bool = False,
     secrets: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    leaves_server: bool = False,
+    output_file: str | None = None,
 ) -> Result:
     """Run argv (never through a shell) and return its output as text.
 
     check=False returns failures instead of raising. ``quiet`` lowers the log
     level for commands polled in loops. Every value in ``secrets`` (a CHAP
     password passed to iscsiadm, say) is shown as **** in the log and in errors.
+    ``leaves_server``: the command forks a server that outlives it (guestfish --listen) and
+    keeps its stderr; that goes to a file here, or we would wait for the server's end.
+    ``output_file``: stdout and stderr (merged, in order) go to this file as they come, for
+    long runs (virt-v2v) someone may watch; the Result holds that text as stderr.
     """
     argv = [str(a) for a in argv]
-    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s], env)
+    return _run(argv, input, timeout, hint, quiet, check, [s for s in secrets if s], env, leaves_server,
+                output_file)
+
+
+def spawn(argv: list[str], log_path: str, env: dict[str, str] | None = None) -> int:
+    """Start argv detached (its own session, stdin /dev/null, stdout and stderr appended to
+    log_path) and return its pid without waiting: work queued behind a finished job (a
+    conversion after the receiver's capture) that must not hold the caller's session open."""
+    argv = [str(a) for a in argv]
+    if shutil.which(argv[0]) is None:
+        raise CommandError(argv, None, f"{argv[0]}: command not found")
+    with open(log_path, "ab") as out, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, env=env)
+    log.info("started %s (pid %d), output in %s", argv, proc.pid, log_path)
+    return proc.pid
 
 
 def _mask(text: str, secrets: list[str]) -> str:
@@ -70,19 +97,30 @@ def _mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _run(argv, input, timeout, hint, quiet, check, secrets, env=None) -> Result:
+def _run(argv, input, timeout, hint, quiet, check, secrets, env=None, leaves_server=False,
+         output_file=None) -> Result:
     shown = [_mask(a, secrets) for a in argv]
     if shutil.which(argv[0]) is None:
         pkg = PACKAGE_OF.get(argv[0].rsplit("/", 1)[-1])
         where = f" (install the Debian package {pkg})" if pkg else ""
         raise CommandError(shown, None, f"{argv[0]}: command not found{where}", hint)
+    errfile = open(output_file, "w+b") if output_file else tempfile.TemporaryFile() if leaves_server else None
     try:
         proc = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False, env=env
+            argv, input=input, stdout=errfile if output_file else subprocess.PIPE,
+            stderr=errfile or subprocess.PIPE, text=True, timeout=timeout, check=False, env=env
         )
+        if output_file:
+            proc.stdout = ""
+        if errfile is not None:
+            errfile.seek(0)
+            proc.stderr = errfile.read().decode(errors="replace")
     except subprocess.TimeoutExpired:
         log.error("timeout after %ss: %s", timeout, shown)
         raise CommandError(shown, None, f"timed out after {timeout} s", hint) from None
+    finally:
+        if errfile is not None:
+            errfile.close()
     stderr = _mask(proc.stderr, secrets)
     level = logging.DEBUG if quiet else logging.INFO
     log.log(level, "ran %s -> exit %d%s", shown, proc.returncode,

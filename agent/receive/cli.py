@@ -30,7 +30,8 @@ import sys
 import threading
 from typing import BinaryIO
 
-from .receiver import Receiver, SessionEnded
+from ..runcmd import spawn
+from .receiver import CaptureSink, Receiver, SessionEnded
 from .store import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"waits for data (default {DEFAULT_IDLE_TIMEOUT:g})")
     ap.add_argument("--gc", action="store_true",
                     help="list the unfinished (.partial) captures in --root and clean those whose receiver died")
+    ap.add_argument("--convert", action="store_true",
+                    help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
+                         "one conversion at a time per root; its output in <capture>/conversion.out)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -157,9 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
                       keep_raw=args.keep_raw)
-        return rx.run(session.stream(sys.stdin.buffer))
+        rc = rx.run(session.stream(sys.stdin.buffer))
     finally:
         session.stop()
+    if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
+        queue_conversion(rx.sink.cap.final_path)
+    return rc
+
+
+def queue_conversion(capture_path: str) -> int:
+    """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
+    capture, the conversion waits its turn on the root's lock. By command, not by import: the
+    converter builds on this package, not the other way round."""
+    here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
+    exe = here if os.access(here, os.X_OK) else "coldclone-convert"
+    return spawn([exe, capture_path], os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,17 @@ class Store:
             raise
         return cap
 
+    def open_capture(self, capture_id: str) -> "CaptureDir":
+        """A complete capture (its final name), for the stages after the receiver: conversion
+        writes its images and its manifest section through the same confined calls."""
+        validate_name(capture_id, "capture id")
+        try:
+            dfd = os.open(capture_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError as e:
+            raise ServerError(f"cannot open capture {os.path.join(self.root, capture_id)}: {e.strerror}",
+                              code="not_found") from None
+        return CaptureDir(self, capture_id, capture_id, dfd)
+
 
 class CaptureDir:
     def __init__(self, store: Store, capture_id: str, staging: str, fd: int):

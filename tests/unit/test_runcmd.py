@@ -30,3 +30,18 @@ def test_secret_masked_in_log_and_error(caplog):
     assert secret not in caplog.text and "****" in caplog.text
     assert secret not in str(e.value) and secret not in " ".join(e.value.argv)
     assert secret not in res.stderr
+
+
+def test_output_file_gets_stdout_and_stderr_as_they_come(tmp_path):
+    log = tmp_path / "tool.log"
+    res = run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False, output_file=str(log))
+    assert res.returncode == 3
+    assert log.read_text() == "out\nerr\n" == res.stderr
+
+
+def test_leaves_server_does_not_wait_for_the_forked_server():
+    import time
+    t = time.monotonic()
+    # The background sleep keeps stderr open; without leaves_server run() would wait 5 s for it.
+    res = run(["sh", "-c", "(sleep 5 >/dev/null &) ; echo started"], leaves_server=True)
+    assert res.stdout == "started\n" and time.monotonic() - t < 4

@@ -1,0 +1,137 @@
+"""Typed records of a conversion: the guest's volumes, each fix applied, and the result that
+goes into the `conversion` section of manifest.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+
+class FixKind(str, enum.Enum):
+    FSTAB_DEVICE = "fstab-device-name"          # /dev/sda2 / ... -> UUID=...
+    CRYPTTAB_DEVICE = "crypttab-device-name"
+    KERNEL_ROOT = "kernel-root-device"          # root=/dev/sda2 on a kernel line
+    KERNEL_RESUME = "kernel-resume-device"      # resume=/dev/sda3 (kernel line or initramfs conf)
+    NET_RULE_MAC = "udev-net-rule-mac"          # 70-persistent-net.rules pins a name to a MAC
+    IFCFG_MAC = "ifcfg-hwaddr"                  # HWADDR= / MACADDR= in ifcfg-*
+    NM_MAC = "networkmanager-mac-address"       # mac-address= in a keyfile
+    HARDWARE_SERVICE = "hardware-service-disabled"
+
+
+class Outcome(str, enum.Enum):
+    CONVERTED = "converted"
+    NOT_CONVERTED = "not_converted"     # the guest is not something we can convert (no OS ...)
+    FAILED = "failed"                   # a tool broke; the message says which and why
+
+
+class Engine(str, enum.Enum):
+    VIRT_V2V = "virt-v2v"               # virt-v2v, then our fix-ups for what it leaves
+    FIXUPS = "fixups"                   # our libguestfs fix-ups alone (fast; no driver injection)
+
+
+class CopyMethod(str, enum.Enum):
+    COPY = "copy"                       # qemu-img convert: a standalone qcow2
+    OVERLAY = "overlay"                 # qcow2 overlay backed by the evidence (read-only)
+    VIRT_V2V = "virt-v2v"               # written by virt-v2v -o local
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A filesystem (or swap) of the guest as the libguestfs appliance sees it."""
+
+    device: str          # appliance name, /dev/sda2
+    disk_index: int      # position of its disk in the capture (0 = first disk)
+    partition: int | None
+    fstype: str          # ext4, xfs, swap, linux_raid_member ...
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Fix:
+    kind: FixKind
+    path: str                 # the guest file changed (or the unit link removed)
+    line: int | None          # 1-based line in the file before the change
+    before: str
+    after: str
+    why: str
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+    def render(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{self.kind.value}: {where}: {self.before.strip()!r} -> {self.after.strip()!r}"
+
+
+@dataclass
+class FixResult:
+    """What a pure fix function returns: the new file text, the fixes, and what it left alone."""
+
+    text: str
+    fixes: list[Fix] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixes)
+
+
+@dataclass
+class GuestOS:
+    root: str                 # appliance device of the root filesystem
+    type: str                 # linux / windows ...
+    distro: str
+    product: str
+    major: int
+    minor: int
+    mountpoints: list[tuple[str, str]]    # (mountpoint, appliance device), as the guest's fstab says
+
+
+@dataclass
+class ImageOut:
+    disk: str                 # the capture's disk name
+    evidence: str             # its verified image (untouched)
+    image: str                # the converted image beside it
+    method: CopyMethod
+    bytes_allocated: int = 0
+
+
+@dataclass
+class Conversion:
+    """The manifest's `conversion` section."""
+
+    result: Outcome
+    message: str
+    engine: Engine
+    engine_versions: dict[str, str]
+    accel: str                # kvm / tcg: how the libguestfs appliance (and virt-v2v) ran
+    accel_reason: str
+    started: str
+    finished: str
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    os: GuestOS | None = None
+    images: list[ImageOut] = field(default_factory=list)
+    fixes: list[Fix] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "result": self.result.value,
+            "message": self.message,
+            "engine": self.engine.value,
+            "engine_versions": dict(self.engine_versions),
+            "accel": self.accel,
+            "accel_reason": self.accel_reason,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": self.seconds,
+            "timings": dict(self.timings),
+            "os": dataclasses.asdict(self.os) if self.os else None,
+            "images": [dict(dataclasses.asdict(i), method=i.method.value) for i in self.images],
+            "fixes": [f.to_dict() for f in self.fixes],
+            "warnings": list(self.warnings),
+        }

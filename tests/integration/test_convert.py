@@ -1,0 +1,194 @@
+"""coldclone-convert on real disks under libguestfs (TCG where KVM does not work).
+
+A two-disk "Debian server" (GPT, ext4 root with /etc/os-release, fstab and grub.cfg by
+/dev/sdX names, a MAC-bound udev rule, an ifcfg with HWADDR, a NetworkManager keyfile with a
+mac-address; /var on the second disk) is made into a complete capture by the real receiver,
+converted with our fix-ups as one guest, and the converted files are read back with debugfs
+(not libguestfs). The evidence qcow2s are byte-identical before and after. A disk with no OS is
+refused with `not converted: ...` and exit 7, and its capture stays complete and verified.
+
+Budget: one libguestfs appliance launch per conversion (two in this module; ~20-40 s each
+under TCG).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from agent.convert.convert import CopyMethod, read_capture, stage_image
+from agent.receive.store import Store
+from tests.conftest import BIN, sha256_of
+from tests.testbed import guestdisk
+
+pytestmark = pytest.mark.root
+
+ROOT_UUID = "3f1d2c4b-5a6e-4f70-8192-a3b4c5d6e7f8"
+VAR_UUID = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"
+MAC = "00:25:90:ab:cd:ef"
+
+FSTAB = """\
+# /etc/fstab: static file system information.
+# <file system> <mount point> <type> <options> <dump> <pass>
+/dev/sda1   /      ext4   errors=remount-ro   0  1
+/dev/sdb1\t/var\text4\tdefaults\t0\t2   # the data disk
+proc /proc proc defaults 0 0
+"""
+GRUB_CFG = """\
+set default=0
+menuentry 'Debian GNU/Linux' {
+\tlinux\t/boot/vmlinuz-6.1.0-18-amd64 root=/dev/sda1 ro  quiet
+\tinitrd\t/boot/initrd.img-6.1.0-18-amd64
+}
+"""
+NET_RULES = ('# PCI device 0x8086:0x10d3 (e1000e)\n'
+             f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{MAC}", '
+             'ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
+IFCFG = f"DEVICE=eth0\nHWADDR={MAC.upper()}\nBOOTPROTO=dhcp\nONBOOT=yes\n"
+NM = f"[connection]\nid=eth0\ntype=ethernet\n\n[ethernet]\nmac-address={MAC}\n\n[ipv4]\nmethod=auto\n"
+TREE = {
+    "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+                      'VERSION_ID="12"\nID=debian\n',
+    "etc/debian_version": "12.5\n",
+    "etc/hostname": "srv01\n",
+    "etc/fstab": FSTAB,
+    "boot/grub/grub.cfg": GRUB_CFG,
+    "etc/udev/rules.d/70-persistent-net.rules": NET_RULES,
+    "etc/sysconfig/network-scripts/ifcfg-eth0": IFCFG,
+    "etc/NetworkManager/system-connections/eth0.nmconnection": NM,
+    "bin/.keep": "", "sbin/.keep": "", "usr/bin/.keep": "", "var/.keep": "",
+}
+
+
+def convert(capture, *args, timeout=900):
+    return subprocess.run([os.path.join(BIN, "coldclone-convert"), capture, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rx")
+    yield str(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_convert_two_disk_linux_with_fixups(root, tmp_path):
+    guestdisk.ext4_disk(str(tmp_path / "sda.img"), TREE, uuid=ROOT_UUID)
+    guestdisk.ext4_disk(str(tmp_path / "sdb.img"), {"log/messages": "old log\n"}, uuid=VAR_UUID)
+    cap = guestdisk.make_capture(root, "srv01", {"sda": str(tmp_path / "sda.img"),
+                                                 "sdb": str(tmp_path / "sdb.img")})
+    before = {n: sha256_of(os.path.join(cap, n)) for n in ("sda.qcow2", "sdb.qcow2")}
+    manifest_before = json.load(open(os.path.join(cap, "manifest.json")))
+
+    # Copy vs overlay for the stage the fixes are written to (measured, reported by -s).
+    _, disks = read_capture(cap)
+    capdir = Store(root).open_capture("srv01")
+    for method in (CopyMethod.COPY, CopyMethod.OVERLAY):
+        t = time.monotonic()
+        stage_image(capdir, disks[0], "sda.measure.qcow2", method)
+        print(f"stage by {method.value}: {time.monotonic() - t:.3f} s")
+        capdir.unlink("sda.measure.qcow2")
+
+    t = time.monotonic()
+    r = convert(cap, "--engine", "fixups")
+    took = time.monotonic() - t
+    print(r.stdout, r.stderr[-3000:], f"coldclone-convert: {took:.1f} s", sep="\n")
+    assert r.returncode == 0, r.stderr
+    assert "converted: sda.kvm.qcow2, sdb.kvm.qcow2" in r.stdout
+
+    # The evidence is untouched, byte for byte, and the receiver's manifest is kept as it was.
+    assert {n: sha256_of(os.path.join(cap, n)) for n in before} == before
+    m = json.load(open(os.path.join(cap, "manifest.json")))
+    assert {k: v for k, v in m.items() if k != "conversion"} == manifest_before
+    c = m["conversion"]
+    assert c["result"] == "converted" and c["engine"] == "fixups"
+    assert c["accel"] in ("kvm", "tcg") and c["accel_reason"]
+    assert c["engine_versions"]["libguestfs"].startswith("guestfish")
+    assert c["os"]["distro"] == "debian" and c["os"]["type"] == "linux"
+    assert [i["image"] for i in c["images"]] == ["sda.kvm.qcow2", "sdb.kvm.qcow2"]
+    assert all(i["method"] == "copy" for i in c["images"])
+    kinds = sorted((f["kind"], f["path"]) for f in c["fixes"])
+    assert kinds == sorted([
+        ("fstab-device-name", "/etc/fstab"), ("fstab-device-name", "/etc/fstab"),
+        ("kernel-root-device", "/boot/grub/grub.cfg"),
+        ("udev-net-rule-mac", "/etc/udev/rules.d/70-persistent-net.rules"),
+        ("ifcfg-hwaddr", "/etc/sysconfig/network-scripts/ifcfg-eth0"),
+        ("networkmanager-mac-address", "/etc/NetworkManager/system-connections/eth0.nmconnection"),
+    ])
+    print("timings:", json.dumps(c["timings"]), "seconds:", c["seconds"])
+    log = open(os.path.join(cap, "conversion.log")).read()
+    assert "fixed fstab-device-name: /etc/fstab:3" in log
+
+    # The converted guest's files, read back by debugfs from the converted qcow2.
+    kvm = os.path.join(cap, "sda.kvm.qcow2")
+    fstab = guestdisk.read_ext4_file(kvm, "/etc/fstab", str(tmp_path))
+    assert fstab == FSTAB.replace("/dev/sda1   /", f"UUID={ROOT_UUID}   /").replace(
+        "/dev/sdb1\t/var", f"UUID={VAR_UUID}\t/var")
+    grub = guestdisk.read_ext4_file(kvm, "/boot/grub/grub.cfg", str(tmp_path))
+    assert f"root=UUID={ROOT_UUID} ro  quiet" in grub and "/dev/sda" not in grub
+    rules = guestdisk.read_ext4_file(kvm, "/etc/udev/rules.d/70-persistent-net.rules", str(tmp_path))
+    assert rules.splitlines()[1].startswith("# coldclone-convert: bound to the old MAC: SUBSYSTEM")
+    ifcfg = guestdisk.read_ext4_file(kvm, "/etc/sysconfig/network-scripts/ifcfg-eth0", str(tmp_path))
+    assert f"\n# coldclone-convert: MAC of the old hardware: HWADDR={MAC.upper()}\n" in ifcfg
+    nm = guestdisk.read_ext4_file(kvm, "/etc/NetworkManager/system-connections/eth0.nmconnection",
+                                  str(tmp_path))
+    assert f"# coldclone-convert: MAC of the old hardware: mac-address={MAC}" in nm
+    # The second disk's data is there, unchanged.
+    assert guestdisk.read_ext4_file(os.path.join(cap, "sdb.kvm.qcow2"), "/log/messages",
+                                    str(tmp_path)) == "old log\n"
+    # No staging files are left behind.
+    assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.kvm.qcow2", "sda.qcow2",
+                                       "sdb.kvm.qcow2", "sdb.qcow2"]
+
+
+def test_disk_without_os_is_not_converted(root, tmp_path):
+    guestdisk.ext4_disk(str(tmp_path / "data.img"), {"payroll/2024.csv": "a,b\n"})
+    cap = guestdisk.make_capture(root, "data01", {"sdc": str(tmp_path / "data.img")})
+    before = sha256_of(os.path.join(cap, "sdc.qcow2"))
+    r = convert(cap, "--engine", "fixups")
+    assert r.returncode == 7, r.stdout + r.stderr
+    assert "not converted: no operating system found on the captured disks" in r.stdout
+    m = json.load(open(os.path.join(cap, "manifest.json")))
+    assert m["status"] == "complete" and m["disks"][0]["verified"]["disk_digest"] is True
+    assert m["conversion"]["result"] == "not_converted"
+    assert m["conversion"]["message"].startswith("not converted: no operating system found")
+    assert sha256_of(os.path.join(cap, "sdc.qcow2")) == before
+    assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sdc.qcow2"]
+
+
+def test_refuses_what_is_not_a_complete_capture(root, tmp_path):
+    r = convert(str(tmp_path))
+    assert r.returncode == 2 and "holds no manifest.json" in r.stderr
+    partial = tmp_path / "x.partial"
+    partial.mkdir()
+    r = convert(str(partial))
+    assert r.returncode == 2 and "unfinished capture" in r.stderr
+    assert not os.listdir(partial)
+
+
+def test_receiver_convert_queues_the_conversion(root, tmp_path):
+    """`coldclone-receive --convert`: the receiver answers `complete` and exits at once; the
+    conversion runs detached after it and records its outcome in the manifest."""
+    from tests.streams import capture_stream
+
+    guestdisk.ext4_disk(str(tmp_path / "d.img"), {"notes.txt": "no OS here\n"}, size_mib=32)
+    stream = capture_stream("queued01", {"sdd": open(tmp_path / "d.img", "rb").read()})
+    t = time.monotonic()
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert"],
+                       input=stream, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert time.monotonic() - t < 30          # it did not wait for the appliance
+    cap = os.path.join(root, "queued01")
+    assert [json.loads(l)["event"] for l in r.stdout.splitlines()][-1] == "complete"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        m = json.load(open(os.path.join(cap, "manifest.json")))
+        if "conversion" in m:
+            break
+        time.sleep(2)
+    assert m["conversion"]["result"] == "not_converted", open(os.path.join(cap, "conversion.out")).read()
+    assert m["status"] == "complete"
+    assert "not converted: no operating system" in open(os.path.join(cap, "conversion.out")).read()
