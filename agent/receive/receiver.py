@@ -226,6 +226,7 @@ class CaptureSink(_Sink):
         if raw + img > free:
             parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
             raise ServerError(
+                f"not enough space (disk full before a byte is written): "
                 f"refused disk {h.name}: it needs about {_human(raw + img)} ({parts}, from the agent's "
                 f"estimate of its non-zero bytes) but only {_human(free)} are free in {self.cap.store.root}; "
                 f"free space there or give the receiver a bigger --root", code="disk_full")
