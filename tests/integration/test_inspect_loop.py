@@ -2,20 +2,19 @@
 partitions, swap, fstab with /dev/cciss names. Discovery finds it, inspection
 mounts it `ro,noload` and reports; the device's bytes do not change."""
 
-import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from agent.discover import populate
 from agent.commands.discover import main as discover_main
+from agent.discover import populate
 from agent.inspect.disk import inspect_disk
 from agent.runcmd import run
-from tests.testbed.loop import attached as loop
 from tests.conftest import sha256_of as sha256
+from tests.testbed.loop import attached as loop
+from tests.testbed.loop import mounted_rw
 
 pytestmark = [
     pytest.mark.root,
@@ -30,18 +29,6 @@ SWAP_UUID = "6e6e6e6e-0000-4000-8000-000000000003"
 
 
 
-
-
-@contextlib.contextmanager
-def mounted_rw(dev):
-    """For building the image only; the code under test never mounts read-write."""
-    mnt = tempfile.mkdtemp(prefix="coldclone-build-")
-    run(["mount", dev, mnt], timeout=30)
-    try:
-        yield mnt
-    finally:
-        run(["umount", mnt], check=False, timeout=30)
-        os.rmdir(mnt)
 
 
 def copy_tree(src, dst):

@@ -1,7 +1,6 @@
 """Nothing coldclone does writes to a source (issue 13): inspection of crashed filesystems
 leaves every byte as it was, and a source in use for writing is refused by name."""
 
-import contextlib
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from agent.inspect.mount import mounted_ro
 from agent.runcmd import run
 from tests.conftest import coldclone, sha256_of, ssh_args
 from tests.testbed import dirtyfs, synthdisk
+from tests.testbed.loop import mounted_rw as loop_mounted_rw
 
 pytestmark = pytest.mark.root
 
@@ -69,15 +69,9 @@ def small_disk(tmp_path_factory):
         yield loop
 
 
-@contextlib.contextmanager
 def mounted_rw(dev, where):
-    os.makedirs(where, exist_ok=True)
     # commit=600: the idle filesystem does not write its journal while a test runs
-    run(["mount", "-o", "rw,commit=600", dev, str(where)])
-    try:
-        yield str(where)
-    finally:
-        run(["umount", str(where)], check=False)
+    return loop_mounted_rw(dev, where, options="rw,commit=600")
 
 
 def assert_untouched(loop):

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 from agent.runcmd import run
 
-from .loop import LoopDevice
+from .loop import LoopDevice, mounted_rw
 
 MiB = 1 << 20
 
@@ -22,17 +21,6 @@ def _gpt_image(image: str, size_mb: int, part_mb: int, fs: str) -> None:
     with open(image, "wb") as f:
         f.truncate(size_mb * MiB)
     run(["parted", "-s", image, "mklabel", "gpt", "mkpart", "p1", fs, "1MiB", f"{1 + part_mb}MiB"])
-
-
-@contextlib.contextmanager
-def _mounted(dev: str):
-    mnt = tempfile.mkdtemp(prefix="coldclone-dirtyfs-")
-    run(["mount", dev, mnt], timeout=60)
-    try:
-        yield mnt
-    finally:
-        run(["umount", mnt], check=False, timeout=60)
-        os.rmdir(mnt)
 
 
 @contextlib.contextmanager
@@ -64,7 +52,7 @@ def orphan_ext4(image: str):
     with LoopDevice(image) as loop:
         part = loop.parts[0]
         run(["mkfs.ext4", "-q", "-F", part])
-        with _mounted(part) as mnt:
+        with mounted_rw(part) as mnt:
             _os_tree(mnt, 40)
         out = run(["debugfs", "-R", "stat /f5", part]).stdout
         ino = next(line.split()[1] for line in out.splitlines() if line.startswith("Inode:"))
@@ -84,7 +72,7 @@ def dirty_xfs(image: str):
     with LoopDevice(image) as loop:
         part = loop.parts[0]
         run(["mkfs.xfs", "-q", "-f", part])
-        with _mounted(part) as mnt:
+        with mounted_rw(part) as mnt:
             _os_tree(mnt, 0)
             # Freezing checkpoints the log: the OS tree is in place on disk (a norecovery
             # mount shows only what is), as on a server that ran for a while.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import tempfile
 import time
 
 from agent.runcmd import run
@@ -61,3 +62,19 @@ def attached(image, read_only: bool = False):
     """`with attached(img) as dev:` the /dev/loopN path, detached afterwards whatever happens."""
     with LoopDevice(str(image), read_only) as loop:
         yield loop.dev
+
+
+@contextlib.contextmanager
+def mounted_rw(dev: str, where: str | None = None, options: str = "rw"):
+    """Mount read-write, for building a test image (or, in a test, for the mount coldclone
+    must refuse). The code under test never mounts a source read-write. `where`: a directory
+    to mount on (made if missing); default a fresh temporary one, removed afterwards."""
+    mnt = str(where) if where is not None else tempfile.mkdtemp(prefix="coldclone-build-")
+    os.makedirs(mnt, exist_ok=True)
+    run(["mount", "-o", options, dev, mnt], timeout=60)
+    try:
+        yield mnt
+    finally:
+        run(["umount", mnt], check=False, timeout=60)
+        if where is None:
+            os.rmdir(mnt)

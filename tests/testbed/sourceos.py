@@ -10,14 +10,14 @@ Debian server that stopped in the initramfs under virtio.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import os
-import tempfile
 
 from agent.runcmd import run
 from tests.testbed.loop import attached
+
+from .loop import mounted_rw
 
 MiB = 1 << 20
 KVER = "6.1.0-13-amd64"
@@ -86,18 +86,6 @@ TREE = {
 }
 
 
-@contextlib.contextmanager
-def _mounted_rw(dev: str):
-    """For building the image only; the code under test never mounts read-write."""
-    mnt = tempfile.mkdtemp(prefix="coldclone-build-")
-    run(["mount", dev, mnt], timeout=30)
-    try:
-        yield mnt
-    finally:
-        run(["umount", mnt], check=False, timeout=30)
-        os.rmdir(mnt)
-
-
 def debian_uefi(image: str, size: int = 96 * MiB) -> str:
     """Write the disk image (GPT: 1 ESP 16 MiB, 2 root ext4, 3 swap 8 MiB); return its path."""
     with open(image, "wb") as f:
@@ -115,7 +103,7 @@ def debian_uefi(image: str, size: int = 96 * MiB) -> str:
         run(["mkfs.vfat", "-i", ESP_UUID.replace("-", ""), f"{dev}p1"], timeout=60)
         run(["mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, f"{dev}p2"], timeout=60)
         run(["mkswap", "-U", SWAP_UUID, f"{dev}p3"], timeout=60)
-        with _mounted_rw(f"{dev}p2") as root:
+        with mounted_rw(f"{dev}p2") as root:
             for rel, text in TREE.items():
                 path = os.path.join(root, rel)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
