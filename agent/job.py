@@ -334,7 +334,6 @@ class CaptureJob:
             self.estimate = self.prepared.estimate
             return
         cfg, target = self.cfg, self.target
-        codec, _ = parse_compress(cfg.compress)
         try:
             self.estimate = plan.estimate_capture(
                 self.inventory, self.sources, cfg.server, cfg.mode, calibrate_seconds=cfg.calibrate,
