@@ -20,8 +20,6 @@ import tempfile
 import time
 
 from agent.units import human_bytes as hb
-from agent.estimate.plan import estimate_capture
-from agent.transport.open import open_target
 from agent.runcmd import run
 from . import synthdisk
 from .files import sha256_of as sha256
@@ -90,13 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"source server disk attached as {loop.dev}; conversion server: sshd on 127.0.0.1:{sshd.port}, "
                 f"key forced to `coldclone-receive --root {receiver_root}`, host key {sshd.fingerprint}")
             before = sha256(loop.dev)
-            say("\n-- estimate (sampled disk + 3 s calibration against the conversion server) --")
-            with open_target(sshd.url, identity=sshd.client_key, hostkey=sshd.fingerprint) as tgt:
-                est = estimate_capture(None, [loop.dev], sshd.url, "nonzero", calibrate_seconds=3.0,
-                                       connect=tgt.connect)
-            for line in est.lines():
-                say(line)
-            say("\n-- capture (coldclone capture, headless) --")
+            # coldclone capture runs the one capture job: discovery, read-only inspection (the
+            # readiness report), the estimate with 3 s of calibration against this server, then
+            # the capture; it prints each, and the manifest keeps predicted vs actual.
+            say("\n-- capture (coldclone capture: inventory, readiness, estimate, capture) --")
             capture_id = "demo-" + time.strftime("%Y%m%dT%H%M%S")
             argv = [os.path.join(os.path.dirname(sys.executable), "coldclone"), "capture", "--disk", loop.dev,
                     "--to", sshd.url, "--identity", sshd.client_key, "--hostkey", sshd.fingerprint,
@@ -120,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"source sha256 before and after: {before[:16]}... (unchanged)")
             rec = disk["received"]
             say("\n-- figures --")
-            say(f"estimate: {est.total_seconds:.1f} s, ~{hb(est.bytes_to_send)} to send; "
-                f"actual: {took:.1f} s, {hb(m['totals']['stream_bytes'])} on the wire")
-            say(f"throughput: {sd.size / took / 1e6:.0f} MB/s of disk captured "
-                f"({rec['data_bytes'] / took / 1e6:.0f} MB/s of non-zero data)")
+            vs = m["estimate_vs_actual"]
+            capture_s = vs["actual_seconds"]
+            say(f"estimate: {vs['predicted_seconds']:.1f} s, ~{hb(m['estimate']['bytes_to_send'])} to send; "
+                f"actual capture: {capture_s:.1f} s, {hb(m['totals']['stream_bytes'])} on the wire "
+                f"({took:.1f} s for the whole command, discovery, inspection and calibration included)")
+            say(f"throughput: {sd.size / capture_s / 1e6:.0f} MB/s of disk captured "
+                f"({rec['data_bytes'] / capture_s / 1e6:.0f} MB/s of non-zero data)")
             say(f"on the wire: {hb(m['totals']['stream_bytes'])} = {100 * m['totals']['stream_bytes'] / sd.size:.1f}% "
                 f"of the disk; {hb(rec['zero_bytes'])} of zero blocks never sent")
             say_where(qcow2, cap)
