@@ -228,6 +228,13 @@ def _restore(rec: GuardRecord, why: str) -> str:
     try:
         if not os.path.exists(rec.dev) or "%d:%d" % devno(rec.dev) != rec.devno:
             return f"{rec.dev} ({rec.devno}) is gone; nothing to restore{why}"
+        name = os.path.basename(rec.dev)
+        if name.startswith("loop") and not os.path.exists(f"/sys/block/{name}/loop"):
+            # A loop detached meanwhile (mode=used's read-only range loops come and go under
+            # the guard): what it showed is gone, and a flag of ours left on the free number
+            # would make the next image attached there read-only.
+            set_ro(rec.dev, False)
+            return f"{rec.dev} was detached meanwhile; its read-only flag cleared{why}"
         set_ro(rec.dev, False)
         if rec.was_ro and not get_ro(rec.dev):
             set_ro(rec.dev, True)

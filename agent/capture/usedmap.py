@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -169,6 +170,24 @@ def range_loop(path: str, offset: int, size: int):
         yield dev
     finally:
         run(["losetup", "-d", dev], check=False, quiet=True, timeout=60)
+        clear_loop_read_only(dev)
+
+
+def clear_loop_read_only(dev: str) -> None:
+    """losetup -r's read-only flag outlives the detach until the loop number is attached again,
+    so a free loop looks read-only (/sys/block/loopN/ro) to whoever checks before attaching. A
+    plain attach to a scratch file of ours, then a detach, resets it; if someone took the loop
+    in between, their attach already did. A detach while something still holds the device is
+    deferred: wait for the loop to be free first."""
+    bound = f"/sys/block/{os.path.basename(dev)}/loop/backing_file"
+    for _ in range(50):
+        if not os.path.exists(bound):
+            break
+        time.sleep(0.1)
+    with tempfile.NamedTemporaryFile(prefix="coldclone-loop-") as scratch:
+        scratch.truncate(4096)
+        if run(["losetup", dev, scratch.name], check=False, quiet=True, timeout=60).returncode == 0:
+            run(["losetup", "-d", dev], check=False, quiet=True, timeout=60)
 
 
 def partclone_map(path: str, offset: int, size: int, tool: str) -> list[tuple[int, int, str]]:

@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 
+from agent.capture.usedmap import clear_loop_read_only
 from agent.runcmd import run
 
 
@@ -30,10 +31,12 @@ def partitions(dev: str) -> list[str]:
     return sorted(glob.glob(dev + "p[0-9]*"), key=lambda p: int(p.rsplit("p", 1)[1]))
 
 
-def detach(dev: str) -> None:
+def detach(dev: str, read_only: bool = False) -> None:
     run(["partx", "-d", dev], check=False, quiet=True)
     for _ in range(50):
         if run(["losetup", "-d", dev], check=False, quiet=True).returncode == 0:
+            if read_only:
+                clear_loop_read_only(dev)   # losetup -r's flag outlives the detach
             return
         time.sleep(0.1)
 
@@ -54,7 +57,7 @@ class LoopDevice:
 
     def __exit__(self, *exc) -> None:
         if self.dev and os.path.exists(self.dev):
-            detach(self.dev)
+            detach(self.dev, self.read_only)
 
 
 @contextlib.contextmanager

@@ -130,14 +130,14 @@ def _populate_vfat(dev: str, files_mb: int, deleted_mb: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def read_only(dev: str):
-    """The block device set read-only for the duration (restored afterwards)."""
-    was = run(["blockdev", "--getro", dev]).stdout.strip() == "1"
+    """The block device set read-only for the duration. Afterwards our own flag (BLKROSET) is
+    always cleared: it outlives a detach, and a loop attached with -r reports read-only through
+    its driver flag anyway, so clearing ours never makes a read-only attach writable."""
     run(["blockdev", "--setro", dev])
     try:
         yield dev
     finally:
-        if not was:
-            run(["blockdev", "--setrw", dev])
+        run(["blockdev", "--setrw", dev])
 
 
 @contextlib.contextmanager
