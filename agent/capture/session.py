@@ -31,6 +31,8 @@ log = logging.getLogger("coldclone.capture")
 # How long to wait for the receiver's verdict after the last byte: it still
 # has to read back, convert and compare every disk.
 FINAL_REPLY_TIMEOUT = 6 * 3600
+# After FINISH the receiver writes the manifest and renames the staging directory: seconds.
+COMMIT_REPLY_TIMEOUT = 600
 
 
 @dataclass
@@ -68,6 +70,7 @@ class _Replies:
         self.conn = conn
         self.error: P.Reply | None = None
         self.closed = False
+        self.verified: list[str] = []       # names of the disks the receiver answered DISK_OK for
 
     def poll(self) -> None:
         """Raise at once if the receiver has already reported an error."""
@@ -86,6 +89,8 @@ class _Replies:
         if reply.event == P.Event.ERROR:
             self.error = reply
             raise self.as_error()
+        if reply.event == P.Event.DISK_OK and reply.name:
+            self.verified.append(reply.name)
         return reply
 
     def as_error(self) -> ServerError:
@@ -98,6 +103,19 @@ class _Replies:
     def wait_for(self, events: tuple[str, ...], timeout: float,
                  cancel: threading.Event | None = None) -> P.Reply:
         deadline = time.monotonic() + timeout
+        while True:
+            reply = self._next(deadline, timeout, cancel)
+            if reply.event in events:
+                return reply
+
+    def wait_verified(self, names: list[str], timeout: float, cancel: threading.Event | None) -> None:
+        """Until the receiver has verified (DISK_OK) every disk in `names`."""
+        deadline = time.monotonic() + timeout
+        while not set(names) <= set(self.verified):
+            self._next(deadline, timeout, cancel)
+
+    def _next(self, deadline: float, timeout: float, cancel: threading.Event | None) -> P.Reply:
+        """The next reply, or ServerError at the deadline, CancelledError on a stop."""
         while True:
             # A stop (Ctrl-C, SIGTERM) while the server verifies must not wait hours for it.
             if cancel is not None and cancel.is_set():
@@ -112,8 +130,7 @@ class _Replies:
             msg = self._take(msg)
             if msg is None:
                 raise self.gone()
-            if msg.event in events:
-                return msg
+            return msg
 
     def drain(self, timeout: float) -> ColdcloneError | None:
         """Read replies until the receiver hangs up: its error if it gave one, else why it went.
@@ -263,10 +280,17 @@ def run_capture(
                     setattr(totals, k, getattr(totals, k) + getattr(st, k))
                 done_before += src.size
                 on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
+            on_event(E.ServerNote("all data sent; the server is verifying and converting"))
+            # FINISH only once every disk is verified: until then a stop still reaches the
+            # receiver as ABORT and it discards the capture. After FINISH it only renames the
+            # staging directory, so a stop that late cannot undo the capture and is not waited on.
+            replies.wait_verified(names, timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
             writer.finish()
             conn.close_write()
-            on_event(E.ServerNote("all data sent; the server is verifying and converting"))
-            final = replies.wait_for((P.Event.COMPLETE,), timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
+            final = replies.wait_for((P.Event.COMPLETE,), timeout=COMMIT_REPLY_TIMEOUT)
+            if cancel is not None and cancel.is_set():
+                on_event(E.ServerNote("the stop came after the server had verified every disk: "
+                                      "the capture is complete"))
         except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
             _abort(conn, replies, e)
             if isinstance(e, (CancelledError, KeyboardInterrupt)):

@@ -141,6 +141,25 @@ def test_cancel_mid_capture_aborts_and_the_server_discards(tmp_path, source):
     assert json.load(open(partial / "failure.json"))["code"] == "aborted"
 
 
+def test_cancel_while_the_server_verifies_still_discards(tmp_path, source):
+    """A stop after the last byte but before the receiver's verdict (it is reading back and
+    converting) must still reach the receiver: nothing is marked complete while the agent
+    reports "cancelled". (CI caught this: the stop used to arrive after FINISH.)"""
+    cfg = job_config(tmp_path, source, mode=Mode.FULL, capture_id="job-late-cancel")
+    cancel = threading.Event()
+
+    def notify(ev):
+        if isinstance(ev, E.DiskFinished):   # END sent: the receiver is verifying this disk
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        CaptureJob(cfg, notify=notify, cancel=cancel, include_loop=True).run()
+    assert not (tmp_path / "server" / "job-late-cancel").exists()
+    partial = tmp_path / "server" / "job-late-cancel.partial"
+    assert os.listdir(partial) == ["failure.json"], os.listdir(partial)
+    assert json.load(open(partial / "failure.json"))["code"] == "aborted"
+
+
 def test_steps_a_front_end_did_are_not_done_again(tmp_path, source):
     """The TUI's path: discovery and the estimate happened on its screens (here: none at
     all), the job captures what it was handed and posts no estimate of its own."""
