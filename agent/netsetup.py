@@ -15,8 +15,10 @@ import contextlib
 import ipaddress
 import os
 import re
+import dataclasses
 from dataclasses import dataclass, field
 
+from .discover.model import Inventory, Nic
 from .discover.udevdb import read_attr
 from .errors import UsageError
 from .runcmd import run
@@ -42,31 +44,6 @@ class IpSpec:
             return head + "dhcp"
         tail = (f",gw={self.gateway}" if self.gateway else "") + "".join(f",dns={d}" for d in self.dns)
         return f"{head}{self.address}{tail}"
-
-
-@dataclass
-class NicState:
-    """One interface of the live system as the network screen shows it."""
-
-    name: str
-    mac: str | None
-    speed_mbps: int | None
-    operstate: str | None
-    carrier: bool | None
-    addresses: list[str] = field(default_factory=list)   # "10.0.2.15/24"
-
-    @property
-    def up(self) -> bool:
-        return self.operstate == "up" or bool(self.carrier)
-
-    @property
-    def ipv4(self) -> list[str]:
-        return [a for a in self.addresses if ":" not in a]
-
-    @property
-    def label(self) -> str:
-        speed = f"{self.speed_mbps} Mb/s" if self.speed_mbps else "no link" if self.carrier is False else "-"
-        return f"{self.name} {self.mac or '-'} {speed} {self.operstate or '-'}"
 
 
 def _bad(what: str, text: str, why: str) -> UsageError:
@@ -152,33 +129,35 @@ def addresses_by_iface() -> dict[str, list[str]]:
     return out
 
 
-def list_nics(inventory=None, sys_net: str = SYS_NET, with_addresses: bool = True) -> list[NicState]:
-    """The physical NICs: from discovery's Nic records when given, else /sys/class/net."""
+def list_nics(inventory: Inventory | None = None, sys_net: str = SYS_NET,
+              with_addresses: bool = True) -> list[Nic]:
+    """The physical NICs with their link state now: discovery's when given, else /sys/class/net."""
     addrs = addresses_by_iface() if with_addresses else {}
-    out = []
-    if inventory is not None and getattr(inventory, "nics", None):
-        for n in inventory.nics:
-            carrier = read_attr(os.path.join(sys_net, n.name), "carrier")
-            out.append(NicState(n.name, n.mac, n.speed_mbps, n.operstate,
-                                None if carrier is None else carrier == "1", addrs.get(n.name, [])))
-        return out
-    try:
-        names = sorted(os.listdir(sys_net))
-    except OSError:
-        names = []
-    for name in names:
-        base = os.path.join(sys_net, name)
+    if inventory is not None and inventory.nics:
+        found = inventory.nics
+    else:
+        try:
+            names = sorted(os.listdir(sys_net))
+        except OSError:
+            names = []
         # Only real hardware: loopback, bridges, ifb and tunnels have no device link.
-        if name == "lo" or not os.path.exists(os.path.join(base, "device")):
-            continue
+        found = [Nic(name, read_attr(os.path.join(sys_net, name), "address"))
+                 for name in names if name != "lo" and os.path.exists(os.path.join(sys_net, name, "device"))]
+    out = []
+    for n in found:
+        base = os.path.join(sys_net, n.name)
+        # The link may have come up (or gone) since discovery: read what changes now.
         carrier = read_attr(base, "carrier")
-        out.append(NicState(name, read_attr(base, "address"), _int(read_attr(base, "speed")),
-                            read_attr(base, "operstate"),
-                            None if carrier is None else carrier == "1", addrs.get(name, [])))
+        speed = _int(read_attr(base, "speed"))
+        out.append(dataclasses.replace(
+            n, speed_mbps=speed if speed and speed > 0 else n.speed_mbps,
+            operstate=read_attr(base, "operstate") or n.operstate,
+            carrier=n.carrier if carrier is None else carrier == "1",
+            addresses=addrs.get(n.name, [])))
     return out
 
 
-def choose_iface(spec: IpSpec, nics: list[NicState]) -> str:
+def choose_iface(spec: IpSpec, nics: list[Nic]) -> str:
     names = [n.name for n in nics]
     if spec.iface:
         if nics and spec.iface not in names:
@@ -248,7 +227,7 @@ def lease(iface: str, change: NetworkChange) -> None:
     change.lines.append(f"{iface}: DHCP lease {', '.join(got) or '(no address?)'}")
 
 
-def apply(spec: IpSpec, *, nics: list[NicState] | None = None, resolv_conf: str = RESOLV_CONF) -> NetworkChange:
+def apply(spec: IpSpec, *, nics: list[Nic] | None = None, resolv_conf: str = RESOLV_CONF) -> NetworkChange:
     """Configure the live system's network; the change says what was done (`lines`)."""
     nics = list_nics() if nics is None else nics
     iface = choose_iface(spec, nics)
@@ -280,7 +259,7 @@ def apply(spec: IpSpec, *, nics: list[NicState] | None = None, resolv_conf: str 
     return change
 
 
-def choose_by_mac(nics: list[NicState], want_mac: str | None) -> NicState | None:
+def choose_by_mac(nics: list[Nic], want_mac: str | None) -> Nic | None:
     """The NIC with this MAC (the same server the source OS ran on), else the first one up."""
     if want_mac:
         for n in nics:
@@ -289,7 +268,7 @@ def choose_by_mac(nics: list[NicState], want_mac: str | None) -> NicState | None
     return next((n for n in nics if n.up), nics[0] if nics else None)
 
 
-def borrow_address(nic: NicState, cidr: str, *, gateway: str | None = None,
+def borrow_address(nic: Nic, cidr: str, *, gateway: str | None = None,
                    reach: list[str] = ()) -> NetworkChange:
     """Add an address next to what the NIC has (the conversion server stays reachable),
     with host routes via `gateway` to the hosts in `reach` outside its network; undo()

@@ -222,11 +222,29 @@ class Multipath:
 
 @dataclass
 class Nic:
+    """One network interface: what discovery records in the inventory, and what the network
+    set-up (coldclone.ip=, the TUI's network screen, iSCSI's borrowed address) chooses from."""
+
     name: str
     mac: str | None
-    driver: str | None
-    speed_mbps: int | None
-    operstate: str | None
+    driver: str | None = None
+    speed_mbps: int | None = None
+    operstate: str | None = None
+    carrier: bool | None = None                               # None: the kernel does not say
+    addresses: list[str] = field(default_factory=list)       # "10.0.2.15/24"
+
+    @property
+    def up(self) -> bool:
+        return self.operstate == "up" or bool(self.carrier)
+
+    @property
+    def ipv4(self) -> list[str]:
+        return [a for a in self.addresses if ":" not in a]
+
+    @property
+    def label(self) -> str:
+        speed = f"{self.speed_mbps} Mb/s" if self.speed_mbps else "no link" if self.carrier is False else "-"
+        return f"{self.name} {self.mac or '-'} {speed} {self.operstate or '-'}"
 
 
 @dataclass

@@ -391,9 +391,11 @@ class Populator:
             if a.get("type") == "772" or n.get("sys_name") == "lo":   # loopback
                 continue
             speed = rules.int_or(a.get("speed"))
+            carrier = a.get("carrier")
             out.append(Nic(name=n["sys_name"], mac=a.get("address"), driver=n.get("driver"),
                            speed_mbps=speed if speed and speed > 0 else None,
-                           operstate=a.get("operstate")))
+                           operstate=a.get("operstate"),
+                           carrier=None if carrier is None else carrier == "1"))
         return sorted(out, key=lambda x: x.name)
 
 

@@ -63,7 +63,7 @@ def test_unknown_interface_is_named(netns):
     ns, peer = netns
     r = in_ns(ns, "from agent import netsetup\n"
                   "from agent.errors import UsageError\n"
-                  f"nics = [netsetup.NicState('{peer}', None, None, 'up', True)]\n"
+                  f"nics = [netsetup.Nic('{peer}', None, operstate='up', carrier=True)]\n"
                   "try:\n"
                   "    netsetup.apply(netsetup.parse_ip_spec('eth9:10.77.0.2/24'), nics=nics)\n"
                   "except UsageError as e:\n"
@@ -79,10 +79,10 @@ def test_every_change_can_be_taken_back(netns, tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.99.0.1\n")
     code = ("from agent import netsetup\n"
-            f"nics = [netsetup.NicState('{peer}', None, None, 'up', True)]\n"
+            f"nics = [netsetup.Nic('{peer}', None, operstate='up', carrier=True)]\n"
             f"base = netsetup.apply(netsetup.parse_ip_spec('{peer}:10.77.0.2/24'), nics=nics)\n"
             # a veth has no device link, so list_nics() leaves it out: its state by hand
-            f"nic = netsetup.NicState('{peer}', None, None, 'up', True, netsetup.addresses_by_iface()['{peer}'])\n"
+            f"nic = netsetup.Nic('{peer}', None, operstate='up', carrier=True, addresses=netsetup.addresses_by_iface()['{peer}'])\n"
             "assert nic.ipv4 == ['10.77.0.2/24'], nic\n"
             # the borrowed address and a host route to a portal outside its network
             "b = netsetup.borrow_address(nic, '10.88.0.21/24', gateway='10.77.0.1', reach=['10.66.0.5', '10.88.0.9'])\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.netsetup import NicState
+from agent.discover.model import Nic
 from agent.config import CaptureConfig
 from agent.tui.services import HostKeyInfo, Services
 
@@ -16,8 +16,9 @@ SOURCEOS = FIXTURES / "sourceos"
 ISCSI_TREES = FIXTURES / "iscsi"
 
 HOSTKEY = HostKeyInfo("10.0.0.5", 22, "ssh-ed25519", "SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E")
-NICS = [NicState("eno1", "18:66:da:9e:4f:10", 1000, "up", True, ["192.168.10.31/24"]),
-        NicState("eno2", "18:66:da:9e:4f:11", None, "down", False, [])]
+NICS = [Nic("eno1", "18:66:da:9e:4f:10", speed_mbps=1000, operstate="up", carrier=True,
+            addresses=["192.168.10.31/24"]),
+        Nic("eno2", "18:66:da:9e:4f:11", operstate="down", carrier=False)]
 
 
 class PowerLog(list):

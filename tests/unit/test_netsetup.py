@@ -3,7 +3,8 @@
 import pytest
 
 from agent.errors import UsageError
-from agent.netsetup import IpSpec, NicState, choose_iface, list_nics, parse_ip_spec, write_resolv_conf
+from agent.discover.model import Nic
+from agent.netsetup import IpSpec, choose_iface, list_nics, parse_ip_spec, write_resolv_conf
 
 
 @pytest.mark.parametrize("text,want", [
@@ -48,8 +49,8 @@ def test_errors_name_the_problem_and_the_grammar(text, words):
     assert "[IFACE:]ADDRESS/PREFIX" in msg   # and say what is accepted
 
 
-NICS = [NicState("eno1", "aa:bb:cc:00:00:01", None, "down", False),
-        NicState("eno2", "aa:bb:cc:00:00:02", 1000, "up", True)]
+NICS = [Nic("eno1", "aa:bb:cc:00:00:01", operstate="down", carrier=False),
+        Nic("eno2", "aa:bb:cc:00:00:02", speed_mbps=1000, operstate="up", carrier=True)]
 
 
 def test_choose_iface():
