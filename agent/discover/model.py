@@ -172,7 +172,8 @@ class Disk:
 class RaidMember:
     slot: int | None          # None: spare or failed
     device: str               # partition or disk name, e.g. sda1
-    disk: str | None          # the whole disk holding it, e.g. sda
+    # The whole disk holding it (the manifest names it: sda); None when discovery saw no disk.
+    disk: Disk | None = field(metadata={"ref": True})
     state: str | None = None  # in_sync, faulty, spare ...
 
 
@@ -197,7 +198,8 @@ class IscsiSession:
     portal: str | None        # 192.168.10.20:3260
     tpgt: int | None
     initiator: str | None
-    luns: dict[int, str] = field(default_factory=dict)   # LUN -> disk name
+    # LUN -> the disk it is (the manifest names it)
+    luns: dict[int, Disk] = field(default_factory=dict, metadata={"ref": True})
 
 
 @dataclass
@@ -305,6 +307,13 @@ class Inventory:
         return [d for d in self.disks if d.capture_default]
 
 
+def _ref(value):
+    """A reference to a disk (or a dict of them) as the disk's name."""
+    if isinstance(value, dict):
+        return {str(k): v.name for k, v in value.items()}
+    return value.name if value is not None else None
+
+
 def to_dict(obj):
     """Dataclasses -> JSON-ready dicts (dict keys become strings, as JSON wants). A field
     marked as a reference to another disk becomes that disk's name; internal indexes stay out."""
@@ -314,8 +323,7 @@ def to_dict(obj):
             value = getattr(obj, f.name)
             if f.metadata.get("internal"):
                 continue
-            out[f.name] = (value.name if value is not None else None) if f.metadata.get("ref") \
-                else to_dict(value)
+            out[f.name] = _ref(value) if f.metadata.get("ref") else to_dict(value)
         return out
     if isinstance(obj, enum.Enum):
         return obj.value

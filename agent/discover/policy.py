@@ -86,7 +86,7 @@ def apply_policy(inv: Inventory, snapshot: dict, mounts: list[Mount], *,
             d.exclude(Why.DEVICE_MAPPER, "device-mapper device; the disks under it are captured")
         elif d.kind == "md":
             arr = next((a for a in inv.raid_arrays if a.name == d.name), None)
-            disks = sorted({m.disk for m in arr.members if m.disk}) if arr else []
+            disks = sorted({m.disk.name for m in arr.members if m.disk}) if arr else []
             d.exclude(Why.MD_ARRAY, "software RAID array; its member disks are captured"
                       + (f" ({', '.join(disks)})" if disks else ""))
         elif d.kind == "loop" and not include_loop:
@@ -106,13 +106,12 @@ def apply_policy(inv: Inventory, snapshot: dict, mounts: list[Mount], *,
                 inv.warnings.append(f"selected disk {spec} is not a known disk")
                 continue
             arr = next((a for a in inv.raid_arrays if a.name == disk.name), None)
-            chosen.update(m.disk for m in arr.members if m.disk) if arr else chosen.add(disk.name)
+            chosen.update(m.disk.name for m in arr.members if m.disk) if arr else chosen.add(disk.name)
         for d in inv.disks:
             if d.name not in chosen:
                 d.exclude(Why.NOT_SELECTED, "not among the selected disks")
 
     for arr in inv.raid_arrays:
         for m in arr.members:
-            disk = inv.resolve(m.disk)
-            if disk is not None:
-                disk.notes.append(member_note(arr, m))
+            if m.disk is not None:
+                m.disk.notes.append(member_note(arr, m))

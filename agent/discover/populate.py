@@ -116,7 +116,7 @@ class Context:
                                                   target=target or "", portal=portal,
                                                   tpgt=tpgt, initiator=initiator)
         if lun is not None:
-            s.luns[lun] = disk.name
+            s.luns[lun] = disk
         disk.notes.append(f"iSCSI {target} LUN {lun}")
 
 
@@ -240,7 +240,8 @@ class Populator:
         inv.controllers = sorted(self.ctx.controllers.values(), key=lambda c: c.id)
         inv.iscsi_sessions = sorted(self.ctx.sessions.values(),
                                     key=lambda s: (s.session, s.target))
-        inv.raid_arrays = [self.raid_array(i) for i in self.infos if rules.is_md(i)
+        by_display = {d.name: d for d in inv.disks}
+        inv.raid_arrays = [self.raid_array(i, by_display) for i in self.infos if rules.is_md(i)
                            and not rules.is_partition(i)]
         inv.multipaths = self.group_paths(inv, disk_infos)
         inv.aliases = self.partition_aliases()
@@ -261,15 +262,20 @@ class Populator:
                 return rules.display_name(i)
         return None
 
-    def raid_array(self, info: dict) -> RaidArray:
+    def raid_array(self, info: dict, disks: dict[str, Disk]) -> RaidArray:
+        """disks: the inventory's disks by name, for the members' references."""
         p, a = rules.props(info), info.get("attrs") or {}
+
+        def disk_of(kname: str) -> Disk | None:
+            return disks.get(self.disk_of_partition(kname) or "")
+
         members: list[RaidMember] = []
         for key, value in a.items():
             m = re.fullmatch(r"md/dev-(.+)/slot", key)
             if m:
                 dev = m.group(1)
                 members.append(RaidMember(slot=rules.int_or(value), device=_disp(dev),
-                                          disk=self.disk_of_partition(dev),
+                                          disk=disk_of(dev),
                                           state=a.get(f"md/dev-{dev}/state")))
         if not members:
             for key, value in p.items():
@@ -278,7 +284,7 @@ class Populator:
                     dev = os.path.basename(p.get(f"MD_DEVICE_{m.group(1)}_DEV", m.group(1)))
                     kname = dev.replace("/", "!")
                     members.append(RaidMember(slot=rules.int_or(value), device=dev,
-                                              disk=self.disk_of_partition(kname),
+                                              disk=disk_of(kname),
                                               state="spare" if value == "spare" else None))
         detail = None
         if not members:
@@ -288,12 +294,12 @@ class Populator:
                 if m:
                     dev = os.path.basename(detail.get(f"MD_DEVICE_{m.group(1)}_DEV", m.group(1)))
                     members.append(RaidMember(slot=rules.int_or(value), device=dev,
-                                              disk=self.disk_of_partition(dev.replace("/", "!"))))
+                                              disk=disk_of(dev.replace("/", "!"))))
         if not members:
             # Order unknown: at least name the members, so they are captured.
             for dev in info.get("slaves") or []:
                 members.append(RaidMember(slot=None, device=_disp(dev),
-                                          disk=self.disk_of_partition(dev)))
+                                          disk=disk_of(dev)))
         members.sort(key=lambda m: (m.slot is None, m.slot if m.slot is not None else 0,
                                     m.device))
         raid_disks = rules.int_or(a.get("md/raid_disks") or p.get("MD_DEVICES"))
@@ -361,14 +367,15 @@ class Populator:
                           for p in paths]
             for other in paths[1:]:
                 inv.disks.remove(other)
-                merged[other.name] = disk.name
+                merged[other.name] = disk
             out.append(Multipath(wwid=wwids[key], disk=disk, map=maps.get(key)))
         # Relations name the one Disk, not a path that is no disk of its own any more.
         for s in inv.iscsi_sessions:
-            s.luns = {lun: merged.get(name, name) for lun, name in s.luns.items()}
+            s.luns = {lun: merged.get(d.name, d) for lun, d in s.luns.items()}
         for arr in inv.raid_arrays:
             for m in arr.members:
-                m.disk = merged.get(m.disk, m.disk) if m.disk else m.disk
+                if m.disk is not None:
+                    m.disk = merged.get(m.disk.name, m.disk)
         return sorted(out, key=lambda m: m.wwid)
 
     def partition_aliases(self) -> dict[str, str]:

@@ -89,14 +89,14 @@ def render(inv: Inventory) -> str:
                      f"state {a.state}, degraded {a.degraded}, {a.raid_disks} slots", "")
         for m in a.members:
             slot = f"slot {m.slot}" if m.slot is not None else "spare"
-            out.append(f"    {slot:<8} {m.device:<16} on {m.disk or '?':<12} {m.state or ''}"
+            out.append(f"    {slot:<8} {m.device:<16} on {m.disk.name if m.disk else '?':<12} {m.state or ''}"
                        .rstrip())
         for s in a.missing_slots:
             out.append(f"    slot {s:<3}  (missing)")
     for s in inv.iscsi_sessions:
         out += [""] + _wrap(f"iSCSI {s.session} {s.target} via {s.portal}", "")
         for lun, disk in sorted(s.luns.items()):
-            out.append(f"    LUN {lun}: {disk}")
+            out.append(f"    LUN {lun}: {disk.name}")
     for m in inv.multipaths:
         out += [""] + _wrap(f"multipath {m.wwid}" + (f" ({m.map.name})" if m.map else "")
                             + f": paths {', '.join(m.paths)}; captured via {m.disk.name}", "")

@@ -112,18 +112,29 @@ def live_identity(etc_root: str = "/") -> SourceIscsiConfig:
 
 # --- logging in ---------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class AttachedLun:
+    """A LUN our login made appear: where it is now and where it comes from."""
+
+    path: str          # /dev/sdb
+    name: str          # sdb
+    iqn: str
+    portal: str
+    lun: int
+
+
 @dataclass
 class IscsiAttachment:
     identity: SourceIscsiConfig
     targets: list[IscsiTarget] = field(default_factory=list)    # logged in
-    luns: list[dict] = field(default_factory=list)  # {path, name, iqn, portal, lun}
+    luns: list[AttachedLun] = field(default_factory=list)
     net: netsetup.NetworkChange | None = None    # the borrowed address, taken back at logout
     portals: list[str] = field(default_factory=list)   # discovery records we created
     logged_out: bool = False
 
     @property
     def paths(self) -> list[str]:
-        return [x["path"] for x in self.luns]
+        return [x.path for x in self.luns]
 
     def logout(self, say=None) -> None:
         """Log out of every session and drop what we added; safe to call twice."""
@@ -216,8 +227,8 @@ def attach(identity: SourceIscsiConfig, *, iscsi_ip: str = "original", say=print
             found = initiator.wait_luns(t, timeout=lun_wait)
             t.luns = [lun for lun, _ in found]
             for lun, name in found:
-                att.luns.append({"path": f"/dev/{name}", "name": name, "iqn": t.iqn,
-                                 "portal": t.portal, "lun": lun})
+                att.luns.append(AttachedLun(path=f"/dev/{name}", name=name, iqn=t.iqn,
+                                            portal=t.portal, lun=lun))
                 say(f"iSCSI: {t.iqn} LUN {lun} is /dev/{name}")
         # Let udev finish with the new disks so discovery sees their ID_PATH.
         run(["udevadm", "settle", "--timeout=30"], check=False, timeout=60)

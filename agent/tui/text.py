@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..discover.policy import member_note
 from ..discover.render import clip, human_size
+from ..estimate.plan import CaptureEstimate
 from ..units import human_bytes, human_seconds
 
 def controller_label(disk, inv) -> str:
@@ -22,15 +23,15 @@ def raid_memberships(disk, inv) -> list[tuple[str, str, int | None, str]]:
     out = []
     for a in inv.raid_arrays:
         for m in a.members:
-            if m.disk == disk.name:
+            if m.disk is disk:
                 out.append((a.name, a.level, m.slot, m.device))
     return out
 
 
 def iscsi_origin(disk, inv) -> tuple[object, int] | None:
     for s in inv.iscsi_sessions:
-        for lun, name in s.luns.items():
-            if name == disk.name:
+        for lun, d in s.luns.items():
+            if d is disk:
                 return s, int(lun)
     return None
 
@@ -122,7 +123,7 @@ def disk_details(disk, inv, selected: bool) -> list[str]:
                      f"through {disk.name})")
     # Memberships are said above, with more detail: leave out the notes that say them.
     said = {member_note(a, m) for a in inv.raid_arrays for m in a.members
-            if inv.resolve(m.disk) is disk}
+            if m.disk is disk}
     for note in disk.notes:
         if note not in said and not (got and note.startswith("iSCSI ")):
             lines.append(note)
@@ -152,43 +153,19 @@ def finding_line(f) -> str:
 
 
 # ---------------------------------------------------------------- estimate
-def _get(obj, *names, default=None):
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
-def estimate_rows(est) -> list[tuple[str, str, str, str, str, str]]:
+def estimate_rows(est: CaptureEstimate) -> list[tuple[str, str, str, str, str, str]]:
     """Per disk: name, size, to read, to send, time, bottleneck."""
-    rows = []
-    for d in _get(est, "disks", "per_disk", default=[]) or []:
-        name = _get(d, "name", "path", "disk", default="?")
-        rows.append((clip(str(name).removeprefix("/dev/"), 12), human_bytes(_get(d, "size", default=0) or 0),
-                     human_bytes(_get(d, "bytes_to_read", default=0) or 0),
-                     human_bytes(_get(d, "bytes_to_send", default=0) or 0),
-                     human_seconds(_get(d, "seconds")), clip(str(_get(d, "bottleneck", default="-")), 12)))
-    return rows
+    return [(clip(d.name, 12), human_bytes(d.size), human_bytes(d.bytes_to_read),
+             human_bytes(d.bytes_to_send), human_seconds(d.seconds), clip(d.bottleneck or "-", 12))
+            for d in est.disks]
 
 
-def estimate_total(est) -> list[str]:
-    total = _get(est, "total_seconds", "seconds")
-    finish = _get(est, "finish_time")
-    if isinstance(finish, str) and len(finish) >= 16 and finish[10] == "T":
-        finish = finish[11:16]   # ISO 8601 local time
-    elif hasattr(finish, "strftime"):
-        finish = finish.strftime("%H:%M")
-    elif isinstance(finish, (int, float)):
-        import time as _t
-
-        finish = _t.strftime("%H:%M", _t.localtime(finish))
-    bottleneck = _get(est, "bottleneck", default="-")
-    out = [f"Total: about {human_seconds(total)} of downtime"
-           + (f", done around {finish}" if finish else "")]
-    out.append(f"Bottleneck: {bottleneck}")
-    return out
+def estimate_total(est: CaptureEstimate) -> list[str]:
+    # finish_time is ISO 8601 local time: the clock reading is what the operator needs
+    finish = est.finish_time[11:16] if len(est.finish_time) >= 16 else est.finish_time
+    return [f"Total: about {human_seconds(est.total_seconds)} of downtime"
+            + (f", done around {finish}" if finish else ""),
+            f"Bottleneck: {est.bottleneck or '-'}"]
 
 
 # ---------------------------------------------------------------- result

@@ -19,6 +19,24 @@ def discover(machine: str, **policy) -> Inventory:
     return populate.from_snapshot(snapshot.load(FIXTURES / f"{machine}.json"), **policy)
 
 
+def linked(inv: Inventory) -> Inventory:
+    """An expected inventory whose relations are written as disk names (RAID members' disks,
+    iSCSI LUNs), turned into references to its own Disk objects, as discovery makes them."""
+    by_name = {d.name: d for d in inv.disks}
+    for arr in inv.raid_arrays:
+        for m in arr.members:
+            m.disk = by_name[m.disk] if m.disk else None
+    for s in inv.iscsi_sessions:
+        s.luns = {lun: by_name[name] for lun, name in s.luns.items()}
+    return inv
+
+
+def assert_relations_are_the_inventorys_disks(inv: Inventory) -> None:
+    disks = [id(d) for d in inv.disks]
+    assert all(id(m.disk) in disks for a in inv.raid_arrays for m in a.members if m.disk)
+    assert all(id(d) in disks for s in inv.iscsi_sessions for d in s.luns.values())
+
+
 def test_cciss():
     """HP Smart Array P400 (cciss): cciss!c0d0 kernel names, /dev/cciss/c0d0 nodes; live DVD excluded."""
     assert discover("cciss") == Inventory(
@@ -497,7 +515,9 @@ def test_megaraid_sas():
 
 def test_md():
     """md RAID1 + RAID5 + a degraded RAID1: members in slot order, every member disk captured."""
-    assert discover("md") == Inventory(
+    inv = discover("md")
+    assert_relations_are_the_inventorys_disks(inv)
+    assert inv == linked(Inventory(
         disks=[
             Disk(
                 name='md0',
@@ -979,12 +999,14 @@ def test_md():
         ],
         live_medium=None,
         warnings=[],
-    )
+    ))
 
 
 def test_iscsi():
     """software iSCSI: two sessions, LUN numbers mapped to disks, portal and IQN from sysfs."""
-    assert discover("iscsi") == Inventory(
+    inv = discover("iscsi")
+    assert_relations_are_the_inventorys_disks(inv)
+    assert inv == linked(Inventory(
         disks=[
             Disk(
                 name='sda',
@@ -1184,7 +1206,7 @@ def test_iscsi():
         ],
         live_medium=None,
         warnings=[],
-    )
+    ))
 
 
 def test_fc():

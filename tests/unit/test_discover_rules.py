@@ -28,6 +28,19 @@ def without_udev(snap):
     return snap
 
 
+def members(inv, arr):
+    """(slot, device, disk name, state) of each member; its disk is the inventory's own Disk."""
+    for m in arr.members:
+        assert m.disk is None or any(m.disk is d for d in inv.disks), m
+    return [(m.slot, m.device, m.disk.name if m.disk else None, m.state) for m in arr.members]
+
+
+def luns(inv, session):
+    """LUN -> disk name; each LUN is the inventory's own Disk."""
+    assert all(any(d is x for x in inv.disks) for d in session.luns.values())
+    return {lun: d.name for lun, d in session.luns.items()}
+
+
 def facts(inv):
     return [(d.name, d.kernel_name, d.kind, d.transport, d.size, d.controller, d.link,
              d.capture_default, d.exclude_reason) for d in inv.disks]
@@ -42,10 +55,10 @@ def test_without_udev_database_the_same_devices_and_decisions(machine):
     assert bare.controllers == with_db.controllers
     assert [(m.paths, m.chosen) for m in bare.multipaths] == [
         (m.paths, m.chosen) for m in with_db.multipaths]
-    assert [(a.name, a.level, a.members, a.missing_slots) for a in bare.raid_arrays] == [
-        (a.name, a.level, a.members, a.missing_slots) for a in with_db.raid_arrays]
-    assert [(s.target, s.portal, s.luns) for s in bare.iscsi_sessions] == [
-        (s.target, s.portal, s.luns) for s in with_db.iscsi_sessions]
+    assert [(a.name, a.level, members(bare, a), a.missing_slots) for a in bare.raid_arrays] == [
+        (a.name, a.level, members(with_db, a), a.missing_slots) for a in with_db.raid_arrays]
+    assert [(s.target, s.portal, luns(bare, s)) for s in bare.iscsi_sessions] == [
+        (s.target, s.portal, luns(with_db, s)) for s in with_db.iscsi_sessions]
 
 
 def test_without_udev_partitions_come_from_sysfs():
@@ -64,8 +77,9 @@ def test_without_udev_md_members_come_from_sysfs_slots():
     snap = without_udev(load("md"))
     inv = populate.from_snapshot(snap)
     md1 = next(a for a in inv.raid_arrays if a.name == "md1")
-    assert [(m.slot, m.device, m.disk) for m in md1.members] == [
+    assert [(m.slot, m.device, m.disk.name) for m in md1.members] == [
         (0, "sdc2", "sdc"), (1, "sda2", "sda"), (2, "sdb2", "sdb")]
+    assert all(m.disk is inv.disk(m.disk.name) for m in md1.members)
     assert md1.level == "raid5" and md1.metadata_version == "1.2"
 
 
@@ -73,9 +87,11 @@ def test_md_member_order_from_udev_roles_when_sysfs_lacks_slots():
     snap = load("md")
     for dev in snap["block"]:
         dev["attrs"] = {k: v for k, v in dev["attrs"].items() if "/dev-" not in k}
-    md1 = next(a for a in populate.from_snapshot(snap).raid_arrays if a.name == "md1")
-    assert [(m.slot, m.device, m.disk) for m in md1.members] == [
+    inv = populate.from_snapshot(snap)
+    md1 = next(a for a in inv.raid_arrays if a.name == "md1")
+    assert [(m.slot, m.device, m.disk.name) for m in md1.members] == [
         (0, "sdc2", "sdc"), (1, "sda2", "sda"), (2, "sdb2", "sdb")]
+    assert all(m.disk is inv.disk(m.disk.name) for m in md1.members)
 
 
 def test_md_member_order_from_mdadm_when_nothing_else_knows():
@@ -93,8 +109,9 @@ def test_md_member_order_from_mdadm_when_nothing_else_knows():
         dev["attrs"] = {k: v for k, v in dev["attrs"].items() if "/dev-" not in k}
     inv = populate.Populator(snap, MdadmProbes()).run()
     md1 = next(a for a in inv.raid_arrays if a.name == "md1")
-    assert [(m.slot, m.device, m.disk) for m in md1.members] == [
+    assert [(m.slot, m.device, m.disk.name) for m in md1.members] == [
         (0, "sdc2", "sdc"), (1, "sda2", "sda"), (2, "sdb2", "sdb")]
+    assert all(m.disk is inv.disk(m.disk.name) for m in md1.members)
 
 
 def test_unknown_device_becomes_a_generic_disk():
