@@ -18,6 +18,8 @@ import time
 from .capture import events as E
 from .discover.model import to_dict
 from .discover.render import render
+from .capture.session import CaptureResult
+from .estimate.plan import CaptureEstimate
 from .estimate.progress import EtaEstimator
 from .estimate.rate import RateMeter
 from .job import Captured, Estimated, Inspected, Inventoried, Note
@@ -42,7 +44,8 @@ class ProgressPrinter:
     around the capture so the cadence holds while the server verifies and converts.
     """
 
-    def __init__(self, interval: float = 5.0, out=sys.stdout, estimate=None, prefix: str = ""):
+    def __init__(self, interval: float = 5.0, out=sys.stdout, estimate: CaptureEstimate | None = None,
+                 prefix: str = ""):
         self.interval = interval
         self.out = out
         self.prefix = prefix
@@ -59,8 +62,7 @@ class ProgressPrinter:
         self._moved_at = time.monotonic()      # when a byte was last read or sent
         self._moved = (0, 0)
         self._lock = threading.Lock()
-        self.bottleneck = getattr(estimate, "bottleneck", None) or (
-            estimate.get("bottleneck") if isinstance(estimate, dict) else None)
+        self.bottleneck = estimate.bottleneck if estimate is not None else None
 
     def __call__(self, ev) -> None:
         with self._lock:
@@ -71,10 +73,7 @@ class ProgressPrinter:
                 for d in ev.disks:
                     self._p(f"  {d.path}: {hb(d.size)} {d.model}".rstrip())
                 if self.estimate is not None:
-                    total = getattr(self.estimate, "total_seconds", None)
-                    if total is None and isinstance(self.estimate, dict):
-                        total = self.estimate.get("total_seconds")
-                    self._p(f"  estimate: ~{hs(total)}, {self.bottleneck}")
+                    self._p(f"  estimate: ~{hs(self.estimate.total_seconds)}, {self.bottleneck}")
             elif isinstance(ev, E.DiskStarted):
                 self.phase = "sending"
                 self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
@@ -175,7 +174,7 @@ class ProgressPrinter:
         print(self.prefix + line, file=self.out, flush=True)
 
 
-def print_summary(result, out=sys.stdout, estimate=None) -> None:
+def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstimate | None = None) -> None:
     el = max(result.elapsed, 1e-9)
     print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s)", file=out)
     print(f"  where:   {result.location}", file=out)
@@ -183,9 +182,7 @@ def print_summary(result, out=sys.stdout, estimate=None) -> None:
     print(f"  wire:    {hb(result.wire_bytes)} ({100.0 * result.wire_bytes / max(result.total_size, 1):.1f}% "
           f"of {hb(result.total_size)}), skipped {hb(result.zero_bytes)} of zeros", file=out)
     if estimate is not None:
-        pred = getattr(estimate, "total_seconds", None)
-        if pred is None and isinstance(estimate, dict):
-            pred = estimate.get("total_seconds")
+        pred = estimate.total_seconds
         if pred:
             print(f"  estimate: {pred:.1f} s predicted, {result.elapsed:.1f} s actual "
                   f"({100.0 * (result.elapsed - pred) / pred:+.0f}%)", file=out)

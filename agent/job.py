@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Callable
 
 from . import netsetup
 from .capture import inuse
@@ -31,7 +31,7 @@ from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .config import PREFIX, CaptureConfig, describe
-from .discover.model import Why, to_dict
+from .discover.model import Inventory, Why, to_dict
 from .discover.populate import discover
 from .errors import (
     EXIT_CANCELLED,
@@ -43,6 +43,7 @@ from .errors import (
     UsageError,
 )
 from .estimate import plan
+from .estimate.plan import CaptureEstimate
 from .inspect.report import ReadinessReport, inspect_for_capture
 from .iscsi import auto
 from .runcmd import run
@@ -64,25 +65,25 @@ class Note:
 
 @dataclass(frozen=True)
 class Inventoried:
-    inventory: Any          # discover.model.Inventory
+    inventory: Inventory | None     # None: the front end discovered nothing (named devices)
     sources: list[str]      # the device paths that will be captured, inventory order
 
 
 @dataclass(frozen=True)
 class Inspected:
-    report: Any             # inspect.report.ReadinessReport (goes into the manifest)
+    report: ReadinessReport     # goes into the manifest
 
 
 @dataclass(frozen=True)
 class Estimated:
-    estimate: Any           # estimate.plan.CaptureEstimate
+    estimate: CaptureEstimate
 
 
 @dataclass(frozen=True)
 class Captured:
     result: CaptureResult
-    estimate: Any           # CaptureEstimate or None
-    readiness: Any = None   # ReadinessReport or None
+    estimate: CaptureEstimate | None
+    readiness: ReadinessReport | None = None
 
 
 # The capture's own progress events (capture.events: CaptureStarted, DiskStarted, Progress,
@@ -95,13 +96,13 @@ class Prepared:
     results as they are (an estimate the screen could not make stays None)."""
     target: Target | None = None
     discovered: bool = False
-    inventory: Any = None
+    inventory: Inventory | None = None
     sources: list[str] = field(default_factory=list)    # the operator's pick (device paths)
     estimated: bool = False
-    estimate: Any = None
+    estimate: CaptureEstimate | None = None
     iscsi_done: bool = False
     inspected: bool = False
-    readiness: Any = None       # ReadinessReport the Inventory screen made
+    readiness: ReadinessReport | None = None    # the one the Inventory screen made
 
 
 class HookError(ColdcloneError):
@@ -183,11 +184,11 @@ class CaptureJob:
 
     # filled while running
     target: Target | None = None
-    inventory: Any = None
-    estimate: Any = None
-    readiness: Any = None
+    inventory: Inventory | None = None
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None
     sources: list[str] = field(default_factory=list)
-    _attachment: Any = None
+    _attachment: auto.IscsiAttachment | None = None
     _fetched_identity: str | None = None
 
     def say(self, text: str) -> None:

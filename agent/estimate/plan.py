@@ -34,6 +34,7 @@ from .. import protocol as P
 from ..capture.stream import StreamOptions
 from ..capture.usedmap import plan_disk
 from ..choices import CAPTURE_MODES as MODES
+from ..discover.model import Inventory
 from ..errors import ColdcloneError, SourceError, UsageError
 from ..runcmd import run
 from ..transport.url import parse_target
@@ -195,8 +196,8 @@ def _route_dev(host: str) -> str | None:
     return None
 
 
-def _nic_speed(inventory, dev: str) -> int | None:
-    for n in getattr(inventory, "nics", None) or []:
+def _nic_speed(inventory: Inventory | None, dev: str) -> int | None:
+    for n in inventory.nics if inventory is not None else []:
         if n.name == dev:
             return n.speed_mbps
     try:
@@ -221,7 +222,7 @@ def _disk_of_path(path: str) -> str | None:
     return os.path.basename(real)
 
 
-def target_link(target: str | None, inventory=None, local_path: str | None = None) -> L.LinkEstimate | None:
+def target_link(target: str | None, inventory: Inventory | None = None, local_path: str | None = None) -> L.LinkEstimate | None:
     """Which link the capture's bytes leave through, for a target URL."""
     if not target:
         return None
@@ -303,7 +304,7 @@ def _used_ranges(path: str) -> tuple[list[tuple[int, int]], float]:
     return [(e.offset, e.length) for e in umap.extents if e.sent], time.monotonic() - t0
 
 
-def default_disks(inventory) -> list[str]:
+def default_disks(inventory: Inventory | None) -> list[str]:
     if inventory is None:
         return []
     return [d.dev_path for d in inventory.capture_set() if d.dev_path]
@@ -312,7 +313,7 @@ def default_disks(inventory) -> list[str]:
 ALTERNATIVE_KEYS = ("usb2", "usb3", "esata", "nfs1g")
 
 
-def estimate_capture(inventory, disk_paths: list[str], target: str | None, mode: str = "nonzero", *,
+def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target: str | None, mode: str = "nonzero", *,
                      calibrate_seconds: float = 3.0, connect: Callable | None = None,
                      local_path: str | None = None, workers: int = 2, image_format: str = "qcow2",
                      level: int = 1, codec: str = "zstd", samples: int = 256,

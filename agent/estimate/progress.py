@@ -12,39 +12,38 @@ every run of zero blocks.
 
 from __future__ import annotations
 
+from .plan import CaptureEstimate, DiskEstimate
 from .rate import RateMeter
 
 
 class EtaEstimator:
     """Seconds left, from progress samples; see the module docstring.
 
-    `plan` is a CaptureEstimate or its to_dict(); its per-disk sizes, bytes to send,
-    stage seconds give the model. Call update() with every Progress event's figures.
+    `plan`: the CaptureEstimate (or None); its per-disk sizes, bytes to send and stage
+    seconds give the model. Call update() with every Progress event's figures.
     """
 
     PRIOR_SECONDS = 10.0   # how much modelled work the estimate's own scale (1.0) weighs
 
-    def __init__(self, plan=None):
-        self.plan = plan.to_dict() if hasattr(plan, "to_dict") else plan
+    def __init__(self, plan: CaptureEstimate | None = None):
+        self.disks: list[DiskEstimate] = plan.disks if plan is not None else []
         self.rate = RateMeter.adaptive()
         self.t_start: float | None = None
         self.k_num = 0.0     # real seconds spent on modelled work
         self.k_den = 0.0     # modelled seconds of that work
         self._last: tuple | None = None
         self._disk_index: dict[str, int] = {}
-        if self.plan:
-            for i, d in enumerate(self.plan.get("disks", [])):
-                self._disk_index[d.get("name", "")] = i
-                self._disk_index[d.get("path", "")] = i
+        for i, d in enumerate(self.disks):
+            self._disk_index[d.name] = i
+            self._disk_index[d.path] = i
 
     # ------------------------------------------------------------ the model
     def _disk_model(self, i: int) -> tuple[float, float, float]:
         """(modelled stream seconds per disk byte, per wire byte limit, server seconds) of disk i."""
-        d = self.plan["disks"][i]
-        st = d.get("stages", {})
-        size = max(d.get("size", 1), 1)
-        return (max(st.get("read", 0.0), st.get("cpu", 0.0)) / size,
-                max(st.get("link", 0.0), st.get("write", 0.0)) / max(d.get("bytes_to_send", 1), 1),
+        d = self.disks[i]
+        st = d.stages
+        return (max(st.get("read", 0.0), st.get("cpu", 0.0)) / max(d.size, 1),
+                max(st.get("link", 0.0), st.get("write", 0.0)) / max(d.bytes_to_send, 1),
                 st.get("server", 0.0))
 
     def _work(self, i: int, disk_bytes: float, wire_bytes: float) -> float:
@@ -53,13 +52,11 @@ class EtaEstimator:
 
     def _remaining_model(self, i: int, disk_done: int, disk_size: int) -> float:
         """Modelled seconds for the rest of disk i and all later disks, server work included."""
-        disks = self.plan["disks"]
         left = 0.0
-        for j in range(i, len(disks)):
-            d = disks[j]
+        for j in range(i, len(self.disks)):
+            st = self.disks[j].stages
             frac_left = 1.0 if j > i else max(0.0, (disk_size - disk_done) / max(disk_size, 1))
-            stream = max(d["stages"].get("read", 0.0), d["stages"].get("cpu", 0.0),
-                         d["stages"].get("link", 0.0), d["stages"].get("write", 0.0))
+            stream = max(st.get("read", 0.0), st.get("cpu", 0.0), st.get("link", 0.0), st.get("write", 0.0))
             left += stream * frac_left + self._disk_model(j)[2]
         return left
 
@@ -69,7 +66,7 @@ class EtaEstimator:
         if self.t_start is None:
             self.t_start = t
         self.rate.update(t, total_done)
-        i = self._disk_index.get(disk) if self.plan else None
+        i = self._disk_index.get(disk)
         if i is not None and self._last is not None and self._last[1] == i:
             lt, _, ld, lw = self._last
             work = self._work(i, disk_done - ld, wire_bytes - lw)

@@ -18,21 +18,26 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .. import config, netsetup
 from ..config import CaptureConfig
 from ..discover import snapshot as snap
+from ..capture.session import CaptureResult
+from ..discover.model import Inventory, Nic
 from ..discover.populate import discover, from_snapshot
 from ..errors import ColdcloneError, UsageError
-from ..estimate.plan import estimate_capture
+from ..estimate.plan import CaptureEstimate, estimate_capture
 from ..inspect.report import ReadinessReport, from_source, inspect_inventory  # noqa: F401 (Services.real)
 from ..inspect.tree import inspect_tree
 from ..iscsi import auto as iscsi_auto
+from ..iscsi.auto import IscsiAttachment
+from ..iscsi.model import SourceIscsiConfig
 from ..job import CaptureJob
 from ..runcmd import run
 from ..transport import localdisk
-from ..transport.open import open_target
+from ..transport.localdisk import PreparedTarget, TargetDisk
+from ..transport.open import Target, open_target
 from ..transport.ssh import handshake, server_host_key
 from ..transport.url import TargetURL, parse_target, redact
 from ..units import human_bytes
@@ -117,18 +122,18 @@ def power(action: str) -> None:
 
 @dataclass
 class Services:
-    discover: Callable[[], Any]                              # -> Inventory
-    readiness: Callable[[Any], Readiness] | None             # Inventory -> Readiness (mounts, slow)
-    find_identities: Callable[[Any], list] | None            # Inventory -> [SourceIscsiConfig]
-    iscsi_attach: Callable[..., Any] | None                  # (identity, targets, iscsi_ip, say)
-    estimate: Callable[..., Any] | None                      # estimate_capture(...)
-    local_disks: Callable[[Any], list] | None                # Inventory -> candidate target disks
-    prepare_local_disk: Callable[..., Any] | None            # localdisk.prepare(dev, format_confirm=, ...)
+    discover: Callable[[], Inventory]
+    readiness: Callable[[Inventory], Readiness] | None       # mounts, slow
+    find_identities: Callable[[Inventory], list[SourceIscsiConfig]] | None
+    iscsi_attach: Callable[..., IscsiAttachment] | None      # (identity, targets, iscsi_ip, say)
+    estimate: Callable[..., CaptureEstimate] | None          # estimate_capture(...)
+    local_disks: Callable[[Inventory], list[TargetDisk]] | None    # candidate target disks
+    prepare_local_disk: Callable[..., PreparedTarget] | None       # localdisk.prepare(dev, format_confirm=, ...)
     probe_hostkey: Callable[..., HostKeyInfo]
     test_ssh: Callable[[TargetChoice], str]
-    open_target: Callable[..., Any]                          # agent.transport.open.open_target
-    run_capture: Callable[..., Any]                          # (CaptureConfig, prepared=, notify=, cancel=) -> result
-    list_nics: Callable[[Any], list]
+    open_target: Callable[..., Target]                       # agent.transport.open.open_target
+    run_capture: Callable[..., CaptureResult]                # (CaptureConfig, prepared=, notify=, cancel=)
+    list_nics: Callable[[Inventory | None], list[Nic]]
     apply_network: Callable[[str], list[str]]
     power: Callable[[str], None]
     # The one capture configuration (agent/config.py), prefilled from the kernel command line
@@ -139,7 +144,7 @@ class Services:
     # Fixed values make snapshots deterministic; None: the real ones.
     capture_id: Callable[[], str] | None = None
     # the live system's own iSCSI identity, for typed targets when the source OS has none
-    live_identity: Callable[[], Any] | None = None
+    live_identity: Callable[[], SourceIscsiConfig] | None = None
 
     def why_missing(self, feature: str) -> str:
         return self.missing.get(feature, f"{feature} is not available in this build")
@@ -183,8 +188,8 @@ class Services:
 
     @classmethod
     def replay(cls, snapshot: str | Path, *, sourceos: str | Path | None = None,
-               boot_root: str | Path | None = None, identities: list | None = None,
-               estimate: Any = None, **over) -> "Services":
+               boot_root: str | Path | None = None, identities: list[SourceIscsiConfig] | None = None,
+               estimate: CaptureEstimate | None = None, **over) -> "Services":
         """A recorded machine: udev snapshot, optional source-OS tree, iSCSI identities, estimate."""
         data = snap.load(snapshot)
 

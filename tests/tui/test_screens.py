@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from agent.iscsi.auto import IscsiAttachment
 from agent.iscsi.sourceconfig import read_source_config
 from agent.tui.app import build_app
 from agent.tui.services import TargetChoice
@@ -218,11 +219,18 @@ def test_capture_ending_while_the_cancel_question_is_open_goes_to_done():
     drive(app, scenario)
 
 
+def logged_in(calls: list, call, identity) -> IscsiAttachment:
+    """A login that records its call and, like the real one, hands back its attachment (no LUNs)."""
+    calls.append(call)
+    return IscsiAttachment(identity=identity)
+
+
 def test_edit_a_source_target_keeps_its_recorded_chap():
     ident = read_source_config(str(ISCSI_TREES / "rhel7"), device="/dev/sda2")
     calls = []
     app = build_app(replay("iscsi", identities=[ident],
-                           iscsi_attach=lambda i, targets, ip, say: calls.append(targets)), ascii_only=True)
+                           iscsi_attach=lambda i, targets, ip, say: logged_in(calls, targets, i)),
+                    ascii_only=True)
 
     async def scenario(pilot):
         await pilot.press("i")
@@ -262,7 +270,7 @@ def test_no_source_identity_logs_in_as_the_live_system_to_a_typed_ipv6_target():
     calls = []
     live = SourceIscsiConfig(root="(the live system's own name)", initiator_name="iqn.2026-11.live:cc")
     app = build_app(replay("iscsi", identities=[], live_identity=lambda: live,
-                           iscsi_attach=lambda i, targets, ip, say: calls.append((i, targets))),
+                           iscsi_attach=lambda i, targets, ip, say: logged_in(calls, (i, targets), i)),
                     ascii_only=True)
 
     async def scenario(pilot):

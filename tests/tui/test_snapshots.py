@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agent.iscsi.sourceconfig import read_source_config
 from agent.tui.app import build_app
+from agent.transport.localdisk import TargetDisk
 from agent.tui.services import TargetChoice
 from tests.tui import recorded
 from tests.tui.conftest import ISCSI_TREES, replay, settle
@@ -94,7 +95,9 @@ def test_target_ssh_host_key_to_confirm(snap_compare):
 
 def test_target_local_disk(snap_compare):
     def local_disks(inv):
-        return [d for d in inv.disks if d.transport == "usb" and d.kind == "disk"]
+        # what localdisk.candidates makes of the recorded machine's USB disks
+        return [TargetDisk(d.name, d.dev_path, d.size, d.model or "", d.link.label if d.link else "")
+                for d in inv.disks if d.transport == "usb" and d.kind == "disk"]
 
     app = app_for(replay("usb3", local_disks=local_disks))
 

@@ -15,6 +15,7 @@ from agent.discover.model import Disk, Why, to_dict
 from agent.discover.populate import path_identity
 from agent.estimate.plan import _per_disk
 from agent.estimate.progress import EtaEstimator
+from tests.unit.plans import one_disk_plan
 from agent.estimate.sample import ContentSample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "udev"
@@ -179,8 +180,7 @@ def test_the_live_eta_finds_the_estimate_of_a_cciss_disk():
     est = _per_disk("/dev/cciss/c0d0", None, sample, read_rate=100e6, read_src="table",
                     link_rate=50e6, readback_rate=1e9, workers=1, image_format="raw", mode="nonzero")
     assert est.name == "cciss-c0d0"
-    plan = {"disks": [{"name": est.name, "path": est.path, "size": est.size,
-                       "bytes_to_send": est.bytes_to_send, "stages": est.stages}]}
+    plan = one_disk_plan(est.path, est.size, est.bytes_to_send, est.stages, name=est.name)
     eta = EtaEstimator(plan)
     stream = stream_name(devnames.kernel_name("/dev/cciss/c0d0"))
     left = eta.update(0.0, stream, 0, size, 0, size, 0)

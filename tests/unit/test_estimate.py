@@ -12,6 +12,7 @@ from agent.estimate import links as L
 from agent.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
                                  estimate_capture, target_link)
 from agent.estimate.progress import EtaEstimator
+from tests.unit.plans import one_disk_plan
 from agent.estimate.rate import RateMeter
 from agent.estimate.sample import ContentSample, sample_content
 from agent.transport.localdisk import candidates
@@ -226,9 +227,8 @@ def test_eta_without_plan_converges():
 def test_eta_with_a_wrong_plan_converges_to_the_truth():
     size = 10 * GB
     # The plan believed 35 MB/s on the wire; the link really does 50 MB/s of disk (25 MB/s of wire).
-    plan = {"disks": [{"name": "sda", "path": "/dev/sda", "size": size, "bytes_to_send": size // 2,
-                       "stages": {"read": size / (150 * MB), "cpu": 10.0, "link": size / 2 / (35 * MB),
-                                  "server": 0.0}}]}
+    plan = one_disk_plan("/dev/sda", size, size // 2, {"read": size / (150 * MB), "cpu": 10.0,
+                                                       "link": size / 2 / (35 * MB), "server": 0.0})
     out = _run(50 * MB, plan=plan)
     first = out[0][1]
     assert first == pytest.approx(size / 2 / (35 * MB), rel=0.05)       # trusts the plan at first
@@ -286,9 +286,8 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     clock = {"t": 1000.0}
     monkeypatch.setattr(PR.time, "monotonic", lambda: clock["t"])
     size = 4 * GB
-    plan = {"total_seconds": 200.0, "bottleneck": "limited by USB 2.0 link (~25 MB/s)",
-            "disks": [{"name": "sda", "path": "/dev/sda", "size": size, "bytes_to_send": size // 2,
-                       "stages": {"read": 20.0, "cpu": 5.0, "link": 180.0, "server": 20.0}}]}
+    plan = one_disk_plan("/dev/sda", size, size // 2, {"read": 20.0, "cpu": 5.0, "link": 180.0, "server": 20.0},
+                         total_seconds=200.0, bottleneck="limited by USB 2.0 link (~25 MB/s)")
     out = io.StringIO()
     p = PR.ProgressPrinter(5.0, out=out, estimate=plan)
     p(E.CaptureStarted("cap-1", "file:///mnt/usb", [SourceDisk("/dev/sda", "sda", "sda", size, 512, 512)], size))

@@ -13,16 +13,18 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Ric
 
 from ...errors import ColdcloneError
 from ...inspect.model import Secret
-from ...iscsi.model import Chap, IscsiTarget, make_portal, split_portal
+from ...iscsi.auto import IscsiAttachment
+from ...iscsi.model import Chap, IscsiTarget, SourceIscsiConfig, make_portal, split_portal
 from ..text import clip
 from ..widgets.plain import Plain, cells
 
 
-def _chap_text(ident, target) -> str:
-    chap = ident.chap_for(target) if hasattr(ident, "chap_for") else getattr(target, "auth", None)
-    if chap is None or not getattr(chap, "enabled", False):
+def _chap_text(ident: SourceIscsiConfig | None, target: IscsiTarget) -> str:
+    """The CHAP a login will use, secret masked; a target typed by hand carries its own."""
+    chap = ident.chap_for(target) if ident is not None else target.auth
+    if chap is None or not chap.enabled:
         return "none"
-    return f"{chap.username or '?'}/****" + (" mutual" if getattr(chap, "mutual", False) else "")
+    return f"{chap.username or '?'}/****" + (" mutual" if chap.mutual else "")
 
 
 class IscsiScreen(Screen):
@@ -55,9 +57,9 @@ class IscsiScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = "coldclone  2 iSCSI"
-        self.identity = None
-        self.added: list = []         # targets typed by hand
-        self.edited: dict = {}        # IQN -> the source's target with the operator's changes
+        self.identity: SourceIscsiConfig | None = None
+        self.added: list[IscsiTarget] = []            # targets typed by hand
+        self.edited: dict[str, IscsiTarget] = {}      # IQN -> the source's target with the operator's changes
         svc = self.app.services
         if svc.find_identities is None:
             self.query_one("#ident", Static).update(
@@ -83,23 +85,23 @@ class IscsiScreen(Screen):
     def _ident_text(self, line: str) -> None:
         self.query_one("#ident", Static).update(line)
 
-    def _found(self, found: list) -> None:
+    def _found(self, found: list[SourceIscsiConfig]) -> None:
         if not found:
             self._ident_text("No iSCSI initiator configuration in the source OS. Add a target by hand: "
                              "the login then uses this live system's own initiator name.")
             return
         self.identity = found[0]
-        lines = self.identity.describe() if hasattr(self.identity, "describe") else [str(self.identity)]
+        lines = self.identity.describe()
         if len(found) > 1:
             lines.append(f"({len(found) - 1} more identities found; the first is used)")
         self._ident_text("\n".join(lines))
-        iface = getattr(self.identity, "interface", None)
-        if iface is not None and getattr(iface, "cidr", None):
+        iface = self.identity.interface
+        if iface is not None and iface.cidr:
             self.query_one("#iscsi-ip", Input).placeholder = f"original = {iface.cidr}"
         self._show_targets()
 
-    def _targets(self) -> list:
-        own = [self.edited.get(t.iqn, t) for t in getattr(self.identity, "targets", []) or []]
+    def _targets(self) -> list[IscsiTarget]:
+        own = [self.edited.get(t.iqn, t) for t in (self.identity.targets if self.identity else [])]
         return own + self.added
 
     @on(DataTable.RowSelected, "#targets")
@@ -148,7 +150,7 @@ class IscsiScreen(Screen):
             self._log("give the CHAP secret for that user (or leave the user empty: no CHAP)")
             return
         new = IscsiTarget(iqn=iqn, portal=make_portal(host, port), auth=auth)
-        own = [t.iqn for t in getattr(self.identity, "targets", []) or []]
+        own = [t.iqn for t in (self.identity.targets if self.identity else [])]
         if iqn in own:
             self.edited[iqn] = new
         else:
@@ -165,7 +167,7 @@ class IscsiScreen(Screen):
             self._log(svc.why_missing("iSCSI"))
             return
         # a source with only discovery (sendtargets) records logs in to what discovery finds
-        if not self._targets() and not getattr(self.identity, "discovery_portals", None):
+        if not self._targets() and not (self.identity and self.identity.discovery_portals):
             self._log("no target to log in to: add one")
             return
         if self.identity is None:
@@ -197,16 +199,10 @@ class IscsiScreen(Screen):
         self.app.call_from_thread(self._attached, att)
 
     @staticmethod
-    def _lun_names(att) -> list[str]:
-        out = []
-        for lun in getattr(att, "luns", []) or []:
-            if isinstance(lun, dict):
-                out.append(f"{lun.get('path') or lun.get('name')} (LUN {lun.get('lun')})")
-            else:
-                out.append(str(getattr(lun, "path", None) or getattr(lun, "name", None) or lun))
-        return out
+    def _lun_names(att: IscsiAttachment) -> list[str]:
+        return [f"{lun.path} (LUN {lun.lun})" for lun in att.luns]
 
-    def _attached(self, att) -> None:
+    def _attached(self, att: IscsiAttachment) -> None:
         self.app.plan.iscsi = att
         self._log("logged in; LUNs: " + (", ".join(self._lun_names(att)) or "none")
                   + ". Back (Esc) shows them in the inventory.")

@@ -22,6 +22,7 @@ from textual.widgets import (
 )
 
 from ...errors import ColdcloneError, UsageError
+from ...transport.localdisk import TargetDisk
 from ...transport.url import parse_target
 from ...units import human_bytes
 from ..services import TargetChoice, test_local
@@ -102,7 +103,7 @@ class TargetScreen(Screen):
     def on_mount(self) -> None:
         self.title = "coldclone  3 Target"
         self.key_info = None          # HostKeyInfo shown, not yet confirmed
-        self.candidates: list = []
+        self.candidates: list[TargetDisk] = []
         self.confirmed: str | None = self.app.services.config.hostkey
         self.query_one("#confirm", Button).display = False
         if self.confirmed:
@@ -154,11 +155,7 @@ class TargetScreen(Screen):
         table.display = bool(cands)
         self.candidates = cands
         for c in cands:
-            name = getattr(c, "dev_path", None) or getattr(c, "name", "?")
-            link = getattr(c, "link", None)
-            table.add_row(*cells(str(name), human_bytes(getattr(c, "size", 0) or 0),
-                                 str(getattr(c, "model", None) or "-")[:20],
-                                 getattr(link, "label", link) or "-"))
+            table.add_row(*cells(c.dev_path, human_bytes(c.size), (c.model or "-")[:20], c.link or "-"))
 
     def chosen_disk(self):
         table = self.query_one("#local-disks", DataTable)
