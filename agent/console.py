@@ -187,8 +187,8 @@ def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstima
             print(f"  estimate: {pred:.1f} s predicted, {result.elapsed:.1f} s actual "
                   f"({100.0 * (result.elapsed - pred) / pred:+.0f}%)", file=out)
     for d in result.disks:
-        checks = ", ".join(k for k, v in d.get("verified", {}).items() if v)
-        print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
+        checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
+        print(f"  {d.name}: {d.image} digest {d.digest[:16]}... verified ({checks})", file=out)
 
 
 class JobConsole:

@@ -281,7 +281,7 @@ def loads_object(body: bytes | str, what: str) -> dict:
     return obj
 
 
-class _Fields:
+class JsonFields:
     """Typed reads of one decoded JSON object; each wrong type or range is a ProtocolError."""
 
     def __init__(self, obj: dict, what: str):
@@ -417,7 +417,7 @@ class Hello:
 
     @classmethod
     def decode(cls, obj: dict) -> "Hello":
-        f = _Fields(obj, "HELLO")
+        f = JsonFields(obj, "HELLO")
         probe = f.bool("probe")
         fmt = f.str("format", ImageFormat.QCOW2)
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
@@ -454,7 +454,7 @@ class DiskHeader:
 
     @classmethod
     def decode(cls, obj: dict) -> "DiskHeader":
-        f = _Fields(obj, "DISK")
+        f = JsonFields(obj, "DISK")
         name = f.str("name", required=True)
         size = f.int("size", 1, MAX_DISK_SIZE, required=True)
         bs = f.int("block_size", 512, MAX_DATA, default=DEFAULT_BLOCK_SIZE)
@@ -504,7 +504,7 @@ class DiskEnd:
 
     @classmethod
     def decode(cls, digest: bytes, obj: dict) -> "DiskEnd":
-        f = _Fields(obj, "END")
+        f = JsonFields(obj, "END")
         return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS},
                    **{k: (f.mapping(k) if f.present(k) else None) for k in cls.MAPPINGS})
 
@@ -518,7 +518,7 @@ class Abort:
 
     @classmethod
     def decode(cls, obj: dict) -> "Abort":
-        return cls(_Fields(obj, "ABORT").str("reason", "no reason given"))
+        return cls(JsonFields(obj, "ABORT").str("reason", "no reason given"))
 
 
 def encode_finish() -> bytes:
@@ -727,7 +727,7 @@ class Reply:
     def from_json(cls, obj: dict) -> "Reply":
         """The typed reply of a decoded line (as the transport's pump queues them)."""
         try:
-            f = _Fields(obj, f"reply {obj.get('event')!r:.40}")
+            f = JsonFields(obj, f"reply {obj.get('event')!r:.40}")
             vals = {k: f.str(k) for k in cls._STR}
             vals.update({k: f.int(k) for k in cls._INT})
             vals.update({k: f.float(k) for k in cls._FLOAT})

@@ -13,11 +13,12 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__
 from .. import protocol as P
+from ..manifest import Manifest, ManifestDisk
 from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError, UsageError
 from ..transport.base import Connection
 from . import events as E
@@ -40,13 +41,16 @@ class CaptureResult:
     capture_id: str
     target: str
     location: str
-    disks: list[dict]
+    manifest: Manifest          # what the receiver wrote, as its COMPLETE reply carried it
     elapsed: float
     bytes_read: int
     wire_bytes: int
     zero_bytes: int
     total_size: int
-    manifest: dict = field(default_factory=dict)
+
+    @property
+    def disks(self) -> list[ManifestDisk]:
+        return self.manifest.disks
 
 
 class CaptureCancelled(CancelledError):
@@ -300,18 +304,22 @@ def run_capture(
         finally:
             conn.close()
 
-    manifest = final.manifest
+    try:
+        manifest = Manifest.from_dict(final.manifest or {}, "the receiver's manifest")
+    except ColdcloneError as e:
+        raise ServerError(f"conversion server: capture {capture_id} completed, but its manifest in the "
+                          f"reply is malformed ({e}); read manifest.json in {final.path or location}",
+                          code="protocol") from None
     result = CaptureResult(
         capture_id=capture_id,
         target=conn.description,
         location=final.path or location,
-        disks=manifest.get("disks", []),
+        manifest=manifest,
         elapsed=time.monotonic() - t0,
         bytes_read=totals.bytes_read,
         wire_bytes=sent["wire"],
         zero_bytes=totals.zero_bytes,
         total_size=total,
-        manifest=manifest,
     )
     on_event(E.CaptureFinished(result))
     return result

@@ -19,17 +19,16 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
-from ..errors import ColdcloneError, CommandError, ServerError, UsageError
+from ..errors import ColdcloneError, CommandError, ServerError
 from ..receive import image as qimage
+from ..receive.manifest import CaptureDirectory, ManifestDisk
 from ..receive.store import CaptureDir, Store
 from ..runcmd import run
 from . import fixes as F
@@ -46,50 +45,13 @@ class NotConvertible(ColdcloneError):
     """The capture is fine, but what is on it is not a guest we can convert (no OS ...)."""
 
 
-@dataclass(frozen=True)
-class CaptureDisk:
-    name: str
-    image: str        # file name inside the capture dir
-    format: str
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def read_capture(path: str) -> tuple[dict, list[CaptureDisk]]:
-    """The manifest of a complete, verified capture and its disks; anything else is refused
-    with what is wrong and what to do."""
-    path = path.rstrip("/")
-    if path.endswith(".partial"):
-        raise UsageError(f"{path} is an unfinished capture (.partial): only a complete, verified "
-                         f"capture can be converted; capture again or let the resume finish it")
-    mpath = os.path.join(path, "manifest.json")
-    try:
-        with open(mpath) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{path} holds no manifest.json: give the directory of a complete capture "
-                         f"(<receiver root>/<capture id>)") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {mpath}: {e}") from None
-    if manifest.get("status") != "complete":
-        raise UsageError(f"{mpath} says status {manifest.get('status')!r}, not 'complete': "
-                         f"only a verified capture can be converted")
-    disks = []
-    for d in manifest.get("disks") or []:
-        verified = d.get("verified") or {}
-        if not (verified.get("disk_digest") and verified.get("readback_digest")):
-            raise UsageError(f"disk {d.get('name')!r} of {path} is not marked verified in the manifest; "
-                             f"capture it again")
-        if d.get("format") not in ("qcow2", "raw"):
-            raise UsageError(f"disk {d.get('name')!r}: unknown image format {d.get('format')!r}")
-        if not os.path.isfile(os.path.join(path, d.get("image", ""))):
-            raise UsageError(f"disk {d.get('name')!r}: its image {d.get('image')!r} is missing from {path}")
-        disks.append(CaptureDisk(d["name"], d["image"], d["format"]))
-    if not disks:
-        raise UsageError(f"{mpath} lists no disks")
-    return manifest, disks
+def read_capture(path: str) -> CaptureDirectory:
+    """A complete, verified capture; anything else is refused with what is wrong and what to do."""
+    return CaptureDirectory.load(path, purpose="converted")
 
 
 @contextmanager
@@ -110,7 +72,7 @@ def conversion_lock(root: str):
 
 # --- staging ----------------------------------------------------------------------------------
 
-def stage_image(cap: CaptureDir, disk: CaptureDisk, dest: str, method: CopyMethod) -> None:
+def stage_image(cap: CaptureDir, disk: ManifestDisk, dest: str, method: CopyMethod) -> None:
     """A writable image of one disk at `dest` (a name in the capture dir); the evidence is only
     read: qemu-img convert reads it, and an overlay's backing file is opened read-only."""
     src = cap.file_path(disk.image)
@@ -297,14 +259,16 @@ def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMet
     """Convert one capture; always records the outcome in its manifest (unless the capture
     itself is unusable, which raises UsageError before anything is written)."""
     capture_path = os.path.realpath(capture_path)
-    manifest, disks = read_capture(capture_path)
+    capdir = read_capture(capture_path)
     root, capture_id = os.path.split(capture_path)
     cap = Store(root).open_capture(capture_id)
     with conversion_lock(root):
-        return _convert_locked(cap, manifest, disks, engine, method, accel)
+        return _convert_locked(cap, capdir, engine, method, accel)
 
 
-def _convert_locked(cap, manifest, disks, engine, method, accel) -> Conversion:
+def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, method: CopyMethod,
+                    accel: Accel | None) -> Conversion:
+    disks = capdir.manifest.disks
     started, t0 = _now(), time.monotonic()
     timings: dict[str, float] = {}
     accel = accel or detect_accel()
@@ -360,15 +324,7 @@ def _convert_locked(cap, manifest, disks, engine, method, accel) -> Conversion:
     conv.finished = _now()
     conv.seconds = round(time.monotonic() - t0, 3)
     log.info("%s (%.1f s)", conv.message, conv.seconds)
-    write_conversion(cap, conv)
+    capdir.write_section("conversion", conv.to_dict())
     return conv
 
 
-def write_conversion(cap: CaptureDir, conv: Conversion) -> None:
-    """manifest.json with its `conversion` section replaced, written atomically; the rest of the
-    receiver's manifest is kept as it was."""
-    with open(cap.file_path("manifest.json")) as f:
-        manifest = json.load(f)
-    manifest["conversion"] = conv.to_dict()
-    cap.write_atomic("manifest.json",
-                     json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n")

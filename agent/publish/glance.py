@@ -20,7 +20,8 @@ from typing import Callable
 from ..errors import ConnectionError_, ServerError, UsageError
 from ..inspect.model import Firmware
 from ..receive import image as qimage
-from .manifest import CaptureManifest, CapturedDisk, PublishRecord
+from ..receive.manifest import CaptureDirectory, ManifestDisk
+from .manifest import PublishRecord
 
 log = logging.getLogger("coldclone.publish")
 
@@ -60,14 +61,14 @@ class LocalImage:
         return h.hexdigest()
 
 
-def pick_image(cap: CaptureManifest, disk: CapturedDisk) -> LocalImage:
+def pick_image(cap: CaptureDirectory, disk: ManifestDisk) -> LocalImage:
     """The converted `<disk>.kvm.qcow2` when conversion made one, else the verified image."""
     stem = disk.image[:-len(".qcow2")] if disk.image.endswith(".qcow2") else disk.image
-    converted = os.path.join(cap.directory, stem + ".kvm.qcow2")
+    converted = cap.file(stem + ".kvm.qcow2")
     if os.path.isfile(converted):
         path, kind, fmt = converted, "converted", "qcow2"
     else:
-        path, kind, fmt = os.path.join(cap.directory, disk.image), "verified", disk.format
+        path, kind, fmt = cap.file(disk.image), "verified", disk.format
         if not os.path.isfile(path):
             raise UsageError(f"{path}: the manifest names this image but it is not there; "
                              f"the capture directory is incomplete")
@@ -81,13 +82,13 @@ def pick_image(cap: CaptureManifest, disk: CapturedDisk) -> LocalImage:
                       size=os.path.getsize(path), md5=md5.hexdigest(), sha512=sha.hexdigest())
 
 
-def image_properties(cap: CaptureManifest, disk: CapturedDisk, local: LocalImage) -> dict[str, str]:
+def image_properties(cap: CaptureDirectory, disk: ManifestDisk, local: LocalImage) -> dict[str, str]:
     """Glance properties for the image, from the manifest; every value a string, as Glance
     stores them."""
     props = {
         "hw_disk_bus": "virtio",
         "hw_vif_model": "virtio",
-        P_CAPTURE: cap.capture_id,
+        P_CAPTURE: cap.manifest.capture_id,
         P_DIGEST: f"{disk.digest_algo}:{disk.digest}" if disk.digest_algo else disk.digest,
         P_FILE: os.path.basename(local.path),
     }
@@ -147,11 +148,11 @@ def publish(capture_dir: str, cloud: str, *, say: Callable[[str], None] = lambda
     import openstack.exceptions as oe
 
     t0 = time.monotonic()
-    cap = CaptureManifest.load(capture_dir)
+    cap = CaptureDirectory.load(capture_dir, purpose="published")
     disk = cap.boot_disk()
-    if len(cap.disks) > 1:
+    if len(cap.manifest.disks) > 1:
         say(f"publishing the boot disk {disk.name} only; the other disks "
-            f"({', '.join(d.name for d in cap.disks if d is not disk)}) become Cinder volumes")
+            f"({', '.join(d.name for d in cap.manifest.disks if d is not disk)}) become Cinder volumes")
     local = pick_image(cap, disk)
     if local.kind == "converted":
         say(f"image: {local.path} (converted for KVM)")
@@ -160,7 +161,7 @@ def publish(capture_dir: str, cloud: str, *, say: Callable[[str], None] = lambda
             f"<disk>.kvm.qcow2 beside it; run coldclone-convert first for a virtio-ready guest)")
     props = image_properties(cap, disk, local)
     min_disk = max(1, math.ceil(local.virtual_size / GIB))
-    name = f"{cap.capture_id}-{disk.name}" + ("-kvm" if local.kind == "converted" else "")
+    name = f"{cap.manifest.capture_id}-{disk.name}" + ("-kvm" if local.kind == "converted" else "")
     conn = conn or connect(cloud)
     try:
         existing = _find_existing(conn, props)

@@ -34,6 +34,7 @@ from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
 from ..inspect.report import ReadinessReport
 from . import image
+from ..manifest import Manifest, ManifestDisk, Verified
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
@@ -192,7 +193,7 @@ class CaptureSink(_Sink):
         if hello.format not in P.ImageFormat.ALL:
             raise ServerError(f"refused image format {hello.format!r}: choose qcow2 or raw", code="usage")
         self.hello = hello
-        self.disks: list[dict] = []          # manifest entries, one per verified disk
+        self.disks: list[ManifestDisk] = []  # manifest entries, one per verified disk
         self.ends: list[P.DiskEnd] = []     # and the agent's END for each
         self.files: list[str] = []
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
@@ -206,7 +207,7 @@ class CaptureSink(_Sink):
                        receiver_version=__version__, protocol=P.VERSION))
 
     def open_disk(self, h: P.DiskHeader) -> int:
-        if any(d["name"] == h.name for d in self.disks):
+        if any(d.name == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
         self.preflight(h)
         fd = self.cap.create(h.name + ".raw")
@@ -276,26 +277,15 @@ class CaptureSink(_Sink):
             img_name = d.raw_name
         st = os.stat(img_name, dir_fd=self.cap.fd)
         h = d.header
-        entry = {
-            "name": d.name,
-            "source": h.source,
-            "size": h.size,
-            "logical_sector_size": h.logical_sector_size,
-            "physical_sector_size": h.physical_sector_size,
-            "block_size": h.block_size,
-            "mode": h.mode,
-            "codec": h.codec,
-            "digest_algo": P.DIGEST_ALGO,
-            "digest": got.hex(),
-            "image": img_name,
-            "format": fmt,
-            "image_bytes_allocated": st.st_blocks * 512,
-            "received": d.counts,
-            "agent": end.stats(),
-            "timings": timings,
-            "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                         "qemu_img_compare": fmt == P.ImageFormat.QCOW2},
-        }
+        entry = ManifestDisk(
+            name=d.name, image=img_name, format=fmt, size=h.size, digest=got.hex(),
+            digest_algo=P.DIGEST_ALGO,
+            verified=Verified(record_digests=True, disk_digest=True, readback_digest=True,
+                              qemu_img_compare=fmt == P.ImageFormat.QCOW2),
+            logical_sector_size=h.logical_sector_size, physical_sector_size=h.physical_sector_size,
+            block_size=h.block_size, mode=h.mode, codec=h.codec,
+            image_bytes_allocated=st.st_blocks * 512, source=h.source, received=d.counts,
+            agent=end.stats(), timings=timings)
         self.disks.append(entry)
         self.ends.append(end)
         self.disk = None
@@ -308,47 +298,41 @@ class CaptureSink(_Sink):
             raise P.ProtocolError(f"FINISH before END of disk {self.disk.name}")
         if not self.disks:
             raise P.ProtocolError("FINISH without any disk")
-        totals = {k: sum(d["received"][k] for d in self.disks) for k in self.disks[0]["received"]}
-        totals["size"] = sum(d["size"] for d in self.disks)
+        totals = {k: sum(d.received[k] for d in self.disks) for k in self.disks[0].received}
+        totals["size"] = sum(d.size for d in self.disks)
         totals["stream_bytes"] = self.rx.reader.consumed
         totals["bytes_read"] = sum(e.bytes_read or 0 for e in self.ends)
         hello = self.hello
-        manifest = {
-            "manifest_version": 1,
-            "capture_id": self.cap.capture_id,
-            "status": "complete",
-            "started": self.rx.started,
-            "finished": _now(),
-            "receive_seconds": round(time.monotonic() - self.rx.t0, 3),
-            "source": hello.source,
-            "agent_version": hello.agent_version,
-            "receiver": {"version": __version__, "host": socket.gethostname(),
-                         "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
-            "protocol": P.VERSION,
-            "disks": self.disks,
-            "totals": totals,
-        }
+        receive_seconds = round(time.monotonic() - self.rx.t0, 3)
+        manifest = Manifest(
+            capture_id=self.cap.capture_id, status="complete", disks=self.disks,
+            started=self.rx.started, finished=_now(), receive_seconds=receive_seconds,
+            source=hello.source, agent_version=hello.agent_version,
+            receiver={"version": __version__, "host": socket.gethostname(),
+                      "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
+            protocol=P.VERSION, totals=totals)
         if hello.estimate is not None:
             # Predicted vs actual: what the agent estimated before the capture, next to how long
             # this end took from the first byte to the manifest (the agent adds its connect time).
             predicted = hello.estimate.get("total_seconds")
-            manifest["estimate"] = hello.estimate
-            manifest["estimate_vs_actual"] = {
+            manifest.estimate = hello.estimate
+            manifest.estimate_vs_actual = {
                 "predicted_seconds": predicted,
-                "actual_seconds": manifest["receive_seconds"],
-                "ratio": (round(manifest["receive_seconds"] / predicted, 3)
+                "actual_seconds": receive_seconds,
+                "ratio": (round(receive_seconds / predicted, 3)
                           if isinstance(predicted, (int, float)) and predicted > 0 else None),
             }
         if hello.readiness is not None:
             # typed on the way in: what conversion and publishing read back is a valid report
             try:
-                manifest["readiness"] = ReadinessReport.from_dict(hello.readiness).to_dict()
+                manifest.readiness = ReadinessReport.from_dict(hello.readiness).to_dict()
             except ColdcloneError as e:
                 log.warning("the agent's readiness report is malformed (%s); left out", e)
-        self.cap.write_atomic(MANIFEST, P.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        document = manifest.to_dict()
+        self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)
-        self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=manifest))
+        self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=document))
 
     def abort(self, reason: str) -> int:
         raise ServerError(f"the agent aborted the capture: {reason}", code="aborted")
@@ -364,7 +348,7 @@ class CaptureSink(_Sink):
                 log.error("could not remove %s: %s", name, e)
         record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
                   "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d["name"] for d in self.disks]}
+                  "disks_verified": [d.name for d in self.disks]}
         try:
             cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:

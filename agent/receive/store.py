@@ -24,12 +24,12 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ServerError
+from ..manifest import MANIFEST
 from ..protocol import dumps
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PARTIAL = ".partial"
 LOCK = ".coldclone-receive.lock"
-MANIFEST = "manifest.json"
 FAILURE = "failure.json"
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)

@@ -6,6 +6,7 @@ so every screen describes a disk the same way.
 
 from __future__ import annotations
 
+from ..capture.session import CaptureResult
 from ..discover.policy import member_note
 from ..discover.render import clip, human_size
 from ..estimate.plan import CaptureEstimate
@@ -169,14 +170,14 @@ def estimate_total(est: CaptureEstimate) -> list[str]:
 
 
 # ---------------------------------------------------------------- result
-def result_lines(result) -> list[str]:
+def result_lines(result: CaptureResult) -> list[str]:
     el = max(result.elapsed, 1e-9)
     out = [f"Capture {result.capture_id}: complete in {human_seconds(result.elapsed)}",
            f"Where: {result.location}",
            f"Read {human_bytes(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s; "
            f"sent {human_bytes(result.wire_bytes)}; skipped {human_bytes(result.zero_bytes)} of zeros"]
     for d in result.disks:
-        checks = ", ".join(k for k, v in (d.get("verified") or {}).items() if v)
-        out.append(f"{d.get('name')}: {d.get('image')}")
-        out.append(f"  digest {str(d.get('digest', ''))[:32]}... verified: {checks or 'no'}")
+        checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
+        out.append(f"{d.name}: {d.image}")
+        out.append(f"  digest {d.digest[:32]}... verified: {checks or 'no'}")
     return out

@@ -84,7 +84,7 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
     manifest_before = json.load(open(os.path.join(cap, "manifest.json")))
 
     # Copy vs overlay for the stage the fixes are written to (measured, reported by -s).
-    _, disks = read_capture(cap)
+    disks = read_capture(cap).manifest.disks
     capdir = Store(root).open_capture("srv01")
     for method in (CopyMethod.COPY, CopyMethod.OVERLAY):
         t = time.monotonic()

@@ -71,8 +71,8 @@ def test_calibrated_estimate_within_25_percent(shaped, source):
     print(f"calibrated estimate: {est.total_seconds:.1f} s; actual capture: {actual:.1f} s "
           f"(error {100 * err:+.1f}%); wire {res.wire_bytes / 1e6:.0f} MB, predicted "
           f"{est.bytes_to_send / 1e6:.0f} MB")
-    d = res.manifest["disks"][0]
-    print(f"receiver: {d['timings']}, agent stream {d['agent'].get('elapsed')} s; "
+    d = res.manifest.disks[0]
+    print(f"receiver: {d.timings}, agent stream {d.agent.get('elapsed')} s; "
           f"predicted stages {est.disks[0].stages}")
     # The probe went through the throttled path: never faster than the tbf limit. (Slower is
     # possible: on a busy 2-core machine SSH's CPU can be the limit, and then the capture's too.)
@@ -81,5 +81,5 @@ def test_calibrated_estimate_within_25_percent(shaped, source):
     assert est.disks[0].bottleneck in ("link", "cpu"), est.disks[0].stages
     assert abs(err) <= ACCURACY, f"estimate {est.total_seconds:.1f} s vs actual {actual:.1f} s"
     m = res.manifest
-    assert m["estimate"]["calibrated"] is True
-    assert m["estimate_vs_actual"]["predicted_seconds"] == round(est.total_seconds, 1)
+    assert m.estimate["calibrated"] is True
+    assert m.estimate_vs_actual["predicted_seconds"] == round(est.total_seconds, 1)

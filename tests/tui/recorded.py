@@ -7,6 +7,7 @@ from agent.capture import events as E
 from agent.capture.session import CaptureResult
 from agent.capture.source import SourceDisk
 from agent.estimate.plan import CaptureEstimate, DiskEstimate
+from agent.manifest import Manifest, ManifestDisk, Verified
 
 GiB = 1 << 30
 SDA = 298_999_349_248          # megaraid_sas.json: PERC H730P logical drives
@@ -54,11 +55,11 @@ def events() -> list:
 
 
 def result() -> CaptureResult:
-    disks = [{"name": n, "image": f"{n}.qcow2", "digest": d * 16,
-              "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                           "qemu_img_compare": True}}
-             for n, d in (("sda", "3f9a"), ("sdb", "c01d"))]
+    disks = [ManifestDisk(name=n, image=f"{n}.qcow2", format="qcow2", size=size, digest=d * 16,
+                          digest_algo="sha256-blocks", verified=Verified(True, True, True, True))
+             for n, d, size in (("sda", "3f9a", SDA), ("sdb", "c01d", SDB))]
+    manifest = Manifest(capture_id="srv01-20261123T130000-ab12", status="complete", disks=disks)
     return CaptureResult(capture_id="srv01-20261123T130000-ab12", target=TARGET,
-                         location="/srv/coldclone/srv01-20261123T130000-ab12", disks=disks,
+                         location="/srv/coldclone/srv01-20261123T130000-ab12", manifest=manifest,
                          elapsed=6_912.4, bytes_read=SDA + SDB, wire_bytes=298 * GiB,
                          zero_bytes=1_402 * GiB, total_size=SDA + SDB)

@@ -114,7 +114,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
     assert name in [d["name"] for d in manifest["source"]["inventory"]["disks"]]
     assert [d["name"] for d in manifest["estimate"]["disks"]] == [name], manifest["estimate"]
     assert manifest["estimate_vs_actual"]["actual_seconds"] > 0, manifest["estimate_vs_actual"]
-    assert result.disks[0]["verified"]["qemu_img_compare"] is True
+    assert result.disks[0].verified.qemu_img_compare is True
 
 
 def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_path):

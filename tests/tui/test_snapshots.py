@@ -194,7 +194,7 @@ def test_done_published(snap_compare):
 
         await settle(pilot)
         res = recorded.result()
-        res.manifest = {"publish": {
+        res.manifest.document = {"publish": {
             "cloud": "dc2", "image_id": "5b1e7c1e-9f3d-4c7e-a1b2-0c0ffee00042",
             "image_name": "srv01-20261123T130000-ab12-sda-kvm", "image_file": "sda.kvm.qcow2",
             "image_kind": "converted", "disk": "sda", "checksum": "9e107d9d372bb6826bd81d3542a419d6",

@@ -16,7 +16,7 @@ def capture(tmp_path, **over):
     d = tmp_path / "cap1"
     d.mkdir()
     (d / "sda.qcow2").write_bytes(b"x")
-    disk = {"name": "sda", "image": "sda.qcow2", "format": "qcow2",
+    disk = {"name": "sda", "image": "sda.qcow2", "format": "qcow2", "size": 1, "digest": "ab" * 32,
             "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True}}
     disk.update(over.pop("disk", {}))
     m = {"status": "complete", "capture_id": "cap1", "disks": [disk]}
@@ -26,7 +26,7 @@ def capture(tmp_path, **over):
 
 
 def test_read_capture_accepts_a_verified_capture(tmp_path):
-    _, disks = read_capture(capture(tmp_path))
+    disks = read_capture(capture(tmp_path)).manifest.disks
     assert [(d.name, d.image, d.format) for d in disks] == [("sda", "sda.qcow2", "qcow2")]
 
 

@@ -280,6 +280,7 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
 
     from agent.capture import events as E
     from agent.capture.session import CaptureResult
+    from agent.manifest import Manifest
     from agent.capture.source import SourceDisk
     from agent import console as PR   # the line renderer: ProgressPrinter, print_summary
 
@@ -308,7 +309,8 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     assert text[-1].startswith("server verifying and converting:")
     st = p.status()
     assert st["phase"] == "server" and st["total_done"] == size and st["eta"] is not None
-    res = CaptureResult("cap-1", "file:///mnt/usb", "/mnt/usb/cap-1", [], 230.0, size, size // 2, 0, size)
+    res = CaptureResult("cap-1", "file:///mnt/usb", "/mnt/usb/cap-1", Manifest("cap-1", "complete", []),
+                        230.0, size, size // 2, 0, size)
     buf = io.StringIO()
     PR.print_summary(res, out=buf, estimate=plan)
     assert "estimate: 200.0 s predicted, 230.0 s actual (+15%)" in buf.getvalue()

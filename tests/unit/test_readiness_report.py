@@ -18,7 +18,9 @@ from agent.inspect.model import BootLoader, Firmware
 from agent.inspect.report import ReadinessReport, from_source
 from agent.inspect.tree import inspect_tree
 from agent.publish.glance import LocalImage, image_properties
-from agent.publish.manifest import CaptureManifest, ManifestError, PublishRecord
+from agent.publish.manifest import PublishRecord
+from agent.manifest import Manifest
+from agent.receive.manifest import CaptureDirectory, ManifestError
 from tests.testbed.sourceos import KVER, TREE, cpio_newc, sata_initramfs
 
 TREES = Path(__file__).resolve().parents[1] / "fixtures" / "sourceos"
@@ -157,7 +159,9 @@ def _capture(tmp_path, readiness, status="complete"):
     (cap / "sda.qcow2").write_bytes(b"QFI\xfb" + b"\0" * 100)
     doc = {"capture_id": "cap1", "status": status, "readiness": readiness,
            "disks": [{"name": "sda", "image": "sda.qcow2", "format": "qcow2", "size": 3 << 30,
-                      "digest": "ab" * 32, "digest_algo": "sha256-blocks"}]}
+                      "digest": "ab" * 32, "digest_algo": "sha256-blocks",
+                      "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
+                                   "qemu_img_compare": True}}]}
     (cap / "manifest.json").write_text(json.dumps(doc))
     return cap
 
@@ -169,7 +173,7 @@ def _local(path, vsize=3 << 30):
 
 def test_properties_from_the_manifest(tmp_path, debian):
     rep = from_source(inspect_tree(str(debian)), "sda")
-    cap = CaptureManifest.load(str(_capture(tmp_path, rep.to_dict())))
+    cap = CaptureDirectory.load(str(_capture(tmp_path, rep.to_dict())), purpose="published")
     props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
     assert props == {
         "hw_disk_bus": "virtio", "hw_vif_model": "virtio", "coldclone_capture_id": "cap1",
@@ -181,38 +185,38 @@ def test_properties_from_the_manifest(tmp_path, debian):
 def test_bios_source_and_no_readiness(tmp_path):
     src = inspect_tree(str(TREES / "rocky9-nm"))
     src.firmware = Firmware.BIOS
-    cap = CaptureManifest.load(str(_capture(tmp_path, from_source(src, "sda").to_dict())))
+    cap = CaptureDirectory.load(str(_capture(tmp_path, from_source(src, "sda").to_dict())), purpose="published")
     props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
     assert (props["os_distro"], props["os_version"], props["hw_qemu_guest_agent"]) == ("rocky", "9.3", "no")
     assert "hw_firmware_type" not in props and "hw_machine_type" not in props
     shutil.rmtree(tmp_path / "cap1")
-    cap = CaptureManifest.load(str(_capture(tmp_path, None)))
+    cap = CaptureDirectory.load(str(_capture(tmp_path, None)), purpose="published")
     props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
     assert "os_type" not in props and props["hw_disk_bus"] == "virtio"
 
 
 def test_incomplete_or_damaged_captures_are_refused(tmp_path):
     with pytest.raises(ManifestError, match="no such directory"):
-        CaptureManifest.load(str(tmp_path / "nope"))
+        CaptureDirectory.load(str(tmp_path / "nope"), purpose="published")
     (tmp_path / "x.partial").mkdir()
     with pytest.raises(ManifestError, match="never completed"):
-        CaptureManifest.load(str(tmp_path / "x.partial"))
+        CaptureDirectory.load(str(tmp_path / "x.partial"), purpose="published")
     cap = _capture(tmp_path, None, status="receiving")
     with pytest.raises(ManifestError, match="not 'complete'"):
-        CaptureManifest.load(str(cap))
+        CaptureDirectory.load(str(cap), purpose="published")
     (cap / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="cannot be read as JSON"):
-        CaptureManifest.load(str(cap))
+        CaptureDirectory.load(str(cap), purpose="published")
 
 
 def test_publish_section_written_atomically_and_read_back(tmp_path):
-    cap = CaptureManifest.load(str(_capture(tmp_path, None)))
+    cap = CaptureDirectory.load(str(_capture(tmp_path, None)), purpose="published")
     rec = PublishRecord(cloud="c", image_id="i", image_name="n", image_file="sda.qcow2",
                         image_kind="verified", disk="sda", checksum="m", os_hash_algo="sha512",
                         os_hash_value="s", size=104, published="2026-11-29T00:00:00Z",
                         reused=False)
     cap.write_section("publish", rec.to_dict())
     doc = json.loads((tmp_path / "cap1" / "manifest.json").read_text())
-    assert doc["capture_id"] == "cap1" and PublishRecord.from_manifest(doc) == rec
+    assert doc["capture_id"] == "cap1" and PublishRecord.from_manifest(Manifest.from_dict(doc)) == rec
     assert sorted(p.name for p in (tmp_path / "cap1").iterdir()) == ["manifest.json", "sda.qcow2"]
-    assert PublishRecord.from_manifest({"publish": "yes"}) is None
+    assert PublishRecord.from_manifest(Manifest.from_dict({**doc, "publish": "yes"})) is None

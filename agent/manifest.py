@@ -1,0 +1,145 @@
+"""manifest.json, typed: what the receiver writes when a capture completes, and what the
+agent (in the COMPLETE reply), coldclone-convert and coldclone-publish read back.
+
+The sections other layers own are kept as their JSON here and decoded by their own models:
+`readiness` (inspect.report.ReadinessReport.from_dict), `conversion` (convert.model),
+`publish` (publish.manifest.PublishRecord). That keeps this model low enough for the capture
+session to return it. Loading a capture directory and rewriting it: agent.receive.manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import protocol as P
+
+MANIFEST = "manifest.json"      # in the capture directory
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Verified:
+    """What was proven about one disk's image before the capture was marked complete."""
+
+    record_digests: bool = False      # every DATA record's digest, as received
+    disk_digest: bool = False         # the whole-disk digest, as received
+    readback_digest: bool = False     # the raw image read back from the server's disk
+    qemu_img_compare: bool = False    # the qcow2 equal to that raw image
+
+    @property
+    def complete(self) -> bool:
+        return self.disk_digest and self.readback_digest
+
+    def to_dict(self) -> dict:
+        return {"record_digests": self.record_digests, "disk_digest": self.disk_digest,
+                "readback_digest": self.readback_digest, "qemu_img_compare": self.qemu_img_compare}
+
+
+@dataclass
+class ManifestDisk:
+    name: str
+    image: str                        # file name in the capture directory
+    format: str                       # qcow2 / raw
+    size: int                         # bytes of the source disk
+    digest: str                       # the whole-disk digest (hex) of the source
+    digest_algo: str
+    verified: Verified
+    logical_sector_size: int = 512
+    physical_sector_size: int = 512
+    block_size: int = 0
+    mode: str = ""
+    codec: str = ""
+    image_bytes_allocated: int = 0
+    source: dict = field(default_factory=dict)      # the agent's facts about the disk
+    received: dict = field(default_factory=dict)    # the receiver's counts (bytes, records)
+    agent: dict = field(default_factory=dict)       # the agent's counts (END record)
+    timings: dict = field(default_factory=dict)     # seconds per server step
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "image": self.image, "format": self.format, "size": self.size,
+                "digest": self.digest, "digest_algo": self.digest_algo, "verified": self.verified.to_dict(),
+                "logical_sector_size": self.logical_sector_size,
+                "physical_sector_size": self.physical_sector_size, "block_size": self.block_size,
+                "mode": self.mode, "codec": self.codec, "image_bytes_allocated": self.image_bytes_allocated,
+                "source": self.source, "received": self.received, "agent": self.agent, "timings": self.timings}
+
+    @classmethod
+    def from_dict(cls, obj: dict, what: str) -> "ManifestDisk":
+        f = P.JsonFields(obj, what)
+        v = P.JsonFields(f.mapping("verified"), what + ".verified")
+        return cls(
+            name=f.str("name", required=True), image=f.str("image", required=True),
+            format=f.str("format", required=True), size=f.int("size", required=True),
+            digest=f.str("digest", required=True), digest_algo=f.str("digest_algo", default=""),
+            verified=Verified(**{k: v.bool(k) for k in Verified().to_dict()}),
+            logical_sector_size=f.int("logical_sector_size", default=512),
+            physical_sector_size=f.int("physical_sector_size", default=512),
+            block_size=f.int("block_size", default=0), mode=f.str("mode", default=""),
+            codec=f.str("codec", default=""), image_bytes_allocated=f.int("image_bytes_allocated", default=0),
+            source=f.mapping("source"), received=f.mapping("received"), agent=f.mapping("agent"),
+            timings=f.mapping("timings"))
+
+
+@dataclass
+class Manifest:
+    capture_id: str
+    status: str                       # "complete": the only status a manifest.json is written with
+    disks: list[ManifestDisk]
+    started: str = ""                 # ISO 8601, the receiver's clock
+    finished: str = ""
+    receive_seconds: float = 0.0
+    source: dict = field(default_factory=dict)       # the agent's facts: hostname, inventory, ...
+    agent_version: str = ""
+    receiver: dict = field(default_factory=dict)     # version, host, python, qemu-img
+    protocol: int = P.VERSION
+    totals: dict = field(default_factory=dict)
+    estimate: dict | None = None                     # the agent's estimate, as it sent it
+    estimate_vs_actual: dict | None = None
+    readiness: dict | None = None                    # inspect.report.ReadinessReport.to_dict()
+    manifest_version: int = MANIFEST_VERSION
+    # The document as read, sections of other tools (conversion, publish) included.
+    document: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        out = dict(self.document)
+        out.update({
+            "manifest_version": self.manifest_version, "capture_id": self.capture_id,
+            "status": self.status, "started": self.started, "finished": self.finished,
+            "receive_seconds": self.receive_seconds, "source": self.source,
+            "agent_version": self.agent_version, "receiver": self.receiver, "protocol": self.protocol,
+            "disks": [d.to_dict() for d in self.disks], "totals": self.totals,
+        })
+        if self.estimate is not None:
+            out["estimate"] = self.estimate
+        if self.estimate_vs_actual is not None:
+            out["estimate_vs_actual"] = self.estimate_vs_actual
+        if self.readiness is not None:
+            out["readiness"] = self.readiness
+        return out
+
+    def section(self, name: str) -> dict | None:
+        """Another tool's top-level section (`conversion`, `publish`), as it wrote it."""
+        value = self.document.get(name)
+        return value if isinstance(value, dict) else None
+
+    def disk(self, name: str | None) -> ManifestDisk | None:
+        return next((d for d in self.disks if d.name == name), None)
+
+    @classmethod
+    def from_dict(cls, obj: dict, what: str = MANIFEST) -> "Manifest":
+        """Typed; a field of the wrong type is a ProtocolError naming it."""
+        f = P.JsonFields(obj, what)
+        disks_raw = obj.get("disks") or []
+        if not isinstance(disks_raw, list) or not all(isinstance(d, dict) for d in disks_raw):
+            raise P.ProtocolError(f"{what}: field 'disks' must be a list of objects")
+        return cls(
+            capture_id=f.str("capture_id", required=True), status=f.str("status", required=True),
+            disks=[ManifestDisk.from_dict(d, f"{what}: disks[{i}]") for i, d in enumerate(disks_raw)],
+            started=f.str("started", default=""), finished=f.str("finished", default=""),
+            receive_seconds=f.float("receive_seconds", default=0.0), source=f.mapping("source"),
+            agent_version=f.str("agent_version", default=""), receiver=f.mapping("receiver"),
+            protocol=f.int("protocol", default=P.VERSION), totals=f.mapping("totals"),
+            estimate=f.mapping("estimate") if f.present("estimate") else None,
+            estimate_vs_actual=f.mapping("estimate_vs_actual") if f.present("estimate_vs_actual") else None,
+            readiness=f.mapping("readiness") if f.present("readiness") else None, manifest_version=f.int("manifest_version", default=MANIFEST_VERSION),
+            document=dict(obj))
