@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
                     reports[disk.name] = None
     except (ColdcloneError, OSError, ValueError) as e:
         print(f"coldclone discover: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 1)
+        return e.exit_code if isinstance(e, ColdcloneError) else 1
     if args.json:
         doc = to_dict(inv)
         if args.inspect:

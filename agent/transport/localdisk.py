@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..devnames import partitions_of
-from ..discover.model import Why
+from ..discover.model import Inventory, Why
 from ..discover.probe import Probes
 from ..errors import CommandError, UsageError
 from ..runcmd import run
@@ -141,8 +141,8 @@ def format_disk(dev: str, fstype: str, label: str = "coldclone") -> str:
     return part
 
 
-def prepare(dev, *, format_confirm: str | None = None, fstype: str = "ext4",
-            inventory=None, sources: list[str] = ()) -> PreparedTarget:
+def prepare(dev: str, *, format_confirm: str | None = None, fstype: str = "ext4",
+            inventory: Inventory | None = None, sources: list[str] = ()) -> PreparedTarget:
     """Make `dev` (a whole disk) ready to receive images; return where they go.
 
     Formatting destroys what the disk holds, so it happens only when the operator
@@ -151,7 +151,6 @@ def prepare(dev, *, format_confirm: str | None = None, fstype: str = "ext4",
     existing ext4/xfs/btrfs filesystem on the disk is mounted (or used where it is
     already mounted) and nothing on it is touched but the `coldclone/` directory.
     """
-    dev = getattr(dev, "dev_path", dev)      # a TargetDisk from candidates(), or its path
     if not os.path.exists(dev):
         raise UsageError(f"target disk {dev} does not exist; pick one from `coldclone discover`")
     real = os.path.realpath(dev)
