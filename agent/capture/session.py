@@ -18,7 +18,15 @@ from typing import Callable
 
 from .. import __version__
 from .. import protocol as P
-from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError, UsageError
+from ..errors import (
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    CancelledError,
+    ColdcloneError,
+    ConnectionError_,
+    ServerError,
+    UsageError,
+)
 from ..transport.base import Connection
 from . import events as E
 from . import inuse
@@ -45,6 +53,19 @@ class CaptureResult:
     zero_bytes: int
     total_size: int
     manifest: dict = field(default_factory=dict)
+    # Sectors no read could get, zero-filled in the images (the receiver's count, from the
+    # UNREADABLE records it checked; the manifest lists them per disk).
+    unreadable_sectors: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a clean copy; EXIT_UNREADABLE when sectors are missing, never a plain success."""
+        return EXIT_UNREADABLE if self.unreadable_sectors else EXIT_OK
+
+    def verdict(self) -> str:
+        """How the end of a capture is worded everywhere (console, headless, TUI)."""
+        n = self.unreadable_sectors
+        return f"verified with {n} unreadable sector{'s' if n != 1 else ''}" if n else "verified"
 
 
 class CaptureCancelled(CancelledError):
@@ -240,6 +261,7 @@ def run_capture(
             location = ready.path or ""
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
             done_before = 0
+            bad_before = 0
             totals = DiskStats()
             for src in sources:
                 on_event(E.DiskStarted(src.name, src.path, src.size))
@@ -250,18 +272,20 @@ def run_capture(
                     mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
                     data_bytes_estimate=(data_estimates or {}).get(src.path)))
 
-                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before) -> None:
+                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
                     on_event(E.Progress(
                         disk=src.name, disk_done=pos, disk_size=src.size, total_done=base + pos,
                         total_size=total, bytes_read=totals.bytes_read + st.bytes_read,
                         wire_bytes=sent["wire"], zero_bytes=totals.zero_bytes + st.zero_bytes,
-                        elapsed=time.monotonic() - t0))
+                        elapsed=time.monotonic() - t0,
+                        unreadable_sectors=bad_before + st.unreadable_sectors(src.logical_sector_size)))
 
                 digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel)
                 writer.end(P.DiskEnd(digest, **st.as_dict()))
                 for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
                     setattr(totals, k, getattr(totals, k) + getattr(st, k))
                 done_before += src.size
+                bad_before += st.unreadable_sectors(src.logical_sector_size)
                 on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
             writer.finish()
             conn.close_write()
@@ -288,6 +312,7 @@ def run_capture(
         zero_bytes=totals.zero_bytes,
         total_size=total,
         manifest=manifest,
+        unreadable_sectors=int(manifest.get("totals", {}).get("unreadable_sectors", bad_before)),
     )
     on_event(E.CaptureFinished(result))
     return result
