@@ -100,3 +100,19 @@ def test_on_read_error_fail_names_the_sector(sshd, rx_dir, disk):
     assert "on_read_error=map" in r.stderr
     assert not os.path.exists(os.path.join(rx_dir, "bad-2"))
     assert not get_ro(disk.dev)
+
+
+def test_headless_default_maps_and_says_so(sshd, rx_dir, disk):
+    from tests.integration.test_headless import headless, server_words
+
+    name = os.path.basename(disk.dev)
+    r = headless(server_words(sshd, rx_dir, disks=name, capture_id="hl-bad"), timeout=600)
+    n = len(disk.bad_sectors)
+    assert r.returncode == EXIT_UNREADABLE, r.stdout + r.stderr
+    assert f"COLDCLONE-HEADLESS-UNREADABLE exit=7 capture_id=hl-bad unreadable_sectors={n} " in r.stdout
+    assert "COLDCLONE-HEADLESS-OK" not in r.stdout
+    assert f"coldclone: capture hl-bad complete in" in r.stdout
+    assert f"verified with {n} unreadable sectors" in r.stdout
+    assert "on_read_error=map" in r.stdout      # the configuration line says which policy ran
+    m = json.load(open(os.path.join(rx_dir, "hl-bad", "manifest.json")))
+    assert m["totals"]["unreadable_sectors"] == n

@@ -220,3 +220,15 @@ def test_receiver_refuses_bad_unreadable_records(tmp_path, bad, zero, end, what)
     err = [x for x in r.replies if x.get("event") == "error"][-1]
     assert what in err["message"], err
     assert not os.path.exists(tmp_path / "bad-1")
+
+
+def test_on_read_error_key_and_flag():
+    from agent.choices import OnReadError
+    from agent.config import CaptureConfig, from_cmdline
+    from agent.errors import UsageError
+
+    assert CaptureConfig().on_read_error == OnReadError.MAP
+    cfg = from_cmdline("coldclone.server=file:///mnt/x coldclone.on_read_error=fail", baked_root="/nonexistent")
+    assert cfg.on_read_error == OnReadError.FAIL
+    with pytest.raises(UsageError, match=r"coldclone.on_read_error='skip' is not valid: use fail or map"):
+        from_cmdline("coldclone.server=file:///mnt/x coldclone.on_read_error=skip", baked_root="/nonexistent")
