@@ -1,8 +1,8 @@
 """Reading a source disk that has unreadable sectors (on_read_error=map).
 
-A chunk read that fails with a medium error is read again in smaller pieces, then sector by
-sector, ddrescue-style: what reads is kept, what does not is zero-filled and recorded as a
-BadRange. Two bounds keep a dying disk from stalling a capture forever: a few retries per sector,
+A chunk read that fails with a medium error is read again in 64 KiB pieces, and each failing
+piece is halved until the halves read or are single sectors, ddrescue-style: what reads is kept,
+what does not is zero-filled and recorded as a BadRange. Two bounds keep a dying disk from stalling a capture forever: a few retries per sector,
 and a time budget per disk for all recovery reads; once the budget is spent, a failing piece is
 mapped whole without splitting it further (coarser, but the capture ends).
 
@@ -31,7 +31,8 @@ log = logging.getLogger("coldclone.badblocks")
 MEDIUM_ERRNOS = (errno.EIO, errno.ENODATA)
 
 # First split of a failing chunk: 64 KiB pieces, so a chunk with one bad sector costs 64 reads
-# of good pieces plus 128 sector reads, not 8192 sector reads of a 4 MiB chunk.
+# of pieces plus about 2 x 7 reads of halves down to the sector (512-byte sectors), not 8192
+# sector reads of a 4 MiB chunk.
 PIECE_SIZE = 64 << 10
 # Extra reads of a failing sector before it is mapped: a marginal sector sometimes reads on a
 # second try, but the drive has already retried internally behind each EIO (seconds each on a
@@ -39,7 +40,7 @@ PIECE_SIZE = 64 << 10
 SECTOR_RETRIES = 2
 # Seconds of recovery reads per disk. A dying disk can take seconds per failing sector; this caps
 # the extra downtime it can add (the operator sees "unreadable" counts grow in the progress
-# lines meanwhile). After it, failing pieces are mapped whole.
+# lines meanwhile). After it, whatever fails is mapped whole, without halving it further.
 RECOVERY_BUDGET_SECONDS = 600.0
 
 Pread = Callable[[int, int], bytes]     # (length, offset) -> bytes, as os.pread without the fd
@@ -92,8 +93,8 @@ def read_exact(pread: Pread, offset: int, length: int, path: str) -> bytes:
 
 
 class ReadRecovery:
-    """Reads a range that failed, piece by piece then sector by sector; one per disk (it keeps
-    the disk's time budget and the count of what it did)."""
+    """Reads a range that failed in pieces, halving failing pieces down to the sector; one per
+    disk (it keeps the disk's time budget and the count of what it did)."""
 
     def __init__(self, pread: Pread, sector_size: int, path: str, *, piece_size: int = PIECE_SIZE,
                  retries: int = SECTOR_RETRIES, budget_seconds: float = RECOVERY_BUDGET_SECONDS,
@@ -124,35 +125,38 @@ class ReadRecovery:
         t0 = self.clock()
         try:
             for p_off in range(offset, offset + length, self.piece):
-                p_len = min(self.piece, offset + length - p_off)
-                data = self._try(p_off, p_len)
-                if data is not None:
-                    out[p_off - offset:p_off - offset + p_len] = data
-                    continue
-                if self._over_budget(t0, p_off):
-                    _add(bad, p_off, p_len)
-                    continue
-                for s_off in range(p_off, p_off + p_len, self.sector):
-                    data = None
-                    for _ in range(1 + self.retries):
-                        data = self._try(s_off, self.sector)
-                        if data is not None or self._over_budget(t0, s_off):
-                            break
-                    if data is None:
-                        _add(bad, s_off, self.sector)
-                    else:
-                        out[s_off - offset:s_off - offset + self.sector] = data
+                self._piece(out, offset, bad, t0, p_off, min(self.piece, offset + length - p_off))
         finally:
             self.seconds += self.clock() - t0
         return bytes(out), bad
+
+    def _piece(self, out: bytearray, base: int, bad: list[BadRange], t0: float, off: int, n: int) -> None:
+        """Read [off, off + n) into out (which starts at disk byte base); halve what fails."""
+        # Ranges in disk order, as a stack: the lower half is pushed last so it is read first.
+        todo = [(off, n)]
+        while todo:
+            off, n = todo.pop()
+            data = self._try(off, n)
+            if n == self.sector:
+                for _ in range(self.retries):
+                    if data is not None or self._over_budget(t0, off):
+                        break
+                    data = self._try(off, n)
+            if data is not None:
+                out[off - base:off - base + n] = data
+            elif n == self.sector or self._over_budget(t0, off):
+                _add(bad, off, n)
+            else:
+                half = (n // 2 + self.sector - 1) // self.sector * self.sector
+                todo += [(off + half, n - half), (off, half)]
 
     def _over_budget(self, t0: float, where: int) -> bool:
         if self.seconds + (self.clock() - t0) < self.budget:
             return False
         if self.budget_spent_at is None:
             self.budget_spent_at = where
-            log.warning("%s: read-error recovery budget of %.0f s spent at byte %d; failing pieces "
-                        "from here on are mapped whole (%d KiB), not sector by sector",
+            log.warning("%s: read-error recovery budget of %.0f s spent at byte %d; from here on a "
+                        "failing piece (at most %d KiB) is mapped whole, not halved down to the sector",
                         self.path, self.budget, where, self.piece >> 10)
         return True
 

@@ -9,7 +9,7 @@ What is read is one plan of extents: the whole disk for modes nonzero and full, 
 map for mode=used (agent.capture.usedmap), whose skipped extents go as ZERO records unread.
 
 A read that fails with a medium error either stops the capture (on_read_error=fail) or is
-re-read piece by piece by agent.capture.badblocks (map): the sectors that do not read are
+re-read in pieces, failing ones halved down to the sector, by agent.capture.badblocks (map): the sectors that do not read are
 zero-filled, announced in UNREADABLE records ahead of the chunk's records, and counted.
 """
 
