@@ -21,7 +21,7 @@ not an extent of its own: it comes before the DATA/ZERO records that cover its b
 carry zeros there (the agent zero-fills what it could not read), so the image holds zeros (a
 hole where a whole block was unreadable) and the digests below cover those zeros: the image
 verifies against exactly what the agent hashed. Ranges are aligned to the disk's logical sector
-size, in disk order, never overlapping; the receiver checks their bytes arrive as zeros and
+size (but for the end of a disk whose size is not whole sectors), in disk order, never overlapping; the receiver checks their bytes arrive as zeros and
 lists every range in the manifest.
 
 Digests (see BlockTree): every block of block_size bytes has a sha256; a

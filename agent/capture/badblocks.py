@@ -57,7 +57,8 @@ class BadRange:
         return self.offset + self.length
 
     def sectors(self, sector_size: int) -> int:
-        return self.length // sector_size
+        """Sectors it touches (a short last sector of a disk counts as one)."""
+        return -(-self.length // sector_size)
 
 
 class MediumError(Exception):
@@ -116,9 +117,10 @@ class ReadRecovery:
         return self.seconds >= self.budget
 
     def read(self, offset: int, length: int) -> tuple[bytes, list[BadRange]]:
-        """length bytes from offset (sector-aligned): what reads, zeros where nothing does, and
-        the ranges that did not read (merged, in order)."""
-        if offset % self.sector or length % self.sector:
+        """length bytes from offset (sector-aligned; the length too, but for the tail of a
+        source whose size is not whole sectors): what reads, zeros where nothing does, and the
+        ranges that did not read (merged, in order)."""
+        if offset % self.sector:
             raise ValueError(f"range {offset}+{length} is not aligned to the sector size {self.sector}")
         out = bytearray(length)
         bad: list[BadRange] = []
@@ -137,14 +139,14 @@ class ReadRecovery:
         while todo:
             off, n = todo.pop()
             data = self._try(off, n)
-            if n == self.sector:
+            if n <= self.sector:
                 for _ in range(self.retries):
                     if data is not None or self._over_budget(t0, off):
                         break
                     data = self._try(off, n)
             if data is not None:
                 out[off - base:off - base + n] = data
-            elif n == self.sector or self._over_budget(t0, off):
+            elif n <= self.sector or self._over_budget(t0, off):
                 _add(bad, off, n)
             else:
                 half = (n // 2 + self.sector - 1) // self.sector * self.sector

@@ -100,7 +100,7 @@ class DiskStats:
     unreadable: list[BadRange] = field(default_factory=list)   # the ranges, in disk order
 
     def unreadable_sectors(self, sector_size: int) -> int:
-        return self.unreadable_bytes // max(sector_size, 1)
+        return sum(r.sectors(max(sector_size, 1)) for r in self.unreadable)
 
     def as_dict(self) -> dict:
         # The ranges go on the wire as UNREADABLE records (the receiver lists them), not in END.

@@ -78,10 +78,11 @@ class DiskState:
     def unreadable_entry(self) -> dict:
         """The manifest's account of the disk's unreadable sectors (empty lists when none)."""
         ss = self.sector_size
-        return {"sector_size": ss, "sectors": sum(n for _, n in self.unreadable) // ss,
-                "bytes": sum(n for _, n in self.unreadable),
-                "ranges": [{"start_sector": o // ss, "sectors": n // ss, "offset": o, "bytes": n}
-                           for o, n in self.unreadable]}
+        # a short last sector (a disk whose size is not whole sectors) counts as one
+        ranges = [{"start_sector": o // ss, "sectors": -(-n // ss), "offset": o, "bytes": n}
+                  for o, n in self.unreadable]
+        return {"sector_size": ss, "sectors": sum(r["sectors"] for r in ranges),
+                "bytes": sum(n for _, n in self.unreadable), "ranges": ranges}
 
 
 class _Sink:
@@ -146,7 +147,8 @@ class _Sink:
             raise P.ProtocolError("UNREADABLE record outside a disk")
         ss = d.sector_size
         prev_end = d.unreadable[-1][0] + d.unreadable[-1][1] if d.unreadable else 0
-        if rec.length <= 0 or rec.offset % ss or rec.length % ss:
+        # whole sectors, but for the tail of a disk whose size is not whole sectors
+        if rec.length <= 0 or rec.offset % ss or (rec.length % ss and rec.offset + rec.length != d.header.size):
             raise P.ProtocolError(f"UNREADABLE {rec.offset}+{rec.length} of disk {d.name} is not "
                                   f"aligned to its {ss}-byte sectors")
         if rec.offset < max(d.tree.pos, prev_end) or rec.offset + rec.length > d.header.size:

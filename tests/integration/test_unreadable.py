@@ -106,7 +106,8 @@ def test_headless_default_maps_and_says_so(sshd, rx_dir, disk):
     from tests.integration.test_headless import headless, server_words
 
     name = os.path.basename(disk.dev)
-    r = headless(server_words(sshd, rx_dir, disks=name, capture_id="hl-bad"), timeout=600)
+    # calibrate: the estimate's read timing and content sampling meet the bad sectors too
+    r = headless(server_words(sshd, rx_dir, disks=name, capture_id="hl-bad", calibrate="2"), timeout=600)
     n = len(disk.bad_sectors)
     assert r.returncode == EXIT_UNREADABLE, r.stdout + r.stderr
     assert f"COLDCLONE-HEADLESS-UNREADABLE exit=7 capture_id=hl-bad unreadable_sectors={n} " in r.stdout

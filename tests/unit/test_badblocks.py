@@ -234,3 +234,26 @@ def test_on_read_error_key_and_flag():
     assert cfg.on_read_error == OnReadError.FAIL
     with pytest.raises(UsageError, match=r"coldclone.on_read_error='skip' is not valid: use fail or map"):
         from_cmdline("coldclone.server=file:///mnt/x coldclone.on_read_error=skip", baked_root="/nonexistent")
+
+
+def test_a_source_ending_inside_a_sector(tmp_path):
+    """A regular file of 1000 bytes whose last (short) sector fails: mapped up to its end."""
+    path = tmp_path / "odd.img"
+    data = random.Random(5).randbytes(1000)
+    path.write_bytes(data)
+    f = FailingFile(str(path), {1})
+    buf, ranges = ReadRecovery(f, SECTOR, str(path)).read(0, 1000)
+    assert buf == data[:512] + bytes(488) and ranges == [BadRange(512, 488)]
+    f.close()
+
+
+def test_receiver_takes_an_unreadable_tail_shorter_than_a_sector(tmp_path):
+    size = 128 * KiB + 1000
+    bad = [(128 * KiB + 512, 488)]
+    data = _zeroed(random.Random(6).randbytes(size), bad)
+    r = run_receiver(str(tmp_path), _stream(data, bad))
+    assert r.returncode == 0, r.stderr
+    m = json.load(open(tmp_path / "bad-1" / "manifest.json"))
+    assert m["disks"][0]["unreadable"]["ranges"] == [
+        {"start_sector": 257, "sectors": 1, "offset": 128 * KiB + 512, "bytes": 488}]
+    assert m["totals"]["unreadable_sectors"] == 1
