@@ -9,8 +9,9 @@ What is read is one plan of extents: the whole disk for modes nonzero and full, 
 map for mode=used (agent.capture.usedmap), whose skipped extents go as ZERO records unread.
 
 A read that fails with a medium error either stops the capture (on_read_error=fail) or is
-re-read in pieces, failing ones halved down to the sector, by agent.capture.badblocks (map): the sectors that do not read are
-zero-filled, announced in UNREADABLE records ahead of the chunk's records, and counted.
+re-read in pieces, failing ones halved down to the sector, by agent.capture.badblocks (map):
+the sectors that do not read are zero-filled, announced in UNREADABLE records ahead of the
+chunk's records, and counted.
 """
 
 from __future__ import annotations
@@ -268,8 +269,11 @@ def stream_disk(
                 # (shrink_readahead_size_eio): a few errors and the rest of the disk would read
                 # page by page, 10-30x slower (measured). SEQUENTIAL sets it again.
                 sequential()
-                log.warning("%s: %d unreadable sector(s) in the %d KiB from byte %d (zero-filled)",
-                            src.path, sum(r.sectors(sector) for r in bad), n >> 10, off)
+                if bad:
+                    log.warning("%s: %d unreadable sector(s) in the %d KiB from byte %d (zero-filled)",
+                                src.path, sum(r.sectors(sector) for r in bad), n >> 10, off)
+                else:
+                    log.warning("%s: read error at byte %d, read on a retry", src.path, e.offset)
             stats.read_seconds += time.monotonic() - r0
             stats.bytes_read += n
             inflight.put(pool.submit(_process, buf, off, opts, codec, bad))

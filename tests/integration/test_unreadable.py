@@ -112,7 +112,7 @@ def test_headless_default_maps_and_says_so(sshd, rx_dir, disk):
     assert r.returncode == EXIT_UNREADABLE, r.stdout + r.stderr
     assert f"COLDCLONE-HEADLESS-UNREADABLE exit=7 capture_id=hl-bad unreadable_sectors={n} " in r.stdout
     assert "COLDCLONE-HEADLESS-OK" not in r.stdout
-    assert f"coldclone: capture hl-bad complete in" in r.stdout
+    assert "coldclone: capture hl-bad complete in" in r.stdout
     assert f"verified with {n} unreadable sectors" in r.stdout
     assert "on_read_error=map" in r.stdout      # the configuration line says which policy ran
     m = json.load(open(os.path.join(rx_dir, "hl-bad", "manifest.json")))
