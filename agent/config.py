@@ -225,8 +225,9 @@ OPTIONS: tuple[Option, ...] = (
            "`map` is the default, headless too: a failing disk tends to get worse with every pass, so one "
            "pass that keeps all that still reads beats an aborted one, and exit 7 and the manifest never "
            "let the result pass for a clean copy", "`map`", flag="--on-read-error", metavar="map|fail",
-           help="unreadable source sectors: map (default: zero-fill, list them in the manifest, exit 7) "
-                "or fail (stop at the first, exit 4)"),
+           help="unreadable source sectors: map (zero-fill, list them in the manifest, exit 7) or fail "
+                "(stop at the first, exit 4). Default map: a failing disk gets worse with every pass, "
+                "so one pass keeps all that still reads"),
     Option("format", _enum(ImageFormat), "`qcow2` or `raw`", "`qcow2`", flag="--format",
            metavar="qcow2|raw", help="image format on the server"),
     Option("capture_id", _capture_id, "name of the capture directory", "`<hostname>-<date>-<random>`",
