@@ -8,8 +8,11 @@ btrfs-map-logical the byte in the image), flip bytes there while unmounted, moun
 read of those blocks through the loop device fails with a real EIO from the kernel, every other
 sector reads. A 512-byte-sector loop device then has exactly 8 unreadable sectors per block.
 
-Other candidates checked on this host: a loop device over a file that is then truncated reads
-zeros past the end, not EIO; FUSE (/dev/fuse) works but needs a userspace filesystem process.
+Other candidates on this host (kernel 6.18): a loop device over a file truncated after the
+attach does give EIO past the file's new end (buffered and O_DIRECT), but only as one range to
+the end of the disk, never at chosen sectors in the middle; /dev/fuse is there (fuse module
+loaded) but would need a userspace filesystem process and Python bindings; no device-mapper,
+no NBD, no scsi_debug.
 """
 
 from __future__ import annotations
