@@ -42,6 +42,12 @@ class OnDone(StrEnum):
     SHELL = "shell"
 
 
+class OnReadError(StrEnum):
+    """What a capture does when the source disk cannot read a sector (EIO)."""
+    FAIL = "fail"          # stop the capture, naming the device and the sector (exit 4)
+    MAP = "map"            # zero-fill and record the unreadable sectors, carry on (exit 7)
+
+
 class IscsiMode(StrEnum):
     AUTO = "auto"
     OFF = "off"

@@ -26,8 +26,8 @@ log = logging.getLogger("coldclone")
 
 # Flags `coldclone capture` shares with the kernel command line keys (agent/config.py OPTIONS).
 CAPTURE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "compress",
-                 "chunk_size", "block_size", "workers", "format", "capture_id", "allow_mounted",
-                 "calibrate", "progress", "timeout")
+                 "on_read_error", "chunk_size", "block_size", "workers", "format", "capture_id",
+                 "allow_mounted", "calibrate", "progress", "timeout")
 
 
 def cmd_capture(args) -> int:
@@ -44,14 +44,15 @@ def cmd_capture(args) -> int:
     try:
         with StopOnSignal(cancel, on_first) as stop:
             try:
-                CaptureJob(cfg, notify=console, cancel=cancel, capture_named=True).run()
+                result = CaptureJob(cfg, notify=console, cancel=cancel, capture_named=True).run()
             except (CancelledError, KeyboardInterrupt) as e:
                 if stop.signame:
                     raise stop.error(e) from None
                 raise
     finally:
         console.close()
-    return EXIT_OK
+    # EXIT_UNREADABLE when sectors were mapped as zeros: verified, but never a plain success
+    return result.exit_code if result is not None else EXIT_OK
 
 
 def cmd_release(args) -> int:

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any, Callable
 
 from .capture.stream import parse_compress
-from .choices import CAPTURE_MODES, ImageFormat, IscsiMode, Mode, OnDone, words
+from .choices import CAPTURE_MODES, ImageFormat, IscsiMode, Mode, OnDone, OnReadError, words
 from .errors import UsageError
 from .netsetup import parse_ip_spec
 from .transport.ssh import normalize_pin
@@ -219,6 +219,15 @@ OPTIONS: tuple[Option, ...] = (
                 "full: send every byte"),
     Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `none`", "`zstd:1`", flag="--compress",
            metavar="zstd[:N]|none", help="compression of DATA records (default zstd:1)"),
+    Option("on_read_error", _enum(OnReadError), "`map` (sectors the disk cannot read become zeros in the "
+           "image, every range is listed in the manifest, the capture ends \"verified with N unreadable "
+           "sectors\", exit 7) or `fail` (stop at the first one, naming the device and the sector, exit 4). "
+           "`map` is the default, headless too: a failing disk tends to get worse with every pass, so one "
+           "pass that keeps all that still reads beats an aborted one, and exit 7 and the manifest never "
+           "let the result pass for a clean copy", "`map`", flag="--on-read-error", metavar="map|fail",
+           help="unreadable source sectors: map (zero-fill, list them in the manifest, exit 7) or fail "
+                "(stop at the first, exit 4). Default map: a failing disk gets worse with every pass, "
+                "so one pass keeps all that still reads"),
     Option("format", _enum(ImageFormat), "`qcow2` or `raw`", "`qcow2`", flag="--format",
            metavar="qcow2|raw", help="image format on the server"),
     Option("capture_id", _capture_id, "name of the capture directory", "`<hostname>-<date>-<random>`",
@@ -279,6 +288,7 @@ class CaptureConfig:
     exclude: list[str] = field(default_factory=list)
     mode: Mode = Mode.NONZERO
     compress: str = "zstd:1"
+    on_read_error: OnReadError = OnReadError.MAP
     format: ImageFormat = ImageFormat.QCOW2
     capture_id: str | None = None
     iscsi: IscsiMode = IscsiMode.AUTO

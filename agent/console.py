@@ -125,6 +125,7 @@ class ProgressPrinter:
             "read_rate": self.read_rate.rate, "wire_rate": self.wire_rate.rate,
             "wire_bytes": ev.wire_bytes if ev else 0, "zero_bytes": ev.zero_bytes if ev else 0,
             "bottleneck": self.bottleneck, "stalled_for": self.stalled_for(now),
+            "unreadable_sectors": ev.unreadable_sectors if ev else 0,
         }
 
     def _line(self, now: float) -> None:
@@ -144,8 +145,9 @@ class ProgressPrinter:
         flow = (f"STALLED for {stalled:.0f} s: nothing read or sent (the source disk, the link or "
                 f"the server is stuck)" if stalled else
                 f"read {human_rate(self.read_rate.rate)} MB/s wire {human_rate(self.wire_rate.rate)} MB/s")
+        bad = f" | UNREADABLE {ev.unreadable_sectors} sectors" if ev.unreadable_sectors else ""
         self._p(f"{ev.disk}: {dpct:5.1f}% | total {tpct:5.1f}% {hb(ev.total_done)}/{hb(ev.total_size)} | "
-                f"{flow} | skipped {hb(ev.zero_bytes)} | elapsed {hs(now - self.t0)} ETA {hs(eta)}{tail}")
+                f"{flow} | skipped {hb(ev.zero_bytes)}{bad} | elapsed {hs(now - self.t0)} ETA {hs(eta)}{tail}")
 
     def tick(self) -> None:
         with self._lock:
@@ -176,7 +178,8 @@ class ProgressPrinter:
 
 def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstimate | None = None) -> None:
     el = max(result.elapsed, 1e-9)
-    print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s)", file=out)
+    print(f"capture {result.capture_id} complete in {hs(result.elapsed)} ({result.elapsed:.1f} s): "
+          f"{result.verdict()}", file=out)
     print(f"  where:   {result.location}", file=out)
     print(f"  read:    {hb(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s", file=out)
     print(f"  wire:    {hb(result.wire_bytes)} ({100.0 * result.wire_bytes / max(result.total_size, 1):.1f}% "
@@ -189,6 +192,13 @@ def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstima
     for d in result.disks:
         checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
         print(f"  {d.name}: {d.image} digest {d.digest[:16]}... verified ({checks})", file=out)
+        bad = d.unreadable
+        if bad.sectors:
+            shown = ", ".join(f"{r.start_sector}+{r.sectors}" for r in bad.ranges[:8])
+            more = f" and {len(bad.ranges) - 8} more ranges" if len(bad.ranges) > 8 else ""
+            print(f"  {d.name}: {bad.sectors} UNREADABLE sectors of {bad.sector_size} bytes "
+                  f"(zeros in the image; start+count: {shown}{more}; manifest.json lists them all)",
+                  file=out)
 
 
 class JobConsole:

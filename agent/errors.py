@@ -14,6 +14,9 @@ EXIT_CONNECTION = 3
 EXIT_SOURCE = 4
 EXIT_SERVER = 5
 EXIT_CANCELLED = 6
+# The capture completed and verified, but some source sectors could not be read: they are zeros
+# in the image and listed in the manifest. Never 0: a fleet script must not take it for a clean copy.
+EXIT_UNREADABLE = 7
 
 
 class ColdcloneError(Exception):

@@ -133,10 +133,16 @@ def _run(args, cancel: threading.Event, stop: StopOnSignal) -> int:
         if cfg.debug:
             logging.getLogger().setLevel(logging.DEBUG)
         result = headless(cfg, include_loop=args.include_loop, cancel=cancel)
-        print(f"COLDCLONE-HEADLESS-OK capture_id={result.capture_id if result else '-'} "
-              f"seconds={time.monotonic() - t0:.1f}", flush=True)
+        code = result.exit_code if result else EXIT_OK
+        if code == EXIT_OK:
+            print(f"COLDCLONE-HEADLESS-OK capture_id={result.capture_id if result else '-'} "
+                  f"seconds={time.monotonic() - t0:.1f}", flush=True)
+        else:   # verified, but with sectors mapped as zeros: its own marker, never the OK one
+            print(f"COLDCLONE-HEADLESS-UNREADABLE exit={code} capture_id={result.capture_id} "
+                  f"unreadable_sectors={result.unreadable_sectors} seconds={time.monotonic() - t0:.1f}",
+                  flush=True)
         apply_on_done(cfg.on_done, args.live, text)
-        return EXIT_OK
+        return code
     except (KeyboardInterrupt, Exception) as e:
         # the job has run the fail hook already (it needs the configuration, which a typo lacks)
         if stop.signame and isinstance(e, (CancelledError, KeyboardInterrupt)):

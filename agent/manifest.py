@@ -35,6 +35,49 @@ class Verified:
                 "readback_digest": self.readback_digest, "qemu_img_compare": self.qemu_img_compare}
 
 
+@dataclass(frozen=True)
+class UnreadableRange:
+    start_sector: int
+    sectors: int          # a short last sector (a disk not a whole number of sectors) counts as one
+    offset: int           # bytes
+    bytes: int
+
+
+@dataclass
+class Unreadable:
+    """The sectors of one disk no read could get: zero-filled in the image, and covered by
+    every digest as zeros (protocol.py, UNREADABLE)."""
+
+    sector_size: int = 512
+    ranges: list[UnreadableRange] = field(default_factory=list)
+
+    @property
+    def sectors(self) -> int:
+        return sum(r.sectors for r in self.ranges)
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.ranges)
+
+    def to_dict(self) -> dict:
+        return {"sector_size": self.sector_size, "sectors": self.sectors, "bytes": self.bytes,
+                "ranges": [{"start_sector": r.start_sector, "sectors": r.sectors, "offset": r.offset,
+                            "bytes": r.bytes} for r in self.ranges]}
+
+    @classmethod
+    def from_dict(cls, obj: dict, what: str) -> "Unreadable":
+        f = P.JsonFields(obj, what)
+        raw = obj.get("ranges") or []
+        if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+            raise P.ProtocolError(f"{what}: field 'ranges' must be a list of objects")
+        ranges = []
+        for i, r in enumerate(raw):
+            g = P.JsonFields(r, f"{what}.ranges[{i}]")
+            ranges.append(UnreadableRange(*(g.int(k, required=True)
+                                            for k in ("start_sector", "sectors", "offset", "bytes"))))
+        return cls(sector_size=f.int("sector_size", lo=1, default=512), ranges=ranges)
+
+
 @dataclass
 class ManifestDisk:
     name: str
@@ -54,6 +97,7 @@ class ManifestDisk:
     received: dict = field(default_factory=dict)    # the receiver's counts (bytes, records)
     agent: dict = field(default_factory=dict)       # the agent's counts (END record)
     timings: dict = field(default_factory=dict)     # seconds per server step
+    unreadable: Unreadable = field(default_factory=Unreadable)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "image": self.image, "format": self.format, "size": self.size,
@@ -61,7 +105,8 @@ class ManifestDisk:
                 "logical_sector_size": self.logical_sector_size,
                 "physical_sector_size": self.physical_sector_size, "block_size": self.block_size,
                 "mode": self.mode, "codec": self.codec, "image_bytes_allocated": self.image_bytes_allocated,
-                "source": self.source, "received": self.received, "agent": self.agent, "timings": self.timings}
+                "source": self.source, "received": self.received, "agent": self.agent, "timings": self.timings,
+                "unreadable": self.unreadable.to_dict()}
 
     @classmethod
     def from_dict(cls, obj: dict, what: str) -> "ManifestDisk":
@@ -77,7 +122,8 @@ class ManifestDisk:
             block_size=f.int("block_size", default=0), mode=f.str("mode", default=""),
             codec=f.str("codec", default=""), image_bytes_allocated=f.int("image_bytes_allocated", default=0),
             source=f.mapping("source"), received=f.mapping("received"), agent=f.mapping("agent"),
-            timings=f.mapping("timings"))
+            timings=f.mapping("timings"),
+            unreadable=Unreadable.from_dict(f.mapping("unreadable"), what + ".unreadable"))
 
 
 @dataclass

@@ -11,9 +11,18 @@ A stream is a preamble (magic + version) followed by framed records:
     END    (5) digest:32s  JSON agent-side stats of the disk
     FINISH (6) JSON: {} (the capture is complete; the receiver finalizes)
     ABORT  (7) JSON: reason (the agent gives up; the receiver discards)
+    UNREADABLE (8) offset:u64 length:u64 (source bytes that could not be read)
 
 Within a disk, DATA and ZERO records cover [0, size) exactly, in order, and
 are aligned to the disk's block_size (except at the very end of the disk).
+
+UNREADABLE marks a range the agent could not read from the source (on_read_error=map). It is
+not an extent of its own: it comes before the DATA/ZERO records that cover its bytes, which
+carry zeros there (the agent zero-fills what it could not read), so the image holds zeros (a
+hole where a whole block was unreadable) and the digests below cover those zeros: the image
+verifies against exactly what the agent hashed. Ranges are aligned to the disk's logical sector
+size (but for the end of a disk whose size is not whole sectors), in disk order, never overlapping; the receiver checks their bytes arrive as zeros and
+lists every range in the manifest.
 
 Digests (see BlockTree): every block of block_size bytes has a sha256; a
 DATA record's digest is sha256 over the digests of its blocks; the disk's
@@ -37,15 +46,16 @@ MAGIC = b"COLDCLN\x00"
 VERSION = 1
 PREAMBLE = struct.Struct(">8sHH")  # magic, version, flags (reserved, 0)
 
-T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT = range(1, 8)
+T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT, T_UNREADABLE = range(1, 9)
 TYPE_NAMES = {
     T_HELLO: "HELLO", T_DISK: "DISK", T_DATA: "DATA", T_ZERO: "ZERO",
-    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT",
+    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT", T_UNREADABLE: "UNREADABLE",
 }
 
 FRAME = struct.Struct(">BI")
 DATA_HEAD = struct.Struct(">QIB32s")
 ZERO_BODY = struct.Struct(">QQ")
+UNREADABLE_BODY = struct.Struct(">QQ")
 
 CODEC_NONE = 0
 CODEC_ZSTD = 1
@@ -374,6 +384,10 @@ def encode_zero(offset: int, length: int) -> bytes:
     return frame(T_ZERO, ZERO_BODY.pack(offset, length))
 
 
+def encode_unreadable(offset: int, length: int) -> bytes:
+    return frame(T_UNREADABLE, UNREADABLE_BODY.pack(offset, length))
+
+
 def encode_end(digest: bytes, stats: dict) -> bytes:
     return frame(T_END, digest + dumps(stats, sort_keys=True).encode())
 
@@ -488,10 +502,12 @@ class DiskEnd:
     skipped_bytes: int | None = None     # mode=used: free space never read (holes in the image)
     map_seconds: float | None = None     # mode=used: building the used-block map
     used_map: dict | None = None         # mode=used: per area what was read and why (manifest)
+    unreadable_bytes: int | None = None  # on_read_error=map: bytes sent as UNREADABLE (zeros)
+    recovery_seconds: float | None = None  # on_read_error=map: time spent re-reading failed ranges
 
     INTS = ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes", "data_records",
-            "zero_records", "skipped_bytes")
-    FLOATS = ("read_seconds", "elapsed", "map_seconds")
+            "zero_records", "skipped_bytes", "unreadable_bytes")
+    FLOATS = ("read_seconds", "elapsed", "map_seconds", "recovery_seconds")
     MAPPINGS = ("used_map",)
 
     def stats(self) -> dict:
@@ -559,7 +575,7 @@ class Record:
     type: int
     # JSON records: the decoded object as sent (the typed models decode it: Hello.decode ...)
     meta: dict | None = None
-    # DATA / ZERO
+    # DATA / ZERO / UNREADABLE
     offset: int = 0
     length: int = 0
     codec: int = CODEC_NONE
@@ -628,6 +644,11 @@ class Reader:
                 raise ProtocolError(f"DATA record claims {dlen} bytes at disk offset {offset}")
             return Record(T_DATA, offset=offset, length=dlen, codec=codec, digest=digest,
                           payload=payload, wire_bytes=self.consumed - start)
+        if rtype == T_UNREADABLE:
+            if length != UNREADABLE_BODY.size:
+                raise ProtocolError(f"UNREADABLE record of {length} bytes at stream byte {start}")
+            offset, ulen = UNREADABLE_BODY.unpack(self._read(length, "UNREADABLE record"))
+            return Record(T_UNREADABLE, offset=offset, length=ulen, wire_bytes=self.consumed - start)
         if rtype == T_ZERO:
             if length != ZERO_BODY.size:
                 raise ProtocolError(f"ZERO record of {length} bytes at stream byte {start}")

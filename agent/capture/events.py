@@ -31,6 +31,7 @@ class Progress:
     wire_bytes: int      # stream bytes handed to the transport, all disks so far
     zero_bytes: int      # skipped as ZERO records, all disks so far
     elapsed: float
+    unreadable_sectors: int = 0   # on_read_error=map: mapped as zeros, all disks so far
 
 
 @dataclass

@@ -18,8 +18,16 @@ from typing import Callable
 
 from .. import __version__
 from .. import protocol as P
+from ..errors import (
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    CancelledError,
+    ColdcloneError,
+    ConnectionError_,
+    ServerError,
+    UsageError,
+)
 from ..manifest import Manifest, ManifestDisk
-from ..errors import CancelledError, ColdcloneError, ConnectionError_, ServerError, UsageError
 from ..transport.base import Connection
 from . import events as E
 from . import inuse
@@ -51,6 +59,22 @@ class CaptureResult:
     @property
     def disks(self) -> list[ManifestDisk]:
         return self.manifest.disks
+
+    @property
+    def unreadable_sectors(self) -> int:
+        """Sectors no read could get, zero-filled in the images (the receiver's count, from the
+        UNREADABLE records it checked; the manifest lists them per disk)."""
+        return sum(d.unreadable.sectors for d in self.disks)
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a clean copy; EXIT_UNREADABLE when sectors are missing, never a plain success."""
+        return EXIT_UNREADABLE if self.unreadable_sectors else EXIT_OK
+
+    def verdict(self) -> str:
+        """How the end of a capture is worded everywhere (console, headless, TUI)."""
+        n = self.unreadable_sectors
+        return f"verified with {n} unreadable sector{'s' if n != 1 else ''}" if n else "verified"
 
 
 class CaptureCancelled(CancelledError):
@@ -261,6 +285,7 @@ def run_capture(
             location = ready.path or ""
             on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
             done_before = 0
+            bad_before = 0
             totals = DiskStats()
             for src in sources:
                 on_event(E.DiskStarted(src.name, src.path, src.size))
@@ -271,18 +296,20 @@ def run_capture(
                     mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
                     data_bytes_estimate=(data_estimates or {}).get(src.path)))
 
-                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before) -> None:
+                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
                     on_event(E.Progress(
                         disk=src.name, disk_done=pos, disk_size=src.size, total_done=base + pos,
                         total_size=total, bytes_read=totals.bytes_read + st.bytes_read,
                         wire_bytes=sent["wire"], zero_bytes=totals.zero_bytes + st.zero_bytes,
-                        elapsed=time.monotonic() - t0))
+                        elapsed=time.monotonic() - t0,
+                        unreadable_sectors=bad_before + st.unreadable_sectors(src.logical_sector_size)))
 
                 digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel)
                 writer.end(P.DiskEnd(digest, **st.as_dict()))
                 for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
                     setattr(totals, k, getattr(totals, k) + getattr(st, k))
                 done_before += src.size
+                bad_before += st.unreadable_sectors(src.logical_sector_size)
                 on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
             on_event(E.ServerNote("all data sent; the server is verifying and converting"))
             # FINISH only once every disk is verified: until then a stop still reaches the

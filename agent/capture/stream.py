@@ -7,6 +7,11 @@ thread sends the results in disk order.
 
 What is read is one plan of extents: the whole disk for modes nonzero and full, the used-block
 map for mode=used (agent.capture.usedmap), whose skipped extents go as ZERO records unread.
+
+A read that fails with a medium error either stops the capture (on_read_error=fail) or is
+re-read in pieces, failing ones halved down to the sector, by agent.capture.badblocks (map):
+the sectors that do not read are zero-filled, announced in UNREADABLE records ahead of the
+chunk's records, and counted.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import zstandard
 
 from .. import protocol as P
 from ..choices import CAPTURE_MODES as MODES
+from ..choices import OnReadError
 from ..errors import CancelledError, SourceError, UsageError
+from .badblocks import BadRange, DirectReader, MediumError, ReadRecovery, read_exact
 from .source import SourceDisk
 from .usedmap import Extent, UsedMap, plan_disk, whole_disk
 
@@ -51,6 +58,7 @@ class StreamOptions:
     codec: str = "zstd"                # zstd | none
     level: int = 1
     workers: int = 2
+    on_read_error: OnReadError = OnReadError.MAP
 
     def codec_label(self) -> str:
         """How the DISK header and the manifest name the compression: none or zstd:LEVEL."""
@@ -87,11 +95,18 @@ class DiskStats:
     read_seconds: float = 0.0
     map_seconds: float = 0.0  # mode=used: building the used-block map
     elapsed: float = 0.0
+    unreadable_bytes: int = 0     # on_read_error=map: zero-filled because the source could not read them
+    recovery_seconds: float = 0.0  # on_read_error=map: re-reading failed ranges piece by piece
     used_map: UsedMap | None = None
+    unreadable: list[BadRange] = field(default_factory=list)   # the ranges, in disk order
+
+    def unreadable_sectors(self, sector_size: int) -> int:
+        return sum(r.sectors(max(sector_size, 1)) for r in self.unreadable)
 
     def as_dict(self) -> dict:
+        # The ranges go on the wire as UNREADABLE records (the receiver lists them), not in END.
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-               if k != "used_map"}
+               if k not in ("used_map", "unreadable")}
         if self.used_map is not None:
             out["used_map"] = self.used_map.as_dict()   # the receiver keeps it in the manifest
         return out
@@ -109,6 +124,7 @@ class _Chunk:
     data_records: int = 0
     zero_records: int = 0
     skipped_bytes: int = 0
+    unreadable: list[BadRange] = field(default_factory=list)
 
 
 class _Codec:
@@ -138,9 +154,11 @@ def _skipped(ext: Extent) -> _Chunk:
     return ch
 
 
-def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec) -> _Chunk:
-    ch = _Chunk(offset, len(buf))
-    parts = []
+def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec,
+             unreadable: list[BadRange] | None = None) -> _Chunk:
+    ch = _Chunk(offset, len(buf), unreadable=list(unreadable or ()))
+    # Announced before the records that carry their (zero-filled) bytes: protocol.py, UNREADABLE.
+    parts = [P.encode_unreadable(r.offset, r.length) for r in ch.unreadable]
     for ext in P.split_extents(buf, offset, opts.block_size, skip_zero=opts.mode != "full"):
         if ext.zero:
             parts.append(P.encode_zero(ext.offset, ext.length))
@@ -183,10 +201,21 @@ def stream_disk(
         fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise SourceError(f"cannot open {src.path} read-only: {e.strerror}") from None
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    except OSError:
-        pass
+
+    def sequential() -> None:
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+    sequential()
+
+    def pread(n: int, off: int) -> bytes:
+        return os.pread(fd, n, off)
+
+    sector = max(src.logical_sector_size, 512)
+    recovery: ReadRecovery | None = None     # made at the first medium error (map)
+    direct: DirectReader | None = None
     # Deep enough that the disk never idles while a burst of data chunks is
     # hashed and compressed (16 x 4 MiB in flight at most).
     inflight: queue.Queue = queue.Queue(maxsize=max(4, opts.workers * 8))
@@ -211,27 +240,43 @@ def stream_disk(
         inflight.put(None)
 
     def read_extent(pool: ThreadPoolExecutor, ext: Extent) -> None:
+        nonlocal recovery, direct
         off = ext.offset
         while off < ext.end and not stop.is_set():
             n = min(opts.chunk_size, ext.end - off)
             r0 = time.monotonic()
+            bad: list[BadRange] = []
             try:
-                buf = os.pread(fd, n, off)
-            except OSError as e:
-                sector = off // max(src.logical_sector_size, 1)
-                raise SourceError(
-                    f"read error on {src.path} in the {n >> 10} KiB from byte {off} "
-                    f"(sector {sector}): {e.strerror}. The disk may have unreadable sectors; "
-                    f"check `dmesg`, and the controller's logs for a failing drive"
-                ) from None
-            if len(buf) != n:
-                raise SourceError(
-                    f"short read on {src.path} at byte {off}: got {len(buf)} of {n} bytes "
-                    f"(the device is smaller than the {src.size} bytes it reported?)"
-                )
+                buf = read_exact(pread, off, n, src.path)
+            except MediumError as e:
+                if opts.on_read_error != OnReadError.MAP:
+                    raise SourceError(
+                        f"read error on {src.path} at byte {e.offset} (sector {e.offset // sector}): "
+                        f"{e.err.strerror}. The disk has unreadable sectors; check `dmesg` and the "
+                        f"controller's logs for a failing drive. To capture the rest and map the "
+                        f"unreadable sectors as zeros, use on_read_error=map "
+                        f"(--on-read-error map, coldclone.on_read_error=map)"
+                    ) from None
+                if recovery is None:
+                    direct = DirectReader(src.path, fd)
+                    recovery = ReadRecovery(direct, sector, src.path)
+                # Only what failed is re-read: the bytes before the error came back already.
+                good = len(e.data) - len(e.data) % sector
+                rest, bad = recovery.read(off + good, n - good)
+                buf = e.data[:good] + rest
+                stats.recovery_seconds = recovery.seconds
+                # The kernel cuts a file's readahead window to a quarter at each read error
+                # (shrink_readahead_size_eio): a few errors and the rest of the disk would read
+                # page by page, 10-30x slower (measured). SEQUENTIAL sets it again.
+                sequential()
+                if bad:
+                    log.warning("%s: %d unreadable sector(s) in the %d KiB from byte %d (zero-filled)",
+                                src.path, sum(r.sectors(sector) for r in bad), n >> 10, off)
+                else:
+                    log.warning("%s: read error at byte %d, read on a retry", src.path, e.offset)
             stats.read_seconds += time.monotonic() - r0
             stats.bytes_read += n
-            inflight.put(pool.submit(_process, buf, off, opts, codec))
+            inflight.put(pool.submit(_process, buf, off, opts, codec, bad))
             off += n
 
     with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cc-chunk") as pool:
@@ -258,6 +303,8 @@ def stream_disk(
                 stats.data_records += ch.data_records
                 stats.zero_records += ch.zero_records
                 stats.skipped_bytes += ch.skipped_bytes
+                stats.unreadable += ch.unreadable
+                stats.unreadable_bytes += sum(r.length for r in ch.unreadable)
                 if on_chunk:
                     on_chunk(ch.offset + ch.length, stats)
         finally:
@@ -268,6 +315,8 @@ def stream_disk(
                     inflight.get_nowait()
                 except queue.Empty:
                     rt.join(0.05)
+            if direct is not None:
+                direct.close()
             os.close(fd)
     stats.elapsed = time.monotonic() - t0
     return tree.digest(), stats

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import zstandard
 
 from .. import protocol as P
+from ..capture.badblocks import MEDIUM_ERRNOS
 
 MiB = 1 << 20
 
@@ -88,7 +89,14 @@ def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, samp
             length = min(sample_size, size - off, r_off + r_len - off)
             if length <= 0:
                 continue
-            buf = os.pread(fd, length, off)
+            try:
+                buf = os.pread(fd, length, off)
+            except OSError as e:
+                # An unreadable sector is the capture's business (on_read_error): the estimate
+                # is advice and samples elsewhere.
+                if e.errno in MEDIUM_ERRNOS:
+                    continue
+                raise
             c0 = time.thread_time()
             for ext in P.split_extents(buf, off, block_size, skip_zero=skip_zero):
                 if ext.zero:
@@ -138,7 +146,12 @@ def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB, segmen
                 pass
             t0 = time.monotonic()
             while time.monotonic() - t0 < seconds / segments and off < size:
-                b = os.pread(fd, min(chunk, size - off), off)
+                try:
+                    b = os.pread(fd, min(chunk, size - off), off)
+                except OSError as e:
+                    if e.errno in MEDIUM_ERRNOS:   # a bad sector: time the next segment instead
+                        break
+                    raise
                 if not b:
                     break
                 got += len(b)

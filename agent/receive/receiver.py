@@ -8,7 +8,8 @@ against its digest before it is written; ZERO records leave holes.
 
 A capture: at END the whole-disk digest is checked twice (as received, and
 read back from the file), the raw file becomes qcow2 and `qemu-img compare`
-proves the two equal. Only after every disk passed and manifest.json is on
+proves the two equal. UNREADABLE records (sectors the agent could not read) are checked to
+arrive as zeros and listed in the manifest. Only after every disk passed and manifest.json is on
 disk is the capture directory renamed from `<id>.partial` to `<id>`: that
 rename is the single "complete" mark. Any failure, whatever raised it, goes
 through one handler: it leaves `<id>.partial/failure.json` saying exactly what
@@ -34,7 +35,7 @@ from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
 from ..inspect.report import ReadinessReport
 from . import image
-from ..manifest import Manifest, ManifestDisk, Verified
+from ..manifest import Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
@@ -62,11 +63,24 @@ class DiskState:
     tree: P.BlockTree
     started: float = field(default_factory=time.monotonic)
     counts: dict = field(default_factory=lambda: dict(
-        data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0))
+        data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0,
+        unreadable_bytes=0))
+    # UNREADABLE ranges as (offset, length), in disk order; merged when they touch.
+    unreadable: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.header.name
+
+    @property
+    def sector_size(self) -> int:
+        return self.header.logical_sector_size or 512
+
+    def unreadable_entry(self) -> Unreadable:
+        """The manifest's account of the disk's unreadable sectors (no ranges when none)."""
+        ss = self.sector_size
+        # a short last sector (a disk whose size is not whole sectors) counts as one
+        return Unreadable(ss, [UnreadableRange(o // ss, -(-n // ss), o, n) for o, n in self.unreadable])
 
 
 class _Sink:
@@ -124,6 +138,40 @@ class _Sink:
             raise corrupt(f"it holds more than the {rec.length} bytes the record declares")
         return bytes(out)
 
+    def unreadable(self, rec: P.Record) -> None:
+        """An UNREADABLE range: announced before the records carrying its bytes (as zeros)."""
+        d = self.disk
+        if d is None:
+            raise P.ProtocolError("UNREADABLE record outside a disk")
+        ss = d.sector_size
+        prev_end = d.unreadable[-1][0] + d.unreadable[-1][1] if d.unreadable else 0
+        # whole sectors, but for the tail of a disk whose size is not whole sectors
+        if rec.length <= 0 or rec.offset % ss or (rec.length % ss and rec.offset + rec.length != d.header.size):
+            raise P.ProtocolError(f"UNREADABLE {rec.offset}+{rec.length} of disk {d.name} is not "
+                                  f"aligned to its {ss}-byte sectors")
+        if rec.offset < max(d.tree.pos, prev_end) or rec.offset + rec.length > d.header.size:
+            raise P.ProtocolError(f"UNREADABLE {rec.offset}+{rec.length} of disk {d.name}: out of order, "
+                                  f"overlapping or past the end (received up to byte {d.tree.pos})")
+        d.counts["wire_bytes"] += rec.wire_bytes
+        d.counts["unreadable_bytes"] += rec.length
+        if rec.offset == prev_end and d.unreadable:
+            d.unreadable[-1] = (d.unreadable[-1][0], d.unreadable[-1][1] + rec.length)
+        else:
+            d.unreadable.append((rec.offset, rec.length))
+
+    def _check_zero_filled(self, d: DiskState, offset: int, data: bytes) -> None:
+        """The bytes of announced UNREADABLE ranges in a DATA record must be zeros."""
+        end = offset + len(data)
+        for o, n in reversed(d.unreadable):
+            if o + n <= offset:
+                break   # ranges are in order: nothing earlier reaches this record
+            a, b = max(o, offset), min(o + n, end)
+            if a < b and data[a - offset:b - offset].count(0) != b - a:
+                raise ServerError(
+                    f"disk {d.name}: DATA at byte {a} holds non-zero bytes in a range the agent "
+                    f"declared unreadable ({o}+{n}); corrupted stream, nothing was marked complete",
+                    code="corrupt")
+
     def extent(self, rec: P.Record) -> None:
         d = self.disk
         if d is None:
@@ -147,6 +195,8 @@ class _Sink:
                 f"({rec.length} bytes): the data was corrupted in transit or in the agent's memory; "
                 f"nothing was marked complete, capture again", code="corrupt")
         d.tree.add_digests(rec.offset, rec.length, digests)
+        if d.unreadable:
+            self._check_zero_filled(d, rec.offset, data)
         mv = memoryview(data)
         off, done = rec.offset, 0
         while done < len(mv):
@@ -240,6 +290,10 @@ class CaptureSink(_Sink):
         if d.tree.pos != d.header.size:
             raise P.ProtocolError(f"END of disk {d.name} at byte {d.tree.pos} of {d.header.size}: records missing")
         got = d.tree.digest()
+        if end.unreadable_bytes is not None and end.unreadable_bytes != d.counts["unreadable_bytes"]:
+            raise P.ProtocolError(
+                f"END of disk {d.name}: the agent counts {end.unreadable_bytes} unreadable bytes, "
+                f"its UNREADABLE records {d.counts['unreadable_bytes']}")
         if got != end.digest:
             raise ServerError(
                 f"disk {d.name}: whole-disk digest mismatch (agent {end.digest.hex()}, received "
@@ -285,7 +339,9 @@ class CaptureSink(_Sink):
             logical_sector_size=h.logical_sector_size, physical_sector_size=h.physical_sector_size,
             block_size=h.block_size, mode=h.mode, codec=h.codec,
             image_bytes_allocated=st.st_blocks * 512, source=h.source, received=d.counts,
-            agent=end.stats(), timings=timings)
+            agent=end.stats(), timings=timings,
+            # Zero-filled in the image, covered by the digests as zeros (protocol.py, UNREADABLE).
+            unreadable=d.unreadable_entry())
         self.disks.append(entry)
         self.ends.append(end)
         self.disk = None
@@ -302,6 +358,7 @@ class CaptureSink(_Sink):
         totals["size"] = sum(d.size for d in self.disks)
         totals["stream_bytes"] = self.rx.reader.consumed
         totals["bytes_read"] = sum(e.bytes_read or 0 for e in self.ends)
+        totals["unreadable_sectors"] = sum(d.unreadable.sectors for d in self.disks)
         hello = self.hello
         receive_seconds = round(time.monotonic() - self.rx.t0, 3)
         manifest = Manifest(
@@ -496,6 +553,8 @@ class Receiver:
                 sink.disk_header(P.DiskHeader.decode(rec.meta))
             elif rec.type in (P.T_DATA, P.T_ZERO):
                 sink.extent(rec)
+            elif rec.type == P.T_UNREADABLE:
+                sink.unreadable(rec)
             elif rec.type == P.T_END:
                 sink.end(P.DiskEnd.decode(rec.digest, rec.meta), rec.wire_bytes)
             elif rec.type == P.T_FINISH:

@@ -172,7 +172,8 @@ def estimate_total(est: CaptureEstimate) -> list[str]:
 # ---------------------------------------------------------------- result
 def result_lines(result: CaptureResult) -> list[str]:
     el = max(result.elapsed, 1e-9)
-    out = [f"Capture {result.capture_id}: complete in {human_seconds(result.elapsed)}",
+    tail = f", {result.verdict()}" if result.unreadable_sectors else ""
+    out = [f"Capture {result.capture_id}: complete in {human_seconds(result.elapsed)}{tail}",
            f"Where: {result.location}",
            f"Read {human_bytes(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s; "
            f"sent {human_bytes(result.wire_bytes)}; skipped {human_bytes(result.zero_bytes)} of zeros"]
@@ -180,4 +181,8 @@ def result_lines(result: CaptureResult) -> list[str]:
         checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
         out.append(f"{d.name}: {d.image}")
         out.append(f"  digest {d.digest[:32]}... verified: {checks or 'no'}")
+        bad = d.unreadable
+        if bad.sectors:
+            out.append(f"  UNREADABLE: {bad.sectors} sectors of {bad.sector_size} bytes in "
+                       f"{len(bad.ranges)} ranges, zeros in the image (manifest.json lists them)")
     return out

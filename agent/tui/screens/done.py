@@ -26,8 +26,12 @@ class DoneScreen(Screen):
         plan = self.app.plan
         yield Header(show_clock=False, icon="")
         ok = plan.result is not None
-        yield Plain("CAPTURE COMPLETE AND VERIFIED" if ok else "CAPTURE NOT DONE",
-                     id="done-verdict", classes="ok" if ok else "error")
+        if ok and plan.result.unreadable_sectors:
+            # verified, but not a clean copy: never the plain success line
+            verdict, cls = f"CAPTURE COMPLETE, {plan.result.verdict().upper()}", "error"
+        else:
+            verdict, cls = ("CAPTURE COMPLETE AND VERIFIED", "ok") if ok else ("CAPTURE NOT DONE", "error")
+        yield Plain(verdict, id="done-verdict", classes=cls)
         with VerticalScroll(id="done-box"):
             yield Plain("\n".join(self.lines()), id="done-text")
         with Horizontal(id="done-buttons"):
@@ -85,7 +89,8 @@ class DoneScreen(Screen):
 
     def action_next(self, what: str) -> None:
         if what == "shell":
-            self.app.exit(0 if self.app.plan.result is not None else self.app.plan.exit_code)
+            result = self.app.plan.result
+            self.app.exit(result.exit_code if result is not None else self.app.plan.exit_code)
             return
         question = "Power the server off now?" if what == "poweroff" else "Reboot the server now?"
         self.app.push_screen(Confirm(question, yes="Power off" if what == "poweroff" else "Reboot"),
@@ -97,7 +102,8 @@ class DoneScreen(Screen):
         except Exception as e:
             self.notify(f"{what} failed: {e}", markup=False, severity="error")
             return
-        self.app.exit(0)
+        result = self.app.plan.result
+        self.app.exit(result.exit_code if result is not None else 0)
 
     def action_again(self) -> None:
         plan = self.app.plan

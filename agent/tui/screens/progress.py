@@ -188,7 +188,8 @@ class ProgressScreen(Screen):
         self.query_one("#prog-stats", Static).update(
             f"Total {pct:5.1f}%  {human_bytes(ev.total_done)} of {human_bytes(ev.total_size)}  "
             f"elapsed {human_seconds(ev.elapsed)}  ETA {human_seconds(eta)}\n"
-            f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}")
+            f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}"
+            + (f"  UNREADABLE {ev.unreadable_sectors} sectors (zero-filled)" if ev.unreadable_sectors else ""))
 
     def on_capture_ended(self, message: CaptureEnded) -> None:
         self.finished = True
