@@ -75,8 +75,10 @@ def run_methods(dev: str, sd, root: str, url: str, known_hosts: str, client_key:
                                 "--progress-interval", "3600", "--calibrate", "0"])
         m = json.load(open(os.path.join(root, f"bench-{mode}", "manifest.json")))
         d = m["disks"][0]
-        server_tail = sum(d["timings"].get(k, 0) for k in ("readback_seconds", "convert_seconds",
-                                                            "compare_seconds"))
+        # What the agent waits for after its last byte (the receiver's finish_seconds: readback and
+        # convert overlap there, so their sum would overstate it).
+        server_tail = d["timings"].get("finish_seconds") or sum(
+            d["timings"].get(k, 0) for k in ("readback_seconds", "convert_seconds", "compare_seconds"))
         rows.append(dict(name=f"cc-{mode}", transfer=wall - server_tail, to_qcow2=wall,
                          wire=m["totals"]["stream_bytes"], cpu=cpu, rss=rss, note=note,
                          read=d["agent"]["bytes_read"], map_s=d["agent"].get("map_seconds", 0.0)))
