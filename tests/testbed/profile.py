@@ -44,6 +44,48 @@ def _find_receiver(root: str, timeout: float = 20.0) -> int | None:
     return None
 
 
+# Stages of a capture, told apart by a function on the sampled stack (first match wins; each
+# pattern is "function" or "function@file:line" as py-spy prints frames).
+STAGES = (
+    ("startup: imports", ("_find_and_load",)),
+    ("discovery", ("CaptureJob._discover",)),
+    ("inspection", ("CaptureJob._inspect",)),
+    ("estimate (incl. used map)", ("CaptureJob._estimate",)),
+    ("used map (partclone)", ("plan_disk", "_plan_disk")),
+    ("receiver: readback digest", ("digest_file",)),
+    ("receiver: qemu-img convert", ("convert_to_qcow2",)),
+    ("receiver: qemu-img compare", ("compare",)),
+    ("agent: read (pread)", ("read_extent",)),
+    ("zero-detect + sha256", ("split_extents",)),
+    ("agent: zstd compress", ("_Codec.compress",)),
+    ("receiver: zstd decompress", ("_Sink._payload",)),
+    ("receiver: sha256", ("block_digests",)),
+    ("receiver: write", ("_Sink.extent",)),
+    ("receiver: stdin read", ("Reader.read", "Prefetch._run")),
+    ("agent: ssh (paramiko send)", ("Channel.sendall", "Channel.send")),
+    ("agent: ssh (paramiko transport thread)", ("Transport.run",)),
+    ("waiting for the receiver's verdict", ("_Replies.wait_for",)),
+)
+
+
+def stages(path: str) -> dict[str, float]:
+    """Seconds (samples / rate) per stage of one py-spy raw profile."""
+    out: collections.Counter = collections.Counter()
+    for line in open(path):
+        stack, _, n = line.rstrip("\n").rpartition(" ")
+        names = [f.split(" (")[0] for f in stack.split(";")]
+        for stage, funcs in STAGES:
+            if any(f in names for f in funcs):
+                out[stage] += int(n) / RATE
+                break
+        else:
+            out["other"] += int(n) / RATE
+    return dict(out.most_common())
+
+
+RATE = 200
+
+
 def summarize(path: str, top: int = 25) -> str:
     """py-spy raw (collapsed) stacks -> samples per thread and per leaf function."""
     by_thread: collections.Counter = collections.Counter()
@@ -58,7 +100,9 @@ def summarize(path: str, top: int = 25) -> str:
         by_thread[thread.split(" ")[0] + " " + thread.split(" ")[-1] if " " in thread else thread] += n
         leaf = frames[-1]
         by_leaf[leaf] += n
-    out = [f"  {total} samples"]
+    out = [f"  {total} samples ({total / RATE:.1f} s)"]
+    for stage, sec in stages(path).items():
+        out.append(f"  stage {stage:<42} {sec:7.1f} s")
     for name, n in by_thread.most_common(10):
         out.append(f"  thread {name:<50} {n:>7} {100 * n / max(total, 1):5.1f}%")
     for name, n in by_leaf.most_common(top):
@@ -67,8 +111,8 @@ def summarize(path: str, top: int = 25) -> str:
 
 
 def capture(dev: str, url: str, known_hosts: str, key: str, root: str, mode: str, out: str,
-            pyspy: str | None, extra: list[str]) -> dict:
-    cc = os.path.join(os.path.dirname(sys.executable), "coldclone")
+            pyspy: str | None, extra: list[str], bin_dir: str, idle: bool = False) -> dict:
+    cc = os.path.join(bin_dir, "coldclone")
     cid = f"prof-{mode}"
     drop_caches()
     t0 = time.monotonic()
@@ -79,12 +123,13 @@ def capture(dev: str, url: str, known_hosts: str, key: str, root: str, mode: str
     spies = []
     if pyspy:
         spies.append(subprocess.Popen([pyspy, "record", "--pid", str(p.pid), "--format", "raw", "--threads",
-                                       "--idle", "--rate", "200", "-o", os.path.join(out, f"{mode}.agent.txt")],
+                                       *(["--idle"] if idle else []), "--rate", str(RATE),
+                                       "-o", os.path.join(out, f"{mode}.agent.txt")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         rpid = _find_receiver(root)
         if rpid:
             spies.append(subprocess.Popen([pyspy, "record", "--pid", str(rpid), "--format", "raw", "--threads",
-                                           "--idle", "--rate", "200",
+                                           *(["--idle"] if idle else []), "--rate", str(RATE),
                                            "-o", os.path.join(out, f"{mode}.receiver.txt")],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     _, status, ru = os.wait4(p.pid, 0)
@@ -108,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-mbit", type=int, default=0, help="0: sshd on 127.0.0.1")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--no-pyspy", action="store_true")
+    ap.add_argument("--idle", action="store_true",
+                    help="also sample waiting threads (where each end waits), not only running ones")
+    ap.add_argument("--bin", default=os.path.dirname(sys.executable),
+                    help="directory of the coldclone and coldclone-receive to run (another build: before/after)")
     ap.add_argument("extra", nargs="*", help="more `coldclone capture` arguments (after --)")
     args = ap.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
@@ -129,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             srv = sshd = Sshd(receiver_root=os.path.join(args.work, "rx"), workdir=os.path.join(args.work, "sshd"))
             url_of = lambda: sshd.url  # noqa: E731
+        sshd.receiver = os.path.join(args.bin, "coldclone-receive")
         with srv:
             for _ in range(args.repeat):
                 for mode in args.modes.split(","):
                     r = capture(loop.dev, url_of(), sshd.known_hosts, sshd.client_key, sshd.receiver_root, mode,
-                                out, pyspy, args.extra)
+                                out, pyspy, args.extra, args.bin, args.idle)
+                    r["bin"] = args.bin
                     print(json.dumps(r), flush=True)
                     for end in ("agent", "receiver"):
                         f = os.path.join(out, f"{mode}.{end}.txt")
