@@ -173,7 +173,10 @@ def report(title: str, rows: list[dict], size: int, link_rate: float | None = No
         if "read" in c:
             floor = f"; link floor {c['wire'] / link_rate:.1f} s, {c['to_qcow2'] / (c['wire'] / link_rate):.2f}x it" \
                 if link_rate else ""
-            print(f"{c['name']}: read {hb(c['read'])} of {hb(size)}, used map built in {c['map_s']:.1f} s{floor}")
+            # mode=used maps once per job, in the estimate step: the capture's own map time is then 0.
+            how = f"used map built in {c['map_s']:.1f} s" if c["map_s"] >= 0.05 else "used map from the estimate step"
+            print(f"{c['name']}: read {hb(c['read'])} of {hb(size)}, {how if c['name'] == 'cc-used' else 'no map'}"
+                  f"{floor}")
     baselines = [r for r in rows if not r["name"].startswith("cc-")]
     for c in (r for r in rows if r["name"].startswith("cc-")):
         print(f"{c['name']} / baseline (lower is better for coldclone):")
