@@ -30,6 +30,7 @@ from .capture.guard import device_tree
 from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
+from .capture.usedmap import maps_reused
 from .config import PREFIX, CaptureConfig, describe
 from .discover.model import Inventory, Why, to_dict
 from .discover.populate import discover
@@ -207,11 +208,12 @@ class CaptureJob:
                 self._iscsi()
                 self._discover()
                 self._inspect()
-                self._estimate()
-                if cfg.estimate_only:
-                    self.say(f"{PREFIX}estimate_only: nothing captured")
-                    return None
-                result = self._capture()
+                with maps_reused():   # mode=used: the estimate's map serves the capture
+                    self._estimate()
+                    if cfg.estimate_only:
+                        self.say(f"{PREFIX}estimate_only: nothing captured")
+                        return None
+                    result = self._capture()
                 run_hook("post", cfg.post, {**self._env(), "COLDCLONE_PHASE": "post",
                                             "COLDCLONE_CAPTURE_ID": result.capture_id,
                                             "COLDCLONE_LOCATION": result.location}, self.say)

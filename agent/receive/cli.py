@@ -21,6 +21,7 @@ cleans those whose receiver died (never a live one).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import select
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for st in gc(args.root):
             print(f"{st.state:8} {st.path}: {st.detail}")
         return 0
+    grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
@@ -167,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
         queue_conversion(rx.sink.cap.final_path)
     return rc
+
+
+def grow_pipe(fd: int, size: int = 1 << 20) -> None:
+    """A 1 MiB pipe from sshd instead of the default 64 KiB: sshd writes and we read in fewer,
+    larger steps, and a burst of records waits in the pipe instead of closing the SSH window.
+    Not a pipe (a file, a socket in the tests), or a lower pipe-max-size: left as it is."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (OSError, AttributeError):
+        pass
 
 
 def queue_conversion(capture_path: str) -> int:

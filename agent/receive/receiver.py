@@ -25,6 +25,7 @@ import os
 import platform
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -34,8 +35,9 @@ from .. import __version__
 from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
 from ..inspect.report import ReadinessReport
-from . import image
 from ..manifest import Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from . import image
+from .prefetch import Prefetch
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
@@ -124,19 +126,16 @@ class _Sink:
         # record before decompressing anything.
         if declared not in (0, zstandard.CONTENTSIZE_UNKNOWN) and declared != rec.length:
             raise corrupt(f"its zstd frame declares {declared} bytes") from None
-        out = bytearray()
         try:
-            with self.dctx.stream_reader(rec.payload, read_across_frames=False) as r:
-                while len(out) <= rec.length:
-                    chunk = r.read(rec.length + 1 - len(out))
-                    if not chunk:
-                        break
-                    out += chunk
+            # One C call (it releases the GIL, so the prefetch thread keeps reading meanwhile);
+            # max_output_size bounds a frame that does not declare its size, and a declared size
+            # was checked against the record above, so nothing larger than the record is allocated.
+            out = self.dctx.decompress(rec.payload, max_output_size=rec.length + 1)
         except zstandard.ZstdError as e:
             raise corrupt(str(e)) from None
         if len(out) > rec.length:
             raise corrupt(f"it holds more than the {rec.length} bytes the record declares")
-        return bytes(out)
+        return out
 
     def unreadable(self, rec: P.Record) -> None:
         """An UNREADABLE range: announced before the records carrying its bytes (as zeros)."""
@@ -299,36 +298,53 @@ class CaptureSink(_Sink):
                 f"disk {d.name}: whole-disk digest mismatch (agent {end.digest.hex()}, received "
                 f"{got.hex()}); nothing was marked complete", code="corrupt")
         t_recv = time.monotonic() - d.started
-        os.fsync(d.fd)
+        fmt = self.hello.format
+        keep_raw = fmt != P.ImageFormat.QCOW2 or self.rx.keep_raw
+        t_finish = time.monotonic()
+        if keep_raw:
+            # Only a raw file that stays is made durable; one deleted after conversion is not worth
+            # the disk writes (the qcow2 made from it is flushed instead, below).
+            os.fsync(d.fd)
         os.close(d.fd)
         d.fd = -1
         raw_path = self.cap.file_path(d.raw_name)
-        t = time.monotonic()
-        back = P.digest_file(raw_path, d.header.block_size)
-        if back != got.hex():
-            raise ServerError(
-                f"disk {d.name}: the raw image read back from {raw_path} does not match what was "
-                f"received (digest {back}); check the conversion server's disk", code="io")
-        t_readback = time.monotonic() - t
-        fmt = self.hello.format
-        timings = {"receive_seconds": round(t_recv, 3), "readback_seconds": round(t_readback, 3)}
+        timings = {"receive_seconds": round(t_recv, 3)}
+        img_name = d.raw_name
         if fmt == P.ImageFormat.QCOW2:
             img_name = d.name + ".qcow2"
             tmp_name = "." + img_name + ".tmp"
             self.files.append(tmp_name)
             tmp = os.path.join(self.cap.path, tmp_name)
-            t = time.monotonic()
-            image.convert_to_qcow2(raw_path, tmp)
-            timings["convert_seconds"] = round(time.monotonic() - t, 3)
+            # The read-back digest and qemu-img convert both read the raw file (from the page cache
+            # it was just written to): run side by side they take the time of the longer one, and
+            # both still have to pass before the compare and the rename.
+            with ThreadPoolExecutor(1, thread_name_prefix="cc-convert") as ex:
+                conv = ex.submit(self._timed, image.convert_to_qcow2, raw_path, tmp)
+                try:
+                    t_readback = self._readback(d, raw_path, got)
+                except BaseException:
+                    wait([conv])   # the read-back's error is the one to report; the tmp file is cleaned
+                    raise
+                t_convert = conv.result()
+            timings["readback_seconds"] = t_readback
+            timings["convert_seconds"] = t_convert
             t = time.monotonic()
             image.compare(raw_path, tmp)
             timings["compare_seconds"] = round(time.monotonic() - t, 3)
+            fd = os.open(tmp_name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.cap.fd)
+            try:
+                os.fsync(fd)   # qemu-img flushes at close already; this makes it our guarantee
+            finally:
+                os.close(fd)
             os.rename(tmp_name, img_name, src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
             self.files.append(img_name)
             if not self.rx.keep_raw:
                 self.cap.unlink(d.raw_name)
         else:
-            img_name = d.raw_name
+            timings["readback_seconds"] = self._readback(d, raw_path, got)
+        # From the last record to a verified image: what the agent waits for after its last byte
+        # (readback and convert overlap, so it is not their sum).
+        timings["finish_seconds"] = round(time.monotonic() - t_finish, 3)
         st = os.stat(img_name, dir_fd=self.cap.fd)
         h = d.header
         entry = ManifestDisk(
@@ -348,6 +364,22 @@ class CaptureSink(_Sink):
         log.info("disk %s verified: %s", d.name, img_name)
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
                             timings=timings))
+
+    @staticmethod
+    def _timed(fn, *args) -> float:
+        t = time.monotonic()
+        fn(*args)
+        return round(time.monotonic() - t, 3)
+
+    def _readback(self, d: DiskState, raw_path: str, got: bytes) -> float:
+        """Hash the raw file as written and hold it against what was received; its seconds."""
+        t = time.monotonic()
+        back = P.digest_file(raw_path, d.header.block_size)
+        if back != got.hex():
+            raise ServerError(
+                f"disk {d.name}: the raw image read back from {raw_path} does not match what was "
+                f"received (digest {back}); check the conversion server's disk", code="io")
+        return round(time.monotonic() - t, 3)
 
     def finish(self) -> None:
         if self.disk is not None:
@@ -547,8 +579,12 @@ class Receiver:
             raise P.ProtocolError(f"expected HELLO, got {rec.name}")
         hello = P.Hello.decode(rec.meta)
         self.sink = sink = ProbeSink(self) if hello.probe else CaptureSink(self, hello)
+        with Prefetch(reader) as records:
+            return self._records(sink, records)
+
+    def _records(self, sink: _Sink, records: Prefetch) -> int:
         while True:
-            rec = reader.read()
+            rec = records.read()
             if rec.type == P.T_DISK:
                 sink.disk_header(P.DiskHeader.decode(rec.meta))
             elif rec.type in (P.T_DATA, P.T_ZERO):

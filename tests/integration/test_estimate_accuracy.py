@@ -43,24 +43,27 @@ def source(tmp_path_factory):
         yield loop, sd
 
 
-def test_calibrated_estimate_within_25_percent(shaped, source):
+@pytest.mark.parametrize("mode", ["nonzero", "used"])
+def test_calibrated_estimate_within_25_percent(shaped, source, mode):
+    """mode=used too (issue 15): the estimate maps the used blocks as the capture does (partclone)
+    and predicts from the bytes that map sends; the remnants in free space are not read."""
     from agent.capture.session import run_capture
     from agent.capture.stream import StreamOptions
     from agent.estimate.plan import estimate_capture
     from agent.transport.open import open_target
 
     loop, sd = source
-    rx = os.path.join(shaped.sshd.receiver_root, "accuracy")
+    rx = os.path.join(shaped.sshd.receiver_root, f"accuracy-{mode}")
     os.makedirs(rx, exist_ok=True)
     shutil.chown(rx, shaped.sshd.user)
     url = shaped.url(rx)
     with open_target(url, identity=shaped.sshd.client_key, hostkey=shaped.sshd.fingerprint) as target:
-        table = estimate_capture(None, [loop.dev], url, "nonzero", calibrate_seconds=0)
-        est = estimate_capture(None, [loop.dev], url, "nonzero", calibrate_seconds=6.0, connect=target.connect)
+        table = estimate_capture(None, [loop.dev], url, mode, calibrate_seconds=0)
+        est = estimate_capture(None, [loop.dev], url, mode, calibrate_seconds=6.0, connect=target.connect)
         assert est.calibrated, est.notes
         assert os.listdir(rx) == [], "the calibration probe must leave nothing on the server"
         t0 = time.monotonic()
-        res = run_capture([loop.dev], target.connect, StreamOptions(), capture_id="accuracy-1",
+        res = run_capture([loop.dev], target.connect, StreamOptions(mode=mode), capture_id=f"accuracy-{mode}",
                           estimate=est.to_dict())
         actual = time.monotonic() - t0
     err = (est.total_seconds - actual) / actual
@@ -68,7 +71,7 @@ def test_calibrated_estimate_within_25_percent(shaped, source):
     print("\n".join(est.lines()))
     print(f"link limited to {RATE_MBIT} Mbit/s ({RATE_MBIT / 8:.0f} MB/s) by tc tbf")
     print(f"table estimate (no calibration): {table.total_seconds:.1f} s  [{table.bottleneck}]")
-    print(f"calibrated estimate: {est.total_seconds:.1f} s; actual capture: {actual:.1f} s "
+    print(f"mode={mode}; calibrated estimate: {est.total_seconds:.1f} s; actual capture: {actual:.1f} s "
           f"(error {100 * err:+.1f}%); wire {res.wire_bytes / 1e6:.0f} MB, predicted "
           f"{est.bytes_to_send / 1e6:.0f} MB")
     d = res.manifest.disks[0]

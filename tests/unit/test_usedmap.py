@@ -101,3 +101,18 @@ def test_paint_aligns_skips_inward_and_sends_outward():
     ext = paint(size, bs, [(0, 1024 * K, Why.FREE), (300 * K, 301 * K, Why.USED)])
     assert ext == [Extent(0, 256 * K, Why.FREE), Extent(256 * K, 64 * K, Why.USED),
                    Extent(320 * K, 704 * K, Why.FREE)]
+
+
+def test_maps_reused_only_inside_one_job_scope(tmp_path):
+    """Inside maps_reused() (one capture job: estimate, then capture) a disk is mapped once and
+    the same map serves both; outside it every call maps afresh (a disk may change between jobs)."""
+    from agent.capture.usedmap import maps_reused, plan_disk
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\1" * (1 << 20))
+    path, size = str(img), 1 << 20
+    assert plan_disk(path, size, 65536) is not plan_disk(path, size, 65536)
+    with maps_reused():
+        first = plan_disk(path, size, 65536)
+        assert plan_disk(path, size, 65536) is first
+        assert plan_disk(path, size, 4096) is not first     # another block size: its own map
+    assert plan_disk(path, size, 65536) is not first
