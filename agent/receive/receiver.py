@@ -34,6 +34,7 @@ from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
 from ..inspect.report import ReadinessReport
 from . import image
+from . import journal as J
 from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
@@ -62,6 +63,13 @@ class DiskState:
     started: float = field(default_factory=time.monotonic)
     counts: dict = field(default_factory=lambda: dict(
         data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0))
+    journal: J.DiskJournal | None = None
+    # A resumed disk: where this attempt started, the DATA bytes earlier attempts delivered below
+    # it, and (restarted from 0) why the held copy was dropped.
+    resumed_from: int = 0
+    data_bytes_before: int = 0
+    restart_reason: str | None = None
+    complete_entry: dict | None = None   # verified in an earlier attempt: only END is expected
 
     @property
     def name(self) -> str:
@@ -79,15 +87,14 @@ class _Sink:
     def where(self) -> str:
         return f" (disk {self.disk.name} at byte {self.disk.tree.pos})" if self.disk else ""
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
         raise NotImplementedError
 
     def disk_header(self, h: P.DiskHeader) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"DISK {h.name!r} before END of disk {self.disk.name}")
         validate_name(h.name, "disk name")
-        fd = self.open_disk(h)
-        self.disk = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size))
+        self.disk = self.open_disk(h)
         log.info("disk %s: %d bytes", h.name, h.size)
 
     def _payload(self, rec: P.Record, d: DiskState) -> bytes:
@@ -175,7 +182,7 @@ class _Sink:
                 pass
             self.disk = None
 
-    def fail(self, code: str, message: str) -> str | None:
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
         """Clean up after a failure; the path to name in the error reply."""
         self.close_disk()
         return None
@@ -195,24 +202,112 @@ class CaptureSink(_Sink):
         self.disks: list[dict] = []          # manifest entries, one per verified disk
         self.ends: list[P.DiskEnd] = []     # and the agent's END for each
         self.files: list[str] = []
+        # Resume journals: those found in a resumed capture, then one per disk as it starts.
+        self.journals: dict[str, J.DiskJournal] = {}
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
-            self.cap: CaptureDir = self.store.make_capture_dir(hello.capture_id)
+            if hello.resume:
+                self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
+            else:
+                self.cap, resumed = self.store.make_capture_dir(hello.capture_id), False
         except BaseException:
             self.store.close()
             raise
-        log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
+        if resumed:
+            try:
+                self.journals = J.load_all(self.cap)
+            except BaseException:
+                # Left as it was (failure.json, journals): the error names what to do.
+                self.cap.close()
+                self.store.close()
+                raise
+            self.cap.unlink(FAILURE)       # it is in progress again
+            for j in self.journals.values():
+                self.files.append(j.header.name + ".raw")
+                if j.complete is not None and isinstance(j.complete.get("image"), str):
+                    self.files.append(j.complete["image"])
+            log.info("capture %s resumed in %s: %s", self.cap.capture_id, self.cap.path,
+                     ", ".join(f"{n} {j.held} of {j.header.size} bytes" for n, j in self.journals.items())
+                     or "nothing held")
+        else:
+            log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
-                       receiver_version=__version__, protocol=P.VERSION))
+                       receiver_version=__version__, protocol=P.VERSION,
+                       held={n: j.to_held().to_json() for n, j in self.journals.items()}))
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d["name"] == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        j = self.journals.pop(h.name, None)
+        if j is not None and h.resume_from:
+            return self.resume_disk(h, j)
+        if h.resume_from:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds nothing of it; send it from byte 0", code="protocol")
+        if j is not None:
+            # Sent again from 0 (the source changed, or the agent chose to): the held copy goes.
+            log.info("disk %s restarted from byte 0: %s", h.name, h.restart_reason or "the agent asked")
+            j.close()
+            for name in {h.name + ".raw", (j.complete or {}).get("image")} - {None}:
+                self.cap.unlink(name)
         self.preflight(h)
         fd = self.cap.create(h.name + ".raw")
-        self.files.append(h.name + ".raw")
+        if h.name + ".raw" not in self.files:
+            self.files.append(h.name + ".raw")
         os.ftruncate(fd, h.size)
-        return fd
+        d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                      restart_reason=h.restart_reason if j is not None else None)
+        d.journal = J.DiskJournal.create(self.cap, h)
+        return d
+
+    def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
+        """Continue a held disk at the byte the agent names: it must be exactly what is held."""
+        held = j.header
+        if (h.size, h.block_size, h.mode) != (held.size, held.block_size, held.mode):
+            raise ServerError(
+                f"refused: disk {h.name} resumes as {h.size} bytes in blocks of {h.block_size} (mode "
+                f"{h.mode}), but the held copy is {held.size} bytes in blocks of {held.block_size} "
+                f"(mode {held.mode}); send it from byte 0", code="protocol")
+        want = held.size if j.complete is not None else j.held
+        if h.resume_from != want:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds its bytes below {want}", code="protocol")
+        if j.complete is not None:
+            image_name = j.complete.get("image")
+            if not isinstance(image_name, str) or not os.path.lexists(self.cap.file_path(image_name)):
+                raise ServerError(f"disk {h.name}: its verified image {image_name} is gone from "
+                                  f"{self.cap.path}; send the disk from byte 0", code="journal")
+            d = DiskState(h, -1, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                          resumed_from=h.size, data_bytes_before=j.held_data_bytes, complete_entry=j.complete)
+            return d
+        fd = self.cap.open_file(h.name + ".raw")
+        try:
+            if os.fstat(fd).st_size != h.size:
+                raise ServerError(f"disk {h.name}: the held image is {os.fstat(fd).st_size} bytes, not "
+                                  f"{h.size}; send it from byte 0", code="journal")
+            # Bytes written after the last checkpoint are not vouched for: cut them off (the
+            # stream's ZERO records leave holes, so nothing stale may stay past the held end).
+            os.ftruncate(fd, j.held)
+            os.ftruncate(fd, h.size)
+            tree = J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
+            j.reopen()
+        except BaseException:
+            os.close(fd)
+            raise
+        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
+        return DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+                         data_bytes_before=j.held_data_bytes)
+
+    def written(self, d: DiskState) -> None:
+        if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+
+    def resume_facts(self, d: DiskState) -> dict | None:
+        """The manifest's `resume` of a disk that did not arrive in one go."""
+        if not d.resumed_from and d.restart_reason is None:
+            return None
+        return {"resumed_from": d.resumed_from, "data_bytes_before": d.data_bytes_before,
+                "restarted": d.restart_reason}
 
     def preflight(self, h: P.DiskHeader) -> None:
         """Refuse a disk up front when its data cannot fit, instead of failing at 90 %."""
@@ -236,6 +331,9 @@ class CaptureSink(_Sink):
         if d is None:
             raise P.ProtocolError("END record outside a disk")
         d.counts["wire_bytes"] += wire_bytes
+        if d.complete_entry is not None:
+            self.end_held(d, end)
+            return
         if d.tree.pos != d.header.size:
             raise P.ProtocolError(f"END of disk {d.name} at byte {d.tree.pos} of {d.header.size}: records missing")
         got = d.tree.digest()
@@ -245,6 +343,8 @@ class CaptureSink(_Sink):
                 f"{got.hex()}); nothing was marked complete", code="corrupt")
         t_recv = time.monotonic() - d.started
         os.fsync(d.fd)
+        if d.journal is not None:
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
         os.close(d.fd)
         d.fd = -1
         raw_path = self.cap.file_path(d.raw_name)
@@ -270,8 +370,6 @@ class CaptureSink(_Sink):
             timings["compare_seconds"] = round(time.monotonic() - t, 3)
             os.rename(tmp_name, img_name, src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
             self.files.append(img_name)
-            if not self.rx.keep_raw:
-                self.cap.unlink(d.raw_name)
         else:
             img_name = d.raw_name
         st = os.stat(img_name, dir_fd=self.cap.fd)
@@ -296,6 +394,14 @@ class CaptureSink(_Sink):
             "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
                          "qemu_img_compare": fmt == P.ImageFormat.QCOW2},
         }
+        if (resume := self.resume_facts(d)) is not None:
+            entry["resume"] = resume
+        if d.journal is not None:
+            # Before the raw file goes: a capture cut from here on keeps this disk as verified.
+            d.journal.mark_complete(entry)
+            d.journal.close()
+        if img_name != d.raw_name and not self.rx.keep_raw:
+            self.cap.unlink(d.raw_name)
         self.disks.append(entry)
         self.ends.append(end)
         self.disk = None
@@ -303,9 +409,30 @@ class CaptureSink(_Sink):
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
                             timings=timings))
 
+    def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
+        """END of a disk verified in an earlier attempt: the agent's digest of its source (read
+        again) must be the one the image was verified against."""
+        entry = dict(d.complete_entry)
+        if end.digest.hex() != entry.get("digest"):
+            raise ServerError(
+                f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
+                f"image verified earlier ({entry.get('digest')}); send the disk from byte 0", code="corrupt")
+        entry["resume"] = {"resumed_from": d.resumed_from, "data_bytes_before": d.data_bytes_before,
+                           "restarted": None, "verified_earlier": True}
+        entry["received"] = d.counts
+        self.disks.append(entry)
+        self.ends.append(end)
+        self.disk = None
+        log.info("disk %s: verified in an earlier attempt, source unchanged", d.name)
+        self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=entry["digest"], image=entry.get("image"),
+                            counts=d.counts, timings={}))
+
     def finish(self) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"FINISH before END of disk {self.disk.name}")
+        if self.journals:
+            raise P.ProtocolError(f"FINISH without disk {', '.join(sorted(self.journals))} that the "
+                                  f"receiver holds from an earlier attempt (send each disk of the capture)")
         if not self.disks:
             raise P.ProtocolError("FINISH without any disk")
         totals = {k: sum(d["received"][k] for d in self.disks) for k in self.disks[0]["received"]}
@@ -346,6 +473,8 @@ class CaptureSink(_Sink):
             except ColdcloneError as e:
                 log.warning("the agent's readiness report is malformed (%s); left out", e)
         self.cap.write_atomic(MANIFEST, P.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        self.close_journals()
+        J.remove_all(self.cap)      # complete: nothing left to resume
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)
         self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=manifest))
@@ -353,18 +482,52 @@ class CaptureSink(_Sink):
     def abort(self, reason: str) -> int:
         raise ServerError(f"the agent aborted the capture: {reason}", code="aborted")
 
-    def fail(self, code: str, message: str) -> str | None:
-        self.close_disk()
+
+    def close_journals(self) -> None:
+        if self.disk is not None and self.disk.journal is not None:
+            self.disk.journal.close()
+        for j in self.journals.values():
+            j.close()
+
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
+        """An interrupted stream (cut) keeps what the journals vouch for, to be resumed; anything
+        else (ABORT, a malformed or corrupt stream, a refusal, a full disk) discards the images."""
         cap = self.cap
-        # Half-written images and temp files are useless and may hold the space that ran out.
-        for name in self.files:
+        d = self.disk
+        held: dict[str, int] = {}
+        resumable = cut and (bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
+        # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
+        # handler and may land mid-record: after it the last periodic checkpoint stands.
+        if resumable and d is not None and d.journal is not None and d.fd >= 0 and code == "protocol":
             try:
-                cap.unlink(name)
-            except (OSError, ServerError) as e:
-                log.error("could not remove %s: %s", name, e)
+                d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+            except OSError as e:
+                log.error("last checkpoint of disk %s failed: %s", d.name, e)
+        self.close_journals()
+        self.close_disk()
+        if resumable:
+            # The journals vouch for what is held: keep it for `coldclone capture --resume`.
+            # Only temp files (a conversion cut short) go.
+            for name in self.files:
+                if name.endswith(".tmp"):
+                    cap.unlink(name)
+            try:
+                held = {j.header.name: j.held for j in J.load_all(cap).values()}
+            except ServerError as e:
+                log.error("%s", e)
+        else:
+            # Half-written images and temp files are useless and may hold the space that ran out.
+            for name in self.files:
+                try:
+                    cap.unlink(name)
+                except (OSError, ServerError) as e:
+                    log.error("could not remove %s: %s", name, e)
+            J.remove_all(cap)
         record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
                   "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d["name"] for d in self.disks]}
+                  "disks_verified": [d["name"] for d in self.disks],
+                  "resumable": resumable, "held": held}
         try:
             cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
@@ -373,6 +536,7 @@ class CaptureSink(_Sink):
         return cap.path
 
     def close(self) -> None:
+        self.close_journals()
         super().close()
         self.cap.close()
         self.store.close()
@@ -402,9 +566,11 @@ class ProbeSink(_Sink):
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
                        receiver_version=__version__, protocol=P.VERSION))
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
+        if h.resume_from:
+            raise P.ProtocolError("a calibration probe cannot resume")
         self.t0 = time.monotonic()
-        return os.dup(self.fd)
+        return DiskState(h, os.dup(self.fd), h.name + ".raw", P.BlockTree(h.size, h.block_size))
 
     def written(self, d: DiskState) -> None:
         if d.counts["data_bytes"] - self.synced >= PROBE_SYNC_BYTES:
@@ -477,13 +643,16 @@ class Receiver:
         """
         try:
             return self._loop(stream)
+        except P.StreamCut as e:
+            where = self.sink.where() if self.sink else ""
+            self._fail("protocol", f"{e}{where}", cut=True)
         except P.ProtocolError as e:
             where = self.sink.where() if self.sink else ""
             self._fail("protocol", f"{e}{where}")
         except ServerError as e:
             self._fail(e.code, str(e))
         except SessionEnded as e:
-            self._fail("session_ended", str(e))
+            self._fail("session_ended", str(e), cut=True)
         except OSError as e:
             self._fail(*self._os_error(e))
         except MemoryError:
@@ -532,12 +701,13 @@ class Receiver:
                                  f"free space there or give the receiver a bigger --root")
         return ("io", f"I/O error on the conversion server in {where}: {e}")
 
-    def _fail(self, code: str, message: str) -> None:
+    def _fail(self, code: str, message: str, cut: bool = False) -> None:
+        """cut: the stream was interrupted (not malformed, not refused): what is held may be resumed."""
         log.error("%s: %s", code, message)
         path = None
         if self.sink is not None:
             try:
-                path = self.sink.fail(code, message)
+                path = self.sink.fail(code, message, cut)
             except BaseException as e:  # cleaning up must not hide the first error
                 log.error("cleanup after %s failed: %r", code, e)
         self.say(P.Reply(P.Event.ERROR, code=code, message=message, path=path))
