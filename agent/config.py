@@ -242,6 +242,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect", _seconds(0, 86400), "seconds to keep reconnecting after the session to the "
            "server drops (backoff 1 s to 30 s; `0`: fail at once); needs resume", "`600`",
            flag="--reconnect", metavar="SECONDS", help="keep reconnecting for this long after a drop (0: never)"),
+    Option("stall", _seconds(5, 3600), "seconds sent data may stay unacknowledged by the server's TCP "
+           "before the link is taken for dead (TCP_USER_TIMEOUT; then reconnected, with resume)", "`120`",
+           flag="--stall-timeout", metavar="SECONDS",
+           help="take the link for dead when sent data stays unacknowledged this long"),
     Option("iscsi", _enum(IscsiMode), "`auto` (log in with the source OS's own initiator name and CHAP) "
            "or `off`", "`auto`"),
     Option("iscsi_ip", _iscsi_ip, "`original` (add the source's own address), `dhcp`, or `ADDRESS/PREFIX`",
@@ -302,6 +306,7 @@ class CaptureConfig:
     capture_id: str | None = None
     resume: str = "auto"
     reconnect: float = 600.0
+    stall: float = 120.0
     iscsi: IscsiMode = IscsiMode.AUTO
     iscsi_ip: str = "original"
     ip: str | None = None

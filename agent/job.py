@@ -361,7 +361,8 @@ class CaptureJob:
                              # the receiver's disk-space preflight: non-zero bytes per disk
                              data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
                              allow_mounted=cfg.allow_mounted, readiness=self.readiness,
-                             resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect)
+                             resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
+                             stall_seconds=cfg.stall)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 

@@ -11,6 +11,7 @@ A stream is a preamble (magic + version) followed by framed records:
     END    (5) digest:32s  JSON agent-side stats of the disk
     FINISH (6) JSON: {} (the capture is complete; the receiver finalizes)
     ABORT  (7) JSON: reason (the agent gives up; the receiver discards)
+    NOOP   (8) JSON: {} (version 2: the agent is alive, busy re-checking a source before resuming)
 
 Within a disk, DATA and ZERO records cover [0, size) exactly, in order, and
 are aligned to the disk's block_size (except at the very end of the disk).
@@ -40,10 +41,10 @@ VERSION = 2
 READ_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct(">8sHH")  # magic, version, flags (reserved, 0)
 
-T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT = range(1, 8)
+T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT, T_NOOP = range(1, 9)
 TYPE_NAMES = {
     T_HELLO: "HELLO", T_DISK: "DISK", T_DATA: "DATA", T_ZERO: "ZERO",
-    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT",
+    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT", T_NOOP: "NOOP",
 }
 
 FRAME = struct.Struct(">BI")
@@ -660,6 +661,10 @@ class StreamWriter:
 
     def abort(self, reason: str) -> None:
         self.send(Abort(reason).encode())
+
+    def noop(self) -> None:
+        """Keeps the receiver's idle timeout from ending a session that is busy on the agent's side."""
+        self.send(encode_json(T_NOOP, {}))
 
 
 # ----------------------------------------------------------------- decode

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import protocol as P
 from ..errors import CancelledError, SourceError
@@ -38,7 +39,8 @@ class DiskResume:
 
 
 def plan_resume(src: SourceDisk, opts: StreamOptions, held: P.HeldDisk | None,
-                cancel: threading.Event | None = None) -> DiskResume:
+                cancel: threading.Event | None = None, tick: Callable[[], None] | None = None) -> DiskResume:
+    """tick: called after each segment (the session sends NOOPs through it while this reads)."""
     if held is None:
         return DiskResume()
     if (held.size, held.block_size, held.mode) != (src.size, opts.block_size, opts.mode):
@@ -60,6 +62,8 @@ def plan_resume(src: SourceDisk, opts: StreamOptions, held: P.HeldDisk | None,
         for seg in held.segments:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("capture cancelled by the operator")
+            if tick is not None:
+                tick()
             for ext in plan:
                 if ext.end <= tree.pos or ext.offset >= seg.end:
                     continue

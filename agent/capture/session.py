@@ -33,6 +33,12 @@ log = logging.getLogger("coldclone.capture")
 # How long to wait for the receiver's verdict after the last byte: it still
 # has to read back, convert and compare every disk.
 FINAL_REPLY_TIMEOUT = 6 * 3600
+# READY of a resumed capture comes after the receiver has re-read what it holds (at its disk's
+# speed: an hour is ~200 GB at 60 MB/s).
+RESUME_READY_TIMEOUT = 3600
+# While the agent re-reads a source before resuming, a NOOP this often keeps the receiver's
+# --idle-timeout (600 s by default) from ending the session.
+NOOP_INTERVAL = 30.0
 
 
 @dataclass
@@ -178,13 +184,16 @@ def run_capture(
     readiness=None,
     resume: bool = False,
     reconnect_seconds: float = 0.0,
+    stall_seconds: float = 120.0,
 ) -> CaptureResult:
     """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
     each DISK header so the receiver can refuse up front when its disk cannot hold them.
     readiness: the ReadinessReport inspection made before the capture (manifest `readiness`).
     resume: continue an unfinished capture of capture_id the receiver holds (agent.capture.resume
     checks the source against it; what matches is not sent again). reconnect_seconds: after a
-    dropped session, reconnect and resume for at most this long (0: fail at once)."""
+    dropped session, reconnect and resume for at most this long (0: fail at once). stall_seconds:
+    data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
+    with resume), instead of waiting for TCP to give up (15 minutes and more)."""
     opts.validate()
     if not disk_paths:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
@@ -234,6 +243,8 @@ def run_capture(
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
             replies = _Replies(conn)
+            conn.dead_link_after(stall_seconds)
+            last_send = [time.monotonic()]
 
             def send(data: bytes) -> None:
                 replies.poll()
@@ -242,11 +253,18 @@ def run_capture(
                 except (BrokenPipeError, OSError, ValueError) as e:
                     raise replies.after_send_failure(e) from None
                 sent["wire"] += len(data)
+                last_send[0] = time.monotonic()
 
             writer = P.StreamWriter(send)
+
+            def keepalive() -> None:
+                if time.monotonic() - last_send[0] >= NOOP_INTERVAL:
+                    writer.noop()
+
             try:
                 writer.hello(hello)
-                ready = replies.wait_for((P.Event.READY,), timeout=60, cancel=cancel)
+                ready = replies.wait_for((P.Event.READY,), timeout=RESUME_READY_TIMEOUT if hello.resume else 60,
+                                         cancel=cancel)
                 try:
                     held = P.decode_held(ready.held)
                 except P.ProtocolError as e:
@@ -256,7 +274,7 @@ def run_capture(
                 done_before = 0
                 for src in sources:
                     on_event(E.DiskStarted(src.name, src.path, src.size))
-                    plan = plan_resume(src, opts, held.get(src.name), cancel)
+                    plan = plan_resume(src, opts, held.get(src.name), cancel, tick=keepalive)
                     if src.name in held:
                         on_event(E.DiskResumed(src.name, plan.start, src.size, plan.checked_bytes, plan.seconds,
                                                plan.restart_reason))

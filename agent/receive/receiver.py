@@ -204,6 +204,7 @@ class CaptureSink(_Sink):
         self.files: list[str] = []
         # Resume journals: those found in a resumed capture, then one per disk as it starts.
         self.journals: dict[str, J.DiskJournal] = {}
+        self.rebuilt: dict[str, tuple[int, P.BlockTree]] = {}   # held disks: raw fd, tree at the held end
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
             if hello.resume:
@@ -216,8 +217,15 @@ class CaptureSink(_Sink):
         if resumed:
             try:
                 self.journals = J.load_all(self.cap)
+                # Before READY: once the agent streams, this end must keep reading (a long read
+                # here would look like a dead link to the agent's stall watchdog). The agent waits
+                # for READY of a resumed capture as long as this takes.
+                for j in self.journals.values():
+                    if j.complete is None and j.held:
+                        self.rebuilt[j.header.name] = self.rebuild(j)
             except BaseException:
                 # Left as it was (failure.json, journals): the error names what to do.
+                self.close_journals()
                 self.cap.close()
                 self.store.close()
                 raise
@@ -248,6 +256,8 @@ class CaptureSink(_Sink):
             # Sent again from 0 (the source changed, or the agent chose to): the held copy goes.
             log.info("disk %s restarted from byte 0: %s", h.name, h.restart_reason or "the agent asked")
             j.close()
+            if h.name in self.rebuilt:
+                os.close(self.rebuilt.pop(h.name)[0])
             for name in {h.name + ".raw", (j.complete or {}).get("image")} - {None}:
                 self.cap.unlink(name)
         self.preflight(h)
@@ -280,23 +290,28 @@ class CaptureSink(_Sink):
             d = DiskState(h, -1, h.name + ".raw", P.BlockTree(h.size, h.block_size),
                           resumed_from=h.size, data_bytes_before=j.held_data_bytes, complete_entry=j.complete)
             return d
+        fd, tree = self.rebuilt.pop(h.name)
+        j.reopen()
+        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
+        return DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+                         data_bytes_before=j.held_data_bytes)
+
+    def rebuild(self, j: J.DiskJournal) -> tuple[int, P.BlockTree]:
+        """A held disk's raw file, cut to what the journal vouches for, and its tree rebuilt."""
+        h = j.header
         fd = self.cap.open_file(h.name + ".raw")
         try:
             if os.fstat(fd).st_size != h.size:
                 raise ServerError(f"disk {h.name}: the held image is {os.fstat(fd).st_size} bytes, not "
-                                  f"{h.size}; send it from byte 0", code="journal")
+                                  f"{h.size}; start a new capture (a new id)", code="journal")
             # Bytes written after the last checkpoint are not vouched for: cut them off (the
             # stream's ZERO records leave holes, so nothing stale may stay past the held end).
             os.ftruncate(fd, j.held)
             os.ftruncate(fd, h.size)
-            tree = J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
-            j.reopen()
+            return fd, J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
         except BaseException:
             os.close(fd)
             raise
-        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
-        return DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
-                         data_bytes_before=j.held_data_bytes)
 
     def written(self, d: DiskState) -> None:
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
@@ -488,6 +503,9 @@ class CaptureSink(_Sink):
             self.disk.journal.close()
         for j in self.journals.values():
             j.close()
+        for fd, _ in self.rebuilt.values():
+            os.close(fd)
+        self.rebuilt.clear()
 
     def fail(self, code: str, message: str, cut: bool = False) -> str | None:
         """An interrupted stream (cut) keeps what the journals vouch for, to be resumed; anything
@@ -686,6 +704,8 @@ class Receiver:
             elif rec.type == P.T_FINISH:
                 sink.finish()
                 return 0
+            elif rec.type == P.T_NOOP:
+                continue      # the agent is alive (re-checking a source before resuming)
             elif rec.type == P.T_ABORT:
                 return sink.abort(P.Abort.decode(rec.meta).reason)
             else:

@@ -16,6 +16,7 @@ from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
 from tests.integration.test_interruptions import receiver_pids
 from tests.testbed.loop import LoopDevice
+from tests.testbed.netns import ShapedServer
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -190,3 +191,43 @@ def test_receiver_restart_is_survived_in_process(sshd, rx_dir, source):
     held = entry["resume"]["resumed_from"]
     assert held > 0 and entry["received"]["data_bytes"] == SIZE - held
     assert arrived_first + entry["received"]["data_bytes"] <= SIZE + WINDOW
+
+
+def test_link_down_longer_than_the_session_then_reconnect(source):
+    """The link to the server (sshd in a network namespace, 200 Mbit/s) goes down at ~50 % for
+    longer than either end waits: the receiver's session ends (--idle-timeout 5), the agent's
+    unacknowledged data times out (--stall-timeout 5); the agent reconnects once the link is back
+    and resumes in-process."""
+    before = sha256_of(source.dev)
+    with ShapedServer(200, receiver_args="--idle-timeout 5") as srv:
+        root = srv.sshd.receiver_root
+        proc = subprocess.Popen(
+            [os.path.join(BIN, "coldclone"), "capture", "--disk", source.dev, "--to", srv.url(root),
+             "--identity", srv.sshd.client_key, "--known-hosts", srv.sshd.known_hosts, "--compress", "none",
+             "--progress-interval", "0.5", "--capture-id", "ln", "--reconnect", "120", "--stall-timeout", "5",
+             "--timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_half(proc, root, "ln")
+        run(["ip", "link", "set", srv.host_if, "down"])
+        t_down = time.monotonic()
+        try:
+            # Until the receiver has given up on its session (its failure.json), and a while more.
+            failure = os.path.join(root, "ln.partial", "failure.json")
+            while not os.path.exists(failure) and time.monotonic() - t_down < 60:
+                time.sleep(0.2)
+            assert os.path.exists(failure), "the receiver never ended its session"
+            time.sleep(max(0.0, 12 - (time.monotonic() - t_down)))
+        finally:
+            run(["ip", "link", "set", srv.host_if, "up"])
+        down = time.monotonic() - t_down
+        arrived_first = raw_bytes(root, "ln")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "reconnecting (attempt 1)" in out + err
+        entry = manifest_of(root, "ln")["disks"][0]
+        same_image(source.dev, root, "ln", entry)
+        held = entry["resume"]["resumed_from"]
+        again = entry["received"]["data_bytes"]
+        assert held > 0 and again == SIZE - held
+        assert arrived_first + again <= SIZE + WINDOW, (arrived_first, again)
+    assert sha256_of(source.dev) == before
+    print(f"\nlink down {down:.0f} s at {arrived_first >> 20} MiB: {held >> 20} MiB held, {again >> 20} MiB sent after")
