@@ -14,9 +14,9 @@ import pytest
 from agent.receive.journal import CHECKPOINT_BYTES
 from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
-from tests.integration.test_interruptions import receiver_pids
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
+from tests.testbed.procs import kill_receivers
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -76,10 +76,7 @@ def wait_half(proc, rx_dir, cid, timeout=120):
 
 def kill_receiver(sshd):
     """The receiver and its sshd session die at once (the conversion server's side is gone)."""
-    for pid in receiver_pids(sshd.receiver_root):
-        ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        os.kill(pid, signal.SIGKILL)
-        os.kill(ppid, signal.SIGKILL)
+    assert kill_receivers(sshd.receiver_root) >= 1
 
 
 def manifest_of(rx_dir, cid) -> dict:

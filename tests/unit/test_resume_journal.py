@@ -181,3 +181,33 @@ def test_journal_with_a_damaged_line_names_it(tmp_path, data):
     rc, replies = run(tmp_path, hello())
     assert replies[-1]["code"] == "journal" and "line 2 is damaged" in replies[-1]["message"]
     assert J.SUFFIX == ".journal"
+
+
+def test_a_disk_verified_before_the_cut_is_not_sent_again(tmp_path, data):
+    """Two disks: sda verified and converted, sdb cut. The resume sends sda's END only (its digest
+    must match the verified image's) and the rest of sdb."""
+    small = os.urandom(2 * MiB)
+    two = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="qcow2", disks=("sda", "sdb"),
+                                 resume=True).encode()
+    first = (two + P.DiskHeader(name="sda", size=len(small), block_size=BS, mode="nonzero").encode()
+             + b"".join(records(small)) + P.DiskEnd(whole_digest(small)).encode()
+             + P.DiskHeader(name="sdb", size=len(data), block_size=BS, mode="nonzero").encode()
+             + b"".join(records(data)[:4]))
+    rc, replies = run(tmp_path, first)
+    assert rc == 1 and [r["event"] for r in replies] == ["ready", "disk_ok", "error"]
+    assert sorted(os.listdir(tmp_path / "cap.partial")) == ["failure.json", "sda.journal", "sda.qcow2",
+                                                            "sdb.journal", "sdb.raw"]
+    second = (two + P.DiskHeader(name="sda", size=len(small), block_size=BS, mode="nonzero",
+                                 resume_from=len(small)).encode()
+              + P.DiskEnd(whole_digest(small)).encode()
+              + P.DiskHeader(name="sdb", size=len(data), block_size=BS, mode="nonzero", resume_from=4 * MiB).encode()
+              + b"".join(records(data, 4 * MiB)) + P.DiskEnd(whole_digest(data)).encode() + P.encode_finish())
+    rc, replies = run(tmp_path, second)
+    assert rc == 0, replies
+    held = P.decode_held(replies[0]["held"])
+    assert held["sda"].complete and held["sda"].digest == whole_digest(small).hex() and held["sdb"].held == 4 * MiB
+    m = json.loads((tmp_path / "cap" / "manifest.json").read_text())
+    sda, sdb = m["disks"]
+    assert sda["resume"]["verified_earlier"] is True and sda["received"]["data_bytes"] == 0
+    assert sdb["resume"]["resumed_from"] == 4 * MiB and sdb["received"]["data_bytes"] == len(data) - 5 * MiB
+    assert sorted(os.listdir(tmp_path / "cap")) == ["manifest.json", "sda.qcow2", "sdb.qcow2"]
