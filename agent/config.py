@@ -163,6 +163,16 @@ def _capture_id(name: str, value: str) -> str:
     return value
 
 
+def _resume(name: str, value: str) -> str:
+    if value in ("auto", "off"):
+        return value
+    try:
+        return _capture_id(name, value)
+    except UsageError:
+        raise UsageError(f"{name}={value!r}: write auto (continue an unfinished capture of the same id), "
+                         f"off (refuse an existing id), or the id of the capture to resume") from None
+
+
 SIZE_RE = re.compile(r"^(\d+)([KMG]i?B?)?$", re.I)
 
 
@@ -232,6 +242,19 @@ OPTIONS: tuple[Option, ...] = (
            metavar="qcow2|raw", help="image format on the server"),
     Option("capture_id", _capture_id, "name of the capture directory", "`<hostname>-<date>-<random>`",
            flag="--capture-id", metavar="ID", help="name of the capture directory (default host-date-random)"),
+    Option("resume", _resume, "`auto` (an unfinished capture of the same id that the server holds is "
+           "continued: the source is checked against what it holds, only the rest is sent; a dropped "
+           "session is reconnected), `off` (an existing id is refused, a drop fails the capture), or "
+           "`ID` (resume that capture: also its capture id). A server reboot resumes when the id is "
+           "fixed (`capture_id=` or `resume=ID`)", "`auto`", flag="--resume", metavar="ID|auto|off",
+           help="resume the unfinished capture ID (auto: resume a capture of the same id; off: never)"),
+    Option("reconnect", _seconds(0, 86400), "seconds to keep reconnecting after the session to the "
+           "server drops (backoff 1 s to 30 s; `0`: fail at once); needs resume", "`600`",
+           flag="--reconnect", metavar="SECONDS", help="keep reconnecting for this long after a drop (0: never)"),
+    Option("stall", _seconds(5, 3600), "seconds sent data may stay unacknowledged by the server's TCP "
+           "before the link is taken for dead (TCP_USER_TIMEOUT; then reconnected, with resume)", "`120`",
+           flag="--stall-timeout", metavar="SECONDS",
+           help="take the link for dead when sent data stays unacknowledged this long"),
     Option("iscsi", _enum(IscsiMode), "`auto` (log in with the source OS's own initiator name and CHAP) "
            "or `off`", "`auto`"),
     Option("iscsi_ip", _iscsi_ip, "`original` (add the source's own address), `dhcp`, or `ADDRESS/PREFIX`",
@@ -291,6 +314,9 @@ class CaptureConfig:
     on_read_error: OnReadError = OnReadError.MAP
     format: ImageFormat = ImageFormat.QCOW2
     capture_id: str | None = None
+    resume: str = "auto"
+    reconnect: float = 600.0
+    stall: float = 120.0
     iscsi: IscsiMode = IscsiMode.AUTO
     iscsi_ip: str = "original"
     ip: str | None = None
@@ -309,6 +335,15 @@ class CaptureConfig:
     workers: int = 2
     password_env: str | None = None
 
+    def resolved_capture_id(self) -> str | None:
+        """The capture's id: `resume=ID` names it too (None: a new one is made up)."""
+        if self.resume in ("auto", "off"):
+            return self.capture_id
+        if self.capture_id not in (None, self.resume):
+            raise UsageError(f"{PREFIX}resume={self.resume} and {PREFIX}capture_id={self.capture_id} "
+                             f"name two captures: give one of them")
+        return self.resume
+
     def check(self) -> "CaptureConfig":
         """Cross-key checks, once every key is in."""
         if not self.server and not self.estimate_only:
@@ -320,6 +355,7 @@ class CaptureConfig:
                 raise UsageError(f"{PREFIX}server={self.server} needs a key: give {PREFIX}identity= "
                                  f"(a path on the live medium or an https:// URL) or build the ISO "
                                  f"with make iso IDENTITY=...")
+        self.resolved_capture_id()
         if self.disks is not None and not self.disks:
             raise UsageError(f"{PREFIX}disks= is empty: write all, or a list such as sda,md127")
         return self

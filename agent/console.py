@@ -96,6 +96,11 @@ class ProgressPrinter:
             elif isinstance(ev, E.ServerNote):
                 self.phase = "server"
                 self._p(ev.text)
+            elif isinstance(ev, E.DiskResumed):
+                self._p(ev.text())
+            elif isinstance(ev, E.Reconnecting):
+                self.phase = "reconnecting"
+                self._p(f"reconnecting (attempt {ev.attempt}) in {ev.wait:.0f} s, {ev.left:.0f} s left: {ev.reason}")
 
     STALL_AFTER = 10.0   # seconds without a byte read or sent before a line says "stalled"
 

@@ -359,12 +359,14 @@ class CaptureJob:
                              on_read_error=cfg.on_read_error)
         facts = {"inventory": to_dict(self.inventory)} if self.inventory is not None else {}
         est = self.estimate
-        result = run_capture(self.sources, self.target.connect, opts, capture_id=cfg.capture_id,
+        result = run_capture(self.sources, self.target.connect, opts, capture_id=cfg.resolved_capture_id(),
                              image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
                              source_facts=facts, estimate=est.to_dict() if est is not None else None,
                              # the receiver's disk-space preflight: non-zero bytes per disk
                              data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
-                             allow_mounted=cfg.allow_mounted, readiness=self.readiness)
+                             allow_mounted=cfg.allow_mounted, readiness=self.readiness,
+                             resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
+                             stall_seconds=cfg.stall)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 

@@ -79,6 +79,31 @@ class Unreadable:
 
 
 @dataclass
+class DiskResume:
+    """A disk that did not arrive in one go: where the last attempt started, what earlier
+    attempts delivered, and why a held copy was dropped (restarted from 0)."""
+
+    resumed_from: int
+    data_bytes_before: int
+    restarted: str | None = None
+    verified_earlier: bool = False    # verified in an earlier attempt; its source read again
+
+    def to_dict(self) -> dict:
+        out = {"resumed_from": self.resumed_from, "data_bytes_before": self.data_bytes_before,
+               "restarted": self.restarted}
+        if self.verified_earlier:
+            out["verified_earlier"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: dict, what: str) -> "DiskResume":
+        f = P.JsonFields(obj, what)
+        return cls(resumed_from=f.int("resumed_from", default=0),
+                   data_bytes_before=f.int("data_bytes_before", default=0),
+                   restarted=f.str("restarted"), verified_earlier=f.bool("verified_earlier"))
+
+
+@dataclass
 class ManifestDisk:
     name: str
     image: str                        # file name in the capture directory
@@ -98,6 +123,7 @@ class ManifestDisk:
     agent: dict = field(default_factory=dict)       # the agent's counts (END record)
     timings: dict = field(default_factory=dict)     # seconds per server step
     unreadable: Unreadable = field(default_factory=Unreadable)
+    resume: DiskResume | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "image": self.image, "format": self.format, "size": self.size,
@@ -106,7 +132,8 @@ class ManifestDisk:
                 "physical_sector_size": self.physical_sector_size, "block_size": self.block_size,
                 "mode": self.mode, "codec": self.codec, "image_bytes_allocated": self.image_bytes_allocated,
                 "source": self.source, "received": self.received, "agent": self.agent, "timings": self.timings,
-                "unreadable": self.unreadable.to_dict()}
+                "unreadable": self.unreadable.to_dict(),
+                **({"resume": self.resume.to_dict()} if self.resume is not None else {})}
 
     @classmethod
     def from_dict(cls, obj: dict, what: str) -> "ManifestDisk":
@@ -123,7 +150,8 @@ class ManifestDisk:
             codec=f.str("codec", default=""), image_bytes_allocated=f.int("image_bytes_allocated", default=0),
             source=f.mapping("source"), received=f.mapping("received"), agent=f.mapping("agent"),
             timings=f.mapping("timings"),
-            unreadable=Unreadable.from_dict(f.mapping("unreadable"), what + ".unreadable"))
+            unreadable=Unreadable.from_dict(f.mapping("unreadable"), what + ".unreadable"),
+            resume=DiskResume.from_dict(f.mapping("resume"), what + ".resume") if f.present("resume") else None)
 
 
 @dataclass

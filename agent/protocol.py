@@ -12,6 +12,7 @@ A stream is a preamble (magic + version) followed by framed records:
     FINISH (6) JSON: {} (the capture is complete; the receiver finalizes)
     ABORT  (7) JSON: reason (the agent gives up; the receiver discards)
     UNREADABLE (8) offset:u64 length:u64 (source bytes that could not be read)
+    NOOP   (9) JSON: {} (version 2: the agent is alive, busy re-checking a source before resuming)
 
 Within a disk, DATA and ZERO records cover [0, size) exactly, in order, and
 are aligned to the disk's block_size (except at the very end of the disk).
@@ -43,13 +44,16 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 MAGIC = b"COLDCLN\x00"
-VERSION = 1
+# 2: HELLO.resume, DISK.resume_from / restart_reason and READY.held (resumable captures). A
+# version 2 receiver still reads version 1 streams: an older agent keeps working against it.
+VERSION = 2
+READ_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct(">8sHH")  # magic, version, flags (reserved, 0)
 
-T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT, T_UNREADABLE = range(1, 9)
+T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT, T_UNREADABLE, T_NOOP = range(1, 10)
 TYPE_NAMES = {
     T_HELLO: "HELLO", T_DISK: "DISK", T_DATA: "DATA", T_ZERO: "ZERO",
-    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT", T_UNREADABLE: "UNREADABLE",
+    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT", T_UNREADABLE: "UNREADABLE", T_NOOP: "NOOP",
 }
 
 FRAME = struct.Struct(">BI")
@@ -73,6 +77,11 @@ DIGEST_ALGO = "sha256-blocktree-v1"
 
 class ProtocolError(Exception):
     """The stream is malformed (truncated, corrupt framing, out-of-order records)."""
+
+
+class StreamCut(ProtocolError):
+    """The stream ended in the middle (the agent stopped, the connection was cut): every record
+    before the cut was whole, so what the receiver holds can be resumed."""
 
 
 # ---------------------------------------------------------------- digests
@@ -106,12 +115,25 @@ class BlockTree:
         self.block_size = block_size
         self.pos = 0
         self._h = hashlib.sha256(DIGEST_ALGO.encode() + struct.pack(">QQ", size, block_size))
+        # sha256 over the block digests fed since the last cut_segment(): the receiver's resume
+        # journal records one per checkpoint, and a resuming agent checks its source against them.
+        self._seg = hashlib.sha256()
+
+    def _update(self, digests: bytes) -> None:
+        self._h.update(digests)
+        self._seg.update(digests)
+
+    def cut_segment(self) -> bytes:
+        """The digest of the blocks fed since the last cut (or the start); starts the next one."""
+        d = self._seg.digest()
+        self._seg = hashlib.sha256()
+        return d
 
     def add_digests(self, offset: int, length: int, digests: list[bytes]) -> None:
         self._expect(offset, length)
         if len(digests) != -(-length // self.block_size):
             raise ProtocolError(f"extent {offset}+{length} has {len(digests)} block digests")
-        self._h.update(b"".join(digests))
+        self._update(b"".join(digests))
         self.pos += length
 
     def add_zero(self, offset: int, length: int) -> None:
@@ -124,10 +146,10 @@ class BlockTree:
         # blocks; never build that in one bytes object.
         while n_full:
             k = min(n_full, 1 << 15)
-            self._h.update(z * k)
+            self._update(z * k)
             n_full -= k
         if tail:
-            self._h.update(zero_block_digest(tail))
+            self._update(zero_block_digest(tail))
         end = offset + length
         self.pos = end
 
@@ -157,30 +179,41 @@ def digest_file(path: str, block_size: int = DEFAULT_BLOCK_SIZE, chunk: int = DE
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
         tree = BlockTree(size, block_size)
-        off = 0
-        while off < size:
-            end = min(off + chunk, size)
-            try:
-                data_at = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
-                data_at = size if os.path.isfile(path) else off
-            hole_end = min(data_at - data_at % block_size, size)
-            if hole_end > off:
-                tree.add_zero(off, hole_end - off)
-                off = hole_end
-                continue
-            buf = os.pread(fd, end - off, off)
-            if len(buf) != end - off:
-                raise OSError(f"short read of {path} at byte {off}")
-            for ext in split_extents(buf, off, block_size):
-                if ext.zero:
-                    tree.add_zero(ext.offset, ext.length)
-                else:
-                    tree.add_digests(ext.offset, ext.length, ext.digests)
-            off = end
+        feed_range(fd, tree, size, is_file=os.path.isfile(path), chunk=chunk, what=path)
         return tree.digest().hex()
     finally:
         os.close(fd)
+
+
+def feed_range(fd: int, tree: BlockTree, end: int, *, is_file: bool, chunk: int = DEFAULT_CHUNK_SIZE,
+               what: str = "the file") -> None:
+    """Feed tree the block digests of fd's bytes from tree.pos to end (block-aligned, or the
+    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its raw file,
+    and the agent re-checking a source against a resume journal all read this way."""
+    import os
+
+    size = tree.size
+    off = tree.pos
+    while off < end:
+        stop = min(off + chunk, end)
+        try:
+            data_at = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
+            data_at = size if is_file else off
+        hole_end = min(data_at - data_at % tree.block_size, end)
+        if hole_end > off:
+            tree.add_zero(off, hole_end - off)
+            off = hole_end
+            continue
+        buf = os.pread(fd, stop - off, off)
+        if len(buf) != stop - off:
+            raise OSError(f"short read of {what} at byte {off}")
+        for ext in split_extents(buf, off, tree.block_size):
+            if ext.zero:
+                tree.add_zero(ext.offset, ext.length)
+            else:
+                tree.add_digests(ext.offset, ext.length, ext.digests)
+        off = stop
 
 
 # --------------------------------------------------------------- extents
@@ -414,12 +447,17 @@ class Hello:
     probe: bool = False
     estimate: dict | None = None                   # the agent's `coldclone estimate --json`
     readiness: dict | None = None                  # inspect.report.ReadinessReport.to_dict()
+    # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
+    # has); without it an existing capture id is refused.
+    resume: bool = False
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
                "source": self.source, "disks": list(self.disks)}
         if self.probe:
             obj["probe"] = True
+        if self.resume:
+            obj["resume"] = True
         if self.estimate is not None:
             obj["estimate"] = self.estimate
         if self.readiness is not None:
@@ -437,7 +475,8 @@ class Hello:
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
                    estimate=f.mapping("estimate") if f.present("estimate") else None,
-                   readiness=f.mapping("readiness") if f.present("readiness") else None)
+                   readiness=f.mapping("readiness") if f.present("readiness") else None,
+                   resume=f.bool("resume"))
 
 
 @dataclass(frozen=True)
@@ -453,6 +492,10 @@ class DiskHeader:
     # The agent's estimate of the non-zero bytes it will send (None: unknown): the receiver checks
     # before accepting the disk that its filesystem has room for them as raw data plus the image.
     data_bytes_estimate: int | None = None
+    # Resuming: the records start at this byte, the end of what the receiver holds (READY.held);
+    # 0 with restart_reason: the held copy is dropped and the disk is sent again from the start.
+    resume_from: int = 0
+    restart_reason: str | None = None
 
     def to_json(self) -> dict:
         obj = {"name": self.name, "size": self.size, "block_size": self.block_size,
@@ -461,6 +504,10 @@ class DiskHeader:
                "source": self.source}
         if self.data_bytes_estimate is not None:
             obj["data_bytes_estimate"] = self.data_bytes_estimate
+        if self.resume_from:
+            obj["resume_from"] = self.resume_from
+        if self.restart_reason is not None:
+            obj["restart_reason"] = self.restart_reason
         return obj
 
     def encode(self) -> bytes:
@@ -482,7 +529,9 @@ class DiskHeader:
                    logical_sector_size=f.int("logical_sector_size", 1, 1 << 20),
                    physical_sector_size=f.int("physical_sector_size", 1, 1 << 20),
                    mode=f.str("mode"), codec=f.str("codec"), source=f.mapping("source"),
-                   data_bytes_estimate=f.int("data_bytes_estimate", 0, MAX_DISK_SIZE))
+                   data_bytes_estimate=f.int("data_bytes_estimate", 0, MAX_DISK_SIZE),
+                   resume_from=f.int("resume_from", 0, size, default=0),
+                   restart_reason=f.str("restart_reason"))
 
 
 @dataclass(frozen=True)
@@ -526,6 +575,69 @@ class DiskEnd:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One checkpoint of a receiver's resume journal: it holds every byte below `end`, and
+    `digest` is BlockTree.cut_segment() over the blocks since the previous checkpoint."""
+
+    end: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class HeldDisk:
+    """What a receiver holds of one disk of an unfinished capture (READY.held)."""
+
+    name: str
+    size: int
+    block_size: int
+    mode: str | None
+    segments: tuple[Segment, ...] = ()
+    complete: bool = False          # verified and converted in an earlier attempt
+    digest: str | None = None       # its whole-disk digest, when complete
+
+    @property
+    def held(self) -> int:
+        return self.segments[-1].end if self.segments else 0
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "block_size": self.block_size, "mode": self.mode,
+                "segments": [[s.end, s.digest.hex()] for s in self.segments],
+                "complete": self.complete, "digest": self.digest}
+
+    @classmethod
+    def decode(cls, name: str, obj: dict) -> "HeldDisk":
+        f = JsonFields(obj, f"READY held disk {name!r:.40}")
+        size = f.int("size", 1, MAX_DISK_SIZE, required=True)
+        segs, last = [], 0
+        for item in obj.get("segments") or []:
+            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                  and not isinstance(item[0], bool) and last < item[0] <= size and isinstance(item[1], str)
+                  and len(item[1]) == 64)
+            try:
+                digest = bytes.fromhex(item[1]) if ok else b""
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ProtocolError(f"READY held disk {name!r:.40}: bad segment {item!r:.80} "
+                                    f"(want [end, 64 hex digits], ends increasing within the disk)")
+            segs.append(Segment(item[0], digest))
+            last = item[0]
+        return cls(name=name, size=size, block_size=f.int("block_size", 512, MAX_DATA, required=True),
+                   mode=f.str("mode"), segments=tuple(segs), complete=f.bool("complete"),
+                   digest=f.str("digest"))
+
+
+def decode_held(obj: dict) -> dict[str, HeldDisk]:
+    """READY.held: disk name -> HeldDisk."""
+    out = {}
+    for name, v in obj.items():
+        if not isinstance(v, dict):
+            raise ProtocolError(f"READY held disk {name!r:.40} is not a JSON object")
+        out[name] = HeldDisk.decode(name, v)
+    return out
+
+
+@dataclass(frozen=True)
 class Abort:
     reason: str = "no reason given"
 
@@ -566,6 +678,10 @@ class StreamWriter:
     def abort(self, reason: str) -> None:
         self.send(Abort(reason).encode())
 
+    def noop(self) -> None:
+        """Keeps the receiver's idle timeout from ending a session that is busy on the agent's side."""
+        self.send(encode_json(T_NOOP, {}))
+
 
 # ----------------------------------------------------------------- decode
 
@@ -602,7 +718,7 @@ class Reader:
             b = self.stream.read(want)
             if not b:
                 got = n - want
-                raise ProtocolError(
+                raise StreamCut(
                     f"stream truncated: needed {n} bytes for {what}, got {got} "
                     f"(after {self.consumed + got} bytes in total); the connection was cut "
                     f"or the agent stopped"
@@ -617,10 +733,10 @@ class Reader:
         magic, version, flags = PREAMBLE.unpack(self._read(PREAMBLE.size, "preamble"))
         if magic != MAGIC:
             raise ProtocolError(f"not a coldclone stream (magic {magic!r})")
-        if version != VERSION:
+        if version not in READ_VERSIONS:
             raise ProtocolError(
-                f"protocol version {version} from the agent, this receiver speaks {VERSION}: "
-                f"use matching coldclone versions on both ends"
+                f"protocol version {version} from the agent, this receiver speaks "
+                f"{' and '.join(map(str, READ_VERSIONS))}: use matching coldclone versions on both ends"
             )
         if flags:
             raise ProtocolError(
@@ -708,10 +824,11 @@ class Reply:
     readback_bytes: int | None = None
     readback_seconds: float | None = None
     text: str | None = None
+    held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
-        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe"),
+        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held"),
         Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
         Event.COMPLETE: ("path", "manifest"),
         Event.ERROR: ("code", "message", "path"),
@@ -722,14 +839,14 @@ class Reply:
     _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
     _INT = ("protocol", "bytes", "covered", "readback_bytes")
     _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
-    _MAP = ("counts", "timings", "manifest")
+    _MAP = ("counts", "timings", "manifest", "held")
 
     def to_json(self) -> dict:
         obj = {"event": self.event}
         for k in self.FIELDS.get(self.event, ()):
             v = getattr(self, k)
-            if k == "probe" and not v:
-                continue   # only a probe's ready says so (an old agent ignores the key)
+            if k in ("probe", "held") and not v:
+                continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
             obj[k] = v
         return obj
 

@@ -49,3 +49,31 @@ class ServerNote:
 @dataclass
 class CaptureFinished:
     result: object  # CaptureResult
+
+
+@dataclass
+class DiskResumed:
+    """A held copy on the receiver was checked against the source: sending starts at `start`
+    (restart_reason set: the held copy was dropped and the disk is sent from byte 0)."""
+    name: str
+    start: int
+    size: int
+    checked_bytes: int
+    seconds: float
+    restart_reason: str | None = None
+
+    def text(self) -> str:
+        """The one wording of it, for the console and the TUI."""
+        if self.restart_reason:
+            return f"disk {self.name}: sent again from byte 0: {self.restart_reason}"
+        return (f"disk {self.name}: the server holds {self.start} of {self.size} bytes; the source matches them "
+                f"(checked {self.checked_bytes} bytes in {self.seconds:.1f} s): sending the rest")
+
+
+@dataclass
+class Reconnecting:
+    """The session to the conversion server dropped; the next attempt starts in `wait` seconds."""
+    attempt: int
+    reason: str
+    wait: float
+    left: float          # seconds of the reconnect budget left

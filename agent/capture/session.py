@@ -6,6 +6,7 @@ through `on_event`; they never see the protocol or the transport.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import re
@@ -32,6 +33,7 @@ from ..transport.base import Connection
 from . import events as E
 from . import inuse
 from .guard import ReadOnlyGuard, device_tree
+from .resume import plan_resume
 from .source import SourceDisk, probe
 from .stream import DiskStats, StreamOptions, stream_disk
 
@@ -42,6 +44,12 @@ log = logging.getLogger("coldclone.capture")
 FINAL_REPLY_TIMEOUT = 6 * 3600
 # After FINISH the receiver writes the manifest and renames the staging directory: seconds.
 COMMIT_REPLY_TIMEOUT = 600
+# READY of a resumed capture comes after the receiver has re-read what it holds (at its disk's
+# speed: an hour is ~200 GB at 60 MB/s).
+RESUME_READY_TIMEOUT = 3600
+# While the agent re-reads a source before resuming, a NOOP this often keeps the receiver's
+# --idle-timeout (600 s by default) from ending the session.
+NOOP_INTERVAL = 30.0
 
 
 @dataclass
@@ -219,10 +227,18 @@ def run_capture(
     data_estimates: dict[str, int] | None = None,
     allow_mounted: bool = False,
     readiness=None,
+    resume: bool = False,
+    reconnect_seconds: float = 0.0,
+    stall_seconds: float = 120.0,
 ) -> CaptureResult:
     """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
     each DISK header so the receiver can refuse up front when its disk cannot hold them.
-    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`)."""
+    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`).
+    resume: continue an unfinished capture of capture_id the receiver holds (agent.capture.resume
+    checks the source against it; what matches is not sent again). reconnect_seconds: after a
+    dropped session, reconnect and resume for at most this long (0: fail at once). stall_seconds:
+    data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
+    with resume), instead of waiting for TCP to give up (15 minutes and more)."""
     opts.validate()
     if not disk_paths:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
@@ -254,19 +270,8 @@ def run_capture(
         if late:
             inuse.check_found(late, what=what, allow=allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
-        conn = connect()
-        replies = _Replies(conn)
         sent = {"wire": 0}
-
-        def send(data: bytes) -> None:
-            replies.poll()
-            try:
-                conn.send(data)
-            except (BrokenPipeError, OSError, ValueError) as e:
-                raise replies.after_send_failure(e) from None
-            sent["wire"] += len(data)
-
-        writer = P.StreamWriter(send)
+        totals = DiskStats()
         if estimate is not None:
             try:
                 P.dumps(estimate)
@@ -275,61 +280,113 @@ def run_capture(
                 # infinite rate) must not stop the capture.
                 log.warning("estimate left out of the manifest: %s", e)
                 estimate = None
-        try:
-            # The estimate goes to the manifest, next to the actual time.
-            writer.hello(P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
-                                 source={"hostname": socket.gethostname(), **(source_facts or {})},
-                                 disks=tuple(names), estimate=estimate,
-                                 readiness=readiness.to_dict() if readiness is not None else None))
-            ready = replies.wait_for((P.Event.READY,), timeout=60, cancel=cancel)
-            location = ready.path or ""
-            on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
-            done_before = 0
-            bad_before = 0
-            totals = DiskStats()
-            for src in sources:
-                on_event(E.DiskStarted(src.name, src.path, src.size))
-                writer.disk(P.DiskHeader(
-                    name=src.name, size=src.size, block_size=opts.block_size,
-                    logical_sector_size=src.logical_sector_size,
-                    physical_sector_size=src.physical_sector_size,
-                    mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
-                    data_bytes_estimate=(data_estimates or {}).get(src.path)))
+        hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
+                        source={"hostname": socket.gethostname(), **(source_facts or {})},
+                        disks=tuple(names), estimate=estimate,
+                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume)
 
-                def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
-                    on_event(E.Progress(
-                        disk=src.name, disk_done=pos, disk_size=src.size, total_done=base + pos,
-                        total_size=total, bytes_read=totals.bytes_read + st.bytes_read,
-                        wire_bytes=sent["wire"], zero_bytes=totals.zero_bytes + st.zero_bytes,
-                        elapsed=time.monotonic() - t0,
-                        unreadable_sectors=bad_before + st.unreadable_sectors(src.logical_sector_size)))
+        def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
+            """One session: HELLO to COMPLETE; (final reply, capture location)."""
+            replies = _Replies(conn)
+            conn.dead_link_after(stall_seconds)
+            last_send = [time.monotonic()]
 
-                digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel)
-                writer.end(P.DiskEnd(digest, **st.as_dict()))
-                for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
-                    setattr(totals, k, getattr(totals, k) + getattr(st, k))
-                done_before += src.size
-                bad_before += st.unreadable_sectors(src.logical_sector_size)
-                on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
-            on_event(E.ServerNote("all data sent; the server is verifying and converting"))
-            # FINISH only once every disk is verified: until then a stop still reaches the
-            # receiver as ABORT and it discards the capture. After FINISH it only renames the
-            # staging directory, so a stop that late cannot undo the capture and is not waited on.
-            replies.wait_verified(names, timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
-            writer.finish()
-            conn.close_write()
-            final = replies.wait_for((P.Event.COMPLETE,), timeout=COMMIT_REPLY_TIMEOUT)
-            if cancel is not None and cancel.is_set():
-                on_event(E.ServerNote("the stop came after the server had verified every disk: "
-                                      "the capture is complete"))
-        except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
-            _abort(conn, replies, e)
-            if isinstance(e, (CancelledError, KeyboardInterrupt)):
-                raise CaptureCancelled(str(e) or "capture cancelled by the operator",
-                                       aborted_on_server=True) from None
-            raise
-        finally:
-            conn.close()
+            def send(data: bytes) -> None:
+                replies.poll()
+                try:
+                    conn.send(data)
+                except (BrokenPipeError, OSError, ValueError) as e:
+                    raise replies.after_send_failure(e) from None
+                sent["wire"] += len(data)
+                last_send[0] = time.monotonic()
+
+            writer = P.StreamWriter(send)
+
+            def keepalive() -> None:
+                if time.monotonic() - last_send[0] >= NOOP_INTERVAL:
+                    writer.noop()
+
+            try:
+                writer.hello(hello)
+                ready = replies.wait_for((P.Event.READY,), timeout=RESUME_READY_TIMEOUT if hello.resume else 60,
+                                         cancel=cancel)
+                try:
+                    held = P.decode_held(ready.held)
+                except P.ProtocolError as e:
+                    raise ServerError(f"conversion server: {e}", code="protocol") from None
+                location = ready.path or ""
+                on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
+                done_before = 0
+                bad_before = 0
+                for src in sources:
+                    on_event(E.DiskStarted(src.name, src.path, src.size))
+                    plan = plan_resume(src, opts, held.get(src.name), cancel, tick=keepalive)
+                    if src.name in held:
+                        on_event(E.DiskResumed(src.name, plan.start, src.size, plan.checked_bytes, plan.seconds,
+                                               plan.restart_reason))
+                    writer.disk(P.DiskHeader(
+                        name=src.name, size=src.size, block_size=opts.block_size,
+                        logical_sector_size=src.logical_sector_size,
+                        physical_sector_size=src.physical_sector_size,
+                        mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
+                        data_bytes_estimate=(data_estimates or {}).get(src.path),
+                        resume_from=plan.start, restart_reason=plan.restart_reason))
+
+                    def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
+                        on_event(E.Progress(
+                            disk=src.name, disk_done=pos, disk_size=src.size, total_done=base + pos,
+                            total_size=total, bytes_read=totals.bytes_read + st.bytes_read,
+                            wire_bytes=sent["wire"], zero_bytes=totals.zero_bytes + st.zero_bytes,
+                            elapsed=time.monotonic() - t0,
+                            unreadable_sectors=bad_before + st.unreadable_sectors(src.logical_sector_size)))
+
+                    digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel, resume=plan.tree)
+                    writer.end(P.DiskEnd(digest, **st.as_dict()))
+                    for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
+                        setattr(totals, k, getattr(totals, k) + getattr(st, k))
+                    done_before += src.size
+                    bad_before += st.unreadable_sectors(src.logical_sector_size)
+                    on_event(E.DiskFinished(src.name, digest.hex(), st.as_dict()))
+                on_event(E.ServerNote("all data sent; the server is verifying and converting"))
+                # FINISH only once every disk is verified: until then a stop still reaches the
+                # receiver as ABORT and it discards the capture. After FINISH it only renames the
+                # staging directory, so a stop that late cannot undo the capture and is not waited on.
+                replies.wait_verified(names, timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
+                writer.finish()
+                conn.close_write()
+                final = replies.wait_for((P.Event.COMPLETE,), timeout=COMMIT_REPLY_TIMEOUT)
+                if cancel is not None and cancel.is_set():
+                    on_event(E.ServerNote("the stop came after the server had verified every disk: "
+                                          "the capture is complete"))
+                return final, location
+            except (CancelledError, ColdcloneError, KeyboardInterrupt) as e:
+                if not (resume and _retryable(e)):
+                    # Without resume (or after a refusal) the receiver discards what it got.
+                    _abort(conn, replies, e)
+                if isinstance(e, (CancelledError, KeyboardInterrupt)):
+                    raise CaptureCancelled(str(e) or "capture cancelled by the operator",
+                                           aborted_on_server=True) from None
+                raise
+            finally:
+                conn.close()
+
+        retry = _Reconnect(reconnect_seconds if resume else 0.0, cancel)
+        while True:
+            try:
+                conn = connect()
+            except ConnectionError_ as e:
+                # Only a reconnect retries a failed connect: the first one fails as before.
+                if not retry.attempts or not retry.wait(e, on_event):
+                    raise
+                continue
+            try:
+                final, location = attempt(conn, hello)
+                break
+            except ColdcloneError as e:
+                if not _retryable(e) or not retry.wait(e, on_event):
+                    raise
+                # The session that dropped may have delivered any part: ask what is held now.
+                hello = dataclasses.replace(hello, resume=True)
 
     try:
         manifest = Manifest.from_dict(final.manifest or {}, "the receiver's manifest")
@@ -350,6 +407,44 @@ def run_capture(
     )
     on_event(E.CaptureFinished(result))
     return result
+
+
+def _retryable(e: BaseException) -> bool:
+    """A dropped session, or a receiver still busy with the session that dropped: worth a reconnect.
+    A refusal or a verdict of the receiver (corrupt, disk full, bad name ...) is not."""
+    return isinstance(e, ConnectionError_) or (isinstance(e, ServerError) and e.code in ("busy", "session_ended"))
+
+
+class _Reconnect:
+    """Backoff between reconnect attempts (1, 2, 4 ... 30 s), within a total time budget."""
+
+    def __init__(self, budget: float, cancel: threading.Event | None):
+        self.budget = budget
+        self.cancel = cancel
+        self.attempts = 0
+        self.started: float | None = None
+
+    def wait(self, err: BaseException, on_event) -> bool:
+        """Sleep before the next attempt; False when the budget is spent (the caller raises)."""
+        if self.budget <= 0:
+            return False
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        left = self.started + self.budget - now
+        if left <= 0:
+            return False
+        self.attempts += 1
+        pause = min(2.0 ** (self.attempts - 1), 30.0, left)
+        on_event(E.Reconnecting(self.attempts, str(err), pause, left))
+        log.warning("session lost (%s); reconnecting (attempt %d) in %.0f s", err, self.attempts, pause)
+        if self.cancel is not None:
+            if self.cancel.wait(pause):
+                raise CaptureCancelled("capture cancelled by the operator while reconnecting",
+                                       aborted_on_server=False)
+        else:
+            time.sleep(pause)
+        return True
 
 
 def _abort(conn: Connection, replies: _Replies, err: BaseException) -> None:

@@ -182,13 +182,16 @@ def stream_disk(
     opts: StreamOptions,
     on_chunk: Callable[[int, DiskStats], None] | None = None,
     cancel: threading.Event | None = None,
+    resume: "P.BlockTree | None" = None,
 ) -> tuple[bytes, DiskStats]:
     """Send the DISK body records for src through send(); return (disk digest, stats).
 
-    The caller sends the DISK header before and the END record after.
+    The caller sends the DISK header before and the END record after. resume: a tree already fed
+    with the bytes below resume.pos (agent.capture.resume checked them against the receiver's
+    journal); only the rest of the disk is read and sent.
     """
     stats = DiskStats()
-    tree = P.BlockTree(src.size, opts.block_size)
+    tree = resume or P.BlockTree(src.size, opts.block_size)
     codec = _Codec(opts.codec, opts.level)
     t0 = time.monotonic()
     if opts.mode == "used":
@@ -197,6 +200,10 @@ def stream_disk(
         stats.map_seconds = time.monotonic() - t0
     else:
         plan = whole_disk(src.size)
+    if tree.pos:
+        # Resuming: only what lies past the held bytes.
+        plan = [e if e.offset >= tree.pos else Extent(tree.pos, e.end - tree.pos, e.why)
+                for e in plan if e.end > tree.pos]
     try:
         fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

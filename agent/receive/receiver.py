@@ -35,10 +35,11 @@ from .. import __version__
 from .. import protocol as P
 from ..errors import ColdcloneError, ServerError
 from ..inspect.report import ReadinessReport
-from ..manifest import Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from ..manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
 from . import image
+from . import journal as J
 from .prefetch import Prefetch
-from .store import FAILURE, MANIFEST, CaptureDir, Store, resolve_root, validate_name
+from .store import FAILURE, MANIFEST, Store, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
 
@@ -69,6 +70,13 @@ class DiskState:
         unreadable_bytes=0))
     # UNREADABLE ranges as (offset, length), in disk order; merged when they touch.
     unreadable: list[tuple[int, int]] = field(default_factory=list)
+    journal: J.DiskJournal | None = None
+    # A resumed disk: where this attempt started, the DATA bytes earlier attempts delivered below
+    # it, and (restarted from 0) why the held copy was dropped.
+    resumed_from: int = 0
+    data_bytes_before: int = 0
+    restart_reason: str | None = None
+    complete_entry: dict | None = None   # verified in an earlier attempt: only END is expected
 
     @property
     def name(self) -> str:
@@ -96,15 +104,14 @@ class _Sink:
     def where(self) -> str:
         return f" (disk {self.disk.name} at byte {self.disk.tree.pos})" if self.disk else ""
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
         raise NotImplementedError
 
     def disk_header(self, h: P.DiskHeader) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"DISK {h.name!r} before END of disk {self.disk.name}")
         validate_name(h.name, "disk name")
-        fd = self.open_disk(h)
-        self.disk = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size))
+        self.disk = self.open_disk(h)
         log.info("disk %s: %d bytes", h.name, h.size)
 
     def _payload(self, rec: P.Record, d: DiskState) -> bytes:
@@ -225,7 +232,7 @@ class _Sink:
                 pass
             self.disk = None
 
-    def fail(self, code: str, message: str) -> str | None:
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
         """Clean up after a failure; the path to name in the error reply."""
         self.close_disk()
         return None
@@ -245,24 +252,127 @@ class CaptureSink(_Sink):
         self.disks: list[ManifestDisk] = []  # manifest entries, one per verified disk
         self.ends: list[P.DiskEnd] = []     # and the agent's END for each
         self.files: list[str] = []
+        # Resume journals: those found in a resumed capture, then one per disk as it starts.
+        self.journals: dict[str, J.DiskJournal] = {}
+        self.rebuilt: dict[str, tuple[int, P.BlockTree]] = {}   # held disks: raw fd, tree at the held end
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
-            self.cap: CaptureDir = self.store.make_capture_dir(hello.capture_id)
+            if hello.resume:
+                self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
+            else:
+                self.cap, resumed = self.store.make_capture_dir(hello.capture_id), False
         except BaseException:
             self.store.close()
             raise
-        log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
+        if resumed:
+            try:
+                self.journals = J.load_all(self.cap)
+                # Before READY: once the agent streams, this end must keep reading (a long read
+                # here would look like a dead link to the agent's stall watchdog). The agent waits
+                # for READY of a resumed capture as long as this takes.
+                for j in self.journals.values():
+                    if j.complete is None and j.held:
+                        self.rebuilt[j.header.name] = self.rebuild(j)
+            except BaseException:
+                # Left as it was (failure.json, journals): the error names what to do.
+                self.close_journals()
+                self.cap.close()
+                self.store.close()
+                raise
+            self.cap.unlink(FAILURE)       # it is in progress again
+            for j in self.journals.values():
+                self.files.append(j.header.name + ".raw")
+                if j.complete is not None and isinstance(j.complete.get("image"), str):
+                    self.files.append(j.complete["image"])
+            log.info("capture %s resumed in %s: %s", self.cap.capture_id, self.cap.path,
+                     ", ".join(f"{n} {j.held} of {j.header.size} bytes" for n, j in self.journals.items())
+                     or "nothing held")
+        else:
+            log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
-                       receiver_version=__version__, protocol=P.VERSION))
+                       receiver_version=__version__, protocol=P.VERSION,
+                       held={n: j.to_held().to_json() for n, j in self.journals.items()}))
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d.name == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        j = self.journals.pop(h.name, None)
+        if j is not None and h.resume_from:
+            return self.resume_disk(h, j)
+        if h.resume_from:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds nothing of it; send it from byte 0", code="protocol")
+        if j is not None:
+            # Sent again from 0 (the source changed, or the agent chose to): the held copy goes.
+            log.info("disk %s restarted from byte 0: %s", h.name, h.restart_reason or "the agent asked")
+            j.close()
+            if h.name in self.rebuilt:
+                os.close(self.rebuilt.pop(h.name)[0])
+            for name in {h.name + ".raw", (j.complete or {}).get("image")} - {None}:
+                self.cap.unlink(name)
         self.preflight(h)
         fd = self.cap.create(h.name + ".raw")
-        self.files.append(h.name + ".raw")
+        if h.name + ".raw" not in self.files:
+            self.files.append(h.name + ".raw")
         os.ftruncate(fd, h.size)
-        return fd
+        d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                      restart_reason=h.restart_reason if j is not None else None)
+        d.journal = J.DiskJournal.create(self.cap, h)
+        return d
+
+    def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
+        """Continue a held disk at the byte the agent names: it must be exactly what is held."""
+        held = j.header
+        if (h.size, h.block_size, h.mode) != (held.size, held.block_size, held.mode):
+            raise ServerError(
+                f"refused: disk {h.name} resumes as {h.size} bytes in blocks of {h.block_size} (mode "
+                f"{h.mode}), but the held copy is {held.size} bytes in blocks of {held.block_size} "
+                f"(mode {held.mode}); send it from byte 0", code="protocol")
+        want = held.size if j.complete is not None else j.held
+        if h.resume_from != want:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds its bytes below {want}", code="protocol")
+        if j.complete is not None:
+            image_name = j.complete.get("image")
+            if not isinstance(image_name, str) or not os.path.lexists(self.cap.file_path(image_name)):
+                raise ServerError(f"disk {h.name}: its verified image {image_name} is gone from "
+                                  f"{self.cap.path}; send the disk from byte 0", code="journal")
+            d = DiskState(h, -1, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                          resumed_from=h.size, data_bytes_before=j.held_data_bytes, complete_entry=j.complete)
+            return d
+        fd, tree = self.rebuilt.pop(h.name)
+        j.reopen()
+        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
+        return DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+                         data_bytes_before=j.held_data_bytes)
+
+    def rebuild(self, j: J.DiskJournal) -> tuple[int, P.BlockTree]:
+        """A held disk's raw file, cut to what the journal vouches for, and its tree rebuilt."""
+        h = j.header
+        fd = self.cap.open_file(h.name + ".raw")
+        try:
+            if os.fstat(fd).st_size != h.size:
+                raise ServerError(f"disk {h.name}: the held image is {os.fstat(fd).st_size} bytes, not "
+                                  f"{h.size}; start a new capture (a new id)", code="journal")
+            # Bytes written after the last checkpoint are not vouched for: cut them off (the
+            # stream's ZERO records leave holes, so nothing stale may stay past the held end).
+            os.ftruncate(fd, j.held)
+            os.ftruncate(fd, h.size)
+            return fd, J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def written(self, d: DiskState) -> None:
+        if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+
+    def resume_facts(self, d: DiskState) -> DiskResume | None:
+        """The manifest's `resume` of a disk that did not arrive in one go."""
+        if not d.resumed_from and d.restart_reason is None:
+            return None
+        return DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
+                          restarted=d.restart_reason)
 
     def preflight(self, h: P.DiskHeader) -> None:
         """Refuse a disk up front when its data cannot fit, instead of failing at 90 %."""
@@ -286,6 +396,9 @@ class CaptureSink(_Sink):
         if d is None:
             raise P.ProtocolError("END record outside a disk")
         d.counts["wire_bytes"] += wire_bytes
+        if d.complete_entry is not None:
+            self.end_held(d, end)
+            return
         if d.tree.pos != d.header.size:
             raise P.ProtocolError(f"END of disk {d.name} at byte {d.tree.pos} of {d.header.size}: records missing")
         got = d.tree.digest()
@@ -305,6 +418,9 @@ class CaptureSink(_Sink):
             # Only a raw file that stays is made durable; one deleted after conversion is not worth
             # the disk writes (the qcow2 made from it is flushed instead, below).
             os.fsync(d.fd)
+        if d.journal is not None:
+            # (the checkpoint syncs the raw file's data itself: what the journal vouches for is on disk)
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
         os.close(d.fd)
         d.fd = -1
         raw_path = self.cap.file_path(d.raw_name)
@@ -338,8 +454,6 @@ class CaptureSink(_Sink):
                 os.close(fd)
             os.rename(tmp_name, img_name, src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
             self.files.append(img_name)
-            if not self.rx.keep_raw:
-                self.cap.unlink(d.raw_name)
         else:
             timings["readback_seconds"] = self._readback(d, raw_path, got)
         # From the last record to a verified image: what the agent waits for after its last byte
@@ -357,7 +471,13 @@ class CaptureSink(_Sink):
             image_bytes_allocated=st.st_blocks * 512, source=h.source, received=d.counts,
             agent=end.stats(), timings=timings,
             # Zero-filled in the image, covered by the digests as zeros (protocol.py, UNREADABLE).
-            unreadable=d.unreadable_entry())
+            unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
+        if d.journal is not None:
+            # Before the raw file goes: a capture cut from here on keeps this disk as verified.
+            d.journal.mark_complete(entry.to_dict())
+            d.journal.close()
+        if img_name != d.raw_name and not self.rx.keep_raw:
+            self.cap.unlink(d.raw_name)
         self.disks.append(entry)
         self.ends.append(end)
         self.disk = None
@@ -381,9 +501,30 @@ class CaptureSink(_Sink):
                 f"received (digest {back}); check the conversion server's disk", code="io")
         return round(time.monotonic() - t, 3)
 
+    def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
+        """END of a disk verified in an earlier attempt: the agent's digest of its source (read
+        again) must be the one the image was verified against."""
+        entry = ManifestDisk.from_dict(d.complete_entry, f"the journal of disk {d.name}")
+        if end.digest.hex() != entry.digest:
+            raise ServerError(
+                f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
+                f"image verified earlier ({entry.digest}); send the disk from byte 0", code="corrupt")
+        entry.resume = DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
+                                  restarted=None, verified_earlier=True)
+        entry.received = d.counts
+        self.disks.append(entry)
+        self.ends.append(end)
+        self.disk = None
+        log.info("disk %s: verified in an earlier attempt, source unchanged", d.name)
+        self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=entry.digest, image=entry.image,
+                            counts=d.counts, timings={}))
+
     def finish(self) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"FINISH before END of disk {self.disk.name}")
+        if self.journals:
+            raise P.ProtocolError(f"FINISH without disk {', '.join(sorted(self.journals))} that the "
+                                  f"receiver holds from an earlier attempt (send each disk of the capture)")
         if not self.disks:
             raise P.ProtocolError("FINISH without any disk")
         totals = {k: sum(d.received[k] for d in self.disks) for k in self.disks[0].received}
@@ -419,6 +560,8 @@ class CaptureSink(_Sink):
                 log.warning("the agent's readiness report is malformed (%s); left out", e)
         document = manifest.to_dict()
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
+        self.close_journals()
+        J.remove_all(self.cap)      # complete: nothing left to resume
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)
         self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=document))
@@ -426,18 +569,55 @@ class CaptureSink(_Sink):
     def abort(self, reason: str) -> int:
         raise ServerError(f"the agent aborted the capture: {reason}", code="aborted")
 
-    def fail(self, code: str, message: str) -> str | None:
-        self.close_disk()
+
+    def close_journals(self) -> None:
+        if self.disk is not None and self.disk.journal is not None:
+            self.disk.journal.close()
+        for j in self.journals.values():
+            j.close()
+        for fd, _ in self.rebuilt.values():
+            os.close(fd)
+        self.rebuilt.clear()
+
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
+        """An interrupted stream (cut) keeps what the journals vouch for, to be resumed; anything
+        else (ABORT, a malformed or corrupt stream, a refusal, a full disk) discards the images."""
         cap = self.cap
-        # Half-written images and temp files are useless and may hold the space that ran out.
-        for name in self.files:
+        d = self.disk
+        held: dict[str, int] = {}
+        resumable = cut and (bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
+        # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
+        # handler and may land mid-record: after it the last periodic checkpoint stands.
+        if resumable and d is not None and d.journal is not None and d.fd >= 0 and code == "protocol":
             try:
-                cap.unlink(name)
-            except (OSError, ServerError) as e:
-                log.error("could not remove %s: %s", name, e)
+                d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+            except OSError as e:
+                log.error("last checkpoint of disk %s failed: %s", d.name, e)
+        self.close_journals()
+        self.close_disk()
+        if resumable:
+            # The journals vouch for what is held: keep it for `coldclone capture --resume`.
+            # Only temp files (a conversion cut short) go.
+            for name in self.files:
+                if name.endswith(".tmp"):
+                    cap.unlink(name)
+            try:
+                held = {j.header.name: j.held for j in J.load_all(cap).values()}
+            except ServerError as e:
+                log.error("%s", e)
+        else:
+            # Half-written images and temp files are useless and may hold the space that ran out.
+            for name in self.files:
+                try:
+                    cap.unlink(name)
+                except (OSError, ServerError) as e:
+                    log.error("could not remove %s: %s", name, e)
+            J.remove_all(cap)
         record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
                   "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d.name for d in self.disks]}
+                  "disks_verified": [d.name for d in self.disks],
+                  "resumable": resumable, "held": held}
         try:
             cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
@@ -446,6 +626,7 @@ class CaptureSink(_Sink):
         return cap.path
 
     def close(self) -> None:
+        self.close_journals()
         super().close()
         self.cap.close()
         self.store.close()
@@ -475,9 +656,11 @@ class ProbeSink(_Sink):
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
                        receiver_version=__version__, protocol=P.VERSION))
 
-    def open_disk(self, h: P.DiskHeader) -> int:
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
+        if h.resume_from:
+            raise P.ProtocolError("a calibration probe cannot resume")
         self.t0 = time.monotonic()
-        return os.dup(self.fd)
+        return DiskState(h, os.dup(self.fd), h.name + ".raw", P.BlockTree(h.size, h.block_size))
 
     def written(self, d: DiskState) -> None:
         if d.counts["data_bytes"] - self.synced >= PROBE_SYNC_BYTES:
@@ -550,13 +733,16 @@ class Receiver:
         """
         try:
             return self._loop(stream)
+        except P.StreamCut as e:
+            where = self.sink.where() if self.sink else ""
+            self._fail("protocol", f"{e}{where}", cut=True)
         except P.ProtocolError as e:
             where = self.sink.where() if self.sink else ""
             self._fail("protocol", f"{e}{where}")
         except ServerError as e:
             self._fail(e.code, str(e))
         except SessionEnded as e:
-            self._fail("session_ended", str(e))
+            self._fail("session_ended", str(e), cut=True)
         except OSError as e:
             self._fail(*self._os_error(e))
         except MemoryError:
@@ -596,6 +782,8 @@ class Receiver:
             elif rec.type == P.T_FINISH:
                 sink.finish()
                 return 0
+            elif rec.type == P.T_NOOP:
+                continue      # the agent is alive (re-checking a source before resuming)
             elif rec.type == P.T_ABORT:
                 return sink.abort(P.Abort.decode(rec.meta).reason)
             else:
@@ -611,12 +799,13 @@ class Receiver:
                                  f"free space there or give the receiver a bigger --root")
         return ("io", f"I/O error on the conversion server in {where}: {e}")
 
-    def _fail(self, code: str, message: str) -> None:
+    def _fail(self, code: str, message: str, cut: bool = False) -> None:
+        """cut: the stream was interrupted (not malformed, not refused): what is held may be resumed."""
         log.error("%s: %s", code, message)
         path = None
         if self.sink is not None:
             try:
-                path = self.sink.fail(code, message)
+                path = self.sink.fail(code, message, cut)
             except BaseException as e:  # cleaning up must not hide the first error
                 log.error("cleanup after %s failed: %r", code, e)
         self.say(P.Reply(P.Event.ERROR, code=code, message=message, path=path))

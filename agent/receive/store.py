@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ..errors import ServerError
@@ -33,7 +34,7 @@ LOCK = ".coldclone-receive.lock"
 FAILURE = "failure.json"
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
-RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock")
+RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock", ".journal")
 
 
 def validate_name(name: object, what: str) -> str:
@@ -174,6 +175,32 @@ class Store:
             raise
         return cap
 
+    def resume_capture_dir(self, capture_id: str) -> tuple["CaptureDir", bool]:
+        """The unfinished capture `<id>.partial` to continue (True), or a new one (False) when
+        there is none. A complete capture is refused as in make_capture_dir; a `.partial` whose
+        receiver is still alive (an earlier session the network cut, not yet timed out) is
+        refused with code `busy`, which a reconnecting agent retries."""
+        validate_capture_id(capture_id)
+        staging = capture_id + PARTIAL
+        try:
+            st = os.stat(staging, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return self.make_capture_dir(capture_id), False
+        if not stat.S_ISDIR(st.st_mode):
+            raise ServerError(f"capture {capture_id}: {os.path.join(self.root, staging)} is not a directory; "
+                              f"remove it or start a new capture (a new id)", code="exists")
+        if os.path.lexists(os.path.join(self.root, capture_id)):
+            raise ServerError(f"capture {capture_id} already exists in {self.root} ({capture_id}); "
+                              f"start a new capture (a new id) or remove the old one", code="exists")
+        dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        cap = CaptureDir(self, capture_id, staging, dfd)
+        try:
+            cap.take_over()
+        except BaseException:
+            cap.close()
+            raise
+        return cap, True
+
     def open_capture(self, capture_id: str) -> "CaptureDir":
         """A complete capture (its final name), for the stages after the receiver: conversion
         writes its images and its manifest section through the same confined calls."""
@@ -200,6 +227,32 @@ class CaptureDir:
                                dir_fd=self.fd)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         os.write(self.lock_fd, f"{os.getpid()}\n".encode())
+
+    def take_over(self) -> None:
+        """Own an unfinished capture again: its lock must be free (its receiver is gone)."""
+        try:
+            fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=self.fd)
+        except OSError as e:
+            raise ServerError(f"cannot lock {self.path}: {e.strerror}", code="io") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ServerError(
+                f"capture {self.capture_id} is still being received (receiver pid {pid or '?'}: an "
+                f"earlier session that has not ended yet); try again in a minute", code="busy") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    def open_file(self, name: str) -> int:
+        """An existing file of the capture, read-write (a resumed disk's raw image)."""
+        validate_name(name, "file name")
+        try:
+            return os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError as e:
+            raise ServerError(f"cannot open {self.file_path(name)}: {e.strerror}", code="io") from None
 
     def close(self) -> None:
         """Let go of the directory (the lock with it: a capture still locked here is abandoned)."""

@@ -53,5 +53,9 @@ class Connection:
     def exit_status(self, timeout: float = 10.0) -> int | None:
         return None
 
+    def dead_link_after(self, seconds: float) -> None:
+        """Fail sends once data has gone unacknowledged this long (a network link; local
+        transports have none)."""
+
     def close(self) -> None:
         raise NotImplementedError

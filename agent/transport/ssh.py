@@ -251,6 +251,16 @@ class SshConnection(Connection):
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise BrokenPipeError(str(e) or "SSH channel closed") from None
 
+    def dead_link_after(self, seconds: float) -> None:
+        # TCP_USER_TIMEOUT: data unacknowledged this long closes the connection, so a send blocked on
+        # a dead link fails instead of waiting for TCP's retries (15 minutes and more). A receiver
+        # that is alive but busy (converting a disk) still acknowledges (zero-window probes): no
+        # false alarm.
+        try:
+            self.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        except (AttributeError, OSError) as e:
+            log.warning("cannot set TCP_USER_TIMEOUT: %s", e)
+
     def close_write(self) -> None:
         try:
             self.chan.shutdown_write()

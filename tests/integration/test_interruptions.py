@@ -26,9 +26,9 @@ def busy_disk(tmp_path_factory):
         yield loop
 
 
-def start_capture(sshd, rx_dir, dev, cid):
+def start_capture(sshd, rx_dir, dev, cid, *args):
     return subprocess.Popen([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                             "--capture-id", cid, "--progress-interval", "0.2"],
+                             "--capture-id", cid, "--progress-interval", "0.2", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -50,7 +50,8 @@ def receiver_pids(rx_root):
 
 
 def test_connection_cut_mid_capture(sshd, rx_dir, busy_disk):
-    proc = start_capture(sshd, rx_dir, busy_disk.dev, "cut")
+    # Without reconnecting (the default reconnects and resumes: tests/integration/test_resume.py).
+    proc = start_capture(sshd, rx_dir, busy_disk.dev, "cut", "--reconnect", "0")
     wait_streaming(proc, os.path.join(rx_dir, "cut.partial"))
     # The server side vanishes at once (as when the link or the server dies): the
     # sshd session process and the receiver under it are killed.

@@ -60,7 +60,7 @@ def test_nesting_attack_over_sshd(sshd, rx_dir, tmp_path):
             err = the_error(replies)
             assert err["code"] == code, (path, cid, err)
             assert status != 0
-        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", "sda.raw"]
+        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", "sda.journal", "sda.raw"]
         victim.send(blob[cut:])
         victim.close_write()
         replies = []
@@ -212,8 +212,10 @@ def test_gc_cleans_a_dead_receivers_partial_and_never_a_live_one(tmp_path):
         dead.wait()
         out = gc(root)
         assert f"live     {root}/live.partial: a running receiver holds its lock" in out, out
-        assert f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: sda.raw removed" in out, out
-        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", "sda.raw"]
+        assert (f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: sda.journal, sda.raw "
+                f"removed") in out, out
+        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", "sda.journal",
+                                                                          "sda.raw"]
         assert os.listdir(os.path.join(root, "dead.partial")) == ["failure.json"]
         failure = json.load(open(os.path.join(root, "dead.partial", "failure.json")))
         assert failure["code"] == "receiver_died" and str(dead.pid) in failure["error"]
@@ -260,9 +262,11 @@ def test_receiver_ends_when_its_parent_is_gone(tmp_path):
         assert not alive(rx_pid), "receiver outlived its session"
         assert took < 5, took
         partial = os.path.join(root, "orphan.partial")
-        assert os.listdir(partial) == ["failure.json"]
+        # An ended session is an interruption: what arrived stays, journaled, to be resumed.
+        assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.raw"]
         failure = json.load(open(os.path.join(partial, "failure.json")))
         assert failure["code"] == "session_ended" and "is gone" in failure["error"]
+        assert failure["resumable"] is True
         print(f"receiver ended {took:.1f} s after its parent")
     finally:
         parent.stdin.close()
@@ -280,4 +284,5 @@ def test_sighup_ends_the_session_cleanly(tmp_path):
     proc.stdin.close()
     assert run.error["code"] == "session_ended" and "SIGHUP" in run.error["message"]
     assert "Traceback" not in run.stderr
-    assert os.listdir(os.path.join(root, "hup.partial")) == ["failure.json"]
+    # An ended session is an interruption: what arrived stays, journaled, to be resumed.
+    assert sorted(os.listdir(os.path.join(root, "hup.partial"))) == ["failure.json", "sda.journal", "sda.raw"]

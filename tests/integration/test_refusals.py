@@ -136,7 +136,12 @@ def test_truncated_stream(sshd, rx_dir):
     assert err["code"] == "protocol"
     assert "truncated" in err["message"] and "disk sda" in err["message"]
     assert status != 0
-    assert_nothing_complete(rx_dir, "trunc")
+    # A cut stream is an interruption, not a refusal: nothing is complete, and what arrived stays
+    # with its resume journal (tests/unit/test_resume_journal.py resumes it).
+    assert not os.path.exists(os.path.join(rx_dir, "trunc"))
+    partial = os.path.join(rx_dir, "trunc.partial")
+    assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.raw"]
+    assert json.load(open(os.path.join(partial, "failure.json")))["resumable"] is True
 
 
 def test_agent_abort_discards_partial(sshd, rx_dir):

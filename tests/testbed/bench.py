@@ -8,6 +8,8 @@ space) is captured to the same sshd on 127.0.0.1 by:
   dd|ssh             dd bs=4M | ssh host 'cat > img'            (then qemu-img convert)
   dd|zstd|ssh        dd bs=4M | zstd -1 | ssh host 'cat > img.zst'  (then unzstd + qemu-img convert)
   partclone          partclone per filesystem | zstd -1 | ssh, then restore + convert (the Clonezilla way)
+  resume             cc-nonzero with the receiver killed (-9) at ~50 %, then --resume: bytes received
+                     twice and time vs uninterrupted (tests/testbed/resumebench.py; 127.0.0.1 only)
 Printed per run: wall time of the transfer, time until a qcow2 exists on the
 server, bytes on the wire, agent-side CPU seconds and peak RSS (the source
 server's side: every process on the sending side); then coldclone's ratios.
@@ -28,7 +30,7 @@ import time
 
 from agent.units import human_bytes as hb
 from agent.runcmd import run
-from . import synthdisk
+from . import resumebench, synthdisk
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd
@@ -242,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv())
                 results["127.0.0.1"] = run_methods(loop.dev, sd, root, sshd.url, sshd.known_hosts,
                                                    sshd.client_key, ssh)
+                resume = resumebench.resume_cost(loop.dev, root, sshd.url, sshd.known_hosts, sshd.client_key)
             report("sshd on 127.0.0.1", results["127.0.0.1"], sd.size)
+            resumebench.report(resume)
             if args.link_mbit:
                 root = os.path.join(work, "rx-shaped")
                 with ShapedServer(args.link_mbit, receiver_root=root, workdir=os.path.join(work, "sshd-shaped"),
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"disk": {"size": sd.size, "files": sd.files_bytes, "remnants": sd.remnant_bytes},
-                       "runs": results}, f, indent=2)
+                       "runs": results, "resume": resume}, f, indent=2)
     return 0
 
 

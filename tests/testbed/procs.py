@@ -66,3 +66,23 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def kill_receivers(receiver_root: str) -> int:
+    """kill -9 every coldclone-receive writing under receiver_root and the sshd session process
+    above it: the conversion server's side of a capture vanishes at once (a crash, a reboot).
+    How many receivers were killed."""
+    import os
+    import signal
+
+    out = subprocess.run(["pgrep", "-f", f"coldclone-receive --root {receiver_root}"], capture_output=True, text=True)
+    n = 0
+    for pid in (int(p) for p in out.stdout.split()):
+        try:
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            os.kill(pid, signal.SIGKILL)
+            os.kill(ppid, signal.SIGKILL)
+            n += 1
+        except (FileNotFoundError, ProcessLookupError):
+            pass   # it ended by itself meanwhile
+    return n

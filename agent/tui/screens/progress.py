@@ -173,6 +173,10 @@ class ProgressScreen(Screen):
             for bar in self.bars.values():
                 bar.state = "verifying"
             log.write(ev.text)
+        elif isinstance(ev, E.DiskResumed):
+            log.write(ev.text())
+        elif isinstance(ev, E.Reconnecting):
+            log.write(f"reconnecting (attempt {ev.attempt}) in {ev.wait:.0f} s: {ev.reason}")
 
     def stats(self) -> None:
         ev = self.last_progress
