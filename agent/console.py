@@ -192,6 +192,8 @@ def print_summary(result, out=sys.stdout, estimate=None) -> None:
     for d in result.disks:
         checks = ", ".join(k for k, v in d.get("verified", {}).items() if v)
         print(f"  {d['name']}: {d['image']} digest {d['digest'][:16]}... verified ({checks})", file=out)
+    for line in result.conversion_lines():
+        print(f"  {line}", file=out)
 
 
 class JobConsole:

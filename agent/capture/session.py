@@ -45,6 +45,18 @@ class CaptureResult:
     zero_bytes: int
     total_size: int
     manifest: dict = field(default_factory=dict)
+    # where the receiver's queued conversion will write the KVM images (empty: no conversion)
+    converted_images: tuple[str, ...] = ()
+
+    def conversion_lines(self) -> list[str]:
+        """Where the converted images will be, for the headless summary and the TUI's Done
+        screen alike; nothing when the receiver converts nothing."""
+        if not self.converted_images:
+            return []
+        return (["conversion queued on the conversion server (coldclone-convert); the KVM image"
+                 + ("s" if len(self.converted_images) > 1 else "") + " will be:"]
+                + [f"  {p}" for p in self.converted_images]
+                + ["  (its result, every fix applied: the `conversion` section of manifest.json there)"])
 
 
 class CaptureCancelled(CancelledError):
@@ -288,6 +300,7 @@ def run_capture(
         zero_bytes=totals.zero_bytes,
         total_size=total,
         manifest=manifest,
+        converted_images=final.converted_images,
     )
     on_event(E.CaptureFinished(result))
     return result

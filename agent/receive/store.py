@@ -31,6 +31,9 @@ PARTIAL = ".partial"
 LOCK = ".coldclone-receive.lock"
 MANIFEST = "manifest.json"
 FAILURE = "failure.json"
+# coldclone-convert writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2; named here, in the
+# package the converter builds on, so the receiver can tell the agent where they will be.
+CONVERTED_SUFFIX = ".kvm.qcow2"
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
 RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock")
@@ -44,6 +47,11 @@ def validate_name(name: object, what: str) -> str:
             code="bad_name",
         )
     return name
+
+
+def converted_image_name(disk: str) -> str:
+    """The file coldclone-convert writes for a captured disk, inside the capture dir."""
+    return disk + CONVERTED_SUFFIX
 
 
 def validate_capture_id(capture_id: object) -> str:

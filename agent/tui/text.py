@@ -202,4 +202,5 @@ def result_lines(result) -> list[str]:
         checks = ", ".join(k for k, v in (d.get("verified") or {}).items() if v)
         out.append(f"{d.get('name')}: {d.get('image')}")
         out.append(f"  digest {str(d.get('digest', ''))[:32]}... verified: {checks or 'no'}")
+    out += result.conversion_lines()
     return out
