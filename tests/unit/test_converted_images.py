@@ -67,3 +67,17 @@ def test_summary_says_nothing_of_conversion_when_none_is_queued():
     print_summary(_result(()), out=buf)
     assert "conversion" not in buf.getvalue()
     assert not any("conversion" in l for l in result_lines(_result(())))
+
+
+def test_convert_engine_without_convert_is_refused(tmp_path):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", str(tmp_path),
+                        "--convert-engine", "fixups"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--convert-engine needs --convert" in r.stderr, r.stderr
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", str(tmp_path), "--convert",
+                        "--convert-engine", "v2v"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'v2v'" in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)
