@@ -2,7 +2,13 @@
 # A small but real bootable Debian disk, as a physical server's disk looks to coldclone-convert:
 # BIOS/MBR, / (ext4) and swap named /dev/sda1 and /dev/sda2 in fstab and on the kernel's root=,
 # a 70-persistent-net.rules pinning eth0 to a MAC, ifupdown DHCP on eth0. Used to measure a whole
-# virt-v2v run (slow under TCG: not in the default test run).
+# virt-v2v run (slow under TCG: not in the default test run) and by the VM tier's whole story
+# (tests/vm/test_whole_story.py).
+# Test scaffolding inside the guest: coldclone-story.service runs once multi-user.target is
+# reached, prints COLDCLONE-GUEST-UP on the serial console and, when QEMU hands it a
+# "HOST PORT TOKEN" line through fw_cfg (opt/coldclone/ping), sends GET /ping/TOKEN to that
+# host (bash's /dev/tcp: minbase has no curl) and prints the reply as COLDCLONE-GUEST-PING,
+# so the test proves on the host side that the converted guest's network came up.
 #
 # usage: debian_disk.sh OUT.raw BASE_TARBALL   (BASE_TARBALL: a debootstrap minbase .tar.zst,
 #        e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an existing
@@ -46,6 +52,48 @@ cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
 SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:12:34:99", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"
 EOF
 printf 'auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n' > "$mnt/etc/network/interfaces"
+cat > "$mnt/usr/local/sbin/coldclone-story" <<'STORY'
+#!/bin/bash
+# Test scaffolding (tests/testbed/debian_disk.sh): see the comment there.
+con=/dev/ttyS0
+echo "COLDCLONE-GUEST-UP kernel=$(uname -r) host=$(hostname)" > $con
+echo "COLDCLONE-GUEST-ROUTES $(awk 'NR>1 {printf "%s:%s:%s ", $1, $2, $3}' /proc/net/route)" > $con
+modprobe qemu_fw_cfg 2>/dev/null || true
+cfg=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/ping/raw
+for i in $(seq 1 20); do [ -r $cfg ] && break; sleep 0.5; done
+[ -r $cfg ] || { echo "COLDCLONE-GUEST-PING none: no fw_cfg ping address" > $con; exit 0; }
+read -r host port token < $cfg
+# DHCP may still be settling: retry for a minute
+for i in $(seq 1 30); do
+    if exec 3<>/dev/tcp/$host/$port; then
+        printf 'GET /ping/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$host" >&3
+        reply=$(tail -n 1 <&3)
+        exec 3<&-
+        echo "COLDCLONE-GUEST-PING reply=$reply" > $con
+        exit 0
+    fi
+    sleep 2
+done
+echo "COLDCLONE-GUEST-PING failed: $host:$port unreachable" > $con
+STORY
+chmod 755 "$mnt/usr/local/sbin/coldclone-story"
+# After= and WantedBy= the same target: it runs once multi-user.target is reached
+cat > "$mnt/etc/systemd/system/coldclone-story.service" <<'UNIT'
+[Unit]
+Description=coldclone test marker: multi-user reached, ping the host
+After=multi-user.target network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/coldclone-story
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+mkdir -p "$mnt/etc/systemd/system/multi-user.target.wants"
+ln -sf /etc/systemd/system/coldclone-story.service \
+    "$mnt/etc/systemd/system/multi-user.target.wants/coldclone-story.service"
 echo coldclone-debian > "$mnt/etc/hostname"
 echo 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0"' >> "$mnt/etc/default/grub"
 echo 'GRUB_DISABLE_LINUX_UUID=true' >> "$mnt/etc/default/grub"
@@ -57,6 +105,9 @@ sed -i "s#root=${loop}p1#root=/dev/sda1#g" "$mnt/boot/grub/grub.cfg"
 grep -q 'root=/dev/sda1' "$mnt/boot/grub/grub.cfg"
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
+# The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
+# file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
+fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
 cleanup
 trap - EXIT
