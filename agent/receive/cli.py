@@ -30,10 +30,9 @@ import sys
 import threading
 from typing import BinaryIO
 
-from ..convert.model import Engine     # the enum only: the converter runs as a command
 from ..runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import gc
+from .store import CONVERT_ENGINES, gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 WATCH_INTERVAL = 1.0
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert", action="store_true",
                     help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
                          "one conversion at a time per root; its output in <capture>/conversion.out)")
-    ap.add_argument("--convert-engine", choices=[e.value for e in Engine], default=Engine.VIRT_V2V.value,
+    ap.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0],
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for st in gc(args.root):
             print(f"{st.state:8} {st.path}: {st.detail}")
         return 0
-    if args.convert_engine != Engine.VIRT_V2V.value and not args.convert:
+    if args.convert_engine != CONVERT_ENGINES[0] and not args.convert:
         ap.error("--convert-engine needs --convert")
     session = Session(args.idle_timeout).start()
     try:
@@ -171,17 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         session.stop()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path, Engine(args.convert_engine))
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine)
     return rc
 
 
-def queue_conversion(capture_path: str, engine: Engine = Engine.VIRT_V2V) -> int:
+def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0]) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
     capture, the conversion waits its turn on the root's lock. By command, not by import: the
     converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path, "--engine", engine.value], os.path.join(capture_path, "conversion.out"))
+    return spawn([exe, capture_path, "--engine", engine], os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":
