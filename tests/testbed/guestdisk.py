@@ -20,15 +20,17 @@ MiB = 1 << 20
 DEBIAN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "debian_disk.sh")
 
 
-def debian_disk(base: str, cache_dir: str) -> str:
-    """The bootable Debian 12 disk of debian_disk.sh (built from ``base``, the live ISO build's
-    debootstrap tarball), cached in ``cache_dir`` under the script's own digest: a changed
-    script builds a new disk instead of reusing one made by an older version."""
+def debian_disk(base: str, cache_dir: str, firmware: str = "bios") -> str:
+    """The bootable Debian 12 disk of debian_disk.sh (``firmware`` bios: MBR + GRUB pc; uefi: GPT
+    + ESP + GRUB EFI), built from ``base`` (the live ISO build's debootstrap tarball), cached in
+    ``cache_dir`` under the script's own digest: a changed script builds a new disk instead of
+    reusing one made by an older version."""
     with open(DEBIAN_SCRIPT, "rb") as f:
         tag = hashlib.sha256(f.read()).hexdigest()[:12]
     os.makedirs(cache_dir, exist_ok=True)
-    disk = os.path.join(cache_dir, f"debian12-{tag}.raw")
-    run(["sh", DEBIAN_SCRIPT, disk, base], timeout=1800, hint="building the Debian test disk failed")
+    disk = os.path.join(cache_dir, f"debian12-{firmware}-{tag}.raw")
+    run(["sh", DEBIAN_SCRIPT, disk, base, firmware], timeout=1800,
+        hint=f"building the Debian test disk ({firmware}) failed")
     return disk
 
 

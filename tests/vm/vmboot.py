@@ -12,6 +12,7 @@ Boot paths (``mode``):
   uefi-usb   the ISO as a raw USB stick: OVMF -> GPT EFI partition -> GRUB EFI.
   disk       no ISO: SeaBIOS boots the first disk of ``extra_args`` (a converted guest), with
              the same virtio-net NIC on QEMU's user network.
+  uefi-disk  the same with OVMF on q35.
 For the last four the boot menu is left alone; the extra words reach the live system through
 QEMU's fw_cfg (``-fw_cfg name=opt/coldclone/cmdline,string=...``), which the image's
 coldclone-fwcfg.service appends to /proc/cmdline (see docs/livecd.md).
@@ -155,7 +156,7 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
         argv += cdrom + ["-boot", "d"] + fwcfg
     elif mode in ("bios-usb", "uefi-usb"):
         argv += usb + fwcfg
-    elif mode == "disk":
+    elif mode in ("disk", "uefi-disk"):
         pass            # the disk and its controller come in extra_args
     else:
         raise ValueError(f"unknown boot mode {mode!r} (one of {', '.join(MODES)})")
