@@ -126,7 +126,13 @@ if [ -n "$esp" ]; then
     uuid=$(blkid -s UUID -o value "${loop}$rootp")
     printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' \
         "$uuid" > "$mnt/tmp/early.cfg"
-    in_chroot grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI "boot/grub/grub.cfg=/tmp/early.cfg"
+    # the partition map and filesystem modules built in: the search runs before any autoload
+    in_chroot grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI \
+        --modules="part_gpt part_msdos ext2 search search_fs_uuid configfile" \
+        "boot/grub/grub.cfg=/tmp/early.cfg"
+    # grub.cfg's insmod lines read $prefix/x86_64-efi on /: the modules grub-install would copy
+    mkdir -p "$mnt/boot/grub/x86_64-efi"
+    cp "$mnt"/usr/lib/grub/x86_64-efi/*.mod "$mnt"/usr/lib/grub/x86_64-efi/*.lst "$mnt/boot/grub/x86_64-efi/"
     mmd -i "${loop}$esp" ::/EFI ::/EFI/BOOT
     mcopy -i "${loop}$esp" "$mnt/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
     rm -f "$mnt/tmp/BOOTX64.EFI" "$mnt/tmp/early.cfg"
