@@ -204,6 +204,8 @@ def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstima
             print(f"  {d.name}: {bad.sectors} UNREADABLE sectors of {bad.sector_size} bytes "
                   f"(zeros in the image; start+count: {shown}{more}; manifest.json lists them all)",
                   file=out)
+    for line in result.conversion_lines():
+        print(f"  {line}", file=out)
 
 
 class JobConsole:

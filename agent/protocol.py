@@ -825,12 +825,15 @@ class Reply:
     readback_seconds: float | None = None
     text: str | None = None
     held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
+    # complete, when the receiver queues a conversion (--convert): where each converted image
+    # will be, so the agent's summary can say it (the conversion runs after the session ends)
+    converted_images: tuple[str, ...] = ()
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
         Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held"),
         Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
-        Event.COMPLETE: ("path", "manifest"),
+        Event.COMPLETE: ("path", "manifest", "converted_images"),
         Event.ERROR: ("code", "message", "path"),
         Event.PROBE: ("bytes", "covered", "counts", "seconds", "sync_seconds", "readback_bytes",
                       "readback_seconds"),
@@ -840,6 +843,7 @@ class Reply:
     _INT = ("protocol", "bytes", "covered", "readback_bytes")
     _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
     _MAP = ("counts", "timings", "manifest", "held")
+    _LIST = ("converted_images",)
 
     def to_json(self) -> dict:
         obj = {"event": self.event}
@@ -847,6 +851,10 @@ class Reply:
             v = getattr(self, k)
             if k in ("probe", "held") and not v:
                 continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
+            if k in self._LIST:
+                if not v:
+                    continue   # only a converting receiver says so (an old agent ignores the key)
+                v = list(v)
             obj[k] = v
         return obj
 
@@ -870,6 +878,7 @@ class Reply:
             vals.update({k: f.int(k) for k in cls._INT})
             vals.update({k: f.float(k) for k in cls._FLOAT})
             vals.update({k: f.mapping(k) for k in cls._MAP})
+            vals.update({k: f.str_list(k) for k in cls._LIST})
             return cls(event=f.str("event", required=True), probe=f.bool("probe"), **vals)
         except ProtocolError as e:
             return cls(Event.NOISE, text=f"{e}: {dumps(obj)[:300]}")

@@ -63,6 +63,8 @@ class CaptureResult:
     wire_bytes: int
     zero_bytes: int
     total_size: int
+    # where the receiver's queued conversion will write the KVM images (empty: no conversion)
+    converted_images: tuple[str, ...] = ()
 
     @property
     def disks(self) -> list[ManifestDisk]:
@@ -83,6 +85,16 @@ class CaptureResult:
         """How the end of a capture is worded everywhere (console, headless, TUI)."""
         n = self.unreadable_sectors
         return f"verified with {n} unreadable sector{'s' if n != 1 else ''}" if n else "verified"
+
+    def conversion_lines(self) -> list[str]:
+        """Where the converted images will be, for the headless summary and the TUI's Done
+        screen alike; nothing when the receiver converts nothing."""
+        if not self.converted_images:
+            return []
+        return (["conversion queued on the conversion server (coldclone-convert); the KVM image"
+                 + ("s" if len(self.converted_images) > 1 else "") + " will be:"]
+                + [f"  {p}" for p in self.converted_images]
+                + ["  (its result, every fix applied: the `conversion` section of manifest.json there)"])
 
 
 class CaptureCancelled(CancelledError):
@@ -404,6 +416,7 @@ def run_capture(
         wire_bytes=sent["wire"],
         zero_bytes=totals.zero_bytes,
         total_size=total,
+        converted_images=final.converted_images,
     )
     on_event(E.CaptureFinished(result))
     return result

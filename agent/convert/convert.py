@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 from ..errors import ColdcloneError, CommandError, ServerError
 from ..receive import image as qimage
 from ..receive.manifest import CaptureDirectory, ManifestDisk
-from ..receive.store import CaptureDir, Store
+from ..receive.store import CaptureDir, Store, converted_image_name
 from ..runcmd import run
 from . import fixes as F
 from .guestfs import Accel, Guest, detect_accel, tool_version
@@ -37,7 +37,6 @@ from .model import Conversion, CopyMethod, Engine, Fix, GuestOS, ImageOut, Outco
 
 log = logging.getLogger("coldclone.convert")
 
-KVM_SUFFIX = ".kvm.qcow2"
 LOCK_NAME = ".coldclone-convert.lock"
 
 
@@ -282,10 +281,10 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, m
     stage_method = CopyMethod.OVERLAY if engine is Engine.VIRT_V2V else method
     # Names the capture dir's validated calls accept (no leading dot); removed whatever happens.
     staged = [f"{d.name}.convert-stage.qcow2" for d in disks]
-    finals = [d.name + KVM_SUFFIX for d in disks]
+    finals = [converted_image_name(d.name) for d in disks]
     try:
         for d in disks:
-            cap.unlink(d.name + KVM_SUFFIX)      # a new conversion replaces an older one
+            cap.unlink(converted_image_name(d.name))      # a new conversion replaces an older one
         if engine is Engine.VIRT_V2V:
             check_v2v_tools()
         t = time.monotonic()

@@ -61,6 +61,12 @@ class Fix:
         d["kind"] = self.kind.value
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fix":
+        """A fix as the manifest's `conversion` section holds it."""
+        return cls(kind=FixKind(d["kind"]), path=d["path"], line=d["line"], before=d["before"],
+                   after=d["after"], why=d["why"])
+
     def render(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
         return f"{self.kind.value}: {where}: {self.before.strip()!r} -> {self.after.strip()!r}"
@@ -135,3 +141,40 @@ class Conversion:
             "fixes": [f.to_dict() for f in self.fixes],
             "warnings": list(self.warnings),
         }
+
+
+# The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
+# None: no finding predicts it (the converter found it on its own). The agent's prediction
+# before the capture and what the conversion server did must agree: prediction_gaps says where
+# they do not.
+FINDING_OF_FIX: dict[FixKind, str | None] = {
+    FixKind.FSTAB_DEVICE: "fstab-device-names",
+    FixKind.CRYPTTAB_DEVICE: None,
+    FixKind.KERNEL_ROOT: "bootloader-root-device",
+    FixKind.KERNEL_RESUME: "resume-device",
+    FixKind.NET_RULE_MAC: "persistent-net-rules",
+    FixKind.IFCFG_MAC: "ifcfg-hwaddr",
+    FixKind.NM_MAC: "nm-mac-address",
+    FixKind.HARDWARE_SERVICE: None,
+}
+# Findings the engine answers as a whole rather than by a fix of ours (no Fix record).
+FINDING_OF_ENGINE: dict[str, Engine] = {"initramfs-virtio": Engine.VIRT_V2V}
+
+
+@dataclass(frozen=True)
+class PredictionGaps:
+    unanswered: tuple[str, ...]       # findings promised a conversion that nothing carried out
+    unpredicted: tuple[Fix, ...]      # fixes applied that no finding predicted
+
+    @property
+    def agree(self) -> bool:
+        return not self.unanswered and not self.unpredicted
+
+
+def prediction_gaps(promised: list[str], engine: Engine, fixes: list[Fix]) -> PredictionGaps:
+    """``promised``: the ids of the readiness findings that say what conversion will do."""
+    answered = {FINDING_OF_FIX[f.kind] for f in fixes} | {
+        fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine}
+    return PredictionGaps(
+        unanswered=tuple(fid for fid in promised if fid not in answered),
+        unpredicted=tuple(f for f in fixes if FINDING_OF_FIX[f.kind] not in promised))

@@ -21,6 +21,7 @@ from ..errors import ConnectionError_, ServerError, UsageError
 from ..inspect.model import Firmware
 from ..receive import image as qimage
 from ..receive.manifest import CaptureDirectory, ManifestDisk
+from ..receive.store import converted_image_name
 from .manifest import PublishRecord
 
 log = logging.getLogger("coldclone.publish")
@@ -63,8 +64,7 @@ class LocalImage:
 
 def pick_image(cap: CaptureDirectory, disk: ManifestDisk) -> LocalImage:
     """The converted `<disk>.kvm.qcow2` when conversion made one, else the verified image."""
-    stem = disk.image[:-len(".qcow2")] if disk.image.endswith(".qcow2") else disk.image
-    converted = cap.file(stem + ".kvm.qcow2")
+    converted = cap.file(converted_image_name(disk.name))
     if os.path.isfile(converted):
         path, kind, fmt = converted, "converted", "qcow2"
     else:

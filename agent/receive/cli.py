@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from ..runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import gc
+from .store import CONVERT_ENGINES, gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 WATCH_INTERVAL = 1.0
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert", action="store_true",
                     help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
                          "one conversion at a time per root; its output in <capture>/conversion.out)")
+    ap.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0],
+                    help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
+                         "faster for guests whose initramfs already has the virtio drivers)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -158,16 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         for st in gc(args.root):
             print(f"{st.state:8} {st.path}: {st.detail}")
         return 0
+    if args.convert_engine != CONVERT_ENGINES[0] and not args.convert:
+        ap.error("--convert-engine needs --convert")
     grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
-                      keep_raw=args.keep_raw)
+                      keep_raw=args.keep_raw, convert=args.convert)
         rc = rx.run(session.stream(sys.stdin.buffer))
     finally:
         session.stop()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path)
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine)
     return rc
 
 
@@ -181,13 +186,13 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def queue_conversion(capture_path: str) -> int:
+def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0]) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
     capture, the conversion waits its turn on the root's lock. By command, not by import: the
     converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path], os.path.join(capture_path, "conversion.out"))
+    return spawn([exe, capture_path, "--engine", engine], os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":

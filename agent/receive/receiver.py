@@ -39,7 +39,7 @@ from ..manifest import DiskResume, Manifest, ManifestDisk, Unreadable, Unreadabl
 from . import image
 from . import journal as J
 from .prefetch import Prefetch
-from .store import FAILURE, MANIFEST, Store, resolve_root, validate_name
+from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
 
 log = logging.getLogger("coldclone.receive")
 
@@ -564,7 +564,11 @@ class CaptureSink(_Sink):
         J.remove_all(self.cap)      # complete: nothing left to resume
         path = self.cap.complete()
         log.info("capture %s complete: %s", self.cap.capture_id, path)
-        self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=document))
+        # with --convert the conversion starts once this session ends: say now where its images
+        # will be, the agent's summary is the operator's last look at this capture
+        converted = (tuple(os.path.join(path, converted_image_name(d.name)) for d in self.disks)
+                     if self.rx.convert else ())
+        self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=document, converted_images=converted))
 
     def abort(self, reason: str) -> int:
         raise ServerError(f"the agent aborted the capture: {reason}", code="aborted")
@@ -709,11 +713,13 @@ class ProbeSink(_Sink):
 class Receiver:
     """The record loop: preamble, HELLO (which picks the sink), then records to the sink."""
 
-    def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False):
+    def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False,
+                 convert: bool = False):
         self.forced_root = root
         self.requested_root = requested_root
         self.out = out
         self.keep_raw = keep_raw
+        self.convert = convert        # a conversion is queued after a complete capture (--convert)
         self.sink: _Sink | None = None
         self.started = _now()
         self.t0 = time.monotonic()

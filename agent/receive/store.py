@@ -32,6 +32,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PARTIAL = ".partial"
 LOCK = ".coldclone-receive.lock"
 FAILURE = "failure.json"
+# coldclone-convert writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2; named here, in the
+# package the converter builds on, so the receiver can tell the agent where they will be.
+CONVERTED_SUFFIX = ".kvm.qcow2"
+# coldclone-convert's engines (agent.convert.model.Engine, which a unit test keeps equal), for
+# coldclone-receive --convert-engine: the receiver starts the converter as a command and may not
+# import it (the layers in .importlinter)
+CONVERT_ENGINES = ("virt-v2v", "fixups")
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
 RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock", ".journal")
@@ -45,6 +52,11 @@ def validate_name(name: object, what: str) -> str:
             code="bad_name",
         )
     return name
+
+
+def converted_image_name(disk: str) -> str:
+    """The file coldclone-convert writes for a captured disk, inside the capture dir."""
+    return disk + CONVERTED_SUFFIX
 
 
 def validate_capture_id(capture_id: object) -> str:

@@ -185,4 +185,5 @@ def result_lines(result: CaptureResult) -> list[str]:
         if bad.sectors:
             out.append(f"  UNREADABLE: {bad.sectors} sectors of {bad.sector_size} bytes in "
                        f"{len(bad.ranges)} ranges, zeros in the image (manifest.json lists them)")
+    out += result.conversion_lines()
     return out

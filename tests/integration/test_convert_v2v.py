@@ -29,10 +29,7 @@ BASE = os.path.join(REPO, "livecd", "build", "cache", "base-bookworm-amd64.tar.z
 def debian_capture(tmp_path_factory):
     if not os.path.isfile(BASE):
         pytest.skip(f"{BASE} missing: build the live ISO once (make iso) for its debootstrap cache")
-    os.makedirs(CACHE, exist_ok=True)
-    disk = os.path.join(CACHE, "debian12.raw")
-    subprocess.run(["sh", os.path.join(REPO, "tests", "testbed", "debian_disk.sh"), disk, BASE],
-                   check=True, timeout=1800)
+    disk = guestdisk.debian_disk(BASE, CACHE)
     root = str(tmp_path_factory.mktemp("rx"))
     return guestdisk.make_capture(root, "deb12", {"sda": disk})
 

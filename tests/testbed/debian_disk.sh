@@ -2,19 +2,40 @@
 # A small but real bootable Debian disk, as a physical server's disk looks to coldclone-convert:
 # BIOS/MBR, / (ext4) and swap named /dev/sda1 and /dev/sda2 in fstab and on the kernel's root=,
 # a 70-persistent-net.rules pinning eth0 to a MAC, ifupdown DHCP on eth0. Used to measure a whole
-# virt-v2v run (slow under TCG: not in the default test run).
+# virt-v2v run (slow under TCG: not in the default test run) and by the VM tier's whole story
+# (tests/vm/test_whole_story.py).
+# Test scaffolding inside the guest: coldclone-story.service runs once multi-user.target is
+# reached, prints COLDCLONE-GUEST-UP on the serial console and, when QEMU hands it a
+# "HOST PORT TOKEN" line through fw_cfg (opt/coldclone/ping), sends GET /ping/TOKEN to that
+# host (bash's /dev/tcp: minbase has no curl) and prints the reply as COLDCLONE-GUEST-PING,
+# so the test proves on the host side that the converted guest's network came up.
 #
-# usage: debian_disk.sh OUT.raw BASE_TARBALL   (BASE_TARBALL: a debootstrap minbase .tar.zst,
-#        e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an existing
-#        OUT.raw is kept.
+# FIRMWARE uefi instead: GPT, an EFI system partition (/dev/sda1, /boot/efi), / on /dev/sda2,
+# swap /dev/sda3, GRUB EFI at the removable-media path (EFI/BOOT/BOOTX64.EFI: a firmware with
+# no boot entries, as OVMF without saved variables, boots it). The host kernel here may have no
+# vfat, so the ESP is never mounted: GRUB is a grub-mkstandalone image (grub-install refuses a
+# directory that is not FAT) whose embedded config finds / by UUID and reads its grub.cfg, and
+# mtools writes it into the FAT.
+#
+# usage: debian_disk.sh OUT.raw BASE_TARBALL [bios|uefi]   (BASE_TARBALL: a debootstrap minbase
+#        .tar.zst, e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an
+#        existing OUT.raw is kept.
 set -eu
-out=$1; base=$2
+out=$1; base=$2; firmware=${3:-bios}
+case $firmware in bios|uefi) ;; *) echo "debian_disk.sh: firmware $firmware: give bios or uefi" >&2; exit 2;; esac
 [ -s "$out" ] && { echo "cached: $out"; exit 0; }
 work=$(mktemp -d /var/tmp/debdisk.XXXXXX)
 mnt=$work/mnt; mkdir -p "$mnt"
 tmp=$out.tmp
 truncate -s 2G "$tmp"
-parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
+if [ "$firmware" = bios ]; then
+    parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
+    esp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
+else
+    parted -s "$tmp" mklabel gpt mkpart ESP fat32 1MiB 101MiB set 1 esp on \
+        mkpart root ext4 101MiB 1800MiB mkpart swap linux-swap 1800MiB 100%
+    esp=p1; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
+fi
 loop=$(losetup --show -f "$tmp")
 # The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does).
 partx -u "$loop" 2>/dev/null || true; partx -a "$loop" 2>/dev/null || true
@@ -24,39 +45,106 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-mkfs.ext4 -q "${loop}p1"
-mkswap -q "${loop}p2"
-mount "${loop}p1" "$mnt"
+mkfs.ext4 -q "${loop}$rootp"
+mkswap -q "${loop}$swapp"
+mount "${loop}$rootp" "$mnt"
 zstd -dc "$base" | tar -C "$mnt" -xpf -
+[ -z "$esp" ] || { mkfs.vfat -F 32 -n ESP "${loop}$esp" >/dev/null; mkdir -p "$mnt/boot/efi"; }
 for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
 cp /etc/resolv.conf "$mnt/etc/resolv.conf"
 in_chroot() { chroot "$mnt" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive "$@"; }
 in_chroot apt-get update -qq
-in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 grub-pc systemd-sysv \
+# grub-efi-amd64-bin, not grub-efi-amd64: the latter's postinst runs grub-install on /boot/efi
+if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
+in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
     ifupdown isc-dhcp-client udev >/dev/null
-cat > "$mnt/etc/fstab" <<EOF
-# /etc/fstab as the installer of a physical server wrote it, by SATA names
-/dev/sda1  /     ext4  errors=remount-ro  0 1
-/dev/sda2  none  swap  sw                 0 0
-EOF
+{
+    echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
+    echo "$rootdev  /     ext4  errors=remount-ro  0 1"
+    [ -z "$esp" ] || echo "/dev/sda1  /boot/efi  vfat  umask=0077  0 1"
+    echo "$swapdev  none  swap  sw                 0 0"
+} > "$mnt/etc/fstab"
 mkdir -p "$mnt/etc/udev/rules.d" "$mnt/etc/network"
 cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
 # PCI device 0x8086:0x10d3 (e1000e)
 SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:12:34:99", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"
 EOF
 printf 'auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n' > "$mnt/etc/network/interfaces"
+cat > "$mnt/usr/local/sbin/coldclone-story" <<'STORY'
+#!/bin/bash
+# Test scaffolding (tests/testbed/debian_disk.sh): see the comment there.
+con=/dev/ttyS0
+echo "COLDCLONE-GUEST-UP kernel=$(uname -r) host=$(hostname)" > $con
+echo "COLDCLONE-GUEST-ROUTES $(awk 'NR>1 {printf "%s:%s:%s ", $1, $2, $3}' /proc/net/route)" > $con
+modprobe qemu_fw_cfg 2>/dev/null || true
+cfg=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/ping/raw
+for i in $(seq 1 20); do [ -r $cfg ] && break; sleep 0.5; done
+[ -r $cfg ] || { echo "COLDCLONE-GUEST-PING none: no fw_cfg ping address" > $con; exit 0; }
+read -r host port token < $cfg
+# DHCP may still be settling: retry for a minute
+for i in $(seq 1 30); do
+    if exec 3<>/dev/tcp/$host/$port; then
+        printf 'GET /ping/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$host" >&3
+        reply=$(tail -n 1 <&3)
+        exec 3<&-
+        echo "COLDCLONE-GUEST-PING reply=$reply" > $con
+        exit 0
+    fi
+    sleep 2
+done
+echo "COLDCLONE-GUEST-PING failed: $host:$port unreachable" > $con
+STORY
+chmod 755 "$mnt/usr/local/sbin/coldclone-story"
+# After= and WantedBy= the same target: it runs once multi-user.target is reached
+cat > "$mnt/etc/systemd/system/coldclone-story.service" <<'UNIT'
+[Unit]
+Description=coldclone test marker: multi-user reached, ping the host
+After=multi-user.target network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/coldclone-story
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+mkdir -p "$mnt/etc/systemd/system/multi-user.target.wants"
+ln -sf /etc/systemd/system/coldclone-story.service \
+    "$mnt/etc/systemd/system/multi-user.target.wants/coldclone-story.service"
 echo coldclone-debian > "$mnt/etc/hostname"
 echo 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0"' >> "$mnt/etc/default/grub"
 echo 'GRUB_DISABLE_LINUX_UUID=true' >> "$mnt/etc/default/grub"
 echo 'GRUB_TERMINAL=serial' >> "$mnt/etc/default/grub"
-in_chroot grub-install --target=i386-pc "$loop" >/dev/null 2>&1
+if [ -z "$esp" ]; then
+    in_chroot grub-install --target=i386-pc "$loop" >/dev/null 2>&1
+fi
+mkdir -p "$mnt/boot/grub"
 in_chroot update-grub >/dev/null 2>&1
+if [ -n "$esp" ]; then
+    uuid=$(blkid -s UUID -o value "${loop}$rootp")
+    printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' \
+        "$uuid" > "$mnt/tmp/early.cfg"
+    # the partition map and filesystem modules built in: the search runs before any autoload
+    in_chroot grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI \
+        --modules="part_gpt part_msdos ext2 search search_fs_uuid configfile" \
+        "boot/grub/grub.cfg=/tmp/early.cfg"
+    # grub.cfg's insmod lines read $prefix/x86_64-efi on /: the modules grub-install would copy
+    mkdir -p "$mnt/boot/grub/x86_64-efi"
+    cp "$mnt"/usr/lib/grub/x86_64-efi/*.mod "$mnt"/usr/lib/grub/x86_64-efi/*.lst "$mnt/boot/grub/x86_64-efi/"
+    mmd -i "${loop}$esp" ::/EFI ::/EFI/BOOT
+    mcopy -i "${loop}$esp" "$mnt/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+    rm -f "$mnt/tmp/BOOTX64.EFI" "$mnt/tmp/early.cfg"
+fi
 # grub-mkconfig saw the loop device; a real server's config names its SATA disk.
-sed -i "s#root=${loop}p1#root=/dev/sda1#g" "$mnt/boot/grub/grub.cfg"
-grep -q 'root=/dev/sda1' "$mnt/boot/grub/grub.cfg"
+sed -i "s#root=${loop}$rootp#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
+grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg"
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
+# The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
+# file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
+fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
 cleanup
 trap - EXIT

@@ -5,6 +5,7 @@ independently of libguestfs."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -16,6 +17,21 @@ from agent.receive.receiver import Receiver
 from agent.runcmd import run
 
 MiB = 1 << 20
+DEBIAN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "debian_disk.sh")
+
+
+def debian_disk(base: str, cache_dir: str, firmware: str = "bios") -> str:
+    """The bootable Debian 12 disk of debian_disk.sh (``firmware`` bios: MBR + GRUB pc; uefi: GPT
+    + ESP + GRUB EFI), built from ``base`` (the live ISO build's debootstrap tarball), cached in
+    ``cache_dir`` under the script's own digest: a changed script builds a new disk instead of
+    reusing one made by an older version."""
+    with open(DEBIAN_SCRIPT, "rb") as f:
+        tag = hashlib.sha256(f.read()).hexdigest()[:12]
+    os.makedirs(cache_dir, exist_ok=True)
+    disk = os.path.join(cache_dir, f"debian12-{firmware}-{tag}.raw")
+    run(["sh", DEBIAN_SCRIPT, disk, base, firmware], timeout=1800,
+        hint=f"building the Debian test disk ({firmware}) failed")
+    return disk
 
 
 def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | None = None) -> None:

@@ -58,13 +58,16 @@ _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 class HostServer:
     """The conversion server as the guest sees it: sshd on 127.0.0.1, reached as 10.0.2.2."""
 
-    def __init__(self, workdir: str | None = None, receiver_root: str | None = None):
+    def __init__(self, workdir: str | None = None, receiver_root: str | None = None,
+                 receiver_args: str = ""):
         # a workdir made here is removed when the `with` block ends (keys, logs, captures)
         self.own_workdir = workdir is None and receiver_root is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-vmsshd-", dir="/var/tmp")
         os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o755)     # the receiving user must reach its root
-        self.sshd = Sshd(workdir=os.path.join(self.workdir, "sshd"), receiver_root=receiver_root)
+        # receiver_args: more words of the forced command (e.g. --convert)
+        self.sshd = Sshd(workdir=os.path.join(self.workdir, "sshd"), receiver_root=receiver_root,
+                         receiver_args=receiver_args)
 
     def start(self) -> "HostServer":
         self.sshd.start()
@@ -130,7 +133,7 @@ class SourceDisk:
 
     image: str
     serial: str
-    bus: str = "virtio"           # virtio | megasas | usb-ehci | usb-xhci | two-hbas
+    bus: str = "virtio"           # virtio | ahci | megasas | usb-ehci | usb-xhci | two-hbas
     sha256: str = ""
     layout: synthdisk.SynthDisk | None = None
     wwn: str = ""                 # the WWN a SCSI disk reports (two-hbas needs one)
@@ -144,10 +147,18 @@ def disk_args(disks: list[SourceDisk]) -> list[str]:
     """QEMU arguments attaching ``disks`` with their controllers (one of each kind at most)."""
     args: list[str] = []
     have: set[str] = set()
+    ahci_ports = 0
     for i, d in enumerate(disks):
         drive = ["-drive", f"file={d.image},format=raw,if=none,id=src{i},cache=unsafe"]
         if d.bus == "virtio":
             args += drive + ["-device", f"virtio-blk-pci,drive=src{i},serial={d.serial}"]
+        elif d.bus == "ahci":
+            # a SATA disk as most servers have it: the live system names it /dev/sdX
+            if "ahci" not in have:
+                args += ["-device", "ahci,id=ahci"]
+                have.add("ahci")
+            args += drive + ["-device", f"ide-hd,bus=ahci.{ahci_ports},drive=src{i},serial={d.serial}"]
+            ahci_ports += 1
         elif d.bus == "megasas":
             if "megasas" not in have:
                 args += ["-device", "megasas-gen2,id=raid"]

@@ -10,6 +10,9 @@ Boot paths (``mode``):
   uefi       OVMF -> ISO El Torito EFI image -> GRUB EFI -> default menu entry.
   bios-usb   the ISO as a raw USB stick: SeaBIOS -> isohybrid MBR -> isolinux.
   uefi-usb   the ISO as a raw USB stick: OVMF -> GPT EFI partition -> GRUB EFI.
+  disk       no ISO: SeaBIOS boots the first disk of ``extra_args`` (a converted guest), with
+             the same virtio-net NIC on QEMU's user network.
+  uefi-disk  the same with OVMF on q35.
 For the last four the boot menu is left alone; the extra words reach the live system through
 QEMU's fw_cfg (``-fw_cfg name=opt/coldclone/cmdline,string=...``), which the image's
 coldclone-fwcfg.service appends to /proc/cmdline (see docs/livecd.md).
@@ -36,7 +39,7 @@ QEMU = "qemu-system-x86_64"
 BASE_CMDLINE = "boot=live components quiet console=tty0 console=ttyS0,115200"
 OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd",
                    "/usr/share/OVMF/OVMF.fd")
-MODES = ("kernel", "bios", "uefi", "bios-usb", "uefi-usb")
+MODES = ("kernel", "bios", "uefi", "bios-usb", "uefi-usb")   # boots of the ISO (not "disk")
 SMOKE_LINE = "COLDCLONE-SMOKE-OK"
 
 
@@ -153,6 +156,8 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
         argv += cdrom + ["-boot", "d"] + fwcfg
     elif mode in ("bios-usb", "uefi-usb"):
         argv += usb + fwcfg
+    elif mode in ("disk", "uefi-disk"):
+        pass            # the disk and its controller come in extra_args
     else:
         raise ValueError(f"unknown boot mode {mode!r} (one of {', '.join(MODES)})")
     return argv + list(extra_args or [])
