@@ -9,6 +9,7 @@ import os
 from agent import protocol as P
 from agent.capture.session import CaptureResult
 from agent.console import print_summary
+from agent.manifest import Manifest
 from agent.receive.receiver import Receiver
 from agent.tui.text import result_lines
 from tests.streams import capture_stream
@@ -46,8 +47,8 @@ def test_a_wrong_converted_images_field_is_noise_not_a_crash():
 
 
 def _result(converted: tuple[str, ...]) -> CaptureResult:
-    return CaptureResult("cap-1", "ssh://rx@conv:22/srv", "/srv/cap-1", [], 30.0, 64 * MiB, 8 * MiB, 0,
-                         64 * MiB, converted_images=converted)
+    return CaptureResult("cap-1", "ssh://rx@conv:22/srv", "/srv/cap-1", Manifest("cap-1", "complete", []),
+                         30.0, 64 * MiB, 8 * MiB, 0, 64 * MiB, converted_images=converted)
 
 
 def test_summary_and_done_screen_say_where_the_converted_image_will_be():
