@@ -23,6 +23,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import ServerError
 from ..manifest import MANIFEST
@@ -178,14 +179,7 @@ class Store:
         except OSError as e:
             raise ServerError(f"cannot create {os.path.join(self.root, staging)}: {e.strerror}",
                               code="root_unusable") from None
-        dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        cap = CaptureDir(self, capture_id, staging, dfd)
-        try:
-            cap.lock()
-        except BaseException:
-            cap.close()
-            raise
-        return cap
+        return self._open_staging(capture_id, staging, CaptureDir.lock)
 
     def resume_capture_dir(self, capture_id: str) -> tuple["CaptureDir", bool]:
         """The unfinished capture `<id>.partial` to continue (True), or a new one (False) when
@@ -204,14 +198,18 @@ class Store:
         if os.path.lexists(os.path.join(self.root, capture_id)):
             raise ServerError(f"capture {capture_id} already exists in {self.root} ({capture_id}); "
                               f"start a new capture (a new id) or remove the old one", code="exists")
+        return self._open_staging(capture_id, staging, CaptureDir.take_over), True
+
+    def _open_staging(self, capture_id: str, staging: str, claim: Callable[["CaptureDir"], None]) -> "CaptureDir":
+        """The staging directory opened (never through a link) and claimed by this receiver."""
         dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
         cap = CaptureDir(self, capture_id, staging, dfd)
         try:
-            cap.take_over()
+            claim(cap)
         except BaseException:
             cap.close()
             raise
-        return cap, True
+        return cap
 
     def open_capture(self, capture_id: str) -> "CaptureDir":
         """A complete capture (its final name), for the stages after the receiver: conversion

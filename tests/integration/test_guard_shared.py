@@ -13,6 +13,7 @@ import pytest
 from agent.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
 from agent.runcmd import run
 from tests.conftest import BIN, coldclone, sha256_of, ssh_args
+from tests.testbed.procs import Spooled
 from tests.testbed.loop import LoopDevice
 
 pytestmark = pytest.mark.root
@@ -50,9 +51,8 @@ def records_for(loop):
 def start_capture(sshd, rx_dir, dev, cid, *extra):
     # --calibrate 0: these tests time overlapping captures; the estimate's 3 s probe of the
     # server would only delay when each capture takes its guard.
-    return subprocess.Popen([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                             "--capture-id", cid, "--progress-interval", "0.5", "--calibrate", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
+                             "--capture-id", cid, "--progress-interval", "0.5", "--calibrate", "0", *extra])
 
 
 def wait_streaming(proc, partial, at_least=32 * MiB, timeout=120):
@@ -220,9 +220,8 @@ def test_headless_sigterm_mid_capture_aborts_and_releases(sshd, rx_dir, busy_dis
              "hostkey": sshd.fingerprint, "calibrate": "0", "progress": "1", "iscsi": "off",
              "disks": os.path.basename(busy_disk.dev), "capture_id": "hl-term"}
     cmdline = " ".join(f"coldclone.{k}={v}" for k, v in words.items())
-    proc = subprocess.Popen([os.path.join(BIN, "coldclone"), "headless", "--include-loop", "--baked-root",
-                             "/nonexistent", "--cmdline", f"boot=live quiet {cmdline}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = Spooled([os.path.join(BIN, "coldclone"), "headless", "--include-loop", "--baked-root",
+                             "/nonexistent", "--cmdline", f"boot=live quiet {cmdline}"])
     partial = os.path.join(rx_dir, "hl-term.partial")
     wait_streaming(proc, partial)
     proc.send_signal(signal.SIGTERM)

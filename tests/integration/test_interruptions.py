@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.testbed.procs import Spooled
 from tests.testbed.loop import LoopDevice
 from tests.conftest import BIN, ssh_args
 
@@ -27,9 +28,8 @@ def busy_disk(tmp_path_factory):
 
 
 def start_capture(sshd, rx_dir, dev, cid, *args):
-    return subprocess.Popen([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                             "--capture-id", cid, "--progress-interval", "0.2", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
+                             "--capture-id", cid, "--progress-interval", "0.2", *args])
 
 
 def wait_streaming(proc, partial, timeout=60):

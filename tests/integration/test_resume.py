@@ -16,7 +16,7 @@ from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
-from tests.testbed.procs import kill_receivers
+from tests.testbed.procs import Spooled, kill_receivers
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -52,9 +52,8 @@ def sha256_of(path: str) -> str:
 
 
 def capture(sshd, rx_dir, dev, *args) -> subprocess.Popen:
-    return subprocess.Popen([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                             "--compress", "none", "--progress-interval", "0.5", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
+                             "--compress", "none", "--progress-interval", "0.5", *args])
 
 
 def raw_bytes(rx_dir, cid) -> int:
@@ -198,11 +197,11 @@ def test_link_down_longer_than_the_session_then_reconnect(source):
     before = sha256_of(source.dev)
     with ShapedServer(200, receiver_args="--idle-timeout 5") as srv:
         root = srv.sshd.receiver_root
-        proc = subprocess.Popen(
+        proc = Spooled(
             [os.path.join(BIN, "coldclone"), "capture", "--disk", source.dev, "--to", srv.url(root),
              "--identity", srv.sshd.client_key, "--known-hosts", srv.sshd.known_hosts, "--compress", "none",
              "--progress-interval", "0.5", "--capture-id", "ln", "--reconnect", "120", "--stall-timeout", "5",
-             "--timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "--timeout", "3"])
         wait_half(proc, root, "ln")
         run(["ip", "link", "set", srv.host_if, "down"])
         t_down = time.monotonic()

@@ -7,8 +7,29 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Callable
+
+
+class Spooled(subprocess.Popen):
+    """A child (a coldclone capture the test stops half way) whose stdout and stderr go to
+    files instead of pipes: however much it prints before the test reads (the inventory of a
+    machine with many loop devices is more than a pipe holds), it never blocks on a full pipe
+    while the test waits for it to reach some state. communicate() returns the text as usual."""
+
+    def __init__(self, argv: list[str], **kw):
+        self._spool = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        super().__init__(argv, stdout=self._spool[0], stderr=self._spool[1], text=True, **kw)
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout)
+        out = []
+        for f in self._spool:
+            f.seek(0)
+            out.append(f.read())
+            f.close()
+        return out[0], out[1]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
