@@ -392,6 +392,11 @@ def maps_reused():
         _reused = prev
 
 
+def maps_are_reused() -> bool:
+    """Inside maps_reused(): a map built now (by the estimate) is the capture's map too."""
+    return _reused is not None
+
+
 def plan_disk(path: str, size: int, block_size: int) -> UsedMap:
     """The used-mode plan of one source disk (opened read-only); reused inside maps_reused()."""
     if _reused is None:
