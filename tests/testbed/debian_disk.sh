@@ -20,18 +20,34 @@
 # usage: debian_disk.sh OUT.raw BASE_TARBALL [bios|uefi]   (BASE_TARBALL: a debootstrap minbase
 #        .tar.zst, e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an
 #        existing OUT.raw is kept.
+#
+#        debian_disk.sh OUT.raw BASE_TARBALL bios lvm   root on LVM, for a test that has lvm2
+#        where it runs (the host kernel here has no device-mapper): OUT.raw is MBR with /boot
+#        (/dev/sda1, ext4, LABEL=ccboot: kernel, an initramfs with lvm2's hook, GRUB pc in the
+#        MBR) and partition 2 typed LVM but empty; OUT.raw.rootfs is the root filesystem (ext4,
+#        1.5 GiB) to be copied into LV ccvm/root. fstab and root= name /dev/mapper/ccvm-root; no swap.
 set -eu
-out=$1; base=$2; firmware=${3:-bios}
+out=$1; base=$2; firmware=${3:-bios}; layout=${4:-plain}
 case $firmware in bios|uefi) ;; *) echo "debian_disk.sh: firmware $firmware: give bios or uefi" >&2; exit 2;; esac
+case $firmware-$layout in *-plain|bios-lvm) ;; *) echo "debian_disk.sh: layout $layout: give plain, or lvm (bios only)" >&2; exit 2;; esac
 [ -s "$out" ] && { echo "cached: $out"; exit 0; }
 work=$(mktemp -d /var/tmp/debdisk.XXXXXX)
 mnt=$work/mnt; mkdir -p "$mnt"
 tmp=$out.tmp
-truncate -s 2G "$tmp"
-if [ "$firmware" = bios ]; then
+rootfs=""; rootloop=""
+if [ "$layout" = lvm ]; then
+    truncate -s 1736M "$tmp"
+    parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 193MiB mkpart primary 193MiB 100% \
+        set 1 boot on set 2 lvm on
+    esp=""; bootp=p1; swapp=""; rootdev=/dev/mapper/ccvm-root
+    rootfs=$out.rootfs.tmp
+    rm -f "$rootfs"; truncate -s 1536M "$rootfs"
+elif [ "$firmware" = bios ]; then
+    truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
     esp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
 else
+    truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel gpt mkpart ESP fat32 1MiB 101MiB set 1 esp on \
         mkpart root ext4 101MiB 1800MiB mkpart swap linux-swap 1800MiB 100%
     esp=p1; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
@@ -40,14 +56,29 @@ loop=$(losetup --show -f "$tmp")
 # The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does).
 partx -u "$loop" 2>/dev/null || true; partx -a "$loop" 2>/dev/null || true
 cleanup() {
+    umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
     losetup -d "$loop" 2>/dev/null || true
+    [ -z "$rootloop" ] || losetup -d "$rootloop" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-mkfs.ext4 -q "${loop}$rootp"
-mkswap -q "${loop}$swapp"
-mount "${loop}$rootp" "$mnt"
+if [ "$layout" = lvm ]; then
+    rootloop=$(losetup --show -f "$rootfs")
+    rootsrc=$rootloop                   # the device grub-mkconfig sees as /
+    mkfs.ext4 -q -L ccroot "$rootloop"
+    mkfs.ext4 -q -L ccboot "${loop}$bootp"
+    mount "$rootloop" "$mnt"
+    mkdir -p "$mnt/boot"
+    mount "${loop}$bootp" "$mnt/boot"
+    extra=lvm2
+else
+    rootsrc=${loop}$rootp
+    mkfs.ext4 -q "${loop}$rootp"
+    mkswap -q "${loop}$swapp"
+    mount "${loop}$rootp" "$mnt"
+    extra=""
+fi
 zstd -dc "$base" | tar -C "$mnt" -xpf -
 [ -z "$esp" ] || { mkfs.vfat -F 32 -n ESP "${loop}$esp" >/dev/null; mkdir -p "$mnt/boot/efi"; }
 for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
@@ -58,12 +89,13 @@ in_chroot apt-get update -qq
 # grub-efi-amd64-bin, not grub-efi-amd64: the latter's postinst runs grub-install on /boot/efi
 if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
 in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
-    ifupdown isc-dhcp-client udev >/dev/null
+    ifupdown isc-dhcp-client udev $extra >/dev/null
 {
     echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
     echo "$rootdev  /     ext4  errors=remount-ro  0 1"
     [ -z "$esp" ] || echo "/dev/sda1  /boot/efi  vfat  umask=0077  0 1"
-    echo "$swapdev  none  swap  sw                 0 0"
+    [ "$layout" != lvm ] || echo "LABEL=ccboot  /boot  ext4  defaults  0 2"
+    [ -z "$swapp" ] || echo "$swapdev  none  swap  sw                 0 0"
 } > "$mnt/etc/fstab"
 mkdir -p "$mnt/etc/udev/rules.d" "$mnt/etc/network"
 cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
@@ -138,8 +170,12 @@ if [ -n "$esp" ]; then
     rm -f "$mnt/tmp/BOOTX64.EFI" "$mnt/tmp/early.cfg"
 fi
 # grub-mkconfig saw the loop device; a real server's config names its SATA disk.
-sed -i "s#root=${loop}$rootp#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
+sed -i "s#root=${rootsrc}#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
 grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg"
+if [ "$layout" = lvm ]; then
+    # lvm2's initramfs hook copies lvm and the dm modules whatever the build host has
+    in_chroot sh -c 'lsinitramfs /boot/initrd.img-* | grep -q "sbin/lvm$"'
+fi
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
 # The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
@@ -148,5 +184,6 @@ fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
 cleanup
 trap - EXIT
+[ -z "$rootfs" ] || mv "$rootfs" "$out.rootfs"
 mv "$tmp" "$out"
 echo "built: $out"

@@ -22,10 +22,10 @@ import pytest
 from agent.capture import lvmmeta
 from agent.capture.usedmap import Why, plan_disk, range_loop
 from agent.runcmd import run
-from tests.testbed import useddisk
+from tests.testbed import guestdisk, useddisk
 from tests.testbed.loop import LoopDevice
 
-from . import guest
+from . import guest, vmboot
 from .conftest import TIMEOUT, Capture, _capture_boot, _skip_unless_ready
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
@@ -171,3 +171,72 @@ def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
           f"skipped {disk['agent']['skipped_bytes'] >> 20} MiB (unallocated "
           f"{umap_m['bytes_by_reason'].get(Why.UNALLOCATED.value, 0) >> 20} MiB, LV free "
           f"{root['skipped_bytes'] >> 20} MiB); LV root {len(ta)} entries equal, e2fsck clean")
+
+
+# ---------------------------------------------------------------- the stretch: it boots
+# A real Debian 12 with root on LV ccvm/root: tests/testbed/debian_disk.sh (lvm) builds on the
+# host the disk (MBR, GRUB, /boot with an initramfs carrying lvm2's hook, partition 2 typed LVM
+# but empty) and the root filesystem as a separate image; the guest's pre hook, with lvm2, makes
+# the PV, VG and LV and copies the root filesystem into the LV. Then the same boot captures
+# the disk in mode=used, and the host boots the captured qcow2 to its login prompt.
+DEB_CACHE = os.environ.get("COLDCLONE_CONVERT_CACHE", "/var/tmp/coldclone-convert")
+BASE = os.path.join(vmboot.BUILD, "cache", "base-bookworm-amd64.tar.zst")
+BOOT_SERIAL, ROOTFS_SERIAL = "cc-lvmboot", "cc-rootfs"
+
+LVM_BOOT_PRE_HOOK = f"""#!/bin/sh
+set -eu
+d=/dev/disk/by-id/virtio-{BOOT_SERIAL} r=/dev/disk/by-id/virtio-{ROOTFS_SERIAL}
+for i in $(seq 1 50); do [ -e "$d-part2" ] && [ -e "$r" ] && break; sleep 0.2; done
+rw="--config global{{metadata_read_only=0}}"
+pvcreate $rw -y "$d-part2"
+vgcreate $rw -y {VG} "$d-part2"
+lvcreate $rw -y -Wn --activate y -L 1536M -n {LV} {VG}
+udevadm settle
+dd if="$r" of=/dev/mapper/{VG}-{LV} bs=4M conv=fsync status=none
+vgchange $rw -an {VG}
+sync
+echo "cc-lvm: bootable source ready"
+"""
+
+
+@pytest.fixture(scope="module")
+def lvm_boot_capture(vm_workdir, vm_server) -> Capture:
+    _skip_unless_ready("kernel")
+    if not os.path.isfile(BASE):
+        pytest.skip(f"{BASE} missing: build the live ISO once (make iso) for its debootstrap cache")
+    cached = guestdisk.debian_disk(BASE, DEB_CACHE, "bios", "lvm")
+    src = os.path.join(vm_workdir, "lvm-boot-src.img")
+    run(["cp", "--sparse=always", cached, src])           # the guest writes the LVM into the copy
+    disk = guest.SourceDisk(src, BOOT_SERIAL)
+    rootfs = guest.SourceDisk(cached + ".rootfs", ROOTFS_SERIAL)   # only read by the hook
+    hook = os.path.join(vm_workdir, "lvm-boot-pre.sh")
+    with open(hook, "w") as f:
+        f.write(LVM_BOOT_PRE_HOOK)
+    fw, pre = guest.fwcfg_file("pre", hook)
+    # disks=vda: the first virtio disk is the source; the root filesystem image is not captured
+    return _capture_boot("kernel", "vm-lvm-boot", [disk, rootfs], vm_server,
+                         extra_cmdline=f"coldclone.pre={pre} coldclone.mode=used coldclone.disks=vda",
+                         extra_args=fw)
+
+
+def test_lvm_root_captured_in_used_mode_boots(lvm_boot_capture, tmp_path):
+    """Debian 12 on LV ccvm/root, captured in mode=used: the image boots to its login prompt."""
+    from tests.testbed.bootlogin import boot_to_login
+    cap = lvm_boot_capture
+    run_, con = cap.run, cap.run.console
+    assert not run_.boot.timed_out, f"no result within {TIMEOUT:.0f} s:\n{run_.explain()}"
+    assert "cc-lvm: bootable source ready" in con.text, f"the pre hook did not finish:\n{run_.explain()}"
+    assert con.ok, f"the headless run did not succeed:\n{run_.explain()}"
+    m = cap.manifest()
+    assert m["status"] == "complete" and [d["name"] for d in m["disks"]] == [cap.guest_name(BOOT_SERIAL)]
+    disk = m["disks"][0]
+    assert disk["mode"] == "used"
+    assert not _area(disk, "partition 2")["fallback"]
+    root = _area(disk, f"LV {VG}/{LV}")
+    assert root["tool"] == "partclone.extfs" and not root["fallback"] and root["skipped_bytes"] > 0, root
+    qcow2 = os.path.join(cap.cap_dir, disk["image"])
+    # root= and fstab name only /dev/mapper/ccvm-root: a login prompt means the image's own
+    # initramfs found the PV, activated the LV and mounted it (else it stops in its shell).
+    seconds = boot_to_login(qcow2, str(tmp_path / "serial.log"), timeout=600)
+    print(f"\n{run_.times()}\n  {disk['name']}: read {disk['agent']['bytes_read'] >> 20} MiB, skipped "
+          f"{disk['agent']['skipped_bytes'] >> 20} MiB; the captured image booted to login: in {seconds:.0f} s")
