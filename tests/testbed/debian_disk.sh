@@ -26,6 +26,8 @@
 #        (/dev/sda1, ext4, LABEL=ccboot: kernel, an initramfs with lvm2's hook, GRUB pc in the
 #        MBR) and partition 2 typed LVM but empty; OUT.raw.rootfs is the root filesystem (ext4,
 #        1.5 GiB) to be copied into LV ccvm/root. fstab and root= name /dev/mapper/ccvm-root; no swap.
+#        The root filesystem is built in partition 2 and moved out at the end: grub-mkconfig's
+#        10_linux writes no entry for a / on a whole loop device backed by a file.
 set -eu
 out=$1; base=$2; firmware=${3:-bios}; layout=${4:-plain}
 case $firmware in bios|uefi) ;; *) echo "debian_disk.sh: firmware $firmware: give bios or uefi" >&2; exit 2;; esac
@@ -34,14 +36,13 @@ case $firmware-$layout in *-plain|bios-lvm) ;; *) echo "debian_disk.sh: layout $
 work=$(mktemp -d /var/tmp/debdisk.XXXXXX)
 mnt=$work/mnt; mkdir -p "$mnt"
 tmp=$out.tmp
-rootfs=""; rootloop=""
+rootfs=""
 if [ "$layout" = lvm ]; then
     truncate -s 1736M "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 193MiB mkpart primary 193MiB 100% \
         set 1 boot on set 2 lvm on
-    esp=""; bootp=p1; swapp=""; rootdev=/dev/mapper/ccvm-root
+    esp=""; bootp=p1; rootp=p2; swapp=""; rootdev=/dev/mapper/ccvm-root
     rootfs=$out.rootfs.tmp
-    rm -f "$rootfs"; truncate -s 1536M "$rootfs"
 elif [ "$firmware" = bios ]; then
     truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
@@ -59,16 +60,14 @@ cleanup() {
     umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
     losetup -d "$loop" 2>/dev/null || true
-    [ -z "$rootloop" ] || losetup -d "$rootloop" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 if [ "$layout" = lvm ]; then
-    rootloop=$(losetup --show -f "$rootfs")
-    rootsrc=$rootloop                   # the device grub-mkconfig sees as /
-    mkfs.ext4 -q -L ccroot "$rootloop"
+    rootsrc=${loop}$rootp               # the device grub-mkconfig sees as /
+    mkfs.ext4 -q -L ccroot "${loop}$rootp" 1536M     # the LV's size, not the partition's
     mkfs.ext4 -q -L ccboot "${loop}$bootp"
-    mount "$rootloop" "$mnt"
+    mount "${loop}$rootp" "$mnt"
     mkdir -p "$mnt/boot"
     mount "${loop}$bootp" "$mnt/boot"
     extra=lvm2
@@ -153,7 +152,7 @@ if [ -z "$esp" ]; then
     in_chroot grub-install --target=i386-pc "$loop" >/dev/null 2>&1
 fi
 mkdir -p "$mnt/boot/grub"
-in_chroot update-grub >/dev/null 2>&1
+in_chroot update-grub >/dev/null 2>"$work/update-grub.log" || { cat "$work/update-grub.log" >&2; exit 1; }
 if [ -n "$esp" ]; then
     uuid=$(blkid -s UUID -o value "${loop}$rootp")
     printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' \
@@ -171,7 +170,9 @@ if [ -n "$esp" ]; then
 fi
 # grub-mkconfig saw the loop device; a real server's config names its SATA disk.
 sed -i "s#root=${rootsrc}#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
-grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg"
+grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg" || {
+    echo "debian_disk.sh: grub.cfg does not name root=$rootdev (grub-mkconfig saw $rootsrc):" >&2
+    grep -n 'linux\s' "$mnt/boot/grub/grub.cfg" >&2 || true; ls -la "$mnt/boot" >&2; exit 1; }
 if [ "$layout" = lvm ]; then
     # lvm2's initramfs hook copies lvm and the dm modules whatever the build host has
     in_chroot sh -c 'lsinitramfs /boot/initrd.img-* | grep -q "sbin/lvm$"'
@@ -182,8 +183,20 @@ rm -f "$mnt/etc/resolv.conf"
 # file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
 fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
+if [ -n "$rootfs" ]; then
+    umount "$mnt/boot"
+    for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+    # the root filesystem out of partition 2 (sparse: fstrim made its free space holes), then
+    # partition 2 emptied, as an installer leaves it before pvcreate
+    dd if="${loop}$rootp" of="$rootfs" bs=4M count=384 conv=sparse status=none
+    start=$(cat /sys/class/block/$(basename "$loop")$rootp/start)
+    sectors=$(cat /sys/class/block/$(basename "$loop")$rootp/size)
+fi
 cleanup
 trap - EXIT
-[ -z "$rootfs" ] || mv "$rootfs" "$out.rootfs"
+if [ -n "$rootfs" ]; then
+    fallocate -p -o $((start * 512)) -l $((sectors * 512)) "$tmp"
+    mv "$rootfs" "$out.rootfs"
+fi
 mv "$tmp" "$out"
 echo "built: $out"
