@@ -16,6 +16,7 @@ from agent.capture.usedmap import Why, plan_disk
 from agent.runcmd import run
 from tests.conftest import coldclone, sha256_of, ssh_args
 from tests.testbed import useddisk
+from tests.testbed.useddisk import assert_extents
 from tests.testbed.loop import LoopDevice
 
 pytestmark = pytest.mark.root
@@ -31,27 +32,6 @@ def capture(sshd, rx_dir, dev, cap_id, mode):
     cap = os.path.join(rx_dir, cap_id)
     m = json.load(open(os.path.join(cap, "manifest.json")))
     return m, os.path.join(cap, os.path.basename(dev) + ".qcow2")
-
-
-def to_raw(qcow2, tmp_path):
-    raw = str(tmp_path / (os.path.basename(qcow2) + ".raw"))
-    run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2, raw])
-    return raw
-
-
-def assert_extents(src_dev, raw, umap):
-    """Sent extents equal the source, byte for byte; skipped ones are zeros (holes) in the image."""
-    with open(src_dev, "rb") as s, open(raw, "rb") as i:
-        for e in umap.extents:
-            off = e.offset
-            while off < e.end:
-                n = min(4 * MiB, e.end - off)
-                got = os.pread(i.fileno(), n, off)
-                if e.sent:
-                    assert got == os.pread(s.fileno(), n, off), f"{e} differs at {off}"
-                else:
-                    assert got == bytes(n), f"skipped {e} not a hole at {off}"
-                off += n
 
 
 def area(m, name):
@@ -90,7 +70,7 @@ def test_used_mode_filesystem(sshd, rx_dir, tmp_path, fs, table):
         if d.boot_part:
             assert area(m_used, f"partition {d.boot_part}")["content"] == "boot"
 
-        raw = to_raw(q_used, tmp_path)
+        raw = useddisk.to_raw(q_used, str(tmp_path))
         umap = plan_disk(loop.dev, os.path.getsize(d.image), P.DEFAULT_BLOCK_SIZE)
         assert umap.skipped_bytes == disk["agent"]["skipped_bytes"]
         assert_extents(loop.dev, raw, umap)
@@ -138,7 +118,7 @@ def test_used_mode_lvm(sshd, rx_dir, tmp_path):
         by = m["disks"][0]["agent"]["used_map"]["bytes_by_reason"]
         assert by["unallocated"] >= d.gap[1] * useddisk.EXTENT
 
-        raw = to_raw(q, tmp_path)
+        raw = useddisk.to_raw(q, str(tmp_path))
         umap = plan_disk(loop.dev, d.size, P.DEFAULT_BLOCK_SIZE)
         assert_extents(loop.dev, raw, umap)
         skipped = [e for e in umap.extents if e.why == Why.UNALLOCATED]

@@ -20,18 +20,35 @@
 # usage: debian_disk.sh OUT.raw BASE_TARBALL [bios|uefi]   (BASE_TARBALL: a debootstrap minbase
 #        .tar.zst, e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an
 #        existing OUT.raw is kept.
+#
+#        debian_disk.sh OUT.raw BASE_TARBALL bios lvm   root on LVM, for a test that has lvm2
+#        where it runs (the host kernel here has no device-mapper): OUT.raw is MBR with /boot
+#        (/dev/sda1, ext4, LABEL=ccboot: kernel, an initramfs with lvm2's hook, GRUB pc in the
+#        MBR) and partition 2 typed LVM but empty; OUT.raw.rootfs is the root filesystem (ext4,
+#        1.5 GiB) to be copied into LV ccvm/root. fstab and root= name /dev/mapper/ccvm-root; no swap.
+#        The root filesystem is built in partition 2 and moved out at the end: grub-mkconfig's
+#        10_linux writes no entry for a / on a whole loop device backed by a file.
 set -eu
-out=$1; base=$2; firmware=${3:-bios}
+out=$1; base=$2; firmware=${3:-bios}; layout=${4:-plain}
 case $firmware in bios|uefi) ;; *) echo "debian_disk.sh: firmware $firmware: give bios or uefi" >&2; exit 2;; esac
+case $firmware-$layout in *-plain|bios-lvm) ;; *) echo "debian_disk.sh: layout $layout: give plain, or lvm (bios only)" >&2; exit 2;; esac
 [ -s "$out" ] && { echo "cached: $out"; exit 0; }
 work=$(mktemp -d /var/tmp/debdisk.XXXXXX)
 mnt=$work/mnt; mkdir -p "$mnt"
 tmp=$out.tmp
-truncate -s 2G "$tmp"
-if [ "$firmware" = bios ]; then
+rootfs=""
+if [ "$layout" = lvm ]; then
+    truncate -s 1736M "$tmp"
+    parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 193MiB mkpart primary 193MiB 100% \
+        set 1 boot on set 2 lvm on
+    esp=""; bootp=p1; rootp=p2; swapp=""; rootdev=/dev/mapper/ccvm-root
+    rootfs=$out.rootfs.tmp
+elif [ "$firmware" = bios ]; then
+    truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
     esp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
 else
+    truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel gpt mkpart ESP fat32 1MiB 101MiB set 1 esp on \
         mkpart root ext4 101MiB 1800MiB mkpart swap linux-swap 1800MiB 100%
     esp=p1; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
@@ -40,14 +57,27 @@ loop=$(losetup --show -f "$tmp")
 # The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does).
 partx -u "$loop" 2>/dev/null || true; partx -a "$loop" 2>/dev/null || true
 cleanup() {
+    umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
     losetup -d "$loop" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-mkfs.ext4 -q "${loop}$rootp"
-mkswap -q "${loop}$swapp"
-mount "${loop}$rootp" "$mnt"
+if [ "$layout" = lvm ]; then
+    rootsrc=${loop}$rootp               # the device grub-mkconfig sees as /
+    mkfs.ext4 -q -L ccroot "${loop}$rootp" 1536M     # the LV's size, not the partition's
+    mkfs.ext4 -q -L ccboot "${loop}$bootp"
+    mount "${loop}$rootp" "$mnt"
+    mkdir -p "$mnt/boot"
+    mount "${loop}$bootp" "$mnt/boot"
+    extra=lvm2
+else
+    rootsrc=${loop}$rootp
+    mkfs.ext4 -q "${loop}$rootp"
+    mkswap -q "${loop}$swapp"
+    mount "${loop}$rootp" "$mnt"
+    extra=""
+fi
 zstd -dc "$base" | tar -C "$mnt" -xpf -
 [ -z "$esp" ] || { mkfs.vfat -F 32 -n ESP "${loop}$esp" >/dev/null; mkdir -p "$mnt/boot/efi"; }
 for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
@@ -58,12 +88,13 @@ in_chroot apt-get update -qq
 # grub-efi-amd64-bin, not grub-efi-amd64: the latter's postinst runs grub-install on /boot/efi
 if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
 in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
-    ifupdown isc-dhcp-client udev >/dev/null
+    ifupdown isc-dhcp-client udev $extra >/dev/null
 {
     echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
     echo "$rootdev  /     ext4  errors=remount-ro  0 1"
     [ -z "$esp" ] || echo "/dev/sda1  /boot/efi  vfat  umask=0077  0 1"
-    echo "$swapdev  none  swap  sw                 0 0"
+    [ "$layout" != lvm ] || echo "LABEL=ccboot  /boot  ext4  defaults  0 2"
+    [ -z "$swapp" ] || echo "$swapdev  none  swap  sw                 0 0"
 } > "$mnt/etc/fstab"
 mkdir -p "$mnt/etc/udev/rules.d" "$mnt/etc/network"
 cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
@@ -121,7 +152,7 @@ if [ -z "$esp" ]; then
     in_chroot grub-install --target=i386-pc "$loop" >/dev/null 2>&1
 fi
 mkdir -p "$mnt/boot/grub"
-in_chroot update-grub >/dev/null 2>&1
+in_chroot update-grub >/dev/null 2>"$work/update-grub.log" || { cat "$work/update-grub.log" >&2; exit 1; }
 if [ -n "$esp" ]; then
     uuid=$(blkid -s UUID -o value "${loop}$rootp")
     printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' \
@@ -138,15 +169,34 @@ if [ -n "$esp" ]; then
     rm -f "$mnt/tmp/BOOTX64.EFI" "$mnt/tmp/early.cfg"
 fi
 # grub-mkconfig saw the loop device; a real server's config names its SATA disk.
-sed -i "s#root=${loop}$rootp#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
-grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg"
+sed -i "s#root=${rootsrc}#root=$rootdev#g" "$mnt/boot/grub/grub.cfg"
+grep -q "root=$rootdev" "$mnt/boot/grub/grub.cfg" || {
+    echo "debian_disk.sh: grub.cfg does not name root=$rootdev (grub-mkconfig saw $rootsrc):" >&2
+    grep -n 'linux\s' "$mnt/boot/grub/grub.cfg" >&2 || true; ls -la "$mnt/boot" >&2; exit 1; }
+if [ "$layout" = lvm ]; then
+    # lvm2's initramfs hook copies lvm and the dm modules whatever the build host has
+    in_chroot sh -c 'lsinitramfs /boot/initrd.img-* | grep -q "sbin/lvm$"'
+fi
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
 # The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
 # file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
 fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
+if [ -n "$rootfs" ]; then
+    umount "$mnt/boot"
+    for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+    # the root filesystem out of partition 2 (sparse: fstrim made its free space holes), then
+    # partition 2 emptied, as an installer leaves it before pvcreate
+    dd if="${loop}$rootp" of="$rootfs" bs=4M count=384 conv=sparse status=none
+    start=$(cat /sys/class/block/$(basename "$loop")$rootp/start)
+    sectors=$(cat /sys/class/block/$(basename "$loop")$rootp/size)
+fi
 cleanup
 trap - EXIT
+if [ -n "$rootfs" ]; then
+    fallocate -p -o $((start * 512)) -l $((sectors * 512)) "$tmp"
+    mv "$rootfs" "$out.rootfs"
+fi
 mv "$tmp" "$out"
 echo "built: $out"

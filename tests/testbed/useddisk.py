@@ -140,6 +140,29 @@ def read_only(dev: str):
         run(["blockdev", "--setrw", dev])
 
 
+def to_raw(qcow2: str, directory: str) -> str:
+    """The received qcow2 as a raw image in directory (offsets then match the source's)."""
+    raw = os.path.join(directory, os.path.basename(qcow2) + ".raw")
+    run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2, raw])
+    return raw
+
+
+def assert_extents(src_dev: str, raw: str, umap) -> None:
+    """Sent extents equal the source, byte for byte; skipped ones are zeros (holes) in the image.
+    umap: the agent's UsedMap of the source (agent.capture.usedmap.plan_disk)."""
+    with open(src_dev, "rb") as s, open(raw, "rb") as i:
+        for e in umap.extents:
+            off = e.offset
+            while off < e.end:
+                n = min(4 * MiB, e.end - off)
+                got = os.pread(i.fileno(), n, off)
+                if e.sent:
+                    assert got == os.pread(s.fileno(), n, off), f"{e} differs at {off}"
+                else:
+                    assert got == bytes(n), f"skipped {e} not a hole at {off}"
+                off += n
+
+
 @contextlib.contextmanager
 def file_tree(dev: str, fs: str):
     """A directory showing the filesystem on dev, read-only (dev is set read-only first)."""
