@@ -25,19 +25,22 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not i
 class Tmux:
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.name = f"cc-tui-{uuid.uuid4().hex[:8]}"
+        # A tmux server of its own (-L): on the shared default server, a session created while
+        # the previous test's kill-session made that server exit (exit-empty) vanished with it.
+        self.tmux = ["tmux", "-L", self.name]
         cmd = " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(argv)
         # remain-on-exit keeps the last screen (and an error) readable after the app ends
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24",
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24",
                         f"exec env {cmd}"], check=True)
-        subprocess.run(["tmux", "set-option", "-t", self.name, "remain-on-exit", "on"], check=True)
+        subprocess.run([*self.tmux, "set-option", "-t", self.name, "remain-on-exit", "on"], check=True)
 
     def pane(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True,
                               text=True).stdout
 
     def keys(self, *keys: str) -> None:
         for k in keys:
-            subprocess.run(["tmux", "send-keys", "-t", self.name, k], check=True)
+            subprocess.run([*self.tmux, "send-keys", "-t", self.name, k], check=True)
             time.sleep(0.3)
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
@@ -50,7 +53,7 @@ class Tmux:
         raise AssertionError(f"{text!r} not on the screen after {timeout:.0f}s:\n{self.pane()}")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 ENV = {"TERM": "vt100", "LANG": "C.UTF-8", "COLDCLONE_NO_TUI": "1"}
