@@ -266,7 +266,7 @@ class CaptureJob:
     def _iscsi(self) -> None:
         if self.prepared.iscsi_done:
             return
-        self._attachment = auto.auto_attach(self.cfg, None, self.say)
+        self._attachment = auto.auto_attach(self.cfg.iscsi, self.cfg.iscsi_ip, None, self.say)
 
     def _discover(self) -> None:
         cfg = self.cfg

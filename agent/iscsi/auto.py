@@ -6,7 +6,7 @@ headless runner and the TUI call.
     ... discovery now sees att.luns as iSCSI disks; capture them ...
     att.logout()
 
-`auto_attach(config, inventory, say)` is the headless coldclone.iscsi=auto step.
+`auto_attach(mode, iscsi_ip, inventory, say)` is the headless coldclone.iscsi=auto step.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .. import netsetup
+from ..choices import IscsiMode
+from ..discover.model import Inventory
 from ..discover.populate import discover
 from ..errors import CommandError, SourceError, UsageError
 from ..inspect.iscsi import read_initiator
@@ -238,14 +241,15 @@ def attach(identity: SourceIscsiConfig, *, iscsi_ip: str = "original", say=print
         raise
 
 
-def auto_attach(config, inventory, say=print) -> IscsiAttachment | None:
+def auto_attach(mode: IscsiMode, iscsi_ip: str, inventory: Inventory | None,
+                say: Callable[[str], None] = print) -> IscsiAttachment | None:
     """coldclone.iscsi=auto: find the source identity, log in, return the attachment.
 
     iscsi=off, or no source iSCSI configuration: say so and return None. A
     failed login raises its IscsiError (the headless runner stops with it: the
     operator asked for a capture that needs the LUNs).
     """
-    if getattr(config, "iscsi", "auto") == "off":
+    if mode == IscsiMode.OFF:
         say("iSCSI: coldclone.iscsi=off, not logging in to any target")
         return None
     ids = find_identities(inventory)
@@ -265,7 +269,7 @@ def auto_attach(config, inventory, say=print) -> IscsiAttachment | None:
         say(f"iSCSI: several source OSes with different initiator names "
             f"({', '.join(sorted(names))}); using {chosen.initiator_name} from "
             f"{chosen.device or chosen.root}")
-    return attach(chosen, iscsi_ip=getattr(config, "iscsi_ip", "original"), say=say)
+    return attach(chosen, iscsi_ip=iscsi_ip, say=say)
 
 
 __all__ = ["IscsiAttachment", "IscsiError", "attach", "auto_attach", "find_identities",

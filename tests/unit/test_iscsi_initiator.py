@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from agent.choices import IscsiMode
+from agent.discover.model import Inventory
 from agent.errors import CommandError, UsageError
 from agent.inspect.model import Secret
 from agent.iscsi import errors as E
@@ -177,21 +179,11 @@ def test_chap_for_prefers_the_node_record():
 
 def test_auto_attach_off_and_nothing_found():
     said = []
-
-    class Cfg:
-        iscsi = "off"
-        iscsi_ip = "dhcp"
-
-    assert auto_attach(Cfg(), None, said.append) is None
+    assert auto_attach(IscsiMode.OFF, "dhcp", None, said.append) is None
     assert "off" in said[0]
 
-    class Inv:
-        disks = []
-        live_medium = None
-
-    Cfg.iscsi = "auto"
     said.clear()
-    assert auto_attach(Cfg(), Inv(), said.append) is None
+    assert auto_attach(IscsiMode.AUTO, "dhcp", Inventory(), said.append) is None
     assert "no source OS with an iSCSI initiator name" in said[0]
 
 
