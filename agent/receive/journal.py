@@ -190,23 +190,24 @@ class DiskJournal:
         self._open()
 
 
+def _journal_files(cap: CaptureDir) -> list[str]:
+    return [n for n in sorted(os.listdir(cap.fd)) if n.endswith(SUFFIX) and not n.startswith(".")]
+
+
 def load_all(cap: CaptureDir) -> dict[str, DiskJournal]:
     """Every disk journal of an unfinished capture, by disk name."""
     out = {}
-    for name in sorted(os.listdir(cap.fd)):
-        if name.endswith(SUFFIX) and not name.startswith("."):
-            j = DiskJournal.load(cap, name)
-            out[j.header.name] = j
+    for name in _journal_files(cap):
+        j = DiskJournal.load(cap, name)
+        out[j.header.name] = j
     return out
 
 
 def remove_all(cap: CaptureDir) -> list[str]:
     """Drop the journals (an ABORT, or the capture is complete): nothing left to resume."""
-    gone = []
-    for name in sorted(os.listdir(cap.fd)):
-        if name.endswith(SUFFIX) and not name.startswith("."):
-            cap.unlink(name)
-            gone.append(name)
+    gone = _journal_files(cap)
+    for name in gone:
+        cap.unlink(name)
     return gone
 
 

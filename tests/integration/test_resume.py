@@ -56,6 +56,15 @@ def capture(sshd, rx_dir, dev, *args) -> subprocess.Popen:
                              "--compress", "none", "--progress-interval", "0.5", *args])
 
 
+def resumed(source, rx_dir, cid, before) -> tuple[dict, int]:
+    """The resumed capture's disk entry and the byte it resumed from; its image equals the
+    source, which is unchanged."""
+    entry = manifest_of(rx_dir, cid)["disks"][0]
+    same_image(source.dev, rx_dir, cid, entry)
+    assert sha256_of(source.dev) == before
+    return entry, entry["resume"]["resumed_from"]
+
+
 def raw_bytes(rx_dir, cid) -> int:
     """Bytes that reached the receiver's raw image (allocated: the source has no zeros)."""
     partial = os.path.join(rx_dir, f"{cid}.partial")
@@ -104,10 +113,7 @@ def test_receiver_killed_at_half_then_resume(sshd, rx_dir, source):
     t_second = time.monotonic() - t0
     assert second.returncode == 0, err
     assert "the source matches them" in out + err
-    entry = manifest_of(rx_dir, "rk")["disks"][0]
-    same_image(source.dev, rx_dir, "rk", entry)
-    assert sha256_of(source.dev) == before
-    held = entry["resume"]["resumed_from"]
+    entry, held = resumed(source, rx_dir, "rk", before)
     again = entry["received"]["data_bytes"]
     assert entry["resume"]["restarted"] is None
     assert held >= SIZE // 2 - WINDOW and again == SIZE - held
@@ -136,10 +142,7 @@ def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
     second = capture(sshd, rx_dir, source.dev, "--resume", "ak")
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
-    entry = manifest_of(rx_dir, "ak")["disks"][0]
-    same_image(source.dev, rx_dir, "ak", entry)
-    assert sha256_of(source.dev) == before
-    held = entry["resume"]["resumed_from"]
+    entry, held = resumed(source, rx_dir, "ak", before)
     # The cut was seen by the receiver: it checkpointed every whole record it had.
     assert held == rec["held"][entry["name"]] and arrived_first - held <= CHUNK
     assert entry["received"]["data_bytes"] == SIZE - held
@@ -181,10 +184,7 @@ def test_receiver_restart_is_survived_in_process(sshd, rx_dir, source):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "reconnecting (attempt 1)" in out + err
-    entry = manifest_of(rx_dir, "rc")["disks"][0]
-    same_image(source.dev, rx_dir, "rc", entry)
-    assert sha256_of(source.dev) == before
-    held = entry["resume"]["resumed_from"]
+    entry, held = resumed(source, rx_dir, "rc", before)
     assert held > 0 and entry["received"]["data_bytes"] == SIZE - held
     assert arrived_first + entry["received"]["data_bytes"] <= SIZE + WINDOW
 
