@@ -118,12 +118,18 @@ def _lv_range(image: str, pv_offset: int, lv_name: str) -> tuple[int, int]:
     return pv_offset + pv.extent_offset(seg.pe_first), seg.pe_count * pv.extent_size
 
 
-def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
-    cap = lvm_capture
+def headless_succeeded(cap, ready_line: str):
+    """The boot ended in time, the pre hook built the source (its line), the capture succeeded."""
     run_, con = cap.run, cap.run.console
     assert not run_.boot.timed_out, f"no result within {TIMEOUT:.0f} s:\n{run_.explain()}"
-    assert "cc-lvm: source ready" in con.text, f"the pre hook did not finish:\n{run_.explain()}"
+    assert ready_line in con.text, f"the pre hook did not finish:\n{run_.explain()}"
     assert con.ok, f"the headless run did not succeed:\n{run_.explain()}"
+    return run_
+
+
+def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
+    cap = lvm_capture
+    run_ = headless_succeeded(cap, "cc-lvm: source ready")
     assert run_.boot.exited and run_.boot.exit_code == 0, run_.explain()
     src = cap.disks[SERIAL].image
     m = cap.manifest()
@@ -230,10 +236,7 @@ def test_lvm_root_captured_in_used_mode_boots(lvm_boot_capture, tmp_path):
     """Debian 12 on LV ccvm/root, captured in mode=used: the image boots to its login prompt."""
     from tests.testbed.bootlogin import boot_to_login
     cap = lvm_boot_capture
-    run_, con = cap.run, cap.run.console
-    assert not run_.boot.timed_out, f"no result within {TIMEOUT:.0f} s:\n{run_.explain()}"
-    assert "cc-lvm: bootable source ready" in con.text, f"the pre hook did not finish:\n{run_.explain()}"
-    assert con.ok, f"the headless run did not succeed:\n{run_.explain()}"
+    run_ = headless_succeeded(cap, "cc-lvm: bootable source ready")
     m = cap.manifest()
     assert m["status"] == "complete" and [d["name"] for d in m["disks"]] == [cap.guest_name(BOOT_SERIAL)]
     disk = m["disks"][0]
