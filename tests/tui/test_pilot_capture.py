@@ -37,6 +37,10 @@ async def wait_for(pilot, cond, timeout: float, what: str) -> None:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; "
                                  f"screen {type(pilot.app.screen).__name__}")
         await pilot.pause(0.1)
+    # Let the callbacks the change queued run (a new screen's Header fills its title in an
+    # awaited watcher): an app that exits in the same tick as a screen push makes Textual's
+    # Header query its already-removed children (NoMatches 'HeaderTitle', seen in CI).
+    await pilot.pause()
 
 
 async def type_into(pilot, wid: str, text: str) -> None:
