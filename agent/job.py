@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import netsetup
-from .capture import inuse
+from .capture import inuse, lookup
 from .capture.guard import device_tree
 from .capture.session import CaptureResult, run_capture
 from .capture.source import probe
@@ -359,7 +359,10 @@ class CaptureJob:
                              on_read_error=cfg.on_read_error)
         facts = {"inventory": to_dict(self.inventory)} if self.inventory is not None else {}
         est = self.estimate
-        result = run_capture(self.sources, self.target.connect, opts, capture_id=cfg.resolved_capture_id(),
+        capture_id = cfg.resolved_capture_id()
+        if capture_id is None and cfg.resume == "auto":
+            capture_id = self._unfinished()
+        result = run_capture(self.sources, self.target.connect, opts, capture_id=capture_id,
                              image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
                              source_facts=facts, estimate=est.to_dict() if est is not None else None,
                              # the receiver's disk-space preflight: non-zero bytes per disk
@@ -369,6 +372,27 @@ class CaptureJob:
                              stall_seconds=cfg.stall)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
+
+    def _unfinished(self) -> str | None:
+        """resume=auto and no id given: the id of an unfinished capture of these very disks, when the
+        server holds one proven by WWID/serial (the source server was rebooted mid-capture and its
+        made-up id went with it). Weaker matches are named, not taken: another server booted from
+        this ISO can have disks of the same names and sizes."""
+        try:
+            found = lookup.find_unfinished(self.target.connect, self.sources)
+        except ColdcloneError as e:
+            self.say(f"could not ask the server for unfinished captures of these disks ({e}); "
+                     f"starting a new capture")
+            return None
+        take = lookup.to_take(found)
+        for u in found:
+            if u is not take:
+                self.say(f"not resumed: unfinished capture {lookup.describe(u)}. To continue it: "
+                         f"{PREFIX}resume={u.capture_id} (coldclone capture --resume {u.capture_id})")
+        if take is None:
+            return None
+        self.say(f"resuming unfinished capture {lookup.describe(take)}")
+        return take.capture_id
 
     def _close(self) -> None:
         if self._attachment is not None:

@@ -282,6 +282,7 @@ MAX_JSON_DEPTH = 32
 # Sanity limits on a disk, checked in its header before anything is allocated or hashed: a DISK of
 # 2^62 bytes with one ZERO record would otherwise keep a receiver hashing zero digests for days.
 MAX_DISK_SIZE = 1 << 50          # 1 PiB
+MAX_DISKS = 256                 # disks named in one lookup or READY.unfinished capture
 MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
 U63 = (1 << 63) - 1
 
@@ -450,12 +451,17 @@ class Hello:
     # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
     # has); without it an existing capture id is refused.
     resume: bool = False
+    # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
+    # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
+    unfinished_of: tuple[DiskIdentity, ...] = ()
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
                "source": self.source, "disks": list(self.disks)}
         if self.probe:
             obj["probe"] = True
+        if self.unfinished_of:
+            obj["unfinished_of"] = [d.to_json() for d in self.unfinished_of]
         if self.resume:
             obj["resume"] = True
         if self.estimate is not None:
@@ -476,7 +482,15 @@ class Hello:
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
                    estimate=f.mapping("estimate") if f.present("estimate") else None,
                    readiness=f.mapping("readiness") if f.present("readiness") else None,
-                   resume=f.bool("resume"))
+                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")))
+
+    @staticmethod
+    def _identities(v: object) -> tuple[DiskIdentity, ...]:
+        if v is None:
+            return ()
+        if not isinstance(v, list) or len(v) > MAX_DISKS:
+            raise ProtocolError(f"HELLO: field 'unfinished_of' must be a list of at most {MAX_DISKS} disks")
+        return tuple(DiskIdentity.decode(d, f"HELLO unfinished_of disk {i}") for i, d in enumerate(v))
 
 
 @dataclass(frozen=True)
@@ -572,6 +586,103 @@ class DiskEnd:
         f = JsonFields(obj, "END")
         return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS},
                    **{k: (f.mapping(k) if f.present(k) else None) for k in cls.MAPPINGS})
+
+
+@dataclass(frozen=True)
+class DiskIdentity:
+    """A source disk as a conversion server can recognise it again (HELLO.unfinished_of; the
+    receiver reads the same facts from each DISK header's `source` in its resume journals).
+
+    The WWID and the serial prove which physical disk it is; a disk that has neither (a loop
+    device, many hardware-RAID volumes) is only its name and size, which another server booted
+    from the same ISO may share: such a match is offered to an operator, never taken on its own.
+    """
+
+    name: str
+    size: int
+    serial: str = ""
+    wwid: str = ""
+
+    WEAK = "name and size"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "size": self.size, "serial": self.serial, "wwid": self.wwid}
+
+    @classmethod
+    def decode(cls, obj: object, what: str) -> "DiskIdentity":
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{what} is not a JSON object")
+        f = JsonFields(obj, what)
+        return cls(name=f.str("name", required=True), size=f.int("size", 1, MAX_DISK_SIZE, required=True),
+                   serial=f.str("serial", "") or "", wwid=f.str("wwid", "") or "")
+
+    def matched_by(self, other: "DiskIdentity") -> str | None:
+        """How `other` is this same disk ("wwid", "serial", WEAK), or None when it is not."""
+        if self.size != other.size:
+            return None
+        if self.wwid and other.wwid:
+            return "wwid" if self.wwid == other.wwid else None
+        if self.serial and other.serial:
+            return "serial" if self.serial == other.serial else None
+        if self.wwid or other.wwid or self.serial or other.serial:
+            return None    # one side has a hardware identity and the other not: not the same disk
+        return self.WEAK if self.name == other.name else None
+
+
+@dataclass(frozen=True)
+class UnfinishedDisk:
+    identity: DiskIdentity
+    held: int               # bytes below the journal's last checkpoint
+    complete: bool = False  # verified in an earlier attempt
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An unfinished capture a receiver holds of the disks an agent asked about (READY.unfinished
+    of a lookup): every disk it journaled is one of them."""
+
+    capture_id: str
+    disks: tuple[UnfinishedDisk, ...]
+    updated: float          # when its journals last changed (seconds since the epoch)
+    matched_by: str         # the weakest of its disks' matches
+    live: bool = False      # a receiver still holds it (a cut session not yet timed out)
+
+    @property
+    def proven(self) -> bool:
+        """Matched by WWID or serial on every disk: this server's own disks, safe to take unasked."""
+        return self.matched_by != DiskIdentity.WEAK
+
+    @property
+    def held(self) -> int:
+        return sum(d.held for d in self.disks)
+
+    @property
+    def size(self) -> int:
+        return sum(d.identity.size for d in self.disks)
+
+    def to_json(self) -> dict:
+        return {"updated": self.updated, "matched_by": self.matched_by, "live": self.live,
+                "disks": [{**d.identity.to_json(), "held": d.held, "complete": d.complete} for d in self.disks]}
+
+    @classmethod
+    def decode(cls, capture_id: str, obj: object) -> "Unfinished":
+        what = f"READY unfinished capture {capture_id!r:.40}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("disks"), list):
+            raise ProtocolError(f"{what} is not a JSON object with a list of disks")
+        f = JsonFields(obj, what)
+        disks = []
+        for i, d in enumerate(obj["disks"][:MAX_DISKS]):
+            ident = DiskIdentity.decode(d, f"{what} disk {i}")
+            df = JsonFields(d, f"{what} disk {i}")
+            disks.append(UnfinishedDisk(ident, df.int("held", 0, ident.size, default=0), df.bool("complete")))
+        return cls(capture_id=capture_id, disks=tuple(disks), updated=f.float("updated", 0.0),
+                   matched_by=f.str("matched_by", DiskIdentity.WEAK), live=f.bool("live"))
+
+
+def decode_unfinished(obj: dict) -> list[Unfinished]:
+    """READY.unfinished: capture id -> Unfinished, newest first."""
+    out = [Unfinished.decode(cid, v) for cid, v in obj.items()]
+    return sorted(out, key=lambda u: u.updated, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -825,13 +936,14 @@ class Reply:
     readback_seconds: float | None = None
     text: str | None = None
     held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
+    unfinished: dict = field(default_factory=dict)  # READY of a lookup: decode_unfinished() reads it
     # complete, when the receiver queues a conversion (--convert): where each converted image
     # will be, so the agent's summary can say it (the conversion runs after the session ends)
     converted_images: tuple[str, ...] = ()
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
-        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held"),
+        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held", "unfinished"),
         Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
         Event.COMPLETE: ("path", "manifest", "converted_images"),
         Event.ERROR: ("code", "message", "path"),
@@ -842,14 +954,14 @@ class Reply:
     _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
     _INT = ("protocol", "bytes", "covered", "readback_bytes")
     _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
-    _MAP = ("counts", "timings", "manifest", "held")
+    _MAP = ("counts", "timings", "manifest", "held", "unfinished")
     _LIST = ("converted_images",)
 
     def to_json(self) -> dict:
         obj = {"event": self.event}
         for k in self.FIELDS.get(self.event, ()):
             v = getattr(self, k)
-            if k in ("probe", "held") and not v:
+            if k in ("probe", "held", "unfinished") and not v:
                 continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
             if k in self._LIST:
                 if not v:

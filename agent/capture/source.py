@@ -10,6 +10,7 @@ import struct
 from dataclasses import asdict, dataclass
 
 from .. import devnames
+from .. import protocol as P
 from ..devnames import stream_name
 from ..discover.udevdb import read_attr
 from ..errors import SourceError
@@ -34,6 +35,10 @@ class SourceDisk:
 
     def facts(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> P.DiskIdentity:
+        """How a server recognises this disk in its resume journals (the DISK header's facts)."""
+        return P.DiskIdentity(self.name, self.size, serial=self.serial, wwid=self.wwid)
 
 
 def _ioctl_int(fd: int, req: int, fmt: str) -> int:

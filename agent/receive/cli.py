@@ -33,7 +33,8 @@ from typing import BinaryIO
 
 from ..runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import CONVERT_ENGINES, gc
+from .store import CONVERT_ENGINES
+from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 WATCH_INTERVAL = 1.0

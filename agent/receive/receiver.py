@@ -40,6 +40,7 @@ from . import image
 from . import journal as J
 from .prefetch import Prefetch
 from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
+from .unfinished import find_unfinished
 
 log = logging.getLogger("coldclone.receive")
 
@@ -639,7 +640,7 @@ class CaptureSink(_Sink):
 class ProbeSink(_Sink):
     """A calibration probe: no capture directory, nothing named in the root, ever."""
 
-    def __init__(self, rx: "Receiver"):
+    def __init__(self, rx: "Receiver", hello: P.Hello):
         super().__init__(rx)
         self.t0: float | None = None
         self.synced = 0
@@ -656,9 +657,17 @@ class ProbeSink(_Sink):
             self.fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                               0o600, dir_fd=store.fd)
             os.unlink(name, dir_fd=store.fd)
-        log.info("calibration probe into %s (nothing is kept)", store.root)
+        unfinished = {}
+        if hello.unfinished_of:
+            # A lookup: the agent asks what it could resume, then ends the session (ABORT).
+            found = find_unfinished(store.root, hello.unfinished_of)
+            unfinished = {u.capture_id: u.to_json() for u in found}
+            log.info("lookup of unfinished captures of %s: %s", ", ".join(d.name for d in hello.unfinished_of),
+                     ", ".join(unfinished) or "none")
+        else:
+            log.info("calibration probe into %s (nothing is kept)", store.root)
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
-                       receiver_version=__version__, protocol=P.VERSION))
+                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished))
 
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if h.resume_from:
@@ -770,7 +779,7 @@ class Receiver:
         if rec.type != P.T_HELLO:
             raise P.ProtocolError(f"expected HELLO, got {rec.name}")
         hello = P.Hello.decode(rec.meta)
-        self.sink = sink = ProbeSink(self) if hello.probe else CaptureSink(self, hello)
+        self.sink = sink = ProbeSink(self, hello) if hello.probe else CaptureSink(self, hello)
         with Prefetch(reader) as records:
             return self._records(sink, records)
 

@@ -12,7 +12,7 @@ files) are never capture ids, for the same reason.
 
 While a receiver works in `<id>.partial` it holds an flock on `<id>.partial/.coldclone-receive.lock`
 (which holds its pid): a `.partial` whose lock is free belongs to a receiver that
-died (kill -9, power loss), and `coldclone-receive --gc` reports and cleans it.
+died (kill -9, power loss): receive/unfinished.py finds those (`coldclone-receive --gc`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import fcntl
 import os
 import re
 import stat
-from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ServerError
 from ..manifest import MANIFEST
-from ..protocol import dumps
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PARTIAL = ".partial"
@@ -325,82 +323,3 @@ class CaptureDir:
         self.staging = self.capture_id
         return self.final_path
 
-
-# ----------------------------------------------------------------- gc
-
-
-@dataclass(frozen=True)
-class PartialState:
-    path: str
-    state: str          # live | dead | failed | unknown
-    pid: int | None
-    detail: str
-
-
-def _partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
-    """What a `.partial` is, and (for a dead one) the lock's fd still held by us."""
-    path = os.path.join(root, name)
-    dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-    try:
-        try:
-            lfd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        except FileNotFoundError:
-            if os.path.lexists(os.path.join(path, FAILURE)):
-                return PartialState(path, "failed", None, "failed; failure.json tells why"), None
-            return PartialState(path, "unknown", None, "no lock and no failure.json (an older receiver?)"), None
-        try:
-            fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lfd)
-            return PartialState(path, "live", None, "a running receiver holds its lock"), None
-        text = os.pread(lfd, 32, 0).decode(errors="replace").strip()
-        if not text.isdigit():
-            # The lock file is created, then locked, then the pid written: this one is just starting.
-            os.close(lfd)
-            return PartialState(path, "live", None, "being created"), None
-        return PartialState(path, "dead", int(text), f"receiver pid {text} is gone"), lfd
-    finally:
-        os.close(dfd)
-
-
-def gc(root: str, clean: bool = True) -> list[PartialState]:
-    """Every `.partial` in root, with its state; a dead one's images are removed and failure.json written.
-
-    A live capture (its receiver still holds the lock) is never touched.
-    """
-    store = Store(os.path.realpath(root))
-    try:
-        return _gc(store, clean)
-    finally:
-        store.close()
-
-
-def _gc(store: Store, clean: bool) -> list[PartialState]:
-    out = []
-    for name in sorted(os.listdir(store.root)):
-        if not name.endswith(PARTIAL) or not os.path.isdir(os.path.join(store.root, name)) \
-                or os.path.islink(os.path.join(store.root, name)):
-            continue
-        st, lfd = _partial_state(store.fd, store.root, name)
-        if st.state == "dead" and clean:
-            dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store.fd)
-            try:
-                removed = []
-                for f in os.listdir(dfd):
-                    if f not in (LOCK, FAILURE):
-                        os.unlink(f, dir_fd=dfd)
-                        removed.append(f)
-                cap = CaptureDir(store, name[:-len(PARTIAL)], name, dfd)
-                record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id,
-                          "error": f"the receiver (pid {st.pid}) died without finishing; found by "
-                                   f"coldclone-receive --gc", "removed": removed}
-                cap.write_atomic(FAILURE, dumps(record, indent=2).encode() + b"\n")
-                os.unlink(LOCK, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-            st = PartialState(st.path, "dead", st.pid, f"{st.detail}; cleaned: {', '.join(removed) or 'nothing'} "
-                                                        f"removed, failure.json written")
-        if lfd is not None:
-            os.close(lfd)
-        out.append(st)
-    return out

@@ -1,0 +1,171 @@
+"""Finding an unfinished capture again by its disks (a rebooted source server lost its made-up
+capture id): the receiver answers a lookup from its resume journals, matching by WWID or serial
+(proven) or by name and size only (offered, never taken unasked); --gc keeps what a dead
+receiver held for resuming."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent import protocol as P
+from agent.capture import lookup
+from agent.receive.receiver import Receiver
+from agent.receive.unfinished import find_unfinished, gc
+from tests.unit.test_resume_journal import header, records, run, whole_digest
+
+MiB = 1 << 20
+SDA = P.DiskIdentity("sda", 8 * MiB, serial="S-0001", wwid="")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return os.urandom(3 * MiB) + bytes(2 * MiB) + os.urandom(3 * MiB)
+
+
+def cut(root, data, cid="cap", serial="S-0001", n=5, wwid=""):
+    """A capture of one disk cut after n records: its journal holds n MiB."""
+    src = {"name": "sda", "size": len(data), "serial": serial, "wwid": wwid}
+    blob = P.preamble() + P.Hello(capture_id=cid, agent_version="t", format="raw", disks=("sda",),
+                                  resume=True).encode()
+    blob += header(data, source=src).encode() + b"".join(records(data)[:n])
+    rc, replies = run(root, blob + b"\x03\x00")
+    assert rc == 1 and replies[-1]["code"] == "protocol"
+
+
+def lookup_over_the_wire(root, wanted) -> tuple[int, list[dict]]:
+    blob = P.preamble() + P.Hello(capture_id=None, agent_version="t", format="raw", probe=True,
+                                  disks=tuple(w.name for w in wanted), unfinished_of=tuple(wanted)).encode()
+    return run(root, blob + P.Abort("lookup done").encode())
+
+
+def test_serial_match_is_proven_and_answered_over_the_wire(tmp_path, data):
+    cut(tmp_path, data)
+    before = sorted(os.listdir(tmp_path / "cap.partial"))
+    rc, replies = lookup_over_the_wire(tmp_path, [SDA])
+    assert rc == 0 and replies[0]["event"] == "ready" and replies[0]["probe"] is True
+    found = P.decode_unfinished(replies[0]["unfinished"])
+    assert [(u.capture_id, u.matched_by, u.proven, u.held, u.size, u.live) for u in found] == \
+        [("cap", "serial", True, 5 * MiB, 8 * MiB, False)]
+    assert found[0].disks[0].identity == SDA and not found[0].disks[0].complete
+    assert lookup.to_take(found) is found[0]
+    # A lookup changes nothing: the held capture, and no file of the lookup in the root.
+    assert sorted(os.listdir(tmp_path / "cap.partial")) == before
+    assert sorted(os.listdir(tmp_path)) == ["cap.partial"]
+
+
+def test_wwid_decides_over_serial(tmp_path, data):
+    cut(tmp_path, data, wwid="naa.600508b1001c", serial="S-0001")
+    assert [u.matched_by for u in find_unfinished(str(tmp_path), (
+        P.DiskIdentity("sdb", 8 * MiB, serial="other", wwid="naa.600508b1001c"),))] == ["wwid"]
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sda", 8 * MiB, serial="S-0001", wwid="naa.other"),)) == []
+
+
+@pytest.mark.parametrize("wanted", [
+    P.DiskIdentity("sda", 8 * MiB, serial="S-9999"),     # another disk
+    P.DiskIdentity("sda", 16 * MiB, serial="S-0001"),    # same serial, another size
+    P.DiskIdentity("sda", 8 * MiB),                      # no serial here, one in the journal
+], ids=["other-serial", "other-size", "serial-on-one-side"])
+def test_other_disks_find_nothing(tmp_path, data, wanted):
+    cut(tmp_path, data)
+    assert find_unfinished(str(tmp_path), (wanted,)) == []
+
+
+def test_disks_without_serial_match_by_name_and_size_and_are_not_taken(tmp_path, data):
+    cut(tmp_path, data, serial="")
+    found = find_unfinished(str(tmp_path), (P.DiskIdentity("sda", 8 * MiB),))
+    assert [(u.capture_id, u.matched_by, u.proven) for u in found] == [("cap", "name and size", False)]
+    assert lookup.to_take(found) is None
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sdb", 8 * MiB),)) == []
+    assert "matched by disk name and size only" in lookup.describe(found[0])
+
+
+def test_every_journaled_disk_must_be_asked_for_and_newest_comes_first(tmp_path, data):
+    cut(tmp_path, data, cid="old")
+    time.sleep(0.05)
+    cut(tmp_path, data, cid="new")
+    found = find_unfinished(str(tmp_path), (SDA, P.DiskIdentity("sdb", MiB, serial="S-0002")))
+    assert [u.capture_id for u in found] == ["new", "old"]
+    # A capture also holding a disk the agent does not name is not this capture.
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sdb", MiB, serial="S-0002"),)) == []
+
+
+def test_aborted_and_complete_captures_are_not_offered(tmp_path, data):
+    cut(tmp_path, data, cid="gone")
+    # the agent resumes it, then gives up: ABORT drops the held bytes
+    rc, _ = run(tmp_path, P.preamble() + P.Hello(capture_id="gone", agent_version="t", format="raw",
+                                                 disks=("sda",), resume=True).encode() + P.Abort("no").encode())
+    assert rc == 1
+    # a capture that completed
+    blob = P.preamble() + P.Hello(capture_id="done", agent_version="t", format="raw", disks=("sda",)).encode()
+    blob += header(data, source={"serial": "S-0001"}).encode() + b"".join(records(data))
+    blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
+    assert run(tmp_path, blob)[0] == 0
+    assert find_unfinished(str(tmp_path), (SDA,)) == []
+
+
+def test_lookup_is_described_for_the_operator(data):
+    u = P.Unfinished("cap", (P.UnfinishedDisk(SDA, 5 * MiB),), updated=1000.0, matched_by="serial", live=True)
+    line = lookup.describe(u, now=1000.0 + 300)
+    assert line.startswith("cap: 5.0 MiB of 8.0 MiB held (sda 5.0 MiB), last written 5 min")
+    assert "matched by WWID/serial" in line and "still open on the server" in line
+
+
+@pytest.mark.parametrize("bad", [
+    {"unfinished_of": "sda"},
+    {"unfinished_of": [{"name": "sda"}]},
+    {"unfinished_of": [{"name": "sda", "size": -1}]},
+    {"unfinished_of": [{"name": "sda", "size": 1}] * (P.MAX_DISKS + 1)},
+])
+def test_bad_lookups_are_refused_cleanly(tmp_path, bad):
+    obj = {"capture_id": None, "agent_version": "t", "format": "raw", "disks": [], "probe": True, **bad}
+    rc, replies = run(tmp_path, P.preamble() + P.encode_json(P.T_HELLO, obj))
+    assert rc == 1 and replies[-1]["event"] == "error" and replies[-1]["code"] == "protocol"
+
+
+def test_gc_keeps_what_a_dead_receiver_held_for_resuming(tmp_path, data):
+    """A receiver killed mid-disk (after its journal's checkpoints): --gc ends the capture as
+    the receiver would have, resumable, and the lookup and a resume still find every held byte."""
+    src = {"name": "sda", "size": len(data), "serial": "S-0001"}
+    blob = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sda",)).encode()
+    blob += header(data, source=src).encode() + b"".join(records(data)[:5])
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from agent.receive.receiver import Receiver; from agent.receive import journal as J\n"
+        "J.CHECKPOINT_SECONDS = 0.0\n"
+        "Receiver(sys.argv[1], sys.stdout.buffer).run(sys.stdin.buffer)"), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.getcwd())
+    try:
+        child.stdin.write(blob)
+        child.stdin.flush()
+        journal = tmp_path / "cap.partial" / "sda.journal"
+        deadline = time.monotonic() + 30
+        # (a checkpoint follows a DATA record: the last one ends at 3 MiB)
+        while not (journal.exists() and f'"end": {3 * MiB}' in journal.read_text()):
+            assert time.monotonic() < deadline, "no checkpoints"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    states = gc(str(tmp_path))
+    assert [(s.state, s.pid) for s in states] == [("dead", child.pid)]
+    assert "resumable: 3145728 bytes held (sda 3145728)" in states[0].detail
+    assert "coldclone capture --resume cap" in states[0].detail
+    assert sorted(os.listdir(tmp_path / "cap.partial")) == ["failure.json", "sda.journal", "sda.raw"]
+    failure = json.loads((tmp_path / "cap.partial" / "failure.json").read_text())
+    assert failure["code"] == "receiver_died" and failure["resumable"] is True and failure["held"] == {"sda": 3 * MiB}
+    assert [s.state for s in gc(str(tmp_path))] == ["failed"]
+    assert [u.held for u in find_unfinished(str(tmp_path), (SDA,))] == [3 * MiB]
+    # ... and the capture completes from there.
+    blob = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sda",),
+                                  resume=True).encode()
+    blob += header(data, source=src, resume_from=3 * MiB).encode() + b"".join(records(data, 3 * MiB))
+    blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
+    out = io.BytesIO()
+    assert Receiver(str(tmp_path), out).run(io.BytesIO(blob)) == 0, out.getvalue()
+    assert (tmp_path / "cap" / "sda.raw").read_bytes() == data
