@@ -1,4 +1,5 @@
-"""Kernel names and /dev paths: sysfs writes '!' where /dev has '/' (cciss!c0d0 <-> /dev/cciss/c0d0)."""
+"""Kernel names and /dev paths: sysfs writes '!' where /dev has '/' (cciss!c0d0 <-> /dev/cciss/c0d0);
+and which serials and WWNs really name a disk."""
 
 from __future__ import annotations
 
@@ -44,3 +45,22 @@ def stream_name(kernel_name: str) -> str:
     """A disk's id as the stream, the estimate and the image file name it, file-name safe:
     cciss!c0d0 -> cciss-c0d0."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)
+
+
+# Serials that name no disk: what cheap bridges, enclosures and unset firmware report.
+PLACEHOLDER_SERIALS = {"none", "null", "n/a", "na", "unknown", "default", "default string",
+                       "to be filled by o.e.m.", "not specified", "serial", "0123456789",
+                       "123456789", "1234567890", "1234567890abcdef", "0123456789abcdef"}
+
+
+def real_identifier(value: str | None) -> str | None:
+    """`value` lower-cased, or None when it names nothing: empty, a placeholder, or one
+    character repeated (0000..., ffff..., also after a 0x / naa. prefix)."""
+    v = (value or "").strip().lower()
+    if v in PLACEHOLDER_SERIALS:
+        return None
+    body = re.sub(r"^(0x|naa\.|eui\.|t10\.)", "", v)
+    body = re.sub(r"[\s_.:-]", "", body)
+    if len(body) < 4 or len(set(body)) == 1:
+        return None
+    return v

@@ -43,6 +43,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
+from .devnames import real_identifier
+
 MAGIC = b"COLDCLN\x00"
 # 2: HELLO.resume, DISK.resume_from / restart_reason and READY.held (resumable captures). A
 # version 2 receiver still reads version 1 streams: an older agent keeps working against it.
@@ -605,6 +607,12 @@ class DiskIdentity:
 
     WEAK = "name and size"
 
+    @classmethod
+    def of(cls, name: str, size: int, serial: str | None = None, wwid: str | None = None) -> "DiskIdentity":
+        """From a disk's raw facts: placeholder serials and WWNs (0000..., "To be filled by O.E.M.")
+        prove nothing and are dropped, and case does not matter."""
+        return cls(name, size, serial=real_identifier(serial) or "", wwid=real_identifier(wwid) or "")
+
     def to_json(self) -> dict:
         return {"name": self.name, "size": self.size, "serial": self.serial, "wwid": self.wwid}
 
@@ -613,8 +621,8 @@ class DiskIdentity:
         if not isinstance(obj, dict):
             raise ProtocolError(f"{what} is not a JSON object")
         f = JsonFields(obj, what)
-        return cls(name=f.str("name", required=True), size=f.int("size", 1, MAX_DISK_SIZE, required=True),
-                   serial=f.str("serial", "") or "", wwid=f.str("wwid", "") or "")
+        return cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
+                      serial=f.str("serial"), wwid=f.str("wwid"))
 
     def matched_by(self, other: "DiskIdentity") -> str | None:
         """How `other` is this same disk ("wwid", "serial", WEAK), or None when it is not."""

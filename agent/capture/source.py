@@ -38,7 +38,7 @@ class SourceDisk:
 
     def identity(self) -> P.DiskIdentity:
         """How a server recognises this disk in its resume journals (the DISK header's facts)."""
-        return P.DiskIdentity(self.name, self.size, serial=self.serial, wwid=self.wwid)
+        return P.DiskIdentity.of(self.name, self.size, serial=self.serial, wwid=self.wwid)
 
 
 def _ioctl_int(fd: int, req: int, fmt: str) -> int:

@@ -437,16 +437,16 @@ def path_identity(disk: Disk) -> str | None:
     """What makes two block devices one disk (two paths to it), or None: never grouped.
 
     A real WWN, or a real serial with the same model; the same size either way. Empty,
-    all-zero and placeholder values never group (rules.real_identifier), and USB disks
+    all-zero and placeholder values never group (devnames.real_identifier), and USB disks
     never do: USB-SATA bridges report made-up or shared serials, and USB has no multipath.
     Only whole disks and hardware-RAID logical drives are paths; md, dm, loop are not.
     """
     if disk.kind not in ("disk", "raid-logical-drive") or disk.transport == "usb" or disk.size <= 0:
         return None
-    wwn = rules.real_identifier(disk.wwn)
+    wwn = devnames.real_identifier(disk.wwn)
     if wwn:
         return f"wwn {wwn} size {disk.size}"
-    serial = rules.real_identifier(disk.serial)
+    serial = devnames.real_identifier(disk.serial)
     if serial and disk.model:
         return f"serial {serial} model {disk.model} size {disk.size}"
     return None

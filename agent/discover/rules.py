@@ -410,23 +410,6 @@ def scsi_wwid(info: dict) -> str | None:
     return p.get("ID_SERIAL") or None
 
 
-# Serials that name no disk: what cheap bridges, enclosures and unset firmware report.
-PLACEHOLDER_SERIALS = {"none", "null", "n/a", "na", "unknown", "default", "default string",
-                       "to be filled by o.e.m.", "not specified", "serial", "0123456789",
-                       "123456789", "1234567890", "1234567890abcdef", "0123456789abcdef"}
-
-
-def real_identifier(value: str | None) -> str | None:
-    """`value` lower-cased, or None when it names nothing: empty, a placeholder, or one
-    character repeated (0000..., ffff..., also after a 0x / naa. prefix)."""
-    v = (value or "").strip().lower()
-    if v in PLACEHOLDER_SERIALS:
-        return None
-    body = re.sub(r"^(0x|naa\.|eui\.|t10\.)", "", v)
-    body = re.sub(r"[\s_.:-]", "", body)
-    if len(body) < 4 or len(set(body)) == 1:
-        return None
-    return v
 
 
 def multipath_key(info: dict) -> str | None:

@@ -76,7 +76,7 @@ def _identity(h: P.DiskHeader) -> P.DiskIdentity:
     """A journaled disk as the agent described it in its DISK header (capture.source.SourceDisk facts)."""
     f = P.JsonFields(h.source, f"disk {h.name!r:.40} source")
     try:
-        return P.DiskIdentity(h.name, h.size, serial=f.str("serial", "") or "", wwid=f.str("wwid", "") or "")
+        return P.DiskIdentity.of(h.name, h.size, serial=f.str("serial"), wwid=f.str("wwid"))
     except P.ProtocolError:
         return P.DiskIdentity(h.name, h.size)
 

@@ -19,7 +19,7 @@ from agent.receive.unfinished import find_unfinished, gc
 from tests.unit.test_resume_journal import header, records, run, whole_digest
 
 MiB = 1 << 20
-SDA = P.DiskIdentity("sda", 8 * MiB, serial="S-0001", wwid="")
+SDA = P.DiskIdentity.of("sda", 8 * MiB, serial="S-0001", wwid="")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +61,14 @@ def test_serial_match_is_proven_and_answered_over_the_wire(tmp_path, data):
 def test_wwid_decides_over_serial(tmp_path, data):
     cut(tmp_path, data, wwid="naa.600508b1001c", serial="S-0001")
     assert [u.matched_by for u in find_unfinished(str(tmp_path), (
-        P.DiskIdentity("sdb", 8 * MiB, serial="other", wwid="naa.600508b1001c"),))] == ["wwid"]
-    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sda", 8 * MiB, serial="S-0001", wwid="naa.other"),)) == []
+        P.DiskIdentity.of("sdb", 8 * MiB, serial="other", wwid="naa.600508b1001c"),))] == ["wwid"]
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sda", 8 * MiB, serial="S-0001", wwid="naa.other"),)) == []
 
 
 @pytest.mark.parametrize("wanted", [
-    P.DiskIdentity("sda", 8 * MiB, serial="S-9999"),     # another disk
-    P.DiskIdentity("sda", 16 * MiB, serial="S-0001"),    # same serial, another size
-    P.DiskIdentity("sda", 8 * MiB),                      # no serial here, one in the journal
+    P.DiskIdentity.of("sda", 8 * MiB, serial="S-9999"),     # another disk
+    P.DiskIdentity.of("sda", 16 * MiB, serial="S-0001"),    # same serial, another size
+    P.DiskIdentity.of("sda", 8 * MiB),                      # no serial here, one in the journal
 ], ids=["other-serial", "other-size", "serial-on-one-side"])
 def test_other_disks_find_nothing(tmp_path, data, wanted):
     cut(tmp_path, data)
@@ -77,10 +77,10 @@ def test_other_disks_find_nothing(tmp_path, data, wanted):
 
 def test_disks_without_serial_match_by_name_and_size_and_are_not_taken(tmp_path, data):
     cut(tmp_path, data, serial="")
-    found = find_unfinished(str(tmp_path), (P.DiskIdentity("sda", 8 * MiB),))
+    found = find_unfinished(str(tmp_path), (P.DiskIdentity.of("sda", 8 * MiB),))
     assert [(u.capture_id, u.matched_by, u.proven) for u in found] == [("cap", "name and size", False)]
     assert lookup.to_take(found) is None
-    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sdb", 8 * MiB),)) == []
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sdb", 8 * MiB),)) == []
     assert "matched by disk name and size only" in lookup.describe(found[0])
 
 
@@ -88,10 +88,10 @@ def test_every_journaled_disk_must_be_asked_for_and_newest_comes_first(tmp_path,
     cut(tmp_path, data, cid="old")
     time.sleep(0.05)
     cut(tmp_path, data, cid="new")
-    found = find_unfinished(str(tmp_path), (SDA, P.DiskIdentity("sdb", MiB, serial="S-0002")))
+    found = find_unfinished(str(tmp_path), (SDA, P.DiskIdentity.of("sdb", MiB, serial="S-0002")))
     assert [u.capture_id for u in found] == ["new", "old"]
     # A capture also holding a disk the agent does not name is not this capture.
-    assert find_unfinished(str(tmp_path), (P.DiskIdentity("sdb", MiB, serial="S-0002"),)) == []
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sdb", MiB, serial="S-0002"),)) == []
 
 
 def test_aborted_and_complete_captures_are_not_offered(tmp_path, data):
@@ -169,3 +169,13 @@ def test_gc_keeps_what_a_dead_receiver_held_for_resuming(tmp_path, data):
     out = io.BytesIO()
     assert Receiver(str(tmp_path), out).run(io.BytesIO(blob)) == 0, out.getvalue()
     assert (tmp_path / "cap" / "sda.raw").read_bytes() == data
+
+
+def test_placeholder_serials_prove_nothing_and_case_does_not_matter(tmp_path, data):
+    cut(tmp_path, data, cid="ph", serial="0000000000000000")
+    cut(tmp_path, data, cid="up", serial="WD-WCC4N1234567")
+    # the placeholder is no serial: only a disk without one matches it, by name and size
+    assert [(u.capture_id, u.proven) for u in find_unfinished(str(tmp_path), (P.DiskIdentity.of(
+        "sda", 8 * MiB, serial="To be filled by O.E.M.", wwid=None),))] == [("ph", False)]
+    assert [(u.capture_id, u.matched_by) for u in find_unfinished(str(tmp_path), (P.DiskIdentity.of(
+        "sda", 8 * MiB, serial="wd-wcc4n1234567", wwid=None),))] == [("up", "serial")]
