@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config, netsetup
+from .. import protocol as P
 from ..config import CaptureConfig
 from ..discover import snapshot as snap
+from ..capture import lookup
 from ..capture.session import CaptureResult
 from ..discover.model import Inventory, Nic
 from ..discover.populate import discover, from_snapshot
@@ -115,6 +117,15 @@ def test_local(choice: TargetChoice, open_target) -> str:
         target.close()
 
 
+def find_unfinished(choice: TargetChoice, paths: list[str]) -> list[P.Unfinished]:
+    """The server's unfinished captures of these disks (capture.lookup), over the capture's own path."""
+    target = open_target(choice.url, identity=choice.identity, hostkey=choice.hostkey, known_hosts=choice.known_hosts)
+    try:
+        return lookup.find_unfinished(target.connect, paths)
+    finally:
+        target.close()
+
+
 def power(action: str) -> None:
     if action in ("poweroff", "reboot"):
         run(["systemctl", action])
@@ -127,6 +138,8 @@ class Services:
     find_identities: Callable[[Inventory], list[SourceIscsiConfig]] | None
     iscsi_attach: Callable[..., IscsiAttachment] | None      # (identity, targets, iscsi_ip, say)
     estimate: Callable[..., CaptureEstimate] | None          # estimate_capture(...)
+    # (target, disk paths) -> the server's unfinished captures of those disks, newest first
+    find_unfinished: Callable[[TargetChoice, list[str]], list[P.Unfinished]] | None
     local_disks: Callable[[Inventory], list[TargetDisk]] | None    # candidate target disks
     prepare_local_disk: Callable[..., PreparedTarget] | None       # localdisk.prepare(dev, format_confirm=, ...)
     probe_hostkey: Callable[..., HostKeyInfo]
@@ -165,7 +178,8 @@ class Services:
             return netsetup.apply(netsetup.parse_ip_spec(text)).lines
 
         kw = dict(discover=discover, readiness=readiness, find_identities=iscsi_auto.find_identities,
-                  iscsi_attach=attach, estimate=estimate_capture, local_disks=localdisk.candidates,
+                  iscsi_attach=attach, estimate=estimate_capture, find_unfinished=find_unfinished,
+                  local_disks=localdisk.candidates,
                   prepare_local_disk=localdisk.prepare, probe_hostkey=probe_hostkey, test_ssh=test_ssh,
                   open_target=open_target, run_capture=run_job,
                   list_nics=lambda inv: netsetup.list_nics(inv), apply_network=apply_network,
@@ -207,6 +221,8 @@ class Services:
             over.setdefault("find_identities", lambda inv: list(identities))
         if estimate is not None:
             over.setdefault("estimate", lambda *a, **k: estimate)
+        # A recorded machine's disks are not on any server (a test hands in recorded finds).
+        over.setdefault("find_unfinished", None)
         svc = cls._base(do_discover, readiness, **over)
         if identities is not None:
             svc.missing.pop("iSCSI", None)

@@ -20,7 +20,8 @@ class CapturePlan:
     estimate: Any = None                      # CaptureEstimate
     iscsi: Any = None                         # IscsiAttachment (logged in)
     prepared: Any = None                      # localdisk.PreparedTarget (mounted target disk)
-    capture_id: str | None = None
+    capture_id: str | None = None             # fixed when the operator resumes (or starts anew)
+    unfinished: list = field(default_factory=list)   # protocol.Unfinished of these disks on the server
     result: Any = None                        # CaptureResult
     error: str | None = None
     exit_code: int = 0

@@ -6,6 +6,8 @@ so every screen describes a disk the same way.
 
 from __future__ import annotations
 
+from .. import protocol as P
+from ..capture import lookup
 from ..capture.session import CaptureResult
 from ..discover.policy import member_note
 from ..discover.render import clip, human_size
@@ -186,4 +188,25 @@ def result_lines(result: CaptureResult) -> list[str]:
             out.append(f"  UNREADABLE: {bad.sectors} sectors of {bad.sector_size} bytes in "
                        f"{len(bad.ranges)} ranges, zeros in the image (manifest.json lists them)")
     out += result.conversion_lines()
+    return out
+
+
+def unfinished_offer(found: list[P.Unfinished]) -> str:
+    """The Estimate screen's offer when the server holds an unfinished capture of these disks."""
+    lines = [f"Unfinished capture on the server: {lookup.describe(found[0])}.",
+             "r resumes it (only what is missing is sent); s starts a new capture."]
+    if len(found) > 1:
+        lines.append(f"({len(found) - 1} older unfinished capture(s) of these disks are there too.)")
+    return "\n".join(lines)
+
+
+def resume_details(u: P.Unfinished) -> list[str]:
+    """The confirmation before resuming: what is kept, what is checked, and how sure the match is."""
+    out = [f"{d.identity.name}: verified ({human_bytes(d.identity.size)})" if d.complete else
+           f"{d.identity.name}: {human_bytes(d.held)} of {human_bytes(d.identity.size)} held" for d in u.disks]
+    out.append("Held bytes are checked against the disks first; a changed disk is sent again.")
+    if not u.proven:
+        out.append("These disks have no serial or WWN: only names and sizes match.")
+        out.append("Resume only if this capture was started on this server.")
+    out.append("The source disks are set read-only; nothing is written to them.")
     return out

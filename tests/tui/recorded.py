@@ -3,6 +3,9 @@ not depend on this machine's speed or clock). Built from the real core classes."
 
 from __future__ import annotations
 
+import time
+
+from agent import protocol as P
 from agent.capture import events as E
 from agent.capture.session import CaptureResult
 from agent.capture.source import SourceDisk
@@ -63,3 +66,13 @@ def result() -> CaptureResult:
                          location="/srv/coldclone/srv01-20261123T130000-ab12", manifest=manifest,
                          elapsed=6_912.4, bytes_read=SDA + SDB, wire_bytes=298 * GiB,
                          zero_bytes=1_402 * GiB, total_size=SDA + SDB)
+
+
+def unfinished() -> list[P.Unfinished]:
+    """What the server holds of these disks after a power cut of the source 45 minutes ago:
+    sda verified, sdb 120 GiB in (matched by the PERC volumes' WWNs)."""
+    sda = P.DiskIdentity.of("sda", SDA, wwid="naa.61866da0b4a8e9002a3f0c1d2e3f4051")
+    sdb = P.DiskIdentity.of("sdb", SDB, wwid="naa.61866da0b4a8e9002a3f0c1d2e3f4052")
+    return [P.Unfinished("srv01-20261123T130000-ab12", (P.UnfinishedDisk(sda, SDA, complete=True),
+                                                        P.UnfinishedDisk(sdb, 120 * GiB)),
+                         updated=time.time() - 45 * 60, matched_by="wwid")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import pytest
 
@@ -16,7 +17,8 @@ from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
 from agent.tui.app import build_app
 from agent.tui.services import Services
-from tests.conftest import sha256_of
+from tests.conftest import BIN, sha256_of, ssh_args
+from tests.testbed.procs import Spooled, kill_receivers
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -51,8 +53,17 @@ async def type_into(pilot, wid: str, text: str) -> None:
 
 
 async def drive_to_capture(pilot, sshd, rx_dir, loop_dev):
-    from agent.tui.screens.estimate import EstimateScreen
     from agent.tui.screens.progress import ProgressScreen
+
+    await drive_to_estimate(pilot, sshd, rx_dir, loop_dev)
+    await pilot.press("s")
+    await pilot.pause()
+    await pilot.press("y")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ProgressScreen), 5, "the Progress screen")
+
+
+async def drive_to_estimate(pilot, sshd, rx_dir, loop_dev):
+    from agent.tui.screens.estimate import EstimateScreen
     from agent.tui.screens.target import TargetScreen
 
     app = pilot.app
@@ -80,10 +91,6 @@ async def drive_to_capture(pilot, sshd, rx_dir, loop_dev):
     await wait_for(pilot, lambda: isinstance(app.screen, EstimateScreen), 5, "the Estimate screen")
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
-    await pilot.press("s")
-    await pilot.pause()
-    await pilot.press("y")
-    await wait_for(pilot, lambda: isinstance(app.screen, ProgressScreen), 5, "the Progress screen")
 
 
 def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
@@ -255,3 +262,60 @@ def test_tui_capture_carries_the_readiness_report(sshd, rx_dir, debian_disk):
     assert ready["disk"] == os.path.basename(debian_disk)
     assert "firmware uefi, boot loader grub2, root /dev/sda2 (sd)" in texts[0]
     assert "conversion will rewrite resume=" in texts[0]
+
+
+def test_resume_offered_and_taken_through_the_screens(sshd, rx_dir, tmp_path):
+    """A capture cut at half (the conversion server's receiver died, the agent gave up): the next
+    run through the screens finds it on the server, offers it on the Estimate screen and, when
+    the operator takes it, sends only what is missing."""
+    from agent.tui.screens.done import DoneScreen
+
+    size = 256 * MiB
+    img = str(tmp_path / "src.img")
+    with open(img, "wb") as f:
+        for _ in range(size // (16 * MiB)):
+            f.write(os.urandom(16 * MiB))      # incompressible: every byte is DATA
+    with LoopDevice(img) as loop:
+        before = sha256_of(loop.dev)
+        name = os.path.basename(loop.dev)
+        first = Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", loop.dev, *ssh_args(sshd, rx_dir),
+                         "--capture-id", "tui-cut-1", "--reconnect", "0", "--compress", "none"])
+        raw = os.path.join(rx_dir, "tui-cut-1.partial", name + ".raw")
+        deadline = time.monotonic() + 120
+        while not (os.path.exists(raw) and os.stat(raw).st_blocks * 512 >= size // 2):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.02)
+        assert kill_receivers(sshd.receiver_root) >= 1
+        first.communicate(timeout=120)
+        assert first.returncode != 0
+
+        services = Services.real(include_loop=True, only=[loop.dev], cmdline="")
+        services.config.calibrate = 0.0
+        services.capture_id = lambda: "tui-new-capture"
+        app = build_app(services, ascii_only=True)
+
+        async def scenario():
+            async with app.run_test(size=(80, 24)) as pilot:
+                await drive_to_estimate(pilot, sshd, rx_dir, loop.dev)
+                await wait_for(pilot, lambda: app.plan.unfinished, 60, "the resume offer")
+                offer = str(app.screen.query_one("#est-resume").render())
+                # A loop device has no serial: the match is by name and size, offered, never taken unasked.
+                assert "tui-cut-1" in offer and "name and size only" in offer, offer
+                await pilot.press("r")
+                await pilot.pause()
+                await pilot.press("y")
+                await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "the Done screen")
+                assert "CAPTURE COMPLETE" in str(app.screen.query_one("#done-verdict").render())
+                await pilot.press("s")
+
+        asyncio.run(scenario())
+        assert app.plan.error is None, app.plan.error
+        cap = os.path.join(rx_dir, "tui-cut-1")
+        entry = json.load(open(os.path.join(cap, "manifest.json")))["disks"][0]
+        run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", loop.dev, os.path.join(cap, entry["image"])])
+        assert sha256_of(loop.dev) == before
+        held = entry["resume"]["resumed_from"]
+        # what the receiver had journaled when it died (checkpoints every 64 MiB or 2 s)
+        assert held >= 64 * MiB and entry["resume"]["restarted"] is None, entry["resume"]
+        assert entry["received"]["data_bytes"] == size - held
+        assert not os.path.exists(os.path.join(rx_dir, "tui-new-capture"))

@@ -142,6 +142,36 @@ def test_estimate_confirm(snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def _offer(press: str | None):
+    found = recorded.unfinished()
+    app = app_for(replay("megaraid_sas", estimate=recorded.estimate(),
+                         find_unfinished=lambda choice, paths: found))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        from agent.tui.screens.estimate import EstimateScreen
+
+        app.plan.target, app.plan.target_ok = SSH, "SSH OK"
+        await app.push_screen(EstimateScreen())
+        await settle(pilot)
+        if press:
+            await pilot.press(press)
+            await pilot.pause()
+
+    return app, run_before
+
+
+def test_estimate_offers_to_resume_an_unfinished_capture(snap_compare):
+    """The source server was rebooted mid-capture: the server holds its unfinished capture."""
+    app, run_before = _offer(None)
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_estimate_resume_confirm(snap_compare):
+    app, run_before = _offer("r")
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 async def _progress(app, pilot):
     from agent.tui.screens.progress import ProgressScreen
 

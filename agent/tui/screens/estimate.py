@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,12 +20,15 @@ from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
 from .confirm import Confirm
 
+log = logging.getLogger("coldclone.tui")
+
 MODE_ORDER = CAPTURE_MODES   # the radio buttons in the capture engine's order
 
 
 class EstimateScreen(Screen):
     BINDINGS = [
         Binding("s", "start", "Start capture"),
+        Binding("r", "resume", "Resume capture"),
         Binding("e", "estimate", "Estimate again"),
         Binding("escape", "back", "Back"),
     ]
@@ -53,7 +58,37 @@ class EstimateScreen(Screen):
             self.show(plan.estimate)
         else:
             self.action_estimate()
+        plan.unfinished = []
+        self.run_lookup()
         self.query_one("#mode", RadioSet).focus()
+
+    def check_action(self, action: str, parameters) -> bool:
+        # "Resume" exists only when the server holds an unfinished capture of these disks.
+        return action != "resume" or bool(self.app.plan.unfinished)
+
+    @work(thread=True, exclusive=True, group="lookup")
+    def run_lookup(self) -> None:
+        """Ask the server for unfinished captures of the selected disks (a source server that
+        was rebooted mid-capture); nothing is shown when it holds none or cannot be asked."""
+        svc, plan = self.app.services, self.app.plan
+        if svc.find_unfinished is None or plan.target is None:
+            return
+        try:
+            found = svc.find_unfinished(plan.target, plan.disk_paths())
+        except ColdcloneError as e:
+            log.info("no lookup of unfinished captures: %s", e)
+            return
+        except Exception:  # the offer is a convenience: a bug in it must not stop a capture
+            log.exception("lookup of unfinished captures failed")
+            return
+        if found:
+            self.app.call_from_thread(self._found, found)
+
+    def _found(self, found) -> None:
+        self.app.plan.unfinished = found
+        self.mount(Plain(text.unfinished_offer(found), id="est-resume"), before="#est-buttons")
+        self.query_one("#est-buttons").mount(Button("Resume (r)", id="resume"), before="#start")
+        self.refresh_bindings()
 
     @on(RadioSet.Changed, "#mode")
     def _mode(self, event: RadioSet.Changed) -> None:
@@ -110,7 +145,7 @@ class EstimateScreen(Screen):
         self.query_one("#est-total", Static).update("\n".join(text.estimate_total(est)))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.action_back() if event.button.id == "back" else self.action_start()
+        {"back": self.action_back, "resume": self.action_resume}.get(event.button.id, self.action_start)()
 
     def action_start(self) -> None:
         plan = self.app.plan
@@ -120,6 +155,8 @@ class EstimateScreen(Screen):
         details += [f"to   {plan.target.describe()}", f"mode {plan.mode}"]
         if plan.estimate is not None:
             details += text.estimate_total(plan.estimate)[:1]
+        if plan.unfinished:
+            details.append(f"A new capture: {plan.unfinished[0].capture_id} stays unfinished on the server.")
         details.append("The source disks are set read-only; nothing is written to them.")
         self.app.push_screen(
             Confirm(f"Capture {len(plan.disks())} disk(s), {human_bytes(total)}?", details,
@@ -127,6 +164,20 @@ class EstimateScreen(Screen):
 
     def _confirmed(self, yes: bool | None) -> None:
         if yes:
+            self.app.plan.capture_id = None   # a new capture, even when one could be resumed
+            self.app.start_capture()
+
+    def action_resume(self) -> None:
+        plan = self.app.plan
+        if not plan.unfinished:
+            return
+        u = plan.unfinished[0]
+        self.app.push_screen(Confirm(f"Resume capture {u.capture_id}?", text.resume_details(u),
+                                     yes="Resume capture"), self._resume_confirmed)
+
+    def _resume_confirmed(self, yes: bool | None) -> None:
+        if yes and self.app.plan.unfinished:
+            self.app.plan.capture_id = self.app.plan.unfinished[0].capture_id
             self.app.start_capture()
 
     def action_back(self) -> None:

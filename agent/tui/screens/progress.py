@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static
 
 from ...capture import events as E
+from ...capture.session import new_capture_id
 from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
 from ...estimate.progress import EtaEstimator
@@ -101,7 +102,9 @@ class ProgressScreen(Screen):
             cfg = dataclasses.replace(
                 svc.config, server=choice.url, identity=choice.identity, hostkey=choice.hostkey,
                 known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
-                capture_id=plan.capture_id or (svc.capture_id() if svc.capture_id else None),
+                # Always a fixed id: the operator chose on the Estimate screen between resuming an
+                # unfinished capture and a new one, so the job must not pick one on its own.
+                capture_id=plan.capture_id or (svc.capture_id() if svc.capture_id else new_capture_id()),
                 iscsi=IscsiMode.OFF, ip=None, pre=None, post=None, fail=None, estimate_only=False)
             # The Inventory screen's inspection when it finished; else the job inspects (every
             # capture carries its readiness report) and says so with an Inspected event.
