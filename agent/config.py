@@ -244,10 +244,12 @@ OPTIONS: tuple[Option, ...] = (
            flag="--capture-id", metavar="ID", help="name of the capture directory (default host-date-random)"),
     Option("resume", _resume, "`auto` (an unfinished capture of the same id that the server holds is "
            "continued: the source is checked against what it holds, only the rest is sent; a dropped "
-           "session is reconnected), `off` (an existing id is refused, a drop fails the capture), or "
-           "`ID` (resume that capture: also its capture id). A server reboot resumes when the id is "
-           "fixed (`capture_id=` or `resume=ID`)", "`auto`", flag="--resume", metavar="ID|auto|off",
-           help="resume the unfinished capture ID (auto: resume a capture of the same id; off: never)"),
+           "session is reconnected; with no id given, an unfinished capture of these same disks, "
+           "proven by WWID or serial, is found and continued, so a source rebooted mid-capture "
+           "finishes), `off` (an existing id is refused, a drop fails the capture), or "
+           "`ID` (resume that capture: also its capture id)", "`auto`", flag="--resume", metavar="ID|auto|off",
+           help="resume the unfinished capture ID (auto: the same id, or these disks' unfinished "
+                "capture proven by WWID/serial; off: never)"),
     Option("reconnect", _seconds(0, 86400), "seconds to keep reconnecting after the session to the "
            "server drops (backoff 1 s to 30 s; `0`: fail at once); needs resume", "`600`",
            flag="--reconnect", metavar="SECONDS", help="keep reconnecting for this long after a drop (0: never)"),
