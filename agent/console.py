@@ -20,7 +20,7 @@ from .discover.model import to_dict
 from .discover.render import render
 from .capture.session import CaptureResult
 from .estimate.plan import CaptureEstimate
-from .estimate.progress import EtaEstimator
+from .estimate.progress import EtaEstimator, Motion
 from .estimate.rate import RateMeter
 from .job import Captured, Estimated, Inspected, Inventoried, Note
 from .publish.manifest import PublishRecord
@@ -59,8 +59,7 @@ class ProgressPrinter:
         self._ev = None
         self._eta_value: float | None = None
         self._eta_at = 0.0
-        self._moved_at = time.monotonic()      # when a byte was last read or sent
-        self._moved = (0, 0)
+        self.motion = Motion(time.monotonic())
         self._lock = threading.Lock()
         self.bottleneck = estimate.bottleneck if estimate is not None else None
 
@@ -77,12 +76,11 @@ class ProgressPrinter:
             elif isinstance(ev, E.DiskStarted):
                 self.phase = "sending"
                 self._p(f"disk {ev.name} ({ev.path}, {hb(ev.size)}) started")
-                self._moved_at = time.monotonic()
+                self.motion.restart(time.monotonic())
             elif isinstance(ev, E.Progress):
                 now = time.monotonic()
                 self._ev = ev
-                if (ev.total_done, ev.wire_bytes) != self._moved:
-                    self._moved, self._moved_at = (ev.total_done, ev.wire_bytes), now
+                self.motion.update(now, ev.total_done, ev.wire_bytes)
                 self.read_rate.update(now, ev.total_done)
                 self.wire_rate.update(now, ev.wire_bytes)
                 self._eta_value = self.eta.update(now, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
@@ -102,12 +100,11 @@ class ProgressPrinter:
                 self.phase = "reconnecting"
                 self._p(f"reconnecting (attempt {ev.attempt}) in {ev.wait:.0f} s, {ev.left:.0f} s left: {ev.reason}")
 
-    STALL_AFTER = 10.0   # seconds without a byte read or sent before a line says "stalled"
+    STALL_AFTER = Motion.STALL_AFTER
 
     def stalled_for(self, now: float) -> float:
         """Seconds nothing has moved while sending (0 when data flows or the server works)."""
-        idle = now - self._moved_at
-        return idle if self.phase == "sending" and idle >= self.STALL_AFTER else 0.0
+        return self.motion.stalled_for(now) if self.phase == "sending" else 0.0
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Seconds left now: the last ETA less the time since it was computed. While nothing
@@ -115,7 +112,7 @@ class ProgressPrinter:
         if self._eta_value is None:
             return None
         now = time.monotonic() if now is None else now
-        clock = min(now, self._moved_at + self.STALL_AFTER) if self.phase == "sending" else now
+        clock = self.motion.clock(now) if self.phase == "sending" else now
         return max(0.0, self._eta_value - max(0.0, clock - self._eta_at))
 
     def status(self, now: float | None = None) -> dict:

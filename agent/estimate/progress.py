@@ -81,3 +81,30 @@ class EtaEstimator:
         if not self.rate.rate or self.rate.rate <= 0:
             return None
         return (total_size - total_done) / self.rate.rate
+
+
+class Motion:
+    """When a byte was last read or sent: "stalled for N s" after STALL_AFTER seconds without one,
+    and the clock an ETA counts down by, which stops meanwhile (the finish slips by the stall
+    instead of the ETA reaching 00:00). One rule for the console lines and the TUI."""
+
+    STALL_AFTER = 10.0
+
+    def __init__(self, now: float):
+        self.at = now
+        self._last = (0, 0)
+
+    def restart(self, now: float) -> None:
+        """A new disk starts: waiting for its first bytes is not a stall yet."""
+        self.at = now
+
+    def update(self, now: float, read: int, sent: int) -> None:
+        if (read, sent) != self._last:
+            self._last, self.at = (read, sent), now
+
+    def stalled_for(self, now: float) -> float:
+        idle = now - self.at
+        return idle if idle >= self.STALL_AFTER else 0.0
+
+    def clock(self, now: float) -> float:
+        return min(now, self.at + self.STALL_AFTER)

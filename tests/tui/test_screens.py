@@ -4,6 +4,7 @@ machines: the wrong capture must be hard, a missing part of the core a plain lin
 from __future__ import annotations
 
 import asyncio
+import re
 
 from agent.iscsi.auto import IscsiAttachment
 from agent.iscsi.sourceconfig import read_source_config
@@ -292,3 +293,42 @@ def test_no_source_identity_logs_in_as_the_live_system_to_a_typed_ipv6_target():
     (identity, targets), = calls
     assert identity is live
     assert [(t.iqn, t.portal, t.auth) for t in targets] == [("iqn.2001-05.com.example:v6", "[fe80::1]:3261", None)]
+
+
+def test_progress_says_stalled_and_reconnecting_instead_of_a_stale_rate():
+    """Nothing read or sent for a while: the stats line says STALLED for N s (the console's rule,
+    estimate.progress.Motion), a reconnect says so, and the rates come back with the data."""
+    from agent.capture import events as E
+    from agent.tui.screens.progress import ProgressScreen
+    from tests.tui import recorded
+
+    app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
+
+    async def scenario(pilot):
+        app.plan.target = TargetChoice("file", "file:///srv/images")
+        screen = ProgressScreen()
+        app.switch_to_progress(screen)
+        await pilot.pause()
+        events = recorded.events()
+        for ev in events:
+            screen.apply(ev)
+        assert "MB/s" in await shown(pilot) and "STALLED" not in await shown(pilot)
+        screen.motion.at -= 42.0             # as if the last byte moved 42 s ago
+        await pilot.pause(1.2)               # the screen's own 1 s tick redraws it
+        text = await shown(pilot)
+        assert re.search(r"STALLED for 4[2-4] s: nothing read or sent", text), text
+        screen.apply(E.Reconnecting(attempt=2, reason="connection lost", wait=4.0, left=580.0))
+        assert "RECONNECTING (attempt 2, 580 s left): connection lost" in await shown(pilot)
+        last = events[-1]
+        screen.apply(E.Progress(last.disk, last.disk_done + 1 << 20, last.disk_size, last.total_done + 1 << 20,
+                                last.total_size, last.bytes_read + 1 << 20, last.wire_bytes + 1 << 20,
+                                last.zero_bytes, last.elapsed + 60))
+        text = await shown(pilot)
+        assert "MB/s" in text and "STALLED" not in text and "RECONNECTING" not in text
+        # the server verifying after the last disk is not a stall
+        screen.apply(E.DiskFinished(last.disk, "ab" * 32, {}))
+        screen.motion.at -= 60.0
+        await pilot.pause(1.2)
+        assert "STALLED" not in await shown(pilot)
+
+    drive(app, scenario)

@@ -23,7 +23,7 @@ from ...capture import events as E
 from ...capture.session import new_capture_id
 from ...choices import IscsiMode
 from ...errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
-from ...estimate.progress import EtaEstimator
+from ...estimate.progress import EtaEstimator, Motion
 from ...estimate.rate import RateMeter
 from ...job import Inspected, Note, Prepared
 from ...units import human_bytes, human_seconds
@@ -52,6 +52,11 @@ class ProgressScreen(Screen):
         self.bars: dict[str, DiskBar] = {}
         self.finished = False
         self.last_progress: E.Progress | None = None
+        # "STALLED for N s" by the console's rule while bytes should flow (not while the server
+        # verifies), and what a reconnect is doing instead of a stale rate
+        self.motion = Motion(time.monotonic())
+        self.sending = False
+        self.reconnecting: E.Reconnecting | None = None
 
     def compose(self) -> ComposeResult:
         plan = self.app.plan
@@ -74,6 +79,8 @@ class ProgressScreen(Screen):
         self.title = "coldclone  5 Capture"
         self.eta = EtaEstimator(self.app.plan.estimate)
         self.stats()
+        # The figures change without events too: a stall is the absence of them.
+        self.set_interval(1.0, self._tick)
         if self.app.start_capture_worker:
             self.run_capture()
 
@@ -152,7 +159,11 @@ class ProgressScreen(Screen):
             if bar is not None:
                 bar.state = "reading"
             log.write(f"{ev.name} ({ev.path}, {human_bytes(ev.size)}) started")
+            self.sending = True
+            self.motion.restart(time.monotonic())
         elif isinstance(ev, E.Progress):
+            self.sending, self.reconnecting = True, None
+            self.motion.update(time.monotonic(), ev.total_done, ev.wire_bytes)
             bar = self.bars.get(ev.disk)
             if bar is not None:
                 bar.done = ev.disk_done
@@ -172,7 +183,9 @@ class ProgressScreen(Screen):
                 bar.done = bar.disk_size
                 bar.state = "sent"
             log.write(f"{ev.name} sent, digest {ev.digest[:16]}...")
+            self.sending = False
         elif isinstance(ev, E.ServerNote):
+            self.sending = False
             for bar in self.bars.values():
                 bar.state = "verifying"
             log.write(ev.text)
@@ -180,6 +193,12 @@ class ProgressScreen(Screen):
             log.write(ev.text())
         elif isinstance(ev, E.Reconnecting):
             log.write(f"reconnecting (attempt {ev.attempt}) in {ev.wait:.0f} s: {ev.reason}")
+            self.reconnecting = ev
+            self.stats()
+
+    def _tick(self) -> None:
+        if not self.finished and self.last_progress is not None:
+            self.stats()
 
     def stats(self) -> None:
         ev = self.last_progress
@@ -192,10 +211,18 @@ class ProgressScreen(Screen):
         eta = self.eta_left
         mbs = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
         pct = 100.0 * ev.total_done / max(ev.total_size, 1)
+        stalled = self.motion.stalled_for(time.monotonic()) if self.sending else 0.0
+        if self.reconnecting is not None:
+            r = self.reconnecting
+            flow = f"RECONNECTING (attempt {r.attempt}, {r.left:.0f} s left): {r.reason}"
+        elif stalled:
+            flow = (f"STALLED for {stalled:.0f} s: nothing read or sent (the source disk, the link "
+                    f"or the server is stuck)")
+        else:
+            flow = f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}"
         self.query_one("#prog-stats", Static).update(
             f"Total {pct:5.1f}%  {human_bytes(ev.total_done)} of {human_bytes(ev.total_size)}  "
-            f"elapsed {human_seconds(ev.elapsed)}  ETA {human_seconds(eta)}\n"
-            f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}"
+            f"elapsed {human_seconds(ev.elapsed)}  ETA {human_seconds(eta)}\n" + flow
             + (f"  UNREADABLE {ev.unreadable_sectors} sectors (zero-filled)" if ev.unreadable_sectors else ""))
 
     def on_capture_ended(self, message: CaptureEnded) -> None:
