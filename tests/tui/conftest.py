@@ -45,3 +45,16 @@ async def settle(pilot) -> None:
     await pilot.pause()
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+
+
+async def on_progress(app, pilot):
+    """A Progress screen without its capture worker (build_app(..., start_capture_worker=False)),
+    for a test to apply recorded events to."""
+    from agent.tui.screens.progress import ProgressScreen
+    from agent.tui.services import TargetChoice
+
+    app.plan.target = TargetChoice("file", "file:///srv/images")
+    screen = ProgressScreen()
+    app.switch_to_progress(screen)
+    await pilot.pause()
+    return screen

@@ -31,6 +31,14 @@ def loop_disk(tmp_path_factory):
         yield loop
 
 
+def real_app(dev: str, capture_id: str, calibrate: float = 0.0, **over):
+    """The app on this machine, the disk `dev` (a loop device) preselected, a fixed capture id."""
+    services = Services.real(include_loop=True, only=[dev], cmdline="", **over)
+    services.config.calibrate = calibrate
+    services.capture_id = lambda: capture_id
+    return build_app(services, ascii_only=True)
+
+
 async def wait_for(pilot, cond, timeout: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -97,10 +105,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
     from agent.tui.screens.done import DoneScreen
 
     before = sha256_of(loop_disk.dev)
-    services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="")
-    services.config.calibrate = 1.0
-    services.capture_id = lambda: "tui-pilot-1"
-    app = build_app(services, ascii_only=True)
+    app = real_app(loop_disk.dev, "tui-pilot-1", calibrate=1.0)
 
     async def scenario():
         async with app.run_test(size=(80, 24)) as pilot:
@@ -139,10 +144,7 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
             f.seek(i * MiB)
             f.write(os.urandom(2 * MiB))
     with LoopDevice(img) as loop:
-        services = Services.real(include_loop=True, only=[loop.dev], cmdline="")
-        services.config.calibrate = 0.0
-        services.capture_id = lambda: "tui-cancel-1"
-        app = build_app(services, ascii_only=True)
+        app = real_app(loop.dev, "tui-cancel-1")
 
         async def scenario():
             async with app.run_test(size=(80, 24)) as pilot:
@@ -185,11 +187,7 @@ def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk)
     with LoopDevice(timg) as target:
         usb = TargetDisk(os.path.basename(target.dev), target.dev, 512 * MiB, "Expansion Desk", "USB 3.0",
                          [(target.dev, "ext4", "images")], target.dev)
-        services = Services.real(include_loop=True, only=[loop_disk.dev], cmdline="",
-                                 local_disks=lambda inv: [usb])
-        services.config.calibrate = 0.0
-        services.capture_id = lambda: "tui-usb-1"
-        app = build_app(services, ascii_only=True)
+        app = real_app(loop_disk.dev, "tui-usb-1", local_disks=lambda inv: [usb])
         seen = {}
 
         async def scenario():
@@ -240,10 +238,7 @@ def test_tui_capture_carries_the_readiness_report(sshd, rx_dir, debian_disk):
     screen says what it found (firmware, boot loader, what conversion will do)."""
     from agent.tui.screens.done import DoneScreen
 
-    services = Services.real(include_loop=True, only=[debian_disk], cmdline="")
-    services.calibrate_seconds = 1.0
-    services.capture_id = lambda: "tui-readiness-1"
-    app = build_app(services, ascii_only=True)
+    app = real_app(debian_disk, "tui-readiness-1", calibrate=1.0)
     texts = []
 
     async def scenario():
@@ -289,10 +284,7 @@ def test_resume_offered_and_taken_through_the_screens(sshd, rx_dir, tmp_path):
         first.communicate(timeout=120)
         assert first.returncode != 0
 
-        services = Services.real(include_loop=True, only=[loop.dev], cmdline="")
-        services.config.calibrate = 0.0
-        services.capture_id = lambda: "tui-new-capture"
-        app = build_app(services, ascii_only=True)
+        app = real_app(loop.dev, "tui-new-capture")
 
         async def scenario():
             async with app.run_test(size=(80, 24)) as pilot:

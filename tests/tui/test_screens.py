@@ -10,7 +10,7 @@ from agent.iscsi.auto import IscsiAttachment
 from agent.iscsi.sourceconfig import read_source_config
 from agent.tui.app import build_app
 from agent.tui.services import TargetChoice
-from tests.tui.conftest import ISCSI_TREES, replay, settle
+from tests.tui.conftest import ISCSI_TREES, on_progress, replay, settle
 
 
 def screen_text(app) -> str:
@@ -199,16 +199,12 @@ def test_done_power_off_asks_first():
 
 def test_capture_ending_while_the_cancel_question_is_open_goes_to_done():
     from agent.tui.messages import CaptureEnded
-    from agent.tui.screens.progress import ProgressScreen
     from tests.tui import recorded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
 
     async def scenario(pilot):
-        app.plan.target = TargetChoice("file", "file:///srv/images")
-        screen = ProgressScreen()
-        app.switch_to_progress(screen)
-        await pilot.pause()
+        screen = await on_progress(app, pilot)
         await pilot.press("c")
         assert "Cancel the capture?" in await shown(pilot)
         screen.post_message(CaptureEnded(result=recorded.result()))
@@ -299,16 +295,12 @@ def test_progress_says_stalled_and_reconnecting_instead_of_a_stale_rate():
     """Nothing read or sent for a while: the stats line says STALLED for N s (the console's rule,
     estimate.progress.Motion), a reconnect says so, and the rates come back with the data."""
     from agent.capture import events as E
-    from agent.tui.screens.progress import ProgressScreen
     from tests.tui import recorded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
 
     async def scenario(pilot):
-        app.plan.target = TargetChoice("file", "file:///srv/images")
-        screen = ProgressScreen()
-        app.switch_to_progress(screen)
-        await pilot.pause()
+        screen = await on_progress(app, pilot)
         events = recorded.events()
         for ev in events:
             screen.apply(ev)

@@ -9,9 +9,8 @@ from agent.capture import events as E
 from agent.errors import EXIT_UNREADABLE
 from agent.manifest import Unreadable, UnreadableRange
 from agent.tui.app import build_app
-from agent.tui.services import TargetChoice
 from tests.tui import recorded
-from tests.tui.conftest import replay
+from tests.tui.conftest import on_progress, replay
 from tests.tui.test_screens import drive, shown
 
 
@@ -25,16 +24,12 @@ def bad_result():
 
 def test_progress_and_done_show_unreadable_sectors():
     from agent.tui.messages import CaptureEnded
-    from agent.tui.screens.progress import ProgressScreen
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
     codes = []
 
     async def scenario(pilot):
-        app.plan.target = TargetChoice("file", "file:///srv/images")
-        screen = ProgressScreen()
-        app.switch_to_progress(screen)
-        await pilot.pause()
+        screen = await on_progress(app, pilot)
         events = recorded.events()
         last = max(i for i, ev in enumerate(events) if isinstance(ev, E.Progress))
         for i, ev in enumerate(events):
