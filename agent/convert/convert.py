@@ -100,12 +100,16 @@ DEVICE_FILES = (
     ("/etc/default/grub", "kernel"),
     ("/etc/default/grub.d/*.cfg", "kernel"),
     ("/etc/initramfs-tools/conf.d/resume", "kernel"),
+    ("/boot/grub/device.map", "devmap"),
+    ("/boot/grub2/device.map", "devmap"),
 )
 NET_FILES = (
     ("/etc/udev/rules.d/70-persistent-net.rules", "udev"),
     ("/etc/sysconfig/network-scripts/ifcfg-*", "ifcfg"),
     ("/etc/sysconfig/network/ifcfg-*", "ifcfg"),
     ("/etc/NetworkManager/system-connections/*", "nm"),
+    ("/etc/network/interfaces", "interfaces"),
+    ("/etc/network/interfaces.d/*", "interfaces"),
 )
 SERVICE_LINKS = ("/etc/systemd/system/*.wants/*", "/etc/rc[2-5].d/S*")
 
@@ -124,6 +128,10 @@ def _fix_text(kind: str, text: str, path: str, dmap: F.DeviceMap) -> F.FixResult
             else F.FixResult(text)
     if kind == "nm":
         return F.fix_nm_keyfile(text, path)
+    if kind == "interfaces":
+        return F.fix_interfaces(text, path)
+    if kind == "devmap":
+        return F.fix_device_map(text, path)
     raise ValueError(kind)
 
 

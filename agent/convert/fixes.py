@@ -242,6 +242,64 @@ def fix_ifcfg(text: str, path: str) -> FixResult:
     return res
 
 
+_HWADDRESS = re.compile(r"^\s*hwaddress\s+(?:ether\s+)?(\S+)")
+
+
+def fix_interfaces(text: str, path: str) -> FixResult:
+    """Comment out `hwaddress` in an ifupdown file: ifup would set the physical server's MAC on the
+    cloud's NIC, whose traffic port security then drops (and the MAC clashes with the original)."""
+    out, res = [], FixResult(text)
+    for no, line, bare in _content_lines(text):
+        m = _HWADDRESS.match(bare) if bare is not None else None
+        if not m:
+            out.append(line)
+            continue
+        new_line = _disable(line, "MAC of the old hardware")
+        out.append(new_line)
+        res.fixes.append(Fix(FixKind.INTERFACES_MAC, path, no, bare, new_line.rstrip("\r\n"),
+                             f"would set the old MAC {m.group(1).lower()} on the cloud's NIC"))
+    res.text = "".join(out)
+    return res
+
+
+def _disk_letters(index: int) -> str:
+    """0 -> a, 25 -> z, 26 -> aa (the inverse of _letters_index)."""
+    out = ""
+    index += 1
+    while index:
+        index, r = divmod(index - 1, 26)
+        out = chr(ord("a") + r) + out
+    return out
+
+
+_DEVICE_MAP_LINE = re.compile(r"^(\s*\([^)]+\)\s+)(\S+)")
+
+
+def fix_device_map(text: str, path: str) -> FixResult:
+    """grub's device.map: a BIOS drive mapped to an old hardware name (/dev/sda, /dev/cciss/c0d0)
+    -> the virtio disk at the same position (/dev/vda): grub-install and kernel updates (grubby,
+    grub2-mkconfig) read it and fail or write the boot loader to the wrong disk. A whole-disk name
+    that stands for no position (by-id) is commented out, so grub probes that disk again."""
+    out, res = [], FixResult(text)
+    for no, line, bare in _content_lines(text):
+        m = _DEVICE_MAP_LINE.match(bare) if bare is not None else None
+        name = m.group(2) if m else ""
+        if not m or not (is_positional(name) or name.startswith("/dev/disk/by-id/")) or name.startswith("/dev/vd"):
+            out.append(line)
+            continue
+        slot = device_slot(name)
+        if slot is not None and slot[1] is None:
+            new_line = line[:m.start(2)] + "/dev/vd" + _disk_letters(slot[0]) + line[m.end(2):]
+            why = f"{name} does not exist under KVM virtio; the disk at its position is /dev/vd{_disk_letters(slot[0])}"
+        else:
+            new_line = _disable(line, "a disk name of the old hardware")
+            why = f"{name} names no disk under KVM virtio; grub probes the disks instead"
+        out.append(new_line)
+        res.fixes.append(Fix(FixKind.GRUB_DEVICE_MAP, path, no, bare, new_line.rstrip("\r\n"), why))
+    res.text = "".join(out)
+    return res
+
+
 _NM_SECTION = re.compile(r"^\s*\[([^\]]+)\]")
 _NM_MAC = re.compile(r"^\s*mac-address\s*=")
 

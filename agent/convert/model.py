@@ -16,6 +16,8 @@ class FixKind(str, enum.Enum):
     NET_RULE_MAC = "udev-net-rule-mac"          # 70-persistent-net.rules pins a name to a MAC
     IFCFG_MAC = "ifcfg-hwaddr"                  # HWADDR= / MACADDR= in ifcfg-*
     NM_MAC = "networkmanager-mac-address"       # mac-address= in a keyfile
+    INTERFACES_MAC = "interfaces-hwaddress"     # hwaddress in /etc/network/interfaces
+    GRUB_DEVICE_MAP = "grub-device-map"         # (hd0) /dev/sda in grub's device.map
     HARDWARE_SERVICE = "hardware-service-disabled"
 
 
@@ -155,6 +157,8 @@ FINDING_OF_FIX: dict[FixKind, str | None] = {
     FixKind.NET_RULE_MAC: "persistent-net-rules",
     FixKind.IFCFG_MAC: "ifcfg-hwaddr",
     FixKind.NM_MAC: "nm-mac-address",
+    FixKind.INTERFACES_MAC: "interfaces-hwaddress",
+    FixKind.GRUB_DEVICE_MAP: "grub-device-map",
     FixKind.HARDWARE_SERVICE: None,
 }
 # Findings the engine answers as a whole rather than by a fix of ours (no Fix record).

@@ -49,6 +49,8 @@ NET_RULES = ('# PCI device 0x8086:0x10d3 (e1000e)\n'
              'ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
 IFCFG = f"DEVICE=eth0\nHWADDR={MAC.upper()}\nBOOTPROTO=dhcp\nONBOOT=yes\n"
 NM = f"[connection]\nid=eth0\ntype=ethernet\n\n[ethernet]\nmac-address={MAC}\n\n[ipv4]\nmethod=auto\n"
+INTERFACES = f"auto eth0\niface eth0 inet dhcp\n\thwaddress ether {MAC}\n"
+DEVICE_MAP = "(hd0)\t/dev/sda\n(hd1)\t/dev/sdb\n"
 TREE = {
     "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
                       'VERSION_ID="12"\nID=debian\n',
@@ -59,6 +61,8 @@ TREE = {
     "etc/udev/rules.d/70-persistent-net.rules": NET_RULES,
     "etc/sysconfig/network-scripts/ifcfg-eth0": IFCFG,
     "etc/NetworkManager/system-connections/eth0.nmconnection": NM,
+    "etc/network/interfaces": INTERFACES,
+    "boot/grub/device.map": DEVICE_MAP,
     "bin/.keep": "", "sbin/.keep": "", "usr/bin/.keep": "", "var/.keep": "",
 }
 
@@ -117,6 +121,8 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
         ("udev-net-rule-mac", "/etc/udev/rules.d/70-persistent-net.rules"),
         ("ifcfg-hwaddr", "/etc/sysconfig/network-scripts/ifcfg-eth0"),
         ("networkmanager-mac-address", "/etc/NetworkManager/system-connections/eth0.nmconnection"),
+        ("interfaces-hwaddress", "/etc/network/interfaces"),
+        ("grub-device-map", "/boot/grub/device.map"), ("grub-device-map", "/boot/grub/device.map"),
     ])
     print("timings:", json.dumps(c["timings"]), "seconds:", c["seconds"])
     log = open(os.path.join(cap, "conversion.log")).read()
@@ -136,6 +142,9 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
     nm = guestdisk.read_ext4_file(kvm, "/etc/NetworkManager/system-connections/eth0.nmconnection",
                                   str(tmp_path))
     assert f"# coldclone-convert: MAC of the old hardware: mac-address={MAC}" in nm
+    interfaces = guestdisk.read_ext4_file(kvm, "/etc/network/interfaces", str(tmp_path))
+    assert interfaces == INTERFACES.replace("\thwaddress", "# coldclone-convert: MAC of the old hardware: \thwaddress")
+    assert guestdisk.read_ext4_file(kvm, "/boot/grub/device.map", str(tmp_path)) == "(hd0)\t/dev/vda\n(hd1)\t/dev/vdb\n"
     # The second disk's data is there, unchanged.
     assert guestdisk.read_ext4_file(os.path.join(cap, "sdb.kvm.qcow2"), "/log/messages",
                                     str(tmp_path)) == "old log\n"
