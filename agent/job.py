@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -191,6 +192,7 @@ class CaptureJob:
     sources: list[str] = field(default_factory=list)
     _attachment: auto.IscsiAttachment | None = None
     _fetched_identity: str | None = None
+    _lookup: Future | None = None       # the server's unfinished captures of these disks
 
     def say(self, text: str) -> None:
         self.notify(Note(text))
@@ -207,6 +209,7 @@ class CaptureJob:
                 self._open_target()
                 self._iscsi()
                 self._discover()
+                self._start_lookup()
                 self._inspect()
                 with maps_reused():   # mode=used: the estimate's map serves the capture
                     self._estimate()
@@ -373,14 +376,41 @@ class CaptureJob:
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 
-    def _unfinished(self) -> str | None:
-        """resume=auto and no id given: the id of an unfinished capture of these very disks, when the
-        server holds one proven by WWID/serial (the source server was rebooted mid-capture and its
-        made-up id went with it). Weaker matches are named, not taken: another server booted from
-        this ISO can have disks of the same names and sizes."""
+    def _start_lookup(self) -> None:
+        """resume=auto and no id given: ask the server for unfinished captures of these disks while
+        inspection and the estimate run (a lookup is a session of its own: ~0.5 s here)."""
+        cfg = self.cfg
         try:
-            found = lookup.find_unfinished(self.target.connect, self.sources)
-        except ColdcloneError as e:
+            fixed = cfg.resolved_capture_id()
+        except UsageError:
+            return    # said where the capture needs its id
+        if cfg.estimate_only or cfg.resume != "auto" or fixed is not None or self.target is None:
+            return
+        fut: Future = Future()
+        connect, sources = self.target.connect, list(self.sources)
+
+        def ask() -> None:
+            try:
+                fut.set_result(lookup.find_unfinished(connect, sources))
+            except BaseException as e:
+                fut.set_exception(e)
+
+        # A daemon thread: a job that fails before its capture does not wait for the answer to exit.
+        threading.Thread(target=ask, name="cc-lookup", daemon=True).start()
+        self._lookup = fut
+
+    def _unfinished(self) -> str | None:
+        """The id of an unfinished capture of these very disks, when the server holds one proven by
+        WWID/serial (the source server was rebooted mid-capture and its made-up id went with it).
+        Weaker matches are named, not taken: another server booted from this ISO can have disks
+        of the same names and sizes."""
+        if self._lookup is None:
+            return None
+        try:
+            found = self._lookup.result()
+        except Exception as e:  # the lookup is a convenience: a new capture still works without it
+            if not isinstance(e, ColdcloneError):
+                log.exception("lookup of unfinished captures failed")
             self.say(f"could not ask the server for unfinished captures of these disks ({e}); "
                      f"starting a new capture")
             return None
