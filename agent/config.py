@@ -227,8 +227,11 @@ OPTIONS: tuple[Option, ...] = (
            "`nonzero`", flag="--mode", metavar="MODE",
            help="used: only the blocks the filesystems use; nonzero: skip all-zero blocks (default); "
                 "full: send every byte"),
-    Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `none`", "`zstd:1`", flag="--compress",
-           metavar="zstd[:N]|none", help="compression of DATA records (default zstd:1)"),
+    Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `zstd:auto` (level 1, raised to 3 or 4 "
+           "while the link is the limit and the machine has idle CPU, lowered as soon as compression "
+           "is the limit), `none`", "`zstd:1`", flag="--compress",
+           metavar="zstd[:N|:auto]|none", help="compression of DATA records (default zstd:1; zstd:auto adapts "
+                                               "the level to the link)"),
     Option("on_read_error", _enum(OnReadError), "`map` (sectors the disk cannot read become zeros in the "
            "image, every range is listed in the manifest, the capture ends \"verified with N unreadable "
            "sectors\", exit 7) or `fail` (stop at the first one, naming the device and the sector, exit 4). "

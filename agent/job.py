@@ -358,7 +358,7 @@ class CaptureJob:
         cfg = self.cfg
         codec, level = parse_compress(cfg.compress)
         opts = StreamOptions(mode=cfg.mode, chunk_size=cfg.chunk_size, block_size=cfg.block_size,
-                             codec=codec, level=level or 1, workers=cfg.workers,
+                             codec=codec, level=level if codec == "zstd" else 1, workers=cfg.workers,
                              on_read_error=cfg.on_read_error)
         facts = {"inventory": to_dict(self.inventory)} if self.inventory is not None else {}
         est = self.estimate

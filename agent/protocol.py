@@ -569,11 +569,12 @@ class DiskEnd:
     used_map: dict | None = None         # mode=used: per area what was read and why (manifest)
     unreadable_bytes: int | None = None  # on_read_error=map: bytes sent as UNREADABLE (zeros)
     recovery_seconds: float | None = None  # on_read_error=map: time spent re-reading failed ranges
+    zstd_levels: dict | None = None      # zstd:auto: chunks compressed at each level ({"1": n, "3": m})
 
     INTS = ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes", "data_records",
             "zero_records", "skipped_bytes", "unreadable_bytes")
     FLOATS = ("read_seconds", "elapsed", "map_seconds", "recovery_seconds")
-    MAPPINGS = ("used_map",)
+    MAPPINGS = ("used_map", "zstd_levels")
 
     def stats(self) -> dict:
         """The counts the agent gave, for the manifest (absent ones left out)."""

@@ -38,14 +38,19 @@ from .usedmap import Extent, UsedMap, plan_disk, whole_disk
 log = logging.getLogger("coldclone.stream")
 
 
+AUTO = 0     # StreamOptions.level: adaptive (zstd:auto)
+
+
 def parse_compress(text: str) -> tuple[str, int]:
-    """The one reading of a compression setting: zstd, zstd:LEVEL (1-19) or none (the CLI's
-    --compress, the kernel command line's coldclone.compress=)."""
+    """The one reading of a compression setting: zstd, zstd:LEVEL (1-19), zstd:auto or none (the
+    CLI's --compress, the kernel command line's coldclone.compress=). Level AUTO: adaptive."""
     if text == "none":
         return "none", 0
     codec, _, level = text.partition(":")
+    if level == "auto" and codec == "zstd":
+        return "zstd", AUTO
     if codec != "zstd" or (level and not level.isdigit()):
-        raise UsageError(f"compression {text!r}: use zstd, zstd:LEVEL (1-19) or none")
+        raise UsageError(f"compression {text!r}: use zstd, zstd:LEVEL (1-19), zstd:auto or none")
     StreamOptions(codec="zstd", level=int(level or 1)).validate()
     return "zstd", int(level or 1)
 
@@ -61,8 +66,10 @@ class StreamOptions:
     on_read_error: OnReadError = OnReadError.MAP
 
     def codec_label(self) -> str:
-        """How the DISK header and the manifest name the compression: none or zstd:LEVEL."""
-        return "none" if self.codec == "none" else f"zstd:{self.level}"
+        """How the DISK header and the manifest name the compression: none, zstd:LEVEL or zstd:auto."""
+        if self.codec == "none":
+            return "none"
+        return "zstd:auto" if self.level == AUTO else f"zstd:{self.level}"
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -78,8 +85,8 @@ class StreamOptions:
             )
         if self.codec not in ("zstd", "none"):
             raise UsageError(f"compression {self.codec!r}: choose zstd or none")
-        if self.codec == "zstd" and not 1 <= self.level <= 19:
-            raise UsageError(f"zstd level {self.level}: choose 1 (fast) to 19 (small)")
+        if self.codec == "zstd" and not (1 <= self.level <= 19 or self.level == AUTO):
+            raise UsageError(f"zstd level {self.level}: choose 1 (fast) to 19 (small), or auto")
 
 
 @dataclass
@@ -99,6 +106,7 @@ class DiskStats:
     recovery_seconds: float = 0.0  # on_read_error=map: re-reading failed ranges piece by piece
     used_map: UsedMap | None = None
     unreadable: list[BadRange] = field(default_factory=list)   # the ranges, in disk order
+    zstd_levels: dict[str, int] = field(default_factory=dict)  # zstd:auto: chunks compressed per level
 
     def unreadable_sectors(self, sector_size: int) -> int:
         return sum(r.sectors(max(sector_size, 1)) for r in self.unreadable)
@@ -106,7 +114,9 @@ class DiskStats:
     def as_dict(self) -> dict:
         # The ranges go on the wire as UNREADABLE records (the receiver lists them), not in END.
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-               if k not in ("used_map", "unreadable")}
+               if k not in ("used_map", "unreadable", "zstd_levels")}
+        if self.zstd_levels:
+            out["zstd_levels"] = dict(self.zstd_levels)
         if self.used_map is not None:
             out["used_map"] = self.used_map.as_dict()   # the receiver keeps it in the manifest
         return out
@@ -125,25 +135,96 @@ class _Chunk:
     zero_records: int = 0
     skipped_bytes: int = 0
     unreadable: list[BadRange] = field(default_factory=list)
+    level: int = 0             # the zstd level its DATA records were compressed at (0: none were)
 
 
 class _Codec:
+    """zstd (or none) for the chunk workers; `level` may change between chunks (zstd:auto)."""
+
     def __init__(self, codec: str, level: int):
         self.codec = codec
-        self.level = level
+        self.level = AUTO_LEVELS[0] if level == AUTO else level
         self._local = threading.local()
 
-    def compress(self, data: memoryview) -> tuple[int, bytes]:
+    def compress(self, data: memoryview, level: int | None = None) -> tuple[int, bytes]:
         if self.codec == "none":
             return P.CODEC_NONE, bytes(data)
-        c = getattr(self._local, "c", None)
+        level = level or self.level
+        cs = getattr(self._local, "cs", None)
+        if cs is None:
+            cs = self._local.cs = {}
+        c = cs.get(level)
         if c is None:
-            c = self._local.c = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+            c = cs[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
         out = c.compress(data)
         # Incompressible data goes as it is: never pay the expansion.
         if len(out) >= len(data):
             return P.CODEC_NONE, bytes(data)
         return P.CODEC_ZSTD, out
+
+
+# zstd:auto steps through these. Measured on a root filesystem's data (docs/performance.md):
+# levels 1 / 3 / 4 give 137.7 / 122.1 / 120.9 MB for 384 MiB at 1.7 / 2.9 / 3.1 s of one core;
+# level 2 costs more than 3 here, and 6 costs 13x level 1 for 5 % fewer bytes.
+AUTO_LEVELS = (1, 3, 4)
+
+
+def _cpu_idle() -> tuple[float, float]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat (idle + iowait count as idle)."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
+
+
+class LevelControl:
+    """zstd:auto: spend idle CPU on fewer bytes when the link is the limit.
+
+    Every WINDOW seconds the sending thread says how long it waited for the next chunk (the
+    workers are the limit) and how long sends took (the link or the server is). The level goes
+    one step up when sends took most of the window while the machine had CPU to spare (at least
+    IDLE_TO_RAISE of it idle: on a loopback or a busy box the "send" time is CPU, and a higher
+    level would only take it from the sender), and one step down as soon as the sender waited
+    for chunks. It never leaves AUTO_LEVELS.
+    """
+
+    WINDOW = 1.0
+    SEND_BOUND = 0.7       # share of the window spent in sends: the link is the limit
+    WORKER_BOUND = 0.1     # share spent waiting for chunks: the workers are the limit
+    IDLE_TO_RAISE = 0.4
+
+    def __init__(self, codec: _Codec, now: float, cpu: Callable[[], tuple[float, float]] = _cpu_idle):
+        self.codec = codec
+        self.cpu = cpu
+        self.step = 0
+        self._reset(now)
+
+    def _reset(self, now: float) -> None:
+        self.t0, self.wait_chunks, self.wait_send = now, 0.0, 0.0
+        try:
+            self.cpu0 = self.cpu()
+        except (OSError, ValueError, IndexError):
+            self.cpu0 = None
+
+    def account(self, now: float, wait_chunks: float, wait_send: float) -> None:
+        self.wait_chunks += wait_chunks
+        self.wait_send += wait_send
+        span = now - self.t0
+        if span < self.WINDOW:
+            return
+        idle = None
+        if self.cpu0 is not None:
+            try:
+                i1, t1 = self.cpu()
+                idle = (i1 - self.cpu0[0]) / max(t1 - self.cpu0[1], 1e-9)
+            except (OSError, ValueError, IndexError):
+                idle = None
+        if self.wait_chunks > self.WORKER_BOUND * span and self.step > 0:
+            self.step -= 1
+        elif (self.wait_send > self.SEND_BOUND * span and idle is not None and idle >= self.IDLE_TO_RAISE
+              and self.step < len(AUTO_LEVELS) - 1):
+            self.step += 1
+        self.codec.level = AUTO_LEVELS[self.step]
+        self._reset(now)
 
 
 def _skipped(ext: Extent) -> _Chunk:
@@ -166,7 +247,8 @@ def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec,
             ch.zero_records += 1
             ch.tree.append((ext.offset, ext.length, True, None))
         else:
-            c, payload = codec.compress(ext.data)
+            ch.level = ch.level or codec.level     # one level for the whole chunk
+            c, payload = codec.compress(ext.data, ch.level)
             parts.append(P.encode_data(ext.offset, ext.length, c, P.record_digest(ext.digests), payload))
             ch.data_bytes += ext.length
             ch.payload_bytes += len(payload)
@@ -291,20 +373,27 @@ def stream_disk(
     with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cc-chunk") as pool:
         rt = threading.Thread(target=reader, args=(pool,), name="cc-reader", daemon=True)
         rt.start()
+        control = LevelControl(codec, time.monotonic()) if opts.codec == "zstd" and opts.level == AUTO else None
         try:
             while True:
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("capture cancelled by the operator")
+                w0 = time.monotonic()
                 fut = inflight.get()
                 if fut is None:
                     break
                 ch: _Chunk = fut.result()
+                w1 = time.monotonic()
                 for off, length, zero, digests in ch.tree:
                     if zero:
                         tree.add_zero(off, length)
                     else:
                         tree.add_digests(off, length, digests)
                 send(ch.wire)
+                if control is not None:
+                    control.account(time.monotonic(), w1 - w0, time.monotonic() - w1)
+                    if ch.level:
+                        stats.zstd_levels[str(ch.level)] = stats.zstd_levels.get(str(ch.level), 0) + 1
                 stats.data_bytes += ch.data_bytes
                 stats.zero_bytes += ch.zero_bytes
                 stats.payload_bytes += ch.payload_bytes
