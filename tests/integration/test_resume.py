@@ -14,6 +14,7 @@ import pytest
 from agent.receive.journal import CHECKPOINT_BYTES
 from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
+from tests.testbed.files import partial_raw_bytes
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
 from tests.testbed.procs import Spooled, kill_receivers
@@ -67,9 +68,7 @@ def resumed(source, rx_dir, cid, before) -> tuple[dict, int]:
 
 def raw_bytes(rx_dir, cid) -> int:
     """Bytes that reached the receiver's raw image (allocated: the source has no zeros)."""
-    partial = os.path.join(rx_dir, f"{cid}.partial")
-    raws = [n for n in os.listdir(partial) if n.endswith(".raw")] if os.path.isdir(partial) else []
-    return os.stat(os.path.join(partial, raws[0])).st_blocks * 512 if raws else 0
+    return partial_raw_bytes(os.path.join(rx_dir, f"{cid}.partial"))
 
 
 def wait_half(proc, rx_dir, cid, timeout=120):

@@ -19,16 +19,12 @@ import time
 
 from agent.units import human_bytes as hb
 from . import synthdisk
+from .files import partial_raw_bytes
 from .loop import LoopDevice
 from .procs import kill_receivers
 from .sshd import Sshd
 
 MiB = 1 << 20
-
-
-def _raw_bytes(partial: str) -> int:
-    raws = [n for n in os.listdir(partial) if n.endswith(".raw")] if os.path.isdir(partial) else []
-    return os.stat(os.path.join(partial, raws[0])).st_blocks * 512 if raws else 0
 
 
 def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str) -> dict:
@@ -48,14 +44,14 @@ def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str
     t0 = time.monotonic()
     p = subprocess.Popen(base + ["--capture-id", "bench-cut", "--reconnect", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while _raw_bytes(partial) < data // 2:
+    while partial_raw_bytes(partial) < data // 2:
         if p.poll() is not None:
             raise RuntimeError("the capture to interrupt ended before half of its data arrived")
         time.sleep(0.02)
     kill_receivers(root)
     p.wait(120)
     first_s = time.monotonic() - t0
-    arrived = _raw_bytes(partial)
+    arrived = partial_raw_bytes(partial)
 
     t0 = time.monotonic()
     subprocess.run(base + ["--resume", "bench-cut"], check=True, capture_output=True)

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.runcmd import run
@@ -216,6 +217,13 @@ def pattern_disk(path: str, serial: str, size_mb: int = 32, bus: str = "virtio")
     return SourceDisk(path, serial, bus=bus).seal()
 
 
+def random_disk(path: str, serial: str, size_mb: int, bus: str = "virtio") -> SourceDisk:
+    """A disk of incompressible random bytes: every byte is DATA (no zeros skipped, nothing
+    compressed), so the bytes sent are exact and a capture lasts long enough to cut half way."""
+    synthdisk._random_file(path, size_mb * MiB)
+    return SourceDisk(path, serial, bus=bus).seal()
+
+
 # --------------------------------------------------------------------------- the console
 @dataclass
 class Console:
@@ -300,6 +308,8 @@ class Run:
     def times(self) -> str:
         f = lambda v: f"{v:.1f} s" if v is not None else "n/a"  # noqa: E731
         off = f"{self.boot.exit_seconds:.1f} s" if self.boot.exited else "no"
+        if self.boot.stopped_seconds is not None:
+            off += f", killed by the test at {self.boot.stopped_seconds:.1f} s"
         return (f"[{self.boot.mode}/{self.boot.accel}] boot {f(self.boot_seconds)}, headless run "
                 f"{f(self.capture_seconds)} (OK/FAILED at {f(self.done_seconds)}), "
                 f"QEMU exited by itself: {off}; serial log {self.boot.log_path}")
@@ -308,23 +318,29 @@ class Run:
         return f"{self.times()}\n--- console tail ---\n{self.console.tail(n)}"
 
 
-def headless_cmdline(server: HostServer, path: str, capture_id: str, identity_path: str,
+def headless_cmdline(server: HostServer, path: str, capture_id: str | None, identity_path: str,
                      extra: str = "") -> str:
+    """``capture_id`` None: none on the command line, the agent makes one up (a new one on
+    every boot, as on a fleet's shared PXE entry)."""
     words = [f"coldclone.server={server.url(path)}",
              f"coldclone.identity={identity_path}",
-             f"coldclone.hostkey={server.fingerprint}",
-             f"coldclone.capture_id={capture_id}",
-             "coldclone.progress=5"]
+             f"coldclone.hostkey={server.fingerprint}"]
+    if capture_id is not None:
+        words.append(f"coldclone.capture_id={capture_id}")
+    words.append("coldclone.progress=5")
     return " ".join(words + ([extra] if extra else []))
 
 
 def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = None,
                   timeout: float = 480, name: str | None = None, log_dir: str | None = None,
-                  expect_failure: bool = False, memory_mib: int = 2048) -> Run:
+                  expect_failure: bool = False, memory_mib: int = 2048,
+                  stop_when: Callable[[], bool] | None = None) -> Run:
     """Boot the ISO with ``cmdline`` appended; wait for the guest to power off by itself.
 
     A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
     the latest): a failed run does not power off, it leaves a root shell.
+    ``stop_when``: the host's test for a power cut; QEMU is killed when it says yes
+    (vmboot.boot).
     """
     res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
                                 timeout=timeout, log_dir=log_dir,
@@ -332,7 +348,7 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
                                 memory_mib=memory_mib, name=name,
                                 marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
                                 abort_on=(() if expect_failure else (FAILED_LINE,)),
-                                abort_grace=45 if not expect_failure else 0)
+                                abort_grace=45 if not expect_failure else 0, stop_when=stop_when)
     con = parse_console(res.console)
     ms = res.mark_seconds
     start = ms.get(STARTING_LINE)

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,6 +125,8 @@ class BootResult:
     # seconds after QEMU started at which each ``marks`` string first appeared on the console
     mark_seconds: dict[str, float] = field(default_factory=dict)
     aborted_on: str | None = None     # the ``abort_on`` string that ended the boot early
+    # seconds after QEMU started at which ``stop_when`` said yes and QEMU was killed (a power cut)
+    stopped_seconds: float | None = None
     timed_out: bool = False
 
     def summary(self) -> str:
@@ -168,7 +171,7 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
          until_exit: bool = True, extra_args: list[str] | None = None,
          memory_mib: int = 2048, name: str | None = None,
          marks: tuple[str, ...] = (), abort_on: tuple[str, ...] = (),
-         abort_grace: float = 0.0) -> BootResult:
+         abort_grace: float = 0.0, stop_when: Callable[[], bool] | None = None) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
 
     With ``until_exit=False`` QEMU is killed as soon as ``expect`` appeared (for boots that do
@@ -176,6 +179,9 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     ``marks``: console strings whose first appearance is timed (``BootResult.mark_seconds``).
     ``abort_on``: console strings that end the boot early (a failure that will not power off),
     ``abort_grace`` seconds after they appear, so what follows them reaches the log.
+    ``stop_when``: asked at every poll (4 times a second); when it says yes QEMU is killed at
+    once with SIGKILL, as a power cut stops a server mid-work (e.g. when the host sees half of
+    a capture arrive); ``BootResult.stopped_seconds`` says when.
     """
     accel = accel or pick_accel()
     log_dir = log_dir or tempfile.mkdtemp(prefix="coldclone-vm-")
@@ -215,6 +221,9 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
                 if res.found and not until_exit:
                     break
                 if abort_at is not None and now >= abort_at:
+                    break
+                if stop_when is not None and stop_when():
+                    res.stopped_seconds = now
                     break
                 if now > timeout:
                     res.timed_out = True
