@@ -188,9 +188,12 @@ def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstima
           f"of {hb(result.total_size)}), skipped {hb(result.zero_bytes)} of zeros", file=out)
     if estimate is not None:
         pred = estimate.total_seconds
+        held = sum(d.resume.resumed_from for d in result.disks if d.resume is not None and not d.resume.restarted)
         if pred:
+            # The estimate is made before the server says what it holds: for the whole capture.
+            tail = f"; {hb(held)} were held from an earlier attempt" if held else ""
             print(f"  estimate: {pred:.1f} s predicted, {result.elapsed:.1f} s actual "
-                  f"({100.0 * (result.elapsed - pred) / pred:+.0f}%)", file=out)
+                  f"({100.0 * (result.elapsed - pred) / pred:+.0f}%{tail})", file=out)
     for d in result.disks:
         checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
         print(f"  {d.name}: {d.image} digest {d.digest[:16]}... verified ({checks})", file=out)

@@ -315,6 +315,16 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     buf = io.StringIO()
     PR.print_summary(res, out=buf, estimate=plan)
     assert "estimate: 200.0 s predicted, 230.0 s actual (+15%)" in buf.getvalue()
+    # A resumed capture: the estimate was for all of it, and the line says what was held.
+    from agent.manifest import DiskResume, ManifestDisk, Verified
+    disk = ManifestDisk("sda", "sda.qcow2", "qcow2", size, "ab" * 32, "sha256-tree", Verified(),
+                        resume=DiskResume(resumed_from=size // 2, data_bytes_before=size // 4))
+    res = CaptureResult("cap-1", "file:///mnt/usb", "/mnt/usb/cap-1", Manifest("cap-1", "complete", [disk]),
+                        90.0, size, size // 2, 0, size)
+    buf = io.StringIO()
+    PR.print_summary(res, out=buf, estimate=plan)
+    assert "estimate: 200.0 s predicted, 90.0 s actual (-55%; 1.9 GiB were held from an earlier attempt)" \
+        in buf.getvalue(), buf.getvalue()
 
 
 def test_progress_says_stalled_and_the_eta_stops_counting_down(monkeypatch):
