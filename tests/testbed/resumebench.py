@@ -21,14 +21,10 @@ from agent.units import human_bytes as hb
 from . import synthdisk
 from .loop import LoopDevice
 from .procs import kill_receivers
+from .resume import raw_bytes, wait_raw
 from .sshd import Sshd
 
 MiB = 1 << 20
-
-
-def _raw_bytes(partial: str) -> int:
-    raws = [n for n in os.listdir(partial) if n.endswith(".raw")] if os.path.isdir(partial) else []
-    return os.stat(os.path.join(partial, raws[0])).st_blocks * 512 if raws else 0
 
 
 def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str) -> dict:
@@ -44,18 +40,14 @@ def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str
     data = entry["received"]["data_bytes"]
     shutil.rmtree(os.path.join(root, "bench-whole"))
 
-    partial = os.path.join(root, "bench-cut.partial")
     t0 = time.monotonic()
     p = subprocess.Popen(base + ["--capture-id", "bench-cut", "--reconnect", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while _raw_bytes(partial) < data // 2:
-        if p.poll() is not None:
-            raise RuntimeError("the capture to interrupt ended before half of its data arrived")
-        time.sleep(0.02)
+    wait_raw(p, root, "bench-cut", data // 2, timeout=3600)
     kill_receivers(root)
     p.wait(120)
     first_s = time.monotonic() - t0
-    arrived = _raw_bytes(partial)
+    arrived = raw_bytes(root, "bench-cut")
 
     t0 = time.monotonic()
     subprocess.run(base + ["--resume", "bench-cut"], check=True, capture_output=True)
