@@ -187,3 +187,36 @@ def test_changed_second_source_is_sent_again_the_first_is_not(sshd, rx_dir, sour
     assert eb["received"]["data_bytes"] == SIZE_B
     print(f"\nchanged disk 2 of 2: {(SIZE_A + arrived_b) >> 20} MiB arrived, {SIZE_B >> 20} MiB of disk 2 "
           f"sent again, 0 of disk 1; {t_first:.1f} s + {t_second:.1f} s")
+
+
+def test_a_resume_without_a_held_disk_is_refused_and_keeps_what_is_held(sshd, rx_dir, sources):
+    """`--resume` with one `--disk` of the two the capture holds: refused before any data is
+    sent, naming the disk left out; what the server holds stays, and the full resume then
+    sends neither the verified first disk nor the held part of the second again."""
+    a, b = sources
+    first = capture_two(sshd, rx_dir, a, b, "--capture-id", "sub", "--reconnect", "0")
+    wait_raw(first, rx_dir, "sub", SIZE_B // 2, disk=disk_name(b))
+    kill_receiver(sshd)
+    first.communicate(timeout=120)
+    assert first.returncode != 0
+    journal_b = journal_lines(rx_dir, "sub", disk_name(b))
+
+    t0 = time.monotonic()
+    only_b = capture(sshd, rx_dir, b.dev, "--resume", "sub")
+    out, err = only_b.communicate(timeout=120)
+    t_refused = time.monotonic() - t0
+    assert only_b.returncode == 5, err      # a refusal of the conversion server
+    assert (f"holds disk {disk_name(a)} from an earlier attempt, which this resume does not send "
+            f"(it sends {disk_name(b)}): resume with every disk of the capture") in err, err
+    # Nothing of B was sent (its journal did not move) and nothing held was dropped.
+    assert journal_lines(rx_dir, "sub", disk_name(b)) == journal_b
+    assert "complete" in journal_lines(rx_dir, "sub", disk_name(a))[-1]
+
+    text, _ = resume(sshd, rx_dir, "sub", a, b)
+    ea, eb = entries(rx_dir, "sub", a, b)
+    same_image(a.dev, rx_dir, "sub", ea)
+    same_image(b.dev, rx_dir, "sub", eb)
+    assert_verified_earlier(ea, SIZE_A)
+    assert eb["resume"]["resumed_from"] == journal_b[-1]["end"] > 0
+    print(f"\nresume without a held disk: refused in {t_refused:.1f} s; then "
+          f"{eb['resume']['resumed_from'] >> 20} MiB of disk 2 held, 0 of disk 1 sent again")
