@@ -106,7 +106,8 @@ def test_receiver_killed_in_the_second_disk_then_resume(sshd, rx_dir, sources):
     assert raw_bytes(rx_dir, "rk2", disk_name(a)) == 0
 
     text, t_second = resume(sshd, rx_dir, "rk2", a, b)
-    assert f"disk {disk_name(b)}: the server holds" in text and "the source matches them" in text
+    assert (f"disk {disk_name(a)}: the server holds all {SIZE_A} bytes; the source matches them "
+            f"(checked {SIZE_A} bytes in ") in text and "nothing left to send" in text
     ea, eb = entries(rx_dir, "rk2", a, b)
     same_image(a.dev, rx_dir, "rk2", ea)
     same_image(b.dev, rx_dir, "rk2", eb)
@@ -117,6 +118,7 @@ def test_receiver_killed_in_the_second_disk_then_resume(sshd, rx_dir, sources):
     assert eb["resume"]["restarted"] is None and "verified_earlier" not in eb["resume"]
     assert held >= SIZE_B // 2 - WINDOW and again == SIZE_B - held
     assert eb["resume"]["data_bytes_before"] == held
+    assert f"disk {disk_name(b)}: the server holds {held} of {SIZE_B} bytes; the source matches them" in text
     # Both attempts together: both disks' data plus at most one in-flight window (all in B).
     sent = SIZE_A + arrived_b + ea["received"]["data_bytes"] + again
     assert sent <= SIZE_A + SIZE_B + WINDOW, (arrived_b, held, again)
