@@ -1,6 +1,8 @@
 """Resumable captures of two disks in one capture, over the real sshd: a cut in the second disk
-does not send the first (verified) disk again; a cut in the first resumes it and sends the second
-whole; a second disk whose source changed in between is sent again from byte 0, the first is not.
+(receiver killed, agent killed, or the receiver restarted under a reconnecting agent) does not send
+the first (verified) disk again; a cut in the first resumes it and sends the second whole; a second
+disk whose source changed in between is sent again from byte 0, the first is not; a resume that
+leaves out a held disk is refused before any data and loses nothing.
 
 Two loop devices over files of incompressible data, `--compress none`: every byte is DATA, so
 the receiver's counts are exact."""
@@ -222,3 +224,57 @@ def test_a_resume_without_a_held_disk_is_refused_and_keeps_what_is_held(sshd, rx
     assert eb["resume"]["resumed_from"] == journal_b[-1]["end"] > 0
     print(f"\nresume without a held disk: refused in {t_refused:.1f} s; then "
           f"{eb['resume']['resumed_from'] >> 20} MiB of disk 2 held, 0 of disk 1 sent again")
+
+
+def test_receiver_restart_in_the_second_disk_is_survived_in_process(sshd, rx_dir, sources):
+    """The server side dies in the second disk; the same agent reconnects (--reconnect) and
+    resumes both: the first from its verified image, the second from what is held."""
+    a, b = sources
+    before = (sha256_of(a.dev), sha256_of(b.dev))
+    t0 = time.monotonic()
+    proc = capture_two(sshd, rx_dir, a, b, "--capture-id", "rc2", "--reconnect", "60")
+    wait_raw(proc, rx_dir, "rc2", SIZE_B // 2, disk=disk_name(b))
+    kill_receiver(sshd)
+    arrived_b = raw_bytes(rx_dir, "rc2", disk_name(b))
+    out, err = proc.communicate(timeout=300)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    assert "reconnecting (attempt 1)" in out + err
+    ea, eb = entries(rx_dir, "rc2", a, b)
+    same_image(a.dev, rx_dir, "rc2", ea)
+    same_image(b.dev, rx_dir, "rc2", eb)
+    assert (sha256_of(a.dev), sha256_of(b.dev)) == before
+    assert_verified_earlier(ea, SIZE_A)
+    held = eb["resume"]["resumed_from"]
+    again = eb["received"]["data_bytes"]
+    assert held >= SIZE_B // 2 - WINDOW and again == SIZE_B - held
+    assert arrived_b + again <= SIZE_B + WINDOW, (arrived_b, held, again)
+    print(f"\nreceiver restart in disk 2 of 2, in process: {(SIZE_A + arrived_b) >> 20} MiB arrived, "
+          f"{(SIZE_A + held) >> 20} MiB held, {again >> 20} MiB sent after the reconnect; {seconds:.1f} s")
+
+
+def test_agent_killed_in_the_second_disk_then_a_new_agent_resumes(sshd, rx_dir, sources):
+    """The receiver sees the cut in the second disk: its failure.json holds the first whole and
+    the second up to the last whole record; a new agent sends only the rest of the second."""
+    a, b = sources
+    before = (sha256_of(a.dev), sha256_of(b.dev))
+    first = capture_two(sshd, rx_dir, a, b, "--capture-id", "ak2b")
+    wait_raw(first, rx_dir, "ak2b", SIZE_B // 2, disk=disk_name(b))
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    rec = wait_failure(rx_dir, "ak2b")
+    assert rec["resumable"] is True and rec["disks_verified"] == [disk_name(a)], rec
+    assert rec["held"][disk_name(a)] == SIZE_A, rec
+    arrived_b = raw_bytes(rx_dir, "ak2b", disk_name(b))
+
+    text, t_second = resume(sshd, rx_dir, "ak2b", a, b)
+    ea, eb = entries(rx_dir, "ak2b", a, b)
+    same_image(a.dev, rx_dir, "ak2b", ea)
+    same_image(b.dev, rx_dir, "ak2b", eb)
+    assert (sha256_of(a.dev), sha256_of(b.dev)) == before
+    assert_verified_earlier(ea, SIZE_A)
+    held = eb["resume"]["resumed_from"]
+    assert held == rec["held"][disk_name(b)] and arrived_b - held <= CHUNK
+    assert eb["received"]["data_bytes"] == SIZE_B - held
+    print(f"\nagent kill in disk 2 of 2: {(SIZE_A + arrived_b) >> 20} MiB arrived, {(SIZE_A + held) >> 20} MiB "
+          f"held, {(SIZE_B - held) >> 20} MiB sent after; {t_second:.1f} s to resume")
