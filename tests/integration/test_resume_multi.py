@@ -74,6 +74,7 @@ def wait_failure(rx_dir, cid) -> dict:
     deadline = time.monotonic() + 30
     while not os.path.exists(failure) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert os.path.exists(failure), "the receiver wrote no failure.json within 30 s of the cut"
     return json.load(open(failure))
 
 
