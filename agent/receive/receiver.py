@@ -738,6 +738,7 @@ class Receiver:
         self.started = _now()
         self.t0 = time.monotonic()
         self.reader: P.Reader | None = None
+        self.failing = False          # a failure is being recorded (_fail): see cli.Session.spare
 
     def say(self, reply: P.Reply) -> None:
         try:
@@ -821,6 +822,7 @@ class Receiver:
 
     def _fail(self, code: str, message: str, cut: bool = False) -> None:
         """cut: the stream was interrupted (not malformed, not refused): what is held may be resumed."""
+        self.failing = True
         log.error("%s: %s", code, message)
         path = None
         if self.sink is not None:
