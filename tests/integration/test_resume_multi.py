@@ -2,7 +2,8 @@
 (receiver killed, agent killed, or the receiver restarted under a reconnecting agent) does not send
 the first (verified) disk again; a cut in the first resumes it and sends the second whole; a second
 disk whose source changed in between is sent again from byte 0, the first is not; a resume that
-leaves out a held disk is refused before any data and loses nothing.
+leaves out a held disk is refused before any data and loses nothing; an agent killed while the
+receiver's syncs are slow (strace) still leaves a complete failure record.
 
 Two loop devices over files of incompressible data, `--compress none`: every byte is DATA, so
 the receiver's counts are exact."""
@@ -16,7 +17,9 @@ import pytest
 
 from agent.devnames import stream_name
 from tests.integration.test_resume import CHUNK, WINDOW, capture, kill_receiver, manifest_of, same_image, sha256_of
+from agent.receive.store import gc
 from tests.testbed.loop import LoopDevice
+from tests.testbed.procs import receiver_pids, slow_syscall, stop_process
 from tests.testbed.resume import raw_bytes, wait_raw
 
 pytestmark = pytest.mark.root
@@ -282,3 +285,32 @@ def test_agent_killed_in_the_second_disk_then_a_new_agent_resumes(sshd, rx_dir, 
     print(f"\nagent kill in disk 2 of 2: {(SIZE_A + arrived_b) >> 20} MiB arrived, {(SIZE_A + held) >> 20} MiB "
           f"held, {(SIZE_B - held) >> 20} MiB sent after; {t_second:.1f} s to resume "
           f"(the cut seen in {t_seen:.2f} s)")
+
+
+def test_agent_killed_while_the_receivers_syncs_are_slow(sshd, rx_dir, sources):
+    """The cut is recorded whole even when the session's end (sshd closes the receiver's stdout,
+    a SIGHUP within a second) comes while the receiver still syncs its last checkpoint: every
+    fdatasync of the receiver is made to take 3 s. failure.json is written, the lock is gone
+    (the capture is `failed`, not a dead receiver's that --gc would clean), and it resumes."""
+    a, b = sources
+    first = capture_two(sshd, rx_dir, a, b, "--capture-id", "slow")
+    wait_raw(first, rx_dir, "slow", SIZE_A // 4, disk=disk_name(a))
+    strace = slow_syscall(receiver_pids(sshd.receiver_root), "fdatasync", 3)
+    try:
+        wait_raw(first, rx_dir, "slow", SIZE_A // 2, disk=disk_name(a))
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        rec, t_seen = wait_failure(rx_dir, "slow")
+    finally:
+        stop_process(strace)
+    assert rec["resumable"] is True and rec["code"] == "protocol", rec
+    assert ".coldclone-receive.lock" not in os.listdir(os.path.join(rx_dir, "slow.partial"))
+    assert [st.state for st in gc(rx_dir, clean=False)] == ["failed"]
+
+    resume(sshd, rx_dir, "slow", a, b)
+    ea, eb = entries(rx_dir, "slow", a, b)
+    same_image(a.dev, rx_dir, "slow", ea)
+    same_image(b.dev, rx_dir, "slow", eb)
+    assert ea["resume"]["resumed_from"] == rec["held"][disk_name(a)] > 0
+    print(f"\nagent kill with 3 s fdatasyncs: failure.json after {t_seen:.1f} s, "
+          f"{rec['held'][disk_name(a)] >> 20} MiB held")
