@@ -66,6 +66,10 @@ class DiskResumed:
         """The one wording of it, for the console and the TUI."""
         if self.restart_reason:
             return f"disk {self.name}: sent again from byte 0: {self.restart_reason}"
+        if self.start >= self.size:
+            # A disk that arrived whole before the cut (verified, or only its END was missing).
+            return (f"disk {self.name}: the server holds all {self.size} bytes; the source matches them "
+                    f"(checked {self.checked_bytes} bytes in {self.seconds:.1f} s): nothing left to send")
         return (f"disk {self.name}: the server holds {self.start} of {self.size} bytes; the source matches them "
                 f"(checked {self.checked_bytes} bytes in {self.seconds:.1f} s): sending the rest")
 

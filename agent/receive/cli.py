@@ -29,7 +29,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
@@ -67,11 +67,18 @@ class Session:
         self.reason: str | None = None
         self.ppid = os.getppid()
         self._stop = threading.Event()
+        # True while the receiver records a failure: an ending then is noted, not raised. A cut
+        # stream (the agent killed) ends in a StreamCut and, within WATCH_INTERVAL, in the
+        # watcher's SIGHUP too (sshd closes our stdout): raised in the middle of the failure's
+        # fsyncs, it cut the cleanup short, and no failure.json was written, the lock stayed
+        # (the capture looked like a dead receiver's, which --gc cleans).
+        self.spare: Callable[[], bool] = lambda: False
 
     def _end(self, reason: str) -> None:
         if self.reason is None:       # the first reason wins; later signals are ignored
             self.reason = reason
-            raise SessionEnded(reason)
+            if not self.spare():
+                raise SessionEnded(reason)
 
     def _on_alarm(self, signum, frame) -> None:
         self._end(f"no data from the agent for {self.idle_timeout:g} s (--idle-timeout): the agent "
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
                       keep_raw=args.keep_raw, convert=args.convert)
+        session.spare = lambda: rx.failing
         rc = rx.run(session.stream(sys.stdin.buffer))
     finally:
         session.stop()

@@ -268,6 +268,16 @@ class CaptureSink(_Sink):
         if resumed:
             try:
                 self.journals = J.load_all(self.cap)
+                # A held disk this resume does not send would only be missed at FINISH, after all
+                # the other data, and that refusal discards the capture (the verified disks too):
+                # refuse now, before anything is sent or re-read, and keep what is held.
+                left_out = sorted(set(self.journals) - set(hello.disks))
+                if left_out:
+                    raise ServerError(
+                        f"refused: capture {hello.capture_id} holds disk {', '.join(left_out)} from an "
+                        f"earlier attempt, which this resume does not send (it sends "
+                        f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
+                        f"or start a new capture (a new id)", code="usage")
                 # Before READY: once the agent streams, this end must keep reading (a long read
                 # here would look like a dead link to the agent's stall watchdog). The agent waits
                 # for READY of a resumed capture as long as this takes.
@@ -275,8 +285,12 @@ class CaptureSink(_Sink):
                     if j.complete is None and j.held:
                         self.rebuilt[j.header.name] = self.rebuild(j)
             except BaseException:
-                # Left as it was (failure.json, journals): the error names what to do.
+                # Left as it was (failure.json, journals): the error names what to do. A capture
+                # that had failed (failure.json, no lock) stays so: the lock taken over for this
+                # session goes, or `--gc` would take the capture for a dead receiver's and clean it.
                 self.close_journals()
+                if os.path.lexists(self.cap.file_path(FAILURE)):
+                    self.cap.unlock()
                 self.cap.close()
                 self.store.close()
                 raise
@@ -733,6 +747,7 @@ class Receiver:
         self.started = _now()
         self.t0 = time.monotonic()
         self.reader: P.Reader | None = None
+        self.failing = False          # a failure is being recorded (_fail): see cli.Session.spare
 
     def say(self, reply: P.Reply) -> None:
         try:
@@ -816,6 +831,7 @@ class Receiver:
 
     def _fail(self, code: str, message: str, cut: bool = False) -> None:
         """cut: the stream was interrupted (not malformed, not refused): what is held may be resumed."""
+        self.failing = True
         log.error("%s: %s", code, message)
         path = None
         if self.sink is not None:

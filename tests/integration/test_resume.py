@@ -14,10 +14,10 @@ import pytest
 from agent.receive.journal import CHECKPOINT_BYTES
 from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
-from tests.testbed.files import partial_raw_bytes
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
 from tests.testbed.procs import Spooled, kill_receivers
+from tests.testbed.resume import raw_bytes, wait_raw
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -66,21 +66,6 @@ def resumed(source, rx_dir, cid, before) -> tuple[dict, int]:
     return entry, entry["resume"]["resumed_from"]
 
 
-def raw_bytes(rx_dir, cid) -> int:
-    """Bytes that reached the receiver's raw image (allocated: the source has no zeros)."""
-    return partial_raw_bytes(os.path.join(rx_dir, f"{cid}.partial"))
-
-
-def wait_half(proc, rx_dir, cid, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if raw_bytes(rx_dir, cid) >= SIZE // 2:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError("the capture never reached half of the disk")
-
-
 def kill_receiver(sshd):
     """The receiver and its sshd session die at once (the conversion server's side is gone)."""
     assert kill_receivers(sshd.receiver_root) >= 1
@@ -98,7 +83,7 @@ def test_receiver_killed_at_half_then_resume(sshd, rx_dir, source):
     before = sha256_of(source.dev)
     t0 = time.monotonic()
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "rk", "--reconnect", "0")
-    wait_half(first, rx_dir, "rk")
+    wait_raw(first, rx_dir, "rk", SIZE // 2)
     kill_receiver(sshd)
     out, err = first.communicate(timeout=120)
     t_first = time.monotonic() - t0
@@ -126,7 +111,7 @@ def test_receiver_killed_at_half_then_resume(sshd, rx_dir, source):
 def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
     before = sha256_of(source.dev)
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "ak")
-    wait_half(first, rx_dir, "ak")
+    wait_raw(first, rx_dir, "ak", SIZE // 2)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     # The receiver sees the stream cut: it journals what it holds and leaves failure.json.
@@ -150,7 +135,7 @@ def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
 
 def test_changed_source_is_sent_again_not_spliced(sshd, rx_dir, source):
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "chg", "--reconnect", "0")
-    wait_half(first, rx_dir, "chg")
+    wait_raw(first, rx_dir, "chg", SIZE // 2)
     kill_receiver(sshd)
     first.communicate(timeout=120)
     assert first.returncode != 0
@@ -177,7 +162,7 @@ def test_receiver_restart_is_survived_in_process(sshd, rx_dir, source):
     """The server side dies mid-capture (as in a receiver restart); the agent reconnects by itself."""
     before = sha256_of(source.dev)
     proc = capture(sshd, rx_dir, source.dev, "--capture-id", "rc", "--reconnect", "60")
-    wait_half(proc, rx_dir, "rc")
+    wait_raw(proc, rx_dir, "rc", SIZE // 2)
     kill_receiver(sshd)
     arrived_first = raw_bytes(rx_dir, "rc")
     out, err = proc.communicate(timeout=300)
@@ -201,7 +186,7 @@ def test_link_down_longer_than_the_session_then_reconnect(source):
              "--identity", srv.sshd.client_key, "--known-hosts", srv.sshd.known_hosts, "--compress", "none",
              "--progress-interval", "0.5", "--capture-id", "ln", "--reconnect", "120", "--stall-timeout", "5",
              "--timeout", "3"])
-        wait_half(proc, root, "ln")
+        wait_raw(proc, root, "ln", SIZE // 2)
         run(["ip", "link", "set", srv.host_if, "down"])
         t_down = time.monotonic()
         try:

@@ -8,16 +8,17 @@ import os
 
 import pytest
 
-from tests.integration.test_resume import (  # noqa: F401 (fixtures)
-    SIZE, capture, kill_receiver, raw_bytes, same_image, sha256_of, source, source_img, wait_half)
+from tests.integration.test_resume import (  # noqa: F401 (source, source_img: fixtures)
+    SIZE, capture, kill_receiver, same_image, sha256_of, source, source_img)
+from tests.testbed.resume import raw_bytes, wait_raw
 
 pytestmark = pytest.mark.root
 
 
-def test_a_match_by_name_and_size_is_named_not_taken(sshd, rx_dir, source):
+def test_a_match_by_name_and_size_is_named_not_taken(sshd, rx_dir, source):  # noqa: F811
     before = sha256_of(source.dev)
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "lk", "--reconnect", "0")
-    wait_half(first, rx_dir, "lk")
+    wait_raw(first, rx_dir, "lk", SIZE // 2)
     kill_receiver(sshd)
     first.communicate(timeout=120)
     held = raw_bytes(rx_dir, "lk")

@@ -89,6 +89,25 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def receiver_pids(receiver_root: str) -> list[int]:
+    """Every process of a coldclone-receive writing under receiver_root (sshd's `sh -c` around
+    it included)."""
+    out = subprocess.run(["pgrep", "-f", f"coldclone-receive --root {receiver_root}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def slow_syscall(pids: list[int], syscall: str, seconds: float) -> subprocess.Popen:
+    """strace attached to pids (and their threads), delaying every `syscall` by `seconds` as it
+    enters (strace's fault injection): a real process's race window made wide, its code as it
+    is. stop_process() detaches it; the processes run on."""
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+            "-e", f"inject={syscall}:delay_enter={int(seconds * 1e6)}"]
+    proc = subprocess.Popen(argv + [x for p in pids for x in ("-p", str(p))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)     # strace attaches on its own and says nothing when done: a moment for it
+    return proc
+
+
 def kill_receivers(receiver_root: str) -> int:
     """kill -9 every coldclone-receive writing under receiver_root and the sshd session process
     above it: the conversion server's side of a capture vanishes at once (a crash, a reboot).
@@ -96,9 +115,8 @@ def kill_receivers(receiver_root: str) -> int:
     import os
     import signal
 
-    out = subprocess.run(["pgrep", "-f", f"coldclone-receive --root {receiver_root}"], capture_output=True, text=True)
     n = 0
-    for pid in (int(p) for p in out.stdout.split()):
+    for pid in receiver_pids(receiver_root):
         try:
             ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
             os.kill(pid, signal.SIGKILL)

@@ -19,9 +19,9 @@ import time
 
 from agent.units import human_bytes as hb
 from . import synthdisk
-from .files import partial_raw_bytes
 from .loop import LoopDevice
 from .procs import kill_receivers
+from .resume import raw_bytes, wait_raw
 from .sshd import Sshd
 
 MiB = 1 << 20
@@ -40,18 +40,14 @@ def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str
     data = entry["received"]["data_bytes"]
     shutil.rmtree(os.path.join(root, "bench-whole"))
 
-    partial = os.path.join(root, "bench-cut.partial")
     t0 = time.monotonic()
     p = subprocess.Popen(base + ["--capture-id", "bench-cut", "--reconnect", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while partial_raw_bytes(partial) < data // 2:
-        if p.poll() is not None:
-            raise RuntimeError("the capture to interrupt ended before half of its data arrived")
-        time.sleep(0.02)
+    wait_raw(p, root, "bench-cut", data // 2, timeout=3600)
     kill_receivers(root)
     p.wait(120)
     first_s = time.monotonic() - t0
-    arrived = partial_raw_bytes(partial)
+    arrived = raw_bytes(root, "bench-cut")
 
     t0 = time.monotonic()
     subprocess.run(base + ["--resume", "bench-cut"], check=True, capture_output=True)

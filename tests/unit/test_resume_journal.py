@@ -11,6 +11,7 @@ import pytest
 from agent import protocol as P
 from agent.receive import journal as J
 from agent.receive.receiver import Receiver
+from agent.receive.store import gc
 
 MiB = 1 << 20
 BS = P.DEFAULT_BLOCK_SIZE
@@ -211,3 +212,25 @@ def test_a_disk_verified_before_the_cut_is_not_sent_again(tmp_path, data):
     assert sda["resume"]["verified_earlier"] is True and sda["received"]["data_bytes"] == 0
     assert sdb["resume"]["resumed_from"] == 4 * MiB and sdb["received"]["data_bytes"] == len(data) - 5 * MiB
     assert sorted(os.listdir(tmp_path / "cap")) == ["manifest.json", "sda.qcow2", "sdb.qcow2"]
+
+
+def test_a_resume_that_leaves_out_a_held_disk_is_refused_before_any_data(tmp_path, data):
+    """Refused at HELLO, not at FINISH (after all the other data, and discarding everything held):
+    what is held stays, byte for byte, for the resume that sends every disk."""
+    run(tmp_path, cut_after(data, 5))
+    partial = tmp_path / "cap.partial"
+    before = {n: (partial / n).read_bytes() for n in sorted(os.listdir(partial))}
+    other = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sdb",),
+                                   resume=True).encode()
+    rc, replies = run(tmp_path, other + P.DiskHeader(name="sdb", size=len(data), block_size=BS,
+                                                     mode="nonzero").encode())
+    assert rc == 1 and [r["event"] for r in replies] == ["error"] and replies[0]["code"] == "usage"
+    assert replies[0]["message"] == ("refused: capture cap holds disk sda from an earlier attempt, which this "
+                                     "resume does not send (it sends sdb): resume with every disk of the "
+                                     "capture, or start a new capture (a new id)")
+    assert {n: (partial / n).read_bytes() for n in sorted(os.listdir(partial))} == before
+    assert [st.state for st in gc(str(tmp_path), clean=False)] == ["failed"]   # not a dead receiver's
+    blob = hello() + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
+    rc, replies = run(tmp_path, blob + P.DiskEnd(whole_digest(data)).encode() + P.encode_finish())
+    assert rc == 0, replies
+    assert (tmp_path / "cap" / "sda.raw").read_bytes() == data
