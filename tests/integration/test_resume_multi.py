@@ -17,7 +17,7 @@ import pytest
 
 from agent.devnames import stream_name
 from tests.integration.test_resume import CHUNK, WINDOW, capture, kill_receiver, manifest_of, same_image, sha256_of
-from agent.receive.store import gc
+from agent.receive.unfinished import gc
 from tests.testbed.loop import LoopDevice
 from tests.testbed.procs import receiver_pids, slow_syscall, stop_process
 from tests.testbed.resume import raw_bytes, wait_raw

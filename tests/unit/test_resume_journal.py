@@ -11,7 +11,7 @@ import pytest
 from agent import protocol as P
 from agent.receive import journal as J
 from agent.receive.receiver import Receiver
-from agent.receive.store import gc
+from agent.receive.unfinished import gc
 
 MiB = 1 << 20
 BS = P.DEFAULT_BLOCK_SIZE
