@@ -4,11 +4,15 @@ servers (e.g. md RAID1 on two disks ...) convert as one guest").
 Each disk: GPT, p1 a "Linux RAID" member, p2 swap; p1 + p1 an md RAID1 (metadata 1.2) holding
 the ext4 root, built inside a libguestfs appliance (the host kernel has no md driver). The
 guest names its root by the array (/dev/md0 in fstab and on the kernel line, the ARRAY line in
-/etc/mdadm/mdadm.conf), and its swaps, resume= and device.map by /dev/sdX names. The capture
-is made by the real receiver and converted with our fix-ups as one guest. Then:
+/etc/mdadm/mdadm.conf), and its swaps, resume= and device.map by /dev/sdX names; /srv is on a
+second array, /dev/md1, whose disks were not captured. The array's superblock names homehost
+srv01, so the appliance assembles it as a foreign array (/dev/md127), as it would a real
+server's. The capture is made by the real receiver and converted with our fix-ups as one
+guest. Then:
  - the evidence qcow2s are byte-identical (sha256) before and after;
  - md names are left alone (an md name is not a hardware position; rewriting it to a member's
    UUID would point the boot at half a mirror), while the sdX swap names become UUID=;
+ - /srv (on the missing /dev/md1) is left unmounted with a warning, not a failed conversion;
  - the readiness report (made from the same tree) predicted exactly what was fixed, and says
    md-raid rather than calling root=/dev/md0 a hardware name;
  - the converted pair still IS a healthy RAID1: one read-only appliance over the two
@@ -40,6 +44,7 @@ FSTAB = """\
 /dev/md0    /      ext4   errors=remount-ro   0  1
 /dev/sda2   none   swap   sw                  0  0
 /dev/sdb2\tnone\tswap\tsw\t0\t0
+/dev/md1    /srv   ext4   defaults,nofail     0  2
 proc /proc proc defaults 0 0
 """
 GRUB_CFG = """\
@@ -88,7 +93,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     t = time.monotonic()
     md = guestdisk.md_raid1_disks((str(tmp_path / "sda.img"), str(tmp_path / "sdb.img")), TREE, accel)
     print(f"building the md RAID1 pair: {time.monotonic() - t:.1f} s ({accel.name})")
-    assert md.metadata == "1.2"
+    assert (md.metadata, md.array_name) == ("1.2", "srv01:0")
     cap = guestdisk.make_capture(root, "mdsrv01", {"sda": str(tmp_path / "sda.img"),
                                                    "sdb": str(tmp_path / "sdb.img")})
     os.unlink(tmp_path / "sda.img")
@@ -112,9 +117,17 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     assert c["os"]["distro"] == "debian" and c["os"]["type"] == "linux"
     # Inspection found the OS on the array (the appliance's name for it), with / on it.
     assert c["os"]["root"].startswith("/dev/md"), c["os"]
-    assert c["os"]["mountpoints"] == [["/", c["os"]["root"]]]
+    # The array is foreign to the appliance (homehost srv01), so it is /dev/md127 there: the
+    # guest's /dev/md0 was found through its mdadm.conf ARRAY line. /dev/md1 (an array whose
+    # disks were not captured) is passed through by inspection as it is; conversion leaves /srv
+    # unmounted and says so instead of failing on guestfish's mount error.
+    assert c["os"]["root"] == "/dev/md127"
+    assert sorted(c["os"]["mountpoints"]) == [["/", "/dev/md127"], ["/srv", "/dev/md1"]]
     assert [i["image"] for i in c["images"]] == ["sda.kvm.qcow2", "sdb.kvm.qcow2"]
-    assert c["warnings"] == []
+    assert c["warnings"] == [
+        "/srv not mounted for the fix-ups: its device /dev/md1 (the guest's fstab) is none of the "
+        "filesystems on the captured disks; its files were not checked, and the converted guest "
+        "mounts it only if that device is attached"]
     fixes = [Fix.from_dict(f) for f in c["fixes"]]
     got = sorted((f.kind.value, f.path, f.before, f.after) for f in fixes)
     sw_a, sw_b = (f"UUID={u}" for u in md.swap_uuids)
@@ -138,7 +151,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     ids = {f.id for f in src.findings}
     assert "md-raid" in ids and "bootloader-root-device" not in ids
     md_finding = next(f for f in src.findings if f.id == "md-raid")
-    assert md_finding.evidence == ["/etc/fstab:3: /dev/md0 /"]
+    assert md_finding.evidence == ["/etc/fstab:3: /dev/md0 /", "/etc/fstab:6: /dev/md1 /srv"]
     promised = [f.id for f in src.findings if f.conversion]
     gaps = prediction_gaps(promised, Engine.FIXUPS, fixes)
     # The initramfs' virtio drivers are virt-v2v's part, which --engine fixups does not run.
@@ -166,7 +179,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
         devmap = g.read("/boot/grub/device.map")
     print(f"checking the converted array: {time.monotonic() - t:.1f} s")
     assert fstab == FSTAB.replace("/dev/sda2   none", f"{sw_a}   none").replace("/dev/sdb2\tnone", f"{sw_b}\tnone")
-    assert "/dev/md0    /      ext4" in fstab
+    assert "/dev/md0    /      ext4" in fstab and "/dev/md1    /srv" in fstab
     assert grub == GRUB_CFG.replace("resume=/dev/sda2", f"resume={sw_a}")
     assert "root=/dev/md0 ro" in grub
     assert rules.splitlines()[1].startswith("# coldclone-convert: bound to the old MAC: SUBSYSTEM")

@@ -77,12 +77,15 @@ class MdRaid1:
 
 
 def md_raid1_disks(images: tuple[str, str], tree: dict[str, str], accel: Accel, size_mib: int = 96,
-                   swap_mib: int = 16, md_name: str = "0", array_device: str | None = "/dev/md0") -> MdRaid1:
+                   swap_mib: int = 16, md_name: str = "srv01:0", array_device: str | None = "/dev/md0") -> MdRaid1:
     """Two raw disks as a Debian installer lays out a mirrored server: on each a GPT with p1 an
     md member ("Linux RAID" type) and p2 a swap partition; p1 + p1 an md RAID1 (mdadm's default
     metadata, 1.2) holding an ext4 filled with `tree` (path -> text) plus an
     /etc/mdadm/mdadm.conf with the array's ARRAY line, as `mdadm --detail --scan` writes it,
     naming the array `array_device` (None: no mdadm.conf, the array is found by its superblock).
+    `md_name` is the superblock's homehost:name, as the installer of host srv01 writes it: the
+    appliance (another host) then assembles it as a foreign array, /dev/md127, exactly as it
+    does a real server's, so the guest's /dev/md0 is found only through its mdadm.conf.
 
     The host kernel has no md driver, so the array is made inside one libguestfs appliance (on
     qcow2 scratch images, which Guest opens) and then written out as raw images."""
