@@ -186,3 +186,28 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     assert devmap == "(hd0)\t/dev/vda\n(hd1)\t/dev/vdb\n"
     assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.kvm.qcow2", "sda.qcow2",
                                        "sdb.kvm.qcow2", "sdb.qcow2"]
+
+
+def test_md_root_without_mdadm_conf_converts(root, tmp_path):
+    """No mdadm.conf (the initramfs assembles the array from its superblock): inspection cannot
+    map the guest's /dev/md0 to the appliance's /dev/md127 and reports / on /dev/md0, a device
+    the appliance does not have. Conversion mounts / on the root inspection found instead of
+    failing on guestfish's mount error. Two appliance launches (build, conversion)."""
+    accel = detect_accel()
+    images = (str(tmp_path / "sda.img"), str(tmp_path / "sdb.img"))
+    md = guestdisk.md_raid1_disks(images, TREE, accel, array_device=None)
+    assert md.mdadm_conf == ""
+    cap = guestdisk.make_capture(root, "mdsrv02", dict(zip(("sda", "sdb"), images)))
+    before = {n: sha256_of(os.path.join(cap, n)) for n in ("sda.qcow2", "sdb.qcow2")}
+    t = time.monotonic()
+    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), cap, "--engine", "fixups"],
+                       capture_output=True, text=True, timeout=900)
+    print(f"coldclone-convert (md RAID1, no mdadm.conf): {time.monotonic() - t:.1f} s")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "converted: sda.kvm.qcow2, sdb.kvm.qcow2 (6 fix-ups)" in r.stdout
+    assert {n: sha256_of(os.path.join(cap, n)) for n in before} == before
+    c = json.load(open(os.path.join(cap, "manifest.json")))["conversion"]
+    assert c["os"]["root"] == "/dev/md127"
+    assert sorted(c["os"]["mountpoints"]) == [["/", "/dev/md0"], ["/srv", "/dev/md1"]]
+    assert [w.split(":")[0] for w in c["warnings"]] == ["/srv not mounted for the fix-ups"]
+    assert not [f for f in c["fixes"] if "/dev/md" in f["before"]]
