@@ -183,7 +183,7 @@ def fix_guest(images: list[str], accel: Accel, timings: dict[str, float]) -> tup
         if os_.type != "linux":
             raise NotConvertible(f"the guest is {os_.type} ({os_.product}); coldclone-convert's fix-ups "
                                  f"handle Linux guests only")
-        g.mount_os(os_)
+        warnings += g.mount_os(os_)
         dmap = F.DeviceMap(tuple(g.volumes()))
         timings["inspect_seconds"] = round(time.monotonic() - t, 3)
         t = time.monotonic()

@@ -89,6 +89,34 @@ def appliance_slot(device: str) -> tuple[int, int | None] | None:
     return n - 1, int(m.group(2)) if m.group(2) else None
 
 
+def mount_plan(os_: GuestOS, filesystems: set[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(mountpoint, device) to mount, shortest mountpoint first so / is mounted before /boot and
+    /var; and a warning for each fstab mount left out.
+
+    inspect-get-mountpoints passes a name it cannot map to the appliance through as it is: an md
+    array no mdadm.conf ARRAY line names (the appliance assembles a foreign array as /dev/md127,
+    not the guest's /dev/md0), or one whose member disks were not captured. Mounting that ends
+    the conversion on a guestfish error although the guest is there to fix, so / is always the
+    root inspection found the OS on, and any other mount whose device the appliance does not
+    have is left out (with what is below it) and said."""
+    mounts: list[tuple[str, str]] = [("/", os_.root)]
+    skipped: list[str] = []
+    warnings: list[str] = []
+    for mp, dev in sorted(os_.mountpoints, key=lambda p: len(p[0])):
+        if mp == "/":
+            continue
+        under = next((s for s in skipped if mp.startswith(s.rstrip("/") + "/")), None)
+        if dev not in filesystems or under:
+            skipped.append(mp)
+            why = (f"it is below {under}, which was not mounted" if under else
+                   f"its device {dev} (the guest's fstab) is none of the filesystems on the captured disks")
+            warnings.append(f"{mp} not mounted for the fix-ups: {why}; its files were not checked, and "
+                            f"the converted guest mounts it only if that device is attached")
+            continue
+        mounts.append((mp, dev))
+    return mounts, warnings
+
+
 class Guest:
     """A guestfish server holding the converted images, read-write, one appliance."""
 
@@ -154,11 +182,19 @@ class Guest:
                                minor=num("minor-version"), mountpoints=mps))
         return out
 
-    def volumes(self) -> list[Volume]:
-        vols = []
+    def list_filesystems(self) -> list[tuple[str, str]]:
+        """(device, fstype) of every mountable the appliance has (partitions, md arrays, LVs ...),
+        named as inspect-get-mountpoints names them."""
+        out = []
         for line in self.fish("list-filesystems").splitlines():
             dev, _, fstype = line.partition(": ")
-            dev, fstype = dev.strip(), fstype.strip()
+            if dev.strip():
+                out.append((dev.strip(), fstype.strip()))
+        return out
+
+    def volumes(self) -> list[Volume]:
+        vols = []
+        for dev, fstype in self.list_filesystems():
             slot = appliance_slot(dev)
             if slot is None or fstype in ("unknown", ""):
                 continue    # LVs, md arrays: named by the guest by UUID/name, not by position
@@ -166,10 +202,12 @@ class Guest:
             vols.append(Volume(device=dev, disk_index=slot[0], partition=slot[1], fstype=fstype, uuid=uuid))
         return vols
 
-    def mount_os(self, os_: GuestOS) -> None:
-        # Shortest mountpoint first, so / is mounted before /boot and /var.
-        for mp, dev in sorted(os_.mountpoints, key=lambda p: len(p[0])):
+    def mount_os(self, os_: GuestOS) -> list[str]:
+        """Mount the guest's filesystems for the fix-ups; returns a warning for each it could not."""
+        mounts, warnings = mount_plan(os_, {dev for dev, _ in self.list_filesystems()})
+        for mp, dev in mounts:
             self.fish("mount", dev, mp)
+        return warnings
 
     # ------------------------------------------------------------------ files
     def is_file(self, path: str) -> bool:

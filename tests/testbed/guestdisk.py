@@ -1,7 +1,8 @@
 """Small guest disks for the conversion tests, built without mounting anything: a real GPT
 (parted on the image file) and a real ext4 filled from a directory tree (mke2fs -d at the
 partition's offset); and reading a file back out of a qcow2 the same way (qemu-img, debugfs),
-independently of libguestfs."""
+independently of libguestfs. An md RAID1 pair is the exception: the host kernel has no md
+driver, so that one is built inside a libguestfs appliance (md_raid1_disks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import os
 import shutil
 import tempfile
 
+from dataclasses import dataclass
+
 from agent import protocol as P
+from agent.convert.guestfs import Accel, Guest
 from agent.receive.receiver import Receiver
 from agent.runcmd import run
 
@@ -54,6 +58,78 @@ def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | 
         run(argv + [image, f"{size_mib - 2}M"])
     finally:
         shutil.rmtree(src)
+
+
+MD_MEMBER_GPT_TYPE = "A19D880F-05FC-4D3B-A006-743F0F84911E"    # "Linux RAID" partition type
+SECTOR = 512
+
+
+@dataclass(frozen=True)
+class MdRaid1:
+    """What md_raid1_disks made: names as the guest's own mdadm.conf and fstab know them."""
+
+    array_uuid: str        # mdadm's form, 8:8:8:8 hex, as in the ARRAY line
+    array_name: str        # the superblock's name (homehost:name)
+    metadata: str          # superblock version, e.g. 1.2
+    root_uuid: str         # the ext4 on the array
+    swap_uuids: tuple[str, ...]   # the swap partition (p2) of each disk, in disk order
+    mdadm_conf: str        # the /etc/mdadm/mdadm.conf written into the tree
+
+
+def md_raid1_disks(images: tuple[str, str], tree: dict[str, str], accel: Accel, size_mib: int = 96,
+                   swap_mib: int = 16, md_name: str = "srv01:0", array_device: str | None = "/dev/md0") -> MdRaid1:
+    """Two raw disks as a Debian installer lays out a mirrored server: on each a GPT with p1 an
+    md member ("Linux RAID" type) and p2 a swap partition; p1 + p1 an md RAID1 (mdadm's default
+    metadata, 1.2) holding an ext4 filled with `tree` (path -> text) plus an
+    /etc/mdadm/mdadm.conf with the array's ARRAY line, as `mdadm --detail --scan` writes it,
+    naming the array `array_device` (None: no mdadm.conf, the array is found by its superblock).
+    `md_name` is the superblock's homehost:name, as the installer of host srv01 writes it: the
+    appliance (another host) then assembles it as a foreign array, /dev/md127, exactly as it
+    does a real server's, so the guest's /dev/md0 is found only through its mdadm.conf.
+
+    The host kernel has no md driver, so the array is made inside one libguestfs appliance (on
+    qcow2 scratch images, which Guest opens) and then written out as raw images."""
+    scratch = [f"{img}.build.qcow2" for img in images]
+    for s in scratch:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", s, f"{size_mib}M"])
+    total = size_mib * MiB // SECTOR
+    p1 = (2048, total - swap_mib * MiB // SECTOR - 1)
+    p2 = (p1[1] + 1, total - 34 - 1)        # the backup GPT takes the last 33 sectors
+    try:
+        with Guest(scratch, accel) as g:
+            g.launch()
+            devs = ["/dev/sda", "/dev/sdb"]
+            for d in devs:
+                g.fish("part-init", d, "gpt")
+                g.fish("part-add", d, "p", str(p1[0]), str(p1[1]))
+                g.fish("part-add", d, "p", str(p2[0]), str(p2[1]))
+                g.fish("part-set-gpt-type", d, "1", MD_MEMBER_GPT_TYPE)
+                g.fish("mkswap", f"{d}2")
+            g.fish("md-create", md_name, " ".join(f"{d}1" for d in devs), "level:raid1")
+            md = f"/dev/md/{md_name}"
+            detail = dict(line.split(": ", 1) for line in g.fish("md-detail", md).splitlines() if ": " in line)
+            g.fish("mkfs", "ext4", md)
+            root_uuid = g.fish("vfs-uuid", md).strip()
+            swaps = tuple(g.fish("vfs-uuid", f"{d}2").strip() for d in devs)
+            conf = "" if array_device is None else ("# mdadm.conf\n#\n# Please refer to mdadm.conf(5) for information about this file.\n\n"
+                    "HOMEHOST <system>\nMAILADDR root\n\n"
+                    "# definitions of existing MD arrays\n"
+                    f"ARRAY {array_device} metadata={detail['metadata']} name={detail['name']} "
+                    f"UUID={detail['uuid']}\n")
+            g.fish("mount", md, "/")
+            for rel, text in {**tree, **({"etc/mdadm/mdadm.conf": conf} if conf else {})}.items():
+                path = "/" + rel.lstrip("/")
+                g.fish("mkdir-p", os.path.dirname(path))
+                g.write(path, text)
+            g.fish("umount-all")
+            g.fish("sync")
+        for s, img in zip(scratch, images):
+            run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", s, img])
+    finally:
+        for s in scratch:
+            if os.path.exists(s):
+                os.unlink(s)
+    return MdRaid1(detail["uuid"], detail["name"], detail["metadata"], root_uuid, swaps, conf)
 
 
 def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:

@@ -301,3 +301,25 @@ def test_device_map_by_id_names_are_commented_out():
     res = F.fix_device_map(text, "/boot/grub/device.map")
     assert len(res.fixes) == 2 and all(f.after.startswith("# coldclone-convert: ") for f in res.fixes)
     assert F.fix_device_map(res.text, "/boot/grub/device.map").fixes == []   # idempotent
+
+
+def test_mount_plan_leaves_out_what_the_appliance_does_not_have():
+    """inspect-get-mountpoints passes unmappable fstab names through (/dev/md0 with no mdadm.conf
+    ARRAY line, while the appliance calls the foreign array /dev/md127; /dev/md1 whose disks were
+    not captured): / goes on the root inspection found, the rest is mounted only if it exists."""
+    from agent.convert.guestfs import mount_plan
+
+    os_ = GuestOS(root="/dev/md127", type="linux", distro="debian", product="12", major=12, minor=0,
+                  mountpoints=[("/srv", "/dev/md1"), ("/", "/dev/md0"), ("/srv/data", "/dev/sdb1"),
+                               ("/boot", "/dev/sda1"), ("/var", "/dev/sdb1")])
+    mounts, warnings = mount_plan(os_, {"/dev/md127", "/dev/sda1", "/dev/sda2", "/dev/sdb1"})
+    assert mounts == [("/", "/dev/md127"), ("/var", "/dev/sdb1"), ("/boot", "/dev/sda1")]
+    assert warnings == [
+        "/srv not mounted for the fix-ups: its device /dev/md1 (the guest's fstab) is none of the "
+        "filesystems on the captured disks; its files were not checked, and the converted guest "
+        "mounts it only if that device is attached",
+        "/srv/data not mounted for the fix-ups: it is below /srv, which was not mounted; its files "
+        "were not checked, and the converted guest mounts it only if that device is attached"]
+    # Everything there: mounted as inspection said, shortest mountpoint first.
+    os_.mountpoints = [("/boot", "/dev/sda1"), ("/", "/dev/md127")]
+    assert mount_plan(os_, {"/dev/md127", "/dev/sda1"}) == ([("/", "/dev/md127"), ("/boot", "/dev/sda1")], [])
