@@ -180,37 +180,58 @@ class LevelControl:
     """zstd:auto: spend idle CPU on fewer bytes when the link is the limit.
 
     Every WINDOW seconds the sending thread says how long it waited for the next chunk (the
-    workers are the limit) and how long sends took (the link or the server is). The level goes
-    one step up when sends took most of the window while the machine had CPU to spare (at least
-    IDLE_TO_RAISE of it idle: on a loopback or a busy box the "send" time is CPU, and a higher
-    level would only take it from the sender), and one step down as soon as the sender waited
-    for chunks. It never leaves AUTO_LEVELS.
+    workers are the limit), how long sends took (the link or the server is), and what each chunk
+    compressed to at its level. The level goes one step up when sends took most of the window
+    while the machine had CPU to spare (at least IDLE_TO_RAISE of it idle: on a loopback or a busy
+    box the "send" time is CPU, and a higher level would only take it from the sender), and one
+    step down as soon as the sender waited for chunks. A level that does not make this data at
+    least PAYS smaller than the one below it (measured in the last RECENT seconds: random-looking
+    text can come out larger at level 3 than at 1) is left, and not tried again meanwhile.
+    It never leaves AUTO_LEVELS; chunks already compressed ahead of the sender keep their level.
     """
 
     WINDOW = 1.0
     SEND_BOUND = 0.7       # share of the window spent in sends: the link is the limit
     WORKER_BOUND = 0.1     # share spent waiting for chunks: the workers are the limit
     IDLE_TO_RAISE = 0.4
+    PAYS = 0.97            # a level must give at most 97 % of the bytes of the one below
+    RECENT = 30.0          # seconds a level's measured ratio speaks for the data
 
     def __init__(self, codec: _Codec, now: float, cpu: Callable[[], tuple[float, float]] = _cpu_idle):
         self.codec = codec
         self.cpu = cpu
         self.step = 0
+        self.ratios: dict[int, tuple[float, float]] = {}    # level -> (payload / data, when)
         self._reset(now)
 
     def _reset(self, now: float) -> None:
         self.t0, self.wait_chunks, self.wait_send = now, 0.0, 0.0
+        self.sizes: dict[int, list[int]] = {}    # level -> [data bytes, payload bytes] this window
         try:
             self.cpu0 = self.cpu()
         except (OSError, ValueError, IndexError):
             self.cpu0 = None
 
-    def account(self, now: float, wait_chunks: float, wait_send: float) -> None:
+    def _pays(self, up: int, down: int, now: float) -> bool:
+        """Whether level `up` makes the data smaller enough than `down` (unknown: worth a try)."""
+        ru, rd = self.ratios.get(up), self.ratios.get(down)
+        if ru is None or rd is None or now - ru[1] > self.RECENT or now - rd[1] > self.RECENT:
+            return True
+        return ru[0] <= self.PAYS * rd[0]
+
+    def account(self, now: float, wait_chunks: float, wait_send: float, level: int = 0,
+                data_bytes: int = 0, payload_bytes: int = 0) -> None:
         self.wait_chunks += wait_chunks
         self.wait_send += wait_send
+        if level and data_bytes:
+            sz = self.sizes.setdefault(level, [0, 0])
+            sz[0] += data_bytes
+            sz[1] += payload_bytes
         span = now - self.t0
         if span < self.WINDOW:
             return
+        for lv, (d, p) in self.sizes.items():
+            self.ratios[lv] = (p / d, now)
         idle = None
         if self.cpu0 is not None:
             try:
@@ -218,10 +239,12 @@ class LevelControl:
                 idle = (i1 - self.cpu0[0]) / max(t1 - self.cpu0[1], 1e-9)
             except (OSError, ValueError, IndexError):
                 idle = None
-        if self.wait_chunks > self.WORKER_BOUND * span and self.step > 0:
+        here = AUTO_LEVELS[self.step]
+        if self.step > 0 and (self.wait_chunks > self.WORKER_BOUND * span
+                              or not self._pays(here, AUTO_LEVELS[self.step - 1], now)):
             self.step -= 1
         elif (self.wait_send > self.SEND_BOUND * span and idle is not None and idle >= self.IDLE_TO_RAISE
-              and self.step < len(AUTO_LEVELS) - 1):
+              and self.step < len(AUTO_LEVELS) - 1 and self._pays(AUTO_LEVELS[self.step + 1], here, now)):
             self.step += 1
         self.codec.level = AUTO_LEVELS[self.step]
         self._reset(now)
@@ -391,7 +414,8 @@ def stream_disk(
                         tree.add_digests(off, length, digests)
                 send(ch.wire)
                 if control is not None:
-                    control.account(time.monotonic(), w1 - w0, time.monotonic() - w1)
+                    control.account(time.monotonic(), w1 - w0, time.monotonic() - w1, ch.level,
+                                    ch.data_bytes, ch.payload_bytes)
                     if ch.level:
                         stats.zstd_levels[str(ch.level)] = stats.zstd_levels.get(str(ch.level), 0) + 1
                 stats.data_bytes += ch.data_bytes

@@ -82,3 +82,34 @@ def test_unreadable_proc_stat_keeps_the_level():
     lc = LevelControl(codec, 0.0, cpu=broken)
     lc.account(1.0, 0.0, 1.0)
     assert codec.level == 1
+
+
+def test_a_level_that_does_not_make_the_data_smaller_is_left_and_not_retried_meanwhile():
+    """Random-looking text: level 3 gives more bytes than level 1 (measured on synthetic logs)."""
+    lc, codec, m = control()
+    m.window(idle=80)
+    lc.account(1.0, 0.0, 0.9, level=1, data_bytes=4 << 20, payload_bytes=991_180)
+    assert codec.level == 3
+    m.window(idle=80)
+    lc.account(2.0, 0.0, 0.9, level=3, data_bytes=4 << 20, payload_bytes=1_038_300)
+    assert codec.level == 1                 # 3 did not pay: back down, though the link is the limit
+    for t in (3.0, 4.0, 5.0):
+        m.window(idle=80)
+        lc.account(t, 0.0, 0.9, level=1, data_bytes=4 << 20, payload_bytes=991_180)
+        assert codec.level == 1             # and not tried again while that measurement is recent
+    m.window(idle=80)
+    later = 2.0 + LevelControl.RECENT + 1
+    lc.account(later, 0.0, 0.9 * (later - 5.0), level=1, data_bytes=4 << 20, payload_bytes=991_180)
+    assert codec.level == 3                 # the data may have changed: worth another try
+
+
+def test_a_level_that_pays_is_kept():
+    lc, codec, m = control()
+    m.window(idle=80)
+    lc.account(1.0, 0.0, 0.9, level=1, data_bytes=4 << 20, payload_bytes=1_180_937)
+    m.window(idle=80)
+    lc.account(2.0, 0.0, 0.9, level=3, data_bytes=4 << 20, payload_bytes=1_073_065)   # /usr/lib/python3.11
+    assert codec.level == 4
+    m.window(idle=80)
+    lc.account(3.0, 0.0, 0.9, level=4, data_bytes=4 << 20, payload_bytes=1_067_149)   # 0.6 % less: no
+    assert codec.level == 3
