@@ -40,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterator
 
 from .devnames import real_identifier
@@ -605,8 +606,13 @@ class DiskIdentity:
     size: int
     serial: str = ""
     wwid: str = ""
+    # sha256 (hex) of the disk's first HEAD_BYTES: the receiver lists a capture only when the first
+    # bytes it holds of the disk are these (when it holds them), so an agent key cannot learn and
+    # then take over another server's capture by guessing a disk name and size
+    head: str = ""
 
     WEAK = "name and size"
+    HEAD_BYTES = 64 << 10
 
     @classmethod
     def of(cls, name: str, size: int, serial: str | None = None, wwid: str | None = None) -> "DiskIdentity":
@@ -615,15 +621,21 @@ class DiskIdentity:
         return cls(name, size, serial=real_identifier(serial) or "", wwid=real_identifier(wwid) or "")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "size": self.size, "serial": self.serial, "wwid": self.wwid}
+        obj = {"name": self.name, "size": self.size, "serial": self.serial, "wwid": self.wwid}
+        if self.head:
+            obj["head"] = self.head
+        return obj
 
     @classmethod
     def decode(cls, obj: object, what: str) -> "DiskIdentity":
         if not isinstance(obj, dict):
             raise ProtocolError(f"{what} is not a JSON object")
         f = JsonFields(obj, what)
-        return cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
-                      serial=f.str("serial"), wwid=f.str("wwid"))
+        head = f.str("head", "") or ""
+        if head and not re.fullmatch(r"[0-9a-f]{64}", head):
+            raise ProtocolError(f"{what}: field 'head' must be a sha256 in hex")
+        return replace(cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
+                              serial=f.str("serial"), wwid=f.str("wwid")), head=head)
 
     def matched_by(self, other: "DiskIdentity") -> str | None:
         """How `other` is this same disk ("wwid", "serial", WEAK), or None when it is not."""

@@ -18,6 +18,7 @@ else a failed one with its files removed. A live one is never touched.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -81,17 +82,43 @@ def _identity(h: P.DiskHeader) -> P.DiskIdentity:
         return P.DiskIdentity(h.name, h.size)
 
 
-def _match(journals: dict[str, J.DiskJournal], wanted: tuple[P.DiskIdentity, ...]) -> str | None:
-    """The weakest disk match when every journaled disk is one of `wanted`, else None."""
-    strength = None
+def _match(journals: dict[str, J.DiskJournal], wanted: tuple[P.DiskIdentity, ...]
+           ) -> tuple[str | None, list[tuple[J.DiskJournal, P.DiskIdentity]]]:
+    """The weakest disk match when every journaled disk is one of `wanted` (else None), and which
+    of `wanted` each journaled disk is."""
+    strength, pairs = None, []
     for j in journals.values():
         ident = _identity(j.header)
-        how = next((m for w in wanted if (m := w.matched_by(ident))), None)
+        how, w = next(((m, w) for w in wanted if (m := w.matched_by(ident))), (None, None))
         if how is None:
-            return None
+            return None, []
+        pairs.append((j, w))
         if strength is None or how == P.DiskIdentity.WEAK:
             strength = how
-    return strength
+    return strength, pairs
+
+
+def _heads_agree(cap: CaptureDir, pairs: list[tuple[J.DiskJournal, P.DiskIdentity]]) -> bool | None:
+    """Whether the first bytes held of each disk are the agent's (DiskIdentity.head): False when one
+    differs, None when no disk could be checked (nothing held that far yet, a disk already verified
+    and converted, or mode=used, whose free blocks near the start may be holes here)."""
+    agree = None
+    for j, w in pairs:
+        n = min(P.DiskIdentity.HEAD_BYTES, j.header.size)
+        if not w.head or j.complete is not None or j.held < n or j.header.mode == "used":
+            continue
+        try:
+            fd = os.open(j.header.name + ".raw", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
+        except OSError:
+            continue
+        try:
+            data = os.pread(fd, n, 0)
+        finally:
+            os.close(fd)
+        if hashlib.sha256(data).hexdigest() != w.head:
+            return False
+        agree = True
+    return agree
 
 
 def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unfinished]:
@@ -116,12 +143,15 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
             try:
                 journals = J.load_all(cap)
                 updated = max((os.stat(j.name, dir_fd=cap.fd).st_mtime for j in journals.values()), default=0.0)
+                how, pairs = _match(journals, wanted) if journals else (None, [])
+                heads = _heads_agree(cap, pairs) if how is not None else None
             except (ServerError, OSError):
                 continue
             finally:
                 cap.close()
-            how = _match(journals, wanted) if journals else None
-            if how is None:
+            # Listed when the disks match and what is held of them starts with the agent's bytes;
+            # where nothing could be checked, only a match by WWID/serial (no name-and-size guess).
+            if how is None or heads is False or (heads is None and how == P.DiskIdentity.WEAK):
                 continue
             out.append(P.Unfinished(
                 capture_id=cap.capture_id, updated=round(updated, 3), matched_by=how, live=st.state == "live",

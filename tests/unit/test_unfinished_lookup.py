@@ -3,6 +3,8 @@ capture id): the receiver answers a lookup from its resume journals, matching by
 (proven) or by name and size only (offered, never taken unasked); --gc keeps what a dead
 receiver held for resuming."""
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -75,13 +77,44 @@ def test_other_disks_find_nothing(tmp_path, data, wanted):
     assert find_unfinished(str(tmp_path), (wanted,)) == []
 
 
+def head_of(data: bytes) -> str:
+    return hashlib.sha256(data[:P.DiskIdentity.HEAD_BYTES]).hexdigest()
+
+
 def test_disks_without_serial_match_by_name_and_size_and_are_not_taken(tmp_path, data):
     cut(tmp_path, data, serial="")
-    found = find_unfinished(str(tmp_path), (P.DiskIdentity.of("sda", 8 * MiB),))
+    found = find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of("sda", 8 * MiB),
+                                                                head=head_of(data)),))
     assert [(u.capture_id, u.matched_by, u.proven) for u in found] == [("cap", "name and size", False)]
     assert lookup.to_take(found) is None
-    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sdb", 8 * MiB),)) == []
+    assert find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of("sdb", 8 * MiB),
+                                                               head=head_of(data)),)) == []
     assert "matched by disk name and size only" in lookup.describe(found[0])
+
+
+def test_a_guessed_name_and_size_learns_nothing(tmp_path, data):
+    """Another server's capture is listed only to an agent whose disk starts with the bytes the
+    server holds: a name and a size alone (an agent key guessing sda and a common size) get no
+    capture id to take over."""
+    cut(tmp_path, data, serial="")
+    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sda", 8 * MiB),)) == []
+    other = os.urandom(P.DiskIdentity.HEAD_BYTES)
+    assert find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of("sda", 8 * MiB),
+                                                               head=head_of(other)),)) == []
+    # A serial match whose first bytes differ (the disk changed, or the serial was guessed) is not
+    # listed either; one without a head to compare (an older agent) still is.
+    cut(tmp_path, data, cid="ser")
+    assert find_unfinished(str(tmp_path), (dataclasses.replace(SDA, head=head_of(other)),)) == []
+    assert [u.capture_id for u in find_unfinished(str(tmp_path), (SDA,))] == ["ser"]
+
+
+def test_a_disk_not_held_far_enough_to_check_is_listed_only_by_serial(tmp_path, data):
+    cut(tmp_path, data, serial="", n=0)      # nothing held yet
+    weak = dataclasses.replace(P.DiskIdentity.of("sda", 8 * MiB), head=head_of(data))
+    assert find_unfinished(str(tmp_path), (weak,)) == []
+    cut(tmp_path, data, cid="ser", n=0)
+    assert [u.capture_id for u in find_unfinished(str(tmp_path), (dataclasses.replace(SDA, head=head_of(data)),))] \
+        == ["ser"]
 
 
 def test_every_journaled_disk_must_be_asked_for_and_newest_comes_first(tmp_path, data):
@@ -120,6 +153,7 @@ def test_lookup_is_described_for_the_operator(data):
     {"unfinished_of": [{"name": "sda"}]},
     {"unfinished_of": [{"name": "sda", "size": -1}]},
     {"unfinished_of": [{"name": "sda", "size": 1}] * (P.MAX_DISKS + 1)},
+    {"unfinished_of": [{"name": "sda", "size": 1, "head": "../etc/passwd"}]},
 ])
 def test_bad_lookups_are_refused_cleanly(tmp_path, bad):
     obj = {"capture_id": None, "agent_version": "t", "format": "raw", "disks": [], "probe": True, **bad}
@@ -175,7 +209,7 @@ def test_placeholder_serials_prove_nothing_and_case_does_not_matter(tmp_path, da
     cut(tmp_path, data, cid="ph", serial="0000000000000000")
     cut(tmp_path, data, cid="up", serial="WD-WCC4N1234567")
     # the placeholder is no serial: only a disk without one matches it, by name and size
-    assert [(u.capture_id, u.proven) for u in find_unfinished(str(tmp_path), (P.DiskIdentity.of(
-        "sda", 8 * MiB, serial="To be filled by O.E.M.", wwid=None),))] == [("ph", False)]
+    assert [(u.capture_id, u.proven) for u in find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of(
+        "sda", 8 * MiB, serial="To be filled by O.E.M.", wwid=None), head=head_of(data)),))] == [("ph", False)]
     assert [(u.capture_id, u.matched_by) for u in find_unfinished(str(tmp_path), (P.DiskIdentity.of(
         "sda", 8 * MiB, serial="wd-wcc4n1234567", wwid=None),))] == [("up", "serial")]
