@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ..inspect import fstab as fstabmod
 from .model import Fix, FixKind, FixResult, Volume
@@ -201,24 +202,35 @@ def _disable(line: str, why: str) -> str:
 _RULE_MAC = re.compile(r'ATTRS?\{address\}\s*==\s*"([^"]+)"')
 
 
+def _disable_lines(text: str, path: str, kind: FixKind, match: Callable[[str], re.Match | None],
+                   note: str, why: Callable[[re.Match], str]) -> FixResult:
+    """Comment out every content line `match` accepts, with `note` in the comment and why(match)
+    as the fix's reason: one way for every setting that binds a guest to the old hardware."""
+    out, res = [], FixResult(text)
+    for no, line, bare in _content_lines(text):
+        m = match(bare) if bare is not None else None
+        if not m:
+            out.append(line)
+            continue
+        new_line = _disable(line, note)
+        out.append(new_line)
+        res.fixes.append(Fix(kind, path, no, bare, new_line.rstrip("\r\n"), why(m)))
+    res.text = "".join(out)
+    return res
+
+
 def fix_net_rules(text: str, path: str = "/etc/udev/rules.d/70-persistent-net.rules") -> FixResult:
     """Comment out udev rules that pin an interface name to a MAC of the old hardware.
 
     In the cloud the NIC has a new MAC: the old rule no longer matches, the persistent-net
     generator adds eth1 for the new one, and the config for eth0 is never used.
     """
-    out, res = [], FixResult(text)
-    for no, line, bare in _content_lines(text):
-        m = _RULE_MAC.search(bare) if bare is not None else None
-        if not m or not re.search(r"\bNAME\s*:?=", bare):
-            out.append(line)
-            continue
-        new_line = _disable(line, "bound to the old MAC")
-        out.append(new_line)
-        res.fixes.append(Fix(FixKind.NET_RULE_MAC, path, no, bare, new_line.rstrip("\r\n"),
-                             f"names a NIC by the old MAC {m.group(1).lower()}; the cloud's NIC has another"))
-    res.text = "".join(out)
-    return res
+    def naming_rule(bare: str) -> re.Match | None:
+        m = _RULE_MAC.search(bare)
+        return m if m and re.search(r"\bNAME\s*:?=", bare) else None
+
+    return _disable_lines(text, path, FixKind.NET_RULE_MAC, naming_rule, "bound to the old MAC",
+                          lambda m: f"names a NIC by the old MAC {m.group(1).lower()}; the cloud's NIC has another")
 
 
 _IFCFG_MAC = re.compile(r"^\s*(?:export\s+)?(HWADDR|MACADDR)\s*=")
@@ -227,19 +239,9 @@ _IFCFG_MAC = re.compile(r"^\s*(?:export\s+)?(HWADDR|MACADDR)\s*=")
 def fix_ifcfg(text: str, path: str) -> FixResult:
     """Comment out HWADDR= (binds the config to the old NIC) and MACADDR= (would force the old MAC
     onto the new NIC, which the cloud's port security drops) in an ifcfg file."""
-    out, res = [], FixResult(text)
-    for no, line, bare in _content_lines(text):
-        m = _IFCFG_MAC.match(bare) if bare is not None else None
-        if not m:
-            out.append(line)
-            continue
-        new_line = _disable(line, "MAC of the old hardware")
-        out.append(new_line)
-        why = ("binds this configuration to the old NIC's MAC" if m.group(1) == "HWADDR"
-               else "would set the old MAC on the cloud's NIC")
-        res.fixes.append(Fix(FixKind.IFCFG_MAC, path, no, bare, new_line.rstrip("\r\n"), why))
-    res.text = "".join(out)
-    return res
+    return _disable_lines(text, path, FixKind.IFCFG_MAC, _IFCFG_MAC.match, "MAC of the old hardware",
+                          lambda m: "binds this configuration to the old NIC's MAC" if m.group(1) == "HWADDR"
+                          else "would set the old MAC on the cloud's NIC")
 
 
 _HWADDRESS = re.compile(r"^\s*hwaddress\s+(?:ether\s+)?(\S+)")
@@ -248,18 +250,8 @@ _HWADDRESS = re.compile(r"^\s*hwaddress\s+(?:ether\s+)?(\S+)")
 def fix_interfaces(text: str, path: str) -> FixResult:
     """Comment out `hwaddress` in an ifupdown file: ifup would set the physical server's MAC on the
     cloud's NIC, whose traffic port security then drops (and the MAC clashes with the original)."""
-    out, res = [], FixResult(text)
-    for no, line, bare in _content_lines(text):
-        m = _HWADDRESS.match(bare) if bare is not None else None
-        if not m:
-            out.append(line)
-            continue
-        new_line = _disable(line, "MAC of the old hardware")
-        out.append(new_line)
-        res.fixes.append(Fix(FixKind.INTERFACES_MAC, path, no, bare, new_line.rstrip("\r\n"),
-                             f"would set the old MAC {m.group(1).lower()} on the cloud's NIC"))
-    res.text = "".join(out)
-    return res
+    return _disable_lines(text, path, FixKind.INTERFACES_MAC, _HWADDRESS.match, "MAC of the old hardware",
+                          lambda m: f"would set the old MAC {m.group(1).lower()} on the cloud's NIC")
 
 
 def _disk_letters(index: int) -> str:
