@@ -229,7 +229,9 @@ def _restore(rec: GuardRecord, why: str) -> str:
         if not os.path.exists(rec.dev) or "%d:%d" % devno(rec.dev) != rec.devno:
             return f"{rec.dev} ({rec.devno}) is gone; nothing to restore{why}"
         name = os.path.basename(rec.dev)
-        if name.startswith("loop") and not os.path.exists(f"/sys/block/{name}/loop"):
+        # (a partition of a loop, loop1p3, has no loop/ of its own: it goes with its disk)
+        if (name.startswith("loop") and not os.path.exists(f"/sys/class/block/{name}/partition")
+                and not os.path.exists(f"/sys/block/{name}/loop")):
             # A loop detached meanwhile (mode=used's read-only range loops come and go under
             # the guard): what it showed is gone, and a flag of ours left on the free number
             # would make the next image attached there read-only.

@@ -135,6 +135,10 @@ def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk):
     assert r.returncode == 0, r.stderr
     assert f"coldclone: {busy_disk.dev} restored to read-write (left by coldclone pid {proc.pid}, " \
            f"which is gone)" in r.stdout
+    # a partition of a loop disk that is still attached is restored, not taken for a detached loop
+    for part in busy_disk.parts:
+        assert f"coldclone: {part} restored to read-write" in r.stdout
+    assert "detached meanwhile" not in r.stdout
     assert not any(get_ro(d) for d in tree(busy_disk))
     assert records_for(busy_disk) == []
     # done once: a second release has nothing to say about this disk

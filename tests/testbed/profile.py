@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(args.work, 0o755)
     img = os.path.join(args.work, "server.img")
     if not os.path.exists(img):
-        synthdisk.build(img, size=4096 * MiB, files_mb=1536, remnant_mb=1024, swap_mb=512)
+        # built under another name and renamed when whole: an interrupted build is not reused
+        synthdisk.build(img + ".building", size=4096 * MiB, files_mb=1536, remnant_mb=1024, swap_mb=512)
+        os.rename(img + ".building", img)
     pyspy = None if args.no_pyspy else shutil.which("py-spy") or (
         os.path.join(os.path.dirname(sys.executable), "py-spy"))
     if pyspy and not os.path.exists(pyspy):
