@@ -195,7 +195,11 @@ def partclone_map(path: str, offset: int, size: int, tool: str) -> list[tuple[in
     with tempfile.TemporaryDirectory(prefix="coldclone-used-") as tmp, range_loop(path, offset, size) as dev:
         mapfile = os.path.join(tmp, "domain.map")
         # -L: partclone logs to /var/log/partclone.log by default; keep the log with the map.
-        run([tool, "-D", "--offset_domain", str(offset), "-s", dev, "-O", mapfile,
+        # -f 0: partclone's progress thread sleeps its refresh interval (2 s by default) and
+        # the map waits for it to end: 2.0 s of a 0.03 s map of the bench's root filesystem,
+        # paid per filesystem. With 0 it wakes every ~0.5 ms instead: 0.2 s of system time over
+        # a 7.6 s map of an empty 2 TiB ext4, the same rows.
+        run([tool, "-D", "-f", "0", "--offset_domain", str(offset), "-s", dev, "-O", mapfile,
              "-L", os.path.join(tmp, "partclone.log")], timeout=3600, quiet=True)
         with open(mapfile) as f:
             rows = parse_domain_map(f.read())
