@@ -229,9 +229,9 @@ OPTIONS: tuple[Option, ...] = (
                 "full: send every byte"),
     Option("compress", _compress, "`zstd`, `zstd:LEVEL` (1-19), `zstd:auto` (level 1, raised to 3 or 4 "
            "while the link is the limit and the machine has idle CPU, lowered as soon as compression "
-           "is the limit), `none`", "`zstd:1`", flag="--compress",
-           metavar="zstd[:N|:auto]|none", help="compression of DATA records (default zstd:1; zstd:auto adapts "
-                                               "the level to the link)"),
+           "is the limit), `none`", "`zstd:auto`", flag="--compress",
+           metavar="zstd[:N|:auto]|none", help="compression of DATA records (default zstd:auto: level 1, "
+                                               "raised while the link is the limit and the CPU has room)"),
     Option("on_read_error", _enum(OnReadError), "`map` (sectors the disk cannot read become zeros in the "
            "image, every range is listed in the manifest, the capture ends \"verified with N unreadable "
            "sectors\", exit 7) or `fail` (stop at the first one, naming the device and the sector, exit 4). "
@@ -315,7 +315,7 @@ class CaptureConfig:
     disks: list[str] | None = None     # None: every disk discovery offers
     exclude: list[str] = field(default_factory=list)
     mode: Mode = Mode.NONZERO
-    compress: str = "zstd:1"
+    compress: str = "zstd:auto"
     on_read_error: OnReadError = OnReadError.MAP
     format: ImageFormat = ImageFormat.QCOW2
     capture_id: str | None = None

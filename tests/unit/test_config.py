@@ -179,7 +179,7 @@ def test_cli_flags_use_the_declared_parsers():
     ap = argparse.ArgumentParser(exit_on_error=False)
     add_flags(ap, ("mode", "compress", "timeout", "chunk_size"))
     cfg = config_from_args(ap.parse_args(["--mode", "full", "--chunk-size", "8M"]))
-    assert cfg.mode == "full" and cfg.chunk_size == 8 << 20 and cfg.compress == "zstd:1"
+    assert cfg.mode == "full" and cfg.chunk_size == 8 << 20 and cfg.compress == "zstd:auto"
     with pytest.raises(argparse.ArgumentError, match="--mode='sparse' is not valid: use used or nonzero or full"):
         ap.parse_args(["--mode", "sparse"])
     with pytest.raises(argparse.ArgumentError, match="--timeout='0.1': must be between 1 and 600"):
