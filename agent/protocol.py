@@ -126,6 +126,13 @@ class BlockTree:
         self._h.update(digests)
         self._seg.update(digests)
 
+    def copy(self) -> "BlockTree":
+        """An independent tree at the same point (hash states copied)."""
+        t = BlockTree.__new__(BlockTree)
+        t.size, t.block_size, t.pos = self.size, self.block_size, self.pos
+        t._h, t._seg = self._h.copy(), self._seg.copy()
+        return t
+
     def cut_segment(self) -> bytes:
         """The digest of the blocks fed since the last cut (or the start); starts the next one."""
         d = self._seg.digest()

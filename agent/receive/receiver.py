@@ -39,6 +39,7 @@ from ..manifest import DiskResume, Manifest, ManifestDisk, Unreadable, Unreadabl
 from . import image
 from . import journal as J
 from .prefetch import Prefetch
+from .readback import Readback
 from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
 from .unfinished import find_unfinished
 
@@ -78,6 +79,7 @@ class DiskState:
     data_bytes_before: int = 0
     restart_reason: str | None = None
     complete_entry: dict | None = None   # verified in an earlier attempt: only END is expected
+    readback: Readback | None = None     # the read-back digest, following the writes
 
     @property
     def name(self) -> str:
@@ -227,6 +229,9 @@ class _Sink:
 
     def close_disk(self) -> None:
         if self.disk is not None:
+            if self.disk.readback is not None:
+                self.disk.readback.close()
+                self.disk.readback = None
             try:
                 os.close(self.disk.fd)
             except OSError:
@@ -332,6 +337,7 @@ class CaptureSink(_Sink):
         os.ftruncate(fd, h.size)
         d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
                       restart_reason=h.restart_reason if j is not None else None)
+        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
         d.journal = J.DiskJournal.create(self.cap, h)
         return d
 
@@ -358,8 +364,12 @@ class CaptureSink(_Sink):
         fd, tree = self.rebuilt.pop(h.name)
         j.reopen()
         log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
-        return DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
-                         data_bytes_before=j.held_data_bytes)
+        d = DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+                      data_bytes_before=j.held_data_bytes)
+        # The held part was just read back from the file (and checked against the journal)
+        # to rebuild the tree: the read-back carries on from there.
+        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size, tree=tree.copy())
+        return d
 
     def rebuild(self, j: J.DiskJournal) -> tuple[int, P.BlockTree]:
         """A held disk's raw file, cut to what the journal vouches for, and its tree rebuilt."""
@@ -379,6 +389,8 @@ class CaptureSink(_Sink):
             raise
 
     def written(self, d: DiskState) -> None:
+        if d.readback is not None:
+            d.readback.written(d.tree.pos)
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
             d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
 
@@ -509,7 +521,12 @@ class CaptureSink(_Sink):
     def _readback(self, d: DiskState, raw_path: str, got: bytes) -> float:
         """Hash the raw file as written and hold it against what was received; its seconds."""
         t = time.monotonic()
-        back = P.digest_file(raw_path, d.header.block_size)
+        if d.readback is not None:
+            back = d.readback.digest()    # read back while the stream ran: only the tail is left
+            d.readback.close()
+            d.readback = None
+        else:
+            back = P.digest_file(raw_path, d.header.block_size)
         if back != got.hex():
             raise ServerError(
                 f"disk {d.name}: the raw image read back from {raw_path} does not match what was "

@@ -1,0 +1,132 @@
+"""The read-back digest follows the writes (receive/readback.py): the same digest as hashing the
+finished file, a wrong byte on the server's disk caught at END, and a failure that loses nothing."""
+
+import io
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from agent import protocol as P
+from agent.receive import readback as R
+from agent.receive.receiver import Receiver
+from tests.streams import capture_stream
+
+BS = P.DEFAULT_BLOCK_SIZE
+MiB = 1 << 20
+
+
+def disk_bytes(size: int, seed: int = 7) -> bytes:
+    """Data with zero runs (holes in the raw file) between random blocks."""
+    rnd = bytearray(os.urandom(size))
+    for off in range(0, size, 5 * BS):
+        rnd[off:off + 2 * BS] = bytes(len(rnd[off:off + 2 * BS]))
+    return bytes(rnd)
+
+
+def write_following(tmp_path, data: bytes, step: int, monkeypatch, read_step: int = 4 * MiB):
+    """Write data into a sparse file in steps, telling a Readback after each, as the receiver does."""
+    monkeypatch.setattr(R, "STEP", read_step)
+    path = str(tmp_path / "sda.raw")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))
+    rb = R.Readback(fd, path, len(data), BS)
+    for off in range(0, len(data), step):
+        chunk = data[off:off + step]
+        if any(chunk):
+            os.pwrite(fd, chunk, off)
+        rb.written(min(off + step, len(data)))
+    return fd, path, rb
+
+
+def test_the_digest_is_the_finished_files_digest(tmp_path, monkeypatch):
+    data = disk_bytes(24 * MiB + 3 * BS + 512)    # a short last block
+    fd, path, rb = write_following(tmp_path, data, 3 * MiB, monkeypatch)
+    try:
+        assert rb.digest() == P.digest_file(path, BS)
+    finally:
+        rb.close()
+        os.close(fd)
+
+
+def test_it_reads_while_the_stream_runs_not_only_at_the_end(tmp_path, monkeypatch):
+    data = disk_bytes(32 * MiB)
+    fd, path, rb = write_following(tmp_path, data[:24 * MiB] + bytes(8 * MiB), 4 * MiB, monkeypatch)
+    try:
+        t_end = time.monotonic() + 10
+        while rb._tree.pos < 16 * MiB and time.monotonic() < t_end:
+            time.sleep(0.01)
+        # everything written so far but the last step is read back before END
+        assert rb._tree.pos >= 16 * MiB
+    finally:
+        rb.close()
+        os.close(fd)
+
+
+def test_a_byte_the_server_stored_wrong_is_caught_at_end(tmp_path, monkeypatch):
+    """What the receiver hashed on arrival is right; the file holds one byte else (a stray write,
+    a bad disk): the read-back disagrees with the stream's digest, and the receiver refuses."""
+    data = disk_bytes(8 * MiB)
+    real_pwrite = os.pwrite
+
+    wrong = 5 * MiB + 3 * BS + 100      # in a block of random data (zero runs are every 5 blocks)
+
+    def bad_pwrite(fd, buf, off):
+        n = real_pwrite(fd, buf, off)
+        if off <= wrong < off + n:
+            real_pwrite(fd, bytes([buf[wrong - off] ^ 0xFF]), wrong)
+        return n
+
+    import agent.receive.receiver as receiver_mod
+    monkeypatch.setattr(receiver_mod.os, "pwrite", bad_pwrite)
+    out = io.BytesIO()
+    root = str(tmp_path / "rx")
+    os.mkdir(root)
+    status = Receiver(root, out).run(io.BytesIO(capture_stream("bad", {"sda": data})))
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    errors = [r for r in replies if r["event"] == "error"]
+    assert status != 0 and errors, replies
+    assert errors[0]["code"] == "io"
+    assert "read back" in errors[0]["message"] and "does not match what was received" in errors[0]["message"]
+    assert not any(r["event"] == "disk_ok" for r in replies)
+    assert not os.path.exists(os.path.join(root, "bad", "sda.qcow2"))
+    assert json.load(open(os.path.join(root, "bad.partial", "failure.json")))["code"] == "io"
+
+
+def test_a_good_capture_is_verified_with_the_followed_read_back(tmp_path):
+    data = disk_bytes(6 * MiB + BS)
+    out = io.BytesIO()
+    root = str(tmp_path / "rx")
+    os.mkdir(root)
+    assert Receiver(root, out).run(io.BytesIO(capture_stream("good", {"sda": data, "sdb": data[::-1]}))) == 0
+    m = json.load(open(os.path.join(root, "good", "manifest.json")))
+    assert [d["verified"]["readback_digest"] for d in m["disks"]] == [True, True]
+    assert not [t for t in threading.enumerate() if t.name == "cc-readback"]
+
+
+def test_a_read_error_is_the_digests_error(tmp_path, monkeypatch):
+    """An EIO of the server's disk while reading back comes out of digest(), as the read-back
+    after END raised it (the receiver names it as an I/O error of the server)."""
+    def eio(*a, **k):
+        raise OSError(5, "Input/output error")
+    data = disk_bytes(8 * MiB)
+    monkeypatch.setattr(R.P, "feed_range", eio)
+    fd, path, rb = write_following(tmp_path, data, 2 * MiB, monkeypatch, read_step=2 * MiB)
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            rb.digest()
+    finally:
+        rb.close()
+        os.close(fd)
+
+
+def test_close_mid_stream_ends_the_thread_promptly(tmp_path, monkeypatch):
+    data = disk_bytes(64 * MiB)
+    fd, path, rb = write_following(tmp_path, data, 8 * MiB, monkeypatch, read_step=1 * MiB)
+    t = time.monotonic()
+    rb.close()
+    os.close(fd)
+    assert time.monotonic() - t < 5
+    assert not [t for t in threading.enumerate() if t.name == "cc-readback"]
