@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import platform
+import resource
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -56,6 +57,12 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this receiver and the children it waited for (qemu-img), all threads."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _human(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
@@ -67,6 +74,7 @@ class DiskState:
     raw_name: str
     tree: P.BlockTree
     started: float = field(default_factory=time.monotonic)
+    cpu_started: float = field(default_factory=lambda: _cpu_seconds())
     counts: dict = field(default_factory=lambda: dict(
         data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0,
         unreadable_bytes=0))
@@ -486,6 +494,9 @@ class CaptureSink(_Sink):
         # From the last record to a verified image: what the agent waits for after its last byte
         # (readback and convert overlap, so it is not their sum).
         timings["finish_seconds"] = round(time.monotonic() - t_finish, 3)
+        # What this disk cost the conversion server's CPU, the receiver and qemu-img together
+        # (make bench sets it beside the agent's CPU and the machine's).
+        timings["cpu_seconds"] = round(_cpu_seconds() - d.cpu_started, 3)
         st = os.stat(img_name, dir_fd=self.cap.fd)
         h = d.header
         entry = ManifestDisk(

@@ -102,6 +102,7 @@ def run_methods(dev: str, sd, root: str, url: str, known_hosts: str, client_key:
         levels = d["agent"].get("zstd_levels")
         rows.append(dict(name=name, transfer=wall - server_tail, to_qcow2=wall,
                          wire=m["totals"]["stream_bytes"], cpu=cpu, rss=rss, busy=busy,
+                         server_cpu=d["timings"].get("cpu_seconds", 0.0),
                          note=note + (f" (chunks per level {levels})" if levels else ""),
                          read=d["agent"]["bytes_read"], map_s=d["agent"].get("map_seconds", 0.0)))
         shutil.rmtree(os.path.join(root, cid))
@@ -193,6 +194,12 @@ def report(title: str, rows: list[dict], size: int, link_rate: float | None = No
     for r in rows:
         print(f"{r['name']:<14}{r['transfer']:>11.1f}{r['to_qcow2']:>11.1f}{hb(r['wire']):>12}{r['cpu']:>12.1f}"
               f"{hb(r['rss']):>11}{r['busy']:>14.1f}  {r['note']}")
+    for r in rows:
+        if "server_cpu" in r:
+            # the rest: sshd's and the kernel's (encryption, TCP, page cache, the loop device)
+            print(f"{r['name']}: machine CPU {r['busy']:.1f} s = agent {r['cpu']:.1f} + receiver and "
+                  f"qemu-img {r['server_cpu']:.1f} + sshd, kernel and the rest "
+                  f"{r['busy'] - r['cpu'] - r['server_cpu']:.1f}")
     cores = os.cpu_count() or 1
     # The CPU floor: the machine's busy seconds over its cores, i.e. the wall time of the run if
     # every core had worked all the time. Near it, a run is CPU-bound on this machine; only less
