@@ -13,7 +13,6 @@ under TCG).
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -70,13 +69,6 @@ TREE = {
 def convert(capture, *args, timeout=900):
     return subprocess.run([os.path.join(BIN, "coldclone-convert"), capture, *args],
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rx")
-    yield str(d)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_convert_two_disk_linux_with_fixups(root, tmp_path):

@@ -23,7 +23,6 @@ Budget: three appliance launches (build, conversion, check), ~30-60 s each under
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -79,13 +78,6 @@ def write_tree(root, tree: dict[str, str]) -> str:
         with open(path, "w") as f:
             f.write(text)
     return str(root)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rx")
-    yield str(d)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
