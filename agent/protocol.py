@@ -74,6 +74,9 @@ MAX_JSON = 1 << 20
 MAX_DATA = 64 << 20
 DEFAULT_BLOCK_SIZE = 64 << 10
 DEFAULT_CHUNK_SIZE = 4 << 20
+# The receiver reads each raw file back as it is written, in steps of this much
+# (receive/readback.py): at END at most this much is left to read back.
+READBACK_STEP = 32 << 20
 
 DIGEST_ALGO = "sha256-blocktree-v1"
 

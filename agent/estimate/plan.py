@@ -6,12 +6,13 @@ disk streams at the pace of its slowest stage:
 
     source read  ->  CPU (sha256, zstd)  ->  link to the target (+ the server taking it)
 
-and after its last byte the receiver re-reads and hashes the image, converts
-it to qcow2 and compares (it reads no more of the stream meanwhile, so that
-time adds up disk by disk). Per disk:
+and after its last byte the receiver finishes re-reading and hashing the image (it follows
+the stream, so one step of it is left), converts it to qcow2 and compares (it reads no more of
+the stream meanwhile, so that time adds up disk by disk). Per disk:
 
     seconds = max(size / read_rate, size * cpu_per_byte / workers, wire_bytes / link_rate)
-              + data_bytes / readback_rate + data_bytes / convert_rate (qcow2)
+              + max(min(data_bytes, READBACK_STEP) / readback_rate, data_bytes / convert_rate)
+              + data_bytes / compare_rate (qcow2)
 
 What the disk holds (share of non-zero blocks, compression, CPU per byte) is
 sampled; the read rate and the link rate come from the table in links.py
@@ -276,9 +277,11 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
         # Reading, hashing, compressing and sending were timed apart, but in the capture they
         # share this machine's CPUs: all their CPU seconds, spread over every core, bound it too.
         stages["cpu"] = max(stages["cpu"], to_read * shared_cpu / (os.cpu_count() or 1))
-    post = data / readback_rate
+    # The receiver reads the raw file back while the stream runs (receive/readback.py): after
+    # the last byte at most one step of it is left.
+    post = min(data, P.READBACK_STEP) / readback_rate
     if image_format == "qcow2":
-        # The receiver reads the raw file back and converts it side by side, then compares.
+        # ... next to converting the raw file, then it compares.
         post = max(post, data / CONVERT_RATE) + data / COMPARE_RATE
     stream_key = max(stages, key=stages.get)
     seconds = stages[stream_key] + post + map_seconds

@@ -22,8 +22,8 @@ from .. import protocol as P
 log = logging.getLogger("coldclone.receive")
 
 # Read back in steps of at least this much (or up to the disk's end): fewer, larger reads while
-# the stream runs, and never more than this left to read when END comes.
-STEP = 32 << 20
+# the stream runs, and never more than this left to read when END comes (the estimate counts it).
+STEP = P.READBACK_STEP
 
 
 class Readback:

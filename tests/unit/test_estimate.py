@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import protocol as P
 from agent.discover import populate, snapshot
 from agent.discover.model import Link
 from agent.estimate import links as L
@@ -111,8 +112,9 @@ def test_per_disk_arithmetic_usb2_full_disk():
     assert d.bytes_to_send == pytest.approx(size, rel=1e-4)
     assert d.stages["link"] == pytest.approx(4000, rel=1e-4)
     assert d.stages["read"] == pytest.approx(200) and d.stages["cpu"] == pytest.approx(25)
-    assert d.stages["server"] == pytest.approx(size / READBACK_RATE)
-    assert d.seconds == pytest.approx(4000 + size / READBACK_RATE, rel=1e-4)
+    # raw: the read-back follows the stream, only its last step is left after END
+    assert d.stages["server"] == pytest.approx(P.READBACK_STEP / READBACK_RATE)
+    assert d.seconds == pytest.approx(4000 + P.READBACK_STEP / READBACK_RATE, rel=1e-4)
     assert d.bottleneck == "link"
 
 
@@ -123,8 +125,8 @@ def test_per_disk_arithmetic_zero_skip_and_qcow2():
     data = 3 * GB
     assert d.data_bytes == data and d.bytes_to_send == pytest.approx(1.5 * GB, rel=1e-3)
     assert d.stages["read"] == pytest.approx(100) and d.bottleneck == "read"
-    # readback and convert run side by side on the receiver, then the compare
-    post = max(data / READBACK_RATE, data / CONVERT_RATE) + data / COMPARE_RATE
+    # the read-back follows the stream: its last step runs next to the convert, then the compare
+    post = max(P.READBACK_STEP / READBACK_RATE, data / CONVERT_RATE) + data / COMPARE_RATE
     assert d.seconds == pytest.approx(100 + post)
 
 
