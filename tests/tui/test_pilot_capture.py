@@ -31,10 +31,12 @@ def loop_disk(tmp_path_factory):
         yield loop
 
 
-def real_app(dev: str, capture_id: str, calibrate: float = 0.0, **over):
+def real_app(dev: str, capture_id: str, calibrate: float = 0.0, compress: str | None = None, **over):
     """The app on this machine, the disk `dev` (a loop device) preselected, a fixed capture id."""
     services = Services.real(include_loop=True, only=[dev], cmdline="", **over)
     services.config.calibrate = calibrate
+    if compress is not None:
+        services.config.compress = compress
     services.capture_id = lambda: capture_id
     return build_app(services, ascii_only=True)
 
@@ -144,7 +146,10 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
             f.seek(i * MiB)
             f.write(os.urandom(2 * MiB))
     with LoopDevice(img) as loop:
-        app = real_app(loop.dev, "tui-cancel-1")
+        # zstd:19 makes the capture slow on purpose (0.75 s per 4 MiB chunk of random data, ~35 s
+        # for the disk): at level 1 it sent the 384 MiB and was verified before the cancel,
+        # pressed right after the first progress figures, took effect (seen once in CI).
+        app = real_app(loop.dev, "tui-cancel-1", compress="zstd:19")
 
         async def scenario():
             async with app.run_test(size=(80, 24)) as pilot:
