@@ -13,13 +13,10 @@ disk order): the guarantee is the same, it is only earlier.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 
 from .. import protocol as P
-
-log = logging.getLogger("coldclone.receive")
 
 # Read back in steps of at least this much (or up to the disk's end): fewer, larger reads while
 # the stream runs, and never more than this left to read when END comes (the estimate counts it).

@@ -74,7 +74,7 @@ class DiskState:
     raw_name: str
     tree: P.BlockTree
     started: float = field(default_factory=time.monotonic)
-    cpu_started: float = field(default_factory=lambda: _cpu_seconds())
+    cpu_started: float = field(default_factory=_cpu_seconds)
     counts: dict = field(default_factory=lambda: dict(
         data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0,
         unreadable_bytes=0))
@@ -345,8 +345,9 @@ class CaptureSink(_Sink):
         os.ftruncate(fd, h.size)
         d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
                       restart_reason=h.restart_reason if j is not None else None)
-        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
         d.journal = J.DiskJournal.create(self.cap, h)
+        # last: nothing after it can fail and leave its thread behind (close_disk closes it)
+        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
         return d
 
     def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
@@ -480,7 +481,7 @@ class CaptureSink(_Sink):
                 # qemu-img convert leaves its output in the page cache (an fsync after it took 1.0 s
                 # for 2.7 GB): the flush to disk runs while compare reads the same pages, and both
                 # must be done before the rename.
-                flushed = ex.submit(self._timed, self._fsync_file, tmp_name)
+                flushed = ex.submit(self._timed, self.cap.sync, tmp_name)
                 t = time.monotonic()
                 try:
                     image.compare(raw_path, tmp)
@@ -526,13 +527,6 @@ class CaptureSink(_Sink):
         log.info("disk %s verified: %s", d.name, img_name)
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
                             timings=timings))
-
-    def _fsync_file(self, name: str) -> None:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.cap.fd)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _timed(fn, *args) -> float:

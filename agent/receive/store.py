@@ -305,6 +305,15 @@ class CaptureDir:
     def write_atomic(self, name: str, data: bytes) -> None:
         write_atomic_at(self.fd, name, data)
 
+    def sync(self, name: str) -> None:
+        """Flush a file of the capture (one written by another process: qemu-img) to disk."""
+        validate_name(name[1:] if name.startswith(".") and name.endswith(".tmp") else name, "file name")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def unlink(self, name: str) -> None:
         # Our own temp files are dot-names ("." + a valid name + ".tmp"): the rule for names from
         # the wire holds for the part after the dot.
