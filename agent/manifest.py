@@ -1,15 +1,15 @@
 """manifest.json, typed: what the receiver writes when a capture completes, and what the
 agent (in the COMPLETE reply), coldclone-convert and coldclone-publish read back.
 
-The sections other layers own are kept as their JSON here and decoded by their own models:
-`readiness` (inspect.report.ReadinessReport.from_dict), `conversion` (convert.model),
-`publish` (publish.manifest.PublishRecord). That keeps this model low enough for the capture
-session to return it. Loading a capture directory and rewriting it: agent.receive.manifest.
+The sections written after the capture are kept as their JSON in `Manifest` and decoded by
+their models: `readiness` (guestos.report.ReadinessReport.from_dict), `conversion`
+(server.convert.model), `publish` (PublishRecord, below: both programs read it, the agent's
+summary names the image). Loading a capture directory and rewriting it: agent.server.receive.manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from . import protocol as P
 
@@ -169,7 +169,7 @@ class Manifest:
     totals: dict = field(default_factory=dict)
     estimate: dict | None = None                     # the agent's estimate, as it sent it
     estimate_vs_actual: dict | None = None
-    readiness: dict | None = None                    # inspect.report.ReadinessReport.to_dict()
+    readiness: dict | None = None                    # guestos.report.ReadinessReport.to_dict()
     manifest_version: int = MANIFEST_VERSION
     # The document as read, sections of other tools (conversion, publish) included.
     document: dict = field(default_factory=dict, repr=False, compare=False)
@@ -217,3 +217,38 @@ class Manifest:
             estimate_vs_actual=f.mapping("estimate_vs_actual") if f.present("estimate_vs_actual") else None,
             readiness=f.mapping("readiness") if f.present("readiness") else None, manifest_version=f.int("manifest_version", default=MANIFEST_VERSION),
             document=dict(obj))
+
+
+@dataclass
+class PublishRecord:
+    """The manifest's `publish` section: where the image went and the proof it arrived whole."""
+
+    cloud: str
+    image_id: str
+    image_name: str
+    image_file: str                  # the local file uploaded
+    image_kind: str                  # converted / verified
+    disk: str
+    checksum: str                    # md5, Glance's `checksum`
+    os_hash_algo: str
+    os_hash_value: str
+    size: int
+    published: str                   # ISO 8601 UTC
+    reused: bool                     # True: an earlier run's image was found, nothing uploaded
+    properties: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> "PublishRecord | None":
+        """The manifest's `publish` section, when the capture was published (front ends say
+        the image id); a section of another shape is ignored, not guessed at."""
+        data = manifest.section("publish")
+        if data is None:
+            return None
+        try:
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except TypeError:
+            return None

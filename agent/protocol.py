@@ -460,7 +460,7 @@ class Hello:
     disks: tuple[str, ...] = ()
     probe: bool = False
     estimate: dict | None = None                   # the agent's `coldclone estimate --json`
-    readiness: dict | None = None                  # inspect.report.ReadinessReport.to_dict()
+    readiness: dict | None = None                  # guestos.report.ReadinessReport.to_dict()
     # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
     # has); without it an existing capture id is refused.
     resume: bool = False

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from agent import protocol as P
-from agent.capture.guard import ReadOnlyGuard, get_ro
+from agent.source.capture.guard import ReadOnlyGuard, get_ro
 from agent.runcmd import run
 from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
@@ -95,7 +95,7 @@ def test_one_capture_at_a_time_per_disk(source_disk, tmp_path):
 
 def test_guard_leaves_read_only_device_read_only(source_disk):
     loop, _ = source_disk
-    from agent.capture.guard import set_ro
+    from agent.source.capture.guard import set_ro
 
     set_ro(loop.dev, True)
     try:

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from agent.convert.convert import CopyMethod, read_capture, stage_image
-from agent.receive.store import Store
+from agent.server.convert.convert import CopyMethod, read_capture, stage_image
+from agent.server.receive.store import Store
 from tests.conftest import BIN, sha256_of
 from tests.testbed import guestdisk
 

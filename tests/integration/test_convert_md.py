@@ -28,9 +28,9 @@ import time
 
 import pytest
 
-from agent.convert.guestfs import Guest, detect_accel
-from agent.convert.model import Engine, Fix, prediction_gaps
-from agent.inspect.tree import inspect_tree
+from agent.server.convert.guestfs import Guest, detect_accel
+from agent.server.convert.model import Engine, Fix, prediction_gaps
+from agent.guestos.tree import inspect_tree
 from tests.conftest import BIN, sha256_of
 from tests.testbed import guestdisk
 

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from agent.discover import populate
-from agent.discover.model import Filesystem, Partition, PartitionTable
+from agent.source.discover import populate
+from agent.source.discover.model import Filesystem, Partition, PartitionTable
 from agent.runcmd import run
 from tests.testbed.loop import attached as loop
 from tests.conftest import sha256_of as sha256
@@ -173,7 +173,7 @@ def test_loop_as_capture_target_and_as_boot_device(mbr_image):
 def test_cli_json_and_table(mbr_image, capsys):
     import json
 
-    from agent.commands.discover import main
+    from agent.source.commands.discover import main
 
     with loop(mbr_image, read_only=True) as dev:
         assert main(["--json", "--include-loop"]) == 0
@@ -208,7 +208,7 @@ def test_partition_table_of_a_device_that_changed_size(tmp_path):
     """The same path read again after its device changed size (a loop device reused; a LUN
     grown; a disk swapped): libparted must not use the size it cached (it crashed the process
     reading a GPT backup header past the stale end)."""
-    from agent.discover.probe import read_partition_table
+    from agent.source.discover.probe import read_partition_table
 
     images = []
     for mb, end in ((400, 100), (448, 300)):

@@ -58,11 +58,11 @@ def test_calibrated_estimate_within_25_percent(shaped, request, mode):
     """mode=used too (issue 15): the estimate maps the used blocks as the capture does (partclone)
     and predicts from the bytes that map sends; the remnants in free space are not read. As in
     a capture job, the capture reuses the estimate's map (usedmap.maps_reused)."""
-    from agent.capture.session import run_capture
-    from agent.capture.stream import StreamOptions
-    from agent.capture.usedmap import maps_reused
-    from agent.estimate.plan import estimate_capture
-    from agent.transport.open import open_target
+    from agent.source.capture.session import run_capture
+    from agent.source.capture.stream import StreamOptions
+    from agent.source.capture.usedmap import maps_reused
+    from agent.source.estimate.plan import estimate_capture
+    from agent.source.transport.open import open_target
 
     loop, sd = request.getfixturevalue("used_source" if mode == "used" else "source")
     rx = os.path.join(shaped.sshd.receiver_root, f"accuracy-{mode}")

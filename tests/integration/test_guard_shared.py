@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
+from agent.source.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
 from agent.runcmd import run
 from tests.conftest import BIN, coldclone, sha256_of, ssh_args
 from tests.testbed.procs import Spooled
@@ -148,7 +148,7 @@ def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk):
 def guard_in_child(dev):
     """A real second process holding the guard, as a capture would."""
     child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; from agent.capture.guard import ReadOnlyGuard; "
+                              "import sys, time; from agent.source.capture.guard import ReadOnlyGuard; "
                               "g = ReadOnlyGuard([sys.argv[1]]).__enter__(); print('on', flush=True); "
                               "time.sleep(120)", dev], stdout=subprocess.PIPE, text=True,
                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands.discover import main as discover_main
-from agent.discover import populate
-from agent.inspect.disk import inspect_disk
+from agent.source.commands.discover import main as discover_main
+from agent.source.discover import populate
+from agent.source.inspect.disk import inspect_disk
 from agent.runcmd import run
 from tests.conftest import sha256_of as sha256
 from tests.testbed.loop import attached as loop
@@ -107,7 +107,7 @@ def test_cli_inspect_prints_the_report(rhel6_image, capsys):
 
 
 def test_mount_helper_is_read_only_and_always_unmounts(rhel6_image):
-    from agent.inspect.mount import mounted_ro
+    from agent.source.inspect.mount import mounted_ro
 
     with loop(rhel6_image) as dev:
         with pytest.raises(RuntimeError):

@@ -1,4 +1,4 @@
-"""The one capture job (agent/job.py): step order and failure paths, with the real capture of a
+"""The one capture job (agent/source/job.py): step order and failure paths, with the real capture of a
 loop device to a file:// target (the receiver runs locally through a pipe) and real hook
 scripts. The front ends only render these events; test_headless.py and test_capture.py drive
 the same job through `coldclone headless` and `coldclone capture`."""
@@ -11,11 +11,11 @@ import threading
 
 import pytest
 
-from agent.capture import events as E
+from agent.source.capture import events as E
 from agent.choices import IscsiMode, Mode
-from agent.config import CaptureConfig
+from agent.source.config import CaptureConfig
 from agent.errors import CancelledError, SourceError, UsageError
-from agent.job import CaptureJob, Captured, Estimated, HookError, Inventoried, Note, Prepared
+from agent.source.job import CaptureJob, Captured, Estimated, HookError, Inventoried, Note, Prepared
 from agent.runcmd import run
 from tests.conftest import sha256_of
 from tests.testbed import synthdisk

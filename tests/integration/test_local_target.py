@@ -15,7 +15,7 @@ from agent.errors import UsageError
 from agent.runcmd import run
 from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
-from agent.transport import localdisk
+from agent.source.transport import localdisk
 from tests.conftest import coldclone, sha256_of
 
 pytestmark = pytest.mark.root
@@ -80,10 +80,10 @@ def test_capture_to_local_disk_equals_source(usb_disk, source):
 
 def test_estimate_probe_and_manifest_on_local_target(usb_disk, source):
     """Calibrating against the local target leaves nothing there; the estimate lands in the manifest."""
-    from agent.capture.session import run_capture
-    from agent.capture.stream import StreamOptions
-    from agent.estimate.plan import estimate_capture
-    from agent.transport.open import open_target
+    from agent.source.capture.session import run_capture
+    from agent.source.capture.stream import StreamOptions
+    from agent.source.estimate.plan import estimate_capture
+    from agent.source.transport.open import open_target
 
     src, _ = source
     with localdisk.prepare(usb_disk, format_confirm=usb_disk, fstype="xfs", sources=[src.dev]) as tgt:

@@ -33,7 +33,7 @@ def in_ns(ns, code):
 def test_static_address_gateway_and_dns(netns, tmp_path):
     ns, peer = netns
     resolv = tmp_path / "resolv.conf"
-    r = in_ns(ns, "from agent import netsetup\n"
+    r = in_ns(ns, "from agent.source import netsetup\n"
                   f"spec = netsetup.parse_ip_spec('{peer}:10.77.0.2/24,gw=10.77.0.1,dns=10.77.0.53')\n"
                   f"print('\\n'.join(netsetup.apply(spec, resolv_conf='{resolv}').lines))")
     assert r.returncode == 0, r.stderr
@@ -52,7 +52,7 @@ def test_static_address_gateway_and_dns(netns, tmp_path):
         r = in_ns(ns, f"import socket; socket.create_connection(('10.77.0.1', {port}), 5).close(); print('ok')")
         assert r.stdout.strip() == "ok", r.stderr
     # applied again (the operator changes their mind): the old address goes, no duplicates
-    r = in_ns(ns, "from agent import netsetup\n"
+    r = in_ns(ns, "from agent.source import netsetup\n"
                   f"netsetup.apply(netsetup.parse_ip_spec('{peer}:10.77.0.3/24'))")
     assert r.returncode == 0, r.stderr
     addrs = run(["ip", "netns", "exec", ns, "ip", "-o", "-4", "addr", "show", "dev", peer]).stdout
@@ -61,7 +61,7 @@ def test_static_address_gateway_and_dns(netns, tmp_path):
 
 def test_unknown_interface_is_named(netns):
     ns, peer = netns
-    r = in_ns(ns, "from agent import netsetup\n"
+    r = in_ns(ns, "from agent.source import netsetup\n"
                   "from agent.errors import UsageError\n"
                   f"nics = [netsetup.Nic('{peer}', None, operstate='up', carrier=True)]\n"
                   "try:\n"
@@ -78,7 +78,7 @@ def test_every_change_can_be_taken_back(netns, tmp_path):
     ns, peer = netns
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.99.0.1\n")
-    code = ("from agent import netsetup\n"
+    code = ("from agent.source import netsetup\n"
             f"nics = [netsetup.Nic('{peer}', None, operstate='up', carrier=True)]\n"
             f"base = netsetup.apply(netsetup.parse_ip_spec('{peer}:10.77.0.2/24'), nics=nics)\n"
             # a veth has no device link, so list_nics() leaves it out: its state by hand

@@ -14,8 +14,8 @@ import zstandard
 from agent import protocol as P
 from tests.testbed.loop import LoopDevice
 from tests.testbed.sshd import Sshd
-from agent.transport.ssh import SshConnection
-from agent.transport.url import parse_target
+from agent.source.transport.ssh import SshConnection
+from agent.source.transport.url import parse_target
 from tests.conftest import coldclone, ssh_args
 from tests.streams import capture_stream
 

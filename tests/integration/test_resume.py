@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent.receive.journal import CHECKPOINT_BYTES
+from agent.server.receive.journal import CHECKPOINT_BYTES
 from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
 from tests.testbed.loop import LoopDevice

@@ -17,7 +17,7 @@ import pytest
 
 from agent.devnames import stream_name
 from tests.integration.test_resume import CHUNK, WINDOW, capture, kill_receiver, manifest_of, same_image, sha256_of
-from agent.receive.unfinished import gc
+from agent.server.receive.unfinished import gc
 from tests.testbed.loop import LoopDevice
 from tests.testbed.procs import receiver_pids, slow_syscall, stop_process
 from tests.testbed.resume import raw_bytes, wait_raw
@@ -83,7 +83,7 @@ def wait_failure(rx_dir, cid) -> tuple[dict, float]:
 
 
 def journal_lines(rx_dir, cid, disk) -> list[dict]:
-    """The receiver's resume journal of a disk (agent/receive/journal.py: JSON lines)."""
+    """The receiver's resume journal of a disk (agent/server/receive/journal.py: JSON lines)."""
     with open(os.path.join(rx_dir, f"{cid}.partial", disk + ".journal")) as f:
         return [json.loads(line) for line in f]
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from agent.capture.guard import get_ro
-from agent.capture.inuse import SourceInUseError
-from agent.inspect.mount import mounted_ro
+from agent.source.capture.guard import get_ro
+from agent.source.capture.inuse import SourceInUseError
+from agent.source.inspect.mount import mounted_ro
 from agent.runcmd import run
 from tests.conftest import coldclone, sha256_of, ssh_args
 from tests.testbed import dirtyfs, synthdisk

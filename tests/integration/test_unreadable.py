@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from agent.capture.guard import get_ro
+from agent.source.capture.guard import get_ro
 from agent.errors import EXIT_SOURCE, EXIT_UNREADABLE
 from agent.runcmd import run
 from tests.conftest import coldclone, ssh_args

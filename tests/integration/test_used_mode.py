@@ -12,7 +12,7 @@ import os
 import pytest
 
 from agent import protocol as P
-from agent.capture.usedmap import Why, plan_disk
+from agent.source.capture.usedmap import Why, plan_disk
 from agent.runcmd import run
 from tests.conftest import coldclone, sha256_of, ssh_args
 from tests.testbed import useddisk
@@ -131,7 +131,7 @@ def test_used_mode_lvm(sshd, rx_dir, tmp_path):
                 assert os.pread(i.fileno(), MiB, gap_off) == bytes(MiB) != os.pread(s.fileno(), MiB, gap_off)
                 assert os.pread(i.fileno(), d.pe_start, 0) == os.pread(s.fileno(), d.pe_start, 0)
             off, ln = d.lv_range("root")
-            from agent.capture.usedmap import range_loop
+            from agent.source.capture.usedmap import range_loop
             with range_loop(ipv, off, ln) as iroot, range_loop(pv, off, ln) as sroot:
                 run(useddisk.CHECK["ext4"] + [iroot])
                 with useddisk.file_tree(sroot, "ext4") as a, useddisk.file_tree(iroot, "ext4") as b:

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 
 from agent import protocol as P
-from agent.convert.guestfs import Accel, Guest
-from agent.receive.receiver import Receiver
+from agent.server.convert.guestfs import Accel, Guest
+from agent.server.receive.receiver import Receiver
 from agent.runcmd import run
 
 MiB = 1 << 20

@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 
-from agent.capture.usedmap import clear_loop_read_only
+from agent.source.capture.usedmap import clear_loop_read_only
 from agent.runcmd import run
 
 

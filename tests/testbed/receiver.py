@@ -35,7 +35,7 @@ class ReceiverRun:
 
 
 def receiver_argv(root: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.receive.cli", "--root", root, *args]
+    return [sys.executable, "-m", "agent.server.receive.cli", "--root", root, *args]
 
 
 def receiver_env() -> dict:

@@ -19,8 +19,8 @@ import sys
 import time
 
 from agent import protocol as P
-from agent.capture.source import SourceDisk
-from agent.capture.stream import StreamOptions, stream_disk
+from agent.source.capture.source import SourceDisk
+from agent.source.capture.stream import StreamOptions, stream_disk
 from .bench import drop_caches
 
 

@@ -149,7 +149,7 @@ def to_raw(qcow2: str, directory: str) -> str:
 
 def assert_extents(src_dev: str, raw: str, umap) -> None:
     """Sent extents equal the source, byte for byte; skipped ones are zeros (holes) in the image.
-    umap: the agent's UsedMap of the source (agent.capture.usedmap.plan_disk)."""
+    umap: the agent's UsedMap of the source (agent.source.capture.usedmap.plan_disk)."""
     with open(src_dev, "rb") as s, open(raw, "rb") as i:
         for e in umap.extents:
             off = e.offset

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.discover.model import Nic
-from agent.config import CaptureConfig
-from agent.tui.services import HostKeyInfo, Services
+from agent.source.discover.model import Nic
+from agent.source.config import CaptureConfig
+from agent.source.tui.services import HostKeyInfo, Services
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 UDEV = FIXTURES / "udev"
@@ -50,8 +50,8 @@ async def settle(pilot) -> None:
 async def on_progress(app, pilot):
     """A Progress screen without its capture worker (build_app(..., start_capture_worker=False)),
     for a test to apply recorded events to."""
-    from agent.tui.screens.progress import ProgressScreen
-    from agent.tui.services import TargetChoice
+    from agent.source.tui.screens.progress import ProgressScreen
+    from agent.source.tui.services import TargetChoice
 
     app.plan.target = TargetChoice("file", "file:///srv/images")
     screen = ProgressScreen()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 from agent import protocol as P
-from agent.capture import events as E
-from agent.capture.session import CaptureResult
-from agent.capture.source import SourceDisk
-from agent.estimate.plan import CaptureEstimate, DiskEstimate
+from agent.source.capture import events as E
+from agent.source.capture.session import CaptureResult
+from agent.source.capture.source import SourceDisk
+from agent.source.estimate.plan import CaptureEstimate, DiskEstimate
 from agent.manifest import Manifest, ManifestDisk, Verified
 
 GiB = 1 << 30

@@ -15,8 +15,8 @@ import pytest
 from agent.runcmd import run
 from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
-from agent.tui.app import build_app
-from agent.tui.services import Services
+from agent.source.tui.app import build_app
+from agent.source.tui.services import Services
 from tests.conftest import BIN, sha256_of, ssh_args
 from tests.testbed.procs import Spooled, kill_receivers
 
@@ -63,7 +63,7 @@ async def type_into(pilot, wid: str, text: str) -> None:
 
 
 async def drive_to_capture(pilot, sshd, rx_dir, loop_dev):
-    from agent.tui.screens.progress import ProgressScreen
+    from agent.source.tui.screens.progress import ProgressScreen
 
     await drive_to_estimate(pilot, sshd, rx_dir, loop_dev)
     await pilot.press("s")
@@ -73,8 +73,8 @@ async def drive_to_capture(pilot, sshd, rx_dir, loop_dev):
 
 
 async def drive_to_estimate(pilot, sshd, rx_dir, loop_dev):
-    from agent.tui.screens.estimate import EstimateScreen
-    from agent.tui.screens.target import TargetScreen
+    from agent.source.tui.screens.estimate import EstimateScreen
+    from agent.source.tui.screens.target import TargetScreen
 
     app = pilot.app
     await wait_for(pilot, lambda: app.plan.inventory is not None, 60, "discovery")
@@ -104,7 +104,7 @@ async def drive_to_estimate(pilot, sshd, rx_dir, loop_dev):
 
 
 def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
-    from agent.tui.screens.done import DoneScreen
+    from agent.source.tui.screens.done import DoneScreen
 
     before = sha256_of(loop_disk.dev)
     app = real_app(loop_disk.dev, "tui-pilot-1", calibrate=1.0)
@@ -136,7 +136,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
 
 
 def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_path):
-    from agent.tui.screens.done import DoneScreen
+    from agent.source.tui.screens.done import DoneScreen
 
     img = str(tmp_path / "big.img")
     with open(img, "wb") as f:
@@ -176,13 +176,13 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
 
 def test_capture_to_a_local_target_disk_through_the_screens(tmp_path, loop_disk):
     """The Local USB/eSATA disk choice: the disk is picked in the list, mounted by
-    agent.transport.localdisk.prepare (its ext4 kept, not formatted), the images land in
+    agent.source.transport.localdisk.prepare (its ext4 kept, not formatted), the images land in
     coldclone/ on it, and the disk is unmounted when the TUI exits."""
-    from agent.transport.localdisk import TargetDisk
-    from agent.tui.screens.done import DoneScreen
-    from agent.tui.screens.estimate import EstimateScreen
-    from agent.tui.screens.progress import ProgressScreen
-    from agent.tui.screens.target import TargetScreen
+    from agent.source.transport.localdisk import TargetDisk
+    from agent.source.tui.screens.done import DoneScreen
+    from agent.source.tui.screens.estimate import EstimateScreen
+    from agent.source.tui.screens.progress import ProgressScreen
+    from agent.source.tui.screens.target import TargetScreen
 
     before = sha256_of(loop_disk.dev)
     timg = str(tmp_path / "usb-target.img")
@@ -241,7 +241,7 @@ def debian_disk(tmp_path_factory):
 def test_tui_capture_carries_the_readiness_report(sshd, rx_dir, debian_disk):
     """The TUI's capture puts the inventory's readiness report into the manifest, and the Done
     screen says what it found (firmware, boot loader, what conversion will do)."""
-    from agent.tui.screens.done import DoneScreen
+    from agent.source.tui.screens.done import DoneScreen
 
     app = real_app(debian_disk, "tui-readiness-1", calibrate=1.0)
     texts = []
@@ -268,7 +268,7 @@ def test_resume_offered_and_taken_through_the_screens(sshd, rx_dir, tmp_path):
     """A capture cut at half (the conversion server's receiver died, the agent gave up): the next
     run through the screens finds it on the server, offers it on the Estimate screen and, when
     the operator takes it, sends only what is missing."""
-    from agent.tui.screens.done import DoneScreen
+    from agent.source.tui.screens.done import DoneScreen
 
     size = 256 * MiB
     img = str(tmp_path / "src.img")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 
-from agent.iscsi.auto import IscsiAttachment
-from agent.iscsi.sourceconfig import read_source_config
-from agent.tui.app import build_app
-from agent.tui.services import TargetChoice
+from agent.source.iscsi.auto import IscsiAttachment
+from agent.source.iscsi.sourceconfig import read_source_config
+from agent.source.tui.app import build_app
+from agent.source.tui.services import TargetChoice
 from tests.tui.conftest import ISCSI_TREES, on_progress, replay, settle
 
 
@@ -74,11 +74,11 @@ def test_target_next_needs_a_successful_test():
 def test_missing_estimate_is_one_line_and_the_capture_can_still_start():
     services = replay("megaraid_sas")
     services.estimate = None
-    services.missing["estimate"] = "estimate is not available in this build (agent.estimate.plan)"
+    services.missing["estimate"] = "estimate is not available in this build (agent.source.estimate.plan)"
     app = build_app(services, ascii_only=True, start_capture_worker=False)
 
     async def scenario(pilot):
-        from agent.tui.screens.estimate import EstimateScreen
+        from agent.source.tui.screens.estimate import EstimateScreen
 
         app.plan.target = TargetChoice("file", "file:///srv/images")
         app.plan.target_ok = "writable"
@@ -100,7 +100,7 @@ def test_missing_estimate_is_one_line_and_the_capture_can_still_start():
 def test_missing_iscsi_says_so():
     services = replay("iscsi")
     services.find_identities = services.iscsi_attach = None
-    services.missing["iSCSI"] = "iSCSI is not available in this build (agent.iscsi.auto)"
+    services.missing["iSCSI"] = "iSCSI is not available in this build (agent.source.iscsi.auto)"
     app = build_app(services, ascii_only=True)
 
     async def scenario(pilot):
@@ -118,7 +118,7 @@ def test_chap_secret_typed_by_hand_is_never_drawn_and_login_uses_it():
     def attach(identity, targets, ip, say):
         calls.append((identity, targets, ip))
         say("login refused by the array (recorded)")
-        from agent.iscsi.errors import IscsiAuthError
+        from agent.source.iscsi.errors import IscsiAuthError
 
         raise IscsiAuthError("CHAP authentication failed for iqn.2001-05.com.example:vol9 (recorded)")
 
@@ -178,7 +178,7 @@ def test_done_power_off_asks_first():
     app = build_app(services, ascii_only=True, start_capture_worker=False)
 
     async def scenario(pilot):
-        from agent.tui.screens.done import DoneScreen
+        from agent.source.tui.screens.done import DoneScreen
         from tests.tui import recorded
 
         app.plan.result = recorded.result()
@@ -198,7 +198,7 @@ def test_done_power_off_asks_first():
 
 
 def test_capture_ending_while_the_cancel_question_is_open_goes_to_done():
-    from agent.tui.messages import CaptureEnded
+    from agent.source.tui.messages import CaptureEnded
     from tests.tui import recorded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
@@ -262,7 +262,7 @@ def test_ctrl_c_asks_and_never_kills():
 
 
 def test_no_source_identity_logs_in_as_the_live_system_to_a_typed_ipv6_target():
-    from agent.iscsi.model import SourceIscsiConfig
+    from agent.source.iscsi.model import SourceIscsiConfig
 
     calls = []
     live = SourceIscsiConfig(root="(the live system's own name)", initiator_name="iqn.2026-11.live:cc")
@@ -294,7 +294,7 @@ def test_no_source_identity_logs_in_as_the_live_system_to_a_typed_ipv6_target():
 def test_progress_says_stalled_and_reconnecting_instead_of_a_stale_rate():
     """Nothing read or sent for a while: the stats line says STALLED for N s (the console's rule,
     estimate.progress.Motion), a reconnect says so, and the rates come back with the data."""
-    from agent.capture import events as E
+    from agent.source.capture import events as E
     from tests.tui import recorded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)

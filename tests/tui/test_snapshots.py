@@ -7,10 +7,10 @@ glyph choice is process-wide. Update after an intended change: pytest tests/tui 
 
 from __future__ import annotations
 
-from agent.iscsi.sourceconfig import read_source_config
-from agent.tui.app import build_app
-from agent.transport.localdisk import TargetDisk
-from agent.tui.services import TargetChoice
+from agent.source.iscsi.sourceconfig import read_source_config
+from agent.source.tui.app import build_app
+from agent.source.transport.localdisk import TargetDisk
+from agent.source.tui.services import TargetChoice
 from tests.tui import recorded
 from tests.tui.conftest import ISCSI_TREES, replay, settle
 
@@ -117,7 +117,7 @@ def test_estimate(snap_compare):
 
     async def run_before(pilot):
         await settle(pilot)
-        from agent.tui.screens.estimate import EstimateScreen
+        from agent.source.tui.screens.estimate import EstimateScreen
 
         app.plan.target, app.plan.target_ok = SSH, "SSH OK"
         await app.push_screen(EstimateScreen())
@@ -131,7 +131,7 @@ def test_estimate_confirm(snap_compare):
 
     async def run_before(pilot):
         await settle(pilot)
-        from agent.tui.screens.estimate import EstimateScreen
+        from agent.source.tui.screens.estimate import EstimateScreen
 
         app.plan.target, app.plan.target_ok = SSH, "SSH OK"
         await app.push_screen(EstimateScreen())
@@ -149,7 +149,7 @@ def _offer(press: str | None):
 
     async def run_before(pilot):
         await settle(pilot)
-        from agent.tui.screens.estimate import EstimateScreen
+        from agent.source.tui.screens.estimate import EstimateScreen
 
         app.plan.target, app.plan.target_ok = SSH, "SSH OK"
         await app.push_screen(EstimateScreen())
@@ -173,7 +173,7 @@ def test_estimate_resume_confirm(snap_compare):
 
 
 async def _progress(app, pilot):
-    from agent.tui.screens.progress import ProgressScreen
+    from agent.source.tui.screens.progress import ProgressScreen
 
     await settle(pilot)
     app.plan.target, app.plan.target_ok = SSH, "SSH OK"
@@ -205,7 +205,7 @@ def test_done(snap_compare):
     app = app_for(replay("cciss", sourceos="rhel6-cciss"), start_capture_worker=False)
 
     async def run_before(pilot):
-        from agent.tui.screens.done import DoneScreen
+        from agent.source.tui.screens.done import DoneScreen
 
         await settle(pilot)
         app.plan.target, app.plan.result = SSH, recorded.result()
@@ -220,7 +220,7 @@ def test_done_published(snap_compare):
     app = app_for(replay("cciss", sourceos="rhel6-cciss"), start_capture_worker=False)
 
     async def run_before(pilot):
-        from agent.tui.screens.done import DoneScreen
+        from agent.source.tui.screens.done import DoneScreen
 
         await settle(pilot)
         res = recorded.result()
@@ -241,7 +241,7 @@ def test_done_cancelled(snap_compare):
     app = app_for(replay("megaraid_sas"), start_capture_worker=False)
 
     async def run_before(pilot):
-        from agent.tui.screens.done import DoneScreen
+        from agent.source.tui.screens.done import DoneScreen
 
         await settle(pilot)
         app.plan.target, app.plan.capture_id = SSH, "srv01-20261123T130000-ab12"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.capture import events as E
+from agent.source.capture import events as E
 from agent.errors import EXIT_UNREADABLE
 from agent.manifest import Unreadable, UnreadableRange
-from agent.tui.app import build_app
+from agent.source.tui.app import build_app
 from tests.tui import recorded
 from tests.tui.conftest import on_progress, replay
 from tests.tui.test_screens import drive, shown
@@ -23,7 +23,7 @@ def bad_result():
 
 
 def test_progress_and_done_show_unreadable_sectors():
-    from agent.tui.messages import CaptureEnded
+    from agent.source.tui.messages import CaptureEnded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
     codes = []

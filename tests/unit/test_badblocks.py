@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agent import protocol as P
-from agent.capture.badblocks import BadRange, MediumError, ReadRecovery, read_exact
+from agent.source.capture.badblocks import BadRange, MediumError, ReadRecovery, read_exact
 from agent.errors import SourceError
 from tests.streams import disk_records
 from tests.testbed.receiver import run_receiver
@@ -226,7 +226,7 @@ def test_receiver_refuses_bad_unreadable_records(tmp_path, bad, zero, end, what)
 
 def test_on_read_error_key_and_flag():
     from agent.choices import OnReadError
-    from agent.config import CaptureConfig, from_cmdline
+    from agent.source.config import CaptureConfig, from_cmdline
     from agent.errors import UsageError
 
     assert CaptureConfig().on_read_error == OnReadError.MAP

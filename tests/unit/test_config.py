@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.config import CaptureConfig, describe, from_cmdline
+from agent.source.config import CaptureConfig, describe, from_cmdline
 from agent.errors import UsageError
 
 BASE = "BOOT_IMAGE=/live/vmlinuz boot=live components quiet console=ttyS0,115200"
@@ -152,17 +152,17 @@ def test_docs_table_is_the_declaration():
     a key added, renamed or re-described in one place and not the other fails here."""
     import os
 
-    from agent.config import markdown_table
+    from agent.source.config import markdown_table
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "cli.md")).read()
-    assert markdown_table() in doc, ("docs/cli.md's key table differs from agent/config.py's OPTIONS; "
-                                     "paste the output of `python -m agent.config --markdown`")
+    assert markdown_table() in doc, ("docs/cli.md's key table differs from agent/source/config.py's OPTIONS; "
+                                     "paste the output of `python -m agent.source.config --markdown`")
 
 
 def test_every_config_field_is_declared_once():
     from dataclasses import fields
 
-    from agent.config import OPTIONS, CaptureConfig
+    from agent.source.config import OPTIONS, CaptureConfig
 
     assert [o.key for o in OPTIONS] == [f.name for f in fields(CaptureConfig)]
     for o in OPTIONS:
@@ -174,7 +174,7 @@ def test_cli_flags_use_the_declared_parsers():
     """The CLI flag and the kernel key share one parser: the same refusal, named by the flag."""
     import argparse
 
-    from agent.config import add_flags, config_from_args
+    from agent.source.config import add_flags, config_from_args
 
     ap = argparse.ArgumentParser(exit_on_error=False)
     add_flags(ap, ("mode", "compress", "timeout", "chunk_size"))

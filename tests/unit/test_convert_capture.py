@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from agent.convert.cli import main
-from agent.convert.convert import libvirt_xml, read_capture
-from agent.convert.guestfs import Accel, appliance_slot, detect_accel
+from agent.server.convert.cli import main
+from agent.server.convert.convert import libvirt_xml, read_capture
+from agent.server.convert.guestfs import Accel, appliance_slot, detect_accel
 from agent.errors import UsageError
 
 
@@ -77,8 +77,8 @@ def test_forced_tcg(monkeypatch):
 
 def test_virt_v2v_engine_refuses_at_once_without_its_tools(tmp_path, monkeypatch):
     """virt-v2v 2.x needs nbdcopy/nbdinfo only at its very end: checked before anything runs."""
-    import agent.convert.convert as conv_mod
-    from agent.convert.model import Engine, Outcome
+    import agent.server.convert.convert as conv_mod
+    from agent.server.convert.model import Engine, Outcome
 
     cap = capture(tmp_path)
     real_which = conv_mod.shutil.which

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from agent.convert import fixes as F
-from agent.convert.model import Conversion, Engine, Fix, FixKind, GuestOS, Outcome, Volume
+from agent.server.convert import fixes as F
+from agent.server.convert.model import Conversion, Engine, Fix, FixKind, GuestOS, Outcome, Volume
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "sourceos")
 
@@ -307,7 +307,7 @@ def test_mount_plan_leaves_out_what_the_appliance_does_not_have():
     """inspect-get-mountpoints passes unmappable fstab names through (/dev/md0 with no mdadm.conf
     ARRAY line, while the appliance calls the foreign array /dev/md127; /dev/md1 whose disks were
     not captured): / goes on the root inspection found, the rest is mounted only if it exists."""
-    from agent.convert.guestfs import mount_plan
+    from agent.server.convert.guestfs import mount_plan
 
     os_ = GuestOS(root="/dev/md127", type="linux", distro="debian", product="12", major=12, minor=0,
                   mountpoints=[("/srv", "/dev/md1"), ("/", "/dev/md0"), ("/srv/data", "/dev/sdb1"),

@@ -7,11 +7,11 @@ import json
 import os
 
 from agent import protocol as P
-from agent.capture.session import CaptureResult
-from agent.console import print_summary
+from agent.source.capture.session import CaptureResult
+from agent.source.console import print_summary
 from agent.manifest import Manifest
-from agent.receive.receiver import Receiver
-from agent.tui.text import result_lines
+from agent.server.receive.receiver import Receiver
+from agent.source.tui.text import result_lines
 from tests.streams import capture_stream
 
 MiB = 1 << 20
@@ -85,7 +85,7 @@ def test_convert_engine_without_convert_is_refused(tmp_path):
 
 
 def test_the_receivers_engine_names_are_the_converters():
-    from agent.convert.model import Engine
-    from agent.receive.store import CONVERT_ENGINES
+    from agent.server.convert.model import Engine
+    from agent.server.receive.store import CONVERT_ENGINES
 
     assert list(CONVERT_ENGINES) == [e.value for e in Engine]

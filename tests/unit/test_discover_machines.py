@@ -1,14 +1,14 @@
 """Discovery on recorded machines: every field of the inventory is asserted.
 
 The fixtures in tests/fixtures/udev/ have the exact shape the pyudev boundary
-(agent.discover.udevdb) produces on real hardware; NoProbes stands in for
+(agent.source.discover.udevdb) produces on real hardware; NoProbes stands in for
 blkid/pyparted/mdadm, because none of these devices exist on the test host.
 """
 
 from pathlib import Path
 
-from agent.discover import populate, snapshot
-from agent.discover.model import (Controller, Disk, DiskPath, Filesystem, Inventory,
+from agent.source.discover import populate, snapshot
+from agent.source.discover.model import (Controller, Disk, DiskPath, Filesystem, Inventory,
                                   IscsiSession, Link, Multipath, Nic, Partition, PartitionTable,
                                   RaidArray, RaidMember, Why)
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.discover import helpers, populate, rules, snapshot
-from agent.discover.model import Disk, Link, to_dict
-from agent.discover.mounts import is_on_nfs, live_medium_source, mount_of, parse_mounts
+from agent.source.discover import helpers, populate, rules, snapshot
+from agent.source.discover.model import Disk, Link, to_dict
+from agent.source.discover.mounts import is_on_nfs, live_medium_source, mount_of, parse_mounts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "udev"
 MACHINES = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -316,7 +316,7 @@ def test_selected_disks_by_path_and_unknown():
 def test_cli_from_snapshot(capsys):
     import json
 
-    from agent.commands.discover import main
+    from agent.source.commands.discover import main
 
     assert main(["--from-snapshot", str(FIXTURES / "cciss.json")]) == 0
     table = capsys.readouterr().out

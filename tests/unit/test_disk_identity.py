@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from agent import devnames
-from agent.capture.source import stream_name
-from agent.discover import populate, snapshot
-from agent.discover.model import Disk, Why, to_dict
-from agent.discover.populate import path_identity
-from agent.estimate.plan import _per_disk
-from agent.estimate.progress import EtaEstimator
+from agent.source.capture.source import stream_name
+from agent.source.discover import populate, snapshot
+from agent.source.discover.model import Disk, Why, to_dict
+from agent.source.discover.populate import path_identity
+from agent.source.estimate.plan import _per_disk
+from agent.source.estimate.progress import EtaEstimator
 from tests.unit.plans import one_disk_plan
-from agent.estimate.sample import ContentSample
+from agent.source.estimate.sample import ContentSample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "udev"
 GB = 1_000_000_000
@@ -196,7 +196,7 @@ def test_inventory_copies_keep_their_references():
 
 
 def test_the_tui_shows_one_row_and_its_paths():
-    from agent.tui import text
+    from agent.source.tui import text
 
     inv = discover("multipath_nomap")
     lun = inv.disks[0]

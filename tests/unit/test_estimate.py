@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from agent import protocol as P
-from agent.discover import populate, snapshot
-from agent.discover.model import Link
-from agent.estimate import links as L
-from agent.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
+from agent.source.discover import populate, snapshot
+from agent.source.discover.model import Link
+from agent.source.estimate import links as L
+from agent.source.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
                                  estimate_capture, target_link)
-from agent.estimate.progress import EtaEstimator
+from agent.source.estimate.progress import EtaEstimator
 from tests.unit.plans import one_disk_plan
-from agent.estimate.rate import RateMeter
-from agent.estimate.sample import ContentSample, sample_content
-from agent.transport.localdisk import candidates
+from agent.source.estimate.rate import RateMeter
+from agent.source.estimate.sample import ContentSample, sample_content
+from agent.source.transport.localdisk import candidates
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "udev"
 MB = 1_000_000
@@ -176,7 +176,7 @@ def test_estimate_capture_on_a_file_without_calibration(tmp_path):
 def test_bottleneck_names_the_usb_link(tmp_path, monkeypatch):
     p = str(tmp_path / "disk.img")
     _sparse_file(p, 256 << 20, [(0, 128 << 20)])
-    monkeypatch.setattr("agent.estimate.plan.target_link",
+    monkeypatch.setattr("agent.source.estimate.plan.target_link",
                         lambda *a, **k: L.classify_disk_link(Link("usb", "2-1", 480, "USB 2.0")))
     est = estimate_capture(None, [p], "file:///mnt/usb", "nonzero", calibrate_seconds=0)
     assert est.bottleneck == "limited by USB 2.0 link (~25 MB/s)"
@@ -281,11 +281,11 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     """Recorded events at a fake clock: a line per interval with rates, ETA, bottleneck; a summary."""
     import io
 
-    from agent.capture import events as E
-    from agent.capture.session import CaptureResult
+    from agent.source.capture import events as E
+    from agent.source.capture.session import CaptureResult
     from agent.manifest import Manifest
-    from agent.capture.source import SourceDisk
-    from agent import console as PR   # the line renderer: ProgressPrinter, print_summary
+    from agent.source.capture.source import SourceDisk
+    from agent.source import console as PR   # the line renderer: ProgressPrinter, print_summary
 
     clock = {"t": 1000.0}
     monkeypatch.setattr(PR.time, "monotonic", lambda: clock["t"])
@@ -334,9 +334,9 @@ def test_progress_says_stalled_and_the_eta_stops_counting_down(monkeypatch):
     ETA 00:00), the ETA stops counting down so the finish slips, and it recovers when data moves."""
     import io
 
-    from agent import console as PR
-    from agent.capture import events as E
-    from agent.capture.source import SourceDisk
+    from agent.source import console as PR
+    from agent.source.capture import events as E
+    from agent.source.capture.source import SourceDisk
 
     clock = {"t": 1000.0}
     monkeypatch.setattr(PR.time, "monotonic", lambda: clock["t"])

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from agent import protocol as P
-from agent.receive.receiver import Receiver
+from agent.server.receive.receiver import Receiver
 
 BS = P.DEFAULT_BLOCK_SIZE
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from agent.capture import inuse
-from agent.capture.guard import GuardRecord, Owner, tree_names
-from agent.capture.inuse import InUse, Use
+from agent.source.capture import inuse
+from agent.source.capture.guard import GuardRecord, Owner, tree_names
+from agent.source.capture.inuse import InUse, Use
 
 # Recorded from a live system (Debian 12), one container's namespace included: spaces in a
 # path are octal-escaped by the kernel.

@@ -2,14 +2,14 @@
 
 import pytest
 
-from agent.inspect.fstab import classify_spec, disk_of_spec, parse_fstab, partition_number
-from agent.inspect.grub import kernel_roots, parse_device_map
-from agent.inspect.iscsi import parse_initiatorname, parse_iscsid_conf
-from agent.inspect.lvm import split_mapper_name, vg_of_entry
-from agent.inspect.model import DebianIface, FstabEntry, IscsiInitiator, NetRule, NmConnection
-from agent.inspect.network import (parse_ifcfg, parse_interfaces, parse_net_rules,
+from agent.guestos.fstab import classify_spec, disk_of_spec, parse_fstab, partition_number
+from agent.guestos.grub import kernel_roots, parse_device_map
+from agent.guestos.iscsi import parse_initiatorname, parse_iscsid_conf
+from agent.guestos.lvm import split_mapper_name, vg_of_entry
+from agent.guestos.model import DebianIface, FstabEntry, IscsiInitiator, NetRule, NmConnection
+from agent.guestos.network import (parse_ifcfg, parse_interfaces, parse_net_rules,
                                    parse_nm_keyfile)
-from agent.inspect.osrelease import parse_os_release, parse_redhat_release
+from agent.guestos.osrelease import parse_os_release, parse_redhat_release
 
 FSTAB = """\
 

@@ -4,10 +4,10 @@ import json
 import os
 from pathlib import Path
 
-from agent.inspect import files
-from agent.inspect.model import IscsiInitiator, OsInfo
-from agent.inspect.mount import ro_options
-from agent.inspect.tree import inspect_tree
+from agent.guestos import files
+from agent.guestos.model import IscsiInitiator, OsInfo
+from agent.source.inspect.mount import ro_options
+from agent.guestos.tree import inspect_tree
 
 TREES = Path(__file__).resolve().parents[1] / "fixtures" / "sourceos"
 RHEL6 = TREES / "rhel6-cciss"

@@ -9,13 +9,13 @@ import os
 import pytest
 
 from agent.choices import IscsiMode
-from agent.discover.model import Inventory
+from agent.source.discover.model import Inventory
 from agent.errors import CommandError, UsageError
-from agent.inspect.model import Secret
-from agent.iscsi import errors as E
-from agent.iscsi import initiator
-from agent.iscsi.auto import IscsiAttachment, _to_login, attach, auto_attach, manual_identity
-from agent.iscsi.model import Chap, IscsiTarget, SourceIscsiConfig
+from agent.guestos.model import Secret
+from agent.source.iscsi import errors as E
+from agent.source.iscsi import initiator
+from agent.source.iscsi.auto import IscsiAttachment, _to_login, attach, auto_attach, manual_identity
+from agent.source.iscsi.model import Chap, IscsiTarget, SourceIscsiConfig
 from agent.runcmd import run
 
 # What the real tools said in the live ISO (open-iscsi 2.1.8 against tgtd 1.0.85),
@@ -233,7 +233,7 @@ def test_manual_identity_typed_by_the_operator():
 
 
 def test_live_identity_is_the_live_systems_own_name(tmp_path):
-    from agent.iscsi.auto import live_identity
+    from agent.source.iscsi.auto import live_identity
 
     with pytest.raises(UsageError, match="no initiator name in .*initiatorname.iscsi"):
         live_identity(str(tmp_path))

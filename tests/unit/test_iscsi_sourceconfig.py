@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from agent.inspect import iscsi as ins_iscsi
-from agent.inspect import network
-from agent.iscsi.auto import find_identities
-from agent.iscsi.model import IscsiTarget, SourceIscsiConfig
-from agent.iscsi.sourceconfig import read_source_config
+from agent.guestos import iscsi as ins_iscsi
+from agent.guestos import network
+from agent.source.iscsi.auto import find_identities
+from agent.source.iscsi.model import IscsiTarget, SourceIscsiConfig
+from agent.source.iscsi.sourceconfig import read_source_config
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "iscsi")
 SECRETS = ("Sup3r-Secret-01", "Tgt-Secret-9876", "Disc0very-Pass", "eql-chap-pw-42")
@@ -154,7 +154,7 @@ def test_portals_order_and_dedup():
 
 
 def test_one_reading_of_a_portal():
-    from agent.iscsi.model import IscsiTarget, make_portal, split_portal
+    from agent.source.iscsi.model import IscsiTarget, make_portal, split_portal
 
     cases = {
         "10.0.0.5": ("10.0.0.5", None),

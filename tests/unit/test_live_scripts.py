@@ -72,7 +72,7 @@ def test_ttys_are_tty1_and_each_serial_console_once():
 def test_on_done_is_written_for_headless_run_not_done_mid_output(tmp_path):
     # --live: the command goes to a file that headless-run runs once the consoles have every
     # line; without --live (a host run) nothing is written or done
-    from agent.headless import apply_on_done
+    from agent.source.headless import apply_on_done
 
     cmdline = "boot=live console=tty0 console=ttyS0,115200 coldclone.on_done=shell"
     f = tmp_path / "on-done"

@@ -3,8 +3,8 @@
 import pytest
 
 from agent.errors import UsageError
-from agent.discover.model import Nic
-from agent.netsetup import IpSpec, choose_iface, list_nics, parse_ip_spec, write_resolv_conf
+from agent.source.discover.model import Nic
+from agent.source.netsetup import IpSpec, choose_iface, list_nics, parse_ip_spec, write_resolv_conf
 
 
 @pytest.mark.parametrize("text,want", [

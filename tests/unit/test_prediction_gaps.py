@@ -1,8 +1,8 @@
 """The agent's readiness prediction vs the conversion's fixes: every finding that promises a
 conversion is answered by a fix (or by the engine), and no fix was applied that nothing predicted."""
 
-from agent.convert.model import FINDING_OF_FIX, Engine, Fix, FixKind, prediction_gaps
-from agent.inspect.readiness import CONVERSION
+from agent.server.convert.model import FINDING_OF_FIX, Engine, Fix, FixKind, prediction_gaps
+from agent.guestos.readiness import CONVERSION
 
 
 def fix(kind: FixKind) -> Fix:

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from agent import protocol as P
-from agent.receive import readback as R
-from agent.receive.receiver import Receiver
+from agent.server.receive import readback as R
+from agent.server.receive.receiver import Receiver
 from tests.streams import capture_stream
 
 BS = P.DEFAULT_BLOCK_SIZE
@@ -79,7 +79,7 @@ def test_a_byte_the_server_stored_wrong_is_caught_at_end(tmp_path, monkeypatch):
             real_pwrite(fd, bytes([buf[wrong - off] ^ 0xFF]), wrong)
         return n
 
-    import agent.receive.receiver as receiver_mod
+    import agent.server.receive.receiver as receiver_mod
     monkeypatch.setattr(receiver_mod.os, "pwrite", bad_pwrite)
     out = io.BytesIO()
     root = str(tmp_path / "rx")

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from agent.discover.model import Disk, Partition, PartitionTable
+from agent.source.discover.model import Disk, Partition, PartitionTable
 from agent.errors import ColdcloneError
-from agent.inspect import boot
-from agent.inspect.model import BootLoader, Firmware
-from agent.inspect.report import ReadinessReport, from_source
-from agent.inspect.tree import inspect_tree
-from agent.publish.glance import LocalImage, image_properties
-from agent.publish.manifest import PublishRecord
+from agent.guestos import boot
+from agent.guestos.model import BootLoader, Firmware
+from agent.guestos.report import ReadinessReport, from_source
+from agent.guestos.tree import inspect_tree
+from agent.server.publish.glance import LocalImage, image_properties
+from agent.manifest import PublishRecord
 from agent.manifest import Manifest
-from agent.receive.manifest import CaptureDirectory, ManifestError
+from agent.server.receive.manifest import CaptureDirectory, ManifestError
 from tests.testbed.sourceos import KVER, TREE, cpio_newc, sata_initramfs
 
 TREES = Path(__file__).resolve().parents[1] / "fixtures" / "sourceos"

@@ -20,7 +20,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent import protocol as P
-from agent.receive.receiver import Receiver
+from agent.server.receive.receiver import Receiver
 
 BS = 4096
 MiB = 1 << 20

@@ -205,7 +205,7 @@ def test_same_id_race_reports_exists(tmp_path):
     import threading
 
     from agent.errors import ServerError
-    from agent.receive.store import Store
+    from agent.server.receive.store import Store
 
     codes = []
     for i in range(40):

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from agent import protocol as P
-from agent.receive import journal as J
-from agent.receive.receiver import Receiver
-from agent.receive.unfinished import gc
+from agent.server.receive import journal as J
+from agent.server.receive.receiver import Receiver
+from agent.server.receive.unfinished import gc
 
 MiB = 1 << 20
 BS = P.DEFAULT_BLOCK_SIZE

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from agent.capture.session import CaptureCancelled
-from agent.capture.stop import StopOnSignal
+from agent.source.capture.session import CaptureCancelled
+from agent.source.capture.stop import StopOnSignal
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])

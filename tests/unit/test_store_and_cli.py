@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from agent.capture.stream import parse_compress
-from agent.cli import parse_size
+from agent.source.capture.stream import parse_compress
+from agent.source.cli import parse_size
 from agent.errors import ServerError, UsageError
-from agent.estimate.rate import RateMeter
+from agent.source.estimate.rate import RateMeter
 from agent.units import human_bytes, human_seconds
-from agent.receive.store import resolve_root, validate_name
-from agent.capture.source import stream_name
-from agent.capture.stream import StreamOptions
+from agent.server.receive.store import resolve_root, validate_name
+from agent.source.capture.source import stream_name
+from agent.source.capture.stream import StreamOptions
 
 
 @pytest.mark.parametrize("name", ["sda", "cciss-c0d0", "md127", "nvme0n1", "host-20261123T093000-ab12", "a.b_c-d"])

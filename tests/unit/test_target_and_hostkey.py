@@ -4,8 +4,8 @@ import paramiko
 import pytest
 
 from agent.errors import HostKeyError, UsageError
-from agent.transport.ssh import fingerprint, normalize_pin, verify_host_key
-from agent.transport.url import parse_target
+from agent.source.transport.ssh import fingerprint, normalize_pin, verify_host_key
+from agent.source.transport.url import parse_target
 
 
 def test_ssh_url_parsed():

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from agent import protocol as P
-from agent.capture import lookup
-from agent.receive.receiver import Receiver
-from agent.receive.unfinished import find_unfinished, gc
+from agent.source.capture import lookup
+from agent.server.receive.receiver import Receiver
+from agent.server.receive.unfinished import find_unfinished, gc
 from tests.unit.test_resume_journal import header, records, run, whole_digest
 
 MiB = 1 << 20
@@ -168,7 +168,7 @@ def test_gc_keeps_what_a_dead_receiver_held_for_resuming(tmp_path, data):
     blob = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sda",)).encode()
     blob += header(data, source=src).encode() + b"".join(records(data)[:5])
     child = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from agent.receive.receiver import Receiver; from agent.receive import journal as J\n"
+        "import sys; from agent.server.receive.receiver import Receiver; from agent.server.receive import journal as J\n"
         "J.CHECKPOINT_SECONDS = 0.0\n"
         "Receiver(sys.argv[1], sys.stdout.buffer).run(sys.stdin.buffer)"), str(tmp_path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.getcwd())

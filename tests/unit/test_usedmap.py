@@ -2,8 +2,8 @@
 
 import pytest
 
-from agent.capture import lvmmeta
-from agent.capture.usedmap import Extent, Why, paint, parse_domain_map
+from agent.source.capture import lvmmeta
+from agent.source.capture.usedmap import Extent, Why, paint, parse_domain_map
 from agent.errors import SourceError
 
 K = 1 << 10
@@ -106,7 +106,7 @@ def test_paint_aligns_skips_inward_and_sends_outward():
 def test_maps_reused_only_inside_one_job_scope(tmp_path):
     """Inside maps_reused() (one capture job: estimate, then capture) a disk is mapped once and
     the same map serves both; outside it every call maps afresh (a disk may change between jobs)."""
-    from agent.capture.usedmap import maps_reused, plan_disk
+    from agent.source.capture.usedmap import maps_reused, plan_disk
     img = tmp_path / "disk.img"
     img.write_bytes(b"\1" * (1 << 20))
     path, size = str(img), 1 << 20

@@ -4,7 +4,7 @@ for compressed chunks."""
 
 import pytest
 
-from agent.capture.stream import AUTO, AUTO_LEVELS, LevelControl, StreamOptions, _Codec, parse_compress
+from agent.source.capture.stream import AUTO, AUTO_LEVELS, LevelControl, StreamOptions, _Codec, parse_compress
 from agent.errors import UsageError
 
 

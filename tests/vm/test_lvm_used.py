@@ -8,7 +8,7 @@ boot captures the disk headless in mode=used to the host's sshd. The ISO's lvmlo
 activates nothing by itself, so the VG stays inactive while the agent reads the PV.
 
 On the host, without device-mapper, the LV is found in the image's own bytes: the PV's metadata
-(agent/capture/lvmmeta.py) gives the LV's extents, and a read-only loop device with --offset and
+(agent/source/capture/lvmmeta.py) gives the LV's extents, and a read-only loop device with --offset and
 --sizelimit shows them as a block device for e2fsck and a read-only mount.
 
 A second test makes the source a bootable Debian 12 on LVM and boots the captured image
@@ -22,8 +22,8 @@ import os
 
 import pytest
 
-from agent.capture import lvmmeta
-from agent.capture.usedmap import Why, plan_disk, range_loop
+from agent.source.capture import lvmmeta
+from agent.source.capture.usedmap import Why, plan_disk, range_loop
 from agent.runcmd import run
 from tests.testbed import guestdisk, useddisk
 from tests.testbed.loop import LoopDevice

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from agent.receive.journal import CHECKPOINT_BYTES
+from agent.server.receive.journal import CHECKPOINT_BYTES
 from tests.testbed.resume import raw_bytes
 
 from . import guest

@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from agent.convert.model import Engine, Fix, prediction_gaps
+from agent.server.convert.model import Engine, Fix, prediction_gaps
 from tests.conftest import BIN
 from tests.testbed import glance as tglance
 from tests.testbed import guestdisk

@@ -1,0 +1,162 @@
+"""The readiness report every capture carries in its manifest (`readiness`): what the
+source OS is, how it boots, how it names its disks and NICs, and for each finding what
+conversion will do about it. Built by the agent's inspection (source/inspect/report.py),
+read back by the receiver, coldclone-convert and coldclone-publish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+
+from ..errors import ColdcloneError
+from .model import BootLoader, Finding, Firmware, InitramfsDrivers, OsInfo, SourceOS, _to_dict
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class DeviceName:
+    """One fstab entry and the kind of name it uses (uuid, label, sd, cciss, lvm, md ...)."""
+
+    mountpoint: str
+    spec: str
+    kind: str
+
+
+@dataclass
+class MacBinding:
+    """Network configuration tied to the old NIC's MAC address."""
+
+    path: str            # the file (udev rule, ifcfg, keyfile, interfaces)
+    mac: str
+    what: str            # udev-rule / ifcfg-HWADDR / nm-mac-address / interfaces-hwaddress
+
+
+@dataclass
+class ReadinessReport:
+    """What inspection found; os_name None: no OS found on the disks (error says why)."""
+
+    os_name: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+    disk: str | None = None                   # the disk holding the root filesystem
+    os: OsInfo | None = None
+    boot_loader: BootLoader = BootLoader.UNKNOWN
+    boot_loader_evidence: list[str] = field(default_factory=list)
+    firmware: Firmware = Firmware.UNKNOWN
+    firmware_evidence: list[str] = field(default_factory=list)
+    root: DeviceName | None = None
+    fstab: list[DeviceName] = field(default_factory=list)
+    swap: list[str] = field(default_factory=list)
+    resume: list[str] = field(default_factory=list)
+    mac_bindings: list[MacBinding] = field(default_factory=list)
+    initramfs: InitramfsDrivers | None = None
+    cloud_init: bool = False
+    qemu_guest_agent: bool = False
+    version: int = REPORT_VERSION
+    # the full inspection (TUI details); not part of the manifest
+    source: SourceOS | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: _to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name != "source"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReadinessReport":
+        """The report as a manifest holds it; a malformed one is an error naming the field."""
+        if not isinstance(data, dict):
+            raise ColdcloneError(f"readiness report: expected an object, got {type(data).__name__}")
+        return _from_dict(cls, data, "readiness")
+
+    def summary(self) -> list[str]:
+        """A few lines for the headless console and the TUI's Done screen."""
+        if not self.os_name:
+            return ["readiness: no source OS found on the captured disks"
+                    + (f" ({self.error})" if self.error else "")]
+        out = [f"readiness: {self.os_name} on {self.disk or '?'}; firmware {self.firmware.value}, "
+               f"boot loader {self.boot_loader.value}, cloud-init "
+               f"{'yes' if self.cloud_init else 'no'}"]
+        if self.root is not None:
+            out.append(f"readiness: root {self.root.spec} ({self.root.kind})"
+                       + (f", resume={', '.join(self.resume)}" if self.resume else ""))
+        if self.initramfs is not None:
+            ini = self.initramfs
+            out.append(f"readiness: initramfs {ini.path}: " + (
+                ini.error or ("virtio " + (", ".join(ini.present) or "none")
+                              + (f"; missing {', '.join(ini.missing)}" if ini.missing else ""))))
+        order = {"high": 0, "medium": 1, "low": 2}
+        for f in sorted(self.findings, key=lambda f: (order.get(f.severity, 3), f.id)):
+            out.append(f"readiness: [{f.severity}] {f.id}: "
+                       + (f"conversion will {f.conversion}" if f.conversion else
+                          "no automatic fix: " + f.fix))
+        if not self.findings:
+            out.append("readiness: no findings, the image should boot on KVM as is")
+        return out
+
+
+def _from_dict(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _from_dict(args[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ColdcloneError(f"{where}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_from_dict(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ColdcloneError(f"{where}: expected an object")
+        return {str(k): v for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ColdcloneError(f"{where}: {value!r} is not one of "
+                                 f"{', '.join(m.value for m in tp)}") from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ColdcloneError(f"{where}: expected an object")
+        hints = typing.get_type_hints(tp)
+        kw = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value and f.compare:   # compare=False: not serialised (source)
+                kw[f.name] = _from_dict(hints[f.name], value[f.name], f"{where}.{f.name}")
+        try:
+            return tp(**kw)
+        except TypeError as e:
+            raise ColdcloneError(f"{where}: {e}") from None
+    if tp in (str, int, bool, float) and not isinstance(value, tp):
+        raise ColdcloneError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def mac_bindings(src: SourceOS) -> list[MacBinding]:
+    out = [MacBinding("/etc/udev/rules.d/70-persistent-net.rules", r.mac, "udev-rule")
+           for r in src.net_rules if r.mac]
+    out += [MacBinding(c.path, c.hwaddr, "ifcfg-HWADDR") for c in src.ifcfg if c.hwaddr]
+    out += [MacBinding(c.path, c.mac_address, "nm-mac-address")
+            for c in src.nm_connections if c.mac_address]
+    out += [MacBinding("/etc/network/interfaces", i.options["hwaddress"].split()[-1],
+                       "interfaces-hwaddress")
+            for i in src.interfaces if "hwaddress" in i.options]
+    return out
+
+
+def from_source(src: SourceOS, disk: str | None) -> ReadinessReport:
+    names = [DeviceName(e.mountpoint, e.spec, e.spec_kind) for e in src.fstab]
+    root = next((n for n in names if n.mountpoint == "/"), None)
+    return ReadinessReport(
+        os_name=src.os.pretty_name or src.os.name or "unknown OS", findings=src.findings,
+        disk=disk, os=src.os, boot_loader=src.boot_loader,
+        boot_loader_evidence=src.boot_loader_evidence, firmware=src.firmware,
+        firmware_evidence=src.firmware_evidence, root=root, fstab=names,
+        swap=[e.spec for e in src.fstab if e.fstype == "swap"], resume=src.resume,
+        mac_bindings=mac_bindings(src), initramfs=src.initramfs, cloud_init=src.cloud_init,
+        qemu_guest_agent=src.qemu_guest_agent, source=src)

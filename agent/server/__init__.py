@@ -1,0 +1,1 @@
+"""The conversion-server side: receive, convert, publish and the server commands."""

@@ -1,0 +1,337 @@
+"""Convert a verified capture into a guest that boots on KVM virtio.
+
+The verified images stay untouched (they are the evidence): every write goes to a separate
+image beside them, `<disk>.kvm.qcow2`, and the result is recorded in the `conversion` section
+of manifest.json (written atomically, like the receiver writes it).
+
+The pipeline, one libguestfs appliance of ours per conversion:
+ 1. stage: a qcow2 per disk beside the evidence (an overlay backed by the evidence, which qemu
+    opens read-only, or a standalone copy);
+ 2. our fix-ups (agent.server.convert.fixes) through one guestfish handle holding every disk of the
+    capture, so /var on a second disk or an md RAID1 is one guest; inspection first: a disk with
+    no OS is `not converted`, and the capture stays as verified;
+ 3. engine virt-v2v: virt-v2v reads the fixed stage and writes the converted disks (virtio
+    drivers in the initramfs, its own remapping); engine fixups: the stage is the result.
+Our fixes go before virt-v2v so that it sees UUID= names (it cannot rewrite a hand-written
+grub.cfg, and warns "could not determine a way to update the configuration of Grub2").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from xml.sax.saxutils import quoteattr
+
+from ...errors import ColdcloneError, CommandError, ServerError
+from ..receive import image as qimage
+from ..receive.manifest import CaptureDirectory, ManifestDisk
+from ..receive.store import CaptureDir, Store, converted_image_name
+from ...runcmd import run
+from . import fixes as F
+from .guestfs import Accel, Guest, detect_accel, tool_version
+from .model import Conversion, CopyMethod, Engine, Fix, GuestOS, ImageOut, Outcome
+
+log = logging.getLogger("coldclone.convert")
+
+LOCK_NAME = ".coldclone-convert.lock"
+
+
+class NotConvertible(ColdcloneError):
+    """The capture is fine, but what is on it is not a guest we can convert (no OS ...)."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_capture(path: str) -> CaptureDirectory:
+    """A complete, verified capture; anything else is refused with what is wrong and what to do."""
+    return CaptureDirectory.load(path, purpose="converted")
+
+
+@contextmanager
+def conversion_lock(root: str):
+    """One conversion at a time per receiver root: each appliance wants CPU and memory, and
+    a queue of conversions finishes each one sooner than all of them at once."""
+    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for the conversion of another capture in %s to finish", root)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- staging ----------------------------------------------------------------------------------
+
+def stage_image(cap: CaptureDir, disk: ManifestDisk, dest: str, method: CopyMethod) -> None:
+    """A writable image of one disk at `dest` (a name in the capture dir); the evidence is only
+    read: qemu-img convert reads it, and an overlay's backing file is opened read-only."""
+    src = cap.file_path(disk.image)
+    out = cap.file_path(dest)
+    cap.unlink(dest)
+    if method is CopyMethod.OVERLAY:
+        # A relative backing name: the capture directory can be moved as a whole.
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", disk.image, out])
+    elif disk.format == "raw":
+        qimage.convert_to_qcow2(src, out)
+    else:
+        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, out])
+
+
+# --- fix-ups ------------------------------------------------------------------------------------
+
+# Files holding device names, and the function that fixes each. Globs are expanded in the guest.
+DEVICE_FILES = (
+    ("/etc/fstab", "fstab"),
+    ("/etc/crypttab", "crypttab"),
+    ("/boot/grub/grub.cfg", "kernel"),
+    ("/boot/grub2/grub.cfg", "kernel"),
+    ("/boot/grub/menu.lst", "kernel"),      # GRUB legacy (Debian/SUSE); a symlink on RHEL: skipped
+    ("/boot/grub/grub.conf", "kernel"),     # GRUB legacy (RHEL 5/6)
+    ("/boot/efi/EFI/*/grub.cfg", "kernel"),
+    ("/etc/default/grub", "kernel"),
+    ("/etc/default/grub.d/*.cfg", "kernel"),
+    ("/etc/initramfs-tools/conf.d/resume", "kernel"),
+    ("/boot/grub/device.map", "devmap"),
+    ("/boot/grub2/device.map", "devmap"),
+)
+NET_FILES = (
+    ("/etc/udev/rules.d/70-persistent-net.rules", "udev"),
+    ("/etc/sysconfig/network-scripts/ifcfg-*", "ifcfg"),
+    ("/etc/sysconfig/network/ifcfg-*", "ifcfg"),
+    ("/etc/NetworkManager/system-connections/*", "nm"),
+    ("/etc/network/interfaces", "interfaces"),
+    ("/etc/network/interfaces.d/*", "interfaces"),
+)
+SERVICE_LINKS = ("/etc/systemd/system/*.wants/*", "/etc/rc[2-5].d/S*")
+
+
+def _fix_text(kind: str, text: str, path: str, dmap: F.DeviceMap) -> F.FixResult:
+    if kind == "fstab":
+        return F.fix_fstab(text, dmap, path)
+    if kind == "crypttab":
+        return F.fix_crypttab(text, dmap, path)
+    if kind == "kernel":
+        return F.fix_kernel_args(text, dmap, path)
+    if kind == "udev":
+        return F.fix_net_rules(text, path)
+    if kind == "ifcfg":
+        return F.fix_ifcfg(text, path) if not path.endswith(("~", ".bak", ".orig", ".rpmsave", ".rpmnew")) \
+            else F.FixResult(text)
+    if kind == "nm":
+        return F.fix_nm_keyfile(text, path)
+    if kind == "interfaces":
+        return F.fix_interfaces(text, path)
+    if kind == "devmap":
+        return F.fix_device_map(text, path)
+    raise ValueError(kind)
+
+
+def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
+    """Every fix-up on the mounted guest; returns the fixes made and what was left alone."""
+    fixes: list[Fix] = []
+    warnings: list[str] = []
+    for pattern, kind in DEVICE_FILES + NET_FILES:
+        paths = guest.glob(pattern) if "*" in pattern else [pattern]
+        for path in paths:
+            text = guest.read(path)
+            if text is None:
+                continue
+            res = _fix_text(kind, text, path, dmap)
+            warnings += res.warnings
+            if res.changed:
+                guest.write(path, res.text)
+                for fx in res.fixes:
+                    log.info("fixed %s", fx.render())
+                fixes += res.fixes
+    links = [p for pattern in SERVICE_LINKS for p in guest.glob(pattern) if guest.is_symlink(p)]
+    for fx in F.hardware_service_links(links):
+        guest.remove(fx.path)
+        log.info("fixed %s (%s)", fx.render(), fx.why)
+        fixes.append(fx)
+    for w in warnings:
+        log.warning("%s", w)
+    return fixes, warnings
+
+
+def fix_guest(images: list[str], accel: Accel, timings: dict[str, float]) -> tuple[GuestOS, list[Fix], list[str]]:
+    """One appliance over all the staged disks: inspect, refuse what has no OS, fix the rest."""
+    t = time.monotonic()
+    with Guest(images, accel) as g:
+        g.launch()
+        timings["appliance_launch_seconds"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        found = g.inspect()
+        if not found:
+            names = ", ".join(os.path.basename(i) for i in images)
+            raise NotConvertible(f"no operating system found on the captured disks ({names}): libguestfs "
+                                 f"inspection found no root filesystem; the capture itself is complete "
+                                 f"and verified, boot or use it as a data disk")
+        os_ = found[0]
+        warnings = []
+        if len(found) > 1:
+            warnings.append(f"{len(found)} operating systems found ({', '.join(o.root for o in found)}); "
+                            f"converted the first, {os_.root}")
+        if os_.type != "linux":
+            raise NotConvertible(f"the guest is {os_.type} ({os_.product}); coldclone-convert's fix-ups "
+                                 f"handle Linux guests only")
+        warnings += g.mount_os(os_)
+        dmap = F.DeviceMap(tuple(g.volumes()))
+        timings["inspect_seconds"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        fixes, more = apply_fixes(g, dmap)
+        timings["fixups_seconds"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+    timings["appliance_shutdown_seconds"] = round(time.monotonic() - t, 3)
+    return os_, fixes, warnings + more
+
+
+# --- virt-v2v -----------------------------------------------------------------------------------
+
+def libvirt_xml(name: str, images: list[str]) -> str:
+    """The input description virt-v2v needs to take several disks as one guest (-i disk takes
+    one); SATA targets, as the source server's disks were."""
+    disks = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file={quoteattr(os.path.abspath(img))}/><target dev='sd{chr(ord('a') + i)}' bus='sata'/></disk>"
+        for i, img in enumerate(images))
+    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>2048</memory><vcpu>1</vcpu>"
+            f"<os><type arch='x86_64'>hvm</type></os><devices>{disks}</devices></domain>\n")
+
+
+# Tools virt-v2v 2.x runs at its very end (copying), which its Debian package does not pull in:
+# without them a run fails after the whole (tens of minutes) conversion.
+V2V_TOOLS = {"virt-v2v": "virt-v2v", "nbdkit": "nbdkit", "nbdcopy": "libnbd-bin",
+             "nbdinfo": "libnbd-bin", "qemu-nbd": "qemu-utils"}
+
+
+def v2v_missing_tools() -> list[str]:
+    """'tool (Debian package)' for each tool virt-v2v needs that is not installed."""
+    return [f"{tool} ({pkg})" for tool, pkg in V2V_TOOLS.items() if shutil.which(tool) is None]
+
+
+def check_v2v_tools() -> None:
+    """Refuse in a second, before any appliance, what would fail at virt-v2v's very end."""
+    missing = v2v_missing_tools()
+    if missing:
+        raise CommandError(["virt-v2v"], None, f"virt-v2v cannot run here: missing {', '.join(missing)}; "
+                                               f"install them (scripts/setup.sh lists them) or use --engine fixups")
+
+
+def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
+    """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several);
+    returns the output image paths in disk order. Its full log goes to virt-v2v.log, and its own
+    warnings (e.g. it could not update the boot loader's configuration) are passed on verbatim
+    into `warnings`."""
+    outdir = cap.file_path("convert-v2v.tmp")
+    shutil.rmtree(outdir, ignore_errors=True)
+    os.mkdir(outdir, 0o750)
+    name = "guest"
+    if len(staged) == 1:
+        src = ["-i", "disk", staged[0]]
+    else:
+        xml = os.path.join(outdir, "input.xml")
+        with open(xml, "w") as f:
+            f.write(libvirt_xml(name, staged))
+        src = ["-i", "libvirtxml", xml]
+    argv = ["virt-v2v", "-v", *src, "--root", "first", "-o", "local", "-os", outdir, "-of", "qcow2", "-on", name]
+    env = dict(accel.env(), LIBGUESTFS_CACHEDIR=os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp"))
+    # The log is written as virt-v2v goes (its "[ 123.4] Converting ..." stage lines say where
+    # the time goes), so a long run under TCG can be watched.
+    res = run(argv, env=env, check=False, timeout=4 * 3600, output_file=cap.file_path("virt-v2v.log"))
+    warnings += [line.strip() for line in res.stderr.splitlines() if line.startswith("virt-v2v: warning:")]
+    if res.returncode != 0:
+        tail = " | ".join(res.stderr.strip().splitlines()[-3:])
+        raise CommandError(res.argv, res.returncode,
+                           f"{tail} (whole log: {cap.file_path('virt-v2v.log')})")
+    outs = [os.path.join(outdir, f"{name}-sd{chr(ord('a') + i)}") for i in range(len(staged))]
+    missing = [o for o in outs if not os.path.isfile(o)]
+    if missing:
+        raise CommandError(res.argv, 0, f"virt-v2v wrote no {', '.join(missing)}")
+    return outs
+
+
+# --- the whole stage --------------------------------------------------------------------------
+
+def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
+            accel: Accel | None = None) -> Conversion:
+    """Convert one capture; always records the outcome in its manifest (unless the capture
+    itself is unusable, which raises UsageError before anything is written)."""
+    capture_path = os.path.realpath(capture_path)
+    capdir = read_capture(capture_path)
+    root, capture_id = os.path.split(capture_path)
+    cap = Store(root).open_capture(capture_id)
+    with conversion_lock(root):
+        return _convert_locked(cap, capdir, engine, method, accel)
+
+
+def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, method: CopyMethod,
+                    accel: Accel | None) -> Conversion:
+    disks = capdir.manifest.disks
+    started, t0 = _now(), time.monotonic()
+    timings: dict[str, float] = {}
+    accel = accel or detect_accel()
+    log.info("libguestfs accelerator: %s (%s)", accel.name, accel.reason)
+    versions = {"libguestfs": tool_version(["guestfish", "--version"]),
+                "qemu_img": qimage.qemu_img_version()}
+    if engine is Engine.VIRT_V2V:
+        versions["virt_v2v"] = tool_version(["virt-v2v", "--version"])
+    conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings)
+    # With virt-v2v the stage is thrown away after it: an overlay costs nothing to make.
+    stage_method = CopyMethod.OVERLAY if engine is Engine.VIRT_V2V else method
+    # Names the capture dir's validated calls accept (no leading dot); removed whatever happens.
+    staged = [f"{d.name}.convert-stage.qcow2" for d in disks]
+    finals = [converted_image_name(d.name) for d in disks]
+    try:
+        for d in disks:
+            cap.unlink(converted_image_name(d.name))      # a new conversion replaces an older one
+        if engine is Engine.VIRT_V2V:
+            check_v2v_tools()
+        t = time.monotonic()
+        for d, s in zip(disks, staged):
+            stage_image(cap, d, s, stage_method)
+        timings["stage_seconds"] = round(time.monotonic() - t, 3)
+        conv.os, conv.fixes, conv.warnings = fix_guest([cap.file_path(s) for s in staged], accel, timings)
+        if engine is Engine.VIRT_V2V:
+            t = time.monotonic()
+            outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel, conv.warnings)
+            timings["virt_v2v_seconds"] = round(time.monotonic() - t, 3)
+            for out, final in zip(outs, finals):
+                os.rename(out, cap.file_path(final))
+            method_done = CopyMethod.VIRT_V2V
+        else:
+            for s, final in zip(staged, finals):
+                os.rename(s, final, src_dir_fd=cap.fd, dst_dir_fd=cap.fd)
+            method_done = stage_method
+        for d, final in zip(disks, finals):
+            st = os.stat(final, dir_fd=cap.fd)
+            conv.images.append(ImageOut(d.name, d.image, final, method_done, st.st_blocks * 512))
+        conv.result = Outcome.CONVERTED
+        conv.message = (f"converted: {', '.join(finals)} ({len(conv.fixes)} fix-ups"
+                        f"{', then virt-v2v' if engine is Engine.VIRT_V2V else ''})")
+    except NotConvertible as e:
+        conv.result, conv.message = Outcome.NOT_CONVERTED, f"not converted: {e}"
+    except (CommandError, ServerError, OSError) as e:
+        conv.result, conv.message = Outcome.FAILED, f"conversion failed: {e}"
+    finally:
+        for s in staged:
+            cap.unlink(s)
+        shutil.rmtree(cap.file_path("convert-v2v.tmp"), ignore_errors=True)
+        if conv.result is not Outcome.CONVERTED:
+            for final in finals:
+                cap.unlink(final)
+    conv.finished = _now()
+    conv.seconds = round(time.monotonic() - t0, 3)
+    log.info("%s (%.1f s)", conv.message, conv.seconds)
+    capdir.write_section("conversion", conv.to_dict())
+    return conv
+
+

@@ -1,0 +1,45 @@
+"""Raw file -> qcow2 with qemu-img, and the proof that they hold the same bytes."""
+
+from __future__ import annotations
+
+import json
+
+from ...errors import CommandError, ServerError
+from ...runcmd import run
+
+
+def qemu_img_version() -> str:
+    try:
+        return run(["qemu-img", "--version"], quiet=True).stdout.splitlines()[0].strip()
+    except CommandError:
+        return "unavailable"
+
+
+def _fail(what: str, e: CommandError) -> ServerError:
+    text = e.stderr.lower()
+    if "no space left" in text:
+        return ServerError(f"conversion server disk full while {what}: {e}; free space in the receiver root",
+                           code="disk_full")
+    return ServerError(f"{what} failed: {e}", code="qemu_img")
+
+
+def convert_to_qcow2(raw: str, qcow2: str) -> None:
+    try:
+        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow2])
+    except CommandError as e:
+        raise _fail(f"converting {raw} to qcow2", e) from None
+
+
+def compare(raw: str, qcow2: str) -> None:
+    res = run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2], check=False)
+    if res.returncode == 1:
+        raise ServerError(f"qemu-img compare: {qcow2} differs from {raw}: {res.stdout.strip()}", code="qemu_img")
+    if res.returncode != 0:
+        raise _fail("comparing the qcow2 with the raw image", CommandError(res.argv, res.returncode, res.stderr))
+
+
+def info(path: str) -> dict:
+    try:
+        return json.loads(run(["qemu-img", "info", "--output=json", path], quiet=True).stdout)
+    except (CommandError, ValueError):
+        return {}

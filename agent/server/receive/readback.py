@@ -1,0 +1,85 @@
+"""The read-back digest of a raw image, computed while the image is being written.
+
+Every disk's raw file is hashed again from the file (not from the buffers that were written) and
+the result must equal the digest the agent sent: that catches a write that went astray on the
+conversion server. Done after the last record, it cost 2 to 4 s on the bench workload (1.9 GB of
+data) that the agent waited for, while during the stream the receiver mostly waits for the link.
+So a thread follows the writer: it reads back and hashes the bytes below the position the stream
+has written, and at END only the tail is left. It reads the file (preads of the written
+file), the same way and through the same page cache as the read-back after END did (protocol.feed_range;
+holes are zeros), and below the written position the stream never writes again (records come in
+disk order): the guarantee is the same, it is only earlier.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ... import protocol as P
+
+# Read back in steps of at least this much (or up to the disk's end): fewer, larger reads while
+# the stream runs, and never more than this left to read when END comes (the estimate counts it).
+STEP = P.READBACK_STEP
+
+
+class Readback:
+    """Follows one raw file as it is written; `digest()` at END gives the read-back digest."""
+
+    def __init__(self, fd: int, path: str, size: int, block_size: int, tree: P.BlockTree | None = None):
+        """fd: the raw file as the receiver writes it (duplicated here: reads are preads, which
+        share no file position); path: its name in errors; tree: the bytes below tree.pos
+        already read back from this file (a resumed disk's held part, rebuilt from the file and
+        checked against its journal)."""
+        self.path = path
+        self._fd = os.dup(fd)
+        self._tree = tree if tree is not None else P.BlockTree(size, block_size)
+        self._written = self._tree.pos
+        self._closed = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="cc-readback", daemon=True)
+        self._thread.start()
+
+    def written(self, pos: int) -> None:
+        """The stream has written every byte below pos (block-aligned, or the disk's end)."""
+        with self._cond:
+            if pos > self._written:
+                self._written = pos
+                if pos - self._tree.pos >= STEP or pos == self._tree.size:
+                    self._cond.notify()
+
+    def _run(self) -> None:
+        tree = self._tree
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not (self._written - tree.pos >= STEP
+                                                    or self._written == tree.size > tree.pos):
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    # one step at a time (block-aligned), so that close() never waits for more
+                    target = min(self._written, tree.pos + max(tree.block_size, STEP - STEP % tree.block_size))
+                P.feed_range(self._fd, tree, target, is_file=True, what=self.path)
+                if tree.pos == tree.size:
+                    return
+        except BaseException as e:   # handed to digest(), which the receiver's error handling sees
+            self._error = e
+
+    def digest(self) -> str:
+        """The read-back digest (hex) once everything is written; waits for the tail."""
+        self.written(self._tree.size)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._tree.digest().hex()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

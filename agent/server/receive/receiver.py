@@ -1,0 +1,875 @@
+"""`coldclone-receive`: turn one capture stream into verified images and a manifest.
+
+One record loop (Receiver) reads the stream and hands each record, decoded
+into its typed model, to a sink: a CaptureSink for a capture, a ProbeSink for
+a calibration probe. Both check and write DATA/ZERO records the same way
+(_Sink.extent): every DATA record is decompressed (bounded) and checked
+against its digest before it is written; ZERO records leave holes.
+
+A capture: at END the whole-disk digest is checked twice (as received, and
+read back from the file), the raw file becomes qcow2 and `qemu-img compare`
+proves the two equal. UNREADABLE records (sectors the agent could not read) are checked to
+arrive as zeros and listed in the manifest. Only after every disk passed and manifest.json is on
+disk is the capture directory renamed from `<id>.partial` to `<id>`: that
+rename is the single "complete" mark. Any failure, whatever raised it, goes
+through one handler: it leaves `<id>.partial/failure.json` saying exactly what
+failed, removes the half-written images and temp files, and answers the agent
+with an error reply. No traceback ever reaches the agent.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import platform
+import resource
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import zstandard
+
+from ... import __version__
+from ... import protocol as P
+from ...errors import ColdcloneError, ServerError
+from ...guestos.report import ReadinessReport
+from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from . import image
+from . import journal as J
+from .prefetch import Prefetch
+from .readback import Readback
+from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
+from .unfinished import find_unfinished
+
+log = logging.getLogger("coldclone.receive")
+
+PROBE_SYNC_BYTES = 16 << 20
+
+
+class SessionEnded(Exception):
+    """The agent's session is over (idle timeout, hangup, parent gone): stop, record why."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this receiver and the children it waited for (qemu-img), all threads."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _human(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+@dataclass
+class DiskState:
+    header: P.DiskHeader
+    fd: int
+    raw_name: str
+    tree: P.BlockTree
+    started: float = field(default_factory=time.monotonic)
+    cpu_started: float = field(default_factory=_cpu_seconds)
+    counts: dict = field(default_factory=lambda: dict(
+        data_bytes=0, zero_bytes=0, payload_bytes=0, wire_bytes=0, data_records=0, zero_records=0,
+        unreadable_bytes=0))
+    # UNREADABLE ranges as (offset, length), in disk order; merged when they touch.
+    unreadable: list[tuple[int, int]] = field(default_factory=list)
+    journal: J.DiskJournal | None = None
+    # A resumed disk: where this attempt started, the DATA bytes earlier attempts delivered below
+    # it, and (restarted from 0) why the held copy was dropped.
+    resumed_from: int = 0
+    data_bytes_before: int = 0
+    restart_reason: str | None = None
+    complete_entry: dict | None = None   # verified in an earlier attempt: only END is expected
+    readback: Readback | None = None     # the read-back digest, following the writes
+
+    @property
+    def name(self) -> str:
+        return self.header.name
+
+    @property
+    def sector_size(self) -> int:
+        return self.header.logical_sector_size or 512
+
+    def unreadable_entry(self) -> Unreadable:
+        """The manifest's account of the disk's unreadable sectors (no ranges when none)."""
+        ss = self.sector_size
+        # a short last sector (a disk whose size is not whole sectors) counts as one
+        return Unreadable(ss, [UnreadableRange(o // ss, -(-n // ss), o, n) for o, n in self.unreadable])
+
+
+class _Sink:
+    """What both sinks share: disk bookkeeping and the checking and writing of DATA/ZERO records."""
+
+    def __init__(self, rx: "Receiver"):
+        self.rx = rx
+        self.disk: DiskState | None = None
+        self.dctx = zstandard.ZstdDecompressor()
+
+    def where(self) -> str:
+        return f" (disk {self.disk.name} at byte {self.disk.tree.pos})" if self.disk else ""
+
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
+        raise NotImplementedError
+
+    def disk_header(self, h: P.DiskHeader) -> None:
+        if self.disk is not None:
+            raise P.ProtocolError(f"DISK {h.name!r} before END of disk {self.disk.name}")
+        validate_name(h.name, "disk name")
+        self.disk = self.open_disk(h)
+        log.info("disk %s: %d bytes", h.name, h.size)
+
+    def _payload(self, rec: P.Record, d: DiskState) -> bytes:
+        """The record's bytes, decompressed with a hard cap: never more than its declared length + 1."""
+        if rec.codec != P.CODEC_ZSTD:
+            return rec.payload
+
+        def corrupt(why: str) -> ServerError:
+            return ServerError(
+                f"DATA record of disk {d.name} at byte {rec.offset} ({rec.length} bytes) cannot be "
+                f"decompressed ({why}): corrupted in transit; nothing was marked complete, capture again",
+                code="corrupt")
+
+        try:
+            declared = zstandard.get_frame_parameters(rec.payload).content_size
+        except zstandard.ZstdError as e:
+            raise corrupt(str(e)) from None
+        # A frame header may declare any size (a 64 KiB frame saying 2 GiB): check it against the
+        # record before decompressing anything.
+        if declared not in (0, zstandard.CONTENTSIZE_UNKNOWN) and declared != rec.length:
+            raise corrupt(f"its zstd frame declares {declared} bytes") from None
+        try:
+            # One C call (it releases the GIL, so the prefetch thread keeps reading meanwhile);
+            # max_output_size bounds a frame that does not declare its size, and a declared size
+            # was checked against the record above, so nothing larger than the record is allocated.
+            out = self.dctx.decompress(rec.payload, max_output_size=rec.length + 1)
+        except zstandard.ZstdError as e:
+            raise corrupt(str(e)) from None
+        if len(out) > rec.length:
+            raise corrupt(f"it holds more than the {rec.length} bytes the record declares")
+        return out
+
+    def unreadable(self, rec: P.Record) -> None:
+        """An UNREADABLE range: announced before the records carrying its bytes (as zeros)."""
+        d = self.disk
+        if d is None:
+            raise P.ProtocolError("UNREADABLE record outside a disk")
+        ss = d.sector_size
+        prev_end = d.unreadable[-1][0] + d.unreadable[-1][1] if d.unreadable else 0
+        # whole sectors, but for the tail of a disk whose size is not whole sectors
+        if rec.length <= 0 or rec.offset % ss or (rec.length % ss and rec.offset + rec.length != d.header.size):
+            raise P.ProtocolError(f"UNREADABLE {rec.offset}+{rec.length} of disk {d.name} is not "
+                                  f"aligned to its {ss}-byte sectors")
+        if rec.offset < max(d.tree.pos, prev_end) or rec.offset + rec.length > d.header.size:
+            raise P.ProtocolError(f"UNREADABLE {rec.offset}+{rec.length} of disk {d.name}: out of order, "
+                                  f"overlapping or past the end (received up to byte {d.tree.pos})")
+        d.counts["wire_bytes"] += rec.wire_bytes
+        d.counts["unreadable_bytes"] += rec.length
+        if rec.offset == prev_end and d.unreadable:
+            d.unreadable[-1] = (d.unreadable[-1][0], d.unreadable[-1][1] + rec.length)
+        else:
+            d.unreadable.append((rec.offset, rec.length))
+
+    def _check_zero_filled(self, d: DiskState, offset: int, data: bytes) -> None:
+        """The bytes of announced UNREADABLE ranges in a DATA record must be zeros."""
+        end = offset + len(data)
+        for o, n in reversed(d.unreadable):
+            if o + n <= offset:
+                break   # ranges are in order: nothing earlier reaches this record
+            a, b = max(o, offset), min(o + n, end)
+            if a < b and data[a - offset:b - offset].count(0) != b - a:
+                raise ServerError(
+                    f"disk {d.name}: DATA at byte {a} holds non-zero bytes in a range the agent "
+                    f"declared unreadable ({o}+{n}); corrupted stream, nothing was marked complete",
+                    code="corrupt")
+
+    def extent(self, rec: P.Record) -> None:
+        d = self.disk
+        if d is None:
+            raise P.ProtocolError(f"{rec.name} record outside a disk")
+        c = d.counts
+        c["wire_bytes"] += rec.wire_bytes
+        if rec.type == P.T_ZERO:
+            d.tree.add_zero(rec.offset, rec.length)  # checks order and alignment
+            c["zero_bytes"] += rec.length
+            c["zero_records"] += 1
+            return
+        data = self._payload(rec, d)
+        if len(data) != rec.length:
+            raise ServerError(
+                f"DATA record of disk {d.name} at byte {rec.offset} holds {len(data)} bytes, "
+                f"its header says {rec.length}: corrupted in transit", code="corrupt")
+        digests = P.block_digests(data, d.header.block_size)
+        if P.record_digest(digests) != rec.digest:
+            raise ServerError(
+                f"digest mismatch in DATA record of disk {d.name} at byte {rec.offset} "
+                f"({rec.length} bytes): the data was corrupted in transit or in the agent's memory; "
+                f"nothing was marked complete, capture again", code="corrupt")
+        d.tree.add_digests(rec.offset, rec.length, digests)
+        if d.unreadable:
+            self._check_zero_filled(d, rec.offset, data)
+        mv = memoryview(data)
+        off, done = rec.offset, 0
+        while done < len(mv):
+            done += os.pwrite(d.fd, mv[done:], off + done)
+        c["data_bytes"] += rec.length
+        c["payload_bytes"] += len(rec.payload)
+        c["data_records"] += 1
+        self.written(d)
+
+    def written(self, d: DiskState) -> None:
+        """After each DATA record (the probe syncs as it goes)."""
+
+    def end(self, end: P.DiskEnd, wire_bytes: int) -> None:
+        raise P.ProtocolError("END record in a calibration probe")
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def abort(self, reason: str) -> int:
+        raise NotImplementedError
+
+    def close_disk(self) -> None:
+        if self.disk is not None:
+            if self.disk.readback is not None:
+                self.disk.readback.close()
+                self.disk.readback = None
+            try:
+                os.close(self.disk.fd)
+            except OSError:
+                pass
+            self.disk = None
+
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
+        """Clean up after a failure; the path to name in the error reply."""
+        self.close_disk()
+        return None
+
+    def close(self) -> None:
+        """Every descriptor let go, whatever happened (the receiver runs once per process, but
+        in-process callers such as the tests run many)."""
+        self.close_disk()
+
+
+class CaptureSink(_Sink):
+    def __init__(self, rx: "Receiver", hello: P.Hello):
+        super().__init__(rx)
+        if hello.format not in P.ImageFormat.ALL:
+            raise ServerError(f"refused image format {hello.format!r}: choose qcow2 or raw", code="usage")
+        self.hello = hello
+        self.disks: list[ManifestDisk] = []  # manifest entries, one per verified disk
+        self.ends: list[P.DiskEnd] = []     # and the agent's END for each
+        self.files: list[str] = []
+        # Resume journals: those found in a resumed capture, then one per disk as it starts.
+        self.journals: dict[str, J.DiskJournal] = {}
+        self.rebuilt: dict[str, tuple[int, P.BlockTree]] = {}   # held disks: raw fd, tree at the held end
+        self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
+        try:
+            if hello.resume:
+                self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
+            else:
+                self.cap, resumed = self.store.make_capture_dir(hello.capture_id), False
+        except BaseException:
+            self.store.close()
+            raise
+        if resumed:
+            try:
+                self.journals = J.load_all(self.cap)
+                # A held disk this resume does not send would only be missed at FINISH, after all
+                # the other data, and that refusal discards the capture (the verified disks too):
+                # refuse now, before anything is sent or re-read, and keep what is held.
+                left_out = sorted(set(self.journals) - set(hello.disks))
+                if left_out:
+                    raise ServerError(
+                        f"refused: capture {hello.capture_id} holds disk {', '.join(left_out)} from an "
+                        f"earlier attempt, which this resume does not send (it sends "
+                        f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
+                        f"or start a new capture (a new id)", code="usage")
+                # Before READY: once the agent streams, this end must keep reading (a long read
+                # here would look like a dead link to the agent's stall watchdog). The agent waits
+                # for READY of a resumed capture as long as this takes.
+                for j in self.journals.values():
+                    if j.complete is None and j.held:
+                        self.rebuilt[j.header.name] = self.rebuild(j)
+            except BaseException:
+                # Left as it was (failure.json, journals): the error names what to do. A capture
+                # that had failed (failure.json, no lock) stays so: the lock taken over for this
+                # session goes, or `--gc` would take the capture for a dead receiver's and clean it.
+                self.close_journals()
+                if os.path.lexists(self.cap.file_path(FAILURE)):
+                    self.cap.unlock()
+                self.cap.close()
+                self.store.close()
+                raise
+            self.cap.unlink(FAILURE)       # it is in progress again
+            for j in self.journals.values():
+                self.files.append(j.header.name + ".raw")
+                if j.complete is not None and isinstance(j.complete.get("image"), str):
+                    self.files.append(j.complete["image"])
+            log.info("capture %s resumed in %s: %s", self.cap.capture_id, self.cap.path,
+                     ", ".join(f"{n} {j.held} of {j.header.size} bytes" for n, j in self.journals.items())
+                     or "nothing held")
+        else:
+            log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
+        rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
+                       receiver_version=__version__, protocol=P.VERSION,
+                       held={n: j.to_held().to_json() for n, j in self.journals.items()}))
+
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
+        if any(d.name == h.name for d in self.disks):
+            raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        j = self.journals.pop(h.name, None)
+        if j is not None and h.resume_from:
+            return self.resume_disk(h, j)
+        if h.resume_from:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds nothing of it; send it from byte 0", code="protocol")
+        if j is not None:
+            # Sent again from 0 (the source changed, or the agent chose to): the held copy goes.
+            log.info("disk %s restarted from byte 0: %s", h.name, h.restart_reason or "the agent asked")
+            j.close()
+            if h.name in self.rebuilt:
+                os.close(self.rebuilt.pop(h.name)[0])
+            for name in {h.name + ".raw", (j.complete or {}).get("image")} - {None}:
+                self.cap.unlink(name)
+        self.preflight(h)
+        fd = self.cap.create(h.name + ".raw")
+        if h.name + ".raw" not in self.files:
+            self.files.append(h.name + ".raw")
+        os.ftruncate(fd, h.size)
+        d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                      restart_reason=h.restart_reason if j is not None else None)
+        d.journal = J.DiskJournal.create(self.cap, h)
+        # last: nothing after it can fail and leave its thread behind (close_disk closes it)
+        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
+        return d
+
+    def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
+        """Continue a held disk at the byte the agent names: it must be exactly what is held."""
+        held = j.header
+        if (h.size, h.block_size, h.mode) != (held.size, held.block_size, held.mode):
+            raise ServerError(
+                f"refused: disk {h.name} resumes as {h.size} bytes in blocks of {h.block_size} (mode "
+                f"{h.mode}), but the held copy is {held.size} bytes in blocks of {held.block_size} "
+                f"(mode {held.mode}); send it from byte 0", code="protocol")
+        want = held.size if j.complete is not None else j.held
+        if h.resume_from != want:
+            raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
+                              f"holds its bytes below {want}", code="protocol")
+        if j.complete is not None:
+            image_name = j.complete.get("image")
+            if not isinstance(image_name, str) or not os.path.lexists(self.cap.file_path(image_name)):
+                raise ServerError(f"disk {h.name}: its verified image {image_name} is gone from "
+                                  f"{self.cap.path}; send the disk from byte 0", code="journal")
+            d = DiskState(h, -1, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+                          resumed_from=h.size, data_bytes_before=j.held_data_bytes, complete_entry=j.complete)
+            return d
+        fd, tree = self.rebuilt.pop(h.name)
+        j.reopen()
+        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
+        d = DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+                      data_bytes_before=j.held_data_bytes)
+        # The held part was just read back from the file (and checked against the journal)
+        # to rebuild the tree: the read-back carries on from there.
+        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size, tree=tree.copy())
+        return d
+
+    def rebuild(self, j: J.DiskJournal) -> tuple[int, P.BlockTree]:
+        """A held disk's raw file, cut to what the journal vouches for, and its tree rebuilt."""
+        h = j.header
+        fd = self.cap.open_file(h.name + ".raw")
+        try:
+            if os.fstat(fd).st_size != h.size:
+                raise ServerError(f"disk {h.name}: the held image is {os.fstat(fd).st_size} bytes, not "
+                                  f"{h.size}; start a new capture (a new id)", code="journal")
+            # Bytes written after the last checkpoint are not vouched for: cut them off (the
+            # stream's ZERO records leave holes, so nothing stale may stay past the held end).
+            os.ftruncate(fd, j.held)
+            os.ftruncate(fd, h.size)
+            return fd, J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def written(self, d: DiskState) -> None:
+        if d.readback is not None:
+            d.readback.written(d.tree.pos)
+        if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+
+    def resume_facts(self, d: DiskState) -> DiskResume | None:
+        """The manifest's `resume` of a disk that did not arrive in one go."""
+        if not d.resumed_from and d.restart_reason is None:
+            return None
+        return DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
+                          restarted=d.restart_reason)
+
+    def preflight(self, h: P.DiskHeader) -> None:
+        """Refuse a disk up front when its data cannot fit, instead of failing at 90 %."""
+        if h.data_bytes_estimate is None:
+            return   # an agent that sends no estimate (older ones): the writes will tell
+        raw = h.data_bytes_estimate
+        # During conversion the raw data and the qcow2 (at most as large, with its metadata) coexist.
+        img = raw + raw // 64 + (1 << 20) if self.hello.format == P.ImageFormat.QCOW2 else 0
+        st = os.statvfs(self.cap.path)
+        free = st.f_bavail * st.f_frsize
+        if raw + img > free:
+            parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
+            raise ServerError(
+                f"not enough space (disk full before a byte is written): "
+                f"refused disk {h.name}: it needs about {_human(raw + img)} ({parts}, from the agent's "
+                f"estimate of its non-zero bytes) but only {_human(free)} are free in {self.cap.store.root}; "
+                f"free space there or give the receiver a bigger --root", code="disk_full")
+
+    def end(self, end: P.DiskEnd, wire_bytes: int) -> None:
+        d = self.disk
+        if d is None:
+            raise P.ProtocolError("END record outside a disk")
+        d.counts["wire_bytes"] += wire_bytes
+        if d.complete_entry is not None:
+            self.end_held(d, end)
+            return
+        if d.tree.pos != d.header.size:
+            raise P.ProtocolError(f"END of disk {d.name} at byte {d.tree.pos} of {d.header.size}: records missing")
+        got = d.tree.digest()
+        if end.unreadable_bytes is not None and end.unreadable_bytes != d.counts["unreadable_bytes"]:
+            raise P.ProtocolError(
+                f"END of disk {d.name}: the agent counts {end.unreadable_bytes} unreadable bytes, "
+                f"its UNREADABLE records {d.counts['unreadable_bytes']}")
+        if got != end.digest:
+            raise ServerError(
+                f"disk {d.name}: whole-disk digest mismatch (agent {end.digest.hex()}, received "
+                f"{got.hex()}); nothing was marked complete", code="corrupt")
+        t_recv = time.monotonic() - d.started
+        fmt = self.hello.format
+        keep_raw = fmt != P.ImageFormat.QCOW2 or self.rx.keep_raw
+        t_finish = time.monotonic()
+        if keep_raw:
+            # Only a raw file that stays is made durable; one deleted after conversion is not worth
+            # the disk writes (the qcow2 made from it is flushed instead, below).
+            os.fsync(d.fd)
+        if d.journal is not None:
+            # (the checkpoint syncs the raw file's data itself: what the journal vouches for is on disk)
+            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+        os.close(d.fd)
+        d.fd = -1
+        raw_path = self.cap.file_path(d.raw_name)
+        timings = {"receive_seconds": round(t_recv, 3)}
+        img_name = d.raw_name
+        if fmt == P.ImageFormat.QCOW2:
+            img_name = d.name + ".qcow2"
+            tmp_name = "." + img_name + ".tmp"
+            self.files.append(tmp_name)
+            tmp = os.path.join(self.cap.path, tmp_name)
+            # The read-back digest and qemu-img convert both read the raw file (from the page cache
+            # it was just written to): run side by side they take the time of the longer one, and
+            # both still have to pass before the compare and the rename.
+            with ThreadPoolExecutor(1, thread_name_prefix="cc-convert") as ex:
+                conv = ex.submit(self._timed, image.convert_to_qcow2, raw_path, tmp)
+                try:
+                    t_readback = self._readback(d, raw_path, got)
+                except BaseException:
+                    wait([conv])   # the read-back's error is the one to report; the tmp file is cleaned
+                    raise
+                t_convert = conv.result()
+                # qemu-img convert leaves its output in the page cache (an fsync after it took 1.0 s
+                # for 2.7 GB): the flush to disk runs while compare reads the same pages, and both
+                # must be done before the rename.
+                flushed = ex.submit(self._timed, self.cap.sync, tmp_name)
+                t = time.monotonic()
+                try:
+                    image.compare(raw_path, tmp)
+                except BaseException:
+                    wait([flushed])
+                    raise
+                timings["compare_seconds"] = round(time.monotonic() - t, 3)
+                timings["fsync_seconds"] = flushed.result()
+            timings["readback_seconds"] = t_readback
+            timings["convert_seconds"] = t_convert
+            os.rename(tmp_name, img_name, src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
+            self.files.append(img_name)
+        else:
+            timings["readback_seconds"] = self._readback(d, raw_path, got)
+        # From the last record to a verified image: what the agent waits for after its last byte
+        # (readback and convert overlap, so it is not their sum).
+        timings["finish_seconds"] = round(time.monotonic() - t_finish, 3)
+        # What this disk cost the conversion server's CPU, the receiver and qemu-img together
+        # (make bench sets it beside the agent's CPU and the machine's).
+        timings["cpu_seconds"] = round(_cpu_seconds() - d.cpu_started, 3)
+        st = os.stat(img_name, dir_fd=self.cap.fd)
+        h = d.header
+        entry = ManifestDisk(
+            name=d.name, image=img_name, format=fmt, size=h.size, digest=got.hex(),
+            digest_algo=P.DIGEST_ALGO,
+            verified=Verified(record_digests=True, disk_digest=True, readback_digest=True,
+                              qemu_img_compare=fmt == P.ImageFormat.QCOW2),
+            logical_sector_size=h.logical_sector_size, physical_sector_size=h.physical_sector_size,
+            block_size=h.block_size, mode=h.mode, codec=h.codec,
+            image_bytes_allocated=st.st_blocks * 512, source=h.source, received=d.counts,
+            agent=end.stats(), timings=timings,
+            # Zero-filled in the image, covered by the digests as zeros (protocol.py, UNREADABLE).
+            unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
+        if d.journal is not None:
+            # Before the raw file goes: a capture cut from here on keeps this disk as verified.
+            d.journal.mark_complete(entry.to_dict())
+            d.journal.close()
+        if img_name != d.raw_name and not self.rx.keep_raw:
+            self.cap.unlink(d.raw_name)
+        self.disks.append(entry)
+        self.ends.append(end)
+        self.disk = None
+        log.info("disk %s verified: %s", d.name, img_name)
+        self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
+                            timings=timings))
+
+    @staticmethod
+    def _timed(fn, *args) -> float:
+        t = time.monotonic()
+        fn(*args)
+        return round(time.monotonic() - t, 3)
+
+    def _readback(self, d: DiskState, raw_path: str, got: bytes) -> float:
+        """Hash the raw file as written and hold it against what was received; its seconds."""
+        t = time.monotonic()
+        if d.readback is not None:
+            back = d.readback.digest()    # read back while the stream ran: only the tail is left
+            d.readback.close()
+            d.readback = None
+        else:
+            back = P.digest_file(raw_path, d.header.block_size)
+        if back != got.hex():
+            raise ServerError(
+                f"disk {d.name}: the raw image read back from {raw_path} does not match what was "
+                f"received (digest {back}); check the conversion server's disk", code="io")
+        return round(time.monotonic() - t, 3)
+
+    def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
+        """END of a disk verified in an earlier attempt: the agent's digest of its source (read
+        again) must be the one the image was verified against."""
+        entry = ManifestDisk.from_dict(d.complete_entry, f"the journal of disk {d.name}")
+        if end.digest.hex() != entry.digest:
+            raise ServerError(
+                f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
+                f"image verified earlier ({entry.digest}); send the disk from byte 0", code="corrupt")
+        entry.resume = DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
+                                  restarted=None, verified_earlier=True)
+        entry.received = d.counts
+        self.disks.append(entry)
+        self.ends.append(end)
+        self.disk = None
+        log.info("disk %s: verified in an earlier attempt, source unchanged", d.name)
+        self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=entry.digest, image=entry.image,
+                            counts=d.counts, timings={}))
+
+    def finish(self) -> None:
+        if self.disk is not None:
+            raise P.ProtocolError(f"FINISH before END of disk {self.disk.name}")
+        if self.journals:
+            raise P.ProtocolError(f"FINISH without disk {', '.join(sorted(self.journals))} that the "
+                                  f"receiver holds from an earlier attempt (send each disk of the capture)")
+        if not self.disks:
+            raise P.ProtocolError("FINISH without any disk")
+        totals = {k: sum(d.received[k] for d in self.disks) for k in self.disks[0].received}
+        totals["size"] = sum(d.size for d in self.disks)
+        totals["stream_bytes"] = self.rx.reader.consumed
+        totals["bytes_read"] = sum(e.bytes_read or 0 for e in self.ends)
+        totals["unreadable_sectors"] = sum(d.unreadable.sectors for d in self.disks)
+        hello = self.hello
+        receive_seconds = round(time.monotonic() - self.rx.t0, 3)
+        manifest = Manifest(
+            capture_id=self.cap.capture_id, status="complete", disks=self.disks,
+            started=self.rx.started, finished=_now(), receive_seconds=receive_seconds,
+            source=hello.source, agent_version=hello.agent_version,
+            receiver={"version": __version__, "host": socket.gethostname(),
+                      "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
+            protocol=P.VERSION, totals=totals)
+        if hello.estimate is not None:
+            # Predicted vs actual: what the agent estimated before the capture, next to how long
+            # this end took from the first byte to the manifest (the agent adds its connect time).
+            predicted = hello.estimate.get("total_seconds")
+            manifest.estimate = hello.estimate
+            manifest.estimate_vs_actual = {
+                "predicted_seconds": predicted,
+                "actual_seconds": receive_seconds,
+                "ratio": (round(receive_seconds / predicted, 3)
+                          if isinstance(predicted, (int, float)) and predicted > 0 else None),
+            }
+        if hello.readiness is not None:
+            # typed on the way in: what conversion and publishing read back is a valid report
+            try:
+                manifest.readiness = ReadinessReport.from_dict(hello.readiness).to_dict()
+            except ColdcloneError as e:
+                log.warning("the agent's readiness report is malformed (%s); left out", e)
+        document = manifest.to_dict()
+        self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
+        self.close_journals()
+        J.remove_all(self.cap)      # complete: nothing left to resume
+        path = self.cap.complete()
+        log.info("capture %s complete: %s", self.cap.capture_id, path)
+        # with --convert the conversion starts once this session ends: say now where its images
+        # will be, the agent's summary is the operator's last look at this capture
+        converted = (tuple(os.path.join(path, converted_image_name(d.name)) for d in self.disks)
+                     if self.rx.convert else ())
+        self.rx.say(P.Reply(P.Event.COMPLETE, path=path, manifest=document, converted_images=converted))
+
+    def abort(self, reason: str) -> int:
+        raise ServerError(f"the agent aborted the capture: {reason}", code="aborted")
+
+
+    def close_journals(self) -> None:
+        if self.disk is not None and self.disk.journal is not None:
+            self.disk.journal.close()
+        for j in self.journals.values():
+            j.close()
+        for fd, _ in self.rebuilt.values():
+            os.close(fd)
+        self.rebuilt.clear()
+
+    def fail(self, code: str, message: str, cut: bool = False) -> str | None:
+        """An interrupted stream (cut) keeps what the journals vouch for, to be resumed; anything
+        else (ABORT, a malformed or corrupt stream, a refusal, a full disk) discards the images."""
+        cap = self.cap
+        d = self.disk
+        held: dict[str, int] = {}
+        resumable = cut and (bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
+        # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
+        # handler and may land mid-record: after it the last periodic checkpoint stands.
+        if resumable and d is not None and d.journal is not None and d.fd >= 0 and code == "protocol":
+            try:
+                d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+            except OSError as e:
+                log.error("last checkpoint of disk %s failed: %s", d.name, e)
+        self.close_journals()
+        self.close_disk()
+        if resumable:
+            # The journals vouch for what is held: keep it for `coldclone capture --resume`.
+            # Only temp files (a conversion cut short) go.
+            for name in self.files:
+                if name.endswith(".tmp"):
+                    cap.unlink(name)
+            try:
+                held = {j.header.name: j.held for j in J.load_all(cap).values()}
+            except ServerError as e:
+                log.error("%s", e)
+        else:
+            # Half-written images and temp files are useless and may hold the space that ran out.
+            for name in self.files:
+                try:
+                    cap.unlink(name)
+                except (OSError, ServerError) as e:
+                    log.error("could not remove %s: %s", name, e)
+            J.remove_all(cap)
+        record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
+                  "started": self.rx.started, "failed": _now(),
+                  "disks_verified": [d.name for d in self.disks],
+                  "resumable": resumable, "held": held}
+        try:
+            cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+        except OSError as e:
+            log.error("could not write failure.json: %s", e)
+        cap.unlock()
+        return cap.path
+
+    def close(self) -> None:
+        self.close_journals()
+        super().close()
+        self.cap.close()
+        self.store.close()
+
+
+class ProbeSink(_Sink):
+    """A calibration probe: no capture directory, nothing named in the root, ever."""
+
+    def __init__(self, rx: "Receiver", hello: P.Hello):
+        super().__init__(rx)
+        self.t0: float | None = None
+        self.synced = 0
+        self.sync_seconds = 0.0
+        self.store = store = Store(resolve_root(rx.forced_root, rx.requested_root))
+        self.fd = -1
+        try:
+            # O_TMPFILE: a file without a name, on the filesystem the images would go to.
+            self.fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=store.fd)
+        except OSError:
+            # Filesystems without O_TMPFILE (NFS): a dot-name unlinked at once (NFS keeps it
+            # as .nfsXXXX while open and removes it at close).
+            name = f".coldclone-probe-{os.getpid()}-{time.monotonic_ns()}"
+            self.fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600, dir_fd=store.fd)
+            os.unlink(name, dir_fd=store.fd)
+        unfinished = {}
+        if hello.unfinished_of:
+            # A lookup: the agent asks what it could resume, then ends the session (ABORT).
+            found = find_unfinished(store.root, hello.unfinished_of)
+            unfinished = {u.capture_id: u.to_json() for u in found}
+            log.info("lookup of unfinished captures of %s: %s", ", ".join(d.name for d in hello.unfinished_of),
+                     ", ".join(unfinished) or "none")
+        else:
+            log.info("calibration probe into %s (nothing is kept)", store.root)
+        rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
+                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished))
+
+    def open_disk(self, h: P.DiskHeader) -> DiskState:
+        if h.resume_from:
+            raise P.ProtocolError("a calibration probe cannot resume")
+        self.t0 = time.monotonic()
+        return DiskState(h, os.dup(self.fd), h.name + ".raw", P.BlockTree(h.size, h.block_size))
+
+    def written(self, d: DiskState) -> None:
+        if d.counts["data_bytes"] - self.synced >= PROBE_SYNC_BYTES:
+            # The page cache would take a short probe at memory speed: sync as we go, so the
+            # probe measures what the disk sustains over a whole capture.
+            t = time.monotonic()
+            os.fdatasync(d.fd)
+            self.sync_seconds += time.monotonic() - t
+            self.synced = d.counts["data_bytes"]
+
+    def finish(self) -> None:
+        """How fast this end took the probe's records: verified, written and on the disk (fsync)."""
+        d = self.disk
+        if d is None or self.t0 is None:
+            raise P.ProtocolError("probe FINISH without a DISK")
+        t = time.monotonic()
+        os.fsync(d.fd)
+        self.sync_seconds += time.monotonic() - t
+        seconds = time.monotonic() - self.t0
+        # Read back and hash what was written, as END does for a capture: its rate feeds the
+        # estimate of the time the server verifies and converts after the last byte.
+        t, off = time.monotonic(), 0
+        while off < d.tree.pos:
+            buf = os.pread(d.fd, min(P.DEFAULT_CHUNK_SIZE, d.tree.pos - off), off)
+            if not buf:
+                break
+            P.block_digests(buf, d.header.block_size)
+            off += len(buf)
+        readback = time.monotonic() - t
+        self.close()
+        self.rx.say(P.Reply(P.Event.PROBE, bytes=self.rx.reader.consumed, covered=d.tree.pos, counts=d.counts,
+                            seconds=round(seconds, 4), sync_seconds=round(self.sync_seconds, 4),
+                            readback_bytes=off, readback_seconds=round(readback, 4)))
+
+    def abort(self, reason: str) -> int:
+        return 0   # a probe leaves nothing behind; ABORT just ends it
+
+    def close(self) -> None:
+        super().close()
+        if self.fd >= 0:
+            os.close(self.fd)   # the unnamed file disappears
+            self.fd = -1
+        self.store.close()
+
+
+class Receiver:
+    """The record loop: preamble, HELLO (which picks the sink), then records to the sink."""
+
+    def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False,
+                 convert: bool = False):
+        self.forced_root = root
+        self.requested_root = requested_root
+        self.out = out
+        self.keep_raw = keep_raw
+        self.convert = convert        # a conversion is queued after a complete capture (--convert)
+        self.sink: _Sink | None = None
+        self.started = _now()
+        self.t0 = time.monotonic()
+        self.reader: P.Reader | None = None
+        self.failing = False          # a failure is being recorded (_fail): see cli.Session.spare
+
+    def say(self, reply: P.Reply) -> None:
+        try:
+            self.out.write(reply.encode())
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # the agent is gone; the failure record on disk still tells the story
+
+    def run(self, stream: BinaryIO) -> int:
+        """Receive one stream; 0 when it completed (or a probe ended), 1 after a failure.
+
+        The one handler: whatever goes wrong below ends in _fail (failure.json, error reply).
+        """
+        try:
+            return self._loop(stream)
+        except P.StreamCut as e:
+            where = self.sink.where() if self.sink else ""
+            self._fail("protocol", f"{e}{where}", cut=True)
+        except P.ProtocolError as e:
+            where = self.sink.where() if self.sink else ""
+            self._fail("protocol", f"{e}{where}")
+        except ServerError as e:
+            self._fail(e.code, str(e))
+        except SessionEnded as e:
+            self._fail("session_ended", str(e), cut=True)
+        except OSError as e:
+            self._fail(*self._os_error(e))
+        except MemoryError:
+            self._fail("resources", "the conversion server ran out of memory for this stream"
+                                    f"{self.sink.where() if self.sink else ''}")
+        except Exception as e:  # a bug: still a clean answer and a failure record, never a traceback
+            log.exception("internal error")
+            self._fail("internal", f"internal error in coldclone-receive ({type(e).__name__}: {e}); "
+                                   f"the receiver's log (stderr) has the details")
+        finally:
+            if self.sink is not None:
+                self.sink.close()
+        return 1
+
+    def _loop(self, stream: BinaryIO) -> int:
+        self.reader = reader = P.Reader(stream)
+        reader.read_preamble()
+        rec = reader.read()
+        if rec.type != P.T_HELLO:
+            raise P.ProtocolError(f"expected HELLO, got {rec.name}")
+        hello = P.Hello.decode(rec.meta)
+        self.sink = sink = ProbeSink(self, hello) if hello.probe else CaptureSink(self, hello)
+        with Prefetch(reader) as records:
+            return self._records(sink, records)
+
+    def _records(self, sink: _Sink, records: Prefetch) -> int:
+        while True:
+            rec = records.read()
+            if rec.type == P.T_DISK:
+                sink.disk_header(P.DiskHeader.decode(rec.meta))
+            elif rec.type in (P.T_DATA, P.T_ZERO):
+                sink.extent(rec)
+            elif rec.type == P.T_UNREADABLE:
+                sink.unreadable(rec)
+            elif rec.type == P.T_END:
+                sink.end(P.DiskEnd.decode(rec.digest, rec.meta), rec.wire_bytes)
+            elif rec.type == P.T_FINISH:
+                sink.finish()
+                return 0
+            elif rec.type == P.T_NOOP:
+                continue      # the agent is alive (re-checking a source before resuming)
+            elif rec.type == P.T_ABORT:
+                return sink.abort(P.Abort.decode(rec.meta).reason)
+            else:
+                raise P.ProtocolError(f"unexpected {rec.name} record")
+
+    def _os_error(self, e: OSError) -> tuple[str, str]:
+        cap = self.sink.cap if isinstance(self.sink, CaptureSink) else None
+        where = cap.path if cap else self.forced_root
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            d = self.sink.disk if self.sink else None
+            disk = f" while writing disk {d.name} at byte {d.tree.pos}" if d else ""
+            return ("disk_full", f"conversion server disk full{disk} in {where}: {e.strerror}; "
+                                 f"free space there or give the receiver a bigger --root")
+        return ("io", f"I/O error on the conversion server in {where}: {e}")
+
+    def _fail(self, code: str, message: str, cut: bool = False) -> None:
+        """cut: the stream was interrupted (not malformed, not refused): what is held may be resumed."""
+        self.failing = True
+        log.error("%s: %s", code, message)
+        path = None
+        if self.sink is not None:
+            try:
+                path = self.sink.fail(code, message, cut)
+            except BaseException as e:  # cleaning up must not hide the first error
+                log.error("cleanup after %s failed: %r", code, e)
+        self.say(P.Reply(P.Event.ERROR, code=code, message=message, path=path))

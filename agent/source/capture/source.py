@@ -1,0 +1,93 @@
+"""What the agent knows about one source disk at capture time."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+from dataclasses import asdict, dataclass
+
+from ... import devnames
+from ... import protocol as P
+from ...devnames import stream_name
+from ..discover.udevdb import read_attr
+from ...errors import SourceError
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKPBSZGET = 0x127B
+
+
+@dataclass
+class SourceDisk:
+    path: str            # as the operator named it, e.g. /dev/cciss/c0d0
+    kernel_name: str     # as sysfs names it, e.g. cciss!c0d0
+    name: str            # as the stream and the image file name it, e.g. cciss-c0d0
+    size: int
+    logical_sector_size: int
+    physical_sector_size: int
+    model: str = ""
+    serial: str = ""
+    wwid: str = ""
+    rotational: bool | None = None
+
+    def facts(self) -> dict:
+        return asdict(self)
+
+    def identity(self) -> P.DiskIdentity:
+        """How a server recognises this disk in its resume journals (the DISK header's facts)."""
+        return P.DiskIdentity.of(self.name, self.size, serial=self.serial, wwid=self.wwid)
+
+
+def _ioctl_int(fd: int, req: int, fmt: str) -> int:
+    buf = fcntl.ioctl(fd, req, struct.pack(fmt, 0))
+    return struct.unpack(fmt, buf)[0]
+
+
+def _sysfs(kernel_name: str, rel: str) -> str:
+    return read_attr(f"/sys/class/block/{kernel_name}", rel) or ""
+
+
+def probe(path: str) -> SourceDisk:
+    """Facts of a source block device, from the kernel (ioctls) and sysfs."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SourceError(f"source disk {path}: {e.strerror}; check the name with `coldclone discover`") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise SourceError(f"source {path} is not a block device (coldclone captures whole disks such as /dev/sda)")
+    kernel_name = devnames.kernel_name(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.ENOMEDIUM):
+            raise SourceError(f"cannot open source {path}: no medium in the drive (an empty card "
+                              f"reader, floppy or virtual-media slot); leave it out with "
+                              f"coldclone.exclude= / do not pass it with --disk") from None
+        hint = " (run coldclone as root)" if e.errno in (errno.EACCES, errno.EPERM) else ""
+        raise SourceError(f"cannot open source {path} read-only: {e.strerror}{hint}") from None
+    try:
+        size = _ioctl_int(fd, BLKGETSIZE64, "Q")
+        lss = _ioctl_int(fd, BLKSSZGET, "i")
+        pss = _ioctl_int(fd, BLKPBSZGET, "I")
+    except OSError as e:
+        raise SourceError(f"cannot query {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size == 0:
+        raise SourceError(f"source {path} has size 0 (empty card reader or removed disk?); nothing to capture")
+    rot = _sysfs(kernel_name, "queue/rotational")
+    return SourceDisk(
+        path=path,
+        kernel_name=kernel_name,
+        name=stream_name(kernel_name),
+        size=size,
+        logical_sector_size=lss,
+        physical_sector_size=pss,
+        model=_sysfs(kernel_name, "device/model"),
+        serial=_sysfs(kernel_name, "device/serial") or _sysfs(kernel_name, "serial"),
+        wwid=_sysfs(kernel_name, "device/wwid") or _sysfs(kernel_name, "wwid"),
+        rotational=(rot == "1") if rot else None,
+    )

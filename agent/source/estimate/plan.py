@@ -1,0 +1,468 @@
+"""How long a capture will take, i.e. how long the server stays down: the estimate front ends show.
+
+The capture is a pipeline (agent.source.capture.stream): one thread reads the source,
+a small pool zero-tests, hashes and compresses, the caller's thread sends; so a
+disk streams at the pace of its slowest stage:
+
+    source read  ->  CPU (sha256, zstd)  ->  link to the target (+ the server taking it)
+
+and after its last byte the receiver finishes re-reading and hashing the image (it follows
+the stream, so one step of it is left), converts it to qcow2 and compares (it reads no more of
+the stream meanwhile, so that time adds up disk by disk). Per disk:
+
+    seconds = max(size / read_rate, size * cpu_per_byte / workers, wire_bytes / link_rate)
+              + max(min(data_bytes, READBACK_STEP) / readback_rate, data_bytes / convert_rate)
+              + data_bytes / compare_rate (qcow2)
+
+What the disk holds (share of non-zero blocks, compression, CPU per byte) is
+sampled; the read rate and the link rate come from the table in links.py
+unless calibration measured them (a timed read of the source, and a probe
+through the real target: agent.source.estimate.calibrate).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ... import devnames
+from ... import protocol as P
+from ..capture.stream import StreamOptions
+from ..capture.usedmap import maps_are_reused, plan_disk
+from ...choices import CAPTURE_MODES as MODES
+from ..discover.model import Inventory
+from ...errors import ColdcloneError, SourceError, UsageError
+from ...runcmd import run
+from ..transport.url import parse_target
+from ...units import human_bytes as hb
+from ...units import human_minutes
+from ...units import human_seconds as hs
+from . import links as L
+from .calibrate import probe_target
+from .sample import ContentSample, measure_read_rate, sample_content
+
+log = logging.getLogger("coldclone.estimate")
+
+MB = L.MB
+
+# After the last byte of a disk the receiver reads its raw image back and hashes it while it
+# converts it to qcow2, then compares the two. Measured on the development machine (2 cores,
+# qemu-img 8, 512 MiB .. 800 MB of random data in a 2 GiB sparse raw, page cache warm): digest
+# 1.2 GB/s, compare 1.6-4 GB/s; convert 0.14-0.3 GB/s while the raw file was still fsynced
+# first, 0.73 GB/s (1.1 GB of file data) and 1.4 GB/s (193 MB) since a raw file that is
+# deleted after conversion is no longer synced (the receiver's end of the capture, perf work
+# of issue 15). The probe measures the read-back rate of the real server; convert is a table value.
+READBACK_RATE = 1200 * MB
+CONVERT_RATE = 500 * MB
+COMPARE_RATE = 2000 * MB
+# Once per capture: SSH handshake, read-only guard, the receiver's start, the verdict's round
+# trip (0.6-0.9 s measured here over a 50 MB/s link).
+SETUP_SECONDS = 1.0
+
+
+@dataclass
+class DiskEstimate:
+    path: str
+    name: str
+    size: int
+    bytes_to_read: int
+    bytes_to_send: int         # on the wire, after zero-skip and compression
+    data_bytes: int            # non-zero bytes (the receiver writes and verifies these)
+    seconds: float
+    bottleneck: str            # stage key: read / cpu / link / server
+    stages: dict = field(default_factory=dict)   # stage key -> seconds
+    nonzero_fraction: float = 0.0
+    compress_ratio: float = 1.0
+    read_rate: float = 0.0
+    read_rate_source: str = ""
+    sample: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "name": self.name, "size": self.size,
+                "bytes_to_read": self.bytes_to_read, "bytes_to_send": self.bytes_to_send,
+                "data_bytes": self.data_bytes, "seconds": round(self.seconds, 2),
+                "bottleneck": self.bottleneck, "stages": {k: round(v, 2) for k, v in self.stages.items()},
+                "nonzero_fraction": round(self.nonzero_fraction, 4),
+                "compress_ratio": round(self.compress_ratio, 4),
+                "read_rate": round(self.read_rate), "read_rate_source": self.read_rate_source,
+                "sample": self.sample}
+
+
+@dataclass
+class Alternative:
+    """The same capture over another kind of link: what the operator could choose instead."""
+
+    label: str
+    rate: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "rate": round(self.rate), "seconds": round(self.seconds, 1)}
+
+
+@dataclass
+class CaptureEstimate:
+    mode: str
+    target: str | None
+    link: L.LinkEstimate | None
+    link_rate: float | None      # bytes/s the estimate uses for the link (measured or from the table)
+    link_rate_source: str
+    disks: list[DiskEstimate]
+    total_seconds: float
+    finish_time: str             # local wall clock, ISO 8601
+    bottleneck: str              # "limited by USB 2.0 link (~25 MB/s)"
+    calibrated: bool = False
+    calibration: dict = field(default_factory=dict)
+    workers: int = 2
+    made_at: str = ""
+    alternatives: list[Alternative] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """total_seconds, under the name the first sampler's Estimate used."""
+        return self.total_seconds
+
+    @property
+    def total_size(self) -> int:
+        return sum(d.size for d in self.disks)
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(d.bytes_to_send for d in self.disks)
+
+    def lines(self) -> list[str]:
+        out = []
+        where = self.target or "no target given"
+        out.append(f"estimate for {len(self.disks)} disk(s), {hb(self.total_size)}, mode {self.mode}, to {where}")
+        for d in self.disks:
+            out.append(f"  {d.path}: {hb(d.size)}, ~{100 * d.nonzero_fraction:.0f}% non-zero, data compresses "
+                       f"to ~{100 * d.compress_ratio:.0f}%: read {hb(d.bytes_to_read)}, send ~{hb(d.bytes_to_send)}"
+                       f" -> {hs(d.seconds)} ({_stage_text(d.bottleneck)})")
+        if self.link is not None:
+            how = "measured" if self.calibrated and self.link_rate else "assumed"
+            rate = f", {how} ~{self.link_rate / MB:.0f} MB/s" if self.link_rate else ""
+            out.append(f"  link: {self.link.label}{rate} ({self.link_rate_source})")
+        out.append(f"downtime: ~{hs(self.total_seconds)} ({human_minutes(self.total_seconds)}), "
+                   f"{self.bottleneck}; done around {self.finish_time[11:16]}")
+        if not self.calibrated:
+            out.append("  (not calibrated: rates from the table in docs/estimate.md)")
+        if self.alternatives:
+            out.append("  the same capture over: " + "; ".join(
+                f"{a.label} ~{hs(a.seconds)}" for a in self.alternatives))
+        out.extend("  note: " + n for n in self.notes)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode, "target": self.target,
+            "link": self.link.to_dict() if self.link else None,
+            "link_rate": round(self.link_rate) if self.link_rate else None,
+            "link_rate_source": self.link_rate_source,
+            "disks": [d.to_dict() for d in self.disks],
+            "total_size": self.total_size, "bytes_to_send": self.bytes_to_send,
+            "total_seconds": round(self.total_seconds, 1), "finish_time": self.finish_time,
+            "bottleneck": self.bottleneck, "calibrated": self.calibrated,
+            "calibration": self.calibration, "workers": self.workers, "made_at": self.made_at,
+            "alternatives": [a.to_dict() for a in self.alternatives], "notes": list(self.notes),
+        }
+
+
+STAGE_TEXT = {"read": "reading the source", "cpu": "hashing and compression (CPU)",
+              "link": "the link to the target", "write": "the target's disk",
+              "server": "the server verifying and converting"}
+
+
+def _stage_text(key: str) -> str:
+    return "limited by " + STAGE_TEXT.get(key, key)
+
+
+# ----------------------------------------------------------------- target link
+
+def _route_dev(host: str) -> str | None:
+    """The interface the kernel would use to reach host (`ip route get`)."""
+    try:
+        addr = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+    except (socket.gaierror, IndexError):
+        return None
+    try:
+        out = run(["ip", "route", "get", addr], check=False, quiet=True).stdout
+    except ColdcloneError:
+        return None
+    words = out.split()
+    if "dev" in words and words.index("dev") + 1 < len(words):
+        return words[words.index("dev") + 1]
+    return None
+
+
+def _nic_speed(inventory: Inventory | None, dev: str) -> int | None:
+    for n in inventory.nics if inventory is not None else []:
+        if n.name == dev:
+            return n.speed_mbps
+    try:
+        v = int(open(f"/sys/class/net/{dev}/speed").read().strip())
+        return v if v > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _disk_of_path(path: str) -> str | None:
+    """Kernel name of the whole disk holding `path` (sda for a file on /dev/sda1)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    sys_dir = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    real = os.path.realpath(sys_dir)
+    if not os.path.exists(real):
+        return None
+    if os.path.exists(os.path.join(real, "partition")):
+        real = os.path.dirname(real)
+    return os.path.basename(real)
+
+
+def target_link(target: str | None, inventory: Inventory | None = None, local_path: str | None = None) -> L.LinkEstimate | None:
+    """Which link the capture's bytes leave through, for a target URL."""
+    if not target:
+        return None
+    url = parse_target(target)
+    if url.scheme in ("ssh", "nfs"):
+        dev = _route_dev(url.host)
+        if dev == "lo":
+            return L.LinkEstimate("loopback", f"{url.scheme.upper()} to this machine (loopback)", None,
+                                  "no link: the server is this machine")
+        return L.nic_link(dev or "", _nic_speed(inventory, dev) if dev else None, url.scheme)
+    path = local_path or url.path
+    kname = _disk_of_path(path)
+    disk = inventory.resolve(kname) if (inventory is not None and kname) else None
+    if disk is not None and disk.link is not None:
+        link = L.classify_disk_link(disk.link)
+        if link is not None:
+            if link.kind == "sata" and (disk.removable or "esata" in " ".join(disk.by_path).lower()):
+                link.label = "e-SATA" + link.label[4:]
+            return link
+    what = f"/dev/{kname}" if kname else path
+    return L.LinkEstimate("local", f"local disk {what}", None, "no link limit known (the probe measures it)")
+
+
+# ------------------------------------------------------------------ the estimate
+
+def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read_src: str,
+              link_rate: float | None, readback_rate: float, workers: int, image_format: str,
+              mode: str, pipe_rate: float | None = None, shared_cpu: float | None = None,
+              write_rate: float | None = None, map_seconds: float = 0.0) -> DiskEstimate:
+    size = sample.size
+    to_read = int(size * sample.read_fraction)   # mode=used reads only its map's sent extents
+    data = int(size * sample.nonzero_fraction)
+    # DATA records carry a 50-byte head per run; ZERO records 21 bytes: a fraction of a percent.
+    to_send = int(data * sample.compress_ratio) + (size // (4 << 20) + 1) * 80
+    stages = {
+        "read": to_read / read_rate if read_rate else 0.0,
+        "cpu": size * sample.cpu_per_byte / max(1, workers),
+        "link": to_send / link_rate if link_rate else 0.0,
+    }
+    if pipe_rate:
+        # The probe ran this content through processing, link and server together: its pace in
+        # source bytes bounds the disk too.
+        stages["link"] = max(stages["link"], to_read / pipe_rate)
+    if write_rate:
+        # The target's disk, measured by the probe's syncs: it writes the non-zero data.
+        stages["write"] = data / write_rate
+    if shared_cpu:
+        # Reading, hashing, compressing and sending were timed apart, but in the capture they
+        # share this machine's CPUs: all their CPU seconds, spread over every core, bound it too.
+        stages["cpu"] = max(stages["cpu"], to_read * shared_cpu / (os.cpu_count() or 1))
+    # The receiver reads the raw file back while the stream runs (receive/readback.py): after
+    # the last byte at most one step of it is left.
+    post = min(data, P.READBACK_STEP) / readback_rate
+    if image_format == "qcow2":
+        # ... next to converting the raw file, then it compares.
+        post = max(post, data / CONVERT_RATE) + data / COMPARE_RATE
+    stream_key = max(stages, key=stages.get)
+    seconds = stages[stream_key] + post + map_seconds
+    stages["server"] = post
+    if map_seconds:
+        stages["map"] = map_seconds   # mode=used: partclone maps the filesystems before reading
+    return DiskEstimate(
+        # The disk id the capture streams it under (cciss/c0d0 -> cciss-c0d0): the live ETA
+        # finds this disk's model by it.
+        path=path, name=devnames.stream_name(devnames.kernel_name(path)), size=size, bytes_to_read=to_read,
+        bytes_to_send=to_send,
+        data_bytes=data, seconds=seconds, bottleneck=stream_key if stages[stream_key] >= post else "server",
+        stages=stages, nonzero_fraction=sample.nonzero_fraction, compress_ratio=sample.compress_ratio,
+        read_rate=read_rate, read_rate_source=read_src, sample=sample.to_dict())
+
+
+def _used_ranges(path: str) -> tuple[list[tuple[int, int]], float]:
+    """The sent extents of the capture's own used map of path (agent.source.capture.usedmap), and the
+    seconds the capture will spend building it again: none inside a job, which hands the
+    capture this very map (usedmap.maps_reused), else what building it took here."""
+    t0 = time.monotonic()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    umap = plan_disk(path, size, P.DEFAULT_BLOCK_SIZE)
+    again = 0.0 if maps_are_reused() else time.monotonic() - t0
+    return [(e.offset, e.length) for e in umap.extents if e.sent], again
+
+
+def default_disks(inventory: Inventory | None) -> list[str]:
+    if inventory is None:
+        return []
+    return [d.dev_path for d in inventory.capture_set() if d.dev_path]
+
+
+ALTERNATIVE_KEYS = ("usb2", "usb3", "esata", "nfs1g")
+
+
+def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target: str | None, mode: str = "nonzero", *,
+                     calibrate_seconds: float = 3.0, connect: Callable | None = None,
+                     local_path: str | None = None, workers: int = 2, image_format: str = "qcow2",
+                     level: int = 1, codec: str = "zstd", samples: int = 256,
+                     on_note: Callable[[str], None] | None = None) -> CaptureEstimate:
+    """The estimate a front end shows before the capture (and puts in the manifest).
+
+    calibrate_seconds bounds the measuring: the source is read for a third of it and, with
+    `connect` (a Target.connect), the target is probed for the rest (without a target the
+    reads take it all); 0 measures nothing and uses the table. Content sampling (64 MiB per disk, spread
+    over it) always runs.
+    """
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r}: choose used (only the blocks filesystems use), "
+                         f"nonzero (skip all-zero blocks) or full (every byte)")
+    notes: list[str] = []
+    # Used mode reads what the capture's own used map sends; within it zero blocks go as in nonzero.
+    sample_mode = "nonzero" if mode == "used" else mode
+    disk_paths = list(disk_paths) or default_disks(inventory)
+    if not disk_paths:
+        raise UsageError("no disk to estimate: name one with --disk /dev/X (coldclone discover lists them)")
+    say = on_note or (lambda text: None)
+    eff_workers = max(1, min(workers, os.cpu_count() or 1))
+    link = target_link(target, inventory, local_path)
+    calibration: dict = {}
+    calibrated = False
+
+    samples_by_path: dict[str, ContentSample] = {}
+    map_seconds: dict[str, float] = {}
+    for p in disk_paths:
+        try:
+            ranges = None
+            if mode == "used":
+                say(f"mapping the filesystems' used blocks on {p}")
+                ranges, map_seconds[p] = _used_ranges(p)
+            samples_by_path[p] = sample_content(p, mode=sample_mode, samples=samples, level=level, codec=codec,
+                                                ranges=ranges)
+        except OSError as e:
+            raise SourceError(f"cannot sample {p} for the estimate: {e.strerror or e}") from None
+
+    # Source read rates: timed when calibrating, else what such a disk usually reads.
+    probing = connect is not None and calibrate_seconds > 0
+    read_rates: dict[str, tuple[float, str]] = {}
+    read_cpu: dict[str, float] = {}
+    read_total = calibrate_seconds / 3 if probing else calibrate_seconds
+    read_budget = read_total / len(disk_paths)
+    if read_budget >= 0.2:
+        for p in disk_paths:
+            say(f"timing reads of {p} ({read_budget:.1f} s)")
+            rate, got, cpu_b = measure_read_rate(p, read_budget)
+            read_rates[p] = (rate, f"measured: {hb(got)} read in {read_budget:.1f} s")
+            read_cpu[p] = cpu_b
+            calibration.setdefault("read", {})[p] = {"rate": round(rate), "bytes": got,
+                                                     "cpu_per_byte": cpu_b}
+
+    # The link: a probe through the real target, else the table.
+    link_rate = link.rate if link else None
+    link_src = link.source if link else "no target: link not counted"
+    readback = READBACK_RATE
+    pipe_rate = None
+    pipe_cpu = None
+    write_rate = None
+    if probing:
+        budget = calibrate_seconds - read_total
+        buffers = [b for s in samples_by_path.values() for b in s.buffers]
+        say(f"probing the target for {budget:.1f} s")
+        try:
+            opts = StreamOptions(mode="full" if sample_mode == "full" else "nonzero", codec=codec,
+                                 level=level if codec == "zstd" else 1, workers=workers)
+            pr = probe_target(connect, buffers, budget, opts)
+            link_rate, pipe_rate, write_rate, calibrated = pr.rate, pr.disk_rate, pr.write_rate, True
+            pipe_cpu = pr.cpu_seconds / pr.disk_bytes if pr.disk_bytes else None
+            link_src = f"measured by a {pr.seconds:.1f} s probe: {hb(pr.wire_bytes)} to the target"
+            if pr.readback_rate:
+                readback = pr.readback_rate
+            calibration["probe"] = pr.to_dict()
+        except ColdcloneError as e:
+            notes.append(f"calibration probe failed ({e}); rates from the table")
+            calibration["probe_error"] = str(e)
+    inv_disks = {p: inventory.resolve(p) if inventory is not None else None for p in disk_paths}
+    for p in disk_paths:
+        if p not in read_rates:
+            read_rates[p] = L.source_read_default(inv_disks[p])
+
+    disks = []
+    for p in disk_paths:
+        rate, src = read_rates[p]
+        shared_cpu = (read_cpu.get(p, 0.0) + pipe_cpu) if pipe_cpu is not None else None
+        disks.append(_per_disk(p, inv_disks[p], samples_by_path[p], rate, src, link_rate,
+                               readback, eff_workers, image_format, sample_mode, pipe_rate, shared_cpu,
+                               write_rate, map_seconds.get(p, 0.0)))
+    total = SETUP_SECONDS + sum(d.seconds for d in disks)
+
+    # The overall bottleneck: the stage that costs the most time over all disks.
+    by_stage: dict[str, float] = {}
+    for d in disks:
+        key = d.bottleneck
+        by_stage[key] = by_stage.get(key, 0.0) + d.stages[key]
+    key = max(by_stage, key=by_stage.get)
+    bottleneck = _bottleneck_text(key, link, link_rate, calibrated, disks, eff_workers, write_rate)
+
+    alternatives = []
+    for k in ALTERNATIVE_KEYS:
+        spec = L.TABLE[k]
+        t = SETUP_SECONDS + sum(_per_disk(d.path, None, samples_by_path[d.path], d.read_rate, "", spec.effective, readback,
+                          eff_workers, image_format, sample_mode,
+                          map_seconds=map_seconds.get(d.path, 0.0)).seconds for d in disks)
+        alternatives.append(Alternative(spec.label, spec.effective, t))
+
+    now = time.time()
+    finish = _dt.datetime.fromtimestamp(now + total).astimezone()
+    return CaptureEstimate(
+        mode=mode, target=target, link=link, link_rate=link_rate, link_rate_source=link_src, disks=disks,
+        total_seconds=total, finish_time=finish.isoformat(timespec="seconds"), bottleneck=bottleneck,
+        calibrated=calibrated, calibration=calibration, workers=eff_workers,
+        made_at=_dt.datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+        alternatives=alternatives, notes=notes)
+
+
+def _bottleneck_text(key: str, link: L.LinkEstimate | None, link_rate: float | None, calibrated: bool,
+                     disks: list[DiskEstimate], workers: int, write_rate: float | None = None) -> str:
+    if key == "write":
+        rate = f"measured ~{(write_rate or 0) / MB:.0f} MB/s"
+        if link is not None and link.kind in ("usb", "sata"):
+            return f"limited by {link.label} ({rate} to the disk behind it)"
+        return f"limited by the target's disk ({rate})"
+    if key == "link":
+        rate = f"~{link_rate / MB:.0f} MB/s" if link_rate else "?"
+        if link is None:
+            return f"limited by the link ({rate})"
+        if not calibrated:
+            return f"limited by {link.label} ({rate})"
+        if link.rate and link_rate < 0.6 * link.rate:
+            return (f"limited by the conversion server or the path to it (measured {rate}; "
+                    f"the {link.label} could carry ~{link.rate / MB:.0f} MB/s)")
+        if link.rate is None:
+            return f"limited by the target (measured {rate} over {link.label})"
+        return f"limited by {link.label} (measured {rate})"
+    if key == "read":
+        slow = min(disks, key=lambda d: d.read_rate)
+        return f"limited by reading the source disks (~{slow.read_rate / MB:.0f} MB/s from {slow.path})"
+    if key == "cpu":
+        return f"limited by this machine's CPU (reading, hashing, compressing, sending; {workers} workers)"
+    return "limited by the server verifying and converting the images after the transfer"
