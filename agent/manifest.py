@@ -30,6 +30,10 @@ class Verified:
     def complete(self) -> bool:
         return self.disk_digest and self.readback_digest
 
+    def proven(self) -> list[str]:
+        """The names of the checks that passed, in the manifest's order."""
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
     def to_dict(self) -> dict:
         return {"record_digests": self.record_digests, "disk_digest": self.disk_digest,
                 "readback_digest": self.readback_digest, "qemu_img_compare": self.qemu_img_compare}

@@ -177,11 +177,11 @@ async def _progress(app, pilot):
 
     await settle(pilot)
     app.plan.target, app.plan.target_ok = SSH, "SSH OK"
-    screen = ProgressScreen()
+    clock = recorded.ReplayClock()
+    screen = ProgressScreen(clock=clock)
     app.switch_to_progress(screen)
     await pilot.pause()
-    for ev in recorded.events():
-        screen.apply(ev)
+    recorded.replay_into(screen.apply, clock)
     await pilot.pause()
 
 

@@ -12,7 +12,7 @@ from agent.source.discover.model import Link
 from agent.source.estimate import links as L
 from agent.source.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
                                  estimate_capture, target_link)
-from agent.source.estimate.progress import EtaEstimator
+from agent.source.estimate.progress import EtaEstimator, Motion
 from tests.unit.plans import one_disk_plan
 from agent.source.estimate.rate import RateMeter
 from agent.source.estimate.sample import ContentSample, sample_content
@@ -310,8 +310,8 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     mid = prog[len(prog) // 2]
     assert "ETA 01:" in mid and "[limited by USB 2.0 link (~25 MB/s)]" in mid and "wire 10." in mid
     assert text[-1].startswith("server verifying and converting:")
-    st = p.status()
-    assert st["phase"] == "server" and st["total_done"] == size and st["eta"] is not None
+    st = p.figures()
+    assert st.phase == "server" and st.total_done == size and st.eta is not None
     res = CaptureResult("cap-1", "file:///mnt/usb", "/mnt/usb/cap-1", Manifest("cap-1", "complete", []),
                         230.0, size, size // 2, 0, size)
     buf = io.StringIO()
@@ -349,20 +349,20 @@ def test_progress_says_stalled_and_the_eta_stops_counting_down(monkeypatch):
     for i in range(1, 21):            # 20% in 20 s: 80 s left at that pace
         clock["t"] += 1.0
         p(E.Progress("sda", i * step, size, i * step, size, i * step, i * step, 0, clock["t"] - 1000))
-    eta_at_last_move = p.eta_seconds()
+    eta_at_last_move = p.figures().eta
     assert 60 < eta_at_last_move < 100
-    assert p.stalled_for(clock["t"]) == 0.0
+    assert p.figures().stalled_for == 0.0
     clock["t"] += 40.0                # the link hangs: no event at all for 40 s
     p.tick()
     last = out.getvalue().splitlines()[-1]
     assert "STALLED for 40 s: nothing read or sent" in last, last
     assert "MB/s" not in last.split("|")[2]
     # the countdown stopped STALL_AFTER seconds after the last byte, not 40 s later
-    assert p.eta_seconds() == pytest.approx(eta_at_last_move - p.STALL_AFTER)
-    assert p.status()["stalled_for"] == pytest.approx(40.0)
+    assert p.figures().eta == pytest.approx(eta_at_last_move - Motion.STALL_AFTER)
+    assert p.figures().stalled_for == pytest.approx(40.0)
     clock["t"] += 1.0                 # data moves again
     p(E.Progress("sda", 21 * step, size, 21 * step, size, 21 * step, 21 * step, 0, clock["t"] - 1000))
-    assert p.stalled_for(clock["t"]) == 0.0
+    assert p.figures().stalled_for == 0.0
     clock["t"] += 5.0
     p.tick()
     assert "STALLED" not in out.getvalue().splitlines()[-1]

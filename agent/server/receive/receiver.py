@@ -37,6 +37,7 @@ from ... import protocol as P
 from ...errors import ColdcloneError, ServerError
 from ...guestos.report import ReadinessReport
 from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from ...units import human_bytes
 from . import image
 from . import journal as J
 from .prefetch import Prefetch
@@ -61,10 +62,6 @@ def _cpu_seconds() -> float:
     """CPU seconds of this receiver and the children it waited for (qemu-img), all threads."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _human(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 @dataclass
@@ -420,11 +417,11 @@ class CaptureSink(_Sink):
         st = os.statvfs(self.cap.path)
         free = st.f_bavail * st.f_frsize
         if raw + img > free:
-            parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
+            parts = f"raw data {human_bytes(raw)}" + (f" + qcow2 image {human_bytes(img)}" if img else "")
             raise ServerError(
                 f"not enough space (disk full before a byte is written): "
-                f"refused disk {h.name}: it needs about {_human(raw + img)} ({parts}, from the agent's "
-                f"estimate of its non-zero bytes) but only {_human(free)} are free in {self.cap.store.root}; "
+                f"refused disk {h.name}: it needs about {human_bytes(raw + img)} ({parts}, from the agent's "
+                f"estimate of its non-zero bytes) but only {human_bytes(free)} are free in {self.cap.store.root}; "
                 f"free space there or give the receiver a bigger --root", code="disk_full")
 
     def end(self, end: P.DiskEnd, wire_bytes: int) -> None:

@@ -248,6 +248,12 @@ def _restore(rec: GuardRecord, why: str) -> str:
     return f"{rec.dev} restored to read-write{why}"
 
 
+def _tree_text(dev: str, members: list[str]) -> str:
+    """A disk and its tree in a few words: /dev/sda and its 3 partitions and holders."""
+    rest = len(members) - 1
+    return f"{dev} and its {rest} partition{'s' if rest != 1 else ''} and holders" if rest else dev
+
+
 def release_stale(guard_dir: str = GUARD_DIR) -> list[str]:
     """Restore every device whose users have all died (a kill -9'ed agent, a power-cut
     TUI); what was done, one line per device. Live users' devices are left alone."""
@@ -308,6 +314,7 @@ class ReadOnlyGuard:
                     num = "%d:%d" % devno(path)
                     rec = reg.load(num) or GuardRecord(path, num, self._state(path))
                     recs.append(rec)
+                shared: dict[str, list[int]] = {}
                 for rec in recs:
                     self._guard_one(rec)
                     others = sorted({o.pid for o in rec.owners})
@@ -315,11 +322,20 @@ class ReadOnlyGuard:
                     reg.save(rec)
                     self._held.append(rec)
                     if others:
-                        log.info("%s read-only (shared with coldclone pid %s)", rec.dev,
-                                 ", ".join(map(str, others)))
+                        shared[rec.dev] = others
+                        log.debug("%s read-only (shared with coldclone pid %s)", rec.dev,
+                                  ", ".join(map(str, others)))
                     else:
-                        log.info("%s set read-only in the kernel (was %s)", rec.dev,
-                                 "ro" if rec.was_ro else "rw")
+                        log.debug("%s set read-only in the kernel (was %s)", rec.dev,
+                                  "ro" if rec.was_ro else "rw")
+                # One line per disk tree at the default level; each device's at -v (debug).
+                for dev, members in self._trees().items():
+                    was_rw = sum(1 for r in recs if r.dev in members and not r.was_ro and r.dev not in shared)
+                    pids = sorted({p for m in members for p in shared.get(m, [])})
+                    how = (f"already read-only for coldclone pid {', '.join(map(str, pids))}" if pids else
+                           "were read-write" if was_rw == len(members) else
+                           "were read-only already" if not was_rw else f"{was_rw} were read-write")
+                    log.info("%s set read-only in the kernel (%s)", _tree_text(dev, members), how)
         except BaseException:
             self.release()
             raise
@@ -374,8 +390,21 @@ class ReadOnlyGuard:
         if not now:
             raise SourceError(f"{rec.dev} did not become read-only (BLKROSET ignored); refusing to continue")
 
+    def _trees(self) -> dict[str, list[str]]:
+        """Each named device and the held devices of its tree (the disk first)."""
+        held = [r.dev for r in self._held]
+        trees = {}
+        for dev in self.devices:
+            members = [d for d in device_tree([dev]) if d in held]
+            if members:
+                trees[dev] = members
+        return trees
+
     def release(self) -> None:
         if self._held:
+            trees = self._trees()
+            stays: dict[str, list[str]] = {}
+            failed: dict[str, str] = {}
             reg = Registry(self.guard_dir)
             me = Owner.me()
             with reg.locked():
@@ -392,11 +421,26 @@ class ReadOnlyGuard:
                     if live:
                         rec.owners = live
                         reg.save(rec)
+                        stays[rec.dev] = sorted({str(o.pid) for o in live})
+                        # not the usual case: said per device at the default level
                         log.info("%s stays read-only: still used by coldclone pid %s", rec.dev,
-                                 ", ".join(sorted({str(o.pid) for o in live})))
+                                 ", ".join(stays[rec.dev]))
                         continue
-                    log.info("%s", _restore(rec, ""))
+                    line = _restore(rec, "")
+                    log.debug("%s", line)
+                    if "could not restore" in line:
+                        failed[rec.dev] = line      # (_restore warned already)
                     reg.remove(rec.devno)
+            for dev, members in trees.items():
+                done = [m for m in members if m not in stays]
+                bad = [m for m in done if m in failed]
+                if len(done) == len(members):
+                    what = _tree_text(dev, members)
+                else:
+                    what = f"{dev}: {len(done)} of its {len(members)} devices (the others stay read-only)"
+                if done:
+                    log.info("%s %s", what, f"restored but for {', '.join(bad)} (see the warning)" if bad else
+                             "back to the read-only state they had before")
         while self._locks:
             os.close(self._locks.pop())   # closing drops the flock
 

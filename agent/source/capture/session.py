@@ -29,6 +29,9 @@ from ...errors import (
     UsageError,
 )
 from ...manifest import Manifest, ManifestDisk
+from ...units import human_bytes as hb
+from ...units import human_rate
+from ...units import human_seconds as hs
 from ..transport.base import Connection
 from . import events as E
 from . import inuse
@@ -95,6 +98,35 @@ class CaptureResult:
                  + ("s" if len(self.converted_images) > 1 else "") + " will be:"]
                 + [f"  {p}" for p in self.converted_images]
                 + ["  (its result, every fix applied: the `conversion` section of manifest.json there)"])
+
+    def summary_lines(self, predicted_seconds: float | None = None) -> list[str]:
+        """The one result summary: the console's last lines and the TUI's Done screen.
+        predicted_seconds: the estimate's total, for the predicted-vs-actual line."""
+        el = max(self.elapsed, 1e-9)
+        out = [f"capture {self.capture_id} complete in {hs(self.elapsed)} ({self.elapsed:.1f} s): {self.verdict()}",
+               f"  where:   {self.location}",
+               f"  read:    {hb(self.bytes_read)} at {human_rate(self.bytes_read / el)} MB/s",
+               f"  wire:    {hb(self.wire_bytes)} ({100.0 * self.wire_bytes / max(self.total_size, 1):.1f}% "
+               f"of {hb(self.total_size)}), skipped {hb(self.zero_bytes)} of zeros"]
+        if predicted_seconds:
+            # The estimate is made before the server says what it holds: for the whole capture.
+            held = sum(d.resume.resumed_from for d in self.disks
+                       if d.resume is not None and not d.resume.restarted)
+            tail = f"; {hb(held)} were held from an earlier attempt" if held else ""
+            out.append(f"  estimate: {predicted_seconds:.1f} s predicted, {self.elapsed:.1f} s actual "
+                       f"({100.0 * (self.elapsed - predicted_seconds) / predicted_seconds:+.0f}%{tail})")
+        for d in self.disks:
+            out.append(f"  {d.name}: {d.image}, digest {d.digest[:16]}...")
+            out.append(f"    verified: {', '.join(d.verified.proven()) or 'nothing'}")
+            bad = d.unreadable
+            if bad.sectors:
+                shown = ", ".join(f"{r.start_sector}+{r.sectors}" for r in bad.ranges[:8])
+                more = f" and {len(bad.ranges) - 8} more ranges" if len(bad.ranges) > 8 else ""
+                out.append(f"  {d.name}: {bad.sectors} UNREADABLE sectors of {bad.sector_size} bytes in "
+                           f"{len(bad.ranges)} ranges (zeros in the image; start+count: {shown}{more}; "
+                           f"manifest.json lists them all)")
+        out += [f"  {line}" for line in self.conversion_lines()]
+        return out
 
 
 class CaptureCancelled(CancelledError):

@@ -49,7 +49,8 @@ class DoneScreen(Screen):
         plan = self.app.plan
         out = []
         if plan.result is not None:
-            out += text.result_lines(plan.result)
+            # the console's summary, word for word
+            out += plan.result.summary_lines(plan.estimate.total_seconds if plan.estimate is not None else None)
         else:
             out.append(f"Error (exit {plan.exit_code}): {plan.error}")
             if plan.capture_id:
