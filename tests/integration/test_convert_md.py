@@ -29,7 +29,8 @@ import time
 import pytest
 
 from agent.server.convert.guestfs import Guest, detect_accel
-from agent.server.convert.model import Engine, Fix, prediction_gaps
+from agent.server.convert.model import Fix, prediction_gaps
+from agent.choices import ConvertEngine
 from agent.guestos.tree import inspect_tree
 from tests.conftest import BIN, sha256_of
 from tests.testbed import guestdisk
@@ -145,7 +146,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     md_finding = next(f for f in src.findings if f.id == "md-raid")
     assert md_finding.evidence == ["/etc/fstab:3: /dev/md0 /", "/etc/fstab:6: /dev/md1 /srv"]
     promised = [f.id for f in src.findings if f.conversion]
-    gaps = prediction_gaps(promised, Engine.FIXUPS, fixes)
+    gaps = prediction_gaps(promised, ConvertEngine.FIXUPS, fixes)
     # The initramfs' virtio drivers are virt-v2v's part, which --engine fixups does not run.
     assert gaps.unpredicted == () and set(gaps.unanswered) <= {"initramfs-virtio"}, gaps
 

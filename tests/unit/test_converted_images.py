@@ -80,10 +80,3 @@ def test_convert_engine_without_convert_is_refused(tmp_path):
                         "--convert-engine", "v2v"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice: 'v2v'" in r.stderr, r.stderr
     assert not os.listdir(tmp_path)
-
-
-def test_the_receivers_engine_names_are_the_converters():
-    from agent.server.convert.model import Engine
-    from agent.server.receive.store import CONVERT_ENGINES
-
-    assert list(CONVERT_ENGINES) == [e.value for e in Engine]

@@ -7,6 +7,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from ...choices import ConvertEngine
+
 
 class FixKind(str, enum.Enum):
     FSTAB_DEVICE = "fstab-device-name"          # /dev/sda2 / ... -> UUID=...
@@ -25,11 +27,6 @@ class Outcome(str, enum.Enum):
     CONVERTED = "converted"
     NOT_CONVERTED = "not_converted"     # the guest is not something we can convert (no OS ...)
     FAILED = "failed"                   # a tool broke; the message says which and why
-
-
-class Engine(str, enum.Enum):
-    VIRT_V2V = "virt-v2v"               # virt-v2v, then our fix-ups for what it leaves
-    FIXUPS = "fixups"                   # our libguestfs fix-ups alone (fast; no driver injection)
 
 
 class CopyMethod(str, enum.Enum):
@@ -113,7 +110,7 @@ class Conversion:
 
     result: Outcome
     message: str
-    engine: Engine
+    engine: ConvertEngine
     engine_versions: dict[str, str]
     accel: str                # kvm / tcg: how the libguestfs appliance (and virt-v2v) ran
     accel_reason: str
@@ -162,7 +159,7 @@ FINDING_OF_FIX: dict[FixKind, str | None] = {
     FixKind.HARDWARE_SERVICE: None,
 }
 # Findings the engine answers as a whole rather than by a fix of ours (no Fix record).
-FINDING_OF_ENGINE: dict[str, Engine] = {"initramfs-virtio": Engine.VIRT_V2V}
+FINDING_OF_ENGINE: dict[str, ConvertEngine] = {"initramfs-virtio": ConvertEngine.VIRT_V2V}
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ class PredictionGaps:
         return not self.unanswered and not self.unpredicted
 
 
-def prediction_gaps(promised: list[str], engine: Engine, fixes: list[Fix]) -> PredictionGaps:
+def prediction_gaps(promised: list[str], engine: ConvertEngine, fixes: list[Fix]) -> PredictionGaps:
     """``promised``: the ids of the readiness findings that say what conversion will do."""
     answered = {FINDING_OF_FIX[f.kind] for f in fixes} | {
         fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine}

@@ -249,9 +249,10 @@ def _restore(rec: GuardRecord, why: str) -> str:
 
 
 def _tree_text(dev: str, members: list[str]) -> str:
-    """A disk and its tree in a few words: /dev/sda and its 3 partitions and holders."""
-    rest = len(members) - 1
-    return f"{dev} and its {rest} partition{'s' if rest != 1 else ''} and holders" if rest else dev
+    """A guarded tree in one phrase: /dev/sda1: 3 devices (sda, sda1, sda2)."""
+    names = [os.path.basename(m) for m in members]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"{dev}: {len(names)} device{'s' if len(names) != 1 else ''} ({shown})"
 
 
 def release_stale(guard_dir: str = GUARD_DIR) -> list[str]:
@@ -328,13 +329,17 @@ class ReadOnlyGuard:
                     else:
                         log.debug("%s set read-only in the kernel (was %s)", rec.dev,
                                   "ro" if rec.was_ro else "rw")
-                # One line per disk tree at the default level; each device's at -v (debug).
+                # One line per disk tree at the default level (each device's at -v); none for a
+                # tree this process holds already (the inspection mounts one filesystem inside
+                # another: the outer guard said it).
                 for dev, members in self._trees().items():
-                    was_rw = sum(1 for r in recs if r.dev in members and not r.was_ro and r.dev not in shared)
-                    pids = sorted({p for m in members for p in shared.get(m, [])})
-                    how = (f"already read-only for coldclone pid {', '.join(map(str, pids))}" if pids else
-                           "were read-write" if was_rw == len(members) else
-                           "were read-only already" if not was_rw else f"{was_rw} were read-write")
+                    pids = sorted({p for m in members for p in shared.get(m, [])} - {me.pid})
+                    if all(me.pid in shared.get(m, []) for m in members):
+                        continue
+                    was_rw = [r for r in recs if r.dev in members and not r.was_ro and r.dev not in shared]
+                    how = (f"shared with coldclone pid {', '.join(map(str, pids))}" if pids else
+                           "were read-write" if len(was_rw) == len(members) else
+                           "were read-only already" if not was_rw else f"{len(was_rw)} were read-write")
                     log.info("%s set read-only in the kernel (%s)", _tree_text(dev, members), how)
         except BaseException:
             self.release()
@@ -422,9 +427,10 @@ class ReadOnlyGuard:
                         rec.owners = live
                         reg.save(rec)
                         stays[rec.dev] = sorted({str(o.pid) for o in live})
-                        # not the usual case: said per device at the default level
-                        log.info("%s stays read-only: still used by coldclone pid %s", rec.dev,
-                                 ", ".join(stays[rec.dev]))
+                        if any(o.pid != me.pid for o in live):
+                            # another capture holds it: not the usual case, said per device
+                            log.info("%s stays read-only: still used by coldclone pid %s", rec.dev,
+                                     ", ".join(stays[rec.dev]))
                         continue
                     line = _restore(rec, "")
                     log.debug("%s", line)
@@ -433,14 +439,13 @@ class ReadOnlyGuard:
                     reg.remove(rec.devno)
             for dev, members in trees.items():
                 done = [m for m in members if m not in stays]
+                if not done:
+                    continue        # still held (by an outer guard of this process, or another capture)
                 bad = [m for m in done if m in failed]
-                if len(done) == len(members):
-                    what = _tree_text(dev, members)
-                else:
-                    what = f"{dev}: {len(done)} of its {len(members)} devices (the others stay read-only)"
-                if done:
-                    log.info("%s %s", what, f"restored but for {', '.join(bad)} (see the warning)" if bad else
-                             "back to the read-only state they had before")
+                what = _tree_text(dev, done) + ("" if len(done) == len(members) else
+                                                f" ({len(members) - len(done)} more stay read-only)")
+                log.info("%s %s", what, f"restored but for {', '.join(bad)} (see the warning)" if bad else
+                         "back to the read-only state they had before")
         while self._locks:
             os.close(self._locks.pop())   # closing drops the flock
 
