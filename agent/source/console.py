@@ -23,7 +23,7 @@ from .capture.session import CaptureResult
 from .estimate.plan import CaptureEstimate
 from .estimate.progress import CaptureProgress, ProgressFigures, reconnecting_text, stalled_text
 from .job import Captured, Estimated, Inspected, Inventoried, Note
-from ..manifest import PublishRecord
+from .. import records
 from ..units import human_bytes as hb
 from ..units import human_rate
 from ..units import human_seconds as hs
@@ -133,7 +133,7 @@ def progress_line(f: ProgressFigures) -> str:
 
 
 def print_summary(result: CaptureResult, out=sys.stdout, estimate: CaptureEstimate | None = None) -> None:
-    for line in result.summary_lines(estimate.total_seconds if estimate is not None else None):
+    for line in result.summary_lines(estimate):
         print(line, file=out)
 
 
@@ -172,7 +172,7 @@ class JobConsole:
             self.estimate = ev.estimate
             self.say("\n".join(ev.estimate.lines()))
             if self.machine_readable:
-                emit_json("ESTIMATE", ev.estimate.to_dict(), self.out)
+                emit_json("ESTIMATE", records.encode(ev.estimate), self.out)
         elif isinstance(ev, Captured):
             self.close()
             summary = io.StringIO()
@@ -182,9 +182,6 @@ class JobConsole:
             # the Glance image when the conversion server published it already
             if ev.readiness is not None:
                 self.say("\n".join(ev.readiness.summary()))
-            pub = PublishRecord.from_manifest(ev.result.manifest)
-            if pub is not None:
-                self.say(f"published to Glance ({pub.cloud}): image {pub.image_id}")
         else:   # the capture's own progress events
             if isinstance(ev, E.CaptureStarted):
                 self.printer = ProgressPrinter(self.interval, out=self.out, estimate=self.estimate,

@@ -28,6 +28,7 @@ import time
 
 import pytest
 
+from agent import records
 from agent.server.convert.guestfs import Guest, detect_accel
 from agent.server.convert.model import Fix, prediction_gaps
 from agent.choices import ConvertEngine
@@ -121,7 +122,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
         "/srv not mounted for the fix-ups: its device /dev/md1 (the guest's fstab) is none of the "
         "filesystems on the captured disks; its files were not checked, and the converted guest "
         "mounts it only if that device is attached"]
-    fixes = [Fix.from_dict(f) for f in c["fixes"]]
+    fixes = [records.decode(f, Fix, "fix") for f in c["fixes"]]
     got = sorted((f.kind.value, f.path, f.before, f.after) for f in fixes)
     sw_a, sw_b = (f"UUID={u}" for u in md.swap_uuids)
     assert got == sorted([

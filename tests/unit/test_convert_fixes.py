@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from agent import records
 from agent.server.convert import fixes as F
 from agent.server.convert.model import Conversion, Fix, FixKind, GuestOS, Outcome, Volume
 from agent.choices import ConvertEngine
@@ -266,7 +267,7 @@ def test_conversion_record_is_plain_json():
                       "tcg", "test", "t0", "t1", 1.5, {"stage_seconds": 0.1},
                       GuestOS("/dev/sda2", "linux", "debian", "Debian 12", 12, 0, [("/", "/dev/sda2")]),
                       [], [fx], [])
-    d = json.loads(json.dumps(conv.to_dict(), allow_nan=False))
+    d = json.loads(records.dumps(conv))
     assert d["result"] == "converted" and d["engine"] == "fixups"
     assert d["fixes"][0]["kind"] == "fstab-device-name" and d["fixes"][0]["line"] == 1
     assert d["os"]["distro"] == "debian"

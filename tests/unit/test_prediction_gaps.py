@@ -1,6 +1,7 @@
 """The agent's readiness prediction vs the conversion's fixes: every finding that promises a
 conversion is answered by a fix (or by the engine), and no fix was applied that nothing predicted."""
 
+from agent import records
 from agent.server.convert.model import FINDING_OF_FIX, Fix, FixKind, prediction_gaps
 
 from agent.choices import ConvertEngine
@@ -30,4 +31,4 @@ def test_agreement_and_both_kinds_of_gap():
 
 def test_fix_round_trips_through_the_manifest_form():
     f = fix(FixKind.KERNEL_RESUME)
-    assert Fix.from_dict(f.to_dict()) == f
+    assert records.decode(records.encode(f), Fix, "fix") == f

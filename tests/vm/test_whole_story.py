@@ -37,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from agent import records
 from agent.server.convert.model import Fix, prediction_gaps
 
 from agent.choices import ConvertEngine
@@ -179,7 +180,7 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, vm
         ready = m["readiness"]
         assert ready["disk"] == name and ready["firmware"] == firmware, ready
         promised = [f["id"] for f in ready["findings"] if f["conversion"]]
-        fixes = [Fix.from_dict(d) for d in conv["fixes"]]
+        fixes = [records.decode(d, Fix, "fix") for d in conv["fixes"]]
         gaps = prediction_gaps(promised, ConvertEngine(conv["engine"]), fixes)
         assert gaps.agree, (f"predicted {promised}, fixed {[f.render() for f in fixes]}: unanswered "
                             f"{list(gaps.unanswered)}, unpredicted {[f.render() for f in gaps.unpredicted]}")

@@ -332,7 +332,7 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEn
     conv.finished = _now()
     conv.seconds = round(time.monotonic() - t0, 3)
     log.info("%s (%.1f s)", conv.message, conv.seconds)
-    capdir.write_section("conversion", conv.to_dict())
+    capdir.write_section("conversion", conv)
     return conv
 
 

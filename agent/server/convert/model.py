@@ -3,7 +3,6 @@ goes into the `conversion` section of manifest.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -55,17 +54,6 @@ class Fix:
     after: str
     why: str
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["kind"] = self.kind.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Fix":
-        """A fix as the manifest's `conversion` section holds it."""
-        return cls(kind=FixKind(d["kind"]), path=d["path"], line=d["line"], before=d["before"],
-                   after=d["after"], why=d["why"])
-
     def render(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
         return f"{self.kind.value}: {where}: {self.before.strip()!r} -> {self.after.strip()!r}"
@@ -106,7 +94,7 @@ class ImageOut:
 
 @dataclass
 class Conversion:
-    """The manifest's `conversion` section."""
+    """The manifest's `conversion` section (written and read through agent.records)."""
 
     result: Outcome
     message: str
@@ -122,24 +110,6 @@ class Conversion:
     images: list[ImageOut] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "result": self.result.value,
-            "message": self.message,
-            "engine": self.engine.value,
-            "engine_versions": dict(self.engine_versions),
-            "accel": self.accel,
-            "accel_reason": self.accel_reason,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": self.seconds,
-            "timings": dict(self.timings),
-            "os": dataclasses.asdict(self.os) if self.os else None,
-            "images": [dict(dataclasses.asdict(i), method=i.method.value) for i in self.images],
-            "fixes": [f.to_dict() for f in self.fixes],
-            "warnings": list(self.warnings),
-        }
 
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.

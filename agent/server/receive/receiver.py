@@ -35,8 +35,10 @@ import zstandard
 from ... import __version__
 from ... import protocol as P
 from ...errors import ColdcloneError, ServerError
-from ...guestos.report import ReadinessReport
-from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from ... import records
+from ...manifest import (DiskResume, EstimateVsActual, Manifest, ManifestDisk, ReceiverFacts, Unreadable,
+                        UnreadableRange, Verified)
+from ...records import UNSET, Unset
 from ...units import human_bytes
 from . import image
 from . import journal as J
@@ -400,10 +402,10 @@ class CaptureSink(_Sink):
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
             d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
 
-    def resume_facts(self, d: DiskState) -> DiskResume | None:
+    def resume_facts(self, d: DiskState) -> DiskResume | Unset:
         """The manifest's `resume` of a disk that did not arrive in one go."""
         if not d.resumed_from and d.restart_reason is None:
-            return None
+            return UNSET
         return DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
                           restarted=d.restart_reason)
 
@@ -514,7 +516,7 @@ class CaptureSink(_Sink):
             unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
         if d.journal is not None:
             # Before the raw file goes: a capture cut from here on keeps this disk as verified.
-            d.journal.mark_complete(entry.to_dict())
+            d.journal.mark_complete(records.encode(entry))
             d.journal.close()
         if img_name != d.raw_name and not self.rx.keep_raw:
             self.cap.unlink(d.raw_name)
@@ -549,7 +551,7 @@ class CaptureSink(_Sink):
     def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
         """END of a disk verified in an earlier attempt: the agent's digest of its source (read
         again) must be the one the image was verified against."""
-        entry = ManifestDisk.from_dict(d.complete_entry, f"the journal of disk {d.name}")
+        entry = records.decode(d.complete_entry, ManifestDisk, f"the journal of disk {d.name}")
         if end.digest.hex() != entry.digest:
             raise ServerError(
                 f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
@@ -583,27 +585,23 @@ class CaptureSink(_Sink):
             capture_id=self.cap.capture_id, status="complete", disks=self.disks,
             started=self.rx.started, finished=_now(), receive_seconds=receive_seconds,
             source=hello.source, agent_version=hello.agent_version,
-            receiver={"version": __version__, "host": socket.gethostname(),
-                      "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
+            receiver=ReceiverFacts(version=__version__, host=socket.gethostname(),
+                                   python=platform.python_version(), qemu_img=image.qemu_img_version()),
             protocol=P.VERSION, totals=totals)
+        for dropped in hello.dropped:
+            log.warning("%s; left out of the manifest", dropped)
         if hello.estimate is not None:
             # Predicted vs actual: what the agent estimated before the capture, next to how long
             # this end took from the first byte to the manifest (the agent adds its connect time).
-            predicted = hello.estimate.get("total_seconds")
+            predicted = hello.estimate.total_seconds
             manifest.estimate = hello.estimate
-            manifest.estimate_vs_actual = {
-                "predicted_seconds": predicted,
-                "actual_seconds": receive_seconds,
-                "ratio": (round(receive_seconds / predicted, 3)
-                          if isinstance(predicted, (int, float)) and predicted > 0 else None),
-            }
+            manifest.estimate_vs_actual = EstimateVsActual(
+                predicted_seconds=predicted, actual_seconds=receive_seconds,
+                ratio=round(receive_seconds / predicted, 3) if predicted > 0 else None)
         if hello.readiness is not None:
-            # typed on the way in: what conversion and publishing read back is a valid report
-            try:
-                manifest.readiness = ReadinessReport.from_dict(hello.readiness).to_dict()
-            except ColdcloneError as e:
-                log.warning("the agent's readiness report is malformed (%s); left out", e)
-        document = manifest.to_dict()
+            # typed on the way in (HELLO's decoder): conversion and publishing read a valid report
+            manifest.readiness = hello.readiness
+        document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.close_journals()
         J.remove_all(self.cap)      # complete: nothing left to resume

@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ... import __version__
@@ -28,7 +28,10 @@ from ...errors import (
     ServerError,
     UsageError,
 )
-from ...manifest import Manifest, ManifestDisk
+from ... import records
+from ...estimate_model import CaptureEstimate
+from ...guestos.report import ReadinessReport
+from ...manifest import Manifest, ManifestDisk, PublishRecord
 from ...units import human_bytes as hb
 from ...units import human_rate
 from ...units import human_seconds as hs
@@ -68,6 +71,7 @@ class CaptureResult:
     total_size: int
     # where the receiver's queued conversion will write the KVM images (empty: no conversion)
     converted_images: tuple[str, ...] = ()
+    publish: PublishRecord | None = None    # the Glance image, when the server published it already
 
     @property
     def disks(self) -> list[ManifestDisk]:
@@ -99,9 +103,10 @@ class CaptureResult:
                 + [f"  {p}" for p in self.converted_images]
                 + ["  (its result, every fix applied: the `conversion` section of manifest.json there)"])
 
-    def summary_lines(self, predicted_seconds: float | None = None) -> list[str]:
-        """The one result summary: the console's last lines and the TUI's Done screen.
-        predicted_seconds: the estimate's total, for the predicted-vs-actual line."""
+    def summary_lines(self, estimate: CaptureEstimate | None = None) -> list[str]:
+        """The one result summary: the console's last lines and the TUI's Done screen; with the
+        estimate, its total against the time taken (and its caveat, when it has one)."""
+        predicted_seconds = estimate.total_seconds if estimate is not None else None
         el = max(self.elapsed, 1e-9)
         out = [f"capture {self.capture_id} complete in {hs(self.elapsed)} ({self.elapsed:.1f} s): {self.verdict()}",
                f"  where:   {self.location}",
@@ -110,9 +115,9 @@ class CaptureResult:
                f"of {hb(self.total_size)}), skipped {hb(self.zero_bytes)} of zeros"]
         if predicted_seconds:
             # The estimate is made before the server says what it holds: for the whole capture.
-            held = sum(d.resume.resumed_from for d in self.disks
-                       if d.resume is not None and not d.resume.restarted)
+            held = sum(d.resume.resumed_from for d in self.disks if d.resume and not d.resume.restarted)
             tail = f"; {hb(held)} were held from an earlier attempt" if held else ""
+            tail += f"; {estimate.caveat}" if estimate.caveat else ""
             out.append(f"  estimate: {predicted_seconds:.1f} s predicted, {self.elapsed:.1f} s actual "
                        f"({100.0 * (self.elapsed - predicted_seconds) / predicted_seconds:+.0f}%{tail})")
         for d in self.disks:
@@ -126,6 +131,10 @@ class CaptureResult:
                            f"{len(bad.ranges)} ranges (zeros in the image; start+count: {shown}{more}; "
                            f"manifest.json lists them all)")
         out += [f"  {line}" for line in self.conversion_lines()]
+        if self.publish is not None:
+            p = self.publish
+            out.append(f"  published to Glance ({p.cloud}): image {p.image_id} ({p.image_kind} image, "
+                       f"checksum {p.checksum})")
         return out
 
 
@@ -257,32 +266,39 @@ class _Replies:
             f"then capture again")
 
 
-def run_capture(
-    disk_paths: list[str],
-    connect: Callable[[], Connection],
-    opts: StreamOptions,
-    *,
-    capture_id: str | None = None,
-    image_format: str = "qcow2",
-    on_event: Callable[[object], None] = lambda e: None,
-    cancel: threading.Event | None = None,
-    source_facts: dict | None = None,
-    estimate: dict | None = None,
-    data_estimates: dict[str, int] | None = None,
-    allow_mounted: bool = False,
-    readiness=None,
-    resume: bool = False,
-    reconnect_seconds: float = 0.0,
-    stall_seconds: float = 120.0,
-) -> CaptureResult:
-    """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
-    each DISK header so the receiver can refuse up front when its disk cannot hold them.
-    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`).
-    resume: continue an unfinished capture of capture_id the receiver holds (agent.source.capture.resume
-    checks the source against it; what matches is not sent again). reconnect_seconds: after a
-    dropped session, reconnect and resume for at most this long (0: fail at once). stall_seconds:
-    data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
-    with resume), instead of waiting for TCP to give up (15 minutes and more)."""
+@dataclass
+class CaptureRequest:
+    """What one capture is asked to do: run_capture's one argument (the job, the TUI and the tests
+    build it). `connect` opens a session to the receiver (a Target's connect)."""
+
+    disks: list[str]                              # source paths
+    connect: Callable[[], Connection]
+    opts: StreamOptions = field(default_factory=StreamOptions)
+    capture_id: str | None = None                 # None: a new id
+    image_format: str = "qcow2"
+    source_facts: dict = field(default_factory=dict)   # for the manifest (the inventory ...)
+    # The pre-capture estimate (the manifest keeps it; its non-zero bytes per disk go in each DISK
+    # header so the receiver can refuse up front when its disk cannot hold them).
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None      # the inspection made before the capture
+    allow_mounted: bool = False                   # capture a source in use (the manifest says so)
+    # Continue an unfinished capture of capture_id the receiver holds (agent.source.capture.resume
+    # checks the source against it; what matches is not sent again).
+    resume: bool = False
+    reconnect_seconds: float = 0.0   # after a dropped session, reconnect and resume this long (0: fail)
+    # Data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
+    # with resume), instead of waiting for TCP to give up (15 minutes and more).
+    stall_seconds: float = 120.0
+
+
+def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lambda e: None,
+                cancel: threading.Event | None = None) -> CaptureResult:
+    """Capture req.disks; every step is an event to `on_event`; `cancel` stops it at a record
+    boundary (the receiver discards the partial capture, or keeps it to resume)."""
+    disk_paths, connect, opts, capture_id = req.disks, req.connect, req.opts, req.capture_id
+    image_format, resume, estimate, readiness = req.image_format, req.resume, req.estimate, req.readiness
+    allow_mounted = req.allow_mounted
+    data_estimates = {d.path: d.data_bytes for d in estimate.disks} if estimate is not None else {}
     opts.validate()
     if not disk_paths:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
@@ -301,7 +317,7 @@ def run_capture(
     # Before the guard: setting a device read-only under a read-write mount would make the
     # running filesystem fail its own writes.
     in_use = inuse.check(tree, what=what, allow=allow_mounted)
-    source_facts = dict(source_facts or {})
+    source_facts = dict(req.source_facts)
     if allow_mounted:
         # The manifest says the operator chose to capture a source that may be changing.
         source_facts["allow_mounted_source"] = {"in_use": [f.describe() for f in in_use]}
@@ -318,7 +334,7 @@ def run_capture(
         totals = DiskStats()
         if estimate is not None:
             try:
-                P.dumps(estimate)
+                records.dumps(estimate)
             except (TypeError, ValueError) as e:
                 # The estimate is advice for the manifest: one that is not strict JSON (NaN, an
                 # infinite rate) must not stop the capture.
@@ -326,13 +342,12 @@ def run_capture(
                 estimate = None
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
-                        disks=tuple(names), estimate=estimate,
-                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume)
+                        disks=tuple(names), estimate=estimate, readiness=readiness, resume=resume)
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
             replies = _Replies(conn)
-            conn.dead_link_after(stall_seconds)
+            conn.dead_link_after(req.stall_seconds)
             last_send = [time.monotonic()]
 
             def send(data: bytes) -> None:
@@ -373,7 +388,7 @@ def run_capture(
                         logical_sector_size=src.logical_sector_size,
                         physical_sector_size=src.physical_sector_size,
                         mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
-                        data_bytes_estimate=(data_estimates or {}).get(src.path),
+                        data_bytes_estimate=data_estimates.get(src.path),
                         resume_from=plan.start, restart_reason=plan.restart_reason))
 
                     def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
@@ -414,7 +429,7 @@ def run_capture(
             finally:
                 conn.close()
 
-        retry = _Reconnect(reconnect_seconds if resume else 0.0, cancel)
+        retry = _Reconnect(req.reconnect_seconds if resume else 0.0, cancel)
         while True:
             try:
                 conn = connect()
@@ -433,7 +448,7 @@ def run_capture(
                 hello = dataclasses.replace(hello, resume=True)
 
     try:
-        manifest = Manifest.from_dict(final.manifest or {}, "the receiver's manifest")
+        manifest = Manifest.load(final.manifest or {}, "the receiver's manifest")
     except ColdcloneError as e:
         raise ServerError(f"conversion server: capture {capture_id} completed, but its manifest in the "
                           f"reply is malformed ({e}); read manifest.json in {final.path or location}",
@@ -449,6 +464,7 @@ def run_capture(
         zero_bytes=totals.zero_bytes,
         total_size=total,
         converted_images=final.converted_images,
+        publish=PublishRecord.from_document(final.manifest),
     )
     on_event(E.CaptureFinished(result))
     return result

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
         if target is not None:
             target.close()
     if args.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(records.dumps(est, indent=2))
     else:
         for line in est.lines():
             print(line)

@@ -26,6 +26,10 @@ from .plan import CaptureEstimate, DiskEstimate
 from .rate import RateMeter
 
 
+# The stages that run while the disk streams (the estimate's `server` and `map` come after and before).
+STREAM_STAGES = ("read", "cpu", "link", "write", "shared")
+
+
 class EtaEstimator:
     """Seconds left, from progress samples; see the module docstring.
 
@@ -52,7 +56,7 @@ class EtaEstimator:
         """(modelled stream seconds per disk byte, per wire byte limit, server seconds) of disk i."""
         d = self.disks[i]
         st = d.stages
-        return (max(st.get("read", 0.0), st.get("cpu", 0.0)) / max(d.size, 1),
+        return (max(st.get("read", 0.0), st.get("cpu", 0.0), st.get("shared", 0.0)) / max(d.size, 1),
                 max(st.get("link", 0.0), st.get("write", 0.0)) / max(d.bytes_to_send, 1),
                 st.get("server", 0.0))
 
@@ -66,7 +70,7 @@ class EtaEstimator:
         for j in range(i, len(self.disks)):
             st = self.disks[j].stages
             frac_left = 1.0 if j > i else max(0.0, (disk_size - disk_done) / max(disk_size, 1))
-            stream = max(st.get("read", 0.0), st.get("cpu", 0.0), st.get("link", 0.0), st.get("write", 0.0))
+            stream = max(st.get(k, 0.0) for k in STREAM_STAGES)
             left += stream * frac_left + self._disk_model(j)[2]
         return left
 

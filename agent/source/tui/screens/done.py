@@ -8,7 +8,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header
 
-from ....manifest import PublishRecord
 from .. import text
 from ..widgets.plain import Plain
 from .confirm import Confirm
@@ -50,18 +49,13 @@ class DoneScreen(Screen):
         out = []
         if plan.result is not None:
             # the console's summary, word for word
-            out += plan.result.summary_lines(plan.estimate.total_seconds if plan.estimate is not None else None)
+            out += plan.result.summary_lines(plan.estimate)
         else:
             out.append(f"Error (exit {plan.exit_code}): {plan.error}")
             if plan.capture_id:
                 out.append(f"Capture id: {plan.capture_id}")
             out.append("The source disks were not changed. Fix the cause and capture again (a).")
         ready = plan.readiness
-        if plan.result is not None:
-            pub = PublishRecord.from_manifest(plan.result.manifest)
-            if pub is not None:
-                out.append(f"Published to Glance ({pub.cloud}): image {pub.image_id} "
-                           f"({pub.image_kind} image, checksum {pub.checksum})")
         out.append("")
         if ready is not None and ready.os_name:
             out.append(f"Before booting the image in KVM/OpenStack ({ready.os_name}):")
