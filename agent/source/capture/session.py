@@ -133,8 +133,8 @@ class CaptureResult:
         out += [f"  {line}" for line in self.conversion_lines()]
         if self.publish is not None:
             p = self.publish
-            out.append(f"  published to Glance ({p.cloud}): image {p.image_id} ({p.image_kind} image, "
-                       f"checksum {p.checksum})")
+            out.append(f"  published to Glance ({p.cloud}): image {p.image_id}")
+            out.append(f"    the {p.image_kind} image, checksum {p.checksum}")
         return out
 
 
