@@ -67,6 +67,21 @@ def _cpu_seconds() -> float:
 
 
 @dataclass
+class FailureRecord:
+    """`<id>.partial/failure.json`: what failed, and whether the capture can be resumed."""
+
+    code: str                     # the error reply's code (corrupt, no_space, cut ...)
+    error: str
+    capture_id: str
+    started: str
+    failed: str
+    disks_verified: list[str]
+    resumable: bool               # the journals vouch for what is held: `--resume ID` continues
+    held: dict[str, int]          # bytes held per disk (resumable)
+    status: str = "failed"
+
+
+@dataclass
 class DiskState:
     header: P.DiskHeader
     fd: int
@@ -661,12 +676,11 @@ class CaptureSink(_Sink):
                 except (OSError, ServerError) as e:
                     log.error("could not remove %s: %s", name, e)
             J.remove_all(cap)
-        record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
-                  "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d.name for d in self.disks],
-                  "resumable": resumable, "held": held}
+        record = FailureRecord(code=code, error=message, capture_id=cap.capture_id, started=self.rx.started,
+                               failed=_now(), disks_verified=[d.name for d in self.disks],
+                               resumable=resumable, held=held)
         try:
-            cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+            cap.write_atomic(FAILURE, records.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
             log.error("could not write failure.json: %s", e)
         cap.unlock()

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import stat
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from ... import devnames
+from ... import devnames, records
 from ...errors import SourceError
 
 log = logging.getLogger("coldclone.guard")
@@ -151,15 +150,6 @@ class GuardRecord:
     was_ro: bool
     owners: list[Owner] = field(default_factory=list)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "GuardRecord":
-        d = json.loads(text)
-        return cls(dev=str(d["dev"]), devno=str(d["devno"]), was_ro=bool(d["was_ro"]),
-                   owners=[Owner(int(o["pid"]), int(o["start"])) for o in d["owners"]])
-
 
 class Registry:
     """The records in guard_dir; every read-modify-write happens under one flock."""
@@ -183,7 +173,7 @@ class Registry:
     def load(self, num: str) -> GuardRecord | None:
         try:
             with open(self._path(num)) as f:
-                return GuardRecord.from_json(f.read())
+                return records.loads(f.read(), GuardRecord, self._path(num))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -195,7 +185,7 @@ class Registry:
     def save(self, rec: GuardRecord) -> None:
         tmp = self._path(rec.devno) + ".tmp"
         with open(tmp, "w") as f:
-            f.write(rec.to_json())
+            f.write(records.dumps(rec, indent=1) + "\n")
         os.replace(tmp, self._path(rec.devno))
 
     def remove(self, num: str) -> None:

@@ -10,7 +10,6 @@ from textual.widgets import Button, Footer, Header
 
 from .. import text
 from ..widgets.plain import Plain
-from .confirm import Confirm
 
 
 class DoneScreen(Screen):
@@ -88,8 +87,8 @@ class DoneScreen(Screen):
             self.app.exit(result.exit_code if result is not None else self.app.plan.exit_code)
             return
         question = "Power the server off now?" if what == "poweroff" else "Reboot the server now?"
-        self.app.push_screen(Confirm(question, yes="Power off" if what == "poweroff" else "Reboot"),
-                             lambda yes: self._power(what) if yes else None)
+        self.app.confirm(question, yes="Power off" if what == "poweroff" else "Reboot",
+                         then=lambda yes: self._power(what) if yes else None)
 
     def _power(self, what: str) -> None:
         try:

@@ -30,7 +30,6 @@ from ....units import human_bytes, human_rate, human_seconds
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
-from .confirm import Confirm
 
 # Progress events arrive per chunk (hundreds a second on fast disks); the screen
 # needs a few a second, and a 9600-baud serial console far fewer.
@@ -208,11 +207,11 @@ class ProgressScreen(Screen):
     def action_cancel(self) -> None:
         if self.finished or self.cancel.is_set():
             return
-        self.app.push_screen(Confirm(
+        self.app.confirm(
             "Cancel the capture?",
             ["The capture stops after the current chunk; the conversion server",
              "discards the partial images. You can capture again afterwards."],
-            yes="Cancel capture", no="Keep going"), self._cancel_answer)
+            yes="Cancel capture", no="Keep going", then=self._cancel_answer)
 
     def _cancel_answer(self, yes: bool | None) -> None:
         if yes and not self.finished:
