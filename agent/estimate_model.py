@@ -33,8 +33,10 @@ class LinkEstimate:
 
 @dataclass
 class SampleFacts:
-    """What content sampling found on a disk (agent.source.estimate.sample)."""
+    """What content sampling found on a disk (agent.source.estimate.sample.ContentSample holds
+    these and the sampled buffers)."""
 
+    size: int
     samples: int
     sampled_bytes: int
     nonzero_fraction: float      # of the disk's blocks, in the chosen mode's terms

@@ -17,7 +17,7 @@ import itertools
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import zstandard
 
@@ -30,25 +30,16 @@ MiB = 1 << 20
 
 
 @dataclass
-class ContentSample:
-    size: int
-    samples: int
-    sampled_bytes: int
-    nonzero_fraction: float      # of the disk's blocks, in the chosen mode's terms
-    compress_ratio: float        # payload / raw bytes of the data blocks (1.0: incompressible)
-    cpu_per_byte: float          # CPU seconds per disk byte (zero test, sha256, zstd), one thread
-    sample_seconds: float        # wall time the sampling took
-    read_fraction: float = 1.0   # of the disk's bytes the capture reads (mode=used: the used map's share)
-    # The sampled buffers themselves: the calibration probe runs them through the capture's own
-    # processing and sends them, so it measures CPU and link together on this disk's content.
+class ContentSample(SampleFacts):
+    """SampleFacts and the sampled buffers themselves: the calibration probe runs them through the
+    capture's own processing and sends them, so it measures CPU and link together on this disk's
+    content."""
+
     buffers: list = field(default_factory=list, repr=False)
 
     def facts(self) -> SampleFacts:
         """What the estimate keeps of it (the buffers stay here)."""
-        return SampleFacts(samples=self.samples, sampled_bytes=self.sampled_bytes,
-                           nonzero_fraction=self.nonzero_fraction, compress_ratio=self.compress_ratio,
-                           cpu_per_byte=self.cpu_per_byte, sample_seconds=self.sample_seconds,
-                           read_fraction=self.read_fraction)
+        return SampleFacts(**{f.name: getattr(self, f.name) for f in fields(SampleFacts)})
 
 
 def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, sample_size: int = 256 << 10,
