@@ -1,6 +1,5 @@
 """Inspection of whole source-OS trees and the readiness report built from them."""
 
-import json
 import os
 from pathlib import Path
 

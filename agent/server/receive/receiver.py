@@ -34,7 +34,7 @@ import zstandard
 
 from ... import __version__
 from ... import protocol as P
-from ...errors import ColdcloneError, ServerError
+from ...errors import ServerError
 from ... import records
 from ...manifest import (DiskResume, EstimateVsActual, Manifest, ManifestDisk, ReceiverFacts, Unreadable,
                         UnreadableRange, Verified)

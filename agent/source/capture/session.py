@@ -295,30 +295,28 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 cancel: threading.Event | None = None) -> CaptureResult:
     """Capture req.disks; every step is an event to `on_event`; `cancel` stops it at a record
     boundary (the receiver discards the partial capture, or keeps it to resume)."""
-    disk_paths, connect, opts, capture_id = req.disks, req.connect, req.opts, req.capture_id
-    image_format, resume, estimate, readiness = req.image_format, req.resume, req.estimate, req.readiness
-    allow_mounted = req.allow_mounted
+    opts, resume, estimate = req.opts, req.resume, req.estimate
     data_estimates = {d.path: d.data_bytes for d in estimate.disks} if estimate is not None else {}
     opts.validate()
-    if not disk_paths:
+    if not req.disks:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
-    sources: list[SourceDisk] = [probe(p) for p in disk_paths]
+    sources: list[SourceDisk] = [probe(p) for p in req.disks]
     names = [s.name for s in sources]
     dups = {n for n in names if names.count(n) > 1}
     if dups:
         raise UsageError(f"disk {', '.join(sorted(dups))} named twice")
-    capture_id = capture_id or new_capture_id()
+    capture_id = req.capture_id or new_capture_id()
     total = sum(s.size for s in sources)
     t0 = time.monotonic()
     if cancel is not None and cancel.is_set():   # stopped before anything started
         raise CaptureCancelled("capture cancelled before it started", aborted_on_server=False)
-    what = "capture " + ", ".join(disk_paths)
+    what = "capture " + ", ".join(req.disks)
     tree = device_tree([s.path for s in sources])
     # Before the guard: setting a device read-only under a read-write mount would make the
     # running filesystem fail its own writes.
-    in_use = inuse.check(tree, what=what, allow=allow_mounted)
+    in_use = inuse.check(tree, what=what, allow=req.allow_mounted)
     source_facts = dict(req.source_facts)
-    if allow_mounted:
+    if req.allow_mounted:
         # The manifest says the operator chose to capture a source that may be changing.
         source_facts["allow_mounted_source"] = {"in_use": [f.describe() for f in in_use]}
 
@@ -328,7 +326,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
         # read-write mount or write-open can start now).
         late = [f for f in inuse.scan(tree) if f not in in_use]
         if late:
-            inuse.check_found(late, what=what, allow=allow_mounted)
+            inuse.check_found(late, what=what, allow=req.allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
         sent = {"wire": 0}
         totals = DiskStats()
@@ -340,9 +338,9 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 # infinite rate) must not stop the capture.
                 log.warning("estimate left out of the manifest: %s", e)
                 estimate = None
-        hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
+        hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=req.image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
-                        disks=tuple(names), estimate=estimate, readiness=readiness, resume=resume)
+                        disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume)
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
@@ -432,9 +430,9 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
         retry = _Reconnect(req.reconnect_seconds if resume else 0.0, cancel)
         while True:
             try:
-                conn = connect()
+                conn = req.connect()
             except ConnectionError_ as e:
-                # Only a reconnect retries a failed connect: the first one fails as before.
+                # Only a reconnect retries a failed req.connect: the first one fails as before.
                 if not retry.attempts or not retry.wait(e, on_event):
                     raise
                 continue

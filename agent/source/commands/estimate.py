@@ -13,12 +13,12 @@ target replaces the table's link rate; it leaves nothing on the server.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from ..config import add_flags, config_from_args
 from ..discover.populate import discover
+from ... import records
 from ...errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..estimate.plan import estimate_capture
 from ..job import cfg_password

@@ -32,7 +32,7 @@ from typing import Callable
 from ... import devnames
 from ... import protocol as P
 from ...estimate_model import (Alternative, Calibration, CaptureEstimate, DiskEstimate, LinkEstimate,
-                               ReadTiming, stage_text)
+                               ReadTiming)
 from ..capture.stream import StreamOptions
 from ..capture.usedmap import maps_are_reused, plan_disk
 from ...choices import CAPTURE_MODES as MODES
@@ -41,8 +41,6 @@ from ...errors import ColdcloneError, SourceError, UsageError
 from ...runcmd import run
 from ..transport.url import parse_target
 from ...units import human_bytes as hb
-from ...units import human_minutes
-from ...units import human_seconds as hs
 from . import links as L
 from .calibrate import probe_target
 from .sample import ContentSample, measure_read_rate, sample_content
