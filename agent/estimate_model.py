@@ -128,19 +128,18 @@ class CaptureEstimate:
     notes: list[str] = field(default_factory=list)
     # Why the figure cannot be trusted here (empty: it can); the summary's predicted-vs-actual says it.
     caveat: str = ""
+    # The disks' sums, kept in the document for its readers (computed, whatever a document says).
+    total_size: int = 0
+    bytes_to_send: int = 0
+
+    def __post_init__(self) -> None:
+        self.total_size = sum(d.size for d in self.disks)
+        self.bytes_to_send = sum(d.bytes_to_send for d in self.disks)
 
     @property
     def seconds(self) -> float:
         """total_seconds, under the name the first sampler's Estimate used."""
         return self.total_seconds
-
-    @property
-    def total_size(self) -> int:
-        return sum(d.size for d in self.disks)
-
-    @property
-    def bytes_to_send(self) -> int:
-        return sum(d.bytes_to_send for d in self.disks)
 
     def lines(self) -> list[str]:
         out = []
