@@ -417,10 +417,10 @@ class ReadOnlyGuard:
                         rec.owners = live
                         reg.save(rec)
                         stays[rec.dev] = sorted({str(o.pid) for o in live})
-                        if any(o.pid != me.pid for o in live):
-                            # another capture holds it: not the usual case, said per device
-                            log.info("%s stays read-only: still used by coldclone pid %s", rec.dev,
-                                     ", ".join(stays[rec.dev]))
+                        # another capture holding it is not the usual case: said per device
+                        log.log(logging.INFO if any(o.pid != me.pid for o in live) else logging.DEBUG,
+                                "%s stays read-only: still used by coldclone pid %s", rec.dev,
+                                ", ".join(stays[rec.dev]))
                         continue
                     line = _restore(rec, "")
                     log.debug("%s", line)
