@@ -48,6 +48,13 @@ class OnReadError(StrEnum):
     MAP = "map"            # zero-fill and record the unreadable sectors, carry on (exit 7)
 
 
+class ConvertEngine(StrEnum):
+    """How coldclone-convert makes a captured server boot on KVM virtio (coldclone-receive
+    --convert-engine names it too: the receiver starts the converter as a command)."""
+    VIRT_V2V = "virt-v2v"  # virt-v2v, then our fix-ups for what it leaves
+    FIXUPS = "fixups"      # our libguestfs fix-ups alone (fast; no driver injection)
+
+
 class IscsiMode(StrEnum):
     AUTO = "auto"
     OFF = "off"

@@ -44,7 +44,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterator
 
+from . import records
 from .devnames import real_identifier
+from .estimate_model import CaptureEstimate
+from .guestos.report import ReadinessReport
 
 MAGIC = b"COLDCLN\x00"
 # 2: HELLO.resume, DISK.resume_from / restart_reason and READY.held (resumable captures). A
@@ -459,14 +462,17 @@ class Hello:
     source: dict = field(default_factory=dict)     # free-form source facts, for the manifest
     disks: tuple[str, ...] = ()
     probe: bool = False
-    estimate: dict | None = None                   # the agent's `coldclone estimate --json`
-    readiness: dict | None = None                  # guestos.report.ReadinessReport.to_dict()
+    # Advice for the manifest, typed (agent.records): the agent's estimate and its inspection of
+    # the source OS. One that does not decode is left out, not a refused capture: `dropped` says why.
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None
     # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
     # has); without it an existing capture id is refused.
     resume: bool = False
     # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
     # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
     unfinished_of: tuple[DiskIdentity, ...] = ()
+    dropped: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -478,9 +484,9 @@ class Hello:
         if self.resume:
             obj["resume"] = True
         if self.estimate is not None:
-            obj["estimate"] = self.estimate
+            obj["estimate"] = records.encode(self.estimate)
         if self.readiness is not None:
-            obj["readiness"] = self.readiness
+            obj["readiness"] = records.encode(self.readiness)
         return obj
 
     def encode(self) -> bytes:
@@ -491,11 +497,22 @@ class Hello:
         f = JsonFields(obj, "HELLO")
         probe = f.bool("probe")
         fmt = f.str("format", ImageFormat.QCOW2)
+        dropped: list[str] = []
+
+        def advice(key: str, model):
+            if not f.present(key):
+                return None
+            try:
+                return records.decode(f.mapping(key), model, f"HELLO {key}")
+            except records.RecordError as e:
+                dropped.append(str(e))
+                return None
+
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
-                   estimate=f.mapping("estimate") if f.present("estimate") else None,
-                   readiness=f.mapping("readiness") if f.present("readiness") else None,
-                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")))
+                   estimate=advice("estimate", CaptureEstimate), readiness=advice("readiness", ReadinessReport),
+                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")),
+                   dropped=tuple(dropped))
 
     @staticmethod
     def _identities(v: object) -> tuple[DiskIdentity, ...]:

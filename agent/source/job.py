@@ -28,7 +28,7 @@ from typing import Callable
 from . import netsetup
 from .capture import inuse, lookup
 from .capture.guard import device_tree
-from .capture.session import CaptureResult, run_capture
+from .capture.session import CaptureRequest, CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .capture.usedmap import maps_reused
@@ -366,14 +366,11 @@ class CaptureJob:
         capture_id = cfg.resolved_capture_id()
         if capture_id is None and cfg.resume == "auto":
             capture_id = self._unfinished()
-        result = run_capture(self.sources, self.target.connect, opts, capture_id=capture_id,
-                             image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
-                             source_facts=facts, estimate=est.to_dict() if est is not None else None,
-                             # the receiver's disk-space preflight: non-zero bytes per disk
-                             data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
-                             allow_mounted=cfg.allow_mounted, readiness=self.readiness,
-                             resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
-                             stall_seconds=cfg.stall)
+        result = run_capture(CaptureRequest(
+            disks=list(self.sources), connect=self.target.connect, opts=opts, capture_id=capture_id,
+            image_format=cfg.format, source_facts=facts, estimate=est, readiness=self.readiness,
+            allow_mounted=cfg.allow_mounted, resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
+            stall_seconds=cfg.stall), on_event=self.notify, cancel=self.cancel)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 

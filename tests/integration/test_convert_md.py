@@ -28,8 +28,10 @@ import time
 
 import pytest
 
+from agent import records
 from agent.server.convert.guestfs import Guest, detect_accel
-from agent.server.convert.model import Engine, Fix, prediction_gaps
+from agent.server.convert.model import Fix, prediction_gaps
+from agent.choices import ConvertEngine
 from agent.guestos.tree import inspect_tree
 from tests.conftest import BIN, sha256_of
 from tests.testbed import guestdisk
@@ -120,7 +122,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
         "/srv not mounted for the fix-ups: its device /dev/md1 (the guest's fstab) is none of the "
         "filesystems on the captured disks; its files were not checked, and the converted guest "
         "mounts it only if that device is attached"]
-    fixes = [Fix.from_dict(f) for f in c["fixes"]]
+    fixes = [records.decode(f, Fix, "fix") for f in c["fixes"]]
     got = sorted((f.kind.value, f.path, f.before, f.after) for f in fixes)
     sw_a, sw_b = (f"UUID={u}" for u in md.swap_uuids)
     assert got == sorted([
@@ -145,7 +147,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     md_finding = next(f for f in src.findings if f.id == "md-raid")
     assert md_finding.evidence == ["/etc/fstab:3: /dev/md0 /", "/etc/fstab:6: /dev/md1 /srv"]
     promised = [f.id for f in src.findings if f.conversion]
-    gaps = prediction_gaps(promised, Engine.FIXUPS, fixes)
+    gaps = prediction_gaps(promised, ConvertEngine.FIXUPS, fixes)
     # The initramfs' virtio drivers are virt-v2v's part, which --engine fixups does not run.
     assert gaps.unpredicted == () and set(gaps.unanswered) <= {"initramfs-virtio"}, gaps
 

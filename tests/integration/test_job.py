@@ -90,7 +90,7 @@ def test_steps_run_in_order_and_the_capture_is_the_source(tmp_path, source):
     assert sha256_of(source.dev) == before
     manifest = json.load(open(os.path.join(result.location, "manifest.json")))
     assert manifest["source"]["inventory"]["disks"], manifest["source"]
-    assert manifest["estimate"]["total_seconds"] == est.to_dict()["total_seconds"]
+    assert manifest["estimate"]["total_seconds"] == est.total_seconds
 
 
 def test_a_failing_pre_hook_stops_everything_and_runs_the_fail_hook(tmp_path, source):

@@ -155,7 +155,7 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
             async with app.run_test(size=(80, 24)) as pilot:
                 await drive_to_capture(pilot, sshd, rx_dir, loop.dev)
                 screen = app.screen
-                await wait_for(pilot, lambda: screen.last_progress is not None, 60, "progress")
+                await wait_for(pilot, lambda: screen.progress.figures().moved, 60, "progress")
                 await pilot.press("c")
                 await pilot.pause()
                 await pilot.press("y")

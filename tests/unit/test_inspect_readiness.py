@@ -1,9 +1,9 @@
 """Inspection of whole source-OS trees and the readiness report built from them."""
 
-import json
 import os
 from pathlib import Path
 
+from agent import records
 from agent.guestos import files
 from agent.guestos.model import IscsiInitiator, OsInfo
 from agent.source.inspect.mount import ro_options
@@ -66,7 +66,7 @@ def test_concrete_uuid_in_fix_when_discovery_knows_it():
 def test_chap_secret_never_printed():
     src = inspect_tree(str(RHEL6 / "root"), boot_root=str(RHEL6 / "boot"))
     assert src.iscsid.secrets["node.session.auth.password"].reveal() == "S3cretChapPw!"
-    for text in (src.render(), json.dumps(src.to_dict()), repr(src)):
+    for text in (src.render(), records.dumps(src), repr(src)):
         assert "S3cretChapPw" not in text
         assert "node.session.auth.password = ****" in text or "'****'" in text \
             or '"****"' in text

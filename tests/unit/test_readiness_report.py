@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from agent.source.discover.model import Disk, Partition, PartitionTable
+from agent import records
 from agent.errors import ColdcloneError
 from agent.guestos import boot
 from agent.guestos.model import BootLoader, Firmware
@@ -125,22 +126,22 @@ def test_firmware_from_the_partition_table():
 
 def test_report_round_trips_through_the_manifest(debian):
     rep = from_source(inspect_tree(str(debian)), "sda")
-    data = json.loads(json.dumps(rep.to_dict()))
+    data = json.loads(records.dumps(rep))
     assert "source" not in data and data["firmware"] == "uefi" and data["boot_loader"] == "grub2"
-    back = ReadinessReport.from_dict(data)
+    back = records.decode(data, ReadinessReport, "readiness")
     assert back == rep
     assert back.findings[0].conversion == rep.findings[0].conversion
 
 
 def test_malformed_report_names_the_field(debian):
-    data = from_source(inspect_tree(str(debian)), "sda").to_dict()
+    data = records.encode(from_source(inspect_tree(str(debian)), "sda"))
     data["firmware"] = "coreboot"
-    with pytest.raises(ColdcloneError, match=r"readiness\.firmware: 'coreboot' is not one of"):
-        ReadinessReport.from_dict(data)
+    with pytest.raises(ColdcloneError, match=r"readiness: Invalid enum value 'coreboot' - at \$\.firmware"):
+        records.decode(data, ReadinessReport, "readiness")
     data["firmware"] = "bios"
     data["findings"][0]["severity"] = 3
-    with pytest.raises(ColdcloneError, match=r"readiness\.findings\[0\]\.severity: expected str"):
-        ReadinessReport.from_dict(data)
+    with pytest.raises(ColdcloneError, match=r"readiness: Expected str, got int - at \$\.findings\[0\]\.severity"):
+        records.decode(data, ReadinessReport, "readiness")
 
 
 def test_summary_lines(debian):
@@ -173,7 +174,7 @@ def _local(path, vsize=3 << 30):
 
 def test_properties_from_the_manifest(tmp_path, debian):
     rep = from_source(inspect_tree(str(debian)), "sda")
-    cap = CaptureDirectory.load(str(_capture(tmp_path, rep.to_dict())), purpose="published")
+    cap = CaptureDirectory.load(str(_capture(tmp_path, records.encode(rep))), purpose="published")
     props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
     assert props == {
         "hw_disk_bus": "virtio", "hw_vif_model": "virtio", "coldclone_capture_id": "cap1",
@@ -185,7 +186,7 @@ def test_properties_from_the_manifest(tmp_path, debian):
 def test_bios_source_and_no_readiness(tmp_path):
     src = inspect_tree(str(TREES / "rocky9-nm"))
     src.firmware = Firmware.BIOS
-    cap = CaptureDirectory.load(str(_capture(tmp_path, from_source(src, "sda").to_dict())), purpose="published")
+    cap = CaptureDirectory.load(str(_capture(tmp_path, records.encode(from_source(src, "sda")))), purpose="published")
     props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
     assert (props["os_distro"], props["os_version"], props["hw_qemu_guest_agent"]) == ("rocky", "9.3", "no")
     assert "hw_firmware_type" not in props and "hw_machine_type" not in props
@@ -215,8 +216,9 @@ def test_publish_section_written_atomically_and_read_back(tmp_path):
                         image_kind="verified", disk="sda", checksum="m", os_hash_algo="sha512",
                         os_hash_value="s", size=104, published="2026-11-29T00:00:00Z",
                         reused=False)
-    cap.write_section("publish", rec.to_dict())
+    cap.write_section("publish", rec)
     doc = json.loads((tmp_path / "cap1" / "manifest.json").read_text())
-    assert doc["capture_id"] == "cap1" and PublishRecord.from_manifest(Manifest.from_dict(doc)) == rec
+    assert doc["capture_id"] == "cap1" and PublishRecord.from_document(doc) == rec
+    assert Manifest.load(doc).capture_id == "cap1"
     assert sorted(p.name for p in (tmp_path / "cap1").iterdir()) == ["manifest.json", "sda.qcow2"]
-    assert PublishRecord.from_manifest(Manifest.from_dict({**doc, "publish": "yes"})) is None
+    assert PublishRecord.from_document({**doc, "publish": "yes"}) is None

@@ -37,7 +37,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from agent.server.convert.model import Engine, Fix, prediction_gaps
+from agent import records
+from agent.server.convert.model import Fix, prediction_gaps
+
+from agent.choices import ConvertEngine
 from tests.conftest import BIN
 from tests.testbed import glance as tglance
 from tests.testbed import guestdisk
@@ -166,7 +169,7 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, vm
         conv = m["conversion"]
         out = open(os.path.join(cap_dir, "conversion.out"), errors="replace").read()
         assert conv["result"] == "converted", f"{conv['message']}\n{out[-3000:]}"
-        assert conv["engine"] == Engine.FIXUPS.value
+        assert conv["engine"] == ConvertEngine.FIXUPS.value
         assert [i["image"] for i in conv["images"]] == [os.path.basename(converted)], conv["images"]
         figures["conversion_seconds"] = conv["seconds"]
         figures["conversion_accel"] = conv["accel"]
@@ -177,8 +180,8 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, vm
         ready = m["readiness"]
         assert ready["disk"] == name and ready["firmware"] == firmware, ready
         promised = [f["id"] for f in ready["findings"] if f["conversion"]]
-        fixes = [Fix.from_dict(d) for d in conv["fixes"]]
-        gaps = prediction_gaps(promised, Engine(conv["engine"]), fixes)
+        fixes = [records.decode(d, Fix, "fix") for d in conv["fixes"]]
+        gaps = prediction_gaps(promised, ConvertEngine(conv["engine"]), fixes)
         assert gaps.agree, (f"predicted {promised}, fixed {[f.render() for f in fixes]}: unanswered "
                             f"{list(gaps.unanswered)}, unpredicted {[f.render() for f in gaps.unpredicted]}")
         # this disk's known faults are among them (fstab and root= by sdX names, a MAC-bound rule)

@@ -17,7 +17,8 @@ import sys
 
 from ...errors import EXIT_SERVER, EXIT_USAGE, UsageError
 from .convert import convert, read_capture
-from .model import CopyMethod, Engine, Outcome
+from .model import CopyMethod, Outcome
+from ...choices import ConvertEngine
 
 EXIT_NOT_CONVERTED = 7
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("capture_dir", metavar="CAPTURE_DIR", help="a complete capture: <receiver root>/<capture id>")
-    ap.add_argument("--engine", choices=[e.value for e in Engine], default=Engine.VIRT_V2V.value,
+    ap.add_argument("--engine", choices=[e.value for e in ConvertEngine], default=ConvertEngine.VIRT_V2V.value,
                     help="virt-v2v (default): our fix-ups, then virt-v2v (virtio drivers in the initramfs); "
                          "fixups: our libguestfs fix-ups only (minutes faster, for guests whose "
                          "initramfs already has virtio)")
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="coldclone-convert: %(message)s")
-    engine = Engine(args.engine)
-    if args.overlay and engine is not Engine.FIXUPS:
+    engine = ConvertEngine(args.engine)
+    if args.overlay and engine is not ConvertEngine.FIXUPS:
         print("coldclone-convert: --overlay needs --engine fixups (virt-v2v always writes a new image)",
               file=sys.stderr)
         return EXIT_USAGE

@@ -33,7 +33,8 @@ from ..receive.store import CaptureDir, Store, converted_image_name
 from ...runcmd import run
 from . import fixes as F
 from .guestfs import Accel, Guest, detect_accel, tool_version
-from .model import Conversion, CopyMethod, Engine, Fix, GuestOS, ImageOut, Outcome
+from .model import Conversion, CopyMethod, Fix, GuestOS, ImageOut, Outcome
+from ...choices import ConvertEngine
 
 log = logging.getLogger("coldclone.convert")
 
@@ -261,7 +262,7 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: lis
 
 # --- the whole stage --------------------------------------------------------------------------
 
-def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
+def convert(capture_path: str, engine: ConvertEngine = ConvertEngine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
             accel: Accel | None = None) -> Conversion:
     """Convert one capture; always records the outcome in its manifest (unless the capture
     itself is unusable, which raises UsageError before anything is written)."""
@@ -273,7 +274,7 @@ def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMet
         return _convert_locked(cap, capdir, engine, method, accel)
 
 
-def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, method: CopyMethod,
+def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEngine, method: CopyMethod,
                     accel: Accel | None) -> Conversion:
     disks = capdir.manifest.disks
     started, t0 = _now(), time.monotonic()
@@ -282,25 +283,25 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, m
     log.info("libguestfs accelerator: %s (%s)", accel.name, accel.reason)
     versions = {"libguestfs": tool_version(["guestfish", "--version"]),
                 "qemu_img": qimage.qemu_img_version()}
-    if engine is Engine.VIRT_V2V:
+    if engine is ConvertEngine.VIRT_V2V:
         versions["virt_v2v"] = tool_version(["virt-v2v", "--version"])
     conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings)
     # With virt-v2v the stage is thrown away after it: an overlay costs nothing to make.
-    stage_method = CopyMethod.OVERLAY if engine is Engine.VIRT_V2V else method
+    stage_method = CopyMethod.OVERLAY if engine is ConvertEngine.VIRT_V2V else method
     # Names the capture dir's validated calls accept (no leading dot); removed whatever happens.
     staged = [f"{d.name}.convert-stage.qcow2" for d in disks]
     finals = [converted_image_name(d.name) for d in disks]
     try:
         for d in disks:
             cap.unlink(converted_image_name(d.name))      # a new conversion replaces an older one
-        if engine is Engine.VIRT_V2V:
+        if engine is ConvertEngine.VIRT_V2V:
             check_v2v_tools()
         t = time.monotonic()
         for d, s in zip(disks, staged):
             stage_image(cap, d, s, stage_method)
         timings["stage_seconds"] = round(time.monotonic() - t, 3)
         conv.os, conv.fixes, conv.warnings = fix_guest([cap.file_path(s) for s in staged], accel, timings)
-        if engine is Engine.VIRT_V2V:
+        if engine is ConvertEngine.VIRT_V2V:
             t = time.monotonic()
             outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel, conv.warnings)
             timings["virt_v2v_seconds"] = round(time.monotonic() - t, 3)
@@ -316,7 +317,7 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, m
             conv.images.append(ImageOut(d.name, d.image, final, method_done, st.st_blocks * 512))
         conv.result = Outcome.CONVERTED
         conv.message = (f"converted: {', '.join(finals)} ({len(conv.fixes)} fix-ups"
-                        f"{', then virt-v2v' if engine is Engine.VIRT_V2V else ''})")
+                        f"{', then virt-v2v' if engine is ConvertEngine.VIRT_V2V else ''})")
     except NotConvertible as e:
         conv.result, conv.message = Outcome.NOT_CONVERTED, f"not converted: {e}"
     except (CommandError, ServerError, OSError) as e:
@@ -331,7 +332,7 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, m
     conv.finished = _now()
     conv.seconds = round(time.monotonic() - t0, 3)
     log.info("%s (%.1f s)", conv.message, conv.seconds)
-    capdir.write_section("conversion", conv.to_dict())
+    capdir.write_section("conversion", conv)
     return conv
 
 

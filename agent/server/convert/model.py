@@ -3,9 +3,10 @@ goes into the `conversion` section of manifest.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
+
+from ...choices import ConvertEngine
 
 
 class FixKind(str, enum.Enum):
@@ -25,11 +26,6 @@ class Outcome(str, enum.Enum):
     CONVERTED = "converted"
     NOT_CONVERTED = "not_converted"     # the guest is not something we can convert (no OS ...)
     FAILED = "failed"                   # a tool broke; the message says which and why
-
-
-class Engine(str, enum.Enum):
-    VIRT_V2V = "virt-v2v"               # virt-v2v, then our fix-ups for what it leaves
-    FIXUPS = "fixups"                   # our libguestfs fix-ups alone (fast; no driver injection)
 
 
 class CopyMethod(str, enum.Enum):
@@ -57,17 +53,6 @@ class Fix:
     before: str
     after: str
     why: str
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["kind"] = self.kind.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Fix":
-        """A fix as the manifest's `conversion` section holds it."""
-        return cls(kind=FixKind(d["kind"]), path=d["path"], line=d["line"], before=d["before"],
-                   after=d["after"], why=d["why"])
 
     def render(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
@@ -109,11 +94,11 @@ class ImageOut:
 
 @dataclass
 class Conversion:
-    """The manifest's `conversion` section."""
+    """The manifest's `conversion` section (written and read through agent.records)."""
 
     result: Outcome
     message: str
-    engine: Engine
+    engine: ConvertEngine
     engine_versions: dict[str, str]
     accel: str                # kvm / tcg: how the libguestfs appliance (and virt-v2v) ran
     accel_reason: str
@@ -125,24 +110,6 @@ class Conversion:
     images: list[ImageOut] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "result": self.result.value,
-            "message": self.message,
-            "engine": self.engine.value,
-            "engine_versions": dict(self.engine_versions),
-            "accel": self.accel,
-            "accel_reason": self.accel_reason,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": self.seconds,
-            "timings": dict(self.timings),
-            "os": dataclasses.asdict(self.os) if self.os else None,
-            "images": [dict(dataclasses.asdict(i), method=i.method.value) for i in self.images],
-            "fixes": [f.to_dict() for f in self.fixes],
-            "warnings": list(self.warnings),
-        }
 
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
@@ -162,7 +129,7 @@ FINDING_OF_FIX: dict[FixKind, str | None] = {
     FixKind.HARDWARE_SERVICE: None,
 }
 # Findings the engine answers as a whole rather than by a fix of ours (no Fix record).
-FINDING_OF_ENGINE: dict[str, Engine] = {"initramfs-virtio": Engine.VIRT_V2V}
+FINDING_OF_ENGINE: dict[str, ConvertEngine] = {"initramfs-virtio": ConvertEngine.VIRT_V2V}
 
 
 @dataclass(frozen=True)
@@ -175,7 +142,7 @@ class PredictionGaps:
         return not self.unanswered and not self.unpredicted
 
 
-def prediction_gaps(promised: list[str], engine: Engine, fixes: list[Fix]) -> PredictionGaps:
+def prediction_gaps(promised: list[str], engine: ConvertEngine, fixes: list[Fix]) -> PredictionGaps:
     """``promised``: the ids of the readiness findings that say what conversion will do."""
     answered = {FINDING_OF_FIX[f.kind] for f in fixes} | {
         fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine}

@@ -205,7 +205,7 @@ def publish(capture_dir: str, cloud: str, *, say: Callable[[str], None] = lambda
         properties={**props, "disk_format": local.disk_format, "container_format": "bare",
                     "min_disk": str(min_disk)},
         seconds=round(time.monotonic() - t0, 3))
-    cap.write_section("publish", rec.to_dict())
+    cap.write_section("publish", rec)
     say(f"published: image {rec.image_id} on {cloud} (active, checksum {rec.checksum} matches)")
     return rec
 

@@ -31,9 +31,9 @@ import sys
 import threading
 from typing import BinaryIO, Callable
 
+from ...choices import ConvertEngine, words
 from ...runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import CONVERT_ENGINES
 from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert", action="store_true",
                     help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
                          "one conversion at a time per root; its output in <capture>/conversion.out)")
-    ap.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0],
+    ap.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value,
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         for st in gc(args.root):
             print(f"{st.state:8} {st.path}: {st.detail}")
         return 0
-    if args.convert_engine != CONVERT_ENGINES[0] and not args.convert:
+    if args.convert_engine != ConvertEngine.VIRT_V2V and not args.convert:
         ap.error("--convert-engine needs --convert")
     grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
@@ -195,7 +195,7 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0]) -> int:
+def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.value) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
     capture, the conversion waits its turn on the root's lock. By command, not by import: the
     converter builds on this package, not the other way round."""

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from ... import protocol as P
+from ... import records
 from ...errors import ServerError
 from .store import CaptureDir, validate_name
 
@@ -48,12 +49,11 @@ def journal_name(disk: str) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    end: int
-    digest: bytes
-    data_bytes: int
+    """One journal line after the header: every byte below `end` is held (agent.records)."""
 
-    def to_json(self) -> dict:
-        return {"end": self.end, "digest": self.digest.hex(), "data_bytes": self.data_bytes}
+    end: int
+    digest: str          # hex sha256 of the segment's block digests (BlockTree.cut_segment)
+    data_bytes: int
 
 
 @dataclass
@@ -77,7 +77,7 @@ class DiskJournal:
     def to_held(self) -> P.HeldDisk:
         h = self.header
         return P.HeldDisk(name=h.name, size=h.size, block_size=h.block_size, mode=h.mode,
-                          segments=tuple(P.Segment(c.end, c.digest) for c in self.checkpoints),
+                          segments=tuple(P.Segment(c.end, bytes.fromhex(c.digest)) for c in self.checkpoints),
                           complete=self.complete is not None,
                           digest=self.complete.get("digest") if self.complete else None)
 
@@ -114,8 +114,8 @@ class DiskJournal:
             self.last_time = time.monotonic()
             return
         os.fdatasync(raw_fd)
-        cp = Checkpoint(tree.pos, tree.cut_segment(), data_bytes)
-        self._append(cp.to_json())
+        cp = Checkpoint(tree.pos, tree.cut_segment().hex(), data_bytes)
+        self._append(records.encode(cp))
         self.checkpoints.append(cp)
         self.last_time = time.monotonic()
 
@@ -173,12 +173,13 @@ class DiskJournal:
                 if "complete" in obj:
                     j.complete = P.JsonFields(obj, f"journal line {n}").mapping("complete")
                     continue
-                f = P.JsonFields(obj, f"journal line {n}")
-                end = f.int("end", j.held + 1, header.size, required=True)
-                digest = bytes.fromhex(f.str("digest", required=True))
-                if len(digest) != 32:
+                cp = records.decode(obj, Checkpoint, f"journal line {n}")
+                if not j.held < cp.end <= header.size or cp.data_bytes < 0:
+                    raise P.ProtocolError(f"journal line {n}: end {cp.end} is not after {j.held} and within "
+                                          f"the disk's {header.size} bytes")
+                if len(bytes.fromhex(cp.digest)) != 32:
                     raise P.ProtocolError(f"journal line {n}: digest is not 32 bytes")
-                j.checkpoints.append(Checkpoint(end, digest, f.int("data_bytes", 0, required=True)))
+                j.checkpoints.append(cp)
             except (P.ProtocolError, ValueError) as e:
                 raise bad(f"line {n} is damaged ({e})") from None
         if j.complete is not None and j.held != header.size:
@@ -219,7 +220,7 @@ def rebuild_tree(raw_fd: int, journal: DiskJournal, raw_path: str) -> P.BlockTre
     start = 0
     for cp in journal.checkpoints:
         P.feed_range(raw_fd, tree, cp.end, is_file=True, what=raw_path)
-        if tree.cut_segment() != cp.digest:
+        if tree.cut_segment().hex() != cp.digest:
             raise ServerError(
                 f"disk {h.name}: the held image {raw_path} does not match its resume journal in bytes "
                 f"{start}-{cp.end} (the conversion server's disk lost or changed data); this capture "

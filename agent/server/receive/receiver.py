@@ -34,9 +34,12 @@ import zstandard
 
 from ... import __version__
 from ... import protocol as P
-from ...errors import ColdcloneError, ServerError
-from ...guestos.report import ReadinessReport
-from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from ...errors import ServerError
+from ... import records
+from ...manifest import (DiskResume, EstimateVsActual, Manifest, ManifestDisk, ReceiverFacts, Unreadable,
+                        UnreadableRange, Verified)
+from ...records import UNSET, Unset
+from ...units import human_bytes
 from . import image
 from . import journal as J
 from .prefetch import Prefetch
@@ -63,8 +66,19 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _human(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+@dataclass
+class FailureRecord:
+    """`<id>.partial/failure.json`: what failed, and whether the capture can be resumed."""
+
+    code: str                     # the error reply's code (corrupt, no_space, cut ...)
+    error: str
+    capture_id: str
+    started: str
+    failed: str
+    disks_verified: list[str]
+    resumable: bool               # the journals vouch for what is held: `--resume ID` continues
+    held: dict[str, int]          # bytes held per disk (resumable)
+    status: str = "failed"
 
 
 @dataclass
@@ -403,10 +417,10 @@ class CaptureSink(_Sink):
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
             d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
 
-    def resume_facts(self, d: DiskState) -> DiskResume | None:
+    def resume_facts(self, d: DiskState) -> DiskResume | Unset:
         """The manifest's `resume` of a disk that did not arrive in one go."""
         if not d.resumed_from and d.restart_reason is None:
-            return None
+            return UNSET
         return DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
                           restarted=d.restart_reason)
 
@@ -420,11 +434,11 @@ class CaptureSink(_Sink):
         st = os.statvfs(self.cap.path)
         free = st.f_bavail * st.f_frsize
         if raw + img > free:
-            parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
+            parts = f"raw data {human_bytes(raw)}" + (f" + qcow2 image {human_bytes(img)}" if img else "")
             raise ServerError(
                 f"not enough space (disk full before a byte is written): "
-                f"refused disk {h.name}: it needs about {_human(raw + img)} ({parts}, from the agent's "
-                f"estimate of its non-zero bytes) but only {_human(free)} are free in {self.cap.store.root}; "
+                f"refused disk {h.name}: it needs about {human_bytes(raw + img)} ({parts}, from the agent's "
+                f"estimate of its non-zero bytes) but only {human_bytes(free)} are free in {self.cap.store.root}; "
                 f"free space there or give the receiver a bigger --root", code="disk_full")
 
     def end(self, end: P.DiskEnd, wire_bytes: int) -> None:
@@ -517,7 +531,7 @@ class CaptureSink(_Sink):
             unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
         if d.journal is not None:
             # Before the raw file goes: a capture cut from here on keeps this disk as verified.
-            d.journal.mark_complete(entry.to_dict())
+            d.journal.mark_complete(records.encode(entry))
             d.journal.close()
         if img_name != d.raw_name and not self.rx.keep_raw:
             self.cap.unlink(d.raw_name)
@@ -552,7 +566,7 @@ class CaptureSink(_Sink):
     def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
         """END of a disk verified in an earlier attempt: the agent's digest of its source (read
         again) must be the one the image was verified against."""
-        entry = ManifestDisk.from_dict(d.complete_entry, f"the journal of disk {d.name}")
+        entry = records.decode(d.complete_entry, ManifestDisk, f"the journal of disk {d.name}")
         if end.digest.hex() != entry.digest:
             raise ServerError(
                 f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
@@ -586,27 +600,23 @@ class CaptureSink(_Sink):
             capture_id=self.cap.capture_id, status="complete", disks=self.disks,
             started=self.rx.started, finished=_now(), receive_seconds=receive_seconds,
             source=hello.source, agent_version=hello.agent_version,
-            receiver={"version": __version__, "host": socket.gethostname(),
-                      "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
+            receiver=ReceiverFacts(version=__version__, host=socket.gethostname(),
+                                   python=platform.python_version(), qemu_img=image.qemu_img_version()),
             protocol=P.VERSION, totals=totals)
+        for dropped in hello.dropped:
+            log.warning("%s; left out of the manifest", dropped)
         if hello.estimate is not None:
             # Predicted vs actual: what the agent estimated before the capture, next to how long
             # this end took from the first byte to the manifest (the agent adds its connect time).
-            predicted = hello.estimate.get("total_seconds")
+            predicted = hello.estimate.total_seconds
             manifest.estimate = hello.estimate
-            manifest.estimate_vs_actual = {
-                "predicted_seconds": predicted,
-                "actual_seconds": receive_seconds,
-                "ratio": (round(receive_seconds / predicted, 3)
-                          if isinstance(predicted, (int, float)) and predicted > 0 else None),
-            }
+            manifest.estimate_vs_actual = EstimateVsActual(
+                predicted_seconds=predicted, actual_seconds=receive_seconds,
+                ratio=round(receive_seconds / predicted, 3) if predicted > 0 else None)
         if hello.readiness is not None:
-            # typed on the way in: what conversion and publishing read back is a valid report
-            try:
-                manifest.readiness = ReadinessReport.from_dict(hello.readiness).to_dict()
-            except ColdcloneError as e:
-                log.warning("the agent's readiness report is malformed (%s); left out", e)
-        document = manifest.to_dict()
+            # typed on the way in (HELLO's decoder): conversion and publishing read a valid report
+            manifest.readiness = hello.readiness
+        document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.close_journals()
         J.remove_all(self.cap)      # complete: nothing left to resume
@@ -666,12 +676,11 @@ class CaptureSink(_Sink):
                 except (OSError, ServerError) as e:
                     log.error("could not remove %s: %s", name, e)
             J.remove_all(cap)
-        record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
-                  "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d.name for d in self.disks],
-                  "resumable": resumable, "held": held}
+        record = FailureRecord(code=code, error=message, capture_id=cap.capture_id, started=self.rx.started,
+                               failed=_now(), disks_verified=[d.name for d in self.disks],
+                               resumable=resumable, held=held)
         try:
-            cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+            cap.write_atomic(FAILURE, records.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
             log.error("could not write failure.json: %s", e)
         cap.unlock()

@@ -34,10 +34,6 @@ FAILURE = "failure.json"
 # coldclone-convert writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2; named here, in the
 # package the converter builds on, so the receiver can tell the agent where they will be.
 CONVERTED_SUFFIX = ".kvm.qcow2"
-# coldclone-convert's engines (agent.server.convert.model.Engine, which a unit test keeps equal), for
-# coldclone-receive --convert-engine: the receiver starts the converter as a command and may not
-# import it (the layers in .importlinter)
-CONVERT_ENGINES = ("virt-v2v", "fixups")
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
 RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock", ".journal")

@@ -13,12 +13,12 @@ target replaces the table's link rate; it leaves nothing on the server.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from ..config import add_flags, config_from_args
 from ..discover.populate import discover
+from ... import records
 from ...errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..estimate.plan import estimate_capture
 from ..job import cfg_password
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
         if target is not None:
             target.close()
     if args.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(records.dumps(est, indent=2))
     else:
         for line in est.lines():
             print(line)
