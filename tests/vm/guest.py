@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,13 @@ OK_LINE, FAILED_LINE = "COLDCLONE-HEADLESS-OK", "COLDCLONE-HEADLESS-FAILED"
 STARTING_LINE = "coldclone: headless capture starting"
 # the rescue shell's autologin prompt (coldclone-rescue.service after a failed run)
 ROOT_PROMPT = "root@coldclone"
+# Every headless boot also runs the image's smoke check (coldclone-smoke.service with
+# coldclone.smoke_done=shell: it prints the line and leaves the machine to the headless run):
+# the boot path's facts (firmware, the agent's venv imports, DHCP on the NIC) come with the
+# capture that boot does, instead of costing a boot of their own (each boot path is proven
+# once: kernel by test_lvm_used, bios and uefi by test_headless, bios-usb by test_multipath,
+# uefi-usb by test_nfs).
+SMOKE_LINE = vmboot.SMOKE_LINE
 
 _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 
@@ -304,6 +312,14 @@ class Run:
     boot_seconds: float | None        # QEMU start -> the headless runner starts
     done_seconds: float | None        # QEMU start -> OK / FAILED line
     capture_seconds: float | None     # runner start -> OK / FAILED line (hooks, discovery, capture)
+    smoke_marker: str = ""            # the coldclone.smoke= marker this boot carried
+
+    @property
+    def smoke_line(self) -> str | None:
+        """The image's smoke line of this boot (``COLDCLONE-SMOKE-OK marker=...``), if printed."""
+        want = f"{SMOKE_LINE} marker={self.smoke_marker} "
+        return next((l[l.index(SMOKE_LINE):].strip() for l in self.console.text.splitlines() if want in l),
+                    None)
 
     def times(self) -> str:
         f = lambda v: f"{v:.1f} s" if v is not None else "n/a"  # noqa: E731
@@ -342,6 +358,8 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
     ``stop_when``: the host's test for a power cut; QEMU is killed when it says yes
     (vmboot.boot).
     """
+    marker = uuid.uuid4().hex[:12]
+    cmdline = f"{cmdline} coldclone.smoke={marker} coldclone.smoke_done=shell"
     res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
                                 timeout=timeout, log_dir=log_dir,
                                 until_exit=not expect_failure, extra_args=extra_args,
@@ -354,7 +372,22 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
     start = ms.get(STARTING_LINE)
     done = ms.get(OK_LINE, ms.get(FAILED_LINE))
     return Run(boot=res, console=con, boot_seconds=start, done_seconds=done,
-               capture_seconds=(done - start) if (start is not None and done is not None) else None)
+               capture_seconds=(done - start) if (start is not None and done is not None) else None,
+               smoke_marker=marker)
+
+
+def assert_boot_path(run: Run, mode: str) -> str:
+    """What a smoke boot (vmboot.smoke) proves, from a capture boot of that path: the
+    firmware booted the ISO that way, the agent's venv imports in the image, DHCP configured
+    the NIC, and (for a capture) QEMU powered off by itself. Returns the smoke line."""
+    line = run.smoke_line
+    assert line, f"no smoke line (marker {run.smoke_marker}) on the serial console:\n{run.explain()}"
+    assert "agent=ok" in line, f"the agent venv does not import in the image: {line}"
+    assert "net=none" not in line, f"no DHCP address at boot: {line}"
+    fw = "uefi" if mode.startswith("uefi") else "bios"
+    assert f"firmware={fw}" in line, line
+    assert run.boot.mode == mode, f"booted as {run.boot.mode}, not {mode}"
+    return line
 
 
 # --------------------------------------------------------------------------- verdicts

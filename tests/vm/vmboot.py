@@ -1,6 +1,6 @@
 """Boot the coldclone live ISO in QEMU and watch its serial console.
 
-Used by tests/vm/test_boot.py and by livecd/boot-smoke.sh (``python3 tests/vm/vmboot.py``).
+Used by tests/vm (guest.py) and by livecd/boot-smoke.sh (``python3 tests/vm/vmboot.py``).
 Standard library only, so it runs with the system python3 as well as the project venv.
 
 Boot paths (``mode``):
