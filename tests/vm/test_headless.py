@@ -85,9 +85,10 @@ def test_boot_uefi_grub_cdrom(uefi_capture):
     print("\n  " + guest.assert_boot_path(uefi_capture.run, "uefi"))
 
 
-def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None) -> guest.Run:
+def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None,
+                  shell: bool = False) -> guest.Run:
     run = guest.boot_headless("kernel", cmdline, extra_args=extra_args, timeout=TIMEOUT, name=name,
-                              log_dir=LOG_DIR, expect_failure=True)
+                              log_dir=LOG_DIR, expect_failure=True, shell=shell)
     print(f"\n{run.times()}")
     assert not run.boot.timed_out, f"no rescue shell within {TIMEOUT:.0f} s:\n{run.explain()}"
     con = run.console
@@ -100,10 +101,20 @@ def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None) 
 
 
 @pytest.fixture(scope="module")
-def typo_boot(ready_kernel) -> guest.Run:
+def typo_boot(ready_kernel, vm_server, vm_workdir):
     """One kernel-path boot whose command line has two misspelt keys and nothing else of ours:
-    coldclone.sever= (for server=) and coldclone.dsks= (for disks=)."""
-    return _failure_boot("vm-typo", "coldclone.sever=ssh://nobody@192.0.2.1/srv/coldclone coldclone.dsks=all")
+    coldclone.sever= (for server=) and coldclone.dsks= (for disks=). Its rescue shell stays up
+    for the next test (the agent's key and a small disk are attached for it)."""
+    fw, identity = guest.fwcfg_file("identity", vm_server.identity)
+    disk = guest.pattern_disk(os.path.join(vm_workdir, "typo-small.img"), serial="cc-small", size_mb=16)
+    run = _failure_boot("vm-typo", "coldclone.sever=ssh://nobody@192.0.2.1/srv/coldclone coldclone.dsks=all",
+                        extra_args=fw + guest.disk_args([disk]), shell=True)
+    run.identity = identity
+    try:
+        yield run
+    finally:
+        if run.shell is not None:
+            run.shell.close()
 
 
 def test_headless_failure_leaves_a_root_shell_on_serial(typo_boot):
@@ -128,18 +139,17 @@ def test_typo_in_a_key_is_named_with_a_suggestion(typo_boot):
     print(f"  console: {con.excerpt(guest.FAILED_LINE, before=3, after=1).strip()}")
 
 
-def test_unreachable_server_is_a_clear_connection_error(ready_kernel, vm_server, vm_workdir):
-    """Nothing listens on the port: exit 3 and a message naming the server, within the timeout."""
+def test_unreachable_server_is_a_clear_connection_error(typo_boot, vm_server):
+    """Nothing listens on the port: exit 3 and a message naming the server, within the timeout.
+    Run in the root shell the typo boot left (`coldclone headless --cmdline`, the same parser
+    and job as the boot's own run): the live system, the agent's key, a disk to capture (else
+    the run stops at "no disk to capture" before connecting)."""
+    assert typo_boot.shell is not None, f"no root shell to go on in:\n{typo_boot.explain()}"
     port = free_port()                      # bound and released: nothing listens there
-    fw, identity = guest.fwcfg_file("identity", vm_server.identity)
-    # a disk to capture (else the run stops at "no disk to capture" before connecting); q35
-    # has no floppy drive, whose handling test_bios_headless_capture_equals_source covers
-    disk = guest.pattern_disk(os.path.join(vm_workdir, "unreachable.img"), serial="cc-small", size_mb=16)
-    cmdline = (f"coldclone.server={vm_server.url('/', port=port)} coldclone.identity={identity} "
-               f"coldclone.hostkey={vm_server.fingerprint} coldclone.timeout=10")
-    run = _failure_boot("vm-unreachable", cmdline,
-                        extra_args=fw + ["-machine", "q35"] + guest.disk_args([disk]))
-    con = run.console
-    assert con.exit_code == 3, f"exit {con.exit_code}: {con.message}"
+    words = (f"coldclone.server={vm_server.url('/', port=port)} coldclone.identity={typo_boot.identity} "
+             f"coldclone.hostkey={vm_server.fingerprint} coldclone.timeout=10 coldclone.disks=vda")
+    rc, out = typo_boot.shell.headless(words)
+    con = guest.parse_console(out)
+    assert rc == 3 and con.exit_code == 3, f"exit {rc}: {con.message}\n{out[-2000:]}"
     assert f"{guest.HOST_FROM_GUEST}" in con.message and str(port) in con.message, con.message
     print(f"  console: {con.excerpt(guest.FAILED_LINE, before=1, after=1).strip()}")
