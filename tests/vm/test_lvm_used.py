@@ -127,6 +127,12 @@ def headless_succeeded(cap, ready_line: str):
     return run_
 
 
+def test_boot_kernel_append(lvm_capture):
+    """QEMU -kernel/-initrd/-append, the path the tests use to pass any kernel command line:
+    proven by the LVM capture's own boot."""
+    print("\n  " + guest.assert_boot_path(lvm_capture.run, "kernel"))
+
+
 def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
     cap = lvm_capture
     run_ = headless_succeeded(cap, "cc-lvm: source ready")
