@@ -56,6 +56,23 @@ def test_inspecting_xfs_with_dirty_log_changes_nothing(tmp_path):
         assert not get_ro(loop.dev) and not get_ro(part)
 
 
+def test_inspecting_btrfs_with_unreplayed_log_changes_nothing(tmp_path):
+    """Issue 19: `nologreplay` is `rescue=nologreplay` since Linux 5.9 and newer kernels refuse
+    the old name, so a btrfs source was never inspected. The kernel's current form first, the
+    old one as a fallback: the OS is found, and the log tree is still there to replay."""
+    with dirtyfs.dirty_btrfs(str(tmp_path / "dirty-btrfs.img")) as loop:
+        part = loop.parts[0]
+        assert dirtyfs.btrfs_log_pending(part)
+        disk_before, part_before = sha256_of(loop.dev), sha256_of(part)
+        r = inspect_cli(loop.dev)
+        assert r.returncode == 0, r.stderr
+        assert "fstab-device-names" in r.stdout, r.stdout + r.stderr
+        assert sha256_of(part) == part_before
+        assert sha256_of(loop.dev) == disk_before
+        assert dirtyfs.btrfs_log_pending(part)
+        assert not get_ro(loop.dev) and not get_ro(part)
+
+
 # --- a source in use for writing is refused (unless the operator overrides it) ------------
 
 MiB = 1 << 20
