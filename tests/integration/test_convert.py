@@ -14,6 +14,7 @@ under TCG).
 import json
 import os
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -82,11 +83,13 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
     # Copy vs overlay for the stage the fixes are written to (measured, reported by -s).
     disks = read_capture(cap).manifest.disks
     capdir = Store(root).open_capture("srv01")
+    work = tempfile.mkdtemp(dir=cap, prefix="measure-")
     for method in (CopyMethod.COPY, CopyMethod.OVERLAY):
         t = time.monotonic()
-        stage_image(capdir, disks[0], "sda.measure.qcow2", method)
+        stage_image(capdir, disks[0], os.path.join(work, "sda.qcow2"), method)
         print(f"stage by {method.value}: {time.monotonic() - t:.3f} s")
-        capdir.unlink("sda.measure.qcow2")
+        os.unlink(os.path.join(work, "sda.qcow2"))
+    os.rmdir(work)
 
     t = time.monotonic()
     r = convert(cap, "--engine", "fixups")

@@ -40,8 +40,25 @@ def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str =
     return disk
 
 
-def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | None = None) -> None:
-    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text)."""
+@dataclass(frozen=True)
+class Sparse:
+    """A file of `size` bytes that are all a hole (mke2fs -d keeps holes): a hostile guest's
+    "config file" that costs the disk nothing and a whole-file reader `size` bytes of memory."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symbolic link to `target`."""
+
+    target: str
+
+
+def ext4_disk(image: str, tree: dict[str, str | Sparse | Link], size_mib: int = 64,
+              uuid: str | None = None) -> None:
+    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, Sparse
+    or Link; a path may hold any byte but NUL and '/' in its names, a newline included)."""
     with open(image, "wb") as f:
         f.truncate(size_mib * MiB)
     run(["parted", "-s", image, "mklabel", "gpt", "mkpart", "root", "ext4", "1MiB", f"{size_mib - 1}MiB"])
@@ -50,8 +67,14 @@ def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | 
         for rel, text in tree.items():
             path = os.path.join(src, rel.lstrip("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if isinstance(text, Link):
+                os.symlink(text.target, path)
+                continue
             with open(path, "w") as f:
-                f.write(text)
+                if isinstance(text, Sparse):
+                    f.truncate(text.size)
+                else:
+                    f.write(text)
         argv = ["mkfs.ext4", "-F", "-q", "-E", f"offset={MiB}", "-d", src]
         if uuid:
             argv += ["-U", uuid]
