@@ -254,8 +254,9 @@ class JobConsole:
             if ev.readiness is not None:
                 self.say("\n".join(ev.readiness.summary()))
             pub = PublishRecord.from_manifest(ev.result.manifest)
-            if pub is not None:
-                self.say(f"published to Glance ({pub.cloud}): image {pub.image_id}")
+            if pub is not None and pub.boot is not None:
+                self.say(f"published to Glance ({pub.cloud}): image {pub.boot.image_id}"
+                         + "".join(f", {i.disk} {i.image_id}" for i in pub.data))
         else:   # the capture's own progress events
             if isinstance(ev, E.CaptureStarted):
                 self.printer = ProgressPrinter(self.interval, out=self.out, estimate=self.estimate,

@@ -155,13 +155,14 @@ def md_raid1_disks(images: tuple[str, str], tree: dict[str, str], accel: Accel, 
     return MdRaid1(detail["uuid"], detail["name"], detail["metadata"], root_uuid, swaps, conf)
 
 
-def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:
+def _write_stream(out, capture_id: str, disks: dict[str, str], source: dict | None = None) -> None:
     """The records the agent would send for these raw images, read and sent chunk by chunk
     (DATA records stay under the protocol's limit, and a 2 GiB disk is never all in memory)."""
     bs = P.DEFAULT_BLOCK_SIZE
     out.write(P.preamble())
     out.write(P.encode_json(P.T_HELLO, {"capture_id": capture_id, "format": "qcow2",
-                                        "agent_version": "test", "disks": list(disks)}))
+                                        "agent_version": "test", "disks": list(disks),
+                                        **({"source": source} if source is not None else {})}))
     for name, path in disks.items():
         size = os.path.getsize(path)
         out.write(P.encode_json(P.T_DISK, {"name": name, "size": size, "block_size": bs, "mode": "nonzero"}))
@@ -183,11 +184,12 @@ def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:
     out.write(P.encode_json(P.T_FINISH, {}))
 
 
-def make_capture(root: str, capture_id: str, disks: dict[str, str]) -> str:
+def make_capture(root: str, capture_id: str, disks: dict[str, str], source: dict | None = None) -> str:
     """A complete capture dir made by the real receiver from these raw disk images (name -> path),
-    so its manifest.json is exactly what coldclone-receive writes."""
+    so its manifest.json is exactly what coldclone-receive writes; `source`: the HELLO's source
+    facts (the agent sends its hostname and the discovered inventory there)."""
     with tempfile.TemporaryFile(dir=root) as stream:
-        _write_stream(stream, capture_id, disks)
+        _write_stream(stream, capture_id, disks, source)
         stream.seek(0)
         out = io.BytesIO()
         rc = Receiver(root, out).run(stream)

@@ -37,7 +37,7 @@ from ...manifest import MANIFEST
 from ...units import human_bytes
 from ..receive import image as qimage
 from ..receive.manifest import CaptureDirectory, ManifestDisk, ManifestError
-from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name
+from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name, free_bytes
 from ...runcmd import run
 from . import fixes as F
 from .guestfs import Accel, Guest, Skipped, detect_accel, tool_version
@@ -136,8 +136,7 @@ def space_needed(cap: CaptureDir, disks: list[ManifestDisk], method: CopyMethod)
 
 
 def check_space(cap: CaptureDir, needed: int) -> None:
-    st = os.statvfs(cap.path)
-    free = st.f_bavail * st.f_frsize
+    free = free_bytes(cap.path)
     if free < needed:
         raise NoSpace(f"not enough space in {cap.path}: the conversion needs about {human_bytes(needed)} "
                       f"(the converted images are about as large as the verified ones, plus "

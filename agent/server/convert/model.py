@@ -7,6 +7,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from ... import protocol as P
+
 
 class FixKind(str, enum.Enum):
     FSTAB_DEVICE = "fstab-device-name"          # /dev/sda2 / ... -> UUID=...
@@ -143,6 +145,34 @@ class Conversion:
             "fixes": [f.to_dict() for f in self.fixes],
             "warnings": list(self.warnings),
         }
+
+    @classmethod
+    def from_dict(cls, obj: dict, what: str = "conversion") -> "Conversion":
+        """The manifest's `conversion` section, typed (what publish reads: the result, the
+        images made, the fixes); a field of the wrong type is a ProtocolError naming it."""
+        f = P.JsonFields(obj, what)
+
+        def objects(key: str) -> list[dict]:
+            raw = obj.get(key) or []
+            if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+                raise P.ProtocolError(f"{what}: field {key!r} must be a list of objects")
+            return raw
+
+        try:
+            images = [ImageOut(disk=g.str("disk", required=True), evidence=g.str("evidence", default=""),
+                               image=g.str("image", required=True), method=CopyMethod(g.str("method", default="copy")),
+                               bytes_allocated=g.int("bytes_allocated", default=0))
+                      for g in (P.JsonFields(x, f"{what}.images") for x in objects("images"))]
+            fixes = [Fix.from_dict(x) for x in objects("fixes")]
+            return cls(result=Outcome(f.str("result", required=True)), message=f.str("message", default=""),
+                       engine=Engine(f.str("engine", default=Engine.VIRT_V2V.value)),
+                       engine_versions={str(k): str(v) for k, v in f.mapping("engine_versions").items()},
+                       accel=f.str("accel", default=""), accel_reason=f.str("accel_reason", default=""),
+                       started=f.str("started", default=""), finished=f.str("finished", default=""),
+                       seconds=f.float("seconds", default=0.0), images=images, fixes=fixes,
+                       warnings=list(f.str_list("warnings")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise P.ProtocolError(f"{what}: {e}") from None
 
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.

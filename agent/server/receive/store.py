@@ -127,6 +127,12 @@ def resolve_root(forced_root: str, requested: str | None) -> str:
         d = parent
 
 
+def free_bytes(path: str) -> int:
+    """What an unprivileged writer may still put on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
     """Replace dir/name in one step (temp file, fsync, rename): a reader sees the old file
     or the new one, never half of it. Used for manifest.json by the receiver and by the

@@ -58,9 +58,12 @@ class DoneScreen(Screen):
         ready = plan.readiness
         if plan.result is not None:
             pub = PublishRecord.from_manifest(plan.result.manifest)
-            if pub is not None:
-                out.append(f"Published to Glance ({pub.cloud}): image {pub.image_id} "
-                           f"({pub.image_kind} image, checksum {pub.checksum})")
+            boot = pub.boot if pub is not None else None
+            if boot is not None:
+                out.append(f"Published to Glance ({pub.cloud}): image {boot.image_id} "
+                           f"({boot.image_kind} image, checksum {boot.checksum})")
+                for img in pub.data:
+                    out.append(f"  data disk {img.disk}: image {img.image_id}")
         out.append("")
         if ready is not None and ready.os_name:
             out.append(f"Before booting the image in KVM/OpenStack ({ready.os_name}):")
