@@ -72,11 +72,8 @@ class Unreadable:
     @classmethod
     def from_dict(cls, obj: dict, what: str) -> "Unreadable":
         f = P.JsonFields(obj, what)
-        raw = obj.get("ranges") or []
-        if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-            raise P.ProtocolError(f"{what}: field 'ranges' must be a list of objects")
         ranges = []
-        for i, r in enumerate(raw):
+        for i, r in enumerate(f.objects("ranges")):
             g = P.JsonFields(r, f"{what}.ranges[{i}]")
             ranges.append(UnreadableRange(*(g.int(k, required=True)
                                             for k in ("start_sector", "sectors", "offset", "bytes"))))
@@ -208,9 +205,7 @@ class Manifest:
     def from_dict(cls, obj: dict, what: str = MANIFEST) -> "Manifest":
         """Typed; a field of the wrong type is a ProtocolError naming it."""
         f = P.JsonFields(obj, what)
-        disks_raw = obj.get("disks") or []
-        if not isinstance(disks_raw, list) or not all(isinstance(d, dict) for d in disks_raw):
-            raise P.ProtocolError(f"{what}: field 'disks' must be a list of objects")
+        disks_raw = f.objects("disks")
         return cls(
             capture_id=f.str("capture_id", required=True), status=f.str("status", required=True),
             disks=[ManifestDisk.from_dict(d, f"{what}: disks[{i}]") for i, d in enumerate(disks_raw)],
@@ -429,12 +424,9 @@ class LaunchPlan:
     @classmethod
     def from_dict(cls, obj: dict, what: str) -> "LaunchPlan":
         f = P.JsonFields(obj, what)
-        raw = obj.get("steps") or []
-        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-            raise P.ProtocolError(f"{what}: field 'steps' must be a list of objects")
         return cls(flavor=FlavorSuggestion.from_dict(f.mapping("flavor"), what + ".flavor"),
                    network=NetworkPolicy.from_dict(f.mapping("network"), what + ".network"),
-                   steps=tuple(PlanStep.from_dict(x, f"{what}.steps[{i}]") for i, x in enumerate(raw)),
+                   steps=tuple(PlanStep.from_dict(x, f"{what}.steps[{i}]") for i, x in enumerate(f.objects("steps"))),
                    variables={str(k): str(v) for k, v in f.mapping("variables").items()})
 
 
@@ -481,11 +473,8 @@ class PublishRecord:
                 properties={str(k): str(v) for k, v in props.items()})
             return cls(cloud=f.str("cloud", default=""), disk_format=image.disk_format, images=[image],
                        published=f.str("published", default=""), seconds=f.float("seconds", default=0.0))
-        raw = obj.get("images") or []
-        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-            raise P.ProtocolError(f"{what}: field 'images' must be a list of objects")
         return cls(cloud=f.str("cloud", required=True), disk_format=f.str("disk_format", required=True),
-                   images=[PublishedImage.from_dict(x, f"{what}.images[{i}]") for i, x in enumerate(raw)],
+                   images=[PublishedImage.from_dict(x, f"{what}.images[{i}]") for i, x in enumerate(f.objects("images"))],
                    plan=LaunchPlan.from_dict(f.mapping("plan"), what + ".plan") if f.present("plan") else None,
                    adapter=f.str("adapter"), published=f.str("published", default=""),
                    seconds=f.float("seconds", default=0.0))

@@ -15,14 +15,11 @@ wants, each image downloaded back and proven equal to the capture with `qemu-img
 Budget: one extra glance-api start (~10 s); five publishes of 100-200 MiB; two ~1 s boots.
 """
 
-import hashlib
 import json
 import math
 import os
 import re
-import shutil
 import socket
-import subprocess
 import time
 
 import pytest

@@ -15,7 +15,7 @@ from agent.manifest import AddressPolicy, ImageRole, PublishedImage, PublishReco
 from agent.server.convert.model import Conversion, CopyMethod, Engine, Fix, FixKind, ImageOut, Outcome
 from agent.server.publish.cli import render_plan
 from agent.server.publish.cloud import CloudOffer, choose_format, default_store_type
-from agent.server.publish.images import DiskFormat
+from agent.choices import DiskFormat
 from agent.server.publish.plan import launch_plan
 from agent.server.receive.manifest import CaptureDirectory
 from agent.source.discover import machine

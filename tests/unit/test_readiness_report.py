@@ -17,7 +17,8 @@ from agent.guestos import boot
 from agent.guestos.model import BootLoader, Firmware
 from agent.guestos.report import ReadinessReport, from_source
 from agent.guestos.tree import inspect_tree
-from agent.server.publish.images import Adapter, DiskFormat, SourceImage, image_properties
+from agent.choices import DiskFormat, VmdkAdapter
+from agent.server.publish.images import SourceImage, image_properties
 from agent.manifest import ImageRole, PublishedImage, PublishRecord
 from agent.manifest import Manifest
 from agent.server.receive.manifest import CaptureDirectory, ManifestError
@@ -182,10 +183,10 @@ def test_properties_from_the_manifest(tmp_path, debian):
                 "hw_qemu_guest_agent": "yes", "hw_firmware_type": "uefi", "hw_machine_type": "q35"}
     assert props == {"hw_disk_bus": "virtio", "hw_vif_model": "virtio", **ours, **os_props}
     # VMware: the driver's names for the controller and the NIC, on every adapter
-    for adapter, bus in ((Adapter.IDE, {"hw_disk_bus": "ide"}),
-                         (Adapter.LSI_LOGIC, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsilogic"}),
-                         (Adapter.LSI_LOGIC_SAS, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsisas1068"}),
-                         (Adapter.PARAVIRTUAL, {"hw_disk_bus": "scsi", "hw_scsi_model": "vmpvscsi"})):
+    for adapter, bus in ((VmdkAdapter.IDE, {"hw_disk_bus": "ide"}),
+                         (VmdkAdapter.LSI_LOGIC, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsilogic"}),
+                         (VmdkAdapter.LSI_LOGIC_SAS, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsisas1068"}),
+                         (VmdkAdapter.PARAVIRTUAL, {"hw_disk_bus": "scsi", "hw_scsi_model": "vmpvscsi"})):
         assert image_properties(cap, _local(cap), DiskFormat.VMDK, adapter) == {
             "vmware_disktype": "sparse", "vmware_adaptertype": adapter.value, "hw_vif_model": "e1000",
             **bus, **ours, **os_props}

@@ -3,9 +3,11 @@
 Writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2 (which is left untouched, as
 evidence), a `conversion` section in manifest.json, and conversion.log in the capture dir.
 
-Exit codes: 0 converted; 2 the directory is not a complete, verified capture; 5 the conversion
-failed (a tool broke: the manifest and the log say which); 7 not converted (no OS on the disks,
-or an OS we cannot convert): the capture stays complete and verified.
+Exit codes: 0 converted; 2 the directory is not a complete, verified capture (or one whose
+converted images would take the names of its verified ones: nothing is written); 5 the
+conversion failed (a tool broke, the disk is full: the manifest and the log say which); 7 not
+converted (no OS on the disks, or an OS we cannot convert): the capture stays complete and
+verified.
 """
 
 from __future__ import annotations

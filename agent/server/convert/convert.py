@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from xml.sax.saxutils import quoteattr
 
-from ...errors import ColdcloneError, CommandError, ServerError, UsageError
+from ...errors import ColdcloneError, CommandError, ServerError
 from ...manifest import MANIFEST
 from ...units import human_bytes
 from ..receive import image as qimage

@@ -151,19 +151,12 @@ class Conversion:
         """The manifest's `conversion` section, typed (what publish reads: the result, the
         images made, the fixes); a field of the wrong type is a ProtocolError naming it."""
         f = P.JsonFields(obj, what)
-
-        def objects(key: str) -> list[dict]:
-            raw = obj.get(key) or []
-            if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-                raise P.ProtocolError(f"{what}: field {key!r} must be a list of objects")
-            return raw
-
         try:
             images = [ImageOut(disk=g.str("disk", required=True), evidence=g.str("evidence", default=""),
                                image=g.str("image", required=True), method=CopyMethod(g.str("method", default="copy")),
                                bytes_allocated=g.int("bytes_allocated", default=0))
-                      for g in (P.JsonFields(x, f"{what}.images") for x in objects("images"))]
-            fixes = [Fix.from_dict(x) for x in objects("fixes")]
+                      for g in (P.JsonFields(x, f"{what}.images") for x in f.objects("images"))]
+            fixes = [Fix.from_dict(x) for x in f.objects("fixes")]
             return cls(result=Outcome(f.str("result", required=True)), message=f.str("message", default=""),
                        engine=Engine(f.str("engine", default=Engine.VIRT_V2V.value)),
                        engine_versions={str(k): str(v) for k, v in f.mapping("engine_versions").items()},

@@ -21,7 +21,7 @@ import sys
 from ...errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ...manifest import PublishRecord
 from .glance import publish
-from .images import Adapter, DiskFormat
+from ...choices import DiskFormat, VmdkAdapter
 
 
 def say(text: str) -> None:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="cloud name in clouds.yaml (default: $OS_CLOUD)")
     ap.add_argument("--disk-format", choices=[f.value for f in DiskFormat], default=None,
                     help="qcow2, raw (Ceph RBD) or vmdk (VMware); default: what the cloud's Glance takes")
-    ap.add_argument("--adapter", choices=[a.value for a in Adapter], default=None,
+    ap.add_argument("--adapter", choices=[a.value for a in VmdkAdapter], default=None,
                     help="vmdk only: the controller Nova's VMware driver attaches the disks on "
                          "(vmware_adaptertype; default lsiLogic)")
     ap.add_argument("--wait", type=float, default=3600, metavar="SECONDS",
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rec = publish(args.capture_dir, args.cloud, say=say, wait_seconds=args.wait,
                       disk_format=DiskFormat(args.disk_format) if args.disk_format else None,
-                      adapter=Adapter(args.adapter) if args.adapter else None)
+                      adapter=VmdkAdapter(args.adapter) if args.adapter else None)
     except ColdcloneError as e:
         print(f"coldclone-publish: error: {e}", file=sys.stderr)
         return e.exit_code

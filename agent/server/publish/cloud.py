@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from ...errors import UsageError
-from .images import DiskFormat
+from ...choices import DiskFormat
 
 log = logging.getLogger("coldclone.publish")
 

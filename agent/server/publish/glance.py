@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Callable
 
+from ...choices import DiskFormat, VmdkAdapter
 from ...errors import ConnectionError_, ServerError, UsageError
 from ...manifest import ImageRole, PublishedImage, PublishRecord
 from ...units import human_bytes
@@ -64,21 +65,21 @@ def connect(cloud: str):
                          f"or OS_CLIENT_CONFIG_FILE)") from None
 
 
-def _key(props: dict[str, str], fmt: I.DiskFormat) -> dict[str, str]:
+def _key(props: dict[str, str], fmt: DiskFormat) -> dict[str, str]:
     """The properties that say "this disk's image, made from this file, in this format"."""
     keys = (I.P_CAPTURE, I.P_DISK, I.P_FILE, I.P_DIGEST, I.P_SOURCE_MD5)
     out = {k: props[k] for k in keys}
-    if fmt is I.DiskFormat.VMDK:
+    if fmt is DiskFormat.VMDK:
         out["vmware_adaptertype"] = props["vmware_adaptertype"]
     return out
 
 
-def _find_existing(conn, key: dict[str, str], fmt: I.DiskFormat) -> list:
+def _find_existing(conn, key: dict[str, str], fmt: DiskFormat) -> list:
     return [i for i in conn.image.images(disk_format=fmt.value, **key)
             if i.disk_format == fmt.value and all((i.properties or {}).get(k) == v for k, v in key.items())]
 
 
-def _remove_failed(conn, key: dict[str, str], fmt: I.DiskFormat, say) -> None:
+def _remove_failed(conn, key: dict[str, str], fmt: DiskFormat, say) -> None:
     try:
         for img in _find_existing(conn, key, fmt):
             if img.status != "active":
@@ -142,7 +143,7 @@ def _reusable(img) -> bool:
     return img.status == "active" and bool(uploaded) and img.checksum == uploaded
 
 
-def _check_space(cap: CaptureDirectory, sources: list[I.SourceImage], fmt: I.DiskFormat) -> None:
+def _check_space(cap: CaptureDirectory, sources: list[I.SourceImage], fmt: DiskFormat) -> None:
     """The copies qemu-img writes (raw or vmdk: about the allocated size of each source) fit."""
     convert = [s for s in sources if s.format != fmt.value or s.backing]
     if not convert:
@@ -155,7 +156,7 @@ def _check_space(cap: CaptureDirectory, sources: list[I.SourceImage], fmt: I.Dis
                           code="disk_full")
 
 
-def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: I.DiskFormat, adapter: I.Adapter | None,
+def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: DiskFormat, adapter: VmdkAdapter | None,
                  offer: CloudOffer, work: str, cloud: str, say: Callable[[str], None],
                  wait_seconds: float) -> PublishedImage:
     import openstack.exceptions as oe
@@ -211,8 +212,8 @@ def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: I.DiskFor
         properties={**props, "disk_format": fmt.value, "container_format": "bare", "min_disk": str(min_disk)})
 
 
-def publish(capture_dir: str, cloud: str, *, disk_format: I.DiskFormat | None = None,
-            adapter: I.Adapter | None = None, say: Callable[[str], None] = lambda s: None,
+def publish(capture_dir: str, cloud: str, *, disk_format: DiskFormat | None = None,
+            adapter: VmdkAdapter | None = None, say: Callable[[str], None] = lambda s: None,
             wait_seconds: float = 3600, conn=None) -> PublishRecord:
     """Every disk of the capture into Glance (or found there from an earlier run), checked, the
     launch plan made, and all recorded in the manifest's `publish` section."""
@@ -221,7 +222,7 @@ def publish(capture_dir: str, cloud: str, *, disk_format: I.DiskFormat | None = 
 
     t0 = time.monotonic()
     cap = CaptureDirectory.load(capture_dir, purpose="published")
-    if adapter is not None and disk_format not in (None, I.DiskFormat.VMDK):
+    if adapter is not None and disk_format not in (None, DiskFormat.VMDK):
         raise UsageError(f"--adapter {adapter.value} is for --disk-format vmdk (the VMware driver's "
                          f"controller), not {disk_format.value}")
     sources = I.source_images(cap)
@@ -230,9 +231,9 @@ def publish(capture_dir: str, cloud: str, *, disk_format: I.DiskFormat | None = 
     try:
         offer = read_offer(conn)
         fmt, why = choose_format(disk_format, offer)
-        if adapter is not None and fmt is not I.DiskFormat.VMDK:
+        if adapter is not None and fmt is not DiskFormat.VMDK:
             raise UsageError(f"--adapter {adapter.value} is for vmdk, but this cloud gets {fmt.value} ({why})")
-        if fmt is I.DiskFormat.VMDK:
+        if fmt is DiskFormat.VMDK:
             adapter = adapter or I.DEFAULT_ADAPTER
         say(f"disk format {fmt.value}: {why}" + (f"; adapter {adapter.value}" if adapter else ""))
         _check_space(cap, sources, fmt)

@@ -12,48 +12,32 @@ so an overlay is flattened too.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import math
 import os
 from dataclasses import dataclass
 
+from ...choices import DiskFormat, VmdkAdapter
 from ...errors import ServerError, UsageError
 from ...guestos.model import Firmware
 from ...manifest import ImageRole, ManifestDisk
 from ..convert.model import Conversion, Outcome
 from ..receive import image as qimage
 from ..receive.manifest import CaptureDirectory
-from ..receive.store import converted_image_name
 
 GIB = 1 << 30
 
 
-class DiskFormat(str, enum.Enum):
-    QCOW2 = "qcow2"
-    RAW = "raw"
-    VMDK = "vmdk"
-
-
-class Adapter(str, enum.Enum):
-    """The controller a VMDK is attached to, as Glance's vmware_adaptertype names it."""
-
-    IDE = "ide"
-    LSI_LOGIC = "lsiLogic"
-    LSI_LOGIC_SAS = "lsiLogicsas"
-    PARAVIRTUAL = "paraVirtual"
-
-
-DEFAULT_ADAPTER = Adapter.LSI_LOGIC
+DEFAULT_ADAPTER = VmdkAdapter.LSI_LOGIC
 # qemu-img writes ide, buslogic, lsilogic or legacyESX into the VMDK's descriptor
 # (ddb.adapterType); the SAS and paravirtual SCSI controllers have no word there, so their
 # VMDKs say lsilogic (SCSI) and the Glance properties name the controller Nova attaches.
-QEMU_ADAPTER = {Adapter.IDE: "ide", Adapter.LSI_LOGIC: "lsilogic", Adapter.LSI_LOGIC_SAS: "lsilogic",
-                Adapter.PARAVIRTUAL: "lsilogic"}
+QEMU_ADAPTER = {VmdkAdapter.IDE: "ide", VmdkAdapter.LSI_LOGIC: "lsilogic", VmdkAdapter.LSI_LOGIC_SAS: "lsilogic",
+                VmdkAdapter.PARAVIRTUAL: "lsilogic"}
 # Nova's VMware driver reads the controller from hw_disk_bus (+ hw_scsi_model) as well as
 # from vmware_adaptertype; both say the same.
-SCSI_MODEL = {Adapter.LSI_LOGIC: "lsilogic", Adapter.LSI_LOGIC_SAS: "lsisas1068",
-              Adapter.PARAVIRTUAL: "vmpvscsi"}
+SCSI_MODEL = {VmdkAdapter.LSI_LOGIC: "lsilogic", VmdkAdapter.LSI_LOGIC_SAS: "lsisas1068",
+              VmdkAdapter.PARAVIRTUAL: "vmpvscsi"}
 
 # Property names of our own (Glance allows any key; the prefix keeps them apart).
 P_CAPTURE = "coldclone_capture_id"
@@ -160,7 +144,7 @@ def source_images(cap: CaptureDirectory) -> list[SourceImage]:
     return out
 
 
-def prepare(src: SourceImage, fmt: DiskFormat, adapter: Adapter | None, work: str) -> UploadFile:
+def prepare(src: SourceImage, fmt: DiskFormat, adapter: VmdkAdapter | None, work: str) -> UploadFile:
     """The file to upload for this disk in this format: the source image when it already is
     one (a standalone qcow2 for qcow2, a raw for raw), else qemu-img's conversion into `work`."""
     if src.format == fmt.value and not src.backing:
@@ -180,7 +164,7 @@ def prepare(src: SourceImage, fmt: DiskFormat, adapter: Adapter | None, work: st
 
 
 def image_properties(cap: CaptureDirectory, src: SourceImage, fmt: DiskFormat,
-                     adapter: Adapter | None) -> dict[str, str]:
+                     adapter: VmdkAdapter | None) -> dict[str, str]:
     """Glance properties for one disk's image, every value a string, as Glance stores them:
     ours (which capture, disk, position, file), the bus and NIC for the hypervisor the format
     is for, and on the boot image what the readiness report knows of the OS."""
@@ -199,7 +183,7 @@ def image_properties(cap: CaptureDirectory, src: SourceImage, fmt: DiskFormat,
         props.update({"vmware_disktype": "sparse", "vmware_adaptertype": adapter.value,
                       # the VMware driver's default NIC; every guest has a driver for it
                       "hw_vif_model": "e1000"})
-        if adapter is Adapter.IDE:
+        if adapter is VmdkAdapter.IDE:
             props["hw_disk_bus"] = "ide"
         else:
             props.update({"hw_disk_bus": "scsi", "hw_scsi_model": SCSI_MODEL[adapter]})
