@@ -106,6 +106,7 @@ def test_plan_of_a_converted_server_with_a_fixed_address(tmp_path):
                       images=[ImageOut(d, f"{d}.qcow2", f"{d}.kvm.qcow2", CopyMethod.COPY) for d in ("sda", "sdb")],
                       fixes=[Fix(FixKind.NM_MAC, "/etc/NetworkManager/system-connections/eno1.nmconnection", 8,
                                  "mac-address=B0:26:28:AA:BB:01", "# ...", "old MAC")])
+    assert Conversion.from_dict(json.loads(json.dumps(conv.to_dict()))) == conv    # the section, typed
     cap = _capture(tmp_path, {"cpus": 16, "memory_bytes": 64 * GiB - 300 * MiB}, report.to_dict(), conv)
     plan = launch_plan(cap, _images())
     assert (plan.flavor.vcpus, plan.flavor.ram_mib, plan.flavor.disk_gib) == (16, 65536, 40)   # whole GiB

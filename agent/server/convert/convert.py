@@ -105,7 +105,7 @@ def stage_image(cap: CaptureDir, disk: ManifestDisk, dest: str, method: CopyMeth
     src = cap.file_path(disk.image)
     if method is CopyMethod.OVERLAY:
         # A backing name relative to the overlay, so the capture directory can be moved as a whole
-        # (publish_output gives it the name it needs beside the evidence).
+        # (renamed beside the evidence at the end, `qemu-img rebase -u` names it from there).
         backing = os.path.relpath(src, os.path.dirname(dest))
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", backing, dest])
     elif disk.format == "raw":

@@ -262,9 +262,10 @@ class Guest:
     def is_dir(self, path: str) -> bool:
         return self.fish("is-dir", path).strip() == "true"
 
-    def ls(self, path: str) -> Iterator[str]:
+    def ls(self, path: str, skipped: list[Skipped] | None = None) -> Iterator[str]:
         """The names in a guest directory (none if it is not one), NUL-separated as guestfish's
-        ls0 writes them to a local file, read in pieces: at most MAX_DIR_ENTRIES of them."""
+        ls0 writes them to a local file, read in pieces: at most MAX_DIR_ENTRIES of them (the
+        rest is said in `skipped`)."""
         if not self.is_dir(path):
             return
         local = os.path.join(self.tmp, "ls0")
@@ -278,8 +279,9 @@ class Guest:
                         if name:
                             count += 1
                             if count > MAX_DIR_ENTRIES:
-                                log.warning("%s has more than %d entries; only the first were checked",
-                                            path, MAX_DIR_ENTRIES)
+                                if skipped is not None:
+                                    skipped.append(Skipped(path, f"more than {MAX_DIR_ENTRIES} entries: only "
+                                                                 f"the first were checked"))
                                 return
                             yield os.fsdecode(name)
                     if len(rest) > 4096:       # no name is that long: not an ls0 listing
@@ -302,7 +304,7 @@ class Guest:
                     if last or self.is_dir(path):
                         nxt.append(path)
                     continue
-                for name in self.ls(base):
+                for name in self.ls(base, skipped):
                     if name.startswith(".") and not part.startswith("."):
                         continue
                     if not fnmatch.fnmatchcase(name, part):
