@@ -36,6 +36,21 @@ class ImageFormat(StrEnum):
     RAW = "raw"
 
 
+class DiskFormat(StrEnum):
+    """The disk format of a published image in Glance (coldclone-publish --disk-format)."""
+    QCOW2 = "qcow2"        # KVM's own; the smallest upload
+    RAW = "raw"            # Ceph RBD: cloned copy-on-write
+    VMDK = "vmdk"          # VMware: monolithicSparse (Glance's vmware_disktype=sparse)
+
+
+class VmdkAdapter(StrEnum):
+    """The controller Nova's VMware driver attaches a VMDK on (--adapter, vmware_adaptertype)."""
+    IDE = "ide"
+    LSI_LOGIC = "lsiLogic"
+    LSI_LOGIC_SAS = "lsiLogicsas"
+    PARAVIRTUAL = "paraVirtual"
+
+
 class OnDone(StrEnum):
     POWEROFF = "poweroff"
     REBOOT = "reboot"

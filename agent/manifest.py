@@ -4,14 +4,19 @@ agent (in the COMPLETE reply), coldclone-convert and coldclone-publish read back
 Every part is a model written and read through agent.records (msgspec): the estimate
 (estimate_model.CaptureEstimate), the readiness report (guestos.report.ReadinessReport), the
 receiver's facts. The sections other tools add after the capture (`conversion`, written by
-server.convert.model; `publish`, PublishRecord below: both programs read it) stay in the
-document as written; `Manifest.load` keeps that document, `publish()` reads its section.
-Loading a capture directory and rewriting it: agent.server.receive.manifest.
+server.convert.model; `publish`, PublishRecord below: both programs read it, the agent's
+summary names the images) stay in the document as written; `PublishRecord.from_document`
+reads its section. The source's machine (CPUs, memory) that discovery records in
+`source.inventory.machine` is SourceMachine, below (discovery writes it, publish's flavor
+suggestion reads it). Loading a capture directory and rewriting it: agent.server.receive.manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import enum
+import re
+import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as P
@@ -149,33 +154,196 @@ class Manifest:
         return records.decode(document, cls, what)
 
 
+@dataclass(frozen=True)
+class SourceMachine:
+    """The captured server's processors and memory, as discovery found them on it."""
+
+    cpus: int                 # logical CPUs online
+    memory_bytes: int         # installed memory (online memory blocks; else the kernel's MemTotal)
+
+    @classmethod
+    def of(cls, manifest: "Manifest") -> "SourceMachine | None":
+        """`source.inventory.machine` of a manifest; None when the agent recorded none (an
+        older agent) or the inventory is not an object."""
+        inventory = manifest.source.get("inventory")
+        machine = inventory.get("machine") if isinstance(inventory, dict) else None
+        if not isinstance(machine, dict):
+            return None
+        return records.decode(machine, cls, f"{MANIFEST}: source.inventory.machine")
+
+
+# --- the publish section ----------------------------------------------------------------------
+
+class ImageRole(str, enum.Enum):
+    BOOT = "boot"          # the disk the OS boots from: the server's root
+    DATA = "data"          # every other disk: a Cinder volume made from its image
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """One disk of the capture as an image in Glance, and the proof it holds our bytes."""
+
+    disk: str
+    image_id: str
+    disk_format: str                 # qcow2 / raw / vmdk
+    role: ImageRole
+    position: int                    # the disk's place in the capture (0: first), the attach order
+    image_name: str = ""
+    image_file: str = ""             # the local image it was made from (sda.kvm.qcow2, sda.qcow2)
+    image_kind: str = ""             # converted / verified
+    checksum: str = ""               # md5, Glance's `checksum`, equal to the uploaded file's
+    os_hash_algo: str = ""
+    os_hash_value: str = ""
+    size: int = 0                    # bytes Glance holds
+    virtual_size: int = 0            # bytes of the disk it holds
+    method: str = ""                 # glance-direct / upload: how the bytes went in
+    reused: bool = False             # an earlier run's image, found, nothing uploaded
+    properties: dict[str, str] = field(default_factory=dict)
+
+# A reference to one of a launch plan's shell variables inside a command word.
+_PLAN_VAR = re.compile(r"(\$[A-Z_][A-Z0-9_]*)")
+
+
+def _comment(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One `openstack` command of a launch plan, as its words (what a shell would pass)."""
+
+    argv: tuple[str, ...]
+    sets: str | None = None          # shell variable its output (-f value -c id) goes into
+    until: str | None = None         # repeated until its output is this (a volume's status)
+    why: str = ""
+    optional: bool = False           # a suggestion (an admin's step): commented out in the script
+
+    def shell(self, variables: frozenset[str] = frozenset()) -> str:
+        """The step as a line of sh. Only the plan's own `variables` expand ($NETWORK, a volume's
+        $VOL_SDB); everything else, $ included, is quoted as it is: ids and names come from the
+        cloud and the guest, and a plan must not run what they hold."""
+        def word(w: str) -> str:
+            parts = _PLAN_VAR.split(w)
+            return "".join((f'"${{{p[1:]}}}"' if p[1:] in variables else shlex.quote(p)) if i % 2 else
+                           (shlex.quote(p) if p else "") for i, p in enumerate(parts)) or "''"
+
+        words = " ".join(word(w) for w in self.argv)
+        if self.sets:
+            words = f"{self.sets}=$({words})"
+        if self.until is not None:
+            words = f'until [ "$({words})" = {shlex.quote(self.until)} ]; do sleep 5; done'
+        return words
+
+@dataclass(frozen=True)
+class FlavorSuggestion:
+    vcpus: int
+    ram_mib: int
+    disk_gib: int
+    basis: str                       # what the numbers follow (the source inventory, or why not)
+
+class AddressPolicy(str, enum.Enum):
+    DHCP = "dhcp"                    # the guest asks the cloud's DHCP: any port of the network
+    FIXED = "fixed"                  # the guest sets its own address: the port must carry it
+    UNKNOWN = "unknown"              # no OS inspected: nothing known about its network
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """How the converted guest will take the cloud's NIC, from the conversion and the report."""
+
+    addresses: AddressPolicy
+    bindings_removed: tuple[str, ...] = ()   # guest files whose old-MAC bindings conversion removed
+    bindings_left: tuple[str, ...] = ()      # old-MAC bindings still there (not converted)
+    static_configs: tuple[str, ...] = ()     # guest files that set a fixed address
+    summary: str = ""
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How to start the published server: its images in order, a flavor, the network, and the
+    `openstack` commands that make the data volumes and the server with everything attached."""
+
+    flavor: FlavorSuggestion
+    network: NetworkPolicy
+    steps: tuple[PlanStep, ...]
+    variables: dict[str, str] = field(default_factory=dict)   # what the operator sets first
+
+    def script(self) -> str:
+        """The plan as a sh script an operator can read and run: what to set first, then each
+        step under a comment saying why. Text from the guest (its file names) only ever lands in
+        comments, with control characters replaced, so it cannot become a command."""
+        lines = ["#!/bin/sh", "set -e"]
+        for name, why in self.variables.items():
+            lines.append(f"# ${name}: {_comment(why)}")
+            lines.append(f': "${{{name}:?set {name} first (see above)}}"')
+        known = frozenset(self.variables) | {s.sets for s in self.steps if s.sets}
+        for step in self.steps:
+            if step.why:
+                lines.append(f"# {_comment(step.why)}")
+            lines.append(("# " if step.optional else "") + step.shell(known))
+        return "\n".join(lines) + "\n"
+
 @dataclass
 class PublishRecord:
-    """The manifest's `publish` section: where the image went and the proof it arrived whole."""
+    """The manifest's `publish` section: every disk's image in Glance, and the launch plan."""
 
     cloud: str
-    image_id: str
-    image_name: str
-    image_file: str                  # the local file uploaded
-    image_kind: str                  # converted / verified
-    disk: str
-    checksum: str                    # md5, Glance's `checksum`
-    os_hash_algo: str
-    os_hash_value: str
-    size: int
-    published: str                   # ISO 8601 UTC
-    reused: bool                     # True: an earlier run's image was found, nothing uploaded
-    properties: dict[str, str] = field(default_factory=dict)
+    disk_format: str
+    images: list[PublishedImage]
+    plan: LaunchPlan | None = None
+    adapter: str | None = None       # vmdk: the controller (vmware_adaptertype)
+    published: str = ""              # ISO 8601 UTC
     seconds: float = 0.0
+
+    @property
+    def boot(self) -> PublishedImage | None:
+        return next((i for i in self.images if i.role is ImageRole.BOOT), None)
+
+    @property
+    def data(self) -> list[PublishedImage]:
+        return sorted((i for i in self.images if i.role is ImageRole.DATA), key=lambda i: i.position)
 
     @classmethod
     def from_document(cls, document: Any) -> "PublishRecord | None":
         """A manifest document's `publish` section, when the capture was published (front ends
-        say the image id); a section of another shape is ignored, not guessed at."""
+        say the images); a section of another shape is ignored, not guessed at. A section
+        written before every disk was published (one image, no plan) is read as that one
+        boot image."""
         data = document.get("publish") if isinstance(document, dict) else None
-        if data is None:
+        if not isinstance(data, dict):
             return None
         try:
+            if "images" not in data and "image_id" in data:
+                return records.decode(data, _SingleImagePublish, "publish").as_record()
             return records.decode(data, cls, "publish")
         except records.RecordError:
             return None
+
+
+@dataclass
+class _SingleImagePublish:
+    """The `publish` section as coldclone wrote it before every disk was published."""
+
+    cloud: str
+    image_id: str
+    image_name: str = ""
+    image_file: str = ""
+    image_kind: str = ""
+    disk: str = ""
+    checksum: str = ""
+    os_hash_algo: str = ""
+    os_hash_value: str = ""
+    size: int = 0
+    published: str = ""
+    reused: bool = False
+    properties: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_record(self) -> PublishRecord:
+        fmt = self.properties.get("disk_format", "qcow2")
+        image = PublishedImage(
+            disk=self.disk, image_id=self.image_id, disk_format=fmt, role=ImageRole.BOOT, position=0,
+            image_name=self.image_name, image_file=self.image_file, image_kind=self.image_kind,
+            checksum=self.checksum, os_hash_algo=self.os_hash_algo, os_hash_value=self.os_hash_value,
+            size=self.size, reused=self.reused, properties=dict(self.properties))
+        return PublishRecord(cloud=self.cloud, disk_format=fmt, images=[image], published=self.published,
+                             seconds=self.seconds)

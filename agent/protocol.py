@@ -401,6 +401,15 @@ class JsonFields:
             raise self._bad(key, "a JSON object")
         return v
 
+    def objects(self, key: str) -> list[dict]:
+        """A list of JSON objects (each then read with its own JsonFields); [] when absent."""
+        if not self.present(key):
+            return []
+        v = self.obj[key]
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            raise self._bad(key, "a list of objects")
+        return v
+
     def str_list(self, key: str) -> tuple[str, ...]:
         if not self.present(key):
             return ()

@@ -14,7 +14,6 @@ import difflib
 import ipaddress
 import os
 import re
-import shlex
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Callable
@@ -413,23 +412,77 @@ def _unknown(key: str) -> UsageError:
                       f"(known: {', '.join(ALL_KEYS)})")
 
 
-def kernel_words(text: str) -> list[str]:
-    """A kernel command line split into words, quotes honoured as the kernel does."""
-    try:
-        return shlex.split(text)
-    except ValueError as e:
-        raise UsageError(f"kernel command line: {e} (an unbalanced quote?)") from None
+# The bytes the kernel's isspace() takes for a word break (lib/ctype.c: the ASCII blanks and
+# Latin-1's no-break space, 0xa0).
+_KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+
+
+def kernel_words(text: str) -> list[tuple[str, str | None]]:
+    """The kernel command line as the kernel reads it: (parameter, value or None) per word.
+
+    The kernel's own rules (lib/cmdline.c next_arg, kernel/params.c parse_args), not a shell's:
+    a double quote toggles quoting anywhere in a word, so `coldclone.pre="a b"` is one word;
+    only a quote opening the word or its value is removed (with its closing quote when that
+    ends the word); an apostrophe or a backslash is an ordinary character; `--` ends the
+    parameters: what follows is for init, never ours. Split on bytes, as the kernel does, so a
+    value holding odd bytes keeps them (surrogateescape) for its parser to name.
+
+    A quote never closed runs to the end of the line, as in the kernel; when that swallows a
+    coldclone.* word it is refused, since those keys would then reach nobody as typed."""
+    # next_arg() step by step, on a copy it may cut with NULs as the C code does.
+    buf = bytearray(text.encode("utf-8", "surrogateescape").split(b"\0", 1)[0] + b"\0")
+    out: list[tuple[str, str | None]] = []
+
+    def cstr(at: int) -> str:
+        return bytes(buf[at:buf.index(0, at)]).decode("utf-8", "surrogateescape")
+
+    pos = 0
+    while True:
+        while buf[pos] in _KERNEL_SPACE:
+            pos += 1
+        if buf[pos] == 0:
+            return out
+        opened = pos
+        in_quote = quoted = buf[pos] == 0x22
+        if quoted:
+            pos += 1
+        args, i, equals = pos, 0, 0
+        while buf[args + i] != 0:
+            c = buf[args + i]
+            if c in _KERNEL_SPACE and not in_quote:
+                break
+            if equals == 0 and c == 0x3D:
+                equals = i        # as in C: an '=' at index 0 counts as none found
+            if c == 0x22:
+                in_quote = not in_quote
+            i += 1
+        end = args + i
+        if in_quote and PREFIX.encode() in buf[opened:end]:
+            shown = bytes(buf[opened:end]).decode("utf-8", "surrogateescape")
+            raise UsageError(f"kernel command line: an unbalanced quote: the double quote in {shown[:60]!r} is never "
+                             f"closed, so the kernel reads the rest of the line as one value; close it")
+        value_at = None
+        if equals:
+            buf[args + equals] = 0
+            value_at = args + equals + 1
+            if buf[value_at] == 0x22:        # the value's quotes are not part of it
+                value_at += 1
+                if buf[end - 1] == 0x22:
+                    buf[end - 1] = 0
+        if quoted and i > 0 and buf[end - 1] == 0x22:
+            buf[end - 1] = 0
+        next_pos = end + 1 if buf[end] != 0 else end
+        buf[end] = 0
+        name, value = cstr(args), None if value_at is None else cstr(value_at)
+        if value is None and name == "--":
+            return out                      # the rest is init's
+        out.append((name, value))
+        pos = next_pos
 
 
 def cmdline_words(text: str) -> list[tuple[str, str | None]]:
-    """The coldclone.* words of a kernel command line, as (key, value or None)."""
-    out = []
-    for w in kernel_words(text):
-        if not w.startswith(PREFIX):
-            continue
-        key, eq, value = w[len(PREFIX):].partition("=")
-        out.append((key, value if eq else None))
-    return out
+    """The coldclone.* words of a kernel command line, as (key without the prefix, value or None)."""
+    return [(name[len(PREFIX):], value) for name, value in kernel_words(text) if name.startswith(PREFIX)]
 
 
 def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
@@ -480,8 +533,10 @@ def apply_baked(cfg: CaptureConfig, root: str) -> None:
 
 def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            # bytes the kernel took as they came: kept (surrogateescape) for kernel_words to split
+            # as the kernel did and for a parser to name, never a UnicodeDecodeError
+            return f.read().decode("utf-8", "surrogateescape")
     except OSError as e:
         raise UsageError(f"cannot read the kernel command line from {path}: {e.strerror}") from None
 

@@ -34,6 +34,7 @@ from agent.server.convert.model import Fix, prediction_gaps
 from agent.choices import ConvertEngine
 from agent.guestos.tree import inspect_tree
 from tests.conftest import BIN, sha256_of
+from agent.runcmd import run
 from tests.testbed import guestdisk
 
 pytestmark = pytest.mark.root
@@ -194,12 +195,20 @@ def test_md_root_without_mdadm_conf_converts(root, tmp_path):
     cap = guestdisk.make_capture(root, "mdsrv02", dict(zip(("sda", "sdb"), images)))
     before = {n: sha256_of(os.path.join(cap, n)) for n in ("sda.qcow2", "sdb.qcow2")}
     t = time.monotonic()
-    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), cap, "--engine", "fixups"],
+    # --overlay: each converted image is staged in the run's own directory and moved beside the
+    # evidence, so its backing file must be named from there
+    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), cap, "--engine", "fixups", "--overlay"],
                        capture_output=True, text=True, timeout=900)
     print(f"coldclone-convert (md RAID1, no mdadm.conf): {time.monotonic() - t:.1f} s")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "converted: sda.kvm.qcow2, sdb.kvm.qcow2 (6 fix-ups)" in r.stdout
     assert {n: sha256_of(os.path.join(cap, n)) for n in before} == before
+    for n in ("sda", "sdb"):
+        info = json.loads(run(["qemu-img", "info", "--output=json", os.path.join(cap, f"{n}.kvm.qcow2")]).stdout)
+        assert (info["backing-filename"], info["backing-filename-format"]) == (f"{n}.qcow2", "qcow2")
+        run(["qemu-img", "check", "-q", os.path.join(cap, f"{n}.kvm.qcow2")])
+    assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.kvm.qcow2", "sda.qcow2",
+                                       "sdb.kvm.qcow2", "sdb.qcow2"]
     c = json.load(open(os.path.join(cap, "manifest.json")))["conversion"]
     assert c["os"]["root"] == "/dev/md127"
     assert sorted(c["os"]["mountpoints"]) == [["/", "/dev/md0"], ["/srv", "/dev/md1"]]

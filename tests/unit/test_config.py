@@ -1,9 +1,12 @@
 """The kernel command line -> CaptureConfig: every key checked, every mistake named."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from agent.source.config import CaptureConfig, describe, from_cmdline
+from agent.source.config import OPTIONS, PREFIX, CaptureConfig, describe, from_cmdline, kernel_words
 from agent.errors import UsageError
+from tests.conftest import coldclone
 
 BASE = "BOOT_IMAGE=/live/vmlinuz boot=live components quiet console=ttyS0,115200"
 SERVER = "coldclone.server=ssh://cc@10.0.0.5:2222/srv/coldclone coldclone.identity=/run/live/medium/id"
@@ -105,6 +108,63 @@ def test_quoted_values_and_unbalanced_quote():
     assert cfg.pre == "/run/live/medium/hooks/pre.sh"
     with pytest.raises(UsageError, match="unbalanced quote"):
         parse('coldclone.pre="/x')
+
+
+def test_the_kernel_splits_words_its_own_way():
+    """lib/cmdline.c next_arg: double quotes group (and only the opening quote of the word or
+    of its value is removed, with its closing one), an apostrophe or a backslash is a plain
+    character, and `--` ends the kernel's parameters (kernel/params.c parse_args)."""
+    line = ('BOOT_IMAGE=/live/vmlinuz coldclone.pre="/run/live/medium/my hooks/pre.sh" '
+            "it's x\\y \"quoted=a b\" mid\"dle x\"=1 =a=b -- coldclone.mode=fast single")
+    assert kernel_words(line) == [
+        ("BOOT_IMAGE", "/live/vmlinuz"), ("coldclone.pre", "/run/live/medium/my hooks/pre.sh"),
+        ("it's", None), ("x\\y", None), ("quoted", "a b"), ('mid"dle x"', "1"), ("=a", "b")]
+    assert kernel_words('a "--" b') == [("a", None)]          # "--" quoted is still the end
+    assert kernel_words(" \t\n") == [] and kernel_words('a="') == [("a", "")]
+    # the kernel reads bytes: its isspace() takes a 0xa0 byte (here as /proc/cmdline is read,
+    # surrogateescape) for a blank too
+    assert kernel_words("a\udca0b") == [("a", None), ("b", None)]
+
+
+def test_quotes_apostrophes_and_double_dash_on_the_command_line():
+    """Issue 19: one apostrophe anywhere failed the whole configuration (shlex), and the words
+    after `--` (init's) were read as keys."""
+    cfg = parse("coldclone.server=file:///mnt/o'brien coldclone.capture_id=web-01 "
+                'coldclone.pre="/run/live/medium/my hooks/pre.sh" '
+                "rd.break=it's -- coldclone.mode=fast coldclone.sever=x single").check()
+    assert cfg.server == "file:///mnt/o'brien" and cfg.capture_id == "web-01"
+    assert cfg.pre == "/run/live/medium/my hooks/pre.sh"
+    assert cfg.mode == "nonzero"        # coldclone.mode=fast was init's, not ours
+    # a key only after `--` is no key: nothing configured, and no typo reported either
+    assert parse("-- coldclone.server=file:///x").server is None
+
+
+def test_a_bad_server_address_is_a_usage_error_naming_the_key():
+    with pytest.raises(UsageError) as e:
+        parse("coldclone.server=ssh://u@[::1/")
+    assert "coldclone.server" in str(e.value) and "closed brackets" in str(e.value)
+    r = coldclone("headless", "--cmdline", "coldclone.server=ssh://u@[::1/", timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "COLDCLONE-HEADLESS-FAILED exit=2: coldclone.server: target 'ssh://u@[::1/'" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr and "internal error" not in r.stdout + r.stderr
+
+
+_VALUE = st.lists(st.one_of(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters=' \t\n\r\x0b\x0c"\x00\xa0'),
+    st.sampled_from(["[", "]", "::1", "@", ":", "/", "%", "?", "=", ",", "'", "\\", "ssh://", "nfs://",
+                     "file://", "https://", "u@", "0", "99999", "-", ".", "/24", "gw=", "zstd:"])),
+    max_size=12).map("".join)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.sampled_from([o.key for o in OPTIONS if o.kernel]), _VALUE)
+def test_every_bad_value_of_every_key_is_a_usage_error_naming_it(key, value):
+    """No value of any key ends in a traceback: a configuration, or a UsageError (exit 2)
+    that names the key."""
+    try:
+        from_cmdline(f"{PREFIX}{key}={value}", baked_root="/nonexistent")
+    except UsageError as e:
+        assert f"{PREFIX}{key}" in str(e), (key, value, str(e))
 
 
 def test_live_system_keys_are_not_typos():

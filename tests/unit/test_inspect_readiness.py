@@ -137,7 +137,11 @@ def test_render_fits_80_columns():
 
 
 def test_read_only_mount_options():
-    assert ro_options("ext4") == "ro,noload"
-    assert ro_options("ext3") == "ro,noload"
-    assert ro_options("xfs") == "ro,norecovery"
-    assert ro_options("vfat") == "ro"
+    assert ro_options("ext4") == ("ro,noload",)
+    assert ro_options("ext3") == ("ro,noload",)
+    assert ro_options("xfs") == ("ro,norecovery",)
+    # the kernel's current name first (5.9+), the one older kernels know after it
+    assert ro_options("btrfs") == ("ro,rescue=nologreplay", "ro,nologreplay")
+    assert ro_options("vfat") == ("ro",)
+    from agent.source.inspect.mount import MOUNTABLE
+    assert all(o.split(",")[0] == "ro" for fs in MOUNTABLE for o in ro_options(fs))

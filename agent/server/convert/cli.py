@@ -3,9 +3,11 @@
 Writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2 (which is left untouched, as
 evidence), a `conversion` section in manifest.json, and conversion.log in the capture dir.
 
-Exit codes: 0 converted; 2 the directory is not a complete, verified capture; 5 the conversion
-failed (a tool broke: the manifest and the log say which); 7 not converted (no OS on the disks,
-or an OS we cannot convert): the capture stays complete and verified.
+Exit codes: 0 converted; 2 the directory is not a complete, verified capture (or one whose
+converted images would take the names of its verified ones: nothing is written); 5 the
+conversion failed (a tool broke, the disk is full: the manifest and the log say which); 7 not
+converted (no OS on the disks, or an OS we cannot convert): the capture stays complete and
+verified.
 """
 
 from __future__ import annotations
@@ -21,6 +23,45 @@ from .model import CopyMethod, Outcome
 from ...choices import ConvertEngine
 
 EXIT_NOT_CONVERTED = 7
+
+
+class LogFile(logging.Handler):
+    """conversion.log in the capture directory, as long as it can be written: a full filesystem
+    (the conversion then fails and says why) costs the log one line on stderr, never a
+    traceback per message."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        try:
+            self.stream = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            self.stream = None
+            self._gave_up(e)
+
+    def _gave_up(self, e: OSError) -> None:
+        print(f"coldclone-convert: cannot write {self.path} ({e.strerror}); the log goes to stderr only",
+              file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(self.format(record) + "\n")
+            self.stream.flush()
+        except OSError as e:
+            self.close()
+            self._gave_up(e)
+
+    def close(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass    # what could not be flushed is lost with the space it needed
+        super().close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coldclone-convert: {e}", file=sys.stderr)
         return e.exit_code
     # Every fix is in the manifest and, with the tools' own lines, in conversion.log.
-    log_handler = logging.FileHandler(os.path.join(args.capture_dir, "conversion.log"))
-    log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    log_handler = LogFile(os.path.join(args.capture_dir, "conversion.log"))
     logging.getLogger().addHandler(log_handler)
     try:
         conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY)

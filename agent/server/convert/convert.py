@@ -2,11 +2,15 @@
 
 The verified images stay untouched (they are the evidence): every write goes to a separate
 image beside them, `<disk>.kvm.qcow2`, and the result is recorded in the `conversion` section
-of manifest.json (written atomically, like the receiver writes it).
+of manifest.json (written atomically, like the receiver writes it). A run works in a directory
+of its own inside the capture (`convert-XXXXXXXX.tmp`, made fresh, removed at its end) and
+removes nothing else: the converted images are renamed into place only when the whole
+conversion succeeded (replacing an earlier conversion's), so a failed run leaves the capture
+as it found it.
 
 The pipeline, one libguestfs appliance of ours per conversion:
- 1. stage: a qcow2 per disk beside the evidence (an overlay backed by the evidence, which qemu
-    opens read-only, or a standalone copy);
+ 1. stage: a qcow2 per disk in the run's directory (an overlay backed by the evidence, which
+    qemu opens read-only, or a standalone copy);
  2. our fix-ups (agent.server.convert.fixes) through one guestfish handle holding every disk of the
     capture, so /var on a second disk or an md RAID1 is one guest; inspection first: a disk with
     no OS is `not converted`, and the capture stays as verified;
@@ -18,21 +22,25 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from xml.sax.saxutils import quoteattr
 
 from ...errors import ColdcloneError, CommandError, ServerError
+from ...manifest import MANIFEST
+from ...units import human_bytes
 from ..receive import image as qimage
-from ..receive.manifest import CaptureDirectory, ManifestDisk
-from ..receive.store import CaptureDir, Store, converted_image_name
+from ..receive.manifest import CaptureDirectory, ManifestDisk, ManifestError
+from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name, free_bytes
 from ...runcmd import run
 from . import fixes as F
-from .guestfs import Accel, Guest, detect_accel, tool_version
+from .guestfs import Accel, Guest, Skipped, detect_accel, tool_version
 from .model import Conversion, CopyMethod, Fix, GuestOS, ImageOut, Outcome
 from ...choices import ConvertEngine
 
@@ -50,8 +58,27 @@ def _now() -> str:
 
 
 def read_capture(path: str) -> CaptureDirectory:
-    """A complete, verified capture; anything else is refused with what is wrong and what to do."""
-    return CaptureDirectory.load(path, purpose="converted")
+    """A complete, verified capture that can be converted in place; anything else is refused
+    with what is wrong and what to do, before anything is written."""
+    capdir = CaptureDirectory.load(path, purpose="converted")
+    check_output_names(capdir)
+    return capdir
+
+
+def check_output_names(capdir: CaptureDirectory) -> None:
+    """No converted image may take the name of a file the capture holds: a capture made before
+    the receiver refused dotted disk names (store.validate_disk_name) can have disks `sda` and
+    `sda.kvm`, whose verified sda.kvm.qcow2 is where sda's converted image would go."""
+    held = {d.image: d.name for d in capdir.manifest.disks}
+    for d in capdir.manifest.disks:
+        out = converted_image_name(d.name)
+        if out in held or out in (MANIFEST, FAILURE):
+            whose = f"the verified image of disk {held[out]!r}" if out in held else "the capture's own record"
+            raise ManifestError(
+                f"{capdir.path}: disk {d.name!r} would be converted to {out}, which is {whose}: "
+                f"converting would overwrite the evidence, so nothing was done. The capture predates "
+                f"the rule that disk names hold no '.'; convert a copy in which that disk's files "
+                f"and manifest entry are renamed, or capture again")
 
 
 @contextmanager
@@ -73,18 +100,59 @@ def conversion_lock(root: str):
 # --- staging ----------------------------------------------------------------------------------
 
 def stage_image(cap: CaptureDir, disk: ManifestDisk, dest: str, method: CopyMethod) -> None:
-    """A writable image of one disk at `dest` (a name in the capture dir); the evidence is only
-    read: qemu-img convert reads it, and an overlay's backing file is opened read-only."""
+    """A writable image of one disk at `dest` (a new file in the run's own directory); the
+    evidence is only read: qemu-img convert reads it, and an overlay's backing file is opened
+    read-only."""
     src = cap.file_path(disk.image)
-    out = cap.file_path(dest)
-    cap.unlink(dest)
     if method is CopyMethod.OVERLAY:
-        # A relative backing name: the capture directory can be moved as a whole.
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", disk.image, out])
+        # A backing name relative to the overlay, so the capture directory can be moved as a whole
+        # (renamed beside the evidence at the end, `qemu-img rebase -u` names it from there).
+        backing = os.path.relpath(src, os.path.dirname(dest))
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", backing, dest])
     elif disk.format == "raw":
-        qimage.convert_to_qcow2(src, out)
+        qimage.convert_to_qcow2(src, dest)
     else:
-        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, out])
+        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, dest])
+
+
+# --- the run's own files --------------------------------------------------------------------
+
+WORK_PREFIX, WORK_SUFFIX = "convert-", ".tmp"
+# What a conversion writes besides its images (the stage's fix-ups, virt-v2v's own scratch
+# files), and what a partly filled filesystem must still hold after them.
+WORK_MARGIN = 64 << 20
+
+
+class NoSpace(ColdcloneError):
+    """The capture's filesystem cannot hold what the conversion writes."""
+
+
+def space_needed(cap: CaptureDir, disks: list[ManifestDisk], method: CopyMethod) -> int:
+    """Bytes the conversion writes into the capture's filesystem: a standalone image per disk
+    (a copy, or virt-v2v's output) about as large as the evidence's allocated bytes, an overlay
+    only what the fix-ups change; and the margin."""
+    if method is CopyMethod.OVERLAY:
+        return WORK_MARGIN
+    return WORK_MARGIN + sum(os.stat(d.image, dir_fd=cap.fd).st_blocks * 512 for d in disks)
+
+
+def check_space(cap: CaptureDir, needed: int) -> None:
+    free = free_bytes(cap.path)
+    if free < needed:
+        raise NoSpace(f"not enough space in {cap.path}: the conversion needs about {human_bytes(needed)} "
+                      f"(the converted images are about as large as the verified ones, plus "
+                      f"{human_bytes(WORK_MARGIN)} of work space) and {human_bytes(free)} is free; free "
+                      f"space on that filesystem (or move the capture to a larger one) and convert again")
+
+
+def out_of_space(e: BaseException, cap: CaptureDir, needed: int) -> str | None:
+    """The message for a step that failed because the filesystem filled up meanwhile."""
+    said = e.stderr if isinstance(e, CommandError) else str(e)
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in said \
+            or "Disk quota exceeded" in said:
+        return (f"the filesystem of {cap.path} filled up during the conversion (it needs about "
+                f"{human_bytes(needed)}): {e}; free space there and convert again")
+    return None
 
 
 # --- fix-ups ------------------------------------------------------------------------------------
@@ -141,9 +209,14 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
     fixes: list[Fix] = []
     warnings: list[str] = []
     for pattern, kind in DEVICE_FILES + NET_FILES:
-        paths = guest.glob(pattern) if "*" in pattern else [pattern]
+        paths, skipped = guest.glob(pattern) if "*" in pattern else ([pattern], [])
+        warnings += [str(s) for s in skipped]
         for path in paths:
-            text = guest.read(path)
+            try:
+                text = guest.read(path)
+            except Skipped as e:
+                warnings.append(str(e))
+                continue
             if text is None:
                 continue
             res = _fix_text(kind, text, path, dmap)
@@ -153,7 +226,11 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
                 for fx in res.fixes:
                     log.info("fixed %s", fx.render())
                 fixes += res.fixes
-    links = [p for pattern in SERVICE_LINKS for p in guest.glob(pattern) if guest.is_symlink(p)]
+    links = []
+    for pattern in SERVICE_LINKS:
+        paths, skipped = guest.glob(pattern)
+        warnings += [str(s) for s in skipped]
+        links += [p for p in paths if guest.is_symlink(p)]
     for fx in F.hardware_service_links(links):
         guest.remove(fx.path)
         log.info("fixed %s (%s)", fx.render(), fx.why)
@@ -227,13 +304,12 @@ def check_v2v_tools() -> None:
                                                f"install them (scripts/setup.sh lists them) or use --engine fixups")
 
 
-def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
-    """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several);
-    returns the output image paths in disk order. Its full log goes to virt-v2v.log, and its own
-    warnings (e.g. it could not update the boot loader's configuration) are passed on verbatim
-    into `warnings`."""
-    outdir = cap.file_path("convert-v2v.tmp")
-    shutil.rmtree(outdir, ignore_errors=True)
+def run_virt_v2v(cap: CaptureDir, work: str, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
+    """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several),
+    writing into the run's own directory `work`; returns the output image paths in disk order.
+    Its full log goes to virt-v2v.log, and its own warnings (e.g. it could not update the boot
+    loader's configuration) are passed on verbatim into `warnings`."""
+    outdir = os.path.join(work, "v2v")
     os.mkdir(outdir, 0o750)
     name = "guest"
     if len(staged) == 1:
@@ -288,30 +364,36 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEn
     conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings)
     # With virt-v2v the stage is thrown away after it: an overlay costs nothing to make.
     stage_method = CopyMethod.OVERLAY if engine is ConvertEngine.VIRT_V2V else method
-    # Names the capture dir's validated calls accept (no leading dot); removed whatever happens.
-    staged = [f"{d.name}.convert-stage.qcow2" for d in disks]
     finals = [converted_image_name(d.name) for d in disks]
+    needed = space_needed(cap, disks, CopyMethod.COPY if engine is ConvertEngine.VIRT_V2V else stage_method)
+    work: str | None = None
+    placed: list[str] = []       # converted images this run put in place
     try:
-        for d in disks:
-            cap.unlink(converted_image_name(d.name))      # a new conversion replaces an older one
         if engine is ConvertEngine.VIRT_V2V:
             check_v2v_tools()
+        check_space(cap, needed)
+        # Everything this run writes before its results, in a directory only it made.
+        work = tempfile.mkdtemp(prefix=WORK_PREFIX, suffix=WORK_SUFFIX, dir=cap.path)
+        staged = [os.path.join(work, f"disk{i}.qcow2") for i in range(len(disks))]
         t = time.monotonic()
         for d, s in zip(disks, staged):
             stage_image(cap, d, s, stage_method)
         timings["stage_seconds"] = round(time.monotonic() - t, 3)
-        conv.os, conv.fixes, conv.warnings = fix_guest([cap.file_path(s) for s in staged], accel, timings)
+        conv.os, conv.fixes, conv.warnings = fix_guest(staged, accel, timings)
         if engine is ConvertEngine.VIRT_V2V:
             t = time.monotonic()
-            outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel, conv.warnings)
+            outs = run_virt_v2v(cap, work, staged, accel, conv.warnings)
             timings["virt_v2v_seconds"] = round(time.monotonic() - t, 3)
-            for out, final in zip(outs, finals):
-                os.rename(out, cap.file_path(final))
             method_done = CopyMethod.VIRT_V2V
         else:
-            for s, final in zip(staged, finals):
-                os.rename(s, final, src_dir_fd=cap.fd, dst_dir_fd=cap.fd)
-            method_done = stage_method
+            outs, method_done = staged, stage_method
+        # The one step that replaces what an earlier conversion made: only after all went well.
+        for d, out, final in zip(disks, outs, finals):
+            os.rename(out, cap.file_path(final))
+            placed.append(final)
+            if method_done is CopyMethod.OVERLAY:
+                # beside the evidence now: its backing file is named as a neighbour (header only)
+                run(["qemu-img", "rebase", "-u", "-F", d.format, "-b", d.image, cap.file_path(final)])
         for d, final in zip(disks, finals):
             st = os.stat(final, dir_fd=cap.fd)
             conv.images.append(ImageOut(d.name, d.image, final, method_done, st.st_blocks * 512))
@@ -320,19 +402,29 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEn
                         f"{', then virt-v2v' if engine is ConvertEngine.VIRT_V2V else ''})")
     except NotConvertible as e:
         conv.result, conv.message = Outcome.NOT_CONVERTED, f"not converted: {e}"
-    except (CommandError, ServerError, OSError) as e:
+    except NoSpace as e:
         conv.result, conv.message = Outcome.FAILED, f"conversion failed: {e}"
+    except (CommandError, ServerError, OSError) as e:
+        conv.result = Outcome.FAILED
+        conv.message = f"conversion failed: {out_of_space(e, cap, needed) or e}"
     finally:
-        for s in staged:
-            cap.unlink(s)
-        shutil.rmtree(cap.file_path("convert-v2v.tmp"), ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         if conv.result is not Outcome.CONVERTED:
-            for final in finals:
+            for final in placed:        # made by this run, and not whole: never left as if valid
                 cap.unlink(final)
     conv.finished = _now()
     conv.seconds = round(time.monotonic() - t0, 3)
     log.info("%s (%.1f s)", conv.message, conv.seconds)
-    capdir.write_section("conversion", conv)
+    try:
+        capdir.write_section("conversion", conv)
+    except OSError as e:
+        # manifest.json is replaced in one step or not at all: it stays as it was
+        conv.result = Outcome.FAILED if conv.result is Outcome.CONVERTED else conv.result
+        conv.message += (f"; and the outcome could not be recorded in {capdir.file(MANIFEST)} "
+                         f"({e.strerror}): the manifest is as it was")
+        if conv.result is Outcome.FAILED and placed:
+            for final in placed:
+                cap.unlink(final)
+            conv.images = []
     return conv
-
-

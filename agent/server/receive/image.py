@@ -30,6 +30,14 @@ def convert_to_qcow2(raw: str, qcow2: str) -> None:
         raise _fail(f"converting {raw} to qcow2", e) from None
 
 
+def convert(src: str, src_format: str, dst: str, dst_format: str, options: list[str] | tuple[str, ...] = ()) -> None:
+    """Any image into another format (publish: raw for Ceph, a VMDK for VMware), standalone."""
+    try:
+        run(["qemu-img", "convert", "-q", "-f", src_format, "-O", dst_format, *options, src, dst])
+    except CommandError as e:
+        raise _fail(f"converting {src} to {dst_format}", e) from None
+
+
 def compare(raw: str, qcow2: str) -> None:
     res = run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2], check=False)
     if res.returncode == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ... import protocol as P
 from ... import records
@@ -18,6 +19,9 @@ from ...errors import ColdcloneError, UsageError
 from ...guestos.report import ReadinessReport
 from ...manifest import MANIFEST, Manifest, ManifestDisk
 from .store import write_atomic_at
+
+
+T = TypeVar("T")
 
 
 class ManifestError(UsageError):
@@ -91,6 +95,12 @@ class CaptureDirectory:
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    def section(self, name: str, type_: type[T]) -> T | None:
+        """A later tool's top-level section (`conversion`, `publish`) as its model; None when
+        the document has none. One of another shape is a RecordError naming the field."""
+        data = self.document.get(name)
+        return None if data is None else records.decode(data, type_, f"{self.file(MANIFEST)}: {name}")
 
     def write_section(self, name: str, value) -> None:
         """Add or replace one top-level section, atomically; the rest stays as it was read."""

@@ -44,7 +44,7 @@ from . import image
 from . import journal as J
 from .prefetch import Prefetch
 from .readback import Readback
-from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
+from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_disk_name
 from .unfinished import find_unfinished
 
 log = logging.getLogger("coldclone.receive")
@@ -135,7 +135,7 @@ class _Sink:
     def disk_header(self, h: P.DiskHeader) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"DISK {h.name!r} before END of disk {self.disk.name}")
-        validate_name(h.name, "disk name")
+        validate_disk_name(h.name)
         self.disk = self.open_disk(h)
         log.info("disk %s: %d bytes", h.name, h.size)
 

@@ -49,6 +49,27 @@ def validate_name(name: object, what: str) -> str:
     return name
 
 
+def validate_disk_name(name: object) -> str:
+    """A disk name from the wire: a valid name with no '.' in it.
+
+    The receiver and coldclone-convert name a disk's files `<disk>` + a suffix that starts with
+    '.' (<disk>.raw, <disk>.qcow2, <disk>.journal, .<disk>.qcow2.tmp, <disk>.kvm.qcow2). With no
+    '.' in a disk name, the part before the first '.' of any such file name is its disk, so
+    no name derived from one disk can be another disk's name or a name derived from it: a disk
+    `sda.kvm` would have its verified image at sda.kvm.qcow2, where disk sda's converted image
+    goes. The capture files that are no disk's (manifest.json, failure.json, conversion.log
+    ...) hold a '.' too, so no disk name is one of them either. Kernel names have no '.', and
+    the agent's stream names (devnames.stream_name) never do."""
+    name = validate_name(name, "disk name")
+    if "." in name:
+        raise ServerError(
+            f"refused disk name {name!r}: a disk name may not contain '.': the server names the disk's "
+            f"files <disk>.raw, <disk>.qcow2, <disk>.journal and <disk>.kvm.qcow2, and a dotted "
+            f"name would take another disk's ({name.split('.', 1)[0]}'s); name it with letters, "
+            f"digits, '_' and '-'", code="bad_name")
+    return name
+
+
 def converted_image_name(disk: str) -> str:
     """The file coldclone-convert writes for a captured disk, inside the capture dir."""
     return disk + CONVERTED_SUFFIX
@@ -100,6 +121,12 @@ def resolve_root(forced_root: str, requested: str | None) -> str:
         if parent == d:
             return req
         d = parent
+
+
+def free_bytes(path: str) -> int:
+    """What an unprivileged writer may still put on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:

@@ -131,10 +131,12 @@ class CaptureResult:
                            f"{len(bad.ranges)} ranges (zeros in the image; start+count: {shown}{more}; "
                            f"manifest.json lists them all)")
         out += [f"  {line}" for line in self.conversion_lines()]
-        if self.publish is not None:
-            p = self.publish
-            out.append(f"  published to Glance ({p.cloud}): image {p.image_id}")
-            out.append(f"    the {p.image_kind} image, checksum {p.checksum}")
+        boot = self.publish.boot if self.publish is not None else None
+        if boot is not None:
+            out.append(f"  published to Glance ({self.publish.cloud}): image {boot.image_id}")
+            out.append(f"    the {boot.image_kind} image of {boot.disk}, checksum {boot.checksum}")
+            for img in self.publish.data:
+                out.append(f"    data disk {img.disk}: image {img.image_id}")
         return out
 
 
