@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import protocol as P

@@ -134,7 +134,7 @@ class CaptureResult:
         boot = self.publish.boot if self.publish is not None else None
         if boot is not None:
             out.append(f"  published to Glance ({self.publish.cloud}): image {boot.image_id}")
-            out.append(f"    the {boot.image_kind} image of {boot.disk}, checksum {boot.checksum}")
+            out.append(f"    the {boot.image_kind} image, checksum {boot.checksum}")
             for img in self.publish.data:
                 out.append(f"    data disk {img.disk}: image {img.image_id}")
         return out
