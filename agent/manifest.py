@@ -170,6 +170,7 @@ class Manifest:
     estimate: dict | None = None                     # the agent's estimate, as it sent it
     estimate_vs_actual: dict | None = None
     readiness: dict | None = None                    # guestos.report.ReadinessReport.to_dict()
+    wave: str | None = None                          # the migration wave (coldclone.wave=)
     manifest_version: int = MANIFEST_VERSION
     # The document as read, sections of other tools (conversion, publish) included.
     document: dict = field(default_factory=dict, repr=False, compare=False)
@@ -189,6 +190,8 @@ class Manifest:
             out["estimate_vs_actual"] = self.estimate_vs_actual
         if self.readiness is not None:
             out["readiness"] = self.readiness
+        if self.wave is not None:
+            out["wave"] = self.wave
         return out
 
     def section(self, name: str) -> dict | None:
@@ -215,7 +218,8 @@ class Manifest:
             protocol=f.int("protocol", default=P.VERSION), totals=f.mapping("totals"),
             estimate=f.mapping("estimate") if f.present("estimate") else None,
             estimate_vs_actual=f.mapping("estimate_vs_actual") if f.present("estimate_vs_actual") else None,
-            readiness=f.mapping("readiness") if f.present("readiness") else None, manifest_version=f.int("manifest_version", default=MANIFEST_VERSION),
+            readiness=f.mapping("readiness") if f.present("readiness") else None,
+            wave=f.str("wave"), manifest_version=f.int("manifest_version", default=MANIFEST_VERSION),
             document=dict(obj))
 
 

@@ -18,16 +18,15 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from xml.sax.saxutils import quoteattr
 
 from ...errors import ColdcloneError, CommandError, ServerError
 from ..receive import image as qimage
+from ..receive.convqueue import conversion_slot, default_max_conversions
 from ..receive.manifest import CaptureDirectory, ManifestDisk
 from ..receive.store import CaptureDir, Store, converted_image_name
 from ...runcmd import run
@@ -36,9 +35,6 @@ from .guestfs import Accel, Guest, detect_accel, tool_version
 from .model import Conversion, CopyMethod, Engine, Fix, GuestOS, ImageOut, Outcome
 
 log = logging.getLogger("coldclone.convert")
-
-LOCK_NAME = ".coldclone-convert.lock"
-
 
 class NotConvertible(ColdcloneError):
     """The capture is fine, but what is on it is not a guest we can convert (no OS ...)."""
@@ -51,22 +47,6 @@ def _now() -> str:
 def read_capture(path: str) -> CaptureDirectory:
     """A complete, verified capture; anything else is refused with what is wrong and what to do."""
     return CaptureDirectory.load(path, purpose="converted")
-
-
-@contextmanager
-def conversion_lock(root: str):
-    """One conversion at a time per receiver root: each appliance wants CPU and memory, and
-    a queue of conversions finishes each one sooner than all of them at once."""
-    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the conversion of another capture in %s to finish", root)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- staging ----------------------------------------------------------------------------------
@@ -262,14 +242,18 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: lis
 # --- the whole stage --------------------------------------------------------------------------
 
 def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
-            accel: Accel | None = None) -> Conversion:
+            accel: Accel | None = None, max_conversions: int | None = None,
+            queue_root: str | None = None) -> Conversion:
     """Convert one capture; always records the outcome in its manifest (unless the capture
-    itself is unusable, which raises UsageError before anything is written)."""
+    itself is unusable, which raises UsageError before anything is written). It waits for a
+    slot of its root first: at most max_conversions (default: from the cores and memory) run at
+    once, each appliance wants a core and 2 GB (receive/convqueue.py); queue_root is the root
+    whose queue it joins (the receiver's --root; default the capture's parent)."""
     capture_path = os.path.realpath(capture_path)
     capdir = read_capture(capture_path)
     root, capture_id = os.path.split(capture_path)
     cap = Store(root).open_capture(capture_id)
-    with conversion_lock(root):
+    with conversion_slot(queue_root or root, capture_path, max_conversions or default_max_conversions()):
         return _convert_locked(cap, capdir, engine, method, accel)
 
 

@@ -39,6 +39,7 @@ from ...guestos.report import ReadinessReport
 from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
 from . import image
 from . import journal as J
+from .load import server_load
 from .prefetch import Prefetch
 from .readback import Readback
 from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
@@ -345,10 +346,21 @@ class CaptureSink(_Sink):
         os.ftruncate(fd, h.size)
         d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
                       restart_reason=h.restart_reason if j is not None else None)
-        d.journal = J.DiskJournal.create(self.cap, h)
+        d.journal = J.DiskJournal.create(self.cap, h, capture=self.capture_facts())
         # last: nothing after it can fail and leave its thread behind (close_disk closes it)
         d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
         return d
+
+    def capture_facts(self) -> dict:
+        """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
+        est = self.hello.estimate or {}
+        size = est.get("total_size")
+        return {"wave": self.hello.wave, "hostname": self.source_host(),
+                "disks": list(self.hello.disks), "size": size if isinstance(size, int) else None}
+
+    def source_host(self) -> str | None:
+        host = self.hello.source.get("hostname")
+        return host[:255] if isinstance(host, str) else None
 
     def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
         """Continue a held disk at the byte the agent names: it must be exactly what is held."""
@@ -416,10 +428,11 @@ class CaptureSink(_Sink):
             return   # an agent that sends no estimate (older ones): the writes will tell
         raw = h.data_bytes_estimate
         # During conversion the raw data and the qcow2 (at most as large, with its metadata) coexist.
-        img = raw + raw // 64 + (1 << 20) if self.hello.format == P.ImageFormat.QCOW2 else 0
+        need = P.space_needed(raw, self.hello.format)
+        img = need - raw
         st = os.statvfs(self.cap.path)
         free = st.f_bavail * st.f_frsize
-        if raw + img > free:
+        if need > free:
             parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
             raise ServerError(
                 f"not enough space (disk full before a byte is written): "
@@ -588,7 +601,7 @@ class CaptureSink(_Sink):
             source=hello.source, agent_version=hello.agent_version,
             receiver={"version": __version__, "host": socket.gethostname(),
                       "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
-            protocol=P.VERSION, totals=totals)
+            protocol=P.VERSION, totals=totals, wave=hello.wave)
         if hello.estimate is not None:
             # Predicted vs actual: what the agent estimated before the capture, next to how long
             # this end took from the first byte to the manifest (the agent adds its connect time).
@@ -669,7 +682,8 @@ class CaptureSink(_Sink):
         record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
                   "started": self.rx.started, "failed": _now(),
                   "disks_verified": [d.name for d in self.disks],
-                  "resumable": resumable, "held": held}
+                  "resumable": resumable, "held": held,
+                  "wave": self.hello.wave, "hostname": self.source_host()}
         try:
             cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
@@ -713,8 +727,10 @@ class ProbeSink(_Sink):
                      ", ".join(unfinished) or "none")
         else:
             log.info("calibration probe into %s (nothing is kept)", store.root)
+        load = server_load(rx.forced_root, bwlimit=rx.bwlimit, max_conversions=rx.max_conversions)
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
-                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished))
+                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished,
+                       load=load.to_json()))
 
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if h.resume_from:
@@ -770,12 +786,15 @@ class Receiver:
     """The record loop: preamble, HELLO (which picks the sink), then records to the sink."""
 
     def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False,
-                 convert: bool = False):
+                 convert: bool = False, bwlimit: int | None = None, max_conversions: int | None = None):
         self.forced_root = root
         self.requested_root = requested_root
         self.out = out
         self.keep_raw = keep_raw
         self.convert = convert        # a conversion is queued after a complete capture (--convert)
+        # told to agents that ask where to capture (READY.load): this server's caps
+        self.bwlimit = bwlimit
+        self.max_conversions = max_conversions
         self.sink: _Sink | None = None
         self.started = _now()
         self.t0 = time.monotonic()

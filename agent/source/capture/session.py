@@ -19,6 +19,7 @@ from typing import Callable
 
 from ... import __version__
 from ... import protocol as P
+from ...bwlimit import TokenBucket, paced
 from ...errors import (
     EXIT_OK,
     EXIT_UNREADABLE,
@@ -242,6 +243,9 @@ def run_capture(
     resume: bool = False,
     reconnect_seconds: float = 0.0,
     stall_seconds: float = 120.0,
+    wave: str | None = None,
+    bwlimit: int | None = None,
+    failover: Callable[[BaseException], bool] | None = None,
 ) -> CaptureResult:
     """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
     each DISK header so the receiver can refuse up front when its disk cannot hold them.
@@ -250,7 +254,11 @@ def run_capture(
     checks the source against it; what matches is not sent again). reconnect_seconds: after a
     dropped session, reconnect and resume for at most this long (0: fail at once). stall_seconds:
     data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
-    with resume), instead of waiting for TCP to give up (15 minutes and more)."""
+    with resume), instead of waiting for TCP to give up (15 minutes and more). wave: the label the
+    manifest carries. bwlimit: bytes per second the stream may use on average (a token bucket, over
+    every session of the capture). failover: asked with a server's refusal (its disk is full);
+    True when the next connect goes to another server (capture/placement.py), so the capture
+    goes on there."""
     opts.validate()
     if not disk_paths:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
@@ -295,7 +303,9 @@ def run_capture(
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
                         disks=tuple(names), estimate=estimate,
-                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume)
+                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume,
+                        wave=wave)
+        bucket = TokenBucket(bwlimit) if bwlimit else None
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
@@ -303,10 +313,12 @@ def run_capture(
             conn.dead_link_after(stall_seconds)
             last_send = [time.monotonic()]
 
+            to_server = paced(conn.send, bucket) if bucket is not None else conn.send
+
             def send(data: bytes) -> None:
                 replies.poll()
                 try:
-                    conn.send(data)
+                    to_server(data)
                 except (BrokenPipeError, OSError, ValueError) as e:
                     raise replies.after_send_failure(e) from None
                 sent["wire"] += len(data)
@@ -395,7 +407,9 @@ def run_capture(
                 final, location = attempt(conn, hello)
                 break
             except ColdcloneError as e:
-                if not _retryable(e) or not retry.wait(e, on_event):
+                # another server takes it at once when this one refused for lack of space
+                moved = failover is not None and failover(e)
+                if not moved and (not _retryable(e) or not retry.wait(e, on_event)):
                     raise
                 # The session that dropped may have delivered any part: ask what is held now.
                 hello = dataclasses.replace(hello, resume=True)
