@@ -7,6 +7,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from ... import protocol as P
+
 
 class FixKind(str, enum.Enum):
     FSTAB_DEVICE = "fstab-device-name"          # /dev/sda2 / ... -> UUID=...
@@ -143,6 +145,26 @@ class Conversion:
             "fixes": [f.to_dict() for f in self.fixes],
             "warnings": list(self.warnings),
         }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a conversion came to, as the manifest's `conversion` section says it (what
+    `coldclone-server status` shows; the whole section is Conversion)."""
+
+    result: Outcome
+    message: str
+    finished: str = ""
+
+    @classmethod
+    def of(cls, section: dict) -> "Verdict":
+        f = P.JsonFields(section, "manifest conversion")
+        text = f.str("result", required=True)
+        try:
+            result = Outcome(text)
+        except ValueError:
+            raise P.ProtocolError(f"manifest conversion: unknown result {text!r:.40}") from None
+        return cls(result, f.str("message", "") or "", f.str("finished", "") or "")
 
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
