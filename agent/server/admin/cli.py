@@ -33,7 +33,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_status(args) -> int:
-    statuses = S.scan(args.root, args.name)
+    statuses = S.scan(args.root, args.name, stall=args.stall)
     if args.wave is not None:
         statuses = [s for s in statuses if s.wave == args.wave]
     if args.json:
@@ -45,7 +45,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_web(args) -> int:
-    serve(args.listen, args.root, tuple(args.peer), name=args.name, refresh=args.refresh)
+    serve(args.listen, args.root, tuple(args.peer), name=args.name, refresh=args.refresh, stall=args.stall)
     return EXIT_OK
 
 
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="a JSON list, one object per capture")
     s.add_argument("--wave", metavar="NAME", help="only the captures of this wave")
     s.add_argument("--name", help="this conversion server's name in the output (default: its host name)")
+    s.add_argument("--stall", type=float, default=S.STALL_SECONDS, metavar="SECONDS",
+                   help=f"a running capture that has not moved for this long is stalled (default {S.STALL_SECONDS:g})")
     s.set_defaults(func=cmd_status)
 
     w = sub.add_parser("web", help="the wave page (read-only) and its API at /api/status")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another conversion server's page (http://HOST:PORT) to show with this one; repeat")
     w.add_argument("--name", help="this conversion server's name on the page (default: its host name)")
     w.add_argument("--refresh", type=float, default=3.0, metavar="SECONDS", help="how often the page refreshes")
+    w.add_argument("--stall", type=float, default=S.STALL_SECONDS, metavar="SECONDS",
+                   help=f"a running capture that has not moved for this long is stalled (default {S.STALL_SECONDS:g})")
     w.set_defaults(func=cmd_web)
     return ap
 

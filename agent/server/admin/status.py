@@ -113,15 +113,17 @@ class CaptureStatus:
 
 # ----------------------------------------------------------------- reading a root
 
-def scan(root: str, name: str | None = None, now: float | None = None) -> list[CaptureStatus]:
-    """The status of every capture under root; `name` is this conversion server's (host name)."""
+def scan(root: str, name: str | None = None, now: float | None = None,
+         stall: float = STALL_SECONDS) -> list[CaptureStatus]:
+    """The status of every capture under root; `name` is this conversion server's (host name);
+    a running capture whose journal has not moved for `stall` seconds is stalled."""
     name = name or socket.gethostname()
     now = time.time() if now is None else now
     queue = convqueue.snapshot(root)
     out = []
     for found in captures.find(root):
         try:
-            st = _partial(found, name, now) if found.partial else _complete(found, name, queue)
+            st = _partial(found, name, now, stall) if found.partial else _complete(found, name, queue)
         except (ColdcloneError, P.ProtocolError, OSError) as e:
             st = CaptureStatus(found.capture_id, State.FAILED, None, None, name, found.path,
                                reason=f"cannot be read: {e}", detail=f"cannot be read: {e}")
@@ -149,7 +151,7 @@ def _json_file(path: str) -> dict | None:
         return None
 
 
-def _partial(found: captures.Found, name: str, now: float) -> CaptureStatus:
+def _partial(found: captures.Found, name: str, now: float, stall: float) -> CaptureStatus:
     lock_state = captures.state_of(found)
     store, cap = _open(found)
     try:
@@ -182,7 +184,7 @@ def _partial(found: captures.Found, name: str, now: float) -> CaptureStatus:
     if damaged:
         return replace(base, state=State.FAILED, reason=damaged, detail=damaged)
     if lock_state == "live":
-        return _streaming(base, journals, names, now)
+        return _streaming(base, journals, names, now, stall)
     if lock_state == "failed" and not ff.bool("resumable"):
         reason = ff.str("error") or "failed (failure.json gives no reason)"
         return replace(base, state=State.FAILED, reason=reason, detail=reason)
@@ -201,7 +203,7 @@ def _held_text(journals: dict[str, J.DiskJournal]) -> str:
 
 
 def _streaming(base: CaptureStatus, journals: dict[str, J.DiskJournal], names: list[str],
-               now: float) -> CaptureStatus:
+               now: float, stall: float) -> CaptureStatus:
     """A capture a receiver holds: how far, how fast, and whether it still moves."""
     current = next((journals[n] for n in reversed(names) if n in journals), None)
     cps = [cp for cp in (current.checkpoints if current else []) if cp.t]
@@ -213,7 +215,7 @@ def _streaming(base: CaptureStatus, journals: dict[str, J.DiskJournal], names: l
         rate = (cps[-1].end - cps[0].end) / (cps[-1].t - cps[0].t)
     last = cps[-1].t if cps else None
     at_end = current is not None and current.held >= current.header.size
-    stalled = last is not None and not at_end and now - last > STALL_SECONDS
+    stalled = last is not None and not at_end and now - last > stall
     left = (base.size - base.done) if base.size is not None else None
     eta = left / rate if rate and left is not None and not stalled else None
     if current is None:

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from ... import protocol as P
 from ...errors import UsageError
 from . import page
-from .status import CaptureStatus, merge, scan
+from .status import STALL_SECONDS, CaptureStatus, merge, scan
 
 log = logging.getLogger("coldclone.web")
 
@@ -70,9 +70,10 @@ class Board:
     root: str
     name: str
     peers: tuple[str, ...] = ()
+    stall: float = STALL_SECONDS
 
     def local(self) -> list[CaptureStatus]:
-        return scan(self.root, self.name)
+        return scan(self.root, self.name, stall=self.stall)
 
     def _ask(self, peer: str) -> list[CaptureStatus]:
         with urllib.request.urlopen(f"{peer}/api/status?local=1", timeout=PEER_TIMEOUT) as r:
@@ -158,9 +159,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(listen: str, root: str, peers: tuple[str, ...] = (), name: str | None = None,
-          refresh: float = 3.0, ready: threading.Event | None = None) -> None:
+          refresh: float = 3.0, stall: float = STALL_SECONDS, ready: threading.Event | None = None) -> None:
     host, port = parse_listen(listen)
-    board = Board(root, name or socket.gethostname(), tuple(parse_peer(p) for p in peers))
+    board = Board(root, name or socket.gethostname(), tuple(parse_peer(p) for p in peers), stall)
     handler = type("BoundHandler", (Handler,), {"board": board, "refresh": refresh})
     cls = ThreadingHTTPServer
     if ":" in host:
