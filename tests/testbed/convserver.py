@@ -52,6 +52,7 @@ class ConversionServer:
     workdir: str
     ns: VethNamespace | None = None  # None: sshd on 127.0.0.1
     init_args: tuple[str, ...] = ()
+    addr: str | None = None         # its address in the namespace (default: the veth's own)
     port: int = 0
     proc: subprocess.Popen | None = None
     init: InitOutput | None = None
@@ -60,6 +61,8 @@ class ConversionServer:
 
     @property
     def address(self) -> str:
+        if self.addr:
+            return self.addr
         return self.ns.ns_cidr.split("/")[0] if self.ns else "127.0.0.1"
 
     @property
@@ -152,10 +155,11 @@ LogLevel VERBOSE
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
-    def start_web(self, port: int, peers: tuple[str, ...] = ()) -> str:
-        """`coldclone-server web` on this server's own address (inside its namespace)."""
-        argv = [os.path.join(BIN, "coldclone-server"), "web", "--listen", f"{self.address}:{port}", "--root",
-                self.root, "--name", self.name, "--refresh", "1"]
+    def start_web(self, port: int, peers: tuple[str, ...] = (), listen: str | None = None) -> str:
+        """`coldclone-server web` on this server's own address (inside its namespace; `listen`:
+        another address of it, 0.0.0.0 for all); its URL from this host."""
+        argv = [os.path.join(BIN, "coldclone-server"), "web", "--listen", f"{listen or self.address}:{port}",
+                "--root", self.root, "--name", self.name, "--refresh", "1"]
         for p in peers:
             argv += ["--peer", p]
         if self.ns:

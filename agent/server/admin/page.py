@@ -72,7 +72,7 @@ def _row(s: CaptureStatus) -> str:
     eta = human_minutes(s.eta_seconds) if s.eta_seconds is not None else ""
     detail = s.reason if s.state is State.FAILED and s.reason else s.detail
     if s.superseded_by:
-        detail = f"done on {s.superseded_by}; this copy: {detail}"
+        detail = f"taken over by {s.superseded_by}; this copy: {detail}"
     size = human_bytes(s.size) if s.size is not None else "?"
     return (f'<tr class="{" ".join(classes)}" data-capture-id="{_e(s.capture_id)}" data-state="{s.state.value}" '
             f'data-done="{s.done}">'

@@ -76,7 +76,7 @@ class CaptureStatus:
     reason: str | None = None       # failed: why
     detail: str = ""                # one line for people
     updated: float = 0.0            # when it last changed (epoch seconds)
-    superseded_by: str | None = None   # the same capture done on another conversion server
+    superseded_by: str | None = None   # the same capture further on another conversion server
 
     def to_json(self) -> dict:
         return {"capture_id": self.capture_id, "state": self.state.value, "wave": self.wave,
@@ -171,20 +171,20 @@ def _partial(found: captures.Found, name: str, now: float, stall: float) -> Capt
     host = cf.str("hostname") or ff.str("hostname")
     names = [n for n in (facts.get("disks") or []) if isinstance(n, str)] or list(journals)
     sizes = {n: j.header.size for n, j in journals.items()}
-    size = cf.int("size") or (sum(sizes.values()) if names and all(n in sizes for n in names) else None)
+    size = (cf.int("size") or ff.int("size")
+            or (sum(sizes.values()) if names and all(n in sizes for n in names) else None))
     held = sum(j.header.size if j.complete is not None else j.held for j in journals.values())
     stamps = [cp.t for j in journals.values() for cp in j.checkpoints if cp.t]
-    try:
-        mtime = max([os.stat(os.path.join(found.path, n)).st_mtime for n in (LOCK, FAILURE)
-                     if os.path.exists(os.path.join(found.path, n))] + stamps + [0.0])
-    except OSError:
-        mtime = max(stamps + [0.0])
+    files = {n: os.stat(os.path.join(found.path, n)).st_mtime for n in (LOCK, FAILURE)
+             if os.path.exists(os.path.join(found.path, n))}
+    mtime = max(list(files.values()) + stamps + [0.0])
     base = CaptureStatus(found.capture_id, State.STREAMING, wave, host, name, found.path, size=size, done=held,
                          updated=mtime)
     if damaged:
         return replace(base, state=State.FAILED, reason=damaged, detail=damaged)
     if lock_state == "live":
-        return _streaming(base, journals, names, now, stall)
+        # the receiver writes its pid into the lock when its session starts (store.CaptureDir)
+        return _streaming(base, journals, names, now, stall, files.get(LOCK, 0.0))
     if lock_state == "failed" and not ff.bool("resumable"):
         reason = ff.str("error") or "failed (failure.json gives no reason)"
         return replace(base, state=State.FAILED, reason=reason, detail=reason)
@@ -203,16 +203,11 @@ def _held_text(journals: dict[str, J.DiskJournal]) -> str:
 
 
 def _streaming(base: CaptureStatus, journals: dict[str, J.DiskJournal], names: list[str],
-               now: float, stall: float) -> CaptureStatus:
+               now: float, stall: float, session_start: float) -> CaptureStatus:
     """A capture a receiver holds: how far, how fast, and whether it still moves."""
     current = next((journals[n] for n in reversed(names) if n in journals), None)
     cps = [cp for cp in (current.checkpoints if current else []) if cp.t]
-    recent = [cp for cp in cps if cp.t >= now - RATE_WINDOW]
-    rate = None
-    if len(recent) >= 2 and recent[-1].t > recent[0].t:
-        rate = (recent[-1].end - recent[0].end) / (recent[-1].t - recent[0].t)
-    elif len(cps) >= 2 and cps[-1].t > cps[0].t:
-        rate = (cps[-1].end - cps[0].end) / (cps[-1].t - cps[0].t)
+    rate = _rate(current, cps, now, session_start) if current is not None else None
     last = cps[-1].t if cps else None
     at_end = current is not None and current.held >= current.header.size
     stalled = last is not None and not at_end and now - last > stall
@@ -228,6 +223,24 @@ def _streaming(base: CaptureStatus, journals: dict[str, J.DiskJournal], names: l
         detail += f"; STALLED: nothing new for {human_minutes(now - last)}"
     return replace(base, rate=rate if not stalled else 0.0, eta_seconds=eta, stalled=stalled, detail=detail,
                    updated=max(base.updated, last or 0.0))
+
+
+def _rate(j: J.DiskJournal, cps: list[J.Checkpoint], now: float, session_start: float) -> float | None:
+    """Bytes of the disk per second: over its checkpoints of the last RATE_WINDOW seconds, else
+    since this session started on it (from the held end, or from byte 0 when the disk started
+    in this session), never across the gap of an earlier session's end."""
+    recent = [cp for cp in cps if cp.t >= now - RATE_WINDOW]
+    if len(recent) >= 2 and recent[-1].t > recent[0].t:
+        return (recent[-1].end - recent[0].end) / (recent[-1].t - recent[0].t)
+    here = [cp for cp in cps if cp.t >= session_start]
+    if not here:
+        return None
+    before = [cp for cp in cps if cp.t < session_start]
+    start_end = before[-1].end if before else 0
+    start_t = max(session_start, j.created) if not before else session_start
+    if not start_t or here[-1].t <= start_t:
+        return None
+    return (here[-1].end - start_end) / (here[-1].t - start_t)
 
 
 def _complete(found: captures.Found, name: str, queue: convqueue.Snapshot) -> CaptureStatus:
@@ -271,20 +284,16 @@ _RANK = {State.PUBLISHED: 0, State.CONVERTED: 1, State.CONVERTING: 2, State.QUEU
 
 
 def merge(statuses: list[CaptureStatus]) -> list[CaptureStatus]:
-    """Several servers' captures: one that moved to another server (failover) is the same capture;
-    its copies that got less far say which server has it done (superseded_by)."""
+    """Several servers' captures: one that moved to another server (failover) is the same capture,
+    counted once where it got furthest (the newest copy among equals); its other copies say
+    which server has it (superseded_by)."""
     best: dict[str, CaptureStatus] = {}
     for s in statuses:
         b = best.get(s.capture_id)
-        if b is None or _RANK[s.state] < _RANK[b.state]:
+        if b is None or (_RANK[s.state], -s.updated) < (_RANK[b.state], -b.updated):
             best[s.capture_id] = s
-    out = []
-    for s in statuses:
-        b = best[s.capture_id]
-        if s is not b and b.state.done and not s.state.done:
-            s = replace(s, superseded_by=b.conversion_server)
-        out.append(s)
-    return out
+    return [s if s is best[s.capture_id] else replace(s, superseded_by=best[s.capture_id].conversion_server)
+            for s in statuses]
 
 
 @dataclass
@@ -322,10 +331,12 @@ class WaveTotals:
         elif self.projected_end is not None:
             end = (f"projected end {time.strftime('%H:%M', time.localtime(self.projected_end))} "
                    f"(in {human_minutes(max(0.0, self.projected_end - now))})")
+        elif not self.streaming:
+            end = "nothing running" + (f", {self.resumable} waiting to resume" if self.resumable else "")
         else:
             end = "projected end unknown" + (f" ({self.stalled} stalled)" if self.stalled else
                                              f" ({self.resumable} waiting to resume)" if self.resumable else "")
-        return f"moved {self.moved / 1e12:.3f} TB of {size}; {self.rate / 1e6:.1f} MB/s; {end}"
+        return f"moved {human_bytes(self.moved)} of {size}; {self.rate / 1e6:.1f} MB/s; {end}"
 
 
 def totals(statuses: list[CaptureStatus], now: float | None = None) -> list[WaveTotals]:
@@ -376,7 +387,7 @@ def text_lines(statuses: list[CaptureStatus], now: float | None = None) -> list[
         pct = f"{100 * s.fraction:5.1f}%" if s.fraction is not None else "    ?%"
         rate = f" {s.rate / 1e6:.1f} MB/s" if s.rate else ""
         eta = f" ETA {human_minutes(s.eta_seconds)}" if s.eta_seconds is not None else ""
-        sup = f" (done on {s.superseded_by})" if s.superseded_by else ""
+        sup = f" (taken over by {s.superseded_by})" if s.superseded_by else ""
         out.append(f"{s.state.value:10} {pct} {s.wave or '-':12} {s.server or '?':20} {s.capture_id}"
                    f"{rate}{eta}: {s.detail}{sup}")
     for t in totals(statuses, now):

@@ -3,7 +3,7 @@ point (agent killed, receiver killed, session dropped, server rebooted) continue
 
 One file per disk in the capture's `.partial` directory, `<disk>.journal`, JSON lines:
 
-    {"journal": "coldclone-resume", "version": 1, "disk": <DISK header as sent>,
+    {"journal": "coldclone-resume", "version": 1, "disk": <DISK header as sent>, "t": <epoch s>,
      "capture": {"wave": ..., "hostname": ..., "disks": [...], "size": ...}}
     {"end": 67108864, "digest": "<hex>", "data_bytes": 67108864, "t": <epoch s>}   a checkpoint
     ...
@@ -69,6 +69,7 @@ class DiskJournal:
     checkpoints: list[Checkpoint]
     complete: dict | None = None     # the manifest entry of a disk verified in an earlier attempt
     capture: dict | None = None      # the capture's facts from its HELLO (wave, source host, disks)
+    created: float = 0.0             # when the disk started from byte 0 (epoch seconds; 0: not kept)
     fd: int = -1
     last_time: float = 0.0
 
@@ -93,11 +94,12 @@ class DiskJournal:
     def create(cls, cap: CaptureDir, header: P.DiskHeader, capture: dict | None = None) -> "DiskJournal":
         """A new journal for a disk starting at byte 0 (replaces any earlier one in one rename)."""
         name = journal_name(header.name)
-        first = {"journal": MAGIC, "version": VERSION, "disk": header.to_json()}
+        created = time.time()
+        first = {"journal": MAGIC, "version": VERSION, "disk": header.to_json(), "t": round(created, 3)}
         if capture is not None:
             first["capture"] = capture
         cap.write_atomic(name, (P.dumps(first, sort_keys=True) + "\n").encode())
-        j = cls(cap, name, header, [], capture=capture)
+        j = cls(cap, name, header, [], capture=capture, created=created)
         j._open()
         return j
 
@@ -171,11 +173,12 @@ class DiskJournal:
                 raise bad(f"is not a version {VERSION} coldclone resume journal")
             header = P.DiskHeader.decode(P.JsonFields(first, "journal header").mapping("disk"))
             capture = P.JsonFields(first, "journal header").mapping("capture") or None
+            created = P.JsonFields(first, "journal header").float("t", 0.0)
         except P.ProtocolError as e:
             raise bad(f"has a bad header ({e})") from None
         if header.name + SUFFIX != file_name:
             raise bad(f"belongs to disk {header.name!r}")
-        j = cls(cap, file_name, header, [], capture=capture)
+        j = cls(cap, file_name, header, [], capture=capture, created=created)
         for n, line in enumerate(lines[1:], 2):
             try:
                 obj = P.loads_object(line, f"journal line {n}")

@@ -683,7 +683,8 @@ class CaptureSink(_Sink):
                   "started": self.rx.started, "failed": _now(),
                   "disks_verified": [d.name for d in self.disks],
                   "resumable": resumable, "held": held,
-                  "wave": self.hello.wave, "hostname": self.source_host()}
+                  # what status shows of a capture whose journals are gone (wave, source, size)
+                  **self.capture_facts()}
         try:
             cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
