@@ -131,3 +131,44 @@ def test_rotate_key_refuses_the_old_key(server, source, tmp_path):
     assert not os.path.exists(os.path.join(server.root, "init-old.partial"))
     r = headless(f"{rotated.cmdline} {base} coldclone.capture_id=init-new")
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_init_iso_bakes_the_key_and_the_pin(tmp_path):
+    """`init --iso`: livecd/build.sh with IDENTITY= and HOSTKEY=, warm from the caches of
+    $COLDCLONE_BUILD (or livecd/build): the ISO's root holds the agents' key and the pin, and the
+    printed kernel command line needs neither. A few minutes: `pytest -m slow` (not in make test)."""
+    warm = os.environ.get("COLDCLONE_BUILD") or os.path.join(os.path.dirname(__file__), "..", "..", "livecd", "build")
+    if not os.path.isdir(os.path.join(warm, "cache")):
+        pytest.skip(f"no ISO build caches in {warm} (make iso first)")
+    build = tempfile.mkdtemp(prefix="ccw-iso-", dir="/var/tmp")
+    work = tempfile.mkdtemp(prefix="ccw-isoinit-", dir="/var/tmp")
+    os.chmod(work, 0o755)
+    remove_user("ccw-iso")
+    try:
+        run(["cp", "-a", os.path.join(warm, "cache"), build])
+        srv = ConversionServer("ccw-iso", "ccw-iso", work)
+        os.makedirs(work, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", srv.p("host_ed25519")])
+        env = {**os.environ, "COLDCLONE_BUILD": build}
+        import subprocess
+        r = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "coldclone-server"), "init",
+                            "--root", srv.root, "--user", "ccw-iso", "--address", "10.0.0.5",
+                            "--host-key", srv.p("host_ed25519.pub"), "--keys", srv.keys, "--iso"],
+                           capture_output=True, text=True, env=env, timeout=3600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = {k: v for k, _, v in (line.partition("=") for line in r.stdout.splitlines()) if k in
+               ("identity", "hostkey", "iso", "cmdline")}
+        assert out["iso"] == os.path.join(build, "coldclone.iso") and os.path.getsize(out["iso"]) > 100 << 20
+        assert out["cmdline"] == "coldclone.server=ssh://ccw-iso@10.0.0.5/"      # the rest is baked in
+        run(["xorriso", "-osirrox", "on", "-indev", out["iso"], "-extract", "/live/filesystem.squashfs",
+             str(tmp_path / "fs.squashfs")])
+        baked = {}
+        for name in ("identity", "hostkey"):
+            baked[name] = run(["unsquashfs", "-cat", str(tmp_path / "fs.squashfs"), f"etc/coldclone/{name}"]).stdout
+        assert baked["identity"] == open(out["identity"]).read()
+        assert baked["hostkey"].strip() == out["hostkey"]
+    finally:
+        remove_user("ccw-iso")
+        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from agent.runcmd import run
 from .netns import VethNamespace
 from .procs import free_port, start_daemon, stop_process
+from .sshd import sshd_config
 
 BIN = os.path.dirname(os.path.abspath(__import__("sys").executable))
 
@@ -97,20 +98,8 @@ class ConversionServer:
         if self.init is None:
             self.set_up()
         with open(self.p("sshd_config"), "w") as f:
-            f.write(f"""\
-Port {self.port}
-ListenAddress {self.address}
-HostKey {self.p('host_ed25519')}
-PidFile {self.p('sshd.pid')}
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AllowUsers {self.user}
-MaxStartups 64
-MaxSessions 64
-LogLevel VERBOSE
-""")
+            # sshd's own defaults otherwise: StrictModes, the user's ~/.ssh/authorized_keys
+            f.write(sshd_config(self.port, self.address, self.p("host_ed25519"), self.p("sshd.pid"), self.user))
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         os.makedirs("/run/sshd", exist_ok=True)
         argv = [sshd, "-D", "-e", "-f", self.p("sshd_config")]
