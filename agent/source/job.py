@@ -243,7 +243,10 @@ class CaptureJob:
 
     # -- steps, in order
     def _env(self) -> dict[str, str]:
-        server = str(self.target.url) if self.target is not None else ",".join(self.cfg.server)
+        if self.placement is not None:
+            server = self.placement.current.url      # where the capture is (it may have moved)
+        else:
+            server = str(self.target.url) if self.target is not None else ",".join(self.cfg.server)
         return {"COLDCLONE_SERVER": server, "COLDCLONE_CAPTURE_ID": self.cfg.capture_id or ""}
 
     def _network(self) -> None:

@@ -243,7 +243,40 @@ def _rate(j: J.DiskJournal, cps: list[J.Checkpoint], now: float, session_start: 
     return (here[-1].end - start_end) / (here[-1].t - start_t)
 
 
+# A page that refreshes every few seconds over hundreds of complete captures reads each manifest
+# once: what it says is kept while the file stays the same (path, mtime, size).
+_MANIFESTS: dict[str, tuple[tuple, CaptureStatus, bool]] = {}
+_MANIFESTS_MAX = 4096
+
+
 def _complete(found: captures.Found, name: str, queue: convqueue.Snapshot) -> CaptureStatus:
+    st = os.stat(os.path.join(found.path, MANIFEST))
+    key = (st.st_mtime_ns, st.st_size, st.st_ino, name)      # rewritten atomically: a new inode
+    hit = _MANIFESTS.get(found.path)
+    if hit is not None and hit[0] == key:
+        base, concluded = hit[1], hit[2]
+    else:
+        base, concluded = _from_manifest(found, name)
+        if len(_MANIFESTS) >= _MANIFESTS_MAX:
+            _MANIFESTS.clear()
+        _MANIFESTS[found.path] = (key, base, concluded)
+    if concluded:
+        return base
+    where = queue.of(found.path)
+    if where is not None:
+        what, n = where
+        if what == "converting":
+            return replace(base, state=State.CONVERTING,
+                           detail=f"converting (slot {n + 1} of {queue.limit or '?'})")
+        return replace(base, state=State.QUEUED,
+                       detail=f"conversion queued: {n} in line, {len(queue.running)} of "
+                              f"{queue.limit or '?'} converting")
+    return base
+
+
+def _from_manifest(found: captures.Found, name: str) -> tuple[CaptureStatus, bool]:
+    """What the manifest alone says of a complete capture, and whether it says the last word
+    (published, or a conversion's verdict): else the conversion queue may have more to say."""
     capdir = CaptureDirectory.load(found.path, purpose="listed")
     m = capdir.manifest
     size = sum(d.size for d in m.disks)
@@ -255,25 +288,16 @@ def _complete(found: captures.Found, name: str, queue: convqueue.Snapshot) -> Ca
     published = PublishRecord.from_manifest(m)
     if published is not None:
         return replace(base, state=State.PUBLISHED, image_ids=(published.image_id,),
-                       detail=f"published to {published.cloud} as image {published.image_id}")
+                       detail=f"published to {published.cloud} as image {published.image_id}"), True
     section = m.section("conversion")
     if section is not None:
         v = Verdict.of(section)
         if v.result is Outcome.CONVERTED:
-            return replace(base, state=State.CONVERTED, detail=v.message)
+            return replace(base, state=State.CONVERTED, detail=v.message), True
         if v.result is Outcome.FAILED:
-            return replace(base, state=State.FAILED, reason=v.message, detail=v.message)
-        return replace(base, detail=v.message)       # not converted: it stays a verified capture
-    where = queue.of(found.path)
-    if where is not None:
-        what, n = where
-        if what == "converting":
-            return replace(base, state=State.CONVERTING,
-                           detail=f"converting (slot {n + 1} of {queue.limit or '?'})")
-        return replace(base, state=State.QUEUED,
-                       detail=f"conversion queued: {n} in line, {len(queue.running)} of "
-                              f"{queue.limit or '?'} converting")
-    return base
+            return replace(base, state=State.FAILED, reason=v.message, detail=v.message), True
+        return replace(base, detail=v.message), True    # not converted: it stays a verified capture
+    return base, False
 
 
 # ----------------------------------------------------------------- several servers, waves
