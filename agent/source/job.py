@@ -204,6 +204,7 @@ class CaptureJob:
     placement: placement.Placement | None = None
     _targets: list[Target] = field(default_factory=list)
     _survey: Future | None = None       # the servers, once each answered (or could not)
+    _identities: tuple = ()             # the sources' disks as the survey asked about them
 
     def say(self, text: str) -> None:
         self.notify(Note(text))
@@ -420,7 +421,8 @@ class CaptureJob:
 
         def ask() -> None:
             try:
-                placement.survey(servers, lookup.identities(sources))
+                self._identities = lookup.identities(sources)
+                placement.survey(servers, self._identities)
                 fut.set_result(servers)
             except BaseException as e:
                 fut.set_exception(e)
@@ -474,7 +476,10 @@ class CaptureJob:
             self._place(why=f"the capture needs about {hb(need)}, which the first choice has not free")
 
     def _source_key(self) -> str:
-        """This source as the rendezvous hash knows it: the host and its disks."""
+        """This source as the rendezvous hash knows it: its disks' serials, WWIDs and first bytes
+        (every source of a wave booted from one ISO has the same host name and disk names)."""
+        if self._identities:
+            return ",".join(f"{d.name}:{d.serial}:{d.wwid}:{d.head}" for d in self._identities)
         return socket.gethostname() + "|" + ",".join(self.sources)
 
     def _rate_cap(self) -> tuple[float | None, str]:
