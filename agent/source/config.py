@@ -374,6 +374,12 @@ class CaptureConfig:
     workers: int = 2
     password_env: str | None = None
 
+    def __post_init__(self) -> None:
+        # a URL given where a list of them goes would be read letter by letter
+        for name in ("server", "hostkey"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"CaptureConfig.{name} is a list (several: a wave's servers), not a str")
+
     def resolved_capture_id(self) -> str | None:
         """The capture's id: `resume=ID` names it too (None: a new one is made up)."""
         if self.resume in ("auto", "off"):

@@ -248,3 +248,10 @@ def test_baked_pins_of_a_wave(tmp_path):
     (tmp_path / "etc/coldclone").mkdir(parents=True)
     (tmp_path / "etc/coldclone/hostkey").write_text(f"{PIN_A}\n{PIN_B}\n")
     assert parse("coldclone.server=file:///x", baked_root=str(tmp_path)).hostkey == [PIN_A, PIN_B]
+
+
+def test_a_url_where_a_list_goes_is_refused_not_read_letter_by_letter():
+    with pytest.raises(TypeError, match="CaptureConfig.server is a list"):
+        CaptureConfig(server="ssh://cc@h/p")
+    with pytest.raises(TypeError, match="CaptureConfig.hostkey is a list"):
+        CaptureConfig(hostkey=PIN_A)
