@@ -354,9 +354,10 @@ class CaptureSink(_Sink):
     def capture_facts(self) -> dict:
         """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
         est = self.hello.estimate or {}
-        size = est.get("total_size")
+        size = est.get("total_size")    # the agent's word, free-form: kept only when it is a size
+        ok = isinstance(size, int) and not isinstance(size, bool) and 0 < size <= P.MAX_DISK_SIZE * P.MAX_DISKS
         return {"wave": self.hello.wave, "hostname": self.source_host(),
-                "disks": list(self.hello.disks), "size": size if isinstance(size, int) else None}
+                "disks": list(self.hello.disks)[:P.MAX_DISKS], "size": size if ok else None}
 
     def source_host(self) -> str | None:
         host = self.hello.source.get("hostname")
