@@ -31,11 +31,22 @@ def urls(order):
     return [s.url for s in order]
 
 
-def test_the_least_busy_first_then_the_roomiest():
+def test_the_least_busy_first():
     a = server("ssh://cc@a/", running=2)
     b = server("ssh://cc@b/", running=0, free=10 * GB)
-    c = server("ssh://cc@c/", running=0, free=50 * GB)
-    assert urls(rank([a, b, c], "src", None)) == ["ssh://cc@c/", "ssh://cc@b/", "ssh://cc@a/"]
+    c = server("ssh://cc@c/", running=1, free=50 * GB)
+    assert urls(rank([a, b, c], "src", None)) == ["ssh://cc@b/", "ssh://cc@c/", "ssh://cc@a/"]
+
+
+def test_equally_busy_servers_take_sources_in_proportion_to_their_room():
+    """Sources that start together see the same loads: each goes first to a server for a share of
+    them proportional to its free space, not all to the roomiest (what the first design did: a
+    wave bench run put all four sources on one server)."""
+    b = server("ssh://cc@b/", free=10 * GB)
+    c = server("ssh://cc@c/", free=50 * GB)
+    firsts = [rank([b, c], f"disk-{n}", None)[0].url for n in range(600)]
+    share = firsts.count("ssh://cc@b/") / len(firsts)
+    assert 0.10 < share < 0.24, share        # 1/6 expected
 
 
 def test_a_server_holding_these_disks_comes_first_however_busy():

@@ -8,9 +8,10 @@ them in (`rank`):
  1. a server holding an unfinished capture of these very disks (proven by WWID/serial, or by
     their first bytes): resuming there sends only the rest;
  2. servers with room for the capture (its estimated data, as the receiver's own preflight
-    counts it), fewest running captures first, then most free space; servers equal on both are
-    ordered by a hash of the server and this source (rendezvous hashing), so a wave of sources
-    that start together spreads over the servers instead of all taking the first;
+    counts it), fewest running captures first; among servers equally busy, a hash of the server
+    and this source weighted by the server's free space (weighted rendezvous hashing): sources
+    that start together see the same loads, and still spread over the servers, in proportion
+    to their room (the roomiest alone would take them all);
  3. servers that say they have no room, then the ones that did not answer (down).
 
 While it captures (`Placement.connect`, the capture's connect): a server that stops answering
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -86,9 +88,12 @@ def survey(servers: list[Server], wanted: tuple[P.DiskIdentity, ...], timeout: f
             s.error = f"no answer within {timeout:.0f} s"
 
 
-def _spread(url: str, source: str) -> str:
-    """Rendezvous hashing: each source orders equal servers its own (stable) way."""
-    return hashlib.sha256(f"{url}\0{source}".encode()).hexdigest()
+def _spread(url: str, source: str, weight: float) -> float:
+    """Weighted rendezvous hashing: each source orders equally busy servers its own (stable) way,
+    a server coming first for a share of the sources proportional to its weight (free space)."""
+    h = int.from_bytes(hashlib.sha256(f"{url}\0{source}".encode()).digest()[:8], "big")
+    u = (h + 0.5) / 2 ** 64                   # uniform in (0, 1)
+    return max(weight, 1.0) / -math.log(u)
 
 
 def resumable_on(s: Server) -> P.Unfinished | None:
@@ -107,9 +112,9 @@ def rank(servers: list[Server], source: str, need: int | None) -> list[Server]:
         if resumable_on(s) is not None:
             return (0, -resumable_on(s).updated)
         if ld is None:
-            return (1, 0, 0, _spread(s.url, source))
+            return (1, 0, -_spread(s.url, source, 1.0))
         full = need is not None and ld.free_bytes < need
-        return (2 if full else 1, ld.running, -ld.free_bytes, _spread(s.url, source))
+        return (2 if full else 1, ld.running, -_spread(s.url, source, ld.free_bytes))
 
     return sorted(servers, key=key)
 
