@@ -142,6 +142,7 @@ class Manifest:
     estimate: CaptureEstimate | None | Unset = UNSET         # the agent's estimate, as HELLO carried it
     estimate_vs_actual: EstimateVsActual | None | Unset = UNSET
     readiness: ReadinessReport | None | Unset = UNSET        # the agent's inspection of the source OS
+    wave: str | None | Unset = UNSET                      # the migration wave (coldclone.wave=)
     manifest_version: int = MANIFEST_VERSION
 
     def disk(self, name: str | None) -> ManifestDisk | None:

@@ -463,6 +463,45 @@ class ImageFormat:
     ALL = (QCOW2, RAW)
 
 
+def space_needed(data_bytes: int, image_format: str) -> int:
+    """Bytes a conversion server needs free to receive `data_bytes` of non-zero data: the raw
+    file, and during the conversion to qcow2 the qcow2 beside it (at most as large, plus its
+    metadata). The receiver refuses a disk that does not fit (its preflight); an agent choosing
+    among servers leaves out one that cannot hold its capture."""
+    img = data_bytes + data_bytes // 64 + (1 << 20) if image_format == ImageFormat.QCOW2 else 0
+    return data_bytes + img
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """How busy a conversion server is, as a probe's READY tells an agent choosing where to
+    capture (READY.load): its free space, the captures it receives now, its conversions."""
+
+    free_bytes: int
+    running: int = 0               # captures being received (a live `.partial`)
+    converting: int = 0            # conversions running
+    queued: int = 0                # conversions waiting for a slot (--max-conversions)
+    max_conversions: int = 0
+    bwlimit: int | None = None     # the total rate of its sessions is capped to this (bytes/s)
+    name: str = ""                 # the server's name (its host name)
+
+    def to_json(self) -> dict:
+        return {"free_bytes": self.free_bytes, "running": self.running, "converting": self.converting,
+                "queued": self.queued, "max_conversions": self.max_conversions, "bwlimit": self.bwlimit,
+                "name": self.name}
+
+    @classmethod
+    def decode(cls, obj: dict) -> "ServerLoad | None":
+        """READY.load; None from a receiver that does not say (it predates waves)."""
+        if not obj:
+            return None
+        f = JsonFields(obj, "READY load")
+        return cls(free_bytes=f.int("free_bytes", required=True), running=f.int("running", 0, 1 << 20, 0),
+                   converting=f.int("converting", 0, 1 << 20, 0), queued=f.int("queued", 0, 1 << 20, 0),
+                   max_conversions=f.int("max_conversions", 0, 1 << 20, 0), bwlimit=f.int("bwlimit", 1),
+                   name=f.str("name", "") or "")
+
+
 @dataclass(frozen=True)
 class Hello:
     capture_id: str | None
@@ -482,6 +521,8 @@ class Hello:
     # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
     unfinished_of: tuple[DiskIdentity, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)
+    # The migration wave the capture belongs to (coldclone.wave=): into the manifest and status.
+    wave: str | None = None
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -496,6 +537,8 @@ class Hello:
             obj["estimate"] = records.encode(self.estimate)
         if self.readiness is not None:
             obj["readiness"] = records.encode(self.readiness)
+        if self.wave is not None:
+            obj["wave"] = self.wave
         return obj
 
     def encode(self) -> bytes:
@@ -521,7 +564,14 @@ class Hello:
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
                    estimate=advice("estimate", CaptureEstimate), readiness=advice("readiness", ReadinessReport),
                    resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")),
-                   dropped=tuple(dropped))
+                   dropped=tuple(dropped), wave=cls._wave(f.str("wave")))
+
+    @staticmethod
+    def _wave(v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ProtocolError(f"HELLO: field 'wave' must be a label of letters, digits, '.', '_' "
+                                f"and '-' (at most 64), got {v!r:.80}")
+        return v
 
     @staticmethod
     def _identities(v: object) -> tuple[DiskIdentity, ...]:
@@ -994,13 +1044,15 @@ class Reply:
     text: str | None = None
     held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
     unfinished: dict = field(default_factory=dict)  # READY of a lookup: decode_unfinished() reads it
+    load: dict = field(default_factory=dict)        # READY of a probe: ServerLoad.decode() reads it
     # complete, when the receiver queues a conversion (--convert): where each converted image
     # will be, so the agent's summary can say it (the conversion runs after the session ends)
     converted_images: tuple[str, ...] = ()
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
-        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held", "unfinished"),
+        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held", "unfinished",
+                      "load"),
         Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
         Event.COMPLETE: ("path", "manifest", "converted_images"),
         Event.ERROR: ("code", "message", "path"),
@@ -1011,14 +1063,14 @@ class Reply:
     _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
     _INT = ("protocol", "bytes", "covered", "readback_bytes")
     _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
-    _MAP = ("counts", "timings", "manifest", "held", "unfinished")
+    _MAP = ("counts", "timings", "manifest", "held", "unfinished", "load")
     _LIST = ("converted_images",)
 
     def to_json(self) -> dict:
         obj = {"event": self.event}
         for k in self.FIELDS.get(self.event, ()):
             v = getattr(self, k)
-            if k in ("probe", "held", "unfinished") and not v:
+            if k in ("probe", "held", "unfinished", "load") and not v:
                 continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
             if k in self._LIST:
                 if not v:

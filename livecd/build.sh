@@ -19,7 +19,7 @@
 #   IDENTITY=path/to/private_key  baked in as /etc/coldclone/identity (mode 0600), the default
 #                                 for coldclone.identity=
 #   HOSTKEY=SHA256:...            baked in as /etc/coldclone/hostkey, the default for
-#                                 coldclone.hostkey=
+#                                 coldclone.hostkey= (a wave's servers: SHA256:a,SHA256:b)
 set -euo pipefail
 
 T0=$(date +%s)
@@ -279,9 +279,12 @@ if [ -n "${IDENTITY:-}" ]; then
     log "baked in the conversion-server identity (/etc/coldclone/identity)"
 fi
 if [ -n "${HOSTKEY:-}" ]; then
-    case "$HOSTKEY" in SHA256:?*) ;; *) die "HOSTKEY must look like SHA256:... (ssh-keygen -lf the server's host key)";; esac
+    # one pin, or a wave's servers' pins comma-separated (any one may match)
+    for pin in $(printf '%s' "$HOSTKEY" | tr ',' ' '); do
+        case "$pin" in SHA256:?*) ;; *) die "HOSTKEY: $pin must look like SHA256:... (ssh-keygen -lf the server's host key)";; esac
+    done
     printf '%s\n' "$HOSTKEY" > "$CHROOT/etc/coldclone/hostkey"
-    log "baked in the conversion server's host key pin $HOSTKEY"
+    log "baked in the conversion server host key pin(s) $HOSTKEY"
 fi
 echo "LANG=C.UTF-8" > "$CHROOT/etc/default/locale"
 echo "LANG=C.UTF-8" > "$CHROOT/etc/locale.conf"

@@ -8,7 +8,8 @@ APT_PACKAGES="qemu-utils openssh-server openssh-client parted e2fsprogs dosfstoo
  xfsprogs util-linux fdisk libparted-dev pkg-config gcc python3-venv python3-dev
  zstd pv tmux coreutils procps qemu-system-x86 ovmf tgt iproute2
  nfs-ganesha nfs-ganesha-vfs partclone ntfs-3g btrfs-progs lvm2 mtools
- virt-v2v libguestfs-tools nbdkit libnbd-bin linux-image-amd64 strace binutils"
+ virt-v2v libguestfs-tools nbdkit libnbd-bin linux-image-amd64 strace binutils
+ chromium chromium-driver"
 
 missing=""
 for p in $APT_PACKAGES; do

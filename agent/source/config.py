@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Callable
 
+from ..bwlimit import human_rate, parse_rate
 from .capture.stream import parse_compress
 from ..choices import CAPTURE_MODES, ImageFormat, IscsiMode, Mode, OnDone, OnReadError, words
 from ..errors import UsageError
@@ -162,6 +163,17 @@ def _capture_id(name: str, value: str) -> str:
     return value
 
 
+def _wave(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise UsageError(f"{name}={value!r}: a wave is named with letters, digits, '.', '_' and '-' "
+                         f"(at most 64, starting with a letter or digit), e.g. wave-3 or 2025-06-14")
+    return value
+
+
+def _rate(name: str, value: str) -> int:
+    return parse_rate(value, name)
+
+
 def _resume(name: str, value: str) -> str:
     if value in ("auto", "off"):
         return value
@@ -202,20 +214,28 @@ class Option:
     metavar: str | None = None
     kernel: bool = True               # a coldclone.* kernel key (False: CLI only)
     help: str = ""                    # the CLI's help line (default: `value`)
+    # A list: comma-separated on the kernel command line, the flag repeated (or comma-separated)
+    # on the CLI; `parse` reads one item.
+    many: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("server", _server, "`ssh://user@host[:port]/path`, `file:///path`, `nfs://host/export/path`",
-           "required (unless `estimate_only`)", flag="--to", metavar="URL",
-           help="where the images go: ssh://user@host[:port]/path, file:///path or nfs://host/export/path"),
+    Option("server", _server, "`ssh://user@host[:port]/path`, `file:///path`, `nfs://host/export/path`; "
+           "several `ssh://` servers comma-separated (a wave): the agent asks each for its free space and "
+           "running captures, takes the least busy one (an unfinished capture of these disks first) and "
+           "moves to the next when one is down or full (docs/wave.md)",
+           "required (unless `estimate_only`)", flag="--to", metavar="URL", many=True,
+           help="where the images go: ssh://user@host[:port]/path, file:///path or nfs://host/export/path; "
+                "repeat --to for several conversion servers (ssh:// only)"),
     Option("identity", _identity, "private key: an absolute path on the live system (the boot medium is "
            "`/run/live/medium`) or an `https://` URL (never plain http)",
            "`/etc/coldclone/identity` if baked in with `make iso IDENTITY=...`", flag="--identity",
            metavar="KEY", help="private key for the conversion server (a path or an https:// URL)"),
-    Option("hostkey", _hostkey, "`SHA256:...` (43 characters) pin of the conversion server's host key",
+    Option("hostkey", _hostkey, "`SHA256:...` (43 characters) pin of the conversion server's host key; "
+           "with several servers, their pins comma-separated (each server must present one of them)",
            "`/etc/coldclone/hostkey` if baked in with `make iso HOSTKEY=...`; without a pin or known_hosts "
-           "entry the capture is refused", flag="--hostkey", metavar="SHA256:...",
-           help="pin the server's host key fingerprint"),
+           "entry the capture is refused", flag="--hostkey", metavar="SHA256:...", many=True,
+           help="pin the server's host key fingerprint (repeat, or comma-separate, for several servers)"),
     Option("known_hosts", _text, "a known_hosts file on the live system", "-", flag="--known-hosts",
            metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)"),
     Option("disks", _disks, "`all` or `sda,md127,cciss/c0d0,/dev/sdb` (an md array stands for its member "
@@ -255,6 +275,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect", _seconds(0, 86400), "seconds to keep reconnecting after the session to the "
            "server drops (backoff 1 s to 30 s; `0`: fail at once); needs resume", "`600`",
            flag="--reconnect", metavar="SECONDS", help="keep reconnecting for this long after a drop (0: never)"),
+    Option("failover", _seconds(0, 86400), "with several servers: seconds the server of a running "
+           "capture may stay unreachable before the capture moves to the next server (and starts there "
+           "anew; what the first one holds stays there); a server that refuses for lack of space is left "
+           "at once", "`60`", flag="--failover", metavar="SECONDS",
+           help="with several --to: move to the next server after this long unreachable"),
+    Option("wave", _wave, "a label for the capture (letters, digits, `.`, `_`, `-`): the migration wave "
+           "it belongs to, in the manifest and on `coldclone-server status` and its page", "-",
+           flag="--wave", metavar="NAME", help="label the capture with its migration wave"),
+    Option("bwlimit", _rate, "cap this agent's rate to the server: `100mbit`, `1gbit` (bits per second), "
+           "`50M` (MB/s) or `40MiB`; the estimate counts with it", "no cap", flag="--bwlimit",
+           metavar="RATE", help="cap the rate to the server: 100mbit, 1gbit, 50M (MB/s), 40MiB"),
     Option("stall", _seconds(5, 3600), "seconds sent data may stay unacknowledged by the server's TCP "
            "before the link is taken for dead (TCP_USER_TIMEOUT; then reconnected, with resume)", "`120`",
            flag="--stall-timeout", metavar="SECONDS",
@@ -307,9 +338,9 @@ ALL_KEYS = KERNEL_KEYS
 @dataclass
 class CaptureConfig:
     """One capture's configuration, whichever front end filled it (fields: OPTIONS)."""
-    server: str | None = None
+    server: list[str] = field(default_factory=list)      # in the operator's order; several: ssh:// only
     identity: str | None = None
-    hostkey: str | None = None
+    hostkey: list[str] = field(default_factory=list)     # pins (SHA256:...); any one may match
     known_hosts: str | None = None
     disks: list[str] | None = None     # None: every disk discovery offers
     exclude: list[str] = field(default_factory=list)
@@ -320,6 +351,9 @@ class CaptureConfig:
     capture_id: str | None = None
     resume: str = "auto"
     reconnect: float = 600.0
+    failover: float = 60.0
+    wave: str | None = None
+    bwlimit: int | None = None          # bytes per second
     stall: float = 120.0
     iscsi: IscsiMode = IscsiMode.AUTO
     iscsi_ip: str = "original"
@@ -339,6 +373,12 @@ class CaptureConfig:
     workers: int = 2
     password_env: str | None = None
 
+    def __post_init__(self) -> None:
+        # a URL given where a list of them goes would be read letter by letter
+        for name in ("server", "hostkey"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"CaptureConfig.{name} is a list (several: a wave's servers), not a str")
+
     def resolved_capture_id(self) -> str | None:
         """The capture's id: `resume=ID` names it too (None: a new one is made up)."""
         if self.resume in ("auto", "off"):
@@ -353,10 +393,17 @@ class CaptureConfig:
         if not self.server and not self.estimate_only:
             raise UsageError(f"{PREFIX}server= is missing: say where the images go, "
                              f"e.g. {PREFIX}server=ssh://coldclone@10.0.0.5/srv/coldclone")
-        if self.server:
-            url = parse_target(self.server)
+        urls = [parse_target(s) for s in self.server]
+        if len(urls) > 1:
+            other = [redact(s) for s, u in zip(self.server, urls) if u.scheme != "ssh"]
+            if other:
+                raise UsageError(f"{PREFIX}server=: several servers must all be ssh:// conversion servers "
+                                 f"({', '.join(other)} is not); a file or NFS target is one place")
+            if len({str(u) for u in urls}) != len(urls):
+                raise UsageError(f"{PREFIX}server=: a server is named twice: {', '.join(map(redact, self.server))}")
+        for text, url in zip(self.server, urls):
             if url.scheme == "ssh" and not self.identity:
-                raise UsageError(f"{PREFIX}server={self.server} needs a key: give {PREFIX}identity= "
+                raise UsageError(f"{PREFIX}server={redact(text)} needs a key: give {PREFIX}identity= "
                                  f"(a path on the live medium or an https:// URL) or build the ISO "
                                  f"with make iso IDENTITY=...")
         self.resolved_capture_id()
@@ -384,13 +431,22 @@ def add_flags(parser: argparse.ArgumentParser, keys: tuple[str, ...], *, require
 
         def typed(value: str, o=o):
             try:
-                return o.parse(o.flag, value)
+                return [o.parse(o.flag, v) for v in _items(o.flag, value)] if o.many else o.parse(o.flag, value)
             except UsageError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
 
         typed.__name__ = key    # argparse names the type in its message
         parser.add_argument(o.flag, dest=key, type=typed, default=None, metavar=o.metavar,
+                            action="append" if o.many else "store",
                             required=key in required, help=(o.help or o.value).replace("%", "%%"))
+
+
+def _items(name: str, value: str) -> list[str]:
+    """The items of a list option's value (comma-separated), none of them empty."""
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise UsageError(f"{name}={value!r}: an empty item in the comma-separated list")
+    return items
 
 
 def config_from_args(args: argparse.Namespace, **extra) -> CaptureConfig:
@@ -399,7 +455,8 @@ def config_from_args(args: argparse.Namespace, **extra) -> CaptureConfig:
     for o in OPTIONS:
         v = getattr(args, o.key, None)
         if v is not None:
-            setattr(cfg, o.key, v)
+            # a repeated list flag: one list of every item, in the order typed
+            setattr(cfg, o.key, [x for part in v for x in part] if o.many else v)
     for k, v in extra.items():
         setattr(cfg, k, v)
     return cfg
@@ -508,7 +565,8 @@ def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
             else:
                 if value is None or value == "":
                     raise UsageError(f"{name} needs a value: write {name}=...")
-                setattr(cfg, key, o.parse(name, value))
+                setattr(cfg, key, [o.parse(name, v) for v in _items(name, value)] if o.many
+                        else o.parse(name, value))
         except UsageError as e:
             msg = str(e)
             # Messages from shared parsers (target URL, host key pin) do not know the key.
@@ -526,9 +584,10 @@ def apply_baked(cfg: CaptureConfig, root: str) -> None:
     hostkey = os.path.join(root, BAKED_HOSTKEY.lstrip("/"))
     if os.path.exists(hostkey):
         with open(hostkey) as f:
-            pin = f.read().strip()
-        if pin:
-            cfg.hostkey = pin
+            # one pin, or several (a wave's servers): comma- or line-separated
+            pins = ",".join(f.read().split())
+        if pins:
+            cfg.hostkey = [_hostkey(BAKED_HOSTKEY, p) for p in _items(BAKED_HOSTKEY, pins)]
 
 
 def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
@@ -553,8 +612,10 @@ def describe(cfg: CaptureConfig) -> list[str]:
             continue
         if f.name == "disks":
             v = "all" if v is None else ",".join(v)
+        elif f.name == "bwlimit":
+            v = human_rate(v)
         elif isinstance(v, list):
-            v = ",".join(v)
+            v = ",".join(redact(x) for x in v)
         elif isinstance(v, str):
             v = redact(v)
         lines.append(f"{f.name}={v}")

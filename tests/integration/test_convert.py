@@ -255,3 +255,19 @@ def test_receiver_convert_queues_the_conversion(root, tmp_path):
     assert m["conversion"]["result"] == "not_converted", open(os.path.join(cap, "conversion.out")).read()
     assert m["status"] == "complete"
     assert "not converted: no operating system" in open(os.path.join(cap, "conversion.out")).read()
+
+
+def test_status_reads_the_conversion_verdicts(root):
+    """`coldclone-server status` over this module's root: what each conversion above came to, read
+    from the manifests' `conversion` sections (a capture with no OS stays a verified capture)."""
+    r = subprocess.run([os.path.join(BIN, "coldclone-server"), "status", "--root", root, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = {s["capture_id"]: s for s in json.loads(r.stdout)}
+    if "srv01" in got:        # run with the test that converts it
+        assert got["srv01"]["state"] == "converted" and got["srv01"]["detail"].startswith("converted: sda.kvm")
+    for cid in ("data01", "queued01"):
+        if cid in got:
+            assert got[cid]["state"] == "verified", got[cid]
+            assert got[cid]["detail"].startswith("not converted: no operating system"), got[cid]
+    assert got, "no capture in the module's root: run the module, not this test alone"

@@ -42,7 +42,7 @@ def hook(tmp_path, name: str, log, body: str = "") -> str:
 def job_config(tmp_path, source, **kw) -> CaptureConfig:
     out = tmp_path / "server"
     out.mkdir(exist_ok=True)
-    base = dict(server=f"file://{out}", disks=[source.dev], iscsi=IscsiMode.OFF, calibrate=0.0,
+    base = dict(server=[f"file://{out}"], disks=[source.dev], iscsi=IscsiMode.OFF, calibrate=0.0,
                 capture_id="job-1")
     base.update(kw)
     return CaptureConfig(**base)

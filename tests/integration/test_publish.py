@@ -173,6 +173,11 @@ def test_publishing_twice_finds_the_first_image(glance, capture):
                 and not i["coldclone_image_file"].endswith(".kvm.qcow2")]
     assert len(verified) == 1
     assert json.load(open(os.path.join(cap, "manifest.json")))["publish"]["images"][0]["reused"] is True
+    # coldclone-server status reads the manifest's publish section: the image id
+    r = subprocess.run([os.path.join(BIN, "coldclone-server"), "status", "--root", os.path.dirname(cap), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    [st] = [s for s in json.loads(r.stdout) if s["capture_id"] == "deb12-uefi"]
+    assert st["state"] == "published" and st["image_ids"] == [image_id_of(first.stdout)], st
 
 
 def test_converted_image_is_preferred(glance, capture, tmp_path):

@@ -12,6 +12,8 @@ space) is captured to the same sshd on 127.0.0.1 by:
   partclone          partclone per filesystem | zstd -1 | ssh, then restore + convert (the Clonezilla way)
   resume             cc-nonzero with the receiver killed (-9) at ~50 %, then --resume: bytes received
                      twice and time vs uninterrupted (tests/testbed/resumebench.py; 127.0.0.1 only)
+  wave               four sources at once to two conversion servers behind one shaped link: the
+                     aggregate throughput vs the link rate, uncapped and capped (wavebench.py)
 Printed per run: wall time of the transfer, time until a qcow2 exists on the
 server, bytes on the wire, agent-side CPU seconds and peak RSS (the source
 server's side: every process on the sending side); then coldclone's ratios.
@@ -32,7 +34,7 @@ import time
 
 from agent.units import human_bytes as hb
 from agent.runcmd import run
-from . import resumebench, synthdisk
+from . import resumebench, synthdisk, wavebench
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd
@@ -272,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-mbit", type=int, default=200,
                     help="also run every method over a veth link shaped to this rate (0: only 127.0.0.1)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--wave-only", action="store_true", help="only the wave (four sources, two servers, one link)")
+    ap.add_argument("--wave-mb", type=int, default=256, help="size of each of the wave's source disks")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (loop devices, sshd, drop_caches)")
@@ -279,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="coldclone-bench-", dir="/var/tmp")
     os.chmod(work, 0o755)
     results: dict[str, list[dict]] = {}
+    wave_mbit = args.link_mbit or 200
+    if args.wave_only:
+        try:
+            wavebench.report(wavebench.wave_throughput(work, wave_mbit, args.wave_mb), wave_mbit)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     try:
         img = os.path.join(work, "server.img")
         t = time.monotonic()
@@ -305,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                                                srv.sshd.client_key, ssh)
                 report(f"sshd in a network namespace behind a {args.link_mbit} Mbit/s tc tbf link", results[key],
                        sd.size, link_rate=args.link_mbit * 1e6 / 8)
+        results["wave"] = wavebench.wave_throughput(work, wave_mbit, args.wave_mb)
+        wavebench.report(results["wave"], wave_mbit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -96,7 +96,7 @@ async def drive_to_estimate(pilot, sshd, rx_dir, loop_dev):
     assert app.plan.target_ok is None
     await pilot.press("ctrl+y")          # the operator compared it: it matches
     await wait_for(pilot, lambda: app.plan.target_ok, 30, "the SSH test")
-    assert app.plan.target.hostkey == sshd.fingerprint
+    assert app.plan.target.hostkey == [sshd.fingerprint]
     await pilot.press("ctrl+n")
     await wait_for(pilot, lambda: isinstance(app.screen, EstimateScreen), 5, "the Estimate screen")
     await pilot.app.workers.wait_for_complete()

@@ -16,7 +16,7 @@ from tests.tui.conftest import ISCSI_TREES, replay, settle
 
 SIZE = (80, 24)
 SSH = TargetChoice("ssh", recorded.TARGET, identity="/etc/coldclone/identity",
-                   hostkey="SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E")
+                   hostkey=["SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E"])
 
 
 def app_for(services, **kw):

@@ -18,6 +18,7 @@ import os
 import sys
 
 from ...errors import EXIT_SERVER, EXIT_USAGE, UsageError
+from ..receive.convqueue import default_max_conversions
 from .convert import convert, read_capture
 from .model import CopyMethod, Outcome
 from ...choices import ConvertEngine
@@ -75,8 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", action="store_true",
                     help="with --engine fixups: write each <disk>.kvm.qcow2 as a qcow2 overlay backed by the "
                          "evidence (instant, but it needs the evidence beside it) instead of a standalone copy")
+    ap.add_argument("--max-conversions", type=int, metavar="N",
+                    help=f"conversions that run at once in the queue's root; this one waits for a free slot "
+                         f"(default from the cores and memory: {default_max_conversions()} here)")
+    ap.add_argument("--queue", metavar="ROOT",
+                    help="the receiver root whose conversion queue this joins (default: the capture's parent)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.max_conversions is not None and args.max_conversions < 1:
+        ap.error("--max-conversions N: N of at least 1")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="coldclone-convert: %(message)s")
     engine = ConvertEngine(args.engine)
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     log_handler = LogFile(os.path.join(args.capture_dir, "conversion.log"))
     logging.getLogger().addHandler(log_handler)
     try:
-        conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY)
+        conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY,
+                       max_conversions=args.max_conversions, queue_root=args.queue)
     except UsageError as e:
         print(f"coldclone-convert: {e}", file=sys.stderr)
         return e.exit_code

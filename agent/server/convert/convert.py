@@ -23,19 +23,18 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from xml.sax.saxutils import quoteattr
 
 from ...errors import ColdcloneError, CommandError, ServerError
 from ...manifest import MANIFEST
 from ...units import human_bytes
 from ..receive import image as qimage
+from ..receive.convqueue import conversion_slot, default_max_conversions
 from ..receive.manifest import CaptureDirectory, ManifestDisk, ManifestError
 from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name, free_bytes
 from ...runcmd import run
@@ -45,9 +44,6 @@ from .model import Conversion, CopyMethod, Fix, GuestOS, ImageOut, Outcome
 from ...choices import ConvertEngine
 
 log = logging.getLogger("coldclone.convert")
-
-LOCK_NAME = ".coldclone-convert.lock"
-
 
 class NotConvertible(ColdcloneError):
     """The capture is fine, but what is on it is not a guest we can convert (no OS ...)."""
@@ -79,22 +75,6 @@ def check_output_names(capdir: CaptureDirectory) -> None:
                 f"converting would overwrite the evidence, so nothing was done. The capture predates "
                 f"the rule that disk names hold no '.'; convert a copy in which that disk's files "
                 f"and manifest entry are renamed, or capture again")
-
-
-@contextmanager
-def conversion_lock(root: str):
-    """One conversion at a time per receiver root: each appliance wants CPU and memory, and
-    a queue of conversions finishes each one sooner than all of them at once."""
-    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the conversion of another capture in %s to finish", root)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- staging ----------------------------------------------------------------------------------
@@ -339,14 +319,18 @@ def run_virt_v2v(cap: CaptureDir, work: str, staged: list[str], accel: Accel, wa
 # --- the whole stage --------------------------------------------------------------------------
 
 def convert(capture_path: str, engine: ConvertEngine = ConvertEngine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
-            accel: Accel | None = None) -> Conversion:
+            accel: Accel | None = None, max_conversions: int | None = None,
+            queue_root: str | None = None) -> Conversion:
     """Convert one capture; always records the outcome in its manifest (unless the capture
-    itself is unusable, which raises UsageError before anything is written)."""
+    itself is unusable, which raises UsageError before anything is written). It waits for a
+    slot of its root first: at most max_conversions (default: from the cores and memory) run at
+    once, each appliance wants a core and 2 GB (receive/convqueue.py); queue_root is the root
+    whose queue it joins (the receiver's --root; default the capture's parent)."""
     capture_path = os.path.realpath(capture_path)
     capdir = read_capture(capture_path)
     root, capture_id = os.path.split(capture_path)
     cap = Store(root).open_capture(capture_id)
-    with conversion_lock(root):
+    with conversion_slot(queue_root or root, capture_path, max_conversions or default_max_conversions()):
         return _convert_locked(cap, capdir, engine, method, accel)
 
 

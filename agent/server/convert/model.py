@@ -112,6 +112,37 @@ class Conversion:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a conversion came to, as the manifest's `conversion` section says it (what
+    `coldclone-server status` shows; the whole section is Conversion)."""
+
+    result: Outcome
+    message: str
+    finished: str = ""
+
+    @classmethod
+    def of(cls, section: dict) -> "Verdict":
+        f = P.JsonFields(section, "manifest conversion")
+        text = f.str("result", required=True)
+        try:
+            result = Outcome(text)
+        except ValueError:
+            raise P.ProtocolError(f"manifest conversion: unknown result {text!r:.40}") from None
+        return cls(result, f.str("message", "") or "", f.str("finished", "") or "")
+
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a conversion came to, as the manifest's `conversion` section says it (what
+    `coldclone-server status` shows): read with CaptureDirectory.section("conversion",
+    Verdict), the rest of the section (the whole of it is Conversion) is not looked at."""
+
+    result: Outcome
+    message: str = ""
+    finished: str = ""
+
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
 # None: no finding predicts it (the converter found it on its own). The agent's prediction
 # before the capture and what the conversion server did must agree: prediction_gaps says where

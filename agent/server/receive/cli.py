@@ -31,9 +31,13 @@ import sys
 import threading
 from typing import BinaryIO, Callable
 
+from ...bwlimit import EXAMPLES, parse_rate
 from ...choices import ConvertEngine, words
+from ...errors import UsageError
 from ...runcmd import spawn
+from .convqueue import default_max_conversions
 from .receiver import CaptureSink, Receiver, SessionEnded
+from .share import SessionShare, ThrottledStream
 from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -151,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="list the unfinished (.partial) captures in --root and clean those whose receiver died")
     ap.add_argument("--convert", action="store_true",
                     help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
-                         "one conversion at a time per root; its output in <capture>/conversion.out)")
+                         "at most --max-conversions at a time per root; its output in <capture>/conversion.out)")
+    ap.add_argument("--max-conversions", type=int, default=None, metavar="N",
+                    help=f"with --convert: conversions run at once in this root, the others queue (default "
+                         f"from the cores and memory: {default_max_conversions()} here)")
+    ap.add_argument("--bwlimit", metavar="RATE",
+                    help=f"cap the total rate of all sessions into this root ({EXAMPLES}); each session "
+                         f"reads at its share")
     ap.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value,
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
@@ -171,17 +181,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.convert_engine != ConvertEngine.VIRT_V2V and not args.convert:
         ap.error("--convert-engine needs --convert")
+    if args.max_conversions is not None and (args.max_conversions < 1 or not args.convert):
+        ap.error("--max-conversions N: N of at least 1, with --convert")
+    try:
+        bwlimit = parse_rate(args.bwlimit, "--bwlimit") if args.bwlimit else None
+    except UsageError as e:
+        ap.error(str(e))
+    max_conversions = (args.max_conversions or default_max_conversions()) if args.convert else None
     grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
+    share = None
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
-                      keep_raw=args.keep_raw, convert=args.convert)
+                      keep_raw=args.keep_raw, convert=args.convert, bwlimit=bwlimit,
+                      max_conversions=max_conversions)
         session.spare = lambda: rx.failing
-        rc = rx.run(session.stream(sys.stdin.buffer))
+        stream = session.stream(sys.stdin.buffer)
+        if bwlimit:
+            try:
+                share = SessionShare(args.root, bwlimit)
+                stream = ThrottledStream(stream, share)
+            except OSError as e:     # an unusable root: the receiver's own check names it
+                logging.getLogger("coldclone.receive").error("--bwlimit: cannot share the cap through %s: %s",
+                                                             args.root, e)
+        rc = rx.run(stream)
     finally:
         session.stop()
+        if share is not None:
+            share.close()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path, args.convert_engine)
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine, max_conversions, args.root)
     return rc
 
 
@@ -195,13 +224,19 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.value) -> int:
+def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.value, max_conversions: int | None = None,
+                     queue_root: str | None = None) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
-    capture, the conversion waits its turn on the root's lock. By command, not by import: the
-    converter builds on this package, not the other way round."""
+    capture, the conversion waits its turn in the root's queue (receive/convqueue.py). By
+    command, not by import: the converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path, "--engine", engine], os.path.join(capture_path, "conversion.out"))
+    argv = [exe, capture_path, "--engine", engine]
+    if max_conversions:
+        argv += ["--max-conversions", str(max_conversions)]
+    if queue_root:
+        argv += ["--queue", os.path.realpath(queue_root)]
+    return spawn(argv, os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":

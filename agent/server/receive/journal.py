@@ -3,15 +3,18 @@ point (agent killed, receiver killed, session dropped, server rebooted) continue
 
 One file per disk in the capture's `.partial` directory, `<disk>.journal`, JSON lines:
 
-    {"journal": "coldclone-resume", "version": 1, "disk": <DISK header as sent>}
-    {"end": 67108864, "digest": "<hex>", "data_bytes": 67108864}       a checkpoint
+    {"journal": "coldclone-resume", "version": 1, "disk": <DISK header as sent>, "t": <epoch s>,
+     "capture": {"wave": ..., "hostname": ..., "disks": [...], "size": ...}}
+    {"end": 67108864, "digest": "<hex>", "data_bytes": 67108864, "t": <epoch s>}   a checkpoint
     ...
     {"complete": <the disk's manifest entry>}                          verified and converted
 
 A checkpoint says: every byte below `end` is in `<disk>.raw` and on stable storage (the raw file is
 fdatasync'ed before the line is appended, and the line is fsync'ed before the next write counts),
 `digest` is BlockTree.cut_segment() over the blocks since the previous checkpoint, and
-`data_bytes` counts the DATA bytes received for the disk up to there, over every attempt.
+`data_bytes` counts the DATA bytes received for the disk up to there, over every attempt, and
+`t` says when (`coldclone-server status` reads a running capture's rate, ETA and stalls from the
+checkpoints, and its wave and source from `capture`, the HELLO's facts).
 Checkpoints come every CHECKPOINT_BYTES of data or CHECKPOINT_SECONDS, whichever is first, and
 when a session ends without an ABORT, so at most that much is received twice after a kill -9.
 
@@ -54,6 +57,7 @@ class Checkpoint:
     end: int
     digest: str          # hex sha256 of the segment's block digests (BlockTree.cut_segment)
     data_bytes: int
+    t: float = 0.0       # when it was written (epoch seconds; 0: a journal from before it was kept)
 
 
 @dataclass
@@ -63,6 +67,8 @@ class DiskJournal:
     header: P.DiskHeader
     checkpoints: list[Checkpoint]
     complete: dict | None = None     # the manifest entry of a disk verified in an earlier attempt
+    capture: dict | None = None      # the capture's facts from its HELLO (wave, source host, disks)
+    created: float = 0.0             # when the disk started from byte 0 (epoch seconds; 0: not kept)
     fd: int = -1
     last_time: float = 0.0
 
@@ -84,12 +90,15 @@ class DiskJournal:
     # ------------------------------------------------------------ writing
 
     @classmethod
-    def create(cls, cap: CaptureDir, header: P.DiskHeader) -> "DiskJournal":
+    def create(cls, cap: CaptureDir, header: P.DiskHeader, capture: dict | None = None) -> "DiskJournal":
         """A new journal for a disk starting at byte 0 (replaces any earlier one in one rename)."""
         name = journal_name(header.name)
-        first = {"journal": MAGIC, "version": VERSION, "disk": header.to_json()}
+        created = time.time()
+        first = {"journal": MAGIC, "version": VERSION, "disk": header.to_json(), "t": round(created, 3)}
+        if capture is not None:
+            first["capture"] = capture
         cap.write_atomic(name, (P.dumps(first, sort_keys=True) + "\n").encode())
-        j = cls(cap, name, header, [])
+        j = cls(cap, name, header, [], capture=capture, created=created)
         j._open()
         return j
 
@@ -114,7 +123,7 @@ class DiskJournal:
             self.last_time = time.monotonic()
             return
         os.fdatasync(raw_fd)
-        cp = Checkpoint(tree.pos, tree.cut_segment().hex(), data_bytes)
+        cp = Checkpoint(tree.pos, tree.cut_segment().hex(), data_bytes, round(time.time(), 3))
         self._append(records.encode(cp))
         self.checkpoints.append(cp)
         self.last_time = time.monotonic()
@@ -162,11 +171,13 @@ class DiskJournal:
             if first.get("journal") != MAGIC or first.get("version") != VERSION:
                 raise bad(f"is not a version {VERSION} coldclone resume journal")
             header = P.DiskHeader.decode(P.JsonFields(first, "journal header").mapping("disk"))
+            capture = P.JsonFields(first, "journal header").mapping("capture") or None
+            created = P.JsonFields(first, "journal header").float("t", 0.0)
         except P.ProtocolError as e:
             raise bad(f"has a bad header ({e})") from None
         if header.name + SUFFIX != file_name:
             raise bad(f"belongs to disk {header.name!r}")
-        j = cls(cap, file_name, header, [])
+        j = cls(cap, file_name, header, [], capture=capture, created=created)
         for n, line in enumerate(lines[1:], 2):
             try:
                 obj = P.loads_object(line, f"journal line {n}")

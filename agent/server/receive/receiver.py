@@ -42,6 +42,7 @@ from ...records import UNSET, Unset
 from ...units import human_bytes
 from . import image
 from . import journal as J
+from .load import server_load
 from .prefetch import Prefetch
 from .readback import Readback
 from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_disk_name
@@ -79,6 +80,12 @@ class FailureRecord:
     resumable: bool               # the journals vouch for what is held: `--resume ID` continues
     held: dict[str, int]          # bytes held per disk (resumable)
     status: str = "failed"
+    # the capture's facts a journal header keeps too (Receiver.capture_facts): what
+    # `coldclone-server status` shows of a capture whose journals are gone
+    wave: str | None = None
+    hostname: str | None = None
+    disks: list[str] = field(default_factory=list)
+    size: int | None = None
 
 
 @dataclass
@@ -359,10 +366,21 @@ class CaptureSink(_Sink):
         os.ftruncate(fd, h.size)
         d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
                       restart_reason=h.restart_reason if j is not None else None)
-        d.journal = J.DiskJournal.create(self.cap, h)
+        d.journal = J.DiskJournal.create(self.cap, h, capture=self.capture_facts())
         # last: nothing after it can fail and leave its thread behind (close_disk closes it)
         d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
         return d
+
+    def capture_facts(self) -> dict:
+        """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
+        size = self.hello.estimate.total_size if self.hello.estimate is not None else None
+        ok = size is not None and 0 < size <= P.MAX_DISK_SIZE * P.MAX_DISKS
+        return {"wave": self.hello.wave, "hostname": self.source_host(),
+                "disks": list(self.hello.disks)[:P.MAX_DISKS], "size": size if ok else None}
+
+    def source_host(self) -> str | None:
+        host = self.hello.source.get("hostname")
+        return host[:255] if isinstance(host, str) else None
 
     def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
         """Continue a held disk at the byte the agent names: it must be exactly what is held."""
@@ -430,10 +448,11 @@ class CaptureSink(_Sink):
             return   # an agent that sends no estimate (older ones): the writes will tell
         raw = h.data_bytes_estimate
         # During conversion the raw data and the qcow2 (at most as large, with its metadata) coexist.
-        img = raw + raw // 64 + (1 << 20) if self.hello.format == P.ImageFormat.QCOW2 else 0
+        need = P.space_needed(raw, self.hello.format)
+        img = need - raw
         st = os.statvfs(self.cap.path)
         free = st.f_bavail * st.f_frsize
-        if raw + img > free:
+        if need > free:
             parts = f"raw data {human_bytes(raw)}" + (f" + qcow2 image {human_bytes(img)}" if img else "")
             raise ServerError(
                 f"not enough space (disk full before a byte is written): "
@@ -602,7 +621,8 @@ class CaptureSink(_Sink):
             source=hello.source, agent_version=hello.agent_version,
             receiver=ReceiverFacts(version=__version__, host=socket.gethostname(),
                                    python=platform.python_version(), qemu_img=image.qemu_img_version()),
-            protocol=P.VERSION, totals=totals)
+            protocol=P.VERSION, totals=totals,
+            wave=hello.wave if hello.wave is not None else UNSET)
         for dropped in hello.dropped:
             log.warning("%s; left out of the manifest", dropped)
         if hello.estimate is not None:
@@ -678,7 +698,9 @@ class CaptureSink(_Sink):
             J.remove_all(cap)
         record = FailureRecord(code=code, error=message, capture_id=cap.capture_id, started=self.rx.started,
                                failed=_now(), disks_verified=[d.name for d in self.disks],
-                               resumable=resumable, held=held)
+                               resumable=resumable, held=held,
+                               # what status shows of a capture whose journals are gone
+                               **self.capture_facts())
         try:
             cap.write_atomic(FAILURE, records.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
@@ -722,8 +744,10 @@ class ProbeSink(_Sink):
                      ", ".join(unfinished) or "none")
         else:
             log.info("calibration probe into %s (nothing is kept)", store.root)
+        load = server_load(rx.forced_root, bwlimit=rx.bwlimit, max_conversions=rx.max_conversions)
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
-                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished))
+                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished,
+                       load=load.to_json()))
 
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if h.resume_from:
@@ -779,12 +803,15 @@ class Receiver:
     """The record loop: preamble, HELLO (which picks the sink), then records to the sink."""
 
     def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False,
-                 convert: bool = False):
+                 convert: bool = False, bwlimit: int | None = None, max_conversions: int | None = None):
         self.forced_root = root
         self.requested_root = requested_root
         self.out = out
         self.keep_raw = keep_raw
         self.convert = convert        # a conversion is queued after a complete capture (--convert)
+        # told to agents that ask where to capture (READY.load): this server's caps
+        self.bwlimit = bwlimit
+        self.max_conversions = max_conversions
         self.sink: _Sink | None = None
         self.started = _now()
         self.t0 = time.monotonic()

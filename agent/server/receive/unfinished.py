@@ -36,7 +36,7 @@ class PartialState:
     detail: str
 
 
-def _partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
+def partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
     """What a `.partial` is, and (for a dead one) the lock's fd still held by us."""
     path = os.path.join(root, name)
     dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
@@ -132,7 +132,7 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
     try:
         for name in _partials(store):
             try:
-                st, lfd = _partial_state(store.fd, store.root, name)
+                st, lfd = partial_state(store.fd, store.root, name)
             except OSError:
                 continue
             if lfd is not None:
@@ -175,7 +175,7 @@ def gc(root: str, clean: bool = True) -> list[PartialState]:
 
 
 def _gc_one(store: Store, name: str, clean: bool) -> PartialState:
-    st, lfd = _partial_state(store.fd, store.root, name)
+    st, lfd = partial_state(store.fd, store.root, name)
     try:
         if st.state != "dead" or not clean:
             return st

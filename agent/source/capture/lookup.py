@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 
 from ... import __version__
 from ... import protocol as P
@@ -46,10 +47,21 @@ def identities(paths: list[str]) -> tuple[P.DiskIdentity, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one lookup session learnt of a server."""
+    unfinished: list[P.Unfinished]
+    load: P.ServerLoad | None       # None: a receiver that predates waves does not say
+
+
 def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
     """The unfinished captures of these disks on the server, newest first (an empty list from a
     receiver that predates lookups: it ignores the question)."""
-    wanted = identities(paths)
+    return ask(connect, identities(paths)).unfinished
+
+
+def ask(connect, wanted: tuple[P.DiskIdentity, ...]) -> Answer:
+    """One lookup session: the server's unfinished captures of these disks and how busy it is."""
     conn: Connection = connect()
     replies = _Replies(conn)
     writer = P.StreamWriter(conn.send)
@@ -58,6 +70,7 @@ def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
                              disks=tuple(d.name for d in wanted), unfinished_of=wanted))
         ready = replies.wait_for((P.Event.READY,), timeout=LOOKUP_TIMEOUT)
         found = P.decode_unfinished(ready.unfinished)
+        load = P.ServerLoad.decode(ready.load)
         writer.abort("lookup done")
         conn.close_write()
         replies.drain(timeout=10)
@@ -65,7 +78,7 @@ def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
         raise replies.after_send_failure(e) from None
     finally:
         conn.close()
-    return found
+    return Answer(found, load)
 
 
 def to_take(found: list[P.Unfinished]) -> P.Unfinished | None:

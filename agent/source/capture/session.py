@@ -19,6 +19,7 @@ from typing import Callable
 
 from ... import __version__
 from ... import protocol as P
+from ...bwlimit import TokenBucket, paced
 from ...errors import (
     EXIT_OK,
     EXIT_UNREADABLE,
@@ -291,6 +292,13 @@ class CaptureRequest:
     # Data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
     # with resume), instead of waiting for TCP to give up (15 minutes and more).
     stall_seconds: float = 120.0
+    wave: str | None = None                       # the label the manifest carries (coldclone.wave=)
+    # Bytes per second the stream may use on average: a token bucket over every session of the
+    # capture (coldclone.bwlimit=).
+    bwlimit: int | None = None
+    # Asked with a server's refusal (its disk is full): True when the next connect goes to another
+    # server (capture/placement.py), so the capture goes on there.
+    failover: Callable[[BaseException], bool] | None = None
 
 
 def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lambda e: None,
@@ -298,6 +306,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
     """Capture req.disks; every step is an event to `on_event`; `cancel` stops it at a record
     boundary (the receiver discards the partial capture, or keeps it to resume)."""
     opts, resume, estimate = req.opts, req.resume, req.estimate
+    wave, bwlimit, failover = req.wave, req.bwlimit, req.failover
     data_estimates = {d.path: d.data_bytes for d in estimate.disks} if estimate is not None else {}
     opts.validate()
     if not req.disks:
@@ -342,7 +351,9 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 estimate = None
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=req.image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
-                        disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume)
+                        disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume,
+                        wave=wave)
+        bucket = TokenBucket(bwlimit) if bwlimit else None
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
@@ -350,10 +361,12 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
             conn.dead_link_after(req.stall_seconds)
             last_send = [time.monotonic()]
 
+            to_server = paced(conn.send, bucket) if bucket is not None else conn.send
+
             def send(data: bytes) -> None:
                 replies.poll()
                 try:
-                    conn.send(data)
+                    to_server(data)
                 except (BrokenPipeError, OSError, ValueError) as e:
                     raise replies.after_send_failure(e) from None
                 sent["wire"] += len(data)
@@ -442,7 +455,9 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 final, location = attempt(conn, hello)
                 break
             except ColdcloneError as e:
-                if not _retryable(e) or not retry.wait(e, on_event):
+                # another server takes it at once when this one refused for lack of space
+                moved = failover is not None and failover(e)
+                if not moved and (not _retryable(e) or not retry.wait(e, on_event)):
                     raise
                 # The session that dropped may have delivered any part: ask what is held now.
                 hello = dataclasses.replace(hello, resume=True)

@@ -217,13 +217,15 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
                      calibrate_seconds: float = 3.0, connect: Callable | None = None,
                      local_path: str | None = None, workers: int = 2, image_format: str = "qcow2",
                      level: int = 1, codec: str = "zstd", samples: int = 256,
-                     on_note: Callable[[str], None] | None = None) -> CaptureEstimate:
+                     on_note: Callable[[str], None] | None = None, rate_cap: float | None = None,
+                     rate_cap_source: str = "") -> CaptureEstimate:
     """The estimate a front end shows before the capture (and puts in the manifest).
 
     calibrate_seconds bounds the measuring: the source is read for a third of it and, with
     `connect` (a Target.connect), the target is probed for the rest (without a target the
     reads take it all); 0 measures nothing and uses the table. Content sampling (64 MiB per disk, spread
-    over it) always runs.
+    over it) always runs. rate_cap: bytes per second the capture may use on the wire (bwlimit=, or
+    a server's share of its total cap), with what set it: the link runs no faster than that.
     """
     if mode not in MODES:
         raise UsageError(f"mode {mode!r}: choose used (only the blocks filesystems use), "
@@ -306,6 +308,11 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         except ColdcloneError as e:
             notes.append(f"calibration probe failed ({e}); rates from the table")
             calibration.probe_error = str(e)
+    capped = False
+    if rate_cap and (link_rate is None or rate_cap < link_rate):
+        # the sender's token bucket (or the server's) holds the wire to this, whatever the link
+        link_rate, capped = float(rate_cap), True
+        link_src = f"capped by {rate_cap_source or 'a bandwidth cap'} (uncapped: {link_src})"
     inv_disks = {p: inventory.resolve(p) if inventory is not None else None for p in disk_paths}
     for p in disk_paths:
         if p not in read_rates:
@@ -329,6 +336,9 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         by_stage[key] = by_stage.get(key, 0.0) + d.stages[key]
     key = max(by_stage, key=by_stage.get)
     bottleneck = _bottleneck_text(key, link, link_rate, calibrated, disks, eff_workers, write_rate)
+    if capped and key == "link":
+        bottleneck = f"limited by the bandwidth cap ({rate_cap_source or 'bwlimit'}, ~{link_rate / MB:.1f} MB/s)"
+
 
     alternatives = []
     for k in ALTERNATIVE_KEYS:

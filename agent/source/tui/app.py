@@ -220,7 +220,7 @@ def _main(argv: list[str] | None) -> int:
         services = Services.real(include_loop=args.include_loop, only=only)
     if args.to:
         parse_target(args.to)   # a typo is a usage error now, not a surprise on the Target screen
-        services.config.server = args.to
+        services.config.server = [args.to]
     if args.identity:
         services.config.identity = args.identity
     if args.calibrate is not None:

@@ -100,7 +100,7 @@ class ProgressScreen(Screen):
             # does the rest with the operator's choices on top of the kernel command line's
             # (compress=, format= ...). Hooks are for unattended runs.
             cfg = dataclasses.replace(
-                svc.config, server=choice.url, identity=choice.identity, hostkey=choice.hostkey,
+                svc.config, server=[choice.url], identity=choice.identity, hostkey=list(choice.hostkey),
                 known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
                 # Always a fixed id: the operator chose on the Estimate screen between resuming an
                 # unfinished capture and a new one, so the job must not pick one on its own.
