@@ -15,7 +15,7 @@ import sys
 
 from ...errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..receive.convqueue import default_max_conversions
-from ..receive.store import CONVERT_ENGINES
+from ...choices import ConvertEngine, words
 from . import status as S
 from .init import DEFAULT_HOST_KEY, KEYS_BASE, Setup, init
 from .web import DEFAULT_LISTEN, serve
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take this agents' private key (another server's identity=, so one ISO reaches both)")
     i.add_argument("--rotate-key", action="store_true", help="replace the agents' key (the old one stops working)")
     i.add_argument("--convert", action="store_true", help="convert every complete capture (coldclone-receive --convert)")
-    i.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0])
+    i.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value)
     i.add_argument("--max-conversions", type=int, metavar="N",
                    help=f"with --convert: conversions at once (default from cores and memory: "
                         f"{default_max_conversions()} here)")

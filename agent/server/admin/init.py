@@ -35,7 +35,7 @@ from typing import Callable
 from ...bwlimit import parse_rate
 from ...errors import ColdcloneError, CommandError, UsageError
 from ...runcmd import run
-from ..receive.store import CONVERT_ENGINES
+from ...choices import ConvertEngine, words
 
 KEY_NAME = "agent_ed25519"
 KEY_COMMENT = "coldclone-agent"
@@ -53,7 +53,7 @@ class Setup:
     identity: str | None = None          # an existing agents' key to take (another server's)
     rotate_key: bool = False
     convert: bool = False
-    convert_engine: str = CONVERT_ENGINES[0]
+    convert_engine: str = ConvertEngine.VIRT_V2V.value
     max_conversions: int | None = None
     bwlimit: str | None = None
     iso: bool = False
@@ -120,7 +120,7 @@ def forced_command(s: Setup) -> str:
     argv = [receiver_path(), "--root", os.path.realpath(s.root)]
     if s.convert:
         argv += ["--convert"]
-        if s.convert_engine != CONVERT_ENGINES[0]:
+        if s.convert_engine != ConvertEngine.VIRT_V2V.value:
             argv += ["--convert-engine", s.convert_engine]
         if s.max_conversions:
             argv += ["--max-conversions", str(s.max_conversions)]

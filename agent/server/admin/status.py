@@ -270,7 +270,7 @@ def _from_manifest(found: captures.Found, name: str) -> tuple[CaptureStatus, boo
     size = sum(d.size for d in m.disks)
     host = m.source.get("hostname")
     updated = os.stat(os.path.join(found.path, MANIFEST)).st_mtime
-    base = CaptureStatus(m.capture_id, State.VERIFIED, m.wave, host if isinstance(host, str) else None, name,
+    base = CaptureStatus(m.capture_id, State.VERIFIED, m.wave or None, host if isinstance(host, str) else None, name,
                          found.path, size=size, done=size, updated=updated,
                          detail=f"{len(m.disks)} disk(s) verified, {human_bytes(size)}")
     published = PublishRecord.from_document(capdir.document)

@@ -8,7 +8,7 @@ receivers. So `coldclone-convert` takes a slot of its root before it starts its 
     <root>/.coldclone-convert/slot-K       held (flock) by the conversion running in slot K
     <root>/.coldclone-convert/wait-<ns>    held by a conversion waiting since <ns> (its place)
 
-Each file holds JSON saying which capture and how many slots the root has. The locks are the
+Each file holds an Entry (agent.records JSON) saying which capture and how many slots the root has. The locks are the
 state: a killed converter lets go of its file with its life, so `coldclone-server status`
 (queued, converting) and READY.load can never show a conversion that is not there.
 """
@@ -16,13 +16,14 @@ state: a killed converter lets go of its file with its life, so `coldclone-serve
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
+
+from ... import records
 
 log = logging.getLogger("coldclone.convert")
 
@@ -89,8 +90,9 @@ def _open_dir(root: str, create: bool) -> int | None:
         os.close(rfd)
 
 
-def _held(dfd: int, name: str) -> dict | None:
-    """The JSON of a queue file whose holder lives, else None (free, or not ours)."""
+def _held(dfd: int, name: str) -> Entry | None:
+    """The Entry of a queue file whose holder lives, else None (free, not ours, or a holder
+    that could not write its record: a full disk)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     except OSError:
@@ -101,10 +103,9 @@ def _held(dfd: int, name: str) -> dict | None:
         except BlockingIOError:
             # held exclusively: someone converts or waits; what it wrote says who
             try:
-                obj = json.loads(os.pread(fd, 8192, 0) or b"null")
-            except ValueError:
+                return records.loads(os.pread(fd, 8192, 0), Entry, name)
+            except ValueError:      # RecordError, or not JSON (empty: its record was not written)
                 return None
-            return obj if isinstance(obj, dict) else None
         return None          # we got the lock: nobody holds it
     finally:
         os.close(fd)
@@ -123,22 +124,19 @@ def snapshot(root: str) -> Snapshot:
         for name in sorted(os.listdir(dfd)):
             if not name.startswith(("slot-", "wait-")):
                 continue
-            obj = _held(dfd, name)
-            if obj is None or not isinstance(obj.get("capture"), str):
-                continue
-            slot = obj.get("slot")
-            e = Entry(capture=obj["capture"], slot=slot if isinstance(slot, int) else None,
-                      since=float(obj.get("since") or 0.0), limit=int(obj.get("limit") or 0),
-                      pid=int(obj.get("pid") or 0))
-            (running if name.startswith("slot-") else waiting).append(e)
+            e = _held(dfd, name)
+            if e is not None:
+                (running if name.startswith("slot-") else waiting).append(e)
     finally:
         os.close(dfd)
     # wait-<ns> names sort in arrival order
     return Snapshot(tuple(running), tuple(waiting))
 
 
-def _claim(dfd: int, name: str, record: dict) -> int | None:
-    """Hold a queue file exclusively and write our record into it; None when another holds it."""
+def _claim(dfd: int, name: str, entry: Entry | None) -> int | None:
+    """Hold a queue file exclusively and write our entry into it; None when another holds it.
+    The lock is the state; the entry only tells status who holds it, so a record that cannot be
+    written (a full disk: the conversion then says so itself) does not stop the queue."""
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=dfd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,7 +144,11 @@ def _claim(dfd: int, name: str, record: dict) -> int | None:
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
+    if entry is not None:
+        try:
+            os.pwrite(fd, records.dumps(entry).encode(), 0)
+        except OSError as e:
+            log.warning("conversion queue: %s cannot say who holds it (%s)", name, e.strerror)
     return fd
 
 
@@ -155,7 +157,7 @@ def _sweep(dfd: int) -> None:
     for name in os.listdir(dfd):
         if not name.startswith("wait-"):
             continue
-        fd = _claim(dfd, name, {})
+        fd = _claim(dfd, name, None)
         if fd is not None:
             try:
                 os.unlink(name, dir_fd=dfd)
@@ -179,9 +181,8 @@ def conversion_slot(root: str, capture: str, limit: int, poll: float = 0.5) -> I
     _sweep(dfd)
     capture = os.path.realpath(capture)
     queued = time.time()
-    base = {"capture": capture, "limit": limit, "pid": os.getpid()}
     wait_name = f"wait-{time.time_ns():020d}-{os.getpid()}"
-    wait_fd = _claim(dfd, wait_name, {**base, "since": queued})
+    wait_fd = _claim(dfd, wait_name, Entry(capture, None, queued, limit, os.getpid()))
     slot_fd = None
     try:
         said = False
@@ -192,7 +193,7 @@ def conversion_slot(root: str, capture: str, limit: int, poll: float = 0.5) -> I
             # Only the first in line takes a free slot (first come, first served).
             if not ahead:
                 for k in range(limit):
-                    slot_fd = _claim(dfd, f"slot-{k}", {**base, "slot": k, "since": time.time()})
+                    slot_fd = _claim(dfd, f"slot-{k}", Entry(capture, k, time.time(), limit, os.getpid()))
                     if slot_fd is not None:
                         break
                 if slot_fd is not None:
