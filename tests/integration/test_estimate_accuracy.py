@@ -17,7 +17,8 @@ from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
 
-pytestmark = pytest.mark.root
+# serial: the estimate against the clock; a second test beside it would be measured too
+pytestmark = [pytest.mark.root, pytest.mark.serial]
 MiB = 1 << 20
 RATE_MBIT = 320            # 40 MB/s: a USB 2.0 .. NFS-on-1GbE class link
 ACCURACY = 0.25
