@@ -296,6 +296,7 @@ MAX_JSON_DEPTH = 32
 # 2^62 bytes with one ZERO record would otherwise keep a receiver hashing zero digests for days.
 MAX_DISK_SIZE = 1 << 50          # 1 PiB
 MAX_DISKS = 256                 # disks named in one lookup or READY.unfinished capture
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
 U63 = (1 << 63) - 1
 
@@ -467,6 +468,9 @@ class Hello:
     # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
     # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
     unfinished_of: tuple[DiskIdentity, ...] = ()
+    # A capture: each disk's identity (with `head`), the proof a resume must give before the
+    # receiver touches or drops a disk it holds (receive/identity.py).
+    identities: tuple[DiskIdentity, ...] = ()
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -475,6 +479,8 @@ class Hello:
             obj["probe"] = True
         if self.unfinished_of:
             obj["unfinished_of"] = [d.to_json() for d in self.unfinished_of]
+        if self.identities:
+            obj["identities"] = [d.to_json() for d in self.identities]
         if self.resume:
             obj["resume"] = True
         if self.estimate is not None:
@@ -495,15 +501,17 @@ class Hello:
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
                    estimate=f.mapping("estimate") if f.present("estimate") else None,
                    readiness=f.mapping("readiness") if f.present("readiness") else None,
-                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")))
+                   resume=f.bool("resume"), unfinished_of=cls._identities(obj, "unfinished_of"),
+                   identities=cls._identities(obj, "identities"))
 
     @staticmethod
-    def _identities(v: object) -> tuple[DiskIdentity, ...]:
+    def _identities(obj: dict, key: str) -> tuple[DiskIdentity, ...]:
+        v = obj.get(key)
         if v is None:
             return ()
         if not isinstance(v, list) or len(v) > MAX_DISKS:
-            raise ProtocolError(f"HELLO: field 'unfinished_of' must be a list of at most {MAX_DISKS} disks")
-        return tuple(DiskIdentity.decode(d, f"HELLO unfinished_of disk {i}") for i, d in enumerate(v))
+            raise ProtocolError(f"HELLO: field {key!r} must be a list of at most {MAX_DISKS} disks")
+        return tuple(DiskIdentity.decode(d, f"HELLO {key} disk {i}") for i, d in enumerate(v))
 
 
 @dataclass(frozen=True)
@@ -625,6 +633,15 @@ class DiskIdentity:
     HEAD_BYTES = 64 << 10
 
     @classmethod
+    def zero_head(cls, size: int) -> str:
+        """The `head` of a disk whose first bytes are all zeros: anyone can compute it, so it
+        proves nothing about which disk it is."""
+        return hashlib.sha256(bytes(min(cls.HEAD_BYTES, size))).hexdigest()
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, WWID {self.wwid or 'none'}, serial {self.serial or 'none'}"
+
+    @classmethod
     def of(cls, name: str, size: int, serial: str | None = None, wwid: str | None = None) -> "DiskIdentity":
         """From a disk's raw facts: placeholder serials and WWNs (0000..., "To be filled by O.E.M.")
         prove nothing and are dropped, and case does not matter."""
@@ -642,7 +659,7 @@ class DiskIdentity:
             raise ProtocolError(f"{what} is not a JSON object")
         f = JsonFields(obj, what)
         head = f.str("head", "") or ""
-        if head and not re.fullmatch(r"[0-9a-f]{64}", head):
+        if head and not HEX_DIGEST.fullmatch(head):
             raise ProtocolError(f"{what}: field 'head' must be a sha256 in hex")
         return replace(cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
                               serial=f.str("serial"), wwid=f.str("wwid")), head=head)

@@ -89,6 +89,40 @@ def idle_sshd():
     shutil.rmtree(s.workdir, ignore_errors=True)
 
 
+def test_the_agents_environment_does_not_reach_the_receivers_python(tmp_path):
+    """Issue 19: with `AcceptEnv *` in sshd, `SendEnv=PYTHONPATH` ran the agent's own code inside
+    the receiver (a sitecustomize, an `agent` package shadowing ours). The installed launcher runs
+    Python isolated: the same session through the real sshd gets the real receiver's answer and
+    none of the planted code runs."""
+    evil = tmp_path / "evil"
+    (evil / "agent").mkdir(parents=True)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(marks, 0o777)
+    plant = f"open({str(marks / 'ran')!r} + __name__, 'w').write('planted code ran')\n"
+    (evil / "sitecustomize.py").write_text(plant)
+    (evil / "agent" / "__init__.py").write_text(plant)
+    for p in (evil, evil / "agent", evil / "sitecustomize.py", evil / "agent" / "__init__.py"):
+        os.chmod(p, 0o755)
+    with Sshd(accept_env=True, baseline_key=True) as s:
+        os.makedirs(os.path.join(s.receiver_root, "x"), exist_ok=True)
+        shutil.chown(os.path.join(s.receiver_root, "x"), s.user)
+        probe = P.preamble() + P.Hello(capture_id=None, probe=True, disks=("sda",)).encode() + P.Abort("done").encode()
+        env = {**os.environ, "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "sitecustomize.py"),
+               "PYTHONINSPECT": "1"}
+        r = subprocess.run(["ssh", *ssh_client_opts(s), "-p", str(s.port), "-o", "SendEnv=PYTHON*",
+                            f"{s.user}@127.0.0.1"], input=probe, capture_output=True, env=env, timeout=60)
+        # The control: sshd does hand the variable over (a plain key, no forced command).
+        seen = subprocess.run([*s.ssh_argv(), "-o", "SendEnv=PYTHONPATH", "echo $PYTHONPATH"],
+                              capture_output=True, text=True, env=env, timeout=60)
+    assert seen.stdout.strip() == str(evil), seen.stderr
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert replies and replies[0]["event"] == "ready" and replies[0]["probe"] is True, (r.stdout, r.stderr)
+    assert os.listdir(marks) == [], "the agent's PYTHONPATH ran code in the receiver"
+    assert r.returncode == 0, r.stderr
+
+
 def receivers_of(s: Sshd) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"coldclone-receive --root {s.receiver_root}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

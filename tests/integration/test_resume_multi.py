@@ -176,9 +176,11 @@ def test_changed_second_source_is_sent_again_the_first_is_not(sshd, rx_dir, sour
     t_first = time.monotonic() - t0
     assert first.returncode != 0
     arrived_b = raw_bytes(rx_dir, "chg2", disk_name(b))
-    # B's source changes between the attempts: 1 MiB of new data at byte 0 (the agent that
-    # set it read-only has ended and restored it).
+    # B's source changes between the attempts: 1 MiB of new data at 1 MiB (the agent that set it
+    # read-only has ended and restored it). Past its first 64 KiB: a disk whose start changed is
+    # another disk to the receiver, and the resume is refused (tests/unit/test_resume_proof.py).
     with open(b.dev, "r+b") as f:
+        f.seek(MiB)
         f.write(os.urandom(MiB))
         f.flush()
         os.fsync(f.fileno())

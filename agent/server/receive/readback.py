@@ -52,7 +52,9 @@ class Readback:
     def _run(self) -> None:
         tree = self._tree
         try:
-            while True:
+            # A resumed disk whose every byte was held already (the receiver was killed after the
+            # last byte, before the disk was marked complete): nothing to wait for, ever.
+            while tree.pos < tree.size:
                 with self._cond:
                     while not self._closed and not (self._written - tree.pos >= STEP
                                                     or self._written == tree.size > tree.pos):
@@ -62,8 +64,6 @@ class Readback:
                     # one step at a time (block-aligned), so that close() never waits for more
                     target = min(self._written, tree.pos + max(tree.block_size, STEP - STEP % tree.block_size))
                 P.feed_range(self._fd, tree, target, is_file=True, what=self.path)
-                if tree.pos == tree.size:
-                    return
         except BaseException as e:   # handed to digest(), which the receiver's error handling sees
             self._error = e
 

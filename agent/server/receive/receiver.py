@@ -37,11 +37,13 @@ from ... import protocol as P
 from ...errors import ColdcloneError, ServerError
 from ...guestos.report import ReadinessReport
 from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
+from . import identity
 from . import image
 from . import journal as J
 from .prefetch import Prefetch
 from .readback import Readback
-from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
+from .store import (FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_capture_id,
+                    validate_name)
 from .unfinished import find_unfinished
 
 log = logging.getLogger("coldclone.receive")
@@ -272,6 +274,7 @@ class CaptureSink(_Sink):
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
             if hello.resume:
+                self.tidy_complete(hello.capture_id)
                 self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
             else:
                 self.cap, resumed = self.store.make_capture_dir(hello.capture_id), False
@@ -291,6 +294,9 @@ class CaptureSink(_Sink):
                         f"earlier attempt, which this resume does not send (it sends "
                         f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
                         f"or start a new capture (a new id)", code="usage")
+                # The same server, proven before anything held is re-read, cut, continued or
+                # dropped: an agent key and a capture id alone are no proof (receive/identity.py).
+                self.prove(self.journals, hello)
                 # Before READY: once the agent streams, this end must keep reading (a long read
                 # here would look like a dead link to the agent's stall watchdog). The agent waits
                 # for READY of a resumed capture as long as this takes.
@@ -308,10 +314,19 @@ class CaptureSink(_Sink):
                 self.store.close()
                 raise
             self.cap.unlink(FAILURE)       # it is in progress again
+            self.cap.unlink("." + MANIFEST + ".tmp")    # a manifest a killed FINISH was writing
             for j in self.journals.values():
-                self.files.append(j.header.name + ".raw")
-                if j.complete is not None and isinstance(j.complete.get("image"), str):
-                    self.files.append(j.complete["image"])
+                name = j.header.name
+                # what a receiver killed during a disk's conversion left half-written
+                self.cap.unlink("." + name + ".qcow2.tmp")
+                image_name = (j.complete or {}).get("image")
+                if isinstance(image_name, str):
+                    self.files.append(image_name)
+                    if image_name != name + ".raw" and not rx.keep_raw:
+                        # verified and converted, killed before its raw copy was removed
+                        self.cap.unlink(name + ".raw")
+                        continue
+                self.files.append(name + ".raw")
             log.info("capture %s resumed in %s: %s", self.cap.capture_id, self.cap.path,
                      ", ".join(f"{n} {j.held} of {j.header.size} bytes" for n, j in self.journals.items())
                      or "nothing held")
@@ -321,9 +336,41 @@ class CaptureSink(_Sink):
                        receiver_version=__version__, protocol=P.VERSION,
                        held={n: j.to_held().to_json() for n, j in self.journals.items()}))
 
+    def tidy_complete(self, capture_id: str) -> None:
+        """A receiver killed after the rename that completed a capture, before it removed the
+        journals in it: the capture is complete; the journals are litter, removed here."""
+        validate_capture_id(capture_id)
+        if not os.path.lexists(os.path.join(self.store.root, capture_id, MANIFEST)):
+            return
+        cap = self.store.open_capture(capture_id)
+        try:
+            gone = J.remove_all(cap)
+            if gone:
+                log.info("capture %s is complete; removed the resume journals left in it: %s",
+                         capture_id, ", ".join(gone))
+        finally:
+            cap.close()
+
+    def prove(self, journals: dict[str, J.DiskJournal], hello: P.Hello) -> None:
+        """Refuse (code `refused`, nothing changed) unless the agent's disks are the held ones."""
+        claimed = {i.name: i for i in hello.identities}
+        wrong = [m for j in journals.values()
+                 if (m := identity.mismatch(identity.recorded(j.header), claimed.get(j.header.name)))]
+        if wrong:
+            raise ServerError(
+                f"refused: capture {hello.capture_id} holds disks this agent does not prove to be its own "
+                f"({'; '.join(wrong)}); nothing was changed: resume it from the server it was captured "
+                f"from, or start a new capture (a new id)", code="refused")
+
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d.name == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        held = self.journals.get(h.name)
+        if held is not None:
+            # The DISK header's own facts must be the proven disk's too (HELLO said the same).
+            wrong = identity.mismatch(identity.recorded(held.header), identity.recorded(h))
+            if wrong:
+                raise ServerError(f"refused: {wrong}; the held copy is kept as it was", code="refused")
         j = self.journals.pop(h.name, None)
         if j is not None and h.resume_from:
             return self.resume_disk(h, j)
@@ -609,8 +656,14 @@ class CaptureSink(_Sink):
         document = manifest.to_dict()
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.close_journals()
-        J.remove_all(self.cap)      # complete: nothing left to resume
         path = self.cap.complete()
+        # Only now, inside the complete capture: until the rename the journals are what lets a
+        # receiver killed here be resumed straight to FINISH; a kill during their removal leaves a
+        # complete capture with a journal or two in it (removed at the next resume of its id).
+        try:
+            J.remove_all(self.cap)
+        except OSError as e:
+            log.error("capture %s is complete, but its resume journals could not be removed: %s", path, e)
         log.info("capture %s complete: %s", self.cap.capture_id, path)
         # with --convert the conversion starts once this session ends: say now where its images
         # will be, the agent's summary is the operator's last look at this capture
@@ -637,7 +690,10 @@ class CaptureSink(_Sink):
         cap = self.cap
         d = self.disk
         held: dict[str, int] = {}
-        resumable = cut and (bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A refusal (code `refused`: the agent did not prove a held disk its own) changes nothing
+        # held either: what the journals vouch for stays for the server it belongs to.
+        resumable = (cut or code == "refused") and (
+            bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
         # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
         # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
         # handler and may land mid-record: after it the last periodic checkpoint stands.

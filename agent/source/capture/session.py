@@ -282,6 +282,8 @@ def run_capture(
         if late:
             inuse.check_found(late, what=what, allow=allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
+        for s in sources:
+            s.read_head()    # the proof a resume gives the receiver (HELLO.identities, DISK source)
         sent = {"wire": 0}
         totals = DiskStats()
         if estimate is not None:
@@ -295,7 +297,8 @@ def run_capture(
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
                         disks=tuple(names), estimate=estimate,
-                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume)
+                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume,
+                        identities=tuple(s.identity() for s in sources))
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
