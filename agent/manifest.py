@@ -23,8 +23,8 @@ class Verified:
 
     record_digests: bool = False      # every DATA record's digest, as received
     disk_digest: bool = False         # the whole-disk digest, as received
-    readback_digest: bool = False     # the raw image read back from the server's disk
-    qemu_img_compare: bool = False    # the qcow2 equal to that raw image
+    readback_digest: bool = False     # the image read back as stored (a qcow2: as qemu reads it)
+    qemu_img_check: bool = False      # the qcow2's metadata consistent (`qemu-img check`)
 
     @property
     def complete(self) -> bool:
@@ -32,7 +32,7 @@ class Verified:
 
     def to_dict(self) -> dict:
         return {"record_digests": self.record_digests, "disk_digest": self.disk_digest,
-                "readback_digest": self.readback_digest, "qemu_img_compare": self.qemu_img_compare}
+                "readback_digest": self.readback_digest, "qemu_img_check": self.qemu_img_check}
 
 
 @dataclass(frozen=True)

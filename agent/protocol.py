@@ -199,26 +199,31 @@ def digest_file(path: str, block_size: int = DEFAULT_BLOCK_SIZE, chunk: int = DE
 
 
 def feed_range(fd: int, tree: BlockTree, end: int, *, is_file: bool, chunk: int = DEFAULT_CHUNK_SIZE,
-               what: str = "the file") -> None:
+               what: str = "the file", reader=None) -> None:
     """Feed tree the block digests of fd's bytes from tree.pos to end (block-aligned, or the
-    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its raw file,
-    and the agent re-checking a source against a resume journal all read this way."""
+    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its image and
+    reading it back, and the agent re-checking a source against a resume journal all read this
+    way. reader: instead of fd, an image (the receiver's qcow2 through qemu) with
+    `data_at(offset, size)` (where the next non-zero bytes may be) and `pread(n, offset)`."""
     import os
 
     size = tree.size
     off = tree.pos
     while off < end:
         stop = min(off + chunk, end)
-        try:
-            data_at = os.lseek(fd, off, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
-            data_at = size if is_file else off
+        if reader is not None:
+            data_at = reader.data_at(off, size)
+        else:
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
+                data_at = size if is_file else off
         hole_end = min(data_at - data_at % tree.block_size, end)
         if hole_end > off:
             tree.add_zero(off, hole_end - off)
             off = hole_end
             continue
-        buf = os.pread(fd, stop - off, off)
+        buf = reader.pread(stop - off, off) if reader is not None else os.pread(fd, stop - off, off)
         if len(buf) != stop - off:
             raise OSError(f"short read of {what} at byte {off}")
         for ext in split_extents(buf, off, tree.block_size):

@@ -1,11 +1,13 @@
-"""The kill -9 matrix of a disk's finish (issue 19): the receiver dies at each step between the last
-byte and the rename of `<id>.partial` to `<id>`, and the next `coldclone capture --resume` ends in
-a verified capture equal to the source, every time, without sending the disk again.
+"""The kill -9 matrix of a disk's finish (issue 19, over issue 21's finish): the receiver dies at each
+step between the last byte and the rename of `<id>.partial` to `<id>` (flush, close of the image,
+qemu-img check, marking it complete, manifest, rename, and the journals' removal after it), and the
+next `coldclone capture --resume` ends in a verified capture equal to the source, every time,
+without sending the disk again (from the flush on, the whole disk is held).
 
-Real parts: the sshd forced command, a loop device, the agent. Each kill is at an exact point:
-strace's fault injection (tests/testbed/killpoint.py) kills the receiver on entering the syscall
-that starts the step, or holds the step while the test kills the receiver's process tree (a
-crash takes qemu-img with it)."""
+Real parts: the sshd forced command, a loop device, the agent, qemu-nbd. Each kill is at an exact
+point: strace's fault injection (tests/testbed/killpoint.py) kills the receiver on entering the
+syscall that starts the step, or holds a child's step (qemu-nbd's flush, qemu-img check) while
+the test kills the child and the receiver (a crash takes both)."""
 
 import json
 import os
@@ -68,22 +70,37 @@ def set_spec(s, spec: dict | None) -> None:
     os.chmod(s.spec, 0o644)
 
 
-def kill_with(name: str, marker: bytes):
-    """While the receiver is held in a qemu-img step: kill the qemu-img running it and its parent,
-    the receiver (a crash takes both). Returns the watcher thread."""
+def _procs():
+    """(pid, ppid, argv bytes) of every process."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+                ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            yield int(pid), ppid, cmd
+
+
+def _in_syscall(pid: int, nr: int) -> bool:
+    """A thread of pid is inside syscall nr (held there by strace's delay)."""
+    try:
+        return any(open(f"/proc/{pid}/task/{t}/syscall").read().split()[:1] == [str(nr)]
+                   for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
+
+
+def kill_when(found) -> threading.Thread:
+    """While the receiver is held in a step its child does (qemu-img check, qemu-nbd's flush): kill
+    the child and its parent, the receiver, at once (a crash takes both). found(pid, argv, proc) says
+    which child; the watcher gives up after 120 s."""
     def watch():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-                    ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if cmd.startswith(b"qemu-img\0" + marker) and name.encode() in cmd:
-                    for p in (ppid, int(pid)):
+            for pid, ppid, cmd in _procs():
+                if found(pid, cmd):
+                    for p in (ppid, pid):
                         try:
                             os.kill(p, signal.SIGKILL)
                         except ProcessLookupError:
@@ -95,21 +112,30 @@ def kill_with(name: str, marker: bytes):
     return t
 
 
+FDATASYNC = 75    # x86_64
+
+
 def steps(cid: str, disk: str, rx_dir: str) -> dict[str, dict]:
-    """Where each step of the finish starts, as the receiver does it (relative names: inside the
-    capture directory's fd; absolute: qemu-img, given the path)."""
-    tmp_abs = os.path.join(rx_dir, f"{cid}.partial", f".{disk}.qcow2.tmp")
+    """Where each step of a disk's finish starts, as the receiver does it (relative names: inside
+    the capture directory's fd; absolute: what a child is given)."""
+    image = os.path.join(rx_dir, f"{cid}.partial", f"{disk}.qcow2")
+
+    def nbd_flush_after_the_data(pid, cmd):
+        # qemu-nbd inside the flush, once every byte of data is in the image (the ZERO records
+        # that end the disk write nothing): the END's flush, or a checkpoint's just before it
+        return (cmd.startswith(b"qemu-nbd\0") and disk.encode() in cmd and _in_syscall(pid, FDATASYNC)
+                and os.path.exists(image) and os.stat(image).st_blocks * 512 >= DATA)
+
     return {
-        # qemu-img convert writing the qcow2 (held 4 s at each open, then killed with the receiver)
-        "convert": {"syscalls": "openat", "path": tmp_abs, "delay": 1.5, "watch": b"convert"},
-        # qemu-img compare of the two images
-        "compare": {"syscalls": "openat", "path": tmp_abs, "delay": 1.5, "watch": b"compare"},
-        # the flush of the qcow2 to disk (the receiver opens it to fsync it)
-        "flush": {"syscalls": "openat", "path": f".{disk}.qcow2.tmp"},
-        # the verified qcow2 renamed into place
-        "image rename": {"syscalls": "renameat,renameat2,rename", "path": f".{disk}.qcow2.tmp"},
-        # marked complete in its journal, the raw copy not yet removed
-        "raw removal": {"syscalls": "unlinkat,unlink", "path": f"{disk}.raw"},
+        # END: the image flushed (qemu-nbd's fdatasync held 1.5 s), before the journal's last checkpoint
+        "flush": {"syscalls": "fdatasync", "path": image, "delay": 1.5, "watch": nbd_flush_after_the_data},
+        # the image closed: qemu-nbd stopped (SIGTERM), every byte checkpointed and read back
+        "close": {"syscalls": "kill"},
+        # qemu-img check of the closed qcow2 (its open of the image held 1.5 s)
+        "check": {"syscalls": "openat", "path": image, "delay": 1.5,
+                  "watch": lambda pid, cmd: cmd.startswith(b"qemu-img\0check") and disk.encode() in cmd},
+        # checked, about to be marked complete in its journal (the receiver stats the image first)
+        "mark complete": {"syscalls": "newfstatat,statx,stat,lstat", "path": f"{disk}.qcow2"},
         # FINISH: manifest.json being written
         "manifest": {"syscalls": "openat", "path": ".manifest.json.tmp"},
         # FINISH: the rename that marks the capture complete
@@ -119,7 +145,8 @@ def steps(cid: str, disk: str, rx_dir: str) -> dict[str, dict]:
     }
 
 
-STEPS = ["convert", "compare", "flush", "image rename", "raw removal", "manifest", "rename", "journal removal"]
+STEPS = ["flush", "close", "check", "mark complete", "manifest", "rename", "journal removal"]
+DATA = SIZE - 8 * MiB
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -134,7 +161,7 @@ def test_a_receiver_killed_in_the_finish_resumes_to_a_verified_capture(kill_sshd
     before = sha256_of(source.dev)
     t0 = time.monotonic()
     set_spec(s, {k: v for k, v in spec.items() if k != "watch"})
-    watcher = kill_with(f".{disk}.qcow2.tmp", spec["watch"]) if "watch" in spec else None
+    watcher = kill_when(spec["watch"]) if "watch" in spec else None
     try:
         first = capture(s, rx_dir, source.dev, "--capture-id", cid, "--reconnect", "0")
         out, err = first.communicate(timeout=300)
@@ -160,10 +187,15 @@ def test_a_receiver_killed_in_the_finish_resumes_to_a_verified_capture(kill_sshd
     manifest = json.load(open(os.path.join(final, "manifest.json")))
     entry = manifest["disks"][0]
     assert entry["verified"] == {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                                 "qemu_img_compare": True}
+                                 "qemu_img_check": True}
+    # one image, nothing else: no raw copy, no socket, no temp file left behind
     run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", source.dev, os.path.join(final, entry["image"])])
     assert sha256_of(source.dev) == before
-    if step != "journal removal":
+    if step == "flush":
+        # killed before the last checkpoint: what the one before it vouched for is kept, the rest
+        # (the tail after it) is sent again
+        assert 0 < entry["resume"]["resumed_from"] <= SIZE, entry
+    elif step != "journal removal":
         # straight to verification: the whole disk was held, not one byte of it sent again
         assert entry["resume"]["resumed_from"] == SIZE and entry["received"]["data_bytes"] == 0, entry
     TIMES[step] = time.monotonic() - t0

@@ -60,7 +60,8 @@ def test_nesting_attack_over_sshd(sshd, rx_dir, tmp_path):
             err = the_error(replies)
             assert err["code"] == code, (path, cid, err)
             assert status != 0
-        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", "sda.journal", "sda.raw"]
+        # (the qcow2 written directly, and the private socket of its qemu-nbd while the capture runs)
+        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", ".sda.nbd", "sda.journal", "sda.qcow2"]
         victim.send(blob[cut:])
         victim.close_write()
         replies = []
@@ -176,12 +177,13 @@ def test_scp_attempt_with_the_key_ends_within_the_timeout(idle_sshd, tmp_path):
     print(f"scp attempt ended after {took:.1f} s, sftp after {took_sftp:.1f} s")
 
 
-def test_disk_full_during_conversion_leaves_no_temp_file(tmpfs):  # noqa: F811
-    """The raw image fits, its qcow2 does not: the error names the full disk, and the half-made
-    .sda.qcow2.tmp is gone with the raw image, so the space is given back for a retry."""
+def test_disk_full_while_writing_the_image_leaves_nothing(tmpfs):  # noqa: F811
+    """The qcow2 does not fit (no estimate, so no preflight): qemu-nbd's ENOSPC comes back as the
+    full disk, named, and the half-written qcow2 is gone, so the space is given back for a retry.
+    (Before issue 21 the raw file fitted and its conversion did not: the same assertions.)"""
     root = tmpfs("size=16m,mode=0755")
-    data = bytearray(12 * MiB)
-    data[MiB:11 * MiB] = os.urandom(10 * MiB)
+    data = bytearray(20 * MiB)
+    data[MiB:19 * MiB] = os.urandom(18 * MiB)
     run = run_receiver(root, capture_stream("conv", {"sda": bytes(data)}), timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     err = run.error
@@ -199,7 +201,8 @@ def test_space_preflight_refuses_up_front(tmpfs):  # noqa: F811
     err = run.error
     assert err["code"] == "disk_full", err
     msg = err["message"]
-    assert "refused disk sda: it needs about 130.0 MiB" in msg and "raw data 64.0 MiB + qcow2 image 66.0 MiB" in msg
+    # one copy: the qcow2 (the data and its metadata), no raw file beside it any more
+    assert "refused disk sda: it needs about 66.0 MiB (qcow2 image 66.0 MiB," in msg
     assert "are free in " + root in msg
     assert os.listdir(os.path.join(root, "pre.partial")) == ["failure.json"]
     # Within the space it fits, the same capture goes through.
@@ -240,16 +243,16 @@ def test_gc_cleans_a_dead_receivers_partial_and_never_a_live_one(tmp_path):
             proc.stdin.write(half_capture(cid))
             proc.stdin.flush()
         for cid in ("live", "dead"):
-            wait_for_file(os.path.join(root, f"{cid}.partial", "sda.raw"))
+            wait_for_file(os.path.join(root, f"{cid}.partial", "sda.qcow2"))
         time.sleep(0.5)
         dead.kill()
         dead.wait()
         out = gc(root)
         assert f"live     {root}/live.partial: a running receiver holds its lock" in out, out
-        assert (f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: sda.journal, sda.raw "
-                f"removed") in out, out
-        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", "sda.journal",
-                                                                          "sda.raw"]
+        assert (f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: .sda.nbd, sda.journal, "
+                f"sda.qcow2 removed") in out, out
+        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", ".sda.nbd",
+                                                                          "sda.journal", "sda.qcow2"]
         assert os.listdir(os.path.join(root, "dead.partial")) == ["failure.json"]
         failure = json.load(open(os.path.join(root, "dead.partial", "failure.json")))
         assert failure["code"] == "receiver_died" and str(dead.pid) in failure["error"]
@@ -286,7 +289,7 @@ def test_receiver_ends_when_its_parent_is_gone(tmp_path):
         rx_pid = int(parent.stdout.readline())
         parent.stdin.write(half_capture("orphan"))
         parent.stdin.flush()
-        wait_for_file(os.path.join(root, "orphan.partial", "sda.raw"))
+        wait_for_file(os.path.join(root, "orphan.partial", "sda.qcow2"))
         t0 = time.monotonic()
         parent.kill()
         parent.wait()
@@ -297,7 +300,7 @@ def test_receiver_ends_when_its_parent_is_gone(tmp_path):
         assert took < 5, took
         partial = os.path.join(root, "orphan.partial")
         # An ended session is an interruption: what arrived stays, journaled, to be resumed.
-        assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.raw"]
+        assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.qcow2"]
         failure = json.load(open(os.path.join(partial, "failure.json")))
         assert failure["code"] == "session_ended" and "is gone" in failure["error"]
         assert failure["resumable"] is True
@@ -312,14 +315,14 @@ def test_sighup_ends_the_session_cleanly(tmp_path):
     t0 = time.monotonic()
     proc.stdin.write(half_capture("hup"))
     proc.stdin.flush()
-    # The journal is created just after the raw file: a SIGHUP between the two leaves nothing
+    # The journal is created just after the image: a SIGHUP between the two leaves nothing
     # journaled, and then rightly nothing to resume (seen once: only failure.json was left).
-    # Data in the raw file: the disk is open and its records are being written.
-    raw = os.path.join(root, "hup.partial", "sda.raw")
+    # Data in the image: the disk is open and its records are being written.
+    raw = os.path.join(root, "hup.partial", "sda.qcow2")
     wait_for_file(os.path.join(root, "hup.partial", "sda.journal"))
     deadline = time.monotonic() + 30
     while os.stat(raw).st_blocks == 0:
-        assert time.monotonic() < deadline, "no data reached the raw file"
+        assert time.monotonic() < deadline, "no data reached the image"
         time.sleep(0.01)
     proc.send_signal(signal.SIGHUP)
     run = finish(proc, t0, 20)
@@ -327,4 +330,4 @@ def test_sighup_ends_the_session_cleanly(tmp_path):
     assert run.error["code"] == "session_ended" and "SIGHUP" in run.error["message"]
     assert "Traceback" not in run.stderr
     # An ended session is an interruption: what arrived stays, journaled, to be resumed.
-    assert sorted(os.listdir(os.path.join(root, "hup.partial"))) == ["failure.json", "sda.journal", "sda.raw"]
+    assert sorted(os.listdir(os.path.join(root, "hup.partial"))) == ["failure.json", "sda.journal", "sda.qcow2"]

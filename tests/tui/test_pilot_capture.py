@@ -115,7 +115,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
             await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "the Done screen")
             text = str(app.screen.query_one("#done-text").render())
             assert "CAPTURE COMPLETE" in str(app.screen.query_one("#done-verdict").render())
-            assert "tui-pilot-1" in text and "qemu_img_compare" in text
+            assert "tui-pilot-1" in text and "qemu_img_check" in text
             await pilot.press("s")       # shell: the app exits
 
     asyncio.run(scenario())
@@ -132,7 +132,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
     assert name in [d["name"] for d in manifest["source"]["inventory"]["disks"]]
     assert [d["name"] for d in manifest["estimate"]["disks"]] == [name], manifest["estimate"]
     assert manifest["estimate_vs_actual"]["actual_seconds"] > 0, manifest["estimate_vs_actual"]
-    assert result.disks[0].verified.qemu_img_compare is True
+    assert result.disks[0].verified.qemu_img_check is True
 
 
 def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_path):

@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-receive", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="directory the captures are written into (and confined to)")
-    ap.add_argument("--keep-raw", action="store_true", help="keep the raw image next to the qcow2")
+    ap.add_argument("--keep-raw", action="store_true",
+                    help="also make a raw copy of each verified qcow2 (qemu-img convert, then compare: a second "
+                         "copy, and time after the last byte that grows with the disk)")
     ap.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
                     help=f"end the session when the agent sends nothing for this long while the receiver "
                          f"waits for data (default {DEFAULT_IDLE_TIMEOUT:g})")
