@@ -9,7 +9,6 @@ timing goals live in `make bench`."""
 
 import json
 import os
-import threading
 import time
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from agent import protocol as P
 from agent.runcmd import run
 from tests.conftest import BIN, ssh_args
+from tests.testbed.files import SpacePoll
 from tests.testbed.loop import LoopDevice
 from tests.testbed.procs import Spooled
 
@@ -41,20 +41,6 @@ def data_image(path, size: int) -> str:
     return str(path)
 
 
-def allocated(d: str) -> int:
-    total = 0
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return 0
-    for n in names:
-        try:
-            total += os.stat(os.path.join(d, n), follow_symlinks=False).st_blocks * 512
-        except FileNotFoundError:
-            pass
-    return total
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     d = tmp_path_factory.mktemp("space")
@@ -64,29 +50,18 @@ def sources(tmp_path_factory):
 
 
 def capture_polled(sshd, rx_dir, dev, cid) -> dict:
-    partial, final = os.path.join(rx_dir, cid + ".partial"), os.path.join(rx_dir, cid)
-    peak = [0]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], allocated(partial), allocated(final))
-            time.sleep(0.05)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    final = os.path.join(rx_dir, cid)
     t0 = time.monotonic()
-    proc = Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                    "--capture-id", cid, "--compress", "none", "--calibrate", "0", "--progress-interval", "5"])
-    out, err = proc.communicate(timeout=900)
-    done.set()
-    poller.join()
+    with SpacePoll([final + ".partial", final]) as space:
+        proc = Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
+                        "--capture-id", cid, "--compress", "none", "--calibrate", "0", "--progress-interval", "5"])
+        out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, out + err
     m = json.load(open(os.path.join(final, "manifest.json")))
     disk = m["disks"][0]
     image = os.path.join(final, disk["image"])
     run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", dev, image])
-    return dict(peak=peak[0], image=os.stat(image).st_blocks * 512, seconds=time.monotonic() - t0,
+    return dict(peak=space.peak, image=os.stat(image).st_blocks * 512, seconds=time.monotonic() - t0,
                 timings=disk["timings"], files=sorted(os.listdir(final)), verified=disk["verified"])
 
 

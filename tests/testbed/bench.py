@@ -28,12 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from agent.units import human_bytes as hb
 from agent.runcmd import run
 from . import resumebench, synthdisk
+from .files import SpacePoll
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd
@@ -58,45 +58,6 @@ def machine_busy() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class SpacePoll:
-    """The most bytes a capture's directory (`<id>.partial`, then `<id>`) held on the server
-    while it ran: allocated blocks of its files, polled every 50 ms (one copy: the qcow2 and a
-    journal; before issue 21 the raw file and the qcow2 made from it)."""
-
-    def __init__(self, dirs: list[str]):
-        self.dirs = dirs
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _held(self) -> int:
-        total = 0
-        for d in self.dirs:
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            for n in names:
-                try:
-                    total += os.stat(os.path.join(d, n), follow_symlinks=False).st_blocks * 512
-                except FileNotFoundError:
-                    pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._held())
-
-    def __enter__(self) -> "SpacePoll":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._held())
 
 
 def timed(argv_or_shell, shell=False) -> tuple[float, float, int, float]:

@@ -332,7 +332,8 @@ def _data_at(h, offset: int, size: int, path: str, zero: bool = False) -> int:
 
 def _os_error(e, what: str) -> OSError:
     """An NBD error as the OSError the receiver's one handler words (ENOSPC: disk_full)."""
-    code = getattr(e, "errno", None) or errno.EIO
+    # (libnbd's Error carries the errno number as args[1]; its .errno is the name, "ENOSPC")
+    code = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], int) and e.args[1] else errno.EIO
     return OSError(code, f"{what}: {getattr(e, 'string', str(e))}")
 
 
