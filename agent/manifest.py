@@ -35,8 +35,8 @@ class Verified:
 
     record_digests: bool = False      # every DATA record's digest, as received
     disk_digest: bool = False         # the whole-disk digest, as received
-    readback_digest: bool = False     # the raw image read back from the server's disk
-    qemu_img_compare: bool = False    # the qcow2 equal to that raw image
+    readback_digest: bool = False     # the image read back as stored (a qcow2: as qemu reads it)
+    qemu_img_check: bool = False      # the qcow2's metadata consistent (`qemu-img check`)
 
     @property
     def complete(self) -> bool:

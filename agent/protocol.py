@@ -202,26 +202,31 @@ def digest_file(path: str, block_size: int = DEFAULT_BLOCK_SIZE, chunk: int = DE
 
 
 def feed_range(fd: int, tree: BlockTree, end: int, *, is_file: bool, chunk: int = DEFAULT_CHUNK_SIZE,
-               what: str = "the file") -> None:
+               what: str = "the file", reader=None) -> None:
     """Feed tree the block digests of fd's bytes from tree.pos to end (block-aligned, or the
-    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its raw file,
-    and the agent re-checking a source against a resume journal all read this way."""
+    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its image and
+    reading it back, and the agent re-checking a source against a resume journal all read this
+    way. reader: instead of fd, an image (the receiver's qcow2 through qemu) with
+    `data_at(offset, size)` (where the next non-zero bytes may be) and `pread(n, offset)`."""
     import os
 
     size = tree.size
     off = tree.pos
     while off < end:
         stop = min(off + chunk, end)
-        try:
-            data_at = os.lseek(fd, off, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
-            data_at = size if is_file else off
+        if reader is not None:
+            data_at = reader.data_at(off, size)
+        else:
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
+                data_at = size if is_file else off
         hole_end = min(data_at - data_at % tree.block_size, end)
         if hole_end > off:
             tree.add_zero(off, hole_end - off)
             off = hole_end
             continue
-        buf = os.pread(fd, stop - off, off)
+        buf = reader.pread(stop - off, off) if reader is not None else os.pread(fd, stop - off, off)
         if len(buf) != stop - off:
             raise OSError(f"short read of {what} at byte {off}")
         for ext in split_extents(buf, off, tree.block_size):
@@ -299,6 +304,7 @@ MAX_JSON_DEPTH = 32
 # 2^62 bytes with one ZERO record would otherwise keep a receiver hashing zero digests for days.
 MAX_DISK_SIZE = 1 << 50          # 1 PiB
 MAX_DISKS = 256                 # disks named in one lookup or READY.unfinished capture
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
 U63 = (1 << 63) - 1
 
@@ -464,12 +470,14 @@ class ImageFormat:
 
 
 def space_needed(data_bytes: int, image_format: str) -> int:
-    """Bytes a conversion server needs free to receive `data_bytes` of non-zero data: the raw
-    file, and during the conversion to qcow2 the qcow2 beside it (at most as large, plus its
-    metadata). The receiver refuses a disk that does not fit (its preflight); an agent choosing
-    among servers leaves out one that cannot hold its capture."""
-    img = data_bytes + data_bytes // 64 + (1 << 20) if image_format == ImageFormat.QCOW2 else 0
-    return data_bytes + img
+    """Bytes a conversion server needs free to receive `data_bytes` of non-zero data: one image,
+    written as it arrives (a qcow2 is the data plus its metadata: 1/64 is generous for 64 KiB
+    clusters). The receiver refuses a disk that does not fit (its preflight; `--keep-raw` adds
+    the raw copy it makes after the last byte); an agent choosing among servers leaves out one
+    that cannot hold its capture."""
+    if image_format == ImageFormat.QCOW2:
+        return data_bytes + data_bytes // 64 + (1 << 20)
+    return data_bytes
 
 
 @dataclass(frozen=True)
@@ -523,6 +531,9 @@ class Hello:
     dropped: tuple[str, ...] = field(default=(), compare=False)
     # The migration wave the capture belongs to (coldclone.wave=): into the manifest and status.
     wave: str | None = None
+    # A capture: each disk's identity (with `head`), the proof a resume must give before the
+    # receiver touches or drops a disk it holds (receive/identity.py).
+    identities: tuple[DiskIdentity, ...] = ()
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -531,6 +542,8 @@ class Hello:
             obj["probe"] = True
         if self.unfinished_of:
             obj["unfinished_of"] = [d.to_json() for d in self.unfinished_of]
+        if self.identities:
+            obj["identities"] = [d.to_json() for d in self.identities]
         if self.resume:
             obj["resume"] = True
         if self.estimate is not None:
@@ -563,8 +576,9 @@ class Hello:
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
                    estimate=advice("estimate", CaptureEstimate), readiness=advice("readiness", ReadinessReport),
-                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")),
-                   dropped=tuple(dropped), wave=cls._wave(f.str("wave")))
+                   resume=f.bool("resume"), unfinished_of=cls._identities(obj, "unfinished_of"),
+                   dropped=tuple(dropped), wave=cls._wave(f.str("wave")),
+                   identities=cls._identities(obj, "identities"))
 
     @staticmethod
     def _wave(v: str | None) -> str | None:
@@ -574,12 +588,13 @@ class Hello:
         return v
 
     @staticmethod
-    def _identities(v: object) -> tuple[DiskIdentity, ...]:
+    def _identities(obj: dict, key: str) -> tuple[DiskIdentity, ...]:
+        v = obj.get(key)
         if v is None:
             return ()
         if not isinstance(v, list) or len(v) > MAX_DISKS:
-            raise ProtocolError(f"HELLO: field 'unfinished_of' must be a list of at most {MAX_DISKS} disks")
-        return tuple(DiskIdentity.decode(d, f"HELLO unfinished_of disk {i}") for i, d in enumerate(v))
+            raise ProtocolError(f"HELLO: field {key!r} must be a list of at most {MAX_DISKS} disks")
+        return tuple(DiskIdentity.decode(d, f"HELLO {key} disk {i}") for i, d in enumerate(v))
 
 
 @dataclass(frozen=True)
@@ -701,6 +716,15 @@ class DiskIdentity:
     HEAD_BYTES = 64 << 10
 
     @classmethod
+    def zero_head(cls, size: int) -> str:
+        """The `head` of a disk whose first bytes are all zeros: anyone can compute it, so it
+        proves nothing about which disk it is."""
+        return hashlib.sha256(bytes(min(cls.HEAD_BYTES, size))).hexdigest()
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, WWID {self.wwid or 'none'}, serial {self.serial or 'none'}"
+
+    @classmethod
     def of(cls, name: str, size: int, serial: str | None = None, wwid: str | None = None) -> "DiskIdentity":
         """From a disk's raw facts: placeholder serials and WWNs (0000..., "To be filled by O.E.M.")
         prove nothing and are dropped, and case does not matter."""
@@ -718,7 +742,7 @@ class DiskIdentity:
             raise ProtocolError(f"{what} is not a JSON object")
         f = JsonFields(obj, what)
         head = f.str("head", "") or ""
-        if head and not re.fullmatch(r"[0-9a-f]{64}", head):
+        if head and not HEX_DIGEST.fullmatch(head):
             raise ProtocolError(f"{what}: field 'head' must be a sha256 in hex")
         return replace(cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
                               serial=f.str("serial"), wwid=f.str("wwid")), head=head)

@@ -259,8 +259,15 @@ in_chroot $PIPRUN install -q --no-index --no-cache-dir --disable-pip-version-che
 in_chroot $PIPRUN install -q --no-index --no-cache-dir --disable-pip-version-check \
     --no-deps "/tmp/wheels/$(basename "$AGENTWHL")"
 in_chroot $PIPRUN check --disable-pip-version-check >&2 || log "WARNING: pip check reports problems (above)"
+# libnbd's Python bindings (python3-libnbd, built for this python3): the receiver of a local
+# target writes its qcow2 through them; the venv gets those two files, not all of dist-packages
+site=$(in_chroot /opt/coldclone/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+for f in "$CHROOT"/usr/lib/python3/dist-packages/nbd.py "$CHROOT"/usr/lib/python3/dist-packages/libnbdmod.cpython-*.so; do
+    [ -e "$f" ] || die "python3-libnbd is missing from the image ($f)"
+    ln -sf "${f#"$CHROOT"}" "$CHROOT$site/"
+done
 in_chroot /opt/coldclone/bin/python -c \
-    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard' ||
+    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, nbd' ||
     die "the agent venv does not import"
 in_chroot /opt/coldclone/bin/python -m pip --version >/dev/null 2>&1 && die "pip leaked into the venv"
 umount_under "$WORK"

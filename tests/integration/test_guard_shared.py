@@ -13,6 +13,7 @@ import pytest
 from agent.source.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
 from agent.runcmd import run
 from tests.conftest import BIN, coldclone, sha256_of, ssh_args
+from tests.testbed.resume import image_bytes
 from tests.testbed.procs import Spooled
 from tests.testbed.loop import LoopDevice
 
@@ -58,9 +59,7 @@ def start_capture(sshd, rx_dir, dev, cid, *extra):
 def wait_streaming(proc, partial, at_least=32 * MiB, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        raws = [n for n in os.listdir(partial)] if os.path.isdir(partial) else []
-        raws = [n for n in raws if n.endswith(".raw")]
-        if raws and os.stat(os.path.join(partial, raws[0])).st_blocks * 512 >= at_least:
+        if image_bytes(os.path.dirname(partial), os.path.basename(partial)[:-len(".partial")]) >= at_least:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)

@@ -67,7 +67,7 @@ def test_capture_to_local_disk_equals_source(usb_disk, source):
         m = json.load(open(os.path.join(cap, "manifest.json")))
         assert m["status"] == "complete"
         assert m["disks"][0]["digest"] == P.digest_file(src.dev)
-        assert m["disks"][0]["verified"]["qemu_img_compare"]
+        assert m["disks"][0]["verified"]["qemu_img_check"]
         mountpoint = tgt.mountpoint
     assert not os.path.ismount(mountpoint), "prepare()'s mount must be undone by close()"
     assert sha256_of(src.dev) == before

@@ -163,7 +163,7 @@ def _capture(tmp_path, readiness, status="complete"):
            "disks": [{"name": "sda", "image": "sda.qcow2", "format": "qcow2", "size": 3 << 30,
                       "digest": "ab" * 32, "digest_algo": "sha256-blocks",
                       "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                                   "qemu_img_compare": True}}]}
+                                   "qemu_img_check": True}}]}
     (cap / "manifest.json").write_text(json.dumps(doc))
     return cap
 

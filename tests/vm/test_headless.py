@@ -36,7 +36,7 @@ def assert_captured_and_powered_off(cap: Capture, serial: str) -> None:
     m = cap.manifest()
     assert m["status"] == "complete"
     d = guest.manifest_disk(m, name)
-    assert d["format"] == "qcow2" and d["verified"]["qemu_img_compare"]
+    assert d["format"] == "qcow2" and d["verified"]["qemu_img_check"]
     qcow2 = os.path.join(cap.cap_dir, d["image"])
     guest.qemu_img_compare(src.image, qcow2)        # raises with qemu-img's words if not equal
     assert d["size"] == os.path.getsize(src.image)

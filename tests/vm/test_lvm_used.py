@@ -142,7 +142,7 @@ def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
     assert m["status"] == "complete"
     disk = guest.manifest_disk(m, cap.guest_name(SERIAL))
     assert disk["mode"] == "used"
-    assert disk["format"] == "qcow2" and disk["verified"]["qemu_img_compare"]
+    assert disk["format"] == "qcow2" and disk["verified"]["qemu_img_check"]
     assert disk["size"] == DISK_MB * MiB
 
     # The LVM mapping was used: the PV is read through its metadata (no nonzero fallback), the

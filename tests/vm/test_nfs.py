@@ -135,7 +135,7 @@ def test_headless_capture_to_nfs_equals_source(nfs_capture, ganesha):
     name = guest.inventory_disk_by_serial(con.inventory, "cc-os")["name"]
     d = guest.manifest_disk(m, name)
     # qcow2 made in the guest (the default format), checked there and again here
-    assert d["format"] == "qcow2" and d["verified"]["readback_digest"] and d["verified"]["qemu_img_compare"]
+    assert d["format"] == "qcow2" and d["verified"]["readback_digest"] and d["verified"]["qemu_img_check"]
     run_cmd(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", src.image, os.path.join(caps, "vm-nfs", d["image"])])
     assert guest.sha256_of(src.image) == src.sha256
     assert m["estimate"]["link"]["kind"] == "nfs"

@@ -29,6 +29,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import BinaryIO, Callable
 
 from ...bwlimit import EXAMPLES, parse_rate
@@ -42,6 +43,8 @@ from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 WATCH_INTERVAL = 1.0
+# After the agent's end closed, this long for the record loop to reach the cut in what it sent
+DRAIN_SECONDS = 30.0
 
 
 def requested_root_from_env() -> str | None:
@@ -103,12 +106,23 @@ class Session:
     def _watch(self) -> None:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), 0)   # only POLLERR/POLLHUP: the reader went away
+        stdin = select.poll()
+        stdin.register(sys.stdin.fileno(), 0)
+        drain_until = None
         while not self._stop.wait(WATCH_INTERVAL):
             why = None
             if os.getppid() != self.ppid:
                 why = f"the session's process (pid {self.ppid}) is gone"
             elif any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
                 why = "the agent's end of the session closed"
+                # The agent is gone, and so is its writing end: what it sent before the cut is
+                # still in the pipe and the receiver's queue (up to 33 MB). Let the record loop
+                # reach the cut itself (StreamCut: every whole record journaled) rather than
+                # stop it mid-queue, within DRAIN_SECONDS.
+                if any(ev & select.POLLHUP for _, ev in stdin.poll(0)):
+                    drain_until = drain_until or time.monotonic() + DRAIN_SECONDS
+                    if time.monotonic() < drain_until:
+                        continue
             if why:
                 self._pending = why
                 # To the main thread itself: a signal to the process may land on this thread,
@@ -147,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-receive", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="directory the captures are written into (and confined to)")
-    ap.add_argument("--keep-raw", action="store_true", help="keep the raw image next to the qcow2")
+    ap.add_argument("--keep-raw", action="store_true",
+                    help="also make a raw copy of each verified qcow2 (qemu-img convert, then compare: a second "
+                         "copy, and time after the last byte that grows with the disk)")
     ap.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
                     help=f"end the session when the agent sends nothing for this long while the receiver "
                          f"waits for data (default {DEFAULT_IDLE_TIMEOUT:g})")

@@ -9,8 +9,8 @@ One file per disk in the capture's `.partial` directory, `<disk>.journal`, JSON 
     ...
     {"complete": <the disk's manifest entry>}                          verified and converted
 
-A checkpoint says: every byte below `end` is in `<disk>.raw` and on stable storage (the raw file is
-fdatasync'ed before the line is appended, and the line is fsync'ed before the next write counts),
+A checkpoint says: every byte below `end` is in the disk's image (`<disk>.qcow2`, or `<disk>.raw`
+for format raw) and on stable storage (the image is flushed before the line is appended, and the line is fsync'ed before the next write counts),
 `digest` is BlockTree.cut_segment() over the blocks since the previous checkpoint, and
 `data_bytes` counts the DATA bytes received for the disk up to there, over every attempt, and
 `t` says when (`coldclone-server status` reads a running capture's rate, ETA and stalls from the
@@ -22,7 +22,7 @@ Lines are appended whole with one write(); after a crash only the last line can 
 torn last line is ignored (the checkpoint before it still holds). A restart of the disk (the
 source changed) replaces the file in one rename.
 
-The whole-disk digest resumes by re-reading the held part of the raw file once (protocol.feed_range)
+The whole-disk digest resumes by re-reading the held part of the image once (protocol.feed_range)
 rather than journaling every block digest: the read also proves that the bytes on disk are the
 ones the journal vouches for (each segment's digest is checked), and it is a local sequential read
 of data the END read-back reads again anyway.
@@ -117,12 +117,13 @@ class DiskJournal:
         return (data_bytes - self.held_data_bytes >= CHECKPOINT_BYTES
                 or time.monotonic() - self.last_time >= CHECKPOINT_SECONDS)
 
-    def checkpoint(self, raw_fd: int, tree: P.BlockTree, data_bytes: int) -> None:
-        """Record that every byte below tree.pos is held: the raw data reaches the disk first."""
+    def checkpoint(self, image, tree: P.BlockTree, data_bytes: int) -> None:
+        """Record that every byte below tree.pos is held: the image (its data and, for a qcow2,
+        its metadata) reaches the disk first (disk_image: flush)."""
         if tree.pos <= self.held:
             self.last_time = time.monotonic()
             return
-        os.fdatasync(raw_fd)
+        image.flush()
         cp = Checkpoint(tree.pos, tree.cut_segment().hex(), data_bytes, round(time.time(), 3))
         self._append(records.encode(cp))
         self.checkpoints.append(cp)
@@ -223,17 +224,18 @@ def remove_all(cap: CaptureDir) -> list[str]:
     return gone
 
 
-def rebuild_tree(raw_fd: int, journal: DiskJournal, raw_path: str) -> P.BlockTree:
-    """The disk's BlockTree at the journal's last checkpoint, from the raw file, each segment's
-    digest checked: the bytes on this disk are the ones the journal vouches for, or an error."""
+def rebuild_tree(image, journal: DiskJournal, path: str) -> P.BlockTree:
+    """The disk's BlockTree at the journal's last checkpoint, read from its image (disk_image),
+    each segment's digest checked: the bytes on this disk are the ones the journal vouches for,
+    or an error."""
     h = journal.header
     tree = P.BlockTree(h.size, h.block_size)
     start = 0
     for cp in journal.checkpoints:
-        P.feed_range(raw_fd, tree, cp.end, is_file=True, what=raw_path)
+        P.feed_range(-1, tree, cp.end, is_file=True, what=path, reader=image)
         if tree.cut_segment().hex() != cp.digest:
             raise ServerError(
-                f"disk {h.name}: the held image {raw_path} does not match its resume journal in bytes "
+                f"disk {h.name}: the held image {path} does not match its resume journal in bytes "
                 f"{start}-{cp.end} (the conversion server's disk lost or changed data); this capture "
                 f"cannot be resumed: start a new capture (a new id)", code="journal")
         start = cp.end

@@ -209,6 +209,10 @@ class Store:
         refused with code `busy`, which a reconnecting agent retries."""
         validate_capture_id(capture_id)
         staging = capture_id + PARTIAL
+        if os.path.lexists(os.path.join(self.root, capture_id, MANIFEST)):
+            raise ServerError(f"capture {capture_id} is already complete in {self.root} ({capture_id}, "
+                              f"its manifest.json lists every verified disk): nothing to resume; start a "
+                              f"new capture (a new id) to capture again", code="exists")
         try:
             st = os.stat(staging, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:

@@ -12,15 +12,11 @@ sent (capture/resume.py), so even a wrong pick cannot splice two disks into one 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 
 from ... import __version__
 from ... import protocol as P
-from ...errors import SourceError
 from ..transport.base import Connection
 from ...units import human_bytes, human_minutes
 from .session import _Replies   # the capture's own reply handling
@@ -32,19 +28,7 @@ LOOKUP_TIMEOUT = 60.0
 def identities(paths: list[str]) -> tuple[P.DiskIdentity, ...]:
     """Each disk's identity with the digest of its first bytes (read-only, before any guard: a
     plain read of 64 KiB), which the receiver checks against what it holds of the disk."""
-    out = []
-    for path in paths:
-        src = probe(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                head = os.pread(fd, min(P.DiskIdentity.HEAD_BYTES, src.size), 0)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise SourceError(f"cannot read the first bytes of {path}: {e.strerror}") from None
-        out.append(dataclasses.replace(src.identity(), head=hashlib.sha256(head).hexdigest()))
-    return tuple(out)
+    return tuple(probe(path).read_head().identity() for path in paths)
 
 
 @dataclass(frozen=True)

@@ -339,6 +339,8 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
         if late:
             inuse.check_found(late, what=what, allow=req.allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
+        for s in sources:
+            s.read_head()    # the proof a resume gives the receiver (HELLO.identities, DISK source)
         sent = {"wire": 0}
         totals = DiskStats()
         if estimate is not None:
@@ -352,7 +354,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=req.image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
                         disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume,
-                        wave=wave)
+                        wave=wave, identities=tuple(s.identity() for s in sources))
         bucket = TokenBucket(bwlimit) if bwlimit else None
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:

@@ -7,12 +7,12 @@ disk streams at the pace of its slowest stage:
     source read  ->  CPU (sha256, zstd)  ->  link to the target (+ the server taking it)
 
 and after its last byte the receiver finishes re-reading and hashing the image (it follows
-the stream, so one step of it is left), converts it to qcow2 and compares (it reads no more of
-the stream meanwhile, so that time adds up disk by disk). Per disk:
+the stream, so one step of it is left); it writes the qcow2 itself as the records come, so
+nothing after the last byte grows with the disk (it reads no more of the stream meanwhile, so
+that time adds up disk by disk). Per disk:
 
     seconds = max(size / read_rate, size * cpu_per_byte / workers, wire_bytes / link_rate)
-              + max(min(data_bytes, READBACK_STEP) / readback_rate, data_bytes / convert_rate)
-              + data_bytes / compare_rate (qcow2)
+              + min(data_bytes, READBACK_STEP) / readback_rate
 
 What the disk holds (share of non-zero blocks, compression, CPU per byte) is
 sampled; the read rate and the link rate come from the table in links.py
@@ -49,16 +49,11 @@ log = logging.getLogger("coldclone.estimate")
 
 MB = L.MB
 
-# After the last byte of a disk the receiver reads its raw image back and hashes it while it
-# converts it to qcow2, then compares the two. Measured on the development machine (2 cores,
-# qemu-img 8, 512 MiB .. 800 MB of random data in a 2 GiB sparse raw, page cache warm): digest
-# 1.2 GB/s, compare 1.6-4 GB/s; convert 0.14-0.3 GB/s while the raw file was still fsynced
-# first, 0.73 GB/s (1.1 GB of file data) and 1.4 GB/s (193 MB) since a raw file that is
-# deleted after conversion is no longer synced (the receiver's end of the capture, perf work
-# of issue 15). The probe measures the read-back rate of the real server; convert is a table value.
+# After the last byte of a disk the receiver reads back the last step of its image (the read-back
+# follows the writes) and flushes it; the qcow2 is written directly (issue 21: no conversion, no
+# compare). Digest of a warm image measured at 1.2 GB/s on the development machine; the probe
+# measures the read-back rate of the real server.
 READBACK_RATE = 1200 * MB
-CONVERT_RATE = 500 * MB
-COMPARE_RATE = 2000 * MB
 # Once per capture: SSH handshake, read-only guard, the receiver's start, the verdict's round
 # trip (0.6-0.9 s measured here over a 50 MB/s link).
 SETUP_SECONDS = 1.0
@@ -168,12 +163,9 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
         # Measured on `make demo` (loopback, 2 cores): the overlap model said 5.0-12.9 s where
         # the capture took 8.5-16.1 s (+24 to +69 %).
         stages["shared"] = stages["read"] * colocated_read_share + stages["link"]
-    # The receiver reads the raw file back while the stream runs (receive/readback.py): after
-    # the last byte at most one step of it is left.
+    # The receiver reads its image back while the stream runs (receive/readback.py): after the
+    # last byte at most one step of it is left, whatever the format (a qcow2 is written directly).
     post = min(data, P.READBACK_STEP) / readback_rate
-    if image_format == "qcow2":
-        # ... next to converting the raw file, then it compares.
-        post = max(post, data / CONVERT_RATE) + data / COMPARE_RATE
     stream_key = max(stages, key=stages.get)
     seconds = stages[stream_key] + post + map_seconds
     stages["server"] = post
