@@ -23,7 +23,18 @@ class Spooled(subprocess.Popen):
         super().__init__(argv, stdout=self._spool[0], stderr=self._spool[1], text=True, **kw)
 
     def communicate(self, input=None, timeout=None):
-        self.wait(timeout)
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            # The caller's assertion shows where it hung: the child is stopped, its text kept.
+            self.kill()
+            self.wait()
+            out, err = self._read()
+            raise AssertionError(f"{self.args[:3]} still running after {timeout} s (killed); what it "
+                                 f"printed:\n{(out + err)[-4000:]}") from e
+        return self._read()
+
+    def _read(self) -> tuple[str, str]:
         out = []
         for f in self._spool:
             f.seek(0)

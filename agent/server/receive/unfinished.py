@@ -180,7 +180,7 @@ def _end_dead(store: Store, cap: CaptureDir, st: PartialState) -> str:
     if MANIFEST in names and not os.path.lexists(cap.final_path):
         # FINISH had verified every disk and written manifest.json: only the rename was left.
         try:
-            manifest = Manifest.from_dict(P.loads_object(_read(cap, MANIFEST), MANIFEST), MANIFEST)
+            manifest = Manifest.load(P.loads_object(_read(cap, MANIFEST), MANIFEST), MANIFEST)
             missing = [d.image for d in manifest.disks if not _is_file(cap, d.image)]
         except (ColdcloneError, P.ProtocolError, OSError):
             manifest, missing = None, ["(manifest.json unreadable)"]
