@@ -41,8 +41,10 @@ import hashlib
 import json
 import struct
 import re
-from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Annotated, Any, BinaryIO, Iterator, NamedTuple, TypeVar
+
+import msgspec
 
 from . import records
 from .devnames import real_identifier
@@ -82,6 +84,7 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 READBACK_STEP = 32 << 20
 
 DIGEST_ALGO = "sha256-blocktree-v1"
+B = TypeVar("B")
 
 
 class ProtocolError(Exception):
@@ -347,84 +350,6 @@ def loads_object(body: bytes | str, what: str) -> dict:
     return obj
 
 
-class JsonFields:
-    """Typed reads of one decoded JSON object; each wrong type or range is a ProtocolError."""
-
-    def __init__(self, obj: dict, what: str):
-        self.obj = obj
-        self.what = what
-
-    def _bad(self, key: str, want: str):
-        return ProtocolError(f"{self.what}: field {key!r} must be {want}, got {self.obj[key]!r:.80}")
-
-    def present(self, key: str) -> bool:
-        return self.obj.get(key) is not None
-
-    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
-        if not self.present(key):
-            if required:
-                raise ProtocolError(f"{self.what}: field {key!r} is missing")
-            return default
-        v = self.obj[key]
-        if not isinstance(v, str) or len(v) > 4096:
-            raise self._bad(key, "a string (at most 4096 characters)")
-        return v
-
-    def int(self, key: str, lo: int = 0, hi: int = U63, default: int | None = None,
-            required: bool = False) -> int | None:
-        if not self.present(key):
-            if required:
-                raise ProtocolError(f"{self.what}: field {key!r} is missing")
-            return default
-        v = self.obj[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self._bad(key, f"an integer from {lo} to {hi}")
-        return v
-
-    def float(self, key: str, default: float | None = None) -> float | None:
-        if not self.present(key):
-            return default
-        v = self.obj[key]
-        # NaN/Infinity never get here (loads_object refuses them); negatives make no sense in counts.
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise self._bad(key, "a non-negative number")
-        return float(v)
-
-    def bool(self, key: str, default: bool = False) -> bool:
-        if not self.present(key):
-            return default
-        v = self.obj[key]
-        if not isinstance(v, bool):
-            raise self._bad(key, "true or false")
-        return v
-
-    def mapping(self, key: str) -> dict:
-        """A free-form JSON object (source facts, an estimate): JSON already validated, kept as is."""
-        if not self.present(key):
-            return {}
-        v = self.obj[key]
-        if not isinstance(v, dict):
-            raise self._bad(key, "a JSON object")
-        return v
-
-    def objects(self, key: str) -> list[dict]:
-        """A list of JSON objects (each then read with its own JsonFields); [] when absent."""
-        if not self.present(key):
-            return []
-        v = self.obj[key]
-        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-            raise self._bad(key, "a list of objects")
-        return v
-
-    def str_list(self, key: str) -> tuple[str, ...]:
-        if not self.present(key):
-            return ()
-        v = self.obj[key]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self._bad(key, "a list of strings")
-        return tuple(v)
-
-
 # ----------------------------------------------------------------- encode
 
 
@@ -458,9 +383,33 @@ def encode_end(digest: bytes, stats: dict) -> bytes:
 
 
 # ------------------------------------------------------ typed metadata
-# Each JSON record has one frozen model with one encoder (to_json/encode) and one decoder
-# (decode), which checks every field's type and range. Unknown keys are ignored, so a newer agent
-# may add fields without a version bump.
+# Each JSON body is one frozen dataclass, declared once with its limits (the types below), written
+# with records.encode and read with records.decode_fields: a wrong type or range is a
+# ProtocolError naming the record and the field. A field at its default is left out when written
+# (what older writers left out stays out; an older reader takes a missing field as its default).
+# Unknown keys are ignored, so a newer agent may add fields without a version bump. What msgspec
+# cannot say (a power of two, a bound that is another field) is checked after decoding.
+
+Str = Annotated[str, msgspec.Meta(max_length=4096)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=U63)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+DiskSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_DISK_SIZE)]
+BlockSize = Annotated[int, msgspec.Meta(ge=512, le=MAX_DATA)]
+SectorSize = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+Slots = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+Facts = dict[str, Any]       # free-form facts (the source's, the agent's stats): JSON, kept as is
+WAVE_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Body:
+    """A JSON body of the wire (each a frozen dataclass)."""
+
+    def to_json(self) -> dict:
+        return records.encode(self, omit_defaults=True)
+
+
+def _decode(obj: object, model: type[B], what: str) -> B:
+    return records.decode_fields(obj, model, what, ProtocolError)
 
 
 class ImageFormat:
@@ -481,220 +430,26 @@ def space_needed(data_bytes: int, image_format: str) -> int:
 
 
 @dataclass(frozen=True)
-class ServerLoad:
+class ServerLoad(Body):
     """How busy a conversion server is, as a probe's READY tells an agent choosing where to
     capture (READY.load): its free space, the captures it receives now, its conversions."""
 
-    free_bytes: int
-    running: int = 0               # captures being received (a live `.partial`)
-    converting: int = 0            # conversions running
-    queued: int = 0                # conversions waiting for a slot (--max-conversions)
-    max_conversions: int = 0
-    bwlimit: int | None = None     # the total rate of its sessions is capped to this (bytes/s)
-    name: str = ""                 # the server's name (its host name)
-
-    def to_json(self) -> dict:
-        return {"free_bytes": self.free_bytes, "running": self.running, "converting": self.converting,
-                "queued": self.queued, "max_conversions": self.max_conversions, "bwlimit": self.bwlimit,
-                "name": self.name}
+    free_bytes: Count
+    running: Slots = 0             # captures being received (a live `.partial`)
+    converting: Slots = 0          # conversions running
+    queued: Slots = 0              # conversions waiting for a slot (--max-conversions)
+    max_conversions: Slots = 0
+    bwlimit: Annotated[int, msgspec.Meta(ge=1, le=U63)] | None = None   # the sessions' total rate cap (bytes/s)
+    name: Str = ""                 # the server's name (its host name)
 
     @classmethod
     def decode(cls, obj: dict) -> "ServerLoad | None":
         """READY.load; None from a receiver that does not say (it predates waves)."""
-        if not obj:
-            return None
-        f = JsonFields(obj, "READY load")
-        return cls(free_bytes=f.int("free_bytes", required=True), running=f.int("running", 0, 1 << 20, 0),
-                   converting=f.int("converting", 0, 1 << 20, 0), queued=f.int("queued", 0, 1 << 20, 0),
-                   max_conversions=f.int("max_conversions", 0, 1 << 20, 0), bwlimit=f.int("bwlimit", 1),
-                   name=f.str("name", "") or "")
+        return _decode(obj, cls, "READY load") if obj else None
 
 
 @dataclass(frozen=True)
-class Hello:
-    capture_id: str | None
-    agent_version: str = ""
-    format: str = ImageFormat.QCOW2
-    source: dict = field(default_factory=dict)     # free-form source facts, for the manifest
-    disks: tuple[str, ...] = ()
-    probe: bool = False
-    # Advice for the manifest, typed (agent.records): the agent's estimate and its inspection of
-    # the source OS. One that does not decode is left out, not a refused capture: `dropped` says why.
-    estimate: CaptureEstimate | None = None
-    readiness: ReadinessReport | None = None
-    # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
-    # has); without it an existing capture id is refused.
-    resume: bool = False
-    # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
-    # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
-    unfinished_of: tuple[DiskIdentity, ...] = ()
-    dropped: tuple[str, ...] = field(default=(), compare=False)
-    # The migration wave the capture belongs to (coldclone.wave=): into the manifest and status.
-    wave: str | None = None
-    # A capture: each disk's identity (with `head`), the proof a resume must give before the
-    # receiver touches or drops a disk it holds (receive/identity.py).
-    identities: tuple[DiskIdentity, ...] = ()
-
-    def to_json(self) -> dict:
-        obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
-               "source": self.source, "disks": list(self.disks)}
-        if self.probe:
-            obj["probe"] = True
-        if self.unfinished_of:
-            obj["unfinished_of"] = [d.to_json() for d in self.unfinished_of]
-        if self.identities:
-            obj["identities"] = [d.to_json() for d in self.identities]
-        if self.resume:
-            obj["resume"] = True
-        if self.estimate is not None:
-            obj["estimate"] = records.encode(self.estimate)
-        if self.readiness is not None:
-            obj["readiness"] = records.encode(self.readiness)
-        if self.wave is not None:
-            obj["wave"] = self.wave
-        return obj
-
-    def encode(self) -> bytes:
-        return encode_json(T_HELLO, self.to_json())
-
-    @classmethod
-    def decode(cls, obj: dict) -> "Hello":
-        f = JsonFields(obj, "HELLO")
-        probe = f.bool("probe")
-        fmt = f.str("format", ImageFormat.QCOW2)
-        dropped: list[str] = []
-
-        def advice(key: str, model):
-            if not f.present(key):
-                return None
-            try:
-                return records.decode(f.mapping(key), model, f"HELLO {key}")
-            except records.RecordError as e:
-                dropped.append(str(e))
-                return None
-
-        return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
-                   format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
-                   estimate=advice("estimate", CaptureEstimate), readiness=advice("readiness", ReadinessReport),
-                   resume=f.bool("resume"), unfinished_of=cls._identities(obj, "unfinished_of"),
-                   dropped=tuple(dropped), wave=cls._wave(f.str("wave")),
-                   identities=cls._identities(obj, "identities"))
-
-    @staticmethod
-    def _wave(v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
-            raise ProtocolError(f"HELLO: field 'wave' must be a label of letters, digits, '.', '_' "
-                                f"and '-' (at most 64), got {v!r:.80}")
-        return v
-
-    @staticmethod
-    def _identities(obj: dict, key: str) -> tuple[DiskIdentity, ...]:
-        v = obj.get(key)
-        if v is None:
-            return ()
-        if not isinstance(v, list) or len(v) > MAX_DISKS:
-            raise ProtocolError(f"HELLO: field {key!r} must be a list of at most {MAX_DISKS} disks")
-        return tuple(DiskIdentity.decode(d, f"HELLO {key} disk {i}") for i, d in enumerate(v))
-
-
-@dataclass(frozen=True)
-class DiskHeader:
-    name: str
-    size: int
-    block_size: int = DEFAULT_BLOCK_SIZE
-    logical_sector_size: int | None = None
-    physical_sector_size: int | None = None
-    mode: str | None = None
-    codec: str | None = None
-    source: dict = field(default_factory=dict)
-    # The agent's estimate of the non-zero bytes it will send (None: unknown): the receiver checks
-    # before accepting the disk that its filesystem has room for them as raw data plus the image.
-    data_bytes_estimate: int | None = None
-    # Resuming: the records start at this byte, the end of what the receiver holds (READY.held);
-    # 0 with restart_reason: the held copy is dropped and the disk is sent again from the start.
-    resume_from: int = 0
-    restart_reason: str | None = None
-
-    def to_json(self) -> dict:
-        obj = {"name": self.name, "size": self.size, "block_size": self.block_size,
-               "logical_sector_size": self.logical_sector_size,
-               "physical_sector_size": self.physical_sector_size, "mode": self.mode, "codec": self.codec,
-               "source": self.source}
-        if self.data_bytes_estimate is not None:
-            obj["data_bytes_estimate"] = self.data_bytes_estimate
-        if self.resume_from:
-            obj["resume_from"] = self.resume_from
-        if self.restart_reason is not None:
-            obj["restart_reason"] = self.restart_reason
-        return obj
-
-    def encode(self) -> bytes:
-        return encode_json(T_DISK, self.to_json())
-
-    @classmethod
-    def decode(cls, obj: dict) -> "DiskHeader":
-        f = JsonFields(obj, "DISK")
-        name = f.str("name", required=True)
-        size = f.int("size", 1, MAX_DISK_SIZE, required=True)
-        bs = f.int("block_size", 512, MAX_DATA, default=DEFAULT_BLOCK_SIZE)
-        if bs & (bs - 1):
-            raise ProtocolError(f"DISK {name}: block size {bs} is not a power of two")
-        if -(-size // bs) > MAX_BLOCKS:
-            raise ProtocolError(
-                f"DISK {name}: {size} bytes in blocks of {bs} is more than {MAX_BLOCKS} blocks; "
-                f"use a larger block size")
-        return cls(name=name, size=size, block_size=bs,
-                   logical_sector_size=f.int("logical_sector_size", 1, 1 << 20),
-                   physical_sector_size=f.int("physical_sector_size", 1, 1 << 20),
-                   mode=f.str("mode"), codec=f.str("codec"), source=f.mapping("source"),
-                   data_bytes_estimate=f.int("data_bytes_estimate", 0, MAX_DISK_SIZE),
-                   resume_from=f.int("resume_from", 0, size, default=0),
-                   restart_reason=f.str("restart_reason"))
-
-
-@dataclass(frozen=True)
-class DiskEnd:
-    """END: the agent's whole-disk digest and its own counts for the disk."""
-
-    digest: bytes
-    bytes_read: int | None = None
-    data_bytes: int | None = None
-    zero_bytes: int | None = None
-    payload_bytes: int | None = None
-    wire_bytes: int | None = None
-    data_records: int | None = None
-    zero_records: int | None = None
-    read_seconds: float | None = None
-    elapsed: float | None = None
-    skipped_bytes: int | None = None     # mode=used: free space never read (holes in the image)
-    map_seconds: float | None = None     # mode=used: building the used-block map
-    used_map: dict | None = None         # mode=used: per area what was read and why (manifest)
-    unreadable_bytes: int | None = None  # on_read_error=map: bytes sent as UNREADABLE (zeros)
-    recovery_seconds: float | None = None  # on_read_error=map: time spent re-reading failed ranges
-    zstd_levels: dict | None = None      # zstd:auto: chunks compressed at each level ({"1": n, "3": m})
-
-    INTS = ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes", "data_records",
-            "zero_records", "skipped_bytes", "unreadable_bytes")
-    FLOATS = ("read_seconds", "elapsed", "map_seconds", "recovery_seconds")
-    MAPPINGS = ("used_map", "zstd_levels")
-
-    def stats(self) -> dict:
-        """The counts the agent gave, for the manifest (absent ones left out)."""
-        return {k: getattr(self, k) for k in self.INTS + self.FLOATS + self.MAPPINGS
-                if getattr(self, k) is not None}
-
-    def encode(self) -> bytes:
-        return encode_end(self.digest, self.stats())
-
-    @classmethod
-    def decode(cls, digest: bytes, obj: dict) -> "DiskEnd":
-        f = JsonFields(obj, "END")
-        return cls(digest, **{k: f.int(k) for k in cls.INTS}, **{k: f.float(k) for k in cls.FLOATS},
-                   **{k: (f.mapping(k) if f.present(k) else None) for k in cls.MAPPINGS})
-
-
-@dataclass(frozen=True)
-class DiskIdentity:
+class DiskIdentity(Body):
     """A source disk as a conversion server can recognise it again (HELLO.unfinished_of; the
     receiver reads the same facts from each DISK header's `source` in its resume journals).
 
@@ -703,14 +458,14 @@ class DiskIdentity:
     from the same ISO may share: such a match is offered to an operator, never taken on its own.
     """
 
-    name: str
-    size: int
-    serial: str = ""
-    wwid: str = ""
+    name: Str
+    size: DiskSize
+    serial: Str = ""
+    wwid: Str = ""
     # sha256 (hex) of the disk's first HEAD_BYTES: the receiver lists a capture only when the first
     # bytes it holds of the disk are these (when it holds them), so an agent key cannot learn and
     # then take over another server's capture by guessing a disk name and size
-    head: str = ""
+    head: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$", description="a sha256 in hex")] = ""
 
     WEAK = "name and size"
     HEAD_BYTES = 64 << 10
@@ -730,22 +485,10 @@ class DiskIdentity:
         prove nothing and are dropped, and case does not matter."""
         return cls(name, size, serial=real_identifier(serial) or "", wwid=real_identifier(wwid) or "")
 
-    def to_json(self) -> dict:
-        obj = {"name": self.name, "size": self.size, "serial": self.serial, "wwid": self.wwid}
-        if self.head:
-            obj["head"] = self.head
-        return obj
-
-    @classmethod
-    def decode(cls, obj: object, what: str) -> "DiskIdentity":
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"{what} is not a JSON object")
-        f = JsonFields(obj, what)
-        head = f.str("head", "") or ""
-        if head and not HEX_DIGEST.fullmatch(head):
-            raise ProtocolError(f"{what}: field 'head' must be a sha256 in hex")
-        return replace(cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
-                              serial=f.str("serial"), wwid=f.str("wwid")), head=head)
+    def known(self) -> "DiskIdentity":
+        """This identity as `of` would make it (what an agent sent, as the receiver compares it)."""
+        return DiskIdentity(self.name, self.size, real_identifier(self.serial) or "",
+                            real_identifier(self.wwid) or "", self.head)
 
     def matched_by(self, other: "DiskIdentity") -> str | None:
         """How `other` is this same disk ("wwid", "serial", WEAK), or None when it is not."""
@@ -760,22 +503,169 @@ class DiskIdentity:
         return self.WEAK if self.name == other.name else None
 
 
+Identities = Annotated[tuple[DiskIdentity, ...], msgspec.Meta(max_length=MAX_DISKS)]
+
+
+@dataclass(frozen=True)
+class Hello(Body):
+    capture_id: Str | None = None    # None only in a probe
+    agent_version: Str = ""
+    format: Str = ImageFormat.QCOW2
+    source: Facts = field(default_factory=dict)    # free-form source facts, for the manifest
+    disks: tuple[str, ...] = ()
+    probe: bool = False
+    # Advice for the manifest, typed (agent.records): the agent's estimate and its inspection of
+    # the source OS. One that does not decode is left out, not a refused capture: `dropped` says why.
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None
+    # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
+    # has); without it an existing capture id is refused.
+    resume: bool = False
+    # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
+    # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
+    unfinished_of: Identities = ()
+    dropped: tuple[str, ...] = ()    # set by decode (never taken from the wire)
+    # The migration wave the capture belongs to (coldclone.wave=): into the manifest and status.
+    wave: Annotated[str, msgspec.Meta(pattern=WAVE_LABEL, description=(
+        "a label of letters, digits, '.', '_' and '-' (at most 64)"))] | None = None
+    # A capture: each disk's identity (with `head`), the proof a resume must give before the
+    # receiver touches or drops a disk it holds (receive/identity.py).
+    identities: Identities = ()
+
+    ADVICE = (("estimate", CaptureEstimate), ("readiness", ReadinessReport))
+
+    def encode(self) -> bytes:
+        return encode_json(T_HELLO, self.to_json())
+
+    @classmethod
+    def decode(cls, obj: dict) -> "Hello":
+        advice: dict = {}
+        dropped: list[str] = []
+        for key, model in cls.ADVICE:
+            v = obj.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ProtocolError(f"HELLO: field {key!r} must be a JSON object, got {v!r:.80}")
+            try:
+                advice[key] = records.decode(v, model, f"HELLO {key}")
+            except records.RecordError as e:
+                dropped.append(str(e))
+        hello = _decode({k: v for k, v in obj.items() if k not in ("estimate", "readiness", "dropped")},
+                        cls, "HELLO")
+        if hello.capture_id is None and not hello.probe:
+            raise ProtocolError("HELLO: field 'capture_id' is missing")
+        return replace(
+            hello, unfinished_of=tuple(d.known() for d in hello.unfinished_of),
+            identities=tuple(d.known() for d in hello.identities), dropped=tuple(dropped), **advice)
+
+
+@dataclass(frozen=True)
+class DiskHeader(Body):
+    name: Str
+    size: DiskSize
+    block_size: BlockSize = DEFAULT_BLOCK_SIZE
+    logical_sector_size: SectorSize | None = None
+    physical_sector_size: SectorSize | None = None
+    mode: Str | None = None
+    codec: Str | None = None
+    source: Facts = field(default_factory=dict)
+    # The agent's estimate of the non-zero bytes it will send (None: unknown): the receiver checks
+    # before accepting the disk that its filesystem has room for them as raw data plus the image.
+    data_bytes_estimate: Annotated[int, msgspec.Meta(ge=0, le=MAX_DISK_SIZE)] | None = None
+    # Resuming: the records start at this byte, the end of what the receiver holds (READY.held);
+    # 0 with restart_reason: the held copy is dropped and the disk is sent again from the start.
+    resume_from: Count = 0
+    restart_reason: Str | None = None
+
+    def encode(self) -> bytes:
+        return encode_json(T_DISK, self.to_json())
+
+    @classmethod
+    def decode(cls, obj: dict) -> "DiskHeader":
+        h = _decode(obj, cls, "DISK")
+        bs = h.block_size
+        if bs & (bs - 1):
+            raise ProtocolError(f"DISK {h.name}: block size {bs} is not a power of two")
+        if -(-h.size // bs) > MAX_BLOCKS:
+            raise ProtocolError(
+                f"DISK {h.name}: {h.size} bytes in blocks of {bs} is more than {MAX_BLOCKS} blocks; "
+                f"use a larger block size")
+        if h.resume_from > h.size:
+            raise ProtocolError(f"DISK: field 'resume_from' must be an integer from 0 to {h.size}, "
+                                f"got {h.resume_from}")
+        return h
+
+
+@dataclass(frozen=True)
+class DiskEnd(Body):
+    """END: the agent's whole-disk digest (binary, before the JSON) and its own counts for the disk."""
+
+    digest: bytes = b""
+    bytes_read: Count | None = None
+    data_bytes: Count | None = None
+    zero_bytes: Count | None = None
+    payload_bytes: Count | None = None
+    wire_bytes: Count | None = None
+    data_records: Count | None = None
+    zero_records: Count | None = None
+    read_seconds: Seconds | None = None
+    elapsed: Seconds | None = None
+    skipped_bytes: Count | None = None     # mode=used: free space never read (holes in the image)
+    map_seconds: Seconds | None = None     # mode=used: building the used-block map
+    used_map: Facts | None = None          # mode=used: per area what was read and why (manifest)
+    unreadable_bytes: Count | None = None  # on_read_error=map: bytes sent as UNREADABLE (zeros)
+    recovery_seconds: Seconds | None = None  # on_read_error=map: time spent re-reading failed ranges
+    zstd_levels: Facts | None = None       # zstd:auto: chunks compressed at each level ({"1": n, "3": m})
+
+    def stats(self) -> dict:
+        """The counts the agent gave, for the manifest (absent ones left out)."""
+        out = self.to_json()
+        out.pop("digest", None)
+        return out
+
+    def encode(self) -> bytes:
+        return encode_end(self.digest, self.stats())
+
+    @classmethod
+    def decode(cls, digest: bytes, obj: dict) -> "DiskEnd":
+        return replace(_decode({k: v for k, v in obj.items() if k != "digest"}, cls, "END"),
+                                       digest=digest)
+
+
 @dataclass(frozen=True)
 class UnfinishedDisk:
+    """A disk of an unfinished capture: its identity, and what is held of it."""
+
     identity: DiskIdentity
-    held: int               # bytes below the journal's last checkpoint
-    complete: bool = False  # verified in an earlier attempt
+    held: int                 # bytes below the journal's last checkpoint
+    complete: bool = False    # verified in an earlier attempt
 
 
 @dataclass(frozen=True)
-class Unfinished:
-    """An unfinished capture a receiver holds of the disks an agent asked about (READY.unfinished
-    of a lookup): every disk it journaled is one of them."""
+class ListedDisk(DiskIdentity):
+    """An UnfinishedDisk as READY.unfinished writes it: the identity's fields and these two."""
 
-    capture_id: str
-    disks: tuple[UnfinishedDisk, ...]
-    updated: float          # when its journals last changed (seconds since the epoch)
-    matched_by: str         # the weakest of its disks' matches
+    held: Count = 0
+    complete: bool = False
+
+    @classmethod
+    def of(cls, d: UnfinishedDisk) -> "ListedDisk":
+        return cls(**asdict(d.identity), held=d.held, complete=d.complete)
+
+    def unfinished(self) -> UnfinishedDisk:
+        return UnfinishedDisk(self.known(), self.held, self.complete)
+
+
+@dataclass(frozen=True)
+class Unfinished(Body):
+    """An unfinished capture a receiver holds of the disks an agent asked about (READY.unfinished
+    of a lookup, keyed by capture id): every disk it journaled is one of them."""
+
+    capture_id: Str
+    disks: tuple[UnfinishedDisk, ...] = ()     # on the wire: ListedDisk objects
+    updated: Seconds = 0.0           # when its journals last changed (seconds since the epoch)
+    matched_by: Str = DiskIdentity.WEAK   # the weakest of its disks' matches
     live: bool = False      # a receiver still holds it (a cut session not yet timed out)
 
     @property
@@ -792,22 +682,24 @@ class Unfinished:
         return sum(d.identity.size for d in self.disks)
 
     def to_json(self) -> dict:
-        return {"updated": self.updated, "matched_by": self.matched_by, "live": self.live,
-                "disks": [{**d.identity.to_json(), "held": d.held, "complete": d.complete} for d in self.disks]}
+        obj = records.encode(replace(self, disks=()), omit_defaults=True)
+        del obj["capture_id"]    # the key READY.unfinished lists it under
+        return {**obj, "disks": [ListedDisk.of(d).to_json() for d in self.disks]}
 
     @classmethod
     def decode(cls, capture_id: str, obj: object) -> "Unfinished":
         what = f"READY unfinished capture {capture_id!r:.40}"
         if not isinstance(obj, dict) or not isinstance(obj.get("disks"), list):
             raise ProtocolError(f"{what} is not a JSON object with a list of disks")
-        f = JsonFields(obj, what)
+        u = _decode({**obj, "capture_id": capture_id, "disks": ()}, cls, what)
         disks = []
         for i, d in enumerate(obj["disks"][:MAX_DISKS]):
-            ident = DiskIdentity.decode(d, f"{what} disk {i}")
-            df = JsonFields(d, f"{what} disk {i}")
-            disks.append(UnfinishedDisk(ident, df.int("held", 0, ident.size, default=0), df.bool("complete")))
-        return cls(capture_id=capture_id, disks=tuple(disks), updated=f.float("updated", 0.0),
-                   matched_by=f.str("matched_by", DiskIdentity.WEAK), live=f.bool("live"))
+            listed = _decode(d, ListedDisk, f"{what} disk {i}")
+            if listed.held > listed.size:
+                raise ProtocolError(f"{what} disk {i}: field 'held' must be an integer from 0 to "
+                                    f"{listed.size}, got {listed.held}")
+            disks.append(listed.unfinished())
+        return replace(u, disks=tuple(disks))
 
 
 def decode_unfinished(obj: dict) -> list[Unfinished]:
@@ -816,79 +708,58 @@ def decode_unfinished(obj: dict) -> list[Unfinished]:
     return sorted(out, key=lambda u: u.updated, reverse=True)
 
 
+class Segment(NamedTuple):
+    """One checkpoint of a receiver's resume journal (on the wire [end, digest]): it holds every
+    byte below `end`, and `digest` (hex) is BlockTree.cut_segment() over the blocks since the
+    previous checkpoint."""
+
+    end: DiskSize
+    digest: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$", description="64 hex digits")]
+
+
 @dataclass(frozen=True)
-class Segment:
-    """One checkpoint of a receiver's resume journal: it holds every byte below `end`, and
-    `digest` is BlockTree.cut_segment() over the blocks since the previous checkpoint."""
+class HeldDisk(Body):
+    """What a receiver holds of one disk of an unfinished capture (READY.held, keyed by name)."""
 
-    end: int
-    digest: bytes
-
-
-@dataclass(frozen=True)
-class HeldDisk:
-    """What a receiver holds of one disk of an unfinished capture (READY.held)."""
-
-    name: str
-    size: int
-    block_size: int
-    mode: str | None
+    name: Str
+    size: DiskSize
+    block_size: BlockSize
+    mode: Str | None = None
     segments: tuple[Segment, ...] = ()
     complete: bool = False          # verified and converted in an earlier attempt
-    digest: str | None = None       # its whole-disk digest, when complete
+    digest: Str | None = None       # its whole-disk digest, when complete
 
     @property
     def held(self) -> int:
         return self.segments[-1].end if self.segments else 0
-
-    def to_json(self) -> dict:
-        return {"size": self.size, "block_size": self.block_size, "mode": self.mode,
-                "segments": [[s.end, s.digest.hex()] for s in self.segments],
-                "complete": self.complete, "digest": self.digest}
-
-    @classmethod
-    def decode(cls, name: str, obj: dict) -> "HeldDisk":
-        f = JsonFields(obj, f"READY held disk {name!r:.40}")
-        size = f.int("size", 1, MAX_DISK_SIZE, required=True)
-        segs, last = [], 0
-        for item in obj.get("segments") or []:
-            ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
-                  and not isinstance(item[0], bool) and last < item[0] <= size and isinstance(item[1], str)
-                  and len(item[1]) == 64)
-            try:
-                digest = bytes.fromhex(item[1]) if ok else b""
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ProtocolError(f"READY held disk {name!r:.40}: bad segment {item!r:.80} "
-                                    f"(want [end, 64 hex digits], ends increasing within the disk)")
-            segs.append(Segment(item[0], digest))
-            last = item[0]
-        return cls(name=name, size=size, block_size=f.int("block_size", 512, MAX_DATA, required=True),
-                   mode=f.str("mode"), segments=tuple(segs), complete=f.bool("complete"),
-                   digest=f.str("digest"))
 
 
 def decode_held(obj: dict) -> dict[str, HeldDisk]:
     """READY.held: disk name -> HeldDisk."""
     out = {}
     for name, v in obj.items():
+        what = f"READY held disk {name!r:.40}"
         if not isinstance(v, dict):
-            raise ProtocolError(f"READY held disk {name!r:.40} is not a JSON object")
-        out[name] = HeldDisk.decode(name, v)
+            raise ProtocolError(f"{what} is not a JSON object")
+        held = _decode({**v, "name": name}, HeldDisk, what)
+        ends = [s.end for s in held.segments]
+        if ends != sorted(set(ends)) or (ends and ends[-1] > held.size):
+            raise ProtocolError(f"{what}: segment ends must increase within the disk's {held.size} bytes, "
+                                f"got {ends[:8]!r:.80}")
+        out[name] = held
     return out
 
 
 @dataclass(frozen=True)
-class Abort:
-    reason: str = "no reason given"
+class Abort(Body):
+    reason: Str = "no reason given"
 
     def encode(self) -> bytes:
-        return encode_json(T_ABORT, {"reason": self.reason[:2000]})
+        return encode_json(T_ABORT, Abort(self.reason[:2000]).to_json())
 
     @classmethod
     def decode(cls, obj: dict) -> "Abort":
-        return cls(JsonFields(obj, "ABORT").str("reason", "no reason given"))
+        return _decode(obj, cls, "ABORT")
 
 
 def encode_finish() -> bytes:
@@ -1045,30 +916,30 @@ class Event:
 class Reply:
     """One reply line. Which fields an event carries: docs/protocol.md, "Replies"."""
 
-    event: str
-    capture_id: str | None = None
-    path: str | None = None
-    receiver_version: str | None = None
-    protocol: int | None = None
+    event: Str
+    capture_id: Str | None = None
+    path: Str | None = None
+    receiver_version: Str | None = None
+    protocol: Count | None = None
     probe: bool = False
-    name: str | None = None
-    digest: str | None = None
-    image: str | None = None
-    counts: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    manifest: dict = field(default_factory=dict)
-    code: str | None = None
-    message: str | None = None
-    bytes: int | None = None
-    covered: int | None = None
-    seconds: float | None = None
-    sync_seconds: float | None = None
-    readback_bytes: int | None = None
-    readback_seconds: float | None = None
-    text: str | None = None
-    held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
-    unfinished: dict = field(default_factory=dict)  # READY of a lookup: decode_unfinished() reads it
-    load: dict = field(default_factory=dict)        # READY of a probe: ServerLoad.decode() reads it
+    name: Str | None = None
+    digest: Str | None = None
+    image: Str | None = None
+    counts: Facts = field(default_factory=dict)
+    timings: Facts = field(default_factory=dict)
+    manifest: Facts = field(default_factory=dict)
+    code: Str | None = None
+    message: Str | None = None
+    bytes: Count | None = None
+    covered: Count | None = None
+    seconds: Seconds | None = None
+    sync_seconds: Seconds | None = None
+    readback_bytes: Count | None = None
+    readback_seconds: Seconds | None = None
+    text: Str | None = None
+    held: Facts = field(default_factory=dict)        # READY of a resumed capture: decode_held() reads it
+    unfinished: Facts = field(default_factory=dict)  # READY of a lookup: decode_unfinished() reads it
+    load: Facts = field(default_factory=dict)        # READY of a probe: ServerLoad.decode() reads it
     # complete, when the receiver queues a conversion (--convert): where each converted image
     # will be, so the agent's summary can say it (the conversion runs after the session ends)
     converted_images: tuple[str, ...] = ()
@@ -1084,24 +955,14 @@ class Reply:
                       "readback_seconds"),
         Event.NOISE: ("text",),
     }
-    _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
-    _INT = ("protocol", "bytes", "covered", "readback_bytes")
-    _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
-    _MAP = ("counts", "timings", "manifest", "held", "unfinished", "load")
-    _LIST = ("converted_images",)
+    # Only a probe's / a resumed capture's / a converting receiver's reply says these (an old agent
+    # ignores the keys): left out when empty.
+    ONLY_WHEN_SET = ("probe", "held", "unfinished", "load", "converted_images")
 
     def to_json(self) -> dict:
-        obj = {"event": self.event}
-        for k in self.FIELDS.get(self.event, ()):
-            v = getattr(self, k)
-            if k in ("probe", "held", "unfinished", "load") and not v:
-                continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
-            if k in self._LIST:
-                if not v:
-                    continue   # only a converting receiver says so (an old agent ignores the key)
-                v = list(v)
-            obj[k] = v
-        return obj
+        obj = records.encode(self)
+        return {"event": self.event, **{k: obj[k] for k in self.FIELDS.get(self.event, ())
+                                        if obj[k] or k not in self.ONLY_WHEN_SET}}
 
     def encode(self) -> bytes:
         return (dumps(self.to_json(), sort_keys=True) + "\n").encode()
@@ -1118,13 +979,7 @@ class Reply:
     def from_json(cls, obj: dict) -> "Reply":
         """The typed reply of a decoded line (as the transport's pump queues them)."""
         try:
-            f = JsonFields(obj, f"reply {obj.get('event')!r:.40}")
-            vals = {k: f.str(k) for k in cls._STR}
-            vals.update({k: f.int(k) for k in cls._INT})
-            vals.update({k: f.float(k) for k in cls._FLOAT})
-            vals.update({k: f.mapping(k) for k in cls._MAP})
-            vals.update({k: f.str_list(k) for k in cls._LIST})
-            return cls(event=f.str("event", required=True), probe=f.bool("probe"), **vals)
+            return _decode(obj, cls, f"reply {obj.get('event')!r:.40}")
         except ProtocolError as e:
             return cls(Event.NOISE, text=f"{e}: {dumps(obj)[:300]}")
 

@@ -139,6 +139,17 @@ def _json_file(path: str) -> dict | None:
         return None
 
 
+@dataclass
+class _Said:
+    """What a failure record or a journal's capture facts say of a capture (the rest is not read)."""
+
+    wave: str | None = None
+    hostname: str | None = None
+    size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    resumable: bool | None = None
+    error: str | None = None
+
+
 def _partial(found: captures.Found, name: str, now: float, stall: float) -> CaptureStatus:
     lock_state = captures.state_of(found)
     store, cap = _open(found)
@@ -152,14 +163,14 @@ def _partial(found: captures.Found, name: str, now: float, stall: float) -> Capt
         cap.close()
         store.close()
     failure = _json_file(os.path.join(found.path, FAILURE)) or {}
-    ff = P.JsonFields(failure, FAILURE)
+    ff = records.decode(failure, _Said, FAILURE)
     facts = next((j.capture for j in journals.values() if j.capture), {}) or {}
-    cf = P.JsonFields(facts, "journal capture facts")
-    wave = cf.str("wave") or ff.str("wave")
-    host = cf.str("hostname") or ff.str("hostname")
+    cf = records.decode(facts, _Said, "journal capture facts")
+    wave = cf.wave or ff.wave
+    host = cf.hostname or ff.hostname
     names = [n for n in (facts.get("disks") or []) if isinstance(n, str)] or list(journals)
     sizes = {n: j.header.size for n, j in journals.items()}
-    size = (cf.int("size") or ff.int("size")
+    size = (cf.size or ff.size
             or (sum(sizes.values()) if names and all(n in sizes for n in names) else None))
     held = sum(j.header.size if j.complete is not None else j.held for j in journals.values())
     stamps = [cp.t for j in journals.values() for cp in j.checkpoints if cp.t]
@@ -173,15 +184,15 @@ def _partial(found: captures.Found, name: str, now: float, stall: float) -> Capt
     if lock_state == "live":
         # the receiver writes its pid into the lock when its session starts (store.CaptureDir)
         return _streaming(base, journals, names, now, stall, files.get(LOCK, 0.0))
-    if lock_state == "failed" and not ff.bool("resumable"):
-        reason = ff.str("error") or "failed (failure.json gives no reason)"
+    if lock_state == "failed" and not ff.resumable:
+        reason = ff.error or "failed (failure.json gives no reason)"
         return replace(base, state=State.FAILED, reason=reason, detail=reason)
     if lock_state in ("dead", "failed") and held:
-        why = ff.str("error") or "its receiver died"
+        why = ff.error or "its receiver died"
         return replace(base, state=State.RESUMABLE,
                        detail=f"{human_bytes(held)} held ({_held_text(journals)}); stopped: {why}")
     reason = ("its receiver died before anything was held" if lock_state == "dead" else
-              ff.str("error") or "no lock and no failure record (an older receiver?)")
+              ff.error or "no lock and no failure record (an older receiver?)")
     return replace(base, state=State.FAILED, reason=reason, detail=reason)
 
 

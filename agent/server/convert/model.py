@@ -115,27 +115,6 @@ class Conversion:
 @dataclass(frozen=True)
 class Verdict:
     """What a conversion came to, as the manifest's `conversion` section says it (what
-    `coldclone-server status` shows; the whole section is Conversion)."""
-
-    result: Outcome
-    message: str
-    finished: str = ""
-
-    @classmethod
-    def of(cls, section: dict) -> "Verdict":
-        f = P.JsonFields(section, "manifest conversion")
-        text = f.str("result", required=True)
-        try:
-            result = Outcome(text)
-        except ValueError:
-            raise P.ProtocolError(f"manifest conversion: unknown result {text!r:.40}") from None
-        return cls(result, f.str("message", "") or "", f.str("finished", "") or "")
-
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a conversion came to, as the manifest's `conversion` section says it (what
     `coldclone-server status` shows): read with CaptureDirectory.section("conversion",
     Verdict), the rest of the section (the whole of it is Conversion) is not looked at."""
 

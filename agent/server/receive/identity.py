@@ -19,19 +19,31 @@ docs/resume.md says the same for operators.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from ... import protocol as P
+from ... import records
+
+
+@dataclass
+class _Said:
+    """The identity facts a DISK header's `source` holds (the rest of it is not looked at)."""
+
+    serial: P.Str | None = None
+    wwid: P.Str | None = None
+    head: P.Str | None = None
 
 
 def recorded(h: P.DiskHeader) -> P.DiskIdentity:
     """A disk as its DISK header described it (the journal keeps that header)."""
-    f = P.JsonFields(h.source, f"disk {h.name!r:.40} source")
     try:
-        ident = P.DiskIdentity.of(h.name, h.size, serial=f.str("serial"), wwid=f.str("wwid"))
-        head = f.str("head", "") or ""
-    except P.ProtocolError:
+        said = records.decode(h.source, _Said, f"disk {h.name!r:.40} source")
+    except records.RecordError:
         return P.DiskIdentity(h.name, h.size)
-    return P.DiskIdentity(ident.name, ident.size, ident.serial, ident.wwid,
-                          head if P.HEX_DIGEST.fullmatch(head) else "")
+    ident = P.DiskIdentity.of(h.name, h.size, serial=said.serial, wwid=said.wwid)
+    head = said.head if said.head and P.HEX_DIGEST.fullmatch(said.head) else ""
+    return dataclasses.replace(ident, head=head)
 
 
 def mismatch(held: P.DiskIdentity, claimed: P.DiskIdentity | None) -> str | None:

@@ -61,6 +61,24 @@ class Checkpoint:
 
 
 @dataclass
+class CompleteLine:
+    """The line that marks the disk verified: its manifest entry (agent.records)."""
+
+    complete: dict
+
+
+@dataclass
+class JournalHeader:
+    """A journal's first line (agent.records): the DISK header it was started with."""
+
+    journal: str
+    version: int
+    disk: dict
+    t: float = 0.0                   # when it was created (epoch seconds)
+    capture: dict | None = None      # the capture's facts (hostname, wave, disks ...), when given
+
+
+@dataclass
 class DiskJournal:
     cap: CaptureDir
     name: str
@@ -83,7 +101,7 @@ class DiskJournal:
     def to_held(self) -> P.HeldDisk:
         h = self.header
         return P.HeldDisk(name=h.name, size=h.size, block_size=h.block_size, mode=h.mode,
-                          segments=tuple(P.Segment(c.end, bytes.fromhex(c.digest)) for c in self.checkpoints),
+                          segments=tuple(P.Segment(c.end, c.digest) for c in self.checkpoints),
                           complete=self.complete is not None,
                           digest=self.complete.get("digest") if self.complete else None)
 
@@ -168,13 +186,13 @@ class DiskJournal:
         if not lines:
             raise bad("is empty")
         try:
-            first = P.loads_object(lines[0], "journal header")
-            if first.get("journal") != MAGIC or first.get("version") != VERSION:
+            obj = P.loads_object(lines[0], "journal header")
+            if obj.get("journal") != MAGIC or obj.get("version") != VERSION:
                 raise bad(f"is not a version {VERSION} coldclone resume journal")
-            header = P.DiskHeader.decode(P.JsonFields(first, "journal header").mapping("disk"))
-            capture = P.JsonFields(first, "journal header").mapping("capture") or None
-            created = P.JsonFields(first, "journal header").float("t", 0.0)
-        except P.ProtocolError as e:
+            first = records.decode(obj, JournalHeader, "journal header")
+            header = P.DiskHeader.decode(first.disk)
+            capture, created = first.capture or None, first.t
+        except (P.ProtocolError, records.RecordError) as e:
             raise bad(f"has a bad header ({e})") from None
         if header.name + SUFFIX != file_name:
             raise bad(f"belongs to disk {header.name!r}")
@@ -183,7 +201,7 @@ class DiskJournal:
             try:
                 obj = P.loads_object(line, f"journal line {n}")
                 if "complete" in obj:
-                    j.complete = P.JsonFields(obj, f"journal line {n}").mapping("complete")
+                    j.complete = records.decode(obj, CompleteLine, f"journal line {n}").complete
                     continue
                 cp = records.decode(obj, Checkpoint, f"journal line {n}")
                 if not j.held < cp.end <= header.size or cp.data_bytes < 0:

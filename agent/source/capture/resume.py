@@ -76,7 +76,7 @@ def plan_resume(src: SourceDisk, opts: StreamOptions, held: P.HeldDisk | None,
                                           f"holds ({e}); check `dmesg`") from None
                 else:
                     tree.add_zero(tree.pos, stop - tree.pos)
-            if tree.cut_segment() != seg.digest:
+            if tree.cut_segment() != bytes.fromhex(seg.digest):
                 return DiskResume(
                     restart_reason=f"the source changed since the held copy was received: bytes "
                                    f"{start}-{seg.end} differ", checked_bytes=seg.end,
