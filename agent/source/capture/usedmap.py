@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..discover.probe import parse_export, read_partition_table
+from ... import records
 from ...errors import CommandError, SourceError
 from ...runcmd import run
 from ...units import human_bytes
@@ -102,13 +103,8 @@ class AreaMap:
     tool: str | None = None   # partclone.extfs ... for mapped filesystems
     used_bytes: int | None = None      # what the map calls used (before block alignment)
     skipped_bytes: int = 0             # not read, after block alignment (set by plan_disk)
-    fallback: str = ""                 # why this area is sent as nonzero, when it is
+    fallback: str | None = None        # why this area is sent as nonzero, when it is
     notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "offset": self.offset, "size": self.size, "content": self.content,
-                "tool": self.tool, "used_bytes": self.used_bytes, "skipped_bytes": self.skipped_bytes,
-                "fallback": self.fallback or None, "notes": self.notes}
 
 
 @dataclass
@@ -133,7 +129,7 @@ class UsedMap:
             by_why[e.why.value] = by_why.get(e.why.value, 0) + e.length
         return {"block_size": self.block_size, "read_bytes": self.read_bytes,
                 "skipped_bytes": self.skipped_bytes, "bytes_by_reason": by_why,
-                "extents": len(self.extents), "areas": [a.as_dict() for a in self.areas]}
+                "extents": len(self.extents), "areas": records.encode(self.areas)}
 
 
 def whole_disk(size: int) -> list[Extent]:
