@@ -139,6 +139,8 @@ def _words(t: mi.Type) -> str:
     if isinstance(t, (mi.ListType, mi.VarTupleType)):
         item = t.item_type.type if isinstance(t.item_type, mi.Metadata) else t.item_type
         kind = "strings" if isinstance(item, mi.StrType) else "objects"
+        if isinstance(item, mi.NamedTupleType):    # written as arrays: [end, digest]
+            kind = "[" + ", ".join(f"{f.name}: {_words(f.type)}" for f in item.fields) + "]"
         return f"a list of {kind}" if t.max_length is None else f"a list of at most {t.max_length} {kind}"
     return type(t).__name__
 
