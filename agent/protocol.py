@@ -960,9 +960,14 @@ class Reply:
     ONLY_WHEN_SET = ("probe", "held", "unfinished", "load", "converted_images")
 
     def to_json(self) -> dict:
-        obj = records.encode(self)
-        return {"event": self.event, **{k: obj[k] for k in self.FIELDS.get(self.event, ())
-                                        if obj[k] or k not in self.ONLY_WHEN_SET}}
+        # getattr, not records.encode: msgspec leaves a decoded dataclass's simple defaults out of
+        # its __dict__, and to_builtins writes only what is there
+        out = {"event": self.event}
+        for k in self.FIELDS.get(self.event, ()):
+            v = getattr(self, k)
+            if v or k not in self.ONLY_WHEN_SET:
+                out[k] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def encode(self) -> bytes:
         return (dumps(self.to_json(), sort_keys=True) + "\n").encode()

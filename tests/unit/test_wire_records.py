@@ -77,6 +77,8 @@ def test_the_previous_releases_bodies_decode_the_same():
     assert held == P.HeldDisk(name="sda", size=1 << 20, block_size=65536, mode="used",
                               segments=(P.Segment(65536, HEAD),), complete=True, digest="cd" * 32)
     assert held.held == 65536
+    # the transport's pump queues each reply as the JSON object it is
+    assert P.parse_reply(OLD_READY) == json.loads(OLD_READY)
     # and what this release writes, an older reader (which takes a missing key as its default) reads
     # back to the same model
     assert P.Hello.decode(json.loads(json.dumps(hello.to_json()))) == hello
