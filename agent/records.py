@@ -58,10 +58,33 @@ def encode(obj: Any, omit_defaults: bool = False) -> Any:
     return value
 
 
+def _complete(obj: Any) -> Any:
+    """msgspec.convert leaves a dataclass field the document did not have, when its default is a
+    plain value, out of the instance's __dict__ (reads fall through to the class attribute), and
+    to_builtins then leaves it out of what is written: a manifest loaded and written again would
+    lose those keys. Set them on the instance, in every model nested in obj."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, (list, tuple)):
+            stack.extend(x for x in o if isinstance(x, (list, tuple, dict)) or dataclasses.is_dataclass(x))
+        elif isinstance(o, dict):
+            stack.extend(x for x in o.values()
+                         if isinstance(x, (list, tuple, dict)) or dataclasses.is_dataclass(x))
+        elif dataclasses.is_dataclass(o) and not isinstance(o, type) and hasattr(o, "__dict__"):
+            for f in dataclasses.fields(o):
+                if f.name not in o.__dict__:
+                    object.__setattr__(o, f.name, getattr(o, f.name))
+                v = o.__dict__[f.name]
+                if isinstance(v, (list, tuple, dict)) or dataclasses.is_dataclass(v):
+                    stack.append(v)
+    return obj
+
+
 def decode(value: Any, type_: type[T], what: str) -> T:
     """A model from a JSON value; RecordError naming `what` and the field when it does not fit."""
     try:
-        return msgspec.convert(value, type_, strict=True)
+        return _complete(msgspec.convert(value, type_, strict=True))
     except msgspec.ValidationError as e:
         raise RecordError(f"{what}: {str(e).replace('`', '')}") from None
 
@@ -72,7 +95,7 @@ def decode_fields(value: Any, type_: type[T], what: str, error: type[Exception] 
     must be is said from its declaration (its type and msgspec.Meta limits, or the Meta's
     description), so the limits are written once."""
     try:
-        return msgspec.convert(value, type_, strict=True)
+        return _complete(msgspec.convert(value, type_, strict=True))
     except msgspec.ValidationError as e:
         raise error(_which_field(value, type_, what) or f"{what}: {str(e).replace('`', '')}") from None
 

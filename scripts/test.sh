@@ -35,7 +35,7 @@ echo "make test: the ISO was ready $(( $(date +%s) - t0 )) s after the start"
 # Two workers: a TCG guest or a receiver's pipeline leaves a core idle much of the time. A
 # module's tests stay on one worker (tests/conftest.py). What measures against the clock runs
 # alone afterwards (-m serial).
-$PYTEST -q -n 2 --dist loadgroup -m "not slow and not serial" tests/integration tests/vm --durations=40 || rc=1
+$PYTEST -q -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow and not serial" tests/integration tests/vm --durations=40 || rc=1
 $PYTEST -q -m "serial and not slow" tests/integration tests/vm --durations=10 || rc=1
 echo "make test: all tiers in $(( $(date +%s) - t0 )) s"
 exit $rc

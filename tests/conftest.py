@@ -24,14 +24,44 @@ SHARED_SETUP = {
     "tests/vm/test_guest_discovery.py": "vm-shared-boots",
 }
 
+# What the costly groups took in `make test` here (seconds, both workers busy; --durations
+# shows them): only their order matters. Unlisted groups take under a minute or two each.
+GROUP_COST = {
+    "vm-shared-boots": 900,
+    "tests/vm/test_whole_story.py": 800,
+    "tests/vm/test_wave.py": 700,
+    "tests/vm/test_lvm_used.py": 600,
+    "tests/vm/test_iscsi.py": 560,
+    "tests/vm/test_multipath.py": 410,
+    "tests/vm/test_resume_reboot.py": 390,
+    "tests/vm/test_nfs.py": 250,
+    "tests/integration/test_used_mode.py": 250,
+    "tests/integration/test_convert_md.py": 245,
+    "tests/integration/test_resume_multi.py": 190,
+    "tests/integration/test_resume.py": 130,
+    "tests/vm/test_tui_serial.py": 120,
+    "tests/integration/test_convert.py": 110,
+    "tests/integration/test_finish_kills.py": 110,
+    "tests/integration/test_capture.py": 100,
+    "tests/integration/test_wave_placement.py": 100,
+}
 
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # `make test` runs the integration and vm tiers on two xdist workers with
     # --dist loadgroup: a module's tests stay on one worker (its module fixtures are built
-    # once), and the modules of SHARED_SETUP share one.
+    # once), and the modules of SHARED_SETUP share one. tryfirst: xdist's worker reads the
+    # xdist_group marks in its own pytest_collection_modifyitems (not trylast in xdist 3.8),
+    # which otherwise ran before this one and saw none: every test was its own group.
     for item in items:
         module = os.path.relpath(str(item.path), REPO)
         item.add_marker(pytest.mark.xdist_group(SHARED_SETUP.get(module, module)))
+    # Longest groups first (with --no-loadscope-reorder, xdist hands out groups in this order,
+    # the next to whichever worker is free): the run then ends on short groups instead of one
+    # worker booting the whole story while the other idles.
+    items.sort(key=lambda it: -GROUP_COST.get(SHARED_SETUP.get(os.path.relpath(str(it.path), REPO),
+                                                               os.path.relpath(str(it.path), REPO)), 0))
     if is_root():
         return
     skip = pytest.mark.skip(reason="needs root (loop devices, sshd, mounts)")

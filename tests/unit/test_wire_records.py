@@ -88,3 +88,23 @@ def test_the_previous_releases_bodies_decode_the_same():
 def test_decode_fields_falls_back_to_msgspecs_words_for_a_shape_it_cannot_name():
     with pytest.raises(records.RecordError, match="is not a JSON object"):
         records.decode_fields([1], P.DiskHeader, "DISK")
+
+
+def test_a_decoded_model_writes_every_field_again():
+    """msgspec.convert leaves fields the document lacked (plain defaults) off the instance, and
+    to_builtins would then leave them out: a manifest read and written again lost keys."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        q: int = 0
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        x: int
+        y: int = 3
+        inner: tuple[Inner, ...] = ()
+        by_name: dict[str, Inner] = dataclasses.field(default_factory=dict)
+
+    got = records.encode(records.decode({"x": 1, "inner": [{}], "by_name": {"a": {}}}, Outer, "doc"))
+    assert json.loads(json.dumps(got)) == {"x": 1, "y": 3, "inner": [{"q": 0}], "by_name": {"a": {"q": 0}}}

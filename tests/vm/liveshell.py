@@ -38,11 +38,16 @@ class LiveShell:
             raise ShellError(f"the boot is not running with a serial socket: {boot.summary()}")
         self.boot = boot
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(boot.serial_socket)
-        self.sock.settimeout(0.5)
-        # No kernel messages on this console, no line editing, no echo of what we type: the
-        # output is what the commands print.
-        self.run("dmesg -n 1; set +o emacs +o vi; stty -echo cols 500; PS1=; PS2=", timeout=60)
+        try:
+            self.sock.connect(boot.serial_socket)
+            self.sock.settimeout(0.5)
+            # No kernel messages on this console, no line editing, no echo of what we type: the
+            # output is what the commands print. (A TCG guest on a loaded machine can take
+            # minutes to answer its first command.)
+            self.run("dmesg -n 1; set +o emacs +o vi; stty -echo cols 500; PS1=; PS2=", timeout=240)
+        except BaseException:
+            self.close()      # no shell to hand over: QEMU must not outlive the test
+            raise
 
     def _read_until(self, pattern: re.Pattern, timeout: float, what: str) -> tuple[str, re.Match]:
         buf = b""

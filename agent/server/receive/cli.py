@@ -255,5 +255,28 @@ def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.val
     return spawn(argv, os.path.join(capture_path, "conversion.out"))
 
 
+def run_and_exit() -> None:
+    """The process's entry: main(), then exit without the interpreter's finalization.
+
+    The prefetch thread (prefetch.py) may still be blocked in a read of stdin when the session
+    ends (a refusal before the agent stopped sending): finalization would then try to take the
+    stdin buffer's lock that thread holds and abort the process ("Fatal Python error:
+    _enter_buffered_busy", exit 250 instead of the refusal's 1). Everything the receiver keeps is
+    already fsynced by then, so what is left to do is flush the replies and the log."""
+    try:
+        rc = main()
+    except SystemExit as e:    # argparse's usage errors, the idle alarm
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        rc = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    logging.shutdown()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()
