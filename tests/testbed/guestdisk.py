@@ -24,18 +24,23 @@ MiB = 1 << 20
 DEBIAN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "debian_disk.sh")
 
 
-def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str = "plain") -> str:
+def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str = "plain",
+                network: str = "eth0-rule-dhcp", modules: str = "most") -> str:
     """The bootable Debian 12 disk of debian_disk.sh (``firmware`` bios: MBR + GRUB pc; uefi: GPT
-    + ESP + GRUB EFI), built from ``base`` (the live ISO build's debootstrap tarball), cached in
-    ``cache_dir`` under the script's own digest: a changed script builds a new disk instead of
-    reusing one made by an older version. ``layout`` lvm (bios only): root on LV ccvm/root, the
-    disk with /boot and an empty PV partition, the root filesystem beside it as DISK.rootfs."""
+    + ESP + GRUB EFI in EFI/debian only), built from ``base`` (the live ISO build's debootstrap
+    tarball), cached in ``cache_dir`` under the script's own digest: a changed script builds a
+    new disk instead of reusing one made by an older version. ``layout`` lvm (bios only): root
+    on LV ccvm/root, the disk with /boot and an empty PV partition, the root filesystem beside it
+    as DISK.rootfs. ``network``: eth0-rule-dhcp (a MAC-bound udev rule naming eth0, DHCP) or
+    ens3-static (the e1000's slot name, a static address); ``modules``: most, or list (a
+    host-only initramfs without virtio)."""
     with open(DEBIAN_SCRIPT, "rb") as f:
         tag = hashlib.sha256(f.read()).hexdigest()[:12]
     os.makedirs(cache_dir, exist_ok=True)
-    kind = firmware if layout == "plain" else f"{firmware}-{layout}"
+    kind = "-".join([firmware] + [v for v, default in ((layout, "plain"), (network, "eth0-rule-dhcp"),
+                                                       (modules, "most")) if v != default])
     disk = os.path.join(cache_dir, f"debian12-{kind}-{tag}.raw")
-    run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout], timeout=1800,
+    run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout, network, modules], timeout=1800,
         hint=f"building the Debian test disk ({kind}) failed")
     return disk
 

@@ -89,3 +89,28 @@ def test_the_receivers_engine_names_are_the_converters():
     from agent.server.receive.store import CONVERT_ENGINES
 
     assert list(CONVERT_ENGINES) == [e.value for e in Engine]
+
+
+def test_the_receivers_network_policies_are_the_converters():
+    from agent.server.convert.model import NetworkPolicy
+    from agent.server.receive.store import NETWORK_POLICIES
+
+    assert list(NETWORK_POLICIES) == [p.value for p in NetworkPolicy]
+    assert NETWORK_POLICIES[0] == NetworkPolicy.DHCP.value        # the default on both
+
+
+def test_network_without_convert_is_refused_and_a_wrong_policy_named(tmp_path):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    rx = os.path.join(BIN, "coldclone-receive")
+    r = subprocess.run([rx, "--root", str(tmp_path), "--network", "keep"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--network needs --convert" in r.stderr, r.stderr
+    r = subprocess.run([rx, "--root", str(tmp_path), "--convert", "--network", "static"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'static'" in r.stderr, r.stderr
+    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), str(tmp_path), "--network", "static"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'static'" in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)

@@ -5,7 +5,8 @@ evidence), a `conversion` section in manifest.json, and conversion.log in the ca
 
 Exit codes: 0 converted; 2 the directory is not a complete, verified capture; 5 the conversion
 failed (a tool broke: the manifest and the log say which); 7 not converted (no OS on the disks,
-or an OS we cannot convert): the capture stays complete and verified.
+an OS we cannot convert, or with --engine fixups an initramfs without virtio drivers that the
+guest's own tools cannot rebuild): the capture stays complete and verified.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from ...errors import EXIT_SERVER, EXIT_USAGE, UsageError
 from .convert import convert, read_capture
-from .model import CopyMethod, Engine, Outcome
+from .model import CopyMethod, Engine, NetworkPolicy, Outcome
 
 EXIT_NOT_CONVERTED = 7
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", action="store_true",
                     help="with --engine fixups: write each <disk>.kvm.qcow2 as a qcow2 overlay backed by the "
                          "evidence (instant, but it needs the evidence beside it) instead of a standalone copy")
+    ap.add_argument("--network", choices=[p.value for p in NetworkPolicy], default=NetworkPolicy.DHCP.value,
+                    help="the primary interface on the instance's first virtio NIC (eth0): dhcp (default, "
+                         "Neutron's) switches it to DHCP; keep keeps its static addresses, routes and DNS "
+                         "(for a port created with the old fixed IP). Other interfaces are disabled either way")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_handler)
     try:
-        conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY)
+        conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY,
+                       network=NetworkPolicy(args.network))
     except UsageError as e:
         print(f"coldclone-convert: {e}", file=sys.stderr)
         return e.exit_code

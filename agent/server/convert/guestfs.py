@@ -248,3 +248,25 @@ class Guest:
 
     def remove(self, path: str) -> None:
         self.fish("rm", path)
+
+    # -------------------------------------------- binaries and the guest's own tools
+    def download(self, path: str, local: str) -> None:
+        """A guest file (an initramfs, a boot loader) to a local path, byte for byte."""
+        self.fish("download", path, local)
+
+    def checksum(self, path: str) -> str:
+        return self.fish("checksum", "sha256", path).strip()
+
+    def copy(self, src: str, dst: str) -> None:
+        self.fish("cp", src, dst)
+
+    def move(self, src: str, dst: str) -> None:
+        self.fish("mv", src, dst)
+
+    def mkdir_p(self, path: str) -> None:
+        self.fish("mkdir-p", path)
+
+    def command(self, argv: list[str], timeout: float = 1800) -> str:
+        """Run one of the guest's own programs in its root (the appliance's kernel, /dev, /proc
+        and /sys bound in), as virt-v2v does for update-initramfs and dracut."""
+        return self.fish("command", " ".join(argv), timeout=timeout)

@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable
 
 from ...runcmd import spawn
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import CONVERT_ENGINES
+from .store import CONVERT_ENGINES, NETWORK_POLICIES
 from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0],
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
+    ap.add_argument("--network", choices=NETWORK_POLICIES, default=NETWORK_POLICIES[0],
+                    help="with --convert: coldclone-convert's --network (default dhcp: the primary interface "
+                         "switches to DHCP; keep: it keeps its static addresses)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.convert_engine != CONVERT_ENGINES[0] and not args.convert:
         ap.error("--convert-engine needs --convert")
+    if args.network != NETWORK_POLICIES[0] and not args.convert:
+        ap.error("--network needs --convert")
     grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
     try:
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         session.stop()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path, args.convert_engine)
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine, args.network)
     return rc
 
 
@@ -195,13 +200,14 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0]) -> int:
+def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0], network: str = NETWORK_POLICIES[0]) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
     capture, the conversion waits its turn on the root's lock. By command, not by import: the
     converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path, "--engine", engine], os.path.join(capture_path, "conversion.out"))
+    return spawn([exe, capture_path, "--engine", engine, "--network", network],
+                 os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":

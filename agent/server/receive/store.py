@@ -38,6 +38,9 @@ CONVERTED_SUFFIX = ".kvm.qcow2"
 # coldclone-receive --convert-engine: the receiver starts the converter as a command and may not
 # import it (the layers in .importlinter)
 CONVERT_ENGINES = ("virt-v2v", "fixups")
+# and its --network policies (agent.server.convert.model.NetworkPolicy, kept equal the same way;
+# the first is the default)
+NETWORK_POLICIES = ("dhcp", "keep")
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
 RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock", ".journal")
