@@ -260,7 +260,7 @@ in_chroot $PIPRUN install -q --no-index --no-cache-dir --disable-pip-version-che
     --no-deps "/tmp/wheels/$(basename "$AGENTWHL")"
 in_chroot $PIPRUN check --disable-pip-version-check >&2 || log "WARNING: pip check reports problems (above)"
 in_chroot /opt/coldclone/bin/python -c \
-    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard' ||
+    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, yaml' ||
     die "the agent venv does not import"
 in_chroot /opt/coldclone/bin/python -m pip --version >/dev/null 2>&1 && die "pip leaked into the venv"
 umount_under "$WORK"

@@ -552,7 +552,10 @@ def plan(cfg: NetworkConfig) -> NetworkPlan:
     # Only a configuration bound to a name needs the name to be predictable; a keyfile that
     # matches any NIC comes up on whatever the virtio NIC is called.
     p.kernel_arg = named and cfg.predictable_names
+    # every other configuration that comes up at boot: one for a NIC the instance lacks fails
+    # or holds up the boot, and one bound only by a MAC (its binding gone) or matching any NIC
+    # would compete with the primary's for the virtio NIC
     p.secondaries = list(dict.fromkeys(i.name for i in cfg.interfaces
-                                       if i.name not in chain_names and i.onboot and i.named
+                                       if i.name not in chain_names and i.onboot
                                        and i.kind is not IfaceKind.OTHER))
     return p

@@ -65,16 +65,24 @@ if [ "$layout" = lvm ]; then
 elif [ "$firmware" = bios ]; then
     truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
-    esp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
+    esp=""; bootp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
 else
     truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel gpt mkpart ESP fat32 1MiB 101MiB set 1 esp on \
         mkpart root ext4 101MiB 1800MiB mkpart swap linux-swap 1800MiB 100%
-    esp=p1; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
+    esp=p1; bootp=""; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
 fi
 loop=$(losetup --show -f "$tmp")
-# The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does).
+# The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does), and with
+# no udevd the nodes appear when devtmpfs gets to them: wait for every one.
 partx -u "$loop" 2>/dev/null || true; partx -a "$loop" 2>/dev/null || true
+for i in $(seq 1 100); do
+    missing=""
+    for p in $esp $bootp $rootp $swapp; do [ -b "${loop}$p" ] || missing="$missing ${loop}$p"; done
+    [ -z "$missing" ] && break
+    sleep 0.1; partx -a "$loop" 2>/dev/null || true
+done
+[ -z "$missing" ] || { echo "debian_disk.sh: no partition node$missing" >&2; losetup -d "$loop"; exit 1; }
 cleanup() {
     umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
@@ -108,6 +116,21 @@ in_chroot apt-get update -qq
 if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
 in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
     ifupdown isc-dhcp-client iproute2 udev $extra >/dev/null
+# A server's kernel without the drivers of hardware neither it nor its KVM successor has (GPUs,
+# media, wireless, sound, InfiniBand, other vendors' NICs): the VM tier captures these disks
+# under TCG, where every megabyte costs; the apt lists go too. Then the initramfs is rebuilt
+# from what is left (depmod first), as the kernel's own postinst did.
+kdir=$(echo "$mnt"/usr/lib/modules/*/kernel)
+for d in sound drivers/gpu drivers/media drivers/infiniband drivers/iio drivers/staging drivers/comedi \
+         drivers/mtd drivers/video drivers/hwmon drivers/isdn drivers/bluetooth drivers/net/wireless \
+         drivers/net/can drivers/net/usb drivers/net/wwan drivers/net/ieee802154 net/wireless net/mac80211 \
+         net/bluetooth; do
+    rm -rf "${kdir:?}/$d"
+done
+find "$kdir/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name intel -exec rm -rf {} +
+in_chroot depmod -a "$(basename "$(dirname "$kdir")")"
+rm -rf "$mnt"/var/lib/apt/lists/*
+[ "$modules" = list ] || in_chroot update-initramfs -u -k all >/dev/null 2>&1
 {
     echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
     echo "$rootdev  /     ext4  errors=remount-ro  0 1"

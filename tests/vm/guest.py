@@ -334,13 +334,13 @@ def headless_cmdline(server: HostServer, path: str, capture_id: str | None, iden
 def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = None,
                   timeout: float = 480, name: str | None = None, log_dir: str | None = None,
                   expect_failure: bool = False, memory_mib: int = 2048,
-                  stop_when: Callable[[], bool] | None = None) -> Run:
+                  stop_when: Callable[[], bool] | None = None, nic: list[str] | None = None) -> Run:
     """Boot the ISO with ``cmdline`` appended; wait for the guest to power off by itself.
 
     A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
     the latest): a failed run does not power off, it leaves a root shell.
     ``stop_when``: the host's test for a power cut; QEMU is killed when it says yes
-    (vmboot.boot).
+    (vmboot.boot). ``nic``: the source server's NIC instead of QEMU's default (vmboot.qemu_argv).
     """
     res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
                                 timeout=timeout, log_dir=log_dir,
@@ -348,7 +348,7 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
                                 memory_mib=memory_mib, name=name,
                                 marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
                                 abort_on=(() if expect_failure else (FAILED_LINE,)),
-                                abort_grace=45 if not expect_failure else 0, stop_when=stop_when)
+                                abort_grace=45 if not expect_failure else 0, stop_when=stop_when, nic=nic)
     con = parse_console(res.console)
     ms = res.mark_seconds
     start = ms.get(STARTING_LINE)

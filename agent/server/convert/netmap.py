@@ -568,6 +568,8 @@ def fix_kernel_names(text: str, path: str) -> FixResult:
     if path == "/boot/grub2/grubenv":
         return _fix_grubenv(text, path, why)
     whole_line = path == "/etc/kernel/cmdline"
+    # a BLS entry's `linux` line names the kernel only: its arguments are the `options` line
+    bls = path.startswith("/boot/loader/entries/")
     for no, line, bare in _content_lines(text):
         if bare is None:
             out.append(line)
@@ -575,7 +577,10 @@ def fix_kernel_names(text: str, path: str) -> FixResult:
         new_bare = None
         if whole_line:
             new_bare = _with_names_arg(bare)
-        elif _KERNEL_LINE.match(bare) or (_BLS_OPTIONS.match(bare) and "$kernelopts" not in bare):
+        elif bls:
+            if _BLS_OPTIONS.match(bare) and "$kernelopts" not in bare:
+                new_bare = _with_names_arg(bare)
+        elif _KERNEL_LINE.match(bare):
             new_bare = _with_names_arg(bare)
         else:
             m = _CMDLINE_VAR.match(bare)
