@@ -45,8 +45,8 @@ def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str =
     return disk
 
 
-def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | None = None) -> None:
-    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text)."""
+def ext4_disk(image: str, tree: dict[str, str | bytes], size_mib: int = 64, uuid: str | None = None) -> None:
+    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, or bytes)."""
     with open(image, "wb") as f:
         f.truncate(size_mib * MiB)
     run(["parted", "-s", image, "mklabel", "gpt", "mkpart", "root", "ext4", "1MiB", f"{size_mib - 1}MiB"])
@@ -55,7 +55,7 @@ def ext4_disk(image: str, tree: dict[str, str], size_mib: int = 64, uuid: str | 
         for rel, text in tree.items():
             path = os.path.join(src, rel.lstrip("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
+            with open(path, "wb" if isinstance(text, bytes) else "w") as f:
                 f.write(text)
         argv = ["mkfs.ext4", "-F", "-q", "-E", f"offset={MiB}", "-d", src]
         if uuid:
