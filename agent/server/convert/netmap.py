@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...guestos import netconfig
-from ...guestos.netconfig import NAMES_ARG, IfaceKind, NetworkPlan
+from ...guestos.netconfig import NAMES_ARG, NetworkPlan
 from .fixes import MARK, _content_lines, _disable
 from .model import Fix, FixKind, FixResult, NetworkPolicy
 
@@ -90,10 +90,6 @@ def _line_end(line: str) -> str:
     return line[len(line.rstrip("\r\n")):]
 
 
-def _note(kind_why: str) -> str:
-    return kind_why
-
-
 # --- ifupdown ------------------------------------------------------------------------------
 
 _STATIC_OPTS = ("address", "netmask", "gateway", "broadcast", "network", "pointopoint", "metric",
@@ -126,8 +122,7 @@ def map_interfaces(text: str, path: str, roles: Roles) -> FixResult:
     new = roles.new
 
     def disable(no: int, group: list[str], bare: str, kind: FixKind, why: str, note: str) -> None:
-        for k, g in enumerate(group):
-            out.append(_disable(g, note))
+        out.extend(_disable(g, note) for g in group)
         res.fixes.append(Fix(kind, path, no, bare.strip(), f"# {MARK}: {note}: {bare.strip()}", why))
 
     for no, group, logical in _physical_groups(text):
@@ -158,16 +153,9 @@ def map_interfaces(text: str, path: str, roles: Roles) -> FixResult:
         if key in ("auto", "allow-auto", "allow-hotplug") or key.startswith("allow-"):
             current = None
             names = words[1:]
-            kept = []
-            for n in names:
-                r = roles.role(n)
-                if r == "primary" and roles.plan.rename:
-                    kept.append(new)
-                elif r in ("member", "secondary") or (r == "primary" and False):
-                    continue
-                else:
-                    kept.append(n)
             dropped = [n for n in names if roles.role(n) in ("member", "secondary")]
+            kept = [new if roles.role(n) == "primary" and roles.plan.rename else n
+                    for n in names if n not in dropped]
             if not dropped and kept == names:
                 out += group
                 continue
@@ -201,8 +189,7 @@ def map_interfaces(text: str, path: str, roles: Roles) -> FixResult:
         if roles.flatten and _FLATTEN_OPTS.match(key):
             disable(no, group, logical, FixKind.NET_FLATTEN, roles.flatten_why, "bond/VLAN/bridge of the old NICs")
             continue
-        dhcp_family = roles.to_dhcp
-        if dhcp_family and (key in _STATIC_OPTS or (key in ("up", "post-up", "pre-up", "down", "post-down", "pre-down")
+        if roles.to_dhcp and (key in _STATIC_OPTS or (key in ("up", "post-up", "pre-up", "down", "post-down", "pre-down")
                                                    and _ROUTE_CMD.search(value))):
             disable(no, group, logical, FixKind.NET_DHCP, roles.dhcp_why, "static setting, DHCP now")
             continue
@@ -625,7 +612,3 @@ def chain_results(first: FixResult, then: Callable[[str], FixResult]) -> FixResu
     before the lines it edits (insertions go at the end or after a section header)."""
     second = then(first.text)
     return FixResult(second.text, first.fixes + second.fixes, first.warnings + second.warnings)
-
-
-def iface_kind(cfg: netconfig.NetworkConfig, name: str) -> IfaceKind | None:
-    return next((i.kind for i in cfg.named(name)), None)
