@@ -171,14 +171,15 @@ def test_refuses_what_is_not_a_complete_capture(root, tmp_path):
 
 
 def test_receiver_convert_queues_the_conversion(root, tmp_path):
-    """`coldclone-receive --convert`: the receiver answers `complete` and exits at once; the
-    conversion runs detached after it and records its outcome in the manifest."""
+    """`coldclone-receive --convert --network keep`: the receiver answers `complete` and exits
+    at once; the conversion runs detached after it, with the receiver's --network, and records
+    its outcome (and that policy) in the manifest."""
     from tests.streams import capture_stream
 
     guestdisk.ext4_disk(str(tmp_path / "d.img"), {"notes.txt": "no OS here\n"}, size_mib=32)
     stream = capture_stream("queued01", {"sdd": open(tmp_path / "d.img", "rb").read()})
     t = time.monotonic()
-    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert"],
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert", "--network", "keep"],
                        input=stream, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert time.monotonic() - t < 30          # it did not wait for the appliance
@@ -191,6 +192,7 @@ def test_receiver_convert_queues_the_conversion(root, tmp_path):
             break
         time.sleep(2)
     assert m["conversion"]["result"] == "not_converted", open(os.path.join(cap, "conversion.out")).read()
+    assert m["conversion"]["network"]["policy"] == "keep"
     assert m["status"] == "complete"
     assert "not converted: no operating system" in open(os.path.join(cap, "conversion.out")).read()
 

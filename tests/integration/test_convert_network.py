@@ -21,7 +21,7 @@ import pytest
 from agent.guestos.tree import inspect_tree
 from agent.server.convert.model import Engine, Fix, NetworkPolicy, prediction_gaps
 from tests.conftest import BIN
-from tests.testbed import guestdisk
+from tests.testbed import guestdisk, netconfigs
 
 pytestmark = pytest.mark.root
 
@@ -39,14 +39,7 @@ RHEL_TREE = {
         "title Red Hat Enterprise Linux (4.18.0-553.el8_10.x86_64) 8.10 (Ootpa)\nversion 4.18.0-553.el8_10.x86_64\n"
         "linux /vmlinuz-4.18.0-553.el8_10.x86_64\ninitrd /initramfs-4.18.0-553.el8_10.x86_64.img $tuned_initrd\n"
         "options $kernelopts $tuned_params\nid rhel-20240101-4.18.0-553.el8_10.x86_64\ngrub_users $grub_users\n",
-    f"{NS}/ifcfg-eno1": "TYPE=Ethernet\nNAME=eno1\nDEVICE=eno1\nHWADDR=00:25:90:aa:bb:01\nONBOOT=yes\nMASTER=bond0\nSLAVE=yes\n",
-    f"{NS}/ifcfg-eno2": "TYPE=Ethernet\nNAME=eno2\nDEVICE=eno2\nHWADDR=00:25:90:aa:bb:02\nONBOOT=yes\nMASTER=bond0\nSLAVE=yes\n",
-    f"{NS}/ifcfg-bond0": 'DEVICE=bond0\nNAME=bond0\nTYPE=Bond\nBONDING_MASTER=yes\n'
-                         'BONDING_OPTS="mode=802.3ad miimon=100"\nBOOTPROTO=none\nONBOOT=yes\n',
-    f"{NS}/ifcfg-bond0.100": "DEVICE=bond0.100\nNAME=bond0.100\nVLAN=yes\nBOOTPROTO=none\nIPADDR=192.0.2.10\n"
-                             "PREFIX=24\nGATEWAY=192.0.2.1\nDNS1=192.0.2.53\nONBOOT=yes\n",
-    f"{NS}/ifcfg-eno3": "TYPE=Ethernet\nDEVICE=eno3\nHWADDR=00:25:90:aa:bb:03\nBOOTPROTO=static\nIPADDR=10.9.0.4\n"
-                        "NETMASK=255.255.0.0\nONBOOT=yes\n",
+    **{f"{NS}/{name}": text for name, text in netconfigs.RHEL_BOND_VLAN_IFCFG.items()},
     "etc/NetworkManager/system-connections/backup.nmconnection":
         "[connection]\nid=backup\nuuid=8e1f0b52-5a1c-4b0e-9c4d-3b6a2f1e0d9c\ntype=ethernet\n\n"
         "[ethernet]\nmac-address=00:25:90:AA:BB:04\n\n[ipv4]\nmethod=auto\n",
@@ -55,22 +48,7 @@ RHEL_TREE = {
 GRUBENV = "# GRUB Environment Block\nsaved_entry=4f2e-4.18.0-553.el8_10.x86_64\nkernelopts=root=UUID=3f1d2c4b-5a6e-4f70-8192-a3b4c5d6e7f8 ro crashkernel=auto rhgb quiet \n"
 RHEL_TREE["boot/grub2/grubenv"] = GRUBENV + "#" * (1024 - len(GRUBENV))
 
-NETPLAN = """# This is the network config written by 'subiquity'
-network:
-  ethernets:
-    eno1:
-      match:
-        macaddress: 3c:ec:ef:12:34:56
-      set-name: eno1
-      addresses:
-      - 192.0.2.20/24
-      routes:
-      - to: default
-        via: 192.0.2.1
-      nameservers:
-        addresses: [192.0.2.53]
-  version: 2
-"""
+NETPLAN = netconfigs.UBUNTU_NETPLAN
 LINK = "# the storage NIC, named by its MAC\n[Match]\nMACAddress=3c:ec:ef:12:34:57\n\n[Link]\nName=stor0\n"
 UBUNTU_TREE = {
     "etc/os-release": 'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\nID_LIKE=debian\n',

@@ -167,22 +167,9 @@ def _fix_text(kind: str, text: str, path: str, ctx: FixContext) -> F.FixResult:
     raise ValueError(kind)
 
 
-class GuestFiles:
-    """The guest's files for guestos' parsers (network.FileSource) through the appliance."""
-
-    def __init__(self, guest: Guest):
-        self.guest = guest
-
-    def read(self, path: str) -> str | None:
-        return self.guest.read(path)
-
-    def listdir(self, path: str) -> list[str]:
-        return self.guest.ls(path)
-
-
 def map_network(guest: Guest, policy: NetworkPolicy) -> tuple[netmap.Roles, dict[str, str], NetworkMapping]:
     """The guest's network read with the agent's own parsers, and the plan both carry out."""
-    cfg = netconfig.read_network(GuestFiles(guest))
+    cfg = netconfig.read_network(guest)
     plan = netconfig.plan(cfg)
     roles = netmap.Roles(plan, policy)
     prim = plan.primary

@@ -219,6 +219,14 @@ class Guest:
     def ls(self, path: str) -> list[str]:
         return [n for n in self.fish("ls", path).splitlines() if n] if self.is_dir(path) else []
 
+    # read, listdir and digest make the guest a guestos.network.FileSource: the agent's parsers
+    # read it as they read a mounted tree
+    def listdir(self, path: str) -> list[str]:
+        return self.ls(path)
+
+    def digest(self, path: str) -> str | None:
+        return self.checksum(path) if self.is_file(path) else None
+
     def glob(self, pattern: str) -> list[str]:
         return [p for p in self.fish("glob-expand", pattern).splitlines() if p]
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from ...guestos import netconfig
 from ...guestos.netconfig import NAMES_ARG, NetworkPlan
-from .fixes import MARK, _content_lines, _disable
+from .fixes import MARK, _content_lines, _disable, _disable_lines
 from .model import Fix, FixKind, FixResult, NetworkPolicy
 
 
@@ -219,6 +219,17 @@ def _unquote(v: str) -> str:
     return v.strip("\"'")
 
 
+def _value(m: re.Match, value: str, line: str) -> str:
+    """The KEY=value line `m` matched, with another value (spacing and line end kept)."""
+    return m.group(1) + m.group(2) + m.group(3) + value + _line_end(line)
+
+
+def _edited(out: list[str], res: FixResult, path: str, no: int, bare: str, new_line: str, kind: FixKind,
+            why: str) -> None:
+    out.append(new_line)
+    res.fixes.append(Fix(kind, path, no, bare, new_line.rstrip("\r\n"), why))
+
+
 def map_ifcfg(text: str, path: str, name: str, roles: Roles) -> FixResult:
     """One ifcfg file; `name` is the interface it configures (DEVICE=, else the file name)."""
     out, res = [], FixResult(text)
@@ -233,43 +244,26 @@ def map_ifcfg(text: str, path: str, name: str, roles: Roles) -> FixResult:
             out.append(line)
             continue
         key, value = m.group(2), _unquote(m.group(4))
+        seen_device |= key == "DEVICE"
+        seen_onboot |= key == "ONBOOT"
+        edit = None
         if role == "primary":
-            if key == "DEVICE":
-                seen_device = True
-                if roles.plan.rename and value != new:
-                    new_line = m.group(1) + key + m.group(3) + new + _line_end(line)
-                    out.append(new_line)
-                    res.fixes.append(Fix(FixKind.NET_RENAME, path, no, bare, new_line.rstrip("\r\n"), roles.rename_why))
-                    continue
-            if roles.flatten and key == "TYPE" and value.lower() in ("bond", "vlan", "bridge"):
-                new_line = m.group(1) + key + m.group(3) + "Ethernet" + _line_end(line)
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_FLATTEN, path, no, bare, new_line.rstrip("\r\n"), roles.flatten_why))
-                continue
-            if roles.flatten and _IFCFG_FLATTEN.match(key):
-                new_line = _disable(line, "bond/VLAN/bridge of the old NICs")
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_FLATTEN, path, no, bare, new_line.rstrip("\r\n"), roles.flatten_why))
-                continue
-            if roles.to_dhcp and key == "BOOTPROTO":
-                new_line = m.group(1) + key + m.group(3) + "dhcp" + _line_end(line)
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_DHCP, path, no, bare, new_line.rstrip("\r\n"), roles.dhcp_why))
-                continue
-            if roles.to_dhcp and _IFCFG_STATIC.match(key):
-                new_line = _disable(line, "static setting, DHCP now")
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_DHCP, path, no, bare, new_line.rstrip("\r\n"), roles.dhcp_why))
-                continue
-        elif key == "ONBOOT":
-            seen_onboot = True
-            if value.lower() != "no":
-                new_line = m.group(1) + key + m.group(3) + "no" + _line_end(line)
-                out.append(new_line)
-                res.fixes.append(Fix(roles.disable_kind(name), path, no, bare, new_line.rstrip("\r\n"),
-                                     roles.disable_why(name)))
-                continue
-        out.append(line)
+            if key == "DEVICE" and roles.plan.rename and value != new:
+                edit = _value(m, new, line), FixKind.NET_RENAME, roles.rename_why
+            elif roles.flatten and key == "TYPE" and value.lower() in ("bond", "vlan", "bridge"):
+                edit = _value(m, "Ethernet", line), FixKind.NET_FLATTEN, roles.flatten_why
+            elif roles.flatten and _IFCFG_FLATTEN.match(key):
+                edit = _disable(line, "bond/VLAN/bridge of the old NICs"), FixKind.NET_FLATTEN, roles.flatten_why
+            elif roles.to_dhcp and key == "BOOTPROTO":
+                edit = _value(m, "dhcp", line), FixKind.NET_DHCP, roles.dhcp_why
+            elif roles.to_dhcp and _IFCFG_STATIC.match(key):
+                edit = _disable(line, "static setting, DHCP now"), FixKind.NET_DHCP, roles.dhcp_why
+        elif key == "ONBOOT" and value.lower() != "no":
+            edit = _value(m, "no", line), roles.disable_kind(name), roles.disable_why(name)
+        if edit is None:
+            out.append(line)
+        else:
+            _edited(out, res, path, no, bare, *edit)
     text_out = "".join(out)
     tail = "" if not text_out or text_out.endswith("\n") else "\n"
     if role == "primary" and roles.plan.rename and not seen_device:
@@ -321,28 +315,26 @@ def map_nm_keyfile(text: str, path: str, name: str, roles: Roles) -> FixResult:
             out.append(line)
             continue
         key, value = m.group(2), m.group(4).strip()
-        new_line = None
-        kind, why = None, ""
+        edit = None
         if role == "primary":
             if section == "connection" and key == "interface-name" and roles.plan.rename and value != new:
-                new_line, kind, why = m.group(1) + key + m.group(3) + new + _line_end(line), FixKind.NET_RENAME, roles.rename_why
+                edit = _value(m, new, line), FixKind.NET_RENAME, roles.rename_why
             elif section == "connection" and key == "type" and roles.flatten and value in ("bond", "vlan", "bridge"):
-                new_line, kind, why = m.group(1) + key + m.group(3) + "ethernet" + _line_end(line), FixKind.NET_FLATTEN, roles.flatten_why
+                edit = _value(m, "ethernet", line), FixKind.NET_FLATTEN, roles.flatten_why
             elif section in ("bond", "vlan", "bridge", "team") and roles.flatten:
-                new_line, kind, why = _disable(line, "bond/VLAN/bridge of the old NICs"), FixKind.NET_FLATTEN, roles.flatten_why
+                edit = _disable(line, "bond/VLAN/bridge of the old NICs"), FixKind.NET_FLATTEN, roles.flatten_why
             elif section == "ipv4" and roles.to_dhcp and key == "method" and value == "manual":
-                new_line, kind, why = m.group(1) + key + m.group(3) + "auto" + _line_end(line), FixKind.NET_DHCP, roles.dhcp_why
+                edit = _value(m, "auto", line), FixKind.NET_DHCP, roles.dhcp_why
             elif section == "ipv4" and roles.to_dhcp and _NM_STATIC.match(key):
-                new_line, kind, why = _disable(line, "static setting, DHCP now"), FixKind.NET_DHCP, roles.dhcp_why
+                edit = _disable(line, "static setting, DHCP now"), FixKind.NET_DHCP, roles.dhcp_why
         elif section == "connection" and key == "autoconnect":
             autoconnect_seen = True
             if value.lower() not in ("false", "no", "0"):
-                new_line, kind, why = m.group(1) + key + m.group(3) + "false" + _line_end(line), roles.disable_kind(name), roles.disable_why(name)
-        if new_line is None:
+                edit = _value(m, "false", line), roles.disable_kind(name), roles.disable_why(name)
+        if edit is None:
             out.append(line)
-            continue
-        out.append(new_line)
-        res.fixes.append(Fix(kind, path, no, bare, new_line.rstrip("\r\n"), why))
+        else:
+            _edited(out, res, path, no, bare, *edit)
     if role in ("member", "secondary") and not autoconnect_seen:
         insert = f"# {MARK}: {roles.disable_why(name)}\nautoconnect=false\n"
         at = connection_header + 1 if connection_header is not None else 0
@@ -443,23 +435,18 @@ def backup_name(path: str) -> str:
 
 # --- systemd-networkd --------------------------------------------------------------------------
 
+_ANY_SETTING = re.compile(r"\s*\S")
+
+
 def map_networkd_link(text: str, path: str) -> FixResult:
     """A .link file matching the old NIC's MAC: every line commented out (a .link without its
     match would apply to every NIC)."""
     e = netconfig.parse_ini(text)
     if not any(s == "Match" and k in ("MACAddress", "PermanentMACAddress") for _, s, k, _ in e):
         return FixResult(text)
-    out, res = [], FixResult(text)
-    for no, line, bare in _content_lines(text):
-        if bare is None:
-            out.append(line)
-            continue
-        new_line = _disable(line, "names/configures the old NIC by its MAC")
-        out.append(new_line)
-        res.fixes.append(Fix(FixKind.NETWORKD_MAC, path, no, bare, new_line.rstrip("\r\n"),
-                             "matches only the old NIC's MAC; the cloud's NIC has another"))
-    res.text = "".join(out)
-    return res
+    return _disable_lines(text, path, FixKind.NETWORKD_MAC, _ANY_SETTING.match,
+                          "names/configures the old NIC by its MAC",
+                          lambda m: "matches only the old NIC's MAC; the cloud's NIC has another")
 
 
 def map_networkd_network(text: str, path: str, name: str, roles: Roles) -> FixResult:
@@ -498,23 +485,18 @@ def map_networkd_network(text: str, path: str, name: str, roles: Roles) -> FixRe
                                  "matches only the old NIC's MAC; the cloud's NIC has another"))
             continue
         if role == "primary" and m:
+            edit = None
             if section == "Match" and key == "Name" and roles.plan.rename and value != new:
-                new_line = m.group(1) + key + m.group(3) + new + _line_end(line)
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_RENAME, path, no, bare, new_line.rstrip("\r\n"), roles.rename_why))
-                continue
-            if roles.to_dhcp and (section in ("Address", "Route") or (section == "Network" and key in ("Address", "Gateway", "DNS"))):
-                new_line = _disable(line, "static setting, DHCP now")
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_DHCP, path, no, bare, new_line.rstrip("\r\n"), roles.dhcp_why))
-                continue
-            if roles.to_dhcp and section == "Network" and key == "DHCP":
+                edit = _value(m, new, line), FixKind.NET_RENAME, roles.rename_why
+            elif roles.to_dhcp and (section in ("Address", "Route") or (section == "Network" and key in ("Address", "Gateway", "DNS"))):
+                edit = _disable(line, "static setting, DHCP now"), FixKind.NET_DHCP, roles.dhcp_why
+            elif roles.to_dhcp and section == "Network" and key == "DHCP":
                 dhcp_set = True
                 if value.lower() not in ("yes", "ipv4", "true", "both"):
-                    new_line = m.group(1) + key + m.group(3) + "ipv4" + _line_end(line)
-                    out.append(new_line)
-                    res.fixes.append(Fix(FixKind.NET_DHCP, path, no, bare, new_line.rstrip("\r\n"), roles.dhcp_why))
-                    continue
+                    edit = _value(m, "ipv4", line), FixKind.NET_DHCP, roles.dhcp_why
+            if edit is not None:
+                _edited(out, res, path, no, bare, *edit)
+                continue
         out.append(line)
     if role == "primary" and roles.to_dhcp and not dhcp_set:
         if network_header is None:

@@ -17,25 +17,9 @@ from .model import Fix, FixKind
 log = logging.getLogger("coldclone.convert")
 
 
-class GuestEsp:
-    """network.FileSource over the appliance, enough for esp.read_esp."""
-
-    def __init__(self, guest: Guest):
-        self.guest = guest
-
-    def read(self, path: str) -> str | None:
-        return self.guest.read(path)
-
-    def listdir(self, path: str) -> list[str]:
-        return self.guest.ls(path)
-
-    def digest(self, path: str) -> str | None:
-        return self.guest.checksum(path) if self.guest.is_file(path) else None
-
-
 def make_removable(guest: Guest, os_ids: list[str]) -> tuple[list[Fix], list[str]]:
     """Fixes (one per file copied) and warnings (a loader we cannot tell is the OS's)."""
-    esp = espmod.read_esp(GuestEsp(guest))
+    esp = espmod.read_esp(guest)
     if esp is None:
         return [], []
     plan = espmod.removable_plan(esp, os_ids)
