@@ -375,6 +375,14 @@ class SourceOS:
                 ini.error or "virtio " + (", ".join(ini.present) or "none")
                 + (f" (missing {', '.join(ini.missing)})" if ini.missing else "")),
                 width, subsequent_indent="    ")
+        net = self.network
+        if net is not None and net.primary_iface is not None:
+            out += textwrap.wrap(f"Network: primary {net.primary_iface.describe()} [{net.primary_iface.style.value}]"
+                                 + "".join(f"; {i.describe()}" for i in net.interfaces if i.name != net.primary),
+                                 width, subsequent_indent="    ")
+        if self.esp is not None:
+            out += textwrap.wrap("ESP: " + ("; ".join(f"EFI/{d.name}: {', '.join(d.files)}" for d in self.esp.dirs)
+                                            or "no EFI directory"), width, subsequent_indent="    ")
         if self.iscsi_initiator and self.iscsi_initiator.name:
             out.append(f"iSCSI initiator: {self.iscsi_initiator.name}"[:width])
         if self.iscsid and self.iscsid.secrets:

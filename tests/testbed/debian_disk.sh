@@ -259,7 +259,10 @@ fi
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
 # The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
-# file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
+# file), so a nonzero-mode capture sends the installed system, not apt's leftovers, and a
+# used-mode capture (free blocks become holes) equals the disk byte for byte. sync first: ext4
+# frees a deleted file's blocks only when its journal commits, and fstrim skips them till then.
+sync
 fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
 sync
 if [ -n "$rootfs" ]; then

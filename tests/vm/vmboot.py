@@ -14,7 +14,7 @@ Boot paths (``mode``):
              the same virtio-net NIC on QEMU's user network.
   uefi-disk  the same with OVMF on q35, as a new cloud instance starts: the firmware code
              read-only and a fresh copy of OVMF's empty NVRAM variables (no boot entries), so
-             only the disk's removable-media loader (\EFI\BOOT\BOOTX64.EFI) can boot.
+             only the disk's removable-media loader (EFI/BOOT/BOOTX64.EFI) can boot.
 For the last four the boot menu is left alone; the extra words reach the live system through
 QEMU's fw_cfg (``-fw_cfg name=opt/coldclone/cmdline,string=...``), which the image's
 coldclone-fwcfg.service appends to /proc/cmdline (see docs/livecd.md).
