@@ -98,6 +98,7 @@ def test_rhel_bond_vlan_ifcfg_and_keyfile_keep(root, tmp_path):
     assert (net["primary"], net["name"], net["method"], net["addresses"], net["gateway"], net["dns"]) == (
         "bond0.100", "eth0", "static", ["192.0.2.10/24"], "192.0.2.1", ["192.0.2.53"])
     assert (net["flattened"], net["disabled"]) == (["bond0.100", "bond0"], ["eno1", "eno2", "eno3", "backup"])
+    assert net["problems"] == [] and conv["warnings"] == []
     # the VLAN is the plain eth0 with its addresses; bond and members do not come up
     assert read(cap, f"/{NS}/ifcfg-bond0.100", tmp_path) == (
         "DEVICE=eth0\nNAME=bond0.100\n# coldclone-convert: bond/VLAN/bridge of the old NICs: VLAN=yes\n"
@@ -128,6 +129,7 @@ def test_ubuntu_netplan_and_networkd_link_dhcp(root, tmp_path):
         "netplan-mac-match", "networkd-mac-match", "primary-nic", "static-ip"]
     net = conv["network"]
     assert (net["primary"], net["name"], net["method"], net["style"]) == ("eno1", "eth0", "dhcp", "netplan")
+    assert net["problems"] == [] and conv["warnings"] == []
     import yaml
 
     plan = read(cap, "/etc/netplan/00-installer-config.yaml", tmp_path)

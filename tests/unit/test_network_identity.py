@@ -367,3 +367,17 @@ def test_nothing_to_do_when_the_removable_path_is_the_same_loader_and_ambiguity_
     two = _esp({"ubuntu": {"grubx64.efi": b"u"}, "centos": {"grubx64.efi": b"c"}})
     p = esp.removable_plan(two, ["debian"])
     assert p.copies == [] and "loaders of 2 systems (centos, ubuntu)" in p.problem
+
+
+def test_the_conversion_rereads_the_network_and_says_when_the_primary_kept_its_old_name():
+    from agent.server.convert.convert import check_network
+
+    plan = netconfig.plan(netconfig.read_network(debian()))
+    # the primary's file mapped: eth0 is the primary now
+    mapped = netmap.map_interfaces(INTERFACES_STATIC, "/etc/network/interfaces", roles(netconfig.read_network(debian())))
+    assert check_network(debian({"/etc/network/interfaces": mapped.text}), plan) is None
+    # a file no fix-up reached still configures ens3
+    problem = check_network(debian(), plan)
+    assert problem.startswith("after the fix-ups the guest's primary interface is ens3, not eth0; "
+                              "/etc/network/interfaces still configure(s) ens3")
+

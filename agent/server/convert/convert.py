@@ -19,6 +19,7 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import logging
 import os
 import shutil
@@ -186,6 +187,24 @@ def map_network(guest: Guest, policy: NetworkPolicy) -> tuple[netmap.Roles, dict
     return roles, {i.path: i.name for i in cfg.interfaces}, mapping
 
 
+def _style_of(path: str) -> str | None:
+    return "interfaces" if path.startswith("/etc/network/") else None
+
+
+def check_network(guest: Guest, plan: netconfig.NetworkPlan) -> str | None:
+    """The guest's network read again after the fix-ups: its primary must now be the interface
+    the plan named (a configuration in a file no fix-up reached would be left on the old name)."""
+    if plan.primary is None or not plan.rename:
+        return None
+    after = netconfig.read_network(guest)
+    left = [i for i in after.interfaces if i.name == plan.primary.name and i.onboot]
+    if after.primary == plan.new_name and not left:
+        return None
+    return (f"after the fix-ups the guest's primary interface is {after.primary or 'none'}, not {plan.new_name}"
+            + (f"; {', '.join(i.path for i in left)} still configure(s) {plan.primary.name}" if left else "")
+            + ": its network may not come up on the instance; check it from the cloud console")
+
+
 def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = NetworkPolicy.DHCP
                 ) -> tuple[list[Fix], list[str], NetworkMapping]:
     """Every fix-up on the mounted guest; returns the fixes made, what was left alone and
@@ -194,7 +213,10 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = Network
     warnings: list[str] = []
     roles, names, mapping = map_network(guest, policy)
     ctx = FixContext(dmap, roles, names)
-    for pattern, kind in DEVICE_FILES + NET_FILES:
+    # every ifupdown file the model read, wherever interfaces' `source` lines found it
+    sourced = tuple((p, "interfaces") for p in names if p.startswith("/") and not any(
+        fnmatch.fnmatchcase(p, pattern) for pattern, _ in NET_FILES) and _style_of(p) == "interfaces")
+    for pattern, kind in DEVICE_FILES + NET_FILES + sourced:
         paths = guest.glob(pattern) if "*" in pattern else [pattern]
         for path in paths:
             text = guest.read(path)
@@ -215,6 +237,10 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = Network
                f"configuration may not apply; add {netconfig.NAMES_ARG} to the instance's kernel line")
         warnings.append(why)
         mapping.problems.append(why)
+    problem = check_network(guest, roles.plan)
+    if problem:
+        warnings.append(problem)
+        mapping.problems.append(problem)
     links = [p for pattern in SERVICE_LINKS for p in guest.glob(pattern) if guest.is_symlink(p)]
     for fx in F.hardware_service_links(links):
         guest.remove(fx.path)
