@@ -258,16 +258,22 @@ if [ "$layout" = lvm ]; then
 fi
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
-# The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
-# file), so a nonzero-mode capture sends the installed system, not apt's leftovers, and a
-# used-mode capture (free blocks become holes) equals the disk byte for byte. sync first: ext4
-# frees a deleted file's blocks only when its journal commits, and fstrim skips them till then.
+# The deleted .debs and apt lists leave ~1 GiB of stale blocks: trim them (the loop punches
+# holes in the file), so a nonzero-mode capture sends the installed system, not apt's
+# leftovers, and a used-mode capture (free blocks become holes) equals the disk byte for byte.
+# On a fresh mount: in the mount that deleted them, fstrim left some (measured: a freed apt
+# list block still held its text after `sync; fstrim`; a remount and fstrim zeroed it).
 sync
+umount "$mnt/boot" 2>/dev/null || true
+for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+mount "$rootsrc" "$mnt"
+[ "$layout" != lvm ] || mount "${loop}$bootp" "$mnt/boot"
 fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
+[ "$layout" != lvm ] || fstrim "$mnt/boot" || true
 sync
 if [ -n "$rootfs" ]; then
     umount "$mnt/boot"
-    for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+    umount "$mnt"
     # the root filesystem out of partition 2 (sparse: fstrim made its free space holes), then
     # partition 2 emptied, as an installer leaves it before pvcreate
     dd if="${loop}$rootp" of="$rootfs" bs=4M count=384 conv=sparse status=none
