@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 from . import grub, network
-from .model import (HARDWARE_NAME, NAMES_ARG, PRIMARY_NAME, Binding, BindingKind, Iface, IfaceKind,
-                    NetStyle, NetworkConfig)
+from .model import (HARDWARE_NAME, NAMES_ARG, PRIMARY_NAME, Binding, BindingKind, Iface, IfaceKind,  # noqa: F401
+                    NetStyle, NetworkConfig)   # NAMES_ARG: netconfig.NAMES_ARG for readiness and the converter
 from .network import FileSource
 
 

@@ -5,8 +5,6 @@ concrete fix."""
 
 from __future__ import annotations
 
-import re
-
 from . import fstab as fstabmod
 from . import boot, esp as espmod, lvm, netconfig
 from .model import Finding, Firmware, SourceOS

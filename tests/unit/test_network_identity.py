@@ -5,12 +5,9 @@ net.ifnames=0, --network keep|dhcp, bonds/VLANs made plain, the others disabled.
 configuration text here is what the distribution's installer or tool writes."""
 
 import hashlib
-import posixpath
-
-import pytest
 
 from agent.guestos import esp, netconfig, readiness
-from agent.guestos.model import BindingKind, EspDir, EspLoaders, IfaceKind, NetStyle, SourceOS
+from agent.guestos.model import BindingKind, EspLoaders, IfaceKind, NetStyle, SourceOS
 from agent.server.convert import netmap
 from agent.server.convert.model import FixKind, NetworkPolicy
 from tests.testbed import netconfigs

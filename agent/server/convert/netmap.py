@@ -136,7 +136,6 @@ def map_interfaces(text: str, path: str, roles: Roles) -> FixResult:
             current = (words[1], words[2])
             line = "".join(group)
             if roles.role(words[1]) == "primary":
-                changes = []
                 if roles.plan.rename:
                     line = re.sub(rf"(\biface\s+){re.escape(words[1])}(?=\s)", rf"\g<1>{new}", line, count=1)
                     res.fixes.append(Fix(FixKind.NET_RENAME, path, no, f"iface {words[1]}", f"iface {new}",
