@@ -12,9 +12,10 @@ setup:
 lint: setup
 	.venv/bin/lint-imports
 
-# Everything, the vm tier included: the ISO is built (or refreshed, ~1 min warm) first.
-test: setup lint iso
-	COLDCLONE_NO_SKIP=1 $(PYTEST) -q tests
+# Everything, the vm tier included: the ISO is built (or refreshed, ~1 min warm) in the
+# background while the unit and TUI tiers run, then integration and vm (scripts/test.sh).
+test: setup lint
+	IDENTITY="$(IDENTITY)" HOSTKEY="$(HOSTKEY)" sh scripts/test.sh
 
 unit: setup
 	$(PYTEST) -q tests/unit

@@ -42,9 +42,10 @@ def partitions_of(path: str) -> list[str]:
 
 
 def stream_name(kernel_name: str) -> str:
-    """A disk's id as the stream, the estimate and the image file name it, file-name safe:
+    """A disk's id as the stream, the estimate and the image file name it, file-name safe and
+    with no '.' (the receiver derives its file names by appending '.suffix'):
     cciss!c0d0 -> cciss-c0d0."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", kernel_name)
+    return re.sub(r"[^A-Za-z0-9_-]", "-", kernel_name)
 
 
 # Serials that name no disk: what cheap bridges, enclosures and unset firmware report.

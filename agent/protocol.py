@@ -44,7 +44,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterator
 
+from . import records
 from .devnames import real_identifier
+from .estimate_model import CaptureEstimate
+from .guestos.report import ReadinessReport
 
 MAGIC = b"COLDCLN\x00"
 # 2: HELLO.resume, DISK.resume_from / restart_reason and READY.held (resumable captures). A
@@ -199,26 +202,31 @@ def digest_file(path: str, block_size: int = DEFAULT_BLOCK_SIZE, chunk: int = DE
 
 
 def feed_range(fd: int, tree: BlockTree, end: int, *, is_file: bool, chunk: int = DEFAULT_CHUNK_SIZE,
-               what: str = "the file") -> None:
+               what: str = "the file", reader=None) -> None:
     """Feed tree the block digests of fd's bytes from tree.pos to end (block-aligned, or the
-    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its raw file,
-    and the agent re-checking a source against a resume journal all read this way."""
+    disk's end): digest_file, the receiver rebuilding a resumed disk's tree from its image and
+    reading it back, and the agent re-checking a source against a resume journal all read this
+    way. reader: instead of fd, an image (the receiver's qcow2 through qemu) with
+    `data_at(offset, size)` (where the next non-zero bytes may be) and `pread(n, offset)`."""
     import os
 
     size = tree.size
     off = tree.pos
     while off < end:
         stop = min(off + chunk, end)
-        try:
-            data_at = os.lseek(fd, off, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
-            data_at = size if is_file else off
+        if reader is not None:
+            data_at = reader.data_at(off, size)
+        else:
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from here on; EINVAL: no SEEK_DATA here
+                data_at = size if is_file else off
         hole_end = min(data_at - data_at % tree.block_size, end)
         if hole_end > off:
             tree.add_zero(off, hole_end - off)
             off = hole_end
             continue
-        buf = os.pread(fd, stop - off, off)
+        buf = reader.pread(stop - off, off) if reader is not None else os.pread(fd, stop - off, off)
         if len(buf) != stop - off:
             raise OSError(f"short read of {what} at byte {off}")
         for ext in split_extents(buf, off, tree.block_size):
@@ -296,6 +304,7 @@ MAX_JSON_DEPTH = 32
 # 2^62 bytes with one ZERO record would otherwise keep a receiver hashing zero digests for days.
 MAX_DISK_SIZE = 1 << 50          # 1 PiB
 MAX_DISKS = 256                 # disks named in one lookup or READY.unfinished capture
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
 U63 = (1 << 63) - 1
 
@@ -398,6 +407,15 @@ class JsonFields:
             raise self._bad(key, "a JSON object")
         return v
 
+    def objects(self, key: str) -> list[dict]:
+        """A list of JSON objects (each then read with its own JsonFields); [] when absent."""
+        if not self.present(key):
+            return []
+        v = self.obj[key]
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            raise self._bad(key, "a list of objects")
+        return v
+
     def str_list(self, key: str) -> tuple[str, ...]:
         if not self.present(key):
             return ()
@@ -451,6 +469,47 @@ class ImageFormat:
     ALL = (QCOW2, RAW)
 
 
+def space_needed(data_bytes: int, image_format: str) -> int:
+    """Bytes a conversion server needs free to receive `data_bytes` of non-zero data: one image,
+    written as it arrives (a qcow2 is the data plus its metadata: 1/64 is generous for 64 KiB
+    clusters). The receiver refuses a disk that does not fit (its preflight; `--keep-raw` adds
+    the raw copy it makes after the last byte); an agent choosing among servers leaves out one
+    that cannot hold its capture."""
+    if image_format == ImageFormat.QCOW2:
+        return data_bytes + data_bytes // 64 + (1 << 20)
+    return data_bytes
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """How busy a conversion server is, as a probe's READY tells an agent choosing where to
+    capture (READY.load): its free space, the captures it receives now, its conversions."""
+
+    free_bytes: int
+    running: int = 0               # captures being received (a live `.partial`)
+    converting: int = 0            # conversions running
+    queued: int = 0                # conversions waiting for a slot (--max-conversions)
+    max_conversions: int = 0
+    bwlimit: int | None = None     # the total rate of its sessions is capped to this (bytes/s)
+    name: str = ""                 # the server's name (its host name)
+
+    def to_json(self) -> dict:
+        return {"free_bytes": self.free_bytes, "running": self.running, "converting": self.converting,
+                "queued": self.queued, "max_conversions": self.max_conversions, "bwlimit": self.bwlimit,
+                "name": self.name}
+
+    @classmethod
+    def decode(cls, obj: dict) -> "ServerLoad | None":
+        """READY.load; None from a receiver that does not say (it predates waves)."""
+        if not obj:
+            return None
+        f = JsonFields(obj, "READY load")
+        return cls(free_bytes=f.int("free_bytes", required=True), running=f.int("running", 0, 1 << 20, 0),
+                   converting=f.int("converting", 0, 1 << 20, 0), queued=f.int("queued", 0, 1 << 20, 0),
+                   max_conversions=f.int("max_conversions", 0, 1 << 20, 0), bwlimit=f.int("bwlimit", 1),
+                   name=f.str("name", "") or "")
+
+
 @dataclass(frozen=True)
 class Hello:
     capture_id: str | None
@@ -459,14 +518,22 @@ class Hello:
     source: dict = field(default_factory=dict)     # free-form source facts, for the manifest
     disks: tuple[str, ...] = ()
     probe: bool = False
-    estimate: dict | None = None                   # the agent's `coldclone estimate --json`
-    readiness: dict | None = None                  # guestos.report.ReadinessReport.to_dict()
+    # Advice for the manifest, typed (agent.records): the agent's estimate and its inspection of
+    # the source OS. One that does not decode is left out, not a refused capture: `dropped` says why.
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None
     # Continue an unfinished capture of this id if the receiver holds one (READY.held says what it
     # has); without it an existing capture id is refused.
     resume: bool = False
     # A lookup (with probe): which unfinished captures of these disks the receiver holds; READY
     # answers with `unfinished` and the agent ends the session (ABORT) without sending a disk.
     unfinished_of: tuple[DiskIdentity, ...] = ()
+    dropped: tuple[str, ...] = field(default=(), compare=False)
+    # The migration wave the capture belongs to (coldclone.wave=): into the manifest and status.
+    wave: str | None = None
+    # A capture: each disk's identity (with `head`), the proof a resume must give before the
+    # receiver touches or drops a disk it holds (receive/identity.py).
+    identities: tuple[DiskIdentity, ...] = ()
 
     def to_json(self) -> dict:
         obj = {"capture_id": self.capture_id, "agent_version": self.agent_version, "format": self.format,
@@ -475,12 +542,16 @@ class Hello:
             obj["probe"] = True
         if self.unfinished_of:
             obj["unfinished_of"] = [d.to_json() for d in self.unfinished_of]
+        if self.identities:
+            obj["identities"] = [d.to_json() for d in self.identities]
         if self.resume:
             obj["resume"] = True
         if self.estimate is not None:
-            obj["estimate"] = self.estimate
+            obj["estimate"] = records.encode(self.estimate)
         if self.readiness is not None:
-            obj["readiness"] = self.readiness
+            obj["readiness"] = records.encode(self.readiness)
+        if self.wave is not None:
+            obj["wave"] = self.wave
         return obj
 
     def encode(self) -> bytes:
@@ -491,19 +562,39 @@ class Hello:
         f = JsonFields(obj, "HELLO")
         probe = f.bool("probe")
         fmt = f.str("format", ImageFormat.QCOW2)
+        dropped: list[str] = []
+
+        def advice(key: str, model):
+            if not f.present(key):
+                return None
+            try:
+                return records.decode(f.mapping(key), model, f"HELLO {key}")
+            except records.RecordError as e:
+                dropped.append(str(e))
+                return None
+
         return cls(capture_id=f.str("capture_id", required=not probe), agent_version=f.str("agent_version", ""),
                    format=fmt, source=f.mapping("source"), disks=f.str_list("disks"), probe=probe,
-                   estimate=f.mapping("estimate") if f.present("estimate") else None,
-                   readiness=f.mapping("readiness") if f.present("readiness") else None,
-                   resume=f.bool("resume"), unfinished_of=cls._identities(obj.get("unfinished_of")))
+                   estimate=advice("estimate", CaptureEstimate), readiness=advice("readiness", ReadinessReport),
+                   resume=f.bool("resume"), unfinished_of=cls._identities(obj, "unfinished_of"),
+                   dropped=tuple(dropped), wave=cls._wave(f.str("wave")),
+                   identities=cls._identities(obj, "identities"))
 
     @staticmethod
-    def _identities(v: object) -> tuple[DiskIdentity, ...]:
+    def _wave(v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ProtocolError(f"HELLO: field 'wave' must be a label of letters, digits, '.', '_' "
+                                f"and '-' (at most 64), got {v!r:.80}")
+        return v
+
+    @staticmethod
+    def _identities(obj: dict, key: str) -> tuple[DiskIdentity, ...]:
+        v = obj.get(key)
         if v is None:
             return ()
         if not isinstance(v, list) or len(v) > MAX_DISKS:
-            raise ProtocolError(f"HELLO: field 'unfinished_of' must be a list of at most {MAX_DISKS} disks")
-        return tuple(DiskIdentity.decode(d, f"HELLO unfinished_of disk {i}") for i, d in enumerate(v))
+            raise ProtocolError(f"HELLO: field {key!r} must be a list of at most {MAX_DISKS} disks")
+        return tuple(DiskIdentity.decode(d, f"HELLO {key} disk {i}") for i, d in enumerate(v))
 
 
 @dataclass(frozen=True)
@@ -625,6 +716,15 @@ class DiskIdentity:
     HEAD_BYTES = 64 << 10
 
     @classmethod
+    def zero_head(cls, size: int) -> str:
+        """The `head` of a disk whose first bytes are all zeros: anyone can compute it, so it
+        proves nothing about which disk it is."""
+        return hashlib.sha256(bytes(min(cls.HEAD_BYTES, size))).hexdigest()
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, WWID {self.wwid or 'none'}, serial {self.serial or 'none'}"
+
+    @classmethod
     def of(cls, name: str, size: int, serial: str | None = None, wwid: str | None = None) -> "DiskIdentity":
         """From a disk's raw facts: placeholder serials and WWNs (0000..., "To be filled by O.E.M.")
         prove nothing and are dropped, and case does not matter."""
@@ -642,7 +742,7 @@ class DiskIdentity:
             raise ProtocolError(f"{what} is not a JSON object")
         f = JsonFields(obj, what)
         head = f.str("head", "") or ""
-        if head and not re.fullmatch(r"[0-9a-f]{64}", head):
+        if head and not HEX_DIGEST.fullmatch(head):
             raise ProtocolError(f"{what}: field 'head' must be a sha256 in hex")
         return replace(cls.of(f.str("name", required=True), f.int("size", 1, MAX_DISK_SIZE, required=True),
                               serial=f.str("serial"), wwid=f.str("wwid")), head=head)
@@ -968,13 +1068,15 @@ class Reply:
     text: str | None = None
     held: dict = field(default_factory=dict)      # READY of a resumed capture: decode_held() reads it
     unfinished: dict = field(default_factory=dict)  # READY of a lookup: decode_unfinished() reads it
+    load: dict = field(default_factory=dict)        # READY of a probe: ServerLoad.decode() reads it
     # complete, when the receiver queues a conversion (--convert): where each converted image
     # will be, so the agent's summary can say it (the conversion runs after the session ends)
     converted_images: tuple[str, ...] = ()
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
-        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held", "unfinished"),
+        Event.READY: ("capture_id", "path", "receiver_version", "protocol", "probe", "held", "unfinished",
+                      "load"),
         Event.DISK_OK: ("name", "digest", "image", "counts", "timings"),
         Event.COMPLETE: ("path", "manifest", "converted_images"),
         Event.ERROR: ("code", "message", "path"),
@@ -985,14 +1087,14 @@ class Reply:
     _STR = ("capture_id", "path", "receiver_version", "name", "digest", "image", "code", "message", "text")
     _INT = ("protocol", "bytes", "covered", "readback_bytes")
     _FLOAT = ("seconds", "sync_seconds", "readback_seconds")
-    _MAP = ("counts", "timings", "manifest", "held", "unfinished")
+    _MAP = ("counts", "timings", "manifest", "held", "unfinished", "load")
     _LIST = ("converted_images",)
 
     def to_json(self) -> dict:
         obj = {"event": self.event}
         for k in self.FIELDS.get(self.event, ()):
             v = getattr(self, k)
-            if k in ("probe", "held", "unfinished") and not v:
+            if k in ("probe", "held", "unfinished", "load") and not v:
                 continue   # only a probe's / a resumed capture's ready says so (an old agent ignores the key)
             if k in self._LIST:
                 if not v:

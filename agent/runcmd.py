@@ -24,6 +24,9 @@ PACKAGE_OF = {
     "mdadm": "mdadm",
     "blkid": "util-linux",
     "partx": "util-linux",
+    "runuser": "util-linux",
+    "useradd": "passwd",
+    "usermod": "passwd",
     "losetup": "util-linux",
     "parted": "parted",
     "mkfs.ext4": "e2fsprogs",
@@ -37,6 +40,7 @@ PACKAGE_OF = {
     "guestfish": "libguestfs-tools",
     "virt-v2v": "virt-v2v",
     "nbdcopy": "libnbd-bin",
+    "qemu-nbd": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
 }
 
@@ -89,6 +93,48 @@ def spawn(argv: list[str], log_path: str, env: dict[str, str] | None = None) -> 
                                 start_new_session=True, close_fds=True, env=env)
     log.info("started %s (pid %d), output in %s", argv, proc.pid, log_path)
     return proc.pid
+
+
+class Service:
+    """A long-lived child this process talks to and then stops (qemu-nbd serving an image).
+    Logged like run(): argv when it starts, exit code and stderr when it stops. It dies with this
+    process (PR_SET_PDEATHSIG: a receiver killed with -9 leaves no server holding its image's
+    lock), so start it from the thread that outlives it (the main thread)."""
+
+    def __init__(self, argv: list[str], *, cwd: str | None = None, umask: int | None = None):
+        self.argv = [str(a) for a in argv]
+        if shutil.which(self.argv[0]) is None:
+            pkg = PACKAGE_OF.get(self.argv[0].rsplit("/", 1)[-1])
+            where = f" (install the Debian package {pkg})" if pkg else ""
+            raise CommandError(self.argv, None, f"{self.argv[0]}: command not found{where}")
+        self._err = tempfile.TemporaryFile()
+        # setpriv (util-linux) sets the parent-death signal, then execs it: no Python runs between
+        # fork and exec in this threaded process (a preexec_fn could deadlock there)
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *self.argv]
+        log.info("starting %s%s", self.argv, f" in {cwd}" if cwd else "")
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._err,
+                                     stderr=self._err, close_fds=True, umask=-1 if umask is None else umask)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """SIGTERM, then SIGKILL after timeout; its stderr (logged with its exit code)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        text = ""
+        if not self._err.closed:
+            self._err.seek(0)
+            text = self._err.read().decode(errors="replace")
+            self._err.close()
+        log.info("stopped %s -> exit %d%s", self.argv, self.proc.returncode,
+                 f"; stderr: {text.strip()[-500:]}" if text.strip() else "")
+        return text
 
 
 def _mask(text: str, secrets: list[str]) -> str:

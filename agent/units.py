@@ -6,12 +6,19 @@ from __future__ import annotations
 MB = 1_000_000
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+def human_bytes(n: float | None, short: bool = False) -> str:
+    """Binary units with one decimal: 512 B, 1.5 GiB. `short` for narrow table columns
+    (the inventory's): 512B, 1.5G, and 0 for an unknown or empty size."""
+    if short and not n:
+        return "0"
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            if short:
+                return f"{n:.0f}B" if unit == "B" else f"{n:.1f}{unit[0]}"
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    raise AssertionError("unreachable")
 
 
 def human_seconds(s: float | None) -> str:

@@ -19,7 +19,7 @@
 #   IDENTITY=path/to/private_key  baked in as /etc/coldclone/identity (mode 0600), the default
 #                                 for coldclone.identity=
 #   HOSTKEY=SHA256:...            baked in as /etc/coldclone/hostkey, the default for
-#                                 coldclone.hostkey=
+#                                 coldclone.hostkey= (a wave's servers: SHA256:a,SHA256:b)
 set -euo pipefail
 
 T0=$(date +%s)
@@ -259,8 +259,15 @@ in_chroot $PIPRUN install -q --no-index --no-cache-dir --disable-pip-version-che
 in_chroot $PIPRUN install -q --no-index --no-cache-dir --disable-pip-version-check \
     --no-deps "/tmp/wheels/$(basename "$AGENTWHL")"
 in_chroot $PIPRUN check --disable-pip-version-check >&2 || log "WARNING: pip check reports problems (above)"
+# libnbd's Python bindings (python3-libnbd, built for this python3): the receiver of a local
+# target writes its qcow2 through them; the venv gets those two files, not all of dist-packages
+site=$(in_chroot /opt/coldclone/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+for f in "$CHROOT"/usr/lib/python3/dist-packages/nbd.py "$CHROOT"/usr/lib/python3/dist-packages/libnbdmod.cpython-*.so; do
+    [ -e "$f" ] || die "python3-libnbd is missing from the image ($f)"
+    ln -sf "${f#"$CHROOT"}" "$CHROOT$site/"
+done
 in_chroot /opt/coldclone/bin/python -c \
-    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, yaml' ||
+    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, nbd, yaml' ||
     die "the agent venv does not import"
 in_chroot /opt/coldclone/bin/python -m pip --version >/dev/null 2>&1 && die "pip leaked into the venv"
 umount_under "$WORK"
@@ -279,9 +286,12 @@ if [ -n "${IDENTITY:-}" ]; then
     log "baked in the conversion-server identity (/etc/coldclone/identity)"
 fi
 if [ -n "${HOSTKEY:-}" ]; then
-    case "$HOSTKEY" in SHA256:?*) ;; *) die "HOSTKEY must look like SHA256:... (ssh-keygen -lf the server's host key)";; esac
+    # one pin, or a wave's servers' pins comma-separated (any one may match)
+    for pin in $(printf '%s' "$HOSTKEY" | tr ',' ' '); do
+        case "$pin" in SHA256:?*) ;; *) die "HOSTKEY: $pin must look like SHA256:... (ssh-keygen -lf the server's host key)";; esac
+    done
     printf '%s\n' "$HOSTKEY" > "$CHROOT/etc/coldclone/hostkey"
-    log "baked in the conversion server's host key pin $HOSTKEY"
+    log "baked in the conversion server host key pin(s) $HOSTKEY"
 fi
 echo "LANG=C.UTF-8" > "$CHROOT/etc/default/locale"
 echo "LANG=C.UTF-8" > "$CHROOT/etc/locale.conf"

@@ -8,7 +8,8 @@ APT_PACKAGES="qemu-utils openssh-server openssh-client parted e2fsprogs dosfstoo
  xfsprogs util-linux fdisk libparted-dev pkg-config gcc python3-venv python3-dev
  zstd pv tmux coreutils procps qemu-system-x86 ovmf tgt iproute2
  nfs-ganesha nfs-ganesha-vfs partclone ntfs-3g btrfs-progs lvm2 mtools
- virt-v2v libguestfs-tools nbdkit libnbd-bin linux-image-amd64 strace"
+ virt-v2v libguestfs-tools nbdkit libnbd-bin python3-libnbd linux-image-amd64 strace binutils
+ chromium chromium-driver"
 
 missing=""
 for p in $APT_PACKAGES; do
@@ -42,6 +43,14 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+# The receiver writes its qcow2 through qemu-nbd with libnbd's Python bindings, which Debian
+# builds for this very python3 (python3-libnbd): the venv gets those two files, not the whole of
+# dist-packages (livecd/build.sh does the same for the ISO's /opt/coldclone).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-*.so; do
+    ln -sf "$f" "$site/"
+done
+.venv/bin/python -c 'import nbd' || { echo "setup: libnbd's Python bindings do not import in .venv" >&2; exit 1; }
 
 # The test Glance (tests/testbed/glance.py): glance-api from PyPI under uWSGI, in a venv of
 # its own, because glance pulls dozens of oslo libraries and eventlet that must not leak

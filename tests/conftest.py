@@ -17,7 +17,21 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+# Modules whose tests share session-scoped set-up (one QEMU boot asserted on by several
+# modules): under xdist they must run on one worker, or each worker would boot again.
+SHARED_SETUP = {
+    "tests/vm/test_headless.py": "vm-shared-boots",
+    "tests/vm/test_guest_discovery.py": "vm-shared-boots",
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    # `make test` runs the integration and vm tiers on two xdist workers with
+    # --dist loadgroup: a module's tests stay on one worker (its module fixtures are built
+    # once), and the modules of SHARED_SETUP share one.
+    for item in items:
+        module = os.path.relpath(str(item.path), REPO)
+        item.add_marker(pytest.mark.xdist_group(SHARED_SETUP.get(module, module)))
     if is_root():
         return
     skip = pytest.mark.skip(reason="needs root (loop devices, sshd, mounts)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import files, grub
 from .fstab import classify_spec
 from .model import BootLoader, Firmware, FstabEntry, InitramfsDrivers
+from ..units import human_bytes
 
 # GPT partition type GUIDs (lower case, as blkid prints them)
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
@@ -175,7 +176,7 @@ class _Reader:
             out += chunk
         self.pos += len(out)
         if self.pos > MAX_CPIO_BYTES:
-            raise ValueError(f"more than {MAX_CPIO_BYTES >> 20} MiB of archive")
+            raise ValueError(f"more than {human_bytes(MAX_CPIO_BYTES)} of archive")
         return bytes(out)
 
     def skip(self, n: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 import textwrap
@@ -26,6 +25,10 @@ class Secret:
         return self._value
 
     def __str__(self) -> str:
+        return MASK
+
+    def to_record(self) -> str:
+        """How agent.records writes it: masked."""
         return MASK
 
     def __repr__(self) -> str:
@@ -359,9 +362,6 @@ class SourceOS:
     def finding(self, fid: str) -> Finding | None:
         return next((f for f in self.findings if f.id == fid), None)
 
-    def to_dict(self) -> dict:
-        return _to_dict(self)
-
     def render(self, width: int = 80) -> str:
         out = textwrap.wrap(f"OS: {self.os.pretty_name or self.os.name or 'unknown'}"
                             f" ({self.os.source or 'no release file'})", width,
@@ -404,15 +404,3 @@ class SourceOS:
         return "\n".join(out) + "\n"
 
 
-def _to_dict(obj):
-    if isinstance(obj, Secret):
-        return MASK
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_dict(v) for v in obj]
-    return obj

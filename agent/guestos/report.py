@@ -1,19 +1,15 @@
 """The readiness report every capture carries in its manifest (`readiness`): what the
 source OS is, how it boots, how it names its disks and NICs, and for each finding what
 conversion will do about it. Built by the agent's inspection (source/inspect/report.py),
-read back by the receiver, coldclone-convert and coldclone-publish.
+sent in HELLO and read back by the receiver, coldclone-convert and coldclone-publish, through
+agent.records (msgspec): one model, decoded with every field checked.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import types
-import typing
 from dataclasses import dataclass, field
 
-from ..errors import ColdcloneError
-from .model import BootLoader, Finding, Firmware, InitramfsDrivers, OsInfo, SourceOS, _to_dict
+from .model import BootLoader, Finding, Firmware, InitramfsDrivers, OsInfo, SourceOS
 from .esp import EspLoaders
 from .netconfig import BindingKind, NetworkConfig
 
@@ -63,19 +59,6 @@ class ReadinessReport:
     cloud_init: bool = False
     qemu_guest_agent: bool = False
     version: int = REPORT_VERSION
-    # the full inspection (TUI details); not part of the manifest
-    source: SourceOS | None = field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict:
-        return {f.name: _to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name != "source"}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ReadinessReport":
-        """The report as a manifest holds it; a malformed one is an error naming the field."""
-        if not isinstance(data, dict):
-            raise ColdcloneError(f"readiness report: expected an object, got {type(data).__name__}")
-        return _from_dict(cls, data, "readiness")
 
     def summary(self) -> list[str]:
         """A few lines for the headless console and the TUI's Done screen."""
@@ -113,45 +96,6 @@ class ReadinessReport:
         return out
 
 
-def _from_dict(tp, value, where: str):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _from_dict(args[0], value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ColdcloneError(f"{where}: expected a list")
-        (item,) = typing.get_args(tp)
-        return [_from_dict(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ColdcloneError(f"{where}: expected an object")
-        return {str(k): v for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ColdcloneError(f"{where}: {value!r} is not one of "
-                                 f"{', '.join(m.value for m in tp)}") from None
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ColdcloneError(f"{where}: expected an object")
-        hints = typing.get_type_hints(tp)
-        kw = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value and f.compare:   # compare=False: not serialised (source)
-                kw[f.name] = _from_dict(hints[f.name], value[f.name], f"{where}.{f.name}")
-        try:
-            return tp(**kw)
-        except TypeError as e:
-            raise ColdcloneError(f"{where}: {e}") from None
-    if tp in (str, int, bool, float) and not isinstance(value, tp):
-        raise ColdcloneError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
 _WHAT = {BindingKind.UDEV_RULE: "udev-rule", BindingKind.IFCFG_HWADDR: "ifcfg-HWADDR",
          BindingKind.NM_MAC: "nm-mac-address", BindingKind.INTERFACES_HWADDRESS: "interfaces-hwaddress",
          BindingKind.NETPLAN_MATCH: "netplan-match", BindingKind.NETWORKD_MATCH: "networkd-match"}
@@ -173,5 +117,5 @@ def from_source(src: SourceOS, disk: str | None) -> ReadinessReport:
         boot_loader_evidence=src.boot_loader_evidence, firmware=src.firmware,
         firmware_evidence=src.firmware_evidence, root=root, fstab=names,
         swap=[e.spec for e in src.fstab if e.fstype == "swap"], resume=src.resume,
-        mac_bindings=mac_bindings(src), network=src.network, esp=src.esp, initramfs=src.initramfs, cloud_init=src.cloud_init,
-        qemu_guest_agent=src.qemu_guest_agent, source=src)
+        mac_bindings=mac_bindings(src), network=src.network, esp=src.esp, initramfs=src.initramfs,
+        cloud_init=src.cloud_init, qemu_guest_agent=src.qemu_guest_agent)

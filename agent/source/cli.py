@@ -27,7 +27,8 @@ log = logging.getLogger("coldclone")
 # Flags `coldclone capture` shares with the kernel command line keys (agent/config.py OPTIONS).
 CAPTURE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "compress",
                  "on_read_error", "chunk_size", "block_size", "workers", "format", "capture_id",
-                 "allow_mounted", "calibrate", "progress", "timeout", "resume", "reconnect", "stall")
+                 "allow_mounted", "calibrate", "progress", "timeout", "resume", "reconnect", "stall",
+                 "failover", "wave", "bwlimit")
 
 
 def cmd_capture(args) -> int:

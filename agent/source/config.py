@@ -14,11 +14,11 @@ import difflib
 import ipaddress
 import os
 import re
-import shlex
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Callable
 
+from ..bwlimit import human_rate, parse_rate
 from .capture.stream import parse_compress
 from ..choices import CAPTURE_MODES, ImageFormat, IscsiMode, Mode, OnDone, OnReadError, words
 from ..errors import UsageError
@@ -163,6 +163,17 @@ def _capture_id(name: str, value: str) -> str:
     return value
 
 
+def _wave(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise UsageError(f"{name}={value!r}: a wave is named with letters, digits, '.', '_' and '-' "
+                         f"(at most 64, starting with a letter or digit), e.g. wave-3 or 2025-06-14")
+    return value
+
+
+def _rate(name: str, value: str) -> int:
+    return parse_rate(value, name)
+
+
 def _resume(name: str, value: str) -> str:
     if value in ("auto", "off"):
         return value
@@ -203,20 +214,28 @@ class Option:
     metavar: str | None = None
     kernel: bool = True               # a coldclone.* kernel key (False: CLI only)
     help: str = ""                    # the CLI's help line (default: `value`)
+    # A list: comma-separated on the kernel command line, the flag repeated (or comma-separated)
+    # on the CLI; `parse` reads one item.
+    many: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("server", _server, "`ssh://user@host[:port]/path`, `file:///path`, `nfs://host/export/path`",
-           "required (unless `estimate_only`)", flag="--to", metavar="URL",
-           help="where the images go: ssh://user@host[:port]/path, file:///path or nfs://host/export/path"),
+    Option("server", _server, "`ssh://user@host[:port]/path`, `file:///path`, `nfs://host/export/path`; "
+           "several `ssh://` servers comma-separated (a wave): the agent asks each for its free space and "
+           "running captures, takes the least busy one (an unfinished capture of these disks first) and "
+           "moves to the next when one is down or full (docs/wave.md)",
+           "required (unless `estimate_only`)", flag="--to", metavar="URL", many=True,
+           help="where the images go: ssh://user@host[:port]/path, file:///path or nfs://host/export/path; "
+                "repeat --to for several conversion servers (ssh:// only)"),
     Option("identity", _identity, "private key: an absolute path on the live system (the boot medium is "
            "`/run/live/medium`) or an `https://` URL (never plain http)",
            "`/etc/coldclone/identity` if baked in with `make iso IDENTITY=...`", flag="--identity",
            metavar="KEY", help="private key for the conversion server (a path or an https:// URL)"),
-    Option("hostkey", _hostkey, "`SHA256:...` (43 characters) pin of the conversion server's host key",
+    Option("hostkey", _hostkey, "`SHA256:...` (43 characters) pin of the conversion server's host key; "
+           "with several servers, their pins comma-separated (each server must present one of them)",
            "`/etc/coldclone/hostkey` if baked in with `make iso HOSTKEY=...`; without a pin or known_hosts "
-           "entry the capture is refused", flag="--hostkey", metavar="SHA256:...",
-           help="pin the server's host key fingerprint"),
+           "entry the capture is refused", flag="--hostkey", metavar="SHA256:...", many=True,
+           help="pin the server's host key fingerprint (repeat, or comma-separate, for several servers)"),
     Option("known_hosts", _text, "a known_hosts file on the live system", "-", flag="--known-hosts",
            metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)"),
     Option("disks", _disks, "`all` or `sda,md127,cciss/c0d0,/dev/sdb` (an md array stands for its member "
@@ -256,6 +275,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect", _seconds(0, 86400), "seconds to keep reconnecting after the session to the "
            "server drops (backoff 1 s to 30 s; `0`: fail at once); needs resume", "`600`",
            flag="--reconnect", metavar="SECONDS", help="keep reconnecting for this long after a drop (0: never)"),
+    Option("failover", _seconds(0, 86400), "with several servers: seconds the server of a running "
+           "capture may stay unreachable before the capture moves to the next server (and starts there "
+           "anew; what the first one holds stays there); a server that refuses for lack of space is left "
+           "at once", "`60`", flag="--failover", metavar="SECONDS",
+           help="with several --to: move to the next server after this long unreachable"),
+    Option("wave", _wave, "a label for the capture (letters, digits, `.`, `_`, `-`): the migration wave "
+           "it belongs to, in the manifest and on `coldclone-server status` and its page", "-",
+           flag="--wave", metavar="NAME", help="label the capture with its migration wave"),
+    Option("bwlimit", _rate, "cap this agent's rate to the server: `100mbit`, `1gbit` (bits per second), "
+           "`50M` (MB/s) or `40MiB`; the estimate counts with it", "no cap", flag="--bwlimit",
+           metavar="RATE", help="cap the rate to the server: 100mbit, 1gbit, 50M (MB/s), 40MiB"),
     Option("stall", _seconds(5, 3600), "seconds sent data may stay unacknowledged by the server's TCP "
            "before the link is taken for dead (TCP_USER_TIMEOUT; then reconnected, with resume)", "`120`",
            flag="--stall-timeout", metavar="SECONDS",
@@ -308,9 +338,9 @@ ALL_KEYS = KERNEL_KEYS
 @dataclass
 class CaptureConfig:
     """One capture's configuration, whichever front end filled it (fields: OPTIONS)."""
-    server: str | None = None
+    server: list[str] = field(default_factory=list)      # in the operator's order; several: ssh:// only
     identity: str | None = None
-    hostkey: str | None = None
+    hostkey: list[str] = field(default_factory=list)     # pins (SHA256:...); any one may match
     known_hosts: str | None = None
     disks: list[str] | None = None     # None: every disk discovery offers
     exclude: list[str] = field(default_factory=list)
@@ -321,6 +351,9 @@ class CaptureConfig:
     capture_id: str | None = None
     resume: str = "auto"
     reconnect: float = 600.0
+    failover: float = 60.0
+    wave: str | None = None
+    bwlimit: int | None = None          # bytes per second
     stall: float = 120.0
     iscsi: IscsiMode = IscsiMode.AUTO
     iscsi_ip: str = "original"
@@ -340,6 +373,12 @@ class CaptureConfig:
     workers: int = 2
     password_env: str | None = None
 
+    def __post_init__(self) -> None:
+        # a URL given where a list of them goes would be read letter by letter
+        for name in ("server", "hostkey"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"CaptureConfig.{name} is a list (several: a wave's servers), not a str")
+
     def resolved_capture_id(self) -> str | None:
         """The capture's id: `resume=ID` names it too (None: a new one is made up)."""
         if self.resume in ("auto", "off"):
@@ -354,10 +393,17 @@ class CaptureConfig:
         if not self.server and not self.estimate_only:
             raise UsageError(f"{PREFIX}server= is missing: say where the images go, "
                              f"e.g. {PREFIX}server=ssh://coldclone@10.0.0.5/srv/coldclone")
-        if self.server:
-            url = parse_target(self.server)
+        urls = [parse_target(s) for s in self.server]
+        if len(urls) > 1:
+            other = [redact(s) for s, u in zip(self.server, urls) if u.scheme != "ssh"]
+            if other:
+                raise UsageError(f"{PREFIX}server=: several servers must all be ssh:// conversion servers "
+                                 f"({', '.join(other)} is not); a file or NFS target is one place")
+            if len({str(u) for u in urls}) != len(urls):
+                raise UsageError(f"{PREFIX}server=: a server is named twice: {', '.join(map(redact, self.server))}")
+        for text, url in zip(self.server, urls):
             if url.scheme == "ssh" and not self.identity:
-                raise UsageError(f"{PREFIX}server={self.server} needs a key: give {PREFIX}identity= "
+                raise UsageError(f"{PREFIX}server={redact(text)} needs a key: give {PREFIX}identity= "
                                  f"(a path on the live medium or an https:// URL) or build the ISO "
                                  f"with make iso IDENTITY=...")
         self.resolved_capture_id()
@@ -385,13 +431,22 @@ def add_flags(parser: argparse.ArgumentParser, keys: tuple[str, ...], *, require
 
         def typed(value: str, o=o):
             try:
-                return o.parse(o.flag, value)
+                return [o.parse(o.flag, v) for v in _items(o.flag, value)] if o.many else o.parse(o.flag, value)
             except UsageError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
 
         typed.__name__ = key    # argparse names the type in its message
         parser.add_argument(o.flag, dest=key, type=typed, default=None, metavar=o.metavar,
+                            action="append" if o.many else "store",
                             required=key in required, help=(o.help or o.value).replace("%", "%%"))
+
+
+def _items(name: str, value: str) -> list[str]:
+    """The items of a list option's value (comma-separated), none of them empty."""
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise UsageError(f"{name}={value!r}: an empty item in the comma-separated list")
+    return items
 
 
 def config_from_args(args: argparse.Namespace, **extra) -> CaptureConfig:
@@ -400,7 +455,8 @@ def config_from_args(args: argparse.Namespace, **extra) -> CaptureConfig:
     for o in OPTIONS:
         v = getattr(args, o.key, None)
         if v is not None:
-            setattr(cfg, o.key, v)
+            # a repeated list flag: one list of every item, in the order typed
+            setattr(cfg, o.key, [x for part in v for x in part] if o.many else v)
     for k, v in extra.items():
         setattr(cfg, k, v)
     return cfg
@@ -413,23 +469,77 @@ def _unknown(key: str) -> UsageError:
                       f"(known: {', '.join(ALL_KEYS)})")
 
 
-def kernel_words(text: str) -> list[str]:
-    """A kernel command line split into words, quotes honoured as the kernel does."""
-    try:
-        return shlex.split(text)
-    except ValueError as e:
-        raise UsageError(f"kernel command line: {e} (an unbalanced quote?)") from None
+# The bytes the kernel's isspace() takes for a word break (lib/ctype.c: the ASCII blanks and
+# Latin-1's no-break space, 0xa0).
+_KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+
+
+def kernel_words(text: str) -> list[tuple[str, str | None]]:
+    """The kernel command line as the kernel reads it: (parameter, value or None) per word.
+
+    The kernel's own rules (lib/cmdline.c next_arg, kernel/params.c parse_args), not a shell's:
+    a double quote toggles quoting anywhere in a word, so `coldclone.pre="a b"` is one word;
+    only a quote opening the word or its value is removed (with its closing quote when that
+    ends the word); an apostrophe or a backslash is an ordinary character; `--` ends the
+    parameters: what follows is for init, never ours. Split on bytes, as the kernel does, so a
+    value holding odd bytes keeps them (surrogateescape) for its parser to name.
+
+    A quote never closed runs to the end of the line, as in the kernel; when that swallows a
+    coldclone.* word it is refused, since those keys would then reach nobody as typed."""
+    # next_arg() step by step, on a copy it may cut with NULs as the C code does.
+    buf = bytearray(text.encode("utf-8", "surrogateescape").split(b"\0", 1)[0] + b"\0")
+    out: list[tuple[str, str | None]] = []
+
+    def cstr(at: int) -> str:
+        return bytes(buf[at:buf.index(0, at)]).decode("utf-8", "surrogateescape")
+
+    pos = 0
+    while True:
+        while buf[pos] in _KERNEL_SPACE:
+            pos += 1
+        if buf[pos] == 0:
+            return out
+        opened = pos
+        in_quote = quoted = buf[pos] == 0x22
+        if quoted:
+            pos += 1
+        args, i, equals = pos, 0, 0
+        while buf[args + i] != 0:
+            c = buf[args + i]
+            if c in _KERNEL_SPACE and not in_quote:
+                break
+            if equals == 0 and c == 0x3D:
+                equals = i        # as in C: an '=' at index 0 counts as none found
+            if c == 0x22:
+                in_quote = not in_quote
+            i += 1
+        end = args + i
+        if in_quote and PREFIX.encode() in buf[opened:end]:
+            shown = bytes(buf[opened:end]).decode("utf-8", "surrogateescape")
+            raise UsageError(f"kernel command line: an unbalanced quote: the double quote in {shown[:60]!r} is never "
+                             f"closed, so the kernel reads the rest of the line as one value; close it")
+        value_at = None
+        if equals:
+            buf[args + equals] = 0
+            value_at = args + equals + 1
+            if buf[value_at] == 0x22:        # the value's quotes are not part of it
+                value_at += 1
+                if buf[end - 1] == 0x22:
+                    buf[end - 1] = 0
+        if quoted and i > 0 and buf[end - 1] == 0x22:
+            buf[end - 1] = 0
+        next_pos = end + 1 if buf[end] != 0 else end
+        buf[end] = 0
+        name, value = cstr(args), None if value_at is None else cstr(value_at)
+        if value is None and name == "--":
+            return out                      # the rest is init's
+        out.append((name, value))
+        pos = next_pos
 
 
 def cmdline_words(text: str) -> list[tuple[str, str | None]]:
-    """The coldclone.* words of a kernel command line, as (key, value or None)."""
-    out = []
-    for w in kernel_words(text):
-        if not w.startswith(PREFIX):
-            continue
-        key, eq, value = w[len(PREFIX):].partition("=")
-        out.append((key, value if eq else None))
-    return out
+    """The coldclone.* words of a kernel command line, as (key without the prefix, value or None)."""
+    return [(name[len(PREFIX):], value) for name, value in kernel_words(text) if name.startswith(PREFIX)]
 
 
 def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
@@ -455,7 +565,8 @@ def from_cmdline(text: str, *, baked_root: str = "/") -> CaptureConfig:
             else:
                 if value is None or value == "":
                     raise UsageError(f"{name} needs a value: write {name}=...")
-                setattr(cfg, key, o.parse(name, value))
+                setattr(cfg, key, [o.parse(name, v) for v in _items(name, value)] if o.many
+                        else o.parse(name, value))
         except UsageError as e:
             msg = str(e)
             # Messages from shared parsers (target URL, host key pin) do not know the key.
@@ -473,15 +584,18 @@ def apply_baked(cfg: CaptureConfig, root: str) -> None:
     hostkey = os.path.join(root, BAKED_HOSTKEY.lstrip("/"))
     if os.path.exists(hostkey):
         with open(hostkey) as f:
-            pin = f.read().strip()
-        if pin:
-            cfg.hostkey = pin
+            # one pin, or several (a wave's servers): comma- or line-separated
+            pins = ",".join(f.read().split())
+        if pins:
+            cfg.hostkey = [_hostkey(BAKED_HOSTKEY, p) for p in _items(BAKED_HOSTKEY, pins)]
 
 
 def read_kernel_cmdline(path: str = "/proc/cmdline") -> str:
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            # bytes the kernel took as they came: kept (surrogateescape) for kernel_words to split
+            # as the kernel did and for a parser to name, never a UnicodeDecodeError
+            return f.read().decode("utf-8", "surrogateescape")
     except OSError as e:
         raise UsageError(f"cannot read the kernel command line from {path}: {e.strerror}") from None
 
@@ -498,8 +612,10 @@ def describe(cfg: CaptureConfig) -> list[str]:
             continue
         if f.name == "disks":
             v = "all" if v is None else ",".join(v)
+        elif f.name == "bwlimit":
+            v = human_rate(v)
         elif isinstance(v, list):
-            v = ",".join(v)
+            v = ",".join(redact(x) for x in v)
         elif isinstance(v, str):
             v = redact(v)
         lines.append(f"{f.name}={v}")

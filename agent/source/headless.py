@@ -77,9 +77,9 @@ def apply_on_done(action: str, live: bool, cmdline: str, path: str = ON_DONE_FIL
 def operator_ttys(cmdline: str) -> list[str]:
     """tty1 and every serial console named by console= (as the live scripts' cc_ttys)."""
     ttys = ["tty1"]
-    for word in kernel_words(cmdline):
-        if word.startswith("console="):
-            dev = word[len("console="):].split(",")[0]
+    for name, value in kernel_words(cmdline):
+        if name == "console" and value:
+            dev = value.split(",")[0]
             if dev.startswith(("ttyS", "ttyAMA", "hvc")) and dev not in ttys:
                 ttys.append(dev)
     return ttys

@@ -5,7 +5,8 @@ the events this job posts; the order of a run lives here, once (as virt-p2v's GU
 command line both end in one start_conversion):
 
     pre hook -> network (ip=) -> identity (path or https URL) -> target -> iSCSI login
-    -> discovery -> inspection (readiness, read-only) -> estimate -> capture -> post hook
+    -> discovery -> inspection (readiness, read-only) [-> the conversion server, of several]
+    -> estimate -> capture -> post hook
     always, at the end: iSCSI logout, target closed, a fetched identity removed
     on any failure: the fail hook, with the exit code and the message
 
@@ -20,21 +21,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import netsetup
-from .capture import inuse, lookup
+from .capture import inuse, lookup, placement
 from .capture.guard import device_tree
-from .capture.session import CaptureResult, run_capture
+from .capture.session import CaptureRequest, CaptureResult, run_capture
 from .capture.source import probe
 from .capture.stream import StreamOptions, parse_compress
 from .capture.usedmap import maps_reused
 from .config import PREFIX, CaptureConfig, describe
 from .discover.model import Inventory, Why, to_dict
 from .discover.populate import discover
+from .. import protocol as P
+from ..bwlimit import human_rate
 from ..errors import (
     EXIT_CANCELLED,
     EXIT_INTERNAL,
@@ -51,7 +55,8 @@ from .inspect.report import inspect_for_capture
 from .iscsi import auto
 from ..runcmd import run
 from .transport.open import Target, open_target
-from .transport.url import redact, url_secrets
+from .transport.url import parse_target, redact, url_secrets
+from ..units import human_bytes as hb
 
 log = logging.getLogger("coldclone.job")
 
@@ -193,7 +198,13 @@ class CaptureJob:
     sources: list[str] = field(default_factory=list)
     _attachment: auto.IscsiAttachment | None = None
     _fetched_identity: str | None = None
-    _lookup: Future | None = None       # the server's unfinished captures of these disks
+    # Several servers (a wave): one Target each, what each said, and the capture's way to the one
+    # chosen (capture/placement.py). One server: the survey is the lookup of unfinished captures.
+    servers: list[placement.Server] = field(default_factory=list)
+    placement: placement.Placement | None = None
+    _targets: list[Target] = field(default_factory=list)
+    _survey: Future | None = None       # the servers, once each answered (or could not)
+    _identities: tuple = ()             # the sources' disks as the survey asked about them
 
     def say(self, text: str) -> None:
         self.notify(Note(text))
@@ -210,8 +221,9 @@ class CaptureJob:
                 self._open_target()
                 self._iscsi()
                 self._discover()
-                self._start_lookup()
+                self._start_survey()
                 self._inspect()
+                self._choose()
                 with maps_reused():   # mode=used: the estimate's map serves the capture
                     self._estimate()
                     if cfg.estimate_only:
@@ -232,7 +244,11 @@ class CaptureJob:
 
     # -- steps, in order
     def _env(self) -> dict[str, str]:
-        return {"COLDCLONE_SERVER": self.cfg.server or "", "COLDCLONE_CAPTURE_ID": self.cfg.capture_id or ""}
+        if self.placement is not None:
+            server = self.placement.current.url      # where the capture is (it may have moved)
+        else:
+            server = str(self.target.url) if self.target is not None else ",".join(self.cfg.server)
+        return {"COLDCLONE_SERVER": server, "COLDCLONE_CAPTURE_ID": self.cfg.capture_id or ""}
 
     def _network(self) -> None:
         if not self.cfg.ip:
@@ -258,10 +274,15 @@ class CaptureJob:
         cfg = self.cfg
         self.target = self.prepared.target
         if self.target is None and cfg.server:
-            self.target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
-                                      known_hosts=cfg.known_hosts, password=cfg_password(cfg),
-                                      timeout=cfg.timeout)
-        if cfg.server and cfg.server.startswith("ssh://") and not (cfg.hostkey or cfg.known_hosts):
+            targets = [open_target(url, identity=cfg.identity, hostkey=cfg.hostkey, known_hosts=cfg.known_hosts,
+                                   password=cfg_password(cfg), timeout=cfg.timeout) for url in cfg.server]
+            if len(targets) == 1:
+                self.target = targets[0]
+            else:
+                # a wave: which one takes the capture is chosen once they have answered (_choose)
+                self._targets = targets
+                self.servers = [placement.Server(url, t.connect) for url, t in zip(cfg.server, targets)]
+        if any(s.startswith("ssh://") for s in cfg.server) and not (cfg.hostkey or cfg.known_hosts):
             # said before the first connection (the calibration probe): the refusal would be
             # right but late
             self.say("no host key pin given: the server's key must be in known_hosts, or the "
@@ -341,12 +362,13 @@ class CaptureJob:
             self.estimate = self.prepared.estimate
             return
         cfg, target = self.cfg, self.target
+        cap, cap_source = self._rate_cap()
         try:
             self.estimate = plan.estimate_capture(
-                self.inventory, self.sources, cfg.server, cfg.mode, calibrate_seconds=cfg.calibrate,
-                connect=target.connect if target else None,
+                self.inventory, self.sources, str(target.url) if target else None, cfg.mode,
+                calibrate_seconds=cfg.calibrate, connect=target.connect if target else None,
                 local_path=target.local_path if target else None, workers=cfg.workers,
-                image_format=cfg.format)
+                image_format=cfg.format, rate_cap=cap, rate_cap_source=cap_source)
         except ColdcloneError:
             raise
         except Exception as e:  # an estimate is advice: a bug in it must not stop a capture
@@ -354,6 +376,7 @@ class CaptureJob:
             self.say(f"estimate unavailable ({e!r}); capturing anyway")
             return
         self.notify(Estimated(self.estimate))
+        self._place_by_space()
 
     def _capture(self) -> CaptureResult:
         cfg = self.cfg
@@ -366,55 +389,123 @@ class CaptureJob:
         capture_id = cfg.resolved_capture_id()
         if capture_id is None and cfg.resume == "auto":
             capture_id = self._unfinished()
-        result = run_capture(self.sources, self.target.connect, opts, capture_id=capture_id,
-                             image_format=cfg.format, on_event=self.notify, cancel=self.cancel,
-                             source_facts=facts, estimate=est.to_dict() if est is not None else None,
-                             # the receiver's disk-space preflight: non-zero bytes per disk
-                             data_estimates={d.path: d.data_bytes for d in est.disks} if est else None,
-                             allow_mounted=cfg.allow_mounted, readiness=self.readiness,
-                             resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
-                             stall_seconds=cfg.stall)
+        connect = self.placement.connect if self.placement is not None else self.target.connect
+        result = run_capture(CaptureRequest(
+            disks=list(self.sources), connect=connect, opts=opts, capture_id=capture_id,
+            image_format=cfg.format, source_facts=facts, estimate=est, readiness=self.readiness,
+            allow_mounted=cfg.allow_mounted, resume=cfg.resume != "off", reconnect_seconds=cfg.reconnect,
+            stall_seconds=cfg.stall, wave=cfg.wave, bwlimit=cfg.bwlimit,
+            failover=self.placement.moves_on if self.placement is not None else None),
+            on_event=self.notify, cancel=self.cancel)
         self.notify(Captured(result, self.estimate, self.readiness))
         return result
 
-    def _start_lookup(self) -> None:
-        """resume=auto and no id given: ask the server for unfinished captures of these disks while
-        inspection and the estimate run (a lookup is a session of its own: ~0.5 s here)."""
+    def _start_survey(self) -> None:
+        """Ask the servers, while inspection runs (a session each: ~0.5 s here): with several, how
+        busy each is and what it holds of these disks, to choose one; with one, only when
+        resume=auto and no id is given, for an unfinished capture of these disks to continue."""
         cfg = self.cfg
         try:
             fixed = cfg.resolved_capture_id()
         except UsageError:
             return    # said where the capture needs its id
-        if cfg.estimate_only or cfg.resume != "auto" or fixed is not None or self.target is None:
-            return
+        servers = self.servers
+        if not servers:
+            if cfg.estimate_only or cfg.resume != "auto" or fixed is not None or self.target is None:
+                return
+            servers = [placement.Server(str(self.target.url), self.target.connect)]
         fut: Future = Future()
-        connect, sources = self.target.connect, list(self.sources)
+        sources = list(self.sources)
 
         def ask() -> None:
             try:
-                fut.set_result(lookup.find_unfinished(connect, sources))
+                self._identities = lookup.identities(sources)
+                placement.survey(servers, self._identities)
+                fut.set_result(servers)
             except BaseException as e:
                 fut.set_exception(e)
 
-        # A daemon thread: a job that fails before its capture does not wait for the answer to exit.
-        threading.Thread(target=ask, name="cc-lookup", daemon=True).start()
-        self._lookup = fut
+        # A daemon thread: a job that fails before its capture does not wait for the answers to exit.
+        threading.Thread(target=ask, name="cc-survey", daemon=True).start()
+        self._survey = fut
+
+    def _surveyed(self) -> list[placement.Server] | None:
+        """The servers as they answered; None (said why) when the survey itself failed."""
+        if self._survey is None:
+            return None
+        try:
+            return self._survey.result()
+        except Exception as e:  # a convenience: the capture still works without it
+            if not isinstance(e, ColdcloneError):
+                log.exception("asking the conversion servers failed")
+            self.say(f"could not ask the conversion server(s) before the capture ({e})")
+            return None
+
+    def _choose(self) -> None:
+        """Several servers: the one to capture to (capture/placement.py ranks them)."""
+        if not self.servers:
+            return
+        cfg = self.cfg
+        self._surveyed()
+        for s in self.servers:
+            self.say("conversion server " + s.describe())
+        if all(s.error is not None for s in self.servers):
+            raise ConnectionError_(f"none of the {len(self.servers)} conversion servers can be reached: "
+                                   + "; ".join(f"{s.shown}: {s.error}" for s in self.servers))
+        order = placement.rank(self.servers, self._source_key(), None)
+        self.placement = placement.Placement(order, cfg.failover, say=self.say)
+        self._place(why=("it holds an unfinished capture of these disks" if placement.resumable_on(order[0])
+                         else "the least busy"))
+
+    def _place(self, why: str) -> None:
+        first = self.placement.current
+        self.target = Target(parse_target(first.url), first.connect)
+        self.say(f"capturing to {first.shown} ({why})")
+
+    def _place_by_space(self) -> None:
+        """Once the estimate knows the capture's data: a server without room for it goes last."""
+        est = self.estimate
+        if self.placement is None or est is None or self.placement.connected_once:
+            return
+        need = P.space_needed(sum(d.data_bytes for d in est.disks), self.cfg.format)
+        order = placement.rank(self.servers, self._source_key(), need)
+        if order[0] is not self.placement.current:
+            self.placement.order, self.placement.index = order, 0
+            self._place(why=f"the capture needs about {hb(need)}, which the first choice has not free")
+
+    def _source_key(self) -> str:
+        """This source as the rendezvous hash knows it: its disks' serials, WWIDs and first bytes
+        (every source of a wave booted from one ISO has the same host name and disk names)."""
+        if self._identities:
+            return ",".join(f"{d.name}:{d.serial}:{d.wwid}:{d.head}" for d in self._identities)
+        return socket.gethostname() + "|" + ",".join(self.sources)
+
+    def _rate_cap(self) -> tuple[float | None, str]:
+        """The least of the agent's bwlimit= and the chosen server's share of its total cap."""
+        caps = []
+        if self.cfg.bwlimit:
+            caps.append((float(self.cfg.bwlimit), f"bwlimit={human_rate(self.cfg.bwlimit)}"))
+        load = self.placement.current.load if self.placement is not None else None
+        if load is not None and load.bwlimit:
+            share = load.bwlimit / (load.running + 1)
+            caps.append((share, f"the server's cap {human_rate(load.bwlimit)} over {load.running + 1} "
+                                f"session(s)"))
+        return min(caps) if caps else (None, "")
 
     def _unfinished(self) -> str | None:
         """The id of an unfinished capture of these very disks, when the server holds one proven by
         WWID/serial (the source server was rebooted mid-capture and its made-up id went with it).
         Weaker matches are named, not taken: another server booted from this ISO can have disks
         of the same names and sizes."""
-        if self._lookup is None:
+        servers = self._surveyed()
+        if not servers:
             return None
-        try:
-            found = self._lookup.result()
-        except Exception as e:  # the lookup is a convenience: a new capture still works without it
-            if not isinstance(e, ColdcloneError):
-                log.exception("lookup of unfinished captures failed")
-            self.say(f"could not ask the server for unfinished captures of these disks ({e}); "
+        s = self.placement.current if self.placement is not None else servers[0]
+        if s.answer is None:
+            self.say(f"could not ask {s.shown} for unfinished captures of these disks ({s.error}); "
                      f"starting a new capture")
             return None
+        found = s.answer.unfinished
         take = lookup.to_take(found)
         for u in found:
             if u is not take:
@@ -434,6 +525,8 @@ class CaptureJob:
             self._attachment = None
         if self.target is not None and self.target is not self.prepared.target:
             self.target.close()
+        for t in self._targets:
+            t.close()
         if self._fetched_identity:
             os.unlink(self._fetched_identity)
             self._fetched_identity = None

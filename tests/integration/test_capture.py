@@ -46,7 +46,7 @@ def test_capture_over_ssh_equals_source(sshd, rx_dir, source_disk):
     assert disk["size"] == sd.size
     assert disk["digest"] == P.digest_file(loop.dev)
     assert disk["verified"] == {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                                "qemu_img_compare": True}
+                                "qemu_img_check": True}
     rec = disk["received"]
     assert rec["data_bytes"] + rec["zero_bytes"] == sd.size
     # Real files and deleted remnants are data; most of the disk is zeros.

@@ -4,8 +4,11 @@ A two-disk "Debian server" (GPT, ext4 root with /etc/os-release, fstab and grub.
 /dev/sdX names, a MAC-bound udev rule, an ifcfg with HWADDR, a NetworkManager keyfile with a
 mac-address; /var on the second disk) is made into a complete capture by the real receiver,
 converted with our fix-ups as one guest, and the converted files are read back with debugfs
-(not libguestfs). The evidence qcow2s are byte-identical before and after. A disk with no OS is
-refused with `not converted: ...` and exit 7, and its capture stays complete and verified.
+(not libguestfs). The evidence qcow2s are byte-identical before and after. The same guest is
+hostile where it may be (issue 19): sparse "configuration files" of 200 and 300 MiB and file
+names holding a newline are left alone and said, with the converter's memory bounded. A disk
+with no OS is refused with `not converted: ...` and exit 7, and its capture stays complete and
+verified.
 
 Budget: one libguestfs appliance launch per conversion (two in this module; ~20-40 s each
 under TCG).
@@ -14,14 +17,17 @@ under TCG).
 import json
 import os
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 
 from agent.server.convert.convert import CopyMethod, read_capture, stage_image
 from agent.server.receive.store import Store
-from tests.conftest import BIN, sha256_of
+from tests.conftest import BIN, REPO, sha256_of
 from tests.testbed import guestdisk
+from tests.testbed.guestdisk import Link, Sparse
 
 pytestmark = pytest.mark.root
 
@@ -66,13 +72,50 @@ TREE = {
 }
 
 
+MiB = 1 << 20
+# What a hostile guest holds where the fix-ups look (issue 19).
+HOSTILE = {
+    # where the fix-ups expect small configuration files: sparse, costing the disk nothing
+    "etc/default/grub": Sparse(200 * MiB),
+    "etc/sysconfig/network-scripts/ifcfg-eth1": Sparse(300 * MiB),
+    # file names with a newline: glob-expand printed them on two lines, and the second half
+    # (a relative path) made guestfish fail and exit, the conversion with it
+    "etc/sysconfig/network-scripts/ifcfg-eth2\nrelative": IFCFG.replace("eth0", "eth2"),
+    "etc/systemd/system/multi-user.target.wants/smartd.service\nssh.service":
+        Link("/lib/systemd/system/ssh.service"),
+    # and ordinary hardware services' links beside them, removed as usual (S links, not K)
+    "etc/systemd/system/multi-user.target.wants/smartd.service": Link("/lib/systemd/system/smartd.service"),
+    "etc/rc3.d/S20gpm": Link("../init.d/gpm"),
+    "etc/rc3.d/K20gpm": Link("../init.d/gpm"),
+}
+
+
 def convert(capture, *args, timeout=900):
     return subprocess.run([os.path.join(BIN, "coldclone-convert"), capture, *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
+# The converter's own peak RSS: VmHWM, the high-water mark of the memory of the process that
+# runs it, made fresh at its exec (ru_maxrss would carry pytest's own from before the exec);
+# not its children's, qemu-img or the guestfish server, whose memory does not follow the guest.
+MEASURE = ("import sys\n"
+           "from agent.server.convert.cli import main\n"
+           "rc = main(sys.argv[1:])\n"
+           "hwm = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+           "print(f'CONVERTER-VMHWM-KIB {hwm}')\n"
+           "sys.exit(rc)\n")
+
+
+def convert_measured(capture, *args, timeout=900):
+    """coldclone-convert's main run in a process of its own; (result, its peak RSS in bytes)."""
+    r = subprocess.run([sys.executable, "-c", MEASURE, capture, *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=REPO)
+    line = next(l for l in r.stdout.splitlines() if l.startswith("CONVERTER-VMHWM-KIB "))
+    return r, int(line.split()[1]) * 1024
+
+
 def test_convert_two_disk_linux_with_fixups(root, tmp_path):
-    guestdisk.ext4_disk(str(tmp_path / "sda.img"), TREE, uuid=ROOT_UUID)
+    guestdisk.ext4_disk(str(tmp_path / "sda.img"), {**TREE, **HOSTILE}, uuid=ROOT_UUID)
     guestdisk.ext4_disk(str(tmp_path / "sdb.img"), {"log/messages": "old log\n"}, uuid=VAR_UUID)
     cap = guestdisk.make_capture(root, "srv01", {"sda": str(tmp_path / "sda.img"),
                                                  "sdb": str(tmp_path / "sdb.img")})
@@ -82,18 +125,23 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
     # Copy vs overlay for the stage the fixes are written to (measured, reported by -s).
     disks = read_capture(cap).manifest.disks
     capdir = Store(root).open_capture("srv01")
+    work = tempfile.mkdtemp(dir=cap, prefix="measure-")
     for method in (CopyMethod.COPY, CopyMethod.OVERLAY):
         t = time.monotonic()
-        stage_image(capdir, disks[0], "sda.measure.qcow2", method)
+        stage_image(capdir, disks[0], os.path.join(work, "sda.qcow2"), method)
         print(f"stage by {method.value}: {time.monotonic() - t:.3f} s")
-        capdir.unlink("sda.measure.qcow2")
+        os.unlink(os.path.join(work, "sda.qcow2"))
+    os.rmdir(work)
 
     t = time.monotonic()
-    r = convert(cap, "--engine", "fixups")
+    r, rss = convert_measured(cap, "--engine", "fixups")
     took = time.monotonic() - t
-    print(r.stdout, r.stderr[-3000:], f"coldclone-convert: {took:.1f} s", sep="\n")
+    print(r.stdout, r.stderr[-3000:], f"coldclone-convert: {took:.1f} s, peak RSS {rss / MiB:.0f} MiB", sep="\n")
     assert r.returncode == 0, r.stderr
     assert "converted: sda.kvm.qcow2, sdb.kvm.qcow2" in r.stdout
+    # 624 MiB with the converter before issue 19 and the two sparse files; 25 MiB for a guest
+    # without them (measured: VmHWM of the same process)
+    assert rss < 96 * MiB, rss
 
     # The evidence is untouched, byte for byte, and the receiver's manifest is kept as it was.
     assert {n: sha256_of(os.path.join(cap, n)) for n in before} == before
@@ -115,7 +163,18 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
         ("networkmanager-mac-address", "/etc/NetworkManager/system-connections/eth0.nmconnection"),
         ("interfaces-hwaddress", "/etc/network/interfaces"),
         ("grub-device-map", "/boot/grub/device.map"), ("grub-device-map", "/boot/grub/device.map"),
+        # the hardware services' start links (S only, not K); not the one whose name holds a newline
+        ("hardware-service-disabled", "/etc/rc3.d/S20gpm"),
+        ("hardware-service-disabled", "/etc/systemd/system/multi-user.target.wants/smartd.service"),
     ])
+    # what was left alone, and why: too large to be a configuration file, or a name with a newline
+    warnings = "\n".join(c["warnings"])
+    for path, size in (("/etc/default/grub", "200.0 MiB"),
+                       ("/etc/sysconfig/network-scripts/ifcfg-eth1", "300.0 MiB")):
+        assert f"{path} left alone: {size}, more than the 4.0 MiB a configuration file may hold" in warnings
+    for odd in ("'/etc/sysconfig/network-scripts/ifcfg-eth2\\nrelative'",
+                "'/etc/systemd/system/multi-user.target.wants/smartd.service\\nssh.service'"):
+        assert f"{odd} left alone: its name holds a control character" in warnings, warnings
     print("timings:", json.dumps(c["timings"]), "seconds:", c["seconds"])
     log = open(os.path.join(cap, "conversion.log")).read()
     assert "fixed fstab-device-name: /etc/fstab:3" in log
@@ -137,6 +196,9 @@ def test_convert_two_disk_linux_with_fixups(root, tmp_path):
     interfaces = guestdisk.read_ext4_file(kvm, "/etc/network/interfaces", str(tmp_path))
     assert interfaces == INTERFACES.replace("\thwaddress", "# coldclone-convert: MAC of the old hardware: \thwaddress")
     assert guestdisk.read_ext4_file(kvm, "/boot/grub/device.map", str(tmp_path)) == "(hd0)\t/dev/vda\n(hd1)\t/dev/vdb\n"
+    # the file with the odd name is as it was
+    assert guestdisk.read_ext4_file(kvm, '"/etc/sysconfig/network-scripts/ifcfg-eth2\nrelative"',
+                                    str(tmp_path)) == IFCFG.replace("eth0", "eth2")
     # The second disk's data is there, unchanged.
     assert guestdisk.read_ext4_file(os.path.join(cap, "sdb.kvm.qcow2"), "/log/messages",
                                     str(tmp_path)) == "old log\n"
@@ -227,3 +289,19 @@ def test_host_only_initramfs_without_a_tool_to_rebuild_it_is_refused(root, tmp_p
         f"it would stop in the initramfs; convert it with --engine virt-v2v")
     assert sha256_of(os.path.join(cap, "sda.qcow2")) == before
     assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.qcow2"]
+
+
+def test_status_reads_the_conversion_verdicts(root):
+    """`coldclone-server status` over this module's root: what each conversion above came to, read
+    from the manifests' `conversion` sections (a capture with no OS stays a verified capture)."""
+    r = subprocess.run([os.path.join(BIN, "coldclone-server"), "status", "--root", root, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = {s["capture_id"]: s for s in json.loads(r.stdout)}
+    if "srv01" in got:        # run with the test that converts it
+        assert got["srv01"]["state"] == "converted" and got["srv01"]["detail"].startswith("converted: sda.kvm")
+    for cid in ("data01", "queued01"):
+        if cid in got:
+            assert got[cid]["state"] == "verified", got[cid]
+            assert got[cid]["detail"].startswith("not converted: no operating system"), got[cid]
+    assert got, "no capture in the module's root: run the module, not this test alone"

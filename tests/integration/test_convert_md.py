@@ -28,10 +28,13 @@ import time
 
 import pytest
 
+from agent import records
 from agent.server.convert.guestfs import Guest, detect_accel
-from agent.server.convert.model import Engine, Fix, prediction_gaps
+from agent.server.convert.model import Fix, prediction_gaps
+from agent.choices import ConvertEngine
 from agent.guestos.tree import inspect_tree
 from tests.conftest import BIN, sha256_of
+from agent.runcmd import run
 from tests.testbed import guestdisk
 
 pytestmark = pytest.mark.root
@@ -120,7 +123,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
         "/srv not mounted for the fix-ups: its device /dev/md1 (the guest's fstab) is none of the "
         "filesystems on the captured disks; its files were not checked, and the converted guest "
         "mounts it only if that device is attached"]
-    fixes = [Fix.from_dict(f) for f in c["fixes"]]
+    fixes = [records.decode(f, Fix, "fix") for f in c["fixes"]]
     got = sorted((f.kind.value, f.path, f.before, f.after) for f in fixes)
     sw_a, sw_b = (f"UUID={u}" for u in md.swap_uuids)
     assert got == sorted([
@@ -145,7 +148,7 @@ def test_md_raid1_root_converts_as_one_guest(root, tmp_path):
     md_finding = next(f for f in src.findings if f.id == "md-raid")
     assert md_finding.evidence == ["/etc/fstab:3: /dev/md0 /", "/etc/fstab:6: /dev/md1 /srv"]
     promised = [f.id for f in src.findings if f.conversion]
-    gaps = prediction_gaps(promised, Engine.FIXUPS, fixes)
+    gaps = prediction_gaps(promised, ConvertEngine.FIXUPS, fixes)
     # The initramfs' virtio drivers are virt-v2v's part, which --engine fixups does not run.
     assert gaps.unpredicted == () and set(gaps.unanswered) <= {"initramfs-virtio"}, gaps
 
@@ -192,12 +195,20 @@ def test_md_root_without_mdadm_conf_converts(root, tmp_path):
     cap = guestdisk.make_capture(root, "mdsrv02", dict(zip(("sda", "sdb"), images)))
     before = {n: sha256_of(os.path.join(cap, n)) for n in ("sda.qcow2", "sdb.qcow2")}
     t = time.monotonic()
-    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), cap, "--engine", "fixups"],
+    # --overlay: each converted image is staged in the run's own directory and moved beside the
+    # evidence, so its backing file must be named from there
+    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), cap, "--engine", "fixups", "--overlay"],
                        capture_output=True, text=True, timeout=900)
     print(f"coldclone-convert (md RAID1, no mdadm.conf): {time.monotonic() - t:.1f} s")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "converted: sda.kvm.qcow2, sdb.kvm.qcow2 (6 fix-ups)" in r.stdout
     assert {n: sha256_of(os.path.join(cap, n)) for n in before} == before
+    for n in ("sda", "sdb"):
+        info = json.loads(run(["qemu-img", "info", "--output=json", os.path.join(cap, f"{n}.kvm.qcow2")]).stdout)
+        assert (info["backing-filename"], info["backing-filename-format"]) == (f"{n}.qcow2", "qcow2")
+        run(["qemu-img", "check", "-q", os.path.join(cap, f"{n}.kvm.qcow2")])
+    assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.kvm.qcow2", "sda.qcow2",
+                                       "sdb.kvm.qcow2", "sdb.qcow2"]
     c = json.load(open(os.path.join(cap, "manifest.json")))["conversion"]
     assert c["os"]["root"] == "/dev/md127"
     assert sorted(c["os"]["mountpoints"]) == [["/", "/dev/md0"], ["/srv", "/dev/md1"]]

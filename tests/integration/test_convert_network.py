@@ -19,7 +19,9 @@ import subprocess
 import pytest
 
 from agent.guestos.tree import inspect_tree
-from agent.server.convert.model import Engine, Fix, NetworkPolicy, prediction_gaps
+from agent import records
+from agent.choices import ConvertEngine, ConvertNetwork
+from agent.server.convert.model import Fix, prediction_gaps
 from tests.conftest import BIN
 from tests.testbed import guestdisk, netconfigs
 
@@ -79,9 +81,9 @@ def convert_one(root, tmp_path, name, tree, policy):
     print(r.stdout, r.stderr[-2000:])
     assert r.returncode == 0, r.stderr[-3000:]
     conv = json.load(open(os.path.join(cap, "manifest.json")))["conversion"]
-    fixes = [Fix.from_dict(d) for d in conv["fixes"]]
+    fixes = [records.decode(d, Fix, "fix") for d in conv["fixes"]]
     promised = [f.id for f in predicted.findings if f.conversion]
-    gaps = prediction_gaps(promised, Engine.FIXUPS, fixes, NetworkPolicy(policy))
+    gaps = prediction_gaps(promised, ConvertEngine.FIXUPS, fixes, ConvertNetwork(policy))
     assert gaps.agree, (promised, [f.render() for f in fixes], gaps)
     return cap, conv, predicted
 

@@ -17,7 +17,8 @@ from tests.testbed import synthdisk
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
 
-pytestmark = pytest.mark.root
+# serial: the estimate against the clock; a second test beside it would be measured too
+pytestmark = [pytest.mark.root, pytest.mark.serial]
 MiB = 1 << 20
 RATE_MBIT = 320            # 40 MB/s: a USB 2.0 .. NFS-on-1GbE class link
 ACCURACY = 0.25
@@ -58,7 +59,7 @@ def test_calibrated_estimate_within_25_percent(shaped, request, mode):
     """mode=used too (issue 15): the estimate maps the used blocks as the capture does (partclone)
     and predicts from the bytes that map sends; the remnants in free space are not read. As in
     a capture job, the capture reuses the estimate's map (usedmap.maps_reused)."""
-    from agent.source.capture.session import run_capture
+    from agent.source.capture.session import CaptureRequest, run_capture
     from agent.source.capture.stream import StreamOptions
     from agent.source.capture.usedmap import maps_reused
     from agent.source.estimate.plan import estimate_capture
@@ -76,8 +77,8 @@ def test_calibrated_estimate_within_25_percent(shaped, request, mode):
         assert est.calibrated, est.notes
         assert os.listdir(rx) == [], "the calibration probe must leave nothing on the server"
         t0 = time.monotonic()
-        res = run_capture([loop.dev], target.connect, StreamOptions(mode=mode), capture_id=f"accuracy-{mode}",
-                          estimate=est.to_dict())
+        res = run_capture(CaptureRequest([loop.dev], target.connect, StreamOptions(mode=mode),
+                                         capture_id=f"accuracy-{mode}", estimate=est))
         actual = time.monotonic() - t0
     err = (est.total_seconds - actual) / actual
     print()
@@ -92,10 +93,10 @@ def test_calibrated_estimate_within_25_percent(shaped, request, mode):
           f"predicted stages {est.disks[0].stages}")
     # The probe went through the throttled path: never faster than the tbf limit. (Slower is
     # possible: on a busy 2-core machine SSH's CPU can be the limit, and then the capture's too.)
-    measured = est.calibration["probe"]["rate"]
+    measured = est.calibration.probe.rate
     assert 0.3 * RATE_MBIT / 8e-6 < measured < 1.1 * RATE_MBIT / 8e-6, measured
     assert est.disks[0].bottleneck in ("link", "cpu"), est.disks[0].stages
     assert abs(err) <= ACCURACY, f"estimate {est.total_seconds:.1f} s vs actual {actual:.1f} s"
     m = res.manifest
-    assert m.estimate["calibrated"] is True
-    assert m.estimate_vs_actual["predicted_seconds"] == round(est.total_seconds, 1)
+    assert m.estimate.calibrated is True
+    assert m.estimate_vs_actual.predicted_seconds == est.total_seconds

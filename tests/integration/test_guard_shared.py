@@ -13,6 +13,7 @@ import pytest
 from agent.source.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
 from agent.runcmd import run
 from tests.conftest import BIN, coldclone, sha256_of, ssh_args
+from tests.testbed.resume import image_bytes
 from tests.testbed.procs import Spooled
 from tests.testbed.loop import LoopDevice
 
@@ -58,9 +59,7 @@ def start_capture(sshd, rx_dir, dev, cid, *extra):
 def wait_streaming(proc, partial, at_least=32 * MiB, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        raws = [n for n in os.listdir(partial)] if os.path.isdir(partial) else []
-        raws = [n for n in raws if n.endswith(".raw")]
-        if raws and os.stat(os.path.join(partial, raws[0])).st_blocks * 512 >= at_least:
+        if image_bytes(os.path.dirname(partial), os.path.basename(partial)[:-len(".partial")]) >= at_least:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -237,3 +236,25 @@ def test_headless_sigterm_mid_capture_aborts_and_releases(sshd, rx_dir, busy_dis
     assert json.load(open(os.path.join(partial, "failure.json")))["code"] == "aborted"
     assert not any(get_ro(d) for d in tree(busy_disk))
     assert records_for(busy_disk) == []
+
+
+def test_guard_says_one_line_per_disk_tree(busy_disk, caplog):
+    """make demo printed 24 guard lines (each partition set read-only and restored, twice): at the
+    default level the guard says one line per disk tree when it takes it and one when it gives it
+    back; each device's own line is at -v (debug); a guard nested in one this process already
+    holds (inspection mounting /boot inside /) says nothing at the default level."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="coldclone.guard")
+    with ReadOnlyGuard([busy_disk.dev]):
+        with ReadOnlyGuard([busy_disk.parts[0]], exclusive=False):
+            assert all(get_ro(d) for d in tree(busy_disk))
+    assert not any(get_ro(d) for d in tree(busy_disk))
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coldclone.guard"]
+    names = ", ".join(os.path.basename(d) for d in tree(busy_disk))
+    assert [m for lvl, m in said if lvl >= logging.INFO] == [
+        f"{busy_disk.dev}: 2 devices ({names}) set read-only in the kernel (were read-write)",
+        f"{busy_disk.dev}: 2 devices ({names}) back to the read-only state they had before"]
+    per_device = [m for lvl, m in said if lvl == logging.DEBUG]
+    assert len(per_device) == 2 * 2 + 2 * 2, per_device     # each device: set, shared, stays, restored
+    assert f"{busy_disk.parts[0]} restored to read-write" in per_device

@@ -35,9 +35,9 @@ def start_capture(sshd, rx_dir, dev, cid, *args):
 def wait_streaming(proc, partial, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.isdir(partial) and any(n.endswith(".raw") for n in os.listdir(partial)):
-            raw = [n for n in os.listdir(partial) if n.endswith(".raw")][0]
-            if os.stat(os.path.join(partial, raw)).st_blocks * 512 > 32 * MiB:
+        if os.path.isdir(partial) and any(n.endswith(".qcow2") for n in os.listdir(partial)):
+            image = [n for n in os.listdir(partial) if n.endswith(".qcow2")][0]
+            if os.stat(os.path.join(partial, image)).st_blocks * 512 > 32 * MiB:
                 return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)

@@ -42,7 +42,7 @@ def hook(tmp_path, name: str, log, body: str = "") -> str:
 def job_config(tmp_path, source, **kw) -> CaptureConfig:
     out = tmp_path / "server"
     out.mkdir(exist_ok=True)
-    base = dict(server=f"file://{out}", disks=[source.dev], iscsi=IscsiMode.OFF, calibrate=0.0,
+    base = dict(server=[f"file://{out}"], disks=[source.dev], iscsi=IscsiMode.OFF, calibrate=0.0,
                 capture_id="job-1")
     base.update(kw)
     return CaptureConfig(**base)
@@ -90,7 +90,7 @@ def test_steps_run_in_order_and_the_capture_is_the_source(tmp_path, source):
     assert sha256_of(source.dev) == before
     manifest = json.load(open(os.path.join(result.location, "manifest.json")))
     assert manifest["source"]["inventory"]["disks"], manifest["source"]
-    assert manifest["estimate"]["total_seconds"] == est.to_dict()["total_seconds"]
+    assert manifest["estimate"]["total_seconds"] == est.total_seconds
 
 
 def test_a_failing_pre_hook_stops_everything_and_runs_the_fail_hook(tmp_path, source):

@@ -67,7 +67,7 @@ def test_capture_to_local_disk_equals_source(usb_disk, source):
         m = json.load(open(os.path.join(cap, "manifest.json")))
         assert m["status"] == "complete"
         assert m["disks"][0]["digest"] == P.digest_file(src.dev)
-        assert m["disks"][0]["verified"]["qemu_img_compare"]
+        assert m["disks"][0]["verified"]["qemu_img_check"]
         mountpoint = tgt.mountpoint
     assert not os.path.ismount(mountpoint), "prepare()'s mount must be undone by close()"
     assert sha256_of(src.dev) == before
@@ -80,7 +80,7 @@ def test_capture_to_local_disk_equals_source(usb_disk, source):
 
 def test_estimate_probe_and_manifest_on_local_target(usb_disk, source):
     """Calibrating against the local target leaves nothing there; the estimate lands in the manifest."""
-    from agent.source.capture.session import run_capture
+    from agent.source.capture.session import CaptureRequest, run_capture
     from agent.source.capture.stream import StreamOptions
     from agent.source.estimate.plan import estimate_capture
     from agent.source.transport.open import open_target
@@ -91,13 +91,13 @@ def test_estimate_probe_and_manifest_on_local_target(usb_disk, source):
             est = estimate_capture(None, [src.dev], tgt.url, "nonzero", calibrate_seconds=2.0,
                                    connect=target.connect, local_path=target.local_path)
             assert est.calibrated, est.notes
-            assert est.calibration["probe"]["wire_bytes"] > 0
+            assert est.calibration.probe.wire_bytes > 0
             assert os.listdir(tgt.path) == [], "the probe must leave nothing on the target"
             print("\n".join(est.lines()))
-            res = run_capture([src.dev], target.connect, StreamOptions(), capture_id="local-est",
-                              image_format="raw", estimate=est.to_dict())
+            res = run_capture(CaptureRequest([src.dev], target.connect, StreamOptions(), capture_id="local-est",
+                                             image_format="raw", estimate=est))
         m = json.load(open(os.path.join(tgt.path, "local-est", "manifest.json")))
-        assert m["estimate"]["total_seconds"] == est.to_dict()["total_seconds"]
+        assert m["estimate"]["total_seconds"] == est.total_seconds
         assert m["estimate_vs_actual"]["predicted_seconds"] == m["estimate"]["total_seconds"]
         assert m["estimate_vs_actual"]["actual_seconds"] > 0
         raw = os.path.join(tgt.path, "local-est", m["disks"][0]["image"])

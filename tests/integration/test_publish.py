@@ -18,6 +18,9 @@ import pytest
 import requests
 
 from agent.runcmd import run
+from agent.choices import ConvertEngine
+from agent.server.convert.model import Conversion, CopyMethod, ImageOut, Outcome
+from agent.server.receive.manifest import CaptureDirectory
 from tests.conftest import BIN, coldclone, sha256_of, ssh_args
 from tests.integration.test_headless import headless, server_words
 from tests.testbed import glance as tglance
@@ -28,8 +31,8 @@ pytestmark = pytest.mark.root
 GiB = 1 << 30
 
 
-def publish(capture_dir, cloud, clouds_yaml, timeout=300):
-    return subprocess.run([os.path.join(BIN, "coldclone-publish"), capture_dir, "--cloud", cloud],
+def publish(capture_dir, cloud, clouds_yaml, *args, timeout=300):
+    return subprocess.run([os.path.join(BIN, "coldclone-publish"), capture_dir, "--cloud", cloud, *args],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OS_CLIENT_CONFIG_FILE": clouds_yaml})
 
@@ -46,17 +49,6 @@ def md5_sha512(path):
             a.update(chunk)
             b.update(chunk)
     return a.hexdigest(), b.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def glance(tmp_path_factory):
-    why = tglance.available()
-    if why:
-        pytest.skip(why)
-    g = tglance.Glance(workdir=str(tmp_path_factory.mktemp("glance"))).start()
-    g.clouds = g.write_clouds_yaml(os.path.join(g.work, "clouds.yaml"), cloud="test")
-    yield g
-    g.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +151,12 @@ def test_publish_uploads_with_every_property_and_the_same_bytes(glance, capture)
             got.update(chunk)
     assert got.hexdigest() == before == sha256_of(local)
     pub = m["publish"]
-    assert (pub["image_id"], pub["cloud"], pub["checksum"]) == (iid, "test", md5)
-    assert pub["image_kind"] == "verified" and pub["reused"] is False and pub["published"]
+    assert (pub["cloud"], pub["disk_format"], pub["published"] != "") == ("test", "qcow2", True)
+    [only] = pub["images"]
+    assert (only["image_id"], only["checksum"], only["disk"], only["role"], only["position"]) == (
+        iid, md5, name, "boot", 0)
+    assert only["image_kind"] == "verified" and only["reused"] is False
+    assert only["method"] == "glance-direct"      # the test Glance offers the interoperable import
     assert m["status"] == "complete" and m["readiness"]["firmware"] == "uefi"   # rest intact
 
 
@@ -176,7 +172,12 @@ def test_publishing_twice_finds_the_first_image(glance, capture):
     verified = [i for i in listed["images"] if i["coldclone_image_file"].endswith(".qcow2")
                 and not i["coldclone_image_file"].endswith(".kvm.qcow2")]
     assert len(verified) == 1
-    assert json.load(open(os.path.join(cap, "manifest.json")))["publish"]["reused"] is True
+    assert json.load(open(os.path.join(cap, "manifest.json")))["publish"]["images"][0]["reused"] is True
+    # coldclone-server status reads the manifest's publish section: the image id
+    r = subprocess.run([os.path.join(BIN, "coldclone-server"), "status", "--root", os.path.dirname(cap), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    [st] = [s for s in json.loads(r.stdout) if s["capture_id"] == "deb12-uefi"]
+    assert st["state"] == "published" and st["image_ids"] == [image_id_of(first.stdout)], st
 
 
 def test_converted_image_is_preferred(glance, capture, tmp_path):
@@ -187,13 +188,22 @@ def test_converted_image_is_preferred(glance, capture, tmp_path):
     run(["qemu-img", "convert", "-c", "-O", "qcow2", os.path.join(copy, f"{name}.qcow2"),
          os.path.join(copy, f"{name}.kvm.qcow2")])
     md5, _ = md5_sha512(os.path.join(copy, f"{name}.kvm.qcow2"))
+    # A converted image the manifest does not record (a failed or interrupted conversion left
+    # it, or anyone) is not taken: the verified image is published.
+    r = publish(copy, "test", glance.clouds)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the verified capture as captured" in r.stdout
+    # recorded by the conversion, as coldclone-convert writes it: taken
+    conv = Conversion(Outcome.CONVERTED, "converted", ConvertEngine.FIXUPS, {}, "tcg", "", "", "", 1.0,
+                      images=[ImageOut(name, f"{name}.qcow2", f"{name}.kvm.qcow2", CopyMethod.COPY)])
+    CaptureDirectory.load(copy, purpose="published").write_section("conversion", conv)
     r = publish(copy, "test", glance.clouds)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "(converted for KVM)" in r.stdout
     img = requests.get(f"{glance.url}/v2/images/{image_id_of(r.stdout)}", timeout=10).json()
     assert img["checksum"] == md5 and img["coldclone_image_file"] == f"{name}.kvm.qcow2"
     assert img["name"] == f"deb12-uefi-{name}-kvm"
-    assert json.load(open(os.path.join(copy, "manifest.json")))["publish"]["image_kind"] == "converted"
+    assert json.load(open(os.path.join(copy, "manifest.json")))["publish"]["images"][0]["image_kind"] == "converted"
 
 
 def test_refused_upload_and_stopped_api_leave_the_capture_intact(capture, tmp_path):

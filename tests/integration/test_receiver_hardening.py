@@ -60,7 +60,8 @@ def test_nesting_attack_over_sshd(sshd, rx_dir, tmp_path):
             err = the_error(replies)
             assert err["code"] == code, (path, cid, err)
             assert status != 0
-        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", "sda.journal", "sda.raw"]
+        # (the qcow2 written directly, and the private socket of its qemu-nbd while the capture runs)
+        assert sorted(os.listdir(partial)) == [".coldclone-receive.lock", ".sda.nbd", "sda.journal", "sda.qcow2"]
         victim.send(blob[cut:])
         victim.close_write()
         replies = []
@@ -87,6 +88,40 @@ def idle_sshd():
     yield s
     s.stop()
     shutil.rmtree(s.workdir, ignore_errors=True)
+
+
+def test_the_agents_environment_does_not_reach_the_receivers_python(tmp_path):
+    """Issue 19: with `AcceptEnv *` in sshd, `SendEnv=PYTHONPATH` ran the agent's own code inside
+    the receiver (a sitecustomize, an `agent` package shadowing ours). The installed launcher runs
+    Python isolated: the same session through the real sshd gets the real receiver's answer and
+    none of the planted code runs."""
+    evil = tmp_path / "evil"
+    (evil / "agent").mkdir(parents=True)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(marks, 0o777)
+    plant = f"open({str(marks / 'ran')!r} + __name__, 'w').write('planted code ran')\n"
+    (evil / "sitecustomize.py").write_text(plant)
+    (evil / "agent" / "__init__.py").write_text(plant)
+    for p in (evil, evil / "agent", evil / "sitecustomize.py", evil / "agent" / "__init__.py"):
+        os.chmod(p, 0o755)
+    with Sshd(accept_env=True, baseline_key=True) as s:
+        os.makedirs(os.path.join(s.receiver_root, "x"), exist_ok=True)
+        shutil.chown(os.path.join(s.receiver_root, "x"), s.user)
+        probe = P.preamble() + P.Hello(capture_id=None, probe=True, disks=("sda",)).encode() + P.Abort("done").encode()
+        env = {**os.environ, "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "sitecustomize.py"),
+               "PYTHONINSPECT": "1"}
+        r = subprocess.run(["ssh", *ssh_client_opts(s), "-p", str(s.port), "-o", "SendEnv=PYTHON*",
+                            f"{s.user}@127.0.0.1"], input=probe, capture_output=True, env=env, timeout=60)
+        # The control: sshd does hand the variable over (a plain key, no forced command).
+        seen = subprocess.run([*s.ssh_argv(), "-o", "SendEnv=PYTHONPATH", "echo $PYTHONPATH"],
+                              capture_output=True, text=True, env=env, timeout=60)
+    assert seen.stdout.strip() == str(evil), seen.stderr
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert replies and replies[0]["event"] == "ready" and replies[0]["probe"] is True, (r.stdout, r.stderr)
+    assert os.listdir(marks) == [], "the agent's PYTHONPATH ran code in the receiver"
+    assert r.returncode == 0, r.stderr
 
 
 def receivers_of(s: Sshd) -> list[int]:
@@ -142,12 +177,13 @@ def test_scp_attempt_with_the_key_ends_within_the_timeout(idle_sshd, tmp_path):
     print(f"scp attempt ended after {took:.1f} s, sftp after {took_sftp:.1f} s")
 
 
-def test_disk_full_during_conversion_leaves_no_temp_file(tmpfs):  # noqa: F811
-    """The raw image fits, its qcow2 does not: the error names the full disk, and the half-made
-    .sda.qcow2.tmp is gone with the raw image, so the space is given back for a retry."""
+def test_disk_full_while_writing_the_image_leaves_nothing(tmpfs):  # noqa: F811
+    """The qcow2 does not fit (no estimate, so no preflight): qemu-nbd's ENOSPC comes back as the
+    full disk, named, and the half-written qcow2 is gone, so the space is given back for a retry.
+    (Before issue 21 the raw file fitted and its conversion did not: the same assertions.)"""
     root = tmpfs("size=16m,mode=0755")
-    data = bytearray(12 * MiB)
-    data[MiB:11 * MiB] = os.urandom(10 * MiB)
+    data = bytearray(20 * MiB)
+    data[MiB:19 * MiB] = os.urandom(18 * MiB)
     run = run_receiver(root, capture_stream("conv", {"sda": bytes(data)}), timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     err = run.error
@@ -165,7 +201,8 @@ def test_space_preflight_refuses_up_front(tmpfs):  # noqa: F811
     err = run.error
     assert err["code"] == "disk_full", err
     msg = err["message"]
-    assert "refused disk sda: it needs about 130.0 MiB" in msg and "raw data 64.0 MiB + qcow2 image 66.0 MiB" in msg
+    # one copy: the qcow2 (the data and its metadata), no raw file beside it any more
+    assert "refused disk sda: it needs about 66.0 MiB (qcow2 image 66.0 MiB," in msg
     assert "are free in " + root in msg
     assert os.listdir(os.path.join(root, "pre.partial")) == ["failure.json"]
     # Within the space it fits, the same capture goes through.
@@ -206,16 +243,16 @@ def test_gc_cleans_a_dead_receivers_partial_and_never_a_live_one(tmp_path):
             proc.stdin.write(half_capture(cid))
             proc.stdin.flush()
         for cid in ("live", "dead"):
-            wait_for_file(os.path.join(root, f"{cid}.partial", "sda.raw"))
+            wait_for_file(os.path.join(root, f"{cid}.partial", "sda.qcow2"))
         time.sleep(0.5)
         dead.kill()
         dead.wait()
         out = gc(root)
         assert f"live     {root}/live.partial: a running receiver holds its lock" in out, out
-        assert (f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: sda.journal, sda.raw "
-                f"removed") in out, out
-        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", "sda.journal",
-                                                                          "sda.raw"]
+        assert (f"dead     {root}/dead.partial: receiver pid {dead.pid} is gone; cleaned: .sda.nbd, sda.journal, "
+                f"sda.qcow2 removed") in out, out
+        assert sorted(os.listdir(os.path.join(root, "live.partial"))) == [".coldclone-receive.lock", ".sda.nbd",
+                                                                          "sda.journal", "sda.qcow2"]
         assert os.listdir(os.path.join(root, "dead.partial")) == ["failure.json"]
         failure = json.load(open(os.path.join(root, "dead.partial", "failure.json")))
         assert failure["code"] == "receiver_died" and str(dead.pid) in failure["error"]
@@ -252,7 +289,7 @@ def test_receiver_ends_when_its_parent_is_gone(tmp_path):
         rx_pid = int(parent.stdout.readline())
         parent.stdin.write(half_capture("orphan"))
         parent.stdin.flush()
-        wait_for_file(os.path.join(root, "orphan.partial", "sda.raw"))
+        wait_for_file(os.path.join(root, "orphan.partial", "sda.qcow2"))
         t0 = time.monotonic()
         parent.kill()
         parent.wait()
@@ -263,7 +300,7 @@ def test_receiver_ends_when_its_parent_is_gone(tmp_path):
         assert took < 5, took
         partial = os.path.join(root, "orphan.partial")
         # An ended session is an interruption: what arrived stays, journaled, to be resumed.
-        assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.raw"]
+        assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.qcow2"]
         failure = json.load(open(os.path.join(partial, "failure.json")))
         assert failure["code"] == "session_ended" and "is gone" in failure["error"]
         assert failure["resumable"] is True
@@ -278,14 +315,14 @@ def test_sighup_ends_the_session_cleanly(tmp_path):
     t0 = time.monotonic()
     proc.stdin.write(half_capture("hup"))
     proc.stdin.flush()
-    # The journal is created just after the raw file: a SIGHUP between the two leaves nothing
+    # The journal is created just after the image: a SIGHUP between the two leaves nothing
     # journaled, and then rightly nothing to resume (seen once: only failure.json was left).
-    # Data in the raw file: the disk is open and its records are being written.
-    raw = os.path.join(root, "hup.partial", "sda.raw")
+    # Data in the image: the disk is open and its records are being written.
+    raw = os.path.join(root, "hup.partial", "sda.qcow2")
     wait_for_file(os.path.join(root, "hup.partial", "sda.journal"))
     deadline = time.monotonic() + 30
     while os.stat(raw).st_blocks == 0:
-        assert time.monotonic() < deadline, "no data reached the raw file"
+        assert time.monotonic() < deadline, "no data reached the image"
         time.sleep(0.01)
     proc.send_signal(signal.SIGHUP)
     run = finish(proc, t0, 20)
@@ -293,4 +330,4 @@ def test_sighup_ends_the_session_cleanly(tmp_path):
     assert run.error["code"] == "session_ended" and "SIGHUP" in run.error["message"]
     assert "Traceback" not in run.stderr
     # An ended session is an interruption: what arrived stays, journaled, to be resumed.
-    assert sorted(os.listdir(os.path.join(root, "hup.partial"))) == ["failure.json", "sda.journal", "sda.raw"]
+    assert sorted(os.listdir(os.path.join(root, "hup.partial"))) == ["failure.json", "sda.journal", "sda.qcow2"]

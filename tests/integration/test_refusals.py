@@ -140,7 +140,7 @@ def test_truncated_stream(sshd, rx_dir):
     # with its resume journal (tests/unit/test_resume_journal.py resumes it).
     assert not os.path.exists(os.path.join(rx_dir, "trunc"))
     partial = os.path.join(rx_dir, "trunc.partial")
-    assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.raw"]
+    assert sorted(os.listdir(partial)) == ["failure.json", "sda.journal", "sda.qcow2"]
     assert json.load(open(os.path.join(partial, "failure.json")))["resumable"] is True
 
 

@@ -17,7 +17,7 @@ from tests.conftest import BIN, ssh_args
 from tests.testbed.loop import LoopDevice
 from tests.testbed.netns import ShapedServer
 from tests.testbed.procs import Spooled, kill_receivers
-from tests.testbed.resume import raw_bytes, wait_raw
+from tests.testbed.resume import image_bytes, wait_image
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -83,12 +83,12 @@ def test_receiver_killed_at_half_then_resume(sshd, rx_dir, source):
     before = sha256_of(source.dev)
     t0 = time.monotonic()
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "rk", "--reconnect", "0")
-    wait_raw(first, rx_dir, "rk", SIZE // 2)
+    wait_image(first, rx_dir, "rk", SIZE // 2)
     kill_receiver(sshd)
     out, err = first.communicate(timeout=120)
     t_first = time.monotonic() - t0
     assert first.returncode in (3, 5), err
-    arrived_first = raw_bytes(rx_dir, "rk")
+    arrived_first = image_bytes(rx_dir, "rk")
     assert not os.path.exists(os.path.join(rx_dir, "rk"))
 
     t0 = time.monotonic()
@@ -111,7 +111,7 @@ def test_receiver_killed_at_half_then_resume(sshd, rx_dir, source):
 def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
     before = sha256_of(source.dev)
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "ak")
-    wait_raw(first, rx_dir, "ak", SIZE // 2)
+    wait_image(first, rx_dir, "ak", SIZE // 2)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     # The receiver sees the stream cut: it journals what it holds and leaves failure.json.
@@ -121,7 +121,7 @@ def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
         time.sleep(0.1)
     rec = json.load(open(failure))
     assert rec["resumable"] is True, rec
-    arrived_first = raw_bytes(rx_dir, "ak")
+    arrived_first = image_bytes(rx_dir, "ak")
 
     second = capture(sshd, rx_dir, source.dev, "--resume", "ak")
     out, err = second.communicate(timeout=300)
@@ -135,7 +135,7 @@ def test_agent_killed_at_half_then_a_new_agent_resumes(sshd, rx_dir, source):
 
 def test_changed_source_is_sent_again_not_spliced(sshd, rx_dir, source):
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "chg", "--reconnect", "0")
-    wait_raw(first, rx_dir, "chg", SIZE // 2)
+    wait_image(first, rx_dir, "chg", SIZE // 2)
     kill_receiver(sshd)
     first.communicate(timeout=120)
     assert first.returncode != 0
@@ -162,9 +162,9 @@ def test_receiver_restart_is_survived_in_process(sshd, rx_dir, source):
     """The server side dies mid-capture (as in a receiver restart); the agent reconnects by itself."""
     before = sha256_of(source.dev)
     proc = capture(sshd, rx_dir, source.dev, "--capture-id", "rc", "--reconnect", "60")
-    wait_raw(proc, rx_dir, "rc", SIZE // 2)
+    wait_image(proc, rx_dir, "rc", SIZE // 2)
     kill_receiver(sshd)
-    arrived_first = raw_bytes(rx_dir, "rc")
+    arrived_first = image_bytes(rx_dir, "rc")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "reconnecting (attempt 1)" in out + err
@@ -186,7 +186,7 @@ def test_link_down_longer_than_the_session_then_reconnect(source):
              "--identity", srv.sshd.client_key, "--known-hosts", srv.sshd.known_hosts, "--compress", "none",
              "--progress-interval", "0.5", "--capture-id", "ln", "--reconnect", "120", "--stall-timeout", "5",
              "--timeout", "3"])
-        wait_raw(proc, root, "ln", SIZE // 2)
+        wait_image(proc, root, "ln", SIZE // 2)
         run(["ip", "link", "set", srv.host_if, "down"])
         t_down = time.monotonic()
         try:
@@ -199,7 +199,7 @@ def test_link_down_longer_than_the_session_then_reconnect(source):
         finally:
             run(["ip", "link", "set", srv.host_if, "up"])
         down = time.monotonic() - t_down
-        arrived_first = raw_bytes(root, "ln")
+        arrived_first = image_bytes(root, "ln")
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "reconnecting (attempt 1)" in out + err

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.test_resume import (  # noqa: F401 (source, source_img: fixtures)
     SIZE, capture, kill_receiver, same_image, sha256_of, source, source_img)
-from tests.testbed.resume import raw_bytes, wait_raw
+from tests.testbed.resume import image_bytes, wait_image
 
 pytestmark = pytest.mark.root
 
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.root
 def test_a_match_by_name_and_size_is_named_not_taken(sshd, rx_dir, source):  # noqa: F811
     before = sha256_of(source.dev)
     first = capture(sshd, rx_dir, source.dev, "--capture-id", "lk", "--reconnect", "0")
-    wait_raw(first, rx_dir, "lk", SIZE // 2)
+    wait_image(first, rx_dir, "lk", SIZE // 2)
     kill_receiver(sshd)
     first.communicate(timeout=120)
-    held = raw_bytes(rx_dir, "lk")
+    held = image_bytes(rx_dir, "lk")
     assert first.returncode != 0 and held > 0
 
     second = capture(sshd, rx_dir, source.dev)          # no id, resume=auto (the default)
@@ -38,5 +38,5 @@ def test_a_match_by_name_and_size_is_named_not_taken(sshd, rx_dir, source):  # n
     entry = json.load(open(os.path.join(rx_dir, made[0], "manifest.json")))["disks"][0]
     assert entry.get("resume") is None and entry["received"]["data_bytes"] == SIZE
     same_image(source.dev, rx_dir, made[0], entry)
-    assert raw_bytes(rx_dir, "lk") == held
+    assert image_bytes(rx_dir, "lk") == held
     assert sha256_of(source.dev) == before

@@ -20,7 +20,7 @@ from tests.integration.test_resume import CHUNK, WINDOW, capture, kill_receiver,
 from agent.server.receive.unfinished import gc
 from tests.testbed.loop import LoopDevice
 from tests.testbed.procs import receiver_pids, slow_syscall, stop_process
-from tests.testbed.resume import raw_bytes, wait_raw
+from tests.testbed.resume import image_bytes, wait_image
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -101,16 +101,18 @@ def test_receiver_killed_in_the_second_disk_then_resume(sshd, rx_dir, sources):
     before = (sha256_of(a.dev), sha256_of(b.dev))
     t0 = time.monotonic()
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "rk2", "--reconnect", "0")
-    wait_raw(first, rx_dir, "rk2", SIZE_B // 2, disk=disk_name(b))
+    wait_image(first, rx_dir, "rk2", SIZE_B // 2, disk=disk_name(b))
     kill_receiver(sshd)
     out, err = first.communicate(timeout=120)
     t_first = time.monotonic() - t0
     assert first.returncode in (3, 5), err
-    arrived_b = raw_bytes(rx_dir, "rk2", disk_name(b))
-    # Disk A was verified and converted before the cut: its journal ends with the mark that says
-    # so (its manifest entry), and its raw file is gone.
+    arrived_b = image_bytes(rx_dir, "rk2", disk_name(b))
+    # Disk A was verified before the cut: its journal ends with the mark that says so (its
+    # manifest entry), and its image is the one copy (no raw file beside it).
     assert "complete" in journal_lines(rx_dir, "rk2", disk_name(a))[-1]
-    assert raw_bytes(rx_dir, "rk2", disk_name(a)) == 0
+    partial = os.path.join(rx_dir, "rk2.partial")
+    assert os.path.exists(os.path.join(partial, disk_name(a) + ".qcow2"))
+    assert not os.path.exists(os.path.join(partial, disk_name(a) + ".raw"))
 
     text, t_second = resume(sshd, rx_dir, "rk2", a, b)
     assert (f"disk {disk_name(a)}: the server holds all {SIZE_A} bytes; the source matches them "
@@ -139,7 +141,7 @@ def test_agent_killed_in_the_first_disk_then_a_new_agent_resumes(sshd, rx_dir, s
     before = (sha256_of(a.dev), sha256_of(b.dev))
     t0 = time.monotonic()
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "ak2")
-    wait_raw(first, rx_dir, "ak2", SIZE_A // 2, disk=disk_name(a))
+    wait_image(first, rx_dir, "ak2", SIZE_A // 2, disk=disk_name(a))
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     t_first = time.monotonic() - t0
@@ -147,7 +149,7 @@ def test_agent_killed_in_the_first_disk_then_a_new_agent_resumes(sshd, rx_dir, s
     assert rec["resumable"] is True, rec
     # Nothing of B was sent: the receiver holds only A.
     assert set(rec["held"]) == {disk_name(a)}, rec
-    arrived_a = raw_bytes(rx_dir, "ak2", disk_name(a))
+    arrived_a = image_bytes(rx_dir, "ak2", disk_name(a))
 
     text, t_second = resume(sshd, rx_dir, "ak2", a, b)
     assert f"disk {disk_name(a)}: the server holds" in text and "the source matches them" in text
@@ -170,15 +172,17 @@ def test_changed_second_source_is_sent_again_the_first_is_not(sshd, rx_dir, sour
     a, b = sources
     t0 = time.monotonic()
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "chg2", "--reconnect", "0")
-    wait_raw(first, rx_dir, "chg2", SIZE_B // 2, disk=disk_name(b))
+    wait_image(first, rx_dir, "chg2", SIZE_B // 2, disk=disk_name(b))
     kill_receiver(sshd)
     first.communicate(timeout=120)
     t_first = time.monotonic() - t0
     assert first.returncode != 0
-    arrived_b = raw_bytes(rx_dir, "chg2", disk_name(b))
-    # B's source changes between the attempts: 1 MiB of new data at byte 0 (the agent that
-    # set it read-only has ended and restored it).
+    arrived_b = image_bytes(rx_dir, "chg2", disk_name(b))
+    # B's source changes between the attempts: 1 MiB of new data at 1 MiB (the agent that set it
+    # read-only has ended and restored it). Past its first 64 KiB: a disk whose start changed is
+    # another disk to the receiver, and the resume is refused (tests/unit/test_resume_proof.py).
     with open(b.dev, "r+b") as f:
+        f.seek(MiB)
         f.write(os.urandom(MiB))
         f.flush()
         os.fsync(f.fileno())
@@ -205,7 +209,7 @@ def test_a_resume_without_a_held_disk_is_refused_and_keeps_what_is_held(sshd, rx
     sends neither the verified first disk nor the held part of the second again."""
     a, b = sources
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "sub", "--reconnect", "0")
-    wait_raw(first, rx_dir, "sub", SIZE_B // 2, disk=disk_name(b))
+    wait_image(first, rx_dir, "sub", SIZE_B // 2, disk=disk_name(b))
     kill_receiver(sshd)
     first.communicate(timeout=120)
     assert first.returncode != 0
@@ -239,9 +243,9 @@ def test_receiver_restart_in_the_second_disk_is_survived_in_process(sshd, rx_dir
     before = (sha256_of(a.dev), sha256_of(b.dev))
     t0 = time.monotonic()
     proc = capture_two(sshd, rx_dir, a, b, "--capture-id", "rc2", "--reconnect", "60")
-    wait_raw(proc, rx_dir, "rc2", SIZE_B // 2, disk=disk_name(b))
+    wait_image(proc, rx_dir, "rc2", SIZE_B // 2, disk=disk_name(b))
     kill_receiver(sshd)
-    arrived_b = raw_bytes(rx_dir, "rc2", disk_name(b))
+    arrived_b = image_bytes(rx_dir, "rc2", disk_name(b))
     out, err = proc.communicate(timeout=300)
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, err
@@ -265,13 +269,13 @@ def test_agent_killed_in_the_second_disk_then_a_new_agent_resumes(sshd, rx_dir, 
     a, b = sources
     before = (sha256_of(a.dev), sha256_of(b.dev))
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "ak2b")
-    wait_raw(first, rx_dir, "ak2b", SIZE_B // 2, disk=disk_name(b))
+    wait_image(first, rx_dir, "ak2b", SIZE_B // 2, disk=disk_name(b))
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     rec, t_seen = wait_failure(rx_dir, "ak2b")
     assert rec["resumable"] is True and rec["disks_verified"] == [disk_name(a)], rec
     assert rec["held"][disk_name(a)] == SIZE_A, rec
-    arrived_b = raw_bytes(rx_dir, "ak2b", disk_name(b))
+    arrived_b = image_bytes(rx_dir, "ak2b", disk_name(b))
 
     text, t_second = resume(sshd, rx_dir, "ak2b", a, b)
     ea, eb = entries(rx_dir, "ak2b", a, b)
@@ -294,10 +298,10 @@ def test_agent_killed_while_the_receivers_syncs_are_slow(sshd, rx_dir, sources):
     (the capture is `failed`, not a dead receiver's that --gc would clean), and it resumes."""
     a, b = sources
     first = capture_two(sshd, rx_dir, a, b, "--capture-id", "slow")
-    wait_raw(first, rx_dir, "slow", SIZE_A // 4, disk=disk_name(a))
+    wait_image(first, rx_dir, "slow", SIZE_A // 4, disk=disk_name(a))
     strace = slow_syscall(receiver_pids(sshd.receiver_root), "fdatasync", 3)
     try:
-        wait_raw(first, rx_dir, "slow", SIZE_A // 2, disk=disk_name(a))
+        wait_image(first, rx_dir, "slow", SIZE_A // 2, disk=disk_name(a))
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         rec, t_seen = wait_failure(rx_dir, "slow")

@@ -24,35 +24,37 @@ def inspect_cli(dev):
                      timeout=300)
 
 
-def test_inspecting_ext4_with_orphan_list_changes_nothing(tmp_path):
-    """The issue's recipe: orphan cleanup on a read-only mount of a writable device wrote 432
-    bytes of the source. With the disk read-only in the kernel first, nothing changes."""
-    with dirtyfs.orphan_ext4(str(tmp_path / "orphan.img")) as loop:
+# Each filesystem as a crash leaves it, and how to tell it still needs its recovery:
+# - ext4 with inodes on its orphan list (the issue's recipe: orphan cleanup on a read-only mount
+#   of a writable device wrote 432 bytes of the source);
+# - xfs with a dirty log;
+# - btrfs with an unreplayed log tree (issue 19: `nologreplay` is `rescue=nologreplay` since
+#   Linux 5.9 and newer kernels refuse the old name, so a btrfs source was never inspected;
+#   the kernel's current form first, the old one as a fallback).
+CRASHED = {
+    "ext4-orphans": (dirtyfs.orphan_ext4, dirtyfs.ext4_needs_recovery),
+    "xfs-dirty-log": (dirtyfs.dirty_xfs, dirtyfs.xfs_log_is_dirty),
+    "btrfs-log-tree": (dirtyfs.dirty_btrfs, dirtyfs.btrfs_log_pending),
+}
+
+
+@pytest.mark.parametrize("case", list(CRASHED))
+def test_inspecting_a_crashed_filesystem_changes_nothing(tmp_path, case):
+    """With the disk read-only in the kernel first and a mount that replays nothing, the OS
+    is inspected and not a byte of the source changes: its recovery is still to do."""
+    build, needs_recovery = CRASHED[case]
+    with build(str(tmp_path / f"{case}.img")) as loop:
         part = loop.parts[0]
-        assert dirtyfs.ext4_needs_recovery(part)
+        assert needs_recovery(part)
         disk_before, part_before = sha256_of(loop.dev), sha256_of(part)
         r = inspect_cli(loop.dev)
         assert r.returncode == 0, r.stderr
         # it was really inspected: the report comes from the filesystem's /etc/fstab
-        assert "fstab-device-names" in r.stdout, r.stdout
+        assert "fstab-device-names" in r.stdout, r.stdout + r.stderr
         assert sha256_of(part) == part_before
         assert sha256_of(loop.dev) == disk_before
-        assert dirtyfs.ext4_needs_recovery(part)
+        assert needs_recovery(part)
         # and the guard gave the devices back as they were
-        assert not get_ro(loop.dev) and not get_ro(part)
-
-
-def test_inspecting_xfs_with_dirty_log_changes_nothing(tmp_path):
-    with dirtyfs.dirty_xfs(str(tmp_path / "dirty.img")) as loop:
-        part = loop.parts[0]
-        assert dirtyfs.xfs_log_is_dirty(part)
-        disk_before, part_before = sha256_of(loop.dev), sha256_of(part)
-        r = inspect_cli(loop.dev)
-        assert r.returncode == 0, r.stderr
-        assert "fstab-device-names" in r.stdout, r.stdout
-        assert sha256_of(part) == part_before
-        assert sha256_of(loop.dev) == disk_before
-        assert dirtyfs.xfs_log_is_dirty(part)
         assert not get_ro(loop.dev) and not get_ro(part)
 
 

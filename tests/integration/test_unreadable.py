@@ -79,7 +79,7 @@ def test_unreadable_sectors_are_mapped(sshd, rx_dir, disk, tmp_path):
     assert len(d["unreadable"]["ranges"]) == 4            # 2575 and 2576 touch: one range
     assert d["unreadable"]["sectors"] == n and m["totals"]["unreadable_sectors"] == n
     assert d["agent"]["unreadable_bytes"] == n * SECTOR
-    assert d["verified"]["qemu_img_compare"] and d["verified"]["disk_digest"]
+    assert d["verified"]["qemu_img_check"] and d["verified"]["disk_digest"]
     # the image is the source byte for byte outside the bad sectors, zeros inside them
     expected = tmp_path / "expected.raw"
     expected.write_bytes(disk.expected_image())

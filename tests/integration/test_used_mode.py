@@ -53,7 +53,7 @@ def test_used_mode_filesystem(sshd, rx_dir, tmp_path, fs, table):
 
         (disk,) = m_used["disks"]
         assert disk["mode"] == "used"
-        assert disk["verified"]["disk_digest"] and disk["verified"]["qemu_img_compare"]
+        assert disk["verified"]["disk_digest"] and disk["verified"]["qemu_img_check"]
         # The deleted data stayed home: the wire carried less than nonzero did, by most of it.
         w_used, w_nz = m_used["totals"]["stream_bytes"], m_nz["totals"]["stream_bytes"]
         assert w_used < w_nz - d.deleted_bytes * 0.5, (w_used, w_nz)

@@ -12,6 +12,8 @@ space) is captured to the same sshd on 127.0.0.1 by:
   partclone          partclone per filesystem | zstd -1 | ssh, then restore + convert (the Clonezilla way)
   resume             cc-nonzero with the receiver killed (-9) at ~50 %, then --resume: bytes received
                      twice and time vs uninterrupted (tests/testbed/resumebench.py; 127.0.0.1 only)
+  wave               four sources at once to two conversion servers behind one shaped link: the
+                     aggregate throughput vs the link rate, uncapped and capped (wavebench.py)
 Printed per run: wall time of the transfer, time until a qcow2 exists on the
 server, bytes on the wire, agent-side CPU seconds and peak RSS (the source
 server's side: every process on the sending side); then coldclone's ratios.
@@ -32,7 +34,8 @@ import time
 
 from agent.units import human_bytes as hb
 from agent.runcmd import run
-from . import resumebench, synthdisk
+from . import resumebench, synthdisk, wavebench
+from .files import SpacePoll
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd
@@ -90,17 +93,18 @@ def run_methods(dev: str, sd, root: str, url: str, known_hosts: str, client_key:
             ("cc-nonzero", "nonzero", "zstd:auto", "zero-skip+zstd:auto, verified qcow2"),
             ("cc-used-zstd1", "used", "zstd:1", "used blocks+zstd:1, verified qcow2")):
         cid = f"bench-{name}"
-        wall, cpu, rss, busy = timed([cc, "capture", "--disk", dev, "--to", url, "--identity", client_key,
-                                "--known-hosts", known_hosts, "--capture-id", cid, "--mode", mode,
-                                "--compress", compress, "--progress-interval", "3600", "--calibrate", "0"])
+        with SpacePoll([os.path.join(root, cid + ".partial"), os.path.join(root, cid)]) as space:
+            wall, cpu, rss, busy = timed([cc, "capture", "--disk", dev, "--to", url, "--identity", client_key,
+                                          "--known-hosts", known_hosts, "--capture-id", cid, "--mode", mode,
+                                          "--compress", compress, "--progress-interval", "3600", "--calibrate", "0"])
         m = json.load(open(os.path.join(root, cid, "manifest.json")))
         d = m["disks"][0]
-        # What the agent waits for after its last byte (the receiver's finish_seconds: readback and
-        # convert overlap there, so their sum would overstate it).
-        server_tail = d["timings"].get("finish_seconds") or sum(
-            d["timings"].get(k, 0) for k in ("readback_seconds", "convert_seconds", "compare_seconds"))
+        # What the agent waits for after its last byte: the receiver's finish_seconds (END to the
+        # verified image: flush, the read-back's last step, closing and checking the qcow2).
+        server_tail = d["timings"]["finish_seconds"]
         levels = d["agent"].get("zstd_levels")
-        rows.append(dict(name=name, transfer=wall - server_tail, to_qcow2=wall,
+        rows.append(dict(name=name, transfer=wall - server_tail, to_qcow2=wall, tail=server_tail,
+                         server_peak=space.peak, image=d["image_bytes_allocated"],
                          wire=m["totals"]["stream_bytes"], cpu=cpu, rss=rss, busy=busy,
                          server_cpu=d["timings"].get("cpu_seconds", 0.0),
                          note=note + (f" (chunks per level {levels})" if levels else ""),
@@ -195,10 +199,15 @@ def report(title: str, rows: list[dict], size: int, link_rate: float | None = No
         print(f"{r['name']:<14}{r['transfer']:>11.1f}{r['to_qcow2']:>11.1f}{hb(r['wire']):>12}{r['cpu']:>12.1f}"
               f"{hb(r['rss']):>11}{r['busy']:>14.1f}  {r['note']}")
     for r in rows:
+        if "server_peak" in r:
+            print(f"{r['name']}: tail (last record to verified qcow2) {r['tail']:.2f} s; peak space on the "
+                  f"server {hb(r['server_peak'])} for a {hb(r['image'])} qcow2 "
+                  f"(+{hb(max(0, r['server_peak'] - r['image']))})")
+    for r in rows:
         if "server_cpu" in r:
             # the rest: sshd's and the kernel's (encryption, TCP, page cache, the loop device)
             print(f"{r['name']}: machine CPU {r['busy']:.1f} s = agent {r['cpu']:.1f} + receiver and "
-                  f"qemu-img {r['server_cpu']:.1f} + sshd, kernel and the rest "
+                  f"qemu {r['server_cpu']:.1f} + sshd, kernel and the rest "
                   f"{r['busy'] - r['cpu'] - r['server_cpu']:.1f}")
     cores = os.cpu_count() or 1
     # The CPU floor: the machine's busy seconds over its cores, i.e. the wall time of the run if
@@ -272,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-mbit", type=int, default=200,
                     help="also run every method over a veth link shaped to this rate (0: only 127.0.0.1)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--wave-only", action="store_true", help="only the wave (four sources, two servers, one link)")
+    ap.add_argument("--wave-mb", type=int, default=256, help="size of each of the wave's source disks")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (loop devices, sshd, drop_caches)")
@@ -279,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="coldclone-bench-", dir="/var/tmp")
     os.chmod(work, 0o755)
     results: dict[str, list[dict]] = {}
+    wave_mbit = args.link_mbit or 200
+    if args.wave_only:
+        try:
+            wavebench.report(wavebench.wave_throughput(work, wave_mbit, args.wave_mb), wave_mbit)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     try:
         img = os.path.join(work, "server.img")
         t = time.monotonic()
@@ -305,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                                                srv.sshd.client_key, ssh)
                 report(f"sshd in a network namespace behind a {args.link_mbit} Mbit/s tc tbf link", results[key],
                        sd.size, link_rate=args.link_mbit * 1e6 / 8)
+        results["wave"] = wavebench.wave_throughput(work, wave_mbit, args.wave_mb)
+        wavebench.report(results["wave"], wave_mbit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import struct
 
 from agent.runcmd import run
 
@@ -86,6 +88,43 @@ def dirty_xfs(image: str):
             run(["xfs_io", "-x", "-c", "fsync", "-c", "shutdown -f", os.path.join(mnt, "f7")])
     with _fresh(image) as loop:
         yield loop
+
+
+@contextlib.contextmanager
+def dirty_btrfs(image: str):
+    """A btrfs whose log tree holds an fsync'ed file not yet committed: the image as a power
+    cut leaves it (the superblock's log_root set), which any mount that is not
+    `rescue=nologreplay` (`nologreplay` before Linux 5.9) replays, writing to the device.
+    Yields the LoopDevice."""
+    _gpt_image(image, 256, 200, "btrfs")
+    crashed = image + ".crashed"
+    with LoopDevice(image) as loop:
+        part = loop.parts[0]
+        run(["mkfs.btrfs", "-q", "-f", part])
+        # commit=300: no transaction commit while we work, so the fsync below goes to the log
+        with mounted_rw(part, options="rw,commit=300") as mnt:
+            _os_tree(mnt, 0)
+            run(["sync", "-f", mnt])      # the OS tree is committed, as on a server that ran a while
+            with open(os.path.join(mnt, "f0"), "wb") as f:
+                f.write(os.urandom(MiB))
+                f.flush()
+                os.fsync(f.fileno())      # into the log tree only
+            # The image as it is on "disk" now, mounted and uncommitted: what a power cut leaves
+            # (the loop device writes through the image file's page cache, so a copy sees it).
+            shutil.copyfile(image, crashed)
+    os.replace(crashed, image)
+    with _fresh(image) as loop:
+        yield loop
+
+
+BTRFS_SB, BTRFS_LOG_ROOT = 64 << 10, 96
+
+
+def btrfs_log_pending(part: str) -> bool:
+    """The superblock's log_root is set: a log tree is there to replay."""
+    with open(part, "rb") as f:
+        f.seek(BTRFS_SB + BTRFS_LOG_ROOT)
+        return struct.unpack("<Q", f.read(8))[0] != 0
 
 
 def xfs_log_is_dirty(part: str) -> bool:

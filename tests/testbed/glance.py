@@ -1,9 +1,16 @@
 """A real OpenStack Glance API for the publish tests: glance from PyPI, in its own venv,
-under uWSGI, with no keystone (noauth), sqlite and a file store, on 127.0.0.1.
+under uWSGI, with no keystone, sqlite and a file store, on 127.0.0.1.
 
 The venv is built by scripts/setup.sh (`make setup`), outside our .venv: glance pulls
 dozens of oslo libraries and eventlet that must not leak into the agent's environment.
 openstacksdk reaches it through a clouds.yaml with `auth_type: none` (write_clouds_yaml).
+
+No keystone, but not glance's noauth either: noauth's context has no project, and the
+interoperable import (glance-direct) cannot record its task without an owner. Glance runs
+its keystone pipeline without the token check (`authtoken`): uWSGI hands every request the
+identity keystonemiddleware leaves after checking a token (X-Identity-Status: Confirmed, a
+project, a user, the admin role), so Glance's own context middleware and policies see a
+project-scoped admin, as on a cloud.
 
     python -m tests.testbed.glance           # start one, print its clouds.yaml, wait for ^C
 """
@@ -43,6 +50,7 @@ def _site_packages() -> str:
 
 CONF = """\
 [DEFAULT]
+{import_methods}
 bind_host = 127.0.0.1
 bind_port = {port}
 enabled_backends = fs:file
@@ -54,8 +62,11 @@ log_file = {work}/glance-api.log
 connection = sqlite:///{work}/glance.sqlite
 
 [paste_deploy]
-# no keystone: the unauthenticated-context pipeline (every request is the admin)
-flavor =
+# the keystone pipeline without authtoken (see the module's docstring); added to the paste ini
+flavor = trusted
+
+[image_format]
+{disk_formats}
 
 [oslo_policy]
 # The 2023+ policy defaults want a keystone scope on every request; with noauth there is none.
@@ -76,12 +87,29 @@ filesystem_store_datadir = {work}/tasks
 """
 
 
-class Glance:
-    """One glance-api; `image_size_cap` (bytes) makes it refuse larger uploads."""
+# The identity keystonemiddleware's auth_token puts in the request after checking a token.
+PROJECT_ID = "9d2a4c5e0b1f4e3a8c7d6b5a49382716"
+USER_ID = "0c0ffee0c0ffee0c0ffee0c0ffee0042"
+IDENTITY = {"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_PROJECT_ID": PROJECT_ID,
+            "HTTP_X_TENANT_ID": PROJECT_ID, "HTTP_X_USER_ID": USER_ID,
+            "HTTP_X_ROLES": "admin,member,reader"}
+# flavor `trusted`: glance loads the app glance-api-trusted, whose api pipeline is `trusted`
+COMPOSITE = ("[composite:glance-api-trusted]\npaste.composite_factory = glance.api:root_app_factory\n"
+             "/: api\n/healthcheck: healthcheck\n\n")
+PIPELINE = "trusted = cors http_proxy_to_wsgi versionnegotiation osprofiler context rootapp\n"
 
-    def __init__(self, workdir: str | None = None, image_size_cap: int | None = None):
+
+class Glance:
+    """One glance-api; `image_size_cap` (bytes) makes it refuse larger uploads; `import_methods`
+    (None: Glance's default, glance-direct, web-download, copy-image) and `disk_formats` (None:
+    Glance's default list) are what the cloud offers."""
+
+    def __init__(self, workdir: str | None = None, image_size_cap: int | None = None,
+                 import_methods: list[str] | None = None, disk_formats: list[str] | None = None):
         self.work = workdir or tempfile.mkdtemp(prefix="coldclone-glance-")
         self.image_size_cap = image_size_cap
+        self.import_methods = import_methods
+        self.disk_formats = disk_formats
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -105,9 +133,18 @@ class Glance:
         for d in ("conf", "images", "staging", "tasks"):
             os.makedirs(os.path.join(self.work, d), exist_ok=True)
         extra = f"image_size_cap = {self.image_size_cap}" if self.image_size_cap else ""
+        methods = ("" if self.import_methods is None else
+                   f"enabled_import_methods = [{', '.join(repr(m) for m in self.import_methods)}]")
+        formats = "" if self.disk_formats is None else f"disk_formats = {','.join(self.disk_formats)}"
         with open(os.path.join(self.conf_dir, "glance-api.conf"), "w") as f:
-            f.write(CONF.format(port=self.port, work=self.work, extra_default=extra))
-        shutil.copy(os.path.join(VENV, "etc", "glance", "glance-api-paste.ini"), self.conf_dir)
+            f.write(CONF.format(port=self.port, work=self.work, extra_default=extra,
+                                import_methods=methods, disk_formats=formats))
+        with open(os.path.join(VENV, "etc", "glance", "glance-api-paste.ini")) as f:
+            paste = f.read()
+        # the keystone pipeline without authtoken, beside glance's own pipelines
+        paste = COMPOSITE + paste.replace("[composite:api]\n", "[composite:api]\n" + PIPELINE, 1)
+        with open(os.path.join(self.conf_dir, "glance-api-paste.ini"), "w") as f:
+            f.write(paste)
         run([os.path.join(VENV, "bin", "glance-manage"), "--config-dir", self.conf_dir, "db_sync"],
             timeout=120, hint="glance-manage could not create the sqlite database")
         log = os.path.join(self.work, "uwsgi.log")
@@ -122,7 +159,9 @@ class Glance:
                         "--http-chunked-input", "--http-raw-body", "--buffer-size", "65535",
                         # uWSGI's --http-socket closes after each answer; without saying so, a
                         # client reusing the connection for a POST sees "connection reset"
-                        "--add-header", "Connection: close"],
+                        "--add-header", "Connection: close",
+                        # what keystonemiddleware leaves in a request it let through
+                        *[a for k, v in IDENTITY.items() for a in ("--route-run", f"addvar:{k}={v}")]],
             "glance-api (uwsgi)", ("127.0.0.1", self.port), log, output=log,
             ready=self._answers, timeout=60)
         return self

@@ -6,6 +6,7 @@ driver, so that one is built inside a libguestfs appliance (md_raid1_disks)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -40,13 +41,35 @@ def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str =
     kind = "-".join([firmware] + [v for v, default in ((layout, "plain"), (network, "eth0-rule-dhcp"),
                                                        (modules, "most")) if v != default])
     disk = os.path.join(cache_dir, f"debian12-{kind}-{tag}.raw")
-    run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout, network, modules], timeout=1800,
-        hint=f"building the Debian test disk ({kind}) failed")
+    # Two xdist workers may ask for the same disk at once: the script writes DISK.tmp and
+    # renames it, and a second builder would truncate the first's DISK.tmp under it. One lock
+    # file beside the cache per disk: the second waits, then finds the disk built and reuses it.
+    with open(disk + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout, network, modules], timeout=1800,
+            hint=f"building the Debian test disk ({kind}) failed")
     return disk
 
 
-def ext4_disk(image: str, tree: dict[str, str | bytes], size_mib: int = 64, uuid: str | None = None) -> None:
-    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, or bytes)."""
+@dataclass(frozen=True)
+class Sparse:
+    """A file of `size` bytes that are all a hole (mke2fs -d keeps holes): a hostile guest's
+    "config file" that costs the disk nothing and a whole-file reader `size` bytes of memory."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symbolic link to `target`."""
+
+    target: str
+
+
+def ext4_disk(image: str, tree: dict[str, str | bytes | Sparse | Link], size_mib: int = 64,
+              uuid: str | None = None) -> None:
+    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, bytes,
+    Sparse or Link; a path may hold any byte but NUL and '/' in its names, a newline included)."""
     with open(image, "wb") as f:
         f.truncate(size_mib * MiB)
     run(["parted", "-s", image, "mklabel", "gpt", "mkpart", "root", "ext4", "1MiB", f"{size_mib - 1}MiB"])
@@ -55,8 +78,14 @@ def ext4_disk(image: str, tree: dict[str, str | bytes], size_mib: int = 64, uuid
         for rel, text in tree.items():
             path = os.path.join(src, rel.lstrip("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if isinstance(text, Link):
+                os.symlink(text.target, path)
+                continue
             with open(path, "wb" if isinstance(text, bytes) else "w") as f:
-                f.write(text)
+                if isinstance(text, Sparse):
+                    f.truncate(text.size)
+                else:
+                    f.write(text)
         argv = ["mkfs.ext4", "-F", "-q", "-E", f"offset={MiB}", "-d", src]
         if uuid:
             argv += ["-U", uuid]
@@ -137,13 +166,14 @@ def md_raid1_disks(images: tuple[str, str], tree: dict[str, str], accel: Accel, 
     return MdRaid1(detail["uuid"], detail["name"], detail["metadata"], root_uuid, swaps, conf)
 
 
-def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:
+def _write_stream(out, capture_id: str, disks: dict[str, str], source: dict | None = None) -> None:
     """The records the agent would send for these raw images, read and sent chunk by chunk
     (DATA records stay under the protocol's limit, and a 2 GiB disk is never all in memory)."""
     bs = P.DEFAULT_BLOCK_SIZE
     out.write(P.preamble())
     out.write(P.encode_json(P.T_HELLO, {"capture_id": capture_id, "format": "qcow2",
-                                        "agent_version": "test", "disks": list(disks)}))
+                                        "agent_version": "test", "disks": list(disks),
+                                        **({"source": source} if source is not None else {})}))
     for name, path in disks.items():
         size = os.path.getsize(path)
         out.write(P.encode_json(P.T_DISK, {"name": name, "size": size, "block_size": bs, "mode": "nonzero"}))
@@ -165,11 +195,12 @@ def _write_stream(out, capture_id: str, disks: dict[str, str]) -> None:
     out.write(P.encode_json(P.T_FINISH, {}))
 
 
-def make_capture(root: str, capture_id: str, disks: dict[str, str]) -> str:
+def make_capture(root: str, capture_id: str, disks: dict[str, str], source: dict | None = None) -> str:
     """A complete capture dir made by the real receiver from these raw disk images (name -> path),
-    so its manifest.json is exactly what coldclone-receive writes."""
+    so its manifest.json is exactly what coldclone-receive writes; `source`: the HELLO's source
+    facts (the agent sends its hostname and the discovered inventory there)."""
     with tempfile.TemporaryFile(dir=root) as stream:
-        _write_stream(stream, capture_id, disks)
+        _write_stream(stream, capture_id, disks, source)
         stream.seek(0)
         out = io.BytesIO()
         rc = Receiver(root, out).run(stream)

@@ -8,31 +8,30 @@ import subprocess
 import time
 
 
-def raw_bytes(rx_dir: str, cid: str, disk: str | None = None) -> int:
-    """Bytes that reached the receiver's raw image of `disk` (None: the capture's only raw file)
-    in capture `cid` under `rx_dir`. Allocated blocks, not the file size (the raw file is made
-    full size up front): exact for a source without zeros. 0 while there is no such file; a disk
-    already verified and converted has none left either (its raw file is removed)."""
+def image_bytes(rx_dir: str, cid: str, disk: str | None = None) -> int:
+    """Bytes that reached the receiver's image of `disk` (None: the capture's only image) in
+    capture `cid` under `rx_dir`: allocated blocks of `<disk>.qcow2` (or `<disk>.raw`), exact for a
+    source without zeros but for a qcow2's metadata (a few hundred KiB). 0 while there is none."""
     partial = os.path.join(rx_dir, f"{cid}.partial")
     if disk is None:
-        raws = [n for n in os.listdir(partial) if n.endswith(".raw")] if os.path.isdir(partial) else []
-        if not raws:
-            return 0
-        name = raws[0]
+        names = sorted(n for n in os.listdir(partial) if n.endswith((".qcow2", ".raw"))) \
+            if os.path.isdir(partial) else []
     else:
-        name = disk + ".raw"
-    try:
-        return os.stat(os.path.join(partial, name)).st_blocks * 512
-    except FileNotFoundError:
-        return 0
+        names = [disk + ".qcow2", disk + ".raw"]
+    for name in names:
+        try:
+            return os.stat(os.path.join(partial, name)).st_blocks * 512
+        except FileNotFoundError:
+            continue
+    return 0
 
 
-def wait_raw(proc: subprocess.Popen, rx_dir: str, cid: str, at: int, disk: str | None = None,
-             timeout: float = 120) -> None:
-    """Until `at` bytes of `disk` (see raw_bytes) have arrived; an error if the capture ends first."""
+def wait_image(proc: subprocess.Popen, rx_dir: str, cid: str, at: int, disk: str | None = None,
+               timeout: float = 120) -> None:
+    """Until `at` bytes of `disk` (see image_bytes) have arrived; an error if the capture ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if raw_bytes(rx_dir, cid, disk) >= at:
+        if image_bytes(rx_dir, cid, disk) >= at:
             return
         if proc.poll() is not None:
             out, err = proc.communicate()

@@ -21,7 +21,7 @@ from agent.units import human_bytes as hb
 from . import synthdisk
 from .loop import LoopDevice
 from .procs import kill_receivers
-from .resume import raw_bytes, wait_raw
+from .resume import image_bytes, wait_image
 from .sshd import Sshd
 
 MiB = 1 << 20
@@ -43,11 +43,11 @@ def resume_cost(dev: str, root: str, url: str, known_hosts: str, client_key: str
     t0 = time.monotonic()
     p = subprocess.Popen(base + ["--capture-id", "bench-cut", "--reconnect", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_raw(p, root, "bench-cut", data // 2, timeout=3600)
+    wait_image(p, root, "bench-cut", data // 2, timeout=3600)
     kill_receivers(root)
     p.wait(120)
     first_s = time.monotonic() - t0
-    arrived = raw_bytes(root, "bench-cut")
+    arrived = image_bytes(root, "bench-cut")
 
     t0 = time.monotonic()
     subprocess.run(base + ["--resume", "bench-cut"], check=True, capture_output=True)

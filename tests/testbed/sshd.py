@@ -44,6 +44,24 @@ def ensure_user(name: str = TEST_USER) -> None:
     run(["usermod", "-p", "*", name])
 
 
+def sshd_config(port: int, listen: str, host_key: str, pid_file: str, user: str, extra: str = "") -> str:
+    """A testbed sshd's config: one user, keys only, no PAM, room for a wave of sessions."""
+    return f"""\
+Port {port}
+ListenAddress {listen}
+HostKey {host_key}
+PidFile {pid_file}
+{extra}UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AllowUsers {user}
+MaxStartups 64
+MaxSessions 64
+LogLevel VERBOSE
+"""
+
+
 def fingerprint_of(pubfile: str) -> str:
     out = run(["ssh-keygen", "-l", "-E", "sha256", "-f", pubfile]).stdout.split()
     return out[1]
@@ -51,13 +69,19 @@ def fingerprint_of(pubfile: str) -> str:
 
 class Sshd:
     def __init__(self, receiver_root: str | None = None, workdir: str | None = None,
-                 receiver_args: str = "", baseline_key: bool = False):
+                 receiver_args: str = "", baseline_key: bool = False, accept_env: bool = False,
+                 wrapper: str = ""):
         self.workdir = workdir or tempfile.mkdtemp(prefix="coldclone-sshd-", dir="/tmp")
         os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         self.receiver_root = receiver_root or os.path.join(self.workdir, "receiver")
         self.receiver_args = receiver_args
         self.baseline_key = baseline_key
+        # `AcceptEnv *`: a careless server that lets the agent's key set any variable (the
+        # receiver must not care: its launcher runs Python isolated)
+        self.accept_env = accept_env
+        # a command the receiver runs under (tests.testbed.killpoint: a fault at an exact step)
+        self.wrapper = wrapper
         self.port = 0
         self.proc: subprocess.Popen | None = None
         bin_dir = os.path.dirname(sys.executable)
@@ -94,7 +118,8 @@ class Sshd:
 
     def forced_command(self) -> str:
         extra = f" {self.receiver_args}" if self.receiver_args else ""
-        return f"{self.receiver} --root {self.receiver_root}{extra}"
+        wrap = f"{self.wrapper} " if self.wrapper else ""
+        return f"{wrap}{self.receiver} --root {self.receiver_root}{extra}"
 
     def start(self) -> "Sshd":
         if self.user != "root":
@@ -120,25 +145,12 @@ class Sshd:
             f.write("\n".join(lines) + "\n")
         os.chmod(self.p("authorized_keys"), 0o644)
         self.port = free_port()
-        cfg = f"""\
-Port {self.port}
-ListenAddress 127.0.0.1
-HostKey {self.p('host_ed25519')}
-PidFile {self.p('sshd.pid')}
-AuthorizedKeysFile {self.p('authorized_keys')}
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin {'forced-commands-only' if self.user == 'root' and not self.baseline_key else 'prohibit-password'}
-AllowUsers {self.user}
-MaxStartups 64
-MaxSessions 64
-LogLevel VERBOSE
-"""
+        root_login = "forced-commands-only" if self.user == "root" and not self.baseline_key else "prohibit-password"
         with open(self.p("sshd_config"), "w") as f:
-            f.write(cfg)
+            f.write(sshd_config(self.port, "127.0.0.1", self.p("host_ed25519"), self.p("sshd.pid"), self.user,
+                                f"AuthorizedKeysFile {self.p('authorized_keys')}\nStrictModes no\n"
+                                f"PermitRootLogin {root_login}\n"
+                                + ("AcceptEnv *\n" if self.accept_env else "")))
         host_pub = open(self.p("host_ed25519.pub")).read().split()
         with open(self.known_hosts, "w") as f:
             f.write(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")

@@ -47,14 +47,14 @@ async def settle(pilot) -> None:
     await pilot.pause()
 
 
-async def on_progress(app, pilot):
+async def on_progress(app, pilot, clock=None):
     """A Progress screen without its capture worker (build_app(..., start_capture_worker=False)),
-    for a test to apply recorded events to."""
+    for a test to apply recorded events to (at the times of `clock`, recorded.ReplayClock)."""
     from agent.source.tui.screens.progress import ProgressScreen
     from agent.source.tui.services import TargetChoice
 
     app.plan.target = TargetChoice("file", "file:///srv/images")
-    screen = ProgressScreen()
+    screen = ProgressScreen(clock=clock)
     app.switch_to_progress(screen)
     await pilot.pause()
     return screen

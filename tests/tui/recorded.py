@@ -57,6 +57,30 @@ def events() -> list:
     return out
 
 
+class ReplayClock:
+    """The clock a recorded capture ran by: each Progress event came at its `elapsed` seconds
+    after CaptureStarted (the figures of a replay are the same on every machine)."""
+
+    START = 1000.0
+
+    def __init__(self) -> None:
+        self.t = self.START
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def replay_into(feed, clock: ReplayClock, evs: list | None = None) -> None:
+    """Feed recorded events to a front end (ProgressPrinter, ProgressScreen.apply) at their times."""
+    for ev in events() if evs is None else evs:
+        if isinstance(ev, E.Progress):
+            clock.t = ReplayClock.START + ev.elapsed
+        feed(ev)
+
+
 def result() -> CaptureResult:
     disks = [ManifestDisk(name=n, image=f"{n}.qcow2", format="qcow2", size=size, digest=d * 16,
                           digest_algo="sha256-blocks", verified=Verified(True, True, True, True))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from tests.testbed.loop import LoopDevice
 from agent.source.tui.app import build_app
 from agent.source.tui.services import Services
 from tests.conftest import BIN, sha256_of, ssh_args
+from tests.testbed.resume import wait_image
 from tests.testbed.procs import Spooled, kill_receivers
 
 pytestmark = pytest.mark.root
@@ -96,7 +96,7 @@ async def drive_to_estimate(pilot, sshd, rx_dir, loop_dev):
     assert app.plan.target_ok is None
     await pilot.press("ctrl+y")          # the operator compared it: it matches
     await wait_for(pilot, lambda: app.plan.target_ok, 30, "the SSH test")
-    assert app.plan.target.hostkey == sshd.fingerprint
+    assert app.plan.target.hostkey == [sshd.fingerprint]
     await pilot.press("ctrl+n")
     await wait_for(pilot, lambda: isinstance(app.screen, EstimateScreen), 5, "the Estimate screen")
     await pilot.app.workers.wait_for_complete()
@@ -115,7 +115,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
             await wait_for(pilot, lambda: isinstance(app.screen, DoneScreen), 300, "the Done screen")
             text = str(app.screen.query_one("#done-text").render())
             assert "CAPTURE COMPLETE" in str(app.screen.query_one("#done-verdict").render())
-            assert "tui-pilot-1" in text and "qemu_img_compare" in text
+            assert "tui-pilot-1" in text and "qemu_img_check" in text
             await pilot.press("s")       # shell: the app exits
 
     asyncio.run(scenario())
@@ -132,7 +132,7 @@ def test_capture_through_the_screens(sshd, rx_dir, loop_disk):
     assert name in [d["name"] for d in manifest["source"]["inventory"]["disks"]]
     assert [d["name"] for d in manifest["estimate"]["disks"]] == [name], manifest["estimate"]
     assert manifest["estimate_vs_actual"]["actual_seconds"] > 0, manifest["estimate_vs_actual"]
-    assert result.disks[0].verified.qemu_img_compare is True
+    assert result.disks[0].verified.qemu_img_check is True
 
 
 def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_path):
@@ -155,7 +155,7 @@ def test_cancel_through_the_screens_leaves_the_server_clean(sshd, rx_dir, tmp_pa
             async with app.run_test(size=(80, 24)) as pilot:
                 await drive_to_capture(pilot, sshd, rx_dir, loop.dev)
                 screen = app.screen
-                await wait_for(pilot, lambda: screen.last_progress is not None, 60, "progress")
+                await wait_for(pilot, lambda: screen.progress.figures().moved, 60, "progress")
                 await pilot.press("c")
                 await pilot.pause()
                 await pilot.press("y")
@@ -280,11 +280,7 @@ def test_resume_offered_and_taken_through_the_screens(sshd, rx_dir, tmp_path):
         name = os.path.basename(loop.dev)
         first = Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", loop.dev, *ssh_args(sshd, rx_dir),
                          "--capture-id", "tui-cut-1", "--reconnect", "0", "--compress", "none"])
-        raw = os.path.join(rx_dir, "tui-cut-1.partial", name + ".raw")
-        deadline = time.monotonic() + 120
-        while not (os.path.exists(raw) and os.stat(raw).st_blocks * 512 >= size // 2):
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.02)
+        wait_image(first, rx_dir, "tui-cut-1", size // 2, disk=name)
         assert kill_receivers(sshd.receiver_root) >= 1
         first.communicate(timeout=120)
         assert first.returncode != 0

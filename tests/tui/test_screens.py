@@ -298,20 +298,21 @@ def test_progress_says_stalled_and_reconnecting_instead_of_a_stale_rate():
     from tests.tui import recorded
 
     app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
+    clock = recorded.ReplayClock()
 
     async def scenario(pilot):
-        screen = await on_progress(app, pilot)
+        screen = await on_progress(app, pilot, clock)
         events = recorded.events()
-        for ev in events:
-            screen.apply(ev)
+        recorded.replay_into(screen.apply, clock, events)
         assert "MB/s" in await shown(pilot) and "STALLED" not in await shown(pilot)
-        screen.motion.at -= 42.0             # as if the last byte moved 42 s ago
+        clock.advance(42.0)                  # the last byte moved 42 s ago
         await pilot.pause(1.2)               # the screen's own 1 s tick redraws it
         text = await shown(pilot)
-        assert re.search(r"STALLED for 4[2-4] s: nothing read or sent", text), text
+        assert re.search(r"STALLED for 42 s: nothing read or sent", text), text
         screen.apply(E.Reconnecting(attempt=2, reason="connection lost", wait=4.0, left=580.0))
         assert "RECONNECTING (attempt 2, 580 s left): connection lost" in await shown(pilot)
         last = events[-1]
+        clock.advance(18.0)
         screen.apply(E.Progress(last.disk, last.disk_done + 1 << 20, last.disk_size, last.total_done + 1 << 20,
                                 last.total_size, last.bytes_read + 1 << 20, last.wire_bytes + 1 << 20,
                                 last.zero_bytes, last.elapsed + 60))
@@ -319,8 +320,57 @@ def test_progress_says_stalled_and_reconnecting_instead_of_a_stale_rate():
         assert "MB/s" in text and "STALLED" not in text and "RECONNECTING" not in text
         # the server verifying after the last disk is not a stall
         screen.apply(E.DiskFinished(last.disk, "ab" * 32, {}))
-        screen.motion.at -= 60.0
+        clock.advance(60.0)
         await pilot.pause(1.2)
         assert "STALLED" not in await shown(pilot)
 
     drive(app, scenario)
+
+
+def test_console_and_tui_show_the_same_figures_for_one_recorded_capture():
+    """One recorded capture fed to both front ends at the same times: the console's progress line
+    and the TUI's Progress screen show the same read and wire MB/s, totals, elapsed and ETA (one
+    model, estimate.progress.CaptureProgress; they used to smooth different byte counts)."""
+    import dataclasses
+    import io
+
+    from agent.source.console import ProgressPrinter, progress_line
+    from agent.units import human_bytes, human_rate, human_seconds
+    from tests.tui import recorded
+
+    est = recorded.estimate()
+    console_clock = recorded.ReplayClock()
+    printer = ProgressPrinter(5.0, out=io.StringIO(), estimate=est, clock=console_clock)
+    recorded.replay_into(printer, console_clock)
+    console = printer.figures()
+    line = progress_line(console)
+
+    app = build_app(replay("megaraid_sas"), ascii_only=True, start_capture_worker=False)
+    app.plan.estimate = est
+    tui_clock = recorded.ReplayClock()
+    got = {}
+
+    async def scenario(pilot):
+        from textual.widgets import Static
+
+        screen = await on_progress(app, pilot, tui_clock)
+        recorded.replay_into(screen.apply, tui_clock)
+        await pilot.pause()
+        got["figures"] = screen.progress.figures()
+        got["stats"] = str(screen.query_one("#prog-stats", Static).render())
+        got["bars"] = {n: (b.done, b.state) for n, b in screen.bars.items()}
+
+    drive(app, scenario)
+    tui = got["figures"]
+    # the same model state: every figure but the list of bars (the screen also knows the disks
+    # the operator selected before the capture named them)
+    assert dataclasses.replace(tui, disks=()) == dataclasses.replace(console, disks=())
+    assert {d.name: d for d in console.disks} == {d.name: d for d in tui.disks if d.name in ("sda", "sdb")}
+    assert got["bars"]["sda"] == (recorded.SDA, "sent") and got["bars"]["sdb"][1] == "reading"
+    assert console.read_rate and console.wire_rate and console.eta is not None
+    # and the same numbers drawn: the console's line and the screen's stats
+    for shown_figure in (f"read {human_rate(console.read_rate)} MB/s", f"wire {human_rate(console.wire_rate)} MB/s",
+                         f"{console.total_percent:5.1f}%", human_bytes(console.total_done),
+                         f"elapsed {human_seconds(console.elapsed)}", f"ETA {human_seconds(console.eta)}"):
+        assert shown_figure in line, (shown_figure, line)
+        assert shown_figure.replace(" wire", "wire") in got["stats"].replace("  ", " "), (shown_figure, got["stats"])

@@ -16,7 +16,7 @@ from tests.tui.conftest import ISCSI_TREES, replay, settle
 
 SIZE = (80, 24)
 SSH = TargetChoice("ssh", recorded.TARGET, identity="/etc/coldclone/identity",
-                   hostkey="SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E")
+                   hostkey=["SHA256:q8mJbJ3Vt1Zb0nHnT3mYpWb3dX7Yc2yYk1o9gVZ6u4E"])
 
 
 def app_for(services, **kw):
@@ -177,11 +177,11 @@ async def _progress(app, pilot):
 
     await settle(pilot)
     app.plan.target, app.plan.target_ok = SSH, "SSH OK"
-    screen = ProgressScreen()
+    clock = recorded.ReplayClock()
+    screen = ProgressScreen(clock=clock)
     app.switch_to_progress(screen)
     await pilot.pause()
-    for ev in recorded.events():
-        screen.apply(ev)
+    recorded.replay_into(screen.apply, clock)
     await pilot.pause()
 
 
@@ -220,16 +220,17 @@ def test_done_published(snap_compare):
     app = app_for(replay("cciss", sourceos="rhel6-cciss"), start_capture_worker=False)
 
     async def run_before(pilot):
+        from agent.manifest import ImageRole, PublishedImage, PublishRecord
         from agent.source.tui.screens.done import DoneScreen
 
         await settle(pilot)
         res = recorded.result()
-        res.manifest.document = {"publish": {
-            "cloud": "dc2", "image_id": "5b1e7c1e-9f3d-4c7e-a1b2-0c0ffee00042",
-            "image_name": "srv01-20261123T130000-ab12-sda-kvm", "image_file": "sda.kvm.qcow2",
-            "image_kind": "converted", "disk": "sda", "checksum": "9e107d9d372bb6826bd81d3542a419d6",
-            "os_hash_algo": "sha512", "os_hash_value": "00" * 64, "size": 1 << 30,
-            "published": "2026-11-23T15:10:00Z", "reused": False}}
+        res.publish = PublishRecord(cloud="dc2", disk_format="qcow2", published="2026-11-23T15:10:00Z", images=[
+            PublishedImage(disk="sda", image_id="5b1e7c1e-9f3d-4c7e-a1b2-0c0ffee00042", disk_format="qcow2",
+                           role=ImageRole.BOOT, position=0, image_name="srv01-20261123T130000-ab12-sda-kvm",
+                           image_file="sda.kvm.qcow2", image_kind="converted",
+                           checksum="9e107d9d372bb6826bd81d3542a419d6", os_hash_algo="sha512",
+                           os_hash_value="00" * 64, size=1 << 30)])
         app.plan.target, app.plan.result = SSH, res
         app.switch_screen(DoneScreen())
         await pilot.pause()

@@ -45,7 +45,7 @@ def test_progress_and_done_show_unreadable_sectors():
         assert type(app.screen).__name__ == "DoneScreen", type(app.screen)
         assert "VERIFIED WITH 40 UNREADABLE SECTORS" in text
         assert "COMPLETE AND VERIFIED" not in text
-        assert "UNREADABLE: 40 sectors of 512 bytes in 2 ranges" in text
+        assert "40 UNREADABLE sectors of 512 bytes in 2 ranges" in text
         app.exit = codes.append          # the shell key leaves the app with the capture's code
         await pilot.press("s")
         await pilot.pause()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent.source.estimate.plan import CaptureEstimate, DiskEstimate
+from agent.estimate_model import CaptureEstimate, DiskEstimate
 
 
 def one_disk_plan(path: str, size: int, bytes_to_send: int, stages: dict[str, float], *,

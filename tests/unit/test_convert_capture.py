@@ -78,13 +78,14 @@ def test_forced_tcg(monkeypatch):
 def test_virt_v2v_engine_refuses_at_once_without_its_tools(tmp_path, monkeypatch):
     """virt-v2v 2.x needs nbdcopy/nbdinfo only at its very end: checked before anything runs."""
     import agent.server.convert.convert as conv_mod
-    from agent.server.convert.model import Engine, Outcome
+    from agent.server.convert.model import Outcome
+    from agent.choices import ConvertEngine
 
     cap = capture(tmp_path)
     real_which = conv_mod.shutil.which
     monkeypatch.setattr(conv_mod.shutil, "which", lambda t: None if t == "nbdcopy" else real_which(t))
     assert conv_mod.v2v_missing_tools() == ["nbdcopy (libnbd-bin)"]
-    result = conv_mod.convert(cap, Engine.VIRT_V2V, accel=Accel(False, "test"))
+    result = conv_mod.convert(cap, ConvertEngine.VIRT_V2V, accel=Accel(False, "test"))
     assert result.result is Outcome.FAILED and "missing nbdcopy (libnbd-bin)" in result.message
     m = json.load(open(os.path.join(cap, "manifest.json")))
     assert m["conversion"]["result"] == "failed" and m["status"] == "complete"

@@ -6,8 +6,10 @@ import os
 
 import pytest
 
+from agent import records
 from agent.server.convert import fixes as F
-from agent.server.convert.model import Conversion, Engine, Fix, FixKind, GuestOS, Outcome, Volume
+from agent.server.convert.model import Conversion, Fix, FixKind, GuestOS, Outcome, Volume
+from agent.choices import ConvertEngine
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "sourceos")
 
@@ -261,11 +263,11 @@ def test_hardware_service_links():
 
 def test_conversion_record_is_plain_json():
     fx = F.fix_fstab("/dev/sda2 / ext4 defaults 0 1\n", DMAP).fixes[0]
-    conv = Conversion(Outcome.CONVERTED, "converted", Engine.FIXUPS, {"libguestfs": "guestfish 1.48.6"},
+    conv = Conversion(Outcome.CONVERTED, "converted", ConvertEngine.FIXUPS, {"libguestfs": "guestfish 1.48.6"},
                       "tcg", "test", "t0", "t1", 1.5, {"stage_seconds": 0.1},
                       GuestOS("/dev/sda2", "linux", "debian", "Debian 12", 12, 0, [("/", "/dev/sda2")]),
                       [], [fx], [])
-    d = json.loads(json.dumps(conv.to_dict(), allow_nan=False))
+    d = json.loads(records.dumps(conv))
     assert d["result"] == "converted" and d["engine"] == "fixups"
     assert d["fixes"][0]["kind"] == "fstab-device-name" and d["fixes"][0]["line"] == 1
     assert d["os"]["distro"] == "debian"

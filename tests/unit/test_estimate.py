@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from agent import records
 from agent import protocol as P
 from agent.source.discover import populate, snapshot
 from agent.source.discover.model import Link
 from agent.source.estimate import links as L
-from agent.source.estimate.plan import (CONVERT_RATE, COMPARE_RATE, READBACK_RATE, SETUP_SECONDS, _per_disk,
+from agent.source.estimate.plan import (READBACK_RATE, SETUP_SECONDS, _per_disk,
                                  estimate_capture, target_link)
-from agent.source.estimate.progress import EtaEstimator
+from agent.source.estimate.progress import EtaEstimator, Motion
 from tests.unit.plans import one_disk_plan
 from agent.source.estimate.rate import RateMeter
 from agent.source.estimate.sample import ContentSample, sample_content
@@ -125,9 +126,29 @@ def test_per_disk_arithmetic_zero_skip_and_qcow2():
     data = 3 * GB
     assert d.data_bytes == data and d.bytes_to_send == pytest.approx(1.5 * GB, rel=1e-3)
     assert d.stages["read"] == pytest.approx(100) and d.bottleneck == "read"
-    # the read-back follows the stream: its last step runs next to the convert, then the compare
-    post = max(P.READBACK_STEP / READBACK_RATE, data / CONVERT_RATE) + data / COMPARE_RATE
+    # the read-back follows the stream, and the qcow2 is written directly (issue 21): only the
+    # read-back's last step is left after END, as for raw
+    post = P.READBACK_STEP / READBACK_RATE
+    assert d.stages["server"] == pytest.approx(post)
     assert d.seconds == pytest.approx(100 + post)
+
+
+def test_per_disk_with_the_receiver_on_this_machine_adds_the_reads_cpu_to_the_pipeline():
+    """Loopback or a local target: the probe's pace is this machine's CPU and the source's reads
+    take from the same CPUs for their CPU share, so the stream takes read x share + pipeline
+    (make demo: the overlap model was 24-69 % short). A remote receiver keeps the overlap."""
+    size = 2 * GB
+    args = ("/dev/loop1", None, _sample(size, 0.2, 0.5), 400 * MB, "measured", 40 * MB, READBACK_RATE, 2,
+            "raw", "nonzero")
+    remote = _per_disk(*args)
+    read, link = remote.stages["read"], remote.stages["link"]
+    assert read == pytest.approx(5.0) and link == pytest.approx(5.0, rel=1e-3)
+    post = remote.stages["server"]
+    assert remote.seconds == pytest.approx(max(read, link) + post)
+    cached = _per_disk(*args, colocated_read_share=1.0)      # a loop device over a cached file
+    assert cached.seconds == pytest.approx(read + link + post) and cached.bottleneck == "shared"
+    disk = _per_disk(*args, colocated_read_share=0.1)        # a real disk: the reads mostly wait
+    assert disk.seconds == pytest.approx(max(read, 0.1 * read + link) + post)
 
 
 def _sparse_file(path, size, runs):
@@ -165,8 +186,8 @@ def test_estimate_capture_on_a_file_without_calibration(tmp_path):
     assert labels == ["USB 2.0 link", "USB 3.0 link", "e-SATA link", "NFS over 1 GbE"]
     usb2 = est.alternatives[0]
     assert usb2.seconds == pytest.approx(SETUP_SECONDS + d.bytes_to_send / (25 * MB) + d.stages["server"], rel=0.01)
-    js = json.loads(json.dumps(est.to_dict()))
-    assert js["disks"][0]["path"] == p and js["total_seconds"] == round(est.total_seconds, 1)
+    js = json.loads(records.dumps(est))
+    assert js["disks"][0]["path"] == p and js["total_seconds"] == est.total_seconds
     assert any("downtime" in line for line in est.lines())
     # mode full: every byte is read and the zeros are still sent (compressed to almost nothing)
     full = estimate_capture(None, [p], None, "full", calibrate_seconds=0)
@@ -310,8 +331,8 @@ def test_progress_printer_lines_cadence_and_summary(monkeypatch):
     mid = prog[len(prog) // 2]
     assert "ETA 01:" in mid and "[limited by USB 2.0 link (~25 MB/s)]" in mid and "wire 10." in mid
     assert text[-1].startswith("server verifying and converting:")
-    st = p.status()
-    assert st["phase"] == "server" and st["total_done"] == size and st["eta"] is not None
+    st = p.figures()
+    assert st.phase == "server" and st.total_done == size and st.eta is not None
     res = CaptureResult("cap-1", "file:///mnt/usb", "/mnt/usb/cap-1", Manifest("cap-1", "complete", []),
                         230.0, size, size // 2, 0, size)
     buf = io.StringIO()
@@ -349,20 +370,20 @@ def test_progress_says_stalled_and_the_eta_stops_counting_down(monkeypatch):
     for i in range(1, 21):            # 20% in 20 s: 80 s left at that pace
         clock["t"] += 1.0
         p(E.Progress("sda", i * step, size, i * step, size, i * step, i * step, 0, clock["t"] - 1000))
-    eta_at_last_move = p.eta_seconds()
+    eta_at_last_move = p.figures().eta
     assert 60 < eta_at_last_move < 100
-    assert p.stalled_for(clock["t"]) == 0.0
+    assert p.figures().stalled_for == 0.0
     clock["t"] += 40.0                # the link hangs: no event at all for 40 s
     p.tick()
     last = out.getvalue().splitlines()[-1]
     assert "STALLED for 40 s: nothing read or sent" in last, last
     assert "MB/s" not in last.split("|")[2]
     # the countdown stopped STALL_AFTER seconds after the last byte, not 40 s later
-    assert p.eta_seconds() == pytest.approx(eta_at_last_move - p.STALL_AFTER)
-    assert p.status()["stalled_for"] == pytest.approx(40.0)
+    assert p.figures().eta == pytest.approx(eta_at_last_move - Motion.STALL_AFTER)
+    assert p.figures().stalled_for == pytest.approx(40.0)
     clock["t"] += 1.0                 # data moves again
     p(E.Progress("sda", 21 * step, size, 21 * step, size, 21 * step, 21 * step, 0, clock["t"] - 1000))
-    assert p.stalled_for(clock["t"]) == 0.0
+    assert p.figures().stalled_for == 0.0
     clock["t"] += 5.0
     p.tick()
     assert "STALLED" not in out.getvalue().splitlines()[-1]

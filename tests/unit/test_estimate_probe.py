@@ -8,6 +8,9 @@ import os
 import pytest
 
 from agent import protocol as P
+from agent import records
+from agent.estimate_model import CaptureEstimate
+from tests.unit.plans import one_disk_plan
 from agent.server.receive.receiver import Receiver
 
 BS = P.DEFAULT_BLOCK_SIZE
@@ -73,13 +76,50 @@ def test_probe_abort_leaves_nothing(tmp_path):
 
 
 def test_capture_estimate_lands_in_the_manifest(tmp_path):
-    est = {"total_seconds": 12.5, "bottleneck": "limited by USB 2.0 link (~25 MB/s)", "calibrated": False}
+    est = one_disk_plan("/dev/d", 16 * BS, 8 * BS, {"link": 12.0, "server": 0.5}, total_seconds=12.5,
+                        bottleneck="limited by USB 2.0 link (~25 MB/s)")
     out = io.BytesIO()
     rc = Receiver(str(tmp_path), out).run(io.BytesIO(_records(n_chunks=2, size=16 * BS, probe=False,
                                                               estimate=est, end=True)))
     assert rc == 0, _replies(out)
     m = json.load(open(tmp_path / "cap-1" / "manifest.json"))
-    assert m["estimate"] == est
+    assert records.decode(m["estimate"], CaptureEstimate, "estimate") == est
     ev = m["estimate_vs_actual"]
     assert ev["predicted_seconds"] == 12.5 and ev["actual_seconds"] == m["receive_seconds"]
     assert ev["ratio"] == pytest.approx(m["receive_seconds"] / 12.5, abs=0.001)
+
+
+def test_hello_advice_is_typed_and_a_malformed_one_is_left_out(tmp_path):
+    """The estimate and the readiness report cross the wire as typed models: the manifest holds
+    what the agent sent, decoded with every field checked. Advice that does not decode is left
+    out of the manifest (the capture is not refused for it), and HELLO's decoder says why."""
+    from agent.guestos.model import Firmware
+    from agent.guestos.report import ReadinessReport
+
+    est = one_disk_plan("/dev/d", 16 * BS, 8 * BS, {"link": 3.0}, total_seconds=3.5)
+    ready = ReadinessReport(os_name="Debian GNU/Linux 12", firmware=Firmware.UEFI, disk="d")
+    good = _records(n_chunks=2, size=16 * BS, probe=False, estimate=est, end=True)
+    hello = P.Hello(capture_id="cap-1", agent_version="t", format="raw", disks=("d",), estimate=est,
+                    readiness=ready)
+    assert P.Hello.decode(json.loads(json.dumps(hello.to_json()))) == hello
+    stream = good.replace(P.Hello(capture_id="cap-1", agent_version="t", format="raw", disks=("d",),
+                                  estimate=est).encode(), hello.encode())
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    out = io.BytesIO()
+    assert Receiver(str(tmp_path / "good"), out).run(io.BytesIO(stream)) == 0, _replies(out)
+    m = json.load(open(tmp_path / "good" / "cap-1" / "manifest.json"))
+    assert records.decode(m["readiness"], ReadinessReport, "readiness") == ready
+    assert records.decode(m["estimate"], CaptureEstimate, "estimate") == est
+
+    bad = dict(hello.to_json(), readiness={"firmware": "coreboot"}, estimate={"total_seconds": "soon"})
+    decoded = P.Hello.decode(bad)
+    assert decoded.readiness is None and decoded.estimate is None
+    assert decoded.dropped == ("HELLO estimate: Expected float, got str - at $.total_seconds",
+                               "HELLO readiness: Invalid enum value 'coreboot' - at $.firmware")
+    out = io.BytesIO()
+    stream = good.replace(P.Hello(capture_id="cap-1", agent_version="t", format="raw", disks=("d",),
+                                  estimate=est).encode(), P.encode_json(P.T_HELLO, bad))
+    assert Receiver(str(tmp_path / "bad"), out).run(io.BytesIO(stream)) == 0, _replies(out)
+    m = json.load(open(tmp_path / "bad" / "cap-1" / "manifest.json"))
+    assert "readiness" not in m and "estimate" not in m and "estimate_vs_actual" not in m

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from agent import records
 from agent.source.capture import inuse
 from agent.source.capture.guard import GuardRecord, Owner, tree_names
 from agent.source.capture.inuse import InUse, Use
@@ -122,7 +123,9 @@ def test_tree_of_a_holder_reaches_down_to_its_disks(tmp_path):
 
 def test_guard_record_round_trip():
     rec = GuardRecord("/dev/sdb", "8:16", False, [Owner(10, 123), Owner(10, 123), Owner(11, 5)])
-    assert GuardRecord.from_json(rec.to_json()) == rec
+    assert records.loads(records.dumps(rec), GuardRecord, "guard record") == rec
+    with pytest.raises(ValueError, match=r"guard record: Expected bool, got str - at \$\.was_ro"):
+        records.loads('{"dev": "/dev/sdb", "devno": "8:16", "was_ro": "no"}', GuardRecord, "guard record")
 
 
 def test_owner_liveness():

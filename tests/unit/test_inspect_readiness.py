@@ -1,9 +1,9 @@
 """Inspection of whole source-OS trees and the readiness report built from them."""
 
-import json
 import os
 from pathlib import Path
 
+from agent import records
 from agent.guestos import files
 from agent.guestos.model import IscsiInitiator, OsInfo
 from agent.source.inspect.mount import ro_options
@@ -67,7 +67,7 @@ def test_concrete_uuid_in_fix_when_discovery_knows_it():
 def test_chap_secret_never_printed():
     src = inspect_tree(str(RHEL6 / "root"), boot_root=str(RHEL6 / "boot"))
     assert src.iscsid.secrets["node.session.auth.password"].reveal() == "S3cretChapPw!"
-    for text in (src.render(), json.dumps(src.to_dict()), repr(src)):
+    for text in (src.render(), records.dumps(src), repr(src)):
         assert "S3cretChapPw" not in text
         assert "node.session.auth.password = ****" in text or "'****'" in text \
             or '"****"' in text
@@ -149,7 +149,11 @@ def test_render_fits_80_columns():
 
 
 def test_read_only_mount_options():
-    assert ro_options("ext4") == "ro,noload"
-    assert ro_options("ext3") == "ro,noload"
-    assert ro_options("xfs") == "ro,norecovery"
-    assert ro_options("vfat") == "ro"
+    assert ro_options("ext4") == ("ro,noload",)
+    assert ro_options("ext3") == ("ro,noload",)
+    assert ro_options("xfs") == ("ro,norecovery",)
+    # the kernel's current name first (5.9+), the one older kernels know after it
+    assert ro_options("btrfs") == ("ro,rescue=nologreplay", "ro,nologreplay")
+    assert ro_options("vfat") == ("ro",)
+    from agent.source.inspect.mount import MOUNTABLE
+    assert all(o.split(",")[0] == "ro" for fs in MOUNTABLE for o in ro_options(fs))

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from agent import records
 from agent.guestos import iscsi as ins_iscsi
 from agent.guestos import network
 from agent.source.iscsi.auto import find_identities
@@ -124,7 +125,7 @@ def test_several_roots():
 @pytest.mark.parametrize("root", ["rhel7", "debian6"])
 def test_secrets_never_shown(root):
     cfg = read_source_config(os.path.join(FIX, root))
-    shown = "\n".join([repr(cfg), str(cfg), str(cfg.to_dict()), *cfg.describe()])
+    shown = "\n".join([repr(cfg), str(cfg), records.dumps(cfg), *cfg.describe()])
     for s in SECRETS:
         assert s not in shown
     assert "****" in shown

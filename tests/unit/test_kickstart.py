@@ -68,6 +68,7 @@ DEBIAN_TO_RPM = {
     "ca-certificates": ["ca-certificates"],
     "python3": ["python3.11"],
     "qemu-utils": ["qemu-img"],
+    "python3-libnbd": ["python3-libnbd"],
 }
 
 

@@ -33,6 +33,9 @@ def sh(script: str, cmdline: str = "", stdin: str = "", *args: str) -> subproces
     ("boot=live coldclone.server=ssh://cc@10.0.0.5/srv coldclone.tui=1", False),
     # not ours: a word that merely contains the prefix
     ("boot=live xcoldclone.server=1", False),
+    # after `--` the words are init's, not the kernel's parameters
+    ("boot=live -- coldclone.server=ssh://cc@10.0.0.5/srv", False),
+    ("boot=live coldclone.server=ssh://cc@10.0.0.5/srv -- coldclone.tui", True),
 ])
 def test_mode_is_decided_by_any_coldclone_key(cmdline, headless):
     r = sh("cc_headless", cmdline)

@@ -9,7 +9,7 @@ import hashlib
 from agent.guestos import esp, netconfig, readiness
 from agent.guestos.model import BindingKind, EspLoaders, IfaceKind, NetStyle, SourceOS
 from agent.server.convert import netmap
-from agent.server.convert.model import FixKind, NetworkPolicy
+from agent.server.convert.model import FixKind, ConvertNetwork
 from tests.testbed import netconfigs
 
 
@@ -65,7 +65,7 @@ def debian(extra: dict[str, str] | None = None) -> DictFiles:
                       "/etc/resolv.conf": "nameserver 10.0.2.3\n", **NAMING, **(extra or {})})
 
 
-def roles(cfg, policy=NetworkPolicy.DHCP):
+def roles(cfg, policy=ConvertNetwork.DHCP):
     return netmap.Roles(netconfig.plan(cfg), policy)
 
 
@@ -119,7 +119,7 @@ def test_readiness_predicts_the_mapping_per_interface():
 
 def test_ifupdown_keep_renames_and_keeps_every_setting():
     cfg = netconfig.read_network(debian())
-    res = netmap.map_interfaces(INTERFACES_STATIC, "/etc/network/interfaces", roles(cfg, NetworkPolicy.KEEP))
+    res = netmap.map_interfaces(INTERFACES_STATIC, "/etc/network/interfaces", roles(cfg, ConvertNetwork.KEEP))
     assert res.text == INTERFACES_STATIC.replace("allow-hotplug ens3", "allow-hotplug eth0").replace(
         "iface ens3 inet", "iface eth0 inet").replace("dev ens3", "dev eth0")
     assert [(f.kind, f.line, f.before, f.after) for f in res.fixes] == [
@@ -128,7 +128,7 @@ def test_ifupdown_keep_renames_and_keeps_every_setting():
         (FixKind.NET_RENAME, 15, "up ip route add 192.168.50.0/24 via 10.0.2.1 dev ens3",
          "up ip route add 192.168.50.0/24 via 10.0.2.1 dev eth0")]
     # the other file: eno2 is no longer brought up, its stanza stays for reference
-    res = netmap.map_interfaces(BACKUP_NIC, "/etc/network/interfaces.d/backup", roles(cfg, NetworkPolicy.KEEP))
+    res = netmap.map_interfaces(BACKUP_NIC, "/etc/network/interfaces.d/backup", roles(cfg, ConvertNetwork.KEEP))
     assert res.text.splitlines()[0] == "# coldclone-convert: not brought up: auto eno2"
     assert res.text.splitlines()[1:] == BACKUP_NIC.splitlines()[1:]
     assert [(f.kind, f.line) for f in res.fixes] == [(FixKind.NET_DISABLED, 1)]
@@ -177,7 +177,7 @@ def test_ifcfg_bond_and_vlan_model_and_plan():
 def test_ifcfg_mapping_keep_and_dhcp():
     cfg = netconfig.read_network(DictFiles({**IFCFG, **NAMING}))
     path = "/etc/sysconfig/network-scripts/ifcfg-bond0.100"
-    res = netmap.map_ifcfg(IFCFG[path], path, "bond0.100", roles(cfg, NetworkPolicy.KEEP))
+    res = netmap.map_ifcfg(IFCFG[path], path, "bond0.100", roles(cfg, ConvertNetwork.KEEP))
     assert res.text == ("DEVICE=eth0\nNAME=bond0.100\n# coldclone-convert: bond/VLAN/bridge of the old NICs: VLAN=yes\n"
                         "BOOTPROTO=none\nIPADDR=192.0.2.10\nPREFIX=24\nGATEWAY=192.0.2.1\nDNS1=192.0.2.53\nONBOOT=yes\n")
     assert [f.kind for f in res.fixes] == [FixKind.NET_RENAME, FixKind.NET_FLATTEN]
@@ -241,7 +241,7 @@ def test_netplan_match_and_set_name():
         (BindingKind.NETPLAN_MATCH, "3c:ec:ef:12:34:56", "eno1")]
     src = SourceOS(network=cfg)
     assert "netplan-mac-match" in [f.id for f in readiness.network_findings(src)]
-    res = netmap.map_netplan(NETPLAN, path, roles(cfg, NetworkPolicy.KEEP))
+    res = netmap.map_netplan(NETPLAN, path, roles(cfg, ConvertNetwork.KEEP))
     doc = netconfig.load_yaml(res.text)
     assert doc["network"]["ethernets"] == {"eth0": {"addresses": ["192.0.2.20/24"],
                                                     "routes": [{"to": "default", "via": "192.0.2.1"}],

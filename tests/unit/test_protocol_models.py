@@ -6,6 +6,7 @@ import json
 import pytest
 
 from agent import protocol as P
+from tests.unit.plans import one_disk_plan
 
 
 def decode(rtype, obj_or_bytes):
@@ -15,7 +16,8 @@ def decode(rtype, obj_or_bytes):
 
 def test_models_round_trip_through_the_writer():
     hello = P.Hello(capture_id="c-1", agent_version="1.0", format="raw", source={"hostname": "h", "inventory": [1]},
-                    disks=("sda", "md127"), estimate={"total_seconds": 12.5})
+                    disks=("sda", "md127"), estimate=one_disk_plan("/dev/sda", 1 << 30, 1 << 28, {"link": 12.5},
+                                                                   total_seconds=12.5))
     disk = P.DiskHeader(name="sda", size=1 << 30, block_size=4096, logical_sector_size=512,
                         physical_sector_size=4096, mode="nonzero", codec="zstd:1", source={"model": "x"},
                         data_bytes_estimate=123)

@@ -11,6 +11,7 @@ import pytest
 
 from agent import protocol as P
 from agent.server.receive import readback as R
+from agent.server.receive.disk_image import Qcow2Image, RawImage
 from agent.server.receive.receiver import Receiver
 from tests.streams import capture_stream
 
@@ -19,7 +20,7 @@ MiB = 1 << 20
 
 
 def disk_bytes(size: int, seed: int = 7) -> bytes:
-    """Data with zero runs (holes in the raw file) between random blocks."""
+    """Data with zero runs (holes in the image) between random blocks."""
     rnd = bytearray(os.urandom(size))
     for off in range(0, size, 5 * BS):
         rnd[off:off + 2 * BS] = bytes(len(rnd[off:off + 2 * BS]))
@@ -32,7 +33,7 @@ def write_following(tmp_path, data: bytes, step: int, monkeypatch, read_step: in
     path = str(tmp_path / "sda.raw")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.ftruncate(fd, len(data))
-    rb = R.Readback(fd, path, len(data), BS)
+    rb = R.Readback(RawImage(os.dup(fd), path), path, len(data), BS)
     for off in range(0, len(data), step):
         chunk = data[off:off + step]
         if any(chunk):
@@ -69,18 +70,17 @@ def test_a_byte_the_server_stored_wrong_is_caught_at_end(tmp_path, monkeypatch):
     """What the receiver hashed on arrival is right; the file holds one byte else (a stray write,
     a bad disk): the read-back disagrees with the stream's digest, and the receiver refuses."""
     data = disk_bytes(8 * MiB)
-    real_pwrite = os.pwrite
+    real_pwrite = Qcow2Image.pwrite
 
     wrong = 5 * MiB + 3 * BS + 100      # in a block of random data (zero runs are every 5 blocks)
 
-    def bad_pwrite(fd, buf, off):
-        n = real_pwrite(fd, buf, off)
-        if off <= wrong < off + n:
-            real_pwrite(fd, bytes([buf[wrong - off] ^ 0xFF]), wrong)
-        return n
+    def bad_pwrite(self, buf, off):
+        # the qcow2 stores what it was given, then one byte of it changes under qemu
+        real_pwrite(self, buf, off)
+        if off <= wrong < off + len(buf):
+            real_pwrite(self, bytes([buf[wrong - off] ^ 0xFF]), wrong)
 
-    import agent.server.receive.receiver as receiver_mod
-    monkeypatch.setattr(receiver_mod.os, "pwrite", bad_pwrite)
+    monkeypatch.setattr(Qcow2Image, "pwrite", bad_pwrite)
     out = io.BytesIO()
     root = str(tmp_path / "rx")
     os.mkdir(root)

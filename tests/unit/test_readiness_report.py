@@ -12,13 +12,15 @@ import pytest
 import zstandard
 
 from agent.source.discover.model import Disk, Partition, PartitionTable
+from agent import records
 from agent.errors import ColdcloneError
 from agent.guestos import boot
 from agent.guestos.model import BootLoader, Firmware
 from agent.guestos.report import ReadinessReport, from_source
 from agent.guestos.tree import inspect_tree
-from agent.server.publish.glance import LocalImage, image_properties
-from agent.manifest import PublishRecord
+from agent.choices import DiskFormat, VmdkAdapter
+from agent.server.publish.images import SourceImage, image_properties
+from agent.manifest import ImageRole, PublishedImage, PublishRecord
 from agent.manifest import Manifest
 from agent.server.receive.manifest import CaptureDirectory, ManifestError
 from tests.testbed.sourceos import KVER, TREE, cpio_newc, sata_initramfs
@@ -125,22 +127,22 @@ def test_firmware_from_the_partition_table():
 
 def test_report_round_trips_through_the_manifest(debian):
     rep = from_source(inspect_tree(str(debian)), "sda")
-    data = json.loads(json.dumps(rep.to_dict()))
+    data = json.loads(records.dumps(rep))
     assert "source" not in data and data["firmware"] == "uefi" and data["boot_loader"] == "grub2"
-    back = ReadinessReport.from_dict(data)
+    back = records.decode(data, ReadinessReport, "readiness")
     assert back == rep
     assert back.findings[0].conversion == rep.findings[0].conversion
 
 
 def test_malformed_report_names_the_field(debian):
-    data = from_source(inspect_tree(str(debian)), "sda").to_dict()
+    data = records.encode(from_source(inspect_tree(str(debian)), "sda"))
     data["firmware"] = "coreboot"
-    with pytest.raises(ColdcloneError, match=r"readiness\.firmware: 'coreboot' is not one of"):
-        ReadinessReport.from_dict(data)
+    with pytest.raises(ColdcloneError, match=r"readiness: Invalid enum value 'coreboot' - at \$\.firmware"):
+        records.decode(data, ReadinessReport, "readiness")
     data["firmware"] = "bios"
     data["findings"][0]["severity"] = 3
-    with pytest.raises(ColdcloneError, match=r"readiness\.findings\[0\]\.severity: expected str"):
-        ReadinessReport.from_dict(data)
+    with pytest.raises(ColdcloneError, match=r"readiness: Expected str, got int - at \$\.findings\[0\]\.severity"):
+        records.decode(data, ReadinessReport, "readiness")
 
 
 def test_summary_lines(debian):
@@ -161,37 +163,49 @@ def _capture(tmp_path, readiness, status="complete"):
            "disks": [{"name": "sda", "image": "sda.qcow2", "format": "qcow2", "size": 3 << 30,
                       "digest": "ab" * 32, "digest_algo": "sha256-blocks",
                       "verified": {"record_digests": True, "disk_digest": True, "readback_digest": True,
-                                   "qemu_img_compare": True}}]}
+                                   "qemu_img_check": True}}]}
     (cap / "manifest.json").write_text(json.dumps(doc))
     return cap
 
 
-def _local(path, vsize=3 << 30):
-    return LocalImage(path=str(path), kind="verified", disk_format="qcow2", virtual_size=vsize,
-                      size=104, md5="m", sha512="s")
+def _local(cap, vsize=3 << 30, role=ImageRole.BOOT):
+    return SourceImage(disk=cap.manifest.disks[0], role=role, position=0, path=cap.file("sda.qcow2"),
+                       kind="verified", format="qcow2", virtual_size=vsize, md5="m", backing=False)
 
 
 def test_properties_from_the_manifest(tmp_path, debian):
     rep = from_source(inspect_tree(str(debian)), "sda")
-    cap = CaptureDirectory.load(str(_capture(tmp_path, rep.to_dict())), purpose="published")
-    props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
-    assert props == {
-        "hw_disk_bus": "virtio", "hw_vif_model": "virtio", "coldclone_capture_id": "cap1",
-        "coldclone_digest": "sha256-blocks:" + "ab" * 32, "coldclone_image_file": "sda.qcow2",
-        "os_type": "linux", "os_distro": "debian", "os_version": "12",
-        "hw_qemu_guest_agent": "yes", "hw_firmware_type": "uefi", "hw_machine_type": "q35"}
+    cap = CaptureDirectory.load(str(_capture(tmp_path, records.encode(rep))), purpose="published")
+    props = image_properties(cap, _local(cap), DiskFormat.QCOW2, None)
+    ours = {"coldclone_capture_id": "cap1", "coldclone_digest": "sha256-blocks:" + "ab" * 32,
+            "coldclone_image_file": "sda.qcow2", "coldclone_disk": "sda", "coldclone_role": "boot",
+            "coldclone_position": "0", "coldclone_source_md5": "m"}
+    os_props = {"os_type": "linux", "os_distro": "debian", "os_version": "12",
+                "hw_qemu_guest_agent": "yes", "hw_firmware_type": "uefi", "hw_machine_type": "q35"}
+    assert props == {"hw_disk_bus": "virtio", "hw_vif_model": "virtio", **ours, **os_props}
+    # VMware: the driver's names for the controller and the NIC, on every adapter
+    for adapter, bus in ((VmdkAdapter.IDE, {"hw_disk_bus": "ide"}),
+                         (VmdkAdapter.LSI_LOGIC, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsilogic"}),
+                         (VmdkAdapter.LSI_LOGIC_SAS, {"hw_disk_bus": "scsi", "hw_scsi_model": "lsisas1068"}),
+                         (VmdkAdapter.PARAVIRTUAL, {"hw_disk_bus": "scsi", "hw_scsi_model": "vmpvscsi"})):
+        assert image_properties(cap, _local(cap), DiskFormat.VMDK, adapter) == {
+            "vmware_disktype": "sparse", "vmware_adaptertype": adapter.value, "hw_vif_model": "e1000",
+            **bus, **ours, **os_props}
+    # a data disk carries no OS facts
+    data = image_properties(cap, _local(cap, role=ImageRole.DATA), DiskFormat.RAW, None)
+    assert data == {"hw_disk_bus": "virtio", "hw_vif_model": "virtio", **ours, "coldclone_role": "data"}
 
 
 def test_bios_source_and_no_readiness(tmp_path):
     src = inspect_tree(str(TREES / "rocky9-nm"))
     src.firmware = Firmware.BIOS
-    cap = CaptureDirectory.load(str(_capture(tmp_path, from_source(src, "sda").to_dict())), purpose="published")
-    props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
+    cap = CaptureDirectory.load(str(_capture(tmp_path, records.encode(from_source(src, "sda")))), purpose="published")
+    props = image_properties(cap, _local(cap), DiskFormat.QCOW2, None)
     assert (props["os_distro"], props["os_version"], props["hw_qemu_guest_agent"]) == ("rocky", "9.3", "no")
     assert "hw_firmware_type" not in props and "hw_machine_type" not in props
     shutil.rmtree(tmp_path / "cap1")
     cap = CaptureDirectory.load(str(_capture(tmp_path, None)), purpose="published")
-    props = image_properties(cap, cap.boot_disk(), _local(tmp_path / "cap1" / "sda.qcow2"))
+    props = image_properties(cap, _local(cap), DiskFormat.QCOW2, None)
     assert "os_type" not in props and props["hw_disk_bus"] == "virtio"
 
 
@@ -211,12 +225,30 @@ def test_incomplete_or_damaged_captures_are_refused(tmp_path):
 
 def test_publish_section_written_atomically_and_read_back(tmp_path):
     cap = CaptureDirectory.load(str(_capture(tmp_path, None)), purpose="published")
-    rec = PublishRecord(cloud="c", image_id="i", image_name="n", image_file="sda.qcow2",
-                        image_kind="verified", disk="sda", checksum="m", os_hash_algo="sha512",
-                        os_hash_value="s", size=104, published="2026-11-29T00:00:00Z",
-                        reused=False)
-    cap.write_section("publish", rec.to_dict())
+    rec = PublishRecord(cloud="c", disk_format="qcow2", published="2026-11-29T00:00:00Z", images=[
+        PublishedImage(disk="sda", image_id="i", disk_format="qcow2", role=ImageRole.BOOT, position=0,
+                       image_name="n", image_file="sda.qcow2", image_kind="verified", checksum="m",
+                       os_hash_algo="sha512", os_hash_value="s", size=104, properties={"a": "b"})])
+    cap.write_section("publish", rec)
     doc = json.loads((tmp_path / "cap1" / "manifest.json").read_text())
-    assert doc["capture_id"] == "cap1" and PublishRecord.from_manifest(Manifest.from_dict(doc)) == rec
+    assert doc["capture_id"] == "cap1" and PublishRecord.from_document(doc) == rec
+    assert Manifest.load(doc).capture_id == "cap1"
+    assert doc["publish"]["images"][0]["role"] == "boot" and doc["publish"]["plan"] is None
     assert sorted(p.name for p in (tmp_path / "cap1").iterdir()) == ["manifest.json", "sda.qcow2"]
-    assert PublishRecord.from_manifest(Manifest.from_dict({**doc, "publish": "yes"})) is None
+    assert PublishRecord.from_document({**doc, "publish": "yes"}) is None
+    assert PublishRecord.from_document({**doc, "publish": {"images": [{"role": "x"}]}}) is None
+
+
+def test_a_publish_section_of_one_image_is_still_read():
+    """Manifests published before every disk was: one image, its fields at the top."""
+    old = {"cloud": "dc2", "image_id": "5b1e", "image_name": "srv-sda-kvm", "image_file": "sda.kvm.qcow2",
+           "image_kind": "converted", "disk": "sda", "checksum": "9e10", "os_hash_algo": "sha512",
+           "os_hash_value": "00", "size": 1 << 30, "published": "2026-11-23T15:10:00Z", "reused": False,
+           "properties": {"disk_format": "qcow2", "hw_disk_bus": "virtio"}, "seconds": 3.5}
+    rec = PublishRecord.from_document({"capture_id": "srv", "status": "complete", "disks": [], "publish": old})
+    assert (rec.cloud, rec.disk_format, rec.plan, rec.seconds) == ("dc2", "qcow2", None, 3.5)
+    assert rec.boot == PublishedImage(
+        disk="sda", image_id="5b1e", disk_format="qcow2", role=ImageRole.BOOT, position=0,
+        image_name="srv-sda-kvm", image_file="sda.kvm.qcow2", image_kind="converted", checksum="9e10",
+        os_hash_algo="sha512", os_hash_value="00", size=1 << 30, properties=old["properties"])
+    assert rec.data == []

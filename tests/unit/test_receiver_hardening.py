@@ -173,6 +173,18 @@ def test_reserved_names_are_never_capture_ids(tmp_path, cid):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["sda.kvm", "sda.convert-stage", "sda.raw", "sda.qcow2", "sda.journal", "a.b"])
+def test_dotted_disk_names_are_refused(tmp_path, name):
+    """Issue 19: with disks `sda` and `sda.kvm` in one capture, the verified sda.kvm.qcow2 of the
+    second was where the converter writes the first's converted image (and removed it). A
+    disk name holds no '.', so no name the server derives from one disk is another's."""
+    run = run_receiver(str(tmp_path), capture_stream("dots", {"sda": os.urandom(BS), name: os.urandom(BS)}))
+    err = clean(run, "bad_name")
+    assert f"refused disk name {name!r}: a disk name may not contain '.'" in err["message"], err
+    assert not os.path.exists(tmp_path / "dots")
+    assert not [f for f in os.listdir(tmp_path / "dots.partial") if f.startswith(name)]
+
+
 def test_root_inside_a_capture_refused(tmp_path):
     """Asked for (by the agent) or forced (by the key), a root inside a capture is refused."""
     good = run_receiver(str(tmp_path), capture_stream("victim", {"sda": os.urandom(BS)}))

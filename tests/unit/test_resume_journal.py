@@ -2,6 +2,8 @@
 stream completes with the same image and digest, and a held copy that no longer matches its
 journal is refused instead of spliced."""
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -47,8 +49,19 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
-def header(data, **kw) -> P.DiskHeader:
-    return P.DiskHeader(name="sda", size=len(data), block_size=BS, mode="nonzero", **kw)
+def head_of(data: bytes) -> str:
+    return hashlib.sha256(data[:P.DiskIdentity.HEAD_BYTES]).hexdigest()
+
+
+def ident(data: bytes, name: str = "sda", **kw) -> P.DiskIdentity:
+    """A disk as an agent identifies it in HELLO (with the digest of its first 64 KiB)."""
+    return dataclasses.replace(P.DiskIdentity.of(name, len(data), **kw), head=head_of(data))
+
+
+def header(data, name="sda", **kw) -> P.DiskHeader:
+    """A DISK header as an agent sends it: its source facts carry the disk's head digest."""
+    kw.setdefault("source", {"head": head_of(data)})
+    return P.DiskHeader(name=name, size=len(data), block_size=BS, mode="nonzero", **kw)
 
 
 def run(root, blob: bytes) -> tuple[int, list[dict]]:
@@ -57,13 +70,13 @@ def run(root, blob: bytes) -> tuple[int, list[dict]]:
     return rc, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def hello(resume=True) -> bytes:
+def hello(data, resume=True) -> bytes:
     return P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sda",),
-                                  resume=resume).encode()
+                                  resume=resume, identities=(ident(data),)).encode()
 
 
 def cut_after(data, n_records: int) -> bytes:
-    return hello() + header(data).encode() + b"".join(records(data)[:n_records])
+    return hello(data) + header(data).encode() + b"".join(records(data)[:n_records])
 
 
 def test_cut_stream_keeps_a_journal_and_resume_completes(tmp_path, data):
@@ -75,7 +88,7 @@ def test_cut_stream_keeps_a_journal_and_resume_completes(tmp_path, data):
     assert failure["resumable"] is True and failure["held"] == {"sda": 5 * MiB}
 
     # The second attempt: READY says what is held, the rest follows.
-    blob = hello() + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
+    blob = hello(data) + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
     blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
     out = io.BytesIO()
     rx = Receiver(str(tmp_path), out)
@@ -101,7 +114,7 @@ def test_bytes_past_the_last_checkpoint_are_cut_off(tmp_path, data):
     with open(raw, "r+b") as f:             # as if bytes past 5 MiB had landed before a kill -9
         f.seek(5 * MiB)
         f.write(b"\xff" * MiB)
-    blob = hello() + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
+    blob = hello(data) + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
     blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
     rc, replies = run(tmp_path, blob)
     assert rc == 0, replies
@@ -113,7 +126,7 @@ def test_torn_last_journal_line_is_ignored(tmp_path, data):
     jpath = tmp_path / "cap.partial" / "sda.journal"
     with open(jpath, "ab") as f:
         f.write(b'{"end": 99999')             # a crash in the middle of an append
-    rc, replies = run(tmp_path, hello() + P.Abort("look only").encode())
+    rc, replies = run(tmp_path, hello(data) + P.Abort("look only").encode())
     assert P.decode_held(replies[0]["held"])["sda"].held == 3 * MiB
 
 
@@ -122,7 +135,7 @@ def test_held_copy_that_changed_on_the_server_is_refused(tmp_path, data):
     with open(tmp_path / "cap.partial" / "sda.raw", "r+b") as f:
         f.seek(MiB)
         f.write(b"\x00" * 4096)
-    blob = hello() + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
+    blob = hello(data) + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
     rc, replies = run(tmp_path, blob)
     assert rc == 1 and replies[-1]["code"] == "journal"
     assert "does not match its resume journal in bytes 0-" in replies[-1]["message"]
@@ -130,8 +143,9 @@ def test_held_copy_that_changed_on_the_server_is_refused(tmp_path, data):
 
 def test_restart_from_zero_drops_the_held_copy(tmp_path, data):
     run(tmp_path, cut_after(data, 5))
-    new = os.urandom(len(data))
-    blob = hello() + header(new, restart_reason="the source changed").encode() + b"".join(records(new))
+    # changed past its first 64 KiB (a changed start is another disk to the receiver: refused)
+    new = data[:P.DiskIdentity.HEAD_BYTES] + os.urandom(len(data) - P.DiskIdentity.HEAD_BYTES)
+    blob = hello(data) + header(new, restart_reason="the source changed").encode() + b"".join(records(new))
     blob += P.DiskEnd(whole_digest(new)).encode() + P.encode_finish()
     rc, replies = run(tmp_path, blob)
     assert rc == 0, replies
@@ -142,21 +156,21 @@ def test_restart_from_zero_drops_the_held_copy(tmp_path, data):
 
 def test_resume_from_a_byte_not_held_is_refused(tmp_path, data):
     run(tmp_path, cut_after(data, 5))
-    rc, replies = run(tmp_path, hello() + header(data, resume_from=6 * MiB).encode())
+    rc, replies = run(tmp_path, hello(data) + header(data, resume_from=6 * MiB).encode())
     assert rc == 1 and replies[-1]["code"] == "protocol"
     assert "holds its bytes below 5242880" in replies[-1]["message"]
 
 
 def test_abort_discards_the_held_copy(tmp_path, data):
     run(tmp_path, cut_after(data, 5))
-    rc, replies = run(tmp_path, hello() + P.Abort("operator said no").encode())
+    rc, replies = run(tmp_path, hello(data) + P.Abort("operator said no").encode())
     assert replies[-1]["code"] == "aborted"
     assert os.listdir(tmp_path / "cap.partial") == ["failure.json"]
 
 
 def test_without_resume_an_unfinished_capture_is_refused(tmp_path, data):
     run(tmp_path, cut_after(data, 5))
-    rc, replies = run(tmp_path, hello(resume=False))
+    rc, replies = run(tmp_path, hello(data, resume=False))
     assert replies[-1]["code"] == "exists"
     assert "sda.journal" in os.listdir(tmp_path / "cap.partial")
 
@@ -179,7 +193,7 @@ def test_journal_with_a_damaged_line_names_it(tmp_path, data):
     lines = jpath.read_bytes().split(b"\n")
     lines[1] = b'{"end": "soon"}'
     jpath.write_bytes(b"\n".join(lines))
-    rc, replies = run(tmp_path, hello())
+    rc, replies = run(tmp_path, hello(data))
     assert replies[-1]["code"] == "journal" and "line 2 is damaged" in replies[-1]["message"]
     assert J.SUFFIX == ".journal"
 
@@ -189,19 +203,19 @@ def test_a_disk_verified_before_the_cut_is_not_sent_again(tmp_path, data):
     must match the verified image's) and the rest of sdb."""
     small = os.urandom(2 * MiB)
     two = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="qcow2", disks=("sda", "sdb"),
-                                 resume=True).encode()
-    first = (two + P.DiskHeader(name="sda", size=len(small), block_size=BS, mode="nonzero").encode()
+                                 resume=True, identities=(ident(small), ident(data, "sdb"))).encode()
+    first = (two + header(small).encode()
              + b"".join(records(small)) + P.DiskEnd(whole_digest(small)).encode()
-             + P.DiskHeader(name="sdb", size=len(data), block_size=BS, mode="nonzero").encode()
+             + header(data, "sdb").encode()
              + b"".join(records(data)[:4]))
     rc, replies = run(tmp_path, first)
     assert rc == 1 and [r["event"] for r in replies] == ["ready", "disk_ok", "error"]
+    # (no raw copy: sdb is held in its qcow2, written directly)
     assert sorted(os.listdir(tmp_path / "cap.partial")) == ["failure.json", "sda.journal", "sda.qcow2",
-                                                            "sdb.journal", "sdb.raw"]
-    second = (two + P.DiskHeader(name="sda", size=len(small), block_size=BS, mode="nonzero",
-                                 resume_from=len(small)).encode()
+                                                            "sdb.journal", "sdb.qcow2"]
+    second = (two + header(small, resume_from=len(small)).encode()
               + P.DiskEnd(whole_digest(small)).encode()
-              + P.DiskHeader(name="sdb", size=len(data), block_size=BS, mode="nonzero", resume_from=4 * MiB).encode()
+              + header(data, "sdb", resume_from=4 * MiB).encode()
               + b"".join(records(data, 4 * MiB)) + P.DiskEnd(whole_digest(data)).encode() + P.encode_finish())
     rc, replies = run(tmp_path, second)
     assert rc == 0, replies
@@ -230,7 +244,7 @@ def test_a_resume_that_leaves_out_a_held_disk_is_refused_before_any_data(tmp_pat
                                      "capture, or start a new capture (a new id)")
     assert {n: (partial / n).read_bytes() for n in sorted(os.listdir(partial))} == before
     assert [st.state for st in gc(str(tmp_path), clean=False)] == ["failed"]   # not a dead receiver's
-    blob = hello() + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
+    blob = hello(data) + header(data, resume_from=5 * MiB).encode() + b"".join(records(data, 5 * MiB))
     rc, replies = run(tmp_path, blob + P.DiskEnd(whole_digest(data)).encode() + P.encode_finish())
     assert rc == 0, replies
     assert (tmp_path / "cap" / "sda.raw").read_bytes() == data

@@ -46,6 +46,8 @@ def test_resolve_root_confines(tmp_path):
 def test_stream_names_from_kernel_names():
     assert stream_name("cciss!c0d0") == "cciss-c0d0"
     assert stream_name("sda") == "sda"
+    # never a '.': the receiver refuses dotted disk names (store.validate_disk_name)
+    assert stream_name("odd.name") == "odd-name"
 
 
 def test_sizes_and_compression():

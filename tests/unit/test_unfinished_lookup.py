@@ -29,14 +29,27 @@ def data():
     return os.urandom(3 * MiB) + bytes(2 * MiB) + os.urandom(3 * MiB)
 
 
-def cut(root, data, cid="cap", serial="S-0001", n=5, wwid=""):
-    """A capture of one disk cut after n records: its journal holds n MiB."""
+def cut(root, data, cid="cap", serial="S-0001", n=5, wwid="", head=True):
+    """A capture of one disk cut after n records: its journal holds n MiB. Its DISK header's
+    source facts carry the digest of its first 64 KiB, as an agent sends them (head=False: as an
+    agent from before heads were recorded did)."""
     src = {"name": "sda", "size": len(data), "serial": serial, "wwid": wwid}
+    if head:
+        src["head"] = head_of(data)
     blob = P.preamble() + P.Hello(capture_id=cid, agent_version="t", format="raw", disks=("sda",),
                                   resume=True).encode()
     blob += header(data, source=src).encode() + b"".join(records(data)[:n])
     rc, replies = run(root, blob + b"\x03\x00")
     assert rc == 1 and replies[-1]["code"] == "protocol"
+
+
+def head_of(data: bytes) -> str:
+    return hashlib.sha256(data[:P.DiskIdentity.HEAD_BYTES]).hexdigest()
+
+
+def asks(ident: P.DiskIdentity, data: bytes) -> P.DiskIdentity:
+    """The identity an agent asks about, with the digest of its disk's first 64 KiB."""
+    return dataclasses.replace(ident, head=head_of(data))
 
 
 def lookup_over_the_wire(root, wanted) -> tuple[int, list[dict]]:
@@ -48,7 +61,7 @@ def lookup_over_the_wire(root, wanted) -> tuple[int, list[dict]]:
 def test_serial_match_is_proven_and_answered_over_the_wire(tmp_path, data):
     cut(tmp_path, data)
     before = sorted(os.listdir(tmp_path / "cap.partial"))
-    rc, replies = lookup_over_the_wire(tmp_path, [SDA])
+    rc, replies = lookup_over_the_wire(tmp_path, [asks(SDA, data)])
     assert rc == 0 and replies[0]["event"] == "ready" and replies[0]["probe"] is True
     found = P.decode_unfinished(replies[0]["unfinished"])
     assert [(u.capture_id, u.matched_by, u.proven, u.held, u.size, u.live) for u in found] == \
@@ -63,8 +76,9 @@ def test_serial_match_is_proven_and_answered_over_the_wire(tmp_path, data):
 def test_wwid_decides_over_serial(tmp_path, data):
     cut(tmp_path, data, wwid="naa.600508b1001c", serial="S-0001")
     assert [u.matched_by for u in find_unfinished(str(tmp_path), (
-        P.DiskIdentity.of("sdb", 8 * MiB, serial="other", wwid="naa.600508b1001c"),))] == ["wwid"]
-    assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sda", 8 * MiB, serial="S-0001", wwid="naa.other"),)) == []
+        asks(P.DiskIdentity.of("sdb", 8 * MiB, serial="other", wwid="naa.600508b1001c"), data),))] == ["wwid"]
+    assert find_unfinished(str(tmp_path), (
+        asks(P.DiskIdentity.of("sda", 8 * MiB, serial="S-0001", wwid="naa.other"), data),)) == []
 
 
 @pytest.mark.parametrize("wanted", [
@@ -74,11 +88,8 @@ def test_wwid_decides_over_serial(tmp_path, data):
 ], ids=["other-serial", "other-size", "serial-on-one-side"])
 def test_other_disks_find_nothing(tmp_path, data, wanted):
     cut(tmp_path, data)
-    assert find_unfinished(str(tmp_path), (wanted,)) == []
-
-
-def head_of(data: bytes) -> str:
-    return hashlib.sha256(data[:P.DiskIdentity.HEAD_BYTES]).hexdigest()
+    # (with the right first 64 KiB: the identity alone must keep them out)
+    assert find_unfinished(str(tmp_path), (asks(wanted, data),)) == []
 
 
 def test_disks_without_serial_match_by_name_and_size_and_are_not_taken(tmp_path, data):
@@ -102,26 +113,48 @@ def test_a_guessed_name_and_size_learns_nothing(tmp_path, data):
     assert find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of("sda", 8 * MiB),
                                                                head=head_of(other)),)) == []
     # A serial match whose first bytes differ (the disk changed, or the serial was guessed) is not
-    # listed either; one without a head to compare (an older agent) still is.
+    # listed either, nor one that leaves its head out (a known serial is no proof on its own).
     cut(tmp_path, data, cid="ser")
     assert find_unfinished(str(tmp_path), (dataclasses.replace(SDA, head=head_of(other)),)) == []
-    assert [u.capture_id for u in find_unfinished(str(tmp_path), (SDA,))] == ["ser"]
+    assert find_unfinished(str(tmp_path), (SDA,)) == []
+    assert [u.capture_id for u in find_unfinished(str(tmp_path), (asks(SDA, data),))] == ["ser"]
 
 
-def test_a_disk_not_held_far_enough_to_check_is_listed_only_by_serial(tmp_path, data):
-    cut(tmp_path, data, serial="", n=0)      # nothing held yet
-    weak = dataclasses.replace(P.DiskIdentity.of("sda", 8 * MiB), head=head_of(data))
-    assert find_unfinished(str(tmp_path), (weak,)) == []
-    cut(tmp_path, data, cid="ser", n=0)
-    assert [u.capture_id for u in find_unfinished(str(tmp_path), (dataclasses.replace(SDA, head=head_of(data)),))] \
-        == ["ser"]
+def test_a_disk_whose_head_was_never_recorded_is_listed_only_by_serial(tmp_path, data):
+    """A journal from an agent that sent no head (older than this receiver): nothing recorded to
+    check a head against, so a name and a size are no proof; a serial still is."""
+    cut(tmp_path, data, serial="", head=False)
+    assert find_unfinished(str(tmp_path), (asks(P.DiskIdentity.of("sda", 8 * MiB), data),)) == []
+    cut(tmp_path, data, cid="ser", head=False)
+    assert [u.capture_id for u in find_unfinished(str(tmp_path), (asks(SDA, data),))] == ["ser"]
+
+
+def test_a_head_is_recorded_before_a_byte_is_held(tmp_path, data):
+    """The head digest comes with the DISK header: a capture cut before its first checkpoint is
+    still checked (the old check read the held bytes, and had none to read)."""
+    cut(tmp_path, data, serial="", n=0)
+    assert find_unfinished(str(tmp_path), (asks(P.DiskIdentity.of("sda", 8 * MiB), os.urandom(MiB)),)) == []
+    assert [(u.capture_id, u.proven) for u in find_unfinished(
+        str(tmp_path), (asks(P.DiskIdentity.of("sda", 8 * MiB), data),))] == [("cap", False)]
+
+
+def test_a_blank_start_without_a_serial_proves_nothing(tmp_path):
+    """Issue 19: a disk whose first 64 KiB are zeros and that has no serial was listed to anyone
+    sending the digest of 64 KiB of zeros (which anyone can compute) with its name and size."""
+    blank = bytes(MiB) + os.urandom(7 * MiB)
+    cut(tmp_path, blank, serial="")
+    assert find_unfinished(str(tmp_path), (asks(P.DiskIdentity.of("sda", 8 * MiB), blank),)) == []
+    # with a serial, the serial is the proof (and the zeros must still match)
+    cut(tmp_path, blank, cid="ser")
+    assert [u.capture_id for u in find_unfinished(str(tmp_path), (asks(SDA, blank),))] == ["ser"]
+    assert find_unfinished(str(tmp_path), (asks(SDA, os.urandom(MiB)),)) == []
 
 
 def test_every_journaled_disk_must_be_asked_for_and_newest_comes_first(tmp_path, data):
     cut(tmp_path, data, cid="old")
     time.sleep(0.05)
     cut(tmp_path, data, cid="new")
-    found = find_unfinished(str(tmp_path), (SDA, P.DiskIdentity.of("sdb", MiB, serial="S-0002")))
+    found = find_unfinished(str(tmp_path), (asks(SDA, data), P.DiskIdentity.of("sdb", MiB, serial="S-0002")))
     assert [u.capture_id for u in found] == ["new", "old"]
     # A capture also holding a disk the agent does not name is not this capture.
     assert find_unfinished(str(tmp_path), (P.DiskIdentity.of("sdb", MiB, serial="S-0002"),)) == []
@@ -131,14 +164,15 @@ def test_aborted_and_complete_captures_are_not_offered(tmp_path, data):
     cut(tmp_path, data, cid="gone")
     # the agent resumes it, then gives up: ABORT drops the held bytes
     rc, _ = run(tmp_path, P.preamble() + P.Hello(capture_id="gone", agent_version="t", format="raw",
-                                                 disks=("sda",), resume=True).encode() + P.Abort("no").encode())
+                                                 disks=("sda",), resume=True, identities=(asks(SDA, data),)
+                                                 ).encode() + P.Abort("no").encode())
     assert rc == 1
     # a capture that completed
     blob = P.preamble() + P.Hello(capture_id="done", agent_version="t", format="raw", disks=("sda",)).encode()
     blob += header(data, source={"serial": "S-0001"}).encode() + b"".join(records(data))
     blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
     assert run(tmp_path, blob)[0] == 0
-    assert find_unfinished(str(tmp_path), (SDA,)) == []
+    assert find_unfinished(str(tmp_path), (asks(SDA, data),)) == []
 
 
 def test_lookup_is_described_for_the_operator(data):
@@ -197,7 +231,7 @@ def test_gc_keeps_what_a_dead_receiver_held_for_resuming(tmp_path, data):
     assert [u.held for u in find_unfinished(str(tmp_path), (SDA,))] == [3 * MiB]
     # ... and the capture completes from there.
     blob = P.preamble() + P.Hello(capture_id="cap", agent_version="t", format="raw", disks=("sda",),
-                                  resume=True).encode()
+                                  resume=True, identities=(asks(SDA, data),)).encode()
     blob += header(data, source=src, resume_from=3 * MiB).encode() + b"".join(records(data, 3 * MiB))
     blob += P.DiskEnd(whole_digest(data)).encode() + P.encode_finish()
     out = io.BytesIO()
@@ -211,5 +245,5 @@ def test_placeholder_serials_prove_nothing_and_case_does_not_matter(tmp_path, da
     # the placeholder is no serial: only a disk without one matches it, by name and size
     assert [(u.capture_id, u.proven) for u in find_unfinished(str(tmp_path), (dataclasses.replace(P.DiskIdentity.of(
         "sda", 8 * MiB, serial="To be filled by O.E.M.", wwid=None), head=head_of(data)),))] == [("ph", False)]
-    assert [(u.capture_id, u.matched_by) for u in find_unfinished(str(tmp_path), (P.DiskIdentity.of(
-        "sda", 8 * MiB, serial="wd-wcc4n1234567", wwid=None),))] == [("up", "serial")]
+    assert [(u.capture_id, u.matched_by) for u in find_unfinished(str(tmp_path), (asks(P.DiskIdentity.of(
+        "sda", 8 * MiB, serial="wd-wcc4n1234567", wwid=None), data),))] == [("up", "serial")]

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +36,10 @@ from tests.testbed.sshd import Sshd
 
 try:
     from . import vmboot
+    from .liveshell import LiveShell
 except ImportError:  # run as a plain module (tests/testbed/vmdemo.py puts tests/vm on sys.path)
     import vmboot  # type: ignore[no-redef]
+    from liveshell import LiveShell  # type: ignore[no-redef]
 
 MiB = 1 << 20
 HOST_FROM_GUEST = "10.0.2.2"          # QEMU user networking: the host's 127.0.0.1
@@ -50,6 +53,13 @@ OK_LINE, FAILED_LINE = "COLDCLONE-HEADLESS-OK", "COLDCLONE-HEADLESS-FAILED"
 STARTING_LINE = "coldclone: headless capture starting"
 # the rescue shell's autologin prompt (coldclone-rescue.service after a failed run)
 ROOT_PROMPT = "root@coldclone"
+# Every headless boot also runs the image's smoke check (coldclone-smoke.service with
+# coldclone.smoke_done=shell: it prints the line and leaves the machine to the headless run):
+# the boot path's facts (firmware, the agent's venv imports, DHCP on the NIC) come with the
+# capture that boot does, instead of costing a boot of their own (each boot path is proven
+# once: kernel by test_lvm_used, bios and uefi by test_headless, bios-usb by test_multipath,
+# uefi-usb by test_nfs).
+SMOKE_LINE = vmboot.SMOKE_LINE
 
 _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 
@@ -304,6 +314,15 @@ class Run:
     boot_seconds: float | None        # QEMU start -> the headless runner starts
     done_seconds: float | None        # QEMU start -> OK / FAILED line
     capture_seconds: float | None     # runner start -> OK / FAILED line (hooks, discovery, capture)
+    smoke_marker: str = ""            # the coldclone.smoke= marker this boot carried
+    shell: "LiveShell | None" = None  # boot_headless(shell=True): the root shell it left, live
+
+    @property
+    def smoke_line(self) -> str | None:
+        """The image's smoke line of this boot (``COLDCLONE-SMOKE-OK marker=...``), if printed."""
+        want = f"{SMOKE_LINE} marker={self.smoke_marker} "
+        return next((l[l.index(SMOKE_LINE):].strip() for l in self.console.text.splitlines() if want in l),
+                    None)
 
     def times(self) -> str:
         f = lambda v: f"{v:.1f} s" if v is not None else "n/a"  # noqa: E731
@@ -334,27 +353,50 @@ def headless_cmdline(server: HostServer, path: str, capture_id: str | None, iden
 def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = None,
                   timeout: float = 480, name: str | None = None, log_dir: str | None = None,
                   expect_failure: bool = False, memory_mib: int = 2048,
-                  stop_when: Callable[[], bool] | None = None, nic: list[str] | None = None) -> Run:
+                  stop_when: Callable[[], bool] | None = None, shell: bool = False,
+                  nic: list[str] | None = None) -> Run:
     """Boot the ISO with ``cmdline`` appended; wait for the guest to power off by itself.
 
     A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
     the latest): a failed run does not power off, it leaves a root shell.
     ``stop_when``: the host's test for a power cut; QEMU is killed when it says yes
     (vmboot.boot). ``nic``: the source server's NIC instead of QEMU's default (vmboot.qemu_argv).
+    ``shell``: the run leaves a root shell (it fails, or ``coldclone.on_done=shell``): the boot
+    ends at its prompt and QEMU keeps running; ``Run.shell`` types into it (liveshell.py), and
+    the test closes it.
     """
-    res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if expect_failure else OK_LINE),
+    marker = uuid.uuid4().hex[:12]
+    cmdline = f"{cmdline} coldclone.smoke={marker} coldclone.smoke_done=shell"
+    to_prompt = expect_failure or shell
+    res = vmboot.boot_any_accel(mode, cmdline, expect=(ROOT_PROMPT if to_prompt else OK_LINE),
                                 timeout=timeout, log_dir=log_dir,
-                                until_exit=not expect_failure, extra_args=extra_args,
+                                until_exit=not to_prompt, extra_args=extra_args,
                                 memory_mib=memory_mib, name=name,
                                 marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
-                                abort_on=(() if expect_failure else (FAILED_LINE,)),
-                                abort_grace=45 if not expect_failure else 0, stop_when=stop_when, nic=nic)
+                                abort_on=(() if to_prompt else (FAILED_LINE,)),
+                                abort_grace=45 if not to_prompt else 0, stop_when=stop_when,
+                                keep=shell, nic=nic)
     con = parse_console(res.console)
     ms = res.mark_seconds
     start = ms.get(STARTING_LINE)
     done = ms.get(OK_LINE, ms.get(FAILED_LINE))
     return Run(boot=res, console=con, boot_seconds=start, done_seconds=done,
-               capture_seconds=(done - start) if (start is not None and done is not None) else None)
+               capture_seconds=(done - start) if (start is not None and done is not None) else None,
+               smoke_marker=marker, shell=LiveShell(res) if shell and res.proc else None)
+
+
+def assert_boot_path(run: Run, mode: str) -> str:
+    """What a smoke boot (vmboot.smoke) proves, from a capture boot of that path: the
+    firmware booted the ISO that way, the agent's venv imports in the image, DHCP configured
+    the NIC, and (for a capture) QEMU powered off by itself. Returns the smoke line."""
+    line = run.smoke_line
+    assert line, f"no smoke line (marker {run.smoke_marker}) on the serial console:\n{run.explain()}"
+    assert "agent=ok" in line, f"the agent venv does not import in the image: {line}"
+    assert "net=none" not in line, f"no DHCP address at boot: {line}"
+    fw = "uefi" if mode.startswith("uefi") else "bios"
+    assert f"firmware={fw}" in line, line
+    assert run.boot.mode == mode, f"booted as {run.boot.mode}, not {mode}"
+    return line
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -36,7 +36,7 @@ def assert_captured_and_powered_off(cap: Capture, serial: str) -> None:
     m = cap.manifest()
     assert m["status"] == "complete"
     d = guest.manifest_disk(m, name)
-    assert d["format"] == "qcow2" and d["verified"]["qemu_img_compare"]
+    assert d["format"] == "qcow2" and d["verified"]["qemu_img_check"]
     qcow2 = os.path.join(cap.cap_dir, d["image"])
     guest.qemu_img_compare(src.image, qcow2)        # raises with qemu-img's words if not equal
     assert d["size"] == os.path.getsize(src.image)
@@ -74,9 +74,21 @@ def test_headless_prints_inventory_and_estimate(uefi_capture):
           f"headless run took {uefi_capture.run.capture_seconds:.0f} s")
 
 
-def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None) -> guest.Run:
+def test_boot_bios_isolinux_cdrom(bios_capture):
+    """SeaBIOS -> El Torito -> isolinux -> default entry, args via fw_cfg: the BIOS capture's
+    own boot proves the path (it used to cost a smoke boot of its own)."""
+    print("\n  " + guest.assert_boot_path(bios_capture.run, "bios"))
+
+
+def test_boot_uefi_grub_cdrom(uefi_capture):
+    """OVMF -> El Torito EFI image -> GRUB EFI -> default entry, args via fw_cfg."""
+    print("\n  " + guest.assert_boot_path(uefi_capture.run, "uefi"))
+
+
+def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None,
+                  shell: bool = False) -> guest.Run:
     run = guest.boot_headless("kernel", cmdline, extra_args=extra_args, timeout=TIMEOUT, name=name,
-                              log_dir=LOG_DIR, expect_failure=True)
+                              log_dir=LOG_DIR, expect_failure=True, shell=shell)
     print(f"\n{run.times()}")
     assert not run.boot.timed_out, f"no rescue shell within {TIMEOUT:.0f} s:\n{run.explain()}"
     con = run.console
@@ -88,32 +100,56 @@ def _failure_boot(name: str, cmdline: str, extra_args: list[str] | None = None) 
     return run
 
 
-def test_typo_in_a_key_is_named_with_a_suggestion(ready_kernel, vm_server):
-    """coldclone.dsks=all (for disks=): exit 2, the key and the suggestion on the console."""
-    cmdline = (f"coldclone.server={vm_server.url('/')} coldclone.hostkey={vm_server.fingerprint} "
-               f"coldclone.identity=/etc/coldclone/none coldclone.dsks=all")
-    run = _failure_boot("vm-typo", cmdline)
-    con = run.console
+@pytest.fixture(scope="module")
+def typo_boot(ready_kernel, vm_server, vm_workdir):
+    """One kernel-path boot whose command line has two misspelt keys and nothing else of ours:
+    coldclone.sever= (for server=) and coldclone.dsks= (for disks=). Its rescue shell stays up
+    for the next test (the agent's key and a small disk are attached for it)."""
+    fw, identity = guest.fwcfg_file("identity", vm_server.identity)
+    disk = guest.pattern_disk(os.path.join(vm_workdir, "typo-small.img"), serial="cc-small", size_mb=16)
+    run = _failure_boot("vm-typo", "coldclone.sever=ssh://nobody@192.0.2.1/srv/coldclone coldclone.dsks=all",
+                        extra_args=fw + guest.disk_args([disk]), shell=True)
+    run.identity = identity
+    try:
+        yield run
+    finally:
+        if run.shell is not None:
+            run.shell.close()
+
+
+def test_headless_failure_leaves_a_root_shell_on_serial(typo_boot):
+    """Any coldclone.* key starts coldclone-headless.service, even a misspelt coldclone.server=
+    (otherwise the typo would silently start the TUI); `coldclone headless` fails with exit 2,
+    and coldclone-rescue.service must then say so on the serial console and leave a root shell
+    there (in headless mode serial-getty is off: a root prompt can only come from the rescue
+    shell; _failure_boot asserts the prompt, the FAILED line and the log's path)."""
+    con = typo_boot.console
     assert con.exit_code == 2, f"exit {con.exit_code}: {con.message}"
-    assert "coldclone.dsks" in con.message and "did you mean coldclone.disks" in con.message, con.message
-    assert any("error:" in l and "coldclone.dsks" in l for l in con.lines), con.excerpt("FAILED")
+
+
+def test_typo_in_a_key_is_named_with_a_suggestion(typo_boot):
+    """Each misspelt key is named with the key it was probably meant to be, before anything
+    else runs (DESIGN: unknown keys -> clear message, non-zero exit)."""
+    con = typo_boot.console
+    for typo, meant in (("sever", "server"), ("dsks", "disks")):
+        want = f"unknown kernel command line key coldclone.{typo}; did you mean coldclone.{meant}?"
+        assert any(want in l for l in con.lines), con.excerpt(guest.FAILED_LINE, before=8, after=1)
     # nothing was touched before the command line was found wrong
     assert con.inventory is None, "discovery ran although the command line is wrong"
-    print(f"  console: {con.excerpt(guest.FAILED_LINE, before=1, after=1).strip()}")
+    print(f"  console: {con.excerpt(guest.FAILED_LINE, before=3, after=1).strip()}")
 
 
-def test_unreachable_server_is_a_clear_connection_error(ready_kernel, vm_server, vm_workdir):
-    """Nothing listens on the port: exit 3 and a message naming the server, within the timeout."""
+def test_unreachable_server_is_a_clear_connection_error(typo_boot, vm_server):
+    """Nothing listens on the port: exit 3 and a message naming the server, within the timeout.
+    Run in the root shell the typo boot left (`coldclone headless --cmdline`, the same parser
+    and job as the boot's own run): the live system, the agent's key, a disk to capture (else
+    the run stops at "no disk to capture" before connecting)."""
+    assert typo_boot.shell is not None, f"no root shell to go on in:\n{typo_boot.explain()}"
     port = free_port()                      # bound and released: nothing listens there
-    fw, identity = guest.fwcfg_file("identity", vm_server.identity)
-    # a disk to capture (else the run stops at "no disk to capture" before connecting); q35
-    # has no floppy drive, whose handling test_bios_headless_capture_equals_source covers
-    disk = guest.pattern_disk(os.path.join(vm_workdir, "unreachable.img"), serial="cc-small", size_mb=16)
-    cmdline = (f"coldclone.server={vm_server.url('/', port=port)} coldclone.identity={identity} "
-               f"coldclone.hostkey={vm_server.fingerprint} coldclone.timeout=10")
-    run = _failure_boot("vm-unreachable", cmdline,
-                        extra_args=fw + ["-machine", "q35"] + guest.disk_args([disk]))
-    con = run.console
-    assert con.exit_code == 3, f"exit {con.exit_code}: {con.message}"
+    words = (f"coldclone.server={vm_server.url('/', port=port)} coldclone.identity={typo_boot.identity} "
+             f"coldclone.hostkey={vm_server.fingerprint} coldclone.timeout=10 coldclone.disks=vda")
+    rc, out = typo_boot.shell.headless(words)
+    con = guest.parse_console(out)
+    assert rc == 3 and con.exit_code == 3, f"exit {rc}: {con.message}\n{out[-2000:]}"
     assert f"{guest.HOST_FROM_GUEST}" in con.message and str(port) in con.message, con.message
     print(f"  console: {con.excerpt(guest.FAILED_LINE, before=1, after=1).strip()}")

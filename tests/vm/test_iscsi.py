@@ -9,13 +9,22 @@ identity through the live ISO's kernel initiator, and captures both the local
 disk and the LUN; qemu-img compare proves both images. With the ACL bound to
 another name, or a wrong secret, the run fails with the plain error for that
 case and no capture is completed.
+
+One boot serves the module: its headless run is the successful login and capture, and it
+leaves a root shell (coldclone.on_done=shell) in which the failure cases run
+`coldclone headless --cmdline ...` again, each against the array as that case needs it (the
+ACL bound to another name, another CHAP secret, no portal): what a boot would show on its
+console, at the cost of one run instead of one boot each. Mutual CHAP needs another source
+disk (the node record carries the target's account), so it boots on its own.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -121,34 +130,80 @@ def lun_image(tmp_path_factory):
     return guest.pattern_disk(str(d / "lun1.img"), LUN_SERIAL, size_mb=32)
 
 
-def _boot(server, tmp_path, name, *, acl_name=SOURCE_NAME, source_secret=CHAP_SECRET,
-          lun_image=None, expect_failure=False, portal_down=False, iscsi_ip="dhcp",
-          mutual: tuple[str, str] | None = None, disks="vda,sda"):
-    tgt = Tgtd().start()
+@contextlib.contextmanager
+def array(lun_image, port: int, *, acl_name: str = SOURCE_NAME, secret: str = CHAP_SECRET,
+          mutual: bool = False):
+    """tgtd on the host's port ``port`` exporting the LUN as the storage array is configured."""
+    tgt = Tgtd(port=port).start()
     try:
         tgt.add_target(TgtTarget(iqn=TARGET, luns=[lun_image.image], initiator_names=[acl_name],
-                                 incoming=Chap(CHAP_USER, CHAP_SECRET),
+                                 incoming=Chap(CHAP_USER, secret),
                                  outgoing=Chap(TARGET_USER, TARGET_SECRET) if mutual else None))
-        # portal_down: the source's records name a port where nothing listens.
-        port = free_port() if portal_down else tgt.port
-        src = build_source_disk(str(tmp_path / "db01-os.img"), port, source_secret, mutual)
-        rx = server.new_dir(name)
-        fw, key_path = guest.fwcfg_file("identity", server.identity)
-        cmdline = guest.headless_cmdline(server, rx, name, key_path,
-                                         f"coldclone.iscsi_ip={iscsi_ip} coldclone.on_done=poweroff "
-                                         # QEMU's pc machine has an empty floppy drive (fd0)
-                                         f"coldclone.disks={disks}")
+        yield tgt
+    finally:
+        tgt.stop()
+
+
+def _words(server, rx: str, name: str, key_path: str, iscsi_ip: str, disks: str,
+           on_done: str = "poweroff") -> str:
+    return guest.headless_cmdline(server, rx, name, key_path,
+                                  f"coldclone.iscsi_ip={iscsi_ip} coldclone.on_done={on_done} "
+                                  # QEMU's pc machine has an empty floppy drive (fd0)
+                                  f"coldclone.disks={disks}")
+
+
+def _boot(server, tmp_path, name, *, lun_image, mutual: tuple[str, str] | None = None,
+          iscsi_ip="dhcp", disks="vda,sda", shell=False, port: int | None = None):
+    port = port or free_port()
+    src = build_source_disk(str(tmp_path / f"{name}-os.img"), port, CHAP_SECRET, mutual)
+    rx = server.new_dir(name)
+    fw, key_path = guest.fwcfg_file("identity", server.identity)
+    cmdline = _words(server, rx, name, key_path, iscsi_ip, disks, "shell" if shell else "poweroff")
+    with array(lun_image, port, mutual=bool(mutual)) as tgt:
         t0 = time.monotonic()
         r = guest.boot_headless("kernel", cmdline, extra_args=fw + guest.disk_args([src]),
-                                timeout=TIMEOUT, name=name, log_dir=LOG_DIR,
-                                expect_failure=expect_failure)
+                                timeout=TIMEOUT, name=name, log_dir=LOG_DIR, shell=shell)
         r.wall = time.monotonic() - t0
         r.portal_port = port
         r.tgt_show = tgt.show()
         r.tgt_log = open(tgt.log_path, errors="replace").read()
-    finally:
-        tgt.stop()
+        r.key_path = key_path
     return r, src, rx
+
+
+@dataclass
+class Session:
+    """The module's boot: the successful run, then its root shell for the failure cases."""
+
+    run: guest.Run
+    src: guest.SourceDisk
+    rx: str
+
+    def failing_run(self, server, lun_image, name: str, array_up: bool = True,
+                    **array_kw) -> tuple[guest.Console, str, float]:
+        """`coldclone headless` again in the shell, against the array configured by array_kw
+        (array_up False: nothing listens on the portal); (its console, its receiver dir,
+        seconds)."""
+        rx = server.new_dir(name)
+        words = _words(server, rx, name, self.run.key_path, "dhcp", "vda,sda")
+        t0 = time.monotonic()
+        with (array(lun_image, self.run.portal_port, **array_kw) if array_up
+              else contextlib.nullcontext()):
+            rc, out = self.run.shell.headless(words)
+        con = guest.parse_console(out)
+        assert con.failed and con.exit_code == rc, (rc, out[-3000:])
+        return con, rx, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def session(server, lun_image, tmp_path_factory):
+    r, src, rx = _boot(server, tmp_path_factory.mktemp("iscsi"), "iscsi-ok", lun_image=lun_image,
+                       iscsi_ip="original", shell=True)
+    try:
+        yield Session(r, src, rx)
+    finally:
+        if r.shell is not None:
+            r.shell.close()
 
 
 def _no_complete_capture(rx: str) -> None:
@@ -159,11 +214,11 @@ def _no_complete_capture(rx: str) -> None:
         assert not [f for f in files if f.endswith(".qcow2")], f"{d}: {files}"
 
 
-def test_login_with_the_source_identity_captures_disk_and_lun(server, lun_image, tmp_path):
+def test_login_with_the_source_identity_captures_disk_and_lun(session, lun_image):
     # iscsi_ip=original: the source's ifcfg-eth1 names the MAC QEMU gives the guest's NIC, so
     # its address is added there (next to the DHCP one that reaches 10.0.2.2) and removed
     # at logout.
-    r, src, rx = _boot(server, tmp_path, "iscsi-ok", lun_image=lun_image, iscsi_ip="original")
+    r, src, rx = session.run, session.src, session.rx
     con = r.console
     print(r.times(), f"wall {r.wall:.1f} s")
     assert con.ok, r.explain(120)
@@ -195,6 +250,8 @@ def test_login_with_the_source_identity_captures_disk_and_lun(server, lun_image,
     assert guest.sha256_of(lun_image.image) == lun_image.sha256
     assert f"'-p', '{guest.HOST_FROM_GUEST}:{r.portal_port}', '--logout'] -> exit 0" in con.text, \
         r.explain(80)
+    # on_done=shell: the run left the root shell the failure cases below go on in
+    assert r.shell is not None, f"no root shell after the run:\n{r.explain()}"
 
 
 def test_mutual_chap_login_captures_the_lun(server, lun_image, tmp_path):
@@ -202,6 +259,7 @@ def test_mutual_chap_login_captures_the_lun(server, lun_image, tmp_path):
     must prove itself back. tgtd has the matching outgoing account; only the LUN is captured."""
     r, src, rx = _boot(server, tmp_path, "iscsi-mutual", lun_image=lun_image,
                        mutual=(TARGET_USER, TARGET_SECRET), disks="sda")
+    assert r.boot.exited and r.boot.exit_code == 0, f"the guest did not power off:\n{r.explain()}"
     con = r.console
     print(r.times(), f"wall {r.wall:.1f} s")
     assert con.ok, r.explain(120)
@@ -220,38 +278,35 @@ def test_mutual_chap_login_captures_the_lun(server, lun_image, tmp_path):
     assert guest.sha256_of(src.image) == src.sha256
 
 
-def test_acl_bound_to_another_name_fails_plainly(server, lun_image, tmp_path):
-    r, src, rx = _boot(server, tmp_path, "iscsi-acl", lun_image=lun_image,
-                       acl_name="iqn.1994-05.com.redhat:some-other-host", expect_failure=True)
-    con = r.console
-    print(r.times(), f"wall {r.wall:.1f} s")
-    assert con.failed and con.exit_code == 4, r.explain(120)
-    assert "refuses initiator " + SOURCE_NAME in con.message, r.explain(120)
+def test_acl_bound_to_another_name_fails_plainly(session, server, lun_image):
+    con, rx, secs = session.failing_run(server, lun_image, "iscsi-acl",
+                                        acl_name="iqn.1994-05.com.redhat:some-other-host")
+    print(f"\n  in the session's shell: {secs:.1f} s")
+    assert con.exit_code == 4, con.tail(80)
+    assert "refuses initiator " + SOURCE_NAME in con.message, con.tail(80)
     assert "access control list" in con.message
     assert CHAP_SECRET not in con.text
     _no_complete_capture(rx)
-    assert guest.sha256_of(src.image) == src.sha256
+    assert guest.sha256_of(session.src.image) == session.src.sha256
 
 
-def test_wrong_chap_secret_fails_plainly(server, lun_image, tmp_path):
-    r, src, rx = _boot(server, tmp_path, "iscsi-chap", lun_image=lun_image,
-                       source_secret="Not-The-Secret-7", expect_failure=True)
-    con = r.console
-    print(r.times(), f"wall {r.wall:.1f} s")
-    assert con.failed and con.exit_code == 4, r.explain(120)
-    assert "CHAP authentication failed" in con.message, r.explain(120)
+def test_wrong_chap_secret_fails_plainly(session, server, lun_image):
+    """The array expects another secret than the one the source server's records hold."""
+    con, rx, secs = session.failing_run(server, lun_image, "iscsi-chap", secret="Not-The-Secret-7")
+    print(f"\n  in the session's shell: {secs:.1f} s")
+    assert con.exit_code == 4, con.tail(80)
+    assert "CHAP authentication failed" in con.message, con.tail(80)
     assert TARGET in con.message and CHAP_USER in con.message
     assert "Not-The-Secret-7" not in con.text and CHAP_SECRET not in con.text
     _no_complete_capture(rx)
-    assert guest.sha256_of(src.image) == src.sha256
+    assert guest.sha256_of(session.src.image) == session.src.sha256
 
 
-def test_unreachable_portal_fails_plainly(server, lun_image, tmp_path):
-    r, src, rx = _boot(server, tmp_path, "iscsi-down", lun_image=lun_image, portal_down=True,
-                       expect_failure=True)
-    con = r.console
-    print(r.times(), f"wall {r.wall:.1f} s")
-    assert con.failed and con.exit_code == 4, r.explain(120)
-    assert f"{guest.HOST_FROM_GUEST}:{r.portal_port} is unreachable" in con.message, r.explain(120)
+def test_unreachable_portal_fails_plainly(session, server, lun_image):
+    """Nothing listens where the source server's node records point."""
+    con, rx, secs = session.failing_run(server, lun_image, "iscsi-down", array_up=False)
+    print(f"\n  in the session's shell: {secs:.1f} s")
+    assert con.exit_code == 4, con.tail(80)
+    assert f"{guest.HOST_FROM_GUEST}:{session.run.portal_port} is unreachable" in con.message, con.tail(80)
     assert "Check the cabling" in con.message
     _no_complete_capture(rx)

@@ -127,6 +127,12 @@ def headless_succeeded(cap, ready_line: str):
     return run_
 
 
+def test_boot_kernel_append(lvm_capture):
+    """QEMU -kernel/-initrd/-append, the path the tests use to pass any kernel command line:
+    proven by the LVM capture's own boot."""
+    print("\n  " + guest.assert_boot_path(lvm_capture.run, "kernel"))
+
+
 def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
     cap = lvm_capture
     run_ = headless_succeeded(cap, "cc-lvm: source ready")
@@ -136,7 +142,7 @@ def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
     assert m["status"] == "complete"
     disk = guest.manifest_disk(m, cap.guest_name(SERIAL))
     assert disk["mode"] == "used"
-    assert disk["format"] == "qcow2" and disk["verified"]["qemu_img_compare"]
+    assert disk["format"] == "qcow2" and disk["verified"]["qemu_img_check"]
     assert disk["size"] == DISK_MB * MiB
 
     # The LVM mapping was used: the PV is read through its metadata (no nonzero fallback), the

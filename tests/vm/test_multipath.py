@@ -4,7 +4,9 @@ A QEMU guest sees one disk image behind two virtio-scsi controllers (scsi-hd, th
 and WWN, no dm-multipath map: the live system runs no multipathd), boots the ISO headless with
 coldclone.disks=all, and must list one disk with two paths in the manifest's inventory and
 capture exactly one image of it, equal to the source (qemu-img compare), the source untouched.
-Its own BIOS boot (about a minute under TCG): the shared boots of conftest.py stay as they are.
+Its own BIOS boot (about a minute under TCG), from the ISO written to a USB stick (SeaBIOS ->
+isohybrid MBR -> isolinux): that boot path is proven by this capture's boot, and the stick, the
+live medium, must never be offered as a source.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ WWN = "0x5000c50015ea71ac"
 
 @pytest.fixture(scope="module")
 def multipath_capture(vm_workdir, vm_server) -> Capture:
-    _skip_unless_ready("bios")
+    _skip_unless_ready("bios-usb")
     lun = guest.pattern_disk(f"{vm_workdir}/mp-lun.img", serial=SERIAL, size_mb=32, bus="two-hbas")
     lun.wwn = WWN
-    return _capture_boot("bios", "vm-multipath", [lun], vm_server,
+    return _capture_boot("bios-usb", "vm-multipath", [lun], vm_server,
                          extra_cmdline="coldclone.disks=all")
 
 
@@ -54,3 +56,11 @@ def test_one_lun_through_two_hbas_is_one_disk_captured_once(multipath_capture):
     assert guest.sha256_of(src.image) == src.sha256, f"{src.image} changed during the run"
     print(f"\n  {lun['name']}: paths {', '.join(p['name'] for p in lun['paths'])} via {ctrls}; "
           f"one image {images[0]}, qemu-img compare: identical")
+
+
+def test_boot_hybrid_usb_stick_bios(multipath_capture):
+    """The ISO as a raw USB stick under SeaBIOS (isohybrid MBR), and the stick is not a source."""
+    print("\n  " + guest.assert_boot_path(multipath_capture.run, "bios-usb"))
+    inv = multipath_capture.manifest()["source"]["inventory"]
+    assert [d["name"] for d in inv["disks"] if d.get("capture_default")] == \
+        [multipath_capture.guest_name(SERIAL)], inv["disks"]

@@ -5,7 +5,8 @@ QEMU's user networking shows the guest as 10.0.2.2 (the host kernel here has no 
 server or client of its own). The guest's live system mounts the export with mount.nfs,
 calibrates against it (the probe must leave nothing there), captures, converts to qcow2
 locally with the ISO's qemu-img, and powers off; the test compares the image
-on the export with the source.
+on the export with the source. The ISO boots as a USB stick under OVMF on q35 (GPT EFI
+partition -> GRUB EFI): this capture's boot proves that boot path too.
 
 Needs: apt-get install nfs-ganesha nfs-ganesha-vfs, and a built ISO (make iso).
 Run: pytest -m vm tests/vm/test_nfs.py -s
@@ -92,9 +93,11 @@ def ganesha(tmp_path_factory):
     g.stop()
 
 
-def test_headless_capture_to_nfs_equals_source(ganesha, tmp_path):
-    _skip_unless_ready("bios")
-    src = guest.os_disk(str(tmp_path / "nfs-os.img"), serial="cc-os", table="gpt", size_mb=256,
+@pytest.fixture(scope="module")
+def nfs_capture(ganesha, tmp_path_factory):
+    _skip_unless_ready("uefi-usb")
+    d = tmp_path_factory.mktemp("nfs-src")
+    src = guest.os_disk(str(d / "nfs-os.img"), serial="cc-os", table="gpt", size_mb=256,
                         files_mb=24, remnant_mb=8)
     caps = os.path.join(ganesha.export, "captures")
     os.makedirs(caps)
@@ -102,9 +105,20 @@ def test_headless_capture_to_nfs_equals_source(ganesha, tmp_path):
     cmdline = " ".join([f"coldclone.server={url}", "coldclone.capture_id=vm-nfs", "coldclone.progress=5",
                         "coldclone.disks=vda",
                         "coldclone.calibrate=2"])
-    run = guest.boot_headless("bios", cmdline, extra_args=guest.disk_args([src]), timeout=TIMEOUT,
+    run = guest.boot_headless("uefi-usb", cmdline, extra_args=guest.disk_args([src]), timeout=TIMEOUT,
                               name="vm-nfs", log_dir=LOG_DIR)
     print(f"\n{run.times()}")
+    return run, src, caps
+
+
+def test_boot_hybrid_usb_stick_uefi(nfs_capture):
+    """The ISO as a raw USB stick under OVMF (q35, the GPT EFI partition -> GRUB EFI)."""
+    run, _, _ = nfs_capture
+    print("\n  " + guest.assert_boot_path(run, "uefi-usb"))
+
+
+def test_headless_capture_to_nfs_equals_source(nfs_capture, ganesha):
+    run, src, caps = nfs_capture
     con = run.console
     assert not run.boot.timed_out, f"no result within {TIMEOUT:.0f} s:\n{run.explain()}"
     assert con.ok, f"the headless run did not succeed:\n{run.explain()}\n--- ganesha ---\n" \
@@ -121,7 +135,7 @@ def test_headless_capture_to_nfs_equals_source(ganesha, tmp_path):
     name = guest.inventory_disk_by_serial(con.inventory, "cc-os")["name"]
     d = guest.manifest_disk(m, name)
     # qcow2 made in the guest (the default format), checked there and again here
-    assert d["format"] == "qcow2" and d["verified"]["readback_digest"] and d["verified"]["qemu_img_compare"]
+    assert d["format"] == "qcow2" and d["verified"]["readback_digest"] and d["verified"]["qemu_img_check"]
     run_cmd(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", src.image, os.path.join(caps, "vm-nfs", d["image"])])
     assert guest.sha256_of(src.image) == src.sha256
     assert m["estimate"]["link"]["kind"] == "nfs"

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from agent.server.receive.journal import CHECKPOINT_BYTES
-from tests.testbed.resume import raw_bytes
+from tests.testbed.resume import image_bytes
 
 from . import guest
 from .conftest import LOG_DIR, TIMEOUT, _skip_unless_ready
@@ -69,7 +69,7 @@ def test_rebooted_source_resumes_its_capture(vm_workdir, vm_server):
     qemu = fw + ["-machine", "q35"] + guest.disk_args([src])
 
     def half_arrived() -> bool:
-        return any(raw_bytes(rx, p[:-len(".partial")]) >= SIZE // 2 for p in _partials(rx))
+        return any(image_bytes(rx, p[:-len(".partial")]) >= SIZE // 2 for p in _partials(rx))
 
     # Boot 1: cut at half
     run1 = guest.boot_headless("kernel", cmdline, extra_args=qemu, timeout=TIMEOUT, name="vm-resume-1",
@@ -89,7 +89,7 @@ def test_rebooted_source_resumes_its_capture(vm_workdir, vm_server):
     assert any(l.startswith(f"coldclone: capture {first_id} -> ") for l in con1.lines), run1.explain()
     partial = os.path.join(rx, partials[0])
     failure, noticed = _wait_for_failure_record(partial)
-    arrived = raw_bytes(rx, first_id)        # all of it: the receiver has ended
+    arrived = image_bytes(rx, first_id)        # all of it: the receiver has ended
     assert failure["resumable"] is True, failure
     held = failure["held"][name]
     assert 0 < held <= arrived, (held, arrived, failure)
@@ -110,7 +110,7 @@ def test_rebooted_source_resumes_its_capture(vm_workdir, vm_server):
     m = guest.manifest(rx, first_id)
     assert m["status"] == "complete"
     d = guest.manifest_disk(m, name)
-    assert d["verified"]["qemu_img_compare"]
+    assert d["verified"]["qemu_img_check"]
     # what the agent read from the guest's sysfs (capture.source.probe), and so what the lookup
     # found the first capture's journal by
     assert d["source"].get("serial") == SERIAL, d["source"]

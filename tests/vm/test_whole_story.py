@@ -53,7 +53,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from agent.server.convert.model import Engine, Fix, NetworkPolicy, prediction_gaps
+from agent import records
+from agent.choices import ConvertEngine, ConvertNetwork
+from agent.server.convert.model import Fix, prediction_gaps
 from tests.conftest import BIN
 from tests.testbed import glance as tglance
 from tests.testbed import guestdisk
@@ -156,7 +158,7 @@ class Captured:
     server: guest.HostServer
     rx: str
     capture_id: str
-    policy: NetworkPolicy
+    policy: ConvertNetwork
 
     @property
     def cap_dir(self) -> str:
@@ -187,7 +189,7 @@ def _boot_and_capture(firmware: str, story_disk: str, host_only_disk: str | None
         story = Captured(guest.SourceDisk(story_disk, serial=STORY_SERIAL, bus="ahci").seal(),
                          guest.HostServer(workdir=os.path.join(workdir, f"story-server-{firmware}"),
                                           receiver_args="--convert --convert-engine fixups").start(),
-                         "", f"{CAPTURE_ID}-{firmware}", NetworkPolicy.DHCP)
+                         "", f"{CAPTURE_ID}-{firmware}", ConvertNetwork.DHCP)
         servers.append(story.server)
         story.rx = story.server.new_dir("story")
         fw, identity = guest.fwcfg_file("identity", story.server.identity)
@@ -197,7 +199,7 @@ def _boot_and_capture(firmware: str, story_disk: str, host_only_disk: str | None
             host_only = Captured(guest.SourceDisk(host_only_disk, serial=HOST_ONLY_SERIAL, bus="ahci").seal(),
                                  guest.HostServer(workdir=os.path.join(workdir, "host-only-server"),
                                                   receiver_args="--convert --convert-engine fixups --network keep").start(),
-                                 "", HOST_ONLY_ID, NetworkPolicy.KEEP)
+                                 "", HOST_ONLY_ID, ConvertNetwork.KEEP)
             servers.append(host_only.server)
             host_only.rx = host_only.server.new_dir("host-only")
             fw2, identity2 = guest.fwcfg_file("identity2", host_only.server.identity)
@@ -252,12 +254,12 @@ def _check_capture(sb: StoryBoot, cap: Captured) -> dict:
     return m
 
 
-def _check_prediction(m: dict, conv: dict, policy: NetworkPolicy) -> list[Fix]:
+def _check_prediction(m: dict, conv: dict, policy: ConvertNetwork) -> list[Fix]:
     """What the agent predicted before the capture is what the server did."""
     assert conv["network"]["policy"] == policy.value, conv["network"]
     promised = [f["id"] for f in m["readiness"]["findings"] if f["conversion"]]
-    fixes = [Fix.from_dict(d) for d in conv["fixes"]]
-    gaps = prediction_gaps(promised, Engine(conv["engine"]), fixes, policy)
+    fixes = [records.decode(d, Fix, "fix") for d in conv["fixes"]]
+    gaps = prediction_gaps(promised, ConvertEngine(conv["engine"]), fixes, policy)
     assert gaps.agree, (f"predicted {promised}, fixed {[f.render() for f in fixes]}: unanswered "
                         f"{list(gaps.unanswered)}, unpredicted {[f.render() for f in gaps.unpredicted]}")
     return fixes
@@ -331,7 +333,7 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, re
         conv = m["conversion"]
         out = open(os.path.join(cap.cap_dir, "conversion.out"), errors="replace").read()
         assert conv["result"] == "converted", f"{conv['message']}\n{out[-3000:]}"
-        assert conv["engine"] == Engine.FIXUPS.value
+        assert conv["engine"] == ConvertEngine.FIXUPS.value
         assert [i["image"] for i in conv["images"]] == [os.path.basename(converted)], conv["images"]
         figures["conversion_seconds"] = conv["seconds"]
         figures["conversion_accel"] = conv["accel"]
@@ -339,7 +341,7 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, re
 
         ready = m["readiness"]
         assert ready["disk"] == name and ready["firmware"] == firmware, ready
-        fixes = _check_prediction(m, conv, NetworkPolicy.DHCP)
+        fixes = _check_prediction(m, conv, ConvertNetwork.DHCP)
         promised = {f["id"] for f in ready["findings"] if f["conversion"]}
         # this disk's known faults (fstab and root= by sdX names, eth0 only by its MAC rule)
         assert {"fstab-device-names", "bootloader-root-device", "persistent-net-rules", "primary-nic"} <= promised
@@ -430,7 +432,7 @@ def test_ens3_static_host_only_uefi_server_keeps_its_address(bios_story, host_on
         assert {"primary-nic", "static-ip", "initramfs-virtio", "uefi-removable-loader"} <= set(found), sorted(found)
         assert "ens3 is the name udev derives from the old NIC's PCI slot" in found["primary-nic"]["detail"]
         assert found["uefi-removable-loader"]["conversion"] == "copy \\EFI\\debian\\grubx64.efi to \\EFI\\BOOT\\BOOTX64.EFI"
-        fixes = _check_prediction(m, conv, NetworkPolicy.KEEP)
+        fixes = _check_prediction(m, conv, ConvertNetwork.KEEP)
         kinds = {f.kind.value for f in fixes}
         assert {"kernel-net-ifnames", "network-primary-renamed", "uefi-removable-loader",
                 "initramfs-virtio-modules", "initramfs-rebuilt"} <= kinds, sorted(kinds)
@@ -463,7 +465,7 @@ def test_ens3_static_host_only_uefi_server_with_network_dhcp(bios_story, host_on
         assert m["readiness"] == m0["readiness"]
         conv = m["conversion"]
         figures["conversion_seconds"], figures["conversion_timings"] = conv["seconds"], conv["timings"]
-        fixes = _check_prediction(m, conv, NetworkPolicy.DHCP)
+        fixes = _check_prediction(m, conv, ConvertNetwork.DHCP)
         dhcp = [f for f in fixes if f.kind.value == "network-primary-dhcp"]
         assert [(f.before, f.after) for f in dhcp][:1] == [("inet static", "inet dhcp")], dhcp
         assert conv["network"]["method"] == "dhcp" and conv["network"]["addresses"] == [], conv["network"]

@@ -1,6 +1,6 @@
 """Boot the coldclone live ISO in QEMU and watch its serial console.
 
-Used by tests/vm/test_boot.py and by livecd/boot-smoke.sh (``python3 tests/vm/vmboot.py``).
+Used by tests/vm (guest.py) and by livecd/boot-smoke.sh (``python3 tests/vm/vmboot.py``).
 Standard library only, so it runs with the system python3 as well as the project venv.
 
 Boot paths (``mode``):
@@ -141,6 +141,8 @@ class BootResult:
     # seconds after QEMU started at which ``stop_when`` said yes and QEMU was killed (a power cut)
     stopped_seconds: float | None = None
     timed_out: bool = False
+    serial_socket: str | None = None  # boot(keep=True): the console's unix socket
+    proc: subprocess.Popen | None = field(default=None, repr=False)   # boot(keep=True): still running
 
     def summary(self) -> str:
         m = f"{self.marker_seconds:.1f}s" if self.marker_seconds is not None else "never"
@@ -151,13 +153,21 @@ class BootResult:
 
 def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
               memory_mib: int = 2048, extra_args: list[str] | None = None,
-              nic: list[str] | None = None) -> list[str]:
+              serial_socket: str | None = None, nic: list[str] | None = None) -> list[str]:
     """``extra_args``: more QEMU arguments (source disks, controllers, USB buses); ``nic``: the
     NIC's arguments instead of the default virtio-net on the user network (e.g. an e1000 with
-    the source server's MAC, or a virtio-net with a new MAC in another PCI slot)."""
+    the source server's MAC, or a virtio-net with a new MAC in another PCI slot).
+    ``serial_socket``: the serial console is also a unix socket the test can type into (a
+    root shell the boot leaves there, see tests/vm/liveshell.py); the log file still gets
+    every byte."""
+    if serial_socket:
+        serial = ["-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off,"
+                              f"logfile={serial_log},logappend=off", "-serial", "chardev:ser0"]
+    else:
+        serial = ["-serial", f"file:{serial_log}"]
     argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", "2",
             "-display", "none", "-vga", "std", "-monitor", "none",
-            "-serial", f"file:{serial_log}", "-no-reboot"] + list(nic or DEFAULT_NIC)
+            *serial, "-no-reboot", *(nic or DEFAULT_NIC)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     if mode == "uefi-disk":
@@ -193,8 +203,12 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
          memory_mib: int = 2048, name: str | None = None,
          marks: tuple[str, ...] = (), abort_on: tuple[str, ...] = (),
          abort_grace: float = 0.0, stop_when: Callable[[], bool] | None = None,
-         nic: list[str] | None = None) -> BootResult:
+         keep: bool = False, nic: list[str] | None = None) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
+
+    ``keep``: the serial console is also a unix socket, and once ``expect`` appeared QEMU is
+    left running (``BootResult.proc``, ``BootResult.serial_socket``): the test goes on in the
+    shell the boot left there (tests/vm/liveshell.py) and stops QEMU itself.
 
     With ``until_exit=False`` QEMU is killed as soon as ``expect`` appeared (for boots that do
     not power off). QEMU is killed after ``timeout`` seconds at the latest.
@@ -210,9 +224,10 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     os.makedirs(log_dir, exist_ok=True)
     serial_log = os.path.join(log_dir, f"serial-{name or mode}.log")
     open(serial_log, "wb").close()
+    sock = os.path.join(tempfile.mkdtemp(prefix="cc-serial-"), "ttyS0") if keep else None
     argv = qemu_argv(mode, extra_cmdline, serial_log, accel, memory_mib=memory_mib, extra_args=extra_args,
-                     nic=nic)
-    res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log)
+                     serial_socket=sock, nic=nic)
+    res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log, serial_socket=sock)
     stderr_path = os.path.join(log_dir, f"qemu-{name or mode}-{accel}.stderr")
     t0 = time.monotonic()
     abort_at: float | None = None
@@ -253,7 +268,9 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
                     break
                 time.sleep(0.25)
         finally:
-            if p.poll() is None:
+            if keep and res.found and p.poll() is None:
+                res.proc = p
+            elif p.poll() is None:
                 p.kill()
                 p.wait()
     with open(serial_log, "rb") as f:

@@ -2,11 +2,15 @@
 
 The verified images stay untouched (they are the evidence): every write goes to a separate
 image beside them, `<disk>.kvm.qcow2`, and the result is recorded in the `conversion` section
-of manifest.json (written atomically, like the receiver writes it).
+of manifest.json (written atomically, like the receiver writes it). A run works in a directory
+of its own inside the capture (`convert-XXXXXXXX.tmp`, made fresh, removed at its end) and
+removes nothing else: the converted images are renamed into place only when the whole
+conversion succeeded (replacing an earlier conversion's), so a failed run leaves the capture
+as it found it.
 
 The pipeline, one libguestfs appliance of ours per conversion:
- 1. stage: a qcow2 per disk beside the evidence (an overlay backed by the evidence, which qemu
-    opens read-only, or a standalone copy);
+ 1. stage: a qcow2 per disk in the run's directory (an overlay backed by the evidence, which
+    qemu opens read-only, or a standalone copy);
  2. our fix-ups (agent.server.convert.fixes) through one guestfish handle holding every disk of the
     capture, so /var on a second disk or an md RAID1 is one guest; inspection first: a disk with
     no OS is `not converted`, and the capture stays as verified;
@@ -18,32 +22,33 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import fnmatch
 import logging
 import os
 import shutil
+import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 from ...errors import ColdcloneError, CommandError, ServerError
+from ...manifest import MANIFEST
+from ...units import human_bytes
 from ..receive import image as qimage
-from ..receive.manifest import CaptureDirectory, ManifestDisk
-from ..receive.store import CaptureDir, Store, converted_image_name
+from ..receive.convqueue import conversion_slot, default_max_conversions
+from ..receive.manifest import CaptureDirectory, ManifestDisk, ManifestError
+from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name, free_bytes
+from ...choices import ConvertEngine, ConvertNetwork
 from ...guestos import netconfig, network
+from ...guestos.network import FileSource
 from ...runcmd import run
 from . import fixes as F
 from . import initramfs, netmap, uefi
-from .guestfs import Accel, Guest, detect_accel, tool_version
-from .model import (Conversion, CopyMethod, Engine, Fix, FixKind, GuestOS, ImageOut, NetworkMapping,
-                    NetworkPolicy, Outcome)
+from .guestfs import Accel, Guest, GuestFiles, Skipped, detect_accel, tool_version
+from .model import Conversion, CopyMethod, Fix, FixKind, GuestOS, ImageOut, NetworkMapping, Outcome
 
 log = logging.getLogger("coldclone.convert")
-
-LOCK_NAME = ".coldclone-convert.lock"
-
 
 class NotConvertible(ColdcloneError):
     """The capture is fine, but what is on it is not a guest we can convert (no OS ...)."""
@@ -54,41 +59,85 @@ def _now() -> str:
 
 
 def read_capture(path: str) -> CaptureDirectory:
-    """A complete, verified capture; anything else is refused with what is wrong and what to do."""
-    return CaptureDirectory.load(path, purpose="converted")
+    """A complete, verified capture that can be converted in place; anything else is refused
+    with what is wrong and what to do, before anything is written."""
+    capdir = CaptureDirectory.load(path, purpose="converted")
+    check_output_names(capdir)
+    return capdir
 
 
-@contextmanager
-def conversion_lock(root: str):
-    """One conversion at a time per receiver root: each appliance wants CPU and memory, and
-    a queue of conversions finishes each one sooner than all of them at once."""
-    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the conversion of another capture in %s to finish", root)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def check_output_names(capdir: CaptureDirectory) -> None:
+    """No converted image may take the name of a file the capture holds: a capture made before
+    the receiver refused dotted disk names (store.validate_disk_name) can have disks `sda` and
+    `sda.kvm`, whose verified sda.kvm.qcow2 is where sda's converted image would go."""
+    held = {d.image: d.name for d in capdir.manifest.disks}
+    for d in capdir.manifest.disks:
+        out = converted_image_name(d.name)
+        if out in held or out in (MANIFEST, FAILURE):
+            whose = f"the verified image of disk {held[out]!r}" if out in held else "the capture's own record"
+            raise ManifestError(
+                f"{capdir.path}: disk {d.name!r} would be converted to {out}, which is {whose}: "
+                f"converting would overwrite the evidence, so nothing was done. The capture predates "
+                f"the rule that disk names hold no '.'; convert a copy in which that disk's files "
+                f"and manifest entry are renamed, or capture again")
 
 
 # --- staging ----------------------------------------------------------------------------------
 
 def stage_image(cap: CaptureDir, disk: ManifestDisk, dest: str, method: CopyMethod) -> None:
-    """A writable image of one disk at `dest` (a name in the capture dir); the evidence is only
-    read: qemu-img convert reads it, and an overlay's backing file is opened read-only."""
+    """A writable image of one disk at `dest` (a new file in the run's own directory); the
+    evidence is only read: qemu-img convert reads it, and an overlay's backing file is opened
+    read-only."""
     src = cap.file_path(disk.image)
-    out = cap.file_path(dest)
-    cap.unlink(dest)
     if method is CopyMethod.OVERLAY:
-        # A relative backing name: the capture directory can be moved as a whole.
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", disk.image, out])
+        # A backing name relative to the overlay, so the capture directory can be moved as a whole
+        # (renamed beside the evidence at the end, `qemu-img rebase -u` names it from there).
+        backing = os.path.relpath(src, os.path.dirname(dest))
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format, "-b", backing, dest])
     elif disk.format == "raw":
-        qimage.convert_to_qcow2(src, out)
+        qimage.convert_to_qcow2(src, dest)
     else:
-        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, out])
+        run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, dest])
+
+
+# --- the run's own files --------------------------------------------------------------------
+
+WORK_PREFIX, WORK_SUFFIX = "convert-", ".tmp"
+# What a conversion writes besides its images (the stage's fix-ups, virt-v2v's own scratch
+# files), and what a partly filled filesystem must still hold after them.
+WORK_MARGIN = 64 << 20
+
+
+class NoSpace(ColdcloneError):
+    """The capture's filesystem cannot hold what the conversion writes."""
+
+
+def space_needed(cap: CaptureDir, disks: list[ManifestDisk], method: CopyMethod) -> int:
+    """Bytes the conversion writes into the capture's filesystem: a standalone image per disk
+    (a copy, or virt-v2v's output) about as large as the evidence's allocated bytes, an overlay
+    only what the fix-ups change; and the margin."""
+    if method is CopyMethod.OVERLAY:
+        return WORK_MARGIN
+    return WORK_MARGIN + sum(os.stat(d.image, dir_fd=cap.fd).st_blocks * 512 for d in disks)
+
+
+def check_space(cap: CaptureDir, needed: int) -> None:
+    free = free_bytes(cap.path)
+    if free < needed:
+        raise NoSpace(f"not enough space in {cap.path}: the conversion needs about {human_bytes(needed)} "
+                      f"(the converted images are about as large as the verified ones, plus "
+                      f"{human_bytes(WORK_MARGIN)} of work space) and {human_bytes(free)} is free; free "
+                      f"space on that filesystem (or move the capture to a larger one) and convert again")
+
+
+def out_of_space(e: BaseException, cap: CaptureDir, needed: int) -> str | None:
+    """The message for a step that failed because the filesystem filled up meanwhile."""
+    said = e.stderr if isinstance(e, CommandError) else str(e)
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in said \
+            or "Disk quota exceeded" in said:
+        return (f"the filesystem of {cap.path} filled up during the conversion (it needs about "
+                f"{human_bytes(needed)}): {e}; free space there and convert again")
+    return None
 
 
 # --- fix-ups ------------------------------------------------------------------------------------
@@ -168,9 +217,9 @@ def _fix_text(kind: str, text: str, path: str, ctx: FixContext) -> F.FixResult:
     raise ValueError(kind)
 
 
-def map_network(guest: Guest, policy: NetworkPolicy) -> tuple[netmap.Roles, dict[str, str], NetworkMapping]:
+def map_network(files: FileSource, policy: ConvertNetwork) -> tuple[netmap.Roles, dict[str, str], NetworkMapping]:
     """The guest's network read with the agent's own parsers, and the plan both carry out."""
-    cfg = netconfig.read_network(guest)
+    cfg = netconfig.read_network(files)
     plan = netconfig.plan(cfg)
     roles = netmap.Roles(plan, policy)
     prim = plan.primary
@@ -191,12 +240,12 @@ def _style_of(path: str) -> str | None:
     return "interfaces" if path.startswith("/etc/network/") else None
 
 
-def check_network(guest: Guest, plan: netconfig.NetworkPlan) -> str | None:
+def check_network(files: FileSource, plan: netconfig.NetworkPlan) -> str | None:
     """The guest's network read again after the fix-ups: its primary must now be the interface
     the plan named (a configuration in a file no fix-up reached would be left on the old name)."""
     if plan.primary is None or not plan.rename:
         return None
-    after = netconfig.read_network(guest)
+    after = netconfig.read_network(files)
     left = [i for i in after.interfaces if i.name == plan.primary.name and i.onboot]
     if after.primary == plan.new_name and not left:
         return None
@@ -205,21 +254,26 @@ def check_network(guest: Guest, plan: netconfig.NetworkPlan) -> str | None:
             + ": its network may not come up on the instance; check it from the cloud console")
 
 
-def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = NetworkPolicy.DHCP
+def apply_fixes(guest: Guest, files: GuestFiles, dmap: F.DeviceMap, policy: ConvertNetwork = ConvertNetwork.DHCP
                 ) -> tuple[list[Fix], list[str], NetworkMapping]:
     """Every fix-up on the mounted guest; returns the fixes made, what was left alone and
-    what the network became."""
+    what the network became. `files`: the same guest as the agent's parsers read it."""
     fixes: list[Fix] = []
     warnings: list[str] = []
-    roles, names, mapping = map_network(guest, policy)
+    roles, names, mapping = map_network(files, policy)
     ctx = FixContext(dmap, roles, names)
     # every ifupdown file the model read, wherever interfaces' `source` lines found it
     sourced = tuple((p, "interfaces") for p in names if p.startswith("/") and not any(
         fnmatch.fnmatchcase(p, pattern) for pattern, _ in NET_FILES) and _style_of(p) == "interfaces")
     for pattern, kind in DEVICE_FILES + NET_FILES + sourced:
-        paths = guest.glob(pattern) if "*" in pattern else [pattern]
+        paths, skipped = guest.glob(pattern) if "*" in pattern else ([pattern], [])
+        warnings += [str(s) for s in skipped]
         for path in paths:
-            text = guest.read(path)
+            try:
+                text = guest.read(path)
+            except Skipped as e:
+                warnings.append(str(e))
+                continue
             if text is None:
                 continue
             res = _fix_text(kind, text, path, ctx)
@@ -237,11 +291,15 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = Network
                f"configuration may not apply; add {netconfig.NAMES_ARG} to the instance's kernel line")
         warnings.append(why)
         mapping.problems.append(why)
-    problem = check_network(guest, roles.plan)
+    problem = check_network(files, roles.plan)
     if problem:
         warnings.append(problem)
         mapping.problems.append(problem)
-    links = [p for pattern in SERVICE_LINKS for p in guest.glob(pattern) if guest.is_symlink(p)]
+    links = []
+    for pattern in SERVICE_LINKS:
+        paths, skipped = guest.glob(pattern)
+        warnings += [str(s) for s in skipped]
+        links += [p for p in paths if guest.is_symlink(p)]
     for fx in F.hardware_service_links(links):
         guest.remove(fx.path)
         log.info("fixed %s (%s)", fx.render(), fx.why)
@@ -251,8 +309,8 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap, policy: NetworkPolicy = Network
     return fixes, warnings, mapping
 
 
-def fix_guest(images: list[str], accel: Accel, timings: dict[str, float], engine: Engine = Engine.VIRT_V2V,
-              network: NetworkPolicy = NetworkPolicy.DHCP) -> tuple[GuestOS, list[Fix], list[str], NetworkMapping]:
+def fix_guest(images: list[str], accel: Accel, timings: dict[str, float], engine: ConvertEngine = ConvertEngine.VIRT_V2V,
+              network: ConvertNetwork = ConvertNetwork.DHCP) -> tuple[GuestOS, list[Fix], list[str], NetworkMapping]:
     """One appliance over all the staged disks: inspect, refuse what has no OS, fix the rest."""
     t = time.monotonic()
     with Guest(images, accel) as g:
@@ -277,12 +335,15 @@ def fix_guest(images: list[str], accel: Accel, timings: dict[str, float], engine
         dmap = F.DeviceMap(tuple(g.volumes()))
         timings["inspect_seconds"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
-        fixes, more, mapping = apply_fixes(g, dmap, network)
-        esp_fixes, esp_warnings = uefi.make_removable(g, [_os_id(g, os_)])
+        files = GuestFiles(g)
+        fixes, more, mapping = apply_fixes(g, files, dmap, network)
+        esp_fixes, esp_warnings = uefi.make_removable(g, files, [_os_id(files, os_)])
         fixes += esp_fixes
         more += esp_warnings
+        # what the parsers left unread (a huge file, an odd name), once each
+        more += [w for w in dict.fromkeys(str(s) for s in files.skipped) if w not in more]
         timings["fixups_seconds"] = round(time.monotonic() - t, 3)
-        if engine is Engine.FIXUPS:
+        if engine is ConvertEngine.FIXUPS:
             # virt-v2v rebuilds the initramfs itself; without it, ours or a refusal
             t = time.monotonic()
             try:
@@ -295,9 +356,9 @@ def fix_guest(images: list[str], accel: Accel, timings: dict[str, float], engine
     return os_, fixes, warnings + more, mapping
 
 
-def _os_id(guest: Guest, os_: GuestOS) -> str:
+def _os_id(files: FileSource, os_: GuestOS) -> str:
     """The os-release ID (debian, rhel, rocky ...), which names the ESP's distribution directory."""
-    for line in (guest.read("/etc/os-release") or guest.read("/usr/lib/os-release") or "").splitlines():
+    for line in (files.read("/etc/os-release") or files.read("/usr/lib/os-release") or "").splitlines():
         if line.startswith("ID="):
             return line[3:].strip().strip("\"'")
     return os_.distro
@@ -335,13 +396,12 @@ def check_v2v_tools() -> None:
                                                f"install them (scripts/setup.sh lists them) or use --engine fixups")
 
 
-def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
-    """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several);
-    returns the output image paths in disk order. Its full log goes to virt-v2v.log, and its own
-    warnings (e.g. it could not update the boot loader's configuration) are passed on verbatim
-    into `warnings`."""
-    outdir = cap.file_path("convert-v2v.tmp")
-    shutil.rmtree(outdir, ignore_errors=True)
+def run_virt_v2v(cap: CaptureDir, work: str, staged: list[str], accel: Accel, warnings: list[str]) -> list[str]:
+    """virt-v2v over the staged disks (one guest; -i disk for one, -i libvirtxml for several),
+    writing into the run's own directory `work`; returns the output image paths in disk order.
+    Its full log goes to virt-v2v.log, and its own warnings (e.g. it could not update the boot
+    loader's configuration) are passed on verbatim into `warnings`."""
+    outdir = os.path.join(work, "v2v")
     os.mkdir(outdir, 0o750)
     name = "guest"
     if len(staged) == 1:
@@ -370,20 +430,24 @@ def run_virt_v2v(cap: CaptureDir, staged: list[str], accel: Accel, warnings: lis
 
 # --- the whole stage --------------------------------------------------------------------------
 
-def convert(capture_path: str, engine: Engine = Engine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
-            accel: Accel | None = None, network: NetworkPolicy = NetworkPolicy.DHCP) -> Conversion:
+def convert(capture_path: str, engine: ConvertEngine = ConvertEngine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
+            accel: Accel | None = None, max_conversions: int | None = None,
+            queue_root: str | None = None, network: ConvertNetwork = ConvertNetwork.DHCP) -> Conversion:
     """Convert one capture; always records the outcome in its manifest (unless the capture
-    itself is unusable, which raises UsageError before anything is written)."""
+    itself is unusable, which raises UsageError before anything is written). It waits for a
+    slot of its root first: at most max_conversions (default: from the cores and memory) run at
+    once, each appliance wants a core and 2 GB (receive/convqueue.py); queue_root is the root
+    whose queue it joins (the receiver's --root; default the capture's parent)."""
     capture_path = os.path.realpath(capture_path)
     capdir = read_capture(capture_path)
     root, capture_id = os.path.split(capture_path)
     cap = Store(root).open_capture(capture_id)
-    with conversion_lock(root):
+    with conversion_slot(queue_root or root, capture_path, max_conversions or default_max_conversions()):
         return _convert_locked(cap, capdir, engine, method, accel, network)
 
 
-def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, method: CopyMethod,
-                    accel: Accel | None, network: NetworkPolicy = NetworkPolicy.DHCP) -> Conversion:
+def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEngine, method: CopyMethod,
+                    accel: Accel | None, network: ConvertNetwork = ConvertNetwork.DHCP) -> Conversion:
     disks = capdir.manifest.disks
     started, t0 = _now(), time.monotonic()
     timings: dict[str, float] = {}
@@ -391,58 +455,73 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: Engine, m
     log.info("libguestfs accelerator: %s (%s)", accel.name, accel.reason)
     versions = {"libguestfs": tool_version(["guestfish", "--version"]),
                 "qemu_img": qimage.qemu_img_version()}
-    if engine is Engine.VIRT_V2V:
+    if engine is ConvertEngine.VIRT_V2V:
         versions["virt_v2v"] = tool_version(["virt-v2v", "--version"])
     conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings,
                       network=NetworkMapping(policy=network))
     # With virt-v2v the stage is thrown away after it: an overlay costs nothing to make.
-    stage_method = CopyMethod.OVERLAY if engine is Engine.VIRT_V2V else method
-    # Names the capture dir's validated calls accept (no leading dot); removed whatever happens.
-    staged = [f"{d.name}.convert-stage.qcow2" for d in disks]
+    stage_method = CopyMethod.OVERLAY if engine is ConvertEngine.VIRT_V2V else method
     finals = [converted_image_name(d.name) for d in disks]
+    needed = space_needed(cap, disks, CopyMethod.COPY if engine is ConvertEngine.VIRT_V2V else stage_method)
+    work: str | None = None
+    placed: list[str] = []       # converted images this run put in place
     try:
-        for d in disks:
-            cap.unlink(converted_image_name(d.name))      # a new conversion replaces an older one
-        if engine is Engine.VIRT_V2V:
+        if engine is ConvertEngine.VIRT_V2V:
             check_v2v_tools()
+        check_space(cap, needed)
+        # Everything this run writes before its results, in a directory only it made.
+        work = tempfile.mkdtemp(prefix=WORK_PREFIX, suffix=WORK_SUFFIX, dir=cap.path)
+        staged = [os.path.join(work, f"disk{i}.qcow2") for i in range(len(disks))]
         t = time.monotonic()
         for d, s in zip(disks, staged):
             stage_image(cap, d, s, stage_method)
         timings["stage_seconds"] = round(time.monotonic() - t, 3)
-        conv.os, conv.fixes, conv.warnings, conv.network = fix_guest(
-            [cap.file_path(s) for s in staged], accel, timings, engine, network)
-        if engine is Engine.VIRT_V2V:
+        conv.os, conv.fixes, conv.warnings, conv.network = fix_guest(staged, accel, timings, engine, network)
+        if engine is ConvertEngine.VIRT_V2V:
             t = time.monotonic()
-            outs = run_virt_v2v(cap, [cap.file_path(s) for s in staged], accel, conv.warnings)
+            outs = run_virt_v2v(cap, work, staged, accel, conv.warnings)
             timings["virt_v2v_seconds"] = round(time.monotonic() - t, 3)
-            for out, final in zip(outs, finals):
-                os.rename(out, cap.file_path(final))
             method_done = CopyMethod.VIRT_V2V
         else:
-            for s, final in zip(staged, finals):
-                os.rename(s, final, src_dir_fd=cap.fd, dst_dir_fd=cap.fd)
-            method_done = stage_method
+            outs, method_done = staged, stage_method
+        # The one step that replaces what an earlier conversion made: only after all went well.
+        for d, out, final in zip(disks, outs, finals):
+            os.rename(out, cap.file_path(final))
+            placed.append(final)
+            if method_done is CopyMethod.OVERLAY:
+                # beside the evidence now: its backing file is named as a neighbour (header only)
+                run(["qemu-img", "rebase", "-u", "-F", d.format, "-b", d.image, cap.file_path(final)])
         for d, final in zip(disks, finals):
             st = os.stat(final, dir_fd=cap.fd)
             conv.images.append(ImageOut(d.name, d.image, final, method_done, st.st_blocks * 512))
         conv.result = Outcome.CONVERTED
         conv.message = (f"converted: {', '.join(finals)} ({len(conv.fixes)} fix-ups"
-                        f"{', then virt-v2v' if engine is Engine.VIRT_V2V else ''})")
+                        f"{', then virt-v2v' if engine is ConvertEngine.VIRT_V2V else ''})")
     except NotConvertible as e:
         conv.result, conv.message = Outcome.NOT_CONVERTED, f"not converted: {e}"
-    except (CommandError, ServerError, OSError) as e:
+    except NoSpace as e:
         conv.result, conv.message = Outcome.FAILED, f"conversion failed: {e}"
+    except (CommandError, ServerError, OSError) as e:
+        conv.result = Outcome.FAILED
+        conv.message = f"conversion failed: {out_of_space(e, cap, needed) or e}"
     finally:
-        for s in staged:
-            cap.unlink(s)
-        shutil.rmtree(cap.file_path("convert-v2v.tmp"), ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         if conv.result is not Outcome.CONVERTED:
-            for final in finals:
+            for final in placed:        # made by this run, and not whole: never left as if valid
                 cap.unlink(final)
     conv.finished = _now()
     conv.seconds = round(time.monotonic() - t0, 3)
     log.info("%s (%.1f s)", conv.message, conv.seconds)
-    capdir.write_section("conversion", conv.to_dict())
+    try:
+        capdir.write_section("conversion", conv)
+    except OSError as e:
+        # manifest.json is replaced in one step or not at all: it stays as it was
+        conv.result = Outcome.FAILED if conv.result is Outcome.CONVERTED else conv.result
+        conv.message += (f"; and the outcome could not be recorded in {capdir.file(MANIFEST)} "
+                         f"({e.strerror}): the manifest is as it was")
+        if conv.result is Outcome.FAILED and placed:
+            for final in placed:
+                cap.unlink(final)
+            conv.images = []
     return conv
-
-

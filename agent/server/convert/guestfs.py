@@ -10,18 +10,28 @@ keeps the handle, with every disk of the guest added, and each operation is a sh
 `guestfish --remote` call. A remote guestfish exits on the first failed command, so this layer
 only issues commands that must succeed (it asks is-file / is-dir first); any failure is a real
 one and ends the conversion with guestfish's own message.
+
+The guest is untrusted input, so nothing here grows with what it holds: a file is read only
+when guestfish says it is at most MAX_CONFIG_BYTES (downloaded to a local file, read back
+with that cap), and directories are listed NUL-separated (ls0) in bounded pieces and matched
+here, never as guestfish's newline-separated text (a file name may hold a newline). A name
+holding a control character is not passed on at all: it is left alone and said.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
+import signal
 import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
-from ...errors import CommandError
+from ...errors import ColdcloneError, CommandError
 from ...runcmd import run
+from ...units import human_bytes
 from .model import GuestOS, Volume
 
 log = logging.getLogger("coldclone.convert")
@@ -72,6 +82,31 @@ def tool_version(argv: list[str]) -> str:
     except CommandError:
         return "unavailable"
     return out.splitlines()[0] if out else "unknown"
+
+
+# The largest file the fix-ups read: real configuration files are far smaller (a grub.cfg that
+# lists many kernels is some hundred KiB); a bigger one is no file we can fix, and holding it
+# would cost the conversion server memory in proportion to what the guest holds.
+MAX_CONFIG_BYTES = 4 << 20
+# The most entries of one guest directory that are matched against a pattern.
+MAX_DIR_ENTRIES = 50_000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Skipped(ColdcloneError):
+    """A guest file the fix-ups leave alone, and why (said as a warning, never fatal)."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path} left alone: {why}")
+        self.path = path
+
+
+def odd_name(path: str) -> Skipped | None:
+    """A name with a control character (a newline ...) is not ours to pass on: Skipped."""
+    if _CONTROL.search(path):
+        return Skipped(repr(path), "its name holds a control character (a newline?), so it is not "
+                                   "passed to guestfish; check that file by hand")
+    return None
 
 
 _APPLIANCE_DEV = re.compile(r"/dev/sd([a-z]+)(\d*)$")
@@ -143,8 +178,19 @@ class Guest:
         if self.pid is not None:
             # umount-all syncs what we wrote; exit ends the server and the appliance. If the server
             # already died on a failed command, these fail too: nothing more to clean up there.
+            # A server that does not answer (a hung appliance) is ended by its pid, so no
+            # appliance outlives the conversion holding the capture's filesystem busy.
             for cmd in (["umount-all"], ["shutdown"], ["exit"]):
-                if run(["guestfish", f"--remote={self.pid}", "--", *cmd], check=False, timeout=120).returncode:
+                try:
+                    failed = run(["guestfish", f"--remote={self.pid}", "--", *cmd], check=False,
+                                 timeout=120).returncode != 0
+                except CommandError:
+                    failed = True
+                if failed:
+                    try:
+                        os.kill(int(self.pid), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
                     break
             self.pid = None
         for name in os.listdir(self.tmp):
@@ -216,31 +262,85 @@ class Guest:
     def is_dir(self, path: str) -> bool:
         return self.fish("is-dir", path).strip() == "true"
 
-    def ls(self, path: str) -> list[str]:
-        return [n for n in self.fish("ls", path).splitlines() if n] if self.is_dir(path) else []
+    def ls(self, path: str, skipped: list[Skipped] | None = None) -> Iterator[str]:
+        """The names in a guest directory (none if it is not one), NUL-separated as guestfish's
+        ls0 writes them to a local file, read in pieces: at most MAX_DIR_ENTRIES of them (the
+        rest is said in `skipped`)."""
+        if not self.is_dir(path):
+            return
+        local = os.path.join(self.tmp, "ls0")
+        self.fish("ls0", path, local)
+        try:
+            with open(local, "rb") as f:
+                rest, count = b"", 0
+                while chunk := f.read(1 << 16):
+                    *names, rest = (rest + chunk).split(b"\0")
+                    for name in names:
+                        if name:
+                            count += 1
+                            if count > MAX_DIR_ENTRIES:
+                                if skipped is not None:
+                                    skipped.append(Skipped(path, f"more than {MAX_DIR_ENTRIES} entries: only "
+                                                                 f"the first were checked"))
+                                return
+                            yield os.fsdecode(name)
+                    if len(rest) > 4096:       # no name is that long: not an ls0 listing
+                        raise CommandError(["guestfish", "ls0", path], 0, f"ls0 of {path} wrote no NUL-separated names")
+        finally:
+            os.unlink(local)
 
-    # read, listdir and digest make the guest a guestos.network.FileSource: the agent's parsers
-    # read it as they read a mounted tree
-    def listdir(self, path: str) -> list[str]:
-        return self.ls(path)
-
-    def digest(self, path: str) -> str | None:
-        return self.checksum(path) if self.is_file(path) else None
-
-    def glob(self, pattern: str) -> list[str]:
-        return [p for p in self.fish("glob-expand", pattern).splitlines() if p]
+    def glob(self, pattern: str) -> tuple[list[str], list[Skipped]]:
+        """The guest paths an absolute pattern matches, component by component as glob(3) does
+        (a wildcard matches no leading '.'; a directory component must be a directory), and
+        the names left out for holding a control character."""
+        found, skipped = ["/"], []
+        parts = [p for p in pattern.split("/") if p]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt = []
+            for base in found:
+                if not any(c in part for c in "*?["):
+                    path = os.path.join(base, part)
+                    if last or self.is_dir(path):
+                        nxt.append(path)
+                    continue
+                for name in self.ls(base, skipped):
+                    if name.startswith(".") and not part.startswith("."):
+                        continue
+                    if not fnmatch.fnmatchcase(name, part):
+                        continue
+                    path = os.path.join(base, name)
+                    bad = odd_name(path)
+                    if bad is not None:
+                        skipped.append(bad)
+                    elif last or self.is_dir(path):
+                        nxt.append(path)
+            found = nxt
+        return sorted(found), skipped
 
     def read(self, path: str) -> str | None:
-        """The text of a regular file of the guest (None if there is none). Config files are
-        read as UTF-8 with their odd bytes kept (surrogateescape), so writing back changes only
-        what a fix changed."""
+        """The text of a regular file of the guest (None if there is none), at most
+        MAX_CONFIG_BYTES of it: a larger file raises Skipped before a byte of it is copied.
+        Config files are read as UTF-8 with their odd bytes kept (surrogateescape), so writing
+        back changes only what a fix changed."""
+        bad = odd_name(path)
+        if bad is not None:
+            raise bad
         if not self.is_file(path):
             return None
+        size = int(self.fish("filesize", path).strip())
+        if size > MAX_CONFIG_BYTES:
+            raise Skipped(path, f"{human_bytes(size)}, more than the {human_bytes(MAX_CONFIG_BYTES)} a "
+                                f"configuration file may hold: not read, check it by hand")
         local = os.path.join(self.tmp, "read")
         self.fish("download", path, local)
-        with open(local, "rb") as f:
-            data = f.read()
-        os.unlink(local)
+        try:
+            with open(local, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        finally:
+            os.unlink(local)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise Skipped(path, f"larger than the {human_bytes(MAX_CONFIG_BYTES)} a configuration file may hold")
         return data.decode("utf-8", "surrogateescape")
 
     def write(self, path: str, text: str) -> None:
@@ -278,3 +378,39 @@ class Guest:
         """Run one of the guest's own programs in its root (the appliance's kernel, /dev, /proc
         and /sys bound in), as virt-v2v does for update-initramfs and dracut."""
         return self.fish("command", " ".join(argv), timeout=timeout)
+
+
+class GuestFiles:
+    """The guest as a guestos.network.FileSource (read, listdir, digest): the agent's own
+    parsers (guestos.netconfig, guestos.esp) read it as they read a mounted tree. The guest is
+    untrusted here as in the fix-ups: a file larger than MAX_CONFIG_BYTES, a directory beyond
+    MAX_DIR_ENTRIES or a name holding a control character is not read but kept in `skipped`
+    (the conversion says each as a warning), and reads as an absent file."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self.skipped: list[Skipped] = []
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self.guest.read(path)
+        except Skipped as e:
+            self.skipped.append(e)
+            return None
+
+    def listdir(self, path: str) -> list[str]:
+        names = []
+        for name in self.guest.ls(path, self.skipped):
+            bad = odd_name(os.path.join(path, name))
+            if bad is not None:
+                self.skipped.append(bad)
+            else:
+                names.append(name)
+        return sorted(names)
+
+    def digest(self, path: str) -> str | None:
+        bad = odd_name(path)
+        if bad is not None:
+            self.skipped.append(bad)
+            return None
+        return self.guest.checksum(path) if self.guest.is_file(path) else None

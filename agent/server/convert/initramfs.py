@@ -37,7 +37,7 @@ class InitramfsRefused(Exception):
 
 def read_drivers(guest: Guest, tmp: str) -> tuple[str, InitramfsDrivers] | None:
     """(kernel version, the virtio drivers of its initramfs) for the guest's newest kernel."""
-    found = boot.newest_initramfs_name(guest.ls("/boot"))
+    found = boot.newest_initramfs_name(list(guest.ls("/boot")))
     if found is None:
         return None
     ver, name = found

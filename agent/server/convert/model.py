@@ -3,9 +3,10 @@ goes into the `conversion` section of manifest.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
+
+from ...choices import ConvertEngine, ConvertNetwork
 
 
 class FixKind(str, enum.Enum):
@@ -41,18 +42,6 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"                   # a tool broke; the message says which and why
 
 
-class Engine(str, enum.Enum):
-    VIRT_V2V = "virt-v2v"               # virt-v2v, then our fix-ups for what it leaves
-    FIXUPS = "fixups"                   # our libguestfs fix-ups alone (fast; no driver injection)
-
-
-class NetworkPolicy(str, enum.Enum):
-    """What the primary interface's addresses become (coldclone-convert --network)."""
-
-    DHCP = "dhcp"                       # DHCP on the cloud's network (Neutron's default)
-    KEEP = "keep"                       # the static addresses, routes and DNS, for a port with that fixed IP
-
-
 class CopyMethod(str, enum.Enum):
     COPY = "copy"                       # qemu-img convert: a standalone qcow2
     OVERLAY = "overlay"                 # qcow2 overlay backed by the evidence (read-only)
@@ -78,17 +67,6 @@ class Fix:
     before: str
     after: str
     why: str
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["kind"] = self.kind.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Fix":
-        """A fix as the manifest's `conversion` section holds it."""
-        return cls(kind=FixKind(d["kind"]), path=d["path"], line=d["line"], before=d["before"],
-                   after=d["after"], why=d["why"])
 
     def render(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
@@ -132,7 +110,7 @@ class ImageOut:
 class NetworkMapping:
     """The manifest's `conversion.network`: what the guest's network became."""
 
-    policy: NetworkPolicy
+    policy: ConvertNetwork
     primary: str | None = None          # the source's primary interface (the default route)
     style: str | None = None            # ifupdown / ifcfg / networkmanager / netplan / systemd-networkd
     name: str | None = None             # its name on the instance (the first virtio NIC)
@@ -144,17 +122,14 @@ class NetworkMapping:
     disabled: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), policy=self.policy.value)
-
 
 @dataclass
 class Conversion:
-    """The manifest's `conversion` section."""
+    """The manifest's `conversion` section (written and read through agent.records)."""
 
     result: Outcome
     message: str
-    engine: Engine
+    engine: ConvertEngine
     engine_versions: dict[str, str]
     accel: str                # kvm / tcg: how the libguestfs appliance (and virt-v2v) ran
     accel_reason: str
@@ -168,24 +143,16 @@ class Conversion:
     warnings: list[str] = field(default_factory=list)
     network: NetworkMapping | None = None
 
-    def to_dict(self) -> dict:
-        return {
-            "result": self.result.value,
-            "message": self.message,
-            "engine": self.engine.value,
-            "engine_versions": dict(self.engine_versions),
-            "accel": self.accel,
-            "accel_reason": self.accel_reason,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": self.seconds,
-            "timings": dict(self.timings),
-            "os": dataclasses.asdict(self.os) if self.os else None,
-            "images": [dict(dataclasses.asdict(i), method=i.method.value) for i in self.images],
-            "fixes": [f.to_dict() for f in self.fixes],
-            "warnings": list(self.warnings),
-            "network": self.network.to_dict() if self.network else None,
-        }
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a conversion came to, as the manifest's `conversion` section says it (what
+    `coldclone-server status` shows): read with CaptureDirectory.section("conversion",
+    Verdict), the rest of the section (the whole of it is Conversion) is not looked at."""
+
+    result: Outcome
+    message: str = ""
+    finished: str = ""
 
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
@@ -216,10 +183,10 @@ FINDING_OF_FIX: dict[FixKind, str | None] = {
     FixKind.UEFI_REMOVABLE: "uefi-removable-loader",
 }
 # Findings the engine answers as a whole rather than by a fix of ours (no Fix record).
-FINDING_OF_ENGINE: dict[str, Engine] = {"initramfs-virtio": Engine.VIRT_V2V}
+FINDING_OF_ENGINE: dict[str, ConvertEngine] = {"initramfs-virtio": ConvertEngine.VIRT_V2V}
 # Findings a --network policy answers by leaving things as they are: with keep, the primary's
 # static address is kept on purpose (the finding said so), no fix is made.
-FINDING_OF_POLICY: dict[str, NetworkPolicy] = {"static-ip": NetworkPolicy.KEEP}
+FINDING_OF_POLICY: dict[str, ConvertNetwork] = {"static-ip": ConvertNetwork.KEEP}
 
 
 @dataclass(frozen=True)
@@ -232,8 +199,8 @@ class PredictionGaps:
         return not self.unanswered and not self.unpredicted
 
 
-def prediction_gaps(promised: list[str], engine: Engine, fixes: list[Fix],
-                    network: NetworkPolicy = NetworkPolicy.DHCP) -> PredictionGaps:
+def prediction_gaps(promised: list[str], engine: ConvertEngine, fixes: list[Fix],
+                    network: ConvertNetwork = ConvertNetwork.DHCP) -> PredictionGaps:
     """``promised``: the ids of the readiness findings that say what conversion will do."""
     answered = {FINDING_OF_FIX[f.kind] for f in fixes} | {
         fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine} | {

@@ -22,7 +22,8 @@ from typing import Callable
 from ...guestos import netconfig
 from ...guestos.netconfig import NAMES_ARG, NetworkPlan
 from .fixes import MARK, _content_lines, _disable, _disable_lines
-from .model import Fix, FixKind, FixResult, NetworkPolicy
+from ...choices import ConvertNetwork
+from .model import Fix, FixKind, FixResult
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Roles:
     it, their member NICs and the secondary interfaces (both disabled)."""
 
     plan: NetworkPlan
-    policy: NetworkPolicy
+    policy: ConvertNetwork
 
     @property
     def primary(self) -> str | None:
@@ -58,7 +59,7 @@ class Roles:
 
     @property
     def to_dhcp(self) -> bool:
-        return self.policy is NetworkPolicy.DHCP and self.plan.primary is not None \
+        return self.policy is ConvertNetwork.DHCP and self.plan.primary is not None \
             and self.plan.primary.method != "dhcp"
 
     def disable_kind(self, name: str) -> FixKind:

@@ -11,15 +11,16 @@ import logging
 import posixpath
 
 from ...guestos import esp as espmod
-from .guestfs import Guest
+from .guestfs import Guest, GuestFiles
 from .model import Fix, FixKind
 
 log = logging.getLogger("coldclone.convert")
 
 
-def make_removable(guest: Guest, os_ids: list[str]) -> tuple[list[Fix], list[str]]:
-    """Fixes (one per file copied) and warnings (a loader we cannot tell is the OS's)."""
-    esp = espmod.read_esp(guest)
+def make_removable(guest: Guest, files: GuestFiles, os_ids: list[str]) -> tuple[list[Fix], list[str]]:
+    """Fixes (one per file copied) and warnings (a loader we cannot tell is the OS's); `files`:
+    the guest as guestos.esp reads it."""
+    esp = espmod.read_esp(files)
     if esp is None:
         return [], []
     plan = espmod.removable_plan(esp, os_ids)

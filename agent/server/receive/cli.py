@@ -29,15 +29,22 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import BinaryIO, Callable
 
+from ...bwlimit import EXAMPLES, parse_rate
+from ...choices import ConvertEngine, ConvertNetwork, words
+from ...errors import UsageError
 from ...runcmd import spawn
+from .convqueue import default_max_conversions
 from .receiver import CaptureSink, Receiver, SessionEnded
-from .store import CONVERT_ENGINES, NETWORK_POLICIES
+from .share import SessionShare, ThrottledStream
 from .unfinished import gc
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 WATCH_INTERVAL = 1.0
+# After the agent's end closed, this long for the record loop to reach the cut in what it sent
+DRAIN_SECONDS = 30.0
 
 
 def requested_root_from_env() -> str | None:
@@ -99,12 +106,23 @@ class Session:
     def _watch(self) -> None:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), 0)   # only POLLERR/POLLHUP: the reader went away
+        stdin = select.poll()
+        stdin.register(sys.stdin.fileno(), 0)
+        drain_until = None
         while not self._stop.wait(WATCH_INTERVAL):
             why = None
             if os.getppid() != self.ppid:
                 why = f"the session's process (pid {self.ppid}) is gone"
             elif any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
                 why = "the agent's end of the session closed"
+                # The agent is gone, and so is its writing end: what it sent before the cut is
+                # still in the pipe and the receiver's queue (up to 33 MB). Let the record loop
+                # reach the cut itself (StreamCut: every whole record journaled) rather than
+                # stop it mid-queue, within DRAIN_SECONDS.
+                if any(ev & select.POLLHUP for _, ev in stdin.poll(0)):
+                    drain_until = drain_until or time.monotonic() + DRAIN_SECONDS
+                    if time.monotonic() < drain_until:
+                        continue
             if why:
                 self._pending = why
                 # To the main thread itself: a signal to the process may land on this thread,
@@ -143,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coldclone-receive", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="directory the captures are written into (and confined to)")
-    ap.add_argument("--keep-raw", action="store_true", help="keep the raw image next to the qcow2")
+    ap.add_argument("--keep-raw", action="store_true",
+                    help="also make a raw copy of each verified qcow2 (qemu-img convert, then compare: a second "
+                         "copy, and time after the last byte that grows with the disk)")
     ap.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
                     help=f"end the session when the agent sends nothing for this long while the receiver "
                          f"waits for data (default {DEFAULT_IDLE_TIMEOUT:g})")
@@ -151,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="list the unfinished (.partial) captures in --root and clean those whose receiver died")
     ap.add_argument("--convert", action="store_true",
                     help="once the capture is complete and verified, queue coldclone-convert on it (detached; "
-                         "one conversion at a time per root; its output in <capture>/conversion.out)")
-    ap.add_argument("--convert-engine", choices=CONVERT_ENGINES, default=CONVERT_ENGINES[0],
+                         "at most --max-conversions at a time per root; its output in <capture>/conversion.out)")
+    ap.add_argument("--max-conversions", type=int, default=None, metavar="N",
+                    help=f"with --convert: conversions run at once in this root, the others queue (default "
+                         f"from the cores and memory: {default_max_conversions()} here)")
+    ap.add_argument("--bwlimit", metavar="RATE",
+                    help=f"cap the total rate of all sessions into this root ({EXAMPLES}); each session "
+                         f"reads at its share")
+    ap.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value,
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
-    ap.add_argument("--network", choices=NETWORK_POLICIES, default=NETWORK_POLICIES[0],
+    ap.add_argument("--network", choices=words(ConvertNetwork), default=ConvertNetwork.DHCP.value,
                     help="with --convert: coldclone-convert's --network (default dhcp: the primary interface "
                          "switches to DHCP; keep: it keeps its static addresses)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -172,21 +198,40 @@ def main(argv: list[str] | None = None) -> int:
         for st in gc(args.root):
             print(f"{st.state:8} {st.path}: {st.detail}")
         return 0
-    if args.convert_engine != CONVERT_ENGINES[0] and not args.convert:
+    if args.convert_engine != ConvertEngine.VIRT_V2V and not args.convert:
         ap.error("--convert-engine needs --convert")
-    if args.network != NETWORK_POLICIES[0] and not args.convert:
+    if args.network != ConvertNetwork.DHCP and not args.convert:
         ap.error("--network needs --convert")
+    if args.max_conversions is not None and (args.max_conversions < 1 or not args.convert):
+        ap.error("--max-conversions N: N of at least 1, with --convert")
+    try:
+        bwlimit = parse_rate(args.bwlimit, "--bwlimit") if args.bwlimit else None
+    except UsageError as e:
+        ap.error(str(e))
+    max_conversions = (args.max_conversions or default_max_conversions()) if args.convert else None
     grow_pipe(sys.stdin.fileno())
     session = Session(args.idle_timeout).start()
+    share = None
     try:
         rx = Receiver(args.root, sys.stdout.buffer, requested_root=requested_root_from_env(),
-                      keep_raw=args.keep_raw, convert=args.convert)
+                      keep_raw=args.keep_raw, convert=args.convert, bwlimit=bwlimit,
+                      max_conversions=max_conversions)
         session.spare = lambda: rx.failing
-        rc = rx.run(session.stream(sys.stdin.buffer))
+        stream = session.stream(sys.stdin.buffer)
+        if bwlimit:
+            try:
+                share = SessionShare(args.root, bwlimit)
+                stream = ThrottledStream(stream, share)
+            except OSError as e:     # an unusable root: the receiver's own check names it
+                logging.getLogger("coldclone.receive").error("--bwlimit: cannot share the cap through %s: %s",
+                                                             args.root, e)
+        rc = rx.run(stream)
     finally:
         session.stop()
+        if share is not None:
+            share.close()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path, args.convert_engine, args.network)
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine, max_conversions, args.root, args.network)
     return rc
 
 
@@ -200,14 +245,19 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
         pass
 
 
-def queue_conversion(capture_path: str, engine: str = CONVERT_ENGINES[0], network: str = NETWORK_POLICIES[0]) -> int:
+def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.value, max_conversions: int | None = None,
+                     queue_root: str | None = None, network: str = ConvertNetwork.DHCP.value) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
-    capture, the conversion waits its turn on the root's lock. By command, not by import: the
-    converter builds on this package, not the other way round."""
+    capture, the conversion waits its turn in the root's queue (receive/convqueue.py). By
+    command, not by import: the converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    return spawn([exe, capture_path, "--engine", engine, "--network", network],
-                 os.path.join(capture_path, "conversion.out"))
+    argv = [exe, capture_path, "--engine", engine, "--network", network]
+    if max_conversions:
+        argv += ["--max-conversions", str(max_conversions)]
+    if queue_root:
+        argv += ["--queue", os.path.realpath(queue_root)]
+    return spawn(argv, os.path.join(capture_path, "conversion.out"))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ... import protocol as P
+from ... import records
 from ...errors import ColdcloneError, UsageError
 from ...guestos.report import ReadinessReport
 from ...manifest import MANIFEST, Manifest, ManifestDisk
 from .store import write_atomic_at
+
+
+T = TypeVar("T")
 
 
 class ManifestError(UsageError):
@@ -30,6 +35,8 @@ class CaptureDirectory:
 
     path: str
     manifest: Manifest
+    # manifest.json as read, the sections of later tools included: write_section() keeps it whole
+    document: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: str, *, purpose: str) -> "CaptureDirectory":
@@ -61,9 +68,7 @@ class CaptureDirectory:
             raise ManifestError(f"{path}: status is {data.get('status')!r}, not 'complete': only a "
                                 f"verified capture can be {purpose}")
         try:
-            manifest = Manifest.from_dict(data, path)
-            if manifest.readiness is not None:
-                ReadinessReport.from_dict(manifest.readiness)
+            manifest = Manifest.load(data, path)
         except ColdcloneError as e:
             raise ManifestError(f"{path}: {e}; the manifest is damaged") from None
         if not manifest.disks:
@@ -76,13 +81,12 @@ class CaptureDirectory:
                 raise ManifestError(f"disk {d.name!r}: unknown image format {d.format!r}")
             if not os.path.isfile(os.path.join(directory, d.image)):
                 raise ManifestError(f"disk {d.name!r}: its image {d.image!r} is missing from {directory}")
-        return cls(directory, manifest)
+        return cls(directory, manifest, data)
 
     @property
     def readiness(self) -> ReadinessReport | None:
         """The readiness report the agent made before the capture (checked when loaded)."""
-        r = self.manifest.readiness
-        return ReadinessReport.from_dict(r) if r is not None else None
+        return self.manifest.readiness or None
 
     def boot_disk(self) -> ManifestDisk:
         """The disk the readiness report found the OS on, else the first one."""
@@ -92,12 +96,18 @@ class CaptureDirectory:
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def write_section(self, name: str, value: dict) -> None:
+    def section(self, name: str, type_: type[T]) -> T | None:
+        """A later tool's top-level section (`conversion`, `publish`) as its model; None when
+        the document has none. One of another shape is a RecordError naming the field."""
+        data = self.document.get(name)
+        return None if data is None else records.decode(data, type_, f"{self.file(MANIFEST)}: {name}")
+
+    def write_section(self, name: str, value) -> None:
         """Add or replace one top-level section, atomically; the rest stays as it was read."""
-        self.manifest.document[name] = value
+        self.document[name] = records.encode(value)
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            write_atomic_at(fd, MANIFEST, P.dumps(self.manifest.document, indent=2, sort_keys=True).encode()
+            write_atomic_at(fd, MANIFEST, P.dumps(self.document, indent=2, sort_keys=True).encode()
                             + b"\n")
         finally:
             os.close(fd)

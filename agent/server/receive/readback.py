@@ -1,19 +1,19 @@
-"""The read-back digest of a raw image, computed while the image is being written.
+"""The read-back digest of a disk's image, computed while the image is being written.
 
-Every disk's raw file is hashed again from the file (not from the buffers that were written) and
-the result must equal the digest the agent sent: that catches a write that went astray on the
-conversion server. Done after the last record, it cost 2 to 4 s on the bench workload (1.9 GB of
+Every disk's image is hashed again as stored (not from the buffers that were written): a qcow2
+read through qemu's block layer (its own NBD connection to the image's qemu-storage-daemon), a
+raw file through the page cache. The result must equal the digest the agent sent: that catches a
+write that went astray on the conversion server, in qemu's qcow2 layer or below it. Done after the last record, it cost 2 to 4 s on the bench workload (1.9 GB of
 data) that the agent waited for, while during the stream the receiver mostly waits for the link.
 So a thread follows the writer: it reads back and hashes the bytes below the position the stream
-has written, and at END only the tail is left. It reads the file (preads of the written
-file), the same way and through the same page cache as the read-back after END did (protocol.feed_range;
-holes are zeros), and below the written position the stream never writes again (records come in
-disk order): the guarantee is the same, it is only earlier.
+has written, and at END only the tail is left. It reads the image the same way a read-back after
+END would (protocol.feed_range; unallocated clusters and holes are zeros), and below the written
+position the stream never writes again (records come in disk order): the guarantee is the same,
+it is only earlier.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 from ... import protocol as P
@@ -26,13 +26,12 @@ STEP = P.READBACK_STEP
 class Readback:
     """Follows one raw file as it is written; `digest()` at END gives the read-back digest."""
 
-    def __init__(self, fd: int, path: str, size: int, block_size: int, tree: P.BlockTree | None = None):
-        """fd: the raw file as the receiver writes it (duplicated here: reads are preads, which
-        share no file position); path: its name in errors; tree: the bytes below tree.pos
-        already read back from this file (a resumed disk's held part, rebuilt from the file and
-        checked against its journal)."""
+    def __init__(self, reader, path: str, size: int, block_size: int, tree: P.BlockTree | None = None):
+        """reader: the image's own reading handle (disk_image: `image.reader()`, closed here);
+        path: its name in errors; tree: the bytes below tree.pos already read back from this
+        image (a resumed disk's held part, rebuilt from it and checked against its journal)."""
         self.path = path
-        self._fd = os.dup(fd)
+        self._reader = reader
         self._tree = tree if tree is not None else P.BlockTree(size, block_size)
         self._written = self._tree.pos
         self._closed = False
@@ -52,7 +51,9 @@ class Readback:
     def _run(self) -> None:
         tree = self._tree
         try:
-            while True:
+            # A resumed disk whose every byte was held already (the receiver was killed after the
+            # last byte, before the disk was marked complete): nothing to wait for, ever.
+            while tree.pos < tree.size:
                 with self._cond:
                     while not self._closed and not (self._written - tree.pos >= STEP
                                                     or self._written == tree.size > tree.pos):
@@ -61,9 +62,7 @@ class Readback:
                         return
                     # one step at a time (block-aligned), so that close() never waits for more
                     target = min(self._written, tree.pos + max(tree.block_size, STEP - STEP % tree.block_size))
-                P.feed_range(self._fd, tree, target, is_file=True, what=self.path)
-                if tree.pos == tree.size:
-                    return
+                P.feed_range(-1, tree, target, is_file=True, what=self.path, reader=self._reader)
         except BaseException as e:   # handed to digest(), which the receiver's error handling sees
             self._error = e
 
@@ -80,6 +79,6 @@ class Readback:
             self._closed = True
             self._cond.notify()
         self._thread.join()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

@@ -6,9 +6,11 @@ a calibration probe. Both check and write DATA/ZERO records the same way
 (_Sink.extent): every DATA record is decompressed (bounded) and checked
 against its digest before it is written; ZERO records leave holes.
 
-A capture: at END the whole-disk digest is checked twice (as received, and
-read back from the file), the raw file becomes qcow2 and `qemu-img compare`
-proves the two equal. UNREADABLE records (sectors the agent could not read) are checked to
+A capture: each disk is written straight into its final image (a qcow2 through
+qemu's own block layer, disk_image.Qcow2Image; a raw file for format raw). At END
+the whole-disk digest is checked twice (as received, and read back from the image
+as stored: for a qcow2, as qemu reads it), the image is flushed, and a qcow2 is
+closed and `qemu-img check`ed: nothing after the last byte grows with the disk. UNREADABLE records (sectors the agent could not read) are checked to
 arrive as zeros and listed in the manifest. Only after every disk passed and manifest.json is on
 disk is the capture directory renamed from `<id>.partial` to `<id>`: that
 rename is the single "complete" mark. Any failure, whatever raised it, goes
@@ -26,7 +28,6 @@ import platform
 import resource
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -35,13 +36,20 @@ import zstandard
 from ... import __version__
 from ... import protocol as P
 from ...errors import ColdcloneError, ServerError
-from ...guestos.report import ReadinessReport
-from ...manifest import DiskResume, Manifest, ManifestDisk, Unreadable, UnreadableRange, Verified
-from . import image
+from ... import records
+from ...manifest import (DiskResume, EstimateVsActual, Manifest, ManifestDisk, ReceiverFacts, Unreadable,
+                        UnreadableRange, Verified)
+from ...records import UNSET, Unset
+from ...units import human_bytes
+from . import identity
 from . import journal as J
+from .disk_image import Image, Qcow2Image, RawImage, discard_from, image_name
+from .image import convert_to_raw, qemu_img_version
+from .load import server_load
 from .prefetch import Prefetch
 from .readback import Readback
-from .store import FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_name
+from .store import (FAILURE, MANIFEST, Store, converted_image_name, resolve_root, validate_capture_id,
+                    validate_disk_name, validate_name)
 from .unfinished import find_unfinished
 
 log = logging.getLogger("coldclone.receive")
@@ -58,20 +66,37 @@ def _now() -> str:
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this receiver and the children it waited for (qemu-img), all threads."""
+    """CPU seconds of this receiver and the children it waited for (qemu-nbd, qemu-img), all threads."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _human(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+@dataclass
+class FailureRecord:
+    """`<id>.partial/failure.json`: what failed, and whether the capture can be resumed."""
+
+    code: str                     # the error reply's code (corrupt, no_space, cut ...)
+    error: str
+    capture_id: str
+    started: str
+    failed: str
+    disks_verified: list[str]
+    resumable: bool               # the journals vouch for what is held: `--resume ID` continues
+    held: dict[str, int]          # bytes held per disk (resumable)
+    status: str = "failed"
+    # the capture's facts a journal header keeps too (Receiver.capture_facts): what
+    # `coldclone-server status` shows of a capture whose journals are gone
+    wave: str | None = None
+    hostname: str | None = None
+    disks: list[str] = field(default_factory=list)
+    size: int | None = None
 
 
 @dataclass
 class DiskState:
     header: P.DiskHeader
-    fd: int
-    raw_name: str
+    image: "RawImage | Qcow2Image | None"   # what the records are written into (disk_image)
+    image_name: str
     tree: P.BlockTree
     started: float = field(default_factory=time.monotonic)
     cpu_started: float = field(default_factory=_cpu_seconds)
@@ -121,7 +146,7 @@ class _Sink:
     def disk_header(self, h: P.DiskHeader) -> None:
         if self.disk is not None:
             raise P.ProtocolError(f"DISK {h.name!r} before END of disk {self.disk.name}")
-        validate_name(h.name, "disk name")
+        validate_disk_name(h.name)
         self.disk = self.open_disk(h)
         log.info("disk %s: %d bytes", h.name, h.size)
 
@@ -214,10 +239,7 @@ class _Sink:
         d.tree.add_digests(rec.offset, rec.length, digests)
         if d.unreadable:
             self._check_zero_filled(d, rec.offset, data)
-        mv = memoryview(data)
-        off, done = rec.offset, 0
-        while done < len(mv):
-            done += os.pwrite(d.fd, mv[done:], off + done)
+        d.image.pwrite(data, rec.offset)
         c["data_bytes"] += rec.length
         c["payload_bytes"] += len(rec.payload)
         c["data_records"] += 1
@@ -240,10 +262,12 @@ class _Sink:
             if self.disk.readback is not None:
                 self.disk.readback.close()
                 self.disk.readback = None
-            try:
-                os.close(self.disk.fd)
-            except OSError:
-                pass
+            if self.disk.image is not None:
+                try:
+                    self.disk.image.close()
+                except OSError:
+                    pass
+                self.disk.image = None
             self.disk = None
 
     def fail(self, code: str, message: str, cut: bool = False) -> str | None:
@@ -268,10 +292,11 @@ class CaptureSink(_Sink):
         self.files: list[str] = []
         # Resume journals: those found in a resumed capture, then one per disk as it starts.
         self.journals: dict[str, J.DiskJournal] = {}
-        self.rebuilt: dict[str, tuple[int, P.BlockTree]] = {}   # held disks: raw fd, tree at the held end
+        self.rebuilt: dict[str, tuple[Image, P.BlockTree]] = {}  # held disks: image, tree at the held end
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
             if hello.resume:
+                self.tidy_complete(hello.capture_id)
                 self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
             else:
                 self.cap, resumed = self.store.make_capture_dir(hello.capture_id), False
@@ -291,6 +316,9 @@ class CaptureSink(_Sink):
                         f"earlier attempt, which this resume does not send (it sends "
                         f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
                         f"or start a new capture (a new id)", code="usage")
+                # The same server, proven before anything held is re-read, cut, continued or
+                # dropped: an agent key and a capture id alone are no proof (receive/identity.py).
+                self.prove(self.journals, hello)
                 # Before READY: once the agent streams, this end must keep reading (a long read
                 # here would look like a dead link to the agent's stall watchdog). The agent waits
                 # for READY of a resumed capture as long as this takes.
@@ -308,10 +336,12 @@ class CaptureSink(_Sink):
                 self.store.close()
                 raise
             self.cap.unlink(FAILURE)       # it is in progress again
+            self.cap.unlink("." + MANIFEST + ".tmp")    # a manifest a killed FINISH was writing
             for j in self.journals.values():
-                self.files.append(j.header.name + ".raw")
-                if j.complete is not None and isinstance(j.complete.get("image"), str):
-                    self.files.append(j.complete["image"])
+                name = j.header.name
+                # what a receiver killed while making a --keep-raw copy left half-written
+                self.cap.unlink("." + name + ".raw.tmp")
+                self.files.append(image_name(name, hello.format))
             log.info("capture %s resumed in %s: %s", self.cap.capture_id, self.cap.path,
                      ", ".join(f"{n} {j.held} of {j.header.size} bytes" for n, j in self.journals.items())
                      or "nothing held")
@@ -321,9 +351,42 @@ class CaptureSink(_Sink):
                        receiver_version=__version__, protocol=P.VERSION,
                        held={n: j.to_held().to_json() for n, j in self.journals.items()}))
 
+    def tidy_complete(self, capture_id: str) -> None:
+        """A receiver killed after the rename that completed a capture, before it removed the
+        journals in it: the capture is complete; the journals are litter, removed here."""
+        validate_capture_id(capture_id)
+        if not os.path.lexists(os.path.join(self.store.root, capture_id, MANIFEST)):
+            return
+        cap = self.store.open_capture(capture_id)
+        try:
+            gone = J.remove_all(cap)
+            if gone:
+                log.info("capture %s is complete; removed the resume journals left in it: %s",
+                         capture_id, ", ".join(gone))
+        finally:
+            cap.close()
+
+    def prove(self, journals: dict[str, J.DiskJournal], hello: P.Hello) -> None:
+        """Refuse (code `refused`, nothing changed) unless the agent's disks are the held ones."""
+        claimed = {i.name: i for i in hello.identities}
+        wrong = [m for j in journals.values()
+                 if (m := identity.mismatch(identity.recorded(j.header), claimed.get(j.header.name)))]
+        if wrong:
+            raise ServerError(
+                f"refused: capture {hello.capture_id} holds disks this agent does not prove to be its own "
+                f"({'; '.join(wrong)}); nothing was changed: resume it from the server it was captured "
+                f"from, or start a new capture (a new id)", code="refused")
+
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d.name == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        held = self.journals.get(h.name)
+        name = image_name(h.name, self.hello.format)
+        if held is not None:
+            # The DISK header's own facts must be the proven disk's too (HELLO said the same).
+            wrong = identity.mismatch(identity.recorded(held.header), identity.recorded(h))
+            if wrong:
+                raise ServerError(f"refused: {wrong}; the held copy is kept as it was", code="refused")
         j = self.journals.pop(h.name, None)
         if j is not None and h.resume_from:
             return self.resume_disk(h, j)
@@ -335,20 +398,54 @@ class CaptureSink(_Sink):
             log.info("disk %s restarted from byte 0: %s", h.name, h.restart_reason or "the agent asked")
             j.close()
             if h.name in self.rebuilt:
-                os.close(self.rebuilt.pop(h.name)[0])
-            for name in {h.name + ".raw", (j.complete or {}).get("image")} - {None}:
-                self.cap.unlink(name)
+                self.rebuilt.pop(h.name)[0].close()
+            for old in {name, (j.complete or {}).get("image")} - {None}:
+                self.cap.unlink(old)
         self.preflight(h)
-        fd = self.cap.create(h.name + ".raw")
-        if h.name + ".raw" not in self.files:
-            self.files.append(h.name + ".raw")
-        os.ftruncate(fd, h.size)
-        d = DiskState(h, fd, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+        if name not in self.files:
+            self.files.append(name)
+        image = self.new_image(name, h.size)
+        d = DiskState(h, image, name, P.BlockTree(h.size, h.block_size),
                       restart_reason=h.restart_reason if j is not None else None)
-        d.journal = J.DiskJournal.create(self.cap, h)
+        try:
+            d.journal = J.DiskJournal.create(self.cap, h, capture=self.capture_facts())
+            reader = image.reader()
+        except BaseException:
+            image.close()
+            raise
         # last: nothing after it can fail and leave its thread behind (close_disk closes it)
-        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size)
+        d.readback = Readback(reader, self.cap.file_path(name), h.size, h.block_size)
         return d
+
+    def capture_facts(self) -> dict:
+        """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
+        size = self.hello.estimate.total_size if self.hello.estimate is not None else None
+        ok = size is not None and 0 < size <= P.MAX_DISK_SIZE * P.MAX_DISKS
+        return {"wave": self.hello.wave, "hostname": self.source_host(),
+                "disks": list(self.hello.disks)[:P.MAX_DISKS], "size": size if ok else None}
+
+    def source_host(self) -> str | None:
+        host = self.hello.source.get("hostname")
+        return host[:255] if isinstance(host, str) else None
+
+    def new_image(self, name: str, size: int) -> Image:
+        """A disk's empty image: the final qcow2 (through qemu), or a sparse raw file."""
+        if self.hello.format == P.ImageFormat.QCOW2:
+            return Qcow2Image.create(self.cap.path, self.cap.fd, name, size)
+        fd = self.cap.create(name)
+        os.ftruncate(fd, size)
+        return RawImage(fd, self.cap.file_path(name))
+
+    def held_image(self, name: str) -> Image:
+        """A held disk's image, to continue writing it."""
+        if not os.path.lexists(self.cap.file_path(name)):
+            raise ServerError(f"the held image {self.cap.file_path(name)} is gone (or the capture was begun in "
+                              f"another format than {self.hello.format}); start a new capture (a new id)",
+                              code="journal")
+        if self.hello.format == P.ImageFormat.QCOW2:
+            # held by a receiver that was cut or killed mid-write: leaked clusters are freed first
+            return Qcow2Image.open(self.cap.path, self.cap.fd, name, repair=True)
+        return RawImage(self.cap.open_file(name), self.cap.file_path(name))
 
     def resume_disk(self, h: P.DiskHeader, j: J.DiskJournal) -> DiskState:
         """Continue a held disk at the byte the agent names: it must be exactly what is held."""
@@ -363,50 +460,56 @@ class CaptureSink(_Sink):
             raise ServerError(f"refused: disk {h.name} resumes at byte {h.resume_from} but this receiver "
                               f"holds its bytes below {want}", code="protocol")
         if j.complete is not None:
-            image_name = j.complete.get("image")
-            if not isinstance(image_name, str) or not os.path.lexists(self.cap.file_path(image_name)):
-                raise ServerError(f"disk {h.name}: its verified image {image_name} is gone from "
+            verified = j.complete.get("image")
+            if not isinstance(verified, str) or not os.path.lexists(self.cap.file_path(verified)):
+                raise ServerError(f"disk {h.name}: its verified image {verified} is gone from "
                                   f"{self.cap.path}; send the disk from byte 0", code="journal")
-            d = DiskState(h, -1, h.name + ".raw", P.BlockTree(h.size, h.block_size),
+            d = DiskState(h, None, verified, P.BlockTree(h.size, h.block_size),
                           resumed_from=h.size, data_bytes_before=j.held_data_bytes, complete_entry=j.complete)
             return d
-        fd, tree = self.rebuilt.pop(h.name)
-        j.reopen()
-        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
-        d = DiskState(h, fd, h.name + ".raw", tree, journal=j, resumed_from=j.held,
+        image, tree = self.rebuilt.pop(h.name)
+        d = DiskState(h, image, image_name(h.name, self.hello.format), tree, journal=j, resumed_from=j.held,
                       data_bytes_before=j.held_data_bytes)
-        # The held part was just read back from the file (and checked against the journal)
+        try:
+            j.reopen()
+            reader = image.reader()
+        except BaseException:
+            image.close()
+            raise
+        log.info("disk %s resumed at byte %d (%d data bytes held)", h.name, j.held, j.held_data_bytes)
+        # The held part was just read back from the image (and checked against the journal)
         # to rebuild the tree: the read-back carries on from there.
-        d.readback = Readback(fd, self.cap.file_path(d.raw_name), h.size, h.block_size, tree=tree.copy())
+        d.readback = Readback(reader, self.cap.file_path(d.image_name), h.size, h.block_size, tree=tree.copy())
         return d
 
-    def rebuild(self, j: J.DiskJournal) -> tuple[int, P.BlockTree]:
-        """A held disk's raw file, cut to what the journal vouches for, and its tree rebuilt."""
+    def rebuild(self, j: J.DiskJournal) -> tuple[Image, P.BlockTree]:
+        """A held disk's image, cut to what the journal vouches for, and its tree rebuilt."""
         h = j.header
-        fd = self.cap.open_file(h.name + ".raw")
+        name = image_name(h.name, self.hello.format)
+        image = self.held_image(name)
         try:
-            if os.fstat(fd).st_size != h.size:
-                raise ServerError(f"disk {h.name}: the held image is {os.fstat(fd).st_size} bytes, not "
+            if image.size() != h.size:
+                raise ServerError(f"disk {h.name}: the held image is {image.size()} bytes, not "
                                   f"{h.size}; start a new capture (a new id)", code="journal")
-            # Bytes written after the last checkpoint are not vouched for: cut them off (the
-            # stream's ZERO records leave holes, so nothing stale may stay past the held end).
-            os.ftruncate(fd, j.held)
-            os.ftruncate(fd, h.size)
-            return fd, J.rebuild_tree(fd, j, self.cap.file_path(h.name + ".raw"))
+            # Bytes written after the last checkpoint are not vouched for: they go (the stream's
+            # ZERO records write nothing, so nothing stale may stay past the held end).
+            discard_from(image, j.held, h.size)
+            image.flush()
+            return image, J.rebuild_tree(image, j, self.cap.file_path(name))
         except BaseException:
-            os.close(fd)
+            image.close()
             raise
 
     def written(self, d: DiskState) -> None:
         if d.readback is not None:
             d.readback.written(d.tree.pos)
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
-            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+            d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
 
-    def resume_facts(self, d: DiskState) -> DiskResume | None:
+    def resume_facts(self, d: DiskState) -> DiskResume | Unset:
         """The manifest's `resume` of a disk that did not arrive in one go."""
         if not d.resumed_from and d.restart_reason is None:
-            return None
+            return UNSET
         return DiskResume(resumed_from=d.resumed_from, data_bytes_before=d.data_bytes_before,
                           restarted=d.restart_reason)
 
@@ -414,17 +517,20 @@ class CaptureSink(_Sink):
         """Refuse a disk up front when its data cannot fit, instead of failing at 90 %."""
         if h.data_bytes_estimate is None:
             return   # an agent that sends no estimate (older ones): the writes will tell
-        raw = h.data_bytes_estimate
-        # During conversion the raw data and the qcow2 (at most as large, with its metadata) coexist.
-        img = raw + raw // 64 + (1 << 20) if self.hello.format == P.ImageFormat.QCOW2 else 0
+        data = h.data_bytes_estimate
+        qcow2 = self.hello.format == P.ImageFormat.QCOW2
+        need = P.space_needed(data, self.hello.format)
+        if qcow2 and self.rx.keep_raw:
+            need += data
         st = os.statvfs(self.cap.path)
         free = st.f_bavail * st.f_frsize
-        if raw + img > free:
-            parts = f"raw data {_human(raw)}" + (f" + qcow2 image {_human(img)}" if img else "")
+        if need > free:
+            parts = (f"qcow2 image {human_bytes(need)}" if qcow2 else f"raw image {human_bytes(need)}") + \
+                (" with its --keep-raw copy" if qcow2 and self.rx.keep_raw else "")
             raise ServerError(
                 f"not enough space (disk full before a byte is written): "
-                f"refused disk {h.name}: it needs about {_human(raw + img)} ({parts}, from the agent's "
-                f"estimate of its non-zero bytes) but only {_human(free)} are free in {self.cap.store.root}; "
+                f"refused disk {h.name}: it needs about {human_bytes(need)} ({parts}, from the agent's "
+                f"estimate of its non-zero bytes) but only {human_bytes(free)} are free in {self.cap.store.root}; "
                 f"free space there or give the receiver a bigger --root", code="disk_full")
 
     def end(self, end: P.DiskEnd, wire_bytes: int) -> None:
@@ -448,58 +554,40 @@ class CaptureSink(_Sink):
                 f"{got.hex()}); nothing was marked complete", code="corrupt")
         t_recv = time.monotonic() - d.started
         fmt = self.hello.format
-        keep_raw = fmt != P.ImageFormat.QCOW2 or self.rx.keep_raw
-        t_finish = time.monotonic()
-        if keep_raw:
-            # Only a raw file that stays is made durable; one deleted after conversion is not worth
-            # the disk writes (the qcow2 made from it is flushed instead, below).
-            os.fsync(d.fd)
+        img_name = d.image_name
+        path = self.cap.file_path(img_name)
+        # From here on nothing grows with the disk: one flush (what the page cache holds), the
+        # read-back's last step (it followed the writes), closing the image, and a qcow2's
+        # metadata check.
+        t_finish = t = time.monotonic()
         if d.journal is not None:
-            # (the checkpoint syncs the raw file's data itself: what the journal vouches for is on disk)
-            d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
-        os.close(d.fd)
-        d.fd = -1
-        raw_path = self.cap.file_path(d.raw_name)
-        timings = {"receive_seconds": round(t_recv, 3)}
-        img_name = d.raw_name
-        if fmt == P.ImageFormat.QCOW2:
-            img_name = d.name + ".qcow2"
-            tmp_name = "." + img_name + ".tmp"
-            self.files.append(tmp_name)
-            tmp = os.path.join(self.cap.path, tmp_name)
-            # The read-back digest and qemu-img convert both read the raw file (from the page cache
-            # it was just written to): run side by side they take the time of the longer one, and
-            # both still have to pass before the compare and the rename.
-            with ThreadPoolExecutor(1, thread_name_prefix="cc-convert") as ex:
-                conv = ex.submit(self._timed, image.convert_to_qcow2, raw_path, tmp)
-                try:
-                    t_readback = self._readback(d, raw_path, got)
-                except BaseException:
-                    wait([conv])   # the read-back's error is the one to report; the tmp file is cleaned
-                    raise
-                t_convert = conv.result()
-                # qemu-img convert leaves its output in the page cache (an fsync after it took 1.0 s
-                # for 2.7 GB): the flush to disk runs while compare reads the same pages, and both
-                # must be done before the rename.
-                flushed = ex.submit(self._timed, self.cap.sync, tmp_name)
-                t = time.monotonic()
-                try:
-                    image.compare(raw_path, tmp)
-                except BaseException:
-                    wait([flushed])
-                    raise
-                timings["compare_seconds"] = round(time.monotonic() - t, 3)
-                timings["fsync_seconds"] = flushed.result()
-            timings["readback_seconds"] = t_readback
-            timings["convert_seconds"] = t_convert
-            os.rename(tmp_name, img_name, src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
-            self.files.append(img_name)
+            # the checkpoint flushes the image first: what the journal vouches for is on disk
+            d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
         else:
-            timings["readback_seconds"] = self._readback(d, raw_path, got)
-        # From the last record to a verified image: what the agent waits for after its last byte
-        # (readback and convert overlap, so it is not their sum).
+            d.image.flush()
+        timings = {"receive_seconds": round(t_recv, 3), "flush_seconds": round(time.monotonic() - t, 3)}
+        timings["readback_seconds"] = self._readback(d, path, got)
+        t = time.monotonic()
+        image, d.image = d.image, None
+        image.close()
+        timings["close_seconds"] = round(time.monotonic() - t, 3)
+        checked = fmt == P.ImageFormat.QCOW2
+        if checked:
+            t = time.monotonic()
+            Qcow2Image.check(path)
+            timings["check_seconds"] = round(time.monotonic() - t, 3)
+            if self.rx.keep_raw:
+                # Asked for: a raw copy made from the verified qcow2 (and compared with it).
+                t = time.monotonic()
+                tmp = "." + d.name + ".raw.tmp"
+                self.files.append(tmp)
+                convert_to_raw(path, os.path.join(self.cap.path, tmp))
+                os.rename(tmp, d.name + ".raw", src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
+                self.files.append(d.name + ".raw")
+                timings["keep_raw_seconds"] = round(time.monotonic() - t, 3)
+        # From the last record to a verified image: what the agent waits for after its last byte.
         timings["finish_seconds"] = round(time.monotonic() - t_finish, 3)
-        # What this disk cost the conversion server's CPU, the receiver and qemu-img together
+        # What this disk cost the conversion server's CPU, the receiver and qemu together
         # (make bench sets it beside the agent's CPU and the machine's).
         timings["cpu_seconds"] = round(_cpu_seconds() - d.cpu_started, 3)
         st = os.stat(img_name, dir_fd=self.cap.fd)
@@ -508,7 +596,7 @@ class CaptureSink(_Sink):
             name=d.name, image=img_name, format=fmt, size=h.size, digest=got.hex(),
             digest_algo=P.DIGEST_ALGO,
             verified=Verified(record_digests=True, disk_digest=True, readback_digest=True,
-                              qemu_img_compare=fmt == P.ImageFormat.QCOW2),
+                              qemu_img_check=checked),
             logical_sector_size=h.logical_sector_size, physical_sector_size=h.physical_sector_size,
             block_size=h.block_size, mode=h.mode, codec=h.codec,
             image_bytes_allocated=st.st_blocks * 512, source=h.source, received=d.counts,
@@ -516,11 +604,9 @@ class CaptureSink(_Sink):
             # Zero-filled in the image, covered by the digests as zeros (protocol.py, UNREADABLE).
             unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
         if d.journal is not None:
-            # Before the raw file goes: a capture cut from here on keeps this disk as verified.
-            d.journal.mark_complete(entry.to_dict())
+            # a capture cut from here on keeps this disk as verified
+            d.journal.mark_complete(records.encode(entry))
             d.journal.close()
-        if img_name != d.raw_name and not self.rx.keep_raw:
-            self.cap.unlink(d.raw_name)
         self.disks.append(entry)
         self.ends.append(end)
         self.disk = None
@@ -528,31 +614,22 @@ class CaptureSink(_Sink):
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
                             timings=timings))
 
-    @staticmethod
-    def _timed(fn, *args) -> float:
+    def _readback(self, d: DiskState, path: str, got: bytes) -> float:
+        """The image as stored, hashed and held against what was received; its seconds."""
         t = time.monotonic()
-        fn(*args)
-        return round(time.monotonic() - t, 3)
-
-    def _readback(self, d: DiskState, raw_path: str, got: bytes) -> float:
-        """Hash the raw file as written and hold it against what was received; its seconds."""
-        t = time.monotonic()
-        if d.readback is not None:
-            back = d.readback.digest()    # read back while the stream ran: only the tail is left
-            d.readback.close()
-            d.readback = None
-        else:
-            back = P.digest_file(raw_path, d.header.block_size)
+        back = d.readback.digest()    # read back while the stream ran: only the tail is left
+        d.readback.close()
+        d.readback = None
         if back != got.hex():
             raise ServerError(
-                f"disk {d.name}: the raw image read back from {raw_path} does not match what was "
+                f"disk {d.name}: the image read back from {path} does not match what was "
                 f"received (digest {back}); check the conversion server's disk", code="io")
         return round(time.monotonic() - t, 3)
 
     def end_held(self, d: DiskState, end: P.DiskEnd) -> None:
         """END of a disk verified in an earlier attempt: the agent's digest of its source (read
         again) must be the one the image was verified against."""
-        entry = ManifestDisk.from_dict(d.complete_entry, f"the journal of disk {d.name}")
+        entry = records.decode(d.complete_entry, ManifestDisk, f"the journal of disk {d.name}")
         if end.digest.hex() != entry.digest:
             raise ServerError(
                 f"disk {d.name}: the source's digest now ({end.digest.hex()}) is not the one of the "
@@ -586,31 +663,34 @@ class CaptureSink(_Sink):
             capture_id=self.cap.capture_id, status="complete", disks=self.disks,
             started=self.rx.started, finished=_now(), receive_seconds=receive_seconds,
             source=hello.source, agent_version=hello.agent_version,
-            receiver={"version": __version__, "host": socket.gethostname(),
-                      "python": platform.python_version(), "qemu_img": image.qemu_img_version()},
-            protocol=P.VERSION, totals=totals)
+            receiver=ReceiverFacts(version=__version__, host=socket.gethostname(),
+                                   python=platform.python_version(), qemu_img=qemu_img_version()),
+            protocol=P.VERSION, totals=totals,
+            wave=hello.wave if hello.wave is not None else UNSET)
+        for dropped in hello.dropped:
+            log.warning("%s; left out of the manifest", dropped)
         if hello.estimate is not None:
             # Predicted vs actual: what the agent estimated before the capture, next to how long
             # this end took from the first byte to the manifest (the agent adds its connect time).
-            predicted = hello.estimate.get("total_seconds")
+            predicted = hello.estimate.total_seconds
             manifest.estimate = hello.estimate
-            manifest.estimate_vs_actual = {
-                "predicted_seconds": predicted,
-                "actual_seconds": receive_seconds,
-                "ratio": (round(receive_seconds / predicted, 3)
-                          if isinstance(predicted, (int, float)) and predicted > 0 else None),
-            }
+            manifest.estimate_vs_actual = EstimateVsActual(
+                predicted_seconds=predicted, actual_seconds=receive_seconds,
+                ratio=round(receive_seconds / predicted, 3) if predicted > 0 else None)
         if hello.readiness is not None:
-            # typed on the way in: what conversion and publishing read back is a valid report
-            try:
-                manifest.readiness = ReadinessReport.from_dict(hello.readiness).to_dict()
-            except ColdcloneError as e:
-                log.warning("the agent's readiness report is malformed (%s); left out", e)
-        document = manifest.to_dict()
+            # typed on the way in (HELLO's decoder): conversion and publishing read a valid report
+            manifest.readiness = hello.readiness
+        document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.close_journals()
-        J.remove_all(self.cap)      # complete: nothing left to resume
         path = self.cap.complete()
+        # Only now, inside the complete capture: until the rename the journals are what lets a
+        # receiver killed here be resumed straight to FINISH; a kill during their removal leaves a
+        # complete capture with a journal or two in it (removed at the next resume of its id).
+        try:
+            J.remove_all(self.cap)
+        except OSError as e:
+            log.error("capture %s is complete, but its resume journals could not be removed: %s", path, e)
         log.info("capture %s complete: %s", self.cap.capture_id, path)
         # with --convert the conversion starts once this session ends: say now where its images
         # will be, the agent's summary is the operator's last look at this capture
@@ -627,8 +707,8 @@ class CaptureSink(_Sink):
             self.disk.journal.close()
         for j in self.journals.values():
             j.close()
-        for fd, _ in self.rebuilt.values():
-            os.close(fd)
+        for image, _ in self.rebuilt.values():
+            image.close()
         self.rebuilt.clear()
 
     def fail(self, code: str, message: str, cut: bool = False) -> str | None:
@@ -637,20 +717,23 @@ class CaptureSink(_Sink):
         cap = self.cap
         d = self.disk
         held: dict[str, int] = {}
-        resumable = cut and (bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A refusal (code `refused`: the agent did not prove a held disk its own) changes nothing
+        # held either: what the journals vouch for stays for the server it belongs to.
+        resumable = (cut or code == "refused") and (
+            bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
         # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
         # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
         # handler and may land mid-record: after it the last periodic checkpoint stands.
-        if resumable and d is not None and d.journal is not None and d.fd >= 0 and code == "protocol":
+        if resumable and d is not None and d.journal is not None and d.image is not None and code == "protocol":
             try:
-                d.journal.checkpoint(d.fd, d.tree, d.data_bytes_before + d.counts["data_bytes"])
+                d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
             except OSError as e:
                 log.error("last checkpoint of disk %s failed: %s", d.name, e)
         self.close_journals()
         self.close_disk()
         if resumable:
             # The journals vouch for what is held: keep it for `coldclone capture --resume`.
-            # Only temp files (a conversion cut short) go.
+            # Only temp files (a --keep-raw copy cut short) go.
             for name in self.files:
                 if name.endswith(".tmp"):
                     cap.unlink(name)
@@ -666,12 +749,13 @@ class CaptureSink(_Sink):
                 except (OSError, ServerError) as e:
                     log.error("could not remove %s: %s", name, e)
             J.remove_all(cap)
-        record = {"status": "failed", "code": code, "error": message, "capture_id": cap.capture_id,
-                  "started": self.rx.started, "failed": _now(),
-                  "disks_verified": [d.name for d in self.disks],
-                  "resumable": resumable, "held": held}
+        record = FailureRecord(code=code, error=message, capture_id=cap.capture_id, started=self.rx.started,
+                               failed=_now(), disks_verified=[d.name for d in self.disks],
+                               resumable=resumable, held=held,
+                               # what status shows of a capture whose journals are gone
+                               **self.capture_facts())
         try:
-            cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+            cap.write_atomic(FAILURE, records.dumps(record, indent=2).encode() + b"\n")
         except OSError as e:
             log.error("could not write failure.json: %s", e)
         cap.unlock()
@@ -713,21 +797,24 @@ class ProbeSink(_Sink):
                      ", ".join(unfinished) or "none")
         else:
             log.info("calibration probe into %s (nothing is kept)", store.root)
+        load = server_load(rx.forced_root, bwlimit=rx.bwlimit, max_conversions=rx.max_conversions)
         rx.say(P.Reply(P.Event.READY, capture_id=None, path=store.root, probe=True,
-                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished))
+                       receiver_version=__version__, protocol=P.VERSION, unfinished=unfinished,
+                       load=load.to_json()))
 
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if h.resume_from:
             raise P.ProtocolError("a calibration probe cannot resume")
         self.t0 = time.monotonic()
-        return DiskState(h, os.dup(self.fd), h.name + ".raw", P.BlockTree(h.size, h.block_size))
+        return DiskState(h, RawImage(os.dup(self.fd), "the probe's file"), h.name + ".raw",
+                         P.BlockTree(h.size, h.block_size))
 
     def written(self, d: DiskState) -> None:
         if d.counts["data_bytes"] - self.synced >= PROBE_SYNC_BYTES:
             # The page cache would take a short probe at memory speed: sync as we go, so the
             # probe measures what the disk sustains over a whole capture.
             t = time.monotonic()
-            os.fdatasync(d.fd)
+            d.image.flush()
             self.sync_seconds += time.monotonic() - t
             self.synced = d.counts["data_bytes"]
 
@@ -737,14 +824,14 @@ class ProbeSink(_Sink):
         if d is None or self.t0 is None:
             raise P.ProtocolError("probe FINISH without a DISK")
         t = time.monotonic()
-        os.fsync(d.fd)
+        os.fsync(d.image.fd)
         self.sync_seconds += time.monotonic() - t
         seconds = time.monotonic() - self.t0
         # Read back and hash what was written, as END does for a capture: its rate feeds the
         # estimate of the time the server verifies and converts after the last byte.
         t, off = time.monotonic(), 0
         while off < d.tree.pos:
-            buf = os.pread(d.fd, min(P.DEFAULT_CHUNK_SIZE, d.tree.pos - off), off)
+            buf = d.image.pread(min(P.DEFAULT_CHUNK_SIZE, d.tree.pos - off), off)
             if not buf:
                 break
             P.block_digests(buf, d.header.block_size)
@@ -770,12 +857,15 @@ class Receiver:
     """The record loop: preamble, HELLO (which picks the sink), then records to the sink."""
 
     def __init__(self, root: str, out: BinaryIO, requested_root: str | None = None, keep_raw: bool = False,
-                 convert: bool = False):
+                 convert: bool = False, bwlimit: int | None = None, max_conversions: int | None = None):
         self.forced_root = root
         self.requested_root = requested_root
         self.out = out
         self.keep_raw = keep_raw
         self.convert = convert        # a conversion is queued after a complete capture (--convert)
+        # told to agents that ask where to capture (READY.load): this server's caps
+        self.bwlimit = bwlimit
+        self.max_conversions = max_conversions
         self.sink: _Sink | None = None
         self.started = _now()
         self.t0 = time.monotonic()

@@ -34,13 +34,6 @@ FAILURE = "failure.json"
 # coldclone-convert writes <disk>.kvm.qcow2 beside each verified <disk>.qcow2; named here, in the
 # package the converter builds on, so the receiver can tell the agent where they will be.
 CONVERTED_SUFFIX = ".kvm.qcow2"
-# coldclone-convert's engines (agent.server.convert.model.Engine, which a unit test keeps equal), for
-# coldclone-receive --convert-engine: the receiver starts the converter as a command and may not
-# import it (the layers in .importlinter)
-CONVERT_ENGINES = ("virt-v2v", "fixups")
-# and its --network policies (agent.server.convert.model.NetworkPolicy, kept equal the same way;
-# the first is the default)
-NETWORK_POLICIES = ("dhcp", "keep")
 # What a capture directory holds, by name or suffix: never a capture id.
 RESERVED_NAMES = (MANIFEST, FAILURE)
 RESERVED_SUFFIXES = (PARTIAL, ".raw", ".qcow2", ".tmp", ".json", ".lock", ".journal")
@@ -53,6 +46,27 @@ def validate_name(name: object, what: str) -> str:
             f"must not start with '.' or contain '..', at most 128 characters",
             code="bad_name",
         )
+    return name
+
+
+def validate_disk_name(name: object) -> str:
+    """A disk name from the wire: a valid name with no '.' in it.
+
+    The receiver and coldclone-convert name a disk's files `<disk>` + a suffix that starts with
+    '.' (<disk>.raw, <disk>.qcow2, <disk>.journal, .<disk>.qcow2.tmp, <disk>.kvm.qcow2). With no
+    '.' in a disk name, the part before the first '.' of any such file name is its disk, so
+    no name derived from one disk can be another disk's name or a name derived from it: a disk
+    `sda.kvm` would have its verified image at sda.kvm.qcow2, where disk sda's converted image
+    goes. The capture files that are no disk's (manifest.json, failure.json, conversion.log
+    ...) hold a '.' too, so no disk name is one of them either. Kernel names have no '.', and
+    the agent's stream names (devnames.stream_name) never do."""
+    name = validate_name(name, "disk name")
+    if "." in name:
+        raise ServerError(
+            f"refused disk name {name!r}: a disk name may not contain '.': the server names the disk's "
+            f"files <disk>.raw, <disk>.qcow2, <disk>.journal and <disk>.kvm.qcow2, and a dotted "
+            f"name would take another disk's ({name.split('.', 1)[0]}'s); name it with letters, "
+            f"digits, '_' and '-'", code="bad_name")
     return name
 
 
@@ -107,6 +121,12 @@ def resolve_root(forced_root: str, requested: str | None) -> str:
         if parent == d:
             return req
         d = parent
+
+
+def free_bytes(path: str) -> int:
+    """What an unprivileged writer may still put on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -189,6 +209,10 @@ class Store:
         refused with code `busy`, which a reconnecting agent retries."""
         validate_capture_id(capture_id)
         staging = capture_id + PARTIAL
+        if os.path.lexists(os.path.join(self.root, capture_id, MANIFEST)):
+            raise ServerError(f"capture {capture_id} is already complete in {self.root} ({capture_id}, "
+                              f"its manifest.json lists every verified disk): nothing to resume; start a "
+                              f"new capture (a new id) to capture again", code="exists")
         try:
             st = os.stat(staging, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:

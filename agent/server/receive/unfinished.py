@@ -17,13 +17,16 @@ else a failed one with its files removed. A live one is never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import hashlib
 import os
+import stat
 from dataclasses import dataclass
 
 from ... import protocol as P
-from ...errors import ServerError
+from ...errors import ColdcloneError, ServerError
+from ...manifest import MANIFEST, Manifest
+from . import identity
 from . import journal as J
 from .store import FAILURE, LOCK, PARTIAL, CaptureDir, Store
 
@@ -36,17 +39,28 @@ class PartialState:
     detail: str
 
 
-def _partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
+def partial_state(root_fd: int, root: str, name: str) -> tuple[PartialState, int | None]:
     """What a `.partial` is, and (for a dead one) the lock's fd still held by us."""
     path = os.path.join(root, name)
     dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
     try:
         try:
-            lfd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            # never through a link, never a directory: a receiver only ever made a plain file here
+            lfd = os.open(LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
         except FileNotFoundError:
             if os.path.lexists(os.path.join(path, FAILURE)):
                 return PartialState(path, "failed", None, "failed; failure.json tells why"), None
             return PartialState(path, "unknown", None, "no lock and no failure.json (an older receiver?)"), None
+        except OSError as e:
+            return PartialState(path, "unknown", None, (
+                f"its lock {LOCK} is not a file a receiver made ({e.strerror}: a symlink or a directory "
+                f"put there by someone else); not followed, left as it is: look at it, then remove the "
+                f"directory by hand")), None
+        if not stat.S_ISREG(os.fstat(lfd).st_mode):
+            os.close(lfd)
+            return PartialState(path, "unknown", None, (
+                f"its lock {LOCK} is not a regular file; left as it is: look at it, then remove the "
+                f"directory by hand")), None
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,52 +87,23 @@ def _open(store: Store, name: str) -> CaptureDir:
     return CaptureDir(store, name[:-len(PARTIAL)], name, dfd)
 
 
-def _identity(h: P.DiskHeader) -> P.DiskIdentity:
-    """A journaled disk as the agent described it in its DISK header (capture.source.SourceDisk facts)."""
-    f = P.JsonFields(h.source, f"disk {h.name!r:.40} source")
-    try:
-        return P.DiskIdentity.of(h.name, h.size, serial=f.str("serial"), wwid=f.str("wwid"))
-    except P.ProtocolError:
-        return P.DiskIdentity(h.name, h.size)
-
-
-def _match(journals: dict[str, J.DiskJournal], wanted: tuple[P.DiskIdentity, ...]
-           ) -> tuple[str | None, list[tuple[J.DiskJournal, P.DiskIdentity]]]:
-    """The weakest disk match when every journaled disk is one of `wanted` (else None), and which
-    of `wanted` each journaled disk is."""
-    strength, pairs = None, []
+def _match(journals: dict[str, J.DiskJournal], wanted: tuple[P.DiskIdentity, ...]) -> str | None:
+    """The weakest disk match when every journaled disk is proven to be one of `wanted`
+    (receive/identity.py: the identity, the recorded head, real evidence), else None."""
+    strength = None
     for j in journals.values():
-        ident = _identity(j.header)
-        how, w = next(((m, w) for w in wanted if (m := w.matched_by(ident))), (None, None))
+        held = identity.recorded(j.header)
+        how = next((m for w in wanted if (m := held.matched_by(w)) and identity.mismatch(held, w) is None), None)
         if how is None:
-            return None, []
-        pairs.append((j, w))
+            return None
         if strength is None or how == P.DiskIdentity.WEAK:
             strength = how
-    return strength, pairs
+    return strength
 
 
-def _heads_agree(cap: CaptureDir, pairs: list[tuple[J.DiskJournal, P.DiskIdentity]]) -> bool | None:
-    """Whether the first bytes held of each disk are the agent's (DiskIdentity.head): False when one
-    differs, None when no disk could be checked (nothing held that far yet, a disk already verified
-    and converted, or mode=used, whose free blocks near the start may be holes here)."""
-    agree = None
-    for j, w in pairs:
-        n = min(P.DiskIdentity.HEAD_BYTES, j.header.size)
-        if not w.head or j.complete is not None or j.held < n or j.header.mode == "used":
-            continue
-        try:
-            fd = os.open(j.header.name + ".raw", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
-        except OSError:
-            continue
-        try:
-            data = os.pread(fd, n, 0)
-        finally:
-            os.close(fd)
-        if hashlib.sha256(data).hexdigest() != w.head:
-            return False
-        agree = True
-    return agree
+def _listed(h: P.DiskHeader) -> P.DiskIdentity:
+    """A held disk as a lookup names it: without its head (the agent has its own)."""
+    return dataclasses.replace(identity.recorded(h), head="")
 
 
 def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unfinished]:
@@ -132,7 +117,7 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
     try:
         for name in _partials(store):
             try:
-                st, lfd = _partial_state(store.fd, store.root, name)
+                st, lfd = partial_state(store.fd, store.root, name)
             except OSError:
                 continue
             if lfd is not None:
@@ -143,19 +128,16 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
             try:
                 journals = J.load_all(cap)
                 updated = max((os.stat(j.name, dir_fd=cap.fd).st_mtime for j in journals.values()), default=0.0)
-                how, pairs = _match(journals, wanted) if journals else (None, [])
-                heads = _heads_agree(cap, pairs) if how is not None else None
+                how = _match(journals, wanted) if journals else None
             except (ServerError, OSError):
                 continue
             finally:
                 cap.close()
-            # Listed when the disks match and what is held of them starts with the agent's bytes;
-            # where nothing could be checked, only a match by WWID/serial (no name-and-size guess).
-            if how is None or heads is False or (heads is None and how == P.DiskIdentity.WEAK):
+            if how is None:
                 continue
             out.append(P.Unfinished(
                 capture_id=cap.capture_id, updated=round(updated, 3), matched_by=how, live=st.state == "live",
-                disks=tuple(P.UnfinishedDisk(_identity(j.header), j.held, j.complete is not None)
+                disks=tuple(P.UnfinishedDisk(_listed(j.header), j.held, j.complete is not None)
                             for j in journals.values())))
     finally:
         store.close()
@@ -175,39 +157,89 @@ def gc(root: str, clean: bool = True) -> list[PartialState]:
 
 
 def _gc_one(store: Store, name: str, clean: bool) -> PartialState:
-    st, lfd = _partial_state(store.fd, store.root, name)
+    st, lfd = partial_state(store.fd, store.root, name)
     try:
         if st.state != "dead" or not clean:
             return st
         cap = _open(store, name)
         try:
-            try:
-                held = {n: j.held for n, j in J.load_all(cap).items()}
-            except ServerError:
-                held = {}    # a damaged journal vouches for nothing: the capture cannot be resumed
-            record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id,
-                      "error": f"the receiver (pid {st.pid}) died without finishing; found by "
-                               f"coldclone-receive --gc"}
-            if any(held.values()):
-                # What a cut session leaves (receiver.CaptureSink.fail): the held bytes stay for
-                # `coldclone capture --resume ID`, and the operator decides when to drop them.
-                record.update(resumable=True, held=held)
-                detail = (f"{st.detail}; resumable: {sum(held.values())} bytes held "
-                          f"({', '.join(f'{n} {b}' for n, b in held.items())}); failure.json written, "
-                          f"resume with coldclone capture --resume {cap.capture_id} or remove the directory")
-            else:
-                removed = []
-                for f in sorted(os.listdir(cap.fd)):
-                    if f not in (LOCK, FAILURE):
-                        os.unlink(f, dir_fd=cap.fd)
-                        removed.append(f)
-                record.update(resumable=False, removed=removed)
-                detail = f"{st.detail}; cleaned: {', '.join(removed) or 'nothing'} removed, failure.json written"
-            cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
-            os.unlink(LOCK, dir_fd=cap.fd)
+            detail = _end_dead(store, cap, st)
         finally:
             cap.close()
         return PartialState(st.path, "dead", st.pid, detail)
     finally:
         if lfd is not None:
             os.close(lfd)
+
+
+def _end_dead(store: Store, cap: CaptureDir, st: PartialState) -> str:
+    """What its receiver would have done had it lived: finish a capture whose FINISH had written
+    the manifest, keep one whose journals hold data resumable, clean one that holds nothing.
+    Never deletes what a journal vouches for as verified, never follows a link, never descends."""
+    names = sorted(os.listdir(cap.fd))
+    if MANIFEST in names and not os.path.lexists(cap.final_path):
+        # FINISH had verified every disk and written manifest.json: only the rename was left.
+        try:
+            manifest = Manifest.from_dict(P.loads_object(_read(cap, MANIFEST), MANIFEST), MANIFEST)
+            missing = [d.image for d in manifest.disks if not _is_file(cap, d.image)]
+        except (ColdcloneError, P.ProtocolError, OSError):
+            manifest, missing = None, ["(manifest.json unreadable)"]
+        if manifest is not None and manifest.status == "complete" and not missing:
+            os.unlink(LOCK, dir_fd=cap.fd)
+            path = cap.complete()
+            gone = J.remove_all(cap)
+            return (f"{st.detail} after it had verified every disk and written manifest.json; finished: "
+                    f"renamed to {path}" + (f" (resume journals removed: {', '.join(gone)})" if gone else ""))
+    try:
+        held, damaged = {n: j.held for n, j in J.load_all(cap).items()}, None
+    except ServerError as e:
+        held, damaged = {}, str(e)
+    record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id,
+              "error": f"the receiver (pid {st.pid}) died without finishing; found by coldclone-receive --gc"}
+    if any(held.values()) or damaged:
+        # What a cut session leaves (receiver.CaptureSink.fail): the held bytes stay for
+        # `coldclone capture --resume ID`, and the operator decides when to drop them. A journal
+        # that cannot be read vouches for nothing, but it may sit beside verified images: nothing
+        # is deleted on a guess.
+        record.update(resumable=bool(held) and not damaged, held=held)
+        if damaged:
+            record["journal_error"] = damaged
+            detail = (f"{st.detail}; a resume journal cannot be read ({damaged}); nothing removed, "
+                      f"failure.json written: look at it, then remove the directory by hand")
+        else:
+            detail = (f"{st.detail}; resumable: {sum(held.values())} bytes held "
+                      f"({', '.join(f'{n} {b}' for n, b in held.items())}); failure.json written, "
+                      f"resume with coldclone capture --resume {cap.capture_id} or remove the directory")
+    else:
+        removed, left = [], []
+        for f in names:
+            if f in (LOCK, FAILURE):
+                continue
+            if stat.S_ISDIR(os.stat(f, dir_fd=cap.fd, follow_symlinks=False).st_mode):
+                left.append(f + "/")     # no receiver makes directories: not ours to remove
+                continue
+            os.unlink(f, dir_fd=cap.fd)  # a symlink goes itself, never what it points to
+            removed.append(f)
+        record.update(resumable=False, removed=removed)
+        detail = f"{st.detail}; cleaned: {', '.join(removed) or 'nothing'} removed, failure.json written"
+        if left:
+            record["left"] = left
+            detail += f"; left {', '.join(left)} (not made by a receiver: remove it by hand)"
+    cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+    os.unlink(LOCK, dir_fd=cap.fd)
+    return detail
+
+
+def _is_file(cap: CaptureDir, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=cap.fd, follow_symlinks=False).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _read(cap: CaptureDir, name: str, limit: int = 64 << 20) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

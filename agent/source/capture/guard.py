@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import stat
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from ... import devnames
+from ... import devnames, records
 from ...errors import SourceError
 
 log = logging.getLogger("coldclone.guard")
@@ -151,15 +150,6 @@ class GuardRecord:
     was_ro: bool
     owners: list[Owner] = field(default_factory=list)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "GuardRecord":
-        d = json.loads(text)
-        return cls(dev=str(d["dev"]), devno=str(d["devno"]), was_ro=bool(d["was_ro"]),
-                   owners=[Owner(int(o["pid"]), int(o["start"])) for o in d["owners"]])
-
 
 class Registry:
     """The records in guard_dir; every read-modify-write happens under one flock."""
@@ -183,7 +173,7 @@ class Registry:
     def load(self, num: str) -> GuardRecord | None:
         try:
             with open(self._path(num)) as f:
-                return GuardRecord.from_json(f.read())
+                return records.loads(f.read(), GuardRecord, self._path(num))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -195,7 +185,7 @@ class Registry:
     def save(self, rec: GuardRecord) -> None:
         tmp = self._path(rec.devno) + ".tmp"
         with open(tmp, "w") as f:
-            f.write(rec.to_json())
+            f.write(records.dumps(rec, indent=1) + "\n")
         os.replace(tmp, self._path(rec.devno))
 
     def remove(self, num: str) -> None:
@@ -246,6 +236,13 @@ def _restore(rec: GuardRecord, why: str) -> str:
     if rec.was_ro:
         return f"{rec.dev} left read-only (it was read-only before){why}"
     return f"{rec.dev} restored to read-write{why}"
+
+
+def _tree_text(dev: str, members: list[str]) -> str:
+    """A guarded tree in one phrase: /dev/sda1: 3 devices (sda, sda1, sda2)."""
+    names = [os.path.basename(m) for m in members]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"{dev}: {len(names)} device{'s' if len(names) != 1 else ''} ({shown})"
 
 
 def release_stale(guard_dir: str = GUARD_DIR) -> list[str]:
@@ -308,6 +305,7 @@ class ReadOnlyGuard:
                     num = "%d:%d" % devno(path)
                     rec = reg.load(num) or GuardRecord(path, num, self._state(path))
                     recs.append(rec)
+                shared: dict[str, list[int]] = {}
                 for rec in recs:
                     self._guard_one(rec)
                     others = sorted({o.pid for o in rec.owners})
@@ -315,11 +313,24 @@ class ReadOnlyGuard:
                     reg.save(rec)
                     self._held.append(rec)
                     if others:
-                        log.info("%s read-only (shared with coldclone pid %s)", rec.dev,
-                                 ", ".join(map(str, others)))
+                        shared[rec.dev] = others
+                        log.debug("%s read-only (shared with coldclone pid %s)", rec.dev,
+                                  ", ".join(map(str, others)))
                     else:
-                        log.info("%s set read-only in the kernel (was %s)", rec.dev,
-                                 "ro" if rec.was_ro else "rw")
+                        log.debug("%s set read-only in the kernel (was %s)", rec.dev,
+                                  "ro" if rec.was_ro else "rw")
+                # One line per disk tree at the default level (each device's at -v); none for a
+                # tree this process holds already (the inspection mounts one filesystem inside
+                # another: the outer guard said it).
+                for dev, members in self._trees().items():
+                    pids = sorted({p for m in members for p in shared.get(m, [])} - {me.pid})
+                    if all(me.pid in shared.get(m, []) for m in members):
+                        continue
+                    was_rw = [r for r in recs if r.dev in members and not r.was_ro and r.dev not in shared]
+                    how = (f"shared with coldclone pid {', '.join(map(str, pids))}" if pids else
+                           "were read-write" if len(was_rw) == len(members) else
+                           "were read-only already" if not was_rw else f"{len(was_rw)} were read-write")
+                    log.info("%s set read-only in the kernel (%s)", _tree_text(dev, members), how)
         except BaseException:
             self.release()
             raise
@@ -374,8 +385,21 @@ class ReadOnlyGuard:
         if not now:
             raise SourceError(f"{rec.dev} did not become read-only (BLKROSET ignored); refusing to continue")
 
+    def _trees(self) -> dict[str, list[str]]:
+        """Each named device and the held devices of its tree (the disk first)."""
+        held = [r.dev for r in self._held]
+        trees = {}
+        for dev in self.devices:
+            members = [d for d in device_tree([dev]) if d in held]
+            if members:
+                trees[dev] = members
+        return trees
+
     def release(self) -> None:
         if self._held:
+            trees = self._trees()
+            stays: dict[str, list[str]] = {}
+            failed: dict[str, str] = {}
             reg = Registry(self.guard_dir)
             me = Owner.me()
             with reg.locked():
@@ -392,11 +416,26 @@ class ReadOnlyGuard:
                     if live:
                         rec.owners = live
                         reg.save(rec)
-                        log.info("%s stays read-only: still used by coldclone pid %s", rec.dev,
-                                 ", ".join(sorted({str(o.pid) for o in live})))
+                        stays[rec.dev] = sorted({str(o.pid) for o in live})
+                        # another capture holding it is not the usual case: said per device
+                        log.log(logging.INFO if any(o.pid != me.pid for o in live) else logging.DEBUG,
+                                "%s stays read-only: still used by coldclone pid %s", rec.dev,
+                                ", ".join(stays[rec.dev]))
                         continue
-                    log.info("%s", _restore(rec, ""))
+                    line = _restore(rec, "")
+                    log.debug("%s", line)
+                    if "could not restore" in line:
+                        failed[rec.dev] = line      # (_restore warned already)
                     reg.remove(rec.devno)
+            for dev, members in trees.items():
+                done = [m for m in members if m not in stays]
+                if not done:
+                    continue        # still held (by an outer guard of this process, or another capture)
+                bad = [m for m in done if m in failed]
+                what = _tree_text(dev, done) + ("" if len(done) == len(members) else
+                                                f" ({len(members) - len(done)} more stay read-only)")
+                log.info("%s %s", what, f"restored but for {', '.join(bad)} (see the warning)" if bad else
+                         "back to the read-only state they had before")
         while self._locks:
             os.close(self._locks.pop())   # closing drops the flock
 

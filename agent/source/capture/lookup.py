@@ -12,14 +12,11 @@ sent (capture/resume.py), so even a wrong pick cannot splice two disks into one 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import os
 import time
+from dataclasses import dataclass
 
 from ... import __version__
 from ... import protocol as P
-from ...errors import SourceError
 from ..transport.base import Connection
 from ...units import human_bytes, human_minutes
 from .session import _Replies   # the capture's own reply handling
@@ -31,25 +28,24 @@ LOOKUP_TIMEOUT = 60.0
 def identities(paths: list[str]) -> tuple[P.DiskIdentity, ...]:
     """Each disk's identity with the digest of its first bytes (read-only, before any guard: a
     plain read of 64 KiB), which the receiver checks against what it holds of the disk."""
-    out = []
-    for path in paths:
-        src = probe(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                head = os.pread(fd, min(P.DiskIdentity.HEAD_BYTES, src.size), 0)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise SourceError(f"cannot read the first bytes of {path}: {e.strerror}") from None
-        out.append(dataclasses.replace(src.identity(), head=hashlib.sha256(head).hexdigest()))
-    return tuple(out)
+    return tuple(probe(path).read_head().identity() for path in paths)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one lookup session learnt of a server."""
+    unfinished: list[P.Unfinished]
+    load: P.ServerLoad | None       # None: a receiver that predates waves does not say
 
 
 def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
     """The unfinished captures of these disks on the server, newest first (an empty list from a
     receiver that predates lookups: it ignores the question)."""
-    wanted = identities(paths)
+    return ask(connect, identities(paths)).unfinished
+
+
+def ask(connect, wanted: tuple[P.DiskIdentity, ...]) -> Answer:
+    """One lookup session: the server's unfinished captures of these disks and how busy it is."""
     conn: Connection = connect()
     replies = _Replies(conn)
     writer = P.StreamWriter(conn.send)
@@ -58,6 +54,7 @@ def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
                              disks=tuple(d.name for d in wanted), unfinished_of=wanted))
         ready = replies.wait_for((P.Event.READY,), timeout=LOOKUP_TIMEOUT)
         found = P.decode_unfinished(ready.unfinished)
+        load = P.ServerLoad.decode(ready.load)
         writer.abort("lookup done")
         conn.close_write()
         replies.drain(timeout=10)
@@ -65,7 +62,7 @@ def find_unfinished(connect, paths: list[str]) -> list[P.Unfinished]:
         raise replies.after_send_failure(e) from None
     finally:
         conn.close()
-    return found
+    return Answer(found, load)
 
 
 def to_take(found: list[P.Unfinished]) -> P.Unfinished | None:

@@ -14,11 +14,12 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ... import __version__
 from ... import protocol as P
+from ...bwlimit import TokenBucket, paced
 from ...errors import (
     EXIT_OK,
     EXIT_UNREADABLE,
@@ -28,7 +29,13 @@ from ...errors import (
     ServerError,
     UsageError,
 )
-from ...manifest import Manifest, ManifestDisk
+from ... import records
+from ...estimate_model import CaptureEstimate
+from ...guestos.report import ReadinessReport
+from ...manifest import Manifest, ManifestDisk, PublishRecord
+from ...units import human_bytes as hb
+from ...units import human_rate
+from ...units import human_seconds as hs
 from ..transport.base import Connection
 from . import events as E
 from . import inuse
@@ -65,6 +72,7 @@ class CaptureResult:
     total_size: int
     # where the receiver's queued conversion will write the KVM images (empty: no conversion)
     converted_images: tuple[str, ...] = ()
+    publish: PublishRecord | None = None    # the Glance image, when the server published it already
 
     @property
     def disks(self) -> list[ManifestDisk]:
@@ -95,6 +103,42 @@ class CaptureResult:
                  + ("s" if len(self.converted_images) > 1 else "") + " will be:"]
                 + [f"  {p}" for p in self.converted_images]
                 + ["  (its result, every fix applied: the `conversion` section of manifest.json there)"])
+
+    def summary_lines(self, estimate: CaptureEstimate | None = None) -> list[str]:
+        """The one result summary: the console's last lines and the TUI's Done screen; with the
+        estimate, its total against the time taken (and its caveat, when it has one)."""
+        predicted_seconds = estimate.total_seconds if estimate is not None else None
+        el = max(self.elapsed, 1e-9)
+        out = [f"capture {self.capture_id} complete in {hs(self.elapsed)} ({self.elapsed:.1f} s): {self.verdict()}",
+               f"  where:   {self.location}",
+               f"  read:    {hb(self.bytes_read)} at {human_rate(self.bytes_read / el)} MB/s",
+               f"  wire:    {hb(self.wire_bytes)} ({100.0 * self.wire_bytes / max(self.total_size, 1):.1f}% "
+               f"of {hb(self.total_size)}), skipped {hb(self.zero_bytes)} of zeros"]
+        if predicted_seconds:
+            # The estimate is made before the server says what it holds: for the whole capture.
+            held = sum(d.resume.resumed_from for d in self.disks if d.resume and not d.resume.restarted)
+            tail = f"; {hb(held)} were held from an earlier attempt" if held else ""
+            tail += f"; {estimate.caveat}" if estimate.caveat else ""
+            out.append(f"  estimate: {predicted_seconds:.1f} s predicted, {self.elapsed:.1f} s actual "
+                       f"({100.0 * (self.elapsed - predicted_seconds) / predicted_seconds:+.0f}%{tail})")
+        for d in self.disks:
+            out.append(f"  {d.name}: {d.image}, digest {d.digest[:16]}...")
+            out.append(f"    verified: {', '.join(d.verified.proven()) or 'nothing'}")
+            bad = d.unreadable
+            if bad.sectors:
+                shown = ", ".join(f"{r.start_sector}+{r.sectors}" for r in bad.ranges[:8])
+                more = f" and {len(bad.ranges) - 8} more ranges" if len(bad.ranges) > 8 else ""
+                out.append(f"  {d.name}: {bad.sectors} UNREADABLE sectors of {bad.sector_size} bytes in "
+                           f"{len(bad.ranges)} ranges (zeros in the image; start+count: {shown}{more}; "
+                           f"manifest.json lists them all)")
+        out += [f"  {line}" for line in self.conversion_lines()]
+        boot = self.publish.boot if self.publish is not None else None
+        if boot is not None:
+            out.append(f"  published to Glance ({self.publish.cloud}): image {boot.image_id}")
+            out.append(f"    the {boot.image_kind} image, checksum {boot.checksum}")
+            for img in self.publish.data:
+                out.append(f"    data disk {img.disk}: image {img.image_id}")
+        return out
 
 
 class CaptureCancelled(CancelledError):
@@ -225,52 +269,65 @@ class _Replies:
             f"then capture again")
 
 
-def run_capture(
-    disk_paths: list[str],
-    connect: Callable[[], Connection],
-    opts: StreamOptions,
-    *,
-    capture_id: str | None = None,
-    image_format: str = "qcow2",
-    on_event: Callable[[object], None] = lambda e: None,
-    cancel: threading.Event | None = None,
-    source_facts: dict | None = None,
-    estimate: dict | None = None,
-    data_estimates: dict[str, int] | None = None,
-    allow_mounted: bool = False,
-    readiness=None,
-    resume: bool = False,
-    reconnect_seconds: float = 0.0,
-    stall_seconds: float = 120.0,
-) -> CaptureResult:
-    """Capture disk_paths. data_estimates: the estimate's non-zero bytes per source path, sent in
-    each DISK header so the receiver can refuse up front when its disk cannot hold them.
-    readiness: the ReadinessReport inspection made before the capture (manifest `readiness`).
-    resume: continue an unfinished capture of capture_id the receiver holds (agent.source.capture.resume
-    checks the source against it; what matches is not sent again). reconnect_seconds: after a
-    dropped session, reconnect and resume for at most this long (0: fail at once). stall_seconds:
-    data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
-    with resume), instead of waiting for TCP to give up (15 minutes and more)."""
+@dataclass
+class CaptureRequest:
+    """What one capture is asked to do: run_capture's one argument (the job, the TUI and the tests
+    build it). `connect` opens a session to the receiver (a Target's connect)."""
+
+    disks: list[str]                              # source paths
+    connect: Callable[[], Connection]
+    opts: StreamOptions = field(default_factory=StreamOptions)
+    capture_id: str | None = None                 # None: a new id
+    image_format: str = "qcow2"
+    source_facts: dict = field(default_factory=dict)   # for the manifest (the inventory ...)
+    # The pre-capture estimate (the manifest keeps it; its non-zero bytes per disk go in each DISK
+    # header so the receiver can refuse up front when its disk cannot hold them).
+    estimate: CaptureEstimate | None = None
+    readiness: ReadinessReport | None = None      # the inspection made before the capture
+    allow_mounted: bool = False                   # capture a source in use (the manifest says so)
+    # Continue an unfinished capture of capture_id the receiver holds (agent.source.capture.resume
+    # checks the source against it; what matches is not sent again).
+    resume: bool = False
+    reconnect_seconds: float = 0.0   # after a dropped session, reconnect and resume this long (0: fail)
+    # Data unacknowledged this long means the link is dead: the session is dropped (and reconnected,
+    # with resume), instead of waiting for TCP to give up (15 minutes and more).
+    stall_seconds: float = 120.0
+    wave: str | None = None                       # the label the manifest carries (coldclone.wave=)
+    # Bytes per second the stream may use on average: a token bucket over every session of the
+    # capture (coldclone.bwlimit=).
+    bwlimit: int | None = None
+    # Asked with a server's refusal (its disk is full): True when the next connect goes to another
+    # server (capture/placement.py), so the capture goes on there.
+    failover: Callable[[BaseException], bool] | None = None
+
+
+def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lambda e: None,
+                cancel: threading.Event | None = None) -> CaptureResult:
+    """Capture req.disks; every step is an event to `on_event`; `cancel` stops it at a record
+    boundary (the receiver discards the partial capture, or keeps it to resume)."""
+    opts, resume, estimate = req.opts, req.resume, req.estimate
+    wave, bwlimit, failover = req.wave, req.bwlimit, req.failover
+    data_estimates = {d.path: d.data_bytes for d in estimate.disks} if estimate is not None else {}
     opts.validate()
-    if not disk_paths:
+    if not req.disks:
         raise UsageError("no source disk given: name at least one with --disk /dev/X")
-    sources: list[SourceDisk] = [probe(p) for p in disk_paths]
+    sources: list[SourceDisk] = [probe(p) for p in req.disks]
     names = [s.name for s in sources]
     dups = {n for n in names if names.count(n) > 1}
     if dups:
         raise UsageError(f"disk {', '.join(sorted(dups))} named twice")
-    capture_id = capture_id or new_capture_id()
+    capture_id = req.capture_id or new_capture_id()
     total = sum(s.size for s in sources)
     t0 = time.monotonic()
     if cancel is not None and cancel.is_set():   # stopped before anything started
         raise CaptureCancelled("capture cancelled before it started", aborted_on_server=False)
-    what = "capture " + ", ".join(disk_paths)
+    what = "capture " + ", ".join(req.disks)
     tree = device_tree([s.path for s in sources])
     # Before the guard: setting a device read-only under a read-write mount would make the
     # running filesystem fail its own writes.
-    in_use = inuse.check(tree, what=what, allow=allow_mounted)
-    source_facts = dict(source_facts or {})
-    if allow_mounted:
+    in_use = inuse.check(tree, what=what, allow=req.allow_mounted)
+    source_facts = dict(req.source_facts)
+    if req.allow_mounted:
         # The manifest says the operator chose to capture a source that may be changing.
         source_facts["allow_mounted_source"] = {"in_use": [f.describe() for f in in_use]}
 
@@ -280,33 +337,38 @@ def run_capture(
         # read-write mount or write-open can start now).
         late = [f for f in inuse.scan(tree) if f not in in_use]
         if late:
-            inuse.check_found(late, what=what, allow=allow_mounted)
+            inuse.check_found(late, what=what, allow=req.allow_mounted)
             source_facts["allow_mounted_source"]["in_use"] += [f.describe() for f in late]
+        for s in sources:
+            s.read_head()    # the proof a resume gives the receiver (HELLO.identities, DISK source)
         sent = {"wire": 0}
         totals = DiskStats()
         if estimate is not None:
             try:
-                P.dumps(estimate)
+                records.dumps(estimate)
             except (TypeError, ValueError) as e:
                 # The estimate is advice for the manifest: one that is not strict JSON (NaN, an
                 # infinite rate) must not stop the capture.
                 log.warning("estimate left out of the manifest: %s", e)
                 estimate = None
-        hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=image_format,
+        hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=req.image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
-                        disks=tuple(names), estimate=estimate,
-                        readiness=readiness.to_dict() if readiness is not None else None, resume=resume)
+                        disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume,
+                        wave=wave, identities=tuple(s.identity() for s in sources))
+        bucket = TokenBucket(bwlimit) if bwlimit else None
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
             """One session: HELLO to COMPLETE; (final reply, capture location)."""
             replies = _Replies(conn)
-            conn.dead_link_after(stall_seconds)
+            conn.dead_link_after(req.stall_seconds)
             last_send = [time.monotonic()]
+
+            to_server = paced(conn.send, bucket) if bucket is not None else conn.send
 
             def send(data: bytes) -> None:
                 replies.poll()
                 try:
-                    conn.send(data)
+                    to_server(data)
                 except (BrokenPipeError, OSError, ValueError) as e:
                     raise replies.after_send_failure(e) from None
                 sent["wire"] += len(data)
@@ -341,7 +403,7 @@ def run_capture(
                         logical_sector_size=src.logical_sector_size,
                         physical_sector_size=src.physical_sector_size,
                         mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
-                        data_bytes_estimate=(data_estimates or {}).get(src.path),
+                        data_bytes_estimate=data_estimates.get(src.path),
                         resume_from=plan.start, restart_reason=plan.restart_reason))
 
                     def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
@@ -382,12 +444,12 @@ def run_capture(
             finally:
                 conn.close()
 
-        retry = _Reconnect(reconnect_seconds if resume else 0.0, cancel)
+        retry = _Reconnect(req.reconnect_seconds if resume else 0.0, cancel)
         while True:
             try:
-                conn = connect()
+                conn = req.connect()
             except ConnectionError_ as e:
-                # Only a reconnect retries a failed connect: the first one fails as before.
+                # Only a reconnect retries a failed req.connect: the first one fails as before.
                 if not retry.attempts or not retry.wait(e, on_event):
                     raise
                 continue
@@ -395,13 +457,15 @@ def run_capture(
                 final, location = attempt(conn, hello)
                 break
             except ColdcloneError as e:
-                if not _retryable(e) or not retry.wait(e, on_event):
+                # another server takes it at once when this one refused for lack of space
+                moved = failover is not None and failover(e)
+                if not moved and (not _retryable(e) or not retry.wait(e, on_event)):
                     raise
                 # The session that dropped may have delivered any part: ask what is held now.
                 hello = dataclasses.replace(hello, resume=True)
 
     try:
-        manifest = Manifest.from_dict(final.manifest or {}, "the receiver's manifest")
+        manifest = Manifest.load(final.manifest or {}, "the receiver's manifest")
     except ColdcloneError as e:
         raise ServerError(f"conversion server: capture {capture_id} completed, but its manifest in the "
                           f"reply is malformed ({e}); read manifest.json in {final.path or location}",
@@ -417,6 +481,7 @@ def run_capture(
         zero_bytes=totals.zero_bytes,
         total_size=total,
         converted_images=final.converted_images,
+        publish=PublishRecord.from_document(final.manifest),
     )
     on_event(E.CaptureFinished(result))
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import struct
@@ -32,13 +33,30 @@ class SourceDisk:
     serial: str = ""
     wwid: str = ""
     rotational: bool | None = None
+    # sha256 (hex) of the first 64 KiB (read_head): with the WWID and serial, what proves to a
+    # receiver that a resume comes from the server it holds this disk of (receive/identity.py)
+    head: str = ""
 
     def facts(self) -> dict:
         return asdict(self)
 
     def identity(self) -> P.DiskIdentity:
         """How a server recognises this disk in its resume journals (the DISK header's facts)."""
-        return P.DiskIdentity.of(self.name, self.size, serial=self.serial, wwid=self.wwid)
+        ident = P.DiskIdentity.of(self.name, self.size, serial=self.serial, wwid=self.wwid)
+        return P.DiskIdentity(ident.name, ident.size, ident.serial, ident.wwid, self.head)
+
+    def read_head(self) -> "SourceDisk":
+        """Fill in `head`: a plain read-only read of the first 64 KiB."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, min(P.DiskIdentity.HEAD_BYTES, self.size), 0)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SourceError(f"cannot read the first bytes of {self.path}: {e.strerror}") from None
+        self.head = hashlib.sha256(data).hexdigest()
+        return self
 
 
 def _ioctl_int(fd: int, req: int, fmt: str) -> int:

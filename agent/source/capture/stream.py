@@ -31,6 +31,7 @@ from ... import protocol as P
 from ...choices import CAPTURE_MODES as MODES
 from ...choices import OnReadError
 from ...errors import CancelledError, SourceError, UsageError
+from ...units import human_bytes
 from .badblocks import BadRange, DirectReader, MediumError, ReadRecovery, read_exact
 from .source import SourceDisk
 from .usedmap import Extent, UsedMap, plan_disk, whole_disk
@@ -81,7 +82,7 @@ class StreamOptions:
         if self.chunk_size < bs or self.chunk_size % bs or self.chunk_size > P.MAX_DATA:
             raise UsageError(
                 f"chunk size {self.chunk_size}: must be a multiple of the block size {bs} "
-                f"and at most {P.MAX_DATA >> 20} MiB"
+                f"and at most {human_bytes(P.MAX_DATA)}"
             )
         if self.codec not in ("zstd", "none"):
             raise UsageError(f"compression {self.codec!r}: choose zstd or none")

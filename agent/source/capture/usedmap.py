@@ -28,6 +28,7 @@ from enum import Enum
 from ..discover.probe import parse_export, read_partition_table
 from ...errors import CommandError, SourceError
 from ...runcmd import run
+from ...units import human_bytes
 from . import lvmmeta
 
 log = logging.getLogger("coldclone.usedmap")
@@ -301,7 +302,7 @@ def _map_area(path: str, fd: int, area: AreaMap, out: list[Interval], areas: lis
             pv = lvmmeta.read_pv(fd, start)
         except (SourceError, OSError) as e:
             return fall_back(f"LVM metadata unreadable: {e}")
-        area.notes.append(f"LVM PV of VG {pv.vg}: {pv.pe_count} extents of {pv.extent_size >> 20} MiB")
+        area.notes.append(f"LVM PV of VG {pv.vg}: {pv.pe_count} extents of {human_bytes(pv.extent_size)}")
         data_end = min(end, start + pv.extent_offset(pv.pe_count))
         for first, count in pv.free_extents():
             lo = start + pv.extent_offset(first)

@@ -21,6 +21,7 @@ from ..discover import populate, snapshot
 from ..discover.model import to_dict
 from ..discover.probe import NoProbes, Probes
 from ..discover.render import render
+from ... import records
 from ...errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..inspect.disk import inspect_disk
 
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         doc = to_dict(inv)
         if args.inspect:
-            doc["source_os"] = {name: (r.to_dict() if r else None) for name, r in reports.items()}
+            doc["source_os"] = {name: (records.encode(r) if r else None) for name, r in reports.items()}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

@@ -13,23 +13,24 @@ target replaces the table's link rate; it leaves nothing on the server.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from ..config import add_flags, config_from_args
 from ..discover.populate import discover
+from ... import records
 from ...errors import EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..estimate.plan import estimate_capture
 from ..job import cfg_password
 from ..transport.open import open_target
+from ...bwlimit import human_rate
 
 log = logging.getLogger("coldclone.estimate")
 
 
 # Flags shared with `coldclone capture` and the kernel command line keys (agent/config.py).
 ESTIMATE_FLAGS = ("server", "identity", "hostkey", "known_hosts", "password_env", "mode", "format",
-                  "workers", "calibrate", "timeout")
+                  "workers", "calibrate", "timeout", "bwlimit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _inventory(args):
+def _inventory(args, server: str | None):
     """Discovery, for the disks' links and the default disk set; optional when --disk is given."""
     target = None
-    if args.server and args.server.startswith("file://"):
-        target = args.server[len("file://"):]
+    if server and server.startswith("file://"):
+        target = server[len("file://"):]
     try:
         return discover(include_loop=args.include_loop or any("/loop" in d for d in args.disk), target=target)
     except Exception as e:  # discovery is a help here, not a must, when the disks are named
@@ -67,18 +68,21 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
     cfg = config_from_args(args)
+    # several --to: the estimate is for the first (a wave's servers are alike)
+    server = cfg.server[0] if cfg.server else None
     target = None
     try:
-        inv = _inventory(args)
+        inv = _inventory(args, server)
         connect = local_path = None
-        if cfg.server and cfg.calibrate > 0:
-            target = open_target(cfg.server, identity=cfg.identity, hostkey=cfg.hostkey,
+        if server and cfg.calibrate > 0:
+            target = open_target(server, identity=cfg.identity, hostkey=cfg.hostkey,
                                  known_hosts=cfg.known_hosts, password=cfg_password(cfg), timeout=cfg.timeout)
             connect, local_path = target.connect, target.local_path
         note = None if args.json else (lambda text: print(f"coldclone: {text}", file=sys.stderr, flush=True))
-        est = estimate_capture(inv, args.disk, cfg.server, cfg.mode, calibrate_seconds=cfg.calibrate,
+        est = estimate_capture(inv, args.disk, server, cfg.mode, calibrate_seconds=cfg.calibrate,
                                connect=connect, local_path=local_path, workers=cfg.workers,
-                               image_format=cfg.format, on_note=note)
+                               image_format=cfg.format, on_note=note, rate_cap=cfg.bwlimit,
+                               rate_cap_source=f"bwlimit={human_rate(cfg.bwlimit)}" if cfg.bwlimit else "")
     except ColdcloneError as e:
         print(f"coldclone: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -86,7 +90,7 @@ def main(argv: list[str]) -> int:
         if target is not None:
             target.close()
     if args.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(records.dumps(est, indent=2))
     else:
         for line in est.lines():
             print(line)

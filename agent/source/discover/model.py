@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from ... import devnames
+from ...manifest import SourceMachine
 
 # Values of Disk.transport; the estimator maps them to expected throughput.
 TRANSPORTS = ("sata", "sas", "scsi", "nvme", "virtio", "usb", "iscsi", "fc", "unknown")
@@ -261,6 +262,7 @@ class Inventory:
     iscsi_sessions: list[IscsiSession] = field(default_factory=list)
     multipaths: list[Multipath] = field(default_factory=list)
     nics: list[Nic] = field(default_factory=list)
+    machine: SourceMachine | None = None   # CPUs and memory (the launch plan's flavor follows them)
     live_medium: str | None = None    # the disk the live system booted from
     warnings: list[str] = field(default_factory=list)
     # Names in the operator's disks= that are no disk here (also said in warnings).

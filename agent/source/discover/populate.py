@@ -12,6 +12,7 @@ import os
 import re
 
 from ... import devnames
+from . import machine
 from . import mounts as mountsmod
 from . import rules
 from . import snapshot as snap
@@ -246,6 +247,7 @@ class Populator:
         inv.multipaths = self.group_paths(inv, disk_infos)
         inv.aliases = self.partition_aliases()
         inv.nics = self.nics()
+        inv.machine = machine.from_snapshot(self.snapshot.get("host"))
         inv.warnings = self.ctx.warnings
         return inv
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 import textwrap
 
 from .model import Disk, Inventory
+from ...units import human_bytes
 
 WIDTH = 80
-
-
-def human_size(n: int | None) -> str:
-    if not n:
-        return "0"
-    size = float(n)
-    for unit in ("B", "K", "M", "G", "T", "P"):
-        if size < 1024 or unit == "P":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return str(n)
 
 
 def clip(text: str | None, width: int) -> str:
@@ -33,7 +23,7 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
     ctrl = inv.controller(d.controller)
     ctrl_text = ctrl.driver if ctrl and ctrl.driver else (d.controller or "-")
     capture = "yes" if d.capture_default else "no"
-    lines = [f"{clip(d.name, 14):<14} {human_size(d.size):>7} {clip(d.transport, 7):<7} "
+    lines = [f"{clip(d.name, 14):<14} {human_bytes(d.size, short=True):>7} {clip(d.transport, 7):<7} "
              f"{clip(d.kind, 9):<9} {clip(d.model, 20):<20} {clip(ctrl_text, 12):<12} "
              f"{capture:<3}".rstrip()]
     if not d.capture_default and d.exclude_reason:
@@ -51,7 +41,7 @@ def _disk_lines(d: Disk, inv: Inventory) -> list[str]:
         for p in table.partitions:
             fs = p.filesystem
             lines.append(
-                f"    {p.number:>3} {human_size(p.start):>7} {human_size(p.size):>7} "
+                f"    {p.number:>3} {human_bytes(p.start, short=True):>7} {human_bytes(p.size, short=True):>7} "
                 f"{clip(p.type, 8):<8} {clip(fs.type if fs else '', 11):<11} "
                 f"{clip(fs.label if fs else '', 12):<12} {clip(','.join(p.flags), 14)}"
                 .rstrip())

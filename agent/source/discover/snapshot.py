@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import mounts, udevdb
+from . import machine, mounts, udevdb
 
 FORMAT = "coldclone-udev-snapshot/1"
 
@@ -23,6 +23,7 @@ def take() -> dict:
         "block": udevdb.block_devices(),
         "net": udevdb.net_devices(),
         "mounts": mounts.read_proc_mounts(),
+        "host": machine.read(),
     }
 
 

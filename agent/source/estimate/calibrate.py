@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from ... import __version__
 from ... import protocol as P
+from ...estimate_model import ProbeResult
 from ..capture.session import _Replies  # the same reply handling as a capture
 from ..capture.stream import StreamOptions, _Codec, _process
 from ...errors import ColdcloneError, ServerError
@@ -30,29 +30,6 @@ log = logging.getLogger("coldclone.estimate")
 # The probe's disk: large enough for any probe, sparse on the server (nothing is allocated
 # but what is written, and that goes away with the unnamed file).
 PROBE_DISK_SIZE = 1 << 40
-
-
-@dataclass
-class ProbeResult:
-    disk_bytes: int          # source bytes the probe's records stand for (zero blocks included)
-    wire_bytes: int          # stream bytes sent
-    data_bytes: int          # non-zero bytes among them
-    seconds: float           # first record processed -> receiver has it all verified and on disk
-    rate: float              # wire bytes/s end to end
-    disk_rate: float         # source bytes/s end to end (CPU, link and server together)
-    readback_rate: float | None   # bytes/s the receiver re-reads and hashes (post-capture verification)
-    receiver_seconds: float
-    cpu_seconds: float = 0.0      # this process's CPU (and a local receiver's) during the probe
-    sync_seconds: float = 0.0     # the receiver waiting for its disk (fdatasync); apart from the link
-    write_rate: float | None = None   # data bytes/s the target's disk took (written / sync wait)
-
-    def to_dict(self) -> dict:
-        return {"disk_bytes": self.disk_bytes, "wire_bytes": self.wire_bytes, "data_bytes": self.data_bytes,
-                "seconds": round(self.seconds, 3), "rate": round(self.rate), "disk_rate": round(self.disk_rate),
-                "readback_rate": round(self.readback_rate) if self.readback_rate else None,
-                "receiver_seconds": round(self.receiver_seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
-                "sync_seconds": round(self.sync_seconds, 3),
-                "write_rate": round(self.write_rate) if self.write_rate else None}
 
 
 def _fill(buffers: list, block_size: int) -> list:

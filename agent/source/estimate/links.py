@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...estimate_model import LinkEstimate
+
 MB = 1_000_000  # rates are in decimal MB/s, as link speeds and the field study are
 
 STUDY = "2015 field study (shared/DESIGN.md)"
@@ -61,26 +63,6 @@ TABLE: dict[str, LinkSpec] = {s.key: s for s in (
     _spec("esata", "e-SATA link", 384, 180, STUDY + ": 569 s per 100 GB"),
     _spec("nfs1g", "NFS over 1 GbE", 128, 100, STUDY + ": 1024 s per 100 GB"),
 )}
-
-
-@dataclass
-class LinkEstimate:
-    """The link a capture's bytes leave through, and the rate the estimate assumes for it."""
-
-    kind: str            # usb / sata / nfs / ssh / local / loopback
-    label: str           # "USB 2.0 link", "SSH over eth0 (1000 Mb/s)"
-    rate: float | None   # effective bytes/s; None: not a limit (loopback, local filesystem)
-    source: str          # where the figure comes from
-    name: str = ""       # usb port / ata port / interface
-
-    def describe(self) -> str:
-        if self.rate is None:
-            return self.label
-        return f"{self.label} (~{self.rate / MB:.0f} MB/s)"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "label": self.label, "rate": self.rate, "source": self.source,
-                "name": self.name}
 
 
 def from_table(key: str, kind: str, name: str = "", label: str | None = None) -> LinkEstimate:

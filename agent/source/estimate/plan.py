@@ -7,12 +7,12 @@ disk streams at the pace of its slowest stage:
     source read  ->  CPU (sha256, zstd)  ->  link to the target (+ the server taking it)
 
 and after its last byte the receiver finishes re-reading and hashing the image (it follows
-the stream, so one step of it is left), converts it to qcow2 and compares (it reads no more of
-the stream meanwhile, so that time adds up disk by disk). Per disk:
+the stream, so one step of it is left); it writes the qcow2 itself as the records come, so
+nothing after the last byte grows with the disk (it reads no more of the stream meanwhile, so
+that time adds up disk by disk). Per disk:
 
     seconds = max(size / read_rate, size * cpu_per_byte / workers, wire_bytes / link_rate)
-              + max(min(data_bytes, READBACK_STEP) / readback_rate, data_bytes / convert_rate)
-              + data_bytes / compare_rate (qcow2)
+              + min(data_bytes, READBACK_STEP) / readback_rate
 
 What the disk holds (share of non-zero blocks, compression, CPU per byte) is
 sampled; the read rate and the link rate come from the table in links.py
@@ -27,11 +27,12 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from ... import devnames
 from ... import protocol as P
+from ...estimate_model import (Alternative, Calibration, CaptureEstimate, DiskEstimate, LinkEstimate,
+                               ReadTiming)
 from ..capture.stream import StreamOptions
 from ..capture.usedmap import maps_are_reused, plan_disk
 from ...choices import CAPTURE_MODES as MODES
@@ -40,8 +41,6 @@ from ...errors import ColdcloneError, SourceError, UsageError
 from ...runcmd import run
 from ..transport.url import parse_target
 from ...units import human_bytes as hb
-from ...units import human_minutes
-from ...units import human_seconds as hs
 from . import links as L
 from .calibrate import probe_target
 from .sample import ContentSample, measure_read_rate, sample_content
@@ -50,136 +49,14 @@ log = logging.getLogger("coldclone.estimate")
 
 MB = L.MB
 
-# After the last byte of a disk the receiver reads its raw image back and hashes it while it
-# converts it to qcow2, then compares the two. Measured on the development machine (2 cores,
-# qemu-img 8, 512 MiB .. 800 MB of random data in a 2 GiB sparse raw, page cache warm): digest
-# 1.2 GB/s, compare 1.6-4 GB/s; convert 0.14-0.3 GB/s while the raw file was still fsynced
-# first, 0.73 GB/s (1.1 GB of file data) and 1.4 GB/s (193 MB) since a raw file that is
-# deleted after conversion is no longer synced (the receiver's end of the capture, perf work
-# of issue 15). The probe measures the read-back rate of the real server; convert is a table value.
+# After the last byte of a disk the receiver reads back the last step of its image (the read-back
+# follows the writes) and flushes it; the qcow2 is written directly (issue 21: no conversion, no
+# compare). Digest of a warm image measured at 1.2 GB/s on the development machine; the probe
+# measures the read-back rate of the real server.
 READBACK_RATE = 1200 * MB
-CONVERT_RATE = 500 * MB
-COMPARE_RATE = 2000 * MB
 # Once per capture: SSH handshake, read-only guard, the receiver's start, the verdict's round
 # trip (0.6-0.9 s measured here over a 50 MB/s link).
 SETUP_SECONDS = 1.0
-
-
-@dataclass
-class DiskEstimate:
-    path: str
-    name: str
-    size: int
-    bytes_to_read: int
-    bytes_to_send: int         # on the wire, after zero-skip and compression
-    data_bytes: int            # non-zero bytes (the receiver writes and verifies these)
-    seconds: float
-    bottleneck: str            # stage key: read / cpu / link / server
-    stages: dict = field(default_factory=dict)   # stage key -> seconds
-    nonzero_fraction: float = 0.0
-    compress_ratio: float = 1.0
-    read_rate: float = 0.0
-    read_rate_source: str = ""
-    sample: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "name": self.name, "size": self.size,
-                "bytes_to_read": self.bytes_to_read, "bytes_to_send": self.bytes_to_send,
-                "data_bytes": self.data_bytes, "seconds": round(self.seconds, 2),
-                "bottleneck": self.bottleneck, "stages": {k: round(v, 2) for k, v in self.stages.items()},
-                "nonzero_fraction": round(self.nonzero_fraction, 4),
-                "compress_ratio": round(self.compress_ratio, 4),
-                "read_rate": round(self.read_rate), "read_rate_source": self.read_rate_source,
-                "sample": self.sample}
-
-
-@dataclass
-class Alternative:
-    """The same capture over another kind of link: what the operator could choose instead."""
-
-    label: str
-    rate: float
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "rate": round(self.rate), "seconds": round(self.seconds, 1)}
-
-
-@dataclass
-class CaptureEstimate:
-    mode: str
-    target: str | None
-    link: L.LinkEstimate | None
-    link_rate: float | None      # bytes/s the estimate uses for the link (measured or from the table)
-    link_rate_source: str
-    disks: list[DiskEstimate]
-    total_seconds: float
-    finish_time: str             # local wall clock, ISO 8601
-    bottleneck: str              # "limited by USB 2.0 link (~25 MB/s)"
-    calibrated: bool = False
-    calibration: dict = field(default_factory=dict)
-    workers: int = 2
-    made_at: str = ""
-    alternatives: list[Alternative] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        """total_seconds, under the name the first sampler's Estimate used."""
-        return self.total_seconds
-
-    @property
-    def total_size(self) -> int:
-        return sum(d.size for d in self.disks)
-
-    @property
-    def bytes_to_send(self) -> int:
-        return sum(d.bytes_to_send for d in self.disks)
-
-    def lines(self) -> list[str]:
-        out = []
-        where = self.target or "no target given"
-        out.append(f"estimate for {len(self.disks)} disk(s), {hb(self.total_size)}, mode {self.mode}, to {where}")
-        for d in self.disks:
-            out.append(f"  {d.path}: {hb(d.size)}, ~{100 * d.nonzero_fraction:.0f}% non-zero, data compresses "
-                       f"to ~{100 * d.compress_ratio:.0f}%: read {hb(d.bytes_to_read)}, send ~{hb(d.bytes_to_send)}"
-                       f" -> {hs(d.seconds)} ({_stage_text(d.bottleneck)})")
-        if self.link is not None:
-            how = "measured" if self.calibrated and self.link_rate else "assumed"
-            rate = f", {how} ~{self.link_rate / MB:.0f} MB/s" if self.link_rate else ""
-            out.append(f"  link: {self.link.label}{rate} ({self.link_rate_source})")
-        out.append(f"downtime: ~{hs(self.total_seconds)} ({human_minutes(self.total_seconds)}), "
-                   f"{self.bottleneck}; done around {self.finish_time[11:16]}")
-        if not self.calibrated:
-            out.append("  (not calibrated: rates from the table in docs/estimate.md)")
-        if self.alternatives:
-            out.append("  the same capture over: " + "; ".join(
-                f"{a.label} ~{hs(a.seconds)}" for a in self.alternatives))
-        out.extend("  note: " + n for n in self.notes)
-        return out
-
-    def to_dict(self) -> dict:
-        return {
-            "mode": self.mode, "target": self.target,
-            "link": self.link.to_dict() if self.link else None,
-            "link_rate": round(self.link_rate) if self.link_rate else None,
-            "link_rate_source": self.link_rate_source,
-            "disks": [d.to_dict() for d in self.disks],
-            "total_size": self.total_size, "bytes_to_send": self.bytes_to_send,
-            "total_seconds": round(self.total_seconds, 1), "finish_time": self.finish_time,
-            "bottleneck": self.bottleneck, "calibrated": self.calibrated,
-            "calibration": self.calibration, "workers": self.workers, "made_at": self.made_at,
-            "alternatives": [a.to_dict() for a in self.alternatives], "notes": list(self.notes),
-        }
-
-
-STAGE_TEXT = {"read": "reading the source", "cpu": "hashing and compression (CPU)",
-              "link": "the link to the target", "write": "the target's disk",
-              "server": "the server verifying and converting"}
-
-
-def _stage_text(key: str) -> str:
-    return "limited by " + STAGE_TEXT.get(key, key)
 
 
 # ----------------------------------------------------------------- target link
@@ -226,7 +103,7 @@ def _disk_of_path(path: str) -> str | None:
     return os.path.basename(real)
 
 
-def target_link(target: str | None, inventory: Inventory | None = None, local_path: str | None = None) -> L.LinkEstimate | None:
+def target_link(target: str | None, inventory: Inventory | None = None, local_path: str | None = None) -> LinkEstimate | None:
     """Which link the capture's bytes leave through, for a target URL."""
     if not target:
         return None
@@ -234,7 +111,7 @@ def target_link(target: str | None, inventory: Inventory | None = None, local_pa
     if url.scheme in ("ssh", "nfs"):
         dev = _route_dev(url.host)
         if dev == "lo":
-            return L.LinkEstimate("loopback", f"{url.scheme.upper()} to this machine (loopback)", None,
+            return LinkEstimate("loopback", f"{url.scheme.upper()} to this machine (loopback)", None,
                                   "no link: the server is this machine")
         return L.nic_link(dev or "", _nic_speed(inventory, dev) if dev else None, url.scheme)
     path = local_path or url.path
@@ -247,7 +124,7 @@ def target_link(target: str | None, inventory: Inventory | None = None, local_pa
                 link.label = "e-SATA" + link.label[4:]
             return link
     what = f"/dev/{kname}" if kname else path
-    return L.LinkEstimate("local", f"local disk {what}", None, "no link limit known (the probe measures it)")
+    return LinkEstimate("local", f"local disk {what}", None, "no link limit known (the probe measures it)")
 
 
 # ------------------------------------------------------------------ the estimate
@@ -255,7 +132,8 @@ def target_link(target: str | None, inventory: Inventory | None = None, local_pa
 def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read_src: str,
               link_rate: float | None, readback_rate: float, workers: int, image_format: str,
               mode: str, pipe_rate: float | None = None, shared_cpu: float | None = None,
-              write_rate: float | None = None, map_seconds: float = 0.0) -> DiskEstimate:
+              write_rate: float | None = None, map_seconds: float = 0.0,
+              colocated_read_share: float | None = None) -> DiskEstimate:
     size = sample.size
     to_read = int(size * sample.read_fraction)   # mode=used reads only its map's sent extents
     data = int(size * sample.nonzero_fraction)
@@ -277,12 +155,17 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
         # Reading, hashing, compressing and sending were timed apart, but in the capture they
         # share this machine's CPUs: all their CPU seconds, spread over every core, bound it too.
         stages["cpu"] = max(stages["cpu"], to_read * shared_cpu / (os.cpu_count() or 1))
-    # The receiver reads the raw file back while the stream runs (receive/readback.py): after
-    # the last byte at most one step of it is left.
+    if colocated_read_share is not None:
+        # The receiver runs on this machine (loopback, a file, USB or NFS target) and the probe
+        # timed the pipeline it ends: that pace is this machine's CPU, and reading the source
+        # takes the same CPUs for its CPU share (a loop device over a cached file copies memory;
+        # a real disk mostly waits for the device), so the two add up instead of overlapping.
+        # Measured on `make demo` (loopback, 2 cores): the overlap model said 5.0-12.9 s where
+        # the capture took 8.5-16.1 s (+24 to +69 %).
+        stages["shared"] = stages["read"] * colocated_read_share + stages["link"]
+    # The receiver reads its image back while the stream runs (receive/readback.py): after the
+    # last byte at most one step of it is left, whatever the format (a qcow2 is written directly).
     post = min(data, P.READBACK_STEP) / readback_rate
-    if image_format == "qcow2":
-        # ... next to converting the raw file, then it compares.
-        post = max(post, data / CONVERT_RATE) + data / COMPARE_RATE
     stream_key = max(stages, key=stages.get)
     seconds = stages[stream_key] + post + map_seconds
     stages["server"] = post
@@ -295,7 +178,7 @@ def _per_disk(path: str, inv_disk, sample: ContentSample, read_rate: float, read
         bytes_to_send=to_send,
         data_bytes=data, seconds=seconds, bottleneck=stream_key if stages[stream_key] >= post else "server",
         stages=stages, nonzero_fraction=sample.nonzero_fraction, compress_ratio=sample.compress_ratio,
-        read_rate=read_rate, read_rate_source=read_src, sample=sample.to_dict())
+        read_rate=read_rate, read_rate_source=read_src, sample=sample.facts())
 
 
 def _used_ranges(path: str) -> tuple[list[tuple[int, int]], float]:
@@ -326,13 +209,15 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
                      calibrate_seconds: float = 3.0, connect: Callable | None = None,
                      local_path: str | None = None, workers: int = 2, image_format: str = "qcow2",
                      level: int = 1, codec: str = "zstd", samples: int = 256,
-                     on_note: Callable[[str], None] | None = None) -> CaptureEstimate:
+                     on_note: Callable[[str], None] | None = None, rate_cap: float | None = None,
+                     rate_cap_source: str = "") -> CaptureEstimate:
     """The estimate a front end shows before the capture (and puts in the manifest).
 
     calibrate_seconds bounds the measuring: the source is read for a third of it and, with
     `connect` (a Target.connect), the target is probed for the rest (without a target the
     reads take it all); 0 measures nothing and uses the table. Content sampling (64 MiB per disk, spread
-    over it) always runs.
+    over it) always runs. rate_cap: bytes per second the capture may use on the wire (bwlimit=, or
+    a server's share of its total cap), with what set it: the link runs no faster than that.
     """
     if mode not in MODES:
         raise UsageError(f"mode {mode!r}: choose used (only the blocks filesystems use), "
@@ -346,8 +231,20 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
     say = on_note or (lambda text: None)
     eff_workers = max(1, min(workers, os.cpu_count() or 1))
     link = target_link(target, inventory, local_path)
-    calibration: dict = {}
+    calibration = Calibration()
     calibrated = False
+    # Where the receiver runs on this machine: a local target (file, USB, NFS: coldclone-receive
+    # as a child process) or SSH over loopback.
+    colocated = bool(target) and (parse_target(target).scheme in ("file", "nfs")
+                                  or (link is not None and link.kind == "loopback"))
+    caveat = ""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if colocated and load > cores:
+        # With the receiver here the pace is this machine's CPU, and other work takes it as it
+        # comes and goes (a live ISO runs nothing else; a shared test machine does).
+        caveat = (f"not meaningful here: the receiver shares this machine, which was busy with other "
+                  f"work (load {load:.1f} on {cores} cores)")
+        notes.append(f"the estimate is {caveat}")
 
     samples_by_path: dict[str, ContentSample] = {}
     map_seconds: dict[str, float] = {}
@@ -366,16 +263,18 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
     probing = connect is not None and calibrate_seconds > 0
     read_rates: dict[str, tuple[float, str]] = {}
     read_cpu: dict[str, float] = {}
+    read_share: dict[str, float] = {}
     read_total = calibrate_seconds / 3 if probing else calibrate_seconds
     read_budget = read_total / len(disk_paths)
     if read_budget >= 0.2:
         for p in disk_paths:
             say(f"timing reads of {p} ({read_budget:.1f} s)")
-            rate, got, cpu_b = measure_read_rate(p, read_budget)
+            rate, got, cpu_b, share = measure_read_rate(p, read_budget)
             read_rates[p] = (rate, f"measured: {hb(got)} read in {read_budget:.1f} s")
             read_cpu[p] = cpu_b
-            calibration.setdefault("read", {})[p] = {"rate": round(rate), "bytes": got,
-                                                     "cpu_per_byte": cpu_b}
+            read_share[p] = share
+            calibration.read[p] = ReadTiming(rate=round(rate), bytes=got, cpu_per_byte=cpu_b,
+                                             cpu_share=round(share, 3))
 
     # The link: a probe through the real target, else the table.
     link_rate = link.rate if link else None
@@ -397,10 +296,15 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
             link_src = f"measured by a {pr.seconds:.1f} s probe: {hb(pr.wire_bytes)} to the target"
             if pr.readback_rate:
                 readback = pr.readback_rate
-            calibration["probe"] = pr.to_dict()
+            calibration.probe = pr
         except ColdcloneError as e:
             notes.append(f"calibration probe failed ({e}); rates from the table")
-            calibration["probe_error"] = str(e)
+            calibration.probe_error = str(e)
+    capped = False
+    if rate_cap and (link_rate is None or rate_cap < link_rate):
+        # the sender's token bucket (or the server's) holds the wire to this, whatever the link
+        link_rate, capped = float(rate_cap), True
+        link_src = f"capped by {rate_cap_source or 'a bandwidth cap'} (uncapped: {link_src})"
     inv_disks = {p: inventory.resolve(p) if inventory is not None else None for p in disk_paths}
     for p in disk_paths:
         if p not in read_rates:
@@ -412,7 +316,9 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         shared_cpu = (read_cpu.get(p, 0.0) + pipe_cpu) if pipe_cpu is not None else None
         disks.append(_per_disk(p, inv_disks[p], samples_by_path[p], rate, src, link_rate,
                                readback, eff_workers, image_format, sample_mode, pipe_rate, shared_cpu,
-                               write_rate, map_seconds.get(p, 0.0)))
+                               write_rate, map_seconds.get(p, 0.0),
+                               # only the probe's pace is this machine's CPU (a table rate is a link)
+                               colocated_read_share=read_share.get(p, 0.0) if colocated and calibrated else None))
     total = SETUP_SECONDS + sum(d.seconds for d in disks)
 
     # The overall bottleneck: the stage that costs the most time over all disks.
@@ -422,6 +328,9 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         by_stage[key] = by_stage.get(key, 0.0) + d.stages[key]
     key = max(by_stage, key=by_stage.get)
     bottleneck = _bottleneck_text(key, link, link_rate, calibrated, disks, eff_workers, write_rate)
+    if capped and key == "link":
+        bottleneck = f"limited by the bandwidth cap ({rate_cap_source or 'bwlimit'}, ~{link_rate / MB:.1f} MB/s)"
+
 
     alternatives = []
     for k in ALTERNATIVE_KEYS:
@@ -438,10 +347,10 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         total_seconds=total, finish_time=finish.isoformat(timespec="seconds"), bottleneck=bottleneck,
         calibrated=calibrated, calibration=calibration, workers=eff_workers,
         made_at=_dt.datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
-        alternatives=alternatives, notes=notes)
+        alternatives=alternatives, notes=notes, caveat=caveat)
 
 
-def _bottleneck_text(key: str, link: L.LinkEstimate | None, link_rate: float | None, calibrated: bool,
+def _bottleneck_text(key: str, link: LinkEstimate | None, link_rate: float | None, calibrated: bool,
                      disks: list[DiskEstimate], workers: int, write_rate: float | None = None) -> str:
     if key == "write":
         rate = f"measured ~{(write_rate or 0) / MB:.0f} MB/s"
@@ -463,6 +372,9 @@ def _bottleneck_text(key: str, link: L.LinkEstimate | None, link_rate: float | N
     if key == "read":
         slow = min(disks, key=lambda d: d.read_rate)
         return f"limited by reading the source disks (~{slow.read_rate / MB:.0f} MB/s from {slow.path})"
+    if key == "shared":
+        return ("limited by this machine's CPUs: reading the source, sending and the receiver "
+                "(which runs here too) share them")
     if key == "cpu":
         return f"limited by this machine's CPU (reading, hashing, compressing, sending; {workers} workers)"
     return "limited by the server verifying and converting the images after the transfer"

@@ -17,36 +17,29 @@ import itertools
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import zstandard
 
 from ... import protocol as P
+from ...estimate_model import SampleFacts
 from ..capture.badblocks import MEDIUM_ERRNOS
+from ..capture.stream import _cpu_idle   # the machine's busy time, as zstd:auto reads it
 
 MiB = 1 << 20
 
 
 @dataclass
-class ContentSample:
-    size: int
-    samples: int
-    sampled_bytes: int
-    nonzero_fraction: float      # of the disk's blocks, in the chosen mode's terms
-    compress_ratio: float        # payload / raw bytes of the data blocks (1.0: incompressible)
-    cpu_per_byte: float          # CPU seconds per disk byte (zero test, sha256, zstd), one thread
-    sample_seconds: float        # wall time the sampling took
-    read_fraction: float = 1.0   # of the disk's bytes the capture reads (mode=used: the used map's share)
-    # The sampled buffers themselves: the calibration probe runs them through the capture's own
-    # processing and sends them, so it measures CPU and link together on this disk's content.
+class ContentSample(SampleFacts):
+    """SampleFacts and the sampled buffers themselves: the calibration probe runs them through the
+    capture's own processing and sends them, so it measures CPU and link together on this disk's
+    content."""
+
     buffers: list = field(default_factory=list, repr=False)
 
-    def to_dict(self) -> dict:
-        return {"samples": self.samples, "sampled_bytes": self.sampled_bytes,
-                "nonzero_fraction": round(self.nonzero_fraction, 4),
-                "compress_ratio": round(self.compress_ratio, 4),
-                "cpu_per_byte": self.cpu_per_byte, "sample_seconds": round(self.sample_seconds, 3),
-                "read_fraction": round(self.read_fraction, 4)}
+    def facts(self) -> SampleFacts:
+        """What the estimate keeps of it (the buffers stay here)."""
+        return SampleFacts(**{f.name: getattr(self, f.name) for f in fields(SampleFacts)})
 
 
 def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, sample_size: int = 256 << 10,
@@ -123,18 +116,26 @@ def sample_content(path: str, *, mode: str = "nonzero", samples: int = 256, samp
         buffers=buffers)
 
 
-def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB, segments: int = 16) -> tuple[float, int, float]:
-    """Sequential read rate of the source (bytes/s) over `seconds`, in a few places of the disk.
+def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB,
+                      segments: int = 16) -> tuple[float, int, float, float]:
+    """Sequential read rate of the source (bytes/s) over `seconds`, in a few places of the disk;
+    (rate, bytes read, this process's CPU seconds per byte, CPU share).
 
     Spinning disks read their outer tracks about twice as fast as the inner ones, so the
     time is split over `segments` places. Cached pages are dropped first (fadvise), so a
     region the sampler just read does not count at memory speed.
+
+    The CPU share is how many of the machine's cores were busy meanwhile (0..1): a real disk's
+    reads wait for the device (near 0), a loop device over a cached file or a RAM disk copies
+    memory and keeps a core busy (near 1), in the kernel threads this process's CPU does not
+    count. The estimate needs it when the receiver shares this machine (plan.py).
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     got = 0
     spent = 0.0
     t = os.times()
     c0 = t.user + t.system
+    idle0, total0 = _cpu_idle()
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
         for k in range(segments):
@@ -161,5 +162,8 @@ def measure_read_rate(path: str, seconds: float, *, chunk: int = 4 * MiB, segmen
         os.close(fd)
     t = os.times()
     cpu = t.user + t.system - c0
-    return (got / spent if spent > 0 else 0.0), got, (cpu / got if got else 0.0)
+    idle1, total1 = _cpu_idle()
+    ticks = total1 - total0
+    busy_cores = (ticks - (idle1 - idle0)) / ticks * (os.cpu_count() or 1) if ticks > 0 else 0.0
+    return (got / spent if spent > 0 else 0.0), got, (cpu / got if got else 0.0), min(1.0, max(0.0, busy_cores))
 

@@ -1,7 +1,7 @@
 """Mounting a source filesystem read-only, the only way coldclone mounts one.
 
-ext3/ext4 get `noload` and xfs `norecovery`: a plain `ro` mount still replays
-the journal, which writes to the source disk. Even then a read-only mount of a
+ext3/ext4 get `noload`, xfs `norecovery` and btrfs `rescue=nologreplay`: a plain
+`ro` mount still replays the journal (the log tree), which writes to the source disk. Even then a read-only mount of a
 *writable* device is not enough (ext4 still runs orphan cleanup, writing the
 superblock and inodes), so the device's whole tree is set read-only in the
 kernel first (the shared guard) and a device that is not read-only is never
@@ -25,15 +25,19 @@ log = logging.getLogger("coldclone.inspect")
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "reiserfs", "jfs")
 
 
-def ro_options(fstype: str) -> str:
+def ro_options(fstype: str) -> tuple[str, ...]:
+    """The read-only mount options for a filesystem type, in the order to try them: each a
+    mount that replays nothing, the later ones for kernels that reject the earlier ones."""
     # ext2 has no journal, and the ext2 driver rejects "noload": plain ro.
     if fstype in ("ext3", "ext4"):
-        return "ro,noload"
+        return ("ro,noload",)
     if fstype == "xfs":
-        return "ro,norecovery"
+        return ("ro,norecovery",)
     if fstype == "btrfs":
-        return "ro,nologreplay"
-    return "ro"
+        # Linux 5.9 moved `nologreplay` under `rescue=`, and newer kernels reject the old name
+        # ("btrfs: Unknown parameter 'nologreplay'"); kernels before 5.9 know only the old one.
+        return ("ro,rescue=nologreplay", "ro,nologreplay")
+    return ("ro",)
 
 
 @contextlib.contextmanager
@@ -63,8 +67,19 @@ def _mount(device: str, fstype: str, timeout: float):
     mnt = tempfile.mkdtemp(prefix="coldclone-src-")
     mounted = False
     try:
-        run(["mount", "-t", fstype, "-o", ro_options(fstype), device, mnt], timeout=timeout,
-            hint="the source filesystem could not be mounted read-only")
+        first = None
+        for options in ro_options(fstype):
+            # A kernel that does not know an option refuses the mount and mounts nothing: the
+            # next form is tried. Every form is read-only and replays nothing.
+            res = run(["mount", "-t", fstype, "-o", options, device, mnt], check=False, timeout=timeout)
+            if res.returncode == 0:
+                break
+            first = first or res
+        else:
+            # Said with the first (current) form's answer: a later form's "bad option" would
+            # hide what is really wrong (a damaged filesystem ...).
+            raise CommandError(first.argv, first.returncode, first.stderr,
+                               "the source filesystem could not be mounted read-only")
         mounted = True
         yield mnt
     finally:

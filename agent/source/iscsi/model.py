@@ -1,12 +1,11 @@
 """The source server's software-iSCSI identity, as the operator sees it.
 
 CHAP secrets are agent.guestos.model.Secret: kept in memory for the login,
-shown everywhere else (repr, str, to_dict, logs) as ****.
+shown everywhere else (repr, str, agent.records' JSON, logs) as ****.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from ...guestos.model import MASK, Secret
@@ -144,9 +143,6 @@ class SourceIscsiConfig:
                 out.append(p)
         return out
 
-    def to_dict(self) -> dict:
-        return _masked(self)
-
     def describe(self) -> list[str]:
         """What was found, as lines for the console (secrets as ****)."""
         where = self.device or self.root
@@ -174,15 +170,3 @@ class SourceIscsiConfig:
         for w in self.warnings:
             lines.append(f"  note: {w}")
         return lines
-
-
-def _masked(obj):
-    if isinstance(obj, Secret):
-        return MASK
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _masked(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _masked(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_masked(v) for v in obj]
-    return obj

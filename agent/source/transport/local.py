@@ -17,7 +17,8 @@ from .base import Connection, ReplyPump
 class LocalConnection(Connection):
     def __init__(self, root: str, extra_args: list[str] | None = None):
         self.description = f"file://{root}"
-        argv = [sys.executable, "-m", "agent.server.receive.cli", "--root", root, *(extra_args or [])]
+        # -I as the installed coldclone-receive launcher runs it: no PYTHON* variables, no user site
+        argv = [sys.executable, "-I", "-m", "agent.server.receive.cli", "--root", root, *(extra_args or [])]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, bufsize=0)

@@ -8,7 +8,7 @@ it returns a Target whose `connect()` makes one receiver session and whose
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from ...errors import UsageError
 from . import nfs, ssh
@@ -35,7 +35,7 @@ class Target:
         self.close()
 
 
-def open_target(text: str, *, identity: str | None = None, hostkey: str | None = None,
+def open_target(text: str, *, identity: str | None = None, hostkey: str | Sequence[str] | None = None,
                 known_hosts: str | None = None, password: str | None = None,
                 timeout: float = 20.0) -> Target:
     url = parse_target(text)

@@ -15,6 +15,7 @@ import os
 import shlex
 import socket
 import threading
+from typing import Sequence
 
 import paramiko
 
@@ -65,12 +66,22 @@ def _short(key: paramiko.PKey) -> str:
     return "rsa"
 
 
-def verify_host_key(url: TargetURL, key: paramiko.PKey, pin: str | None, known_hosts: str | None) -> str:
-    """Return how the key was trusted, or raise HostKeyError."""
+def pins_of(hostkey: str | Sequence[str] | None) -> list[str]:
+    """The pins given: one, or several (a wave's conversion servers; any one may match)."""
+    if not hostkey:
+        return []
+    return [normalize_pin(p) for p in ([hostkey] if isinstance(hostkey, str) else hostkey)]
+
+
+def verify_host_key(url: TargetURL, key: paramiko.PKey, pin: str | Sequence[str] | None,
+                    known_hosts: str | None) -> str:
+    """Return how the key was trusted, or raise HostKeyError. Several pins: the key must be one
+    of them (each server of a wave presents its own)."""
     fp = fingerprint(key)
-    if pin:
-        want = normalize_pin(pin)
-        if fp != want:
+    pins = pins_of(pin)
+    if pins:
+        want = " or ".join(pins)
+        if fp not in pins:
             raise HostKeyError(
                 f"HOST KEY MISMATCH for {url.host}:{url.port}: pinned {want}, but the server "
                 f"presents {key.get_name()} {fp}. Someone may be intercepting the connection, or "
@@ -163,7 +174,7 @@ def server_host_key(url: TargetURL, timeout: float = 10.0) -> tuple[str, str]:
         t.close()
 
 
-def handshake(url: TargetURL, *, identity: str | None = None, hostkey: str | None = None,
+def handshake(url: TargetURL, *, identity: str | None = None, hostkey: str | Sequence[str] | None = None,
               known_hosts: str | None = None, password: str | None = None,
               timeout: float = 20.0) -> tuple[paramiko.Transport, str]:
     """The one SSH handshake: connect, verify the host key (pin or known_hosts), authenticate.
@@ -212,7 +223,7 @@ class SshConnection(Connection):
         url: TargetURL,
         *,
         identity: str | None = None,
-        hostkey: str | None = None,
+        hostkey: str | Sequence[str] | None = None,
         known_hosts: str | None = None,
         password: str | None = None,
         timeout: float = 20.0,

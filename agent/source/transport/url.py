@@ -3,8 +3,9 @@ nfs://host[:port]/export/path[?vers=4.2]."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 from ...errors import UsageError
 
@@ -36,10 +37,26 @@ class TargetURL:
 PLAIN_QUERY_KEYS = ("vers",)
 
 
+def _split(text: str) -> SplitResult | None:
+    """urlsplit, or None for what it cannot split at all (an unclosed IPv6 bracket: it raises
+    ValueError there, which must never escape as a traceback)."""
+    try:
+        return urlsplit(text)
+    except ValueError:
+        return None
+
+
+# user:password@ and ?query of a URL urlsplit cannot take, found without it.
+_RAW_PASSWORD = re.compile(r"(?<=://)([^/@:]*):([^/@]*)@")
+
+
 def redact(text: str) -> str:
     """The URL with its password and query values (tokens, pre-signed signatures) replaced
     by ****, fit for messages and logs. Text that is not a URL comes back unchanged."""
-    u = urlsplit(text)
+    u = _split(text)
+    if u is None:
+        text = _RAW_PASSWORD.sub(r"\1:****@", text)
+        return text.split("?", 1)[0] + ("?****" if "?" in text else "")
     if not u.scheme or not u.netloc:
         return text
     if u.password is not None:
@@ -55,7 +72,11 @@ def redact(text: str) -> str:
 def url_secrets(text: str) -> list[str]:
     """The parts of a URL redact() hides, to mask them wherever else they turn up (a
     library's error message quoting the URL or just its path and query)."""
-    u = urlsplit(text)
+    u = _split(text)
+    if u is None:
+        m = _RAW_PASSWORD.search(text)
+        query = text.split("?", 1)[1] if "?" in text else ""
+        return ([m.group(2)] if m and m.group(2) else []) + ([query] if len(query) >= 4 else [])
     out = [u.password] if u.password else []
     # values shorter than 4 characters are no credential, and replacing them would garble
     # the message they are masked in
@@ -65,8 +86,11 @@ def url_secrets(text: str) -> list[str]:
 
 
 def parse_target(text: str) -> TargetURL:
-    u = urlsplit(text)
+    u = _split(text)
     text = redact(text)
+    if u is None:
+        raise UsageError(f"target {text!r}: the host is not a valid address (an IPv6 address is "
+                         f"written in closed brackets: ssh://user@[2001:db8::5]:22/path)")
     if u.scheme not in SCHEMES:
         raise UsageError(
             f"target {text!r}: expected ssh://user@host[:port]/path, file:///path or nfs://host/export/path "

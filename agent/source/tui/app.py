@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from textual.app import App
 from textual.binding import Binding
@@ -131,14 +132,18 @@ class ColdcloneApp(App):
     def start_again(self) -> None:
         self.switch_screen(InventoryScreen())
 
+    def confirm(self, question: str, details: list[str] | None = None, *, yes: str = "Yes", no: str = "No",
+                then: Callable[[bool | None], None]) -> None:
+        """Ask a yes/no question over the current screen (No is the default); `then` gets the answer."""
+        self.push_screen(Confirm(question, details, yes=yes, no=no), then)
+
     def action_request_quit(self) -> None:
         if isinstance(self.screen, ProgressScreen) and not self.screen.finished:
             self.screen.action_cancel()
             return
-        self.push_screen(Confirm("Leave coldclone for a shell?",
-                                 ["Nothing has been written anywhere. `coldclone tui` starts it again."],
-                                 yes="Quit"),
-                         lambda yes: self.exit(EXIT_OK) if yes else None)
+        self.confirm("Leave coldclone for a shell?",
+                     ["Nothing has been written anywhere. `coldclone tui` starts it again."], yes="Quit",
+                     then=lambda yes: self.exit(EXIT_OK) if yes else None)
 
 
 def build_app(services: Services, **kw) -> ColdcloneApp:
@@ -215,7 +220,7 @@ def _main(argv: list[str] | None) -> int:
         services = Services.real(include_loop=args.include_loop, only=only)
     if args.to:
         parse_target(args.to)   # a typo is a usage error now, not a surprise on the Target screen
-        services.config.server = args.to
+        services.config.server = [args.to]
     if args.identity:
         services.config.identity = args.identity
     if args.calibrate is not None:

@@ -65,12 +65,12 @@ class TargetChoice:
     kind: str                       # ssh | local | nfs | file
     url: str                        # ssh://user@host:port/path, file:///..., nfs://...
     identity: str | None = None
-    hostkey: str | None = None      # the fingerprint the operator confirmed
+    hostkey: list[str] = field(default_factory=list)   # the pin(s) confirmed or given
     known_hosts: str | None = None
     local_disk: str | None = None   # /dev/sdX when kind == local (excluded from the sources)
 
     def describe(self) -> str:
-        return redact(self.url) + (f" (host key {self.hostkey})" if self.hostkey else "")
+        return redact(self.url) + (f" (host key {', '.join(self.hostkey)})" if self.hostkey else "")
 
 
 # What inspection of the source OS found (None os_name: no OS found on the disks): the

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from ... import protocol as P
 from ..capture import lookup
-from ..capture.session import CaptureResult
 from ..discover.policy import member_note
-from ..discover.render import clip, human_size
+from ..discover.render import clip
 from ..estimate.plan import CaptureEstimate
 from ...units import human_bytes, human_seconds
 
@@ -85,13 +84,13 @@ def filesystems(disk) -> str:
 def disk_row(disk, inv, selected: bool) -> tuple[str, ...]:
     """The inventory table's row: mark, name, size, model, controller, what, filesystems."""
     mark = "[x]" if selected else "[ ]" if disk.capture_default or selected else " - "
-    return (mark, clip(disk.name, 13), human_size(disk.size), clip(disk.model, 16),
+    return (mark, clip(disk.name, 13), human_bytes(disk.size, short=True), clip(disk.model, 16),
             clip(controller_label(disk, inv), 16), clip(origin(disk, inv), 11), clip(filesystems(disk), 12))
 
 
 def disk_details(disk, inv, selected: bool) -> list[str]:
     """Everything about one disk, for the details pane (fits 78 columns)."""
-    lines = [f"{disk.dev_path or disk.name}: {human_size(disk.size)}"
+    lines = [f"{disk.dev_path or disk.name}: {human_bytes(disk.size, short=True)}"
              f" {disk.vendor + ' ' if disk.vendor and disk.vendor not in (disk.model or '') else ''}"
              f"{disk.model or ''}".rstrip()
              + (f", serial {disk.serial}" if disk.serial else "")]
@@ -135,7 +134,7 @@ def disk_details(disk, inv, selected: bool) -> list[str]:
         lines.append(f"{table.type} partition table:")
         for p in table.partitions:
             fs = p.filesystem
-            lines.append(f"  {p.number:>2} {human_size(p.size):>7} {clip(fs.type if fs else '', 17):<17} "
+            lines.append(f"  {p.number:>2} {human_bytes(p.size, short=True):>7} {clip(fs.type if fs else '', 17):<17} "
                          f"{clip(fs.label if fs else '', 14):<14} {','.join(p.flags)}".rstrip())
     elif disk.filesystem:
         fs = disk.filesystem
@@ -169,26 +168,6 @@ def estimate_total(est: CaptureEstimate) -> list[str]:
     return [f"Total: about {human_seconds(est.total_seconds)} of downtime"
             + (f", done around {finish}" if finish else ""),
             f"Bottleneck: {est.bottleneck or '-'}"]
-
-
-# ---------------------------------------------------------------- result
-def result_lines(result: CaptureResult) -> list[str]:
-    el = max(result.elapsed, 1e-9)
-    tail = f", {result.verdict()}" if result.unreadable_sectors else ""
-    out = [f"Capture {result.capture_id}: complete in {human_seconds(result.elapsed)}{tail}",
-           f"Where: {result.location}",
-           f"Read {human_bytes(result.bytes_read)} at {result.bytes_read / el / 1e6:.1f} MB/s; "
-           f"sent {human_bytes(result.wire_bytes)}; skipped {human_bytes(result.zero_bytes)} of zeros"]
-    for d in result.disks:
-        checks = ", ".join(k for k, v in d.verified.to_dict().items() if v)
-        out.append(f"{d.name}: {d.image}")
-        out.append(f"  digest {d.digest[:32]}... verified: {checks or 'no'}")
-        bad = d.unreadable
-        if bad.sectors:
-            out.append(f"  UNREADABLE: {bad.sectors} sectors of {bad.sector_size} bytes in "
-                       f"{len(bad.ranges)} ranges, zeros in the image (manifest.json lists them)")
-    out += result.conversion_lines()
-    return out
 
 
 def unfinished_offer(found: list[P.Unfinished]) -> str:

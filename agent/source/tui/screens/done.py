@@ -8,10 +8,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header
 
-from ....manifest import PublishRecord
 from .. import text
 from ..widgets.plain import Plain
-from .confirm import Confirm
 
 
 class DoneScreen(Screen):
@@ -49,18 +47,14 @@ class DoneScreen(Screen):
         plan = self.app.plan
         out = []
         if plan.result is not None:
-            out += text.result_lines(plan.result)
+            # the console's summary, word for word
+            out += plan.result.summary_lines(plan.estimate)
         else:
             out.append(f"Error (exit {plan.exit_code}): {plan.error}")
             if plan.capture_id:
                 out.append(f"Capture id: {plan.capture_id}")
             out.append("The source disks were not changed. Fix the cause and capture again (a).")
         ready = plan.readiness
-        if plan.result is not None:
-            pub = PublishRecord.from_manifest(plan.result.manifest)
-            if pub is not None:
-                out.append(f"Published to Glance ({pub.cloud}): image {pub.image_id} "
-                           f"({pub.image_kind} image, checksum {pub.checksum})")
         out.append("")
         if ready is not None and ready.os_name:
             out.append(f"Before booting the image in KVM/OpenStack ({ready.os_name}):")
@@ -93,8 +87,8 @@ class DoneScreen(Screen):
             self.app.exit(result.exit_code if result is not None else self.app.plan.exit_code)
             return
         question = "Power the server off now?" if what == "poweroff" else "Reboot the server now?"
-        self.app.push_screen(Confirm(question, yes="Power off" if what == "poweroff" else "Reboot"),
-                             lambda yes: self._power(what) if yes else None)
+        self.app.confirm(question, yes="Power off" if what == "poweroff" else "Reboot",
+                         then=lambda yes: self._power(what) if yes else None)
 
     def _power(self, what: str) -> None:
         try:

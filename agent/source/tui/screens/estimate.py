@@ -18,7 +18,6 @@ from ....units import human_bytes
 from .. import text
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
-from .confirm import Confirm
 
 log = logging.getLogger("coldclone.tui")
 
@@ -158,9 +157,8 @@ class EstimateScreen(Screen):
         if plan.unfinished:
             details.append(f"A new capture: {plan.unfinished[0].capture_id} stays unfinished on the server.")
         details.append("The source disks are set read-only; nothing is written to them.")
-        self.app.push_screen(
-            Confirm(f"Capture {len(plan.disks())} disk(s), {human_bytes(total)}?", details,
-                    yes="Start capture"), self._confirmed)
+        self.app.confirm(f"Capture {len(plan.disks())} disk(s), {human_bytes(total)}?", details,
+                         yes="Start capture", then=self._confirmed)
 
     def _confirmed(self, yes: bool | None) -> None:
         if yes:
@@ -172,8 +170,8 @@ class EstimateScreen(Screen):
         if not plan.unfinished:
             return
         u = plan.unfinished[0]
-        self.app.push_screen(Confirm(f"Resume capture {u.capture_id}?", text.resume_details(u),
-                                     yes="Resume capture"), self._resume_confirmed)
+        self.app.confirm(f"Resume capture {u.capture_id}?", text.resume_details(u),
+                         yes="Resume capture", then=self._resume_confirmed)
 
     def _resume_confirmed(self, yes: bool | None) -> None:
         if yes and self.app.plan.unfinished:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import Callable
 
 from textual import work
 from textual.app import ComposeResult
@@ -23,14 +24,12 @@ from ...capture import events as E
 from ...capture.session import new_capture_id
 from ....choices import IscsiMode
 from ....errors import EXIT_CANCELLED, EXIT_INTERNAL, CancelledError, ColdcloneError
-from ...estimate.progress import EtaEstimator, Motion
-from ...estimate.rate import RateMeter
+from ...estimate.progress import CaptureProgress, ProgressFigures, reconnecting_text, stalled_text
 from ...job import Inspected, Note, Prepared
-from ....units import human_bytes, human_seconds
+from ....units import human_bytes, human_rate, human_seconds
 from ..messages import CaptureEnded, CaptureEvent
 from ..widgets.bars import DiskBar, Spark
 from ..widgets.plain import Plain
-from .confirm import Confirm
 
 # Progress events arrive per chunk (hundreds a second on fast disks); the screen
 # needs a few a second, and a 9600-baud serial console far fewer.
@@ -40,33 +39,27 @@ PROGRESS_EVERY = 0.25
 class ProgressScreen(Screen):
     BINDINGS = [Binding("escape,c", "cancel", "Cancel capture")]
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         self.cancel = threading.Event()
-        self.read_rate = RateMeter(half_life=5.0)
-        self.wire_rate = RateMeter(half_life=5.0)
-        # the same model-based ETA as the console lines (estimate.progress.EtaEstimator),
-        # made when the screen mounts and the plan's estimate is known
-        self.eta: EtaEstimator | None = None
-        self.eta_left: float | None = None
+        # The one progress model (estimate.progress.CaptureProgress), as the console lines:
+        # the worker thread feeds it every event, the screen draws its figures.
+        self.clock = clock or time.monotonic
+        self.progress: CaptureProgress | None = None
         self.bars: dict[str, DiskBar] = {}
         self.finished = False
-        self.last_progress: E.Progress | None = None
-        # "STALLED for N s" by the console's rule while bytes should flow (not while the server
-        # verifies), and what a reconnect is doing instead of a stale rate
-        self.motion = Motion(time.monotonic())
-        self.sending = False
-        self.reconnecting: E.Reconnecting | None = None
 
     def compose(self) -> ComposeResult:
         plan = self.app.plan
         ascii_only = self.app.ascii_only
+        self.progress = CaptureProgress(plan.estimate, clock=self.clock)
+        # Keyed by the disk id, the name the capture's events carry (cciss-c0d0).
+        self.progress.expect([(d.id, d.size) for d in plan.disks()])
         yield Header(show_clock=False, icon="")
         yield Plain(f"To {plan.target.describe()}, mode {plan.mode}", id="prog-what")
         with Vertical(id="bars"):
             for d in plan.disks():
                 b = DiskBar(d.name, d.size, ascii_only)
-                # Keyed by the disk id, the name the capture's events carry (cciss-c0d0).
                 self.bars[d.id] = b
                 yield b
         yield Plain("", id="prog-stats", classes="heading")
@@ -77,7 +70,6 @@ class ProgressScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = "coldclone  5 Capture"
-        self.eta = EtaEstimator(self.app.plan.estimate)
         self.stats()
         # The figures change without events too: a stall is the absence of them.
         self.set_interval(1.0, self._tick)
@@ -92,6 +84,7 @@ class ProgressScreen(Screen):
         last = [0.0]
 
         def on_event(ev) -> None:
+            self.progress.update(ev)     # every event: the figures are the console's
             if isinstance(ev, E.Progress):
                 now = time.monotonic()
                 if now - last[0] < PROGRESS_EVERY and ev.disk_done < ev.disk_size:
@@ -107,7 +100,7 @@ class ProgressScreen(Screen):
             # does the rest with the operator's choices on top of the kernel command line's
             # (compress=, format= ...). Hooks are for unattended runs.
             cfg = dataclasses.replace(
-                svc.config, server=choice.url, identity=choice.identity, hostkey=choice.hostkey,
+                svc.config, server=[choice.url], identity=choice.identity, hostkey=list(choice.hostkey),
                 known_hosts=choice.known_hosts, mode=plan.mode, disks=plan.disk_paths(),
                 # Always a fixed id: the operator chose on the Estimate screen between resuming an
                 # unfinished capture and a new one, so the job must not pick one on its own.
@@ -139,10 +132,15 @@ class ProgressScreen(Screen):
 
     # ------------------------------------------------------------ messages
     def on_capture_event(self, message: CaptureEvent) -> None:
-        self.apply(message.event)
+        self.show(message.event)     # the worker fed the model already
 
     def apply(self, ev) -> None:
-        """Show one core event (also called directly by tests with recorded events)."""
+        """Feed one core event to the model and show it (tests replay recorded events so)."""
+        self.progress.update(ev)
+        self.show(ev)
+
+    def show(self, ev) -> None:
+        """What an event adds to the log and the plan; the figures are redrawn from the model."""
         log = self.query_one("#log", RichLog)
         if isinstance(ev, Note):
             log.write(ev.text)
@@ -155,75 +153,46 @@ class ProgressScreen(Screen):
             log.write(f"capture {ev.capture_id} -> {ev.target}: {len(ev.disks)} disk(s), "
                       f"{human_bytes(ev.total_bytes)}")
         elif isinstance(ev, E.DiskStarted):
-            bar = self.bars.get(ev.name)
-            if bar is not None:
-                bar.state = "reading"
             log.write(f"{ev.name} ({ev.path}, {human_bytes(ev.size)}) started")
-            self.sending = True
-            self.motion.restart(time.monotonic())
-        elif isinstance(ev, E.Progress):
-            self.sending, self.reconnecting = True, None
-            self.motion.update(time.monotonic(), ev.total_done, ev.wire_bytes)
-            bar = self.bars.get(ev.disk)
-            if bar is not None:
-                bar.done = ev.disk_done
-            r = self.read_rate.update(ev.elapsed, ev.bytes_read)
-            self.wire_rate.update(ev.elapsed, ev.wire_bytes)
-            if self.eta is None:
-                self.eta = EtaEstimator(self.app.plan.estimate)
-            self.eta_left = self.eta.update(ev.elapsed, ev.disk, ev.disk_done, ev.disk_size, ev.total_done,
-                                            ev.total_size, ev.wire_bytes)
-            if r is not None:
-                self.query_one("#spark", Spark).push(r / 1e6)
-            self.last_progress = ev
-            self.stats()
         elif isinstance(ev, E.DiskFinished):
-            bar = self.bars.get(ev.name)
-            if bar is not None:
-                bar.done = bar.disk_size
-                bar.state = "sent"
             log.write(f"{ev.name} sent, digest {ev.digest[:16]}...")
-            self.sending = False
         elif isinstance(ev, E.ServerNote):
-            self.sending = False
-            for bar in self.bars.values():
-                bar.state = "verifying"
             log.write(ev.text)
         elif isinstance(ev, E.DiskResumed):
             log.write(ev.text())
         elif isinstance(ev, E.Reconnecting):
             log.write(f"reconnecting (attempt {ev.attempt}) in {ev.wait:.0f} s: {ev.reason}")
-            self.reconnecting = ev
-            self.stats()
+        f = self.stats()
+        if isinstance(ev, E.Progress) and f.read_rate is not None:
+            self.query_one("#spark", Spark).push(f.read_rate / 1e6)
 
     def _tick(self) -> None:
-        if not self.finished and self.last_progress is not None:
+        if not self.finished:
             self.stats()
 
-    def stats(self) -> None:
-        ev = self.last_progress
-        if ev is None:
+    def stats(self) -> ProgressFigures:
+        """Draw the model's figures: the bars and the two lines of totals and flow."""
+        f = self.progress.figures()
+        for d in f.disks:
+            bar = self.bars.get(d.name)
+            if bar is not None:
+                bar.done, bar.state = d.done, d.state
+        if not f.moved:
             self.query_one("#prog-stats", Static).update("Starting: write-protecting the source disks, "
                                                           "connecting ...")
-            return
-        rate = self.read_rate.rate
-        wire = self.wire_rate.rate
-        eta = self.eta_left
-        mbs = lambda x: "--" if x is None else f"{x / 1e6:.1f}"
-        pct = 100.0 * ev.total_done / max(ev.total_size, 1)
-        stalled = self.motion.stalled_for(time.monotonic()) if self.sending else 0.0
-        if self.reconnecting is not None:
-            r = self.reconnecting
-            flow = f"RECONNECTING (attempt {r.attempt}, {r.left:.0f} s left): {r.reason}"
-        elif stalled:
-            flow = (f"STALLED for {stalled:.0f} s: nothing read or sent (the source disk, the link "
-                    f"or the server is stuck)")
+            return f
+        if f.reconnecting is not None:
+            flow = reconnecting_text(f.reconnecting)
+        elif f.stalled_for:
+            flow = stalled_text(f.stalled_for)
         else:
-            flow = f"read {mbs(rate)} MB/s  wire {mbs(wire)} MB/s  skipped (zeros) {human_bytes(ev.zero_bytes)}"
+            flow = (f"read {human_rate(f.read_rate)} MB/s  wire {human_rate(f.wire_rate)} MB/s  "
+                    f"skipped (zeros) {human_bytes(f.zero_bytes)}")
         self.query_one("#prog-stats", Static).update(
-            f"Total {pct:5.1f}%  {human_bytes(ev.total_done)} of {human_bytes(ev.total_size)}  "
-            f"elapsed {human_seconds(ev.elapsed)}  ETA {human_seconds(eta)}\n" + flow
-            + (f"  UNREADABLE {ev.unreadable_sectors} sectors (zero-filled)" if ev.unreadable_sectors else ""))
+            f"Total {f.total_percent:5.1f}%  {human_bytes(f.total_done)} of {human_bytes(f.total_size)}  "
+            f"elapsed {human_seconds(f.elapsed)}  ETA {human_seconds(f.eta)}\n" + flow
+            + (f"  UNREADABLE {f.unreadable_sectors} sectors (zero-filled)" if f.unreadable_sectors else ""))
+        return f
 
     def on_capture_ended(self, message: CaptureEnded) -> None:
         self.finished = True
@@ -238,11 +207,11 @@ class ProgressScreen(Screen):
     def action_cancel(self) -> None:
         if self.finished or self.cancel.is_set():
             return
-        self.app.push_screen(Confirm(
+        self.app.confirm(
             "Cancel the capture?",
             ["The capture stops after the current chunk; the conversion server",
              "discards the partial images. You can capture again afterwards."],
-            yes="Cancel capture", no="Keep going"), self._cancel_answer)
+            yes="Cancel capture", no="Keep going", then=self._cancel_answer)
 
     def _cancel_answer(self, yes: bool | None) -> None:
         if yes and not self.finished:

@@ -53,7 +53,7 @@ class TargetScreen(Screen):
 
     def compose(self) -> ComposeResult:
         d = self.app.services.config
-        host, port, user, path = _ssh_fields(d.server)
+        host, port, user, path = _ssh_fields(d.server[0] if d.server else None)
         yield Header(show_clock=False, icon="")
         with RadioSet(id="kind"):
             yield Choice("SSH conversion server", value=True, id="kind-ssh")
@@ -90,7 +90,7 @@ class TargetScreen(Screen):
                 yield Plain("The share is mounted by the live system; images are written under the path.")
                 with Horizontal(classes="row"):
                     yield Label("URL", classes="lbl")
-                    yield Input(d.server if d.server and d.server.startswith("nfs://") else "",
+                    yield Input(d.server[0] if d.server and d.server[0].startswith("nfs://") else "",
                                 placeholder="nfs://10.0.0.5/export/images", id="nfs-url")
         yield Plain("", id="hostkey")
         with Horizontal(id="target-buttons"):
@@ -104,12 +104,13 @@ class TargetScreen(Screen):
         self.title = "coldclone  3 Target"
         self.key_info = None          # HostKeyInfo shown, not yet confirmed
         self.candidates: list[TargetDisk] = []
-        self.confirmed: str | None = self.app.services.config.hostkey
+        # pins from the kernel command line (several: a wave's servers; any one may match)
+        self.confirmed: list[str] = list(self.app.services.config.hostkey)
         self.query_one("#confirm", Button).display = False
         if self.confirmed:
-            self._hostkey_line(f"Host key pinned on the kernel command line: {self.confirmed}")
+            self._hostkey_line(f"Host key pinned on the kernel command line: {', '.join(self.confirmed)}")
         self._fill_local()
-        server = self.app.services.config.server or ""
+        server = self.app.services.config.server[0] if self.app.services.config.server else ""
         if server.startswith("file://"):
             self.query_one("#local-path", Input).value = server[len("file://"):]
             self.query_one("#kind-local", RadioButton).value = True
@@ -206,7 +207,7 @@ class TargetScreen(Screen):
         # Any change invalidates the test; a new host invalidates the confirmed key.
         self.app.plan.target_ok = None
         if event.input.id in ("host", "port") and self.key_info is not None:
-            self.key_info, self.confirmed = None, None
+            self.key_info, self.confirmed = None, []
             self._hostkey_line("")
             self.query_one("#confirm", Button).display = False
 
@@ -281,9 +282,9 @@ class TargetScreen(Screen):
         if self.key_info is None:
             self._status("Test first (^T): it shows the server's host key", error=True)
             return
-        self.confirmed = self.key_info.fingerprint
+        self.confirmed = [self.key_info.fingerprint]
         self.query_one("#confirm", Button).display = False
-        self._hostkey_line(f"Host key confirmed by the operator: {self.key_info.key_type} {self.confirmed}")
+        self._hostkey_line(f"Host key confirmed by the operator: {self.key_info.key_type} {self.confirmed[0]}")
         self.action_test()
 
     def action_next(self) -> None:

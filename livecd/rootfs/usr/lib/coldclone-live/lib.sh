@@ -1,7 +1,8 @@
 # Shared helpers for the coldclone live-image scripts (sourced, POSIX sh).
 
 # The kernel command line as the running system sees it (may include words that
-# coldclone-fwcfg.service appended from QEMU's fw_cfg, see docs/livecd.md).
+# coldclone-fwcfg.service appended from QEMU's fw_cfg, see docs/livecd.md). The loops below
+# stop at `--`: what follows is init's, never a kernel parameter (as `coldclone headless` reads it).
 cc_cmdline() { cat /proc/cmdline; }
 
 # cc_arg KEY -> value of KEY=value on the command line (last one wins); status 1 if absent.
@@ -9,6 +10,7 @@ cc_arg() {
     _v=""; _found=1
     for _w in $(cc_cmdline); do
         case "$_w" in
+            --) break ;;
             "$1"=*) _v="${_w#*=}"; _found=0 ;;
             "$1") _v=""; _found=0 ;;
         esac
@@ -25,6 +27,7 @@ cc_headless() {
     _unattended=1
     for _w in $(cc_cmdline); do
         case "$_w" in
+            --) break ;;
             coldclone.tui|coldclone.tui=*) return 1 ;;
             coldclone.smoke|coldclone.smoke=*|coldclone.smoke_done=*) ;;
             coldclone.*) _unattended=0 ;;
@@ -39,6 +42,7 @@ cc_ttys() {
     _t="/dev/tty1"
     for _w in $(cc_cmdline); do
         case "$_w" in
+            --) break ;;
             console=ttyS*|console=ttyAMA*|console=hvc*)
                 _d="${_w#console=}"; _d="${_d%%,*}"
                 case " $_t " in *" /dev/$_d "*) ;; *) _t="$_t /dev/$_d" ;; esac ;;

@@ -1,0 +1,109 @@
+"""The launch plan of a published capture (pure: the manifest and the images in, a LaunchPlan
+out): the boot image as the server's root, each data image made a Cinder volume and attached in
+the capture's order, a flavor the size of the source server, and the network as the
+conversion left the guest.
+
+The commands are `openstack` commands (python-openstackclient) as an operator types them;
+what only the operator knows is a shell variable the plan's script asks for ($FLAVOR,
+$NETWORK, $FIXED_IP), and what a command makes (a volume's id) goes into one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ...manifest import (AddressPolicy, FlavorSuggestion, ImageRole, LaunchPlan, NetworkPolicy, PlanStep,
+                         PublishedImage, SourceMachine)
+from ..convert.model import Conversion, FixKind, Outcome
+from ..receive.manifest import CaptureDirectory
+
+MIB, GIB = 1 << 20, 1 << 30
+# Without the source's machine in the manifest (an agent from before it was recorded).
+DEFAULT_VCPUS, DEFAULT_RAM_MIB = 2, 4096
+MAC_FIXES = (FixKind.NET_RULE_MAC, FixKind.IFCFG_MAC, FixKind.NM_MAC, FixKind.INTERFACES_MAC)
+
+
+def flavor_suggestion(cap: CaptureDirectory, boot: PublishedImage) -> FlavorSuggestion:
+    """As many vCPUs and as much RAM as the source server had (RAM rounded up to whole GiB, as
+    flavors come), and a root disk as large as its boot disk."""
+    disk_gib = max(1, math.ceil(boot.virtual_size / GIB))
+    machine = SourceMachine.of(cap.manifest)
+    if machine is None:
+        return FlavorSuggestion(DEFAULT_VCPUS, DEFAULT_RAM_MIB, disk_gib,
+                                "the manifest records no CPUs or memory of the source (captured by an "
+                                f"older agent): {DEFAULT_VCPUS} vCPUs and {DEFAULT_RAM_MIB} MiB, check them")
+    ram = math.ceil(machine.memory_bytes / GIB) * 1024
+    return FlavorSuggestion(machine.cpus, ram, disk_gib,
+                            f"the source server: {machine.cpus} CPUs, {machine.memory_bytes // MIB} MiB of "
+                            f"memory; its boot disk {boot.disk}, {boot.virtual_size} bytes")
+
+
+def network_policy(cap: CaptureDirectory) -> NetworkPolicy:
+    """What the conversion did to the guest's network configuration (its fixes) and what the
+    readiness report says it still does (old MACs left, fixed addresses)."""
+    ready = cap.readiness
+    if ready is None or not ready.os_name:
+        return NetworkPolicy(AddressPolicy.UNKNOWN, summary="no source OS was inspected: nothing is known "
+                                                            "of its network configuration")
+    removed: tuple[str, ...] = ()
+    conv = cap.section("conversion", Conversion)
+    if conv is not None and conv.result is Outcome.CONVERTED:
+        removed = tuple(sorted({f.path for f in conv.fixes if f.kind in MAC_FIXES}))
+    left = tuple(sorted({b.path for b in ready.mac_bindings} - set(removed)))
+    static = tuple(e for f in ready.findings if f.id == "static-ip" for e in f.evidence)
+    said = []
+    if removed:
+        said.append(f"the conversion removed the old NICs' MAC bindings ({', '.join(removed)}): the guest "
+                    f"takes the cloud's virtio NIC as its own")
+    if left:
+        said.append(f"still bound to the old NICs' MACs: {', '.join(left)} (run coldclone-convert, or the "
+                    f"guest finds no interface for that configuration)")
+    if static:
+        said.append(f"the guest sets its own address ({', '.join(static)}): its port must carry that "
+                    f"address ($FIXED_IP), or switch the guest to DHCP")
+        return NetworkPolicy(AddressPolicy.FIXED, removed, left, static, "; ".join(said))
+    said.append("the guest asks DHCP for its address: any port of the network will do")
+    return NetworkPolicy(AddressPolicy.DHCP, removed, left, (), "; ".join(said))
+
+
+def _var(disk: str) -> str:
+    return "VOL_" + re.sub(r"[^A-Za-z0-9]", "_", disk).upper()
+
+
+def launch_plan(cap: CaptureDirectory, images: list[PublishedImage]) -> LaunchPlan:
+    capture_id = cap.manifest.capture_id
+    boot = next(i for i in images if i.role is ImageRole.BOOT)
+    data = sorted((i for i in images if i.role is ImageRole.DATA), key=lambda i: i.position)
+    flavor = flavor_suggestion(cap, boot)
+    net = network_policy(cap)
+    variables = {"FLAVOR": f"a flavor of at least {flavor.vcpus} vCPUs, {flavor.ram_mib} MiB RAM and a "
+                           f"{flavor.disk_gib} GiB root disk ({flavor.basis})",
+                 "NETWORK": "the network (name or id) the server joins"}
+    steps = [PlanStep(("openstack", "flavor", "create", "--vcpus", str(flavor.vcpus), "--ram", str(flavor.ram_mib),
+                       "--disk", str(flavor.disk_gib), "--private", f"coldclone-{capture_id}"),
+                      why="a flavor of the source's size, for an admin to make (else choose an existing "
+                          "one of at least this size as $FLAVOR)", optional=True)]
+    for img in data:
+        var, gib = _var(img.disk), max(1, math.ceil(img.virtual_size / GIB))
+        steps.append(PlanStep(("openstack", "volume", "create", "--image", img.image_id, "--size", str(gib),
+                               "-f", "value", "-c", "id", f"{capture_id}-{img.disk}"), sets=var,
+                              why=f"data disk {img.disk} (position {img.position}) as a Cinder volume of its image"))
+        steps.append(PlanStep(("openstack", "volume", "show", "-f", "value", "-c", "status", f"${var}"),
+                              until="available", why=f"wait until the volume of {img.disk} is written"))
+    nic: tuple[str, ...] = ("--network", "$NETWORK")
+    if net.addresses is AddressPolicy.FIXED:
+        variables["FIXED_IP"] = f"the address the source server set itself ({', '.join(net.static_configs)})"
+        steps.append(PlanStep(("openstack", "port", "create", "--network", "$NETWORK", "--fixed-ip",
+                               "ip-address=$FIXED_IP", "-f", "value", "-c", "id", f"{capture_id}-port"),
+                              sets="PORT", why="a port with the source's own address"))
+        nic = ("--port", "$PORT")
+    attach = tuple(w for img in data for w in (
+        "--block-device", f"uuid=${_var(img.disk)},source_type=volume,destination_type=volume,"
+                          f"boot_index=-1,delete_on_termination=false"))
+    steps.append(PlanStep(("openstack", "server", "create", "--flavor", "$FLAVOR", "--image", boot.image_id,
+                           *nic, *attach, "--wait", capture_id),
+                          why=f"the server: root from the boot image ({boot.disk}), then "
+                              + (", ".join(f"{i.disk}" for i in data) or "no data disks")
+                              + " attached in the capture's order"))
+    return LaunchPlan(flavor=flavor, network=net, steps=tuple(steps), variables=variables)
