@@ -97,3 +97,15 @@ def test_network_without_convert_is_refused_and_a_wrong_policy_named(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice: 'static'" in r.stderr, r.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_server_init_puts_the_network_policy_in_the_forced_command():
+    """coldclone-server init --convert --network keep: the authorized_keys line runs the receiver
+    with --network keep (the default, dhcp, is left out as --convert-engine's default is)."""
+    from agent.server.admin.init import Setup, forced_command
+
+    keep = forced_command(Setup(root="/srv/coldclone", user="cc", convert=True, convert_engine="fixups",
+                                network="keep"))
+    assert keep.split()[1:] == ["--root", "/srv/coldclone", "--convert", "--convert-engine", "fixups",
+                                "--network", "keep"]
+    assert "--network" not in forced_command(Setup(root="/srv/coldclone", user="cc", convert=True))
