@@ -21,7 +21,7 @@ from typing import Callable
 
 from ...guestos import netconfig
 from ...guestos.netconfig import NAMES_ARG, NetworkPlan
-from .fixes import MARK, _content_lines, _disable, _disable_lines
+from .fixes import MARK, _content_lines, _disable, _disable_lines, ini_lines
 from ...choices import ConvertNetwork
 from .model import Fix, FixKind, FixResult
 
@@ -279,7 +279,6 @@ def map_ifcfg(text: str, path: str, name: str, roles: Roles) -> FixResult:
 
 # --- NetworkManager keyfiles --------------------------------------------------------------------
 
-_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
 _KEYVAL = re.compile(r"^(\s*)([^=\s]+)(\s*=\s*)(.*)$")
 _NM_STATIC = re.compile(r"^(address(es)?\d*|gateway|dns|dns-search|route\d*|route\d+_options)$")
 
@@ -291,22 +290,18 @@ def map_nm_keyfile(text: str, path: str, name: str, roles: Roles) -> FixResult:
     if role is None:
         return res
     new = roles.new
-    section = None
     autoconnect_seen = False
     connection_header: int | None = None
-    for no, line, bare in _content_lines(text):
+    for no, line, bare, section, header in ini_lines(text):
         if bare is None:
             out.append(line)
             continue
-        sm = _SECTION.match(bare)
-        if sm:
-            section = sm.group(1).strip()
+        if header:
             if section == "connection":
                 connection_header = len(out)
             if role == "primary" and roles.flatten and section in ("bond", "vlan", "bridge", "team"):
-                new_line = _disable(line, "bond/VLAN/bridge of the old NICs")
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_FLATTEN, path, no, bare, new_line.rstrip("\r\n"), roles.flatten_why))
+                _edited(out, res, path, no, bare, _disable(line, "bond/VLAN/bridge of the old NICs"),
+                        FixKind.NET_FLATTEN, roles.flatten_why)
             else:
                 out.append(line)
             continue
@@ -453,25 +448,21 @@ def map_networkd_network(text: str, path: str, name: str, roles: Roles) -> FixRe
     out, res = [], FixResult(text)
     role = roles.role(name)
     new = roles.new
-    section = None
     network_header: int | None = None
     has_name = any(s == "Match" and k == "Name" for _, s, k, _ in netconfig.parse_ini(text))
     dhcp_set = False
-    for no, line, bare in _content_lines(text):
+    for no, line, bare, section, header in ini_lines(text):
         if bare is None:
             out.append(line)
             continue
-        sm = _SECTION.match(bare)
-        if sm:
-            section = sm.group(1).strip()
+        if header:
             if section == "Network":
                 network_header = len(out)
             if role == "primary" and roles.to_dhcp and section in ("Address", "Route"):
-                new_line = _disable(line, "static setting, DHCP now")
-                out.append(new_line)
-                res.fixes.append(Fix(FixKind.NET_DHCP, path, no, bare, new_line.rstrip("\r\n"), roles.dhcp_why))
-                continue
-            out.append(line)
+                _edited(out, res, path, no, bare, _disable(line, "static setting, DHCP now"), FixKind.NET_DHCP,
+                        roles.dhcp_why)
+            else:
+                out.append(line)
             continue
         m = _KEYVAL.match(bare)
         key, value = (m.group(2), m.group(4).strip()) if m else ("", "")
