@@ -27,16 +27,18 @@ The engine is `fixups`, not virt-v2v: virt-v2v spends ~17 min under TCG on one s
 (tests/integration/test_convert_v2v.py, slow); our fix-ups, with the guest's own
 update-initramfs for the host-only one, take 1.5-3.5 min.
 
-Measured here (2 cores shared with other jobs' QEMUs, TCG), the module in 816 s: the ISO boot
-142 s, both captures 265 s (the story disk nonzero, the host-only one mode=used, 148 MiB sent);
-(a) 548 s of which conversion 94 s, publish + download 13 s, boot to the host's ping 82 s;
-(b) 51 s (its conversion, 207 s with the initramfs rebuild 112 s, ran meanwhile), boot to ping
-50 s under a fresh OVMF; (c) 130 s: conversion 97 s (initramfs 51 s), boot to ping 33 s.
+Measured here (2 cores shared with other jobs' QEMUs, TCG), the module (-m "vm and not slow")
+in 534 s after the merge with main (816 s before it, on a busier host): the ISO boot 92 s, both
+captures 166 s; (a) 365 s of which conversion 69 s, publish + download 25 s, boot to the host's
+ping 58 s; (b) 37 s (its conversion, 114 s with the initramfs rebuild 64 s, ran meanwhile), boot
+to ping 37 s under a fresh OVMF; (c) 115 s: conversion 79 s (initramfs 40 s), boot to ping 36 s.
+Under heavy load (another 2-core test run beside it) the same module took 1247 s.
 
 The same story for a UEFI server booted by the ISO under OVMF (q35), -m slow only.
 
-Run: .venv/bin/pytest -q -s -m vm tests/vm/test_whole_story.py   (figures are printed and
-written to <vm-logs>/whole-story-*.json)
+Run: .venv/bin/pytest -q -s -m "vm and not slow" tests/vm/test_whole_story.py (-m vm adds the
+UEFI story, its own OVMF boot of the ISO: 806 s more); figures are printed and written to
+<vm-logs>/whole-story-*.json
 """
 from __future__ import annotations
 
