@@ -70,6 +70,13 @@ class ConvertEngine(StrEnum):
     FIXUPS = "fixups"      # our libguestfs fix-ups alone (fast; no driver injection)
 
 
+class ConvertNetwork(StrEnum):
+    """What the converted guest's primary interface keeps of its addresses (coldclone-convert
+    --network, and coldclone-receive --network beside --convert; the first is the default)."""
+    DHCP = "dhcp"          # DHCP on the cloud's network (Neutron's default)
+    KEEP = "keep"          # the static addresses, routes and DNS, for a port with that fixed IP
+
+
 class IscsiMode(StrEnum):
     AUTO = "auto"
     OFF = "off"

@@ -257,6 +257,11 @@ class NetworkPolicy:
     bindings_left: tuple[str, ...] = ()      # old-MAC bindings still there (not converted)
     static_configs: tuple[str, ...] = ()     # guest files that set a fixed address
     summary: str = ""
+    # what coldclone-convert --network made of the primary interface (conversion.network):
+    # the policy, the name it has on the instance, and the addresses it keeps (keep, static)
+    conversion_policy: str | None = None     # dhcp / keep; None: not converted by a mapping run
+    interface: str | None = None
+    fixed_addresses: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class LaunchPlan:

@@ -267,7 +267,7 @@ for f in "$CHROOT"/usr/lib/python3/dist-packages/nbd.py "$CHROOT"/usr/lib/python
     ln -sf "${f#"$CHROOT"}" "$CHROOT$site/"
 done
 in_chroot /opt/coldclone/bin/python -c \
-    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, nbd' ||
+    'import agent, parted, pyudev, psutil, paramiko, textual, requests, zstandard, nbd, yaml' ||
     die "the agent venv does not import"
 in_chroot /opt/coldclone/bin/python -m pip --version >/dev/null 2>&1 && die "pip leaked into the venv"
 umount_under "$WORK"

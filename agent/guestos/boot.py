@@ -133,13 +133,28 @@ def _version_key(text: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
+INITRAMFS_PATTERNS = ("initrd.img-{}", "initramfs-{}.img", "initrd-{}.img", "initrd-{}")
+
+
+def newest_initramfs_name(names: list[str]) -> tuple[str, str] | None:
+    """(kernel version, file name) of the newest kernel's initramfs among /boot's entries."""
+    versions = sorted((n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-")),
+                      key=_version_key, reverse=True)
+    have = set(names)
+    for ver in versions:
+        for pattern in INITRAMFS_PATTERNS:
+            if pattern.format(ver) in have:
+                return ver, pattern.format(ver)
+    return None
+
+
 def newest_initramfs(root: str, boot_root: str | None) -> tuple[str, str, str] | None:
     """(kernel version, path as the OS names it, real path) of the newest kernel's initramfs."""
     names = files.listdir(boot_root, ".") if boot_root else files.listdir(root, "boot")
     versions = sorted((n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-")),
                       key=_version_key, reverse=True)
     for ver in versions:
-        for pattern in ("initrd.img-{}", "initramfs-{}.img", "initrd-{}.img", "initrd-{}"):
+        for pattern in INITRAMFS_PATTERNS:
             hit = boot_file(root, boot_root, "boot/" + pattern.format(ver))
             if hit and os.path.isfile(hit[1]):
                 return ver, hit[0], hit[1]
@@ -267,6 +282,13 @@ def virtio_drivers(root: str, boot_root: str | None) -> InitramfsDrivers | None:
         return None
     ver, shown, real = found
     builtin = files.read_text(root, f"lib/modules/{ver}/modules.builtin") or ""
+    return drivers_of_file(real, shown, builtin)
+
+
+def drivers_of_file(real: str, shown: str, builtin: str) -> InitramfsDrivers:
+    """The virtio drivers of the initramfs at `real` (named `shown` in the OS), with the
+    kernel's modules.builtin text: what the agent reads in a mounted tree and the conversion
+    in a file downloaded from its appliance."""
     try:
         names = initramfs_names(real)
     except (OSError, ValueError, EOFError, lzma.LZMAError) as e:
@@ -280,3 +302,13 @@ def virtio_drivers(root: str, boot_root: str | None) -> InitramfsDrivers | None:
     present = [d for d in VIRTIO_DRIVERS if d in have]
     return InitramfsDrivers(path=shown, present=present,
                             missing=[d for d in VIRTIO_DRIVERS if d not in have])
+
+
+def lacks_virtio_disk(ini: InitramfsDrivers) -> bool:
+    """No way to reach a virtio disk at boot: neither virtio_blk nor virtio_scsi, or no
+    virtio_pci under them (the readiness finding `initramfs-virtio`, and what the fixups
+    engine rebuilds)."""
+    if ini.error:
+        return False
+    needed = [d for d in ("virtio_blk", "virtio_scsi") if d in ini.missing]
+    return len(needed) == 2 or "virtio_pci" in ini.missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import textwrap
 from dataclasses import dataclass, field
 
@@ -93,6 +94,9 @@ class DebianIface:
     options: dict[str, str] = field(default_factory=dict)
     auto: bool = False
     line: int = 0
+    path: str = "/etc/network/interfaces"
+    # every option line in order, repeated keys (up, post-up ...) included: (line, key, value)
+    option_lines: list[tuple[int, str, str]] = field(default_factory=list, compare=False)
 
 
 @dataclass
@@ -170,6 +174,164 @@ class InitramfsDrivers:
     error: str | None = None                    # why the file list could not be read
 
 
+# --- the network (guestos.netconfig reads it, every configuration style into one model) ----
+
+PRIMARY_NAME = "eth0"          # the first virtio NIC's name under net.ifnames=0
+NAMES_ARG = "net.ifnames=0"
+
+
+class NetStyle(str, enum.Enum):
+    IFUPDOWN = "ifupdown"
+    IFCFG = "ifcfg"
+    NM = "networkmanager"
+    NETPLAN = "netplan"
+    NETWORKD = "systemd-networkd"
+
+
+class IfaceKind(str, enum.Enum):
+    ETHERNET = "ethernet"
+    BOND = "bond"
+    VLAN = "vlan"
+    BRIDGE = "bridge"
+    OTHER = "other"           # team, infiniband, tunnels ...: not mapped (a finding says so)
+
+
+class BindingKind(str, enum.Enum):
+    """How a configuration is tied to the old NIC. Each breaks on a virtio NIC with a new MAC
+    in another slot, and each has its readiness finding (readiness.BINDING_FINDINGS)."""
+
+    UDEV_RULE = "udev-rule"                   # 70-persistent-net.rules: MAC -> name
+    IFCFG_HWADDR = "ifcfg-hwaddr"             # HWADDR= / MACADDR=
+    NM_MAC = "nm-mac-address"                 # [ethernet] mac-address=
+    INTERFACES_HWADDRESS = "interfaces-hwaddress"   # ifupdown forces the old MAC
+    NETPLAN_MATCH = "netplan-match"           # match: macaddress (+ set-name)
+    NETWORKD_MATCH = "networkd-match"         # .link / .network [Match] MACAddress=
+    HARDWARE_NAME = "hardware-name"           # eno1, ens3, enp3s0f0, em1, p2p1: slot-derived
+
+
+# Names the kernel never gives: derived from the firmware's onboard index (eno, em), the PCI
+# slot (ens, pXpY), the bus path (enp..s..) or the MAC (enx); a virtio NIC in another slot gets
+# another one.
+HARDWARE_NAME = re.compile(r"^(en[osx][0-9a-f]+\w*|enp\d+s\d+\w*|em\d+\w*|p\d+p\d+\w*|ib\d+|wl\w+)$")
+
+
+@dataclass
+class Binding:
+    kind: BindingKind
+    path: str
+    line: int | None
+    mac: str | None             # the old MAC it names (lowercase), if any
+    name: str | None            # the interface name it gives or is configured under
+    evidence: str
+
+
+@dataclass
+class Iface:
+    """One interface configuration (a stanza, an ifcfg file, a keyfile, a netplan or
+    networkd entry)."""
+
+    name: str                   # the interface it configures (the connection id if it names none)
+    style: NetStyle
+    path: str
+    line: int | None = None
+    kind: IfaceKind = IfaceKind.ETHERNET
+    method: str = "none"        # dhcp / static / manual / none
+    addresses: list[str] = field(default_factory=list)    # 10.0.2.77/24
+    gateway: str | None = None
+    dns: list[str] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)       # static routes besides the default
+    onboot: bool = True
+    members: list[str] = field(default_factory=list)      # a bond's slaves, a bridge's ports
+    parent: str | None = None   # a VLAN's device
+    vlan_id: int | None = None
+    master: str | None = None   # the bond/bridge this interface belongs to
+    mac: str | None = None      # the MAC the configuration is bound to
+    named: bool = True          # False: it matches any NIC (an NM connection with no
+                                # interface-name, a netplan match by driver ...)
+
+    @property
+    def static(self) -> bool:
+        return self.method == "static" and bool(self.addresses)
+
+    def describe(self) -> str:
+        """ens3 (static 10.0.2.77/24 via 10.0.2.2, DNS 10.0.2.3)"""
+        if self.static:
+            how = "static " + ", ".join(self.addresses) + (f" via {self.gateway}" if self.gateway else "")
+        else:
+            how = {"dhcp": "DHCP", "manual": "no address", "none": "no address"}.get(self.method, self.method)
+        extra = []
+        if self.kind is not IfaceKind.ETHERNET:
+            extra.append(self.kind.value + (f" over {', '.join(self.members)}" if self.members else "")
+                         + (f" on {self.parent}" if self.parent else ""))
+        if self.dns:
+            extra.append("DNS " + ", ".join(self.dns))
+        return f"{self.name} ({how}{''.join('; ' + e for e in extra)})"
+
+
+@dataclass
+class NetworkConfig:
+    """What the source OS configures, and which interface carries the default route."""
+
+    interfaces: list[Iface] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)
+    kernel_args: list[str] = field(default_factory=list)   # net.ifnames=/biosdevname= seen
+    naming_rules: bool = False          # udev's predictable-name rules are installed
+    nameservers: list[str] = field(default_factory=list)   # /etc/resolv.conf
+    styles: list[NetStyle] = field(default_factory=list)
+    primary: str | None = None          # the name of the primary interface
+    primary_why: str = ""
+    problems: list[str] = field(default_factory=list)      # what cannot be mapped, and why
+
+    @property
+    def predictable_names(self) -> bool:
+        """Will the guest give NICs slot-derived names: its udev has the rules (systemd 197 and
+        later: RHEL 7, Debian 9, Ubuntu 16.04 ...) and no net.ifnames=0 on the kernel line?
+        Older systems keep the kernel's ethN."""
+        return self.naming_rules and NAMES_ARG not in self.kernel_args
+
+    def named(self, name: str) -> list[Iface]:
+        return [i for i in self.interfaces if i.name == name]
+
+    @property
+    def primary_iface(self) -> Iface | None:
+        return next(iter(self.named(self.primary)), None) if self.primary else None
+
+
+# --- the EFI system partition (guestos.esp) -----------------------------------------------------
+
+ESP_MOUNT = "/boot/efi"
+
+
+@dataclass
+class EspDir:
+    name: str                       # the directory under EFI/ (debian, redhat, BOOT ...)
+    files: list[str] = field(default_factory=list)
+
+    def find(self, name: str) -> str | None:
+        """A file by name, as FAT does it: case-insensitively."""
+        return next((f for f in self.files if f.lower() == name.lower()), None)
+
+
+@dataclass
+class EspLoaders:
+    """What the ESP holds: each EFI/ directory's files, and the digests of the loaders."""
+
+    mount: str = ESP_MOUNT
+    dirs: list[EspDir] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)    # EFI/x/file -> sha256
+    error: str | None = None
+
+    def dir(self, name: str) -> EspDir | None:
+        return next((d for d in self.dirs if d.name.lower() == name.lower()), None)
+
+    @property
+    def removable(self) -> str | None:
+        """The removable-media loader's path (EFI/BOOT/BOOTX64.EFI as spelled on the disk)."""
+        d = self.dir("BOOT")
+        hit = d.find("BOOTX64.EFI") if d else None
+        return f"EFI/{d.name}/{hit}" if hit else None
+
+
 @dataclass
 class SourceOS:
     root: str = ""
@@ -180,6 +342,7 @@ class SourceOS:
     interfaces: list[DebianIface] = field(default_factory=list)
     nm_connections: list[NmConnection] = field(default_factory=list)
     net_rules: list[NetRule] = field(default_factory=list)
+    network: NetworkConfig | None = None                       # every style, as one model
     iscsi_initiator: IscsiInitiator | None = None
     iscsid: IscsidConf | None = None
     device_map: dict[str, str] = field(default_factory=dict)   # (hd0) -> /dev/cciss/c0d0
@@ -192,6 +355,7 @@ class SourceOS:
     firmware_evidence: list[str] = field(default_factory=list)
     resume: list[str] = field(default_factory=list)            # resume= / RESUME= values
     initramfs: InitramfsDrivers | None = None                  # newest kernel's initramfs
+    esp: EspLoaders | None = None                              # the EFI system partition's loaders
     qemu_guest_agent: bool = False
     findings: list[Finding] = field(default_factory=list)
 
@@ -211,6 +375,14 @@ class SourceOS:
                 ini.error or "virtio " + (", ".join(ini.present) or "none")
                 + (f" (missing {', '.join(ini.missing)})" if ini.missing else "")),
                 width, subsequent_indent="    ")
+        net = self.network
+        if net is not None and net.primary_iface is not None:
+            out += textwrap.wrap(f"Network: primary {net.primary_iface.describe()} [{net.primary_iface.style.value}]"
+                                 + "".join(f"; {i.describe()}" for i in net.interfaces if i.name != net.primary),
+                                 width, subsequent_indent="    ")
+        if self.esp is not None:
+            out += textwrap.wrap("ESP: " + ("; ".join(f"EFI/{d.name}: {', '.join(d.files)}" for d in self.esp.dirs)
+                                            or "no EFI directory"), width, subsequent_indent="    ")
         if self.iscsi_initiator and self.iscsi_initiator.name:
             out.append(f"iSCSI initiator: {self.iscsi_initiator.name}"[:width])
         if self.iscsid and self.iscsid.secrets:

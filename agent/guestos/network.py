@@ -6,10 +6,13 @@ bound to the old ones stops working."""
 from __future__ import annotations
 
 import configparser
-import glob
+import fnmatch
+import hashlib
 import os
+import posixpath
 import re
 import shlex
+from typing import Protocol
 
 from . import files
 from .model import DebianIface, IfcfgFile, NetRule, NmConnection
@@ -42,22 +45,37 @@ def parse_ifcfg(text: str, path: str = "") -> IfcfgFile:
     return IfcfgFile(path=path, device=device, values=values)
 
 
-def parse_interfaces(text: str) -> tuple[list[DebianIface], list[str]]:
+def _logical_lines(text: str):
+    """(first line number, text) of each logical line: a backslash at the end of a line
+    continues it on the next, and the number stays that of the line it started on."""
+    start, parts = None, []
+    for no, raw in enumerate(text.splitlines(), 1):
+        if start is None:
+            start = no
+        if raw.endswith("\\"):
+            parts.append(raw[:-1])
+            continue
+        parts.append(raw)
+        yield start, " ".join(parts)
+        start, parts = None, []
+    if parts:
+        yield start, " ".join(parts)
+
+
+def parse_interfaces(text: str, path: str = "/etc/network/interfaces") -> tuple[list[DebianIface], list[str]]:
     """Stanzas of /etc/network/interfaces, and the `source` patterns it includes."""
-    # Backslash at the end of a line continues it.
-    text = re.sub(r"\\\n", " ", text)
     ifaces: list[DebianIface] = []
     auto: set[str] = set()
     sources: list[str] = []
     current: DebianIface | None = None
-    for no, raw in enumerate(text.splitlines(), 1):
+    for no, raw in _logical_lines(text):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         words = line.split()
         key = words[0]
         if key == "iface" and len(words) >= 4:
-            current = DebianIface(name=words[1], family=words[2], method=words[3], line=no)
+            current = DebianIface(name=words[1], family=words[2], method=words[3], line=no, path=path)
             ifaces.append(current)
         elif key in ("auto", "allow-auto", "allow-hotplug") or key.startswith("allow-"):
             auto.update(words[1:])
@@ -69,6 +87,7 @@ def parse_interfaces(text: str) -> tuple[list[DebianIface], list[str]]:
             current = None
         elif current is not None:
             current.options[key] = " ".join(words[1:])
+            current.option_lines.append((no, key, " ".join(words[1:])))
     for i in ifaces:
         i.auto = i.name in auto
     return ifaces, sources
@@ -154,65 +173,131 @@ def parse_net_rules(text: str) -> list[NetRule]:
     return rules
 
 
-# --- reading a tree -----------------------------------------------------------
+# --- reading a guest's files ---------------------------------------------------
+
+class FileSource(Protocol):
+    """A guest's files by their absolute path in the guest: a mounted tree (the agent's
+    inspection) or the libguestfs appliance (the conversion), read by the same parsers."""
+
+    def read(self, path: str) -> str | None: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+    def digest(self, path: str) -> str | None: ...      # sha256 of a (binary) file
+
+
+class TreeFiles:
+    """A FileSource over a mounted tree (symlinks resolved inside it); boot_root and esp_root:
+    a separate /boot and the EFI system partition (/boot/efi), mounted elsewhere."""
+
+    def __init__(self, root: str, boot_root: str | None = None, esp_root: str | None = None):
+        self.root = root
+        self.mounts = [(m, r) for m, r in (("boot/efi", esp_root), ("boot", boot_root)) if r is not None]
+
+    def _where(self, path: str) -> tuple[str, str]:
+        rel = path.strip("/")
+        for mount, real in self.mounts:
+            if rel == mount or rel.startswith(mount + "/"):
+                return real, rel[len(mount):].lstrip("/") or "."
+        return self.root, rel
+
+    def read(self, path: str) -> str | None:
+        return files.read_text(*self._where(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return files.listdir(*self._where(path))
+
+    def digest(self, path: str) -> str | None:
+        real = files.resolve(*self._where(path))
+        if real is None or not os.path.isfile(real):
+            return None
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+IFCFG_DIRS = ("/etc/sysconfig/network-scripts", "/etc/sysconfig/network")
+# backups ifup ignores (ifcfg-eth0.bak, ifcfg-eth0~)
+IFCFG_IGNORED = ("~", ".bak", ".orig", ".rpmsave", ".rpmnew")
+
+
+def is_ifcfg_name(name: str) -> bool:
+    return name.startswith("ifcfg-") and name != "ifcfg-lo" and not name.endswith(IFCFG_IGNORED)
+
 
 def read_ifcfg(root: str) -> list[IfcfgFile]:
+    return read_ifcfg_from(TreeFiles(root))
+
+
+def read_ifcfg_from(fs: FileSource) -> list[IfcfgFile]:
     out = []
-    for rel_dir in ("etc/sysconfig/network-scripts", "etc/sysconfig/network"):
-        for name in files.listdir(root, rel_dir):
-            # ifcfg-eth0 but not backups (ifcfg-eth0.bak, ifcfg-eth0~) that ifup ignores
-            if not name.startswith("ifcfg-") or name == "ifcfg-lo" or name.endswith(
-                    ("~", ".bak", ".orig", ".rpmsave", ".rpmnew")):
-                continue
-            text = files.read_text(root, f"{rel_dir}/{name}")
-            if text is not None:
-                out.append(parse_ifcfg(text, f"/{rel_dir}/{name}"))
+    for folder in IFCFG_DIRS:
+        for name in fs.listdir(folder):
+            if is_ifcfg_name(name):
+                text = fs.read(f"{folder}/{name}")
+                if text is not None:
+                    out.append(parse_ifcfg(text, f"{folder}/{name}"))
     return out
 
 
 def read_interfaces(root: str) -> list[DebianIface]:
-    text = files.read_text(root, "etc/network/interfaces")
+    return read_interfaces_from(TreeFiles(root))
+
+
+def read_interfaces_from(fs: "FileSource") -> list[DebianIface]:
+    """/etc/network/interfaces and the files its `source` lines include (globs expanded in
+    the guest's own tree), loopback left out."""
+    text = fs.read("/etc/network/interfaces")
     if text is None:
         return []
     ifaces, sources = parse_interfaces(text)
-    seen = {"etc/network/interfaces"}
+    seen = {"/etc/network/interfaces"}
     for pattern in sources:
-        # `source` globs are paths of the source OS: expand them inside the tree.
         if not pattern.startswith("/"):
             pattern = "/etc/network/" + pattern
-        base = files.resolve(root, os.path.dirname(pattern)) or ""
-        for path in sorted(glob.glob(os.path.join(base, os.path.basename(pattern)))):
-            rel = os.path.relpath(path, root)
-            if rel in seen or not os.path.isfile(path):
+        folder, name = posixpath.split(pattern)
+        for entry in fs.listdir(folder):
+            path = posixpath.join(folder, entry)
+            if path in seen or not fnmatch.fnmatchcase(entry, name):
                 continue
-            seen.add(rel)
-            more, _ = parse_interfaces(files.read_text(root, rel) or "")
-            ifaces.extend(more)
+            seen.add(path)
+            more_text = fs.read(path)
+            if more_text is not None:
+                ifaces.extend(parse_interfaces(more_text, path)[0])
     return [i for i in ifaces if i.method != "loopback" and i.name != "lo"]
 
 
+NM_DIR = "/etc/NetworkManager/system-connections"
+
+
 def read_nm(root: str) -> list[NmConnection]:
+    return [c for c, _ in read_nm_texts(TreeFiles(root))]
+
+
+def read_nm_texts(fs: FileSource) -> list[tuple[NmConnection, str]]:
+    """Each keyfile's connection with the file's text."""
     out = []
-    for rel_dir in ("etc/NetworkManager/system-connections",):
-        for name in files.listdir(root, rel_dir):
-            text = files.read_text(root, f"{rel_dir}/{name}")
-            if text is not None:
-                out.append(parse_nm_keyfile(text, f"/{rel_dir}/{name}"))
+    for name in fs.listdir(NM_DIR):
+        text = fs.read(f"{NM_DIR}/{name}")
+        if text is not None:
+            out.append((parse_nm_keyfile(text, f"{NM_DIR}/{name}"), text))
     return out
 
 
 def read_nm_ipv4(root: str) -> list[tuple[NmConnection, list[str], str | None]]:
     """Each keyfile's connection with its IPv4 addresses (ADDRESS/PREFIX) and gateway."""
-    out = []
-    for rel_dir in ("etc/NetworkManager/system-connections",):
-        for name in files.listdir(root, rel_dir):
-            text = files.read_text(root, f"{rel_dir}/{name}")
-            if text is not None:
-                addresses, gateway = parse_nm_ipv4(text)
-                out.append((parse_nm_keyfile(text, f"/{rel_dir}/{name}"), addresses, gateway))
-    return out
+    return [(c, *parse_nm_ipv4(text)) for c, text in read_nm_texts(TreeFiles(root))]
+
+
+NET_RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 
 
 def read_net_rules(root: str) -> list[NetRule]:
-    text = files.read_text(root, "etc/udev/rules.d/70-persistent-net.rules")
+    return read_net_rules_from(TreeFiles(root))
+
+
+def read_net_rules_from(fs: FileSource) -> list[NetRule]:
+    text = fs.read(NET_RULES)
     return parse_net_rules(text) if text else []

@@ -5,11 +5,9 @@ concrete fix."""
 
 from __future__ import annotations
 
-import re
-
 from . import fstab as fstabmod
-from . import lvm
-from .model import Finding, SourceOS
+from . import boot, esp as espmod, lvm, netconfig
+from .model import Finding, Firmware, SourceOS
 
 # What coldclone-convert (virt-v2v plus our libguestfs fix-ups) does about a finding, in
 # words that follow "conversion will". Findings not listed need a person's decision.
@@ -18,16 +16,9 @@ CONVERSION = {
     "bootloader-root-device": "rewrite root= on the kernel lines to UUID=",
     "grub-device-map": "rewrite device.map for the virtio disk (hd0) /dev/vda",
     "resume-device": "rewrite resume= to the swap partition's UUID=",
-    "persistent-net-rules": "remove the MAC-bound udev net rules",
-    "ifcfg-hwaddr": "remove the HWADDR= lines",
-    "nm-mac-address": "remove mac-address= from the NetworkManager connections",
-    "interfaces-hwaddress": "remove the hwaddress lines",
-    "initramfs-virtio": "rebuild the initramfs with the virtio drivers (virt-v2v)",
+    "initramfs-virtio": "rebuild the initramfs with the virtio drivers (virt-v2v; with --engine "
+                        "fixups the guest's own update-initramfs or dracut, or refuse)",
 }
-
-# Interface names that only exist on the old hardware (biosdevname / systemd
-# names of onboard or PCI-slot NICs); a virtio NIC gets eth0 / ens3 / enp1s0.
-HW_NIC_NAME = re.compile(r"^(em\d+|p\d+p\d+|eno\d+\w*|enp\d+s\d+f\d+\w*|ens\d+f\d+\w*|ib\d+)$")
 
 HARDWARE_KINDS = {"cciss": "an HP Smart Array (cciss) name", "hd": "an IDE name",
                   "sd": "a SCSI/SATA name", "nvme": "an NVMe name",
@@ -169,81 +160,164 @@ def storage_findings(src: SourceOS, disk_count: int | None) -> list[Finding]:
 
 
 def network_findings(src: SourceOS) -> list[Finding]:
+    """One finding per binding to the old NIC, one for the primary interface's name, its
+    static address, a bond/VLAN/bridge under it, the other interfaces, and each thing that
+    cannot be mapped: from netconfig.plan(), the plan coldclone-convert carries out."""
+    cfg = src.network
+    if cfg is None:
+        return []
+    p = netconfig.plan(cfg)
+    prim = p.primary
     out = []
-    bound = [c for c in src.ifcfg if c.hwaddr]
-    if bound:
+
+    def role(name: str | None) -> str:
+        if prim is not None and name == prim.name:
+            return f"the primary interface {prim.describe()}"
+        if name in p.members:
+            return f"{name}, under the primary interface {prim.name}"
+        if name in p.secondaries:
+            return f"{next(iter(cfg.named(name))).describe()}, a secondary interface"
+        return name or "an interface configuration"
+
+    def after(name: str | None) -> str:
+        if prim is not None and name == prim.name:
+            return f"; its configuration goes to the first virtio NIC as {p.new_name}"
+        if name in p.disabled:
+            return f"; {name}'s configuration is disabled"
+        return ""
+
+    for b in cfg.bindings:
+        what = BINDING_FINDINGS.get(b.kind)
+        if what is None:
+            continue
+        fid, severity, title, detail, fix, conv = what
+        mac = b.mac or "?"
         out.append(Finding(
-            id="ifcfg-hwaddr", severity="high",
-            title="network configuration is bound to the old MAC addresses (HWADDR)",
-            detail="The virtual NIC has a new MAC; ifup refuses a config whose HWADDR does "
-                   "not match (\"Device eth0 has different MAC address than expected\"), so "
-                   "the instance comes up without network.",
-            fix="Delete the HWADDR= line (and UUID= if NetworkManager manages it) from "
-                + ", ".join(c.path for c in bound) + ".",
-            evidence=[_ev(c.path, None, f"HWADDR={c.hwaddr}") for c in bound]))
-    pinned = [r for r in src.net_rules if r.mac]
-    if pinned:
+            id=fid, severity=severity, title=title.format(mac=mac, name=b.name or "?") + f": {role(b.name)}",
+            detail=detail, fix=fix.format(path=b.path, mac=mac, name=b.name or "?"),
+            evidence=[_ev(b.path, b.line, b.evidence)], conversion=conv + after(b.name)))
+    if prim is not None and (p.rename or p.kernel_arg):
+        how = [b for b in cfg.bindings if b.name == prim.name and b.kind in (
+            netconfig.BindingKind.UDEV_RULE, netconfig.BindingKind.HARDWARE_NAME,
+            netconfig.BindingKind.NETPLAN_MATCH, netconfig.BindingKind.NETWORKD_MATCH)]
+        if any(b.kind is netconfig.BindingKind.HARDWARE_NAME for b in how):
+            why = (f"{prim.name} is the name udev derives from the old NIC's PCI slot or onboard index; "
+                   f"a virtio NIC in another slot gets another one (ens5, enp1s0)")
+        elif how:
+            why = (f"{prim.name} is given by a rule matching the old NIC's MAC ({how[0].mac}); without it "
+                   f"the virtio NIC gets its slot name (ens3, enp1s0)")
+        else:
+            why = (f"nothing makes the virtio NIC {prim.name}: with predictable names it gets its slot's "
+                   f"name (ens3, enp1s0)")
+        steps = ([f"put {netconfig.NAMES_ARG} on the kernel lines (the first virtio NIC is then "
+                  f"{p.new_name} whatever its PCI slot)"] if p.kernel_arg else [])
+        if p.rename:
+            steps.append(f"move {prim.name}'s configuration ({prim.path}) to {p.new_name}")
         out.append(Finding(
-            id="persistent-net-rules", severity="high",
-            title="udev pins interface names to the old MAC addresses",
-            detail="70-persistent-net.rules keeps eth0 for the old NIC, so the virtual NIC "
-                   "becomes eth1 (or higher) and none of the eth0 configuration applies.",
-            fix="Delete /etc/udev/rules.d/70-persistent-net.rules; on RHEL/CentOS 6 also "
-                "stop it being regenerated: ln -s /dev/null "
-                "/etc/udev/rules.d/75-persistent-net-generator.rules.",
-            evidence=[_ev("/etc/udev/rules.d/70-persistent-net.rules", r.line,
-                          f"{r.mac} -> {r.name}") for r in pinned]))
-    nm_bound = [c for c in src.nm_connections if c.mac_address]
-    if nm_bound:
-        out.append(Finding(
-            id="nm-mac-address", severity="high",
-            title="NetworkManager connections are bound to the old MAC addresses",
-            detail="A connection with mac-address= only activates on that NIC; the virtual "
-                   "NIC gets no configuration.",
-            fix="Remove mac-address= from the [ethernet] section of "
-                + ", ".join(c.path for c in nm_bound) + ".",
-            evidence=[_ev(c.path, None, f"mac-address={c.mac_address}") for c in nm_bound]))
-    hwaddress = [i for i in src.interfaces if "hwaddress" in i.options]
-    if hwaddress:
-        out.append(Finding(
-            id="interfaces-hwaddress", severity="medium",
-            title="/etc/network/interfaces forces the old MAC address (hwaddress)",
-            detail="ifup sets the physical server's MAC on the virtual NIC: OpenStack port "
-                   "security drops its traffic, and the MAC clashes with the original server.",
-            fix="Delete the hwaddress lines from /etc/network/interfaces.",
-            evidence=[_ev("/etc/network/interfaces", i.line,
-                          f"iface {i.name}: hwaddress {i.options['hwaddress']}")
-                      for i in hwaddress]))
-    names = sorted({c.device for c in src.ifcfg if c.device and HW_NIC_NAME.match(c.device)}
-                   | {i.name for i in src.interfaces if HW_NIC_NAME.match(i.name)}
-                   | {c.interface_name for c in src.nm_connections
-                      if c.interface_name and HW_NIC_NAME.match(c.interface_name)})
-    if names:
-        out.append(Finding(
-            id="hardware-nic-names", severity="medium",
-            title="network configuration uses NIC names of the physical server",
-            detail=f"Names like {', '.join(names)} belong to onboard/PCI-slot NICs; the virtio NIC "
-                   "will be eth0 (older systems) or ens3/enp1s0, so no configuration "
-                   "matches it.",
-            fix="Rename the configuration to the name the VM's NIC gets (eth0 or ens3), "
-                "or let cloud-init write the network configuration.",
-            evidence=names))
-    static = ([c.path for c in src.ifcfg
-               if c.bootproto in ("none", "static") and c.values.get("IPADDR")]
-              + [f"/etc/network/interfaces: {i.name}" for i in src.interfaces
-                 if i.method == "static"]
-              + [c.path for c in src.nm_connections if c.ipv4_method == "manual"])
-    if static:
+            id="primary-nic", severity="high",
+            title=f"the primary interface {prim.name} will not exist on the cloud's NIC",
+            detail=f"{prim.describe()} carries the server's network ({cfg.primary_why}). {why}, "
+                   f"so the instance boots without network.",
+            fix="; ".join(s[0].upper() + s[1:] if i == 0 else s for i, s in enumerate(steps)) + ".",
+            evidence=[_ev(prim.path, prim.line, prim.describe())],
+            conversion=" and ".join(steps) + _policy_words(prim, p.new_name)))
+    if prim is not None and prim.static:
         out.append(Finding(
             id="static-ip", severity="medium",
-            title="static IP configuration",
-            detail="OpenStack hands out addresses by DHCP; a static address works only if "
-                   "the Neutron port has exactly that fixed IP on a subnet with the same "
-                   "gateway, otherwise the instance is unreachable.",
-            fix="Switch to DHCP (BOOTPROTO=dhcp / iface ... inet dhcp / ipv4.method=auto), "
-                "or create the Neutron port with the same fixed IP.",
-            evidence=static))
+            title=f"the primary interface has a static address ({', '.join(prim.addresses)})",
+            detail="OpenStack hands out addresses by DHCP; a static address works only on a Neutron "
+                   "port with exactly that fixed IP on a subnet with the same gateway, otherwise "
+                   "the instance is unreachable.",
+            fix="Create the Neutron port with the same fixed IP, or switch the interface to DHCP.",
+            evidence=[_ev(prim.path, prim.line, prim.describe())],
+            conversion=f"keep it with --network keep (for a port with the fixed IP {prim.addresses[0].split('/')[0]}), "
+                       f"or switch {p.new_name} to DHCP with --network dhcp (the default)"))
+    if p.flattened:
+        out.append(Finding(
+            id="nic-bond-vlan", severity="medium",
+            title=f"the primary interface is a {' over '.join(_kind_of(cfg, n) + ' ' + n for n in p.flattened)} "
+                  f"on the old NICs",
+            detail="Bonds, VLANs and bridges are made of the physical server's NICs and switch ports; "
+                   "an instance has one virtio NIC on an untagged Neutron network.",
+            fix=f"Configure the addresses of {prim.name} on the instance's NIC, without the "
+                f"bond/VLAN/bridge.",
+            evidence=[_ev(i.path, i.line, i.describe()) for n in p.flattened + p.members for i in cfg.named(n)],
+            conversion=f"make {prim.name} the plain {p.new_name} with its addresses and disable "
+                       f"{', '.join(p.members) or 'the members'}"))
+    if p.secondaries:
+        ifs = [next(iter(cfg.named(n))) for n in p.secondaries]
+        out.append(Finding(
+            id="secondary-nics", severity="medium",
+            title=f"{len(ifs)} more interface(s) configured for NICs of the old server: "
+                  f"{', '.join(p.secondaries)}",
+            detail="A new instance has one NIC; configurations for NICs it does not have fail at "
+                   "boot or hold up network-online.target.",
+            fix="Attach a Neutron port per network and configure each on the instance.",
+            evidence=[_ev(i.path, i.line, i.describe()) for i in ifs],
+            conversion="disable their configuration, with a note in each file"))
+    for problem in p.problems:
+        out.append(Finding(
+            id="network-unmapped", severity="high",
+            title="a network setting conversion cannot map",
+            detail=problem, fix="Configure it on the instance by hand (from the cloud console), or "
+                                "change it on the source before the capture.",
+            evidence=[problem.split(": ", 1)[0]]))
     return out
+
+
+def _kind_of(cfg: netconfig.NetworkConfig, name: str) -> str:
+    return next((i.kind.value for i in cfg.named(name)), "interface")
+
+
+def _policy_words(prim: netconfig.Iface, new_name: str) -> str:
+    if prim.static:
+        return (f"; with --network keep {new_name} keeps {', '.join(prim.addresses)}"
+                + (f" via {prim.gateway}" if prim.gateway else "")
+                + (f" (DNS {', '.join(prim.dns)})" if prim.dns else "")
+                + ", with --network dhcp (the default) it uses DHCP")
+    return f"; {new_name} uses {'DHCP' if prim.method == 'dhcp' else prim.method}"
+
+
+# Each kind of binding to the old NIC: (finding id, severity, title, detail, fix, conversion).
+BINDING_FINDINGS = {
+    netconfig.BindingKind.UDEV_RULE: (
+        "persistent-net-rules", "high", "udev names the NIC with MAC {mac} {name}",
+        "70-persistent-net.rules keeps the name for the old NIC; the virtual NIC has another MAC, "
+        "so it gets another name and none of the old name's configuration applies.",
+        "Delete the rule from {path}; on RHEL/CentOS 6 also stop it being regenerated: ln -s "
+        "/dev/null /etc/udev/rules.d/75-persistent-net-generator.rules.",
+        "comment the rule out"),
+    netconfig.BindingKind.IFCFG_HWADDR: (
+        "ifcfg-hwaddr", "high", "{name}'s ifcfg is bound to the old MAC {mac} (HWADDR)",
+        "The virtual NIC has a new MAC; ifup refuses a config whose HWADDR does not match "
+        "(\"Device eth0 has different MAC address than expected\").",
+        "Delete the HWADDR= line (and UUID= if NetworkManager manages it) from {path}.",
+        "comment HWADDR= out"),
+    netconfig.BindingKind.NM_MAC: (
+        "nm-mac-address", "high", "the NetworkManager connection {name} is bound to the old MAC {mac}",
+        "A connection with mac-address= only activates on that NIC; the virtual NIC gets no "
+        "configuration.",
+        "Remove mac-address= from the [ethernet] section of {path}.",
+        "comment mac-address= out"),
+    netconfig.BindingKind.INTERFACES_HWADDRESS: (
+        "interfaces-hwaddress", "medium", "/etc/network/interfaces forces the old MAC {mac} on {name}",
+        "ifup sets the physical server's MAC on the virtual NIC: OpenStack port security drops "
+        "its traffic, and the MAC clashes with the original server.",
+        "Delete the hwaddress line of {name} from {path}.",
+        "comment the hwaddress line out"),
+    netconfig.BindingKind.NETPLAN_MATCH: (
+        "netplan-mac-match", "high", "netplan matches {name} by the old MAC {mac}",
+        "A netplan entry with match: macaddress applies only to that NIC (and set-name renames "
+        "only it); the virtual NIC has another MAC and gets no configuration.",
+        "Remove match: and set-name: from the entry in {path}.",
+        "remove the match and set-name"),
+    netconfig.BindingKind.NETWORKD_MATCH: (
+        "networkd-mac-match", "high", "systemd-networkd matches {name} by the old MAC {mac}",
+        "A .link or .network file matching MACAddress= applies only to the old NIC: the "
+        "virtual NIC is neither named nor configured by it.",
+        "Drop the MACAddress= match from {path} (a .link that only named the old NIC: delete it).",
+        "comment the MAC match out"),
+}
 
 
 def resume_findings(resume: list[tuple[str, str]], devices: dict[str, str]) -> list[Finding]:
@@ -270,8 +344,7 @@ def initramfs_findings(src: SourceOS) -> list[Finding] | None:
     ini = src.initramfs
     if ini is None or ini.error:
         return None
-    needed = [d for d in ("virtio_blk", "virtio_scsi") if d in ini.missing]
-    if len(needed) < 2 and "virtio_pci" not in ini.missing:
+    if not boot.lacks_virtio_disk(ini):
         return []
     return [Finding(
         id="initramfs-virtio", severity="high",
@@ -319,6 +392,43 @@ def platform_findings(src: SourceOS) -> list[Finding]:
     return out
 
 
+def _win(path: str) -> str:
+    return "\\" + path.replace("/", "\\")
+
+
+def esp_findings(src: SourceOS) -> list[Finding]:
+    """What a fresh UEFI firmware (a new instance's empty NVRAM) boots from this ESP."""
+    esp = src.esp
+    if esp is None:
+        return []
+    plan = espmod.removable_plan(esp, [src.os.id] if src.os.id else [])
+    listing = [f"{esp.mount}/EFI/{d.name}: {', '.join(d.files)}" for d in esp.dirs]
+    uefi = src.firmware is Firmware.UEFI
+    if plan.copies:
+        copies = "; ".join(f"{_win(a)} to {_win(b)}" for a, b in plan.copies)
+        return [Finding(
+            id="uefi-removable-loader", severity="high" if uefi else "low",
+            title="a fresh UEFI firmware finds " + ("another boot loader" if plan.set_aside else "no boot loader")
+                  + " on this disk",
+            detail=f"The OS boots {_win(plan.source + '/' + plan.loader)} through a boot entry in the "
+                   f"server's own NVRAM; a new instance starts with an empty NVRAM and its firmware boots "
+                   f"only the removable-media path {_win(espmod.REMOVABLE)}, where it finds {plan.found}."
+                   + ("" if uefi else " (This server boots by BIOS: this matters only on a UEFI flavor.)"),
+            fix=f"Copy {copies} (grub-install --removable does it for GRUB).",
+            evidence=listing,
+            conversion=f"copy {copies}" + (f", setting the loader found there aside as {_win(plan.set_aside)}"
+                                           if plan.set_aside else ""))]
+    if plan.problem and uefi and not esp.removable:
+        return [Finding(
+            id="uefi-loader-unknown", severity="high",
+            title="a fresh UEFI firmware finds no boot loader, and which one to use is unclear",
+            detail=plan.problem + f"; a new instance's firmware boots only {_win(espmod.REMOVABLE)}, "
+                                  f"which does not exist.",
+            fix=f"Copy the OS's own loader to {_win(espmod.REMOVABLE)} before the capture.",
+            evidence=listing)]
+    return []
+
+
 def iscsi_findings(src: SourceOS, node_records: list[str]) -> list[Finding]:
     out = []
     init = src.iscsi_initiator
@@ -361,8 +471,17 @@ def build_findings(src: SourceOS, *, roots: list[tuple[str, str]] | None = None,
            + resume_findings(resume or [], devices)
            + storage_findings(src, disk_count)
            + network_findings(src)
+           + esp_findings(src)
            + iscsi_findings(src, node_records or [])
            + platform_findings(src))
     for f in out:
-        f.conversion = CONVERSION.get(f.id)
+        # network findings say what conversion does to their interface themselves
+        f.conversion = f.conversion or CONVERSION.get(f.id)
     return out
+
+
+# Every finding id whose finding says what conversion does (a "conversion will ..." text): the
+# fixed texts above, the network findings (each writes its own) and the UEFI loader's.
+NETWORK_CONVERTED = ("primary-nic", "static-ip", "nic-bond-vlan", "secondary-nics", "uefi-removable-loader")
+CONVERTED_FINDINGS = frozenset(CONVERSION) | frozenset(NETWORK_CONVERTED) | frozenset(
+    f[0] for f in BINDING_FINDINGS.values())

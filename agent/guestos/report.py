@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .model import BootLoader, Finding, Firmware, InitramfsDrivers, OsInfo, SourceOS
+from .esp import EspLoaders
+from .netconfig import BindingKind, NetworkConfig
 
 REPORT_VERSION = 1
 
@@ -29,7 +31,8 @@ class MacBinding:
 
     path: str            # the file (udev rule, ifcfg, keyfile, interfaces)
     mac: str
-    what: str            # udev-rule / ifcfg-HWADDR / nm-mac-address / interfaces-hwaddress
+    what: str            # udev-rule / ifcfg-HWADDR / nm-mac-address / interfaces-hwaddress /
+                         # netplan-match / networkd-match
 
 
 @dataclass
@@ -50,6 +53,8 @@ class ReadinessReport:
     swap: list[str] = field(default_factory=list)
     resume: list[str] = field(default_factory=list)
     mac_bindings: list[MacBinding] = field(default_factory=list)
+    network: NetworkConfig | None = None      # the interfaces, the primary, the bindings
+    esp: EspLoaders | None = None             # the EFI system partition's boot loaders
     initramfs: InitramfsDrivers | None = None
     cloud_init: bool = False
     qemu_guest_agent: bool = False
@@ -66,6 +71,16 @@ class ReadinessReport:
         if self.root is not None:
             out.append(f"readiness: root {self.root.spec} ({self.root.kind})"
                        + (f", resume={', '.join(self.resume)}" if self.resume else ""))
+        net = self.network
+        if net is not None and net.primary:
+            prim = net.primary_iface
+            out.append(f"readiness: network: primary {prim.describe() if prim else net.primary}"
+                       f" [{prim.style.value if prim else '?'}]"
+                       + (f", {len(net.interfaces) - len(net.named(net.primary))} more configured"
+                          if len(net.interfaces) > len(net.named(net.primary)) else ""))
+        if self.esp is not None:
+            out.append("readiness: ESP: " + ("; ".join(f"EFI/{d.name}: {', '.join(d.files)}" for d in self.esp.dirs)
+                                             or "no EFI directory"))
         if self.initramfs is not None:
             ini = self.initramfs
             out.append(f"readiness: initramfs {ini.path}: " + (
@@ -81,16 +96,16 @@ class ReadinessReport:
         return out
 
 
+_WHAT = {BindingKind.UDEV_RULE: "udev-rule", BindingKind.IFCFG_HWADDR: "ifcfg-HWADDR",
+         BindingKind.NM_MAC: "nm-mac-address", BindingKind.INTERFACES_HWADDRESS: "interfaces-hwaddress",
+         BindingKind.NETPLAN_MATCH: "netplan-match", BindingKind.NETWORKD_MATCH: "networkd-match"}
+
+
 def mac_bindings(src: SourceOS) -> list[MacBinding]:
-    out = [MacBinding("/etc/udev/rules.d/70-persistent-net.rules", r.mac, "udev-rule")
-           for r in src.net_rules if r.mac]
-    out += [MacBinding(c.path, c.hwaddr, "ifcfg-HWADDR") for c in src.ifcfg if c.hwaddr]
-    out += [MacBinding(c.path, c.mac_address, "nm-mac-address")
-            for c in src.nm_connections if c.mac_address]
-    out += [MacBinding("/etc/network/interfaces", i.options["hwaddress"].split()[-1],
-                       "interfaces-hwaddress")
-            for i in src.interfaces if "hwaddress" in i.options]
-    return out
+    if src.network is None:
+        return []
+    return [MacBinding(b.path, b.mac, _WHAT[b.kind]) for b in src.network.bindings
+            if b.mac and b.kind in _WHAT]
 
 
 def from_source(src: SourceOS, disk: str | None) -> ReadinessReport:
@@ -102,5 +117,5 @@ def from_source(src: SourceOS, disk: str | None) -> ReadinessReport:
         boot_loader_evidence=src.boot_loader_evidence, firmware=src.firmware,
         firmware_evidence=src.firmware_evidence, root=root, fstab=names,
         swap=[e.spec for e in src.fstab if e.fstype == "swap"], resume=src.resume,
-        mac_bindings=mac_bindings(src), initramfs=src.initramfs, cloud_init=src.cloud_init,
-        qemu_guest_agent=src.qemu_guest_agent)
+        mac_bindings=mac_bindings(src), network=src.network, esp=src.esp, initramfs=src.initramfs,
+        cloud_init=src.cloud_init, qemu_guest_agent=src.qemu_guest_agent)

@@ -3,7 +3,7 @@ plain tree): read-only, never following links out of the tree."""
 
 from __future__ import annotations
 
-from . import boot, cloudinit, files, grub, iscsi, lvm, network, osrelease, readiness
+from . import boot, cloudinit, esp, files, grub, iscsi, lvm, netconfig, network, osrelease, readiness
 from .fstab import parse_fstab
 from .model import Firmware, SourceOS
 
@@ -34,13 +34,14 @@ def iscsi_node_records(root: str) -> list[str]:
 QEMU_GA = ("usr/bin/qemu-ga", "usr/sbin/qemu-ga")
 
 
-def inspect_tree(root: str, *, boot_root: str | None = None,
+def inspect_tree(root: str, *, boot_root: str | None = None, esp_root: str | None = None,
                  devices: dict[str, str] | None = None,
                  disk_count: int | None = None,
                  disk_firmware: boot.FirmwareVerdict | None = None) -> SourceOS:
     """Everything inspection knows about the OS under root, with its findings.
 
-    boot_root: the separate /boot filesystem, mounted elsewhere. devices: what
+    boot_root: the separate /boot filesystem, mounted elsewhere; esp_root: the EFI system
+    partition (/boot/efi), mounted elsewhere. devices: what
     to suggest instead of hardware names (/dev/cciss/c0d0p1 -> UUID=...).
     disk_count: how many disks discovery says the OS spans. disk_firmware: what the
     partition table says (boot.firmware_from_disk), which the OS's own files only refine.
@@ -58,6 +59,9 @@ def inspect_tree(root: str, *, boot_root: str | None = None,
     src.interfaces = network.read_interfaces(root)
     src.nm_connections = network.read_nm(root)
     src.net_rules = network.read_net_rules(root)
+    tree = network.TreeFiles(root, boot_root, esp_root)
+    src.network = netconfig.read_network(tree)
+    src.esp = esp.read_esp(tree)
     src.iscsi_initiator = iscsi.read_initiator(root)
     src.iscsid = iscsi.read_iscsid(root)
     src.device_map, devmap_path = grub.read_device_map(root, boot_root)

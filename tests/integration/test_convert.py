@@ -233,14 +233,15 @@ def test_refuses_what_is_not_a_complete_capture(root, tmp_path):
 
 
 def test_receiver_convert_queues_the_conversion(root, tmp_path):
-    """`coldclone-receive --convert`: the receiver answers `complete` and exits at once; the
-    conversion runs detached after it and records its outcome in the manifest."""
+    """`coldclone-receive --convert --network keep`: the receiver answers `complete` and exits
+    at once; the conversion runs detached after it, with the receiver's --network, and records
+    its outcome (and that policy) in the manifest."""
     from tests.streams import capture_stream
 
     guestdisk.ext4_disk(str(tmp_path / "d.img"), {"notes.txt": "no OS here\n"}, size_mib=32)
     stream = capture_stream("queued01", {"sdd": open(tmp_path / "d.img", "rb").read()})
     t = time.monotonic()
-    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert"],
+    r = subprocess.run([os.path.join(BIN, "coldclone-receive"), "--root", root, "--convert", "--network", "keep"],
                        input=stream, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert time.monotonic() - t < 30          # it did not wait for the appliance
@@ -253,8 +254,41 @@ def test_receiver_convert_queues_the_conversion(root, tmp_path):
             break
         time.sleep(2)
     assert m["conversion"]["result"] == "not_converted", open(os.path.join(cap, "conversion.out")).read()
+    assert m["conversion"]["network"]["policy"] == "keep"
     assert m["status"] == "complete"
     assert "not converted: no operating system" in open(os.path.join(cap, "conversion.out")).read()
+
+
+def test_host_only_initramfs_without_a_tool_to_rebuild_it_is_refused(root, tmp_path):
+    """--engine fixups on a guest whose initramfs has no virtio disk driver and no
+    update-initramfs or dracut to add one: refused before any image is written (it would stop
+    in the initramfs on virtio), pointing to --engine virt-v2v; the readiness report of the same
+    tree predicted the problem."""
+    from agent.guestos.tree import inspect_tree
+    from tests.testbed import sourceos
+
+    kver = sourceos.KVER
+    tree = {**{k: v for k, v in TREE.items() if not k.startswith(("etc/sysconfig", "etc/NetworkManager"))},
+            f"boot/vmlinuz-{kver}": "not a kernel\n", f"boot/initrd.img-{kver}": sourceos.sata_initramfs()}
+    src = tmp_path / "tree"
+    for rel, data in tree.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data if isinstance(data, bytes) else data.encode())
+    assert inspect_tree(str(src)).finding("initramfs-virtio") is not None
+    img = str(tmp_path / "sda.img")
+    guestdisk.ext4_disk(img, tree, uuid=ROOT_UUID)
+    cap = guestdisk.make_capture(root, "hostonly01", {"sda": img})
+    before = sha256_of(os.path.join(cap, "sda.qcow2"))
+    r = convert(cap, "--engine", "fixups")
+    assert r.returncode == 7, r.stdout + r.stderr[-3000:]
+    c = json.load(open(os.path.join(cap, "manifest.json")))["conversion"]
+    assert c["result"] == "not_converted"
+    assert c["message"] == (
+        f"not converted: /boot/initrd.img-{kver} has no virtio disk driver (virtio virtio_net (missing virtio_pci, "
+        f"virtio_blk, virtio_scsi)) and the guest has neither update-initramfs nor dracut to rebuild it: on virtio "
+        f"it would stop in the initramfs; convert it with --engine virt-v2v")
+    assert sha256_of(os.path.join(cap, "sda.qcow2")) == before
+    assert sorted(os.listdir(cap)) == ["conversion.log", "manifest.json", "sda.qcow2"]
 
 
 def test_status_reads_the_conversion_verdicts(root):

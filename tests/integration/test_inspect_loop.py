@@ -81,6 +81,7 @@ def test_rhel6_source_os_on_loop_device(rhel6_image):
         ("initramfs-virtio", "high"), ("iscsi-chap-secrets", "low"),
         ("iscsi-identity", "medium"), ("network-filesystems", "low"),
         ("no-cloud-init", "medium"), ("persistent-net-rules", "high"),
+        ("persistent-net-rules", "high"),            # one per rule: eth0 and eth1
         ("separate-boot", "low"), ("static-ip", "medium"), ("swap-partition", "low"),
     ]
     # The fixes name the real UUIDs of the partitions the cciss names meant.

@@ -6,20 +6,37 @@
 # (tests/vm/test_whole_story.py).
 # Test scaffolding inside the guest: coldclone-story.service runs once multi-user.target is
 # reached, prints COLDCLONE-GUEST-UP on the serial console and, when QEMU hands it a
-# "HOST PORT TOKEN" line through fw_cfg (opt/coldclone/ping), sends GET /ping/TOKEN to that
-# host (bash's /dev/tcp: minbase has no curl) and prints the reply as COLDCLONE-GUEST-PING,
-# so the test proves on the host side that the converted guest's network came up.
+# "HOST PORT TOKEN" line through fw_cfg (opt/coldclone/ping), sends GET /ping/TOKEN/DEV/ADDRESS
+# to that host (bash's /dev/tcp: minbase has no curl), DEV and ADDRESS being the interface of
+# its default route and that interface's IPv4 address/prefix, and prints the reply as
+# COLDCLONE-GUEST-PING, so the test proves on the host side that the converted guest's network
+# came up, on which interface and with which address.
+#
+# No net.ifnames=0 on the kernel line: like most real servers, the NIC names are the kernel's
+# predictable ones unless a rule or the config pins them (a converted guest must reach the
+# network without that crutch).
 #
 # FIRMWARE uefi instead: GPT, an EFI system partition (/dev/sda1, /boot/efi), / on /dev/sda2,
-# swap /dev/sda3, GRUB EFI at the removable-media path (EFI/BOOT/BOOTX64.EFI: a firmware with
-# no boot entries, as OVMF without saved variables, boots it). The host kernel here may have no
-# vfat, so the ESP is never mounted: GRUB is a grub-mkstandalone image (grub-install refuses a
-# directory that is not FAT) whose embedded config finds / by UUID and reads its grub.cfg, and
-# mtools writes it into the FAT.
+# swap /dev/sda3, GRUB EFI in the distribution's directory only (EFI/debian/grubx64.efi, where
+# `grub-install` without --removable puts it and the server's NVRAM boot entry points): no
+# removable-media fallback EFI/BOOT/BOOTX64.EFI, so a fresh firmware (a new cloud instance's
+# empty NVRAM) finds nothing to boot until the conversion makes the loader reachable. The host
+# kernel here may have no vfat, so the ESP is never mounted: GRUB is a grub-mkstandalone image
+# (grub-install refuses a directory that is not FAT) whose embedded config finds / by UUID and
+# reads its grub.cfg, and mtools writes it into the FAT.
 #
-# usage: debian_disk.sh OUT.raw BASE_TARBALL [bios|uefi]   (BASE_TARBALL: a debootstrap minbase
-#        .tar.zst, e.g. livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an
-#        existing OUT.raw is kept.
+# NETWORK (5th argument): eth0-rule-dhcp (the default: the udev rule above, ifupdown DHCP on
+# eth0) or ens3-static (no rule: the hardware-derived name the source's e1000 in PCI slot 3
+# gets, `allow-hotplug ens3` with the static 10.0.2.77/24, gateway 10.0.2.2, DNS 10.0.2.3, as
+# the Debian installer writes a static set-up).
+# MODULES (6th argument): most (the default) or list: initramfs-tools MODULES=list with only the
+# SATA server's drivers (ahci, sd_mod, ext4) in /etc/initramfs-tools/modules, a host-only
+# initramfs as RHEL's dracut builds one: no virtio driver in it.
+#
+# usage: debian_disk.sh OUT.raw BASE_TARBALL [bios|uefi [plain|lvm [NETWORK [MODULES]]]]
+#        (BASE_TARBALL: a debootstrap minbase .tar.zst, e.g.
+#        livecd/build/cache/base-bookworm-amd64.tar.zst). Run as root. Cached: an existing
+#        OUT.raw is kept.
 #
 #        debian_disk.sh OUT.raw BASE_TARBALL bios lvm   root on LVM, for a test that has lvm2
 #        where it runs (the host kernel here has no device-mapper): OUT.raw is MBR with /boot
@@ -29,7 +46,9 @@
 #        The root filesystem is built in partition 2 and moved out at the end: grub-mkconfig's
 #        10_linux writes no entry for a / on a whole loop device backed by a file.
 set -eu
-out=$1; base=$2; firmware=${3:-bios}; layout=${4:-plain}
+out=$1; base=$2; firmware=${3:-bios}; layout=${4:-plain}; network=${5:-eth0-rule-dhcp}; modules=${6:-most}
+case $network in eth0-rule-dhcp|ens3-static) ;; *) echo "debian_disk.sh: network $network: give eth0-rule-dhcp or ens3-static" >&2; exit 2;; esac
+case $modules in most|list) ;; *) echo "debian_disk.sh: modules $modules: give most or list" >&2; exit 2;; esac
 case $firmware in bios|uefi) ;; *) echo "debian_disk.sh: firmware $firmware: give bios or uefi" >&2; exit 2;; esac
 case $firmware-$layout in *-plain|bios-lvm) ;; *) echo "debian_disk.sh: layout $layout: give plain, or lvm (bios only)" >&2; exit 2;; esac
 [ -s "$out" ] && { echo "cached: $out"; exit 0; }
@@ -46,16 +65,24 @@ if [ "$layout" = lvm ]; then
 elif [ "$firmware" = bios ]; then
     truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel msdos mkpart primary ext4 1MiB 1800MiB mkpart primary linux-swap 1800MiB 100% set 1 boot on
-    esp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
+    esp=""; bootp=""; rootp=p1; swapp=p2; rootdev=/dev/sda1; swapdev=/dev/sda2
 else
     truncate -s 2G "$tmp"
     parted -s "$tmp" mklabel gpt mkpart ESP fat32 1MiB 101MiB set 1 esp on \
         mkpart root ext4 101MiB 1800MiB mkpart swap linux-swap 1800MiB 100%
-    esp=p1; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
+    esp=p1; bootp=""; rootp=p2; swapp=p3; rootdev=/dev/sda2; swapdev=/dev/sda3
 fi
 loop=$(losetup --show -f "$tmp")
-# The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does).
+# The host kernel may not scan loop partitions itself (as tests/testbed/loop.py does), and with
+# no udevd the nodes appear when devtmpfs gets to them: wait for every one.
 partx -u "$loop" 2>/dev/null || true; partx -a "$loop" 2>/dev/null || true
+for i in $(seq 1 100); do
+    missing=""
+    for p in $esp $bootp $rootp $swapp; do [ -b "${loop}$p" ] || missing="$missing ${loop}$p"; done
+    [ -z "$missing" ] && break
+    sleep 0.1; partx -a "$loop" 2>/dev/null || true
+done
+[ -z "$missing" ] || { echo "debian_disk.sh: no partition node$missing" >&2; losetup -d "$loop"; exit 1; }
 cleanup() {
     umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
@@ -88,7 +115,22 @@ in_chroot apt-get update -qq
 # grub-efi-amd64-bin, not grub-efi-amd64: the latter's postinst runs grub-install on /boot/efi
 if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
 in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
-    ifupdown isc-dhcp-client udev $extra >/dev/null
+    ifupdown isc-dhcp-client iproute2 udev $extra >/dev/null
+# A server's kernel without the drivers of hardware neither it nor its KVM successor has (GPUs,
+# media, wireless, sound, InfiniBand, other vendors' NICs): the VM tier captures these disks
+# under TCG, where every megabyte costs; the apt lists go too. Then the initramfs is rebuilt
+# from what is left (depmod first), as the kernel's own postinst did.
+kdir=$(echo "$mnt"/usr/lib/modules/*/kernel)
+for d in sound drivers/gpu drivers/media drivers/infiniband drivers/iio drivers/staging drivers/comedi \
+         drivers/mtd drivers/video drivers/hwmon drivers/isdn drivers/bluetooth drivers/net/wireless \
+         drivers/net/can drivers/net/usb drivers/net/wwan drivers/net/ieee802154 net/wireless net/mac80211 \
+         net/bluetooth; do
+    rm -rf "${kdir:?}/$d"
+done
+find "$kdir/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name intel -exec rm -rf {} +
+in_chroot depmod -a "$(basename "$(dirname "$kdir")")"
+rm -rf "$mnt"/var/lib/apt/lists/*
+[ "$modules" = list ] || in_chroot update-initramfs -u -k all >/dev/null 2>&1
 {
     echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
     echo "$rootdev  /     ext4  errors=remount-ro  0 1"
@@ -97,11 +139,44 @@ in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub
     [ -z "$swapp" ] || echo "$swapdev  none  swap  sw                 0 0"
 } > "$mnt/etc/fstab"
 mkdir -p "$mnt/etc/udev/rules.d" "$mnt/etc/network"
-cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
-# PCI device 0x8086:0x10d3 (e1000e)
+if [ "$network" = eth0-rule-dhcp ]; then
+    cat > "$mnt/etc/udev/rules.d/70-persistent-net.rules" <<'EOF'
+# PCI device 0x8086:0x100e (e1000)
 SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:12:34:99", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"
 EOF
-printf 'auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n' > "$mnt/etc/network/interfaces"
+    printf 'auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n' > "$mnt/etc/network/interfaces"
+else
+    mkdir -p "$mnt/etc/network/interfaces.d"
+    cat > "$mnt/etc/network/interfaces" <<'EOF'
+# This file describes the network interfaces available on your system
+# and how to activate them. For more information, see interfaces(5).
+
+source /etc/network/interfaces.d/*
+
+# The loopback network interface
+auto lo
+iface lo inet loopback
+
+# The primary network interface
+allow-hotplug ens3
+iface ens3 inet static
+	address 10.0.2.77/24
+	gateway 10.0.2.2
+	# dns-* options are implemented by the resolvconf package, if installed
+	dns-nameservers 10.0.2.3
+EOF
+fi
+if [ "$modules" = list ]; then
+    sed -i 's/^MODULES=.*/MODULES=list/' "$mnt/etc/initramfs-tools/initramfs.conf"
+    printf '# the SATA server%ss own drivers (a host-only initramfs)\nahci\nsd_mod\next4\n' "'" \
+        >> "$mnt/etc/initramfs-tools/modules"
+    in_chroot update-initramfs -u -k all >/dev/null 2>&1
+    in_chroot sh -c 'lsinitramfs /boot/initrd.img-* | grep -q "/ahci.ko"' || {
+        echo "debian_disk.sh: the MODULES=list initramfs has no ahci" >&2; exit 1; }
+    if in_chroot sh -c 'lsinitramfs /boot/initrd.img-* | grep -q "virtio_blk.ko"'; then
+        echo "debian_disk.sh: the MODULES=list initramfs still has virtio_blk" >&2; exit 1
+    fi
+fi
 cat > "$mnt/usr/local/sbin/coldclone-story" <<'STORY'
 #!/bin/bash
 # Test scaffolding (tests/testbed/debian_disk.sh): see the comment there.
@@ -113,10 +188,13 @@ cfg=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/ping/raw
 for i in $(seq 1 20); do [ -r $cfg ] && break; sleep 0.5; done
 [ -r $cfg ] || { echo "COLDCLONE-GUEST-PING none: no fw_cfg ping address" > $con; exit 0; }
 read -r host port token < $cfg
+echo "COLDCLONE-GUEST-LINKS $(ls /sys/class/net | tr '\n' ' ')" > $con
 # DHCP may still be settling: retry for a minute
 for i in $(seq 1 30); do
-    if exec 3<>/dev/tcp/$host/$port; then
-        printf 'GET /ping/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$host" >&3
+    dev=$(awk 'NR>1 && $2=="00000000" {print $1; exit}' /proc/net/route)
+    addr=$(ip -4 -o addr show dev "${dev:-none}" 2>/dev/null | awk '{print $4; exit}')
+    if [ -n "$dev" ] && exec 3<>/dev/tcp/$host/$port; then
+        printf 'GET /ping/%s/%s/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$dev" "${addr:-none}" "$host" >&3
         reply=$(tail -n 1 <&3)
         exec 3<&-
         echo "COLDCLONE-GUEST-PING reply=$reply" > $con
@@ -145,7 +223,7 @@ mkdir -p "$mnt/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/coldclone-story.service \
     "$mnt/etc/systemd/system/multi-user.target.wants/coldclone-story.service"
 echo coldclone-debian > "$mnt/etc/hostname"
-echo 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0"' >> "$mnt/etc/default/grub"
+echo 'GRUB_CMDLINE_LINUX="console=ttyS0"' >> "$mnt/etc/default/grub"
 echo 'GRUB_DISABLE_LINUX_UUID=true' >> "$mnt/etc/default/grub"
 echo 'GRUB_TERMINAL=serial' >> "$mnt/etc/default/grub"
 if [ -z "$esp" ]; then
@@ -164,8 +242,9 @@ if [ -n "$esp" ]; then
     # grub.cfg's insmod lines read $prefix/x86_64-efi on /: the modules grub-install would copy
     mkdir -p "$mnt/boot/grub/x86_64-efi"
     cp "$mnt"/usr/lib/grub/x86_64-efi/*.mod "$mnt"/usr/lib/grub/x86_64-efi/*.lst "$mnt/boot/grub/x86_64-efi/"
-    mmd -i "${loop}$esp" ::/EFI ::/EFI/BOOT
-    mcopy -i "${loop}$esp" "$mnt/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+    # where grub-install (no --removable) puts it; the server's NVRAM entry named this file
+    mmd -i "${loop}$esp" ::/EFI ::/EFI/debian
+    mcopy -i "${loop}$esp" "$mnt/tmp/BOOTX64.EFI" ::/EFI/debian/grubx64.efi
     rm -f "$mnt/tmp/BOOTX64.EFI" "$mnt/tmp/early.cfg"
 fi
 # grub-mkconfig saw the loop device; a real server's config names its SATA disk.
@@ -179,13 +258,22 @@ if [ "$layout" = lvm ]; then
 fi
 in_chroot apt-get clean
 rm -f "$mnt/etc/resolv.conf"
-# The deleted .debs leave ~1 GiB of stale blocks: trim them (the loop punches holes in the
-# file), so a nonzero-mode capture sends the installed system, not apt's leftovers.
+# The deleted .debs and apt lists leave ~1 GiB of stale blocks: trim them (the loop punches
+# holes in the file), so a nonzero-mode capture sends the installed system, not apt's
+# leftovers, and a used-mode capture (free blocks become holes) equals the disk byte for byte.
+# On a fresh mount: in the mount that deleted them, fstrim left some (measured: a freed apt
+# list block still held its text after `sync; fstrim`; a remount and fstrim zeroed it).
+sync
+umount "$mnt/boot" 2>/dev/null || true
+for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+mount "$rootsrc" "$mnt"
+[ "$layout" != lvm ] || mount "${loop}$bootp" "$mnt/boot"
 fstrim "$mnt" || echo "fstrim failed: the free space stays as apt left it" >&2
+[ "$layout" != lvm ] || fstrim "$mnt/boot" || true
 sync
 if [ -n "$rootfs" ]; then
     umount "$mnt/boot"
-    for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
+    umount "$mnt"
     # the root filesystem out of partition 2 (sparse: fstrim made its free space holes), then
     # partition 2 emptied, as an installer leaves it before pvcreate
     dd if="${loop}$rootp" of="$rootfs" bs=4M count=384 conv=sparse status=none

@@ -6,6 +6,7 @@ driver, so that one is built inside a libguestfs appliance (md_raid1_disks)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -24,19 +25,29 @@ MiB = 1 << 20
 DEBIAN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "debian_disk.sh")
 
 
-def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str = "plain") -> str:
+def debian_disk(base: str, cache_dir: str, firmware: str = "bios", layout: str = "plain",
+                network: str = "eth0-rule-dhcp", modules: str = "most") -> str:
     """The bootable Debian 12 disk of debian_disk.sh (``firmware`` bios: MBR + GRUB pc; uefi: GPT
-    + ESP + GRUB EFI), built from ``base`` (the live ISO build's debootstrap tarball), cached in
-    ``cache_dir`` under the script's own digest: a changed script builds a new disk instead of
-    reusing one made by an older version. ``layout`` lvm (bios only): root on LV ccvm/root, the
-    disk with /boot and an empty PV partition, the root filesystem beside it as DISK.rootfs."""
+    + ESP + GRUB EFI in EFI/debian only), built from ``base`` (the live ISO build's debootstrap
+    tarball), cached in ``cache_dir`` under the script's own digest: a changed script builds a
+    new disk instead of reusing one made by an older version. ``layout`` lvm (bios only): root
+    on LV ccvm/root, the disk with /boot and an empty PV partition, the root filesystem beside it
+    as DISK.rootfs. ``network``: eth0-rule-dhcp (a MAC-bound udev rule naming eth0, DHCP) or
+    ens3-static (the e1000's slot name, a static address); ``modules``: most, or list (a
+    host-only initramfs without virtio)."""
     with open(DEBIAN_SCRIPT, "rb") as f:
         tag = hashlib.sha256(f.read()).hexdigest()[:12]
     os.makedirs(cache_dir, exist_ok=True)
-    kind = firmware if layout == "plain" else f"{firmware}-{layout}"
+    kind = "-".join([firmware] + [v for v, default in ((layout, "plain"), (network, "eth0-rule-dhcp"),
+                                                       (modules, "most")) if v != default])
     disk = os.path.join(cache_dir, f"debian12-{kind}-{tag}.raw")
-    run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout], timeout=1800,
-        hint=f"building the Debian test disk ({kind}) failed")
+    # Two xdist workers may ask for the same disk at once: the script writes DISK.tmp and
+    # renames it, and a second builder would truncate the first's DISK.tmp under it. One lock
+    # file beside the cache per disk: the second waits, then finds the disk built and reuses it.
+    with open(disk + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(["sh", DEBIAN_SCRIPT, disk, base, firmware, layout, network, modules], timeout=1800,
+            hint=f"building the Debian test disk ({kind}) failed")
     return disk
 
 
@@ -55,10 +66,10 @@ class Link:
     target: str
 
 
-def ext4_disk(image: str, tree: dict[str, str | Sparse | Link], size_mib: int = 64,
+def ext4_disk(image: str, tree: dict[str, str | bytes | Sparse | Link], size_mib: int = 64,
               uuid: str | None = None) -> None:
-    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, Sparse
-    or Link; a path may hold any byte but NUL and '/' in its names, a newline included)."""
+    """A GPT disk with one ext4 partition (1 MiB .. end) holding `tree` (path -> text, bytes,
+    Sparse or Link; a path may hold any byte but NUL and '/' in its names, a newline included)."""
     with open(image, "wb") as f:
         f.truncate(size_mib * MiB)
     run(["parted", "-s", image, "mklabel", "gpt", "mkpart", "root", "ext4", "1MiB", f"{size_mib - 1}MiB"])
@@ -70,7 +81,7 @@ def ext4_disk(image: str, tree: dict[str, str | Sparse | Link], size_mib: int = 
             if isinstance(text, Link):
                 os.symlink(text.target, path)
                 continue
-            with open(path, "w") as f:
+            with open(path, "wb" if isinstance(text, bytes) else "w") as f:
                 if isinstance(text, Sparse):
                     f.truncate(text.size)
                 else:

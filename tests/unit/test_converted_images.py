@@ -80,3 +80,32 @@ def test_convert_engine_without_convert_is_refused(tmp_path):
                         "--convert-engine", "v2v"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice: 'v2v'" in r.stderr, r.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_network_without_convert_is_refused_and_a_wrong_policy_named(tmp_path):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    rx = os.path.join(BIN, "coldclone-receive")
+    r = subprocess.run([rx, "--root", str(tmp_path), "--network", "keep"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--network needs --convert" in r.stderr, r.stderr
+    r = subprocess.run([rx, "--root", str(tmp_path), "--convert", "--network", "static"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'static'" in r.stderr, r.stderr
+    r = subprocess.run([os.path.join(BIN, "coldclone-convert"), str(tmp_path), "--network", "static"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'static'" in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_server_init_puts_the_network_policy_in_the_forced_command():
+    """coldclone-server init --convert --network keep: the authorized_keys line runs the receiver
+    with --network keep (the default, dhcp, is left out as --convert-engine's default is)."""
+    from agent.server.admin.init import Setup, forced_command
+
+    keep = forced_command(Setup(root="/srv/coldclone", user="cc", convert=True, convert_engine="fixups",
+                                network="keep"))
+    assert keep.split()[1:] == ["--root", "/srv/coldclone", "--convert", "--convert-engine", "fixups",
+                                "--network", "keep"]
+    assert "--network" not in forced_command(Setup(root="/srv/coldclone", user="cc", convert=True))

@@ -327,3 +327,40 @@ def test_cli_from_snapshot(capsys):
     assert doc["disks"][0]["kernel_name"] == "cciss!c0d0"
     assert main(["--inspect", "--from-snapshot", str(FIXTURES / "cciss.json")]) == 2
     assert main(["--no-such-flag"]) == 2
+
+
+# A live system's NICs as udevdb.net_devices() returns them, with udevd's database (the live
+# ISO's): an e1000 in QEMU's PCI slot 3 (i440fx) and a virtio NIC in slot 7, whose net device
+# hangs one level lower, under its virtio device.
+NET_WITH_UDEV = [
+    {"sys_name": "ens3", "sys_path": "/sys/devices/pci0000:00/0000:00:03.0/net/ens3", "driver": "e1000",
+     "properties": {"INTERFACE": "ens3", "SUBSYSTEM": "net", "ID_NET_NAME_MAC": "enx525400123499",
+                    "ID_NET_NAME_PATH": "enp0s3", "ID_NET_NAME_SLOT": "ens3", "ID_NET_DRIVER": "e1000",
+                    "ID_PATH": "pci-0000:00:03.0"},
+     "attrs": {"address": "52:54:00:12:34:99", "speed": "1000", "operstate": "up", "carrier": "1", "type": "1"}},
+    {"sys_name": "ens7", "sys_path": "/sys/devices/pci0000:00/0000:00:07.0/virtio1/net/ens7", "driver": "virtio_net",
+     "properties": {"INTERFACE": "ens7", "ID_NET_NAME_PATH": "enp0s7", "ID_NET_NAME_SLOT": "ens7"},
+     "attrs": {"address": "52:54:00:c0:1d:07", "speed": "-1", "operstate": "down", "carrier": "0", "type": "1"}},
+    {"sys_name": "lo", "sys_path": "/sys/devices/virtual/net/lo", "driver": None, "properties": {"INTERFACE": "lo"},
+     "attrs": {"address": "00:00:00:00:00:00", "type": "772"}},
+]
+
+
+def test_nic_inventory_pci_slot_link_and_udev_names():
+    inv = populate.from_snapshot({"format": snapshot.FORMAT, "block": [], "net": NET_WITH_UDEV, "mounts": ""})
+    assert [(n.name, n.mac, n.driver, n.pci_slot, n.speed_mbps, n.operstate, n.carrier, n.udev_names)
+            for n in inv.nics] == [
+        ("ens3", "52:54:00:12:34:99", "e1000", "0000:00:03.0", 1000, "up", True, ["ens3", "enp0s3", "enx525400123499"]),
+        ("ens7", "52:54:00:c0:1d:07", "virtio_net", "0000:00:07.0", None, "down", False, ["ens7", "enp0s7"]),
+    ]
+    assert to_dict(inv)["nics"][0]["pci_slot"] == "0000:00:03.0"
+
+
+@pytest.mark.parametrize("path, slot", [
+    ("/sys/devices/pci0000:00/0000:00:1c.0/0000:02:00.1/net/eno2", "0000:02:00.1"),
+    ("/sys/devices/pci0000:00/0000:00:03.0/virtio0/net/eth0", "0000:00:03.0"),
+    ("/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/net/enx001122334455", None),
+    ("/sys/devices/virtual/net/bond0", None),
+])
+def test_nic_pci_slot_from_the_sysfs_path(path, slot):
+    assert rules.nic_pci_slot(path) == slot

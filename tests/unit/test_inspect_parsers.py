@@ -144,9 +144,12 @@ def test_debian_interfaces():
             "address": "10.1.2.30", "netmask": "255.255.255.0", "gateway": "10.1.2.1",
             "hwaddress": "ether 00:25:90:ab:cd:ef",
             "dns-nameservers": "10.1.2.2 10.1.2.3"}, True, 8),
-        DebianIface("eth0", "inet6", "auto", {}, True, 15),
-        DebianIface("bond0", "inet", "dhcp", {"bond-slaves": "eth1 eth2"}, True, 18),
+        DebianIface("eth0", "inet6", "auto", {}, True, 16),
+        DebianIface("bond0", "inet", "dhcp", {"bond-slaves": "eth1 eth2"}, True, 19),
     ]
+    # a continued line keeps the number of its first line, and the lines after it their own
+    assert [(no, key) for no, key, _ in ifaces[1].option_lines] == [
+        (9, "address"), (10, "netmask"), (11, "gateway"), (12, "hwaddress"), (13, "dns-nameservers")]
 
 
 NM = """\

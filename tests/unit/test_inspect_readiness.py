@@ -40,6 +40,7 @@ def test_rhel6_cciss_tree():
         ("initramfs-virtio", "high"), ("iscsi-chap-secrets", "low"),
         ("iscsi-identity", "medium"), ("network-filesystems", "low"),
         ("no-cloud-init", "medium"), ("persistent-net-rules", "high"),
+        ("persistent-net-rules", "high"),
         ("separate-boot", "low"), ("static-ip", "medium"), ("swap-partition", "low"),
     ]
     fstab = src.finding("fstab-device-names")
@@ -80,11 +81,16 @@ def test_debian_lvm_tree():
         ("eth0", "static", True), ("em2", "dhcp", True)]   # em2 from interfaces.d
     assert ids(src) == [
         ("fstab-device-names", "medium"), ("grub-device-map", "medium"),
-        ("hardware-nic-names", "medium"), ("interfaces-hwaddress", "medium"),
+        ("interfaces-hwaddress", "medium"),
         ("lvm-root", "medium"), ("no-cloud-init", "medium"),
-        ("persistent-net-rules", "high"), ("separate-boot", "low"),
+        ("persistent-net-rules", "high"), ("secondary-nics", "medium"), ("separate-boot", "low"),
         ("static-ip", "medium"), ("swap-partition", "low"),
     ]
+    # Debian 7's udev names NICs ethN (no predictable-name rules): eth0 stays eth0 once its MAC
+    # rule is gone, so no net.ifnames=0; em2 (interfaces.d) is a secondary NIC, disabled
+    assert "primary-nic" not in [f.id for f in src.findings]
+    assert src.network.primary == "eth0" and not src.network.predictable_names
+    assert src.finding("secondary-nics").evidence == ["/etc/network/interfaces.d/backup:2: em2 (DHCP)"]
     assert "lvextend" in src.finding("lvm-root").fix and "vg0" in src.finding("lvm-root").title
     assert src.finding("fstab-device-names").evidence == ["/etc/fstab:8: /dev/sdb1 /srv/data xfs"]
 
@@ -98,10 +104,16 @@ def test_rocky9_nm_tree_with_cloud_init():
     assert [(c.interface_name, c.mac_address, c.ipv4_method) for c in src.nm_connections] == [
         ("eno1", "b0:26:28:aa:bb:01", "manual")]
     assert ids(src) == [
-        ("hardware-nic-names", "medium"), ("lvm-root", "medium"),
-        ("nm-mac-address", "high"), ("separate-boot", "low"), ("static-ip", "medium"),
-        ("swap-partition", "low"),
+        ("lvm-root", "medium"),
+        ("nm-mac-address", "high"), ("primary-nic", "high"), ("separate-boot", "low"),
+        ("static-ip", "medium"), ("swap-partition", "low"),
     ]
+    # eno1 is a slot-derived name under udev's predictable naming: the keyfile moves to eth0,
+    # and net.ifnames=0 makes the first virtio NIC eth0 whatever its slot
+    primary = src.finding("primary-nic")
+    assert primary.conversion.startswith("put net.ifnames=0 on the kernel lines")
+    assert "move eno1's configuration" in primary.conversion
+    assert "with --network keep eth0 keeps 10.4.0.21/24 via 10.4.0.1 (DNS 10.4.0.2)" in primary.conversion
 
 
 def test_multiple_disks_from_discovery_count():

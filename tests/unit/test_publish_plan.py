@@ -13,8 +13,8 @@ from agent.errors import UsageError
 from agent.guestos.report import from_source
 from agent.guestos.tree import inspect_tree
 from agent.manifest import AddressPolicy, ImageRole, PublishedImage, PublishRecord, SourceMachine
-from agent.choices import ConvertEngine
-from agent.server.convert.model import Conversion, CopyMethod, Fix, FixKind, ImageOut, Outcome
+from agent.choices import ConvertEngine, ConvertNetwork
+from agent.server.convert.model import Conversion, CopyMethod, Fix, FixKind, ImageOut, NetworkMapping, Outcome
 from agent.server.publish.cli import render_plan
 from agent.server.publish.cloud import CloudOffer, choose_format, default_store_type
 from agent.choices import DiskFormat
@@ -135,6 +135,34 @@ def test_plan_of_a_converted_server_with_a_fixed_address(tmp_path):
     print("\n".join(render_plan(rec)))
     # the manifest's section reads back to the same record
     assert PublishRecord.from_document(json.loads(json.dumps({"publish": records.encode(rec)}))) == rec
+
+
+@pytest.mark.parametrize("policy", ["dhcp", "keep"])
+def test_plan_follows_the_conversions_network_policy(tmp_path, policy):
+    """rocky9-nm's primary eno1 is static (10.4.0.21/24). Converted with --network dhcp it asks
+    the cloud's DHCP: no port with a fixed IP. With keep it keeps the address: a port with it,
+    and the plan names the address and the interface the conversion gave it."""
+    report = from_source(inspect_tree(str(TREES / "rocky9-nm")), "sdb")
+    assert any(f.id == "static-ip" for f in report.findings)
+    mapping = NetworkMapping(ConvertNetwork(policy), primary="eno1", style="networkmanager", name="eth0",
+                             method="dhcp" if policy == "dhcp" else "static",
+                             addresses=[] if policy == "dhcp" else ["10.4.0.21/24"],
+                             gateway=None if policy == "dhcp" else "10.4.0.1")
+    conv = Conversion(Outcome.CONVERTED, "converted", ConvertEngine.FIXUPS, {}, "tcg", "", "", "", 1.0,
+                      images=[ImageOut(d, f"{d}.qcow2", f"{d}.kvm.qcow2", CopyMethod.COPY) for d in ("sda", "sdb")],
+                      network=mapping)
+    cap = _capture(tmp_path, {"cpus": 2, "memory_bytes": 4 * GiB}, records.encode(report), conv)
+    net = launch_plan(cap, _images()).network
+    assert (net.conversion_policy, net.interface) == (policy, "eth0")
+    steps = [" ".join(s.argv[1:3]) for s in launch_plan(cap, _images()).steps]
+    if policy == "dhcp":
+        assert net.addresses is AddressPolicy.DHCP and net.static_configs == () and net.fixed_addresses == ()
+        assert "port create" not in steps and "--network dhcp" in net.summary
+    else:
+        assert net.addresses is AddressPolicy.FIXED and net.fixed_addresses == ("10.4.0.21/24",)
+        assert net.static_configs == ("/etc/NetworkManager/system-connections/eno1.nmconnection",)
+        assert "port create" in steps
+        assert "10.4.0.21/24" in launch_plan(cap, _images()).variables["FIXED_IP"]
 
 
 def test_plan_of_unconverted_servers_and_one_without_machine_facts(tmp_path):

@@ -353,13 +353,14 @@ def headless_cmdline(server: HostServer, path: str, capture_id: str | None, iden
 def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = None,
                   timeout: float = 480, name: str | None = None, log_dir: str | None = None,
                   expect_failure: bool = False, memory_mib: int = 2048,
-                  stop_when: Callable[[], bool] | None = None, shell: bool = False) -> Run:
+                  stop_when: Callable[[], bool] | None = None, shell: bool = False,
+                  nic: list[str] | None = None) -> Run:
     """Boot the ISO with ``cmdline`` appended; wait for the guest to power off by itself.
 
     A FAILED line ends the boot once the rescue shell's prompt appears (or 45 s after it at
     the latest): a failed run does not power off, it leaves a root shell.
     ``stop_when``: the host's test for a power cut; QEMU is killed when it says yes
-    (vmboot.boot).
+    (vmboot.boot). ``nic``: the source server's NIC instead of QEMU's default (vmboot.qemu_argv).
     ``shell``: the run leaves a root shell (it fails, or ``coldclone.on_done=shell``): the boot
     ends at its prompt and QEMU keeps running; ``Run.shell`` types into it (liveshell.py), and
     the test closes it.
@@ -374,7 +375,7 @@ def boot_headless(mode: str, cmdline: str, *, extra_args: list[str] | None = Non
                                 marks=(STARTING_LINE, OK_LINE, FAILED_LINE, ROOT_PROMPT),
                                 abort_on=(() if to_prompt else (FAILED_LINE,)),
                                 abort_grace=45 if not to_prompt else 0, stop_when=stop_when,
-                                keep=shell)
+                                keep=shell, nic=nic)
     con = parse_console(res.console)
     ms = res.mark_seconds
     start = ms.get(STARTING_LINE)

@@ -12,7 +12,9 @@ Boot paths (``mode``):
   uefi-usb   the ISO as a raw USB stick: OVMF -> GPT EFI partition -> GRUB EFI.
   disk       no ISO: SeaBIOS boots the first disk of ``extra_args`` (a converted guest), with
              the same virtio-net NIC on QEMU's user network.
-  uefi-disk  the same with OVMF on q35.
+  uefi-disk  the same with OVMF on q35, as a new cloud instance starts: the firmware code
+             read-only and a fresh copy of OVMF's empty NVRAM variables (no boot entries), so
+             only the disk's removable-media loader (EFI/BOOT/BOOTX64.EFI) can boot.
 For the last four the boot menu is left alone; the extra words reach the live system through
 QEMU's fw_cfg (``-fw_cfg name=opt/coldclone/cmdline,string=...``), which the image's
 coldclone-fwcfg.service appends to /proc/cmdline (see docs/livecd.md).
@@ -40,6 +42,11 @@ QEMU = "qemu-system-x86_64"
 BASE_CMDLINE = "boot=live components quiet console=tty0 console=ttyS0,115200"
 OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd",
                    "/usr/share/OVMF/OVMF.fd")
+# split firmware: read-only code + a variables store (the NVRAM) of the instance's own
+OVMF_SPLIT = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+              ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"))
+# QEMU's default NIC for every boot unless the caller gives its own (`nic=`)
+DEFAULT_NIC = ["-nic", "user,model=virtio-net-pci"]
 MODES = ("kernel", "bios", "uefi", "bios-usb", "uefi-usb")   # boots of the ISO (not "disk")
 SMOKE_LINE = "COLDCLONE-SMOKE-OK"
 
@@ -49,6 +56,10 @@ def ovmf_path() -> str | None:
         if os.path.exists(p):
             return p
     return None
+
+
+def ovmf_split() -> tuple[str, str] | None:
+    return next(((c, v) for c, v in OVMF_SPLIT if os.path.exists(c) and os.path.exists(v)), None)
 
 
 def missing_prerequisites(mode: str) -> str | None:
@@ -61,6 +72,8 @@ def missing_prerequisites(mode: str) -> str | None:
         return f"{QEMU} not installed (apt-get install qemu-system-x86)"
     if mode.startswith("uefi") and not ovmf_path():
         return "OVMF firmware not installed (apt-get install ovmf)"
+    if mode == "uefi-disk" and not ovmf_split():
+        return f"OVMF's split firmware (code + variables) not installed: none of {OVMF_SPLIT}"
     return None
 
 
@@ -140,8 +153,10 @@ class BootResult:
 
 def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
               memory_mib: int = 2048, extra_args: list[str] | None = None,
-              serial_socket: str | None = None) -> list[str]:
-    """``extra_args``: more QEMU arguments (source disks, controllers, USB buses).
+              serial_socket: str | None = None, nic: list[str] | None = None) -> list[str]:
+    """``extra_args``: more QEMU arguments (source disks, controllers, USB buses); ``nic``: the
+    NIC's arguments instead of the default virtio-net on the user network (e.g. an e1000 with
+    the source server's MAC, or a virtio-net with a new MAC in another PCI slot).
     ``serial_socket``: the serial console is also a unix socket the test can type into (a
     root shell the boot leaves there, see tests/vm/liveshell.py); the log file still gets
     every byte."""
@@ -152,11 +167,16 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
         serial = ["-serial", f"file:{serial_log}"]
     argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", "2",
             "-display", "none", "-vga", "std", "-monitor", "none",
-            *serial, "-no-reboot",
-            "-nic", "user,model=virtio-net-pci"]
+            *serial, "-no-reboot", *(nic or DEFAULT_NIC)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
-    if mode.startswith("uefi"):
+    if mode == "uefi-disk":
+        code, template = ovmf_split()
+        nvram = serial_log + ".OVMF_VARS.fd"
+        shutil.copyfile(template, nvram)          # a new instance: an empty NVRAM of its own
+        argv += ["-machine", "q35", "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={nvram}"]
+    elif mode.startswith("uefi"):
         argv += ["-machine", "q35", "-bios", ovmf_path()]
     fwcfg = ["-fw_cfg", "name=opt/coldclone/cmdline,string=" + extra_cmdline.replace(",", ",,")]
     cdrom = ["-drive", f"file={ISO},media=cdrom,readonly=on,if=ide,index=2"]
@@ -183,7 +203,7 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
          memory_mib: int = 2048, name: str | None = None,
          marks: tuple[str, ...] = (), abort_on: tuple[str, ...] = (),
          abort_grace: float = 0.0, stop_when: Callable[[], bool] | None = None,
-         keep: bool = False) -> BootResult:
+         keep: bool = False, nic: list[str] | None = None) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
 
     ``keep``: the serial console is also a unix socket, and once ``expect`` appeared QEMU is
@@ -206,7 +226,7 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     open(serial_log, "wb").close()
     sock = os.path.join(tempfile.mkdtemp(prefix="cc-serial-"), "ttyS0") if keep else None
     argv = qemu_argv(mode, extra_cmdline, serial_log, accel, memory_mib=memory_mib, extra_args=extra_args,
-                     serial_socket=sock)
+                     serial_socket=sock, nic=nic)
     res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log, serial_socket=sock)
     stderr_path = os.path.join(log_dir, f"qemu-{name or mode}-{accel}.stderr")
     t0 = time.monotonic()

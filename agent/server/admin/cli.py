@@ -15,7 +15,7 @@ import sys
 
 from ...errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError
 from ..receive.convqueue import default_max_conversions
-from ...choices import ConvertEngine, words
+from ...choices import ConvertEngine, ConvertNetwork, words
 from . import status as S
 from .init import DEFAULT_HOST_KEY, KEYS_BASE, Setup, init
 from .web import DEFAULT_LISTEN, serve
@@ -24,7 +24,7 @@ from .web import DEFAULT_LISTEN, serve
 def cmd_init(args) -> int:
     out = init(Setup(root=args.root, user=args.user, address=args.address, host_key=args.host_key,
                      keys=args.keys, identity=args.identity, rotate_key=args.rotate_key, convert=args.convert,
-                     convert_engine=args.convert_engine, max_conversions=args.max_conversions,
+                     convert_engine=args.convert_engine, network=args.network, max_conversions=args.max_conversions,
                      bwlimit=args.bwlimit, iso=args.iso, livecd=args.livecd))
     for key in ("identity", "hostkey", "iso", "cmdline"):
         if key in out:
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--rotate-key", action="store_true", help="replace the agents' key (the old one stops working)")
     i.add_argument("--convert", action="store_true", help="convert every complete capture (coldclone-receive --convert)")
     i.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value)
+    i.add_argument("--network", choices=words(ConvertNetwork), default=ConvertNetwork.DHCP.value,
+                   help="with --convert: coldclone-convert's --network (dhcp, the default, or keep the static addresses)")
     i.add_argument("--max-conversions", type=int, metavar="N",
                    help=f"with --convert: conversions at once (default from cores and memory: "
                         f"{default_max_conversions()} here)")

@@ -35,7 +35,7 @@ from typing import Callable
 from ...bwlimit import parse_rate
 from ...errors import ColdcloneError, CommandError, UsageError
 from ...runcmd import run
-from ...choices import ConvertEngine, words
+from ...choices import ConvertEngine, ConvertNetwork, words
 
 KEY_NAME = "agent_ed25519"
 KEY_COMMENT = "coldclone-agent"
@@ -54,6 +54,7 @@ class Setup:
     rotate_key: bool = False
     convert: bool = False
     convert_engine: str = ConvertEngine.VIRT_V2V.value
+    network: str = ConvertNetwork.DHCP.value   # coldclone-convert --network of every conversion
     max_conversions: int | None = None
     bwlimit: str | None = None
     iso: bool = False
@@ -122,6 +123,8 @@ def forced_command(s: Setup) -> str:
         argv += ["--convert"]
         if s.convert_engine != ConvertEngine.VIRT_V2V.value:
             argv += ["--convert-engine", s.convert_engine]
+        if s.network != ConvertNetwork.DHCP.value:
+            argv += ["--network", s.network]
         if s.max_conversions:
             argv += ["--max-conversions", str(s.max_conversions)]
     if s.bwlimit:

@@ -6,8 +6,9 @@ evidence), a `conversion` section in manifest.json, and conversion.log in the ca
 Exit codes: 0 converted; 2 the directory is not a complete, verified capture (or one whose
 converted images would take the names of its verified ones: nothing is written); 5 the
 conversion failed (a tool broke, the disk is full: the manifest and the log say which); 7 not
-converted (no OS on the disks, or an OS we cannot convert): the capture stays complete and
-verified.
+converted (no OS on the disks, an OS we cannot convert, or with --engine fixups an initramfs
+without virtio drivers that the guest's own tools cannot rebuild): the capture stays complete
+and verified.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ...errors import EXIT_SERVER, EXIT_USAGE, UsageError
 from ..receive.convqueue import default_max_conversions
 from .convert import convert, read_capture
 from .model import CopyMethod, Outcome
-from ...choices import ConvertEngine
+from ...choices import ConvertEngine, ConvertNetwork
 
 EXIT_NOT_CONVERTED = 7
 
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", action="store_true",
                     help="with --engine fixups: write each <disk>.kvm.qcow2 as a qcow2 overlay backed by the "
                          "evidence (instant, but it needs the evidence beside it) instead of a standalone copy")
+    ap.add_argument("--network", choices=[p.value for p in ConvertNetwork], default=ConvertNetwork.DHCP.value,
+                    help="the primary interface on the instance's first virtio NIC (eth0): dhcp (default, "
+                         "Neutron's) switches it to DHCP; keep keeps its static addresses, routes and DNS "
+                         "(for a port created with the old fixed IP). Other interfaces are disabled either way")
     ap.add_argument("--max-conversions", type=int, metavar="N",
                     help=f"conversions that run at once in the queue's root; this one waits for a free slot "
                          f"(default from the cores and memory: {default_max_conversions()} here)")
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(log_handler)
     try:
         conv = convert(args.capture_dir, engine, CopyMethod.OVERLAY if args.overlay else CopyMethod.COPY,
-                       max_conversions=args.max_conversions, queue_root=args.queue)
+                       network=ConvertNetwork(args.network), max_conversions=args.max_conversions, queue_root=args.queue)
     except UsageError as e:
         print(f"coldclone-convert: {e}", file=sys.stderr)
         return e.exit_code

@@ -23,11 +23,13 @@ grub.cfg, and warns "could not determine a way to update the configuration of Gr
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 from ...errors import ColdcloneError, CommandError, ServerError
@@ -37,11 +39,14 @@ from ..receive import image as qimage
 from ..receive.convqueue import conversion_slot, default_max_conversions
 from ..receive.manifest import CaptureDirectory, ManifestDisk, ManifestError
 from ..receive.store import FAILURE, CaptureDir, Store, converted_image_name, free_bytes
+from ...choices import ConvertEngine, ConvertNetwork
+from ...guestos import netconfig, network
+from ...guestos.network import FileSource
 from ...runcmd import run
 from . import fixes as F
-from .guestfs import Accel, Guest, Skipped, detect_accel, tool_version
-from .model import Conversion, CopyMethod, Fix, GuestOS, ImageOut, Outcome
-from ...choices import ConvertEngine
+from . import initramfs, netmap, uefi
+from .guestfs import Accel, Guest, GuestFiles, Skipped, detect_accel, tool_version
+from .model import Conversion, CopyMethod, Fix, FixKind, GuestOS, ImageOut, NetworkMapping, Outcome
 
 log = logging.getLogger("coldclone.convert")
 
@@ -149,6 +154,9 @@ DEVICE_FILES = (
     ("/etc/default/grub", "kernel"),
     ("/etc/default/grub.d/*.cfg", "kernel"),
     ("/etc/initramfs-tools/conf.d/resume", "kernel"),
+    ("/boot/loader/entries/*.conf", "kernel"),      # BLS entries (RHEL 8+): options lines
+    ("/etc/kernel/cmdline", "cmdline"),             # what kernel-install writes into new entries
+    ("/boot/grub2/grubenv", "cmdline"),             # kernelopts= of RHEL 8's BLS entries
     ("/boot/grub/device.map", "devmap"),
     ("/boot/grub2/device.map", "devmap"),
 )
@@ -159,36 +167,105 @@ NET_FILES = (
     ("/etc/NetworkManager/system-connections/*", "nm"),
     ("/etc/network/interfaces", "interfaces"),
     ("/etc/network/interfaces.d/*", "interfaces"),
+    ("/etc/netplan/*.yaml", "netplan"),
+    ("/etc/systemd/network/*.link", "networkd-link"),
+    ("/etc/systemd/network/*.network", "networkd"),
 )
 SERVICE_LINKS = ("/etc/systemd/system/*.wants/*", "/etc/rc[2-5].d/S*")
 
 
-def _fix_text(kind: str, text: str, path: str, dmap: F.DeviceMap) -> F.FixResult:
+@dataclass
+class FixContext:
+    """What the fix of one file needs: the guest's volumes (device names) and the network
+    plan (netconfig.plan over the guest's own files, with the --network policy)."""
+
+    dmap: F.DeviceMap
+    roles: netmap.Roles
+    names: dict[str, str]          # config file -> the interface netconfig says it configures
+
+
+def _fix_text(kind: str, text: str, path: str, ctx: FixContext) -> F.FixResult:
+    roles, name = ctx.roles, ctx.names.get(path)
+    names_arg = roles.plan.kernel_arg
     if kind == "fstab":
-        return F.fix_fstab(text, dmap, path)
+        return F.fix_fstab(text, ctx.dmap, path)
     if kind == "crypttab":
-        return F.fix_crypttab(text, dmap, path)
+        return F.fix_crypttab(text, ctx.dmap, path)
     if kind == "kernel":
-        return F.fix_kernel_args(text, dmap, path)
+        res = F.fix_kernel_args(text, ctx.dmap, path)
+        return netmap.chain_results(res, lambda t: netmap.fix_kernel_names(t, path)) if names_arg else res
+    if kind == "cmdline":
+        return netmap.fix_kernel_names(text, path) if names_arg else F.FixResult(text)
     if kind == "udev":
         return F.fix_net_rules(text, path)
     if kind == "ifcfg":
-        return F.fix_ifcfg(text, path) if not path.endswith(("~", ".bak", ".orig", ".rpmsave", ".rpmnew")) \
-            else F.FixResult(text)
+        if not network.is_ifcfg_name(path.rsplit("/", 1)[-1]):
+            return F.FixResult(text)
+        return netmap.chain_results(F.fix_ifcfg(text, path), lambda t: netmap.map_ifcfg(t, path, name, roles))
     if kind == "nm":
-        return F.fix_nm_keyfile(text, path)
+        return netmap.chain_results(F.fix_nm_keyfile(text, path), lambda t: netmap.map_nm_keyfile(t, path, name, roles))
     if kind == "interfaces":
-        return F.fix_interfaces(text, path)
+        return netmap.chain_results(F.fix_interfaces(text, path), lambda t: netmap.map_interfaces(t, path, roles))
+    if kind == "netplan":
+        return netmap.map_netplan(text, path, roles)
+    if kind == "networkd-link":
+        return netmap.map_networkd_link(text, path)
+    if kind == "networkd":
+        return netmap.map_networkd_network(text, path, name, roles)
     if kind == "devmap":
         return F.fix_device_map(text, path)
     raise ValueError(kind)
 
 
-def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
-    """Every fix-up on the mounted guest; returns the fixes made and what was left alone."""
+def map_network(files: FileSource, policy: ConvertNetwork) -> tuple[netmap.Roles, dict[str, str], NetworkMapping]:
+    """The guest's network read with the agent's own parsers, and the plan both carry out."""
+    cfg = netconfig.read_network(files)
+    plan = netconfig.plan(cfg)
+    roles = netmap.Roles(plan, policy)
+    prim = plan.primary
+    mapping = NetworkMapping(policy=policy, problems=list(plan.problems))
+    if prim is not None:
+        mapping.primary, mapping.style = prim.name, prim.style.value
+        mapping.name = plan.new_name if (plan.rename or plan.kernel_arg) else prim.name
+        mapping.method = "dhcp" if roles.to_dhcp or prim.method == "dhcp" else prim.method
+        if not roles.to_dhcp:
+            mapping.addresses, mapping.gateway, mapping.dns = list(prim.addresses), prim.gateway, list(prim.dns)
+        mapping.flattened, mapping.disabled = list(plan.flattened), plan.disabled
+    log.info("network: %s", f"primary {prim.describe()} -> {mapping.name} ({policy.value})" if prim
+             else "no primary interface configured")
+    return roles, {i.path: i.name for i in cfg.interfaces}, mapping
+
+
+def _style_of(path: str) -> str | None:
+    return "interfaces" if path.startswith("/etc/network/") else None
+
+
+def check_network(files: FileSource, plan: netconfig.NetworkPlan) -> str | None:
+    """The guest's network read again after the fix-ups: its primary must now be the interface
+    the plan named (a configuration in a file no fix-up reached would be left on the old name)."""
+    if plan.primary is None or not plan.rename:
+        return None
+    after = netconfig.read_network(files)
+    left = [i for i in after.interfaces if i.name == plan.primary.name and i.onboot]
+    if after.primary == plan.new_name and not left:
+        return None
+    return (f"after the fix-ups the guest's primary interface is {after.primary or 'none'}, not {plan.new_name}"
+            + (f"; {', '.join(i.path for i in left)} still configure(s) {plan.primary.name}" if left else "")
+            + ": its network may not come up on the instance; check it from the cloud console")
+
+
+def apply_fixes(guest: Guest, files: GuestFiles, dmap: F.DeviceMap, policy: ConvertNetwork = ConvertNetwork.DHCP
+                ) -> tuple[list[Fix], list[str], NetworkMapping]:
+    """Every fix-up on the mounted guest; returns the fixes made, what was left alone and
+    what the network became. `files`: the same guest as the agent's parsers read it."""
     fixes: list[Fix] = []
     warnings: list[str] = []
-    for pattern, kind in DEVICE_FILES + NET_FILES:
+    roles, names, mapping = map_network(files, policy)
+    ctx = FixContext(dmap, roles, names)
+    # every ifupdown file the model read, wherever interfaces' `source` lines found it
+    sourced = tuple((p, "interfaces") for p in names if p.startswith("/") and not any(
+        fnmatch.fnmatchcase(p, pattern) for pattern, _ in NET_FILES) and _style_of(p) == "interfaces")
+    for pattern, kind in DEVICE_FILES + NET_FILES + sourced:
         paths, skipped = guest.glob(pattern) if "*" in pattern else ([pattern], [])
         warnings += [str(s) for s in skipped]
         for path in paths:
@@ -199,13 +276,25 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
                 continue
             if text is None:
                 continue
-            res = _fix_text(kind, text, path, dmap)
+            res = _fix_text(kind, text, path, ctx)
             warnings += res.warnings
             if res.changed:
+                if kind == "netplan":
+                    guest.write(netmap.backup_name(path), text)     # the original, inert beside it
                 guest.write(path, res.text)
                 for fx in res.fixes:
                     log.info("fixed %s", fx.render())
                 fixes += res.fixes
+    if roles.plan.kernel_arg and not any(f.kind is FixKind.NET_KERNEL_ARG for f in fixes):
+        why = (f"no boot loader configuration with a kernel line was found: {netconfig.NAMES_ARG} could "
+               f"not be set, so the first virtio NIC keeps its slot name and {mapping.name}'s "
+               f"configuration may not apply; add {netconfig.NAMES_ARG} to the instance's kernel line")
+        warnings.append(why)
+        mapping.problems.append(why)
+    problem = check_network(files, roles.plan)
+    if problem:
+        warnings.append(problem)
+        mapping.problems.append(problem)
     links = []
     for pattern in SERVICE_LINKS:
         paths, skipped = guest.glob(pattern)
@@ -217,10 +306,11 @@ def apply_fixes(guest: Guest, dmap: F.DeviceMap) -> tuple[list[Fix], list[str]]:
         fixes.append(fx)
     for w in warnings:
         log.warning("%s", w)
-    return fixes, warnings
+    return fixes, warnings, mapping
 
 
-def fix_guest(images: list[str], accel: Accel, timings: dict[str, float]) -> tuple[GuestOS, list[Fix], list[str]]:
+def fix_guest(images: list[str], accel: Accel, timings: dict[str, float], engine: ConvertEngine = ConvertEngine.VIRT_V2V,
+              network: ConvertNetwork = ConvertNetwork.DHCP) -> tuple[GuestOS, list[Fix], list[str], NetworkMapping]:
     """One appliance over all the staged disks: inspect, refuse what has no OS, fix the rest."""
     t = time.monotonic()
     with Guest(images, accel) as g:
@@ -245,11 +335,33 @@ def fix_guest(images: list[str], accel: Accel, timings: dict[str, float]) -> tup
         dmap = F.DeviceMap(tuple(g.volumes()))
         timings["inspect_seconds"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
-        fixes, more = apply_fixes(g, dmap)
+        files = GuestFiles(g)
+        fixes, more, mapping = apply_fixes(g, files, dmap, network)
+        esp_fixes, esp_warnings = uefi.make_removable(g, files, [_os_id(files, os_)])
+        fixes += esp_fixes
+        more += esp_warnings
+        # what the parsers left unread (a huge file, an odd name), once each
+        more += [w for w in dict.fromkeys(str(s) for s in files.skipped) if w not in more]
         timings["fixups_seconds"] = round(time.monotonic() - t, 3)
+        if engine is ConvertEngine.FIXUPS:
+            # virt-v2v rebuilds the initramfs itself; without it, ours or a refusal
+            t = time.monotonic()
+            try:
+                fixes += initramfs.ensure_virtio(g, g.tmp)
+            except initramfs.InitramfsRefused as e:
+                raise NotConvertible(str(e)) from None
+            timings["initramfs_seconds"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
     timings["appliance_shutdown_seconds"] = round(time.monotonic() - t, 3)
-    return os_, fixes, warnings + more
+    return os_, fixes, warnings + more, mapping
+
+
+def _os_id(files: FileSource, os_: GuestOS) -> str:
+    """The os-release ID (debian, rhel, rocky ...), which names the ESP's distribution directory."""
+    for line in (files.read("/etc/os-release") or files.read("/usr/lib/os-release") or "").splitlines():
+        if line.startswith("ID="):
+            return line[3:].strip().strip("\"'")
+    return os_.distro
 
 
 # --- virt-v2v -----------------------------------------------------------------------------------
@@ -320,7 +432,7 @@ def run_virt_v2v(cap: CaptureDir, work: str, staged: list[str], accel: Accel, wa
 
 def convert(capture_path: str, engine: ConvertEngine = ConvertEngine.VIRT_V2V, method: CopyMethod = CopyMethod.COPY,
             accel: Accel | None = None, max_conversions: int | None = None,
-            queue_root: str | None = None) -> Conversion:
+            queue_root: str | None = None, network: ConvertNetwork = ConvertNetwork.DHCP) -> Conversion:
     """Convert one capture; always records the outcome in its manifest (unless the capture
     itself is unusable, which raises UsageError before anything is written). It waits for a
     slot of its root first: at most max_conversions (default: from the cores and memory) run at
@@ -331,11 +443,11 @@ def convert(capture_path: str, engine: ConvertEngine = ConvertEngine.VIRT_V2V, m
     root, capture_id = os.path.split(capture_path)
     cap = Store(root).open_capture(capture_id)
     with conversion_slot(queue_root or root, capture_path, max_conversions or default_max_conversions()):
-        return _convert_locked(cap, capdir, engine, method, accel)
+        return _convert_locked(cap, capdir, engine, method, accel, network)
 
 
 def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEngine, method: CopyMethod,
-                    accel: Accel | None) -> Conversion:
+                    accel: Accel | None, network: ConvertNetwork = ConvertNetwork.DHCP) -> Conversion:
     disks = capdir.manifest.disks
     started, t0 = _now(), time.monotonic()
     timings: dict[str, float] = {}
@@ -345,7 +457,8 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEn
                 "qemu_img": qimage.qemu_img_version()}
     if engine is ConvertEngine.VIRT_V2V:
         versions["virt_v2v"] = tool_version(["virt-v2v", "--version"])
-    conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings)
+    conv = Conversion(Outcome.FAILED, "", engine, versions, accel.name, accel.reason, started, "", 0.0, timings,
+                      network=NetworkMapping(policy=network))
     # With virt-v2v the stage is thrown away after it: an overlay costs nothing to make.
     stage_method = CopyMethod.OVERLAY if engine is ConvertEngine.VIRT_V2V else method
     finals = [converted_image_name(d.name) for d in disks]
@@ -363,7 +476,7 @@ def _convert_locked(cap: CaptureDir, capdir: CaptureDirectory, engine: ConvertEn
         for d, s in zip(disks, staged):
             stage_image(cap, d, s, stage_method)
         timings["stage_seconds"] = round(time.monotonic() - t, 3)
-        conv.os, conv.fixes, conv.warnings = fix_guest(staged, accel, timings)
+        conv.os, conv.fixes, conv.warnings, conv.network = fix_guest(staged, accel, timings, engine, network)
         if engine is ConvertEngine.VIRT_V2V:
             t = time.monotonic()
             outs = run_virt_v2v(cap, work, staged, accel, conv.warnings)

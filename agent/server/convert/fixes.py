@@ -292,23 +292,28 @@ def fix_device_map(text: str, path: str) -> FixResult:
     return res
 
 
-_NM_SECTION = re.compile(r"^\s*\[([^\]]+)\]")
+_INI_SECTION = re.compile(r"^\s*\[([^\]]+)\]")
 _NM_MAC = re.compile(r"^\s*mac-address\s*=")
+
+
+def ini_lines(text: str):
+    """(1-based number, line with its ending, line without or None for a comment or a blank
+    line, the section it is in, whether it is that section's [header]) for every line of an
+    INI-style file: NetworkManager keyfiles, systemd-networkd units."""
+    section = None
+    for no, line, bare in _content_lines(text):
+        sm = _INI_SECTION.match(bare) if bare is not None else None
+        if sm:
+            section = sm.group(1).strip()
+        yield no, line, bare, section, sm is not None
 
 
 def fix_nm_keyfile(text: str, path: str) -> FixResult:
     """Comment out mac-address= of the [ethernet] (or old [802-3-ethernet]) section of a
     NetworkManager keyfile: NM will not activate the connection on a NIC with another MAC."""
     out, res = [], FixResult(text)
-    section = None
-    for no, line, bare in _content_lines(text):
-        if bare is None:
-            out.append(line)
-            continue
-        sm = _NM_SECTION.match(bare)
-        if sm:
-            section = sm.group(1).strip()
-        elif section in ("ethernet", "802-3-ethernet") and _NM_MAC.match(bare):
+    for no, line, bare, section, header in ini_lines(text):
+        if bare is not None and not header and section in ("ethernet", "802-3-ethernet") and _NM_MAC.match(bare):
             new_line = _disable(line, "MAC of the old hardware")
             out.append(new_line)
             res.fixes.append(Fix(FixKind.NM_MAC, path, no, bare, new_line.rstrip("\r\n"),

@@ -356,3 +356,61 @@ class Guest:
 
     def remove(self, path: str) -> None:
         self.fish("rm", path)
+
+    # -------------------------------------------- binaries and the guest's own tools
+    def download(self, path: str, local: str) -> None:
+        """A guest file (an initramfs, a boot loader) to a local path, byte for byte."""
+        self.fish("download", path, local)
+
+    def checksum(self, path: str) -> str:
+        return self.fish("checksum", "sha256", path).strip()
+
+    def copy(self, src: str, dst: str) -> None:
+        self.fish("cp", src, dst)
+
+    def move(self, src: str, dst: str) -> None:
+        self.fish("mv", src, dst)
+
+    def mkdir_p(self, path: str) -> None:
+        self.fish("mkdir-p", path)
+
+    def command(self, argv: list[str], timeout: float = 1800) -> str:
+        """Run one of the guest's own programs in its root (the appliance's kernel, /dev, /proc
+        and /sys bound in), as virt-v2v does for update-initramfs and dracut."""
+        return self.fish("command", " ".join(argv), timeout=timeout)
+
+
+class GuestFiles:
+    """The guest as a guestos.network.FileSource (read, listdir, digest): the agent's own
+    parsers (guestos.netconfig, guestos.esp) read it as they read a mounted tree. The guest is
+    untrusted here as in the fix-ups: a file larger than MAX_CONFIG_BYTES, a directory beyond
+    MAX_DIR_ENTRIES or a name holding a control character is not read but kept in `skipped`
+    (the conversion says each as a warning), and reads as an absent file."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self.skipped: list[Skipped] = []
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self.guest.read(path)
+        except Skipped as e:
+            self.skipped.append(e)
+            return None
+
+    def listdir(self, path: str) -> list[str]:
+        names = []
+        for name in self.guest.ls(path, self.skipped):
+            bad = odd_name(os.path.join(path, name))
+            if bad is not None:
+                self.skipped.append(bad)
+            else:
+                names.append(name)
+        return sorted(names)
+
+    def digest(self, path: str) -> str | None:
+        bad = odd_name(path)
+        if bad is not None:
+            self.skipped.append(bad)
+            return None
+        return self.guest.checksum(path) if self.guest.is_file(path) else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ...choices import ConvertEngine
+from ...choices import ConvertEngine, ConvertNetwork
 
 
 class FixKind(str, enum.Enum):
@@ -20,6 +20,20 @@ class FixKind(str, enum.Enum):
     INTERFACES_MAC = "interfaces-hwaddress"     # hwaddress in /etc/network/interfaces
     GRUB_DEVICE_MAP = "grub-device-map"         # (hd0) /dev/sda in grub's device.map
     HARDWARE_SERVICE = "hardware-service-disabled"
+    # the network mapping (netmap.py): the primary interface on the first virtio NIC
+    NET_KERNEL_ARG = "kernel-net-ifnames"       # net.ifnames=0 on a kernel line
+    NET_RENAME = "network-primary-renamed"      # the primary's configuration moved to eth0
+    NET_DHCP = "network-primary-dhcp"           # --network dhcp: static settings -> DHCP
+    NET_FLATTEN = "network-bond-vlan-flattened"  # a bond/VLAN/bridge made the plain interface
+    NET_MEMBER_DISABLED = "network-member-disabled"   # its member/parent NICs' configurations
+    NET_DISABLED = "network-interface-disabled"  # another interface's configuration disabled
+    NETPLAN_MAC = "netplan-mac-match"           # match: macaddress / set-name removed
+    NETWORKD_MAC = "networkd-mac-match"         # a .link/.network MACAddress= match removed
+    # a host-only initramfs (engine fixups): the virtio drivers added, the initramfs rebuilt
+    INITRAMFS_MODULES = "initramfs-virtio-modules"
+    INITRAMFS_REBUILT = "initramfs-rebuilt"
+    # UEFI: the guest's own loader at the removable-media path a fresh NVRAM boots
+    UEFI_REMOVABLE = "uefi-removable-loader"
 
 
 class Outcome(str, enum.Enum):
@@ -93,6 +107,23 @@ class ImageOut:
 
 
 @dataclass
+class NetworkMapping:
+    """The manifest's `conversion.network`: what the guest's network became."""
+
+    policy: ConvertNetwork
+    primary: str | None = None          # the source's primary interface (the default route)
+    style: str | None = None            # ifupdown / ifcfg / networkmanager / netplan / systemd-networkd
+    name: str | None = None             # its name on the instance (the first virtio NIC)
+    method: str | None = None           # dhcp / static, after the policy
+    addresses: list[str] = field(default_factory=list)
+    gateway: str | None = None
+    dns: list[str] = field(default_factory=list)
+    flattened: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Conversion:
     """The manifest's `conversion` section (written and read through agent.records)."""
 
@@ -110,6 +141,7 @@ class Conversion:
     images: list[ImageOut] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    network: NetworkMapping | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,7 @@ class Verdict:
     result: Outcome
     message: str = ""
     finished: str = ""
+
 
 # The readiness finding (agent/inspect/readiness.py, CONVERSION) that each kind of fix answers.
 # None: no finding predicts it (the converter found it on its own). The agent's prediction
@@ -137,9 +170,23 @@ FINDING_OF_FIX: dict[FixKind, str | None] = {
     FixKind.INTERFACES_MAC: "interfaces-hwaddress",
     FixKind.GRUB_DEVICE_MAP: "grub-device-map",
     FixKind.HARDWARE_SERVICE: None,
+    FixKind.NET_KERNEL_ARG: "primary-nic",
+    FixKind.NET_RENAME: "primary-nic",
+    FixKind.NET_DHCP: "static-ip",
+    FixKind.NET_FLATTEN: "nic-bond-vlan",
+    FixKind.NET_MEMBER_DISABLED: "nic-bond-vlan",
+    FixKind.NET_DISABLED: "secondary-nics",
+    FixKind.NETPLAN_MAC: "netplan-mac-match",
+    FixKind.NETWORKD_MAC: "networkd-mac-match",
+    FixKind.INITRAMFS_MODULES: "initramfs-virtio",
+    FixKind.INITRAMFS_REBUILT: "initramfs-virtio",
+    FixKind.UEFI_REMOVABLE: "uefi-removable-loader",
 }
 # Findings the engine answers as a whole rather than by a fix of ours (no Fix record).
 FINDING_OF_ENGINE: dict[str, ConvertEngine] = {"initramfs-virtio": ConvertEngine.VIRT_V2V}
+# Findings a --network policy answers by leaving things as they are: with keep, the primary's
+# static address is kept on purpose (the finding said so), no fix is made.
+FINDING_OF_POLICY: dict[str, ConvertNetwork] = {"static-ip": ConvertNetwork.KEEP}
 
 
 @dataclass(frozen=True)
@@ -152,10 +199,12 @@ class PredictionGaps:
         return not self.unanswered and not self.unpredicted
 
 
-def prediction_gaps(promised: list[str], engine: ConvertEngine, fixes: list[Fix]) -> PredictionGaps:
+def prediction_gaps(promised: list[str], engine: ConvertEngine, fixes: list[Fix],
+                    network: ConvertNetwork = ConvertNetwork.DHCP) -> PredictionGaps:
     """``promised``: the ids of the readiness findings that say what conversion will do."""
     answered = {FINDING_OF_FIX[f.kind] for f in fixes} | {
-        fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine}
+        fid for fid, eng in FINDING_OF_ENGINE.items() if eng is engine} | {
+        fid for fid, pol in FINDING_OF_POLICY.items() if pol is network}
     return PredictionGaps(
         unanswered=tuple(fid for fid in promised if fid not in answered),
         unpredicted=tuple(f for f in fixes if FINDING_OF_FIX[f.kind] not in promised))

@@ -15,13 +15,15 @@ import re
 
 from ...manifest import (AddressPolicy, FlavorSuggestion, ImageRole, LaunchPlan, NetworkPolicy, PlanStep,
                          PublishedImage, SourceMachine)
+from ...guestos.report import ReadinessReport
 from ..convert.model import Conversion, FixKind, Outcome
 from ..receive.manifest import CaptureDirectory
 
 MIB, GIB = 1 << 20, 1 << 30
 # Without the source's machine in the manifest (an agent from before it was recorded).
 DEFAULT_VCPUS, DEFAULT_RAM_MIB = 2, 4096
-MAC_FIXES = (FixKind.NET_RULE_MAC, FixKind.IFCFG_MAC, FixKind.NM_MAC, FixKind.INTERFACES_MAC)
+MAC_FIXES = (FixKind.NET_RULE_MAC, FixKind.IFCFG_MAC, FixKind.NM_MAC, FixKind.INTERFACES_MAC,
+             FixKind.NETPLAN_MAC, FixKind.NETWORKD_MAC)
 
 
 def flavor_suggestion(cap: CaptureDirectory, boot: PublishedImage) -> FlavorSuggestion:
@@ -39,19 +41,34 @@ def flavor_suggestion(cap: CaptureDirectory, boot: PublishedImage) -> FlavorSugg
                             f"memory; its boot disk {boot.disk}, {boot.virtual_size} bytes")
 
 
+def static_configs(ready: ReadinessReport) -> tuple[str, ...]:
+    """The guest files that set the primary interface's fixed address (the static-ip finding):
+    from the report's network model; a report from before it had one names them as evidence."""
+    if not any(f.id == "static-ip" for f in ready.findings):
+        return ()
+    prim = ready.network.primary_iface if ready.network is not None else None
+    if prim is not None:
+        return (prim.path,)
+    return tuple(e for f in ready.findings if f.id == "static-ip" for e in f.evidence)
+
+
 def network_policy(cap: CaptureDirectory) -> NetworkPolicy:
-    """What the conversion did to the guest's network configuration (its fixes) and what the
-    readiness report says it still does (old MACs left, fixed addresses)."""
+    """What the conversion did to the guest's network configuration (its fixes and its
+    `network` mapping: the --network policy, the primary's name and addresses on the instance)
+    and what the readiness report says it still does (old MACs left, fixed addresses)."""
     ready = cap.readiness
     if ready is None or not ready.os_name:
         return NetworkPolicy(AddressPolicy.UNKNOWN, summary="no source OS was inspected: nothing is known "
                                                             "of its network configuration")
     removed: tuple[str, ...] = ()
     conv = cap.section("conversion", Conversion)
+    mapping = None
     if conv is not None and conv.result is Outcome.CONVERTED:
         removed = tuple(sorted({f.path for f in conv.fixes if f.kind in MAC_FIXES}))
+        if conv.network is not None and conv.network.primary:
+            mapping = conv.network
     left = tuple(sorted({b.path for b in ready.mac_bindings} - set(removed)))
-    static = tuple(e for f in ready.findings if f.id == "static-ip" for e in f.evidence)
+    static = static_configs(ready)
     said = []
     if removed:
         said.append(f"the conversion removed the old NICs' MAC bindings ({', '.join(removed)}): the guest "
@@ -59,12 +76,25 @@ def network_policy(cap: CaptureDirectory) -> NetworkPolicy:
     if left:
         said.append(f"still bound to the old NICs' MACs: {', '.join(left)} (run coldclone-convert, or the "
                     f"guest finds no interface for that configuration)")
+    kw: dict = {}
+    if mapping is not None:
+        kw = dict(conversion_policy=mapping.policy.value, interface=mapping.name)
+        said.append(f"the conversion (--network {mapping.policy.value}) gave the primary interface "
+                    f"{mapping.primary} ({mapping.style}) to the first virtio NIC as {mapping.name}, {mapping.method}"
+                    + (f"; disabled: {', '.join(mapping.disabled)}" if mapping.disabled else ""))
+        if mapping.problems:
+            said.append("the conversion could not map all of it: " + "; ".join(mapping.problems))
+        if mapping.method == "dhcp":
+            static = ()     # switched to DHCP (or DHCP already): the old static files no longer apply
+        elif mapping.addresses:
+            kw["fixed_addresses"] = tuple(mapping.addresses)
+            static = static or (f"{mapping.name}: {', '.join(mapping.addresses)}",)
     if static:
-        said.append(f"the guest sets its own address ({', '.join(static)}): its port must carry that "
-                    f"address ($FIXED_IP), or switch the guest to DHCP")
-        return NetworkPolicy(AddressPolicy.FIXED, removed, left, static, "; ".join(said))
+        said.append(f"the guest sets its own address ({', '.join(kw.get('fixed_addresses') or static)}): its "
+                    f"port must carry that address ($FIXED_IP), or switch the guest to DHCP")
+        return NetworkPolicy(AddressPolicy.FIXED, removed, left, static, "; ".join(said), **kw)
     said.append("the guest asks DHCP for its address: any port of the network will do")
-    return NetworkPolicy(AddressPolicy.DHCP, removed, left, (), "; ".join(said))
+    return NetworkPolicy(AddressPolicy.DHCP, removed, left, (), "; ".join(said), **kw)
 
 
 def _var(disk: str) -> str:
@@ -93,7 +123,9 @@ def launch_plan(cap: CaptureDirectory, images: list[PublishedImage]) -> LaunchPl
                               until="available", why=f"wait until the volume of {img.disk} is written"))
     nic: tuple[str, ...] = ("--network", "$NETWORK")
     if net.addresses is AddressPolicy.FIXED:
-        variables["FIXED_IP"] = f"the address the source server set itself ({', '.join(net.static_configs)})"
+        variables["FIXED_IP"] = (f"the address the source server set itself ({', '.join(net.fixed_addresses)}: "
+                                 f"{', '.join(net.static_configs)})" if net.fixed_addresses else
+                                 f"the address the source server set itself ({', '.join(net.static_configs)})")
         steps.append(PlanStep(("openstack", "port", "create", "--network", "$NETWORK", "--fixed-ip",
                                "ip-address=$FIXED_IP", "-f", "value", "-c", "id", f"{capture_id}-port"),
                               sets="PORT", why="a port with the source's own address"))

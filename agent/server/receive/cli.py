@@ -33,7 +33,7 @@ import time
 from typing import BinaryIO, Callable
 
 from ...bwlimit import EXAMPLES, parse_rate
-from ...choices import ConvertEngine, words
+from ...choices import ConvertEngine, ConvertNetwork, words
 from ...errors import UsageError
 from ...runcmd import spawn
 from .convqueue import default_max_conversions
@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert-engine", choices=words(ConvertEngine), default=ConvertEngine.VIRT_V2V.value,
                     help="with --convert: coldclone-convert's --engine (default virt-v2v; fixups is minutes "
                          "faster for guests whose initramfs already has the virtio drivers)")
+    ap.add_argument("--network", choices=words(ConvertNetwork), default=ConvertNetwork.DHCP.value,
+                    help="with --convert: coldclone-convert's --network (default dhcp: the primary interface "
+                         "switches to DHCP; keep: it keeps its static addresses)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.convert_engine != ConvertEngine.VIRT_V2V and not args.convert:
         ap.error("--convert-engine needs --convert")
+    if args.network != ConvertNetwork.DHCP and not args.convert:
+        ap.error("--network needs --convert")
     if args.max_conversions is not None and (args.max_conversions < 1 or not args.convert):
         ap.error("--max-conversions N: N of at least 1, with --convert")
     try:
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if share is not None:
             share.close()
     if rc == 0 and args.convert and isinstance(rx.sink, CaptureSink):
-        queue_conversion(rx.sink.cap.final_path, args.convert_engine, max_conversions, args.root)
+        queue_conversion(rx.sink.cap.final_path, args.convert_engine, max_conversions, args.root, args.network)
     return rc
 
 
@@ -241,13 +246,13 @@ def grow_pipe(fd: int, size: int = 1 << 20) -> None:
 
 
 def queue_conversion(capture_path: str, engine: str = ConvertEngine.VIRT_V2V.value, max_conversions: int | None = None,
-                     queue_root: str | None = None) -> int:
+                     queue_root: str | None = None, network: str = ConvertNetwork.DHCP.value) -> int:
     """Start `coldclone-convert capture_path` detached: the agent's SSH session ends with the
     capture, the conversion waits its turn in the root's queue (receive/convqueue.py). By
     command, not by import: the converter builds on this package, not the other way round."""
     here = os.path.join(os.path.dirname(sys.executable), "coldclone-convert")
     exe = here if os.access(here, os.X_OK) else "coldclone-convert"
-    argv = [exe, capture_path, "--engine", engine]
+    argv = [exe, capture_path, "--engine", engine, "--network", network]
     if max_conversions:
         argv += ["--max-conversions", str(max_conversions)]
     if queue_root:

@@ -231,10 +231,14 @@ class Nic:
     name: str
     mac: str | None
     driver: str | None = None
+    pci_slot: str | None = None       # the NIC's PCI function (0000:00:03.0); None: USB, virtual
     speed_mbps: int | None = None
     operstate: str | None = None
     carrier: bool | None = None                               # None: the kernel does not say
     addresses: list[str] = field(default_factory=list)       # "10.0.2.15/24"
+    # udev's predictable names for it (ID_NET_NAME_ONBOARD/SLOT/PATH/MAC: eno1, ens3, enp0s3,
+    # enx...): what the source OS calls this NIC when it uses them; empty without udevd
+    udev_names: list[str] = field(default_factory=list)
 
     @property
     def up(self) -> bool:

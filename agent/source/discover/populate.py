@@ -401,10 +401,15 @@ class Populator:
                 continue
             speed = rules.int_or(a.get("speed"))
             carrier = a.get("carrier")
+            props = n.get("properties") or {}
             out.append(Nic(name=n["sys_name"], mac=a.get("address"), driver=n.get("driver"),
+                           pci_slot=rules.nic_pci_slot(n.get("sys_path") or ""),
                            speed_mbps=speed if speed and speed > 0 else None,
                            operstate=a.get("operstate"),
-                           carrier=None if carrier is None else carrier == "1"))
+                           carrier=None if carrier is None else carrier == "1",
+                           udev_names=list(dict.fromkeys(
+                               props[k] for k in ("ID_NET_NAME_ONBOARD", "ID_NET_NAME_SLOT", "ID_NET_NAME_PATH",
+                                                  "ID_NET_NAME_MAC") if props.get(k)))))
         return sorted(out, key=lambda x: x.name)
 
 

@@ -91,11 +91,11 @@ def render(inv: Inventory) -> str:
         out += [""] + _wrap(f"multipath {m.wwid}" + (f" ({m.map.name})" if m.map else "")
                             + f": paths {', '.join(m.paths)}; captured via {m.disk.name}", "")
     if inv.nics:
-        out += ["", "NIC          MAC                SPEED       DRIVER     STATE"]
+        out += ["", "NIC          MAC                SPEED       DRIVER     PCI          STATE"]
         for n in inv.nics:
             speed = f"{n.speed_mbps} Mb/s" if n.speed_mbps else "-"
             out.append(f"{clip(n.name, 12):<12} {clip(n.mac, 18):<18} {speed:<11} "
-                       f"{clip(n.driver, 10):<10} {n.operstate or '-'}".rstrip())
+                       f"{clip(n.driver, 10):<10} {clip(n.pci_slot or '-', 12):<12} {n.operstate or '-'}".rstrip())
     if inv.live_medium:
         out += ["", f"live medium: {inv.live_medium}"]
     for w in inv.warnings:

@@ -475,3 +475,13 @@ def sata_speed_mbps(text: str | None) -> int | None:
         return None
     m = re.match(r"\s*([\d.]+)\s*Gbps", text)
     return int(float(m.group(1)) * 1000) if m else None
+
+
+_PCI_FUNCTION = re.compile(r"/([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/(?:virtio\d+/)?net/[^/]+$")
+
+
+def nic_pci_slot(sys_path: str) -> str | None:
+    """The PCI function a NIC sits on, from its sysfs path: .../0000:02:00.0/net/eno1, or a
+    virtio NIC's .../0000:00:03.0/virtio0/net/eth0. USB and virtual NICs: None."""
+    m = _PCI_FUNCTION.search(sys_path)
+    return m.group(1) if m else None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from ..capture.inuse import SourceInUseError
@@ -46,8 +47,9 @@ def _replacements(fstab_text: str, disk: Disk) -> dict[str, str]:
     return out
 
 
-def _boot_partition(fstab_text: str, disk: Disk, root: Partition) -> Partition | None:
-    entry = next((e for e in parse_fstab(fstab_text) if e.mountpoint == "/boot"), None)
+def _mounted_partition(fstab_text: str, disk: Disk, root: Partition, mountpoint: str) -> Partition | None:
+    """The partition of this disk the OS mounts at `mountpoint` (/boot, /boot/efi)."""
+    entry = next((e for e in parse_fstab(fstab_text) if e.mountpoint == mountpoint), None)
     if entry is None:
         return None
     for p in _candidates(disk):
@@ -55,7 +57,7 @@ def _boot_partition(fstab_text: str, disk: Disk, root: Partition) -> Partition |
         if p is root or fs is None:
             continue
         spec = entry.spec
-        if (spec.upper().startswith("UUID=") and fs.uuid == spec[5:].strip("\"'")) or (
+        if (spec.upper().startswith("UUID=") and (fs.uuid or "").lower() == spec[5:].strip("\"'").lower()) or (
                 spec.upper().startswith("LABEL=") and fs.label == spec[6:].strip("\"'")) or (
                 partition_number(spec) == p.number):
             return p
@@ -77,14 +79,20 @@ def inspect_disk(disk: Disk, inventory: Inventory | None = None) -> SourceOS | N
                     continue
                 fstab_text = read_text(mnt, "etc/fstab") or ""
                 devices = _replacements(fstab_text, disk)
-                boot = _boot_partition(fstab_text, disk, part)
                 firmware = firmware_from_disk(disk)
-                if boot is None:
-                    return inspect_tree(mnt, devices=devices, disk_count=disk_count,
-                                        disk_firmware=firmware)
-                with mounted_ro(boot.dev_path, boot.filesystem.type) as boot_mnt:
-                    return inspect_tree(mnt, boot_root=boot_mnt, devices=devices,
-                                        disk_count=disk_count, disk_firmware=firmware)
+                with contextlib.ExitStack() as stack:
+                    # /boot and the EFI system partition, each read-only like the root
+                    extra = {}
+                    for mp in ("/boot", "/boot/efi"):
+                        p = _mounted_partition(fstab_text, disk, part, mp)
+                        if p is None:
+                            continue
+                        try:
+                            extra[mp] = stack.enter_context(mounted_ro(p.dev_path, p.filesystem.type))
+                        except (CommandError, SourceError) as e:
+                            log.warning("%s (%s): not inspected: %s", p.dev_path, mp, e)
+                    return inspect_tree(mnt, boot_root=extra.get("/boot"), esp_root=extra.get("/boot/efi"),
+                                        devices=devices, disk_count=disk_count, disk_firmware=firmware)
         except SourceInUseError:
             raise   # the whole disk is in use: no other partition may be mounted either
         except (CommandError, SourceError) as e:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from ...guestos import files, iscsi as ins_iscsi, network, osrelease
-from ...guestos.model import IscsidConf
+from ...guestos import files, iscsi as ins_iscsi, netconfig, network, osrelease
+from ...guestos.model import IfaceKind, IscsidConf
 from .model import Chap, IscsiTarget, NetInterface, SourceIscsiConfig, make_portal, split_portal
 
 log = logging.getLogger("coldclone.iscsi")
@@ -75,63 +75,21 @@ def _unset(value: str | None) -> str | None:
 
 # --- the NIC and its address --------------------------------------------------
 
-def _prefix_of(netmask: str | None) -> int | None:
-    if not netmask:
-        return None
-    if netmask.isdigit():
-        return int(netmask)
-    try:
-        return ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
-    except ValueError:
-        return None
-
-
 def candidate_interfaces(root: str) -> list[NetInterface]:
-    """Every IPv4 configuration the source OS has, in the three formats."""
+    """Every IPv4 configuration the source OS has (guestos.netconfig: every style, one model),
+    one per address, DHCP ones without."""
     out: list[NetInterface] = []
-    for f in network.read_ifcfg(root):
-        v = f.values
-        method = "dhcp" if f.bootproto in ("dhcp", "bootp") else "static"
-        for sfx in ("", "0", "1", "2"):
-            addr = v.get(f"IPADDR{sfx}")
-            if not addr:
-                continue
-            out.append(NetInterface(
-                name=f.device, mac=(f.hwaddr or "").lower() or None, method=method,
-                address=addr, prefix=_int(v.get(f"PREFIX{sfx}")) or _prefix_of(v.get(f"NETMASK{sfx}")),
-                gateway=v.get(f"GATEWAY{sfx}") or v.get("GATEWAY") or None, source=f.path))
-        if method == "dhcp" and not any(i.source == f.path for i in out):
-            out.append(NetInterface(name=f.device, mac=(f.hwaddr or "").lower() or None,
-                                    method="dhcp", source=f.path))
-    for i in network.read_interfaces(root):
-        if i.family != "inet":
+    for i in netconfig.read_network(network.TreeFiles(root)).interfaces:
+        if i.kind not in (IfaceKind.ETHERNET, IfaceKind.VLAN):
             continue
-        addr = i.options.get("address")
-        prefix = _prefix_of(i.options.get("netmask"))
-        if addr and "/" in addr:
-            addr, _, p = addr.partition("/")
-            prefix = _int(p)
-        mac = i.options.get("hwaddress", "").split()[-1:] or [None]
-        if i.method == "static" and addr:
-            out.append(NetInterface(name=i.name, mac=(mac[0] or "").lower() or None,
-                                    method="static", address=addr, prefix=prefix,
-                                    gateway=i.options.get("gateway"),
-                                    source="/etc/network/interfaces"))
-        elif i.method == "dhcp":
-            out.append(NetInterface(name=i.name, mac=(mac[0] or "").lower() or None,
-                                    method="dhcp", source="/etc/network/interfaces"))
-    for c, addresses, gateway in network.read_nm_ipv4(root):
-        if c.type not in (None, "ethernet", "802-3-ethernet", "vlan"):
-            continue
-        if c.ipv4_method == "auto":
-            out.append(NetInterface(name=c.interface_name, mac=c.mac_address, method="dhcp",
-                                    source=c.path))
-            continue
-        for a in addresses:
+        name = i.name if i.named else None
+        v4 = [a for a in i.addresses if ":" not in a]
+        if i.method == "dhcp" and not v4:
+            out.append(NetInterface(name=name, mac=i.mac, method="dhcp", source=i.path))
+        for a in v4:
             addr, _, p = a.partition("/")
-            out.append(NetInterface(name=c.interface_name, mac=c.mac_address, method="static",
-                                    address=addr, prefix=_int(p) if p else 24,
-                                    gateway=gateway, source=c.path))
+            out.append(NetInterface(name=name, mac=i.mac, method="static", address=addr,
+                                    prefix=_int(p) if p else None, gateway=i.gateway, source=i.path))
     return out
 
 
