@@ -83,6 +83,9 @@ for i in $(seq 1 100); do
     sleep 0.1; partx -a "$loop" 2>/dev/null || true
 done
 [ -z "$missing" ] || { echo "debian_disk.sh: no partition node$missing" >&2; losetup -d "$loop"; exit 1; }
+# A read-only flag a test's guard left on this loop number survives its detach (BLKROSET): a
+# device turned read-only under our mount cannot take the superblock write of the umount.
+for d in "$loop" "$loop"p*; do blockdev --setrw "$d"; done
 cleanup() {
     umount "$mnt/boot" 2>/dev/null || true
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
