@@ -104,6 +104,40 @@ class ManifestDisk:
     timings: dict[str, float] = field(default_factory=dict)     # seconds per server step
     unreadable: Unreadable = field(default_factory=Unreadable)
     resume: DiskResume | None | Unset = UNSET    # only for a disk that did not arrive in one go
+    # Sent as a delta against a warm capture (docs/two-phase.md): what the cold phase cost. Only
+    # on the cutover's manifest; a warm sync's disks count in the capture's `syncs`.
+    cutover: Cutover | None | Unset = UNSET
+
+
+@dataclass
+class Cutover:
+    """A disk's cutover: the cold phase's reading and sending, only what changed since the last
+    warm sync crossing the link."""
+
+    bytes_read: int           # source bytes the agent read (the used blocks in mode=used)
+    bytes_sent: int           # stream bytes of the disk, framing included
+    segments_sent: int        # held-map segments that differed and were sent
+    seconds: float            # the disk's wall time, DISK to verified
+
+
+@dataclass
+class Sync:
+    """One warm sync of a capture (the source running; crash-inconsistent, a head start)."""
+
+    time: str                 # ISO 8601 when it was stored (the receiver's clock)
+    seconds: float            # HELLO to stored
+    bytes_read: int           # source bytes the sync read
+    bytes_sent: int           # stream bytes, framing included
+    segments_changed: int     # held-map segments sent because they differed (all, the first time)
+    bytes_changed: int        # the bytes of those segments
+    epoch: float = 0.0        # `time` in seconds since the epoch (the change rate's clock)
+
+
+class Phase:
+    """What a capture is: a cold capture (no field), a warm sync's, or a cutover from warm."""
+
+    WARM = "warm"
+    CUTOVER = "cutover"
 
 
 @dataclass
@@ -143,6 +177,11 @@ class Manifest:
     estimate_vs_actual: EstimateVsActual | None | Unset = UNSET
     readiness: ReadinessReport | None | Unset = UNSET        # the agent's inspection of the source OS
     wave: str | None | Unset = UNSET                      # the migration wave (coldclone.wave=)
+    # Two-phase migrations (docs/two-phase.md): `warm` while only warm syncs have been stored
+    # (its images are a head start, crash-inconsistent: a test launch at most), `cutover` once the
+    # cold phase from the ISO made it exact; every sync stays listed.
+    phase: str | None | Unset = UNSET
+    syncs: list[Sync] | Unset = UNSET
     manifest_version: int = MANIFEST_VERSION
 
     def disk(self, name: str | None) -> ManifestDisk | None:

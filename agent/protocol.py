@@ -51,139 +51,17 @@ from .devnames import real_identifier
 from .estimate_model import CaptureEstimate
 from .guestos.report import ReadinessReport
 
-MAGIC = b"COLDCLN\x00"
-# 2: HELLO.resume, DISK.resume_from / restart_reason and READY.held (resumable captures). A
-# version 2 receiver still reads version 1 streams: an older agent keeps working against it.
-VERSION = 2
-READ_VERSIONS = (1, 2)
-PREAMBLE = struct.Struct(">8sHH")  # magic, version, flags (reserved, 0)
+from .wire import (  # noqa: F401  (the framing, re-exported: one wire for both programs)
+    CODEC_NAMES, CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, DATA_HEAD, DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE,
+    DIGEST_ALGO, FRAME, HELD_MAP_LINE, MAGIC, MAX_DATA, MAX_GRID_SEGMENTS, MAX_JSON, PREAMBLE, READ_VERSIONS,
+    READBACK_STEP, SAME_BODY, T_ABORT, T_DATA, T_DISK, T_END, T_FINISH, T_HELLO, T_NOOP, T_SAME, T_UNREADABLE,
+    T_ZERO, TYPE_NAMES, UNREADABLE_BODY, VERSION, ZERO_BODY, BlockTree, Extent, HeldMap, ProtocolError, Same,
+    StreamCut, block_digests, delta_extents, dumps, encode_data, encode_end, encode_finish, encode_json,
+    encode_same, encode_unreadable, encode_zero, frame, grid_for, preamble, record_digest, segment_digest,
+    split_extents, zero_block_digest, zero_digests, zlib_payload,
+)
 
-T_HELLO, T_DISK, T_DATA, T_ZERO, T_END, T_FINISH, T_ABORT, T_UNREADABLE, T_NOOP = range(1, 10)
-TYPE_NAMES = {
-    T_HELLO: "HELLO", T_DISK: "DISK", T_DATA: "DATA", T_ZERO: "ZERO",
-    T_END: "END", T_FINISH: "FINISH", T_ABORT: "ABORT", T_UNREADABLE: "UNREADABLE", T_NOOP: "NOOP",
-}
-
-FRAME = struct.Struct(">BI")
-DATA_HEAD = struct.Struct(">QIB32s")
-ZERO_BODY = struct.Struct(">QQ")
-UNREADABLE_BODY = struct.Struct(">QQ")
-
-CODEC_NONE = 0
-CODEC_ZSTD = 1
-CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZSTD: "zstd"}
-
-# Bounds a receiver enforces before allocating anything: a corrupt length
-# field must produce a clear error, not a 4 GiB allocation.
-MAX_JSON = 1 << 20
-MAX_DATA = 64 << 20
-DEFAULT_BLOCK_SIZE = 64 << 10
-DEFAULT_CHUNK_SIZE = 4 << 20
-# The receiver reads each raw file back as it is written, in steps of this much
-# (receive/readback.py): at END at most this much is left to read back.
-READBACK_STEP = 32 << 20
-
-DIGEST_ALGO = "sha256-blocktree-v1"
 B = TypeVar("B")
-
-
-class ProtocolError(Exception):
-    """The stream is malformed (truncated, corrupt framing, out-of-order records)."""
-
-
-class StreamCut(ProtocolError):
-    """The stream ended in the middle (the agent stopped, the connection was cut): every record
-    before the cut was whole, so what the receiver holds can be resumed."""
-
-
-# ---------------------------------------------------------------- digests
-
-_zero_digest_cache: dict[int, bytes] = {}
-
-
-def zero_block_digest(length: int) -> bytes:
-    d = _zero_digest_cache.get(length)
-    if d is None:
-        d = hashlib.sha256(bytes(length)).digest()
-        _zero_digest_cache[length] = d
-    return d
-
-
-def block_digests(buf, block_size: int) -> list[bytes]:
-    """sha256 of each block of buf (the last may be short)."""
-    mv = memoryview(buf)
-    return [hashlib.sha256(mv[i:i + block_size]).digest() for i in range(0, len(mv), block_size)]
-
-
-def record_digest(digests: list[bytes]) -> bytes:
-    return hashlib.sha256(b"".join(digests)).digest()
-
-
-class BlockTree:
-    """The whole-disk digest, fed block digests in disk order."""
-
-    def __init__(self, size: int, block_size: int):
-        self.size = size
-        self.block_size = block_size
-        self.pos = 0
-        self._h = hashlib.sha256(DIGEST_ALGO.encode() + struct.pack(">QQ", size, block_size))
-        # sha256 over the block digests fed since the last cut_segment(): the receiver's resume
-        # journal records one per checkpoint, and a resuming agent checks its source against them.
-        self._seg = hashlib.sha256()
-
-    def _update(self, digests: bytes) -> None:
-        self._h.update(digests)
-        self._seg.update(digests)
-
-    def copy(self) -> "BlockTree":
-        """An independent tree at the same point (hash states copied)."""
-        t = BlockTree.__new__(BlockTree)
-        t.size, t.block_size, t.pos = self.size, self.block_size, self.pos
-        t._h, t._seg = self._h.copy(), self._seg.copy()
-        return t
-
-    def cut_segment(self) -> bytes:
-        """The digest of the blocks fed since the last cut (or the start); starts the next one."""
-        d = self._seg.digest()
-        self._seg = hashlib.sha256()
-        return d
-
-    def add_digests(self, offset: int, length: int, digests: list[bytes]) -> None:
-        self._expect(offset, length)
-        if len(digests) != -(-length // self.block_size):
-            raise ProtocolError(f"extent {offset}+{length} has {len(digests)} block digests")
-        self._update(b"".join(digests))
-        self.pos += length
-
-    def add_zero(self, offset: int, length: int) -> None:
-        self._expect(offset, length)
-        bs = self.block_size
-        # _expect guarantees alignment, so only the disk's last block is short.
-        n_full, tail = divmod(length, bs)
-        z = zero_block_digest(bs)
-        # A run of the constant, in bounded batches: a 2 TB empty disk is 32M
-        # blocks; never build that in one bytes object.
-        while n_full:
-            k = min(n_full, 1 << 15)
-            self._update(z * k)
-            n_full -= k
-        if tail:
-            self._update(zero_block_digest(tail))
-        end = offset + length
-        self.pos = end
-
-    def _expect(self, offset: int, length: int) -> None:
-        if offset != self.pos:
-            raise ProtocolError(f"extent at offset {offset} but expected {self.pos} (gap or overlap)")
-        if length <= 0 or offset + length > self.size:
-            raise ProtocolError(f"extent {offset}+{length} outside disk of {self.size} bytes")
-        if offset % self.block_size or ((offset + length) % self.block_size and offset + length != self.size):
-            raise ProtocolError(f"extent {offset}+{length} not aligned to block size {self.block_size}")
-
-    def digest(self) -> bytes:
-        if self.pos != self.size:
-            raise ProtocolError(f"disk digest asked at {self.pos} of {self.size} bytes")
-        return self._h.digest()
 
 
 def digest_file(path: str, block_size: int = DEFAULT_BLOCK_SIZE, chunk: int = DEFAULT_CHUNK_SIZE) -> str:
@@ -240,64 +118,6 @@ def feed_range(fd: int, tree: BlockTree, end: int, *, is_file: bool, chunk: int 
         off = stop
 
 
-# --------------------------------------------------------------- extents
-
-
-@dataclass
-class Extent:
-    offset: int
-    length: int
-    zero: bool
-    data: memoryview | None = None
-    digests: list[bytes] = field(default_factory=list)
-
-
-_ZERO_CACHE: dict[int, bytes] = {}
-
-
-def _zeros(n: int) -> bytes:
-    z = _ZERO_CACHE.get(n)
-    if z is None:
-        z = _ZERO_CACHE[n] = bytes(n)
-    return z
-
-
-def split_extents(buf, offset: int, block_size: int, skip_zero: bool = True) -> list[Extent]:
-    """Split a block-aligned buffer into runs of all-zero and data blocks.
-
-    Data blocks get their sha256 here, once; the same digests serve the
-    record digest and the whole-disk tree.
-    """
-    if not isinstance(buf, bytes):
-        buf = bytes(buf)
-    n = len(buf)
-    # Zero tests compare bytes with bytes (memcmp): comparing a memoryview
-    # is element by element and 50x slower.
-    if skip_zero and n in _ZERO_CACHE and buf == _ZERO_CACHE[n]:
-        return [Extent(offset, n, True)]
-    if skip_zero and n >= 1 << 20 and buf == _zeros(n):
-        return [Extent(offset, n, True)]
-    mv = memoryview(buf)
-    zero = _zeros(block_size)
-    out: list[Extent] = []
-    for i in range(0, n, block_size):
-        end = min(i + block_size, n)
-        is_zero = skip_zero and buf[i:end] == (zero if end - i == block_size else _zeros(end - i))
-        if out and out[-1].zero == is_zero:
-            ext = out[-1]
-            ext.length += end - i
-        else:
-            ext = Extent(offset + i, end - i, is_zero)
-            out.append(ext)
-        if not is_zero:
-            ext.digests.append(hashlib.sha256(mv[i:end]).digest())
-    for ext in out:
-        if not ext.zero:
-            start = ext.offset - offset
-            ext.data = mv[start:start + ext.length]
-    return out
-
-
 # ------------------------------------------------------------------- JSON
 # One way to write JSON on the wire and on disk: NaN and Infinity are not JSON (a manifest holding
 # them is unreadable elsewhere), so they are refused when written and when read.
@@ -310,11 +130,6 @@ MAX_DISKS = 256                 # disks named in one lookup or READY.unfinished 
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_BLOCKS = 1 << 32             # whole-disk digest over at most 2^32 block digests (128 GiB of hashing)
 U63 = (1 << 63) - 1
-
-
-def dumps(obj, **kw) -> str:
-    """json.dumps as everything in coldclone writes it (wire, manifest, failure records)."""
-    return json.dumps(obj, allow_nan=False, **kw)
 
 
 def _no_constant(name: str):
@@ -348,38 +163,6 @@ def loads_object(body: bytes | str, what: str) -> dict:
     if not _depth_ok(obj):
         raise ProtocolError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     return obj
-
-
-# ----------------------------------------------------------------- encode
-
-
-def preamble() -> bytes:
-    return PREAMBLE.pack(MAGIC, VERSION, 0)
-
-
-def frame(rtype: int, body: bytes) -> bytes:
-    return FRAME.pack(rtype, len(body)) + body
-
-
-def encode_json(rtype: int, obj: dict) -> bytes:
-    return frame(rtype, dumps(obj, sort_keys=True, separators=(",", ":")).encode())
-
-
-def encode_data(offset: int, length: int, codec: int, digest: bytes, payload: bytes) -> bytes:
-    head = DATA_HEAD.pack(offset, length, codec, digest)
-    return FRAME.pack(T_DATA, len(head) + len(payload)) + head + payload
-
-
-def encode_zero(offset: int, length: int) -> bytes:
-    return frame(T_ZERO, ZERO_BODY.pack(offset, length))
-
-
-def encode_unreadable(offset: int, length: int) -> bytes:
-    return frame(T_UNREADABLE, UNREADABLE_BODY.pack(offset, length))
-
-
-def encode_end(digest: bytes, stats: dict) -> bytes:
-    return frame(T_END, digest + dumps(stats, sort_keys=True).encode())
 
 
 # ------------------------------------------------------ typed metadata
@@ -531,6 +314,12 @@ class Hello(Body):
     # A capture: each disk's identity (with `head`), the proof a resume must give before the
     # receiver touches or drops a disk it holds (receive/identity.py).
     identities: Identities = ()
+    # Two-phase migrations (docs/two-phase.md). `warm`: a sync from the running source; the
+    # capture stays updatable after FINISH (manifest `phase: warm`). `delta`: the agent sends a
+    # disk the receiver holds from a warm sync as only what differs (SAME records for the rest):
+    # the receiver sends its held maps (HELD_MAP replies) before READY.
+    warm: bool = False
+    delta: bool = False
 
     ADVICE = (("estimate", CaptureEstimate), ("readiness", ReadinessReport))
 
@@ -577,6 +366,9 @@ class DiskHeader(Body):
     # 0 with restart_reason: the held copy is dropped and the disk is sent again from the start.
     resume_from: Count = 0
     restart_reason: Str | None = None
+    # Against the held map of a warm capture: SAME records may cover ranges, DATA and ZERO
+    # overwrite what is held (a ZERO writes zeros). With resume_from 0 only.
+    delta: bool = False
 
     def encode(self) -> bytes:
         return encode_json(T_DISK, self.to_json())
@@ -658,6 +450,20 @@ class ListedDisk(DiskIdentity):
 
 
 @dataclass(frozen=True)
+class WarmFacts(Body):
+    """A warm capture's last syncs, for the cutover's estimate: how fast the source changes."""
+
+    syncs: Count = 0
+    last_sync: Seconds = 0.0         # when the last sync was stored (seconds since the epoch)
+    changed_bytes: Count = 0         # what the last sync found changed (segments sent x grid)
+    interval: Seconds = 0.0          # seconds between the last two syncs (0: only one)
+
+    def change_rate(self) -> float | None:
+        """Bytes per second the source changed between the last two syncs (None: one sync only)."""
+        return self.changed_bytes / self.interval if self.interval > 0 and self.syncs > 1 else None
+
+
+@dataclass(frozen=True)
 class Unfinished(Body):
     """An unfinished capture a receiver holds of the disks an agent asked about (READY.unfinished
     of a lookup, keyed by capture id): every disk it journaled is one of them."""
@@ -667,6 +473,8 @@ class Unfinished(Body):
     updated: Seconds = 0.0           # when its journals last changed (seconds since the epoch)
     matched_by: Str = DiskIdentity.WEAK   # the weakest of its disks' matches
     live: bool = False      # a receiver still holds it (a cut session not yet timed out)
+    # A warm capture (stored syncs, updatable): a cutover of it sends only what changed.
+    warm: WarmFacts | None = None
 
     @property
     def proven(self) -> bool:
@@ -728,6 +536,9 @@ class HeldDisk(Body):
     segments: tuple[Segment, ...] = ()
     complete: bool = False          # verified and converted in an earlier attempt
     digest: Str | None = None       # its whole-disk digest, when complete
+    # Held whole from a warm sync, with a map of `grid`-byte segments (HELD_MAP replies before
+    # READY) when the agent asked for delta: DISK.delta sends only what differs.
+    grid: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
 
     @property
     def held(self) -> int:
@@ -760,10 +571,6 @@ class Abort(Body):
     @classmethod
     def decode(cls, obj: dict) -> "Abort":
         return _decode(obj, cls, "ABORT")
-
-
-def encode_finish() -> bytes:
-    return encode_json(T_FINISH, {})
 
 
 class StreamWriter:
@@ -804,7 +611,7 @@ class Record:
     type: int
     # JSON records: the decoded object as sent (the typed models decode it: Hello.decode ...)
     meta: dict | None = None
-    # DATA / ZERO / UNREADABLE
+    # DATA / ZERO / UNREADABLE / SAME
     offset: int = 0
     length: int = 0
     codec: int = CODEC_NONE
@@ -878,6 +685,11 @@ class Reader:
                 raise ProtocolError(f"UNREADABLE record of {length} bytes at stream byte {start}")
             offset, ulen = UNREADABLE_BODY.unpack(self._read(length, "UNREADABLE record"))
             return Record(T_UNREADABLE, offset=offset, length=ulen, wire_bytes=self.consumed - start)
+        if rtype == T_SAME:
+            if length != SAME_BODY.size:
+                raise ProtocolError(f"SAME record of {length} bytes at stream byte {start}")
+            offset, slen, digest = SAME_BODY.unpack(self._read(length, "SAME record"))
+            return Record(T_SAME, offset=offset, length=slen, digest=digest, wire_bytes=self.consumed - start)
         if rtype == T_ZERO:
             if length != ZERO_BODY.size:
                 raise ProtocolError(f"ZERO record of {length} bytes at stream byte {start}")
@@ -909,6 +721,7 @@ class Event:
     COMPLETE = "complete"
     ERROR = "error"
     PROBE = "probe"
+    HELD_MAP = "held_map"   # before READY of a delta resume: part of a held disk's map
     NOISE = "noise"      # a line that is not a reply (a shell's complaint, a banner)
 
 
@@ -943,6 +756,10 @@ class Reply:
     # complete, when the receiver queues a conversion (--convert): where each converted image
     # will be, so the agent's summary can say it (the conversion runs after the session ends)
     converted_images: tuple[str, ...] = ()
+    # held_map: segments `start`.. of disk `name`'s map, `digests` their sha256s in hex
+    start: Count | None = None
+    grid: Count | None = None
+    digests: Annotated[str, msgspec.Meta(max_length=64 * HELD_MAP_LINE, pattern=r"^[0-9a-f]*$")] | None = None
 
     # The fields each event carries on the wire (None included: `capture_id: null` is an answer).
     FIELDS = {
@@ -953,6 +770,7 @@ class Reply:
         Event.ERROR: ("code", "message", "path"),
         Event.PROBE: ("bytes", "covered", "counts", "seconds", "sync_seconds", "readback_bytes",
                       "readback_seconds"),
+        Event.HELD_MAP: ("name", "start", "grid", "digests"),
         Event.NOISE: ("text",),
     }
     # Only a probe's / a resumed capture's / a converting receiver's reply says these (an old agent
