@@ -409,6 +409,10 @@ class DiskEnd(Body):
     unreadable_bytes: Count | None = None  # on_read_error=map: bytes sent as UNREADABLE (zeros)
     recovery_seconds: Seconds | None = None  # on_read_error=map: time spent re-reading failed ranges
     zstd_levels: Facts | None = None       # zstd:auto: chunks compressed at each level ({"1": n, "3": m})
+    # DISK.delta: what the agent found the receiver already held (SAME records) and what it sent
+    same_bytes: Count | None = None
+    same_records: Count | None = None
+    segments_sent: Count | None = None     # held-map segments that differed from the source
 
     def stats(self) -> dict:
         """The counts the agent gave, for the manifest (absent ones left out)."""
