@@ -18,12 +18,12 @@ one waits until the debt is paid. Callers cut their transfers into pieces of at 
 (`paced`), so the link sees a steady stream, not a line-rate burst then a pause.
 """
 
-from __future__ import annotations
-
 import re
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
+
+# Standard library only, Python 3.6 syntax: the `coldclone sync` file carries this module.
 
 from .errors import UsageError
 
@@ -70,7 +70,7 @@ class TokenBucket:
 
     Safe to share between threads (a lock around the accounting, never around the sleep)."""
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, rate: float, burst: Optional[float] = None, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.clock = clock
         self.sleep = sleep

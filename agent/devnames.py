@@ -1,10 +1,11 @@
 """Kernel names and /dev paths: sysfs writes '!' where /dev has '/' (cciss!c0d0 <-> /dev/cciss/c0d0);
 and which serials and WWNs really name a disk."""
 
-from __future__ import annotations
-
 import os
 import re
+from typing import List, Optional
+
+# Standard library only, Python 3.6 syntax: the `coldclone sync` file carries this module.
 
 
 def dev_path(kernel_name: str) -> str:
@@ -26,7 +27,7 @@ def kernel_name(path: str) -> str:
 SYS_BLOCK = "/sys/class/block"
 
 
-def partition_names(name: str, sysfs: str = SYS_BLOCK) -> list[str]:
+def partition_names(name: str, sysfs: str = SYS_BLOCK) -> List[str]:
     """Kernel names of the partitions the kernel knows for a whole-disk device."""
     sysdir = os.path.join(sysfs, name)
     try:
@@ -36,7 +37,7 @@ def partition_names(name: str, sysfs: str = SYS_BLOCK) -> list[str]:
     return [e for e in entries if os.path.exists(os.path.join(sysdir, e, "partition"))]
 
 
-def partitions_of(path: str) -> list[str]:
+def partitions_of(path: str) -> List[str]:
     """/dev paths of the partitions the kernel knows for a whole-disk device."""
     return [p for p in (dev_path(n) for n in partition_names(kernel_name(path))) if os.path.exists(p)]
 
@@ -54,7 +55,7 @@ PLACEHOLDER_SERIALS = {"none", "null", "n/a", "na", "unknown", "default", "defau
                        "123456789", "1234567890", "1234567890abcdef", "0123456789abcdef"}
 
 
-def real_identifier(value: str | None) -> str | None:
+def real_identifier(value: Optional[str]) -> Optional[str]:
     """`value` lower-cased, or None when it names nothing: empty, a placeholder, or one
     character repeated (0000..., ffff..., also after a 0x / naa. prefix)."""
     v = (value or "").strip().lower()

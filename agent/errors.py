@@ -4,7 +4,10 @@ Every error carries a message that names the problem and what to do about it;
 front ends print ``str(err)`` and exit with ``err.exit_code``.
 """
 
-from __future__ import annotations
+from typing import List, Optional
+
+# Standard library only, Python 3.6 syntax: the `coldclone sync` file carries this module
+# (agent/sync/; tests/unit/test_sync_file.py parses it as 3.6).
 
 # Exit codes of `coldclone` (documented in docs/cli.md).
 EXIT_OK = 0
@@ -62,7 +65,7 @@ class CancelledError(ColdcloneError):
 class CommandError(ColdcloneError):
     """An external command failed; the message names the command, its exit code and stderr."""
 
-    def __init__(self, argv: list[str], returncode: int | None, stderr: str, hint: str = ""):
+    def __init__(self, argv: List[str], returncode: Optional[int], stderr: str, hint: str = ""):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr

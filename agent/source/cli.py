@@ -80,6 +80,8 @@ DELEGATED = {
     "estimate": (".commands.estimate", "predict how long a capture will take (the server's downtime)"),
     "headless": (".headless", "unattended capture configured on the kernel command line"),
     "tui": (".tui.app", "the operator's text interface"),
+    # the warm sync from a running source: the self-contained file's own code (agent/sync/)
+    "sync": ("..sync.cli", "send a running server's disks to a warm capture (two-phase migration)"),
 }
 
 

@@ -3,6 +3,7 @@
     coldclone-server init --root DIR --user NAME [...]     set this server up (again): init.py
     coldclone-server status --root DIR [--json] [--wave NAME]   every capture and its state: status.py
     coldclone-server web --listen ADDR:PORT --root DIR [--peer URL ...]   the wave page: web.py
+    coldclone-server sync-file --output PATH   the self-contained `coldclone sync` file: agent/sync/build.py
 
 Exit codes as `coldclone` (docs/cli.md): 0 ok, 1 internal error, 2 usage.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from ...errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError
+from ...errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ColdcloneError, UsageError
 from ..receive.convqueue import default_max_conversions
+from ...sync.build import write_sync_file
 from ...choices import ConvertEngine, ConvertNetwork, words
 from . import status as S
 from .init import DEFAULT_HOST_KEY, KEYS_BASE, Setup, init
@@ -46,6 +49,16 @@ def cmd_status(args) -> int:
 
 def cmd_web(args) -> int:
     serve(args.listen, args.root, tuple(args.peer), name=args.name, refresh=args.refresh, stall=args.stall)
+    return EXIT_OK
+
+
+def cmd_sync_file(args) -> int:
+    out = os.path.abspath(args.output)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"--output {args.output}: the directory {os.path.dirname(out)} does not exist")
+    digest = write_sync_file(out)
+    print(f"sync_file={out}", flush=True)
+    print(f"sha256={digest}", flush=True)
     return EXIT_OK
 
 
@@ -98,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--stall", type=float, default=S.STALL_SECONDS, metavar="SECONDS",
                    help=f"a running capture that has not moved for this long is stalled (default {S.STALL_SECONDS:g})")
     w.set_defaults(func=cmd_web)
+
+    f = sub.add_parser("sync-file", help="write the self-contained `coldclone sync` file sources run (python3 FILE sync ...)")
+    f.add_argument("--output", required=True, metavar="PATH", help="where to write it, e.g. /srv/coldclone/coldclone")
+    f.set_defaults(func=cmd_sync_file)
     return ap
 
 
