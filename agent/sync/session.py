@@ -239,8 +239,8 @@ class DiskSender(object):
                     items = wire.delta_extents(items, self.held_map, BLOCK_SIZE)
                 for it in items:
                     if getattr(it, "same", False):
-                        tree.add_digests(it.offset, it.length, it.digests)
-                        self._send(wire.encode_same(it.offset, it.length, wire.record_digest(it.digests)), st)
+                        it.feed(tree)
+                        self._send(it.encode(BLOCK_SIZE), st)
                         st.same_bytes += it.length
                         st.same_records += 1
                         same_segments += (it.end - 1) // grid - it.offset // grid + 1
