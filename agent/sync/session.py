@@ -12,9 +12,9 @@ The wire is the agent's (agent/wire.py; docs/two-phase.md "Warm syncs"):
    (HELD_MAP lines, one digest per grid segment) before READY. Per disk a DISK header, then the
    whole disk in 4 MiB chunks: each chunk split into zero and data blocks (wire.split_extents),
    against the held map (wire.delta_extents) into SAME runs (the receiver holds them as they are)
-   and what differs (DATA, zlib; ZERO); then END with the counts. A disk the receiver holds from
-   a cut first sync (journal checkpoints, no map) is checked segment by segment as the ISO
-   agent's capture/resume.py does and continued where it stopped, or sent again from 0.
+   and what differs (DATA, zlib; ZERO); then END with the counts. A sync cut before it was
+   stored is continued the same way: the receiver sends the map of the blocks it did store. A
+   disk held without a map (a cut cold capture of the ISO) is sent again from byte 0.
 3. DISK_OK for every disk, then FINISH; COMPLETE: the sync is stored.
 
 A cut session is not aborted: the receiver keeps what it stored, and the same command run again
@@ -24,7 +24,6 @@ Standard library only, Python 3.6 syntax.
 """
 
 import logging
-import os
 import secrets
 import socket
 import sys
@@ -48,9 +47,6 @@ READY_TIMEOUT = 3600
 # The receiver reads each disk back before DISK_OK; FINISH's COMPLETE only renames.
 VERIFY_TIMEOUT = 6 * 3600
 COMMIT_TIMEOUT = 600
-# While the agent reads without sending (checking a held copy), a NOOP this often keeps the
-# receiver's --idle-timeout from ending the session.
-NOOP_INTERVAL = 30.0
 # A session of the same capture still open on the server (a sync killed a moment ago): retry.
 BUSY_RETRY_SECONDS = 90
 
@@ -82,11 +78,11 @@ def lookup_hello(disks):
             "disks": [d.name for d in disks], "unfinished_of": [d.identity() for d in disks]}
 
 
-def disk_header(disk, resume_from=0, restart_reason=None, delta=False):
+def disk_header(disk, restart_reason=None, delta=False):
     """The DISK body (protocol.DiskHeader's fields)."""
     h = {"name": disk.name, "size": disk.size, "block_size": BLOCK_SIZE,
          "logical_sector_size": disk.logical_sector_size, "physical_sector_size": disk.physical_sector_size,
-         "mode": MODE, "codec": CODEC, "source": disk.facts(), "resume_from": resume_from, "delta": bool(delta)}
+         "mode": MODE, "codec": CODEC, "source": disk.facts(), "resume_from": 0, "delta": bool(delta)}
     if restart_reason:
         h["restart_reason"] = restart_reason
     return h
@@ -155,79 +151,47 @@ class HeldMaps(object):
 class DiskSender(object):
     """Streams one disk: DISK, its records, END. `send` writes to the session (paced)."""
 
-    def __init__(self, disk, send, held=None, held_map=None, keepalive=None):
+    def __init__(self, disk, send, held=None, held_map=None):
         self.disk = disk
         self.send_raw = send
         self.held = held
         self.held_map = held_map
-        self.keepalive = keepalive or (lambda: None)
 
     def _send(self, data, st):
         st.wire_bytes += len(data)
         self.send_raw(data)
 
     def plan(self):
-        """(resume_from, tree, restart_reason, delta) for this disk against what is held."""
+        """(restart_reason, delta) for this disk against what is held: a held map (a warm capture,
+        or a sync cut before it was stored) makes the disk a delta."""
         d, held = self.disk, self.held
         if held is None:
-            return 0, None, None, False
+            return None, False
         if (held.get("size"), held.get("block_size")) != (d.size, BLOCK_SIZE):
-            return 0, None, ("the held copy is %s bytes in blocks of %s; this disk is %d bytes in blocks of %d"
-                             % (held.get("size"), held.get("block_size"), d.size, BLOCK_SIZE)), False
+            return ("the held copy is %s bytes in blocks of %s; this disk is %d bytes in blocks of %d"
+                    % (held.get("size"), held.get("block_size"), d.size, BLOCK_SIZE)), False
         if self.held_map is not None:
-            return 0, None, None, True
-        segments = held.get("segments") or []
-        if not segments:
-            return 0, None, None, False
-        if held.get("mode") not in (None, MODE):
-            return 0, None, "the held copy was sent in mode %s; a sync sends mode %s" % (held.get("mode"), MODE), False
-        return self._check_held(segments)
-
-    def _check_held(self, segments):
-        """A cut capture's journal checkpoints against the source (capture/resume.py's check: every
-        held byte read once; the tree carries on from the last checkpoint)."""
-        d = self.disk
-        tree = wire.BlockTree(d.size, BLOCK_SIZE)
-        reader = Reader(d)
-        start = 0
-        last_tick = time.monotonic()
-        try:
-            for end, digest in segments:
-                while tree.pos < end:
-                    n = min(CHUNK_SIZE, end - tree.pos)
-                    for ext in wire.split_extents(reader.read(tree.pos, n), tree.pos, BLOCK_SIZE):
-                        if ext.zero:
-                            tree.add_zero(ext.offset, ext.length)
-                        else:
-                            tree.add_digests(ext.offset, ext.length, ext.digests)
-                    if time.monotonic() - last_tick >= NOOP_INTERVAL:
-                        self.keepalive()
-                        last_tick = time.monotonic()
-                if tree.cut_segment().hex() != str(digest).lower():
-                    return 0, None, ("the source changed since the held copy was received: bytes %d-%d differ"
-                                     % (start, end)), False
-                start = end
-        finally:
-            reader.close()
-        return start, tree, None, False
+            return None, True
+        if held.get("segments") or held.get("complete"):
+            # A cut cold capture's journal (no block digests to compare with): the ISO agent's
+            # resume re-reads and checks it (capture/resume.py); a sync sends the disk again.
+            return "the server holds it without a map of block digests (a cut capture, not a sync)", False
+        return None, False
 
     def run(self):
         d = self.disk
         t0 = time.monotonic()
-        resume_from, tree, restart_reason, delta = self.plan()
+        restart_reason, delta = self.plan()
         st = Stats(delta)
-        if resume_from:
-            say("%s: the server holds %d of %d bytes from a cut sync, the same as the disk: continuing there"
-                % (d.name, resume_from, d.size))
-        elif restart_reason:
+        if restart_reason:
             say("%s: sent whole again: %s" % (d.name, restart_reason))
-        self._send(wire.encode_json(wire.T_DISK, disk_header(d, resume_from, restart_reason, delta)), st)
-        tree = tree or wire.BlockTree(d.size, BLOCK_SIZE)
+        self._send(wire.encode_json(wire.T_DISK, disk_header(d, restart_reason, delta)), st)
+        tree = wire.BlockTree(d.size, BLOCK_SIZE)
         grid = self.held_map.grid if delta else 0
         same_segments = 0
         reader = Reader(d)
         try:
-            pos = resume_from
+            pos = 0
             while pos < d.size:
                 n = min(CHUNK_SIZE, d.size - pos)
                 t = time.monotonic()
@@ -344,9 +308,6 @@ def sync_once(pinned, disks, capture_id, resume, bucket=None):
         sent[0] += len(data)
         sent[1] = time.monotonic()
 
-    def keepalive():
-        send(wire.encode_json(wire.T_NOOP, {}))
-
     try:
         send(wire.preamble() + wire.encode_json(wire.T_HELLO, hello(capture_id, disks, resume)))
         maps = HeldMaps()
@@ -362,7 +323,7 @@ def sync_once(pinned, disks, capture_id, resume, bucket=None):
         for d in disks:
             h = held.get(d.name)
             hm = maps.of(d.name, h) if isinstance(h, dict) else None
-            _, st = DiskSender(d, send, h if isinstance(h, dict) else None, hm, keepalive).run()
+            _, st = DiskSender(d, send, h if isinstance(h, dict) else None, hm).run()
             stats[d.name] = st
             what = ("%d of %d segments changed, %d bytes sent" % (st.segments_sent, -(-d.size // hm.grid),
                                                                     st.wire_bytes)
