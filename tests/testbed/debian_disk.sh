@@ -7,10 +7,12 @@
 # Test scaffolding inside the guest: coldclone-story.service runs once multi-user.target is
 # reached, prints COLDCLONE-GUEST-UP on the serial console and, when QEMU hands it a
 # "HOST PORT TOKEN" line through fw_cfg (opt/coldclone/ping), sends GET /ping/TOKEN/DEV/ADDRESS
-# to that host (bash's /dev/tcp: minbase has no curl), DEV and ADDRESS being the interface of
+# to that host (bash's /dev/tcp), DEV and ADDRESS being the interface of
 # its default route and that interface's IPv4 address/prefix, and prints the reply as
 # COLDCLONE-GUEST-PING, so the test proves on the host side that the converted guest's network
-# came up, on which interface and with which address.
+# came up, on which interface and with which address. When QEMU hands it a script instead
+# (opt/coldclone/run), it runs that script (the server at work: a writer and `coldclone sync`),
+# prints COLDCLONE-GUEST-RUN exit=N and powers off.
 #
 # No net.ifnames=0 on the kernel line: like most real servers, the NIC names are the kernel's
 # predictable ones unless a rule or the config pins them (a converted guest must reach the
@@ -117,8 +119,9 @@ in_chroot() { chroot "$mnt" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin H
 in_chroot apt-get update -qq
 # grub-efi-amd64-bin, not grub-efi-amd64: the latter's postinst runs grub-install on /boot/efi
 if [ -n "$esp" ]; then grub="grub-efi-amd64-bin grub2-common"; else grub=grub-pc; fi
+# python3, the OpenSSH client and curl: what a server has, and all `coldclone sync` needs there
 in_chroot apt-get install -y -qq --no-install-recommends linux-image-amd64 $grub systemd-sysv \
-    ifupdown isc-dhcp-client iproute2 udev $extra >/dev/null
+    ifupdown isc-dhcp-client iproute2 udev python3 openssh-client curl $extra >/dev/null
 # A server's kernel without the drivers of hardware neither it nor its KVM successor has (GPUs,
 # media, wireless, sound, InfiniBand, other vendors' NICs): the VM tier captures these disks
 # under TCG, where every megabyte costs; the apt lists go too. Then the initramfs is rebuilt
@@ -188,7 +191,17 @@ echo "COLDCLONE-GUEST-UP kernel=$(uname -r) host=$(hostname)" > $con
 echo "COLDCLONE-GUEST-ROUTES $(awk 'NR>1 {printf "%s:%s:%s ", $1, $2, $3}' /proc/net/route)" > $con
 modprobe qemu_fw_cfg 2>/dev/null || true
 cfg=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/ping/raw
-for i in $(seq 1 20); do [ -r $cfg ] && break; sleep 0.5; done
+run=/sys/firmware/qemu_fw_cfg/by_name/opt/coldclone/run/raw
+for i in $(seq 1 20); do [ -r $cfg ] || [ -r $run ] && break; sleep 0.5; done
+if [ -r $run ]; then
+    # the server at work (tests/vm/test_whole_story.py's warm phase): a script the test hands
+    # in, its output on the console, then the server powers off
+    echo "COLDCLONE-GUEST-RUN start" > $con
+    bash $run > $con 2>&1
+    echo "COLDCLONE-GUEST-RUN exit=$?" > $con
+    systemctl poweroff
+    exit 0
+fi
 [ -r $cfg ] || { echo "COLDCLONE-GUEST-PING none: no fw_cfg ping address" > $con; exit 0; }
 read -r host port token < $cfg
 echo "COLDCLONE-GUEST-LINKS $(ls /sys/class/net | tr '\n' ' ')" > $con

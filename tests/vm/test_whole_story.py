@@ -184,16 +184,105 @@ def _host_only_hook(cap: Captured, identity: str) -> str:
             f"--capture-id {cap.capture_id} --mode used --progress-interval 60\n")
 
 
-def _boot_and_capture(firmware: str, story_disk: str, host_only_disk: str | None, workdir: str) -> StoryBoot:
+def _warm_phase(story: Captured, workdir: str, figures: dict) -> None:
+    """Issue 22's warm phase: the story server boots its own Debian from its disk (SATA, its
+    e1000), fetches `coldclone sync` from the conversion server over its network, and while a
+    writer appends to a log and rewrites pages of a small database file, syncs its disk twice
+    into the capture id the ISO's headless capture later continues (its cutover); then it powers
+    off. The disk is the server's own: it changes (a copy of the cached disk, sealed after)."""
+    sync_file = os.path.join(workdir, "coldclone-sync")
+    r = subprocess.run([os.path.join(BIN, "coldclone-server"), "sync-file", "--output", sync_file],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    digest = guest.sha256_of(sync_file)
+    files = ThreadingHTTPServer(("127.0.0.1", 0), type("Files", (_Files,), {"file": sync_file}))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    script = os.path.join(workdir, "warm-run.sh")
+    sync = (f"python3 /root/coldclone sync --disk /dev/sda --to {story.server.url(story.rx)} "
+            f"--identity /root/agent_key --hostkey {story.server.fingerprint} --capture-id {story.capture_id} "
+            f"--bwlimit 400mbit")
+    with open(script, "w") as f:
+        f.write(f"""set -euo pipefail
+cfg={guest.FWCFG_DIR}
+install -m 600 $cfg/identity/raw /root/agent_key
+curl -fsS -o /root/coldclone http://{guest.HOST_FROM_GUEST}:{files.server_address[1]}/coldclone
+echo "{digest}  /root/coldclone" | sha256sum -c -
+mkdir -p /var/lib/ccdb
+head -c 4194304 /dev/urandom > /var/lib/ccdb/db.bin
+sync
+writer() {{
+    i=0
+    while :; do
+        echo "$(date +%s.%N) entry $i" >> /var/log/cc-writer.log
+        dd if=/dev/urandom of=/var/lib/ccdb/db.bin bs=4096 count=1 seek=$((RANDOM % 1024)) conv=notrunc,fsync status=none
+        i=$((i + 1))
+        sleep 0.5
+    done
+}}
+writer &
+w=$!
+echo COLDCLONE-SYNC-1-START
+{sync} | sed 's/^/COLDCLONE-SYNC-1 /'
+sleep 5
+echo COLDCLONE-SYNC-2-START
+{sync} | sed 's/^/COLDCLONE-SYNC-2 /'
+sleep 3
+kill $w
+wait $w || true
+echo "$(date +%s.%N) the last entry" >> /var/log/cc-writer.log
+sync
+""")
+    fw_run, _ = guest.fwcfg_file("run", script)
+    fw_key, _ = guest.fwcfg_file("identity", story.server.identity)
+    marks = ("COLDCLONE-SYNC-1-START", "COLDCLONE-SYNC-2-START", "COLDCLONE-SYNC-2 capture_id=")
+    try:
+        boot = vmboot.boot_any_accel(
+            "disk", expect="COLDCLONE-GUEST-RUN exit=", nic=SOURCE_NIC, until_exit=True, timeout=CAPTURE_TIMEOUT,
+            log_dir=LOG_DIR, name="vm-story-warm", memory_mib=1024, marks=marks,
+            extra_args=guest.disk_args([story.source]) + fw_run + fw_key)
+    finally:
+        files.shutdown()
+        files.server_close()
+    tail = "\n".join(boot.console.splitlines()[-60:])
+    assert boot.found_line.endswith("exit=0") and boot.exited, f"the warm phase failed:\n{tail}"
+    for n in (1, 2):
+        assert f"COLDCLONE-SYNC-{n} capture_id={story.capture_id}" in boot.console, tail
+    figures["warm_boot_seconds"] = round(boot.mark_seconds[marks[0]], 1)
+    figures["warm_syncs_seconds"] = round(boot.mark_seconds[marks[2]] - boot.mark_seconds[marks[0]], 1)
+    figures["warm_phase_seconds"] = round(boot.exit_seconds or -1, 1)
+
+
+class _Files(BaseHTTPRequestHandler):
+    """The conversion server's web server, as far as the warm phase needs one: GET /coldclone."""
+
+    file = ""
+
+    def do_GET(self):  # noqa: N802
+        with open(type(self).file, "rb") as f:
+            body = f.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def _boot_and_capture(firmware: str, story_disk: str, host_only_disk: str | None, workdir: str,
+                      warm: bool = False) -> StoryBoot:
     figures: dict = {"firmware": firmware}
     servers = []
     try:
-        story = Captured(guest.SourceDisk(story_disk, serial=STORY_SERIAL, bus="ahci").seal(),
+        story = Captured(guest.SourceDisk(story_disk, serial=STORY_SERIAL, bus="ahci"),
                          guest.HostServer(workdir=os.path.join(workdir, f"story-server-{firmware}"),
                                           receiver_args="--convert --convert-engine fixups").start(),
                          "", f"{CAPTURE_ID}-{firmware}", ConvertNetwork.DHCP)
         servers.append(story.server)
         story.rx = story.server.new_dir("story")
+        if warm:
+            _warm_phase(story, workdir, figures)
+        story.source.seal()     # the disk as the cutover finds it: the ISO must leave it so
         fw, identity = guest.fwcfg_file("identity", story.server.identity)
         disks, extra = [story.source], f"coldclone.disks=/dev/disk/by-id/ata-QEMU_HARDDISK_{STORY_SERIAL}"
         host_only = None
@@ -231,10 +320,13 @@ def bios_story(vm_workdir):
     """One BIOS boot of the ISO on the e1000 server capturing both Debian disks."""
     _story_prereqs("bios")
     t = time.monotonic()
-    story_disk = guestdisk.debian_disk(BASE, CACHE, "bios")
+    cached = guestdisk.debian_disk(BASE, CACHE, "bios")
     host_only_disk = guestdisk.debian_disk(BASE, CACHE, "uefi", "plain", "ens3-static", "list")
+    # the server's own disk: it runs, syncs warm and changes (the cached one stays as built)
+    story_disk = os.path.join(vm_workdir, "story-server.raw")
+    subprocess.run(["cp", "--sparse=always", cached, story_disk], check=True)
     source_seconds = round(time.monotonic() - t, 1)
-    sb = _boot_and_capture("bios", story_disk, host_only_disk, vm_workdir)
+    sb = _boot_and_capture("bios", story_disk, host_only_disk, vm_workdir, warm=True)
     sb.figures["source_disks_seconds"] = source_seconds
     yield sb
     for c in (sb.story, sb.host_only):
@@ -254,6 +346,31 @@ def _check_capture(sb: StoryBoot, cap: Captured) -> dict:
     guest.qemu_img_compare(cap.source.image, os.path.join(cap.cap_dir, disk["image"]))
     assert guest.sha256_of(cap.source.image) == cap.source.sha256, "the source disk changed during the capture"
     return m
+
+
+def _check_cutover(m: dict, figures: dict) -> None:
+    """Issue 22: the ISO's capture was the cutover of the two warm syncs: it sent only the
+    segments that changed since the second (the receiver's counters), and is verified as a cold
+    capture is (the image equals the disk: _check_capture)."""
+    assert m["phase"] == "cutover", m.get("phase")
+    s1, s2 = m["syncs"]
+    (disk,) = m["disks"]
+    cut = disk["cutover"]
+    assert all(disk["verified"].values()), disk["verified"]
+    # the second sync sent only what the running server changed after the first
+    assert s2["segments_changed"] < s1["segments_changed"] / 10, (s1, s2)
+    assert s2["bytes_sent"] < s1["bytes_sent"] / 10, (s1, s2)
+    # the cutover: only the segments that differ from the second sync's copy crossed
+    rx = disk["received"]
+    assert cut["segments_sent"] == disk["agent"]["segments_sent"] and cut["segments_sent"] >= 1, cut
+    assert rx["data_bytes"] <= cut["segments_sent"] * disk["block_size"], (rx, cut)
+    assert rx["same_bytes"] + rx["data_bytes"] + rx["zero_bytes"] == disk["size"], rx
+    assert cut["bytes_sent"] < s1["bytes_sent"] / 10, (cut, s1)
+    figures.update(sync1_seconds=s1["seconds"], sync1_bytes_sent=s1["bytes_sent"],
+                   sync1_segments=s1["segments_changed"], sync2_seconds=s2["seconds"],
+                   sync2_bytes_sent=s2["bytes_sent"], sync2_segments=s2["segments_changed"],
+                   cutover_seconds=cut["seconds"], cutover_bytes_read=cut["bytes_read"],
+                   cutover_bytes_sent=cut["bytes_sent"], cutover_segments=cut["segments_sent"])
 
 
 def _check_prediction(m: dict, conv: dict, policy: ConvertNetwork) -> list[Fix]:
@@ -317,6 +434,8 @@ def test_debian_server_captured_converted_published_boots_on_virtio(firmware, re
         con = sb.run.console
         m = _check_capture(sb, cap)
         name = guest.inventory_disk_by_serial(con.inventory or {}, STORY_SERIAL)["name"]
+        if firmware == "bios":
+            _check_cutover(m, figures)
         assert name.startswith("sd"), f"the SATA disk is {name} in the live system"
         converted = os.path.join(cap.cap_dir, f"{name}.kvm.qcow2")
         # the agent's summary says where the converted image will be (the receiver's typed answer)

@@ -243,7 +243,7 @@ class _Sink:
             d.tree.add_zero(rec.offset, rec.length)  # checks order and alignment
             if d.delta is not None:
                 # over a held image a ZERO must write zeros (a new image is zeros already)
-                d.delta.writing(rec.offset, rec.length)
+                d.delta.writing(rec.offset, rec.length, data=False)
                 d.image.write_zeroes(rec.offset, rec.length)
             c["zero_bytes"] += rec.length
             c["zero_records"] += 1
@@ -265,7 +265,7 @@ class _Sink:
         if d.unreadable:
             self._check_zero_filled(d, rec.offset, data)
         if d.delta is not None:
-            d.delta.writing(rec.offset, rec.length)
+            d.delta.writing(rec.offset, rec.length, data=True)
         d.image.pwrite(data, rec.offset)
         c["data_bytes"] += rec.length
         c["payload_bytes"] += len(rec.payload)

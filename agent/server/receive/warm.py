@@ -315,14 +315,17 @@ class DeltaDisk:
     def __init__(self, intent: Intent, grid: int):
         self.intent = intent
         self.grid = grid
-        self.segments = 0          # held-map segments written (they differed from the source)
+        self.segments = 0          # held-map segments sent as DATA (they differed from the source)
         self._last = -1            # the last segment counted (records come in disk order)
         self.same_bytes = 0
         self.same_records = 0
 
-    def writing(self, offset: int, length: int) -> None:
-        """Before DATA or ZERO bytes of [offset, offset + length) are written."""
+    def writing(self, offset: int, length: int, data: bool) -> None:
+        """Before DATA (data) or ZERO bytes of [offset, offset + length) are written. Segments count
+        what crossed the link as data: a ZERO over held bytes is a few bytes whatever its length."""
         self.intent.before(offset, offset + length)
+        if not data:
+            return
         first, last = offset // self.grid, (offset + length - 1) // self.grid
         if last > self._last:
             self.segments += last - max(first, self._last + 1) + 1
