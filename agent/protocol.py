@@ -53,7 +53,7 @@ from .guestos.report import ReadinessReport
 
 from .wire import (  # noqa: F401  (the framing, re-exported: one wire for both programs)
     CODEC_NAMES, CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, DATA_HEAD, DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE,
-    DIGEST_ALGO, FRAME, HELD_MAP_LINE, MAGIC, MAX_DATA, MAX_GRID_SEGMENTS, MAX_JSON, PREAMBLE, READ_VERSIONS,
+    DIGEST_ALGO, FRAME, HELD_MAP_LINE, MAGIC, MAX_SAME, MAX_DATA, MAX_GRID_SEGMENTS, MAX_JSON, PREAMBLE, READ_VERSIONS,
     READBACK_STEP, SAME_BODY, T_ABORT, T_DATA, T_DISK, T_END, T_FINISH, T_HELLO, T_NOOP, T_SAME, T_UNREADABLE,
     T_ZERO, TYPE_NAMES, UNREADABLE_BODY, VERSION, ZERO_BODY, BlockTree, Extent, HeldMap, ProtocolError, Same,
     StreamCut, block_digests, delta_extents, dumps, encode_data, encode_end, encode_finish, encode_json,

@@ -68,6 +68,9 @@ DIGEST_ALGO = "sha256-blocktree-v1"
 MAX_GRID_SEGMENTS = 1 << 22
 # Digests per held-map reply line (hex: 256 KiB a line).
 HELD_MAP_LINE = 4096
+# A SAME record covers at most this much: the receiver reads the block digests of the range into
+# memory (32 bytes per block: 512 KiB for 1 GiB of 64 KiB blocks).
+MAX_SAME = 1 << 30
 
 
 class ProtocolError(Exception):
@@ -285,20 +288,46 @@ class HeldMap:
 
 
 class Same:
-    """A range the receiver already holds as the source has it (a SAME record)."""
+    """A range the receiver already holds as the source has it (a SAME record): data blocks with
+    their digests, or (zero=True) all-zero blocks, whose digests are a constant."""
 
-    __slots__ = ("offset", "length", "digests")
-    zero = False
+    __slots__ = ("offset", "length", "digests", "zero")
     same = True
 
-    def __init__(self, offset, length, digests):
+    def __init__(self, offset, length, digests=None, zero=False):
         self.offset = offset
         self.length = length
-        self.digests = digests
+        self.digests = digests if digests is not None else []
+        self.zero = zero
 
     @property
     def end(self):
         return self.offset + self.length
+
+    def digest(self, block_size):
+        """The SAME record's digest: sha256 over the range's block digests (record_digest)."""
+        if not self.zero:
+            return record_digest(self.digests)
+        h = hashlib.sha256()
+        n_full, tail = divmod(self.length, block_size)
+        z = zero_block_digest(block_size)
+        while n_full:
+            k = min(n_full, 1 << 15)
+            h.update(z * k)
+            n_full -= k
+        if tail:
+            h.update(zero_block_digest(tail))
+        return h.digest()
+
+    def feed(self, tree):
+        """Into the sender's whole-disk digest."""
+        if self.zero:
+            tree.add_zero(self.offset, self.length)
+        else:
+            tree.add_digests(self.offset, self.length, self.digests)
+
+    def encode(self, block_size):
+        return encode_same(self.offset, self.length, self.digest(block_size))
 
 
 def delta_extents(extents, held, block_size):
@@ -313,7 +342,8 @@ def delta_extents(extents, held, block_size):
 
     def emit(item):
         last = out[-1] if out else None
-        if isinstance(item, Same) and isinstance(last, Same) and last.end == item.offset:
+        if isinstance(item, Same) and isinstance(last, Same) and last.end == item.offset \
+                and last.zero == item.zero and last.length + item.length <= MAX_SAME:
             last.length += item.length
             last.digests.extend(item.digests)
         elif isinstance(item, Extent) and isinstance(last, Extent) and last.zero and item.zero \
@@ -336,7 +366,7 @@ def delta_extents(extents, held, block_size):
                 else:
                     digests = ext.digests[first:first + per]
                 if segment_digest(digests) == held.digest(seg):
-                    emit(Same(pos, seg_end - pos, list(digests)))
+                    emit(Same(pos, seg_end - pos, None if ext.zero else list(digests), zero=ext.zero))
                     pos = seg_end
                     continue
                 stop = seg_end

@@ -28,6 +28,7 @@ import platform
 import resource
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -37,12 +38,13 @@ from ... import __version__
 from ... import protocol as P
 from ...errors import ColdcloneError, ServerError
 from ... import records
-from ...manifest import (DiskResume, EstimateVsActual, Manifest, ManifestDisk, ReceiverFacts, Unreadable,
-                        UnreadableRange, Verified)
+from ...manifest import (Cutover, DiskResume, EstimateVsActual, Manifest, ManifestDisk, Phase, ReceiverFacts,
+                        Sync, Unreadable, UnreadableRange, Verified)
 from ...records import UNSET, Unset
 from ...units import human_bytes
 from . import identity
 from . import journal as J
+from . import warm as W
 from .disk_image import Image, Qcow2Image, RawImage, discard_from, image_name
 from .image import convert_to_raw, qemu_img_version
 from .load import server_load
@@ -113,6 +115,10 @@ class DiskState:
     restart_reason: str | None = None
     complete_entry: dict | None = None   # verified in an earlier attempt: only END is expected
     readback: Readback | None = None     # the read-back digest, following the writes
+    # A warm capture's disk (receive/warm.py): its stored block digests (the tree writes them),
+    # and when it comes as a delta against them, its write window and counts.
+    blocks: W.BlockDigests | None = None
+    delta: W.DeltaDisk | None = None
 
     @property
     def name(self) -> str:
@@ -152,7 +158,7 @@ class _Sink:
 
     def _payload(self, rec: P.Record, d: DiskState) -> bytes:
         """The record's bytes, decompressed with a hard cap: never more than its declared length + 1."""
-        if rec.codec != P.CODEC_ZSTD:
+        if rec.codec == P.CODEC_NONE:
             return rec.payload
 
         def corrupt(why: str) -> ServerError:
@@ -160,6 +166,19 @@ class _Sink:
                 f"DATA record of disk {d.name} at byte {rec.offset} ({rec.length} bytes) cannot be "
                 f"decompressed ({why}): corrupted in transit; nothing was marked complete, capture again",
                 code="corrupt")
+
+        if rec.codec == P.CODEC_ZLIB:
+            # the sync file's codec (the standard library's): bounded the same way
+            z = zlib.decompressobj()
+            try:
+                out = z.decompress(rec.payload, rec.length + 1)
+            except zlib.error as e:
+                raise corrupt(str(e)) from None
+            if len(out) > rec.length:
+                raise corrupt(f"it holds more than the {rec.length} bytes the record declares")
+            if not z.eof or z.unused_data:
+                raise corrupt("its zlib stream is not one whole stream")
+            return out
 
         try:
             declared = zstandard.get_frame_parameters(rec.payload).content_size
@@ -222,8 +241,14 @@ class _Sink:
         c["wire_bytes"] += rec.wire_bytes
         if rec.type == P.T_ZERO:
             d.tree.add_zero(rec.offset, rec.length)  # checks order and alignment
+            if d.delta is not None:
+                # over a held image a ZERO must write zeros (a new image is zeros already)
+                d.delta.writing(rec.offset, rec.length, data=False)
+                d.image.write_zeroes(rec.offset, rec.length)
             c["zero_bytes"] += rec.length
             c["zero_records"] += 1
+            if d.delta is not None:
+                self.written(d)
             return
         data = self._payload(rec, d)
         if len(data) != rec.length:
@@ -239,6 +264,8 @@ class _Sink:
         d.tree.add_digests(rec.offset, rec.length, digests)
         if d.unreadable:
             self._check_zero_filled(d, rec.offset, data)
+        if d.delta is not None:
+            d.delta.writing(rec.offset, rec.length, data=True)
         d.image.pwrite(data, rec.offset)
         c["data_bytes"] += rec.length
         c["payload_bytes"] += len(rec.payload)
@@ -247,6 +274,9 @@ class _Sink:
 
     def written(self, d: DiskState) -> None:
         """After each DATA record (the probe syncs as it goes)."""
+
+    def same(self, rec: P.Record) -> None:
+        raise P.ProtocolError("SAME record outside a disk sent as a delta")
 
     def end(self, end: P.DiskEnd, wire_bytes: int) -> None:
         raise P.ProtocolError("END record in a calibration probe")
@@ -259,6 +289,10 @@ class _Sink:
 
     def close_disk(self) -> None:
         if self.disk is not None:
+            if self.disk.blocks is not None:
+                self.disk.blocks.close()
+            if self.disk.delta is not None:
+                self.disk.delta.intent.close()
             if self.disk.readback is not None:
                 self.disk.readback.close()
                 self.disk.readback = None
@@ -293,9 +327,20 @@ class CaptureSink(_Sink):
         # Resume journals: those found in a resumed capture, then one per disk as it starts.
         self.journals: dict[str, J.DiskJournal] = {}
         self.rebuilt: dict[str, tuple[Image, P.BlockTree]] = {}  # held disks: image, tree at the held end
+        # Two-phase migrations (receive/warm.py): the warm capture this session updates (its last
+        # manifest), the disks it may send as deltas, and what this session sent of them.
+        self.warm: Manifest | None = None
+        self.delta_held: dict[str, W.DeltaHeld] = {}
+        self.sync = dict(bytes_read=0, bytes_sent=0, segments_changed=0, bytes_changed=0)
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
-            if hello.resume:
+            if hello.resume and hello.delta and W.is_warm(self.store, hello.capture_id):
+                # proven before anything changes (the rename is a change): another server's
+                # agent is refused and the warm capture stays exactly as it was
+                wm = W.warm_manifest(os.path.join(self.store.root, hello.capture_id, MANIFEST))
+                self.prove([W.DeltaHeld.of(d).header() for d in wm.disks], hello)
+                self.cap, resumed = W.reopen(self.store, hello.capture_id), True
+            elif hello.resume:
                 self.tidy_complete(hello.capture_id)
                 self.cap, resumed = self.store.resume_capture_dir(hello.capture_id)
             else:
@@ -303,13 +348,23 @@ class CaptureSink(_Sink):
         except BaseException:
             self.store.close()
             raise
+        maps: dict[str, bytes] = {}
         if resumed:
             try:
                 self.journals = J.load_all(self.cap)
+                self.warm = W.load_warm(self.cap)
+                if self.warm is not None:
+                    if not hello.delta:
+                        raise ServerError(
+                            f"refused: capture {hello.capture_id} is a warm capture being updated: continue it "
+                            f"with coldclone sync or the cutover from the ISO (an agent that sends deltas)",
+                            code="usage")
+                    self.delta_held = {d.name: W.DeltaHeld.of(d) for d in self.warm.disks
+                                       if d.name not in self.journals}
                 # A held disk this resume does not send would only be missed at FINISH, after all
                 # the other data, and that refusal discards the capture (the verified disks too):
                 # refuse now, before anything is sent or re-read, and keep what is held.
-                left_out = sorted(set(self.journals) - set(hello.disks))
+                left_out = sorted((set(self.journals) | set(self.delta_held)) - set(hello.disks))
                 if left_out:
                     raise ServerError(
                         f"refused: capture {hello.capture_id} holds disk {', '.join(left_out)} from an "
@@ -318,7 +373,10 @@ class CaptureSink(_Sink):
                         f"or start a new capture (a new id)", code="usage")
                 # The same server, proven before anything held is re-read, cut, continued or
                 # dropped: an agent key and a capture id alone are no proof (receive/identity.py).
-                self.prove(self.journals, hello)
+                self.prove([j.header for j in self.journals.values()]
+                           + [dh.header() for dh in self.delta_held.values()], hello)
+                if hello.delta:
+                    maps = self.delta_maps()
                 # Before READY: once the agent streams, this end must keep reading (a long read
                 # here would look like a dead link to the agent's stall watchdog). The agent waits
                 # for READY of a resumed capture as long as this takes.
@@ -336,6 +394,13 @@ class CaptureSink(_Sink):
                 self.store.close()
                 raise
             self.cap.unlink(FAILURE)       # it is in progress again
+            for name in self.delta_held:
+                # A test launch's conversion of the warm copy (docs/two-phase.md): the image under
+                # it changes now, and the cutover is converted afresh.
+                if os.path.lexists(self.cap.file_path(converted_image_name(name))):
+                    log.info("capture %s: the test conversion %s is removed (the warm copy changes now)",
+                             self.cap.capture_id, converted_image_name(name))
+                    self.cap.unlink(converted_image_name(name))
             self.cap.unlink("." + MANIFEST + ".tmp")    # a manifest a killed FINISH was writing
             for j in self.journals.values():
                 name = j.header.name
@@ -347,9 +412,43 @@ class CaptureSink(_Sink):
                      or "nothing held")
         else:
             log.info("capture %s into %s", self.cap.capture_id, self.cap.path)
+        for name, digests in maps.items():
+            for reply in W.held_map_replies(name, self.delta_held[name].held().grid, digests):
+                rx.say(reply)
+        held = {n: j.to_held().to_json() for n, j in self.journals.items()}
+        held.update({n: dh.held().to_json() for n, dh in self.delta_held.items()})
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
-                       receiver_version=__version__, protocol=P.VERSION,
-                       held={n: j.to_held().to_json() for n, j in self.journals.items()}))
+                       receiver_version=__version__, protocol=P.VERSION, held=held))
+
+    @property
+    def keeps_blocks(self) -> bool:
+        """Whether this session's disks store their block digests (a later delta needs them)."""
+        return self.hello.warm or self.warm is not None or bool(self.delta_held)
+
+    def delta_maps(self) -> dict[str, bytes]:
+        """The held maps of the disks a delta may be sent against: the warm copy's, and those of
+        disks journaled in an earlier warm session (cut: below the journal's held end only)."""
+        for name, j in list(self.journals.items()):
+            if not W.BlockDigests.exists(self.cap, name):
+                continue      # a capture begun cold: resumed as such
+            h = j.header
+            self.journals.pop(name)
+            valid_to = h.size if j.complete is not None else j.held
+            j.close()
+            self.delta_held[name] = W.DeltaHeld(name, h.size, h.block_size, h.mode,
+                                                image_name(name, self.hello.format), valid_to, dict(h.source))
+        maps = {}
+        for name, dh in self.delta_held.items():
+            blocks = W.BlockDigests.open(self.cap, name, dh.size, dh.block_size)
+            try:
+                W.recover(self.cap, name, blocks)
+                if dh.valid_to < dh.size:
+                    blocks.invalidate(dh.valid_to, dh.size)
+                    blocks.sync()
+                maps[name] = blocks.held_map(dh.held().grid)
+            finally:
+                blocks.close()
+        return maps
 
     def tidy_complete(self, capture_id: str) -> None:
         """A receiver killed after the rename that completed a capture, before it removed the
@@ -366,11 +465,10 @@ class CaptureSink(_Sink):
         finally:
             cap.close()
 
-    def prove(self, journals: dict[str, J.DiskJournal], hello: P.Hello) -> None:
+    def prove(self, headers: list[P.DiskHeader], hello: P.Hello) -> None:
         """Refuse (code `refused`, nothing changed) unless the agent's disks are the held ones."""
         claimed = {i.name: i for i in hello.identities}
-        wrong = [m for j in journals.values()
-                 if (m := identity.mismatch(identity.recorded(j.header), claimed.get(j.header.name)))]
+        wrong = [m for h in headers if (m := identity.mismatch(identity.recorded(h), claimed.get(h.name)))]
         if wrong:
             raise ServerError(
                 f"refused: capture {hello.capture_id} holds disks this agent does not prove to be its own "
@@ -380,6 +478,23 @@ class CaptureSink(_Sink):
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d.name == h.name for d in self.disks):
             raise ServerError(f"refused: disk {h.name} sent twice in one capture", code="bad_name")
+        warm_restart = None
+        dh = self.delta_held.get(h.name)
+        if dh is not None:
+            wrong = identity.mismatch(identity.recorded(dh.header()), identity.recorded(h))
+            if wrong:
+                raise ServerError(f"refused: {wrong}; the held copy is kept as it was", code="refused")
+            if h.delta:
+                return self.open_delta(h, dh)
+            # Sent whole (its size changed, or the agent chose to): the held warm copy goes.
+            warm_restart = h.restart_reason or "sent whole instead of as a delta"
+            log.info("disk %s: the warm copy is dropped, the disk is sent whole: %s", h.name, warm_restart)
+            del self.delta_held[h.name]
+            for old in (dh.image, W.blocks_name(h.name), W.intent_name(h.name)):
+                self.cap.unlink(old)
+        elif h.delta:
+            raise ServerError(f"refused: disk {h.name} comes as a delta, but this receiver holds no warm copy "
+                              f"of it in capture {self.cap.capture_id}; send it whole", code="protocol")
         held = self.journals.get(h.name)
         name = image_name(h.name, self.hello.format)
         if held is not None:
@@ -406,16 +521,83 @@ class CaptureSink(_Sink):
             self.files.append(name)
         image = self.new_image(name, h.size)
         d = DiskState(h, image, name, P.BlockTree(h.size, h.block_size),
-                      restart_reason=h.restart_reason if j is not None else None)
+                      restart_reason=h.restart_reason if j is not None else warm_restart)
         try:
+            if self.keeps_blocks:
+                d.blocks = W.BlockDigests.create(self.cap, h.name, h.size, h.block_size)
+                d.tree = W.TeeTree.new(h.size, h.block_size, d.blocks)
             d.journal = J.DiskJournal.create(self.cap, h, capture=self.capture_facts())
             reader = image.reader()
         except BaseException:
+            if d.blocks is not None:
+                d.blocks.close()
             image.close()
             raise
         # last: nothing after it can fail and leave its thread behind (close_disk closes it)
         d.readback = Readback(reader, self.cap.file_path(name), h.size, h.block_size)
         return d
+
+    def open_delta(self, h: P.DiskHeader, dh: W.DeltaHeld) -> DiskState:
+        """A held warm disk, sent as a delta: written over in place, its tree fed from the records
+        and, for SAME ranges, from the stored block digests; the read-back reads all of it."""
+        if (h.size, h.block_size) != (dh.size, dh.block_size) or h.resume_from:
+            raise ServerError(
+                f"refused: disk {h.name} comes as a delta of {h.size} bytes in blocks of {h.block_size} from "
+                f"byte {h.resume_from}, but the held copy is {dh.size} bytes in blocks of {dh.block_size} "
+                f"(a delta starts at 0); send it whole", code="protocol")
+        del self.delta_held[h.name]
+        image = self.held_image(dh.image)
+        try:
+            blocks = W.BlockDigests.open(self.cap, h.name, h.size, h.block_size)
+        except BaseException:
+            image.close()
+            raise
+        d = DiskState(h, image, dh.image, W.TeeTree.new(h.size, h.block_size, blocks), blocks=blocks)
+
+        def flush() -> None:
+            image.flush()
+            blocks.sync()
+
+        try:
+            d.delta = W.DeltaDisk(W.Intent(self.cap, h.name, flush), P.grid_for(h.size, h.block_size))
+            reader = image.reader()
+        except BaseException:
+            if d.delta is not None:
+                d.delta.intent.close()
+            blocks.close()
+            image.close()
+            raise
+        d.counts.update(same_bytes=0, same_records=0)
+        log.info("disk %s: sent as a delta against the held copy", h.name)
+        d.readback = Readback(reader, self.cap.file_path(dh.image), h.size, h.block_size)
+        return d
+
+    def same(self, rec: P.Record) -> None:
+        """SAME: the held bytes of the range are the source's. The agent's digest of its source's
+        blocks must be the one of the block digests stored for them; those feed the whole-disk
+        digest, and the read-back proves the image's bytes against it at END."""
+        d = self.disk
+        if d is None or d.delta is None or d.blocks is None:
+            raise P.ProtocolError("SAME record outside a disk sent as a delta")
+        if rec.length > P.MAX_SAME:
+            raise P.ProtocolError(f"SAME record of {rec.length} bytes (at most {P.MAX_SAME})")
+        d.tree._expect(rec.offset, rec.length)    # order, alignment, bounds, before any read
+        stored = d.blocks.get(rec.offset, rec.length)
+        if P.record_digest(stored) != rec.digest:
+            d.blocks.invalidate(rec.offset, rec.offset + rec.length)
+            d.blocks.sync()
+            raise ServerError(
+                f"disk {d.name}: the agent found bytes {rec.offset}-{rec.offset + rec.length} unchanged, but the "
+                f"block digests held for them are not its source's (the held copy changed since its map was "
+                f"sent); they are marked to be sent again: run the sync or the cutover again", code="corrupt")
+        d.tree.add_same(rec.offset, rec.length, stored)
+        d.counts["wire_bytes"] += rec.wire_bytes
+        d.counts["same_bytes"] += rec.length
+        d.counts["same_records"] += 1
+        d.delta.same_bytes += rec.length
+        d.delta.same_records += 1
+        if d.readback is not None:
+            d.readback.written(d.tree.pos)
 
     def capture_facts(self) -> dict:
         """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
@@ -504,6 +686,8 @@ class CaptureSink(_Sink):
         if d.readback is not None:
             d.readback.written(d.tree.pos)
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
+            if d.blocks is not None:
+                d.blocks.sync()    # what the checkpoint vouches for, its digests with it
             d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
 
     def resume_facts(self, d: DiskState) -> DiskResume | Unset:
@@ -565,6 +749,8 @@ class CaptureSink(_Sink):
             d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
         else:
             d.image.flush()
+        if d.blocks is not None:
+            d.blocks.sync()
         timings = {"receive_seconds": round(t_recv, 3), "flush_seconds": round(time.monotonic() - t, 3)}
         timings["readback_seconds"] = self._readback(d, path, got)
         t = time.monotonic()
@@ -585,6 +771,8 @@ class CaptureSink(_Sink):
                 os.rename(tmp, d.name + ".raw", src_dir_fd=self.cap.fd, dst_dir_fd=self.cap.fd)
                 self.files.append(d.name + ".raw")
                 timings["keep_raw_seconds"] = round(time.monotonic() - t, 3)
+        if d.delta is not None:
+            d.delta.intent.done()     # verified and on stable storage: nothing to invalidate
         # From the last record to a verified image: what the agent waits for after its last byte.
         timings["finish_seconds"] = round(time.monotonic() - t_finish, 3)
         # What this disk cost the conversion server's CPU, the receiver and qemu together
@@ -603,6 +791,7 @@ class CaptureSink(_Sink):
             agent=end.stats(), timings=timings,
             # Zero-filled in the image, covered by the digests as zeros (protocol.py, UNREADABLE).
             unreadable=d.unreadable_entry(), resume=self.resume_facts(d))
+        self.count_two_phase(d, end, entry)
         if d.journal is not None:
             # a capture cut from here on keeps this disk as verified
             d.journal.mark_complete(records.encode(entry))
@@ -613,6 +802,21 @@ class CaptureSink(_Sink):
         log.info("disk %s verified: %s", d.name, img_name)
         self.rx.say(P.Reply(P.Event.DISK_OK, name=d.name, digest=got.hex(), image=img_name, counts=d.counts,
                             timings=timings))
+
+    def count_two_phase(self, d: DiskState, end: P.DiskEnd, entry: ManifestDisk) -> None:
+        """A warm sync's counts (the manifest's `syncs`), or a delta disk's cold phase (`cutover`)."""
+        if d.blocks is None:
+            return
+        grid = P.grid_for(d.header.size, d.header.block_size)
+        segments = d.delta.segments if d.delta is not None else -(-d.header.size // grid)
+        if self.hello.warm:
+            self.sync["bytes_read"] += end.bytes_read or 0
+            self.sync["bytes_sent"] += d.counts["wire_bytes"]
+            self.sync["segments_changed"] += segments
+            self.sync["bytes_changed"] += min(segments * grid, d.header.size)
+        elif d.delta is not None:
+            entry.cutover = Cutover(bytes_read=end.bytes_read or 0, bytes_sent=d.counts["wire_bytes"],
+                                    segments_sent=segments, seconds=round(time.monotonic() - d.started, 3))
 
     def _readback(self, d: DiskState, path: str, got: bytes) -> float:
         """The image as stored, hashed and held against what was received; its seconds."""
@@ -667,6 +871,14 @@ class CaptureSink(_Sink):
                                    python=platform.python_version(), qemu_img=qemu_img_version()),
             protocol=P.VERSION, totals=totals,
             wave=hello.wave if hello.wave is not None else UNSET)
+        syncs = list(self.warm.syncs) if self.warm is not None and self.warm.syncs is not UNSET else []
+        if hello.warm:
+            manifest.phase = Phase.WARM
+            syncs.append(Sync(time=_now(), seconds=receive_seconds, epoch=round(time.time(), 3), **self.sync))
+        elif self.warm is not None or any(d.cutover not in (None, UNSET) for d in self.disks):
+            manifest.phase = Phase.CUTOVER
+        if syncs:
+            manifest.syncs = syncs
         for dropped in hello.dropped:
             log.warning("%s; left out of the manifest", dropped)
         if hello.estimate is not None:
@@ -682,6 +894,7 @@ class CaptureSink(_Sink):
             manifest.readiness = hello.readiness
         document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
+        self.cap.unlink(W.WARM)    # the new manifest replaces the warm copy's (receive/warm.py)
         self.close_journals()
         path = self.cap.complete()
         # Only now, inside the complete capture: until the rename the journals are what lets a
@@ -721,6 +934,9 @@ class CaptureSink(_Sink):
         # held either: what the journals vouch for stays for the server it belongs to.
         resumable = (cut or code == "refused") and (
             bool(self.journals) or bool(self.disks) or (d is not None and d.journal is not None))
+        # A warm capture being updated is the operator's head start: whatever failed, it is kept
+        # (its block digests past the last flush are invalidated when it is opened again).
+        resumable = resumable or self.warm is not None
         # A stream that ended between records (code protocol: the reader's StreamCut) leaves the
         # tree at what is written: one last checkpoint is safe. A SessionEnded comes from a signal
         # handler and may land mid-record: after it the last periodic checkpoint stands.
@@ -928,6 +1144,8 @@ class Receiver:
                 sink.disk_header(P.DiskHeader.decode(rec.meta))
             elif rec.type in (P.T_DATA, P.T_ZERO):
                 sink.extent(rec)
+            elif rec.type == P.T_SAME:
+                sink.same(rec)
             elif rec.type == P.T_UNREADABLE:
                 sink.unreadable(rec)
             elif rec.type == P.T_END:

@@ -28,6 +28,7 @@ from ...errors import ColdcloneError, ServerError
 from ...manifest import MANIFEST, Manifest
 from . import identity
 from . import journal as J
+from . import warm as W
 from .store import FAILURE, LOCK, PARTIAL, CaptureDir, Store
 
 
@@ -87,12 +88,12 @@ def _open(store: Store, name: str) -> CaptureDir:
     return CaptureDir(store, name[:-len(PARTIAL)], name, dfd)
 
 
-def _match(journals: dict[str, J.DiskJournal], wanted: tuple[P.DiskIdentity, ...]) -> str | None:
-    """The weakest disk match when every journaled disk is proven to be one of `wanted`
+def _match(headers: list[P.DiskHeader], wanted: tuple[P.DiskIdentity, ...]) -> str | None:
+    """The weakest disk match when every held disk is proven to be one of `wanted`
     (receive/identity.py: the identity, the recorded head, real evidence), else None."""
     strength = None
-    for j in journals.values():
-        held = identity.recorded(j.header)
+    for h in headers:
+        held = identity.recorded(h)
         how = next((m for w in wanted if (m := held.matched_by(w)) and identity.mismatch(held, w) is None), None)
         if how is None:
             return None
@@ -128,7 +129,17 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
             try:
                 journals = J.load_all(cap)
                 updated = max((os.stat(j.name, dir_fd=cap.fd).st_mtime for j in journals.values()), default=0.0)
-                how = _match(journals, wanted) if journals else None
+                warm = W.load_warm(cap)
+                held = [j.header for j in journals.values()]
+                disks = [P.UnfinishedDisk(_listed(j.header), j.held, j.complete is not None)
+                         for j in journals.values()]
+                if warm is not None:
+                    updated = max(updated, os.stat(W.WARM, dir_fd=cap.fd).st_mtime)
+                    for d in warm.disks:
+                        if d.name not in journals:
+                            held.append(W.DeltaHeld.of(d).header())
+                            disks.append(P.UnfinishedDisk(_listed(held[-1]), d.size, True))
+                how = _match(held, wanted) if held else None
             except (ServerError, OSError):
                 continue
             finally:
@@ -137,11 +148,39 @@ def find_unfinished(root: str, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unf
                 continue
             out.append(P.Unfinished(
                 capture_id=cap.capture_id, updated=round(updated, 3), matched_by=how, live=st.state == "live",
-                disks=tuple(P.UnfinishedDisk(_listed(j.header), j.held, j.complete is not None)
-                            for j in journals.values())))
+                disks=tuple(disks), warm=_warm_facts(warm) if warm is not None else None))
+        out += _warm_captures(store, wanted)
     finally:
         store.close()
     return sorted(out, key=lambda u: u.updated, reverse=True)
+
+
+def _warm_facts(m: Manifest) -> P.WarmFacts:
+    syncs = m.syncs if isinstance(m.syncs, list) else []
+    last = syncs[-1] if syncs else None
+    return P.WarmFacts(syncs=len(syncs), last_sync=last.epoch if last else 0.0,
+                       changed_bytes=last.bytes_changed if last else 0,
+                       interval=round(last.epoch - syncs[-2].epoch, 3) if len(syncs) > 1 else 0.0)
+
+
+def _warm_captures(store: Store, wanted: tuple[P.DiskIdentity, ...]) -> list[P.Unfinished]:
+    """The complete warm captures (docs/two-phase.md) of these disks: a cutover continues them."""
+    out = []
+    for name in sorted(os.listdir(store.fd)):
+        if name.endswith(PARTIAL) or os.path.islink(os.path.join(store.root, name)):
+            continue
+        path = os.path.join(store.root, name, MANIFEST)
+        m = W.warm_manifest(path) if os.path.isfile(path) else None
+        if m is None:
+            continue
+        held = [W.DeltaHeld.of(d).header() for d in m.disks]
+        how = _match(held, wanted) if held else None
+        if how is None:
+            continue
+        out.append(P.Unfinished(
+            capture_id=name, updated=round(os.stat(path).st_mtime, 3), matched_by=how,
+            disks=tuple(P.UnfinishedDisk(_listed(h), h.size, True) for h in held), warm=_warm_facts(m)))
+    return out
 
 
 def gc(root: str, clean: bool = True) -> list[PartialState]:
@@ -194,6 +233,16 @@ def _end_dead(store: Store, cap: CaptureDir, st: PartialState) -> str:
         held, damaged = {n: j.held for n, j in J.load_all(cap).items()}, None
     except ServerError as e:
         held, damaged = {}, str(e)
+    if W.WARM in names:
+        # a warm capture a delta session was updating (receive/warm.py): the operator's head
+        # start, kept whole; its next sync or the cutover continues it
+        record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id, "resumable": True,
+                  "held": held, "error": f"the receiver (pid {st.pid}) died while updating this warm capture; "
+                                         f"found by coldclone-receive --gc"}
+        cap.write_atomic(FAILURE, P.dumps(record, indent=2).encode() + b"\n")
+        os.unlink(LOCK, dir_fd=cap.fd)
+        return (f"{st.detail}; a warm capture being updated: kept (run coldclone sync again, or the cutover); "
+                f"failure.json written")
     record = {"status": "failed", "code": "receiver_died", "capture_id": cap.capture_id,
               "error": f"the receiver (pid {st.pid}) died without finishing; found by coldclone-receive --gc"}
     if any(held.values()) or damaged:

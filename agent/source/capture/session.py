@@ -40,7 +40,7 @@ from ..transport.base import Connection
 from . import events as E
 from . import inuse
 from .guard import ReadOnlyGuard, device_tree
-from .resume import plan_resume
+from .resume import DiskResume, plan_resume
 from .source import SourceDisk, probe
 from .stream import DiskStats, StreamOptions, stream_disk
 
@@ -165,6 +165,8 @@ class _Replies:
         self.error: P.Reply | None = None
         self.closed = False
         self.verified: list[str] = []       # names of the disks the receiver answered DISK_OK for
+        # HELD_MAP replies before READY of a delta resume: disk -> (grid, [(start, digests hex)])
+        self.held_maps: dict[str, tuple[int, list[tuple[int, str]]]] = {}
 
     def poll(self) -> None:
         """Raise at once if the receiver has already reported an error."""
@@ -185,7 +187,25 @@ class _Replies:
             raise self.as_error()
         if reply.event == P.Event.DISK_OK and reply.name:
             self.verified.append(reply.name)
+        if reply.event == P.Event.HELD_MAP and reply.name and reply.grid and reply.digests is not None:
+            self.held_maps.setdefault(reply.name, (reply.grid, []))[1].append((reply.start or 0, reply.digests))
         return reply
+
+    def held_map(self, held: P.HeldDisk) -> P.HeldMap:
+        """A held disk's map, from its HELD_MAP replies (a ServerError when they do not add up)."""
+        grid, parts = self.held_maps.get(held.name, (held.grid, []))
+        try:
+            digests = bytearray()
+            for start, hexed in sorted(parts):
+                if start * 32 != len(digests):
+                    raise P.ProtocolError(f"its map has a gap or an overlap at segment {start}")
+                digests += bytes.fromhex(hexed)
+            if grid != held.grid:
+                raise P.ProtocolError(f"its map's grid {grid} is not READY's {held.grid}")
+            return P.HeldMap(held.size, held.block_size, grid, bytes(digests))
+        except (P.ProtocolError, ValueError) as e:
+            raise ServerError(f"conversion server: the held map of disk {held.name} is malformed ({e})",
+                              code="protocol") from None
 
     def as_error(self) -> ServerError:
         m = self.error or P.Reply(P.Event.ERROR)
@@ -356,7 +376,9 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
         hello = P.Hello(capture_id=capture_id, agent_version=__version__, format=req.image_format,
                         source={"hostname": socket.gethostname(), **(source_facts or {})},
                         disks=tuple(names), estimate=estimate, readiness=req.readiness, resume=resume,
-                        wave=wave, identities=tuple(s.identity() for s in sources))
+                        wave=wave, identities=tuple(s.identity() for s in sources),
+                        # a resume takes a warm capture as a delta (docs/two-phase.md)
+                        delta=resume)
         bucket = TokenBucket(bwlimit) if bwlimit else None
 
         def attempt(conn: Connection, hello: P.Hello) -> tuple[P.Reply, str]:
@@ -396,7 +418,20 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 bad_before = 0
                 for src in sources:
                     on_event(E.DiskStarted(src.name, src.path, src.size))
-                    plan = plan_resume(src, opts, held.get(src.name), cancel, tick=keepalive)
+                    h = held.get(src.name)
+                    held_map = None
+                    if h is not None and h.grid:
+                        # A warm copy (docs/two-phase.md): sent as a delta when it is this disk's size
+                        # and block size, else whole (the receiver drops the warm copy).
+                        if (h.size, h.block_size) == (src.size, opts.block_size):
+                            held_map = replies.held_map(h)
+                            plan = DiskResume()
+                        else:
+                            plan = DiskResume(restart_reason=(
+                                f"the warm copy is {h.size} bytes in blocks of {h.block_size}; the disk is now "
+                                f"{src.size} bytes in blocks of {opts.block_size}"))
+                    else:
+                        plan = plan_resume(src, opts, h, cancel, tick=keepalive)
                     if src.name in held:
                         on_event(E.DiskResumed(src.name, plan.start, src.size, plan.checked_bytes, plan.seconds,
                                                plan.restart_reason))
@@ -406,7 +441,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                         physical_sector_size=src.physical_sector_size,
                         mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
                         data_bytes_estimate=data_estimates.get(src.path),
-                        resume_from=plan.start, restart_reason=plan.restart_reason))
+                        resume_from=plan.start, restart_reason=plan.restart_reason, delta=held_map is not None))
 
                     def on_chunk(pos: int, st: DiskStats, src=src, base=done_before, bad_before=bad_before) -> None:
                         on_event(E.Progress(
@@ -416,7 +451,8 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                             elapsed=time.monotonic() - t0,
                             unreadable_sectors=bad_before + st.unreadable_sectors(src.logical_sector_size)))
 
-                    digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel, resume=plan.tree)
+                    digest, st = stream_disk(src, send, opts, on_chunk=on_chunk, cancel=cancel, resume=plan.tree,
+                                             held=held_map)
                     writer.end(P.DiskEnd(digest, **st.as_dict()))
                     for k in ("bytes_read", "data_bytes", "zero_bytes", "payload_bytes", "wire_bytes"):
                         setattr(totals, k, getattr(totals, k) + getattr(st, k))
@@ -464,7 +500,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 if not moved and (not _retryable(e) or not retry.wait(e, on_event)):
                     raise
                 # The session that dropped may have delivered any part: ask what is held now.
-                hello = dataclasses.replace(hello, resume=True)
+                hello = dataclasses.replace(hello, resume=True, delta=True)
 
     try:
         manifest = Manifest.load(final.manifest or {}, "the receiver's manifest")

@@ -105,6 +105,11 @@ class DiskStats:
     elapsed: float = 0.0
     unreadable_bytes: int = 0     # on_read_error=map: zero-filled because the source could not read them
     recovery_seconds: float = 0.0  # on_read_error=map: re-reading failed ranges piece by piece
+    # A delta against a warm capture (docs/two-phase.md): what the receiver held already (SAME)
+    # and how many of its held-map segments differed and went as DATA. None: not a delta.
+    same_bytes: int | None = None
+    same_records: int | None = None
+    segments_sent: int | None = None
     used_map: UsedMap | None = None
     unreadable: list[BadRange] = field(default_factory=list)   # the ranges, in disk order
     zstd_levels: dict[str, int] = field(default_factory=dict)  # zstd:auto: chunks compressed per level
@@ -115,7 +120,7 @@ class DiskStats:
     def as_dict(self) -> dict:
         # The ranges go on the wire as UNREADABLE records (the receiver lists them), not in END.
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-               if k not in ("used_map", "unreadable", "zstd_levels")}
+               if k not in ("used_map", "unreadable", "zstd_levels") and v is not None}
         if self.zstd_levels:
             out["zstd_levels"] = dict(self.zstd_levels)
         if self.used_map is not None:
@@ -137,6 +142,9 @@ class _Chunk:
     skipped_bytes: int = 0
     unreadable: list[BadRange] = field(default_factory=list)
     level: int = 0             # the zstd level its DATA records were compressed at (0: none were)
+    same_bytes: int = 0
+    same_records: int = 0
+    segments_sent: int = 0
 
 
 class _Codec:
@@ -251,33 +259,72 @@ class LevelControl:
         self._reset(now)
 
 
-def _skipped(ext: Extent) -> _Chunk:
-    """A range mode=used does not read: sent as a ZERO record, a hole in the image."""
+def _skipped(ext: Extent, held: P.HeldMap | None = None, block_size: int = P.DEFAULT_BLOCK_SIZE) -> _Chunk:
+    """A range mode=used does not read: sent as a ZERO record, a hole in the image (against a
+    held map: SAME where the held copy is zeros there already)."""
+    if held is not None:
+        ch = _Chunk(ext.offset, ext.length, skipped_bytes=ext.length)
+        ch.wire = b"".join(_delta_parts(ch, [P.Extent(ext.offset, ext.length, True)], held, block_size,
+                                        lambda e: None))
+        return ch
     ch = _Chunk(ext.offset, ext.length, wire=P.encode_zero(ext.offset, ext.length),
                 zero_bytes=ext.length, zero_records=1, skipped_bytes=ext.length)
     ch.tree.append((ext.offset, ext.length, True, None))
     return ch
 
 
+def _delta_parts(ch: _Chunk, extents: list, held: P.HeldMap, block_size: int, data_part) -> list[bytes]:
+    """A chunk's extents against the receiver's held map: SAME for the segments it holds as the
+    source has them, the rest as ever (data_part encodes a data extent)."""
+    parts = []
+    segments = set()
+    for item in P.delta_extents(extents, held, block_size):
+        if isinstance(item, P.Same):
+            parts.append(item.encode(block_size))
+            ch.same_bytes += item.length
+            ch.same_records += 1
+            ch.tree.append((item.offset, item.length, item.zero, None if item.zero else item.digests))
+            continue
+        if item.zero:
+            parts.append(P.encode_zero(item.offset, item.length))
+            ch.zero_bytes += item.length
+            ch.zero_records += 1
+            ch.tree.append((item.offset, item.length, True, None))
+        else:
+            # what crossed the link: a ZERO over held data costs 21 bytes whatever its length
+            segments.update(range(item.offset // held.grid, (item.end - 1) // held.grid + 1))
+            parts.append(data_part(item))
+    ch.segments_sent += len(segments)
+    return parts
+
+
 def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec,
-             unreadable: list[BadRange] | None = None) -> _Chunk:
+             unreadable: list[BadRange] | None = None, held: P.HeldMap | None = None) -> _Chunk:
     ch = _Chunk(offset, len(buf), unreadable=list(unreadable or ()))
     # Announced before the records that carry their (zero-filled) bytes: protocol.py, UNREADABLE.
     parts = [P.encode_unreadable(r.offset, r.length) for r in ch.unreadable]
-    for ext in P.split_extents(buf, offset, opts.block_size, skip_zero=opts.mode != "full"):
+    extents = P.split_extents(buf, offset, opts.block_size, skip_zero=opts.mode != "full")
+
+    def data_part(ext: P.Extent) -> bytes:
+        ch.level = ch.level or codec.level     # one level for the whole chunk
+        c, payload = codec.compress(ext.data, ch.level)
+        ch.data_bytes += ext.length
+        ch.payload_bytes += len(payload)
+        ch.data_records += 1
+        ch.tree.append((ext.offset, ext.length, False, ext.digests))
+        return P.encode_data(ext.offset, ext.length, c, P.record_digest(ext.digests), payload)
+
+    if held is not None:
+        ch.wire = b"".join(parts + _delta_parts(ch, extents, held, opts.block_size, data_part))
+        return ch
+    for ext in extents:
         if ext.zero:
             parts.append(P.encode_zero(ext.offset, ext.length))
             ch.zero_bytes += ext.length
             ch.zero_records += 1
             ch.tree.append((ext.offset, ext.length, True, None))
         else:
-            ch.level = ch.level or codec.level     # one level for the whole chunk
-            c, payload = codec.compress(ext.data, ch.level)
-            parts.append(P.encode_data(ext.offset, ext.length, c, P.record_digest(ext.digests), payload))
-            ch.data_bytes += ext.length
-            ch.payload_bytes += len(payload)
-            ch.data_records += 1
-            ch.tree.append((ext.offset, ext.length, False, ext.digests))
+            parts.append(data_part(ext))
     ch.wire = b"".join(parts)
     return ch
 
@@ -289,14 +336,19 @@ def stream_disk(
     on_chunk: Callable[[int, DiskStats], None] | None = None,
     cancel: threading.Event | None = None,
     resume: "P.BlockTree | None" = None,
+    held: P.HeldMap | None = None,
 ) -> tuple[bytes, DiskStats]:
     """Send the DISK body records for src through send(); return (disk digest, stats).
 
     The caller sends the DISK header before and the END record after. resume: a tree already fed
     with the bytes below resume.pos (agent.source.capture.resume checked them against the receiver's
-    journal); only the rest of the disk is read and sent.
+    journal); only the rest of the disk is read and sent. held: the receiver's held map of a warm
+    copy (the DISK header says delta): every segment is read and compared, and only those whose
+    digest differs are sent (docs/two-phase.md).
     """
     stats = DiskStats()
+    if held is not None:
+        stats.same_bytes = stats.same_records = stats.segments_sent = 0
     tree = resume or P.BlockTree(src.size, opts.block_size)
     codec = _Codec(opts.codec, opts.level)
     t0 = time.monotonic()
@@ -345,7 +397,7 @@ def stream_disk(
                     read_extent(pool, ext)
                 else:
                     done: Future = Future()
-                    done.set_result(_skipped(ext))
+                    done.set_result(_skipped(ext, held, opts.block_size))
                     inflight.put(done)
         except BaseException as e:  # handed to the sending thread, which raises it
             fut: Future = Future()
@@ -391,7 +443,7 @@ def stream_disk(
                     log.warning("%s: read error at byte %d, read on a retry", src.path, e.offset)
             stats.read_seconds += time.monotonic() - r0
             stats.bytes_read += n
-            inflight.put(pool.submit(_process, buf, off, opts, codec, bad))
+            inflight.put(pool.submit(_process, buf, off, opts, codec, bad, held))
             off += n
 
     with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cc-chunk") as pool:
@@ -426,6 +478,10 @@ def stream_disk(
                 stats.data_records += ch.data_records
                 stats.zero_records += ch.zero_records
                 stats.skipped_bytes += ch.skipped_bytes
+                if held is not None:
+                    stats.same_bytes += ch.same_bytes
+                    stats.same_records += ch.same_records
+                    stats.segments_sent += ch.segments_sent
                 stats.unreadable += ch.unreadable
                 stats.unreadable_bytes += sum(r.length for r in ch.unreadable)
                 if on_chunk:
