@@ -110,6 +110,35 @@ class Alternative:
 
 
 @dataclass
+class CutoverEstimate:
+    """The predicted cold phase of a cutover from a warm capture (docs/two-phase.md), next to the
+    cold estimate: read what the cold capture reads at the disks' rate (every block's digest is
+    compared with the receiver's held map), send what changed since the last sync over the
+    link, plus the fixed costs the cold estimate counts. The manifest's disks' `cutover.seconds`
+    are the measured figures to hold it against."""
+
+    capture_id: str              # the warm capture it cuts over
+    syncs: int
+    last_sync: float             # when its last sync was stored (epoch seconds)
+    since_last_sync: float       # seconds from then to this prediction
+    change_rate: float | None    # bytes/s changed between the last two syncs (None: one sync only)
+    changed_bytes: int           # predicted to differ at the cutover (capped at the bytes read)
+    bytes_to_read: int
+    read_seconds: float
+    send_seconds: float
+    fixed_seconds: float         # setup, the server's steps after the last byte, used maps
+    seconds: float               # the sum: the predicted downtime
+    basis: str                   # how changed_bytes was predicted, in words
+
+    def line(self) -> str:
+        return (f"cutover of warm capture {self.capture_id} ({self.syncs} sync{'s' if self.syncs != 1 else ''}, "
+                f"the last {human_minutes(self.since_last_sync)} ago): ~{hs(self.seconds)} "
+                f"({human_minutes(self.seconds)}) of downtime: read {hb(self.bytes_to_read)} "
+                f"{hs(self.read_seconds)}, send ~{hb(self.changed_bytes)} changed {hs(self.send_seconds)}, "
+                f"fixed {hs(self.fixed_seconds)}")
+
+
+@dataclass
 class CaptureEstimate:
     mode: str
     target: str | None
@@ -131,6 +160,8 @@ class CaptureEstimate:
     # The disks' sums, kept in the document for its readers (computed, whatever a document says).
     total_size: int = 0
     bytes_to_send: int = 0
+    # A warm capture of these disks found on the server: its cutover, predicted (None: none found).
+    cutover: CutoverEstimate | None = None
 
     def __post_init__(self) -> None:
         self.total_size = sum(d.size for d in self.disks)
@@ -155,6 +186,9 @@ class CaptureEstimate:
             out.append(f"  link: {self.link.label}{rate} ({self.link_rate_source})")
         out.append(f"downtime: ~{hs(self.total_seconds)} ({human_minutes(self.total_seconds)}), "
                    f"{self.bottleneck}; done around {self.finish_time[11:16]}")
+        if self.cutover is not None:
+            out.append(self.cutover.line())
+            out.append(f"  (changed bytes predicted from {self.cutover.basis})")
         if not self.calibrated:
             out.append("  (not calibrated: rates from the table in docs/estimate.md)")
         if self.alternatives:

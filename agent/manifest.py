@@ -187,6 +187,16 @@ class Manifest:
     def disk(self, name: str | None) -> ManifestDisk | None:
         return next((d for d in self.disks if d.name == name), None)
 
+    @property
+    def warm(self) -> bool:
+        """Only warm syncs stored: a head start, crash-inconsistent, never the migration itself."""
+        return self.phase == Phase.WARM
+
+    @property
+    def sync_list(self) -> list[Sync]:
+        """The warm syncs stored, oldest first ([] for a cold capture)."""
+        return list(self.syncs or [])
+
     @classmethod
     def load(cls, document: Any, what: str = MANIFEST) -> "Manifest":
         """Typed; a field of the wrong type is a RecordError naming it. The sections of other
@@ -239,6 +249,7 @@ class PublishedImage:
     method: str = ""                 # glance-direct / upload: how the bytes went in
     reused: bool = False             # an earlier run's image, found, nothing uploaded
     properties: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()       # as Glance holds them (coldclone-test: a warm capture's test launch)
 
 # A reference to one of a launch plan's shell variables inside a command word.
 _PLAN_VAR = re.compile(r"(\$[A-Z_][A-Z0-9_]*)")
@@ -311,12 +322,22 @@ class LaunchPlan:
     network: NetworkPolicy
     steps: tuple[PlanStep, ...]
     variables: dict[str, str] = field(default_factory=dict)   # what the operator sets first
+    # A test launch of a warm capture (the number of syncs its images hold): said first, in
+    # the script and wherever the plan is shown; the names of what it makes carry -test-sync<N>.
+    test_sync: int | None = None
+
+    @property
+    def test_notice(self) -> str:
+        if self.test_sync is None:
+            return ""
+        return (f"TEST LAUNCH of a warm capture (sync {self.test_sync}): a crash-inconsistent copy read "
+                f"while the source ran, not the migration; the cutover from the ISO makes the exact images")
 
     def script(self) -> str:
         """The plan as a sh script an operator can read and run: what to set first, then each
         step under a comment saying why. Text from the guest (its file names) only ever lands in
         comments, with control characters replaced, so it cannot become a command."""
-        lines = ["#!/bin/sh", "set -e"]
+        lines = ["#!/bin/sh"] + ([f"# {self.test_notice}"] if self.test_notice else []) + ["set -e"]
         for name, why in self.variables.items():
             lines.append(f"# ${name}: {_comment(why)}")
             lines.append(f': "${{{name}:?set {name} first (see above)}}"')
@@ -338,6 +359,15 @@ class PublishRecord:
     adapter: str | None = None       # vmdk: the controller (vmware_adaptertype)
     published: str = ""              # ISO 8601 UTC
     seconds: float = 0.0
+    # The capture's phase when it was published (Manifest.phase): a `warm` capture's images are a
+    # test launch of sync number `sync` (named -test-sync<N>, tagged coldclone-test), never the
+    # migration; `cutover`: the cold phase's exact images.
+    phase: str | None = None
+    sync: int | None = None
+
+    @property
+    def test(self) -> bool:
+        return self.phase == Phase.WARM
 
     @property
     def boot(self) -> PublishedImage | None:

@@ -375,8 +375,38 @@ class CaptureJob:
             log.exception("estimate failed")
             self.say(f"estimate unavailable ({e!r}); capturing anyway")
             return
+        self._predict_cutover()
         self.notify(Estimated(self.estimate))
         self._place_by_space()
+
+    def _predict_cutover(self) -> None:
+        """A warm capture of these disks on the server (the survey's lookup, the one this run
+        would cut over): its cutover predicted next to the cold estimate (estimate/plan.py)."""
+        est = self.estimate
+        if est is None or est.cutover is not None:
+            return
+        warm = self._warm_capture()
+        if warm is not None:
+            try:
+                est.cutover = plan.predict_cutover(est, warm)
+            except Exception:  # advice, like the estimate it joins
+                log.exception("cutover prediction failed")
+
+    def _warm_capture(self) -> P.Unfinished | None:
+        """The warm capture this run takes: the one named by resume=ID, else the one resume=auto
+        takes (lookup.to_take), when the survey found it; None otherwise (a survey that failed is
+        said where the capture asks it, `_unfinished`)."""
+        if self._survey is None:
+            return None
+        try:
+            servers = self._survey.result()
+        except Exception:
+            return None
+        s = self.placement.current if self.placement is not None else servers[0]
+        found = s.answer.unfinished if s.answer is not None else []
+        fixed = self.cfg.resume if self.cfg.resume not in ("auto", "off") else None
+        take = next((u for u in found if u.capture_id == fixed), None) if fixed else lookup.to_take(found)
+        return take if take is not None and take.warm is not None else None
 
     def _capture(self) -> CaptureResult:
         cfg = self.cfg
@@ -389,6 +419,8 @@ class CaptureJob:
         capture_id = cfg.resolved_capture_id()
         if capture_id is None and cfg.resume == "auto":
             capture_id = self._unfinished()
+        if est is not None and est.cutover is not None and est.cutover.capture_id != capture_id:
+            est = replace(est, cutover=None)   # a new capture, not the cutover that was predicted
         connect = self.placement.connect if self.placement is not None else self.target.connect
         result = run_capture(CaptureRequest(
             disks=list(self.sources), connect=connect, opts=opts, capture_id=capture_id,
@@ -411,7 +443,11 @@ class CaptureJob:
             return    # said where the capture needs its id
         servers = self.servers
         if not servers:
-            if cfg.estimate_only or cfg.resume != "auto" or fixed is not None or self.target is None:
+            # resume=auto without an id looks for an unfinished capture to continue; resume=ID
+            # (a cutover names its warm capture) asks too, for the warm facts the estimate predicts
+            # the cutover from
+            lookup_wanted = fixed is None if cfg.resume == "auto" else cfg.resume != "off"
+            if cfg.estimate_only or not lookup_wanted or self.target is None:
                 return
             servers = [placement.Server(str(self.target.url), self.target.connect)]
         fut: Future = Future()

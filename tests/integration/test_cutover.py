@@ -99,5 +99,11 @@ def test_cutover_sends_only_the_changed_segments_and_equals_a_cold_capture(disk,
     assert cut["bytes_sent"] < c["received"]["wire_bytes"] / 20
     assert cut["bytes_read"] == c["agent"]["bytes_read"]
     assert d["received"]["same_bytes"] + d["received"]["data_bytes"] + d["received"]["zero_bytes"] == d["size"]
+    # the cutover was predicted before (HELLO's estimate, from the lookup's warm facts: one sync, so
+    # its changed bytes, capped at what is read), beside the measured seconds
+    pred = m["estimate"]["cutover"]
+    assert (pred["capture_id"], pred["syncs"], pred["bytes_to_read"]) == (cid, 1, cut["bytes_read"]), pred
+    assert pred["changed_bytes"] == min(warm["syncs"][0]["bytes_changed"], cut["bytes_read"]), pred
+    assert cold["estimate"].get("cutover") is None     # a new capture: no cutover predicted
     print(f"\ncutover ({mode}): {cut['segments_sent']} segments, {cut['bytes_sent']} bytes sent of "
           f"{c['received']['wire_bytes']} cold, {cut['seconds']} s")

@@ -246,3 +246,62 @@ def test_unknown_cloud_and_not_a_capture_are_usage_errors(glance, capture, tmp_p
     assert r.returncode == 2 and "--cloud nosuchcloud" in r.stderr and "clouds.yaml" in r.stderr
     r = publish(str(tmp_path), "test", glance.clouds)
     assert r.returncode == 2 and "manifest.json does not exist" in r.stderr, r.stderr
+
+
+RECORDED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "manifests")
+
+
+def _phase_as_recorded(cap: str, recorded: str) -> None:
+    """The receiver's manifest of `cap` given the phase, syncs (and cutover) of a recorded
+    two-phase manifest (tests/fixtures/manifests/), as the receiver writes them after warm syncs
+    or the cutover; the image and its digests stay the capture's own."""
+    path = os.path.join(cap, "manifest.json")
+    doc, rec = json.load(open(path)), json.load(open(os.path.join(RECORDED, recorded)))
+    doc["phase"], doc["syncs"] = rec["phase"], rec["syncs"]
+    if "cutover" in rec["disks"][0]:
+        doc["disks"][0]["cutover"] = rec["disks"][0]["cutover"]
+    doc.pop("publish", None)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def test_a_warm_capture_is_published_as_a_test_launch(glance, root, tmp_path):
+    """A warm capture (3 syncs) goes to the real Glance as a TEST image: its name ends
+    -test-sync3, it is tagged coldclone-test and says coldclone_phase=warm, coldclone_sync=3,
+    and the plan says test launch. The cutover of the same capture (the same image file: nothing
+    changed after the last sync) is a new image marked cutover, never the test image found again."""
+    from tests.testbed import guestdisk
+    with open(tmp_path / "sda.raw", "wb") as f:
+        for i in range(24):
+            f.write(os.urandom(1 << 20) if i % 4 else bytes(1 << 20))
+    cap = guestdisk.make_capture(root, "warm01", {"sda": str(tmp_path / "sda.raw")}, {"hostname": "warm01"})
+    _phase_as_recorded(cap, "warm.json")
+    local = os.path.join(cap, "sda.qcow2")
+    md5, _ = md5_sha512(local)
+    r = publish(cap, "test", glance.clouds)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "a WARM capture (3 syncs, the last stored 2026-12-07T08:00:03+0000): published as a TEST launch" in r.stdout
+    assert "TEST LAUNCH of a warm capture (sync 3): a crash-inconsistent copy" in r.stdout
+    assert "phase=warm sync=3" in r.stdout
+    test_id = image_id_of(r.stdout)
+    img = requests.get(f"{glance.url}/v2/images/{test_id}", timeout=10).json()
+    assert (img["status"], img["name"], img["tags"]) == ("active", "warm01-sda-test-sync3", ["coldclone-test"])
+    assert (img["coldclone_phase"], img["coldclone_sync"], img["checksum"]) == ("warm", "3", md5)
+    tagged = requests.get(f"{glance.url}/v2/images", params={"tag": "coldclone-test"}, timeout=10).json()
+    assert [i["id"] for i in tagged["images"] if i["coldclone_capture_id"] == "warm01"] == [test_id]
+    pub = json.load(open(os.path.join(cap, "manifest.json")))["publish"]
+    assert (pub["phase"], pub["sync"], pub["images"][0]["tags"]) == ("warm", 3, ["coldclone-test"])
+    assert pub["plan"]["test_sync"] == 3 and pub["plan"]["steps"][-1]["argv"][-1] == "warm01-test-sync3"
+    # the cutover: the same bytes, published as the migration
+    _phase_as_recorded(cap, "cutover.json")
+    r = publish(cap, "test", glance.clouds)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "TEST" not in r.stdout and "reused=no phase=cutover" in r.stdout, r.stdout
+    cut_id = image_id_of(r.stdout)
+    assert cut_id != test_id
+    img = requests.get(f"{glance.url}/v2/images/{cut_id}", timeout=10).json()
+    assert (img["name"], img["tags"], img["coldclone_phase"], img["checksum"]) == ("warm01-sda", [], "cutover", md5)
+    assert "coldclone_sync" not in img
+    # the test image is still there, still a test
+    img = requests.get(f"{glance.url}/v2/images/{test_id}", timeout=10).json()
+    assert (img["status"], img["tags"]) == ("active", ["coldclone-test"])

@@ -100,3 +100,29 @@ def unfinished() -> list[P.Unfinished]:
     return [P.Unfinished("srv01-20261123T130000-ab12", (P.UnfinishedDisk(sda, SDA, complete=True),
                                                         P.UnfinishedDisk(sdb, 120 * GiB)),
                          updated=time.time() - 45 * 60, matched_by="wwid")]
+
+
+def used_estimate() -> CaptureEstimate:
+    """The same server in mode=used: only the filesystems' blocks are read (52 and 402 GiB), at
+    the PERC volumes' read rates; the 1 GbE link is the cold capture's bottleneck."""
+    disks = [
+        DiskEstimate("/dev/sda", "sda", SDA, 52 * GiB, 41 * GiB, 52 * GiB, 377.0, "link",
+                     stages={"read": 186.1, "cpu": 120.0, "link": 376.3, "server": 0.1}, read_rate=300e6),
+        DiskEstimate("/dev/sdb", "sdb", SDB, 402 * GiB, 310 * GiB, 402 * GiB, 2_845.0, "link",
+                     stages={"read": 1_488.4, "cpu": 900.0, "link": 2_844.9, "server": 0.1}, read_rate=290e6),
+    ]
+    return CaptureEstimate(mode="used", target=TARGET, link=None, link_rate=117e6,
+                           link_rate_source="table (1 GbE)", disks=disks, total_seconds=3_223.0,
+                           finish_time="2026-11-23T14:00:00", bottleneck="limited by the 1 GbE link (~117 MB/s)")
+
+
+def warm_unfinished() -> list[P.Unfinished]:
+    """A warm capture of these disks (READY.unfinished with `warm`): three nightly syncs, the last
+    one 3 hours ago finding 6 GiB changed in the 12 hours before it."""
+    sda = P.DiskIdentity.of("sda", SDA, wwid="naa.61866da0b4a8e9002a3f0c1d2e3f4051")
+    sdb = P.DiskIdentity.of("sdb", SDB, wwid="naa.61866da0b4a8e9002a3f0c1d2e3f4052")
+    last = time.time() - 3 * 3600
+    return [P.Unfinished("srv01-20261120T220000-cd34", (P.UnfinishedDisk(sda, SDA, complete=True),
+                                                        P.UnfinishedDisk(sdb, SDB, complete=True)),
+                         updated=last, matched_by="wwid",
+                         warm=P.WarmFacts(syncs=3, last_sync=last, changed_bytes=6 * GiB, interval=12 * 3600))]

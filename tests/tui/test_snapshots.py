@@ -167,6 +167,24 @@ def test_estimate_offers_to_resume_an_unfinished_capture(snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def test_estimate_with_a_warm_capture_shows_the_cutover(snap_compare):
+    """The server holds a warm capture of these disks (three syncs): the predicted cutover shows
+    next to the cold estimate (mode=used: the reading of the used blocks is its floor)."""
+    found = recorded.warm_unfinished()
+    app = app_for(replay("megaraid_sas", estimate=recorded.used_estimate(),
+                         find_unfinished=lambda choice, paths: found))
+
+    async def run_before(pilot):
+        await settle(pilot)
+        from agent.source.tui.screens.estimate import EstimateScreen
+
+        app.plan.target, app.plan.target_ok, app.plan.mode = SSH, "SSH OK", "used"
+        await app.push_screen(EstimateScreen())
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 def test_estimate_resume_confirm(snap_compare):
     app, run_before = _offer("r")
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -32,6 +32,8 @@ tr.failed progress, tr.stalled progress { accent-color: #dc2626; }
 tr.failed .state, tr.stalled .state { color: #b91c1c; }
 tr.done .state { color: #15803d; }
 tr.superseded { color: #9aa3af; }
+tr.warm .state { color: #b45309; }
+.phase { font-weight: normal; color: #92400e; }
 section.failures { border-left: 4px solid #dc2626; padding-left: .8em; }
 .peer-down { color: #b91c1c; }
 """
@@ -62,12 +64,13 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
 
 
-def _row(s: CaptureStatus) -> str:
+def _row(s: CaptureStatus, now: float) -> str:
     frac = s.fraction
     pct = f"{100 * frac:.1f}%" if frac is not None else "?"
-    classes = [s.state.value] + (["done"] if s.state.done else []) + (["stalled"] if s.stalled else []) + (
-        ["superseded"] if s.superseded_by else [])
+    classes = [s.state.value] + (["done"] if s.migrated else []) + (["stalled"] if s.stalled else []) + (
+        ["superseded"] if s.superseded_by else []) + ([s.phase] if s.phase else [])
     state = s.state.value + (" (stalled)" if s.stalled else "")
+    phase = f'<br><span class="phase">{_e(s.phase_text(now))}</span>' if s.phase else ""
     rate = f"{s.rate / 1e6:.1f} MB/s" if s.rate else ""
     eta = human_minutes(s.eta_seconds) if s.eta_seconds is not None else ""
     detail = s.reason if s.state is State.FAILED and s.reason else s.detail
@@ -75,9 +78,9 @@ def _row(s: CaptureStatus) -> str:
         detail = f"taken over by {s.superseded_by}; this copy: {detail}"
     size = human_bytes(s.size) if s.size is not None else "?"
     return (f'<tr class="{" ".join(classes)}" data-capture-id="{_e(s.capture_id)}" data-state="{s.state.value}" '
-            f'data-done="{s.done}">'
+            f'data-phase="{_e(s.phase or "")}" data-done="{s.done}">'
             f'<td>{_e(s.server or "?")}</td><td>{_e(s.capture_id)}</td><td>{_e(s.conversion_server)}</td>'
-            f'<td class="state">{_e(state)}</td>'
+            f'<td class="state">{_e(state)}{phase}</td>'
             f'<td><progress max="1" value="{frac if frac is not None else 0:.4f}"></progress> {pct}</td>'
             f'<td>{human_bytes(s.done)} of {size}</td><td>{rate}</td><td>{eta}</td>'
             f'<td class="detail">{_e(detail)}</td></tr>')
@@ -97,13 +100,13 @@ def fragment(statuses: list[CaptureStatus], peers_down: dict[str, str], now: flo
     bad = [s for s in ordered(statuses) if (s.state is State.FAILED or s.stalled) and not s.superseded_by]
     if bad:
         out.append(f'<section class="failures"><h2>Failures and stalls ({len(bad)})</h2>'
-                   f'<table id="failures">{HEAD}{"".join(_row(s) for s in bad)}</table></section>')
+                   f'<table id="failures">{HEAD}{"".join(_row(s, now) for s in bad)}</table></section>')
     for t in totals(statuses, now):
         rows = [s for s in ordered(statuses) if s.wave == t.wave]
         name = t.wave if t.wave is not None else "(no wave)"
         out.append(f'<h2>Wave {_e(name)}</h2><p class="totals" data-wave="{_e(name)}">'
                    f'<b>servers done {t.done} of {t.captures}</b>, failed {t.failed}; {_e(t.progress_text(now))}'
-                   f'</p><table class="wave" data-wave="{_e(name)}">{HEAD}{"".join(_row(s) for s in rows)}</table>')
+                   f'</p><table class="wave" data-wave="{_e(name)}">{HEAD}{"".join(_row(s, now) for s in rows)}</table>')
     if not statuses:
         out.append('<p class="meta">no capture yet</p>')
     return "\n".join(out)

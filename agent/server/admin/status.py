@@ -13,6 +13,10 @@ States, in the order a capture goes through them:
     published    the manifest's `publish` names the Glance image
     failed       failure.json (or a conversion that failed) says why
 
+Beside the state, a two-phase capture's `phase` (docs/two-phase.md): `warm` (its syncs, the
+last one's time: a head start, a test launch at most, so a wave does not count it done) or
+`cutover` (the exact images of the cold phase).
+
 `coldclone-server status --json` prints each CaptureStatus as agent.records writes it (`dumps`),
 the web page and its API (/api/status) the same; `totals` sums a wave for the page and the text output.
 """
@@ -32,7 +36,7 @@ import msgspec
 from ... import protocol as P
 from ... import records
 from ...errors import ColdcloneError, ServerError
-from ...manifest import MANIFEST, PublishRecord
+from ...manifest import MANIFEST, Phase, PublishRecord
 from ...units import human_bytes, human_minutes
 from ..convert.model import Outcome, Verdict
 from ..receive import captures, convqueue
@@ -86,11 +90,26 @@ class CaptureStatus:
     detail: str = ""                # one line for people
     updated: NonNegativeFloat = 0.0         # when it last changed (epoch seconds)
     superseded_by: str | None = None   # the same capture further on another conversion server
+    phase: str | None = None        # warm / cutover (manifest phase); None: a cold capture
+    syncs: NonNegative = 0          # warm syncs stored
+    last_sync: NonNegativeFloat | None = None   # when the last one was stored (epoch seconds)
 
     @classmethod
     def load(cls, obj: object, what: str = "status") -> "CaptureStatus":
         """A peer's answer (one item of its /api/status), typed; a RecordError names what is wrong."""
         return records.decode(obj, cls, what)
+
+    @property
+    def migrated(self) -> bool:
+        """Arrived verified as the migration: a warm capture is only a head start."""
+        return self.state.done and self.phase != Phase.WARM
+
+    def phase_text(self, now: float) -> str:
+        """`warm: 3 syncs, the last 2 h ago` / `cutover` / "" (a cold capture)."""
+        if self.phase != Phase.WARM:
+            return self.phase or ""
+        age = f", the last {human_minutes(max(0.0, now - self.last_sync))} ago" if self.last_sync else ""
+        return f"warm: {self.syncs} sync{'s' if self.syncs != 1 else ''}{age}"
 
     @property
     def fraction(self) -> float | None:
@@ -281,15 +300,23 @@ def _from_manifest(found: captures.Found, name: str) -> tuple[CaptureStatus, boo
     size = sum(d.size for d in m.disks)
     host = m.source.get("hostname")
     updated = os.stat(os.path.join(found.path, MANIFEST)).st_mtime
+    syncs = m.sync_list
+    phase = m.phase if m.phase in (Phase.WARM, Phase.CUTOVER) else None
+    warm = ("a warm copy (crash-inconsistent, a head start): cut over from the ISO for the migration; "
+            if phase == Phase.WARM else "")
     base = CaptureStatus(m.capture_id, State.VERIFIED, m.wave or None, host if isinstance(host, str) else None, name,
                          found.path, size=size, done=size, updated=updated,
-                         detail=f"{len(m.disks)} disk(s) verified, {human_bytes(size)}")
+                         detail=f"{warm}{len(m.disks)} disk(s) verified, {human_bytes(size)}",
+                         phase=phase, syncs=len(syncs), last_sync=(syncs[-1].epoch or None) if syncs else None)
     published = PublishRecord.from_document(capdir.document)
     if published is not None and published.images:
         ids = tuple(i.image_id for i in sorted(published.images, key=lambda i: i.position))
+        what = f"test image{'s' if len(ids) > 1 else ''} of sync {published.sync}" if published.test else \
+            f"image{'s' if len(ids) > 1 else ''}"
+        stale = (f" ({len(syncs)} syncs stored since: publish again for the newest)"
+                 if published.test and phase == Phase.WARM and published.sync != len(syncs) else "")
         return replace(base, state=State.PUBLISHED, image_ids=ids,
-                       detail=f"published to {published.cloud} as image{'s' if len(ids) > 1 else ''} "
-                              f"{', '.join(ids)}"), True
+                       detail=f"{warm}published to {published.cloud} as {what} {', '.join(ids)}{stale}"), True
     v = capdir.section("conversion", Verdict)
     if v is not None:
         if v.result is Outcome.CONVERTED:
@@ -367,7 +394,7 @@ def totals(statuses: list[CaptureStatus], now: float | None = None) -> list[Wave
         t = waves.setdefault(s.wave, WaveTotals(s.wave))
         t.captures += 1
         t.conversion_servers.add(s.conversion_server)
-        t.done += s.state.done
+        t.done += s.migrated
         t.failed += s.state is State.FAILED
         t.resumable += s.state is State.RESUMABLE
         t.moved += s.done
@@ -405,8 +432,9 @@ def text_lines(statuses: list[CaptureStatus], now: float | None = None) -> list[
         rate = f" {s.rate / 1e6:.1f} MB/s" if s.rate else ""
         eta = f" ETA {human_minutes(s.eta_seconds)}" if s.eta_seconds is not None else ""
         sup = f" (taken over by {s.superseded_by})" if s.superseded_by else ""
+        phase = f" [{s.phase_text(now)}]" if s.phase else ""
         out.append(f"{s.state.value:10} {pct} {s.wave or '-':12} {s.server or '?':20} {s.capture_id}"
-                   f"{rate}{eta}: {s.detail}{sup}")
+                   f"{phase}{rate}{eta}: {s.detail}{sup}")
     for t in totals(statuses, now):
         out.append(f"wave {t.wave or '(none)'}: {t.line(now)}")
     return out

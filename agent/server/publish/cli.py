@@ -30,7 +30,7 @@ def say(text: str) -> None:
 
 def render_plan(rec: PublishRecord) -> list[str]:
     """The launch plan as the operator reads it: images in order, flavor, network, the script."""
-    out = []
+    out = [rec.plan.test_notice] if rec.plan is not None and rec.plan.test_notice else []
     boot = rec.boot
     if boot is not None:
         out.append(f"boot image: {boot.image_id} ({boot.disk}, {boot.disk_format}, {boot.image_kind})")
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     boot = rec.boot
     print(f"COLDCLONE-PUBLISH-OK image_id={boot.image_id if boot else '-'} cloud={rec.cloud} "
           f"images={len(rec.images)} disk_format={rec.disk_format} "
-          f"reused={'yes' if all(i.reused for i in rec.images) else 'no'}", flush=True)
+          f"reused={'yes' if all(i.reused for i in rec.images) else 'no'}"
+          + (f" phase={rec.phase}" if rec.phase else "") + (f" sync={rec.sync}" if rec.test else ""), flush=True)
     return EXIT_OK
 
 

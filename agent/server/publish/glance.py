@@ -69,6 +69,8 @@ def _key(props: dict[str, str], fmt: DiskFormat) -> dict[str, str]:
     """The properties that say "this disk's image, made from this file, in this format"."""
     keys = (I.P_CAPTURE, I.P_DISK, I.P_FILE, I.P_DIGEST, I.P_SOURCE_MD5)
     out = {k: props[k] for k in keys}
+    # a test image of one sync is never found for another sync, nor for the cutover
+    out.update({k: props[k] for k in (I.P_PHASE, I.P_SYNC) if k in props})
     if fmt is DiskFormat.VMDK:
         out["vmware_adaptertype"] = props["vmware_adaptertype"]
     return out
@@ -76,7 +78,8 @@ def _key(props: dict[str, str], fmt: DiskFormat) -> dict[str, str]:
 
 def _find_existing(conn, key: dict[str, str], fmt: DiskFormat) -> list:
     return [i for i in conn.image.images(disk_format=fmt.value, **key)
-            if i.disk_format == fmt.value and all((i.properties or {}).get(k) == v for k, v in key.items())]
+            if i.disk_format == fmt.value and all((i.properties or {}).get(k) == v for k, v in key.items())
+            and (i.properties or {}).get(I.P_PHASE) == key.get(I.P_PHASE)]   # a cold capture's: no phase
 
 
 def _remove_failed(conn, key: dict[str, str], fmt: DiskFormat, say) -> None:
@@ -161,6 +164,7 @@ def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: DiskForma
                  wait_seconds: float) -> PublishedImage:
     import openstack.exceptions as oe
 
+    launch = I.Launch.of(cap.manifest)
     props = I.image_properties(cap, src, fmt, adapter)
     key = _key(props, fmt)
     what = f"{src.disk.name} ({src.role.value}, position {src.position})"
@@ -176,7 +180,8 @@ def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: DiskForma
             # usable data, and leaving it would make the next lookup ambiguous.
             say(f"removing image {img.id} left {img.status} by an earlier run")
             conn.image.delete_image(img, ignore_missing=True)
-    name = f"{cap.manifest.capture_id}-{src.disk.name}" + ("-kvm" if src.kind == "converted" else "")
+    name = (f"{cap.manifest.capture_id}-{src.disk.name}" + ("-kvm" if src.kind == "converted" else "")
+            + launch.suffix)
     min_disk = I.min_disk_gib(src.virtual_size)
     if reused is not None:
         say(f"{what}: already published as image {reused.id}: nothing uploaded")
@@ -191,7 +196,7 @@ def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: DiskForma
             created = conn.image.create_image(
                 name=name, filename=upload.path, disk_format=fmt.value, container_format="bare",
                 min_disk=min_disk, allow_duplicates=True, validate_checksum=False, md5=upload.md5,
-                use_import=offer.glance_direct, **props)
+                use_import=offer.glance_direct, tags=launch.tags or None, **props)
             img = _wait_active(conn, created.id, cloud, wait_seconds)
             _check(img, upload, cloud)
         except (oe.SDKException, ServerError) as e:
@@ -208,8 +213,13 @@ def publish_disk(conn, cap: CaptureDirectory, src: I.SourceImage, fmt: DiskForma
         disk=src.disk.name, image_id=img.id, disk_format=fmt.value, role=src.role, position=src.position,
         image_name=img.name, image_file=src.name, image_kind=src.kind, checksum=img.checksum,
         os_hash_algo=img.hash_algo or "", os_hash_value=img.hash_value or "", size=img.size,
-        virtual_size=src.virtual_size, method=method, reused=reused is not None,
+        virtual_size=src.virtual_size, method=method, reused=reused is not None, tags=tuple(img.tags or ()),
         properties={**props, "disk_format": fmt.value, "container_format": "bare", "min_disk": str(min_disk)})
+
+
+def _last_sync_text(cap: CaptureDirectory) -> str:
+    syncs = cap.manifest.sync_list
+    return f", the last stored {syncs[-1].time}" if syncs and syncs[-1].time else ""
 
 
 def publish(capture_dir: str, cloud: str, *, disk_format: DiskFormat | None = None,
@@ -226,6 +236,12 @@ def publish(capture_dir: str, cloud: str, *, disk_format: DiskFormat | None = No
         raise UsageError(f"--adapter {adapter.value} is for --disk-format vmdk (the VMware driver's "
                          f"controller), not {disk_format.value}")
     sources = I.source_images(cap)
+    launch = I.Launch.of(cap.manifest)
+    if launch.test:
+        said = _last_sync_text(cap)
+        say(f"a WARM capture ({launch.sync} sync{'s' if launch.sync != 1 else ''}{said}): published as a TEST "
+            f"launch (names end {launch.suffix}, tag {I.TEST_TAG}); its disks were read while the source ran, "
+            f"crash-inconsistent: boot it to try the conversion, never as the migration (cut over from the ISO)")
     conn = conn or connect(cloud)
     work = None
     try:
@@ -253,6 +269,6 @@ def publish(capture_dir: str, cloud: str, *, disk_format: DiskFormat | None = No
     rec = PublishRecord(cloud=cloud, disk_format=fmt.value, adapter=adapter.value if adapter else None,
                         images=images, plan=launch_plan(cap, images),
                         published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        seconds=round(time.monotonic() - t0, 3))
+                        seconds=round(time.monotonic() - t0, 3), phase=launch.phase, sync=launch.sync)
     cap.write_section("publish", rec)
     return rec

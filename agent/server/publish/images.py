@@ -8,6 +8,11 @@ is what the cloud wants (a standalone qcow2 for qcow2), else a copy qemu-img wri
 run's own directory: raw for a Ceph-backed Glance, a monolithicSparse VMDK for the VMware
 driver (never streamOptimized). Glance's own format checks refuse a qcow2 with a backing file,
 so an overlay is flattened too.
+
+A warm capture (manifest phase `warm`: syncs read while the source ran, crash-inconsistent) is
+published as a TEST: `Launch` puts `-test-sync<N>` on its image names, the tag `coldclone-test`
+and `coldclone_phase=warm`, `coldclone_sync=<N>` on its images, so nobody takes it for the
+migration; a cutover's images say `coldclone_phase=cutover` (docs/two-phase.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ...choices import DiskFormat, VmdkAdapter
 from ...errors import ServerError, UsageError
 from ...records import RecordError
 from ...guestos.model import Firmware
-from ...manifest import ImageRole, ManifestDisk
+from ...manifest import ImageRole, Manifest, ManifestDisk, Phase
 from ..convert.model import Conversion, Outcome
 from ..receive import image as qimage
 from ..receive.manifest import CaptureDirectory
@@ -48,6 +53,9 @@ P_DISK = "coldclone_disk"
 P_ROLE = "coldclone_role"
 P_POSITION = "coldclone_position"
 P_SOURCE_MD5 = "coldclone_source_md5"
+P_PHASE = "coldclone_phase"          # warm (a test launch) / cutover; absent for a cold capture
+P_SYNC = "coldclone_sync"            # warm: how many syncs the image holds
+TEST_TAG = "coldclone-test"
 
 # os-release ID -> the os_distro value Glance's metadata definitions (os-info's family names) use.
 OS_DISTRO = {
@@ -68,6 +76,39 @@ def file_hashes(path: str) -> tuple[str, str, int]:
             sha.update(chunk)
             size += len(chunk)
     return md5.hexdigest(), sha.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the capture's phase makes of its images: a warm capture's are a test launch of its
+    last sync (named, tagged and marked so), a cutover's and a cold capture's the migration."""
+
+    phase: str | None                # Phase.WARM / Phase.CUTOVER; None: a cold capture
+    sync: int | None = None          # warm: the number of syncs stored
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "Launch":
+        if manifest.warm:
+            return cls(Phase.WARM, len(manifest.sync_list))
+        return cls(Phase.CUTOVER if manifest.phase == Phase.CUTOVER else None)
+
+    @property
+    def test(self) -> bool:
+        return self.phase == Phase.WARM
+
+    @property
+    def suffix(self) -> str:
+        """On the name of everything a test launch makes (images, volumes, the server)."""
+        return f"-test-sync{self.sync}" if self.test else ""
+
+    @property
+    def tags(self) -> list[str]:
+        return [TEST_TAG] if self.test else []
+
+    def properties(self) -> dict[str, str]:
+        if self.phase is None:
+            return {}
+        return {P_PHASE: self.phase, **({P_SYNC: str(self.sync)} if self.test else {})}
 
 
 @dataclass(frozen=True)
@@ -175,6 +216,7 @@ def image_properties(cap: CaptureDirectory, src: SourceImage, fmt: DiskFormat,
         P_ROLE: src.role.value,
         P_POSITION: str(src.position),
         P_SOURCE_MD5: src.md5,
+        **Launch.of(cap.manifest).properties(),
     }
     if fmt is DiskFormat.VMDK:
         adapter = adapter or DEFAULT_ADAPTER

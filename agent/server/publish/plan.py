@@ -6,6 +6,9 @@ conversion left the guest.
 The commands are `openstack` commands (python-openstackclient) as an operator types them;
 what only the operator knows is a shell variable the plan's script asks for ($FLAVOR,
 $NETWORK, $FIXED_IP), and what a command makes (a volume's id) goes into one.
+
+The plan of a warm capture is a test launch (images.Launch): it says so first, and the volumes,
+the port and the server it makes are named with -test-sync<N>, beside the images.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ...manifest import (AddressPolicy, FlavorSuggestion, ImageRole, LaunchPlan,
 from ...guestos.report import ReadinessReport
 from ..convert.model import Conversion, FixKind, Outcome
 from ..receive.manifest import CaptureDirectory
+from .images import Launch
 
 MIB, GIB = 1 << 20, 1 << 30
 # Without the source's machine in the manifest (an agent from before it was recorded).
@@ -102,7 +106,9 @@ def _var(disk: str) -> str:
 
 
 def launch_plan(cap: CaptureDirectory, images: list[PublishedImage]) -> LaunchPlan:
+    launch = Launch.of(cap.manifest)
     capture_id = cap.manifest.capture_id
+    named = capture_id + launch.suffix      # what the plan makes: a test launch's say so
     boot = next(i for i in images if i.role is ImageRole.BOOT)
     data = sorted((i for i in images if i.role is ImageRole.DATA), key=lambda i: i.position)
     flavor = flavor_suggestion(cap, boot)
@@ -117,7 +123,7 @@ def launch_plan(cap: CaptureDirectory, images: list[PublishedImage]) -> LaunchPl
     for img in data:
         var, gib = _var(img.disk), max(1, math.ceil(img.virtual_size / GIB))
         steps.append(PlanStep(("openstack", "volume", "create", "--image", img.image_id, "--size", str(gib),
-                               "-f", "value", "-c", "id", f"{capture_id}-{img.disk}"), sets=var,
+                               "-f", "value", "-c", "id", f"{capture_id}-{img.disk}{launch.suffix}"), sets=var,
                               why=f"data disk {img.disk} (position {img.position}) as a Cinder volume of its image"))
         steps.append(PlanStep(("openstack", "volume", "show", "-f", "value", "-c", "status", f"${var}"),
                               until="available", why=f"wait until the volume of {img.disk} is written"))
@@ -127,15 +133,17 @@ def launch_plan(cap: CaptureDirectory, images: list[PublishedImage]) -> LaunchPl
                                  f"{', '.join(net.static_configs)})" if net.fixed_addresses else
                                  f"the address the source server set itself ({', '.join(net.static_configs)})")
         steps.append(PlanStep(("openstack", "port", "create", "--network", "$NETWORK", "--fixed-ip",
-                               "ip-address=$FIXED_IP", "-f", "value", "-c", "id", f"{capture_id}-port"),
+                               "ip-address=$FIXED_IP", "-f", "value", "-c", "id", f"{named}-port"),
                               sets="PORT", why="a port with the source's own address"))
         nic = ("--port", "$PORT")
     attach = tuple(w for img in data for w in (
         "--block-device", f"uuid=${_var(img.disk)},source_type=volume,destination_type=volume,"
                           f"boot_index=-1,delete_on_termination=false"))
     steps.append(PlanStep(("openstack", "server", "create", "--flavor", "$FLAVOR", "--image", boot.image_id,
-                           *nic, *attach, "--wait", capture_id),
-                          why=f"the server: root from the boot image ({boot.disk}), then "
+                           *nic, *attach, "--wait", named),
+                          why=("a TEST server of the warm copy, " if launch.test else "")
+                              + f"the server: root from the boot image ({boot.disk}), then "
                               + (", ".join(f"{i.disk}" for i in data) or "no data disks")
                               + " attached in the capture's order"))
-    return LaunchPlan(flavor=flavor, network=net, steps=tuple(steps), variables=variables)
+    return LaunchPlan(flavor=flavor, network=net, steps=tuple(steps), variables=variables,
+                      test_sync=launch.sync if launch.test else None)

@@ -134,7 +134,9 @@ class CaptureResult:
         out += [f"  {line}" for line in self.conversion_lines()]
         boot = self.publish.boot if self.publish is not None else None
         if boot is not None:
-            out.append(f"  published to Glance ({self.publish.cloud}): image {boot.image_id}")
+            test = (f" as a TEST launch of warm sync {self.publish.sync} (crash-inconsistent, not the migration)"
+                    if self.publish.test else "")
+            out.append(f"  published to Glance ({self.publish.cloud}){test}: image {boot.image_id}")
             out.append(f"    the {boot.image_kind} image, checksum {boot.checksum}")
             for img in self.publish.data:
                 out.append(f"    data disk {img.disk}: image {img.image_id}")

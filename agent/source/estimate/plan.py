@@ -18,6 +18,12 @@ What the disk holds (share of non-zero blocks, compression, CPU per byte) is
 sampled; the read rate and the link rate come from the table in links.py
 unless calibration measured them (a timed read of the source, and a probe
 through the real target: agent.source.estimate.calibrate).
+
+A warm capture of the disks on the server (the lookup's READY.unfinished `warm` facts) adds the
+predicted cutover (`predict_cutover`), next to the cold figure:
+
+    seconds = sum(bytes_to_read / read_rate) + changed / link_rate + fixed costs
+    changed = min(change_rate x seconds since the last sync, bytes read)   (one sync: its changed bytes)
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from typing import Callable
 
 from ... import devnames
 from ... import protocol as P
-from ...estimate_model import (Alternative, Calibration, CaptureEstimate, DiskEstimate, LinkEstimate,
-                               ReadTiming)
+from ...estimate_model import (Alternative, Calibration, CaptureEstimate, CutoverEstimate, DiskEstimate,
+                               LinkEstimate, ReadTiming)
 from ..capture.stream import StreamOptions
 from ..capture.usedmap import maps_are_reused, plan_disk
 from ...choices import CAPTURE_MODES as MODES
@@ -41,6 +47,7 @@ from ...errors import ColdcloneError, SourceError, UsageError
 from ...runcmd import run
 from ..transport.url import parse_target
 from ...units import human_bytes as hb
+from ...units import human_minutes
 from . import links as L
 from .calibrate import probe_target
 from .sample import ContentSample, measure_read_rate, sample_content
@@ -348,6 +355,39 @@ def estimate_capture(inventory: Inventory | None, disk_paths: list[str], target:
         calibrated=calibrated, calibration=calibration, workers=eff_workers,
         made_at=_dt.datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
         alternatives=alternatives, notes=notes, caveat=caveat)
+
+
+def predict_cutover(est: CaptureEstimate, warm: P.Unfinished, now: float | None = None) -> CutoverEstimate | None:
+    """The cold phase of cutting over `warm` (a warm capture of these disks, as a lookup found it),
+    from the cold estimate's own figures: the cutover reads what the cold capture reads (it
+    compares every segment's digest with the receiver's held map) at each disk's read rate, sends
+    what changed since the last sync over the link, and pays the same fixed costs. None when the
+    capture holds no warm facts (an unfinished cold capture)."""
+    w = warm.warm
+    if w is None:
+        return None
+    now = time.time() if now is None else now
+    since = max(0.0, now - w.last_sync)
+    to_read = sum(d.bytes_to_read for d in est.disks)
+    rate = w.change_rate()
+    if rate is None:
+        changed = float(w.changed_bytes)
+        basis = (f"the only sync's changed bytes ({hb(w.changed_bytes)}: a first sync sends everything, so "
+                 f"an upper bound; a second sync gives the change rate)")
+    else:
+        changed = rate * since
+        basis = (f"the change rate between the last two syncs ({hb(w.changed_bytes)} in "
+                 f"{human_minutes(w.interval)}) over the {human_minutes(since)} since the last")
+    if changed > to_read:
+        changed = to_read
+        basis += f", capped at the {hb(to_read)} read"
+    read = sum(d.bytes_to_read / d.read_rate for d in est.disks if d.read_rate)
+    send = changed / est.link_rate if est.link_rate else 0.0
+    fixed = SETUP_SECONDS + sum(d.stages.get("server", 0.0) + d.stages.get("map", 0.0) for d in est.disks)
+    return CutoverEstimate(
+        capture_id=warm.capture_id, syncs=w.syncs, last_sync=w.last_sync, since_last_sync=since,
+        change_rate=rate, changed_bytes=int(changed), bytes_to_read=to_read, read_seconds=read,
+        send_seconds=send, fixed_seconds=fixed, seconds=read + send + fixed, basis=basis)
 
 
 def _bottleneck_text(key: str, link: LinkEstimate | None, link_rate: float | None, calibrated: bool,

@@ -11,7 +11,7 @@ from ..capture import lookup
 from ..discover.policy import member_note
 from ..discover.render import clip
 from ..estimate.plan import CaptureEstimate
-from ...units import human_bytes, human_seconds
+from ...units import human_bytes, human_minutes, human_seconds
 
 def controller_label(disk, inv) -> str:
     ctrl = inv.controller(disk.controller)
@@ -167,7 +167,19 @@ def estimate_total(est: CaptureEstimate) -> list[str]:
     finish = est.finish_time[11:16] if len(est.finish_time) >= 16 else est.finish_time
     return [f"Total: about {human_seconds(est.total_seconds)} of downtime"
             + (f", done around {finish}" if finish else ""),
-            f"Bottleneck: {est.bottleneck or '-'}"]
+            f"Bottleneck: {est.bottleneck or '-'}"] + cutover_total(est)
+
+
+def cutover_total(est: CaptureEstimate) -> list[str]:
+    """Next to the cold figure: the predicted cutover of the warm capture found for these disks."""
+    c = est.cutover
+    if c is None:
+        return []
+    return [f"Cutover of warm capture {c.capture_id}: about {human_seconds(c.seconds)} of downtime "
+            f"({c.syncs} sync{'s' if c.syncs != 1 else ''}, the last {human_minutes(c.since_last_sync)} ago)",
+            f"  read {human_bytes(c.bytes_to_read)} {human_seconds(c.read_seconds)}, send ~"
+            f"{human_bytes(c.changed_bytes)} changed {human_seconds(c.send_seconds)}, "
+            f"fixed {human_seconds(c.fixed_seconds)}"]
 
 
 def unfinished_offer(found: list[P.Unfinished]) -> str:

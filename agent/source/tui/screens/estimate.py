@@ -15,6 +15,7 @@ from ....choices import CAPTURE_MODES
 from ....choices import MODE_HELP as MODES
 from ....errors import ColdcloneError
 from ....units import human_bytes
+from ...estimate.plan import predict_cutover
 from .. import text
 from ..widgets.choice import Choice
 from ..widgets.plain import Plain, cells
@@ -88,6 +89,19 @@ class EstimateScreen(Screen):
         self.mount(Plain(text.unfinished_offer(found), id="est-resume"), before="#est-buttons")
         self.query_one("#est-buttons").mount(Button("Resume (r)", id="resume"), before="#start")
         self.refresh_bindings()
+        if self.app.plan.estimate is not None:
+            self.show(self.app.plan.estimate)
+
+    def _with_cutover(self, est):
+        """The estimate with the predicted cutover of the warm capture on offer (the lookup and the
+        estimate run apart: whichever comes last puts them together)."""
+        found = self.app.plan.unfinished
+        if est.cutover is None and found and found[0].warm is not None:
+            try:
+                est.cutover = predict_cutover(est, found[0])
+            except Exception:  # advice: the cold estimate stands without it
+                log.exception("cutover prediction failed")
+        return est
 
     @on(RadioSet.Changed, "#mode")
     def _mode(self, event: RadioSet.Changed) -> None:
@@ -137,6 +151,7 @@ class EstimateScreen(Screen):
         self.show(est)
 
     def show(self, est) -> None:
+        est = self._with_cutover(est)
         table = self.query_one("#est-disks", DataTable)
         table.clear()
         for row in text.estimate_rows(est):
