@@ -50,6 +50,29 @@ def _sysfs(kernel_name, rel):
     return data.decode("utf-8", "replace").strip()
 
 
+def read_facts(kernel_name, fd):
+    """Size, sector sizes and sysfs facts of an open block device: the one reading of a disk's
+    facts, used by the sync file and by the ISO agent (agent/source/capture/source.py), so both
+    give the receiver the same identity. OSError from the kernel is the caller's to word."""
+    rot = _sysfs(kernel_name, "queue/rotational")
+    return {"size": _ioctl_int(fd, BLKGETSIZE64, "Q"), "logical_sector_size": _ioctl_int(fd, BLKSSZGET, "i"),
+            "physical_sector_size": _ioctl_int(fd, BLKPBSZGET, "I"),
+            "model": _sysfs(kernel_name, "device/model"),
+            "serial": _sysfs(kernel_name, "device/serial") or _sysfs(kernel_name, "serial"),
+            "wwid": _sysfs(kernel_name, "device/wwid") or _sysfs(kernel_name, "wwid"),
+            "rotational": (rot == "1") if rot else None}
+
+
+def head_digest(path, size):
+    """`head`: the sha256 (hex) of a disk's first 64 KiB, a plain read-only read (OSError: the caller's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, min(HEAD_BYTES, size), 0)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(data).hexdigest()
+
+
 class SyncDisk(object):
     """One source disk: its facts (the DISK header's `source`, as SourceDisk.facts() writes them)
     and its identity (HELLO.identities, as SourceDisk.identity() makes it)."""
@@ -88,14 +111,9 @@ class SyncDisk(object):
 
     def read_head(self):
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.pread(fd, min(HEAD_BYTES, self.size), 0)
-            finally:
-                os.close(fd)
+            self.head = head_digest(self.path, self.size)
         except OSError as e:
             raise SourceError("cannot read the first bytes of %s: %s" % (self.path, e.strerror)) from None
-        self.head = hashlib.sha256(data).hexdigest()
         return self
 
 
@@ -115,20 +133,14 @@ def probe(path):
         hint = " (run the sync as root)" if e.errno in (errno.EACCES, errno.EPERM) else ""
         raise SourceError("cannot open source %s read-only: %s%s" % (path, e.strerror, hint)) from None
     try:
-        size = _ioctl_int(fd, BLKGETSIZE64, "Q")
-        lss = _ioctl_int(fd, BLKSSZGET, "i")
-        pss = _ioctl_int(fd, BLKPBSZGET, "I")
+        facts = read_facts(kname, fd)
     except OSError as e:
         raise SourceError("cannot query %s: %s" % (path, e.strerror)) from None
     finally:
         os.close(fd)
-    if size == 0:
+    if facts["size"] == 0:
         raise SourceError("source %s has size 0 (a removed disk or an empty reader?); nothing to sync" % path)
-    rot = _sysfs(kname, "queue/rotational")
-    return SyncDisk(path, kname, size, lss, pss, model=_sysfs(kname, "device/model"),
-                    serial=_sysfs(kname, "device/serial") or _sysfs(kname, "serial"),
-                    wwid=_sysfs(kname, "device/wwid") or _sysfs(kname, "wwid"),
-                    rotational=(rot == "1") if rot else None)
+    return SyncDisk(path, kname, **facts)
 
 
 class Reader(object):

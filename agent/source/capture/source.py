@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import errno
-import fcntl
-import hashlib
 import os
 import stat
-import struct
 from dataclasses import asdict, dataclass
 
 from ... import devnames
 from ... import protocol as P
 from ...devnames import stream_name
-from ..discover.udevdb import read_attr
 from ...errors import SourceError
+from ...sync.disk import head_digest, read_facts
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -48,24 +45,10 @@ class SourceDisk:
     def read_head(self) -> "SourceDisk":
         """Fill in `head`: a plain read-only read of the first 64 KiB."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.pread(fd, min(P.DiskIdentity.HEAD_BYTES, self.size), 0)
-            finally:
-                os.close(fd)
+            self.head = head_digest(self.path, self.size)
         except OSError as e:
             raise SourceError(f"cannot read the first bytes of {self.path}: {e.strerror}") from None
-        self.head = hashlib.sha256(data).hexdigest()
         return self
-
-
-def _ioctl_int(fd: int, req: int, fmt: str) -> int:
-    buf = fcntl.ioctl(fd, req, struct.pack(fmt, 0))
-    return struct.unpack(fmt, buf)[0]
-
-
-def _sysfs(kernel_name: str, rel: str) -> str:
-    return read_attr(f"/sys/class/block/{kernel_name}", rel) or ""
 
 
 def probe(path: str) -> SourceDisk:
@@ -87,25 +70,12 @@ def probe(path: str) -> SourceDisk:
         hint = " (run coldclone as root)" if e.errno in (errno.EACCES, errno.EPERM) else ""
         raise SourceError(f"cannot open source {path} read-only: {e.strerror}{hint}") from None
     try:
-        size = _ioctl_int(fd, BLKGETSIZE64, "Q")
-        lss = _ioctl_int(fd, BLKSSZGET, "i")
-        pss = _ioctl_int(fd, BLKPBSZGET, "I")
+        # the one reading of a disk's facts, shared with the sync file (the same identity)
+        facts = read_facts(kernel_name, fd)
     except OSError as e:
         raise SourceError(f"cannot query {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if size == 0:
+    if facts["size"] == 0:
         raise SourceError(f"source {path} has size 0 (empty card reader or removed disk?); nothing to capture")
-    rot = _sysfs(kernel_name, "queue/rotational")
-    return SourceDisk(
-        path=path,
-        kernel_name=kernel_name,
-        name=stream_name(kernel_name),
-        size=size,
-        logical_sector_size=lss,
-        physical_sector_size=pss,
-        model=_sysfs(kernel_name, "device/model"),
-        serial=_sysfs(kernel_name, "device/serial") or _sysfs(kernel_name, "serial"),
-        wwid=_sysfs(kernel_name, "device/wwid") or _sysfs(kernel_name, "wwid"),
-        rotational=(rot == "1") if rot else None,
-    )
+    return SourceDisk(path=path, kernel_name=kernel_name, name=stream_name(kernel_name), **facts)
