@@ -136,7 +136,6 @@ done
 find "$kdir/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name intel -exec rm -rf {} +
 in_chroot depmod -a "$(basename "$(dirname "$kdir")")"
 rm -rf "$mnt"/var/lib/apt/lists/*
-[ "$modules" = list ] || in_chroot update-initramfs -u -k all >/dev/null 2>&1
 {
     echo "# /etc/fstab as the installer of a physical server wrote it, by SATA names"
     echo "$rootdev  /     ext4  errors=remount-ro  0 1"
@@ -197,8 +196,10 @@ if [ -r $run ]; then
     # the server at work (tests/vm/test_whole_story.py's warm phase): a script the test hands
     # in, its output on the console, then the server powers off
     echo "COLDCLONE-GUEST-RUN start" > $con
-    bash $run > $con 2>&1
-    echo "COLDCLONE-GUEST-RUN exit=$?" > $con
+    # line by line, the console opened for each: a descriptor opened before the serial getty
+    # starts is hung up by it, and a script writing there would die of EIO
+    bash $run 2>&1 | while IFS= read -r line; do echo "$line" > $con; done
+    echo "COLDCLONE-GUEST-RUN exit=${PIPESTATUS[0]}" > $con
     systemctl poweroff
     exit 0
 fi
@@ -238,6 +239,11 @@ UNIT
 mkdir -p "$mnt/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/coldclone-story.service \
     "$mnt/etc/systemd/system/multi-user.target.wants/coldclone-story.service"
+# The initramfs as the server's own kernel updates left it: after its udev rules are written
+# (initramfs-tools copies /etc/udev/rules.d into it; without the MAC rule there the NIC is
+# renamed ens3 before the root filesystem's rule could name it eth0, and the server's own
+# network would not come up on its own hardware)
+[ "$modules" = list ] || in_chroot update-initramfs -u -k all >/dev/null 2>&1
 echo coldclone-debian > "$mnt/etc/hostname"
 echo 'GRUB_CMDLINE_LINUX="console=ttyS0"' >> "$mnt/etc/default/grub"
 echo 'GRUB_DISABLE_LINUX_UUID=true' >> "$mnt/etc/default/grub"

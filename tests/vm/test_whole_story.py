@@ -204,6 +204,13 @@ def _warm_phase(story: Captured, workdir: str, figures: dict) -> None:
     with open(script, "w") as f:
         f.write(f"""set -euo pipefail
 cfg={guest.FWCFG_DIR}
+# the server's network, as its own ifupdown brings it up (DHCP on eth0: it may still be settling)
+for i in $(seq 1 90); do
+    ip route | grep -q '^default' && break
+    [ $((i % 20)) = 0 ] && ifup --force eth0 || true
+    sleep 1
+done
+ip route | grep -q '^default' || {{ ip addr; journalctl -b -u networking --no-pager | tail -20; exit 9; }}
 install -m 600 $cfg/identity/raw /root/agent_key
 curl -fsS -o /root/coldclone http://{guest.HOST_FROM_GUEST}:{files.server_address[1]}/coldclone
 echo "{digest}  /root/coldclone" | sha256sum -c -
