@@ -56,11 +56,11 @@ class Tmux:
             time.sleep(0.3)
         raise AssertionError(f"{text!r} not on the screen after {timeout:.0f}s:\n{self.pane()}")
 
-    def wait_exit(self, timeout: float = 90) -> int:
+    def wait_exit(self, timeout: float = 30) -> int:
         """The app's exit status, once it has ended. Asked of tmux (pane_dead), not read off the
         screen: the "Pane is dead" line is not always drawn into what capture-pane returns.
-        In `make test` this tier runs while the ISO is built (mksquashfs on both cores): the
-        app's shutdown once took more than 30 s there."""
+        The TUI is gone ~0.5 s after its last key; a pane dead for longer without a status was
+        tmux's lost SIGCHLD (_nudge_reaper), which no timeout outwaits."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             out = subprocess.run([*self.tmux, "list-panes", "-t", self.name, "-F",
