@@ -8,6 +8,12 @@ The sources are real bootable Debian 12 server disks (tests/testbed/debian_disk.
   (b)/(c) "host-only": UEFI (GPT, GRUB only in \\EFI\\debian\\, no removable-media loader), the
       hardware-derived name `ens3` with the static 10.0.2.77/24 (ifupdown, as the installer
       writes it), an initramfs with only the SATA server's drivers (MODULES=list).
+Before that (issue 22, two-phase migration) the story server runs on its own disk, on its own
+hardware: it fetches `coldclone sync` from the conversion server (curl over its DHCP network),
+and while a writer appends to a log and rewrites pages of a database file it syncs its disk
+warm twice into the capture id the ISO continues; then it powers off. The ISO's headless capture
+of it is the cutover: only the segments that changed since the second sync cross the link
+(asserted on the receiver's counters), verified as a cold capture is (the image equals the disk).
 ONE headless BIOS boot of the live ISO captures both (the post hook runs the ISO's own
 `coldclone capture` for the second disk, to a second conversion server), each to the host's
 sshd whose forced command is the real receiver with `--convert --convert-engine fixups`
@@ -33,6 +39,9 @@ captures 166 s; (a) 365 s of which conversion 69 s, publish + download 25 s, boo
 ping 58 s; (b) 37 s (its conversion, 114 s with the initramfs rebuild 64 s, ran meanwhile), boot
 to ping 37 s under a fresh OVMF; (c) 115 s: conversion 79 s (initramfs 40 s), boot to ping 36 s.
 Under heavy load (another 2-core test run beside it) the same module took 1247 s.
+With the warm phase (issue 22, load 4-5): module 864 s with both disks rebuilt (155 s); the warm
+phase 208 s (boot 29 s, sync 1 103 s sending 207 MB, sync 2 46 s sending 4.0 MB / 100 segments);
+the cutover 29.9 s reading 2 GiB and sending 2.4 MB (76 segments of 64 KiB).
 
 The same story for a UEFI server booted by the ISO under OVMF (q35), -m slow only.
 
