@@ -58,7 +58,7 @@ from .wire import (  # noqa: F401  (the framing, re-exported: one wire for both 
     T_ZERO, TYPE_NAMES, UNREADABLE_BODY, VERSION, ZERO_BODY, BlockTree, Extent, HeldMap, ProtocolError, Same,
     StreamCut, block_digests, delta_extents, dumps, encode_data, encode_end, encode_finish, encode_json,
     encode_same, encode_unreadable, encode_zero, frame, grid_for, preamble, record_digest, segment_digest,
-    split_extents, zero_block_digest, zero_digests, zlib_payload,
+    split_extents, zero_block_digest, zero_digest_batches, zero_digests, zlib_payload,
 )
 
 B = TypeVar("B")

@@ -105,6 +105,20 @@ def record_digest(digests):
     return hashlib.sha256(b"".join(digests)).digest()
 
 
+def zero_digest_batches(length, block_size):
+    """The block digests of `length` zero bytes (block-aligned: only a disk's last block is
+    short), concatenated, in bounded batches: a 2 TB empty disk is 32M blocks, never built in one
+    bytes object."""
+    n_full, tail = divmod(length, block_size)
+    z = zero_block_digest(block_size)
+    while n_full:
+        k = min(n_full, 1 << 15)
+        yield z * k
+        n_full -= k
+    if tail:
+        yield zero_block_digest(tail)
+
+
 def zero_digests(offset, length, block_size):
     """The block digests of `length` zero bytes from `offset` (block-aligned; only the disk's
     last block is short)."""
@@ -152,19 +166,9 @@ class BlockTree:
         self.pos += length
 
     def add_zero(self, offset, length):
-        self._expect(offset, length)
-        bs = self.block_size
-        # _expect guarantees alignment, so only the disk's last block is short.
-        n_full, tail = divmod(length, bs)
-        z = zero_block_digest(bs)
-        # A run of the constant, in bounded batches: a 2 TB empty disk is 32M
-        # blocks; never build that in one bytes object.
-        while n_full:
-            k = min(n_full, 1 << 15)
-            self._update(z * k)
-            n_full -= k
-        if tail:
-            self._update(zero_block_digest(tail))
+        self._expect(offset, length)     # aligned: only the disk's last block is short
+        for batch in zero_digest_batches(length, self.block_size):
+            self._update(batch)
         self.pos = offset + length
 
     def _expect(self, offset, length):
@@ -309,14 +313,8 @@ class Same:
         if not self.zero:
             return record_digest(self.digests)
         h = hashlib.sha256()
-        n_full, tail = divmod(self.length, block_size)
-        z = zero_block_digest(block_size)
-        while n_full:
-            k = min(n_full, 1 << 15)
-            h.update(z * k)
-            n_full -= k
-        if tail:
-            h.update(zero_block_digest(tail))
+        for batch in zero_digest_batches(self.length, block_size):
+            h.update(batch)
         return h.digest()
 
     def feed(self, tree):

@@ -102,14 +102,17 @@ class _Pings(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         token = self.path.split("/")[2] if self.path.count("/") >= 2 else ""
         type(self).seen.append(self.path)
-        body = f"pong {token}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, f"pong {token}\n".encode())
 
     def log_message(self, *a):
         pass
+
+
+def _answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def _wait_for_conversion(cap_dir: str, timeout: float) -> dict:
@@ -275,11 +278,7 @@ class _Files(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         with open(type(self).file, "rb") as f:
-            body = f.read()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            _answer(self, f.read())
 
     def log_message(self, *a):
         pass

@@ -91,16 +91,10 @@ class BlockDigests:
         os.pwrite(self.fd, digests, offset // self.block_size * 32)
 
     def put_zero(self, offset: int, length: int) -> None:
-        bs = self.block_size
-        first, end = offset // bs, -(-(offset + length) // bs)
-        z = P.zero_block_digest(bs)
-        i = first
-        while i < end:
-            n = min(end - i, 1 << 15)
-            last_short = (i + n == self.blocks) and self.size % bs
-            buf = z * (n - 1) + (P.zero_block_digest(self.size % bs) if last_short else z)
-            os.pwrite(self.fd, buf, i * 32)
-            i += n
+        at = offset // self.block_size * 32
+        for batch in P.zero_digest_batches(length, self.block_size):
+            os.pwrite(self.fd, batch, at)
+            at += len(batch)
 
     def get(self, offset: int, length: int) -> list[bytes]:
         bs = self.block_size

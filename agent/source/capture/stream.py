@@ -273,6 +273,14 @@ def _skipped(ext: Extent, held: P.HeldMap | None = None, block_size: int = P.DEF
     return ch
 
 
+def _zero_part(ch: _Chunk, ext: P.Extent) -> bytes:
+    """A ZERO record for an all-zero extent, counted in its chunk."""
+    ch.zero_bytes += ext.length
+    ch.zero_records += 1
+    ch.tree.append((ext.offset, ext.length, True, None))
+    return P.encode_zero(ext.offset, ext.length)
+
+
 def _delta_parts(ch: _Chunk, extents: list, held: P.HeldMap, block_size: int, data_part) -> list[bytes]:
     """A chunk's extents against the receiver's held map: SAME for the segments it holds as the
     source has them, the rest as ever (data_part encodes a data extent)."""
@@ -286,10 +294,7 @@ def _delta_parts(ch: _Chunk, extents: list, held: P.HeldMap, block_size: int, da
             ch.tree.append((item.offset, item.length, item.zero, None if item.zero else item.digests))
             continue
         if item.zero:
-            parts.append(P.encode_zero(item.offset, item.length))
-            ch.zero_bytes += item.length
-            ch.zero_records += 1
-            ch.tree.append((item.offset, item.length, True, None))
+            parts.append(_zero_part(ch, item))
         else:
             # what crossed the link: a ZERO over held data costs 21 bytes whatever its length
             segments.update(range(item.offset // held.grid, (item.end - 1) // held.grid + 1))
@@ -319,10 +324,7 @@ def _process(buf: bytes, offset: int, opts: StreamOptions, codec: _Codec,
         return ch
     for ext in extents:
         if ext.zero:
-            parts.append(P.encode_zero(ext.offset, ext.length))
-            ch.zero_bytes += ext.length
-            ch.zero_records += 1
-            ch.tree.append((ext.offset, ext.length, True, None))
+            parts.append(_zero_part(ch, ext))
         else:
             parts.append(data_part(ext))
     ch.wire = b"".join(parts)
