@@ -235,7 +235,7 @@ def report(r: dict) -> None:
                   f"{y['wall'] - y['stream'] - y['tail']:.1f} + the disk's stream {y['stream']:.1f} (reading "
                   f"{y['read_seconds']:.1f}, used map {y['map_seconds']:.1f}) + the receiver's END to verified "
                   f"{y['tail']:.1f} (read-back {t.get('readback_seconds', 0.0):.1f}, qemu-img check "
-                  f"{t.get('check_seconds', 0.0):.1f}); agent CPU {y['cpu']:.1f} s, receiver CPU "
+                  f"{t.get('check_seconds', 0.0):.1f}); agent CPU {y['cpu']:.1f} s, RSS {hb(y['rss'])}, receiver CPU "
                   f"{t.get('cpu_seconds', 0.0):.1f} s, machine CPU {y['busy']:.1f} s")
     for line in goals(r):
         print(line)
