@@ -40,6 +40,8 @@ SEED = 22
 # capture's, at this link (the rows' key).
 GOAL_LINK_MBIT = 200
 GOAL = 0.2
+# The sync file runs under the system's own python3, as on a source server (not the bench's venv).
+PYTHON3 = "/usr/bin/python3"
 
 
 def _bin(name: str) -> str:
@@ -113,9 +115,9 @@ def sync_file(work: str) -> str:
 
 
 def warm_sync(sync: str, dev: str, url: str, client_key: str, fingerprint: str, root: str) -> dict:
-    """`python3 coldclone sync` of the disk into the server behind url: its capture id and figures."""
+    """`/usr/bin/python3 coldclone sync` of the disk into the server behind url: its capture id and figures."""
     t0 = time.monotonic()
-    p = run(["python3", sync, "sync", "--disk", dev, "--to", url, "--identity", client_key,
+    p = run([PYTHON3, sync, "sync", "--disk", dev, "--to", url, "--identity", client_key,
              "--hostkey", fingerprint], timeout=3600)
     wall = time.monotonic() - t0
     cid = re.search(r"^capture_id=(\S+)$", p.stdout, re.M).group(1)
@@ -168,7 +170,7 @@ def cutover_rows(dev: str, work: str, link_mbit: int) -> dict:
     """Warm syncs at each link, the 5 % rewrite, then the cutover and the cold capture at each link."""
     sync = sync_file(work)
     links = ["127.0.0.1"] + ([f"{link_mbit} Mbit/s"] if link_mbit else [])
-    out: dict = {"python3": run(["python3", "--version"]).stdout.strip(), "links": {}}
+    out: dict = {"python3": f"{PYTHON3} ({run([PYTHON3, '--version']).stdout.strip()})", "links": {}}
     with Sshd(receiver_root=os.path.join(work, "rx-cut"), workdir=os.path.join(work, "sshd-cut")) as lo:
         servers = {"127.0.0.1": (os.path.join(work, "rx-cut"), lo.url, lo.known_hosts, lo.client_key,
                                  lo.fingerprint)}
