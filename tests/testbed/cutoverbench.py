@@ -1,7 +1,7 @@
 """`make bench`'s cutover rows (issue 22): a warm capture's cutover against a cold capture.
 
 The bench's aged disk is synced warm by the real sync file (`coldclone-server sync-file`, run
-with the system python3 as on a source server) through the bench's sshd and receiver, once to a
+with the system python3 as on a source server) through the testbed's sshd and receiver, once to a
 server on 127.0.0.1 and once to one behind the shaped link. Then files of its root filesystem
 holding 5 % of the bytes the used map reads are overwritten in place with new random data (the
 files' own blocks: no truncation, no new allocation), and at each link, on that same disk state:
@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 
