@@ -14,6 +14,10 @@ space) is captured to the same sshd on 127.0.0.1 by:
                      twice and time vs uninterrupted (tests/testbed/resumebench.py; 127.0.0.1 only)
   wave               four sources at once to two conversion servers behind one shaped link: the
                      aggregate throughput vs the link rate, uncapped and capped (wavebench.py)
+  cutover            last on the disk (issue 22, cutoverbench.py): a warm `coldclone sync` at each link,
+                     5 % of the used bytes rewritten in place, then the cutover (`--resume ID --mode
+                     used`) vs a cold mode=used capture at each link, with the disk's read floor;
+                     `--cutover-only` runs just these rows (make bench BENCH_ARGS=--cutover-only)
 Printed per run: wall time of the transfer, time until a qcow2 exists on the
 server, bytes on the wire, agent-side CPU seconds and peak RSS (the source
 server's side: every process on the sending side); then coldclone's ratios.
@@ -27,58 +31,20 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 from agent.units import human_bytes as hb
 from agent.runcmd import run
-from . import resumebench, synthdisk, wavebench
+from . import cutoverbench, resumebench, synthdisk, wavebench
+from .benchtime import machine_busy, timed
 from .files import SpacePoll
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd
 
 MiB = 1 << 20
-
-
-def drop_caches() -> None:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent not idle since boot (all cores, /proc/stat): the
-    difference over a run counts both ends, sshd, qemu-img, the kernel's share; on a quiet
-    machine that is the run's own CPU, and busy / cores is the least wall time it could take."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(argv_or_shell, shell=False) -> tuple[float, float, int, float]:
-    """(wall s, CPU s, peak RSS bytes, machine busy s) of one run: the process and everything it
-    waited for; the last is the whole machine's (machine_busy)."""
-    drop_caches()
-    b0 = machine_busy()
-    t0 = time.monotonic()
-    with tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(argv_or_shell, shell=shell, stdout=subprocess.DEVNULL, stderr=err,
-                             executable="/bin/bash" if shell else None)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.monotonic() - t0
-        if p.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"benchmark run failed ({p.returncode}): {argv_or_shell}\n"
-                               f"{err.read()[-2000:].decode(errors='replace')}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, machine_busy() - b0
 
 
 def run_methods(dev: str, sd, root: str, url: str, known_hosts: str, client_key: str, ssh: str) -> list[dict]:
@@ -283,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--wave-only", action="store_true", help="only the wave (four sources, two servers, one link)")
     ap.add_argument("--wave-mb", type=int, default=256, help="size of each of the wave's source disks")
+    ap.add_argument("--cutover-only", action="store_true",
+                    help="only the cutover rows (warm sync, 5 %% of the used blocks rewritten, cutover vs cold "
+                         "mode=used at 127.0.0.1 and the shaped link)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (loop devices, sshd, drop_caches)")
         return 2
     work = tempfile.mkdtemp(prefix="coldclone-bench-", dir="/var/tmp")
     os.chmod(work, 0o755)
-    results: dict[str, list[dict]] = {}
+    results: dict = {}
+    resume = None
     wave_mbit = args.link_mbit or 200
     if args.wave_only:
         try:
@@ -305,26 +275,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disk: {hb(sd.size)} GPT, {hb(sd.files_bytes)} real files, {hb(sd.remnant_bytes)} deleted "
               f"remnants (built in {time.monotonic() - t:.0f} s); {os.cpu_count()} CPUs", flush=True)
         with LoopDevice(img) as loop:
-            root = os.path.join(work, "rx")
-            with Sshd(receiver_root=root, workdir=os.path.join(work, "sshd"), baseline_key=True) as sshd:
-                ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv())
-                results["127.0.0.1"] = run_methods(loop.dev, sd, root, sshd.url, sshd.known_hosts,
-                                                   sshd.client_key, ssh)
-                resume = resumebench.resume_cost(loop.dev, root, sshd.url, sshd.known_hosts, sshd.client_key)
-            report("sshd on 127.0.0.1", results["127.0.0.1"], sd.size)
-            resumebench.report(resume)
-            if args.link_mbit:
-                root = os.path.join(work, "rx-shaped")
-                with ShapedServer(args.link_mbit, receiver_root=root, workdir=os.path.join(work, "sshd-shaped"),
-                                  baseline_key=True) as srv:
-                    ssh = " ".join(shlex.quote(a) for a in srv.ssh_argv())
-                    key = f"{args.link_mbit} Mbit/s"
-                    results[key] = run_methods(loop.dev, sd, root, srv.url("/"), srv.sshd.known_hosts,
-                                               srv.sshd.client_key, ssh)
-                report(f"sshd in a network namespace behind a {args.link_mbit} Mbit/s tc tbf link", results[key],
-                       sd.size, link_rate=args.link_mbit * 1e6 / 8)
-        results["wave"] = wavebench.wave_throughput(work, wave_mbit, args.wave_mb)
-        wavebench.report(results["wave"], wave_mbit)
+            if not args.cutover_only:
+                root = os.path.join(work, "rx")
+                with Sshd(receiver_root=root, workdir=os.path.join(work, "sshd"), baseline_key=True) as sshd:
+                    ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv())
+                    results["127.0.0.1"] = run_methods(loop.dev, sd, root, sshd.url, sshd.known_hosts,
+                                                       sshd.client_key, ssh)
+                    resume = resumebench.resume_cost(loop.dev, root, sshd.url, sshd.known_hosts, sshd.client_key)
+                report("sshd on 127.0.0.1", results["127.0.0.1"], sd.size)
+                resumebench.report(resume)
+                if args.link_mbit:
+                    root = os.path.join(work, "rx-shaped")
+                    with ShapedServer(args.link_mbit, receiver_root=root,
+                                      workdir=os.path.join(work, "sshd-shaped"), baseline_key=True) as srv:
+                        ssh = " ".join(shlex.quote(a) for a in srv.ssh_argv())
+                        key = f"{args.link_mbit} Mbit/s"
+                        results[key] = run_methods(loop.dev, sd, root, srv.url("/"), srv.sshd.known_hosts,
+                                                   srv.sshd.client_key, ssh)
+                    report(f"sshd in a network namespace behind a {args.link_mbit} Mbit/s tc tbf link",
+                           results[key], sd.size, link_rate=args.link_mbit * 1e6 / 8)
+            # Last on this disk: it rewrites 5 % of the used blocks after the warm syncs.
+            results["cutover"] = cutoverbench.cutover_rows(loop.dev, work, args.link_mbit)
+            cutoverbench.report(results["cutover"])
+        if not args.cutover_only:
+            results["wave"] = wavebench.wave_throughput(work, wave_mbit, args.wave_mb)
+            wavebench.report(results["wave"], wave_mbit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import synthdisk
-from .bench import drop_caches
+from .benchtime import drop_caches
 from .loop import LoopDevice
 from .netns import ShapedServer
 from .sshd import Sshd

@@ -21,7 +21,7 @@ import time
 from agent import protocol as P
 from agent.source.capture.source import SourceDisk
 from agent.source.capture.stream import StreamOptions, stream_disk
-from .bench import drop_caches
+from .benchtime import drop_caches
 
 
 def record(image: str, stream: str) -> None:

@@ -4,6 +4,7 @@ run's own floor, met or MISSED."""
 import os
 
 from tests.testbed.bench import goals
+from tests.testbed.cutoverbench import goals as cutover_goals
 
 MiB = 1 << 20
 
@@ -33,3 +34,20 @@ def test_goal_lines_on_loopback_name_the_cpu_floor():
     assert (f"goal cc-used <= 0.35x dd|zstd|ssh: 0.14x  met  (its CPU floor {floor:.1f} s is "
             f"{floor / 84.0:.2f}x)") in out
     assert not any("link floor" in line for line in out)
+
+
+def cutover_rows(cut_s: float, cold_s: float, floor_s: float) -> dict:
+    row = dict(cutover=dict(wall=cut_s), cold=dict(wall=cold_s), floor=dict(seconds=floor_s))
+    return {"links": {"127.0.0.1": dict(cutover=dict(wall=1.0), cold=dict(wall=100.0), floor=dict(seconds=0.5)),
+                      "200 Mbit/s": row}}
+
+
+def test_cutover_goal_is_the_ratio_to_a_cold_capture_at_200_mbit():
+    assert cutover_goals(cutover_rows(16.0, 80.0, 8.0)) == [
+        "goal cutover <= 0.20x cold mode=used at 200 Mbit/s: 0.20x  met  (its read floor 8.0 s is 0.10x)"]
+    assert cutover_goals(cutover_rows(30.0, 80.0, 8.0)) == [
+        "goal cutover <= 0.20x cold mode=used at 200 Mbit/s: 0.38x  MISSED  (its read floor 8.0 s is 0.10x)"]
+    # loopback alone (--link-mbit 0), or another link: no verdict, the goal is at 200 Mbit/s
+    row = cutover_rows(16.0, 80.0, 8.0)["links"]["200 Mbit/s"]
+    assert cutover_goals({"links": {"127.0.0.1": row}}) == []
+    assert cutover_goals({"links": {"100 Mbit/s": row}}) == []
