@@ -56,7 +56,7 @@ from .wire import (  # noqa: F401  (the framing, re-exported: one wire for both 
     DIGEST_ALGO, FRAME, HELD_MAP_LINE, MAGIC, MAX_SAME, MAX_DATA, MAX_GRID_SEGMENTS, MAX_JSON, PREAMBLE, READ_VERSIONS,
     READBACK_STEP, SAME_BODY, T_ABORT, T_DATA, T_DISK, T_END, T_FINISH, T_HELLO, T_NOOP, T_SAME, T_UNREADABLE,
     T_ZERO, TYPE_NAMES, UNREADABLE_BODY, VERSION, ZERO_BODY, BlockTree, Extent, HeldMap, ProtocolError, Same,
-    StreamCut, block_digests, delta_extents, dumps, encode_data, encode_end, encode_finish, encode_json,
+    StreamCut, block_digests, capture_names, delta_extents, dumps, encode_data, encode_end, encode_finish, encode_json,
     encode_same, encode_unreadable, encode_zero, frame, grid_for, preamble, record_digest, segment_digest,
     split_extents, zero_block_digest, zero_digest_batches, zero_digests, zlib_payload,
 )
@@ -543,6 +543,10 @@ class HeldDisk(Body):
     # Held whole from a warm sync, with a map of `grid`-byte segments (HELD_MAP replies before
     # READY) when the agent asked for delta: DISK.delta sends only what differs.
     grid: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
+    # Which of the agent's disks (HELLO.identities) proved to be this one: the kernel may name it
+    # otherwise today (sdb under the ISO, sda under the server's own OS). Its DISK keeps `name`,
+    # the capture's name for it (wire.capture_names). Empty: the same name.
+    agent_name: Str = ""
 
     @property
     def held(self) -> int:

@@ -254,6 +254,34 @@ def split_extents(buf, offset, block_size, skip_zero=True):
     return out
 
 
+# ------------------------------------------------------------- held disks
+
+
+def capture_names(local, held):
+    """local: this agent's disk names; held: READY's held disks, {name in the capture: this agent's
+    name for that disk (HeldDisk.agent_name, else the same)}. -> {local name: the name its DISK
+    carries in this capture}.
+
+    The kernel names disks in the order it finds them: the disk the server's own OS called sda
+    may be sdb under the ISO. A held disk keeps the capture's name (its image, its journal, the
+    manifest); any other disk its own, unless that is a held disk's name, then with a suffix."""
+    mine = dict((a or h, h) for h, a in held.items())
+    out = {}
+    for n in local:
+        if n in mine:
+            out[n] = mine[n]
+    taken = set(held) | set(out.values())
+    for n in local:
+        if n in out:
+            continue
+        name, k = n, 2
+        while name in taken:
+            name, k = "%s-%d" % (n, k), k + 1
+        out[n] = name
+        taken.add(name)
+    return out
+
+
 # ------------------------------------------------------------- held maps
 
 

@@ -78,9 +78,9 @@ def lookup_hello(disks):
             "disks": [d.name for d in disks], "unfinished_of": [d.identity() for d in disks]}
 
 
-def disk_header(disk, restart_reason=None, delta=False):
-    """The DISK body (protocol.DiskHeader's fields)."""
-    h = {"name": disk.name, "size": disk.size, "block_size": BLOCK_SIZE,
+def disk_header(disk, restart_reason=None, delta=False, name=None):
+    """The DISK body (protocol.DiskHeader's fields); name: the disk's name in the capture."""
+    h = {"name": name or disk.name, "size": disk.size, "block_size": BLOCK_SIZE,
          "logical_sector_size": disk.logical_sector_size, "physical_sector_size": disk.physical_sector_size,
          "mode": MODE, "codec": CODEC, "source": disk.facts(), "resume_from": 0, "delta": bool(delta)}
     if restart_reason:
@@ -151,8 +151,9 @@ class HeldMaps(object):
 class DiskSender(object):
     """Streams one disk: DISK, its records, END. `send` writes to the session (paced)."""
 
-    def __init__(self, disk, send, held=None, held_map=None):
+    def __init__(self, disk, send, held=None, held_map=None, name=None):
         self.disk = disk
+        self.name = name or disk.name      # in the capture (wire.capture_names)
         self.send_raw = send
         self.held = held
         self.held_map = held_map
@@ -185,7 +186,7 @@ class DiskSender(object):
         st = Stats(delta)
         if restart_reason:
             say("%s: sent whole again: %s" % (d.name, restart_reason))
-        self._send(wire.encode_json(wire.T_DISK, disk_header(d, restart_reason, delta)), st)
+        self._send(wire.encode_json(wire.T_DISK, disk_header(d, restart_reason, delta, self.name)), st)
         tree = wire.BlockTree(d.size, BLOCK_SIZE)
         grid = self.held_map.grid if delta else 0
         same_segments = 0
@@ -319,18 +320,25 @@ def sync_once(pinned, disks, capture_id, resume, bucket=None):
                 break
         held = msg.get("held") or {}
         say("sync %s to %s (%s)" % (capture_id, session.description, msg.get("path") or "?"))
+        held = dict((n, h) for n, h in held.items() if isinstance(h, dict))
+        # the capture's name for each disk: the kernel may name a held disk otherwise today
+        as_named = wire.capture_names([d.name for d in disks], dict((n, h.get("agent_name") or "")
+                                                                    for n, h in held.items()))
         stats = {}
         for d in disks:
-            h = held.get(d.name)
-            hm = maps.of(d.name, h) if isinstance(h, dict) else None
-            _, st = DiskSender(d, send, h if isinstance(h, dict) else None, hm).run()
+            name = as_named[d.name]
+            if name != d.name:
+                say("%s is disk %s of capture %s (its name there)" % (d.path, name, capture_id))
+            h = held.get(name)
+            hm = maps.of(name, h) if h is not None else None
+            _, st = DiskSender(d, send, h, hm, name=name).run()
             stats[d.name] = st
             what = ("%d of %d segments changed, %d bytes sent" % (st.segments_sent, -(-d.size // hm.grid),
                                                                     st.wire_bytes)
                     if st.delta else "%d bytes of data, %d bytes sent" % (st.data_bytes, st.wire_bytes))
             say("%s: read %d bytes in %.1f s; %s" % (d.name, st.bytes_read, st.elapsed, what))
         verified = set()
-        while not {d.name for d in disks} <= verified:
+        while not set(as_named.values()) <= verified:
             msg = session.next_reply(VERIFY_TIMEOUT)
             if msg.get("event") == "disk_ok":
                 verified.add(msg.get("name"))

@@ -21,6 +21,7 @@ with an error reply. No traceback ever reaches the agent.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -332,6 +333,8 @@ class CaptureSink(_Sink):
         self.warm: Manifest | None = None
         self.delta_held: dict[str, W.DeltaHeld] = {}
         self.sync = dict(bytes_read=0, bytes_sent=0, segments_changed=0, bytes_changed=0)
+        # held disk -> the agent's name for it now (READY's agent_name where it differs)
+        self.agent_names: dict[str, str] = {}
         self.store = Store(resolve_root(rx.forced_root, rx.requested_root))
         try:
             if hello.resume and hello.delta and W.is_warm(self.store, hello.capture_id):
@@ -361,20 +364,10 @@ class CaptureSink(_Sink):
                             code="usage")
                     self.delta_held = {d.name: W.DeltaHeld.of(d) for d in self.warm.disks
                                        if d.name not in self.journals}
-                # A held disk this resume does not send would only be missed at FINISH, after all
-                # the other data, and that refusal discards the capture (the verified disks too):
-                # refuse now, before anything is sent or re-read, and keep what is held.
-                left_out = sorted((set(self.journals) | set(self.delta_held)) - set(hello.disks))
-                if left_out:
-                    raise ServerError(
-                        f"refused: capture {hello.capture_id} holds disk {', '.join(left_out)} from an "
-                        f"earlier attempt, which this resume does not send (it sends "
-                        f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
-                        f"or start a new capture (a new id)", code="usage")
                 # The same server, proven before anything held is re-read, cut, continued or
                 # dropped: an agent key and a capture id alone are no proof (receive/identity.py).
-                self.prove([j.header for j in self.journals.values()]
-                           + [dh.header() for dh in self.delta_held.values()], hello)
+                self.agent_names = self.prove([j.header for j in self.journals.values()]
+                                              + [dh.header() for dh in self.delta_held.values()], hello)
                 if hello.delta:
                     maps = self.delta_maps()
                 # Before READY: once the agent streams, this end must keep reading (a long read
@@ -415,8 +408,10 @@ class CaptureSink(_Sink):
         for name, digests in maps.items():
             for reply in W.held_map_replies(name, self.delta_held[name].held().grid, digests):
                 rx.say(reply)
-        held = {n: j.to_held().to_json() for n, j in self.journals.items()}
-        held.update({n: dh.held().to_json() for n, dh in self.delta_held.items()})
+        held_disks = {n: j.to_held() for n, j in self.journals.items()}
+        held_disks.update({n: dh.held() for n, dh in self.delta_held.items()})
+        held = {n: dataclasses.replace(hd, agent_name=self.agent_names.get(n, n)).to_json()
+                for n, hd in held_disks.items()}
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
                        receiver_version=__version__, protocol=P.VERSION, held=held))
 
@@ -465,15 +460,29 @@ class CaptureSink(_Sink):
         finally:
             cap.close()
 
-    def prove(self, headers: list[P.DiskHeader], hello: P.Hello) -> None:
-        """Refuse (code `refused`, nothing changed) unless the agent's disks are the held ones."""
-        claimed = {i.name: i for i in hello.identities}
-        wrong = [m for h in headers if (m := identity.mismatch(identity.recorded(h), claimed.get(h.name)))]
-        if wrong:
+    def prove(self, headers: list[P.DiskHeader], hello: P.Hello) -> dict[str, str]:
+        """Refuse (nothing changed) unless every held disk is one of the agent's, proven; the
+        agent's name for each (held name -> its name now: the kernel may name it differently)."""
+        pairing = identity.pair([identity.recorded(h) for h in headers], hello.identities)
+        # A held disk this resume does not send would only be missed at FINISH, after all the
+        # other data, and that refusal discards the capture (the verified disks too): refuse now,
+        # before anything is sent or re-read, and keep what is held.
+        left_out = sorted(h.name for h in headers if h.name not in pairing.names and h.name not in hello.disks)
+        if left_out:
+            raise ServerError(
+                f"refused: capture {hello.capture_id} holds disk {', '.join(left_out)} from an "
+                f"earlier attempt, which this resume does not send (it sends "
+                f"{', '.join(hello.disks) or 'no disk'}): resume with every disk of the capture, "
+                f"or start a new capture (a new id)", code="usage")
+        if pairing.wrong:
             raise ServerError(
                 f"refused: capture {hello.capture_id} holds disks this agent does not prove to be its own "
-                f"({'; '.join(wrong)}); nothing was changed: resume it from the server it was captured "
+                f"({'; '.join(pairing.wrong)}); nothing was changed: resume it from the server it was captured "
                 f"from, or start a new capture (a new id)", code="refused")
+        for held, now in pairing.renamed.items():
+            log.info("capture %s: its disk %s is %s on the agent now (proven by %s); it keeps the name %s",
+                     hello.capture_id, held, now, pairing.how[held], held)
+        return pairing.names
 
     def open_disk(self, h: P.DiskHeader) -> DiskState:
         if any(d.name == h.name for d in self.disks):
@@ -890,8 +899,12 @@ class CaptureSink(_Sink):
                 predicted_seconds=predicted, actual_seconds=receive_seconds,
                 ratio=round(receive_seconds / predicted, 3) if predicted > 0 else None)
         if hello.readiness is not None:
-            # typed on the way in (HELLO's decoder): conversion and publishing read a valid report
-            manifest.readiness = hello.readiness
+            # typed on the way in (HELLO's decoder): conversion and publishing read a valid report;
+            # its root disk by the capture's name for it (the agent's may differ: a held disk)
+            captured_as = {identity.agent_name(d.name, d.source): d.name for d in self.disks}
+            ready = hello.readiness
+            manifest.readiness = (dataclasses.replace(ready, disk=captured_as[ready.disk])
+                                  if ready.disk in captured_as and captured_as[ready.disk] != ready.disk else ready)
         document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.cap.unlink(W.WARM)    # the new manifest replaces the warm copy's (receive/warm.py)

@@ -89,17 +89,14 @@ def _open(store: Store, name: str) -> CaptureDir:
 
 
 def _match(headers: list[P.DiskHeader], wanted: tuple[P.DiskIdentity, ...]) -> str | None:
-    """The weakest disk match when every held disk is proven to be one of `wanted`
-    (receive/identity.py: the identity, the recorded head, real evidence), else None."""
-    strength = None
-    for h in headers:
-        held = identity.recorded(h)
-        how = next((m for w in wanted if (m := held.matched_by(w)) and identity.mismatch(held, w) is None), None)
-        if how is None:
-            return None
-        if strength is None or how == P.DiskIdentity.WEAK:
-            strength = how
-    return strength
+    """The weakest disk match when every held disk is proven to be one of `wanted`, each a
+    different one (receive/identity.py: the identity, the recorded head, real evidence; the
+    kernel's name for a disk may have changed), else None."""
+    pairing = identity.pair([identity.recorded(h) for h in headers], wanted)
+    if pairing.wrong or len(pairing.names) < len(headers):
+        return None
+    hows = pairing.how.values()
+    return P.DiskIdentity.WEAK if P.DiskIdentity.WEAK in hows else next(iter(hows), None)
 
 
 def _listed(h: P.DiskHeader) -> P.DiskIdentity:

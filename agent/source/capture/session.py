@@ -413,12 +413,18 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 except P.ProtocolError as e:
                     raise ServerError(f"conversion server: {e}", code="protocol") from None
                 location = ready.path or ""
+                # The name each disk has in this capture: a held disk's may not be the kernel's today.
+                as_named = P.capture_names(names, {n: h.agent_name for n, h in held.items()})
                 on_event(E.CaptureStarted(capture_id, conn.description, sources, total))
                 done_before = 0
                 bad_before = 0
                 for src in sources:
                     on_event(E.DiskStarted(src.name, src.path, src.size))
-                    h = held.get(src.name)
+                    name = as_named[src.name]
+                    h = held.get(name)
+                    if name != src.name:
+                        on_event(E.ServerNote(f"{src.path} is disk {name} of capture {capture_id} (its name there; "
+                                              f"the kernel names it {src.name} today)"))
                     held_map = None
                     if h is not None and h.grid:
                         # A warm copy (docs/two-phase.md): sent as a delta when it is this disk's size
@@ -432,11 +438,11 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                                 f"{src.size} bytes in blocks of {opts.block_size}"))
                     else:
                         plan = plan_resume(src, opts, h, cancel, tick=keepalive)
-                    if src.name in held:
+                    if h is not None:
                         on_event(E.DiskResumed(src.name, plan.start, src.size, plan.checked_bytes, plan.seconds,
                                                plan.restart_reason))
                     writer.disk(P.DiskHeader(
-                        name=src.name, size=src.size, block_size=opts.block_size,
+                        name=name, size=src.size, block_size=opts.block_size,
                         logical_sector_size=src.logical_sector_size,
                         physical_sector_size=src.physical_sector_size,
                         mode=opts.mode, codec=opts.codec_label(), source=src.facts(),
@@ -463,7 +469,7 @@ def run_capture(req: CaptureRequest, *, on_event: Callable[[object], None] = lam
                 # FINISH only once every disk is verified: until then a stop still reaches the
                 # receiver as ABORT and it discards the capture. After FINISH it only renames the
                 # staging directory, so a stop that late cannot undo the capture and is not waited on.
-                replies.wait_verified(names, timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
+                replies.wait_verified(list(as_named.values()), timeout=FINAL_REPLY_TIMEOUT, cancel=cancel)
                 writer.finish()
                 conn.close_write()
                 final = replies.wait_for((P.Event.COMPLETE,), timeout=COMMIT_REPLY_TIMEOUT)

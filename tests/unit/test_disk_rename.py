@@ -1,0 +1,112 @@
+"""A held disk the kernel names otherwise today (receive/identity.py `pair`, wire.capture_names):
+the server's own OS called the disk sda when it synced warm, and the ISO, booted from a USB stick
+that took sda, calls it sdb (CI met exactly this). The receiver finds each held disk among the
+agent's disks by its proof (WWID, serial, or the first 64 KiB of a disk with neither), never by
+its name alone; the capture keeps its name for the disk; two disks that prove to be one, or a
+disk that is none of them, are refused with what to do."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from agent import protocol as P
+from agent.server.receive import identity
+from tests.testbed.receiver import run_receiver
+from tests.unit.test_resume_journal import ident
+from tests.unit.test_warm_receiver import delta, held_map, warm_sync
+
+MiB = 1 << 20
+BS = P.DEFAULT_BLOCK_SIZE
+
+
+@pytest.fixture(scope="module")
+def data():
+    return os.urandom(2 * MiB) + bytes(MiB) + os.urandom(MiB)
+
+
+def named(i: P.DiskIdentity, name: str) -> P.DiskIdentity:
+    return dataclasses.replace(i, name=name)
+
+
+def test_the_same_name_first_then_the_disk_that_proves_it(data):
+    other = os.urandom(len(data))
+    a, b = ident(data, serial="SER-A"), ident(other, name="sdb", serial="SER-B")
+    # the same names: nothing renamed
+    p = identity.pair([a, b], [a, b])
+    assert (p.names, p.wrong, p.renamed) == ({"sda": "sda", "sdb": "sdb"}, [], {})
+    # swapped by the kernel: each found by its serial
+    p = identity.pair([a, b], [named(a, "sdb"), named(b, "sda")])
+    assert (p.names, p.how, p.wrong) == ({"sda": "sdb", "sdb": "sda"}, {"sda": "serial", "sdb": "serial"}, [])
+    # a disk with neither WWID nor serial: its first 64 KiB prove it under another name (a weak match)
+    w = ident(data)
+    p = identity.pair([w], [ident(other), named(w, "sdc")])
+    assert (p.names, p.how, p.wrong) == ({"sda": "sdc"}, {"sda": P.DiskIdentity.WEAK}, [])
+
+
+def test_no_proof_or_two_proofs_are_refused_with_the_reason(data):
+    a = ident(data, serial="SER-A")
+    # not among the agent's disks: named, without the held values
+    p = identity.pair([a], [ident(os.urandom(len(data)), name="sdb", serial="SER-B")])
+    assert p.names == {} and p.wrong == ["disk sda: none of this agent's disks (sdb) is it "
+                                         "(not by WWID, serial or first 64 KiB)"]
+    assert "SER-A" not in p.wrong[0]
+    # two of the agent's disks are it (one LUN's two paths): which one is not guessed
+    p = identity.pair([a], [named(a, "sdb"), named(a, "sdc")])
+    assert p.names == {} and "sdb and sdc" in p.wrong[0] and "only one" in p.wrong[0]
+    # a blank disk without serial proves nothing under any name
+    z = ident(bytes(len(data)))
+    p = identity.pair([z], [named(z, "sdb")])
+    assert p.names == {} and p.wrong
+    # an agent that sends no identities at all (an older agent)
+    assert "update the ISO" in identity.pair([a], []).wrong[0]
+
+
+def test_capture_names_keep_the_held_name_and_never_collide():
+    # the held sda is the agent's sdb; the agent's own sda is another disk: it gets a free name
+    assert P.capture_names(["sda", "sdb"], {"sda": "sdb"}) == {"sda": "sda-2", "sdb": "sda"}
+    assert P.capture_names(["sda", "sdb"], {"sda": "", "sdb": ""}) == {"sda": "sda", "sdb": "sdb"}
+    assert P.capture_names(["sdb", "sda"], {"sda": "sdb", "sdb": "sda"}) == {"sdb": "sda", "sda": "sdb"}
+    assert P.capture_names(["sdc"], {}) == {"sdc": "sdc"}
+    assert P.capture_names(["sda", "sdb", "sdc"], {"sda": "sdc", "sda-2": "sdb"}) == \
+        {"sdc": "sda", "sdb": "sda-2", "sda": "sda-3"}
+
+
+def test_a_warm_capture_is_cut_over_from_a_disk_the_kernel_names_otherwise(tmp_path, data):
+    """The receiver's side of what CI met: warm sync of sda (serial S), cutover from the ISO's sdb."""
+    root = str(tmp_path)
+    warm_sync(root, data)                       # as sda, identified by its head (no serial)
+    sdb = named(ident(data), "sdb")
+    hello = P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sdb",),
+                                   resume=True, delta=True, identities=(sdb,)).encode()
+    probe = run_receiver(root, hello + P.Abort("only the map").encode())
+    ready = next(r for r in probe.replies if r["event"] == "ready")
+    assert ready["held"]["sda"]["agent_name"] == "sdb", ready
+    held = held_map(probe.replies, len(data))
+    changed = bytearray(data)
+    changed[3 * MiB + 4096:3 * MiB + 8192] = os.urandom(4096)
+    body, digest, segs = delta(bytes(changed), held)
+    assert segs == 1
+    # its DISK carries the capture's name, its source the facts of today's sdb
+    header = P.DiskHeader(name="sda", size=len(data), block_size=BS, mode="nonzero", delta=True,
+                          source={"name": "sdb", "head": sdb.head}).encode()
+    res = run_receiver(root, hello + header + body + P.DiskEnd(digest, bytes_read=len(data)).encode()
+                       + P.encode_finish())
+    assert res.returncode == 0, (res.replies, res.stderr)
+    (d,) = res.replies[-1]["manifest"]["disks"]
+    assert (d["name"], d["image"], d["digest"]) == ("sda", "sda.qcow2", digest.hex())
+    assert json.load(open(tmp_path / "w" / "manifest.json"))["disks"][0]["source"]["name"] == "sdb"
+    assert sorted(os.listdir(tmp_path / "w")) == ["manifest.json", "sda.blocks", "sda.qcow2"]
+
+
+def test_a_disk_that_is_none_of_the_held_ones_is_refused_before_anything_changes(tmp_path, data):
+    root = str(tmp_path)
+    warm_sync(root, data)
+    before = {n: open(tmp_path / "w" / n, "rb").read() for n in os.listdir(tmp_path / "w")}
+    stranger = ident(os.urandom(len(data)), name="sdb")
+    hello = P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sdb",),
+                                   resume=True, delta=True, identities=(stranger,)).encode()
+    res = run_receiver(root, hello)
+    assert res.error["code"] == "usage" and "does not send" in res.error["message"], res.error
+    assert {n: open(tmp_path / "w" / n, "rb").read() for n in os.listdir(tmp_path / "w")} == before
