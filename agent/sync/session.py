@@ -267,7 +267,10 @@ def pick(found, disks):
     for cid, u in found.items():
         if not isinstance(u, dict) or not isinstance(u.get("disks"), list):
             continue
-        if sorted(str(x.get("name")) for x in u["disks"] if isinstance(x, dict)) != names:
+        # The receiver lists a capture only when each disk it holds proved to be another of these,
+        # by identity, not by name (the kernel may name them otherwise today): the same sizes.
+        held = sorted(x.get("size") for x in u["disks"] if isinstance(x, dict) and isinstance(x.get("size"), int))
+        if held != sorted(d.size for d in disks):
             log.info("capture %s holds other disks than these: not continued", cid)
             continue
         weak = u.get("matched_by", "name and size") == "name and size"
