@@ -15,7 +15,7 @@ from agent import protocol as P
 from agent.server.receive import identity
 from tests.testbed.receiver import run_receiver
 from tests.unit.test_resume_journal import ident
-from tests.unit.test_warm_receiver import delta, held_map, warm_sync
+from tests.unit.test_warm_receiver import delta, held_map, warm_sync, whole
 
 MiB = 1 << 20
 BS = P.DEFAULT_BLOCK_SIZE
@@ -110,3 +110,42 @@ def test_a_disk_that_is_none_of_the_held_ones_is_refused_before_anything_changes
     res = run_receiver(root, hello)
     assert res.error["code"] == "usage" and "does not send" in res.error["message"], res.error
     assert {n: open(tmp_path / "w" / n, "rb").read() for n in os.listdir(tmp_path / "w")} == before
+
+
+def test_a_new_disk_that_bears_a_held_disks_name_is_stored_beside_it(tmp_path, data):
+    """The server's own sda (serial S-1) was synced warm; under the ISO it is sdb, and the ISO's
+    sda is another disk (serial S-2): the capture keeps sda for the synced disk and stores the
+    other as sda-2 (the names the agent's wire.capture_names gives), neither overwriting the other."""
+    root = str(tmp_path)
+    other = os.urandom(len(data))
+    mine = ident(data, serial="S-1")
+    body, digest = whole(data)
+    first = (P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sda",), warm=True,
+                                    identities=(mine,)).encode()
+             + P.DiskHeader(name="sda", size=len(data), block_size=BS, mode="nonzero",
+                            source={"name": "sda", "serial": "S-1", "head": mine.head}).encode()
+             + body + P.DiskEnd(digest).encode() + P.encode_finish())
+    assert run_receiver(root, first).returncode == 0
+    now = (named(mine, "sdb"), ident(other, serial="S-2"))       # ident names it sda
+    hello = P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sda", "sdb"),
+                                   resume=True, delta=True, identities=now).encode()
+    probe = run_receiver(root, hello + P.Abort("only the map").encode())
+    ready = next(r for r in probe.replies if r["event"] == "ready")
+    assert {n: h["agent_name"] for n, h in ready["held"].items()} == {"sda": "sdb"}
+    as_named = P.capture_names(["sda", "sdb"], {"sda": "sdb"})
+    assert as_named == {"sda": "sda-2", "sdb": "sda"}
+    same, digest1, segs = delta(data, held_map(probe.replies, len(data)))
+    assert segs == 0
+    body2, digest2 = whole(other)
+    res = run_receiver(root, hello
+                       + P.DiskHeader(name=as_named["sdb"], size=len(data), block_size=BS, mode="nonzero", delta=True,
+                                      source={"name": "sdb", "serial": "S-1", "head": mine.head}).encode()
+                       + same + P.DiskEnd(digest1, bytes_read=len(data)).encode()
+                       + P.DiskHeader(name=as_named["sda"], size=len(other), block_size=BS, mode="nonzero",
+                                      source={"name": "sda", "serial": "S-2", "head": now[1].head}).encode()
+                       + body2 + P.DiskEnd(digest2).encode() + P.encode_finish())
+    assert res.returncode == 0, (res.replies, res.stderr)
+    disks = {d["name"]: d for d in res.replies[-1]["manifest"]["disks"]}
+    assert {n: (d["digest"], d["source"]["name"]) for n, d in disks.items()} == {
+        "sda": (digest.hex(), "sdb"), "sda-2": (digest2.hex(), "sda")}
+    assert all(all(d["verified"].values()) for d in disks.values())

@@ -865,7 +865,9 @@ class CaptureSink(_Sink):
                                   f"receiver holds from an earlier attempt (send each disk of the capture)")
         if not self.disks:
             raise P.ProtocolError("FINISH without any disk")
-        totals = {k: sum(d.received[k] for d in self.disks) for k in self.disks[0].received}
+        # A delta disk counts SAME records too; a disk sent whole beside it (new, or resized) has none.
+        keys = dict.fromkeys(k for d in self.disks for k in d.received)
+        totals = {k: sum(d.received.get(k, 0) for d in self.disks) for k in keys}
         totals["size"] = sum(d.size for d in self.disks)
         totals["stream_bytes"] = self.rx.reader.consumed
         totals["bytes_read"] = sum(e.bytes_read or 0 for e in self.ends)
