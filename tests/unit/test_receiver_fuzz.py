@@ -30,6 +30,7 @@ MEM_LIMIT = 200 * MiB
 CASES = 1500          # per generator: 3000 in all
 RESUME_CASES = 400     # a held capture, then a stream that resumes it (two receiver runs each)
 CASE_SECONDS = 60
+SETTLE_SECONDS = 10
 STATS = {"cases": 0, "peak": 0, "codes": {}, "seconds": 0.0, "rss_start": 0, "rss_max": 0, "resume_codes": {}}
 
 
@@ -73,10 +74,27 @@ def _stream(probe=False, fmt="raw", zstd=False) -> bytes:
 BASES = [_stream(), _stream(zstd=True), _stream(probe=True), _stream(fmt="qcow2", zstd=True)]
 
 
+def settled() -> None:
+    """Wait until every thread a case started has wholly exited, as the kernel lists the process's
+    threads (the interpreter frees a thread's state after join() returns, so join is not enough).
+
+    tracemalloc.start() and stop() swap the interpreter's allocator hooks, and an exiting thread
+    frees its state through those hooks without holding the GIL: on CPython < 3.12.9 (gh-128679,
+    gh-131566) the two race and the process segfaults. CI's run of stop 27 did so, and a core
+    dump here showed an exiting thread in tracemalloc's free hook with a NULL context. So this
+    module starts and stops tracemalloc only while no thread of its cases exists. A thread left
+    running is a leak of the receiver's and fails the case."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (left := set(os.listdir("/proc/self/task")) - STATS["threads"]) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not left, f"{len(left)} threads of the receiver still run {SETTLE_SECONDS} s after its answer"
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     STATS["rss_start"] = rss()
     STATS["fds"] = len(os.listdir("/proc/self/fd"))
+    STATS["threads"] = set(os.listdir("/proc/self/task"))
     # tmpfs where there is one: thousands of failure.json fsyncs on a real disk would measure the disk.
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     box = tempfile.mkdtemp(prefix="coldclone-fuzz-", dir=shm) if shm else str(tmp_path_factory.mktemp("fuzz"))
@@ -108,11 +126,13 @@ def run_case(box: str, blob: bytes, keep: bool = False) -> dict:
     root = os.path.join(box, "root")
     out = io.BytesIO()
     t0 = time.monotonic()
+    settled()
     tracemalloc.start()
     try:
         rc = _receive(root, blob, out)
         _, peak = tracemalloc.get_traced_memory()
     finally:
+        settled()
         tracemalloc.stop()
     STATS["seconds"] += time.monotonic() - t0
     STATS["cases"] += 1
