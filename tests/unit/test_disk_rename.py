@@ -149,3 +149,20 @@ def test_a_new_disk_that_bears_a_held_disks_name_is_stored_beside_it(tmp_path, d
     assert {n: (d["digest"], d["source"]["name"]) for n, d in disks.items()} == {
         "sda": (digest.hex(), "sdb"), "sda-2": (digest2.hex(), "sda")}
     assert all(all(d["verified"].values()) for d in disks.values())
+
+
+def test_a_cut_cutover_lists_the_held_disk_by_its_name_in_the_capture(tmp_path, data):
+    """`coldclone-server status` and the wave page list a capture's disks from the facts its
+    receiver records (failure.json, journals): the warm sda that the ISO calls sdb is listed as
+    sda, the name its image and manifest entry have, not the agent's sdb."""
+    root = str(tmp_path)
+    warm_sync(root, data)
+    sdb = named(ident(data), "sdb")
+    hello = P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sdb",),
+                                   resume=True, delta=True, identities=(sdb,)).encode()
+    header = P.DiskHeader(name="sda", size=len(data), block_size=BS, mode="nonzero", delta=True,
+                          source={"name": "sdb", "head": sdb.head}).encode()
+    res = run_receiver(root, hello + header)          # cut after the DISK
+    assert res.returncode == 1 and res.error["code"] == "protocol", res.replies
+    with open(tmp_path / "w.partial" / "failure.json") as f:
+        assert json.load(f)["disks"] == ["sda"]

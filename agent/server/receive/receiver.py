@@ -322,6 +322,7 @@ class CaptureSink(_Sink):
         if hello.format not in P.ImageFormat.ALL:
             raise ServerError(f"refused image format {hello.format!r}: choose qcow2 or raw", code="usage")
         self.hello = hello
+        self.held_names: dict[str, str] = {}   # READY's held disks: {name in the capture: the agent's name}
         self.disks: list[ManifestDisk] = []  # manifest entries, one per verified disk
         self.ends: list[P.DiskEnd] = []     # and the agent's END for each
         self.files: list[str] = []
@@ -410,7 +411,8 @@ class CaptureSink(_Sink):
                 rx.say(reply)
         held_disks = {n: j.to_held() for n, j in self.journals.items()}
         held_disks.update({n: dh.held() for n, dh in self.delta_held.items()})
-        held = {n: dataclasses.replace(hd, agent_name=self.agent_names.get(n, n)).to_json()
+        self.held_names = {n: self.agent_names.get(n, n) for n in held_disks}
+        held = {n: dataclasses.replace(hd, agent_name=self.held_names[n]).to_json()
                 for n, hd in held_disks.items()}
         rx.say(P.Reply(P.Event.READY, capture_id=self.cap.capture_id, path=self.cap.path,
                        receiver_version=__version__, protocol=P.VERSION, held=held))
@@ -609,11 +611,15 @@ class CaptureSink(_Sink):
             d.readback.written(d.tree.pos)
 
     def capture_facts(self) -> dict:
-        """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs."""
+        """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs.
+        Its disks by their names in the capture (the agent's own names for them, as wire.capture_names
+        gives them: a held disk the kernel names otherwise today is listed by its held name)."""
         size = self.hello.estimate.total_size if self.hello.estimate is not None else None
         ok = size is not None and 0 < size <= P.MAX_DISK_SIZE * P.MAX_DISKS
+        disks = list(self.hello.disks)[:P.MAX_DISKS]
+        named = P.capture_names(disks, self.held_names)
         return {"wave": self.hello.wave, "hostname": self.source_host(),
-                "disks": list(self.hello.disks)[:P.MAX_DISKS], "size": size if ok else None}
+                "disks": [named[n] for n in disks], "size": size if ok else None}
 
     def source_host(self) -> str | None:
         host = self.hello.source.get("hostname")
