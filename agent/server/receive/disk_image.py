@@ -13,18 +13,11 @@ metadata consistent when it is closed. Nothing here knows the qcow2 format: qemu
 `RawImage` is a sparse raw file (format raw, and the calibration probe's unnamed file).
 
 Both: `pwrite`, `write_zeroes` (unallocated afterwards: a hole, or an unallocated cluster),
-`pread`, `data_at` (the next byte that is not known zero: SEEK_DATA for a raw file; a qcow2's
-holes are read, see below), `stored` (the ranges that hold something, for the resume's discard),
-`flush` (durable: the resume journal vouches for what was flushed), `reader()` (a second handle
-for the read-back thread), `close`.
-
-No libnbd call here takes a Python callback: with Debian 12's libnbd 1.14, `block_status` with a
-Python callback crashed the receiver now and then (a segfault in whatever the interpreter ran
-next; tests/unit/test_receiver_fuzz.py hit it in 3 of 4 runs, and 0 of 5 without it; later
-bindings take the GIL in their free callback, this one may not). So a qcow2's unallocated
-clusters are read like data: qemu answers a read of a hole with a hole chunk (NBD structured
-replies: no zeros cross the socket) and the zero test is a memcmp; and the ranges a resume must
-discard come from `qemu-img map` over the same socket, one process per resume.
+`pread`, `data_at` (the next byte that is not known zero: SEEK_DATA for a raw file, NBD block
+status for a qcow2, so the read-back skips a qcow2's unallocated clusters as it skips a raw
+file's holes), `stored` (the ranges that hold something, for the resume's discard: `qemu-img
+map` over the same socket, one process per resume), `flush` (durable: the resume journal vouches
+for what was flushed), `reader()` (a second handle for the read-back thread), `close`.
 """
 
 from __future__ import annotations
@@ -241,7 +234,7 @@ class Qcow2Image:
         return _pread(self.h, n, offset, self.path)
 
     def data_at(self, offset: int, size: int) -> int:
-        return offset      # holes are read (the module's docstring says why)
+        return _data_at(self.h, offset, size, self.path)
 
     def stored(self, start: int, size: int) -> list[tuple[int, int]]:
         """The ranges at or after `start` that hold data (qemu's block status, by `qemu-img map`)."""
@@ -311,7 +304,7 @@ class Qcow2Reader:
         return _pread(self.h, n, offset, self.path)
 
     def data_at(self, offset: int, size: int) -> int:
-        return offset      # holes are read (the module's docstring says why)
+        return _data_at(self.h, offset, size, self.path)
 
     def close(self) -> None:
         if self.h is not None:
@@ -331,6 +324,36 @@ def _pread(h, n: int, offset: int, path: str) -> bytes:
         except nbd.Error as e:
             raise _os_error(e, f"reading {path} at byte {offset + start}") from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _data_at(h, offset: int, size: int, path: str) -> int:
+    """The first byte at or after offset that qemu does not report as zero (NBD block status,
+    base:allocation): unallocated clusters are skipped as holes are in a raw file."""
+    nbd = _nbd()
+    while offset < size:
+        found: list[tuple[bool, int]] = []
+
+        def extents(meta, off, entries, err):
+            pos = off
+            for i in range(0, len(entries) - 1, 2):
+                if not entries[i + 1] & nbd.STATE_ZERO:
+                    found.append((True, pos))
+                    return 0
+                pos += entries[i]
+            found.append((False, pos))      # zeros up to pos
+            return 0
+
+        try:
+            h.block_status(min(size - offset, 1 << 30), offset, extents)
+        except nbd.Error as e:
+            raise _os_error(e, f"reading the allocation of {path} at byte {offset}") from None
+        if not found:
+            return offset                   # no answer: read the bytes
+        data, pos = found[0]
+        if data or pos <= offset:
+            return pos if data else offset
+        offset = pos
+    return size
 
 
 
