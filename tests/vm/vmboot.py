@@ -153,10 +153,11 @@ class BootResult:
 
 def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
               memory_mib: int = 2048, extra_args: list[str] | None = None,
-              serial_socket: str | None = None, nic: list[str] | None = None) -> list[str]:
-    """``extra_args``: more QEMU arguments (source disks, controllers, USB buses); ``nic``: the
-    NIC's arguments instead of the default virtio-net on the user network (e.g. an e1000 with
-    the source server's MAC, or a virtio-net with a new MAC in another PCI slot).
+              serial_socket: str | None = None, nic: list[str] | None = None, cpus: int = 2) -> list[str]:
+    """``cpus``: the guest's vCPUs; ``extra_args``: more QEMU arguments (source disks,
+    controllers, USB buses); ``nic``: the NIC's arguments instead of the default virtio-net on
+    the user network (e.g. an e1000 with the source server's MAC, or a virtio-net with a new MAC
+    in another PCI slot).
     ``serial_socket``: the serial console is also a unix socket the test can type into (a
     root shell the boot leaves there, see tests/vm/liveshell.py); the log file still gets
     every byte."""
@@ -165,7 +166,7 @@ def qemu_argv(mode: str, extra_cmdline: str, serial_log: str, accel: str,
                               f"logfile={serial_log},logappend=off", "-serial", "chardev:ser0"]
     else:
         serial = ["-serial", f"file:{serial_log}"]
-    argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", "2",
+    argv = [QEMU, "-accel", accel, "-m", str(memory_mib), "-smp", str(cpus),
             "-display", "none", "-vga", "std", "-monitor", "none",
             *serial, "-no-reboot", *(nic or DEFAULT_NIC)]
     if accel == "kvm":
@@ -203,7 +204,7 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
          memory_mib: int = 2048, name: str | None = None,
          marks: tuple[str, ...] = (), abort_on: tuple[str, ...] = (),
          abort_grace: float = 0.0, stop_when: Callable[[], bool] | None = None,
-         keep: bool = False, nic: list[str] | None = None) -> BootResult:
+         keep: bool = False, nic: list[str] | None = None, cpus: int = 2) -> BootResult:
     """Boot, wait for ``expect`` on the serial console and for QEMU to exit by itself.
 
     ``keep``: the serial console is also a unix socket, and once ``expect`` appeared QEMU is
@@ -226,7 +227,7 @@ def boot(mode: str, extra_cmdline: str = "", expect: str | None = None, timeout:
     open(serial_log, "wb").close()
     sock = os.path.join(tempfile.mkdtemp(prefix="cc-serial-"), "ttyS0") if keep else None
     argv = qemu_argv(mode, extra_cmdline, serial_log, accel, memory_mib=memory_mib, extra_args=extra_args,
-                     serial_socket=sock, nic=nic)
+                     serial_socket=sock, nic=nic, cpus=cpus)
     res = BootResult(mode=mode, accel=accel, argv=argv, log_path=serial_log, serial_socket=sock)
     stderr_path = os.path.join(log_dir, f"qemu-{name or mode}-{accel}.stderr")
     t0 = time.monotonic()
