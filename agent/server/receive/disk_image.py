@@ -356,8 +356,6 @@ def _data_at(h, offset: int, size: int, path: str) -> int:
     return size
 
 
-
-
 def _os_error(e, what: str) -> OSError:
     """An NBD error as the OSError the receiver's one handler words (ENOSPC: disk_full)."""
     # (libnbd's Error carries the errno number as args[1]; its .errno is the name, "ENOSPC")
