@@ -130,3 +130,32 @@ def test_close_mid_stream_ends_the_thread_promptly(tmp_path, monkeypatch):
     os.close(fd)
     assert time.monotonic() - t < 5
     assert not [t for t in threading.enumerate() if t.name == "cc-readback"]
+
+
+def test_a_qcow2s_unallocated_clusters_are_skipped_and_digest_as_zeros(tmp_path):
+    """The read-back asks qemu's block status (libnbd, base:allocation) where data is, so a
+    mostly empty qcow2 is not read in full; what it skips digests exactly as reading it would."""
+    MiB = 1 << 20
+    size = 64 * MiB
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    img = Qcow2Image.create(str(tmp_path), fd, "sda.qcow2", size)
+    try:
+        blob = os.urandom(MiB)
+        img.pwrite(blob, 32 * MiB)
+        img.write_zeroes(40 * MiB, MiB)          # zeroed: unallocated, reported as zeros
+        img.flush()
+        r = img.reader()
+        assert r.data_at(0, size) == 32 * MiB        # the first 32 MiB are skipped
+        assert r.data_at(32 * MiB + 4096, size) == 32 * MiB + 4096
+        assert r.data_at(33 * MiB, size) == size     # nothing stored after the data
+        skipped = P.BlockTree(size, P.DEFAULT_BLOCK_SIZE)
+        P.feed_range(-1, skipped, size, is_file=True, reader=r)
+        read_all = P.BlockTree(size, P.DEFAULT_BLOCK_SIZE)     # every byte read through qemu
+        P.feed_range(-1, read_all, size, is_file=True,
+                     reader=type("All", (), {"data_at": staticmethod(lambda o, s: o), "pread": r.pread})())
+        zeros = P.BlockTree(size, P.DEFAULT_BLOCK_SIZE)
+        zeros.add_zero(0, size)
+        assert skipped.digest() == read_all.digest() != zeros.digest()
+    finally:
+        img.close()
+        os.close(fd)
