@@ -12,10 +12,11 @@ import pytest
 
 from agent.source.capture.guard import GUARD_DIR, ReadOnlyGuard, devno, get_ro, set_ro
 from agent.runcmd import run
-from tests.conftest import BIN, coldclone, sha256_of, ssh_args
+from tests.conftest import BIN, sha256_of, ssh_args
 from tests.testbed.resume import image_bytes
 from tests.testbed.procs import Spooled
 from tests.testbed.loop import LoopDevice
+from tests.testbed.privaterun import PrivateRun
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -38,22 +39,31 @@ def busy_disk(tmp_path_factory):
         yield loop
 
 
+@pytest.fixture(scope="module")
+def private():
+    """The tests that kill a guard and read who swept it keep their records to themselves
+    (tests/testbed/privaterun.py says why)."""
+    with PrivateRun() as ns:
+        yield ns
+
+
 def tree(loop):
     return [loop.dev] + loop.parts
 
 
-def records_for(loop):
+def records_for(loop, guard_dir=GUARD_DIR):
     nums = {"%d-%d" % devno(d) for d in tree(loop)}
-    if not os.path.isdir(GUARD_DIR):
+    if not os.path.isdir(guard_dir):
         return []
-    return [n for n in os.listdir(GUARD_DIR) if n.startswith("dev-") and n[4:-5] in nums]
+    return [n for n in os.listdir(guard_dir) if n.startswith("dev-") and n[4:-5] in nums]
 
 
-def start_capture(sshd, rx_dir, dev, cid, *extra):
+def start_capture(sshd, rx_dir, dev, cid, *extra, ns=None):
     # --calibrate 0: these tests time overlapping captures; the estimate's 3 s probe of the
     # server would only delay when each capture takes its guard.
-    return Spooled([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
-                             "--capture-id", cid, "--progress-interval", "0.5", "--calibrate", "0", *extra])
+    argv = ns.argv if ns else (lambda a: a)
+    return Spooled(argv([os.path.join(BIN, "coldclone"), "capture", "--disk", dev, *ssh_args(sshd, rx_dir),
+                             "--capture-id", cid, "--progress-interval", "0.5", "--calibrate", "0", *extra]))
 
 
 def wait_streaming(proc, partial, at_least=32 * MiB, timeout=120):
@@ -122,15 +132,22 @@ def test_disk_and_partition_captured_at_once(sshd, rx_dir, busy_disk, tmp_path):
     assert "stays read-only: still used by coldclone pid" in w_err + s_err
 
 
-def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk):
-    proc = start_capture(sshd, rx_dir, busy_disk.dev, "killed")
+def release(ns):
+    """`coldclone release` in the private registry."""
+    return subprocess.run(ns.argv([os.path.join(BIN, "coldclone"), "release"]), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk, private):
+    proc = start_capture(sshd, rx_dir, busy_disk.dev, "killed", ns=private)
     wait_streaming(proc, os.path.join(rx_dir, "killed.partial"))
     proc.kill()
     proc.wait()
     # What a kill -9 leaves: the devices read-only, the record naming the dead pid.
     assert all(get_ro(d) for d in tree(busy_disk))
-    assert len(records_for(busy_disk)) == len(tree(busy_disk))
-    r = coldclone("release")
+    assert len(records_for(busy_disk, private.guard_dir)) == len(tree(busy_disk))
+    assert records_for(busy_disk) == []                # (in the private registry only)
+    r = release(private)
     assert r.returncode == 0, r.stderr
     assert f"coldclone: {busy_disk.dev} restored to read-write (left by coldclone pid {proc.pid}, " \
            f"which is gone)" in r.stdout
@@ -139,61 +156,63 @@ def test_kill9_leftovers_restored_by_coldclone_release(sshd, rx_dir, busy_disk):
         assert f"coldclone: {part} restored to read-write" in r.stdout
     assert "detached meanwhile" not in r.stdout
     assert not any(get_ro(d) for d in tree(busy_disk))
-    assert records_for(busy_disk) == []
+    assert records_for(busy_disk, private.guard_dir) == []
     # done once: a second release has nothing to say about this disk
-    assert busy_disk.dev not in coldclone("release").stdout
+    assert busy_disk.dev not in release(private).stdout
 
 
-def guard_in_child(dev):
+def guard_in_child(dev, ns):
     """A real second process holding the guard, as a capture would."""
-    child = subprocess.Popen([sys.executable, "-c",
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    child = subprocess.Popen(ns.argv([sys.executable, "-c",
                               "import sys, time; from agent.source.capture.guard import ReadOnlyGuard; "
                               "g = ReadOnlyGuard([sys.argv[1]]).__enter__(); print('on', flush=True); "
-                              "time.sleep(120)", dev], stdout=subprocess.PIPE, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                              "time.sleep(120)", dev], cwd=repo), stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "on"
     return child
 
 
-def test_kill9_leftovers_restored_by_the_next_run(busy_disk):
+def test_kill9_leftovers_restored_by_the_next_run(busy_disk, private):
     """Before: the next capture saw the leftover read-only flag as the device's own state and
     kept the disk read-only for good."""
-    child = guard_in_child(busy_disk.dev)
+    child = guard_in_child(busy_disk.dev, private)
     child.kill()
     child.wait()
     assert get_ro(busy_disk.dev)
-    with ReadOnlyGuard([busy_disk.dev]):       # the next run
+    # the next run
+    with ReadOnlyGuard([busy_disk.dev], guard_dir=private.guard_dir, lock_dir=private.lock_dir):
         assert all(get_ro(d) for d in tree(busy_disk))
     assert not any(get_ro(d) for d in tree(busy_disk))
-    assert records_for(busy_disk) == []
+    assert records_for(busy_disk, private.guard_dir) == []
 
 
-def test_kill9_of_a_device_read_only_before_stays_read_only(busy_disk):
+def test_kill9_of_a_device_read_only_before_stays_read_only(busy_disk, private):
     set_ro(busy_disk.dev, True)
     try:
-        child = guard_in_child(busy_disk.dev)
+        child = guard_in_child(busy_disk.dev, private)
         child.kill()
         child.wait()
-        r = coldclone("release")
+        r = release(private)
         assert f"{busy_disk.dev} left read-only (it was read-only before)" in r.stdout
         assert get_ro(busy_disk.dev)
-        assert records_for(busy_disk) == []
+        assert records_for(busy_disk, private.guard_dir) == []
     finally:
         set_ro(busy_disk.dev, False)
     # the partition was read-only only through its disk: no flag of ours is left on it
     assert not get_ro(busy_disk.parts[0])
 
 
-def test_release_leaves_a_running_capture_alone(busy_disk):
-    child = guard_in_child(busy_disk.dev)
+def test_release_leaves_a_running_capture_alone(busy_disk, private):
+    child = guard_in_child(busy_disk.dev, private)
     try:
-        r = coldclone("release")
+        r = release(private)
         assert f"{busy_disk.dev} left read-only: coldclone pid {child.pid} is still using it" in r.stdout
         assert get_ro(busy_disk.dev)
     finally:
         child.terminate()
         child.wait()
-    coldclone("release")
+    assert f"coldclone: {busy_disk.dev} restored to read-write (left by coldclone pid {child.pid}" \
+           in release(private).stdout
     assert not get_ro(busy_disk.dev)
 
 
@@ -238,7 +257,7 @@ def test_headless_sigterm_mid_capture_aborts_and_releases(sshd, rx_dir, busy_dis
     assert records_for(busy_disk) == []
 
 
-def test_guard_says_one_line_per_disk_tree(busy_disk, caplog):
+def test_guard_says_one_line_per_disk_tree(busy_disk, caplog, private):
     """make demo printed 24 guard lines (each partition set read-only and restored, twice): at the
     default level the guard says one line per disk tree when it takes it and one when it gives it
     back; each device's own line is at -v (debug); a guard nested in one this process already
@@ -246,8 +265,10 @@ def test_guard_says_one_line_per_disk_tree(busy_disk, caplog):
     import logging
 
     caplog.set_level(logging.DEBUG, logger="coldclone.guard")
-    with ReadOnlyGuard([busy_disk.dev]):
-        with ReadOnlyGuard([busy_disk.parts[0]], exclusive=False):
+    # (private: the registry's other users would add the lines of their killed guards' sweeps)
+    dirs = {"guard_dir": private.guard_dir, "lock_dir": private.lock_dir}
+    with ReadOnlyGuard([busy_disk.dev], **dirs):
+        with ReadOnlyGuard([busy_disk.parts[0]], exclusive=False, **dirs):
             assert all(get_ro(d) for d in tree(busy_disk))
     assert not any(get_ro(d) for d in tree(busy_disk))
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coldclone.guard"]
