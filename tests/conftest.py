@@ -30,7 +30,7 @@ GROUP_COST = {
     "vm-shared-boots": 900,
     "tests/vm/test_whole_story.py": 800,
     "tests/vm/test_wave.py": 700,
-    "tests/vm/test_lvm_used.py": 600,
+    "tests/vm/test_lvm_used.py": 230,
     "tests/vm/test_iscsi.py": 560,
     "tests/vm/test_multipath.py": 410,
     "tests/vm/test_resume_reboot.py": 390,

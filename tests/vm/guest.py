@@ -418,8 +418,11 @@ def qemu_img_compare(raw: str, qcow2: str) -> None:
 
 
 def inventory_disk_by_serial(inv: dict, serial: str) -> dict:
+    # A by-id name holds the serial as a whole word (virtio-SERIAL, usb-QEMU_QEMU_HARDDISK_SERIAL-0:0),
+    # not as the start of another disk's (cc-lvm of virtio-cc-lvmboot).
+    word = re.compile(r"(^|[-_])" + re.escape(serial) + r"($|[-_:])")
     for d in inv.get("disks", []):
-        if d.get("serial") == serial or serial in " ".join(d.get("by_id") or []):
+        if d.get("serial") == serial or any(word.search(os.path.basename(b)) for b in d.get("by_id") or []):
             return d
     raise AssertionError(f"no disk with serial {serial} in the inventory: "
                          f"{[(d.get('name'), d.get('serial')) for d in inv.get('disks', [])]}")

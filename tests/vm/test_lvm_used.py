@@ -1,7 +1,7 @@
 """mode=used on a source whose root filesystem lives on an LVM logical volume, in the live ISO.
 
 The host kernel here has no device-mapper, so the source is made where lvm2 really runs: in the
-guest, by a pre hook, on a blank virtio disk (MBR: /boot ext4, then an LVM PV with VG ccvm and
+guest, by a pre hook, on a blank virtio disk (MBR: /boot ext4, then an LVM PV with VG ccsyn and
 LV root, ext4, holding a copy of real trees of the live system and a deleted random file; old
 random bytes left where the VG allocates nothing). The hook deactivates the VG, then the same
 boot captures the disk headless in mode=used to the host's sshd. The ISO's lvmlocal.conf
@@ -12,7 +12,8 @@ On the host, without device-mapper, the LV is found in the image's own bytes: th
 --sizelimit shows them as a block device for e2fsck and a read-only mount.
 
 A second test makes the source a bootable Debian 12 on LVM and boots the captured image
-(see the section "the stretch" below).
+(see the section "the stretch" below). Both sources are made and captured in one boot of the ISO
+(one pre hook, `coldclone.disks=vda,vdb`): a boot of the ISO under TCG is the expensive part.
 
 Run: pytest -m vm tests/vm/test_lvm_used.py -s   (boot, hook and capture times are printed)
 """
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.root]
 MiB = 1 << 20
 SERIAL = "cc-lvm"
 DISK_MB = 512
-VG, LV = "ccvm", "root"
+SYN_VG, LV = "ccsyn", "root"  # the synthetic source's VG (the bootable one's is VG, below)
 ROOT_MB = 320            # LV root: PV extents 0..79; the VG leaves the rest of the PV unallocated
 OLD_DATA_AT_MB = 448     # random bytes at the disk's last 64 MiB: inside the unallocated extents
 OLD_DATA_MB = 64
@@ -44,8 +45,7 @@ DELETED_MB = 48          # written into the LV's filesystem, then deleted: free 
 
 # Runs in the guest before discovery. The trees copied are real files of the live system
 # (about 28 MB: python3.11's library, /etc, /usr/share/doc), not synthetic ones.
-LVM_PRE_HOOK = f"""#!/bin/sh
-set -eu
+SYN_HOOK = f"""
 d=/dev/disk/by-id/virtio-{SERIAL}
 for i in $(seq 1 50); do [ -e "$d" ] && break; sleep 0.2; done
 dd if=/dev/urandom of="$d" bs=1M seek={OLD_DATA_AT_MB} count={OLD_DATA_MB} conv=fsync status=none
@@ -62,11 +62,11 @@ umount /run/cc-boot
 echo "cc-lvm: metadata_read_only: $(lvmconfig --type current global/metadata_read_only 2>&1 || true)"
 rw="--config global{{metadata_read_only=0}}"
 pvcreate $rw -y "$d-part2"
-vgcreate $rw -y {VG} "$d-part2"
-lvcreate $rw -y -Wn --activate y -L {ROOT_MB}M -n {LV} {VG}
+vgcreate $rw -y {SYN_VG} "$d-part2"
+lvcreate $rw -y -Wn --activate y -L {ROOT_MB}M -n {LV} {SYN_VG}
 udevadm settle
-mkfs.ext4 -q -L ccroot -E nodiscard /dev/mapper/{VG}-{LV}
-mount /dev/mapper/{VG}-{LV} /run/cc-root
+mkfs.ext4 -q -L ccroot -E nodiscard /dev/mapper/{SYN_VG}-{LV}
+mount /dev/mapper/{SYN_VG}-{LV} /run/cc-root
 mkdir -p /run/cc-root/usr/lib /run/cc-root/usr/share
 cp -a /etc /run/cc-root/
 cp -a /usr/lib/python3.11 /run/cc-root/usr/lib/
@@ -75,26 +75,12 @@ head -c {DELETED_MB}M /dev/urandom > /run/cc-root/deleted.bin
 sync
 rm /run/cc-root/deleted.bin
 umount /run/cc-root
-vgchange $rw -an {VG}
+vgchange $rw -an {SYN_VG}
 sync
 pvs -o pv_name,vg_name,pe_start,pv_pe_count
-lvs -o lv_name,seg_pe_ranges {VG}
+lvs -o lv_name,seg_pe_ranges {SYN_VG}
 echo "cc-lvm: source ready"
 """
-
-
-@pytest.fixture(scope="module")
-def lvm_capture(vm_workdir, vm_server) -> Capture:
-    """The kernel boot path (the fastest under TCG): the pre hook builds the LVM source, the
-    headless run captures it in mode=used."""
-    _skip_unless_ready("kernel")
-    disk = guest.blank_disk(os.path.join(vm_workdir, "lvm-src.img"), serial=SERIAL, size_mb=DISK_MB)
-    hook = os.path.join(vm_workdir, "lvm-pre.sh")
-    with open(hook, "w") as f:
-        f.write(LVM_PRE_HOOK)
-    fw, pre = guest.fwcfg_file("pre", hook)
-    return _capture_boot("kernel", "vm-lvm-used", [disk], vm_server,
-                         extra_cmdline=f"coldclone.pre={pre} coldclone.mode=used", extra_args=fw)
 
 
 def _area(disk: dict, name: str) -> dict:
@@ -149,8 +135,8 @@ def test_lvm_root_captured_in_used_mode(lvm_capture, tmp_path):
     # root LV through partclone's map, the unallocated extents (old random data) not at all.
     pva = _area(disk, "partition 2")
     assert pva["content"] == "LVM2_member" and not pva["fallback"], pva
-    assert any(f"VG {VG}" in n for n in pva["notes"]), pva
-    root = _area(disk, f"LV {VG}/{LV}")
+    assert any(f"VG {SYN_VG}" in n for n in pva["notes"]), pva
+    root = _area(disk, f"LV {SYN_VG}/{LV}")
     assert root["content"] == "ext4" and root["tool"] == "partclone.extfs" and not root["fallback"], root
     assert 0 < root["used_bytes"] < root["size"] == ROOT_MB * MiB, root
     assert root["skipped_bytes"] > DELETED_MB * MiB, root          # the deleted file stayed home
@@ -202,8 +188,8 @@ DEB_CACHE = os.environ.get("COLDCLONE_CONVERT_CACHE", "/var/tmp/coldclone-conver
 BASE = os.path.join(vmboot.BUILD, "cache", "base-bookworm-amd64.tar.zst")
 BOOT_SERIAL, ROOTFS_SERIAL = "cc-lvmboot", "cc-rootfs"
 
-LVM_BOOT_PRE_HOOK = f"""#!/bin/sh
-set -eu
+VG = "ccvm"      # root=/dev/mapper/ccvm-root in the disk debian_disk.sh (lvm) builds
+BOOT_HOOK = f"""
 d=/dev/disk/by-id/virtio-{BOOT_SERIAL} r=/dev/disk/by-id/virtio-{ROOTFS_SERIAL}
 for i in $(seq 1 50); do [ -e "$d-part2" ] && [ -e "$r" ] && break; sleep 0.2; done
 rw="--config global{{metadata_read_only=0}}"
@@ -219,33 +205,40 @@ echo "cc-lvm: bootable source ready"
 
 
 @pytest.fixture(scope="module")
-def lvm_boot_capture(vm_workdir, vm_server) -> Capture:
+def lvm_capture(vm_workdir, vm_server) -> Capture:
+    """The kernel boot path (the fastest under TCG), one boot for both sources: the pre hook
+    builds the synthetic LVM source and the bootable one, the headless run captures both in
+    mode=used."""
     _skip_unless_ready("kernel")
     if not os.path.isfile(BASE):
         pytest.skip(f"{BASE} missing: build the live ISO once (make iso) for its debootstrap cache")
     cached = guestdisk.debian_disk(BASE, DEB_CACHE, "bios", "lvm")
     src = os.path.join(vm_workdir, "lvm-boot-src.img")
     run(["cp", "--sparse=always", cached, src])           # the guest writes the LVM into the copy
-    disk = guest.SourceDisk(src, BOOT_SERIAL)
-    rootfs = guest.SourceDisk(cached + ".rootfs", ROOTFS_SERIAL)   # only read by the hook
-    hook = os.path.join(vm_workdir, "lvm-boot-pre.sh")
+    disks = [guest.SourceDisk(src, BOOT_SERIAL),
+             guest.blank_disk(os.path.join(vm_workdir, "lvm-src.img"), serial=SERIAL, size_mb=DISK_MB),
+             guest.SourceDisk(cached + ".rootfs", ROOTFS_SERIAL)]   # only read by the hook
+    hook = os.path.join(vm_workdir, "lvm-pre.sh")
     with open(hook, "w") as f:
-        f.write(LVM_BOOT_PRE_HOOK)
+        f.write("#!/bin/sh\nset -eu\n" + SYN_HOOK + BOOT_HOOK)
     fw, pre = guest.fwcfg_file("pre", hook)
-    # disks=vda: the first virtio disk is the source; the root filesystem image is not captured
-    return _capture_boot("kernel", "vm-lvm-boot", [disk, rootfs], vm_server,
-                         extra_cmdline=f"coldclone.pre={pre} coldclone.mode=used coldclone.disks=vda",
+    # disks=vda,vdb: the two sources (virtio disks in the order given); the root filesystem
+    # image is not captured
+    return _capture_boot("kernel", "vm-lvm-used", disks, vm_server,
+                         extra_cmdline=f"coldclone.pre={pre} coldclone.mode=used coldclone.disks=vda,vdb",
                          extra_args=fw)
 
 
-def test_lvm_root_captured_in_used_mode_boots(lvm_boot_capture, tmp_path):
+def test_lvm_root_captured_in_used_mode_boots(lvm_capture, tmp_path):
     """Debian 12 on LV ccvm/root, captured in mode=used: the image boots to its login prompt."""
     from tests.testbed.bootlogin import boot_to_login
-    cap = lvm_boot_capture
+    cap = lvm_capture
     run_ = headless_succeeded(cap, "cc-lvm: bootable source ready")
     m = cap.manifest()
-    assert m["status"] == "complete" and [d["name"] for d in m["disks"]] == [cap.guest_name(BOOT_SERIAL)]
-    disk = m["disks"][0]
+    assert m["status"] == "complete"
+    names = sorted(d["name"] for d in m["disks"])
+    assert names == sorted([cap.guest_name(BOOT_SERIAL), cap.guest_name(SERIAL)])
+    disk = guest.manifest_disk(m, cap.guest_name(BOOT_SERIAL))
     assert disk["mode"] == "used"
     assert not _area(disk, "partition 2")["fallback"]
     root = _area(disk, f"LV {VG}/{LV}")
