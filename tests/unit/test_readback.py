@@ -4,6 +4,7 @@ finished file, a wrong byte on the server's disk caught at END, and a failure th
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from agent import protocol as P
 from agent.server.receive import readback as R
-from agent.server.receive.disk_image import Qcow2Image, RawImage
+from agent.server.receive.disk_image import Qcow2Image, RawImage, discard_from, stored
 from agent.server.receive.receiver import Receiver
 from tests.streams import capture_stream
 
@@ -159,3 +160,35 @@ def test_a_qcow2s_unallocated_clusters_are_skipped_and_digest_as_zeros(tmp_path)
     finally:
         img.close()
         os.close(fd)
+
+
+def test_a_resumes_discard_zeroes_exactly_the_qcow2s_stored_ranges_past_the_checkpoint(tmp_path):
+    """What a killed receiver wrote past its checkpoint is found by the same block status as the
+    read-back's (data_at / data_end) and unallocated; before it, nothing is touched, and nothing
+    unallocated gets metadata (qemu-img map, a second reader of the same image, agrees)."""
+    size = 64 * MiB
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    img = Qcow2Image.create(str(tmp_path), fd, "sda.qcow2", size)
+    try:
+        kept, late_a, late_b = os.urandom(2 * MiB), os.urandom(MiB), os.urandom(3 * MiB)
+        img.pwrite(kept, 4 * MiB)                 # before the checkpoint
+        img.pwrite(late_a, 20 * MiB)              # after it
+        img.pwrite(late_b, 40 * MiB)
+        img.write_zeroes(41 * MiB, MiB)           # a zeroed hole inside the last range
+        img.flush()
+        assert stored(img, 0, size) == [(4 * MiB, 6 * MiB), (20 * MiB, 21 * MiB), (40 * MiB, 41 * MiB),
+                                         (42 * MiB, 43 * MiB)]
+        assert stored(img, 5 * MiB, size) == [(5 * MiB, 6 * MiB), (20 * MiB, 21 * MiB), (40 * MiB, 41 * MiB),
+                                               (42 * MiB, 43 * MiB)]
+        discard_from(img, 16 * MiB, size)
+        img.flush()
+        assert stored(img, 0, size) == [(4 * MiB, 6 * MiB)]
+        assert img.pread(2 * MiB, 4 * MiB) == kept
+        assert img.pread(size - 8 * MiB, 8 * MiB) == bytes(size - 8 * MiB)
+    finally:
+        img.close()
+        os.close(fd)
+    out = subprocess.run(["qemu-img", "map", "--output=json", str(tmp_path / "sda.qcow2")],
+                         capture_output=True, text=True, check=True).stdout
+    data = [(e["start"], e["start"] + e["length"]) for e in json.loads(out) if e["data"] and not e["zero"]]
+    assert data == [(4 * MiB, 6 * MiB)]

@@ -13,18 +13,17 @@ metadata consistent when it is closed. Nothing here knows the qcow2 format: qemu
 `RawImage` is a sparse raw file (format raw, and the calibration probe's unnamed file).
 
 Both: `pwrite`, `write_zeroes` (unallocated afterwards: a hole, or an unallocated cluster),
-`pread`, `data_at` (the next byte that is not known zero: SEEK_DATA for a raw file, NBD block
-status for a qcow2, so the read-back skips a qcow2's unallocated clusters as it skips a raw
-file's holes), `stored` (the ranges that hold something, for the resume's discard: `qemu-img
-map` over the same socket, one process per resume), `flush` (durable: the resume journal vouches
-for what was flushed), `reader()` (a second handle for the read-back thread), `close`.
+`pread`, `data_at` and `data_end` (the next byte that is not known zero, and the next one that
+is: SEEK_DATA / SEEK_HOLE for a raw file, NBD block status for a qcow2, so the read-back skips a
+qcow2's unallocated clusters as it skips a raw file's holes, and the resume's discard zeroes
+only the ranges that hold something: `stored`), `flush` (durable: the resume journal vouches for
+what was flushed), `reader()` (a second handle for the read-back thread), `close`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import logging
 import os
 import time
@@ -72,19 +71,6 @@ class RawImage:
             return min(os.lseek(self.fd, offset, os.SEEK_HOLE), size)
         except OSError:
             return size
-
-    def stored(self, start: int, size: int) -> list[tuple[int, int]]:
-        """The ranges at or after `start` that hold data (SEEK_DATA / SEEK_HOLE)."""
-        out, off = [], start
-        while off < size:
-            off = self.data_at(off, size)
-            if off >= size:
-                break
-            end = self.data_end(off, size)
-            end = size if end <= off else end
-            out.append((off, end))
-            off = end
-        return out
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -234,21 +220,10 @@ class Qcow2Image:
         return _pread(self.h, n, offset, self.path)
 
     def data_at(self, offset: int, size: int) -> int:
-        return _data_at(self.h, offset, size, self.path)
+        return _seek(self.h, offset, size, self.path, zero=False)
 
-    def stored(self, start: int, size: int) -> list[tuple[int, int]]:
-        """The ranges at or after `start` that hold data (qemu's block status, by `qemu-img map`)."""
-        # the socket as another process reaches it: through this one's descriptor of the directory
-        uri = f"nbd+unix:///disk?socket={self.socket.replace('/proc/self/', f'/proc/{os.getpid()}/', 1)}"
-        res = run(["qemu-img", "map", "--output=json", "-f", "raw", f"--start-offset={start}", uri], check=False)
-        if res.returncode != 0:
-            raise OSError(errno.EIO, f"qemu-img map of {self.path}: {(res.stderr or res.stdout).strip()[-300:]}")
-        out = []
-        for e in json.loads(res.stdout or "[]"):
-            a, b = max(int(e["start"]), start), min(int(e["start"]) + int(e["length"]), size)
-            if e.get("data") and not e.get("zero") and a < b:
-                out.append((a, b))
-        return out
+    def data_end(self, offset: int, size: int) -> int:
+        return _seek(self.h, offset, size, self.path, zero=True)
 
     def size(self) -> int:
         return self.h.get_size()
@@ -304,7 +279,7 @@ class Qcow2Reader:
         return _pread(self.h, n, offset, self.path)
 
     def data_at(self, offset: int, size: int) -> int:
-        return _data_at(self.h, offset, size, self.path)
+        return _seek(self.h, offset, size, self.path, zero=False)
 
     def close(self) -> None:
         if self.h is not None:
@@ -326,21 +301,24 @@ def _pread(h, n: int, offset: int, path: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _data_at(h, offset: int, size: int, path: str) -> int:
-    """The first byte at or after offset that qemu does not report as zero (NBD block status,
-    base:allocation): unallocated clusters are skipped as holes are in a raw file."""
+def _seek(h, offset: int, size: int, path: str, zero: bool) -> int:
+    """NBD block status (base:allocation) as SEEK_DATA (zero=False: the first byte at or after
+    offset that qemu does not report as zero; unallocated clusters are skipped as holes are in
+    a raw file) and SEEK_HOLE (zero=True: the first one it does). Capped at size. An answer
+    that does not move on gives offset: the caller then reads (or discards) that byte."""
     nbd = _nbd()
+    start = offset
     while offset < size:
         found: list[tuple[bool, int]] = []
 
         def extents(meta, off, entries, err):
             pos = off
             for i in range(0, len(entries) - 1, 2):
-                if not entries[i + 1] & nbd.STATE_ZERO:
+                if bool(entries[i + 1] & nbd.STATE_ZERO) == zero:
                     found.append((True, pos))
                     return 0
                 pos += entries[i]
-            found.append((False, pos))      # zeros up to pos
+            found.append((False, pos))      # none of the kind sought up to pos
             return 0
 
         try:
@@ -348,10 +326,12 @@ def _data_at(h, offset: int, size: int, path: str) -> int:
         except nbd.Error as e:
             raise _os_error(e, f"reading the allocation of {path} at byte {offset}") from None
         if not found:
-            return offset                   # no answer: read the bytes
-        data, pos = found[0]
-        if data or pos <= offset:
-            return pos if data else offset
+            return offset                   # no answer: take the byte as the kind sought
+        hit, pos = found[0]
+        if hit:
+            return min(max(pos, start), size)
+        if pos <= offset:
+            return offset
         offset = pos
     return size
 
@@ -371,9 +351,24 @@ def image_name(disk: str, fmt: str) -> str:
     return f"{disk}.{fmt}"
 
 
+def stored(image: Image, start: int, size: int) -> list[tuple[int, int]]:
+    """The ranges at or after `start` that hold something (not known zero), from the image's
+    own data_at / data_end."""
+    out, off = [], start
+    while off < size:
+        off = image.data_at(off, size)
+        if off >= size:
+            break
+        end = image.data_end(off, size)
+        end = size if end <= off else end
+        out.append((off, end))
+        off = end
+    return out
+
+
 def discard_from(image: Image, start: int, size: int) -> None:
     """Zero (unallocate) whatever is stored at or after `start`: bytes a killed receiver wrote
     past its last checkpoint, which nothing vouches for. Only where something is stored: zeroing
     a qcow2's unallocated range would allocate its metadata."""
-    for a, b in image.stored(start, size):
+    for a, b in stored(image, start, size):
         image.write_zeroes(a, b - a)
