@@ -12,7 +12,7 @@ import pytest
 from agent import protocol as P
 from agent.server.receive import warm as W
 from agent.server.receive.unfinished import find_unfinished
-from tests.testbed.receiver import run_receiver
+from tests.testbed.receiver import finish, run_receiver, start_receiver
 from tests.unit.test_resume_journal import ident
 
 MiB = 1 << 20
@@ -51,6 +51,12 @@ def whole(data) -> tuple[bytes, bytes]:
 def delta(data, held: P.HeldMap) -> tuple[bytes, bytes, int]:
     """The agent's delta of `data` against a held map (wire.delta_extents, as stream.py and the
     sync file send it): records, digest, segments sent."""
+    records, digest, segs = delta_records(data, held)
+    return b"".join(records), digest, segs
+
+
+def delta_records(data, held: P.HeldMap) -> tuple[list[bytes], bytes, int]:
+    """delta(), its records one by one."""
     tree = P.BlockTree(len(data), BS)
     out, segs = [], 0
     for item in P.delta_extents(P.split_extents(data, 0, BS), held, BS):
@@ -65,7 +71,7 @@ def delta(data, held: P.HeldMap) -> tuple[bytes, bytes, int]:
             out.append(P.encode_data(item.offset, item.length, P.CODEC_NONE, P.record_digest(item.digests),
                                      bytes(item.data)))
             tree.add_digests(item.offset, item.length, item.digests)
-    return b"".join(out), tree.digest(), segs
+    return out, tree.digest(), segs
 
 
 def warm_sync(root, data, cid="w"):
@@ -160,3 +166,85 @@ def test_lookup_lists_a_warm_capture_with_its_syncs(tmp_path, data):
     (u,) = find_unfinished(root, (ident(data),))
     assert u.capture_id == "w" and u.warm is not None and u.warm.syncs == 1 and u.warm.last_sync > 0
     assert find_unfinished(root, (ident(os.urandom(len(data))),)) == []
+
+
+def test_status_follows_a_running_delta_disk_and_finish_leaves_no_progress_file(tmp_path, data):
+    """A delta disk has no resume journal: `coldclone-server status` reads how far it has come, its
+    rate and the capture's wave from `<disk>.delta` while the session runs (a cutover is the
+    downtime the team watches)."""
+    import time
+
+    from agent.server.admin import status as S
+
+    root = str(tmp_path)
+    warm_sync(root, data)
+    held = probe_map(root, data)
+    changed = bytearray(data)
+    changed[3 * MiB:3 * MiB + 4096] = os.urandom(4096)
+    records, digest, segs = delta_records(bytes(changed), held)
+    assert segs == 1 and len(records) >= 2
+    hello_ = P.preamble() + P.Hello(capture_id="w", agent_version="t", format="qcow2", disks=("sda",), resume=True,
+                                    delta=True, wave="wave-7", identities=(ident(data),)).encode()
+    t0 = time.monotonic()
+    proc = start_receiver(root)
+    try:
+        proc.stdin.write(hello_ + header(data, delta=True) + records[0])
+        proc.stdin.flush()
+        intent = tmp_path / "w.partial" / W.intent_name("sda")
+        deadline = time.monotonic() + 30
+        while not intent.exists():             # the disk is open: its first line is written
+            assert time.monotonic() < deadline, "no delta disk"
+            time.sleep(0.05)
+        time.sleep(W.PROGRESS_SECONDS + 0.3)
+        proc.stdin.write(records[1])           # the first record after PROGRESS_SECONDS says where it is
+        proc.stdin.flush()
+        while '"at"' not in intent.read_text():
+            assert time.monotonic() < deadline, "no progress line"
+            time.sleep(0.05)
+        (st,) = S.scan(root)
+        at = json.loads(intent.read_text().splitlines()[-1])["at"]
+        assert 0 < at < len(data)
+        assert (st.state, st.wave, st.size, st.done) == (S.State.STREAMING, "wave-7", len(data), at), st
+        assert st.rate is not None and st.rate > 0 and st.eta_seconds is not None, st
+        assert st.detail.startswith("disk sda at "), st.detail
+        proc.stdin.write(b"".join(records[2:]) + P.DiskEnd(digest, bytes_read=len(data)).encode())
+        proc.stdin.flush()
+        while '"verified"' not in intent.read_text():
+            assert time.monotonic() < deadline, "the disk was not verified"
+            time.sleep(0.05)
+        assert [json.loads(x).get("at") for x in intent.read_text().splitlines()[-2:]] == [len(data), None]
+        (st,) = S.scan(root)
+        assert (st.state, st.done, st.detail) == (S.State.STREAMING, len(data), "disk sda at 4.0 MiB of 4.0 MiB"), st
+        proc.stdin.write(P.encode_finish())
+        proc.stdin.close()
+        res = finish(proc, t0, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert res.returncode == 0, (res.replies, res.stderr)
+    assert sorted(os.listdir(tmp_path / "w")) == ["manifest.json", "sda.blocks", "sda.qcow2"]
+    (st,) = S.scan(root)
+    assert st.state == S.State.VERIFIED and st.wave == "wave-7", st
+
+
+def test_a_delta_disks_progress_lines_invalidate_nothing(tmp_path, data):
+    """Its first line, its progress lines and its verified line are not write windows: opened
+    again, the capture keeps every digest; a file of nothing but damage still loses them all."""
+    root = str(tmp_path)
+    warm_sync(root, data)
+    held = probe_map(root, data)
+    intent = tmp_path / "w.partial" / W.intent_name("sda")
+    lines = [{"disk": "sda", "size": len(data), "capture": {"wave": None}, "t": 1.0}, {"at": MiB, "t": 3.0},
+             {"from": 0, "to": MiB}, {"at": 2 * MiB, "t": 5.0}, {"verified": True, "t": 6.0}]
+    intent.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    again = probe_map(root, data)
+    assert [again.digest(i) for i in range(len(data) // held.grid)] == \
+        [held.digest(i) for i in range(len(data) // held.grid)]
+    intent.write_text("".join(json.dumps(x) + "\n" for x in lines[:2]))      # named, nothing written
+    again = probe_map(root, data)
+    assert [again.digest(i) for i in range(len(data) // held.grid)] == \
+        [held.digest(i) for i in range(len(data) // held.grid)]
+    intent.write_text("{\"disk\": \"sd")                                    # torn: everything goes
+    again = probe_map(root, data)
+    assert all(again.digest(i) != held.digest(i) for i in range(len(data) // held.grid))

@@ -4,7 +4,8 @@ locks held by the processes at work. No second source of truth: nothing here is 
 
 States, in the order a capture goes through them:
 
-    streaming    a receiver holds it (rate, ETA and stalls from the journal's timed checkpoints)
+    streaming    a receiver holds it (rate, ETA and stalls from the journal's timed checkpoints,
+                 or for a disk sent as a delta from its `<disk>.delta` lines: receive/warm.py)
     resumable    the session ended and the journals vouch for what is held (`held`)
     verified     complete: every disk verified, manifest.json written
     queued       its conversion waits for a slot of the root (receive/convqueue.py)
@@ -41,6 +42,7 @@ from ...units import human_bytes, human_minutes
 from ..convert.model import Outcome, Verdict
 from ..receive import captures, convqueue
 from ..receive import journal as J
+from ..receive import warm as W
 from ..receive.manifest import CaptureDirectory
 from ..receive.store import FAILURE, LOCK, CaptureDir, Store
 
@@ -169,13 +171,36 @@ class _Said:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Way:
+    """How far one disk of a running capture has come: from its resume journal (a disk sent
+    whole) or from its `<disk>.delta` (a disk sent as a delta: receive/warm.py)."""
+
+    name: str
+    size: int
+    at: int                                # every byte below it has arrived
+    complete: bool
+    points: list[tuple[int, float]]        # (at, when): the journal's timed checkpoints, the delta's lines
+    created: float                         # when the disk started from byte 0 (0: not known)
+
+    @classmethod
+    def of_journal(cls, j: J.DiskJournal) -> "_Way":
+        return cls(j.header.name, j.header.size, j.header.size if j.complete is not None else j.held,
+                   j.complete is not None, [(cp.end, cp.t) for cp in j.checkpoints if cp.t], j.created)
+
+    @classmethod
+    def of_delta(cls, p: W.DeltaProgress) -> "_Way":
+        return cls(p.disk, p.size, p.at, p.verified, list(p.points), p.created)
+
+
 def _partial(found: captures.Found, name: str, now: float, stall: float) -> CaptureStatus:
     lock_state = captures.state_of(found)
     store, cap = _open(found)
     try:
         journals = J.load_all(cap)
+        deltas = W.progress_of(cap)
     except ServerError as e:
-        journals, damaged = {}, str(e)
+        journals, deltas, damaged = {}, {}, str(e)
     else:
         damaged = None
     finally:
@@ -183,16 +208,22 @@ def _partial(found: captures.Found, name: str, now: float, stall: float) -> Capt
         store.close()
     failure = _json_file(os.path.join(found.path, FAILURE)) or {}
     ff = records.decode(failure, _Said, FAILURE)
-    facts = next((j.capture for j in journals.values() if j.capture), {}) or {}
+    facts = (next((j.capture for j in journals.values() if j.capture), None)
+             or next((p.capture for p in deltas.values() if p.capture), None) or {})
     cf = records.decode(facts, _Said, "journal capture facts")
     wave = cf.wave or ff.wave
     host = cf.hostname or ff.hostname
-    names = [n for n in (facts.get("disks") or []) if isinstance(n, str)] or list(journals)
-    sizes = {n: j.header.size for n, j in journals.items()}
+    ways = {n: _Way.of_journal(j) for n, j in journals.items()}
+    if lock_state == "live":
+        # a delta disk's way counts while its session runs; once it ended, what the capture holds
+        # is the warm copy, whatever the cut delta had rewritten of it
+        ways.update((n, _Way.of_delta(p)) for n, p in deltas.items() if n not in ways)
+    names = [n for n in (facts.get("disks") or []) if isinstance(n, str)] or list(ways)
+    sizes = {n: w.size for n, w in ways.items()}
     size = (cf.size or ff.size
             or (sum(sizes.values()) if names and all(n in sizes for n in names) else None))
-    held = sum(j.header.size if j.complete is not None else j.held for j in journals.values())
-    stamps = [cp.t for j in journals.values() for cp in j.checkpoints if cp.t]
+    held = sum(w.at for w in ways.values())
+    stamps = [t for w in ways.values() for _, t in w.points]
     files = {n: os.stat(os.path.join(found.path, n)).st_mtime for n in (LOCK, FAILURE)
              if os.path.exists(os.path.join(found.path, n))}
     mtime = max(list(files.values()) + stamps + [0.0])
@@ -202,7 +233,7 @@ def _partial(found: captures.Found, name: str, now: float, stall: float) -> Capt
         return replace(base, state=State.FAILED, reason=damaged, detail=damaged)
     if lock_state == "live":
         # the receiver writes its pid into the lock when its session starts (store.CaptureDir)
-        return _streaming(base, journals, names, now, stall, files.get(LOCK, 0.0))
+        return _streaming(base, ways, names, now, stall, files.get(LOCK, 0.0))
     if lock_state == "failed" and not ff.resumable:
         reason = ff.error or "failed (failure.json gives no reason)"
         return replace(base, state=State.FAILED, reason=reason, detail=reason)
@@ -220,45 +251,45 @@ def _held_text(journals: dict[str, J.DiskJournal]) -> str:
                      for n, j in journals.items())
 
 
-def _streaming(base: CaptureStatus, journals: dict[str, J.DiskJournal], names: list[str],
+def _streaming(base: CaptureStatus, ways: dict[str, _Way], names: list[str],
                now: float, stall: float, session_start: float) -> CaptureStatus:
     """A capture a receiver holds: how far, how fast, and whether it still moves."""
-    current = next((journals[n] for n in reversed(names) if n in journals), None)
-    cps = [cp for cp in (current.checkpoints if current else []) if cp.t]
-    rate = _rate(current, cps, now, session_start) if current is not None else None
-    last = cps[-1].t if cps else None
-    at_end = current is not None and current.held >= current.header.size
+    current = next((ways[n] for n in reversed(names) if n in ways), None)
+    points = current.points if current else []
+    rate = _rate(current, points, now, session_start) if current is not None else None
+    last = points[-1][1] if points else None
+    at_end = current is not None and current.at >= current.size
     stalled = last is not None and not at_end and now - last > stall
     left = (base.size - base.done) if base.size is not None else None
     eta = left / rate if rate and left is not None and not stalled else None
     if current is None:
         detail = "starting"
-    elif at_end and current.complete is None:
-        detail = f"disk {current.header.name}: all data in, verifying"
+    elif at_end and not current.complete:
+        detail = f"disk {current.name}: all data in, verifying"
     else:
-        detail = f"disk {current.header.name} at {human_bytes(current.held)} of {human_bytes(current.header.size)}"
+        detail = f"disk {current.name} at {human_bytes(current.at)} of {human_bytes(current.size)}"
     if stalled:
         detail += f"; STALLED: nothing new for {human_minutes(now - last)}"
     return replace(base, rate=rate if not stalled else 0.0, eta_seconds=eta, stalled=stalled, detail=detail,
                    updated=max(base.updated, last or 0.0))
 
 
-def _rate(j: J.DiskJournal, cps: list[J.Checkpoint], now: float, session_start: float) -> float | None:
-    """Bytes of the disk per second: over its checkpoints of the last RATE_WINDOW seconds, else
+def _rate(w: _Way, points: list[tuple[int, float]], now: float, session_start: float) -> float | None:
+    """Bytes of the disk per second: over its points of the last RATE_WINDOW seconds, else
     since this session started on it (from the held end, or from byte 0 when the disk started
     in this session), never across the gap of an earlier session's end."""
-    recent = [cp for cp in cps if cp.t >= now - RATE_WINDOW]
-    if len(recent) >= 2 and recent[-1].t > recent[0].t:
-        return (recent[-1].end - recent[0].end) / (recent[-1].t - recent[0].t)
-    here = [cp for cp in cps if cp.t >= session_start]
+    recent = [(at, t) for at, t in points if t >= now - RATE_WINDOW]
+    if len(recent) >= 2 and recent[-1][1] > recent[0][1]:
+        return (recent[-1][0] - recent[0][0]) / (recent[-1][1] - recent[0][1])
+    here = [(at, t) for at, t in points if t >= session_start]
     if not here:
         return None
-    before = [cp for cp in cps if cp.t < session_start]
-    start_end = before[-1].end if before else 0
-    start_t = max(session_start, j.created) if not before else session_start
-    if not start_t or here[-1].t <= start_t:
+    before = [(at, t) for at, t in points if t < session_start]
+    start_at = before[-1][0] if before else 0
+    start_t = max(session_start, w.created) if not before else session_start
+    if not start_t or here[-1][1] <= start_t:
         return None
-    return (here[-1].end - start_end) / (here[-1].t - start_t)
+    return (here[-1][0] - start_at) / (here[-1][1] - start_t)
 
 
 # A page that refreshes every few seconds over hundreds of complete captures reads each manifest

@@ -570,7 +570,8 @@ class CaptureSink(_Sink):
             blocks.sync()
 
         try:
-            d.delta = W.DeltaDisk(W.Intent(self.cap, h.name, flush), P.grid_for(h.size, h.block_size))
+            d.delta = W.DeltaDisk(W.Intent(self.cap, h.name, flush, h.size, self.capture_facts()),
+                                  P.grid_for(h.size, h.block_size))
             reader = image.reader()
         except BaseException:
             if d.delta is not None:
@@ -607,8 +608,7 @@ class CaptureSink(_Sink):
         d.counts["same_records"] += 1
         d.delta.same_bytes += rec.length
         d.delta.same_records += 1
-        if d.readback is not None:
-            d.readback.written(d.tree.pos)
+        self.written(d)
 
     def capture_facts(self) -> dict:
         """What a journal keeps of the HELLO, for `coldclone-server status` while the capture runs.
@@ -700,6 +700,8 @@ class CaptureSink(_Sink):
     def written(self, d: DiskState) -> None:
         if d.readback is not None:
             d.readback.written(d.tree.pos)
+        if d.delta is not None:
+            d.delta.intent.progress(d.tree.pos)
         if d.journal is not None and d.journal.due(d.data_bytes_before + d.counts["data_bytes"]):
             if d.blocks is not None:
                 d.blocks.sync()    # what the checkpoint vouches for, its digests with it
@@ -764,6 +766,8 @@ class CaptureSink(_Sink):
             d.journal.checkpoint(d.image, d.tree, d.data_bytes_before + d.counts["data_bytes"])
         else:
             d.image.flush()
+        if d.delta is not None:
+            d.delta.intent.progress(d.tree.pos, last=True)    # status: all data in, verifying
         if d.blocks is not None:
             d.blocks.sync()
         timings = {"receive_seconds": round(t_recv, 3), "flush_seconds": round(time.monotonic() - t, 3)}
@@ -916,6 +920,7 @@ class CaptureSink(_Sink):
         document = records.encode(manifest)
         self.cap.write_atomic(MANIFEST, P.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         self.cap.unlink(W.WARM)    # the new manifest replaces the warm copy's (receive/warm.py)
+        W.remove_intents(self.cap)  # every delta disk is verified: its progress file says no more
         self.close_journals()
         path = self.cap.complete()
         # Only now, inside the complete capture: until the rename the journals are what lets a

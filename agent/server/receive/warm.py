@@ -19,6 +19,13 @@ window, the image is flushed, the digests are fsynced and a line {"from", "to"} 
 (fsynced): after a crash only the digests of [from, to) can disagree with the image, and they are
 invalidated when the capture is opened again (those segments are then sent). A digest of 32 zero
 bytes is never a sha256 of anything sent: it marks a block as not held.
+
+The same file is how far the delta disk has come, for `coldclone-server status` (a delta disk has
+no resume journal, whose checkpoints say it for a disk sent whole): its first line names the disk
+with the capture's facts ({"disk", "size", "capture", "t"}), a line {"at", "t"} follows every
+PROGRESS_SECONDS while records arrive (SAME ranges too: the cutover's time goes in reading them),
+and {"verified", "t"} ends it when the disk is verified (nothing to invalidate from then on). These
+lines are not fsynced: they only inform.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from ... import protocol as P
@@ -42,6 +50,8 @@ INVALID = bytes(32)
 # How far a delta disk's writes may run ahead of the last flush: one fsynced line per this much of
 # the disk (a 2 TB disk: 8000 lines), and after a crash at most this much is sent again.
 WINDOW = 256 << 20
+# How often a delta disk says how far it has come (the resume journal's CHECKPOINT_SECONDS).
+PROGRESS_SECONDS = 2.0
 
 
 def blocks_name(disk: str) -> str:
@@ -164,13 +174,19 @@ class TeeTree(P.BlockTree):
 
 
 class Intent:
-    """`<disk>.delta`: how far a delta disk's writes may be ahead of what is on stable storage."""
+    """`<disk>.delta`: how far a delta disk's writes may be ahead of what is on stable storage,
+    and how far its records have come."""
 
-    def __init__(self, cap: CaptureDir, disk: str, flush):
+    def __init__(self, cap: CaptureDir, disk: str, flush, size: int, capture: dict | None):
         self.cap, self.disk, self.flush = cap, disk, flush
         self.to = 0
         self.fd = os.open(intent_name(disk), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
                           0o640, dir_fd=cap.fd)
+        self.said = time.time()
+        self._line({"disk": disk, "size": size, "capture": capture, "t": self.said})
+
+    def _line(self, obj: dict) -> None:
+        os.write(self.fd, (json.dumps(obj) + "\n").encode())
 
     def before(self, offset: int, end: int) -> None:
         """Called before bytes of [offset, end) are written."""
@@ -178,18 +194,97 @@ class Intent:
             return
         self.flush()                  # everything written below `offset` is on stable storage
         self.to = end + WINDOW
-        os.write(self.fd, (json.dumps({"from": offset, "to": self.to}) + "\n").encode())
+        self._line({"from": offset, "to": self.to})
         os.fsync(self.fd)
 
+    def progress(self, at: int, last: bool = False) -> None:
+        """Every record: the disk's records have come up to byte `at` (said every PROGRESS_SECONDS,
+        and at END: `last`)."""
+        now = time.time()
+        if last or now - self.said >= PROGRESS_SECONDS:
+            self.said = now
+            self._line({"at": at, "t": now})
+
     def done(self) -> None:
-        """The disk is verified and flushed: nothing to invalidate any more."""
+        """The disk is verified and flushed: nothing to invalidate any more (the file stays, for
+        status, until FINISH or the next session's recover)."""
+        self._line({"verified": True, "t": time.time()})
         self.close()
-        self.cap.unlink(intent_name(self.disk))
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _intent_files(cap: CaptureDir) -> list[str]:
+    return [n for n in sorted(os.listdir(cap.fd)) if n.endswith(".delta") and not n.startswith(".")]
+
+
+def remove_intents(cap: CaptureDir) -> None:
+    """FINISH: the delta disks' files have nothing left to say (every disk is verified)."""
+    for name in _intent_files(cap):
+        cap.unlink(name)
+
+
+@dataclass(frozen=True)
+class DeltaProgress:
+    """What a delta disk's `<disk>.delta` says of its way, for status (`progress_of`)."""
+
+    disk: str
+    size: int
+    capture: dict | None
+    created: float
+    points: tuple[tuple[int, float], ...]     # (byte the records came to, when)
+    verified: bool
+
+    @property
+    def at(self) -> int:
+        return self.size if self.verified else (self.points[-1][0] if self.points else 0)
+
+
+def progress_of(cap: CaptureDir) -> dict[str, DeltaProgress]:
+    """The delta disks of a `.partial` and how far each has come (a damaged file: left out)."""
+    out = {}
+    for name in _intent_files(cap):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
+        except OSError:
+            continue        # gone meanwhile (a session's FINISH or recover)
+        try:
+            text = os.read(fd, 1 << 24).decode(errors="replace")
+        finally:
+            os.close(fd)
+        p = _progress(text)
+        if p is not None and intent_name(p.disk) == name:
+            out[p.disk] = p
+    return out
+
+
+def _progress(text: str) -> DeltaProgress | None:
+    head, points, verified = None, [], False
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        t = obj.get("t")
+        t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 else None
+        if head is None:
+            disk, size, capture = obj.get("disk"), obj.get("size"), obj.get("capture")
+            if not (isinstance(disk, str) and isinstance(size, int) and not isinstance(size, bool) and size > 0
+                    and t is not None):
+                return None
+            head = (disk, size, capture if isinstance(capture, dict) else None, t)
+        elif isinstance(obj.get("at"), int) and not isinstance(obj["at"], bool) and t is not None:
+            points.append((min(max(obj["at"], 0), head[1]), t))
+        elif obj.get("verified") is True:
+            verified = True
+    if head is None:
+        return None
+    return DeltaProgress(head[0], head[1], head[2], head[3], tuple(points), verified)
 
 
 def recover(cap: CaptureDir, disk: str, blocks: BlockDigests) -> tuple[int, int] | None:
@@ -203,16 +298,25 @@ def recover(cap: CaptureDir, disk: str, blocks: BlockDigests) -> tuple[int, int]
         text = os.read(fd, 1 << 24).decode(errors="replace")
     finally:
         os.close(fd)
-    window = None
+    window, named = None, False
     for line in text.splitlines():
         try:
             obj = json.loads(line)
-            window = (int(obj["from"]), int(obj["to"]))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             continue    # a torn last line: the one before it stands
-    if window is None:
-        # created but never written to: nothing was written (or the file is damaged: everything goes)
-        window = (0, blocks.size) if text.strip() else None
+        if not isinstance(obj, dict):
+            continue
+        if "from" in obj:
+            try:
+                window = (int(obj["from"]), int(obj["to"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        elif obj.get("verified") is True:
+            window = None       # verified and flushed after its last window
+        elif "disk" in obj:
+            named = True
+    if window is None and not named and text.strip():
+        window = (0, blocks.size)   # damaged (not even its first line): everything goes
     if window is not None:
         blocks.invalidate(*window)
         blocks.sync()
