@@ -217,6 +217,13 @@ class Intent:
             self.fd = -1
 
 
+def _read_intent(cap: CaptureDir, name: str) -> str:
+    """All of a `<disk>.delta` (its last window may follow days of progress lines)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
 def _intent_files(cap: CaptureDir) -> list[str]:
     return [n for n in sorted(os.listdir(cap.fd)) if n.endswith(".delta") and not n.startswith(".")]
 
@@ -248,13 +255,9 @@ def progress_of(cap: CaptureDir) -> dict[str, DeltaProgress]:
     out = {}
     for name in _intent_files(cap):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
-        except OSError:
+            text = _read_intent(cap, name)
+        except FileNotFoundError:
             continue        # gone meanwhile (a session's FINISH or recover)
-        try:
-            text = os.read(fd, 1 << 24).decode(errors="replace")
-        finally:
-            os.close(fd)
         p = _progress(text)
         if p is not None and intent_name(p.disk) == name:
             out[p.disk] = p
@@ -293,11 +296,7 @@ def recover(cap: CaptureDir, disk: str, blocks: BlockDigests) -> tuple[int, int]
     name = intent_name(disk)
     if not os.path.lexists(cap.file_path(name)):
         return None
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cap.fd)
-    try:
-        text = os.read(fd, 1 << 24).decode(errors="replace")
-    finally:
-        os.close(fd)
+    text = _read_intent(cap, name)
     window, named = None, False
     for line in text.splitlines():
         try:
